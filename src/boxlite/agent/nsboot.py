@@ -1,0 +1,204 @@
+"""Namespace engine boot: build the box's namespaces and mounts, then become its agent.
+
+Run by the host as ``python3 -I -S -c <bootstrap> <config.json>`` with the status pipe and the
+lifeline inherited. Process A (host pid namespace, real root) joins the box cgroups, unshares
+pid/net/ipc/uts/cgroup namespaces and forks B, PID 1 of the box. B unshares its mount namespace,
+mounts the supervisor
+root and the box root, pivots, then unshares a user namespace whose maps A writes; B then runs
+the agent. Status lines on the pipe: ``pid <host pid of B>``, then ``ready`` or ``error <msg>``.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from . import linux
+from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
+from .seccomp import build_filter
+from .server import Agent
+from .spawn import Confinement
+
+BOX = "/box"
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def main() -> None:
+    config: dict[str, Any] = json.loads(sys.argv[1])
+    status = int(config["status_fd"])
+    try:
+        for procs in config.get("cgroup_procs", []):
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        linux.unshare(
+            linux.CLONE_NEWPID
+            | linux.CLONE_NEWNET
+            | linux.CLONE_NEWIPC
+            | linux.CLONE_NEWUTS
+            | linux.CLONE_NEWCGROUP
+        )
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        pid = os.fork()
+    except OSError as e:
+        _report(status, f"error {e}")
+        os._exit(1)
+    if pid == 0:
+        os.close(to_child_w)
+        os.close(to_parent_r)
+        _box_init(config, status, to_child_r, to_parent_w)
+        os._exit(0)
+    os.close(to_child_r)
+    os.close(to_parent_w)
+    _report(status, f"pid {pid}")
+    if os.read(to_parent_r, 1) != b"U":
+        os._exit(1)  # the child failed and reported why
+    try:
+        base, count = int(config["uid_base"]), int(config.get("uid_count", 65536))
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"0 {base} {count}\n")
+    except OSError as e:
+        _report(status, f"error writing user namespace maps: {e}")
+        os.kill(pid, 9)
+        os._exit(1)
+    os.write(to_child_w, b"G")
+    os._exit(0)
+
+
+def _report(fd: int, line: str) -> None:
+    os.write(fd, (line.replace("\n", " ") + "\n").encode())
+
+
+def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: int) -> None:
+    """PID 1 of the box: mounts, pivot, user namespace, then the agent loop."""
+    try:
+        sup = config["sup_dir"]
+        _setup_mounts(config, sup)
+        linux.set_loopback_up()
+        linux.sethostname(config["hostname"])
+        os.chdir(sup)
+        linux.pivot_root(".", ".")
+        linux.umount(".", linux.MNT_DETACH)
+        os.chdir("/")
+        cap_last = linux.last_cap()
+        linux.unshare(linux.CLONE_NEWUSER)
+        os.write(to_parent, b"U")
+        if os.read(from_parent, 1) != b"G":
+            raise OSError("user namespace maps were not written")
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+        os.setgroups([0])
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = "/run/boxlite/agent.sock"
+        if os.path.lexists(path):
+            os.unlink(path)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        lifeline = config.get("lifeline_fd")
+        agent = Agent(Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last), lifeline)
+        agent.listen(sock)
+    except BaseException as e:  # noqa: BLE001 - everything goes to the status pipe
+        _report(status, f"error {e}")
+        os._exit(1)
+    _report(status, "ready")
+    os.close(status)
+    for fd in (from_parent, to_parent):
+        os.close(fd)
+    _redirect_stdio()
+    agent.serve_forever()
+
+
+def _redirect_stdio() -> None:
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _setup_mounts(config: dict[str, Any], sup: str) -> None:
+    uid_base = int(config["uid_base"])
+    linux.unshare(linux.CLONE_NEWNS)  # B's own: pivot_root must not move A's root
+    linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    linux.mount("tmpfs", sup, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=16m")
+    # Host software the agent itself runs on, read-only, at the same paths.
+    for top in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        src = "/" + top
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), f"{sup}/{top}")
+        elif os.path.isdir(src):
+            _bind(src, sup + src, readonly=True)
+    for src in config.get("ro_binds", []):
+        if not src.startswith("/usr/"):
+            _bind(src, sup + src, readonly=True)
+    os.makedirs(f"{sup}/run/boxlite")
+    _bind(config["run_dir"], f"{sup}/run/boxlite")
+    os.makedirs(f"{sup}/dev")
+    for dev in ("null", "urandom"):
+        _bind_file(f"/dev/{dev}", f"{sup}/dev/{dev}")
+    os.makedirs(f"{sup}/proc")
+    os.makedirs(f"{sup}/tmp", mode=0o1777)
+    # The box root: image layers + the box's writable layer.
+    root = sup + BOX
+    os.makedirs(root)
+    os.chdir(config["layer_links"])  # short relative lowerdir names keep the options small
+    lower = ":".join(str(i) for i in reversed(range(int(config["layer_count"]))))
+    linux.mount(
+        "overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={config['upperdir']},workdir={config['workdir']}"
+    )
+    for name, mode in (("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("sys", 0o555), ("run", 0o755)):
+        path = f"{root}/{name}"
+        if not os.path.isdir(path):
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.mkdir(path, mode)
+            os.chown(path, uid_base, uid_base)
+    linux.mount("proc", f"{sup}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    linux.mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _setup_dev(f"{root}/dev", uid_base)
+    linux.mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
+    linux.mount("tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,uid={uid_base},gid={uid_base}")
+
+
+def _setup_dev(dev: str, uid_base: int) -> None:
+    linux.mount("tmpfs", dev, "tmpfs", MS_NOSUID, f"mode=755,size=64k,uid={uid_base},gid={uid_base}")
+    for name in DEVICES:
+        _bind_file(f"/dev/{name}", f"{dev}/{name}")
+    os.makedirs(f"{dev}/pts")
+    os.makedirs(f"{dev}/shm", mode=0o1777)
+    os.chmod(f"{dev}/shm", 0o1777)
+    linux.mount(
+        "devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=0620,gid={uid_base + 5}"
+    )
+    linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
+    for name, target in (
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _bind(src: str, dst: str, readonly: bool = False) -> None:
+    os.makedirs(dst, exist_ok=True)
+    linux.mount(src, dst, None, MS_BIND | MS_REC)
+    if readonly:
+        linux.mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _bind_file(src: str, dst: str) -> None:
+    with open(dst, "w"):
+        pass
+    linux.mount(src, dst, None, MS_BIND)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""BoxLite agent protocol: the one module both the host and the guest agent import.
+
+Wire format (big endian), specified in docs/protocol.md::
+
+    u32 length | u8 kind | u32 channel | payload[length]
+
+``channel`` is the only correlation id: a request's channel is echoed by its response, and an
+exec's streams, control messages and exit status travel on the exec request's channel. JSON
+bodies never contain channel ids, so a relay may renumber channels without parsing bodies.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+VERSION = 1
+
+HEADER = struct.Struct(">IBI")
+HEADER_SIZE = HEADER.size
+MAX_PAYLOAD = 1 << 20
+"""Largest payload a peer accepts; data chunks are at most ``CHUNK``."""
+CHUNK = 64 * 1024
+
+# Frame kinds.
+REQUEST = 1  # host -> agent, JSON {"op": ..., ...}
+RESPONSE = 2  # agent -> host, JSON {"ok": true, ...} | {"ok": false, "error": {...}}
+STDIN = 3  # host -> agent, raw bytes; empty payload = end of input
+STDOUT = 4  # agent -> host, raw bytes; empty payload = end of stream
+STDERR = 5  # agent -> host, raw bytes; empty payload = end of stream
+CREDIT = 6  # either way, CREDIT_BODY: (stream kind, bytes granted)
+EXIT = 7  # agent -> host, JSON exit status of an exec
+CONTROL = 8  # host -> agent, JSON {"op": "signal"|"kill"|"resize", ...} on an exec channel
+
+KIND_NAMES = {
+    REQUEST: "REQUEST",
+    RESPONSE: "RESPONSE",
+    STDIN: "STDIN",
+    STDOUT: "STDOUT",
+    STDERR: "STDERR",
+    CREDIT: "CREDIT",
+    EXIT: "EXIT",
+    CONTROL: "CONTROL",
+}
+
+CREDIT_BODY = struct.Struct(">BI")
+
+DEFAULT_OUTPUT_WINDOW = 1 << 20
+"""Bytes of stdout (and of stderr) the agent may send before the host grants more."""
+STDIN_WINDOW = 256 * 1024
+"""Bytes of stdin the host may send before the agent grants more."""
+
+SIGNAL_EXIT_BASE = 128
+"""A process killed by signal N exits with status 128 + N (the shell convention)."""
+
+
+class FrameError(ValueError):
+    """Bytes on the wire that are not a valid frame."""
+
+
+def encode(kind: int, channel: int, payload: bytes = b"") -> bytes:
+    """One frame as bytes."""
+    if len(payload) > MAX_PAYLOAD:
+        raise FrameError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(len(payload), kind, channel) + payload
+
+
+def encode_json(kind: int, channel: int, body: dict[str, Any]) -> bytes:
+    return encode(kind, channel, json.dumps(body, separators=(",", ":")).encode())
+
+
+def encode_credit(channel: int, stream: int, amount: int) -> bytes:
+    return encode(CREDIT, channel, CREDIT_BODY.pack(stream, amount))
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except ValueError as e:
+        raise FrameError(f"invalid JSON body: {e}") from None
+    if not isinstance(body, dict):
+        raise FrameError("JSON body is not an object")
+    return body
+
+
+def decode_credit(payload: bytes) -> tuple[int, int]:
+    if len(payload) != CREDIT_BODY.size:
+        raise FrameError("bad CREDIT body")
+    stream, amount = CREDIT_BODY.unpack(payload)
+    return stream, amount
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    """A failed RESPONSE body; ``kind`` names the error class the host should raise."""
+    return {"ok": False, "error": {"type": kind, "message": message}}
+
+
+def exit_status(wait_status: int) -> tuple[int, int | None]:
+    """(exit code, signal) from an ``os.waitpid`` status, signals as 128 + N."""
+    if wait_status & 0x7F == 0:  # WIFEXITED
+        return (wait_status >> 8) & 0xFF, None
+    sig = wait_status & 0x7F
+    return SIGNAL_EXIT_BASE + sig, sig
+
+
+class FrameReader:
+    """Incremental frame parser: feed bytes, iterate complete frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        buf = self._buf
+        pos = 0
+        try:
+            while len(buf) - pos >= HEADER_SIZE:
+                length, kind, channel = HEADER.unpack_from(buf, pos)
+                if length > MAX_PAYLOAD:
+                    raise FrameError(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
+                end = pos + HEADER_SIZE + length
+                if len(buf) < end:
+                    break
+                payload = bytes(buf[pos + HEADER_SIZE : end])
+                pos = end
+                yield kind, channel, payload
+        finally:
+            del buf[:pos]

@@ -1,0 +1,517 @@
+"""The agent's event loop: connections, executions, stream pumping and flow control.
+
+Single-threaded on ``selectors``; stdlib only. One ``Agent`` serves any number of
+connections (a listening unix socket) or one pre-connected stream (a VM's serial port).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import protocol as p
+from .spawn import Confinement, ExecSpec, Spawned, set_winsize, spawn
+from .tario import BUILTINS
+
+Handler = Callable[[], None]
+OUTPUTS = (p.STDOUT, p.STDERR)
+
+
+class _Watch:
+    """Interest of one fd in the selector."""
+
+    __slots__ = ("on_read", "on_write", "want_read", "want_write", "registered")
+
+    def __init__(self, on_read: Handler | None, on_write: Handler | None) -> None:
+        self.on_read, self.on_write = on_read, on_write
+        self.want_read = on_read is not None
+        self.want_write = False
+        self.registered = 0
+
+
+class Connection:
+    """One host peer: frames in, frames out (bytes buffered while the peer is slow)."""
+
+    def __init__(self, agent: Agent, rfd: int, wfd: int, owner: socket.socket | None = None) -> None:
+        self.agent, self.rfd, self.wfd, self.owner = agent, rfd, wfd, owner
+        self.reader = p.FrameReader()
+        self.out = bytearray()
+        self.execs: dict[int, Execution] = {}
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        if not self.out:
+            try:
+                n = os.write(self.wfd, frame)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.agent.drop(self)
+                return
+            if n == len(frame):
+                return
+            frame = frame[n:]
+        self.out += frame
+        self.agent.want_write(self.wfd, True)
+
+    def on_writable(self) -> None:
+        try:
+            n = os.write(self.wfd, self.out[: 1 << 20])
+        except BlockingIOError:
+            return
+        except OSError:
+            self.agent.drop(self)
+            return
+        del self.out[:n]
+        if not self.out:
+            self.agent.want_write(self.wfd, False)
+
+    def on_readable(self) -> None:
+        try:
+            data = os.read(self.rfd, 1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.agent.drop(self)
+            return
+        self.reader.feed(data)
+        try:
+            for kind, channel, payload in self.reader:
+                self.agent.dispatch(self, kind, channel, payload)
+        except p.FrameError:
+            self.agent.drop(self)
+
+    def flush_blocking(self, timeout: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.out and not self.closed and time.monotonic() < deadline:
+            try:
+                n = os.write(self.wfd, self.out)
+                del self.out[:n]
+            except BlockingIOError:
+                time.sleep(0.001)
+            except OSError:
+                return
+
+
+class Execution:
+    """One running process and its streams, bound to the connection that started it."""
+
+    def __init__(self, conn: Connection, channel: int, proc: Spawned, window: int, timeout: float | None) -> None:
+        self.conn, self.channel, self.proc = conn, channel, proc
+        self.credit = {p.STDOUT: window, p.STDERR: window}
+        self.out_fds: dict[int, int] = {}
+        if proc.stdout is not None:
+            self.out_fds[p.STDOUT] = proc.stdout
+        if proc.stderr is not None:
+            self.out_fds[p.STDERR] = proc.stderr
+        self.stdin_fd = proc.stdin
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.status: tuple[int, int | None] | None = None
+        self.timed_out = False
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout if timeout else None
+
+
+class Agent:
+    """The supervisor of one box."""
+
+    def __init__(self, confinement: Confinement, lifeline_fd: int | None = None) -> None:
+        self.conf = confinement
+        self.sel = selectors.DefaultSelector()
+        self.watches: dict[int, _Watch] = {}
+        self.connections: list[Connection] = []
+        self.by_pid: dict[int, Execution] = {}
+        self.running = True
+        self.started = time.monotonic()
+        self.listener: socket.socket | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.watch(self._wake_r, self._reap)
+        if lifeline_fd is not None:
+            os.set_blocking(lifeline_fd, False)
+            self.watch(lifeline_fd, lambda: self._lifeline(lifeline_fd))
+
+    # --- selector bookkeeping -------------------------------------------------------------
+    def watch(self, fd: int, on_read: Handler | None, on_write: Handler | None = None) -> None:
+        self.watches[fd] = _Watch(on_read, on_write)
+        self._apply(fd)
+
+    def unwatch(self, fd: int) -> None:
+        w = self.watches.pop(fd, None)
+        if w is not None and w.registered:
+            self.sel.unregister(fd)
+
+    def want_read(self, fd: int, on: bool) -> None:
+        w = self.watches.get(fd)
+        if w is not None and w.want_read != on:
+            w.want_read = on
+            self._apply(fd)
+
+    def want_write(self, fd: int, on: bool) -> None:
+        w = self.watches.get(fd)
+        if w is not None and w.want_write != on:
+            w.want_write = on
+            self._apply(fd)
+
+    def _apply(self, fd: int) -> None:
+        w = self.watches[fd]
+        events = (selectors.EVENT_READ if w.want_read else 0) | (selectors.EVENT_WRITE if w.want_write else 0)
+        if events == w.registered:
+            return
+        if not events:
+            self.sel.unregister(fd)
+        elif not w.registered:
+            self.sel.register(fd, events)
+        else:
+            self.sel.modify(fd, events)
+        w.registered = events
+
+    # --- serving ------------------------------------------------------------------------
+    def listen(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.listener = sock
+        self.watch(sock.fileno(), self._accept)
+
+    def attach_stream(self, rfd: int, wfd: int) -> Connection:
+        """Serve one pre-connected stream (e.g. a virtio-serial port)."""
+        for fd in {rfd, wfd}:
+            os.set_blocking(fd, False)
+        conn = Connection(self, rfd, wfd)
+        self.connections.append(conn)
+        if rfd == wfd:
+            self.watch(rfd, conn.on_readable, conn.on_writable)
+        else:
+            self.watch(rfd, conn.on_readable)
+            self.watch(wfd, None, conn.on_writable)
+        return conn
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(False)
+        conn = Connection(self, sock.fileno(), sock.fileno(), owner=sock)
+        self.connections.append(conn)
+        self.watch(sock.fileno(), conn.on_readable, conn.on_writable)
+
+    def serve_forever(self) -> None:
+        while self.running:
+            timeout = self._next_deadline()
+            for key, mask in self.sel.select(timeout):
+                w = self.watches.get(key.fd)
+                if w is None:
+                    continue
+                if mask & selectors.EVENT_READ and w.on_read is not None and w.want_read:
+                    w.on_read()
+                if mask & selectors.EVENT_WRITE and w.on_write is not None and key.fd in self.watches:
+                    w.on_write()
+            self._enforce_deadlines()
+
+    def drop(self, conn: Connection) -> None:
+        """Forget a connection; its still-running executions are killed."""
+        if conn.closed:
+            return
+        conn.closed = True
+        for ex in list(conn.execs.values()):
+            self._kill_group(ex, signal.SIGKILL)
+            self._close_exec_fds(ex)
+        conn.execs.clear()
+        for fd in {conn.rfd, conn.wfd}:
+            self.unwatch(fd)
+        if conn.owner is not None:
+            conn.owner.close()
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    # --- frames -------------------------------------------------------------------------
+    def dispatch(self, conn: Connection, kind: int, channel: int, payload: bytes) -> None:
+        if kind == p.REQUEST:
+            self._request(conn, channel, p.decode_json(payload))
+            return
+        ex = conn.execs.get(channel)
+        if ex is None:
+            return  # late frame for a finished execution
+        if kind == p.STDIN:
+            self._stdin(ex, payload)
+        elif kind == p.CREDIT:
+            stream, amount = p.decode_credit(payload)
+            if stream in ex.credit:
+                ex.credit[stream] += amount
+                self._pump(ex, stream)
+        elif kind == p.CONTROL:
+            self._control(ex, p.decode_json(payload))
+
+    def _request(self, conn: Connection, channel: int, body: dict[str, Any]) -> None:
+        op = body.get("op")
+        try:
+            if op == "exec":
+                result = self._exec(conn, channel, body)
+            elif op == "hello":
+                result = {"version": p.VERSION, "pid": os.getpid()}
+            elif op == "ping":
+                result = {}
+            elif op == "stats":
+                result = self._stats()
+            elif op == "shutdown":
+                conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True}))
+                conn.flush_blocking()
+                self.shutdown(float(body.get("grace", 5.0)))
+                return
+            else:
+                conn.send(p.encode_json(p.RESPONSE, channel, p.error_body("RpcError", f"unknown op {op!r}")))
+                return
+        except OSError as e:
+            kind = "ExecError" if op == "exec" else "EngineError"
+            conn.send(p.encode_json(p.RESPONSE, channel, p.error_body(kind, e.strerror or str(e))))
+            return
+        except (ValueError, TypeError, KeyError) as e:
+            conn.send(p.encode_json(p.RESPONSE, channel, p.error_body("ConfigError", str(e))))
+            return
+        conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True, **result}))
+
+    def _exec(self, conn: Connection, channel: int, body: dict[str, Any]) -> dict[str, Any]:
+        if channel in conn.execs:
+            raise ValueError(f"channel {channel} is busy")
+        spec = ExecSpec.from_request(body)
+        builtin = None
+        if spec.builtin is not None:
+            if spec.builtin not in BUILTINS:
+                raise ValueError(f"unknown builtin {spec.builtin!r}")
+            builtin = BUILTINS[spec.builtin]
+        proc = spawn(spec, self.conf, builtin)
+        window = int(body.get("window") or p.DEFAULT_OUTPUT_WINDOW)
+        timeout = body.get("timeout")
+        ex = Execution(conn, channel, proc, window, float(timeout) if timeout else None)
+        conn.execs[channel] = ex
+        self.by_pid[proc.pid] = ex
+        if proc.master is not None:
+            self.watch(proc.master, lambda: self._pump(ex, p.STDOUT), lambda: self._write_stdin(ex))
+        else:
+            for stream, fd in ex.out_fds.items():
+                self.watch(fd, lambda s=stream: self._pump(ex, s))
+            if proc.stdin is not None:
+                self.watch(proc.stdin, None, lambda: self._write_stdin(ex))
+        if body.get("stdin") is False:
+            self._stdin(ex, b"")
+        return {"pid": proc.pid}
+
+    def _stats(self) -> dict[str, Any]:
+        procs = sum(1 for name in os.listdir("/proc") if name.isdigit()) if os.path.isdir("/proc") else 0
+        return {"uptime": time.monotonic() - self.started, "execs": len(self.by_pid), "processes": procs}
+
+    # --- streams ------------------------------------------------------------------------
+    def _pump(self, ex: Execution, stream: int) -> None:
+        fd = ex.out_fds.get(stream)
+        if fd is None:
+            return
+        while ex.credit[stream] > 0:
+            try:
+                data = os.read(fd, min(ex.credit[stream], p.CHUNK))
+            except BlockingIOError:
+                if ex.status is not None:  # writer gone and pipe drained
+                    self._close_stream(ex, stream)
+                else:
+                    self.want_read(fd, True)
+                return
+            except OSError as e:
+                if e.errno != errno.EIO:  # EIO: pty whose slave side is closed
+                    raise
+                data = b""
+            if not data:
+                self._close_stream(ex, stream)
+                return
+            ex.credit[stream] -= len(data)
+            ex.conn.send(p.encode(stream, ex.channel, data))
+        self.want_read(fd, False)
+
+    def _close_stream(self, ex: Execution, stream: int) -> None:
+        fd = ex.out_fds.pop(stream)
+        if ex.proc.master == fd:
+            self.want_read(fd, False)
+        else:
+            self.unwatch(fd)
+            os.close(fd)
+        ex.conn.send(p.encode(stream, ex.channel, b""))
+        self._maybe_finish(ex)
+
+    def _stdin(self, ex: Execution, data: bytes) -> None:
+        if ex.stdin_fd is None:
+            ex.conn.send(p.encode_credit(ex.channel, p.STDIN, len(data)))
+            return
+        if data:
+            ex.stdin_buf += data
+        else:
+            ex.stdin_eof = True
+        self._write_stdin(ex)
+
+    def _write_stdin(self, ex: Execution) -> None:
+        fd = ex.stdin_fd
+        if fd is None:
+            return
+        written = 0
+        try:
+            while ex.stdin_buf:
+                n = os.write(fd, ex.stdin_buf[: p.CHUNK])
+                del ex.stdin_buf[:n]
+                written += n
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE/EIO: the reader is gone; discard what is pending
+            written += len(ex.stdin_buf)
+            ex.stdin_buf.clear()
+            ex.stdin_eof = True
+        if written:
+            ex.conn.send(p.encode_credit(ex.channel, p.STDIN, written))
+        if ex.stdin_buf:
+            self.want_write(fd, True)
+            return
+        self.want_write(fd, False)
+        if ex.stdin_eof:
+            if ex.proc.master == fd:
+                if ex.status is None:
+                    try:
+                        os.write(fd, b"\x04")
+                    except OSError:
+                        pass
+            else:
+                self.unwatch(fd)
+                os.close(fd)
+            ex.stdin_fd = None
+
+    # --- control, exit ------------------------------------------------------------------
+    def _control(self, ex: Execution, body: dict[str, Any]) -> None:
+        op = body.get("op")
+        if op == "kill":
+            self._kill_group(ex, signal.SIGKILL)
+        elif op == "signal":
+            try:
+                os.kill(ex.proc.pid, int(body["signal"]))
+            except (ProcessLookupError, ValueError, KeyError):
+                pass
+        elif op == "resize" and ex.proc.master is not None:
+            set_winsize(ex.proc.master, int(body["rows"]), int(body["cols"]))
+            try:
+                os.killpg(ex.proc.pid, signal.SIGWINCH)
+            except ProcessLookupError:
+                pass
+
+    def _kill_group(self, ex: Execution, sig: int) -> None:
+        for target in (lambda: os.killpg(ex.proc.pid, sig), lambda: os.kill(ex.proc.pid, sig)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _reap(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            ex = self.by_pid.pop(pid, None)
+            if ex is not None:
+                ex.status = p.exit_status(status)
+                for stream in list(ex.out_fds):
+                    self._pump(ex, stream)
+                self._maybe_finish(ex)
+
+    def _maybe_finish(self, ex: Execution) -> None:
+        if ex.status is None or ex.out_fds:
+            return
+        if ex.conn.execs.pop(ex.channel, None) is None:
+            return
+        code, sig = ex.status
+        body = {
+            "exit_code": code,
+            "signal": sig,
+            "timed_out": ex.timed_out,
+            "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
+        }
+        self._close_exec_fds(ex)
+        ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
+
+    def _close_exec_fds(self, ex: Execution) -> None:
+        fds = set(ex.out_fds.values())
+        for fd in (ex.stdin_fd, ex.proc.master):
+            if fd is not None:
+                fds.add(fd)
+        for fd in fds:
+            self.unwatch(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        ex.out_fds.clear()
+        ex.stdin_fd = None
+        ex.proc.master = None
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [ex.deadline for ex in self.by_pid.values() if ex.deadline and not ex.timed_out]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for ex in list(self.by_pid.values()):
+            if ex.deadline and not ex.timed_out and now >= ex.deadline:
+                ex.timed_out = True
+                self._kill_group(ex, signal.SIGKILL)
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def _lifeline(self, fd: int) -> None:
+        try:
+            if os.read(fd, 64):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.unwatch(fd)
+        self.shutdown(0.0)
+
+    def shutdown(self, grace: float) -> None:
+        """Terminate every process of the box, then leave ``serve_forever``."""
+        self.running = False
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._children_left():
+            time.sleep(0.01)
+        self._signal_all(signal.SIGKILL)
+        os.sync()
+
+    def _signal_all(self, sig: int) -> None:
+        if os.getpid() == 1:
+            try:
+                os.kill(-1, sig)
+            except ProcessLookupError:
+                pass
+        for ex in list(self.by_pid.values()):
+            self._kill_group(ex, sig)
+
+    def _children_left(self) -> bool:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return True if pid == 0 else self._children_left()

@@ -1,0 +1,236 @@
+"""Start one user process inside the box root, confined (stdlib only).
+
+The agent forks; the child joins the box root (``chroot``), takes the requested user, loses
+every capability, sets no_new_privs, loads the seccomp filter, closes every inherited fd and
+``execve``s. Failures before ``execve`` travel back on a close-on-exec pipe as
+``"<errno>:<message>"`` so the agent can report a typed error instead of an exit code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import linux, seccomp
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TIOCGPTPEER = 0x5441
+TIOCSPTLCK = 0x40045431
+TIOCSCTTY = 0x540E
+
+
+@dataclass
+class ExecSpec:
+    """What to run, from an ``exec`` request body."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    user: str | None = None
+    tty: bool = False
+    rows: int = 24
+    cols: int = 80
+    builtin: str | None = None
+    builtin_args: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_request(cls, body: dict[str, object]) -> ExecSpec:
+        argv = body.get("argv")
+        builtin = body.get("builtin")
+        if builtin is None and (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)):
+            raise ValueError("argv must be a non-empty list of strings")
+        env = body.get("env") or {}
+        if not isinstance(env, dict):
+            raise ValueError("env must be an object")
+        return cls(
+            argv=list(argv or []),  # type: ignore[call-overload]
+            env={str(k): str(v) for k, v in env.items()},
+            cwd=body.get("cwd") or None,  # type: ignore[arg-type]
+            user=body.get("user") or None,  # type: ignore[arg-type]
+            tty=bool(body.get("tty")),
+            rows=int(body.get("rows") or 24),  # type: ignore[call-overload]
+            cols=int(body.get("cols") or 80),  # type: ignore[call-overload]
+            builtin=builtin,  # type: ignore[arg-type]
+            builtin_args=dict(body.get("builtin_args") or {}),  # type: ignore[call-overload]
+        )
+
+
+@dataclass
+class Confinement:
+    """How the agent confines user processes; computed once at agent start."""
+
+    root: str
+    seccomp_program: bytes | None
+    cap_last: int
+    drop_caps: bool = True
+
+
+@dataclass
+class Spawned:
+    pid: int
+    stdin: int | None  # write end (pipe) or pty master
+    stdout: int | None
+    stderr: int | None
+    master: int | None  # pty master when tty
+
+
+def open_pty(root: str, rows: int, cols: int) -> int:
+    """A pty master from the box's devpts (``<root>/dev/pts/ptmx``), unlocked and sized."""
+    path = os.path.join(root, "dev/pts/ptmx")
+    if not os.path.exists(path):
+        path = "/dev/ptmx"
+    master = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    set_winsize(master, rows, cols)
+    return master
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
+    """Fork and start ``spec``; raise OSError (with the child's message) if it cannot start."""
+    master = slave_peer = None
+    if spec.tty:
+        master = open_pty(conf.root, spec.rows, spec.cols)
+        child_fds = None
+        parent = (master, master, None)
+    else:
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_fds = (in_r, out_w, err_w)
+        parent = (in_w, out_r, err_r)
+    err_r_pipe, err_w_pipe = os.pipe()  # both close-on-exec
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        try:
+            if master is not None:
+                os.setsid()
+                slave_peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+                fcntl.ioctl(slave_peer, TIOCSCTTY, 0)
+                for target in (0, 1, 2):
+                    os.dup2(slave_peer, target)
+            else:
+                os.setsid()
+                assert child_fds is not None
+                for target, fd in enumerate(child_fds):
+                    os.dup2(fd, target)
+            _confine_and_exec(spec, conf, err_w_pipe, builtin)
+        except BaseException as e:  # noqa: BLE001 - report anything to the agent
+            code = e.errno if isinstance(e, OSError) and e.errno else 0
+            try:
+                os.write(err_w_pipe, f"{code}:{e}".encode(errors="replace")[:4000])
+            finally:
+                os._exit(127)
+    # parent
+    os.close(err_w_pipe)
+    if child_fds is not None:
+        for fd in child_fds:
+            os.close(fd)
+    failure = b""
+    while True:
+        chunk = os.read(err_r_pipe, 4096)
+        if not chunk:
+            break
+        failure += chunk
+    os.close(err_r_pipe)
+    if failure:
+        os.waitpid(pid, 0)
+        for fd in {x for x in parent if x is not None}:
+            os.close(fd)
+        code, _, message = failure.decode(errors="replace").partition(":")
+        raise OSError(int(code or 0), message)
+    for fd in {x for x in parent if x is not None}:
+        os.set_blocking(fd, False)
+    return Spawned(pid=pid, stdin=parent[0], stdout=parent[1], stderr=parent[2], master=master)
+
+
+def _confine_and_exec(
+    spec: ExecSpec, conf: Confinement, err_fd: int, builtin: Callable[[ExecSpec], int] | None
+) -> None:
+    if conf.root != "/":
+        os.chroot(conf.root)
+    os.chdir("/")
+    uid, gid, groups, home = resolve_user(spec.user)
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    if conf.drop_caps:
+        for cap in range(conf.cap_last + 1):
+            try:
+                linux.prctl(linux.PR_CAPBSET_DROP, cap)
+            except OSError:
+                pass
+    os.setresuid(uid, uid, uid)
+    if conf.drop_caps:
+        linux.drop_capabilities(-1)  # bounding set is empty already; clear the rest
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", home)
+    if spec.tty:
+        env.setdefault("TERM", "xterm")
+    cwd = spec.cwd or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise OSError(e.errno, f"working directory {cwd!r}: {e.strerror}") from None
+    linux.set_no_new_privs()
+    if conf.seccomp_program:
+        seccomp.install(conf.seccomp_program)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    os.closerange(3, err_fd)
+    os.closerange(err_fd + 1, 65536)
+    if builtin is not None:
+        os.close(err_fd)
+        os._exit(builtin(spec))
+    try:
+        os.execvpe(spec.argv[0], spec.argv, env)
+    except OSError as e:
+        what = "executable file not found" if e.errno == 2 else e.strerror
+        raise OSError(e.errno, f"{spec.argv[0]}: {what}") from None
+
+
+def resolve_user(user: str | None) -> tuple[int, int, list[int], str]:
+    """(uid, gid, supplementary groups, home) for ``name|uid[:group|gid]`` from the box's files."""
+    if not user:
+        user = "0"
+    name, _, group = user.partition(":")
+    passwd = _read_db("/etc/passwd")
+    entry = next((p for p in passwd if p[0] == name), None)
+    if entry is None and name.isdigit():
+        entry = next((p for p in passwd if p[2] == name), None)
+    if entry is not None:
+        uid, gid, home, uname = int(entry[2]), int(entry[3]), entry[5] or "/", entry[0]
+    elif name.isdigit():
+        uid, gid, home, uname = int(name), int(name), "/", ""
+    else:
+        raise OSError(22, f"unable to find user {name}: no matching entries in passwd file")
+    groups_db = _read_db("/etc/group")
+    if group:
+        g = next((e for e in groups_db if e[0] == group or (group.isdigit() and e[2] == group)), None)
+        if g is not None:
+            gid = int(g[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise OSError(22, f"unable to find group {group}: no matching entries in group file")
+    supplementary = [gid]
+    if uname:
+        supplementary += [int(e[2]) for e in groups_db if len(e) > 3 and uname in e[3].split(",")]
+    return uid, gid, sorted(set(supplementary)), home
+
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 2]
+    except OSError:
+        return []

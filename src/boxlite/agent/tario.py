@@ -1,0 +1,62 @@
+"""copy_in / copy_out as tar streams, run in a confined child already inside the box root.
+
+Because the child is chrooted into the box and has no capabilities, every path (``..``,
+absolute symlinks, links to host files) resolves inside the box: the box cannot be used to
+reach host files, whatever the archive or the box's symlinks say. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+
+from .spawn import ExecSpec
+
+
+def untar(spec: ExecSpec) -> int:
+    """Extract the tar on stdin. Args: ``dest``; ``name`` (top-level member); ``into``.
+
+    ``into`` and an existing directory ``dest``: the entry lands at ``dest/name``; otherwise
+    ``name`` itself is renamed to ``dest`` (docker cp semantics).
+    """
+    args = spec.builtin_args
+    dest = str(args["dest"])
+    name = str(args.get("name") or "")
+    into = bool(args.get("into", True))
+    if into and os.path.isdir(dest):
+        base, rename = dest, None
+    else:
+        base, rename = os.path.dirname(dest.rstrip("/")) or "/", os.path.basename(dest.rstrip("/"))
+        os.makedirs(base, exist_ok=True)
+    with tarfile.open(fileobj=os.fdopen(0, "rb", buffering=0), mode="r|") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if rename is not None and parts[0] == name:
+                member.name = "/".join([rename, *parts[1:]])
+            if member.name.startswith("/") or ".." in member.name.split("/"):
+                print(f"refusing unsafe member {member.name!r}", file=sys.stderr)
+                return 1
+            tar.extract(member, base, numeric_owner=True, **_filter())
+    return 0
+
+
+def tar(spec: ExecSpec) -> int:
+    """Write a tar of ``src`` (member name ``name``) to stdout; symlinks are not followed."""
+    src = str(spec.builtin_args["src"])
+    name = str(spec.builtin_args.get("name") or os.path.basename(src.rstrip("/")) or "root")
+    if not os.path.lexists(src):
+        print(f"no such file or directory: {src}", file=sys.stderr)
+        return 2
+    with tarfile.open(fileobj=os.fdopen(1, "wb", buffering=0), mode="w|", format=tarfile.PAX_FORMAT) as out:
+        out.add(src, arcname=name, recursive=True)
+    return 0
+
+
+def _filter() -> dict[str, object]:
+    # Inside the box root any path is the box's own, so the permissive "tar" filter is enough;
+    # it still strips setuid bits and absolute names. Older Pythons lack filters.
+    return {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+
+
+BUILTINS = {"untar": untar, "tar": tar}

@@ -1,0 +1,106 @@
+"""The engine interface: how a box's isolation boundary is started, killed and measured."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class RootLayers:
+    """Read-only root filesystem of a box: unpacked layer dirs, bottom first.
+
+    Ownership inside the layer dirs is shifted by ``uid_base`` (box uid 0 = host ``uid_base``).
+    ``image_id`` identifies the stack for caches (e.g. the VM engine's root disk image).
+    """
+
+    layers: tuple[Path, ...]
+    image_id: str
+    uid_base: int
+
+
+@dataclass
+class BoxSpec:
+    """Everything an engine needs to start one box."""
+
+    box_id: str
+    box_dir: Path
+    root: RootLayers
+    hostname: str
+    cpus: float | None = None
+    memory_mib: int | None = None
+    pids_limit: int | None = None
+    disk_size_gb: float | None = None
+    detach: bool = False
+    lifeline_fd: int | None = None
+    ready_timeout: float = 60.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        """Host directory holding the agent socket and other runtime files."""
+        return self.box_dir / "run"
+
+    @property
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+
+@dataclass
+class RunningBox:
+    """A started box: its supervisor's host pid (+ start time against pid reuse)."""
+
+    pid: int
+    pid_start: int
+    agent_socket: Path
+
+    def is_alive(self) -> bool:
+        return process_start_time(self.pid) == self.pid_start
+
+
+class Engine(ABC):
+    """One isolation technology. Engines are stateless; state lives in the box dir."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def start(self, spec: BoxSpec) -> RunningBox:
+        """Start the box and return once its agent accepts connections on the socket."""
+
+    @abstractmethod
+    async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
+        """Force the box down (after a graceful agent shutdown failed or was skipped)."""
+
+    @abstractmethod
+    def cleanup(self, spec: BoxSpec) -> None:
+        """Release host resources of a box that is no longer running (idempotent)."""
+
+    def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
+        """Host-side resource numbers for the box (memory, cpu time...)."""
+        return {}
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of ``pid``, or None if it does not exist / is a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b")") + 2 :].split()
+    if rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[19])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

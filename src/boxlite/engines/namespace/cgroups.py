@@ -1,0 +1,199 @@
+"""Per-box cgroups on v1 (one hierarchy per controller) and v2 (unified) hosts.
+
+A box's cgroup lives under the creating process's own cgroup (``.../boxlite/<box id>``), so it
+inherits the limits its parent has. The paths are saved in the box dir so that any process can
+read the box's metrics or remove the cgroup later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import EngineError
+
+ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+DEFAULT_PIDS_LIMIT = 4096
+
+
+@dataclass
+class BoxCgroups:
+    """The cgroup directories of one box (one per v1 controller, or one v2 dir)."""
+
+    version: int
+    paths: dict[str, str]
+
+    def save(self, file: Path) -> None:
+        file.write_text(json.dumps({"version": self.version, "paths": self.paths}))
+
+    @classmethod
+    def load(cls, file: Path) -> BoxCgroups | None:
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(int(data["version"]), dict(data["paths"]))
+
+    @property
+    def procs_files(self) -> list[str]:
+        return sorted({os.path.join(p, "cgroup.procs") for p in self.paths.values()})
+
+    def remove(self, timeout: float = 2.0) -> None:
+        """rmdir every directory, retrying while the last processes exit."""
+        deadline = time.monotonic() + timeout
+        for path in sorted(set(self.paths.values()), key=len, reverse=True):
+            while os.path.isdir(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    _kill_all(path)
+                    time.sleep(0.01)
+
+    def read(self) -> dict[str, float]:
+        """memory_bytes, memory_peak_bytes, cpu_usage_ns, pids."""
+        out: dict[str, float] = {}
+        if self.version == 2:
+            base = self.paths["unified"]
+            out["memory_bytes"] = _read_int(f"{base}/memory.current")
+            out["memory_peak_bytes"] = _read_int(f"{base}/memory.peak")
+            out["pids"] = _read_int(f"{base}/pids.current")
+            for line in _read(f"{base}/cpu.stat").splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    out["cpu_usage_ns"] = int(value) * 1000
+        else:
+            if "memory" in self.paths:
+                out["memory_bytes"] = _read_int(f"{self.paths['memory']}/memory.usage_in_bytes")
+                out["memory_peak_bytes"] = _read_int(f"{self.paths['memory']}/memory.max_usage_in_bytes")
+            if "cpuacct" in self.paths:
+                out["cpu_usage_ns"] = _read_int(f"{self.paths['cpuacct']}/cpuacct.usage")
+            if "pids" in self.paths:
+                out["pids"] = _read_int(f"{self.paths['pids']}/pids.current")
+        return {k: v for k, v in out.items() if v >= 0}
+
+
+def is_v2() -> bool:
+    return (ROOT / "cgroup.controllers").exists()
+
+
+def create(box_id: str, memory_mib: int | None, cpus: float | None, pids_limit: int | None) -> BoxCgroups:
+    """Create the box's cgroups and apply its limits; raises EngineError when a limit can't be set."""
+    pids = pids_limit if pids_limit is not None else DEFAULT_PIDS_LIMIT
+    if is_v2():
+        return _create_v2(box_id, memory_mib, cpus, pids)
+    return _create_v1(box_id, memory_mib, cpus, pids)
+
+
+def _own_cgroup(controller: str) -> str:
+    """Our cgroup path in the hierarchy of ``controller`` ('' for v2)."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(",") or (controller == "" and controllers == ""):
+                return path.lstrip("/")
+    return ""
+
+
+def _v1_dir(controller: str) -> Path | None:
+    path = ROOT / controller
+    return path if path.is_dir() else None
+
+
+def _create_v1(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> BoxCgroups:
+    paths: dict[str, str] = {}
+    for controller in V1_CONTROLLERS:
+        mount = _v1_dir(controller)
+        if mount is None:
+            continue
+        path = mount / _own_cgroup(controller) / "boxlite" / box_id
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if controller in ("memory", "cpu") and (memory_mib if controller == "memory" else cpus):
+                raise EngineError(f"cannot create {controller} cgroup {path}: {e}") from None
+            continue
+        paths[controller] = str(os.path.realpath(path))
+    groups = BoxCgroups(1, paths)
+    try:
+        if memory_mib:
+            _need(paths, "memory", memory_mib)
+            limit = str(memory_mib * 1024 * 1024)
+            _write(f"{paths['memory']}/memory.limit_in_bytes", limit)
+            if os.path.exists(f"{paths['memory']}/memory.memsw.limit_in_bytes"):
+                _write(f"{paths['memory']}/memory.memsw.limit_in_bytes", limit)
+        if cpus:
+            _need(paths, "cpu", cpus)
+            _write(f"{paths['cpu']}/cpu.cfs_period_us", "100000")
+            _write(f"{paths['cpu']}/cpu.cfs_quota_us", str(int(cpus * 100000)))
+        if "pids" in paths:
+            _write(f"{paths['pids']}/pids.max", str(pids))
+    except EngineError:
+        groups.remove()
+        raise
+    return groups
+
+
+def _create_v2(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> BoxCgroups:
+    parent = ROOT / _own_cgroup("") / "boxlite"
+    path = parent / box_id
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        wanted = {"memory", "pids", "cpu"} & set(_read(f"{parent}/cgroup.controllers").split())
+        if wanted:
+            _write(f"{parent}/cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
+    except OSError as e:
+        raise EngineError(f"cannot create cgroup {path}: {e}") from None
+    groups = BoxCgroups(2, {"unified": str(path)})
+    try:
+        if memory_mib:
+            _write(f"{path}/memory.max", str(memory_mib * 1024 * 1024))
+            if os.path.exists(f"{path}/memory.swap.max"):
+                _write(f"{path}/memory.swap.max", "0")
+        if cpus:
+            _write(f"{path}/cpu.max", f"{int(cpus * 100000)} 100000")
+        if os.path.exists(f"{path}/pids.max"):
+            _write(f"{path}/pids.max", str(pids))
+    except EngineError:
+        groups.remove()
+        raise
+    return groups
+
+
+def _need(paths: dict[str, str], controller: str, value: object) -> None:
+    if controller not in paths:
+        raise EngineError(f"a {controller} limit ({value}) was asked for but the {controller} cgroup is unavailable")
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise EngineError(f"cannot write {value!r} to {path}: {e.strerror}") from None
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _read_int(path: str) -> int:
+    text = _read(path).strip()
+    return int(text) if text.isdigit() else -1
+
+
+def _kill_all(path: str) -> None:
+    for pid in _read(os.path.join(path, "cgroup.procs")).split():
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass

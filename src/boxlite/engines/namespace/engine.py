@@ -1,0 +1,183 @@
+"""The namespace engine: a box is a tree of namespaces whose PID 1 is the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ...errors import EngineError
+from ..base import BoxSpec, Engine, RunningBox, process_start_time
+from . import cgroups
+
+AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
+BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from agent.nsboot import main; del sys.argv[1]; main()"
+
+
+def agent_python() -> str:
+    """Interpreter for the agent: ``$BOXLITE_AGENT_PYTHON``, Debian's python3, or ours."""
+    explicit = os.environ.get("BOXLITE_AGENT_PYTHON")
+    if explicit:
+        return explicit
+    system = "/usr/bin/python3"
+    return system if os.access(system, os.X_OK) else sys.executable
+
+
+def _python_prefix(python: str) -> str:
+    real = os.path.realpath(python)
+    return str(Path(real).parents[1])
+
+
+class NamespaceEngine(Engine):
+    """Linux namespaces + cgroups + seccomp; needs root (or CAP_SYS_ADMIN) on the host."""
+
+    name = "namespace"
+
+    async def start(self, spec: BoxSpec) -> RunningBox:
+        if os.geteuid() != 0:
+            raise EngineError("the namespace engine needs root on the host (it maps box users to a uid range)")
+        self._prepare_dirs(spec)
+        groups = cgroups.create(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
+        groups.save(spec.box_dir / "cgroups.json")
+        python = agent_python()
+        status_r, status_w = os.pipe()
+        config = {
+            "status_fd": status_w,
+            "lifeline_fd": spec.lifeline_fd,
+            "cgroup_procs": groups.procs_files,
+            "uid_base": spec.root.uid_base,
+            "hostname": spec.hostname,
+            "sup_dir": str(spec.box_dir / "sup"),
+            "run_dir": str(spec.run_dir),
+            "layer_links": str(spec.box_dir / "layers"),
+            "layer_count": len(spec.root.layers),
+            "upperdir": str(spec.box_dir / "upper"),
+            "workdir": str(spec.box_dir / "work"),
+            "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
+        }
+        fds = [status_w] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
+        log = open(spec.box_dir / "boot.log", "ab")
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                python, "-I", "-S", "-c", BOOTSTRAP, str(AGENT_PARENT), json.dumps(config),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=fds, start_new_session=True,
+            )  # fmt: skip
+        except OSError as e:
+            os.close(status_w)
+            os.close(status_r)
+            groups.remove()
+            raise EngineError(f"cannot run the agent interpreter {python}: {e}") from None
+        finally:
+            log.close()
+        os.close(status_w)
+        try:
+            pid = await asyncio.wait_for(self._await_ready(status_r, spec), spec.ready_timeout)
+        except BaseException as e:
+            await self._abort(proc, spec, groups)
+            if isinstance(e, asyncio.TimeoutError):
+                raise EngineError(
+                    f"box {spec.box_id} was not ready after {spec.ready_timeout:g}s{self._boot_log_tail(spec)}"
+                ) from None
+            raise
+        finally:
+            os.close(status_r)
+        await proc.wait()
+        start_time = process_start_time(pid)
+        if start_time is None:
+            raise EngineError(f"box {spec.box_id} died right after start{self._boot_log_tail(spec)}")
+        spec.extra["boot_ms"] = (time.monotonic() - started) * 1000
+        return RunningBox(pid=pid, pid_start=start_time, agent_socket=spec.agent_socket)
+
+    async def _await_ready(self, status_r: int, spec: BoxSpec) -> int:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(status_r), "rb", buffering=0)
+        )
+        pid = 0
+        try:
+            while True:
+                line = (await reader.readline()).decode(errors="replace").strip()
+                if not line:
+                    raise EngineError(f"box {spec.box_id} failed to start{self._boot_log_tail(spec)}")
+                word, _, rest = line.partition(" ")
+                if word == "pid":
+                    pid = int(rest)
+                elif word == "ready" and pid:
+                    return pid
+                elif word == "error":
+                    raise EngineError(f"box {spec.box_id} failed to start: {rest}")
+        finally:
+            transport.close()
+
+    async def _abort(self, proc: asyncio.subprocess.Process, spec: BoxSpec, groups: cgroups.BoxCgroups) -> None:
+        for pid in groups_pids(groups):
+            _kill(pid)
+        if proc.returncode is None:
+            _kill(proc.pid)
+        await proc.wait()
+        groups.remove()
+
+    def _prepare_dirs(self, spec: BoxSpec) -> None:
+        uid = spec.root.uid_base
+        for name in ("upper", "work", "run", "sup"):
+            (spec.box_dir / name).mkdir(parents=True, exist_ok=True)
+        upper = spec.box_dir / "upper"
+        if upper.stat().st_uid != uid:
+            bottom = spec.root.layers[0] if spec.root.layers else None
+            os.chown(upper, uid, uid)
+            os.chmod(upper, (bottom.stat().st_mode & 0o7777) if bottom else 0o755)
+        os.chown(spec.run_dir, uid, uid)
+        os.chmod(spec.run_dir, 0o700)
+        sock = spec.agent_socket
+        if sock.exists() or sock.is_symlink():
+            sock.unlink()
+        links = spec.box_dir / "layers"
+        shutil.rmtree(links, ignore_errors=True)
+        links.mkdir()
+        for i, layer in enumerate(spec.root.layers):
+            os.symlink(layer, links / str(i))
+
+    async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
+        if running.is_alive():
+            _kill(running.pid)
+        deadline = time.monotonic() + 5
+        while running.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.cleanup(spec)
+
+    def cleanup(self, spec: BoxSpec) -> None:
+        groups = cgroups.BoxCgroups.load(spec.box_dir / "cgroups.json")
+        if groups is not None:
+            groups.remove()
+            (spec.box_dir / "cgroups.json").unlink(missing_ok=True)
+        for path in (spec.agent_socket,):
+            path.unlink(missing_ok=True)
+
+    def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
+        groups = cgroups.BoxCgroups.load(spec.box_dir / "cgroups.json")
+        return groups.read() if groups is not None else {}
+
+
+def groups_pids(groups: cgroups.BoxCgroups) -> list[int]:
+    pids: set[int] = set()
+    for procs in groups.procs_files:
+        try:
+            with open(procs) as f:
+                pids.update(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return sorted(pids)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
