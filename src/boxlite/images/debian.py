@@ -1,0 +1,133 @@
+"""Build a root filesystem from Debian packages (``apt-get download`` + ``dpkg-deb -x``).
+
+Used for BoxLite's offline default image (busybox-static + python3 minimal) and by tests, so
+no Docker Hub access is needed. Needs ``apt-get``/``apt-cache``/``dpkg-deb`` on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from ..errors import ImageError
+
+# Packages never pulled in as dependencies: package management, perl and docs are not needed
+# for running programs in a box and would multiply the size.
+EXCLUDE = frozenset({
+    "dpkg", "debconf", "debconf-2.0", "install-info", "perl", "perl-base", "perl-modules-5.36",
+    "libperl5.36", "tar", "base-files", "mailcap", "mime-support", "init-system-helpers",
+    "usrmerge", "usr-is-merged", "debianutils", "coreutils", "sensible-utils",
+})
+DEFAULT_PACKAGES = ("busybox-static", "python3.11-minimal", "libpython3.11-stdlib")
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str:
+    try:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
+    except FileNotFoundError as e:
+        raise ImageError(f"{cmd[0]} is not installed (needed to build a Debian rootfs)") from e
+    except subprocess.CalledProcessError as e:
+        raise ImageError(f"{' '.join(cmd[:3])}... failed: {e.stderr.strip()[-500:]}") from e
+    return r.stdout
+
+
+def resolve_packages(packages: list[str], exclude: frozenset[str] = EXCLUDE) -> list[str]:
+    """Packages plus their Depends/Pre-Depends closure (first alternative, no recommends)."""
+    seen: set[str] = set()
+    todo = [p for p in packages if p]
+    while todo:
+        batch = sorted({p for p in todo if p not in seen})
+        todo = []
+        if not batch:
+            break
+        seen.update(batch)
+        out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests",
+                    "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *batch])
+        alt = False
+        for line in out.splitlines():
+            m = re.match(r"^\s+(\|?)(Depends|PreDepends):\s+(\S+)", line)
+            if not m:
+                if line and not line.startswith(" "):
+                    alt = False
+                continue
+            first_of_group = not alt
+            alt = m.group(1) == "|"
+            dep = m.group(3).split(":")[0]
+            if not first_of_group or dep.startswith("<") or dep in exclude:
+                continue
+            if dep not in seen:
+                todo.append(dep)
+    return sorted(seen)
+
+
+def download_debs(packages: list[str], cache_dir: Path) -> list[Path]:
+    """``apt-get download`` what is not cached yet; return the .deb paths."""
+    debs_dir = cache_dir / "debs"
+    debs_dir.mkdir(parents=True, exist_ok=True)
+
+    def cached(name: str) -> Path | None:
+        hits = sorted(debs_dir.glob(f"{name}_*.deb"))
+        return hits[-1] if hits else None
+
+    missing = [p for p in packages if cached(p) is None]
+    if missing:
+        _run(["apt-get", "download", "-q", *missing], cwd=debs_dir)
+    out = []
+    for p in packages:
+        deb = cached(p)
+        if deb is None:
+            raise ImageError(f"apt-get download produced no .deb for {p}")
+        out.append(deb)
+    return out
+
+
+def build_debian_rootfs(dest: Path, packages: list[str], cache_dir: Path) -> Path:
+    """Extract ``packages`` and their dependencies into ``dest`` (files owned by root).
+
+    Adds what maintainer scripts would have made: ``/usr/bin/python3`` (when python3.X is
+    present), busybox applet links in ``/bin`` (when busybox is present), ``/etc/passwd``,
+    ``/etc/group``, ``/tmp`` and the usual mount points.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for deb in download_debs(resolve_packages(list(packages)), Path(cache_dir)):
+        _run(["dpkg-deb", "-x", str(deb), str(dest)])
+    _finish_rootfs(dest)
+    return dest
+
+
+def _finish_rootfs(dest: Path) -> None:
+    for d in ("bin", "etc", "root", "proc", "dev", "sys", "run", "var/tmp", "home"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    (dest / "tmp").mkdir(exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    usr_bin = dest / "usr" / "bin"
+    pythons = sorted(usr_bin.glob("python3.[0-9]*")) if usr_bin.is_dir() else []
+    pythons = [p for p in pythons if re.fullmatch(r"python3\.\d+", p.name)]
+    if pythons and not (usr_bin / "python3").exists():
+        os.symlink(pythons[-1].name, usr_bin / "python3")
+    busybox = next((p for p in (dest / "bin" / "busybox", usr_bin / "busybox") if p.exists()),
+                   None)
+    if busybox is not None:
+        applets = _run([str(busybox), "--list"]).split() if os.access(busybox, os.X_OK) else []
+        for name in applets:
+            if name == "busybox":
+                continue
+            for d in (dest / "bin", usr_bin):
+                if (d / name).exists() or (d / name).is_symlink():
+                    break
+            else:
+                rel = os.path.relpath(busybox, dest / "bin")
+                os.symlink(rel, dest / "bin" / name)
+    if not (dest / "etc" / "passwd").exists():
+        (dest / "etc" / "passwd").write_text(
+            "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n")
+    home = dest / "home" / "user"
+    if not home.exists():
+        home.mkdir(parents=True)
+        if os.geteuid() == 0:
+            os.chown(home, 1000, 1000)

@@ -1,0 +1,272 @@
+"""ImageManager: the images package's facade (pull, resolve, list, remove, load, gc)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ConfigError, ImageError, NotFoundError, RegistryError
+from .catalog import is_complete, read_image, record_image
+from .client import RegistryClient, RetryPolicy
+from .layout import import_path, is_oci_layout
+from .locks import async_file_lock, file_lock
+from .manifest import INDEX_TYPES, Descriptor, load_json, media_type_of, parse_manifest, \
+    select_platform
+from .reference import Reference, is_digest, parse_reference
+from .registry_config import ImageRegistry, load_registries_from_config
+from .rootfs import import_rootfs
+from .store import DEFAULT_UID_BASE, Store
+from .types import ImageConfig, ImageInfo, PreparedImage, PullProgress
+from .unpack import unpack_layer
+
+ProgressFn = Callable[[PullProgress], None]
+
+
+class ImageManager:
+    """Images of one BoxLite home. Safe to use from several processes at once.
+
+    ``registries`` defaults to ``image_registries`` from ``<home>/config.json``.
+    ``retry`` and ``max_concurrent_downloads`` may be adjusted after construction.
+    """
+
+    def __init__(self, home: Path, registries: list[ImageRegistry] | None = None,
+                 uid_base: int = DEFAULT_UID_BASE) -> None:
+        self.home = Path(home)
+        self.registries = (list(registries) if registries is not None
+                           else load_registries_from_config(self.home))
+        self.uid_base = uid_base
+        self.store = Store(self.home, uid_base)
+        self.retry = RetryPolicy()
+        self.max_concurrent_downloads = 4
+
+    # -- registry selection -----------------------------------------------------------
+    def _registry(self, host: str) -> ImageRegistry:
+        for r in self.registries:
+            if r.host == host:
+                return r
+        return ImageRegistry(host)
+
+    def _candidates(self, ref: Reference) -> list[Reference]:
+        """Where to look for ``ref``: search registries first for unqualified names."""
+        if ref.explicit_registry:
+            return [ref]
+        out: list[Reference] = []
+        for r in self.registries:
+            if r.search and r.host != ref.registry:
+                out.append(ref.with_registry(r.host, ref.short_repository))
+                if ref.short_repository != ref.repository:
+                    out.append(ref.with_registry(r.host, ref.repository))
+        out.append(ref)
+        return out
+
+    # -- pull -------------------------------------------------------------------------
+    async def pull(self, ref: str, progress: ProgressFn | None = None) -> ImageInfo:
+        """Download ``ref`` (manifest, config, layers) into the store and tag it."""
+        parsed = parse_reference(ref)
+        first_error: RegistryError | None = None
+        for cand in self._candidates(parsed):
+            try:
+                return await self._pull_one(cand, progress)
+            except RegistryError as e:
+                if parsed.explicit_registry:
+                    raise
+                first_error = first_error or e
+        assert first_error is not None
+        raise first_error
+
+    async def _pull_one(self, ref: Reference, progress: ProgressFn | None) -> ImageInfo:
+        async with async_file_lock(self.store.gc_lock(), shared=True):
+            async with RegistryClient(self._registry(ref.registry), self.retry) as client:
+                body, ctype, digest = await client.get_manifest(ref.repository, ref.reference)
+                doc = load_json(body, "manifest")
+                for _ in range(3):
+                    if media_type_of(doc, ctype) not in INDEX_TYPES:
+                        break
+                    desc = select_platform(doc)
+                    body, ctype, digest = await client.get_manifest(ref.repository, desc.digest)
+                    doc = load_json(body, "manifest")
+                manifest = parse_manifest(doc)
+                if not self.store.has_blob(manifest.config.digest):
+                    data = await client.get_blob_bytes(ref.repository, manifest.config)
+                    self.store.put_bytes(data, manifest.config.digest)
+                sem = asyncio.Semaphore(self.max_concurrent_downloads)
+
+                async def one(d: Descriptor) -> None:
+                    async with sem:
+                        await self._fetch_blob(client, ref.repository, d, progress)
+
+                await asyncio.gather(*(one(d) for d in manifest.layers))
+            self.store.put_bytes(body, digest)
+            return record_image(self.store, str(ref), digest)
+
+    async def _fetch_blob(self, client: RegistryClient, repo: str, desc: Descriptor,
+                          progress: ProgressFn | None) -> None:
+        def report(n: int, done: bool = False) -> None:
+            if progress:
+                progress(PullProgress(desc.digest, n, desc.size, done))
+
+        if not self.store.has_blob(desc.digest):
+            async with async_file_lock(self.store.blob_lock(desc.digest)):
+                if not self.store.has_blob(desc.digest):  # another process may have won
+                    partial = self.store.partial_path(desc.digest)
+                    await client.download_blob(repo, desc, partial, report)
+                    self.store.commit_partial(desc.digest, partial)
+        report(desc.size, True)
+
+    # -- resolve ----------------------------------------------------------------------
+    async def resolve(self, image: str | None = None, rootfs_path: str | None = None,
+                      progress: ProgressFn | None = None) -> PreparedImage:
+        """Image reference or rootfs dir → unpacked layers + config (pulls when missing)."""
+        if (image is None) == (rootfs_path is None):
+            raise ConfigError("give exactly one of image and rootfs_path")
+        if rootfs_path is not None:
+            path = Path(rootfs_path)
+            if is_oci_layout(path):
+                infos = await asyncio.to_thread(self.load, path)
+                return await self._prepare(infos[0])
+            if not path.is_dir():
+                raise NotFoundError(f"rootfs_path {rootfs_path} is not a directory")
+            root, fp = await asyncio.to_thread(import_rootfs, self.store, path)
+            return PreparedImage((root,), ImageConfig(), f"rootfs:{fp}", None)
+        assert image is not None
+        info = self._lookup(image)
+        if info is None or not is_complete(self.store, info.digest):
+            if info is not None and is_digest(image):
+                raise ImageError(f"image {image} is incomplete in the store")
+            info = await self.pull(info.reference if info else image, progress)
+        return await self._prepare(info)
+
+    def _lookup(self, image: str) -> ImageInfo | None:
+        if is_digest(image) or (len(image) >= 12 and all(c in "0123456789abcdef" for c in image)):
+            rows = self.store.find(image)
+            if rows:
+                return rows[0]
+            if is_digest(image):
+                raise NotFoundError(f"no image {image} in the store")
+        for cand in self._candidates(parse_reference(image)):
+            info = self.store.get_ref(str(cand))
+            if info:
+                return info
+        return None
+
+    async def _prepare(self, info: ImageInfo) -> PreparedImage:
+        async with async_file_lock(self.store.gc_lock(), shared=True):
+            img = read_image(self.store, info.digest)
+            layers = await asyncio.gather(*(
+                asyncio.to_thread(self._ensure_layer, d, diff)
+                for d, diff in zip(img.manifest.layers, img.diff_ids)))
+        return PreparedImage(tuple(layers), img.config, img.image_id, info.reference)
+
+    def _ensure_layer(self, desc: Descriptor, diff_id: str | None) -> Path:
+        hex_id = desc.digest.split(":", 1)[1]
+        root = self.store.layer_root(hex_id)
+        if root.is_dir():
+            return root
+        with file_lock(self.store.lock_path(f"layer-{self.store.layer_key(hex_id)}")):
+            if root.is_dir():
+                return root
+            work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
+            try:
+                os.chmod(work, 0o755)
+                (work / "root").mkdir()
+                unpack_layer(self.store.blob_path(desc.digest), work / "root", self.uid_base,
+                             diff_id)
+                os.rename(work, self.store.layer_dir(hex_id))
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        return root
+
+    # -- local operations -------------------------------------------------------------
+    def list(self) -> list[ImageInfo]:
+        """Every stored reference, newest first."""
+        return self.store.all_refs()
+
+    def remove(self, ref_or_digest: str, force: bool = False) -> None:
+        """Untag an image (by reference, manifest digest or image id).
+
+        A digest/id naming several references needs ``force``. Blobs and layers are freed by
+        :meth:`gc`.
+        """
+        rows = self.store.find(ref_or_digest)
+        if not rows and not is_digest(ref_or_digest):
+            try:
+                parsed = parse_reference(ref_or_digest)
+            except ImageError:
+                parsed = None
+            if parsed is not None:
+                for cand in self._candidates(parsed):
+                    info = self.store.get_ref(str(cand))
+                    if info:
+                        rows = [info]
+                        break
+        if not rows:
+            raise NotFoundError(f"no image {ref_or_digest!r} in the store")
+        if len(rows) > 1 and not force:
+            raise ImageError(f"{ref_or_digest} is referenced by {len(rows)} references "
+                             f"({', '.join(r.reference for r in rows)}); use force=True")
+        self.store.delete_refs([r.reference for r in rows])
+
+    def load(self, path: str | Path) -> list[ImageInfo]:
+        """Import a ``docker save``/``podman save`` tarball or an OCI layout (dir or tar)."""
+        with file_lock(self.store.gc_lock(), shared=True):
+            pairs = import_path(self.store, Path(path))
+            return [record_image(self.store, ref, digest) for ref, digest in pairs]
+
+    def gc(self, in_use_layers: set[Path] | frozenset[Path] = frozenset()) -> int:
+        """Delete blobs and layer dirs no image references and no box uses; bytes freed."""
+        store = self.store
+        with file_lock(store.gc_lock()):
+            keep_blobs: set[str] = set()
+            keep_layer_ids: set[str] = set()
+            for info in store.all_refs():
+                keep_blobs.add(info.digest)
+                try:
+                    manifest = parse_manifest(load_json(store.read_blob(info.digest), "m"))
+                except ImageError:
+                    continue
+                keep_blobs.add(manifest.config.digest)
+                for d in manifest.layers:
+                    keep_blobs.add(d.digest)
+                    keep_layer_ids.add(d.digest.split(":", 1)[1])
+            keep_dirs: set[str] = set()
+            for p in in_use_layers:
+                p = Path(p)
+                p = p.parent if p.name == "root" else p
+                if p.parent.resolve() == store.layers.resolve():
+                    keep_dirs.add(p.name)
+            freed = 0
+            for entry in os.scandir(store.blobs):
+                if f"sha256:{entry.name}" not in keep_blobs:
+                    freed += entry.stat(follow_symlinks=False).st_size
+                    os.unlink(entry.path)
+            for entry in os.scandir(store.layers):
+                if entry.name in keep_dirs or entry.name.split(".", 1)[0] in keep_layer_ids:
+                    continue
+                freed += _du(entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)
+            for entry in os.scandir(store.tmp):  # nobody pulls while we hold the gc lock
+                freed += _du(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            return freed
+
+
+def _du(path: str) -> int:
+    st = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path):
+        return st.st_size
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total

@@ -1,0 +1,126 @@
+"""Importing a plain root filesystem directory as a single cached layer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from ..errors import ImageError
+from .locks import file_lock
+from .store import Store
+from .unpack import shift_id
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 hex over the real path and every entry's lstat (type, mode, ids, size, times)."""
+    real = os.path.realpath(path)
+    h = hashlib.sha256(real.encode("utf-8", "surrogateescape") + b"\0")
+    for dirpath, dirnames, filenames in os.walk(real):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, real)
+        for name in [".", *sorted(filenames), *dirnames]:
+            full = dirpath if name == "." else os.path.join(dirpath, name)
+            st = os.lstat(full)
+            h.update(f"{rel}/{name}\0{st.st_mode}:{st.st_uid}:{st.st_gid}:{st.st_size}:"
+                     f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\n"
+                     .encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def import_rootfs(store: Store, path: Path) -> tuple[Path, str]:
+    """Copy ``path`` into ``layers/<fingerprint>/root`` (cached); return (root, fingerprint)."""
+    if not path.is_dir():
+        raise ImageError(f"rootfs_path {path} is not a directory")
+    fp = fingerprint(path)
+    root = store.layer_root(fp)
+    if root.is_dir():
+        return root, fp
+    with file_lock(store.lock_path(f"layer-{store.layer_key(fp)}")):
+        if root.is_dir():
+            return root, fp
+        work = Path(tempfile.mkdtemp(dir=store.tmp, prefix=f"rootfs-{fp[:12]}-"))
+        try:
+            os.chmod(work, 0o755)
+            copy_tree_shifted(Path(os.path.realpath(path)), work / "root", store.uid_base)
+            os.rename(work, store.layer_dir(fp))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return root, fp
+
+
+def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
+    """Copy a tree preserving modes, times, symlinks, hard links, devices and xattrs,
+    with uid/gid shifted by ``uid_base``. Symlinks in ``src`` are never followed."""
+    privileged = os.geteuid() == 0
+    links: dict[tuple[int, int], str] = {}
+    dir_times: list[tuple[str, os.stat_result]] = []
+
+    def meta(path: str, st: os.stat_result, is_link: bool = False) -> None:
+        if privileged:
+            os.chown(path, shift_id(st.st_uid, uid_base), shift_id(st.st_gid, uid_base),
+                     follow_symlinks=False)
+        if not is_link:
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def walk(s: str, d: str) -> None:
+        st = os.lstat(s)
+        os.mkdir(d, 0o700)
+        _copy_xattrs(s, d)
+        with os.scandir(s) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            sp, dp = e.path, os.path.join(d, e.name)
+            est = os.lstat(sp)
+            mode = est.st_mode
+            if stat.S_ISDIR(mode):
+                walk(sp, dp)
+                continue
+            key = (est.st_dev, est.st_ino)
+            if est.st_nlink > 1 and not stat.S_ISDIR(mode) and key in links:
+                os.link(links[key], dp, follow_symlinks=False)
+                continue
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(sp), dp)
+                meta(dp, est, is_link=True)
+            elif stat.S_ISREG(mode):
+                shutil.copyfile(sp, dp, follow_symlinks=False)
+                _copy_xattrs(sp, dp)
+                meta(dp, est)
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                if not privileged:
+                    continue
+                os.mknod(dp, mode, est.st_rdev)
+                meta(dp, est)
+            elif stat.S_ISFIFO(mode):
+                os.mkfifo(dp)
+                meta(dp, est)
+            else:
+                continue  # sockets and unknown types are not copied
+            if est.st_nlink > 1:
+                links[key] = dp
+        dir_times.append((d, st))
+
+    walk(str(src), str(dest))
+    for d, st in dir_times:
+        meta(d, st)
+
+
+def _copy_xattrs(src: str, dest: str) -> None:
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("trusted.overlay."):
+            continue
+        try:
+            os.setxattr(dest, name, os.getxattr(src, name, follow_symlinks=False),
+                        follow_symlinks=False)
+        except OSError:
+            pass
