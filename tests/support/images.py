@@ -75,3 +75,243 @@ def is_executable(path: Path) -> bool:
     """True when ``path`` is a regular file with an execute bit."""
     st = path.stat()
     return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+# --------------------------------------------------------------------------------------------
+# OCI layout building (layers from dirs or crafted members, configs, manifests, indexes)
+# --------------------------------------------------------------------------------------------
+import gzip  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tarfile  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+CACHE = Path(os.environ.get("BOXLITE_TEST_CACHE", "/var/cache/boxlite-test"))
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def host_arch() -> str:
+    m = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+@dataclass
+class Layer:
+    """A layer blob as stored in a layout/registry."""
+
+    blob: bytes
+    media_type: str
+    diff_id: str
+
+
+def compress(tar: bytes, compression: str | None = "gzip") -> Layer:
+    if compression == "gzip":
+        return Layer(gzip.compress(tar, 6, mtime=0), OCI_LAYER + "+gzip", sha256(tar))
+    if compression == "zstd":
+        import zstandard
+
+        return Layer(zstandard.ZstdCompressor().compress(tar), OCI_LAYER + "+zstd", sha256(tar))
+    return Layer(tar, OCI_LAYER, sha256(tar))
+
+
+def layer_from_dir(root: Path, compression: str | None = "gzip") -> Layer:
+    """Tar ``root``'s contents (names relative, numeric owners kept)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for entry in sorted(os.listdir(root)):
+            tf.add(root / entry, arcname=entry, recursive=True)
+    return compress(buf.getvalue(), compression)
+
+
+@dataclass
+class Member:
+    """One crafted tar member: name, type and payload."""
+
+    name: str
+    type: bytes = tarfile.REGTYPE
+    data: bytes = b""
+    linkname: str = ""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    devmajor: int = 0
+    devminor: int = 0
+    pax: dict[str, str] = field(default_factory=dict)
+
+
+def tar_members(members: list[Member]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for m in members:
+            ti = tarfile.TarInfo(m.name)
+            ti.type = m.type
+            ti.mode = m.mode
+            ti.uid, ti.gid = m.uid, m.gid
+            ti.linkname = m.linkname
+            ti.devmajor, ti.devminor = m.devmajor, m.devminor
+            ti.mtime = 1700000000
+            ti.pax_headers = dict(m.pax)
+            if m.type in (tarfile.REGTYPE, tarfile.AREGTYPE):
+                ti.size = len(m.data)
+                tf.addfile(ti, io.BytesIO(m.data))
+            else:
+                tf.addfile(ti)
+    return buf.getvalue()
+
+
+def layer_from_members(members: list[Member], compression: str | None = "gzip") -> Layer:
+    return compress(tar_members(members), compression)
+
+
+def image_config(layers: list[Layer], cmd: list[str] | None = None,
+                 **extra: object) -> dict[str, object]:
+    cfg: dict[str, object] = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                      "/sbin:/bin"]}
+    if cmd is not None:
+        cfg["Cmd"] = cmd
+    cfg.update(extra)
+    return {"created": "2024-01-01T00:00:00Z", "architecture": host_arch(), "os": "linux",
+            "config": cfg,
+            "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in layers]}}
+
+
+def _put(dest: Path, data: bytes) -> str:
+    digest = sha256(data)
+    p = dest / "blobs" / "sha256" / digest.split(":")[1]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not p.exists():
+        p.write_bytes(data)
+    return digest
+
+
+def write_manifest(dest: Path, layers: list[Layer], config: dict[str, object]) -> dict[str, object]:
+    """Write config + layers + manifest blobs; return the manifest's descriptor."""
+    cfg = json.dumps(config).encode()
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": _put(dest, cfg), "size": len(cfg)},
+                "layers": [{"mediaType": lay.media_type, "digest": _put(dest, lay.blob),
+                            "size": len(lay.blob)} for lay in layers]}
+    body = json.dumps(manifest).encode()
+    return {"mediaType": OCI_MANIFEST, "digest": _put(dest, body), "size": len(body)}
+
+
+def write_oci_layout(dest: Path, layers: list[Layer], config: dict[str, object] | None = None,
+                     tag: str = "latest", platforms: list[tuple[str, str, str | None]] | None = None
+                     ) -> Path:
+    """Write (or add ``tag`` to) an OCI layout at ``dest``.
+
+    With ``platforms`` the tag points at an image index with one manifest per platform (all
+    with the same layers; the config's architecture follows the platform).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    config = config or image_config(layers)
+    if platforms:
+        entries = []
+        for os_, arch, variant in platforms:
+            cfg = {**config, "os": os_, "architecture": arch}
+            desc = write_manifest(dest, layers, cfg)
+            plat = {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}
+            entries.append({**desc, "platform": plat})
+        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+        top = {"mediaType": OCI_INDEX, "digest": _put(dest, body), "size": len(body)}
+    else:
+        top = write_manifest(dest, layers, config)
+    top["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    index_path = dest / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    index["manifests"] = [m for m in index["manifests"]
+                          if (m.get("annotations") or {}).get(
+                              "org.opencontainers.image.ref.name") != tag] + [top]
+    index_path.write_text(json.dumps(index))
+    return dest
+
+
+def _cached_layout(name: str, build: "Callable[[Path], None]", version: str) -> Path:
+    """Build a layout once under the cache dir (rebuilt when ``version`` changes)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    dest = CACHE / "layouts" / name
+    stamp = dest / ".built"
+    if stamp.exists() and stamp.read_text() == version:
+        return dest
+    with _lock(CACHE / f"{name}.lock"):
+        if stamp.exists() and stamp.read_text() == version:
+            return dest
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        (tmp / ".built").write_text(version)
+        tmp.rename(dest)
+    return dest
+
+
+def _lock(path: Path):  # type: ignore[no-untyped-def]
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def cm():  # type: ignore[no-untyped-def]
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    return cm()
+
+
+def busybox_layout() -> Path:
+    """OCI layout (tag ``latest``) of a one-layer busybox image, cached."""
+
+    def build(dest: Path) -> None:
+        root = dest.with_name("busybox-rootfs")
+        shutil.rmtree(root, ignore_errors=True)
+        build_busybox_rootfs(root)
+        layer = layer_from_dir(root)
+        shutil.rmtree(root)
+        write_oci_layout(dest, [layer], image_config([layer], cmd=["/bin/sh"]))
+
+    return _cached_layout("busybox", build, "1")
+
+
+def python_rootfs() -> Path:
+    """Debian python3.11 + busybox-static rootfs, cached under the cache dir."""
+    from boxlite.images.debian import DEFAULT_PACKAGES, build_debian_rootfs
+
+    dest = CACHE / "python-rootfs"
+    stamp = CACHE / "python-rootfs.built"
+    if stamp.exists():
+        return dest
+    with _lock(CACHE / "python-rootfs.lock"):
+        if not stamp.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            build_debian_rootfs(dest, list(DEFAULT_PACKAGES), CACHE)
+            stamp.write_text("1")
+    return dest
+
+
+def python_layout() -> Path:
+    """Two-layer python image: Debian python rootfs + a small app layer, cached."""
+
+    def build(dest: Path) -> None:
+        base = layer_from_dir(python_rootfs())
+        app = layer_from_members([
+            Member("app/", tarfile.DIRTYPE, mode=0o755),
+            Member("app/hello.py", data=b"print('hello from boxlite')\n"),
+        ])
+        write_oci_layout(dest, [base, app], image_config(
+            [base, app], cmd=["python3", "/app/hello.py"], WorkingDir="/app"))
+
+    return _cached_layout("python", build, "1")
+
+
+from collections.abc import Callable  # noqa: E402
