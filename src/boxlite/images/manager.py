@@ -90,9 +90,7 @@ class ImageManager:
                     body, ctype, digest = await client.get_manifest(ref.repository, desc.digest)
                     doc = load_json(body, "manifest")
                 manifest = parse_manifest(doc)
-                if not self.store.has_blob(manifest.config.digest):
-                    data = await client.get_blob_bytes(ref.repository, manifest.config)
-                    self.store.put_bytes(data, manifest.config.digest)
+                await self._fetch_blob(client, ref.repository, manifest.config, None)
                 sem = asyncio.Semaphore(self.max_concurrent_downloads)
 
                 async def one(d: Descriptor) -> None:
