@@ -1,0 +1,176 @@
+"""VM engine: PID 1 of the guest. Mount disks and the box root, then become the agent.
+
+Started by the initramfs ``/init`` as ``python3.11 -I -S``. Reads its settings from
+``/proc/cmdline`` (``boxlite.*`` keys; never environment variables), finds the root disks by
+virtio-blk serial (``boxlite-lower``: read-only image layers in dirs ``0..N-1``;
+``boxlite-upper``: the box's writable ext4), stacks them with overlayfs at ``/box`` with the
+same in-root layout as the namespace engine, opens the virtio-serial port named
+``boxlite.agent`` and serves the agent protocol on it. When the agent returns (``shutdown``)
+it syncs, unmounts and reboots, which makes QEMU (``-no-reboot``) exit.
+Progress lines ``boxlite-init: <stage> <seconds since boot>`` go to the console. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+import traceback
+
+from . import linux
+from .linux import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT
+
+BOX = "/box"
+LOWER = "/run/boxlite/lower"
+RW = "/run/boxlite/rw"
+AGENT_PORT = "boxlite.agent"
+RB_AUTOBOOT = 0x01234567
+DEVICES = {  # name: (major, minor), as in the namespace engine's /dev
+    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
+}
+
+
+def stage(name: str) -> None:
+    """Print a boot-stage marker (parsed by the host for boot metrics)."""
+    with open("/proc/uptime") as f:
+        up = f.read().split()[0]
+    os.write(2, f"boxlite-init: {name} {up}\n".encode())
+
+
+def cmdline() -> dict[str, str]:
+    """``boxlite.KEY=VALUE`` pairs of the kernel command line."""
+    with open("/proc/cmdline") as f:
+        words = f.read().split()
+    out = {}
+    for w in words:
+        key, sep, value = w.partition("=")
+        if key.startswith("boxlite.") and sep:
+            out[key[len("boxlite."):]] = value
+    return out
+
+
+def mount_basics() -> None:
+    linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    linux.mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    linux.mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=755")
+
+
+def find_disk(serial: str) -> str:
+    """``/dev/vdX`` whose virtio-blk serial is ``serial``."""
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/serial") as f:
+                if f.read().strip() == serial:
+                    return f"/dev/{name}"
+        except OSError:
+            continue
+    raise OSError(errno.ENODEV, f"no disk with serial {serial!r}")
+
+
+def find_port(name: str, timeout: float = 10.0) -> int:
+    """Open the virtio-serial port called ``name`` (retrying while the driver settles)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in sorted(os.listdir("/sys/class/virtio-ports")):
+            try:
+                with open(f"/sys/class/virtio-ports/{entry}/name") as f:
+                    if f.read().strip() != name:
+                        continue
+                return os.open(f"/dev/{entry}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno not in (errno.ENXIO, errno.ENOENT, errno.EBUSY) or time.monotonic() > deadline:
+                    raise
+        if time.monotonic() > deadline:
+            raise OSError(errno.ENODEV, f"no virtio-serial port named {name!r}")
+        time.sleep(0.005)
+
+
+def mount_root(layers: int) -> None:
+    """Overlay of the read-only layer disk and the writable box disk at ``/box``."""
+    for d in (LOWER, RW, BOX):
+        os.makedirs(d, exist_ok=True)
+    if layers:
+        linux.mount(find_disk("boxlite-lower"), LOWER, "ext4", MS_RDONLY, "noload")
+    linux.mount(find_disk("boxlite-upper"), RW, "ext4", 0, "noinit_itable")
+    for d in ("upper", "work"):
+        os.makedirs(f"{RW}/{d}", exist_ok=True)
+    if not layers:
+        os.makedirs(f"{RW}/empty", exist_ok=True)
+    lower = ":".join(f"{LOWER}/{i}" for i in reversed(range(layers))) or f"{RW}/empty"
+    linux.mount("overlay", BOX, "overlay", 0, f"lowerdir={lower},upperdir={RW}/upper,workdir={RW}/work")
+
+
+def setup_box_mounts() -> None:
+    """/proc, /dev (+pts, shm), /tmp, /run inside the box, like the namespace engine."""
+    for name, mode in (("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("sys", 0o555), ("run", 0o755)):
+        path = f"{BOX}/{name}"
+        if not os.path.isdir(path):
+            if os.path.lexists(path):
+                os.unlink(path)
+            os.mkdir(path, mode)
+    linux.mount("proc", f"{BOX}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    dev = f"{BOX}/dev"
+    linux.mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
+    for name, (major, minor) in DEVICES.items():
+        os.mknod(f"{dev}/{name}", 0o20666, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    os.makedirs(f"{dev}/pts")
+    os.makedirs(f"{dev}/shm", mode=0o1777)
+    linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for name, target in (
+        ("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{dev}/{name}")
+    linux.mount("tmpfs", f"{BOX}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    linux.mount("tmpfs", f"{BOX}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+
+
+def power_off() -> None:
+    """Sync, make the writable disk clean, and reboot (QEMU exits: ``-no-reboot``)."""
+    os.sync()
+    for target in (f"{BOX}/dev/pts", f"{BOX}/dev/shm", f"{BOX}/dev", f"{BOX}/proc", f"{BOX}/tmp", f"{BOX}/run", BOX):
+        try:
+            linux.umount(target, linux.MNT_DETACH)
+        except OSError:
+            pass
+    try:
+        linux.mount(None, RW, None, MS_REMOUNT | MS_RDONLY)
+    except OSError:
+        pass
+    os.sync()
+    linux._libc.reboot(RB_AUTOBOOT)
+    os._exit(1)  # reboot failed: PID 1 exiting panics the kernel, which also ends the VM
+
+
+def main() -> None:
+    try:
+        mount_basics()
+        stage("init")
+        conf = cmdline()
+        mount_root(int(conf.get("layers", "0")))
+        setup_box_mounts()
+        linux.set_loopback_up()
+        linux.sethostname(conf.get("hostname", "box"))
+        stage("mounted")
+        from .seccomp import build_filter
+        from .server import Agent
+        from .spawn import Confinement
+
+        agent = Agent(Confinement(root=BOX, seccomp_program=build_filter(), cap_last=linux.last_cap()))
+        fd = find_port(AGENT_PORT)
+        agent.attach_stream(fd, fd)
+        stage("ready")
+        agent.serve_forever()
+        stage("shutdown")
+    except BaseException:  # noqa: BLE001 - PID 1 must never just exit
+        print("boxlite-init: fatal error", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+    power_off()
+
+
+if __name__ == "__main__":
+    main()
