@@ -4,7 +4,7 @@ Faults match a request path regex and fire ``times`` times (``-1``: always):
 
 * ``status``   answer ``status`` (429 gets ``Retry-After: 0``) without asking upstream;
 * ``reset``    close the connection with a TCP RST before answering;
-* ``truncate`` send upstream's headers (full Content-Length) and half the body, then RST;
+* ``truncate`` send upstream's headers (full Content-Length), half the body, then EOF;
 * ``corrupt``  send upstream's answer with one byte flipped in the middle of the body;
 * ``norange``  drop the request's Range header (upstream answers 200 with the full body).
 """
@@ -153,7 +153,9 @@ class FaultProxy:
                     return
                 if kind == "truncate" and len(body) > 1:
                     self.wfile.write(body[: len(body) // 2])
-                    self._rst()
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_WR)  # clean EOF mid-body
                     return
                 if kind == "corrupt" and body:
                     i = len(body) // 2

@@ -19,7 +19,6 @@ from .reference import DOCKER_HUB
 from .registry_config import ImageRegistry, docker_credentials
 
 MAX_MANIFEST = 4 << 20
-CHUNK = 256 << 10
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -182,7 +181,7 @@ class RegistryClient:
                         if have and not (resp.status_code == 206 and _range_start(resp) == have):
                             f.truncate(0)
                             hasher, have = hashlib.sha256(), 0
-                        async for chunk in resp.aiter_bytes(CHUNK):
+                        async for chunk in resp.aiter_bytes():
                             if have + len(chunk) > desc.size:
                                 f.truncate(0)
                                 hasher, have = hashlib.sha256(), 0
