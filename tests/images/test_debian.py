@@ -1,0 +1,38 @@
+"""The Debian-package rootfs builder and an end-to-end run of the pulled python image."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from boxlite.images import ImageManager
+from boxlite.images.debian import DEFAULT_PACKAGES, resolve_packages
+from tests.images.conftest import Registry
+
+
+def test_resolve_packages_closure() -> None:
+    pkgs = resolve_packages(list(DEFAULT_PACKAGES))
+    assert {"busybox-static", "python3.11-minimal", "libc6", "libssl3", "zlib1g"} <= set(pkgs)
+    assert not {"perl-base", "dpkg", "debconf"} & set(pkgs)
+
+
+async def test_python_image_runs(registry: Registry,
+                                 make_manager: Callable[..., ImageManager],
+                                 tmp_path: Path) -> None:
+    m = make_manager(registry.config())
+    prepared = await m.resolve(registry.python)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    lower = ":".join(str(p) for p in reversed(prepared.layers))
+    script = (f"mount -t overlay overlay -o lowerdir={lower} {merged} && "
+              f"chroot {merged} /bin/sh -c 'cd /app && python3 hello.py && "
+              "python3 -c \"import json, sqlite3, ssl, zlib; print(json.dumps([1]))\"'")
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=60)
+    if "overlay" in r.stderr and r.returncode != 0:
+        pytest.skip(f"overlayfs not available: {r.stderr}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["hello", "from", "boxlite", "[1]"]
