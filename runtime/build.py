@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -359,6 +358,7 @@ def build_artifact(cache: Path, debug: bool, jobs: int) -> Path:
             "initramfs": members,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        tmp.chmod(0o755)
         tmp.rename(adir)
         log(f"initramfs built in {time.monotonic() - t0:.1f}s: {adir}")
     return adir
@@ -368,6 +368,7 @@ def install(adir: Path, out: Path) -> None:
     """Replace ``out`` with hard links (or copies) of the cached artifact files."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp.chmod(0o755)
     for f in sorted(adir.iterdir()):
         try:
             os.link(f, tmp / f.name)

@@ -150,6 +150,9 @@ def main() -> None:
         mount_basics()
         stage("init")
         conf = cmdline()
+        if conf.get("probe"):  # accelerator probe boot: show a sign of life and stop
+            os.write(2, b"boxlite-probe-ok\n")
+            power_off()
         mount_root(int(conf.get("layers", "0")))
         setup_box_mounts()
         linux.set_loopback_up()
@@ -165,7 +168,7 @@ def main() -> None:
         stage("ready")
         agent.serve_forever()
         stage("shutdown")
-    except BaseException:  # noqa: BLE001 - PID 1 must never just exit
+    except BaseException:
         print("boxlite-init: fatal error", file=sys.stderr)
         traceback.print_exc()
         sys.stderr.flush()

@@ -1,0 +1,144 @@
+"""The QEMU command line of a box VM (``-M microvm``, direct kernel boot, virtio-mmio)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import EngineError
+
+QEMU = "qemu-system-x86_64"
+AGENT_PORT = "boxlite.agent"  # virtio-serial port name; vminit looks it up in sysfs
+DEFAULT_MEMORY_MIB = 512
+DEFAULT_CPUS = 2
+DEFAULT_TB_SIZE_MIB = 128
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
+
+
+@dataclass
+class VmConfig:
+    """What one VM boots with. JSON-serializable (the shim receives it in a file)."""
+
+    kernel: str
+    initramfs: str
+    console: str
+    upper_disk: str | None = None
+    lower_disk: str | None = None
+    layers: int = 0
+    hostname: str = "box"
+    cpus: int = DEFAULT_CPUS
+    memory_mib: int = DEFAULT_MEMORY_MIB
+    accel: str = "tcg"
+    tb_size_mib: int = DEFAULT_TB_SIZE_MIB
+    debug: bool = False
+    extra_cmdline: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise EngineError(f"{QEMU} not found: install the Debian package qemu-system-x86")
+    return path
+
+
+def vcpus(cpus: float | None) -> int:
+    """Whole vCPUs for a fractional ``cpus`` limit, at most the host's CPU count."""
+    host = os.cpu_count() or 1
+    if cpus is None:
+        return min(DEFAULT_CPUS, host)
+    return max(1, min(host, math.ceil(cpus)))
+
+
+def host_tsc_khz() -> int | None:
+    """The host TSC frequency (kHz): TCG guests hang at boot without ``tsc_early_khz``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return round(float(line.split(":")[1]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def kernel_cmdline(cfg: VmConfig) -> str:
+    """Kernel parameters. Never carries user data such as environment variables."""
+    args = ["console=ttyS0", "reboot=t", "panic=-1", "8250.nr_uarts=1", "cryptomgr.notests"]
+    if not cfg.debug:
+        args.append("quiet")
+    if cfg.accel == "tcg":
+        khz = host_tsc_khz()
+        if khz:
+            # TCG: unsynchronized TSCs would drop the clocksource to jiffies (10 ms resolution).
+            args += [f"tsc_early_khz={khz}", "tsc=reliable", f"lpj={khz * 10}"]
+    hostname = cfg.hostname if _HOSTNAME.match(cfg.hostname) else "box"
+    args += [f"boxlite.layers={cfg.layers}", f"boxlite.hostname={hostname}"]
+    if cfg.extra_cmdline:
+        args.append(cfg.extra_cmdline)
+    return " ".join(args)
+
+
+def _opt(value: str) -> str:
+    """Escape a value for QEMU's comma-separated option syntax."""
+    return value.replace(",", ",,")
+
+
+def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[str]:
+    """Full argv. ``agent_fd``/``qmp_fd`` are connected sockets inherited by QEMU."""
+    if cfg.accel == "kvm":
+        accel = ["-accel", "kvm", "-cpu", "host"]
+    else:
+        accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tb_size_mib}", "-cpu", "max"]
+    argv = [
+        qemu_binary(),
+        "-M", "microvm,acpi=off,rtc=on",
+        "-global", "virtio-mmio.force-legacy=false",
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        *accel,
+        "-smp", str(cfg.cpus),
+        "-m", str(cfg.memory_mib),
+        "-kernel", cfg.kernel,
+        "-initrd", cfg.initramfs,
+        "-append", kernel_cmdline(cfg),
+        "-chardev", f"file,id=con,path={_opt(cfg.console)}",
+        "-serial", "chardev:con",
+    ]
+    if cfg.lower_disk:
+        argv += [
+            "-drive", f"if=none,id=lower,file={_opt(cfg.lower_disk)},format=raw,readonly=on",
+            "-device", "virtio-blk-device,drive=lower,serial=boxlite-lower",
+        ]
+    if cfg.upper_disk:
+        argv += [
+            "-drive", f"if=none,id=upper,file={_opt(cfg.upper_disk)},format=raw,discard=unmap",
+            "-device", "virtio-blk-device,drive=upper,serial=boxlite-upper",
+        ]
+    if agent_fd is not None:
+        argv += [
+            "-chardev", f"socket,id=agent,fd={agent_fd}",
+            "-device", "virtio-serial-device,max_ports=2",
+            "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+        ]
+    if qmp_fd is not None:
+        argv += ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]
+    return argv
+
+
+def console_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a console log (for error messages)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:])

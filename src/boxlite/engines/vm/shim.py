@@ -1,0 +1,255 @@
+"""Per-box host supervisor of a VM: ``python -m boxlite.engines.vm.shim CONFIG.json``.
+
+Starts QEMU (which dies with the shim: ``PR_SET_PDEATHSIG``), owns the guest's agent stream
+and QMP, and relays any number of clients connecting to the box's agent socket (see
+``relay.py``). The first process forks and exits at once, so the shim is nobody's child and
+leaves no zombie. Status lines on ``status_fd``: ``pid <shim pid>``, then ``ready <json>`` or
+``error <message>``. On lifeline EOF or SIGTERM it asks the agent to shut down (the guest
+reboots, QEMU exits), falling back to QMP ``quit`` and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .qemu import VmConfig, qemu_argv
+
+SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
+SHUTDOWN_TIMEOUT = 10.0  # then QMP quit, then SIGKILL
+PR_SET_PDEATHSIG = 1
+
+
+def _report(fd: int | None, line: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+    except OSError:
+        pass
+
+
+def _die_with_parent(parent: int) -> None:
+    """preexec_fn of QEMU: SIGKILL when the shim dies (and check it did not already)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def start_qemu(cfg: VmConfig, run_dir: Path, log_fd: int) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
+    """Spawn QEMU with connected socketpairs for the agent stream and QMP."""
+    agent_host, agent_guest = socket.socketpair()
+    qmp_host, qmp_guest = socket.socketpair()
+    argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno())
+    me = os.getpid()
+    proc = subprocess.Popen(
+        argv,
+        pass_fds=(agent_guest.fileno(), qmp_guest.fileno()),
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=log_fd,
+        cwd=run_dir,
+        preexec_fn=lambda: _die_with_parent(me),
+    )
+    agent_guest.close()
+    qmp_guest.close()
+    return proc, agent_host, qmp_host
+
+
+class Shim:
+    """The asyncio part: relay, readiness, lifeline, shutdown."""
+
+    def __init__(self, conf: dict[str, Any], proc: subprocess.Popen[bytes], agent: socket.socket, qmp: socket.socket, t0: float) -> None:
+        self.conf = conf
+        self.proc = proc
+        self.agent_sock = agent
+        self.qmp_sock = qmp
+        self.t0 = t0
+        self.run_dir = Path(conf["run_dir"])
+        self.status_fd: int | None = conf.get("status_fd")
+        self.stopping = False
+
+    async def run(self) -> int:
+        import asyncio
+
+        from .relay import InternalClient, Relay
+
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        pidfd = os.pidfd_open(self.proc.pid)
+        loop.add_reader(pidfd, exited.set)
+        reader, writer = await asyncio.open_unix_connection(sock=self.agent_sock)
+        relay = Relay(writer)
+        pump = asyncio.create_task(relay.pump_guest(reader))
+        internal = InternalClient(relay)
+        self.internal = internal
+        qmp = await self._connect_qmp()
+        self.qmp = qmp
+        t_spawned = time.monotonic()
+
+        hello = asyncio.ensure_future(internal.request({"op": "hello"}))
+        waiter = asyncio.ensure_future(exited.wait())
+        await asyncio.wait({hello, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not hello.done():
+            hello.cancel()
+            _report(self.status_fd, f"error QEMU exited with status {self.proc.wait()} before the agent was ready")
+            return 1
+        t_ready = time.monotonic()
+        sock_path = Path(self.conf["agent_socket"])
+        sock_path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(relay.serve_client, path=str(sock_path))
+        os.chmod(sock_path, 0o600)
+        boot = {"shim_to_ready_s": round(t_ready - self.t0, 4), "qemu_pid": self.proc.pid,
+                "qmp_connected_s": round(t_spawned - self.t0, 4), **guest_stages(Path(self.conf["console"]))}
+        (self.run_dir / "boot.json").write_text(json.dumps(boot))
+        _report(self.status_fd, "ready " + json.dumps(boot))
+        if self.status_fd is not None:
+            os.close(self.status_fd)
+            self.status_fd = None
+
+        lifeline = self.conf.get("lifeline_fd")
+        if lifeline is not None:
+            os.set_blocking(lifeline, False)
+            loop.add_reader(lifeline, self._on_lifeline, lifeline)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.request_stop, f"signal {sig}")
+
+        await exited.wait()
+        status = self.proc.wait()
+        server.close()
+        sock_path.unlink(missing_ok=True)
+        relay.close_clients()
+        pump.cancel()
+        if qmp is not None:
+            try:
+                await asyncio.wait_for(qmp.disconnect(), 1)
+            except Exception:
+                pass
+        return status
+
+    async def _connect_qmp(self) -> Any:
+        try:
+            from qemu.qmp import QMPClient
+        except ImportError:
+            return None
+        client = QMPClient("boxlite")
+        try:
+            await client.connect(self.qmp_sock)
+        except Exception as e:
+            print(f"shim: QMP unavailable: {e}", file=sys.stderr)
+            return None
+        return client
+
+    def _on_lifeline(self, fd: int) -> None:
+        try:
+            if os.read(fd, 64):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        import asyncio
+
+        asyncio.get_running_loop().remove_reader(fd)
+        self.request_stop("lifeline closed")
+
+    def request_stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        print(f"shim: stopping the VM ({why})", file=sys.stderr, flush=True)
+        import asyncio
+
+        asyncio.get_running_loop().create_task(self._stop())
+
+    async def _stop(self) -> None:
+        import asyncio
+
+        try:
+            await asyncio.wait_for(self.internal.request({"op": "shutdown", "grace": SHUTDOWN_GRACE}), SHUTDOWN_TIMEOUT)
+        except (asyncio.TimeoutError, Exception):
+            pass
+        if await self._wait_exit(SHUTDOWN_TIMEOUT):
+            return
+        if self.qmp is not None:
+            try:
+                await asyncio.wait_for(self.qmp.execute("quit"), 2)
+            except Exception:
+                pass
+            if await self._wait_exit(3):
+                return
+        self.proc.kill()
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+def guest_stages(console: Path) -> dict[str, float]:
+    """Guest boot stages (seconds since kernel start) from vminit's console markers."""
+    out: dict[str, float] = {}
+    try:
+        text = console.read_bytes().decode(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if len(parts) == 3 and parts[0] == "boxlite-init:":
+            try:
+                out[f"guest_{parts[1]}_s"] = float(parts[2])
+            except ValueError:
+                pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    conf: dict[str, Any] = json.loads(Path(args[0]).read_text())
+    status_fd: int | None = conf.get("status_fd")
+    if os.fork():
+        os._exit(0)  # the engine reaps this one; the shim itself is re-parented
+    os.setsid()
+    t0 = time.monotonic()
+    run_dir = Path(conf["run_dir"])
+    log_fd = os.open(run_dir / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    _report(status_fd, f"pid {os.getpid()}")
+    try:
+        proc, agent, qmp = start_qemu(VmConfig(**conf["vm"]), run_dir, log_fd)
+    except (OSError, ValueError) as e:
+        _report(status_fd, f"error could not start QEMU: {e}")
+        return 1
+    (run_dir / "qemu.pid").write_text(str(proc.pid))
+    import asyncio
+
+    shim = Shim(conf, proc, agent, qmp, t0)
+    try:
+        status = asyncio.run(shim.run())
+    except BaseException as e:
+        _report(shim.status_fd, f"error shim failed: {e!r}")
+        proc.kill()
+        raise
+    print(f"shim: QEMU exited with status {status}", file=sys.stderr, flush=True)
+    return 0 if status == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
