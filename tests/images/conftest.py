@@ -15,11 +15,12 @@ for p in (str(ROOT), str(ROOT / "src")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from boxlite.images import ImageManager, ImageRegistry  # noqa: E402
-from boxlite.images.client import RetryPolicy  # noqa: E402
 from tests.support.images import busybox_layout, python_layout  # noqa: E402
 from tests.support.registry import RegistryServer, start_registry  # noqa: E402
 from tests.support.registry_proxy import FaultProxy  # noqa: E402
+
+from boxlite.images import ImageManager, ImageRegistry  # noqa: E402
+from boxlite.images.client import RetryPolicy  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.images.conftest import Registry
 
 from boxlite.images import ImageManager
 from boxlite.images.debian import DEFAULT_PACKAGES, resolve_packages
-from tests.images.conftest import Registry
 
 
 def test_resolve_packages_closure() -> None:

@@ -6,12 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from boxlite.errors import AuthenticationError, DigestMismatchError, ImageNotFoundError, \
-    RegistryError
-from boxlite.images import ImageManager, ImageRegistry
 from tests.images.conftest import Registry
 from tests.support.registry_proxy import FaultProxy
+
+from boxlite.errors import AuthenticationError, DigestMismatchError, ImageNotFoundError, RegistryError
+from boxlite.images import ImageManager, ImageRegistry
 
 MM = Callable[..., ImageManager]
 BLOB = r"/blobs/sha256:"

@@ -10,14 +10,18 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from tests.support.images import (
+    Member,
+    build_busybox_rootfs,
+    busybox_layout,
+    image_config,
+    layer_from_members,
+    write_oci_layout,
+)
 
 from boxlite.errors import ConfigError, ImageError, NotFoundError
 from boxlite.images import ImageManager
 from boxlite.images.rootfs import fingerprint
-from tests.support.images import (
-    Member, build_busybox_rootfs, busybox_layout, image_config, layer_from_members,
-    write_oci_layout,
-)
 
 
 def test_load_oci_layout_dir(tmp_path: Path) -> None:

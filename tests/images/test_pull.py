@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.images.conftest import Registry
+from tests.support.images import Layer, Member, busybox_layout, host_arch, layer_from_members, write_oci_layout
 
 from boxlite.errors import AuthenticationError, ImageError, ImageNotFoundError, RegistryError
 from boxlite.images import ImageManager, ImageRegistry, PullProgress
-from tests.support.images import Layer, busybox_layout, host_arch, layer_from_members, Member, \
-    write_oci_layout
-from tests.images.conftest import Registry
 
 MM = Callable[..., ImageManager]
 
@@ -151,7 +150,8 @@ def _multiarch_layout(tmp: Path, platforms: list[tuple[str, str, str | None]]) -
 
 async def test_index_platform_selection(registry: Registry, make_manager: MM,
                                         tmp_path: Path) -> None:
-    plats = [("linux", "s390x", None), ("linux", host_arch(), None), ("windows", host_arch(), None)]
+    plats: list[tuple[str, str, str | None]] = [
+        ("linux", "s390x", None), ("linux", host_arch(), None), ("windows", host_arch(), None)]
     ref = registry.server.push_layout(_multiarch_layout(tmp_path, plats), "multi")
     m = make_manager(registry.config())
     prepared = await m.resolve(ref)
@@ -182,7 +182,7 @@ async def test_variant_selection(registry: Registry, make_manager: MM, tmp_path:
     manifest_list = json.loads(subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
         capture_output=True, check=True).stdout)
-    v7 = [d for d in manifest_list["manifests"] if d["platform"].get("variant") == "v7"][0]
+    v7 = next(d for d in manifest_list["manifests"] if d["platform"].get("variant") == "v7")
     assert info.digest == v7["digest"]
 
 

@@ -8,12 +8,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.support.images import Member, busybox_layout, image_config, layer_from_members, write_oci_layout
 
 from boxlite.errors import ConfigError, ImageError, NotFoundError
 from boxlite.images import ImageManager, ImageRegistry, load_registries_from_config
 from boxlite.images.registry_config import docker_credentials
-from tests.support.images import Member, busybox_layout, image_config, layer_from_members, \
-    write_oci_layout
 
 
 def _two_images(tmp_path: Path) -> tuple[ImageManager, Path]:

@@ -9,10 +9,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from tests.support.images import Layer, Member, layer_from_members
 
 from boxlite.errors import DigestMismatchError, ImageError, UnsafeLayerError
 from boxlite.images.unpack import shift_id, unpack_layer
-from tests.support.images import Layer, Member, layer_from_members
 
 D, R, L, S, C, B, F = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE,
                        tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
@@ -201,7 +201,7 @@ def _snapshot(p: Path) -> list[tuple[str, int, int, bytes]]:
         for n in sorted(dirnames + filenames):
             full = os.path.join(dirpath, n)
             st = os.lstat(full)
-            data = open(full, "rb").read() if stat.S_ISREG(st.st_mode) else b""
+            data = Path(full).read_bytes() if stat.S_ISREG(st.st_mode) else b""
             out.append((full, st.st_mode, st.st_nlink, data))
     return sorted(out)
 
@@ -217,8 +217,9 @@ def test_hostile_layer_is_refused(tmp_path: Path, outside: Path, case: str) -> N
 
 async def test_hostile_layer_leaves_no_layer_dir(tmp_path: Path, outside: Path) -> None:
     """Through the manager: the work dir is discarded and nothing is committed."""
-    from boxlite.images import ImageManager
     from tests.support.images import image_config, write_oci_layout
+
+    from boxlite.images import ImageManager
 
     layer = layer_from_members([Member("link", S, linkname=str(outside)),
                                 Member("link/escape", data=b"pwned")])

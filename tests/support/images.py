@@ -9,13 +9,15 @@ from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
 
-APPLETS = (
-    "sh ash ls cat echo sleep id hostname mount umount env pwd head tail dd wc kill ps mkdir rm "
-    "rmdir touch true false yes printf ln stat tar grep seq chmod chown whoami uname date sort "
-    "uniq cut tr sed awk find xargs cp mv readlink realpath basename dirname du df free top "
-    "test [ expr which nproc sync tee gzip gunzip vi diff md5sum sha256sum mktemp ip ifconfig "
-    "nc wget timeout nice hexdump od usleep"
-).split()
+APPLETS = [
+    "sh", "ash", "ls", "cat", "echo", "sleep", "id", "hostname", "mount", "umount", "env", "pwd",
+    "head", "tail", "dd", "wc", "kill", "ps", "mkdir", "rm", "rmdir", "touch", "true", "false",
+    "yes", "printf", "ln", "stat", "tar", "grep", "seq", "chmod", "chown", "whoami", "uname",
+    "date", "sort", "uniq", "cut", "tr", "sed", "awk", "find", "xargs", "cp", "mv", "readlink",
+    "realpath", "basename", "dirname", "du", "df", "free", "top", "test", "[", "expr", "which",
+    "nproc", "sync", "tee", "gzip", "gunzip", "vi", "diff", "md5sum", "sha256sum", "mktemp", "ip",
+    "ifconfig", "nc", "wget", "timeout", "nice", "hexdump", "od", "usleep",
+]
 
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
@@ -87,6 +89,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import tarfile  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
 
 CACHE = Path(os.environ.get("BOXLITE_TEST_CACHE", "/var/cache/boxlite-test"))
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -228,7 +231,7 @@ def write_oci_layout(dest: Path, layers: list[Layer], config: dict[str, object] 
         top = write_manifest(dest, layers, config)
     top["annotations"] = {"org.opencontainers.image.ref.name": tag}
     index_path = dest / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {
+    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.exists() else {
         "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     index["manifests"] = [m for m in index["manifests"]
                           if (m.get("annotations") or {}).get(
@@ -237,7 +240,7 @@ def write_oci_layout(dest: Path, layers: list[Layer], config: dict[str, object] 
     return dest
 
 
-def _cached_layout(name: str, build: "Callable[[Path], None]", version: str) -> Path:
+def _cached_layout(name: str, build: Callable[[Path], None], version: str) -> Path:
     """Build a layout once under the cache dir (rebuilt when ``version`` changes)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     dest = CACHE / "layouts" / name

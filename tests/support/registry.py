@@ -111,8 +111,8 @@ def start_registry(workdir: Path, auth: str | None = None) -> RegistryServer:
     elif auth is not None:
         raise ValueError(f"unknown auth mode {auth!r}")
     cfg = _write_config(workdir, port, auth_yaml)
-    log = open(workdir / "registry.log", "wb")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=log)
+    with open(workdir / "registry.log", "wb") as log:
+        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=log)
     server = RegistryServer(f"127.0.0.1:{port}", workdir, auth, proc, username, password,
                             extras)
     deadline = time.monotonic() + 15
@@ -125,6 +125,7 @@ def start_registry(workdir: Path, auth: str | None = None) -> RegistryServer:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"registry did not start: {(workdir / 'registry.log').read_text()}")
+                log_text = (workdir / "registry.log").read_text()
+                raise RuntimeError(f"registry did not start: {log_text}") from None
             time.sleep(0.05)
     return server

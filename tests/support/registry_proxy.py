@@ -162,6 +162,6 @@ class FaultProxy:
                     body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
                 self.wfile.write(body)
 
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle  # noqa: N815
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
         return Handler

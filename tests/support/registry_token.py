@@ -73,7 +73,7 @@ class TokenServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 q = parse_qs(urlparse(self.path).query)
                 user = None
                 auth = self.headers.get("Authorization", "")
@@ -85,7 +85,7 @@ class TokenServer:
                         return
                     user = u
                 server.requests.append({"user": user or "", "scope": ",".join(q.get("scope", []))})
-                access = []
+                access: list[dict[str, object]] = []
                 for scope in q.get("scope", []):
                     kind, _, rest = scope.partition(":")
                     name, _, actions = rest.rpartition(":")

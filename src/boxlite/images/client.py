@@ -33,7 +33,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         if retry_after and retry_after.strip().isdigit():
             return min(float(retry_after), self.max_delay)
-        d = min(self.base_delay * (2 ** attempt), self.max_delay)
+        d = min(self.base_delay * (2.0**attempt), self.max_delay)
         return d * (0.5 + random.random() / 2)
 
 

@@ -115,8 +115,8 @@ def _finish_rootfs(dest: Path) -> None:
         for name in applets:
             if name == "busybox":
                 continue
-            for d in (dest / "bin", usr_bin):
-                if (d / name).exists() or (d / name).is_symlink():
+            for bindir in (dest / "bin", usr_bin):
+                if (bindir / name).exists() or (bindir / name).is_symlink():
                     break
             else:
                 rel = os.path.relpath(busybox, dest / "bin")

@@ -10,10 +10,18 @@ from typing import IO, Any, Protocol
 
 from ..errors import ImageError, ParseError
 from .manifest import (
-    DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST,
-    Descriptor, load_json, media_type_of, parse_manifest, select_platform,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_CONFIG,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Descriptor,
+    load_json,
+    media_type_of,
+    parse_manifest,
+    select_platform,
 )
-from .reference import is_digest, parse_reference
+from .reference import parse_reference
 from .store import Store
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -55,7 +63,7 @@ class TarSource:
         self.path = path
         self.name = re.sub(r"(\.tar)?(\.gz|\.tgz|\.zst)?$", "", path.name)
         try:
-            self.tf = tarfile.open(path, "r:*")
+            self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
             self.members = {m.name[2:] if m.name.startswith("./") else m.name: m
                             for m in self.tf.getmembers() if m.isreg() or m.islnk()}
         except (tarfile.TarError, OSError) as e:

@@ -14,8 +14,7 @@ from .catalog import is_complete, read_image, record_image
 from .client import RegistryClient, RetryPolicy
 from .layout import import_path, is_oci_layout
 from .locks import async_file_lock, file_lock
-from .manifest import INDEX_TYPES, Descriptor, load_json, media_type_of, parse_manifest, \
-    select_platform
+from .manifest import INDEX_TYPES, Descriptor, load_json, media_type_of, parse_manifest, select_platform
 from .reference import Reference, is_digest, parse_reference
 from .registry_config import ImageRegistry, load_registries_from_config
 from .rootfs import import_rootfs
@@ -156,7 +155,7 @@ class ImageManager:
             img = read_image(self.store, info.digest)
             layers = await asyncio.gather(*(
                 asyncio.to_thread(self._ensure_layer, d, diff)
-                for d, diff in zip(img.manifest.layers, img.diff_ids)))
+                for d, diff in zip(img.manifest.layers, img.diff_ids, strict=True)))
         return PreparedImage(tuple(layers), img.config, img.image_id, info.reference)
 
     def _ensure_layer(self, desc: Descriptor, diff_id: str | None) -> Path:
@@ -180,10 +179,6 @@ class ImageManager:
         return root
 
     # -- local operations -------------------------------------------------------------
-    def list(self) -> list[ImageInfo]:
-        """Every stored reference, newest first."""
-        return self.store.all_refs()
-
     def remove(self, ref_or_digest: str, force: bool = False) -> None:
         """Untag an image (by reference, manifest digest or image id).
 
@@ -254,6 +249,12 @@ class ImageManager:
                 else:
                     os.unlink(entry.path)
             return freed
+
+
+    # defined last: the method name would shadow the builtin in later annotations
+    def list(self) -> list[ImageInfo]:
+        """Every stored reference, newest first."""
+        return self.store.all_refs()
 
 
 def _du(path: str) -> int:

@@ -28,7 +28,7 @@ import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from ..errors import DigestMismatchError, ImageError, UnsafeLayerError
 
@@ -44,10 +44,14 @@ def shift_id(value: int, base: int) -> int:
     return base + value if 0 <= value < 65536 else base + 65534
 
 
+class Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _HashingReader:
     """File-like wrapper hashing everything read through it."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: Reader) -> None:
         self.raw = raw
         self.hasher = hashlib.sha256()
 
@@ -61,17 +65,16 @@ class _HashingReader:
             pass
 
 
-def open_decompressed(f: IO[bytes]) -> IO[bytes]:
+def open_decompressed(f: IO[bytes]) -> Reader:
     """Return a reader of the uncompressed tar stream (gzip, zstd or plain by magic)."""
     head = f.read(4)
     f.seek(0)
     if head.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=f, mode="rb")
     if head == _ZSTD_MAGIC:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
-            f, read_across_frames=True)
+        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     return f
 
 
@@ -250,7 +253,7 @@ class Extractor:
         if not target or target in (".", ".."):
             raise UnsafeLayerError(f"invalid whiteout {'/'.join(parts)!r}")
         self._require_root("whiteout")
-        self._clear(pfd, parts[:-1] + (target,))
+        self._clear(pfd, (*parts[:-1], target))
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
         os.chown(target, self.base, self.base, dir_fd=pfd, follow_symlinks=False)
 
