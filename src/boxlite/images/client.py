@@ -129,24 +129,6 @@ class RegistryClient:
             raise DigestMismatchError(f"manifest {repo}@{reference} has digest {digest}")
         return bytes(body), resp.headers.get("content-type", ""), digest
 
-    async def get_blob_bytes(self, repo: str, desc: Descriptor, limit: int = 16 << 20) -> bytes:
-        """Small blob (an image config) into memory, verified."""
-        if desc.size > limit:
-            raise RegistryError(f"blob {desc.digest} is too large ({desc.size} bytes)")
-        url = f"{self.base}/{repo}/blobs/{desc.digest}"
-        for attempt in range(self.retry.attempts):
-            resp = await self._send("GET", url, _scope(repo))
-            try:
-                data = await resp.aread()
-            except httpx.TransportError:
-                await asyncio.sleep(self.retry.delay(attempt))
-                continue
-            finally:
-                await resp.aclose()
-            if len(data) == desc.size and _sha(data) == desc.digest:
-                return data
-        raise DigestMismatchError(f"blob {desc.digest} could not be downloaded intact")
-
     async def download_blob(self, repo: str, desc: Descriptor, partial: Path,
                             progress: Callable[[int], None] | None = None) -> None:
         """Make ``partial`` hold the verified content of ``desc``.
@@ -222,10 +204,6 @@ class _TooLong(Exception):
 
 def _scope(repo: str) -> str:
     return f"repository:{repo}:pull"
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _range_start(resp: httpx.Response) -> int | None:
