@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import io
+import json
 import os
+import platform
 import shutil
 import stat
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -64,8 +76,6 @@ def build_busybox_rootfs(dest: Path) -> Path:
 
 
 def _busybox_applets() -> list[str]:
-    import subprocess
-
     try:
         out = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
@@ -82,14 +92,6 @@ def is_executable(path: Path) -> bool:
 # --------------------------------------------------------------------------------------------
 # OCI layout building (layers from dirs or crafted members, configs, manifests, indexes)
 # --------------------------------------------------------------------------------------------
-import gzip  # noqa: E402
-import hashlib  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import tarfile  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
 
 CACHE = Path(os.environ.get("BOXLITE_TEST_CACHE", "/var/cache/boxlite-test"))
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -259,17 +261,11 @@ def _cached_layout(name: str, build: Callable[[Path], None], version: str) -> Pa
     return dest
 
 
-def _lock(path: Path):  # type: ignore[no-untyped-def]
-    import contextlib
-    import fcntl
-
-    @contextlib.contextmanager
-    def cm():  # type: ignore[no-untyped-def]
-        with open(path, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield
-
-    return cm()
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def busybox_layout() -> Path:
@@ -317,4 +313,3 @@ def python_layout() -> Path:
     return _cached_layout("python", build, "1")
 
 
-from collections.abc import Callable  # noqa: E402
