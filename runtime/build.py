@@ -39,14 +39,42 @@ KERNEL_PACKAGE = "linux-source-6.1"
 AGENT_SRC = REPO / "src" / "boxlite" / "agent"
 GUEST_PYTHON = "python3.11"
 PACKAGES = [
-    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "libc6", "zlib1g", "libexpat1", "libffi8", "busybox-static",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libc6",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "busybox-static",
 ]
 LIB_DIRS = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
 AGENT_PARENT = "opt/boxlite"  # the agent lives at /opt/boxlite/agent, imported as `agent`
 BUSYBOX_DEBUG_APPLETS = [
-    "sh", "ls", "cat", "mount", "umount", "ps", "dmesg", "ip", "mkdir", "rm", "cp", "mv",
-    "ln", "echo", "sleep", "grep", "vi", "df", "free", "top", "kill", "uname", "find", "stat",
+    "sh",
+    "ls",
+    "cat",
+    "mount",
+    "umount",
+    "ps",
+    "dmesg",
+    "ip",
+    "mkdir",
+    "rm",
+    "cp",
+    "mv",
+    "ln",
+    "echo",
+    "sleep",
+    "grep",
+    "vi",
+    "df",
+    "free",
+    "top",
+    "kill",
+    "uname",
+    "find",
+    "stat",
 ]
 INIT_SCRIPT = f"""#!/usr/bin/{GUEST_PYTHON} -IS
 # BoxLite guest PID 1: hand over to agent.vminit.
@@ -152,8 +180,12 @@ def build_kernel(version: str, cache: Path, jobs: int) -> Path:
         src = work / "linux-source-6.1"
         shutil.copy(KERNEL_CONFIG, src / ".config")
         env = dict(
-            os.environ, ARCH="x86_64", KBUILD_BUILD_TIMESTAMP="1970-01-01",
-            KBUILD_BUILD_USER="boxlite", KBUILD_BUILD_HOST="boxlite", KBUILD_BUILD_VERSION="1",
+            os.environ,
+            ARCH="x86_64",
+            KBUILD_BUILD_TIMESTAMP="1970-01-01",
+            KBUILD_BUILD_USER="boxlite",
+            KBUILD_BUILD_HOST="boxlite",
+            KBUILD_BUILD_VERSION="1",
         )
         make = ["make", "-C", str(src), f"-j{jobs}"]
         subprocess.run([*make, "olddefconfig"], check=True, env=env, stdout=subprocess.DEVNULL)
@@ -283,9 +315,10 @@ def build_initramfs(versions: dict[str, str], cache: Path, debug: bool, out: Pat
         tree.node("dev/null", stat.S_IFCHR | 0o666, 1, 3)
         tree.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
         add_with_libs(tree, root, f"usr/bin/{GUEST_PYTHON}")
-        tree.file("bin/busybox", (root / "bin/busybox").read_bytes(), 0o755)
-        for applet in (BUSYBOX_DEBUG_APPLETS if debug else ["sh"]):
-            tree.symlink(f"bin/{applet}", "busybox")
+        if debug:  # a shell and tools for poking at the guest; release images stay lean
+            tree.file("bin/busybox", (root / "bin/busybox").read_bytes(), 0o755)
+            for applet in BUSYBOX_DEBUG_APPLETS:
+                tree.symlink(f"bin/{applet}", "busybox")
         tree.file("init", INIT_SCRIPT.encode(), 0o755)
         tree.file("etc/boxlite-runtime", b"debug\n" if debug else b"release\n")
 
@@ -310,7 +343,8 @@ def build_initramfs(versions: dict[str, str], cache: Path, debug: bool, out: Pat
                 add_with_libs(tree, root, rel)
             elif debug:  # sources + __pycache__
                 tree.file(rel, Path(f).read_bytes())
-                jobs.append((Path(f), pyc / str(Path(rel).parent / "__pycache__" / (Path(f).stem + ".cpython-311.pyc")), "/" + rel))
+                cached = Path(rel).parent / "__pycache__" / (Path(f).stem + ".cpython-311.pyc")
+                jobs.append((Path(f), pyc / cached, "/" + rel))
             else:  # sourceless .pyc next to where the .py would be
                 jobs.append((Path(f), pyc / (rel[:-3] + ".pyc"), "/" + rel))
         compile_pyc(py, env, jobs)

@@ -19,7 +19,19 @@ class Entry:
 
 def _header(ino: int, e: Entry, nlink: int, size: int, name: bytes) -> bytes:
     fields = (
-        ino, e.mode, 0, 0, nlink, 0, size, 0, 0, e.rdev[0], e.rdev[1], len(name) + 1, 0,
+        ino,
+        e.mode,
+        0,
+        0,
+        nlink,
+        0,
+        size,
+        0,
+        0,
+        e.rdev[0],
+        e.rdev[1],
+        len(name) + 1,
+        0,
     )
     return b"070701" + b"".join(b"%08X" % v for v in fields)
 

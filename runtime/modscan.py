@@ -13,22 +13,93 @@ import sys
 
 # Imported by the interpreter itself or lazily by name (codecs), invisible to modulefinder.
 ALWAYS = [
-    "encodings", "encodings.aliases", "encodings.utf_8", "encodings.utf_8_sig",
-    "encodings.ascii", "encodings.latin_1", "encodings.idna", "encodings.punycode",
-    "codecs", "io", "abc", "os", "stat", "posixpath", "genericpath", "_collections_abc",
-    "_sitebuiltins", "traceback", "linecache", "tokenize", "token",
+    "encodings",
+    "encodings.aliases",
+    "encodings.utf_8",
+    "encodings.utf_8_sig",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.idna",
+    "encodings.punycode",
+    "codecs",
+    "io",
+    "abc",
+    "os",
+    "stat",
+    "posixpath",
+    "genericpath",
+    "_collections_abc",
+    "_sitebuiltins",
+    "traceback",
+    "linecache",
+    "tokenize",
+    "token",
 ]
 # Optional imports we never want in the guest (need libssl, a display, or are dev tools).
 EXCLUDE = {
-    "ssl", "_ssl", "_hashlib", "tkinter", "_tkinter", "idlelib", "lib2to3", "ensurepip",
-    "distutils", "pydoc", "pydoc_data", "doctest", "unittest", "test", "turtle", "venv",
-    "sqlite3", "_sqlite3", "curses", "_curses", "readline", "dbm", "xmlrpc", "http.server",
-    "_ctypes_test", "_testcapi", "_testinternalcapi", "lzma", "_lzma", "_bz2", "bz2",
-    "_decimal", "decimal", "_pydecimal", "multiprocessing.popen_spawn_win32", "asyncio.windows_events",
-    "asyncio.windows_utils", "_winapi", "msvcrt", "winreg", "nturl2path", "ntpath",
-    "_osx_support", "_aix_support", "_bootsubprocess", "pdb", "cProfile", "profile",
-    "pstats", "email", "http", "urllib.request", "ftplib", "smtplib", "imaplib", "poplib",
-    "nntplib", "mailbox", "xml", "pyexpat", "plistlib", "ctypes.macholib", "zoneinfo",
+    "ssl",
+    "_ssl",
+    "_hashlib",
+    "tkinter",
+    "_tkinter",
+    "idlelib",
+    "lib2to3",
+    "ensurepip",
+    "distutils",
+    "pydoc",
+    "pydoc_data",
+    "doctest",
+    "unittest",
+    "test",
+    "turtle",
+    "venv",
+    "sqlite3",
+    "_sqlite3",
+    "curses",
+    "_curses",
+    "readline",
+    "dbm",
+    "xmlrpc",
+    "http.server",
+    "_ctypes_test",
+    "_testcapi",
+    "_testinternalcapi",
+    "lzma",
+    "_lzma",
+    "_bz2",
+    "bz2",
+    "_decimal",
+    "decimal",
+    "_pydecimal",
+    "multiprocessing.popen_spawn_win32",
+    "asyncio.windows_events",
+    "asyncio.windows_utils",
+    "_winapi",
+    "msvcrt",
+    "winreg",
+    "nturl2path",
+    "ntpath",
+    "_osx_support",
+    "_aix_support",
+    "_bootsubprocess",
+    "pdb",
+    "cProfile",
+    "profile",
+    "pstats",
+    "email",
+    "http",
+    "urllib.request",
+    "ftplib",
+    "smtplib",
+    "imaplib",
+    "poplib",
+    "nntplib",
+    "mailbox",
+    "xml",
+    "pyexpat",
+    "plistlib",
+    "ctypes.macholib",
+    "zoneinfo",
 }
 
 # Platform-specific optional imports that are absent on Linux by design.
@@ -43,13 +114,11 @@ def _excluded(name: str) -> bool:
 def main() -> None:
     agent_parent = sys.argv[1]
     agent_dir = os.path.join(agent_parent, "agent")
-    mods = sorted(
-        "agent." + f[:-3] for f in os.listdir(agent_dir) if f.endswith(".py") and f != "__init__.py"
-    )
+    mods = sorted("agent." + f[:-3] for f in os.listdir(agent_dir) if f.endswith(".py") and f != "__init__.py")
     entry = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"boxlite-modscan-{os.getpid()}.py")
     with open(entry, "w") as f:
         f.write("import agent\n" + "".join(f"import {m}\n" for m in mods + ALWAYS))
-    finder = modulefinder.ModuleFinder(path=[agent_parent] + sys.path, excludes=sorted(EXCLUDE))
+    finder = modulefinder.ModuleFinder(path=[agent_parent, *sys.path], excludes=sorted(EXCLUDE))
     try:
         finder.run_script(entry)
     finally:

@@ -27,7 +27,12 @@ RW = "/run/boxlite/rw"
 AGENT_PORT = "boxlite.agent"
 RB_AUTOBOOT = 0x01234567
 DEVICES = {  # name: (major, minor), as in the namespace engine's /dev
-    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0),
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
 }
 
 
@@ -46,7 +51,7 @@ def cmdline() -> dict[str, str]:
     for w in words:
         key, sep, value = w.partition("=")
         if key.startswith("boxlite.") and sep:
-            out[key[len("boxlite."):]] = value
+            out[key[len("boxlite.") :]] = value
     return out
 
 
@@ -120,8 +125,11 @@ def setup_box_mounts() -> None:
     linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for name, target in (
-        ("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
     ):
         os.symlink(target, f"{dev}/{name}")
     linux.mount("tmpfs", f"{BOX}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")

@@ -44,8 +44,13 @@ def _probe(artifact: RuntimeArtifact) -> Accel:
     with tempfile.TemporaryDirectory(prefix="boxlite-kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
         cfg = VmConfig(
-            kernel=str(artifact.kernel), initramfs=str(artifact.initramfs), console=str(console),
-            cpus=1, memory_mib=256, accel="kvm", extra_cmdline="boxlite.probe=1",
+            kernel=str(artifact.kernel),
+            initramfs=str(artifact.initramfs),
+            console=str(console),
+            cpus=1,
+            memory_mib=256,
+            accel="kvm",
+            extra_cmdline="boxlite.probe=1",
         )
         argv = qemu_argv(cfg, agent_fd=None, qmp_fd=None)
         t0 = time.monotonic()

@@ -16,7 +16,7 @@ from ...errors import EngineError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from . import accel as accel_mod
 from .disks import ensure_box_disk, ensure_layer_image
-from .qemu import DEFAULT_MEMORY_MIB, VmConfig, console_tail, vcpus
+from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, vcpus
 
 DEFAULT_DISK_GB = 2.0
 _PKG_PARENT = str(Path(__file__).resolve().parents[3])  # the dir holding the boxlite package
@@ -70,6 +70,7 @@ class VmEngine(Engine):
             cpus=vcpus(spec.cpus),
             memory_mib=spec.memory_mib or DEFAULT_MEMORY_MIB,
             accel=accel.name,
+            tb_size_mib=int(str(spec.extra.get("vm_tb_size_mib") or DEFAULT_TB_SIZE_MIB)),
             debug=artifact.debug,
         )
         prepared = time.monotonic()
@@ -112,12 +113,13 @@ class VmEngine(Engine):
             ready = await asyncio.wait_for(_read_status(status_r, state), spec.ready_timeout)
         except asyncio.TimeoutError:
             self._force_kill(state.get("pid"), run)
-            raise EngineError(self._boot_failure(spec, f"the agent was not ready within {spec.ready_timeout:g}s")) from None
+            why = f"the agent was not ready within {spec.ready_timeout:g}s"
+            raise EngineError(self._boot_failure(spec, why)) from None
         pid = state.get("pid")
         if pid is None or not ready.startswith("ready"):
             self._force_kill(pid, run)
             raise EngineError(self._boot_failure(spec, ready.removeprefix("error ") or "the shim died"))
-        boot = json.loads(ready[len("ready "):] or "{}")
+        boot = json.loads(ready[len("ready ") :] or "{}")
         boot.update(timings, start_to_ready_s=round(time.monotonic() - t_spawn, 4))
         (run / "boot.json").write_text(json.dumps(boot))
         start = process_start_time(pid)

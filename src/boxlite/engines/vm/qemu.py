@@ -16,7 +16,7 @@ QEMU = "qemu-system-x86_64"
 AGENT_PORT = "boxlite.agent"  # virtio-serial port name; vminit looks it up in sysfs
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_CPUS = 2
-DEFAULT_TB_SIZE_MIB = 128
+DEFAULT_TB_SIZE_MIB = 32
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
 
@@ -99,33 +99,54 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
         accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tb_size_mib}", "-cpu", "max"]
     argv = [
         qemu_binary(),
-        "-M", "microvm,acpi=off,rtc=on",
-        "-global", "virtio-mmio.force-legacy=false",
-        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-M",
+        "microvm,acpi=off,rtc=on",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
         *accel,
-        "-smp", str(cfg.cpus),
-        "-m", str(cfg.memory_mib),
-        "-kernel", cfg.kernel,
-        "-initrd", cfg.initramfs,
-        "-append", kernel_cmdline(cfg),
-        "-chardev", f"file,id=con,path={_opt(cfg.console)}",
-        "-serial", "chardev:con",
+        "-smp",
+        str(cfg.cpus),
+        "-m",
+        str(cfg.memory_mib),
+        "-kernel",
+        cfg.kernel,
+        "-initrd",
+        cfg.initramfs,
+        "-append",
+        kernel_cmdline(cfg),
+        "-chardev",
+        f"file,id=con,path={_opt(cfg.console)}",
+        "-serial",
+        "chardev:con",
     ]
     if cfg.lower_disk:
         argv += [
-            "-drive", f"if=none,id=lower,file={_opt(cfg.lower_disk)},format=raw,readonly=on",
-            "-device", "virtio-blk-device,drive=lower,serial=boxlite-lower",
+            "-drive",
+            f"if=none,id=lower,file={_opt(cfg.lower_disk)},format=raw,readonly=on",
+            "-device",
+            "virtio-blk-device,drive=lower,serial=boxlite-lower",
         ]
     if cfg.upper_disk:
         argv += [
-            "-drive", f"if=none,id=upper,file={_opt(cfg.upper_disk)},format=raw,discard=unmap",
-            "-device", "virtio-blk-device,drive=upper,serial=boxlite-upper",
+            "-drive",
+            f"if=none,id=upper,file={_opt(cfg.upper_disk)},format=raw,discard=unmap",
+            "-device",
+            "virtio-blk-device,drive=upper,serial=boxlite-upper",
         ]
+    # Free page reporting hands memory the guest frees (e.g. the initramfs) back to the host.
+    argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
     if agent_fd is not None:
         argv += [
-            "-chardev", f"socket,id=agent,fd={agent_fd}",
-            "-device", "virtio-serial-device,max_ports=2",
-            "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+            "-chardev",
+            f"socket,id=agent,fd={agent_fd}",
+            "-device",
+            "virtio-serial-device,max_ports=2",
+            "-device",
+            f"virtserialport,chardev=agent,name={AGENT_PORT}",
         ]
     if qmp_fd is not None:
         argv += ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]

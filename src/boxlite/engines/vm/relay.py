@@ -76,9 +76,8 @@ class Relay:
 
     def _free(self, gid: int) -> None:
         route = self.routes.pop(gid, None)
-        if route is not None and route.client is not None:
-            if route.client.channels.get(route.channel) == gid:
-                del route.client.channels[route.channel]
+        if route is not None and route.client is not None and route.client.channels.get(route.channel) == gid:
+            del route.client.channels[route.channel]
 
     # --- clients -> guest ---------------------------------------------------------------
     def _allocate(self) -> int:

@@ -44,7 +44,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def start_qemu(cfg: VmConfig, run_dir: Path, log_fd: int) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
+def start_qemu(
+    cfg: VmConfig, run_dir: Path, log_fd: int
+) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
     """Spawn QEMU with connected socketpairs for the agent stream and QMP."""
     agent_host, agent_guest = socket.socketpair()
     qmp_host, qmp_guest = socket.socketpair()
@@ -67,7 +69,9 @@ def start_qemu(cfg: VmConfig, run_dir: Path, log_fd: int) -> tuple[subprocess.Po
 class Shim:
     """The asyncio part: relay, readiness, lifeline, shutdown."""
 
-    def __init__(self, conf: dict[str, Any], proc: subprocess.Popen[bytes], agent: socket.socket, qmp: socket.socket, t0: float) -> None:
+    def __init__(
+        self, conf: dict[str, Any], proc: subprocess.Popen[bytes], agent: socket.socket, qmp: socket.socket, t0: float
+    ) -> None:
         self.conf = conf
         self.proc = proc
         self.agent_sock = agent
@@ -107,8 +111,12 @@ class Shim:
         sock_path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(relay.serve_client, path=str(sock_path))
         os.chmod(sock_path, 0o600)
-        boot = {"shim_to_ready_s": round(t_ready - self.t0, 4), "qemu_pid": self.proc.pid,
-                "qmp_connected_s": round(t_spawned - self.t0, 4), **guest_stages(Path(self.conf["console"]))}
+        boot = {
+            "shim_to_ready_s": round(t_ready - self.t0, 4),
+            "qemu_pid": self.proc.pid,
+            "qmp_connected_s": round(t_spawned - self.t0, 4),
+            **guest_stages(Path(self.conf["console"])),
+        }
         (self.run_dir / "boot.json").write_text(json.dumps(boot))
         _report(self.status_fd, "ready " + json.dumps(boot))
         if self.status_fd is not None:

@@ -1,0 +1,172 @@
+"""VM engine end to end: boot, own kernel, exec over the protocol, persistence, failures, lifeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from vmhelpers import Client, make_spec, requires_qemu, shutdown
+
+from boxlite import runtime_artifact
+from boxlite.engines.base import process_start_time
+from boxlite.engines.vm import VmEngine
+from boxlite.errors import EngineError
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, requires_qemu]
+
+
+async def test_exec_own_kernel_and_layout(started) -> None:  # type: ignore[no-untyped-def]
+    _, spec, _ = started
+    c = await Client.connect(spec.agent_socket)
+    hello = await c.request(1, {"op": "hello"})
+    assert hello["ok"] and hello["pid"] == 1
+    res = await c.exec(["/bin/sh", "-c", "uname -r; hostname; echo err >&2; exit 3"])
+    release, hostname = res.stdout.decode().split()
+    assert release.endswith("-boxlite") and release != os.uname().release
+    assert hostname == spec.hostname
+    assert (res.exit_code, res.stderr) == (3, b"err\n")
+    res = await c.exec(["/bin/cat"], stdin=b"piped input")
+    assert res.stdout == b"piped input"
+    res = await c.exec(["/bin/sh", "-c", "readlink /dev/ptmx; ls /dev/pts; grep -c ' /tmp tmpfs' /proc/mounts"])
+    assert res.stdout.decode().split() == ["pts/ptmx", "ptmx", "1"]
+    await c.close()
+
+
+async def test_many_clients_share_one_guest_stream(started) -> None:  # type: ignore[no-untyped-def]
+    _, spec, _ = started
+    clients = [await Client.connect(spec.agent_socket) for _ in range(3)]
+    # every client uses channel 1 at the same time; outputs must not cross
+    results = await asyncio.gather(
+        *(c.exec(["/bin/sh", "-c", f"sleep 0.2; echo client{i}"], channel=1) for i, c in enumerate(clients))
+    )
+    assert [r.stdout for r in results] == [f"client{i}\n".encode() for i in range(3)]
+    for c in clients:
+        await c.close()
+
+
+async def test_writes_persist_across_restart(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
+    engine = VmEngine()
+    spec = make_spec(vm_home, busybox_rootfs, "persist")
+    running = await engine.start(spec)
+    c = await Client.connect(spec.agent_socket)
+    res = await c.exec(["/bin/sh", "-c", "echo kept > /root/state; rm /bin/true; sync"])
+    assert res.exit_code == 0
+    await c.close()
+    await shutdown(spec, running, engine)
+    assert process_start_time(running.pid) is None
+
+    running = await engine.start(spec)
+    c = await Client.connect(spec.agent_socket)
+    res = await c.exec(["/bin/sh", "-c", "cat /root/state; test -e /bin/true || echo gone"])
+    assert res.stdout == b"kept\ngone\n"
+    await c.close()
+    metrics = engine.metrics(spec, running)
+    assert metrics["memory_pss_bytes"] > 0 and metrics["boot_start_to_ready_s"] > 0
+    await shutdown(spec, running, engine)
+
+
+def _broken_artifact(artifact: runtime_artifact.RuntimeArtifact, dest: Path) -> Path:
+    """A copy of the artifact whose /init prints a marker and exits (the kernel panics)."""
+    sys.path.insert(0, str(REPO / "runtime"))
+    try:
+        from cpio import Entry, write_cpio  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    dest.mkdir()
+    shutil.copy(artifact.kernel, dest / "vmlinux")
+    init = b"#!/usr/bin/python3.11 -IS\nprint('boxlite-test: this init gives up')\n"
+    with open(artifact.initramfs, "rb") as src, open(dest / "initramfs.cpio", "wb") as out:
+        shutil.copyfileobj(src, out)
+        write_cpio(out, [Entry("init", stat.S_IFREG | 0o755, init)])  # later archive wins
+    manifest = dict(artifact.manifest)
+    manifest["files"] = {n: runtime_artifact._sha256(dest / n) for n in ("vmlinux", "initramfs.cpio")}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+async def test_boot_failure_quotes_console(  # type: ignore[no-untyped-def]
+    artifact, vm_home: Path, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(runtime_artifact.ENV_VAR, str(_broken_artifact(artifact, tmp_path / "broken")))
+    spec = make_spec(vm_home, busybox_rootfs, "broken", ready_timeout=30)
+    with pytest.raises(EngineError) as info:
+        await VmEngine().start(spec)
+    msg = str(info.value)
+    assert "boxlite-test: this init gives up" in msg
+    assert "Kernel panic" in msg or "exited" in msg
+    assert not spec.agent_socket.exists()
+
+
+async def test_ready_timeout_kills_everything(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = make_spec(vm_home, busybox_rootfs, "slow", ready_timeout=0.5)
+    with pytest.raises(EngineError, match="not ready within"):
+        await VmEngine().start(spec)
+    qemu_pid = int((spec.run_dir / "qemu.pid").read_text())
+    for _ in range(100):
+        if process_start_time(qemu_pid) is None:
+            break
+        await asyncio.sleep(0.05)
+    assert process_start_time(qemu_pid) is None
+
+
+HOST_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, sys
+    sys.path[:0] = {paths!r}
+    from pathlib import Path
+    from boxlite.engines.vm import VmEngine
+    from vmhelpers import make_spec
+
+    async def main():
+        r, w = os.pipe()  # the lifeline: the runtime holds the write end
+        spec = make_spec(Path({home!r}), Path({rootfs!r}), "lifeline", detach=False, lifeline_fd=r)
+        running = await VmEngine().start(spec)
+        qemu = int((spec.run_dir / "qemu.pid").read_text())
+        print(json.dumps({{"shim": running.pid, "qemu": qemu}}), flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_kill9_of_host_process_leaves_no_qemu(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
+    script = HOST_SCRIPT.format(
+        paths=[str(REPO / "src"), str(REPO / "tests" / "vm")], home=str(vm_home), rootfs=str(busybox_rootfs)
+    )
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert host.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(host.stdout.readline), 90)
+        pids = json.loads(line)
+        starts = {k: process_start_time(v) for k, v in pids.items()}
+        assert all(starts.values())
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+    for _ in range(400):  # graceful shutdown through the agent, else QMP quit / SIGKILL
+        if all(process_start_time(pids[k]) != starts[k] for k in pids):
+            break
+        await asyncio.sleep(0.05)
+    assert process_start_time(pids["qemu"]) != starts["qemu"], "qemu survived its host process"
+    assert process_start_time(pids["shim"]) != starts["shim"], "the shim survived its host process"
+    log = (vm_home / "boxes/lifeline/run/shim.log").read_text()
+    assert "lifeline closed" in log
+
+
+async def test_kill_forces_the_box_down(started) -> None:  # type: ignore[no-untyped-def]
+    engine, spec, running = started
+    qemu = int((spec.run_dir / "qemu.pid").read_text())
+    await engine.kill(spec, running)
+    assert not running.is_alive()
+    assert process_start_time(qemu) is None
