@@ -10,12 +10,17 @@ import pytest
 from tests.images.conftest import Registry
 
 from boxlite.images import ImageManager
-from boxlite.images.debian import DEFAULT_PACKAGES, resolve_packages
+from boxlite.images.debian import (
+    DEFAULT_PACKAGES,
+    _resolve_cached,
+    ensure_debian_rootfs,
+    resolve_packages,
+)
 
 
 def test_resolve_packages_closure() -> None:
     pkgs = resolve_packages(list(DEFAULT_PACKAGES))
-    assert {"busybox-static", "python3.11-minimal", "libc6", "libssl3", "zlib1g"} <= set(pkgs)
+    assert {"busybox-static", "python3-minimal", "libc6", "libssl3", "zlib1g"} <= set(pkgs)
     assert not {"perl-base", "dpkg", "debconf"} & set(pkgs)
 
 
@@ -36,3 +41,22 @@ async def test_python_image_runs(registry: Registry,
         pytest.skip(f"overlayfs not available: {r.stderr}")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["hello", "from", "boxlite", "[1]"]
+
+
+async def test_ensure_debian_rootfs_is_cached(tmp_path: Path) -> None:
+    from tests.support.images import CACHE
+
+    # share the test cache's .debs (no network), build into a private rootfs cache
+    cache = tmp_path / "debian"
+    (cache).mkdir()
+    (cache / "debs").symlink_to(CACHE / "debs")
+    _resolve_cached(list(DEFAULT_PACKAGES), CACHE)  # memoised in the shared test cache
+    for resolved in CACHE.glob("resolved-*.txt"):
+        (cache / resolved.name).write_bytes(resolved.read_bytes())
+    root = ensure_debian_rootfs(cache)
+    assert (root / "usr/bin/python3").exists() and (root / "bin/busybox").is_file()
+    assert ensure_debian_rootfs(cache) == root
+    m = ImageManager(tmp_path / "home")
+    prepared = await m.resolve(rootfs_path=str(root))
+    assert (prepared.layers[0] / "usr/bin/python3").exists()
+    assert prepared.layers[0].stat().st_uid == 100000

@@ -288,13 +288,14 @@ def python_rootfs() -> Path:
 
     dest = CACHE / "python-rootfs"
     stamp = CACHE / "python-rootfs.built"
-    if stamp.exists():
+    version = ",".join(DEFAULT_PACKAGES)
+    if stamp.exists() and stamp.read_text() == version:
         return dest
     with _lock(CACHE / "python-rootfs.lock"):
-        if not stamp.exists():
+        if not stamp.exists() or stamp.read_text() != version:
             shutil.rmtree(dest, ignore_errors=True)
             build_debian_rootfs(dest, list(DEFAULT_PACKAGES), CACHE)
-            stamp.write_text("1")
+            stamp.write_text(version)
     return dest
 
 
@@ -310,6 +311,8 @@ def python_layout() -> Path:
         write_oci_layout(dest, [base, app], image_config(
             [base, app], cmd=["python3", "/app/hello.py"], WorkingDir="/app"))
 
-    return _cached_layout("python", build, "1")
+    from boxlite.images.debian import DEFAULT_PACKAGES
+
+    return _cached_layout("python", build, "2:" + ",".join(DEFAULT_PACKAGES))
 
 

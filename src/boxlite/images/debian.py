@@ -6,12 +6,17 @@ no Docker Hub access is needed. Needs ``apt-get``/``apt-cache``/``dpkg-deb`` on 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ImageError
+from .locks import file_lock
 
 # Packages never pulled in as dependencies: package management, perl and docs are not needed
 # for running programs in a box and would multiply the size.
@@ -20,7 +25,7 @@ EXCLUDE = frozenset({
     "libperl5.36", "tar", "base-files", "mailcap", "mime-support", "init-system-helpers",
     "usrmerge", "usr-is-merged", "debianutils", "coreutils", "sensible-utils",
 })
-DEFAULT_PACKAGES = ("busybox-static", "python3.11-minimal", "libpython3.11-stdlib")
+DEFAULT_PACKAGES = ("busybox-static", "python3-minimal", "libpython3-stdlib")
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
@@ -62,6 +67,24 @@ def resolve_packages(packages: list[str], exclude: frozenset[str] = EXCLUDE) -> 
     return sorted(seen)
 
 
+def _resolve_cached(packages: list[str], cache_dir: Path) -> list[str]:
+    """resolve_packages() memoised in ``cache_dir`` until the apt package lists change."""
+    key = hashlib.sha256(",".join(sorted(packages)).encode()).hexdigest()[:16]
+    path = cache_dir / f"resolved-{key}.txt"
+    try:
+        lists_mtime = os.stat("/var/lib/apt/lists").st_mtime
+        if path.stat().st_mtime >= lists_mtime:
+            return path.read_text().split()
+    except OSError:
+        pass
+    names = resolve_packages(packages)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("\n".join(names) + "\n")
+    os.replace(tmp, path)
+    return names
+
+
 def download_debs(packages: list[str], cache_dir: Path) -> list[Path]:
     """``apt-get download`` what is not cached yet; return the .deb paths."""
     debs_dir = cache_dir / "debs"
@@ -92,9 +115,35 @@ def build_debian_rootfs(dest: Path, packages: list[str], cache_dir: Path) -> Pat
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for deb in download_debs(resolve_packages(list(packages)), Path(cache_dir)):
+    for deb in download_debs(_resolve_cached(list(packages), Path(cache_dir)), Path(cache_dir)):
         _run(["dpkg-deb", "-x", str(deb), str(dest)])
     _finish_rootfs(dest)
+    return dest
+
+
+def ensure_debian_rootfs(cache_dir: Path, packages: Sequence[str] = DEFAULT_PACKAGES) -> Path:
+    """Build (once, under a lock) and return ``cache_dir/rootfs/<key>`` for ``packages``.
+
+    The default image of an offline first box: ``resolve(rootfs_path=ensure_debian_rootfs(
+    home / "images" / "debian"))``. The tree is built in a temp dir and renamed into place.
+    """
+    cache_dir = Path(cache_dir)
+    key = hashlib.sha256(",".join(sorted(packages)).encode()).hexdigest()[:16]
+    dest = cache_dir / "rootfs" / key
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache_dir / f"rootfs-{key}.lock"):
+        if dest.is_dir():
+            return dest
+        work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{key}-"))
+        try:
+            os.chmod(work, 0o755)
+            build_debian_rootfs(work, list(packages), cache_dir)
+            os.rename(work, dest)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     return dest
 
 
