@@ -142,3 +142,13 @@ async def test_partial_download_resumes_across_managers(proxy: FaultProxy,
     await m2.pull(_ref(proxy, "busybox"))
     assert any(h.range for h in proxy.hits_for(BLOB))
     _assert_clean(m2)
+
+
+async def test_many_breaks_with_progress_still_finish(proxy: FaultProxy, make_manager: MM) -> None:
+    """Each broken transfer that made progress resets the failure count (attempts=5)."""
+    proxy.add("truncate", BLOB, times=8)
+    proxy.add("truncate", MANIFEST, times=2)
+    m = _mgr(make_manager, proxy)
+    await m.resolve(_ref(proxy, "busybox"))
+    assert len([h for h in proxy.hits if h.fault == "truncate"]) == 10
+    _assert_clean(m)

@@ -97,7 +97,8 @@ class RegistryClient:
                     continue
             if status in (401, 403):
                 raise AuthenticationError(
-                    f"{self.registry.host}: access denied ({status}) for {url}", status)
+                    f"{self.registry.host}: access denied ({status}) for {url} (missing or wrong "
+                    "credentials, or no such repository)", status)
             if status == 404:
                 raise ImageNotFoundError(f"{self.registry.host}: not found: {url}", status)
             if status in _RETRY_STATUS:
@@ -113,17 +114,22 @@ class RegistryClient:
         When ``reference`` is a digest the body is verified against it.
         """
         url = f"{self.base}/{repo}/manifests/{reference}"
-        resp = await self._send("GET", url, _scope(repo), {"Accept": ACCEPT})
-        try:
-            body = bytearray()
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_MANIFEST:
-                    raise RegistryError(f"manifest {repo}:{reference} is too large")
-        except httpx.TransportError as e:
-            raise RegistryError(f"{self.registry.host}: manifest download failed: {e}") from e
-        finally:
-            await resp.aclose()
+        for attempt in range(1, self.retry.attempts + 1):
+            resp = await self._send("GET", url, _scope(repo), {"Accept": ACCEPT})
+            try:
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_MANIFEST:
+                        raise RegistryError(f"manifest {repo}:{reference} is too large")
+                break
+            except httpx.TransportError as e:
+                if attempt >= self.retry.attempts:
+                    raise RegistryError(f"{self.registry.host}: manifest download failed: "
+                                        f"{e}") from e
+                await asyncio.sleep(self.retry.delay(attempt))
+            finally:
+                await resp.aclose()
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise DigestMismatchError(f"manifest {repo}@{reference} has digest {digest}")
@@ -157,6 +163,7 @@ class RegistryClient:
                                                   "its digest")
                     fresh_restarts -= 1
                 headers = {"Range": f"bytes={have}-"} if have else {}
+                start = have
                 try:
                     resp = await self._send("GET", url, _scope(repo), headers)
                     try:
@@ -184,14 +191,14 @@ class RegistryClient:
                     fresh_restarts -= 1
                     continue
                 except httpx.TransportError as e:
-                    failures += 1
+                    failures = 1 if have > start else failures + 1  # progress resets the count
                     if failures >= self.retry.attempts:
                         raise RegistryError(f"{self.registry.host}: download of {desc.digest} "
                                             f"failed: {type(e).__name__}: {e}") from e
                     await asyncio.sleep(self.retry.delay(failures))
                     continue
                 if have < desc.size:  # clean EOF but short: count as a broken transfer
-                    failures += 1
+                    failures = 1 if have > start else failures + 1
                     if failures >= self.retry.attempts:
                         raise RegistryError(f"{self.registry.host}: {desc.digest} ended after "
                                             f"{have} of {desc.size} bytes")
