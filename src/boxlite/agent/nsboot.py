@@ -116,10 +116,13 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
 
 
 def _redirect_stdio() -> None:
+    """stdin/stdout from /dev/null; stderr (tracebacks) to run/agent.log on the host."""
     null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
+    log = os.open("/run/boxlite/agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for fd, src in ((0, null), (1, null), (2, log)):
+        os.dup2(src, fd)
     os.close(null)
+    os.close(log)
 
 
 def _setup_mounts(config: dict[str, Any], sup: str) -> None:

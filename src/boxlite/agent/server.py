@@ -435,22 +435,23 @@ class Agent:
                 ex.status = p.exit_status(status)
                 for stream in list(ex.out_fds):
                     self._pump(ex, stream)
+                code, sig = ex.status
+                body = {
+                    "exit_code": code,
+                    "signal": sig,
+                    "timed_out": ex.timed_out,
+                    "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
+                }
+                # Output the host has not made room for yet may follow the EXIT frame.
+                ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
                 self._maybe_finish(ex)
 
     def _maybe_finish(self, ex: Execution) -> None:
+        """Forget an execution once it exited and its output streams are closed."""
         if ex.status is None or ex.out_fds:
             return
-        if ex.conn.execs.pop(ex.channel, None) is None:
-            return
-        code, sig = ex.status
-        body = {
-            "exit_code": code,
-            "signal": sig,
-            "timed_out": ex.timed_out,
-            "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
-        }
-        self._close_exec_fds(ex)
-        ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
+        if ex.conn.execs.pop(ex.channel, None) is not None:
+            self._close_exec_fds(ex)
 
     def _close_exec_fds(self, ex: Execution) -> None:
         fds = set(ex.out_fds.values())

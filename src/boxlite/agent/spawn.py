@@ -125,8 +125,9 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
             _confine_and_exec(spec, conf, err_w_pipe, builtin)
         except BaseException as e:  # noqa: BLE001 - report anything to the agent
             code = e.errno if isinstance(e, OSError) and e.errno else 0
+            text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             try:
-                os.write(err_w_pipe, f"{code}:{e}".encode(errors="replace")[:4000])
+                os.write(err_w_pipe, f"{code}:{text}".encode(errors="replace")[:4000])
             finally:
                 os._exit(127)
     # parent

@@ -153,6 +153,30 @@ def power_off() -> None:
     os._exit(1)  # reboot failed: PID 1 exiting panics the kernel, which also ends the VM
 
 
+def prepare_box(conf: dict[str, str]) -> None:
+    """Everything the box root needs (run in a child, in parallel with the agent imports)."""
+    mount_root(int(conf.get("layers", "0")))
+    setup_box_mounts()
+    linux.set_loopback_up()
+    linux.sethostname(conf.get("hostname", "box"))
+
+
+def fork_prepare(conf: dict[str, str]) -> int:
+    """Fork a child running :func:`prepare_box`; mounts are shared (same namespace)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            prepare_box(conf)
+        except BaseException:  # reported on the console, then exit status
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
 def main() -> None:
     try:
         mount_basics()
@@ -161,22 +185,23 @@ def main() -> None:
         if conf.get("probe"):  # accelerator probe boot: show a sign of life and stop
             os.write(2, b"boxlite-probe-ok\n")
             power_off()
-        mount_root(int(conf.get("layers", "0")))
-        setup_box_mounts()
-        linux.set_loopback_up()
-        linux.sethostname(conf.get("hostname", "box"))
-        stage("mounted")
+        child = fork_prepare(conf)
         from .seccomp import build_filter
         from .server import Agent
         from .spawn import Confinement
 
-        agent = Agent(Confinement(root=BOX, seccomp_program=build_filter(), cap_last=linux.last_cap()))
+        confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=linux.last_cap())
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            raise RuntimeError("preparing the box root failed (see above)")
+        stage("mounted")
+        agent = Agent(confinement)
         fd = find_port(AGENT_PORT)
         agent.attach_stream(fd, fd)
         stage("ready")
         agent.serve_forever()
         stage("shutdown")
-    except BaseException:
+    except BaseException:  # PID 1 must never just exit
         print("boxlite-init: fatal error", file=sys.stderr)
         traceback.print_exc()
         sys.stderr.flush()

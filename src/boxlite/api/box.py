@@ -1,0 +1,254 @@
+"""``Box``: a handle on one box, used to start, stop, run commands and copy files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BoxliteError, NotFoundError
+from ..runtime.state import BoxRecord
+from .execution import Execution
+from .options import CopyOptions, env_to_dict
+from .results import BoxInfo, BoxMetrics, BoxStateInfo, iso
+
+if TYPE_CHECKING:
+    from .runtime import Boxlite
+
+
+class Box:
+    """One box. Cheap to create; all state lives in the runtime home."""
+
+    def __init__(self, runtime: Boxlite, record: BoxRecord) -> None:
+        self._runtime = runtime
+        self._rec = record
+        self._exec_seq = 0
+        self.commands_executed = 0
+        self.exec_errors = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # --- identity and info ---------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._rec.id
+
+    @property
+    def name(self) -> str | None:
+        return self._rec.name
+
+    def _record(self) -> BoxRecord:
+        self._rec = self._runtime._core.record(self._rec.id)
+        return self._rec
+
+    def info(self) -> BoxInfo:
+        """Current information (also awaitable: ``await box.info()``)."""
+        return record_info(self._record())
+
+    def __repr__(self) -> str:
+        return f'Box(id="{self.id}")'
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._runtime._core.start(self.id)
+        self._record()
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop all processes; the writable layer is kept (auto_remove=True removes the box)."""
+        await self._runtime._core.stop(self.id, timeout)
+
+    async def __aenter__(self) -> Box:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.stop()
+        except NotFoundError:
+            pass
+
+    # --- exec -----------------------------------------------------------------------------
+    async def exec(
+        self,
+        command: str,
+        args: list[str] | None = None,
+        env: Any = None,
+        tty: bool = False,
+        user: str | None = None,
+        timeout_secs: float | None = None,
+        cwd: str | None = None,
+        *,
+        stdin: bool = True,
+        rows: int = 24,
+        cols: int = 80,
+    ) -> Execution:
+        """Run ``command args...`` in the box (starting it if needed) and return at once."""
+        core = self._runtime._core
+        client = await core.start(self.id)
+        rec = self._rec = core.record(self.id)
+        argv = [command, *(args or [])]
+        image_cfg, opts = rec.image_config, rec.options
+        full_env = env_to_dict(image_cfg.get("env") or [], "image env")
+        full_env.update(opts.get("env") or {})
+        full_env.update(env_to_dict(env, "env"))
+        body = {
+            "argv": argv,
+            "env": full_env,
+            "cwd": cwd or opts.get("working_dir") or image_cfg.get("working_dir") or None,
+            "user": user or opts.get("user") or image_cfg.get("user") or None,
+            "tty": bool(tty),
+            "rows": rows,
+            "cols": cols,
+            "timeout": timeout_secs,
+            "stdin": stdin,
+        }
+        return await self._start_exec(client, body, shlex.join(argv))
+
+    async def _start_exec(self, client: Any, body: dict[str, Any], label: str) -> Execution:
+        try:
+            channel = await client.exec(body, label)
+        except BoxliteError:
+            self._count_exec(error=True)
+            raise
+        self._exec_seq += 1
+        return Execution(self, channel, f"{self.id}-{channel.channel}")
+
+    def _count_exec(self, error: bool) -> None:
+        self.commands_executed += 1
+        self._runtime._commands += 1
+        if error:
+            self.exec_errors += 1
+            self._runtime._exec_errors += 1
+
+    # --- files ----------------------------------------------------------------------------
+    async def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
+        """Copy a host file or directory into the box (``docker cp`` semantics)."""
+        opts = copy_options or CopyOptions()
+        src = Path(host_path)
+        if not src.exists() and not src.is_symlink():
+            raise NotFoundError(f"no such host path: {host_path}")
+        name = src.resolve().name if str(host_path).rstrip("/") in (".", "") else src.name
+        with tempfile.TemporaryFile() as tmp:
+            await asyncio.to_thread(_write_tar, tmp, src, name, opts.follow_symlinks)
+            tmp.seek(0)
+            client = await self._runtime._core.start(self.id)
+            execution = await self._start_exec(
+                client,
+                {
+                    "builtin": "untar",
+                    "builtin_args": {"dest": container_dest, "name": name, "into": opts.include_parent},
+                },
+                f"copy_in {host_path} {container_dest}",
+            )
+            stdin, stderr = execution.stdin(), execution.stderr()
+            errors = asyncio.ensure_future(stderr.read())
+            while chunk := await asyncio.to_thread(tmp.read, 1 << 20):
+                await stdin.send_input(chunk)
+                self.bytes_sent += len(chunk)
+            await stdin.close()
+            status = await execution.wait()
+            message = await errors
+        if status.exit_code != 0:
+            raise BoxliteError(f"copy_in to {container_dest} failed: {message.strip() or status.error_message}")
+
+    async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
+        """Copy a file or directory out of the box. The archive is extracted with Python's
+        ``data`` filter: nothing from the box can land outside ``host_dest`` or be a device."""
+        opts = copy_options or CopyOptions()
+        name = os.path.basename(container_src.rstrip("/")) or "root"
+        client = await self._runtime._core.start(self.id)
+        execution = await self._start_exec(
+            client,
+            {"builtin": "tar", "builtin_args": {"src": container_src, "name": name}, "stdin": False},
+            f"copy_out {container_src} {host_dest}",
+        )
+        out, err = execution.stdout(), execution.stderr()
+        errors = asyncio.ensure_future(err.read())
+        with tempfile.TemporaryFile() as tmp:
+            async for chunk in out.bytes():
+                await asyncio.to_thread(tmp.write, chunk)
+                self.bytes_received += len(chunk)
+            status = await execution.wait()
+            message = (await errors).strip()
+            if status.exit_code == 2 and "no such file" in message:
+                raise NotFoundError(f"no such file or directory in box: {container_src}")
+            if status.exit_code != 0:
+                raise BoxliteError(f"copy_out of {container_src} failed: {message or status.error_message}")
+            tmp.seek(0)
+            await asyncio.to_thread(_extract_tar, tmp, Path(host_dest), name, opts)
+
+    # --- metrics --------------------------------------------------------------------------
+    async def metrics(self) -> BoxMetrics:
+        rec = self._record()
+        core = self._runtime._core
+        engine = core.engine_for(rec)
+        raw = engine.metrics(core.spec(rec), None) if rec.state == "running" else {}
+        cpu_ns = raw.get("cpu_usage_ns")
+        cpu_percent = None
+        if cpu_ns is not None and rec.started_at:
+            wall = max(time.time() - rec.started_at, 1e-3)
+            cpu_percent = round(cpu_ns / 1e9 / wall * 100, 2)
+        return BoxMetrics(
+            commands_executed_total=self.commands_executed,
+            exec_errors_total=self.exec_errors,
+            bytes_sent_total=self.bytes_sent,
+            bytes_received_total=self.bytes_received,
+            total_create_duration_ms=rec.boot_ms,
+            guest_boot_duration_ms=rec.boot_ms,
+            cpu_percent=cpu_percent,
+            cpu_time_ms=None if cpu_ns is None else cpu_ns / 1e6,
+            memory_bytes=_int(raw.get("memory_bytes")),
+            memory_peak_bytes=_int(raw.get("memory_peak_bytes")),
+            pids=_int(raw.get("pids")),
+            extra={k: v for k, v in raw.items() if k not in ("memory_bytes", "memory_peak_bytes", "pids")},
+        )
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def record_info(rec: BoxRecord) -> BoxInfo:
+    return BoxInfo(
+        id=rec.id,
+        name=rec.name,
+        state=BoxStateInfo(status=rec.state, running=rec.state == "running", pid=rec.pid),
+        created_at=iso(rec.created_at) or "",
+        started_at=iso(rec.started_at),
+        image=rec.image,
+        cpus=rec.options.get("cpus"),
+        memory_mib=rec.options.get("memory_mib"),
+        engine=rec.engine,
+        detach=rec.detach,
+        auto_remove=rec.auto_remove,
+    )
+
+
+def _write_tar(fileobj: Any, src: Path, name: str, follow_symlinks: bool) -> None:
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT, dereference=follow_symlinks) as tar:
+        tar.add(str(src), arcname=name, recursive=True)
+
+
+def _extract_tar(fileobj: Any, dest: Path, name: str, opts: CopyOptions) -> None:
+    """Extract a tar from the box into ``dest`` (inside it if it is a dir and include_parent)."""
+    if opts.include_parent and dest.is_dir():
+        base, rename = dest, None
+    else:
+        base, rename = dest.parent, dest.name
+        base.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=fileobj, mode="r") as tar:
+        members = []
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if rename is not None and parts[0] == name:
+                member.name = "/".join([rename, *parts[1:]])
+            target = base / member.name
+            if not opts.overwrite and target.exists():
+                continue
+            members.append(member)
+        tar.extractall(base, members=members, filter="data")

@@ -1,0 +1,153 @@
+"""Runtime and box options (names and defaults follow the public BoxLite SDK)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError, UnsupportedOptionError
+from ..images.registry_config import ImageRegistry
+
+ENGINES = ("auto", "namespace", "vm")
+
+
+@dataclass
+class Options:
+    """Runtime options: where the home is and which registries to use."""
+
+    home_dir: str | None = None
+    image_registries: list[ImageRegistry] = field(default_factory=list)
+    engine: str | None = None
+    """Default engine for boxes that do not name one ("auto", "namespace" or "vm")."""
+
+
+@dataclass
+class NetworkSpec:
+    """``mode``: "enabled" or "disabled"; ``allow_net``: outbound host allow-list."""
+
+    mode: str = "enabled"
+    allow_net: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SecurityOptions:
+    """Per-box hardening knobs (accepted for compatibility; boxes are always confined)."""
+
+    jailer_enabled: bool = False
+    seccomp_enabled: bool = False
+    max_open_files: int | None = None
+    max_file_size: int | None = None
+    max_processes: int | None = None
+    max_memory: int | None = None
+    max_cpu_time: int | None = None
+    network_enabled: bool = True
+    close_fds: bool = True
+
+
+@dataclass
+class AdvancedBoxOptions:
+    security: SecurityOptions | None = None
+    health_check: Any = None
+    capabilities: Any = None
+
+
+@dataclass
+class CopyOptions:
+    recursive: bool = True
+    overwrite: bool = True
+    follow_symlinks: bool = False
+    include_parent: bool = True
+
+
+@dataclass
+class BoxOptions:
+    """How to build and run one box."""
+
+    image: str | None = None
+    rootfs_path: str | None = None
+    cpus: float | None = None
+    memory_mib: int | None = None
+    disk_size_gb: float | None = None
+    working_dir: str | None = None
+    env: Sequence[tuple[str, str]] | Mapping[str, str] = field(default_factory=list)
+    volumes: list[Any] = field(default_factory=list)
+    network: NetworkSpec | str | None = None
+    ports: list[Any] = field(default_factory=list)
+    auto_remove: bool | None = True
+    detach: bool | None = False
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    user: str | None = None
+    advanced: AdvancedBoxOptions | None = None
+    secrets: list[Any] = field(default_factory=list)
+    engine: str | None = None
+    pids_limit: int | None = None
+    hostname: str | None = None
+    ready_timeout: float | None = None
+
+    def env_dict(self) -> dict[str, str]:
+        return env_to_dict(self.env, "env")
+
+    def validate(self) -> None:
+        """Raise ConfigError / UnsupportedOptionError for values this runtime cannot honour."""
+        if self.cpus is not None and not (0 < float(self.cpus) <= 512):
+            raise ConfigError(f"cpus must be > 0, got {self.cpus!r}")
+        if self.memory_mib is not None and not (16 <= int(self.memory_mib) <= 1 << 22):
+            raise ConfigError(f"memory_mib must be between 16 and 4194304, got {self.memory_mib!r}")
+        if self.disk_size_gb is not None and float(self.disk_size_gb) <= 0:
+            raise ConfigError(f"disk_size_gb must be > 0, got {self.disk_size_gb!r}")
+        if self.pids_limit is not None and int(self.pids_limit) < 1:
+            raise ConfigError(f"pids_limit must be >= 1, got {self.pids_limit!r}")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.ready_timeout is not None and float(self.ready_timeout) <= 0:
+            raise ConfigError(f"ready_timeout must be > 0, got {self.ready_timeout!r}")
+        if self.working_dir is not None and not str(self.working_dir).startswith("/"):
+            raise ConfigError(f"working_dir must be an absolute path, got {self.working_dir!r}")
+        self.env_dict()
+        for name in ("entrypoint", "cmd"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, str) or not all(isinstance(v, str) for v in value)
+            ):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        if self.volumes:
+            raise UnsupportedOptionError("volumes", "bind mounts are not implemented by this version")
+        if self.ports:
+            raise UnsupportedOptionError("ports", "port forwarding is not implemented by this version")
+        if self.secrets:
+            raise UnsupportedOptionError("secrets")
+        mode = self.network.mode if isinstance(self.network, NetworkSpec) else self.network
+        if mode not in (None, "disabled", "none", "loopback"):
+            raise UnsupportedOptionError(
+                "network", f"{mode!r}: boxes have a loopback-only network in this version (use 'disabled')"
+            )
+
+
+def env_to_dict(env: Any, what: str) -> dict[str, str]:
+    """Accept a mapping, a list of (key, value) pairs or a list of "KEY=VALUE" strings."""
+    if env is None:
+        return {}
+    if isinstance(env, Mapping):
+        items = list(env.items())
+    else:
+        items = []
+        for entry in env:
+            if isinstance(entry, str):
+                key, sep, value = entry.partition("=")
+                if not sep:
+                    raise ConfigError(f"{what}: {entry!r} is not KEY=VALUE")
+                items.append((key, value))
+            elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+                items.append((entry[0], entry[1]))
+            else:
+                raise ConfigError(f"{what}: {entry!r} is not a (key, value) pair")
+    out: dict[str, str] = {}
+    for key, value in items:
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ConfigError(f"{what}: invalid variable name {key!r}")
+        if "\0" in str(value):
+            raise ConfigError(f"{what}: value of {key} contains a NUL byte")
+        out[key] = str(value)
+    return out

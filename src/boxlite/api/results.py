@@ -1,0 +1,112 @@
+"""Result and information objects returned by the API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+STATES = ("unknown", "configured", "running", "stopping", "stopped", "paused", "failed")
+
+
+@dataclass
+class ExecResult:
+    """Outcome of ``SimpleBox.exec``: exit code (128+N for signal N) and decoded output."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass
+class ExecStatus:
+    """What ``Execution.wait()`` returns."""
+
+    exit_code: int
+    signal: int | None = None
+    timed_out: bool = False
+    error_message: str | None = None
+    duration_ms: float | None = None
+
+
+@dataclass
+class BoxStateInfo:
+    status: str
+    running: bool
+    pid: int | None = None
+
+    def __str__(self) -> str:
+        return self.status
+
+
+@dataclass
+class BoxInfo:
+    """A snapshot of one box's configuration and state."""
+
+    id: str
+    name: str | None
+    state: BoxStateInfo
+    created_at: str
+    started_at: str | None
+    image: str
+    cpus: float | None
+    memory_mib: int | None
+    engine: str
+    detach: bool
+    auto_remove: bool
+
+    @property
+    def status(self) -> str:
+        return self.state.status
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        """``await box.info()`` works too (the reference SDK is inconsistent about it)."""
+
+        async def _self() -> BoxInfo:
+            return self
+
+        return _self().__await__()
+
+
+@dataclass
+class BoxMetrics:
+    commands_executed_total: int = 0
+    exec_errors_total: int = 0
+    bytes_sent_total: int = 0
+    bytes_received_total: int = 0
+    total_create_duration_ms: float | None = None
+    guest_boot_duration_ms: float | None = None
+    cpu_percent: float | None = None
+    cpu_time_ms: float | None = None
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    pids: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RuntimeMetrics:
+    boxes_created_total: int = 0
+    boxes_failed_total: int = 0
+    num_running_boxes: int = 0
+    total_commands_executed: int = 0
+    total_exec_errors: int = 0
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()

@@ -1,0 +1,276 @@
+"""Host side of the agent protocol: one asyncio connection to a box's agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from ..agent import protocol as p
+
+_ERRORS: dict[str, type[errors.BoxliteError]] = {
+    "ExecError": errors.ExecError,
+    "ConfigError": errors.ConfigError,
+    "EngineError": errors.EngineError,
+    "RpcError": errors.RpcError,
+}
+
+
+def _error_from(body: dict[str, Any], command: str = "") -> errors.BoxliteError:
+    err = body.get("error") or {}
+    cls = _ERRORS.get(str(err.get("type")), errors.BoxliteError)
+    message = str(err.get("message", "agent error"))
+    if cls is errors.ExecError:
+        return errors.ExecError(command, 127, message)
+    return cls(message)
+
+
+class OutputStream:
+    """Bytes of one output stream, delivered in order; reading grants the agent more credit."""
+
+    def __init__(self, channel: ExecChannel, kind: int) -> None:
+        self._channel, self._kind = channel, kind
+        self._chunks: deque[bytes] = deque()
+        self._eof = False
+        self._ready = asyncio.Event()
+        self.total = 0
+
+    def _feed(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self.total += len(data)
+        else:
+            self._eof = True
+        self._ready.set()
+
+    async def read(self) -> bytes | None:
+        """The next chunk, or None at end of stream."""
+        while not self._chunks:
+            if self._eof:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        data = self._chunks.popleft()
+        self._channel._grant(self._kind, len(data))
+        return data
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while (chunk := await self.read()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+    @property
+    def eof(self) -> bool:
+        """The agent closed the stream (chunks may still be unread)."""
+        return self._eof
+
+
+class ExecChannel:
+    """One execution on the agent: streams in, stdin and control out, exit status at the end."""
+
+    def __init__(self, client: AgentClient, channel: int, command: str) -> None:
+        self.client, self.channel, self.command = client, channel, command
+        self.pid = 0
+        self.stdout = OutputStream(self, p.STDOUT)
+        self.stderr = OutputStream(self, p.STDERR)
+        self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._stdin_credit = p.STDIN_WINDOW
+        self._stdin_ready = asyncio.Event()
+        self._stdin_closed = False
+
+    def _grant(self, kind: int, amount: int) -> None:
+        if amount and not self.client.closed:
+            self.client._send(p.encode_credit(self.channel, kind, amount))
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self._stdin_closed:
+            raise errors.InvalidStateError("stdin is closed")
+        view = memoryview(data)
+        while view:
+            while self._stdin_credit <= 0:
+                if self.exit.done():
+                    return
+                self._stdin_ready.clear()
+                await self._stdin_ready.wait()
+            n = min(len(view), self._stdin_credit, p.CHUNK)
+            self._stdin_credit -= n
+            self.client._send(p.encode(p.STDIN, self.channel, bytes(view[:n])))
+            view = view[n:]
+        await self.client._drain()
+
+    async def close_stdin(self) -> None:
+        if not self._stdin_closed:
+            self._stdin_closed = True
+            self.client._send(p.encode(p.STDIN, self.channel, b""))
+            await self.client._drain()
+
+    @property
+    def stdin_closed(self) -> bool:
+        return self._stdin_closed
+
+    async def control(self, body: dict[str, Any]) -> None:
+        if not self.exit.done():
+            self.client._send(p.encode_json(p.CONTROL, self.channel, body))
+            await self.client._drain()
+
+    def _on_credit(self, amount: int) -> None:
+        self._stdin_credit += amount
+        self._stdin_ready.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.stdout._feed(b"")
+        self.stderr._feed(b"")
+        if not self.exit.done():
+            self.exit.set_exception(exc)
+            self.exit.exception()  # retrieved here: wait() re-raises it when asked
+        self._stdin_ready.set()
+
+
+class AgentClient:
+    """A connection to one agent; many executions multiplexed by channel."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, label: str) -> None:
+        self._reader, self._writer, self.label = reader, writer, label
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._execs: dict[int, ExecChannel] = {}
+        self._closed = False
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def connect(cls, path: Path, label: str = "box") -> AgentClient:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        target = str(path)
+        dir_fd = None
+        if len(target.encode()) > 100:  # sun_path is 108 bytes: go through /proc/self/fd
+            dir_fd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+            target = f"/proc/self/fd/{dir_fd}/{path.name}"
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, target)
+        except OSError as e:
+            sock.close()
+            raise errors.BoxDiedError(f"cannot reach the agent of {label}: {e.strerror or e}") from None
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+        return cls(reader, writer, label)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _send(self, frame: bytes) -> None:
+        if self._closed:
+            raise errors.BoxDiedError(f"the connection to {self.label} is closed")
+        self._writer.write(frame)
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except ConnectionError as e:
+            raise errors.BoxDiedError(f"lost the connection to {self.label}: {e}") from None
+
+    async def request(self, op: str, timeout: float | None = 30.0, **body: Any) -> dict[str, Any]:
+        channel = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[channel] = fut
+        try:
+            self._send(p.encode_json(p.REQUEST, channel, {"op": op, **body}))
+            await self._drain()
+            reply = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise errors.TimeoutError(f"{self.label}: agent did not answer {op!r} within {timeout}s") from None
+        finally:
+            self._pending.pop(channel, None)
+        if not reply.get("ok"):
+            raise _error_from(reply)
+        return reply
+
+    async def exec(self, body: dict[str, Any], command: str) -> ExecChannel:
+        channel = next(self._ids)
+        ch = ExecChannel(self, channel, command)
+        self._execs[channel] = ch
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[channel] = fut
+        try:
+            self._send(p.encode_json(p.REQUEST, channel, {"op": "exec", **body}))
+            await self._drain()
+            reply = await fut
+        except BaseException:
+            self._execs.pop(channel, None)
+            raise
+        finally:
+            self._pending.pop(channel, None)
+        if not reply.get("ok"):
+            self._execs.pop(channel, None)
+            raise _error_from(reply, command)
+        ch.pid = int(reply.get("pid", 0))
+        return ch
+
+    async def _read_loop(self) -> None:
+        frames = p.FrameReader()
+        try:
+            while True:
+                data = await self._reader.read(1 << 18)
+                if not data:
+                    break
+                frames.feed(data)
+                for kind, channel, payload in frames:
+                    self._dispatch(kind, channel, payload)
+        except (ConnectionError, p.FrameError, OSError):
+            pass
+        finally:
+            self._on_close()
+
+    def _dispatch(self, kind: int, channel: int, payload: bytes) -> None:
+        if kind == p.RESPONSE:
+            fut = self._pending.get(channel)
+            if fut is not None and not fut.done():
+                fut.set_result(p.decode_json(payload))
+            return
+        ch = self._execs.get(channel)
+        if ch is None:
+            return
+        if kind in (p.STDOUT, p.STDERR):
+            (ch.stdout if kind == p.STDOUT else ch.stderr)._feed(payload)
+            if ch.stdout.eof and ch.stderr.eof and ch.exit.done():
+                self._execs.pop(channel, None)
+        elif kind == p.CREDIT:
+            stream, amount = p.decode_credit(payload)
+            if stream == p.STDIN:
+                ch._on_credit(amount)
+        elif kind == p.EXIT:
+            if not ch.exit.done():
+                ch.exit.set_result(p.decode_json(payload))
+            ch._stdin_ready.set()
+            if ch.stdout.eof and ch.stderr.eof:
+                self._execs.pop(channel, None)
+
+    def _on_close(self) -> None:
+        self._closed = True
+        died = errors.BoxDiedError(f"the agent of {self.label} went away")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(died)
+        for ch in self._execs.values():
+            ch._fail(died)
+        self._execs.clear()
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+        self._on_close()

@@ -1,0 +1,279 @@
+"""Create, start, stop and remove boxes; recover from crashed processes. Engine-agnostic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..client.agent_client import AgentClient
+from ..engines.base import BoxSpec, Engine, RootLayers, RunningBox, process_start_time
+from ..errors import (
+    AlreadyExistsError,
+    BoxDiedError,
+    ConfigError,
+    EngineError,
+    InvalidStateError,
+    NotFoundError,
+    StoppedError,
+)
+from ..images import ImageManager
+from .engines import select_engine
+from .home import Home
+from .locks import box_lock
+from .state import BoxRecord, StateDB, now
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+DEFAULT_STOP_TIMEOUT = 10.0
+DEFAULT_READY_TIMEOUT = 60.0
+
+
+def new_box_id() -> str:
+    """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32 (sortable)."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+
+
+class BoxRuntime:
+    """The state machine behind the public API, shared by every ``Box`` of one runtime."""
+
+    def __init__(self, home: Home, images: ImageManager, default_engine: str | None = None) -> None:
+        self.home = home
+        self.images = images
+        self.db = StateDB(home.db_path)
+        self.default_engine = default_engine or os.environ.get("BOXLITE_ENGINE") or "auto"
+        self.lifeline_r, self.lifeline_w = os.pipe()
+        self.clients: dict[str, AgentClient] = {}
+        self.owned: set[str] = set()
+        self.closed = False
+        self._pid = os.getpid()
+        self._pid_start = process_start_time(self._pid)
+        self.sweep()
+
+    # --- records ------------------------------------------------------------------------
+    def check_open(self) -> None:
+        if self.closed:
+            raise StoppedError("this runtime was shut down")
+
+    def record(self, id_or_name: str) -> BoxRecord:
+        rec = self.db.get(id_or_name)
+        if rec is None:
+            raise NotFoundError(f"no box with id or name {id_or_name!r}")
+        return self.refresh(rec)
+
+    def refresh(self, rec: BoxRecord) -> BoxRecord:
+        """Correct a 'running' record whose supervisor is gone (crash, kill, host reboot)."""
+        if rec.state in ("running", "stopping") and not self._alive(rec):
+            rec.state = "stopped"
+            rec.pid = rec.pid_start = None
+            self.db.update(rec)
+        return rec
+
+    @staticmethod
+    def _alive(rec: BoxRecord) -> bool:
+        return rec.pid is not None and process_start_time(rec.pid) == rec.pid_start
+
+    def sweep(self) -> None:
+        """Crash recovery: stop boxes whose owner died, clean their host resources."""
+        for rec in self.db.all():
+            owner_alive = rec.owner_pid is not None and process_start_time(rec.owner_pid) == rec.owner_start
+            if rec.state in ("running", "stopping") and self._alive(rec) and not rec.detach and not owner_alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid or 0, 9)
+                deadline = time.monotonic() + 2
+                while self._alive(rec) and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            before = rec.state
+            self.refresh(rec)
+            if before in ("running", "stopping") and rec.state == "stopped":
+                with contextlib.suppress(Exception):
+                    select_engine(rec.engine).cleanup(self.spec(rec))
+                if rec.auto_remove and not owner_alive:
+                    self._delete(rec)
+
+    # --- create -------------------------------------------------------------------------
+    async def create(self, options: Any, name: str | None) -> BoxRecord:
+        self.check_open()
+        options.validate()
+        if name is not None and (not name or "/" in name or len(name) > 128):
+            raise ConfigError(f"invalid box name {name!r}")
+        if name is not None and self.db.get(name) is not None:
+            raise AlreadyExistsError(f"a box named {name!r} already exists")
+        engine = select_engine(options.engine or self.default_engine).name
+        if options.image is None and options.rootfs_path is None:
+            raise ConfigError("BoxOptions needs image= or rootfs_path=")
+        prepared = await self.images.resolve(
+            image=None if options.rootfs_path else options.image, rootfs_path=options.rootfs_path
+        )
+        cfg = prepared.config
+        rec = BoxRecord(
+            id=new_box_id(),
+            name=name,
+            state="configured",
+            engine=engine,
+            created_at=now(),
+            image=str(options.rootfs_path or options.image),
+            image_id=prepared.image_id,
+            layers=[str(p) for p in prepared.layers],
+            uid_base=self.images.uid_base,
+            options={
+                "cpus": options.cpus,
+                "memory_mib": options.memory_mib,
+                "disk_size_gb": options.disk_size_gb,
+                "pids_limit": options.pids_limit,
+                "working_dir": options.working_dir,
+                "env": options.env_dict(),
+                "user": options.user,
+                "entrypoint": options.entrypoint,
+                "cmd": options.cmd,
+                "hostname": options.hostname,
+                "ready_timeout": options.ready_timeout,
+            },
+            image_config={
+                "env": list(cfg.env),
+                "working_dir": cfg.working_dir,
+                "user": cfg.user,
+                "entrypoint": cfg.entrypoint,
+                "cmd": cfg.cmd,
+            },
+            detach=bool(options.detach),
+            auto_remove=True if options.auto_remove is None else bool(options.auto_remove),
+        )
+        self.home.box_dir(rec.id).mkdir(parents=True)
+        self.db.insert(rec)
+        self.db.bump("boxes_created_total")
+        return rec
+
+    # --- start / stop -------------------------------------------------------------------
+    def spec(self, rec: BoxRecord) -> BoxSpec:
+        opts = rec.options
+        return BoxSpec(
+            box_id=rec.id,
+            box_dir=self.home.box_dir(rec.id),
+            root=RootLayers(tuple(Path(p) for p in rec.layers), rec.image_id, rec.uid_base),
+            hostname=opts.get("hostname") or (rec.name or rec.id[-12:]).lower()[:63],
+            cpus=opts.get("cpus"),
+            memory_mib=opts.get("memory_mib"),
+            pids_limit=opts.get("pids_limit"),
+            disk_size_gb=opts.get("disk_size_gb"),
+            detach=rec.detach,
+            lifeline_fd=None if rec.detach else self.lifeline_r,
+            ready_timeout=float(opts.get("ready_timeout") or DEFAULT_READY_TIMEOUT),
+        )
+
+    async def start(self, box_id: str) -> AgentClient:
+        """Start the box if needed (idempotent) and return a live agent connection."""
+        self.check_open()
+        async with box_lock(self.home.box_dir(box_id) / "lock"):
+            rec = self.record(box_id)
+            if rec.state == "running":
+                return await self.client(rec)
+            engine = select_engine(rec.engine)
+            spec = self.spec(rec)
+            for layer in spec.root.layers:
+                if not layer.is_dir():
+                    raise EngineError(f"layer {layer} of box {rec.id} is missing (image removed?)")
+            t0 = time.monotonic()
+            try:
+                running = await engine.start(spec)
+            except BaseException:
+                self.db.bump("boxes_failed_total")
+                raise
+            rec.state = "running"
+            rec.pid, rec.pid_start = running.pid, running.pid_start
+            rec.started_at = now()
+            rec.owner_pid, rec.owner_start = self._pid, self._pid_start
+            rec.boot_ms = (time.monotonic() - t0) * 1000
+            self.db.update(rec)
+            if not rec.detach:
+                self.owned.add(rec.id)
+            return await self.client(rec)
+
+    async def client(self, rec: BoxRecord) -> AgentClient:
+        if rec.state != "running":
+            raise InvalidStateError(f"box {rec.id} is {rec.state}, not running")
+        return await self._connect(rec.id)
+
+    async def _connect(self, box_id: str) -> AgentClient:
+        cl = self.clients.get(box_id)
+        if cl is not None and not cl.closed:
+            return cl
+        cl = await AgentClient.connect(self.home.box_dir(box_id) / "run" / "agent.sock", label=f"box {box_id}")
+        self.clients[box_id] = cl
+        return cl
+
+    async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
+        grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
+        async with box_lock(self.home.box_dir(box_id) / "lock"):
+            rec = self.record(box_id)
+            if rec.state in ("running", "stopping"):
+                await self._stop_running(rec, grace)
+            if remove_if_auto and rec.auto_remove:
+                self._delete(rec)
+
+    async def _stop_running(self, rec: BoxRecord, grace: float) -> None:
+        engine = select_engine(rec.engine)
+        spec = self.spec(rec)
+        running = RunningBox(rec.pid or 0, rec.pid_start or 0, spec.agent_socket)
+        rec.state = "stopping"
+        self.db.update(rec)
+        with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
+            cl = await self._connect(rec.id)
+            await cl.request("shutdown", timeout=grace + 2, grace=min(grace, 10.0))
+        deadline = time.monotonic() + grace
+        while running.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        await engine.kill(spec, running)
+        engine.cleanup(spec)
+        await self._drop_client(rec.id)
+        rec.state = "stopped"
+        rec.pid = rec.pid_start = None
+        self.db.update(rec)
+        self.owned.discard(rec.id)
+
+    async def _drop_client(self, box_id: str) -> None:
+        cl = self.clients.pop(box_id, None)
+        if cl is not None:
+            await cl.close()
+
+    async def remove(self, id_or_name: str, force: bool = False) -> None:
+        rec = self.record(id_or_name)
+        async with box_lock(self.home.box_dir(rec.id) / "lock"):
+            rec = self.record(rec.id)
+            if rec.state in ("running", "stopping"):
+                if not force:
+                    raise InvalidStateError(f"box {rec.id} is running; stop it first or pass force=True")
+                await self._stop_running(rec, 0.0)
+            self._delete(rec)
+
+    def _delete(self, rec: BoxRecord) -> None:
+        box_dir = self.home.box_dir(rec.id)
+        with contextlib.suppress(Exception):
+            select_engine(rec.engine).cleanup(self.spec(rec))
+        shutil.rmtree(box_dir, ignore_errors=True)
+        self.db.delete(rec.id)
+        self.clients.pop(rec.id, None)
+        self.owned.discard(rec.id)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop every non-detached box this runtime started, then refuse new work."""
+        if self.closed:
+            return
+        await asyncio.gather(
+            *(self.stop(box_id, timeout) for box_id in list(self.owned)), return_exceptions=True
+        )
+        for box_id in list(self.clients):
+            await self._drop_client(box_id)
+        self.closed = True
+        for fd in (self.lifeline_w, self.lifeline_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.db.close()
+
+    def engine_for(self, rec: BoxRecord) -> Engine:
+        return select_engine(rec.engine)

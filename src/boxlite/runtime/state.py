@@ -1,0 +1,145 @@
+"""Box records in SQLite (WAL), safe for several processes sharing one home."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AlreadyExistsError, DatabaseError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS boxes (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE,
+    state TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+@dataclass
+class BoxRecord:
+    """Everything persisted about one box."""
+
+    id: str
+    name: str | None
+    state: str
+    engine: str
+    created_at: float
+    image: str = ""
+    image_id: str = ""
+    layers: list[str] = field(default_factory=list)
+    uid_base: int = 100000
+    options: dict[str, Any] = field(default_factory=dict)
+    image_config: dict[str, Any] = field(default_factory=dict)
+    started_at: float | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    owner_pid: int | None = None
+    owner_start: int | None = None
+    detach: bool = False
+    auto_remove: bool = True
+    boot_ms: float | None = None
+    commands_executed: int = 0
+    exec_errors: int = 0
+
+    def data_json(self) -> str:
+        data = asdict(self)
+        for key in ("id", "name", "state", "engine", "created_at"):
+            data.pop(key)
+        return json.dumps(data)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> BoxRecord:
+        data = json.loads(row["data"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            state=row["state"],
+            engine=row["engine"],
+            created_at=row["created_at"],
+            **{k: v for k, v in data.items() if k in known},
+        )
+
+
+class StateDB:
+    """Thin synchronous store; each call is one short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise DatabaseError(f"cannot open state database {path}: {e}") from None
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as e:
+                raise DatabaseError(f"state database error: {e}") from None
+
+    def insert(self, rec: BoxRecord) -> None:
+        try:
+            self._run(
+                "INSERT INTO boxes (id, name, state, engine, created_at, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (rec.id, rec.name, rec.state, rec.engine, rec.created_at, rec.data_json()),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExistsError(f"a box named {rec.name!r} already exists") from None
+
+    def update(self, rec: BoxRecord) -> None:
+        self._run(
+            "UPDATE boxes SET name = ?, state = ?, data = ? WHERE id = ?",
+            (rec.name, rec.state, rec.data_json(), rec.id),
+        )
+
+    def delete(self, box_id: str) -> None:
+        self._run("DELETE FROM boxes WHERE id = ?", (box_id,))
+
+    def get(self, id_or_name: str) -> BoxRecord | None:
+        rows = self._run("SELECT * FROM boxes WHERE id = ? OR name = ?", (id_or_name, id_or_name))
+        if not rows and len(id_or_name) >= 4:  # unique id prefix, like docker
+            rows = self._run("SELECT * FROM boxes WHERE id LIKE ?", (id_or_name.upper() + "%",))
+            if len(rows) > 1:
+                return None
+        return BoxRecord.from_row(rows[0]) if rows else None
+
+    def all(self) -> list[BoxRecord]:
+        return [BoxRecord.from_row(r) for r in self._run("SELECT * FROM boxes ORDER BY created_at")]
+
+    def bump(self, counter: str, amount: int = 1) -> None:
+        self._run(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (counter, amount, amount),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {r["name"]: r["value"] for r in self._run("SELECT name, value FROM counters")}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def now() -> float:
+    return time.time()

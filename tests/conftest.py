@@ -1,0 +1,47 @@
+"""Shared fixtures: a busybox root filesystem, a private runtime home, a runtime."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import boxlite
+from support.images import build_busybox_rootfs
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with busybox-static and a minimal /etc (root + user 1000)."""
+    return build_busybox_rootfs(tmp_path_factory.mktemp("rootfs") / "busybox")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Engine-agnostic tests run once per engine in BOXLITE_TEST_ENGINES (default: namespace)."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def runtime(home: Path, engine: str) -> AsyncIterator[boxlite.Boxlite]:
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine=engine))
+    yield rt
+    await rt.shutdown(timeout=2)
+
+
+@pytest.fixture
+async def box(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> AsyncIterator[boxlite.SimpleBox]:
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime) as b:
+        yield b
