@@ -48,8 +48,9 @@ class Registry:
                              password=self.server.password, **kw)  # type: ignore[arg-type]
 
 
-def _start(tmp: Path, auth: str | None, with_python: bool) -> Iterator[Registry]:
-    server = start_registry(tmp, auth)
+def _start(tmp: Path, auth: str | None, with_python: bool, tls: bool = False
+           ) -> Iterator[Registry]:
+    server = start_registry(tmp, auth, tls)
     try:
         bb = server.push_layout(busybox_layout(), "library/busybox")
         server.push_layout(busybox_layout(), "busybox")
@@ -75,6 +76,12 @@ def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """Registry with token auth (tiny token server; anonymous pull allowed), holding busybox."""
     yield from _start(tmp_path_factory.mktemp("reg-token"), "token", False)
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """HTTPS registry with a self-signed certificate (no auth), holding busybox."""
+    yield from _start(tmp_path_factory.mktemp("reg-tls"), None, False, tls=True)
 
 
 @pytest.fixture

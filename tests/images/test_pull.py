@@ -218,3 +218,47 @@ async def test_concurrent_pulls_share_downloads(registry: Registry, make_manager
 
 def test_busybox_layout_is_cached() -> None:
     assert busybox_layout() == busybox_layout()
+
+
+async def test_https_registry_and_skip_verify(tls_registry: Registry, make_manager: MM) -> None:
+    strict = make_manager(ImageRegistry(tls_registry.host))  # https, verified: self-signed fails
+    with pytest.raises(RegistryError, match=r"(?i)certificate|ssl"):
+        await strict.pull(tls_registry.busybox)
+    m = make_manager(ImageRegistry(tls_registry.host, skip_verify=True),
+                     home=strict.home.parent / "h2")
+    assert (await m.pull(tls_registry.busybox)).reference == tls_registry.busybox
+    plain = make_manager(ImageRegistry(tls_registry.host, transport="http"),
+                         home=strict.home.parent / "h3")
+    with pytest.raises(RegistryError):
+        await plain.pull(tls_registry.busybox)
+
+
+async def test_non_default_uid_base(registry: Registry, make_manager: MM, tmp_path: Path) -> None:
+    home = tmp_path / "shared-home"
+    a = await make_manager(registry.config(), home=home).resolve(registry.busybox)
+    b = await make_manager(registry.config(), home=home, uid_base=200000).resolve(
+        registry.busybox)
+    assert a.layers[0] != b.layers[0]
+    assert b.layers[0].parent.name.endswith(".u200000")
+    assert os.lstat(b.layers[0] / "bin/busybox").st_uid == 200000
+    assert os.lstat(b.layers[0] / "home/user").st_uid == 201000
+    assert os.lstat(a.layers[0] / "bin/busybox").st_uid == 100000
+
+
+async def test_resolve_reports_progress(registry: Registry, make_manager: MM) -> None:
+    m = make_manager(registry.config())
+    events: list[PullProgress] = []
+    await m.resolve(registry.python, progress=events.append)
+    done = {e.layer for e in events if e.done}
+    assert len(done) == 2
+    for layer in done:
+        seen = [e.downloaded for e in events if e.layer == layer]
+        assert seen == sorted(seen) and seen[-1] == next(e.total for e in events
+                                                         if e.layer == layer)
+
+
+def test_api_host() -> None:
+    from boxlite.images.client import api_host
+
+    assert api_host("docker.io") == "registry-1.docker.io"
+    assert api_host("ghcr.io") == "ghcr.io"

@@ -8,6 +8,7 @@ server in :mod:`tests.support.registry_token`.
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -18,6 +19,13 @@ from pathlib import Path
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USERNAME = "boxlite"
 PASSWORD = "s3cret-pass"
+
+
+def _no_verify() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def free_port() -> int:
@@ -38,9 +46,11 @@ class RegistryServer:
     password: str | None = None
     extras: list[object] = field(default_factory=list)
 
+    tls: bool = False
+
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -67,7 +77,7 @@ class RegistryServer:
         return dest
 
 
-def _write_config(workdir: Path, port: int, auth_yaml: str) -> Path:
+def _write_config(workdir: Path, port: int, auth_yaml: str, http_extra: str = "") -> Path:
     cfg = workdir / "config.yml"
     cfg.write_text(f"""version: 0.1
 log:
@@ -82,12 +92,41 @@ storage:
 http:
   addr: 127.0.0.1:{port}
   secret: boxlite-test-secret
-{auth_yaml}""")
+{http_extra}{auth_yaml}""")
     return cfg
 
 
-def start_registry(workdir: Path, auth: str | None = None) -> RegistryServer:
-    """Start a registry (``auth``: None, ``"htpasswd"`` or ``"token"``) and wait for it."""
+def _self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = workdir / "tls.crt", workdir / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_registry(workdir: Path, auth: str | None = None, tls: bool = False) -> RegistryServer:
+    """Start a registry (``auth``: None, ``"htpasswd"`` or ``"token"``; ``tls``: https with a
+    self-signed certificate) and wait for it."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     auth_yaml = ""
@@ -110,15 +149,19 @@ def start_registry(workdir: Path, auth: str | None = None) -> RegistryServer:
         username, password = USERNAME, PASSWORD
     elif auth is not None:
         raise ValueError(f"unknown auth mode {auth!r}")
-    cfg = _write_config(workdir, port, auth_yaml)
+    http_extra = ""
+    if tls:
+        cert, key = _self_signed(workdir)
+        http_extra = f"  tls:\n    certificate: {cert}\n    key: {key}\n"
+    cfg = _write_config(workdir, port, auth_yaml, http_extra)
     with open(workdir / "registry.log", "wb") as log:
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=log)
     server = RegistryServer(f"127.0.0.1:{port}", workdir, auth, proc, username, password,
-                            extras)
+                            extras, tls)
     deadline = time.monotonic() + 15
     while True:
         try:
-            urllib.request.urlopen(f"{server.url}/v2/", timeout=1).close()
+            urllib.request.urlopen(f"{server.url}/v2/", timeout=1, context=_no_verify()).close()
             break
         except urllib.error.HTTPError:
             break  # 401: up, wants auth
