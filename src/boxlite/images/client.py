@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ class RegistryClient:
                                             stream=True)
             except httpx.TransportError as e:
                 attempt += 1
-                if attempt >= self.retry.attempts:
+                if attempt >= self.retry.attempts or _is_tls_error(e):
                     raise RegistryError(f"{self.registry.host}: {type(e).__name__}: {e}") from e
                 await asyncio.sleep(self.retry.delay(attempt))
                 continue
@@ -207,6 +208,16 @@ class RegistryClient:
 
 class _TooLong(Exception):
     pass
+
+
+def _is_tls_error(e: BaseException) -> bool:
+    """True when a TLS handshake/verification problem is behind ``e`` (retrying won't help)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _scope(repo: str) -> str:
