@@ -152,3 +152,11 @@ async def test_many_breaks_with_progress_still_finish(proxy: FaultProxy, make_ma
     await m.resolve(_ref(proxy, "busybox"))
     assert len([h for h in proxy.hits if h.fault == "truncate"]) == 10
     _assert_clean(m)
+
+
+async def test_blob_redirect_to_other_origin(proxy: FaultProxy, make_manager: MM) -> None:
+    proxy.add("redirect", BLOB, times=-1)
+    m = _mgr(make_manager, proxy)
+    await m.resolve(_ref(proxy, "busybox"))
+    assert len([h for h in proxy.hits if h.fault == "redirect"]) == 2  # config + layer
+    _assert_clean(m)

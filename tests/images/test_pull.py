@@ -74,7 +74,7 @@ async def test_not_found(registry: Registry, make_manager: MM) -> None:
 
 async def test_plain_http_only_when_declared(registry: Registry, make_manager: MM) -> None:
     m = make_manager()  # no registry entry: https is used and fails against a plain server
-    with pytest.raises(RegistryError):
+    with pytest.raises(RegistryError, match="transport='http'"):
         await m.pull(registry.busybox)
     assert m.list() == []
 

@@ -6,7 +6,8 @@ Faults match a request path regex and fire ``times`` times (``-1``: always):
 * ``reset``    close the connection with a TCP RST before answering;
 * ``truncate`` send upstream's headers (full Content-Length), half the body, then EOF;
 * ``corrupt``  send upstream's answer with one byte flipped in the middle of the body;
-* ``norange``  drop the request's Range header (upstream answers 200 with the full body).
+* ``norange``  drop the request's Range header (upstream answers 200 with the full body);
+* ``redirect`` answer 307 with ``Location`` pointing straight at upstream (another origin).
 """
 
 from __future__ import annotations
@@ -124,6 +125,13 @@ class FaultProxy:
                     self.end_headers()
                     self.wfile.write(body)
                     self._record(fault.status, kind)
+                    return
+                if kind == "redirect":
+                    self.send_response(307)
+                    self.send_header("Location", f"http://{proxy.upstream}{self.path}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    self._record(307, kind)
                     return
                 if kind == "reset":
                     self._record(0, kind)

@@ -84,8 +84,14 @@ class RegistryClient:
                                             stream=True)
             except httpx.TransportError as e:
                 attempt += 1
-                if attempt >= self.retry.attempts or _is_tls_error(e):
-                    raise RegistryError(f"{self.registry.host}: {type(e).__name__}: {e}") from e
+                tls = _is_tls_error(e)
+                if attempt >= self.retry.attempts or tls:
+                    hint = ""
+                    if tls and "WRONG_VERSION_NUMBER" in str(e):
+                        hint = (" (a plain-HTTP registry? declare it with "
+                                f"ImageRegistry({self.registry.host!r}, transport='http'))")
+                    raise RegistryError(f"{self.registry.host}: {type(e).__name__}: {e}{hint}"
+                                        ) from e
                 await asyncio.sleep(self.retry.delay(attempt))
                 continue
             status = resp.status_code
