@@ -73,6 +73,11 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(_SYS_PIVOT_ROOT[MACHINE], _b(new_root), _b(put_old)), "pivot_root")
 
 
+def syscall(number: int, *args: int) -> int:
+    """A raw system call with integer/pointer arguments."""
+    return _check(_libc.syscall(ctypes.c_long(number), *(ctypes.c_ulong(a) for a in args)), f"syscall {number}")
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), "sethostname")

@@ -28,8 +28,17 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 
 def main() -> None:
-    config: dict[str, Any] = json.loads(sys.argv[1])
+    """Standalone entry: the config is argv[1]; the status pipe fd is named in it."""
+    boot(json.loads(sys.argv[1]))
+
+
+def boot(config: dict[str, Any]) -> None:
+    """Process A: cgroups, namespaces, fork B (PID 1), write B's user namespace maps, exit."""
     status = int(config["status_fd"])
+    log_fd = config.get("log_fd")
+    if log_fd is not None:
+        os.dup2(int(log_fd), 1)
+        os.dup2(int(log_fd), 2)
     try:
         for procs in config.get("cgroup_procs", []):
             with open(procs, "w") as f:
@@ -112,6 +121,8 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
     for fd in (from_parent, to_parent):
         os.close(fd)
     _redirect_stdio()
+    if config.get("log_fd") is not None:
+        os.close(int(config["log_fd"]))
     agent.serve_forever()
 
 

@@ -88,9 +88,8 @@ class Box:
         cols: int = 80,
     ) -> Execution:
         """Run ``command args...`` in the box (starting it if needed) and return at once."""
-        core = self._runtime._core
-        client = await core.start(self.id)
-        rec = self._rec = core.record(self.id)
+        client = await self._client()
+        rec = self._rec
         argv = [command, *(args or [])]
         image_cfg, opts = rec.image_config, rec.options
         full_env = env_to_dict(image_cfg.get("env") or [], "image env")
@@ -108,6 +107,15 @@ class Box:
             "stdin": stdin,
         }
         return await self._start_exec(client, body, shlex.join(argv))
+
+    async def _client(self) -> Any:
+        """The live agent connection; starts the box first if it is not running."""
+        core = self._runtime._core
+        client = core.clients.get(self.id)
+        if client is None or client.closed or self._rec.state != "running":
+            client = await core.start(self.id)
+            self._rec = core.record(self.id)
+        return client
 
     async def _start_exec(self, client: Any, body: dict[str, Any], label: str) -> Execution:
         try:
@@ -136,9 +144,8 @@ class Box:
         with tempfile.TemporaryFile() as tmp:
             await asyncio.to_thread(_write_tar, tmp, src, name, opts.follow_symlinks)
             tmp.seek(0)
-            client = await self._runtime._core.start(self.id)
             execution = await self._start_exec(
-                client,
+                await self._client(),
                 {
                     "builtin": "untar",
                     "builtin_args": {"dest": container_dest, "name": name, "into": opts.include_parent},
@@ -161,9 +168,8 @@ class Box:
         ``data`` filter: nothing from the box can land outside ``host_dest`` or be a device."""
         opts = copy_options or CopyOptions()
         name = os.path.basename(container_src.rstrip("/")) or "root"
-        client = await self._runtime._core.start(self.id)
         execution = await self._start_exec(
-            client,
+            await self._client(),
             {"builtin": "tar", "builtin_args": {"src": container_src, "name": name}, "stdin": False},
             f"copy_out {container_src} {host_dest}",
         )

@@ -14,9 +14,9 @@ from pathlib import Path
 from ...errors import EngineError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from . import cgroups
+from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
-BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from agent.nsboot import main; del sys.argv[1]; main()"
 
 
 def agent_python() -> str:
@@ -38,6 +38,9 @@ class NamespaceEngine(Engine):
 
     name = "namespace"
 
+    def __init__(self) -> None:
+        self._zygotes: dict[str, Zygote] = {}
+
     async def start(self, spec: BoxSpec) -> RunningBox:
         if os.geteuid() != 0:
             raise EngineError("the namespace engine needs root on the host (it maps box users to a uid range)")
@@ -46,9 +49,7 @@ class NamespaceEngine(Engine):
         groups.save(spec.box_dir / "cgroups.json")
         python = agent_python()
         status_r, status_w = os.pipe()
-        config = {
-            "status_fd": status_w,
-            "lifeline_fd": spec.lifeline_fd,
+        config = {  # the zygote adds status_fd, log_fd and lifeline_fd (passed as fds)
             "cgroup_procs": groups.procs_files,
             "uid_base": spec.root.uid_base,
             "hostname": spec.hostname,
@@ -60,26 +61,22 @@ class NamespaceEngine(Engine):
             "workdir": str(spec.box_dir / "work"),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
         }
-        fds = [status_w] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
-        log = open(spec.box_dir / "boot.log", "ab")
+        log = os.open(spec.box_dir / "boot.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fds = [status_w, log] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
         started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                python, "-I", "-S", "-c", BOOTSTRAP, str(AGENT_PARENT), json.dumps(config),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=fds, start_new_session=True,
-            )  # fmt: skip
-        except OSError as e:
-            os.close(status_w)
+            self._zygote(python).spawn(config, fds)
+        except BaseException:
             os.close(status_r)
             groups.remove()
-            raise EngineError(f"cannot run the agent interpreter {python}: {e}") from None
+            raise
         finally:
-            log.close()
-        os.close(status_w)
+            os.close(status_w)
+            os.close(log)
         try:
             pid = await asyncio.wait_for(self._await_ready(status_r, spec), spec.ready_timeout)
         except BaseException as e:
-            await self._abort(proc, spec, groups)
+            self._abort(groups)
             if isinstance(e, asyncio.TimeoutError):
                 raise EngineError(
                     f"box {spec.box_id} was not ready after {spec.ready_timeout:g}s{self._boot_log_tail(spec)}"
@@ -87,7 +84,6 @@ class NamespaceEngine(Engine):
             raise
         finally:
             os.close(status_r)
-        await proc.wait()
         start_time = process_start_time(pid)
         if start_time is None:
             raise EngineError(f"box {spec.box_id} died right after start{self._boot_log_tail(spec)}")
@@ -116,13 +112,24 @@ class NamespaceEngine(Engine):
         finally:
             transport.close()
 
-    async def _abort(self, proc: asyncio.subprocess.Process, spec: BoxSpec, groups: cgroups.BoxCgroups) -> None:
+    def _abort(self, groups: cgroups.BoxCgroups) -> None:
         for pid in groups_pids(groups):
             _kill(pid)
-        if proc.returncode is None:
-            _kill(proc.pid)
-        await proc.wait()
         groups.remove()
+
+    def _zygote(self, python: str) -> Zygote:
+        if self._zygotes.get(python) is None:
+            self._zygotes[python] = Zygote(python, AGENT_PARENT)
+        return self._zygotes[python]
+
+    @staticmethod
+    def _boot_log_tail(spec: BoxSpec, lines: int = 8) -> str:
+        try:
+            text = (spec.box_dir / "boot.log").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"; boot log:\n{tail}" if tail else ""
 
     def _prepare_dirs(self, spec: BoxSpec) -> None:
         uid = spec.root.uid_base

@@ -1,0 +1,46 @@
+"""Fork server for the namespace engine: starts boxes without paying interpreter start-up.
+
+The host runs one zygote per runtime (``python3 -I -S -c <bootstrap> zygote <fd>``); it has the
+agent imported already. Each message on its SOCK_SEQPACKET socket is a box config (JSON) with
+the box's status pipe, boot log and, optionally, lifeline fds attached (SCM_RIGHTS). The zygote
+forks; the child runs :func:`nsboot.boot`. The zygote exits when the socket closes.
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+
+from . import nsboot
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # boot processes are reaped automatically
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+        except OSError:
+            return
+        if not msg:
+            return
+        config = json.loads(msg)
+        names = ["status_fd", "log_fd", "lifeline_fd"][: len(fds)]
+        config.update(zip(names, fds))
+        if os.fork() == 0:
+            sock.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            try:
+                nsboot.boot(config)
+            finally:
+                os._exit(1)
+        for fd in fds:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    main()

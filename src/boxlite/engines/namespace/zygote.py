@@ -1,0 +1,69 @@
+"""Host side of the agent zygote: one pre-imported fork server per runtime process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from ...errors import EngineError
+
+BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from agent.zygote import main; del sys.argv[1]; main()"
+
+
+class Zygote:
+    """Starts the zygote on first use and restarts it if it died."""
+
+    def __init__(self, python: str, agent_parent: Path) -> None:
+        self.python, self.agent_parent = python, agent_parent
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-I", "-S", "-c", BOOTSTRAP, str(self.agent_parent), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        except OSError as e:
+            ours.close()
+            raise EngineError(f"cannot run the agent interpreter {self.python}: {e}") from None
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def spawn(self, config: dict[str, Any], fds: list[int]) -> None:
+        """Ask the zygote to boot one box; ``fds``: status pipe, boot log[, lifeline]."""
+        with self._lock:
+            for attempt in (1, 2):
+                if not self._alive():
+                    self.close()
+                    self._start()
+                assert self._sock is not None
+                try:
+                    socket.send_fds(self._sock, [json.dumps(config).encode()], fds)
+                    return
+                except OSError as e:
+                    self.close()
+                    if attempt == 2:
+                        raise EngineError(f"the namespace zygote is not answering: {e}") from None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
