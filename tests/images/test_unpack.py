@@ -122,6 +122,13 @@ def test_whiteouts_work_in_overlayfs(tmp_path: Path) -> None:
     assert r.stdout.split() == ["keep", "--", "new"]
 
 
+def test_dir_recreated_after_whiteout_is_opaque(tmp_path: Path) -> None:
+    root = _unpack(tmp_path, layer_from_members([
+        Member(".wh.etc"), Member("etc/", D, mode=0o755), Member("etc/new", data=b"n")]))
+    assert os.getxattr(root / "etc", "trusted.overlay.opaque") == b"y"
+    assert (root / "etc/new").read_bytes() == b"n"
+
+
 def test_later_entries_replace_earlier(tmp_path: Path) -> None:
     root = _unpack(tmp_path, layer_from_members([
         Member("a", data=b"first"),

@@ -204,11 +204,15 @@ class Extractor:
             return
         pfd = self.dir_fd(parts[:-1])
         if m.isdir():
+            # a directory re-created over this layer's own whiteout must hide the lower one
+            opaque = self._is_whiteout(pfd, name)
             if not self._clear(pfd, parts, keep_dir=True):
                 os.mkdir(name, 0o700, dir_fd=pfd)
             self._drop_one(parts)
             fd = self.dir_fd(parts, create=False)
             self._meta_fd(fd, m)
+            if opaque:
+                os.setxattr(fd, "trusted.overlay.opaque", b"y")
             self._dir_times.append((parts, int(m.mtime)))
         elif m.isreg():
             self._clear(pfd, parts)
@@ -256,6 +260,14 @@ class Extractor:
         self._clear(pfd, (*parts[:-1], target))
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
         os.chown(target, self.base, self.base, dir_fd=pfd, follow_symlinks=False)
+
+    @staticmethod
+    def _is_whiteout(pfd: int, name: str) -> bool:
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
     def _hardlink(self, parts: tuple[str, ...], linkname: str) -> None:
         target = self.split(linkname)
