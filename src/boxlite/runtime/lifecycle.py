@@ -33,6 +33,17 @@ DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_READY_TIMEOUT = 60.0
 
 
+DEFAULT_IMAGE_NAME = "debian-python (default)"
+
+
+def default_rootfs(home: Home) -> Path:
+    """The default image: busybox + python3 from Debian packages, built once per home (offline
+    apart from Debian's package mirror, so a first box needs no container registry)."""
+    from ..images.debian import ensure_debian_rootfs
+
+    return ensure_debian_rootfs(home.root / "images" / "debian")
+
+
 def new_box_id() -> str:
     """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32 (sortable)."""
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
@@ -105,10 +116,11 @@ class BoxRuntime:
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
         engine = select_engine(options.engine or self.default_engine).name
-        if options.image is None and options.rootfs_path is None:
-            raise ConfigError("BoxOptions needs image= or rootfs_path=")
+        rootfs_path = options.rootfs_path
+        if options.image is None and rootfs_path is None:
+            rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
         prepared = await self.images.resolve(
-            image=None if options.rootfs_path else options.image, rootfs_path=options.rootfs_path
+            image=None if rootfs_path else options.image, rootfs_path=rootfs_path
         )
         cfg = prepared.config
         rec = BoxRecord(
@@ -117,7 +129,7 @@ class BoxRuntime:
             state="configured",
             engine=engine,
             created_at=now(),
-            image=str(options.rootfs_path or options.image),
+            image=str(options.rootfs_path or options.image or DEFAULT_IMAGE_NAME),
             image_id=prepared.image_id,
             layers=[str(p) for p in prepared.layers],
             uid_base=self.images.uid_base,

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install what the tests need (system packages, Python and Node deps, the VM runtime
+# artifact) and run the whole suite. CI (.ci/run) calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+export DEBIAN_FRONTEND=noninteractive
+echo "==> system packages"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends \
+    busybox-static e2fsprogs erofs-utils qemu-system-x86 qemu-utils cpio uidmap ca-certificates \
+    bubblewrap runc crun docker-registry skopeo umoci apache2-utils tmux hyperfine \
+    linux-source-6.1 flex bison bc libelf-dev libssl-dev make gcc xz-utils \
+    >/dev/null
+
+echo "==> python packages"
+$PY -m pip install -q --disable-pip-version-check -e ".[cli,server,test]"
+
+echo "==> VM runtime artifact (cached by input hash; the kernel build runs once per config)"
+make runtime PYTHON="$PY"
+
+if [ -f sdks/node/package.json ]; then
+    echo "==> node packages"
+    (cd sdks/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+echo "==> lint"
+$PY -m ruff check src tests bench
+$PY -m mypy
+
+echo "==> tests"
+BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider "$@"
+
+if [ -f sdks/node/package.json ]; then
+    echo "==> node tests"
+    (cd sdks/node && npm test)
+fi
