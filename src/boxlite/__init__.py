@@ -24,6 +24,7 @@ from .api.options import (
 from .api.results import BoxInfo, BoxMetrics, BoxStateInfo, ExecResult, ExecStatus, RuntimeMetrics
 from .api.runtime import Boxlite
 from .api.simplebox import BrowserBox, CodeBox, ComputerBox, SimpleBox
+from .api.sync import SyncBox, SyncBoxlite, SyncExecution, SyncSimpleBox
 from .errors import (
     AlreadyExistsError,
     BoxDiedError,
@@ -60,5 +61,6 @@ __all__ = [
     "Execution", "ExecutionError", "ImageError", "ImageInfo", "ImageRegistry", "InternalError",
     "InvalidArgumentError", "InvalidStateError", "NetworkError", "NetworkSpec", "NotFoundError", "Options",
     "ParseError", "PortalError", "RegistryError", "ResourceExhaustedError", "RpcError", "RuntimeMetrics",
-    "SecurityOptions", "SimpleBox", "StoppedError", "StorageError", "TimeoutError", "UnsupportedOptionError",
+    "SecurityOptions", "SimpleBox", "StoppedError", "StorageError", "SyncBox", "SyncBoxlite", "SyncExecution",
+    "SyncSimpleBox", "TimeoutError", "UnsupportedOptionError",
 ]  # fmt: skip

@@ -142,7 +142,8 @@ class AgentClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._execs: dict[int, ExecChannel] = {}
         self._closed = False
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self.loop = asyncio.get_running_loop()
+        self._task = self.loop.create_task(self._read_loop())
 
     @classmethod
     async def connect(cls, path: Path, label: str = "box") -> AgentClient:
@@ -166,7 +167,13 @@ class AgentClient:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once the connection ended, or when it belongs to another (finished) event loop."""
+        if self._closed:
+            return True
+        try:
+            return asyncio.get_running_loop() is not self.loop
+        except RuntimeError:
+            return False
 
     def _send(self, frame: bytes) -> None:
         if self._closed:

@@ -1,0 +1,260 @@
+"""Synchronous facade: the async API driven from a private event-loop thread.
+
+``SyncBoxlite``, ``SyncBox``, ``SyncExecution`` and ``SyncSimpleBox`` mirror their async
+counterparts method for method, for scripts that do not use asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any, TypeVar
+
+from .box import Box
+from .execution import ExecStream, Execution
+from .options import BoxOptions, Options
+from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics
+from .runtime import Boxlite
+from .simplebox import SimpleBox
+
+T = TypeVar("T")
+
+
+class _Loop:
+    """An event loop running in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="boxlite-sync", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(_wrap(coro), self.loop).result()
+
+    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        while True:
+            try:
+                yield self.run(agen.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+async def _wrap(coro: Awaitable[T]) -> T:
+    return await coro
+
+
+class SyncExecution:
+    def __init__(self, loop: _Loop, execution: Execution) -> None:
+        self._loop, self._ex = loop, execution
+
+    def id(self) -> str:
+        return self._ex.id()
+
+    def stdout(self) -> Iterator[str]:
+        return self._iter(self._ex.stdout())
+
+    def stderr(self) -> Iterator[str]:
+        return self._iter(self._ex.stderr())
+
+    def _iter(self, stream: ExecStream) -> Iterator[str]:
+        return self._loop.iterate(stream.__aiter__())
+
+    def send_input(self, data: bytes | str) -> None:
+        if not hasattr(self, "_stdin"):
+            self._stdin = self._ex.stdin()
+        self._loop.run(self._stdin.send_input(data))
+
+    def close_stdin(self) -> None:
+        if not hasattr(self, "_stdin"):
+            self._stdin = self._ex.stdin()
+        self._loop.run(self._stdin.close())
+
+    def wait(self) -> ExecStatus:
+        return self._loop.run(self._ex.wait())
+
+    def kill(self, sig: int | None = None) -> None:
+        self._loop.run(self._ex.kill(sig))
+
+    def signal(self, sig: int) -> None:
+        self._loop.run(self._ex.signal(sig))
+
+    def resize_tty(self, rows: int, cols: int) -> None:
+        self._loop.run(self._ex.resize_tty(rows, cols))
+
+
+class SyncBox:
+    def __init__(self, loop: _Loop, box: Box) -> None:
+        self._loop, self._box = loop, box
+
+    @property
+    def id(self) -> str:
+        return self._box.id
+
+    @property
+    def name(self) -> str | None:
+        return self._box.name
+
+    def info(self) -> BoxInfo:
+        return self._box.info()
+
+    def start(self) -> None:
+        self._loop.run(self._box.start())
+
+    def stop(self) -> None:
+        self._loop.run(self._box.stop())
+
+    def exec(self, command: str, args: list[str] | None = None, env: Any = None, tty: bool = False,
+             **kwargs: Any) -> SyncExecution:  # fmt: skip
+        return SyncExecution(self._loop, self._loop.run(self._box.exec(command, args, env, tty, **kwargs)))
+
+    def copy_in(self, host_path: str, container_dest: str) -> None:
+        self._loop.run(self._box.copy_in(host_path, container_dest))
+
+    def copy_out(self, container_src: str, host_dest: str) -> None:
+        self._loop.run(self._box.copy_out(container_src, host_dest))
+
+    def metrics(self) -> BoxMetrics:
+        return self._loop.run(self._box.metrics())
+
+    def __enter__(self) -> SyncBox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SyncBoxlite:
+    """``Boxlite`` for synchronous code. Use as a context manager or call ``start``/``stop``."""
+
+    def __init__(self, options: Options | None = None) -> None:
+        self._options = options
+        self._loop: _Loop | None = None
+        self._rt: Boxlite | None = None
+
+    @staticmethod
+    def default() -> SyncBoxlite:
+        return SyncBoxlite(None)
+
+    def start(self) -> SyncBoxlite:
+        if self._loop is None:
+            self._loop = _Loop()
+            self._rt = self._loop.run(_make_runtime(self._options))
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._rt is not None:
+            self._loop.run(self._rt.shutdown())
+            self._loop.close()
+        self._loop = self._rt = None
+
+    def __enter__(self) -> SyncBoxlite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _ready(self) -> tuple[_Loop, Boxlite]:
+        if self._loop is None or self._rt is None:
+            raise RuntimeError("SyncBoxlite not started: use 'with SyncBoxlite(...)' or call start()")
+        return self._loop, self._rt
+
+    @property
+    def runtime(self) -> Boxlite:
+        return self._ready()[1]
+
+    def create(self, options: BoxOptions, name: str | None = None) -> SyncBox:
+        loop, rt = self._ready()
+        return SyncBox(loop, loop.run(rt.create(options, name)))
+
+    def get(self, id_or_name: str) -> SyncBox | None:
+        loop, rt = self._ready()
+        box = loop.run(rt.get(id_or_name))
+        return None if box is None else SyncBox(loop, box)
+
+    def get_or_create(self, options: BoxOptions, name: str | None = None) -> tuple[SyncBox, bool]:
+        loop, rt = self._ready()
+        box, created = loop.run(rt.get_or_create(options, name))
+        return SyncBox(loop, box), created
+
+    def list_info(self) -> list[BoxInfo]:
+        loop, rt = self._ready()
+        return loop.run(rt.list_info())
+
+    def remove(self, id_or_name: str, force: bool = False) -> None:
+        loop, rt = self._ready()
+        loop.run(rt.remove(id_or_name, force))
+
+    def metrics(self) -> RuntimeMetrics:
+        loop, rt = self._ready()
+        return loop.run(rt.metrics())
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        loop, rt = self._ready()
+        loop.run(rt.shutdown(timeout))
+
+
+async def _make_runtime(options: Options | None) -> Boxlite:
+    return Boxlite(options) if options is not None else Boxlite.default()
+
+
+class SyncSimpleBox:
+    """``SimpleBox`` for synchronous code; owns a ``SyncBoxlite`` unless given one."""
+
+    def __init__(self, image: str | None = None, rootfs_path: str | None = None, memory_mib: int | None = None,
+                 cpus: float | None = None, runtime: SyncBoxlite | None = None, name: str | None = None,
+                 auto_remove: bool = True, reuse_existing: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        self._own = runtime is None
+        self._sync_rt = runtime or SyncBoxlite(None)
+        self._args = dict(image=image, rootfs_path=rootfs_path, memory_mib=memory_mib, cpus=cpus, name=name,
+                          auto_remove=auto_remove, reuse_existing=reuse_existing, **kwargs)  # fmt: skip
+        self._box: SimpleBox | None = None
+
+    def __enter__(self) -> SyncSimpleBox:
+        loop, rt = self._sync_rt.start()._ready()
+        self._box = SimpleBox(runtime=rt, **self._args)
+        loop.run(self._box.__aenter__())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop, _ = self._sync_rt._ready()
+        if self._box is not None:
+            loop.run(self._box.stop())
+        if self._own:
+            self._sync_rt.stop()
+
+    @property
+    def id(self) -> str:
+        assert self._box is not None
+        return self._box.id
+
+    def exec(self, cmd: str, *args: str, env: dict[str, str] | None = None, user: str | None = None,
+             timeout: float | None = None, cwd: str | None = None) -> ExecResult:  # fmt: skip
+        assert self._box is not None, "use 'with SyncSimpleBox(...) as box:'"
+        loop, _ = self._sync_rt._ready()
+        return loop.run(self._box.exec(cmd, *args, env=env, user=user, timeout=timeout, cwd=cwd))
+
+    def copy_in(self, host_path: str, container_dest: str) -> None:
+        assert self._box is not None
+        self._sync_rt._ready()[0].run(self._box.copy_in(host_path, container_dest))
+
+    def copy_out(self, container_src: str, host_dest: str) -> None:
+        assert self._box is not None
+        self._sync_rt._ready()[0].run(self._box.copy_out(container_src, host_dest))
+
+    def info(self) -> BoxInfo:
+        assert self._box is not None
+        return self._box.info()
+
+    def metrics(self) -> BoxMetrics:
+        assert self._box is not None
+        return self._sync_rt._ready()[0].run(self._box.metrics())
+
+    def stop(self) -> None:
+        if self._box is not None:
+            self._sync_rt._ready()[0].run(self._box.stop())
