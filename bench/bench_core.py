@@ -179,9 +179,11 @@ def main() -> None:
         bwrap = bench_bwrap(rootfs, args.runs)
     print(f"BoxLite core benchmark (median of {args.runs} runs, busybox rootfs, namespace engine)")
     print(f"  start -> first exec result   boxlite {ours['start']:7.1f} ms")
-    print(f"                               runc    {runc['start']:7.1f} ms   ratio {ours['start'] / runc['start']:.2f}x")
+    ratio = ours["start"] / runc["start"]
+    print(f"                               runc    {runc['start']:7.1f} ms   ratio {ratio:.2f}x")
     if crun:
-        print(f"                               crun    {crun:7.1f} ms   ratio {ours['start'] / crun:.2f}x (target <= 1.5x)")
+        ratio = ours["start"] / crun
+        print(f"                               crun    {crun:7.1f} ms   ratio {ratio:.2f}x (target <= 1.5x)")
     if bwrap:
         print(f"                               bwrap   {bwrap:7.1f} ms   ratio {ours['start'] / bwrap:.2f}x")
     print(f"  exec round trip of `true`    boxlite {ours['exec']:7.2f} ms   (target < 5 ms)")

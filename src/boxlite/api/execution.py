@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import codecs
 import signal as _signal
 from collections.abc import AsyncIterator
@@ -41,7 +42,7 @@ class ExecStream:
             if text:
                 yield text
 
-    async def bytes(self) -> AsyncIterator[bytes]:
+    async def bytes(self) -> AsyncIterator[builtins.bytes]:
         while (chunk := await self._stream.read()) is not None:
             yield chunk
 
@@ -49,7 +50,7 @@ class ExecStream:
         """The rest of the stream as one string."""
         return "".join([part async for part in self])
 
-    async def read_bytes(self) -> bytes:
+    async def read_bytes(self) -> builtins.bytes:
         return await self._stream.read_all()
 
 

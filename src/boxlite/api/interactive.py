@@ -35,6 +35,7 @@ class InteractiveBox(SimpleBox):
         self._execution: Execution | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._saved: list[Any] | None = None
+        self._resize: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> InteractiveBox:
         await super().__aenter__()
@@ -57,7 +58,7 @@ class InteractiveBox(SimpleBox):
     def _on_resize(self) -> None:
         if self._execution is not None:
             size = shutil.get_terminal_size()
-            asyncio.ensure_future(self._execution.resize_tty(size.lines, size.columns))
+            self._resize = asyncio.ensure_future(self._execution.resize_tty(size.lines, size.columns))
 
     async def _copy_out(self, stream: Any, target: Any) -> None:
         out = getattr(target, "buffer", target)

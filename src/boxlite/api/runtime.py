@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +30,7 @@ class ImagesHandle:
     async def remove(self, reference: str, force: bool = False) -> None:
         self._m.remove(reference, force)
 
-    async def load(self, path: str | Path) -> list[ImageInfo]:
+    async def load(self, path: str | Path) -> builtins.list[ImageInfo]:
         return self._m.load(path)
 
     async def gc(self) -> int:
@@ -69,7 +70,7 @@ class Boxlite:
     @staticmethod
     def rest(url: Any, api_key: str | None = None) -> Any:
         """A runtime talking to a ``boxlite serve`` server (same API as a local one)."""
-        from ..remote import RemoteBoxlite  # type: ignore[import-not-found]
+        from ..remote import RemoteBoxlite  # type: ignore[import-not-found,attr-defined,unused-ignore]
 
         return RemoteBoxlite(url, api_key=api_key)
 
