@@ -1,0 +1,199 @@
+"""Box lifecycle and listing: ``start stop restart rm ls/ps inspect stats``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+from ..api.runtime import Boxlite
+from ..errors import BoxliteError, NotFoundError
+from . import background, compat
+from .common import (
+    STATE,
+    ago,
+    box_dir,
+    find_box,
+    human_size,
+    print_json,
+    print_table,
+    short_id,
+    want_json,
+    with_runtime,
+)
+from .errors import describe, fail, print_error
+from .run import start_detached
+
+
+async def _each(refs: tuple[str, ...], action: Any) -> int:
+    """Apply ``action(ref)`` to every box; report failures one line each (docker style)."""
+    failed = 0
+    for ref in refs:
+        try:
+            await action(ref)
+            click.echo(ref)
+        except BoxliteError as e:
+            print_error(describe(e)[0])
+            failed += 1
+    return 125 if failed else 0
+
+
+@click.command()
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@with_runtime
+async def start(rt: Boxlite, boxes: tuple[str, ...]) -> int:
+    """Start stopped boxes (in the background; they keep running after boxlite exits)."""
+
+    async def one(ref: str) -> None:
+        await start_detached(rt, await find_box(rt, ref))
+
+    return await _each(boxes, one)
+
+
+@click.command()
+@click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for processes to exit before killing them.")  # fmt: skip
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@with_runtime
+async def stop(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
+    """Stop running boxes (boxes created with --rm are removed)."""
+
+    async def one(ref: str) -> None:
+        await (await find_box(rt, ref)).stop(timeout=timeout)
+
+    return await _each(boxes, one)
+
+
+@click.command()
+@click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for processes to exit before killing them.")  # fmt: skip
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@with_runtime
+async def restart(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
+    """Stop then start boxes."""
+
+    async def one(ref: str) -> None:
+        box = await find_box(rt, ref)
+        if box.info().auto_remove:
+            raise fail(f"box {ref} was created with --rm; stopping would remove it")
+        await box.stop(timeout=timeout)
+        await start_detached(rt, box)
+
+    return await _each(boxes, one)
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Stop running boxes first.")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@with_runtime
+async def rm(rt: Boxlite, boxes: tuple[str, ...], force: bool) -> int:
+    """Remove boxes."""
+
+    async def one(ref: str) -> None:
+        box = await find_box(rt, ref)
+        if box.info().state.running and not force:
+            raise fail(f"box {ref} is running: stop it first or use 'boxlite rm -f'")
+        await rt.remove(box.id, force=force)
+
+    return await _each(boxes, one)
+
+
+@click.command("ls")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all boxes (default: running only).")
+@click.option("-q", "--quiet", is_flag=True, help="Only print box ids.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@click.option("--no-trunc", is_flag=True, help="Print full ids.")
+@with_runtime
+async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool) -> int:
+    """List boxes."""
+    infos = [i for i in await rt.list_info() if show_all or i.state.running]
+    if quiet:
+        for info in infos:
+            click.echo(info.id if no_trunc else short_id(info.id))
+    elif want_json(fmt=fmt):
+        print_json([_box_json(rt, i.to_dict()) for i in infos])
+    else:
+        rows = [
+            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), _state(rt, i.id, i.status),
+             ago(i.created_at))
+            for i in infos
+        ]  # fmt: skip
+        print_table(["ID", "NAME", "IMAGE", "STATE", "CREATED"], rows)
+    return 0
+
+
+def _trim(text: str, no_trunc: bool, width: int = 40) -> str:
+    return text if no_trunc or len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _state(rt: Boxlite, box_id: str, status: str) -> str:
+    """``running``/``stopped``, plus the main command's exit status when known."""
+    code = _main_exit(rt, box_id)
+    return f"{status} ({code})" if status != "running" and code is not None and code >= 0 else status
+
+
+def _main_exit(rt: Boxlite, box_id: str) -> int | None:
+    import json
+
+    try:
+        return int(json.loads(background.exit_file(box_dir(rt, box_id)).read_text())["exit_code"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _box_json(rt: Boxlite, data: dict[str, Any]) -> dict[str, Any]:
+    data["short_id"] = short_id(data["id"])
+    data["exit_code"] = _main_exit(rt, data["id"])
+    return data
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True, metavar="BOX|IMAGE...")
+@with_runtime
+async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
+    """Show boxes (or images) as JSON."""
+    out: list[dict[str, Any]] = []
+    images = None
+    for ref in refs:
+        try:
+            box = await find_box(rt, ref)
+        except NotFoundError:
+            images = images if images is not None else await rt.images.list()
+            match = [i for i in images if ref in (i.reference, i.digest, i.image_id)]
+            if not match:
+                raise NotFoundError(f"no such box or image: {ref}") from None
+            out.append({"type": "image", **match[0].__dict__})
+            continue
+        data = _box_json(rt, box.info().to_dict())
+        data["image_config"] = compat.image_config(box)
+        data["dir"] = str(box_dir(rt, box.id))
+        out.append({"type": "box", **data})
+    print_json(out)
+    return 0
+
+
+@click.command()
+@click.option("--no-stream", is_flag=True, help="Accepted for docker compatibility (output is one snapshot).")
+@click.argument("boxes", nargs=-1, metavar="[BOX]...")
+@with_runtime
+async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool) -> int:
+    """Resource usage of running boxes (one snapshot)."""
+    if boxes:
+        targets = [await find_box(rt, ref) for ref in boxes]
+    else:
+        targets = [b for i in await rt.list_info("running") if (b := await rt.get(i.id)) is not None]
+    metrics = await asyncio.gather(*(b.metrics() for b in targets))
+    if want_json():
+        print_json([{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)])
+        return 0
+    rows = [
+        (short_id(b.id), b.name or "", "-" if m.cpu_percent is None else f"{m.cpu_percent:.2f}%",
+         human_size(m.memory_bytes), human_size(m.memory_peak_bytes), "-" if m.pids is None else m.pids)
+        for b, m in zip(targets, metrics, strict=True)
+    ]  # fmt: skip
+    print_table(["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"], rows)
+    return 0
+
+
+__all__ = ["STATE", "inspect", "ls", "restart", "rm", "start", "stats", "stop"]

@@ -1,0 +1,172 @@
+"""Shared plumbing: global options, the runtime, box lookup, output formatting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..api.box import Box
+from ..api.options import Options
+from ..api.runtime import Boxlite
+from ..errors import NotFoundError
+from .errors import fail
+
+T = TypeVar("T")
+SHORT_ID = 12
+
+
+@dataclass
+class Globals:
+    """Options given before the verb (``boxlite --home H --debug --json VERB``)."""
+
+    home: str | None = None
+    debug: bool = False
+    json: bool = False
+
+
+STATE = Globals()
+
+
+def configure_logging(debug: bool) -> None:
+    """Library warnings are noise in a CLI (e.g. VM probe results when the namespace engine
+    is used); show everything with ``--debug``."""
+    log = logging.getLogger("boxlite")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("boxlite: %(levelname)s: %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if debug else logging.ERROR)
+    log.propagate = False
+
+
+def open_runtime() -> Boxlite:
+    return Boxlite(Options(home_dir=STATE.home))
+
+
+def run_async(fn: Callable[[Boxlite], Awaitable[T]]) -> T:
+    """Run ``fn(runtime)`` on a fresh event loop and shut the runtime down afterwards."""
+
+    async def body() -> T:
+        rt = open_runtime()
+        try:
+            return await fn(rt)
+        finally:
+            await rt.shutdown()
+
+    return asyncio.run(body())
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_runtime(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Decorator: an ``async def verb(rt, **params)`` becomes a synchronous click callback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        return run_async(lambda rt: fn(rt, *args, **kwargs))
+
+    return wrapper
+
+
+async def find_box(rt: Boxlite, ref: str) -> Box:
+    """A box by full id, name, unique id prefix, or unique short id (the last 12 characters)."""
+    box = await rt.get(ref)
+    if box is not None:
+        return box
+    if len(ref) >= 4:
+        matches = [i.id for i in await rt.list_info() if i.id.upper().endswith(ref.upper())]
+        if len(matches) == 1:
+            found = await rt.get(matches[0])
+            if found is not None:
+                return found
+        if len(matches) > 1:
+            raise fail(f"box reference {ref!r} is ambiguous ({len(matches)} boxes match)")
+    raise NotFoundError(f"no such box: {ref}")
+
+
+def short_id(box_id: str) -> str:
+    return box_id[-SHORT_ID:]
+
+
+def box_dir(rt: Boxlite, box_id: str) -> Path:
+    return rt.home.box_dir(box_id)
+
+
+def want_json(local: bool = False, fmt: str | None = None) -> bool:
+    return local or STATE.json or fmt == "json"
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Plain columns separated by three spaces (stable for humans and ``awk``)."""
+    cells = [[str(c) for c in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def human_size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def ago(iso_time: str | None) -> str:
+    """'3 seconds ago' style age of an ISO-8601 timestamp."""
+    if not iso_time:
+        return "-"
+    try:
+        then = datetime.fromisoformat(iso_time)
+    except ValueError:
+        return iso_time
+    secs = max(0, int((datetime.now(timezone.utc) - then).total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if secs >= size:
+            n = secs // size
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "just now" if secs < 2 else f"{secs} seconds ago"
+
+
+def parse_memory(value: str | None) -> int | None:
+    """'512m', '2g', '1.5G', '256' (a plain number is MiB) → MiB."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b)?\s*", value.lower())
+    if not m:
+        raise fail(f"invalid --memory value {value!r} (examples: 512m, 2g)")
+    factor = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024, "": 1 / (1 << 20) if m[3] else 1}[m[2]]
+    return int(float(m[1]) * factor)
+
+
+def env_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``-e KEY=VAL`` (or ``-e KEY`` to pass the host's value through, like docker)."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise fail(f"invalid environment variable {item!r} (expected KEY=VALUE)")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        out.append((key, value))
+    return out

@@ -1,0 +1,38 @@
+"""Stop-gaps for things the public SDK does not offer yet (each one is a requested SDK change).
+
+Keep every access to private runtime state in this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.box import Box
+
+
+def image_config(box: Box) -> dict[str, Any]:
+    """The box image's config (entrypoint, cmd, env, working_dir, user).
+
+    Wanted: ``BoxInfo.image_config`` (or ``Box.default_command()``)."""
+    rec = box._record()
+    return dict(rec.image_config or {})
+
+
+def default_command(box: Box, entrypoint: list[str] | None, cmd: list[str]) -> list[str]:
+    """Docker semantics: ENTRYPOINT + (CMD given on the command line, else the image's CMD)."""
+    cfg = image_config(box)
+    ep = entrypoint if entrypoint is not None else list(cfg.get("entrypoint") or [])
+    args = cmd or ([] if entrypoint is not None else list(cfg.get("cmd") or []))
+    return [*ep, *args]
+
+
+def make_detached(box: Box) -> None:
+    """Let a box created attached (``run`` without ``-d``) outlive this process when started.
+
+    Wanted: ``Box.start(detach=True)``."""
+    core = box._runtime._core
+    rec = core.record(box.id)
+    if not rec.detach:
+        rec.detach = True
+        core.db.update(rec)
+        box._record()

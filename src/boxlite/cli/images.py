@@ -1,0 +1,88 @@
+"""Images: ``pull`` (with per-layer progress), ``images``, ``rmi``."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AbstractContextManager, nullcontext
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+from ..api.runtime import Boxlite
+from ..images import PullProgress
+from .common import ago, human_size, print_json, print_table, want_json, with_runtime
+from .errors import describe, print_error
+
+
+class LayerBars:
+    """Receives ``PullProgress`` callbacks and draws one bar per layer."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=Console(stderr=True), transient=False, disable=not enabled,
+        )  # fmt: skip
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, p: PullProgress) -> None:
+        task = self.tasks.get(p.layer)
+        if task is None:
+            label = p.layer.split(":", 1)[-1][:12]
+            task = self.tasks[p.layer] = self.progress.add_task(label, total=p.total or None)
+        done = p.total if p.done else p.downloaded
+        self.progress.update(task, completed=done, total=p.total or None)
+
+    def live(self) -> AbstractContextManager[object]:
+        return self.progress if not self.progress.disable else nullcontext()
+
+
+@click.command()
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.argument("reference", metavar="IMAGE")
+@with_runtime
+async def pull(rt: Boxlite, reference: str, quiet: bool) -> int:
+    """Download an image from a registry."""
+    bars = LayerBars(enabled=not quiet and not want_json() and sys.stderr.isatty())
+    with bars.live():
+        info = await rt.images.pull(reference, progress=bars)
+    if want_json():
+        print_json(info.__dict__)
+    else:
+        click.echo(f"{info.reference}: pulled {info.digest} ({len(bars.tasks)} layers, {human_size(info.size)})")
+    return 0
+
+
+@click.command()
+@click.option("-q", "--quiet", is_flag=True, help="Only print references.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@with_runtime
+async def images(rt: Boxlite, quiet: bool, fmt: str) -> int:
+    """List stored images."""
+    infos = await rt.images.list()
+    if quiet:
+        for i in infos:
+            click.echo(i.reference)
+    elif want_json(fmt=fmt):
+        print_json([i.__dict__ for i in infos])
+    else:
+        rows = [(i.reference, i.digest.split(":", 1)[-1][:12], human_size(i.size), ago(i.created)) for i in infos]
+        print_table(["REFERENCE", "DIGEST", "SIZE", "CREATED"], rows)
+    return 0
+
+
+@click.command()
+@click.option("-f", "--force", is_flag=True, help="Remove even if boxes use it.")
+@click.argument("refs", nargs=-1, required=True, metavar="IMAGE...")
+@with_runtime
+async def rmi(rt: Boxlite, refs: tuple[str, ...], force: bool) -> int:
+    """Remove images."""
+    failed = 0
+    for ref in refs:
+        try:
+            await rt.images.remove(ref, force=force)
+            click.echo(f"Untagged: {ref}")
+        except Exception as e:  # report every failure, keep going
+            print_error(describe(e)[0])
+            failed += 1
+    return 125 if failed else 0

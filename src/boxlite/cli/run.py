@@ -1,0 +1,221 @@
+"""``run``, ``create`` and ``exec``: make boxes and run commands in them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import BinaryIO
+
+import click
+
+from ..api.box import Box
+from ..api.options import BoxOptions
+from ..api.runtime import Boxlite
+from ..errors import BoxliteError
+from . import background, compat
+from .attach import Attachment, stdin_is_tty, terminal_size
+from .common import STATE, box_dir, env_pairs, find_box, parse_memory, with_runtime
+from .errors import EXIT_RUNTIME, fail
+
+COMMAND_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": False}
+
+
+def exec_options(fn: click.decorators.FC) -> click.decorators.FC:
+    """Options shared by ``run`` and ``exec``."""
+    for decorator in reversed(
+        [
+            click.option("-i", "--interactive", is_flag=True, help="Keep stdin open and forward it."),
+            click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
+            click.option("-e", "--env", "env", multiple=True, metavar="KEY=VAL", help="Set an environment variable."),
+            click.option("-w", "--workdir", metavar="DIR", help="Working directory inside the box."),
+            click.option("-u", "--user", metavar="USER[:GROUP]", help="User name or uid to run as."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def box_options(fn: click.decorators.FC) -> click.decorators.FC:
+    """Options shared by ``run`` and ``create``."""
+    for decorator in reversed(
+        [
+            click.option("--rootfs", metavar="DIR", help="Use a root filesystem directory instead of an image."),
+            click.option("--name", help="Name the box."),
+            click.option("--rm", "remove", is_flag=True, help="Remove the box when it stops."),
+            click.option("--cpus", type=float, help="CPU limit (e.g. 0.5, 2)."),
+            click.option("-m", "--memory", metavar="SIZE", help="Memory limit (e.g. 512m, 2g; plain number = MiB)."),
+            click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:BOX[:ro]", help="Bind mount."),
+            click.option("-p", "--publish", "ports", multiple=True, metavar="HOST:BOX", help="Publish a port."),
+            click.option("--engine", type=click.Choice(["auto", "namespace", "vm"]), help="Isolation engine."),
+            click.option("--entrypoint", metavar="CMD", help="Override the image's entrypoint."),
+            click.option("--hostname", metavar="NAME", help="Hostname inside the box."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def _split_image(rootfs: str | None, args: Sequence[str]) -> tuple[str | None, list[str]]:
+    if rootfs is not None:
+        return None, list(args)
+    if not args:
+        raise fail("give an IMAGE or --rootfs DIR (see 'boxlite run --help')")
+    return args[0], list(args[1:])
+
+
+def _box_options(
+    image: str | None, rootfs: str | None, *, env: Sequence[str], workdir: str | None, user: str | None,
+    cpus: float | None, memory: str | None, volumes: Sequence[str], ports: Sequence[str], engine: str | None,
+    hostname: str | None, detach: bool, remove: bool,
+) -> BoxOptions:  # fmt: skip
+    return BoxOptions(
+        image=image,
+        rootfs_path=rootfs,
+        env=env_pairs(env),
+        working_dir=workdir,
+        user=user,
+        cpus=cpus,
+        memory_mib=parse_memory(memory),
+        volumes=list(volumes),
+        ports=list(ports),
+        engine=engine,
+        hostname=hostname,
+        detach=detach,
+        auto_remove=remove,
+    )
+
+
+def _entrypoint(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if value else []
+
+
+async def exec_attached(
+    box: Box, argv: list[str], *, tty: bool, interactive: bool, env: Sequence[str] = (),
+    workdir: str | None = None, user: str | None = None, log: BinaryIO | None = None,
+) -> int:  # fmt: skip
+    """Run ``argv`` in ``box`` connected to this terminal; returns the exit code for the CLI."""
+    if tty and interactive and not stdin_is_tty():
+        raise fail("the input device is not a TTY (drop -t, or run from a terminal)")
+    rows, cols = terminal_size() if tty else (24, 80)
+    pairs = env_pairs(env)
+    if tty and "TERM" in os.environ and not any(k == "TERM" for k, _ in pairs):
+        pairs.insert(0, ("TERM", os.environ["TERM"]))
+    execution = await box.exec(
+        argv[0], argv[1:], env=pairs or None, tty=tty, user=user, cwd=workdir,
+        stdin=interactive, rows=rows, cols=cols,
+    )  # fmt: skip
+    status = await Attachment(execution, tty=tty, stdin=interactive, log=log).run()
+    if status.exit_code < 0:
+        raise fail(status.error_message or "the box died while the command was running")
+    return status.exit_code
+
+
+@click.command(context_settings=COMMAND_SETTINGS)
+@box_options
+@exec_options
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the box id.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="(IMAGE | --rootfs DIR) [CMD]...")
+@with_runtime
+async def run(
+    rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
+    memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
+    entrypoint: str | None, hostname: str | None, interactive: bool, tty: bool, env: tuple[str, ...],
+    workdir: str | None, user: str | None, detach: bool,
+) -> int:  # fmt: skip
+    """Create a box and run a command in it.
+
+    Without -d the command is attached to this terminal and its exit code becomes boxlite's;
+    the box is then stopped (removed with --rm). With -d the box keeps running in the
+    background; CMD (if any) becomes its main command and `boxlite logs` shows its output.
+    """
+    image, cmd = _split_image(rootfs, args)
+    if detach and (interactive or tty):
+        raise fail("-d cannot be combined with -i/-t (use 'boxlite exec -it BOX CMD' on the running box)")
+    opts = _box_options(
+        image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
+        ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove,
+    )  # fmt: skip
+    box = await rt.create(opts, name)
+    argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
+    if detach:
+        await start_detached(rt, box, argv)
+        click.echo(box.id)
+        return 0
+    try:
+        if not argv:
+            raise fail(f"no command given and {image or rootfs} has no default command")
+        log_path = background.console_log(box_dir(rt, box.id))
+        if not remove:
+            log_path.parent.mkdir(exist_ok=True)
+        with open(log_path, "ab") if not remove else contextlib.nullcontext() as log:
+            return await exec_attached(box, argv, tty=tty, interactive=interactive, log=log)
+    finally:
+        with contextlib.suppress(BoxliteError):
+            await box.stop(timeout=2)
+
+
+async def start_detached(rt: Boxlite, box: Box, argv: list[str] | None = None) -> None:
+    """Start ``box`` so that it outlives this process. Its main command (``argv``, or the one
+    saved by ``create``) is handed to a background keeper."""
+    bdir = box_dir(rt, box.id)
+    if argv:
+        background.save_main(bdir, argv)
+    compat.make_detached(box)
+    was_running = box.info().state.running
+    await box.start()
+    if was_running or not background.has_main(bdir):
+        return
+    try:
+        background.launch(rt.home.root, bdir, box.id)
+    except background.KeeperError as e:
+        raise fail(str(e), e.code) from None
+
+
+@click.command(context_settings=COMMAND_SETTINGS)
+@box_options
+@click.option("-e", "--env", "env", multiple=True, metavar="KEY=VAL", help="Set an environment variable.")
+@click.option("-w", "--workdir", metavar="DIR", help="Default working directory.")
+@click.option("-u", "--user", metavar="USER[:GROUP]", help="Default user.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="(IMAGE | --rootfs DIR) [CMD]...")
+@with_runtime
+async def create(
+    rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
+    memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
+    entrypoint: str | None, hostname: str | None, env: tuple[str, ...], workdir: str | None, user: str | None,
+) -> int:  # fmt: skip
+    """Create a box without starting it; prints its id. `boxlite start` runs CMD if given."""
+    image, cmd = _split_image(rootfs, args)
+    opts = _box_options(
+        image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
+        ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove,
+    )  # fmt: skip
+    box = await rt.create(opts, name)
+    argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
+    if argv:
+        background.save_main(box_dir(rt, box.id), argv)
+    click.echo(box.id)
+    return 0
+
+
+@click.command("exec", context_settings=COMMAND_SETTINGS)
+@exec_options
+@click.argument("box_ref", metavar="BOX")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
+@with_runtime
+async def exec_(
+    rt: Boxlite, box_ref: str, cmd: tuple[str, ...], interactive: bool, tty: bool, env: tuple[str, ...],
+    workdir: str | None, user: str | None,
+) -> int:  # fmt: skip
+    """Run a command in a running box (exit status is the command's)."""
+    box = await find_box(rt, box_ref)
+    if not box.info().state.running:
+        raise fail(f"box {box_ref} is not running (start it with 'boxlite start {box_ref}')", EXIT_RUNTIME)
+    return await exec_attached(
+        box, list(cmd), tty=tty, interactive=interactive, env=env, workdir=workdir, user=user
+    )
+
+
+__all__ = ["STATE", "create", "exec_", "run", "start_detached"]
