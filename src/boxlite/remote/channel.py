@@ -1,0 +1,174 @@
+"""One remote execution: the exec WebSocket behind the standard ``Execution`` object.
+
+``RemoteChannel`` has the interface of the local ``ExecChannel`` (streams, stdin with credit,
+control, exit future), so ``api.execution.Execution`` works on it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from typing import Any
+
+from ..errors import BoxDiedError, InvalidStateError
+from ..server.wire import DEFAULT_WINDOW, MAX_FRAME, STDERR, STDIN, STDOUT, decode_error
+from .transport import Transport
+
+
+class RemoteOutput:
+    """Chunks of one output stream; reading one grants the server that many bytes of credit."""
+
+    def __init__(self, channel: RemoteChannel, name: str) -> None:
+        self._channel, self._name = channel, name
+        self._chunks: deque[bytes] = deque()
+        self._eof = False
+        self._ready = asyncio.Event()
+        self.total = 0
+
+    def _feed(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self.total += len(data)
+        else:
+            self._eof = True
+        self._ready.set()
+
+    async def read(self) -> bytes | None:
+        """The next chunk, or None at end of stream."""
+        while not self._chunks:
+            if self._eof:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        data = self._chunks.popleft()
+        await self._channel._send_json({"type": "credit", "stream": self._name, "bytes": len(data)})
+        return data
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while (chunk := await self.read()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+    @property
+    def eof(self) -> bool:
+        return self._eof
+
+
+class RemoteChannel:
+    """Client end of ``WS /v1/boxes/{id}/exec``."""
+
+    def __init__(self, ws: Any, command: str, started: dict[str, Any]) -> None:
+        self._ws, self.command = ws, command
+        self.id = str(started.get("id", ""))
+        self.pid = int(started.get("pid", 0))
+        self.stdout = RemoteOutput(self, "stdout")
+        self.stderr = RemoteOutput(self, "stderr")
+        self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._stdin_credit = int(started.get("stdin_window", 0))
+        self._stdin_ready = asyncio.Event()
+        self._stdin_closed = False
+        self._task = asyncio.ensure_future(self._read_loop())
+
+    @classmethod
+    async def open(cls, transport: Transport, box_id: str, start: dict[str, Any], command: str) -> RemoteChannel:
+        ws = await transport.websocket(f"/v1/boxes/{box_id}/exec")
+        try:
+            await ws.send(json.dumps({"type": "start", "window": DEFAULT_WINDOW, **start}))
+            first = json.loads(await ws.recv())
+        except BaseException:
+            await ws.close()
+            raise
+        if first.get("type") != "started":
+            await ws.close()
+            raise decode_error(first)
+        return cls(ws, command, first)
+
+    async def _send_json(self, msg: dict[str, Any]) -> None:
+        if not self._task.done():
+            with contextlib.suppress(Exception):
+                await self._ws.send(json.dumps(msg))
+
+    # --- stdin ------------------------------------------------------------------------------
+    async def write_stdin(self, data: bytes) -> None:
+        if self._stdin_closed:
+            raise InvalidStateError("stdin is closed")
+        view = memoryview(data)
+        while view:
+            while self._stdin_credit <= 0:
+                if self.exit.done() or self._task.done():
+                    return
+                self._stdin_ready.clear()
+                await self._stdin_ready.wait()
+            n = min(len(view), self._stdin_credit, MAX_FRAME)
+            self._stdin_credit -= n
+            try:
+                await self._ws.send(bytes([STDIN]) + bytes(view[:n]))
+            except Exception as e:
+                raise BoxDiedError(f"lost the connection to the server: {e}") from None
+            view = view[n:]
+
+    async def close_stdin(self) -> None:
+        if not self._stdin_closed:
+            self._stdin_closed = True
+            await self._send_json({"type": "close_stdin"})
+
+    @property
+    def stdin_closed(self) -> bool:
+        return self._stdin_closed
+
+    # --- control ------------------------------------------------------------------------------
+    async def control(self, body: dict[str, Any]) -> None:
+        """``{"op": "kill"|"signal"|"resize", ...}`` as for the local agent channel."""
+        if not self.exit.done():
+            msg = {k: v for k, v in body.items() if k != "op"}
+            await self._send_json({"type": body["op"], **msg})
+
+    async def close(self) -> None:
+        """Drop the connection (the server kills the command if it is still running)."""
+        await self._ws.close()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+    # --- incoming ------------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        streams = {STDOUT: self.stdout, STDERR: self.stderr}
+        try:
+            async for msg in self._ws:
+                if isinstance(msg, bytes):
+                    if msg[:1] and msg[0] in streams and len(msg) > 1:
+                        streams[msg[0]]._feed(msg[1:])
+                    continue
+                self._on_message(json.loads(msg))
+        except Exception:  # connection lost: handled below like a dead agent
+            pass
+        finally:
+            self._on_close()
+
+    def _on_message(self, m: dict[str, Any]) -> None:
+        kind = m.get("type")
+        if kind == "eof":
+            (self.stderr if m.get("stream") == "stderr" else self.stdout)._feed(b"")
+        elif kind == "credit":
+            self._stdin_credit += int(m.get("bytes", 0))
+            self._stdin_ready.set()
+        elif kind == "exit" and not self.exit.done():
+            if m.get("exit_code") == -1 and m.get("error_message") and not m.get("signal"):
+                self._fail(BoxDiedError(str(m["error_message"])))
+            else:
+                self.exit.set_result(m)
+            self._stdin_ready.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.exit.done():
+            self.exit.set_exception(exc)
+            self.exit.exception()  # retrieved here: Execution.wait() handles it
+
+    def _on_close(self) -> None:
+        self._fail(BoxDiedError("lost the connection to the server"))
+        for stream in (self.stdout, self.stderr):
+            if not stream.eof:
+                stream._feed(b"")
+        self._stdin_ready.set()

@@ -1,0 +1,23 @@
+"""JSON <-> API dataclasses for the remote SDK."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from typing import Any
+
+from ..api.options import BoxOptions, NetworkSpec
+from ..api.results import BoxInfo, BoxStateInfo
+
+
+def box_info(data: dict[str, Any]) -> BoxInfo:
+    return BoxInfo(**{**data, "state": BoxStateInfo(**data["state"])})
+
+
+def options_json(options: BoxOptions) -> dict[str, Any]:
+    """``BoxOptions`` as the server's ``BoxOptionsModel`` (``advanced`` is not sent)."""
+    out: dict[str, Any] = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "advanced"}
+    out["env"] = options.env_dict()
+    if isinstance(options.network, NetworkSpec):
+        out["network"] = asdict(options.network)
+    return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]

@@ -1,0 +1,124 @@
+"""HTTP and WebSocket plumbing of the remote SDK: URLs, auth header, typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from ..errors import BoxliteError, ConfigError, StoppedError
+from ..server.wire import MAX_FRAME, decode_error
+
+
+class UnauthorizedError(BoxliteError):
+    """The server refused the API key (HTTP 401)."""
+
+
+def _raise_for(status: int, body: Any) -> None:
+    if status == 401:
+        msg = body.get("error", {}).get("message") if isinstance(body, dict) else None
+        raise UnauthorizedError(msg or "missing or wrong API key")
+    raise decode_error(body, status)
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
+
+
+class Transport:
+    """Talks to one server: ``unix:///path/to.sock`` or ``http(s)://host:port``."""
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        url = str(url)
+        parts = urlsplit(url)
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if parts.scheme == "unix":
+            self.uds: str | None = parts.path
+            self.base_url = "http://boxlite"
+            self.ws_base = "ws://boxlite"
+        elif parts.scheme in ("http", "https"):
+            self.uds = None
+            self.base_url = url.rstrip("/")
+            self.ws_base = ("wss" if parts.scheme == "https" else "ws") + self.base_url[len(parts.scheme) :]
+        else:
+            raise ConfigError(f"server URL must be unix:///path or http(s)://host:port, got {url!r}")
+        self._client: httpx.AsyncClient | None = None
+        self._sync: httpx.Client | None = None
+        self.closed = False
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"base_url": self.base_url, "headers": self.headers, "timeout": httpx.Timeout(None, connect=10.0)}
+
+    def client(self) -> httpx.AsyncClient:
+        if self.closed:
+            raise StoppedError("this runtime was shut down")
+        if self._client is None:
+            self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.uds), **self._kwargs())
+        return self._client
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; returns the decoded JSON body (None for 204); raises typed errors."""
+        resp = await self.client().request(method, path, **kwargs)
+        if resp.status_code >= 400:
+            _raise_for(resp.status_code, _json(resp))
+        return None if resp.status_code == 204 else _json(resp)
+
+    def request_sync(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Blocking variant, for the synchronous ``Box.info()``."""
+        if self.closed:
+            raise StoppedError("this runtime was shut down")
+        if self._sync is None:
+            self._sync = httpx.Client(transport=httpx.HTTPTransport(uds=self.uds), **self._kwargs())
+        resp = self._sync.request(method, path, **kwargs)
+        if resp.status_code >= 400:
+            _raise_for(resp.status_code, _json(resp))
+        return None if resp.status_code == 204 else _json(resp)
+
+    @asynccontextmanager
+    async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        async with self.client().stream(method, path, **kwargs) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                _raise_for(resp.status_code, _json(resp))
+            yield resp
+
+    async def websocket(self, path: str) -> Any:
+        """An open ``websockets`` client connection to ``path``."""
+        from websockets.asyncio.client import connect, unix_connect
+        from websockets.exceptions import InvalidStatus
+
+        if self.closed:
+            raise StoppedError("this runtime was shut down")
+        kwargs: dict[str, Any] = {
+            "additional_headers": self.headers, "max_size": 2 * MAX_FRAME + 1024, "compression": None,
+            "ping_interval": None, "proxy": None,
+        }  # fmt: skip
+        uri = self.ws_base + quote(path)
+        try:
+            if self.uds is not None:
+                return await unix_connect(self.uds, uri, **kwargs)
+            return await connect(uri, **kwargs)
+        except InvalidStatus as e:
+            body: Any = e.response.body or b""
+            try:
+                import json
+
+                body = json.loads(body)
+            except ValueError:
+                pass
+            _raise_for(e.response.status_code, body)
+            raise  # unreachable
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._client is not None:
+            await self._client.aclose()
+        if self._sync is not None:
+            self._sync.close()

@@ -1,0 +1,33 @@
+"""``python -m boxlite.server``: run the REST server (the ``boxlite serve`` CLI calls ``serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import BoxliteError
+from .listen import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m boxlite.server", description=__doc__)
+    ap.add_argument("--home", help="runtime home (default: $BOXLITE_HOME or ~/.boxlite)")
+    ap.add_argument("--socket", dest="socket_path", help="unix socket path (default: <home>/boxlite.sock)")
+    ap.add_argument("--host", help="TCP address to listen on (needs an API key)")
+    ap.add_argument("--port", type=int, help="TCP port")
+    ap.add_argument("--api-key", help="bearer token clients must send (default: $BOXLITE_API_KEY)")
+    ap.add_argument("--insecure-no-auth", action="store_true", help="allow TCP without a key (loopback only)")
+    ap.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin is closed")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    try:
+        serve(args.home, args.socket_path, args.host, args.port, args.api_key, args.insecure_no_auth,
+              exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level)  # fmt: skip
+    except BoxliteError as e:
+        print(f"boxlite serve: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The FastAPI application: routers, error mapping, runtime lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+from ..api.options import Options
+from ..api.runtime import Boxlite
+from ..errors import BoxliteError, ConfigError
+from . import routes_boxes, routes_exec, routes_files, routes_images
+from .auth import ApiKeyMiddleware
+from .state import ServerState
+from .wire import encode_error, http_status
+
+DESCRIPTION = """REST API of a BoxLite runtime (`boxlite serve`).
+
+Commands run over the WebSocket `GET /v1/boxes/{id}/exec` (not listed below; see docs/rest.md).
+Authentication: `Authorization: Bearer <api key>` when the server has a key.
+"""
+
+
+def create_app(options: Options | None = None, api_key: str | None = None) -> FastAPI:
+    """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Boxlite(options or Options())
+        app.state.boxlite = ServerState(runtime)
+        try:
+            yield
+        finally:
+            await runtime.shutdown()
+
+    app = FastAPI(
+        title="BoxLite", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+        docs_url=None, redoc_url=None,
+    )  # fmt: skip
+    for module in (routes_boxes, routes_files, routes_images, routes_exec):
+        app.include_router(module.router)
+
+    @app.exception_handler(BoxliteError)
+    async def boxlite_error(_: Request, exc: BoxliteError) -> JSONResponse:
+        return JSONResponse({"error": encode_error(exc)}, status_code=http_status(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = ConfigError(f"invalid request: {exc.errors()}")
+        return JSONResponse({"error": encode_error(err)}, status_code=400)
+
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    return app

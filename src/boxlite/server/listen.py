@@ -1,0 +1,140 @@
+"""Listeners (unix socket by default, TCP with an API key) and the uvicorn server loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from ..api.options import Options
+from ..errors import ConfigError
+from ..runtime.home import Home
+
+log = logging.getLogger("boxlite.server")
+SOCKET_NAME = "boxlite.sock"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(host: str | None, port: int | None, api_key: str | None, insecure_no_auth: bool) -> None:
+    """TCP needs an API key, except ``insecure_no_auth`` on a loopback address."""
+    if host is None and port is None:
+        return
+    if insecure_no_auth and api_key:
+        raise ConfigError("pass either an API key or insecure_no_auth, not both")
+    if not api_key and not insecure_no_auth:
+        raise ConfigError("listening on TCP needs an API key (--api-key or BOXLITE_API_KEY)")
+    if insecure_no_auth and not is_loopback(host or "127.0.0.1"):
+        raise ConfigError(f"insecure_no_auth is only allowed on a loopback address, not {host!r}")
+
+
+def unix_listener(path: Path) -> socket.socket:
+    """A listening unix socket only its owner can connect to; a stale socket file is replaced."""
+    if len(os.fsencode(path)) > 107:
+        raise ConfigError(f"socket path is too long for a unix socket: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise ConfigError(f"a server is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(128)
+    return sock
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def serve(
+    home: str | None,
+    socket_path: str | None,
+    host: str | None,
+    port: int | None,
+    api_key: str | None,
+    insecure_no_auth: bool,
+    *,
+    exit_on_stdin_eof: bool = False,
+    log_level: str = "warning",
+) -> None:
+    """Serve the runtime of ``home`` until SIGINT/SIGTERM.
+
+    Listens on ``socket_path`` (default ``<home>/boxlite.sock``) unless only TCP is asked for;
+    TCP (``host``/``port``) requires ``api_key`` (or ``BOXLITE_API_KEY``) unless
+    ``insecure_no_auth`` on loopback. A key, when given, is required on every listener.
+    ``exit_on_stdin_eof``: stop when stdin closes (a parent process that spawned us died).
+    """
+    import uvicorn
+
+    from .app import create_app
+
+    api_key = api_key or os.environ.get("BOXLITE_API_KEY") or None
+    check_auth(host, port, api_key, insecure_no_auth)
+    resolved = Home.resolve(home)
+    sockets: list[socket.socket] = []
+    urls: list[str] = []
+    if socket_path is not None or (host is None and port is None):
+        path = Path(socket_path) if socket_path else resolved.root / SOCKET_NAME
+        sockets.append(unix_listener(path))
+        urls.append(f"unix://{path}")
+    if host is not None or port is not None:
+        tcp = tcp_listener(host or "127.0.0.1", port or 8000)
+        sockets.append(tcp)
+        addr = tcp.getsockname()
+        urls.append(f"http://{addr[0]}:{addr[1]}")
+    app = create_app(Options(home_dir=str(resolved.root)), api_key)
+    config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
+    server = uvicorn.Server(config)
+    print(f"boxlite: serving {', '.join(urls)}", file=sys.stderr, flush=True)
+    try:
+        asyncio.run(_run(server, sockets, exit_on_stdin_eof))
+    finally:
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                with contextlib.suppress(OSError):
+                    os.unlink(sock.getsockname())
+            sock.close()
+
+
+async def _run(server: object, sockets: list[socket.socket], exit_on_stdin_eof: bool) -> None:
+    import uvicorn
+
+    assert isinstance(server, uvicorn.Server)
+    if exit_on_stdin_eof:
+        asyncio.get_running_loop().add_reader(sys.stdin.fileno(), _on_stdin, server)
+    await server.serve(sockets=sockets)
+
+
+def _on_stdin(server: object) -> None:
+    data = os.read(sys.stdin.fileno(), 4096)
+    if not data:
+        asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+        server.should_exit = True  # type: ignore[attr-defined]

@@ -1,0 +1,87 @@
+"""Boxes: create, list, inspect, remove, start, stop, metrics; runtime metrics and health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from .. import __version__
+from ..errors import NotFoundError
+from .schemas import (
+    ERROR_RESPONSES,
+    BoxInfoModel,
+    BoxMetricsModel,
+    CreateBoxRequest,
+    HealthModel,
+    RuntimeMetricsModel,
+    dump,
+)
+from .state import ServerState, get_state
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@router.get("/health", response_model=HealthModel, tags=["runtime"])
+async def health() -> dict[str, Any]:
+    """Liveness probe (no authentication needed)."""
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/metrics", response_model=RuntimeMetricsModel, tags=["runtime"])
+async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
+    return dump(await st.runtime.metrics())
+
+
+@router.post("/boxes", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED, tags=["boxes"])
+async def create_box(req: CreateBoxRequest, st: ServerState = Depends(get_state)) -> Any:
+    """Create a box (state ``configured``); it starts on ``start`` or on its first exec."""
+    box = st.remember(await st.runtime.create(req.options.to_options(), req.name))
+    return dump(box.info())
+
+
+@router.get("/boxes", response_model=list[BoxInfoModel], tags=["boxes"])
+async def list_boxes(state: str | None = None, st: ServerState = Depends(get_state)) -> Any:
+    return dump(await st.runtime.list_info(state))
+
+
+@router.get("/boxes/{box_id}", response_model=BoxInfoModel, tags=["boxes"])
+async def inspect_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
+    info = await st.runtime.get_info(box_id)
+    if info is None:
+        raise NotFoundError(f"no box with id or name {box_id!r}")
+    return dump(info)
+
+
+@router.delete("/boxes/{box_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"])
+async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends(get_state)) -> Response:
+    box = await st.box(box_id)
+    await st.runtime.remove(box.id, force)
+    st.forget(box.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/boxes/{box_id}/start", response_model=BoxInfoModel, tags=["boxes"])
+async def start_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
+    box = await st.box(box_id)
+    await box.start()
+    return dump(box.info())
+
+
+@router.post("/boxes/{box_id}/stop", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"])
+async def stop_box(
+    box_id: str,
+    timeout: float | None = Query(None, description="grace period in seconds (negative: wait forever)"),
+    st: ServerState = Depends(get_state),
+) -> Response:
+    """Stop the box; a box with ``auto_remove`` is removed too."""
+    box = await st.box(box_id)
+    await box.stop(timeout)
+    if await st.runtime.get(box.id) is None:
+        st.forget(box.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/boxes/{box_id}/metrics", response_model=BoxMetricsModel, tags=["boxes"])
+async def box_metrics(box_id: str, st: ServerState = Depends(get_state)) -> Any:
+    return dump(await (await st.box(box_id)).metrics())

@@ -1,0 +1,157 @@
+"""Request and response bodies of the REST API (they define the OpenAPI document)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..api.options import BoxOptions, NetworkSpec
+
+
+class NetworkModel(BaseModel):
+    mode: str = "enabled"
+    allow_net: list[str] = Field(default_factory=list)
+
+
+class BoxOptionsModel(BaseModel):
+    """``BoxOptions`` as JSON. ``rootfs_path`` is a path on the server's host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str | None = None
+    rootfs_path: str | None = None
+    cpus: float | None = None
+    memory_mib: int | None = None
+    disk_size_gb: float | None = None
+    working_dir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    volumes: list[Any] = Field(default_factory=list)
+    network: NetworkModel | str | None = None
+    ports: list[Any] = Field(default_factory=list)
+    auto_remove: bool | None = True
+    detach: bool | None = False
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    user: str | None = None
+    secrets: list[Any] = Field(default_factory=list)
+    engine: str | None = None
+    pids_limit: int | None = None
+    hostname: str | None = None
+    ready_timeout: float | None = None
+
+    def to_options(self) -> BoxOptions:
+        fields = self.model_dump(exclude={"network"})
+        net = self.network
+        network = NetworkSpec(net.mode, list(net.allow_net)) if isinstance(net, NetworkModel) else net
+        return BoxOptions(network=network, **fields)
+
+
+class CreateBoxRequest(BaseModel):
+    options: BoxOptionsModel
+    name: str | None = None
+
+
+class BoxStateModel(BaseModel):
+    status: str
+    running: bool
+    pid: int | None = None
+
+
+class BoxInfoModel(BaseModel):
+    id: str
+    name: str | None
+    state: BoxStateModel
+    created_at: str
+    started_at: str | None
+    image: str
+    cpus: float | None
+    memory_mib: int | None
+    engine: str
+    detach: bool
+    auto_remove: bool
+
+
+class BoxMetricsModel(BaseModel):
+    commands_executed_total: int = 0
+    exec_errors_total: int = 0
+    bytes_sent_total: int = 0
+    bytes_received_total: int = 0
+    total_create_duration_ms: float | None = None
+    guest_boot_duration_ms: float | None = None
+    cpu_percent: float | None = None
+    cpu_time_ms: float | None = None
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    pids: int | None = None
+    extra: dict[str, float] = Field(default_factory=dict)
+
+
+class RuntimeMetricsModel(BaseModel):
+    boxes_created_total: int = 0
+    boxes_failed_total: int = 0
+    num_running_boxes: int = 0
+    total_commands_executed: int = 0
+    total_exec_errors: int = 0
+
+
+class ImageInfoModel(BaseModel):
+    reference: str
+    digest: str
+    image_id: str
+    size: int
+    created: str | None
+
+
+class PullRequest(BaseModel):
+    reference: str
+
+
+class GcResult(BaseModel):
+    removed: int
+
+
+class HealthModel(BaseModel):
+    status: str
+    version: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    message: str
+
+
+class ErrorModel(BaseModel):
+    error: ErrorDetail
+
+
+class ExecStart(BaseModel):
+    """First message on the exec WebSocket (``{"type": "start", ...}``)."""
+
+    type: str = "start"
+    command: str
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = None
+    tty: bool = False
+    user: str | None = None
+    timeout_secs: float | None = None
+    cwd: str | None = None
+    stdin: bool = True
+    rows: int = 24
+    cols: int = 80
+    window: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+
+
+def dump(obj: Any) -> Any:
+    """A dataclass (or list of them) as JSON-ready data."""
+    if isinstance(obj, list):
+        return [dump(o) for o in obj]
+    return asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else obj
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorModel} for code in (400, 401, 404, 409, 500, 502, 503, 504)
+}

@@ -1,0 +1,72 @@
+"""Wire format shared by the REST server and the remote SDK (no web framework imports).
+
+Errors travel as ``{"error": {"type": <BoxliteError subclass name>, "message": ...}}`` so the
+remote SDK raises the same typed errors as a local runtime. The exec WebSocket carries binary
+frames ``<stream byte><data>`` (0 = stdin, 1 = stdout, 2 = stderr) and JSON text messages
+with a ``type`` field (see docs/rest.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import errors
+
+API_PREFIX = "/v1"
+STDIN, STDOUT, STDERR = 0, 1, 2
+STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
+DEFAULT_WINDOW = 1 << 20
+"""Bytes of one output stream the server may send before the client grants more credit."""
+STDIN_WINDOW = 256 * 1024
+"""Bytes of stdin the client may send before the server grants more credit."""
+MAX_FRAME = 64 * 1024
+
+_STATUS: list[tuple[type[errors.BoxliteError], int]] = [
+    (errors.NotFoundError, 404),
+    (errors.AlreadyExistsError, 409),
+    (errors.InvalidStateError, 409),
+    (errors.UnsupportedOptionError, 400),
+    (errors.ConfigError, 400),
+    (errors.ParseError, 400),
+    (errors.ExecError, 400),
+    (errors.TimeoutError, 504),
+    (errors.StoppedError, 503),
+    (errors.RegistryError, 502),
+]
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status the server answers ``exc`` with."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def encode_error(exc: BaseException) -> dict[str, Any]:
+    """JSON form of an exception (non-BoxLite exceptions become ``InternalError``)."""
+    name = type(exc).__name__ if isinstance(exc, errors.BoxliteError) else "InternalError"
+    body: dict[str, Any] = {"type": name, "message": str(exc)}
+    if isinstance(exc, errors.ExecError):
+        body.update(command=exc.command, exit_code=exc.exit_code, stderr=exc.stderr)
+    if isinstance(exc, errors.RegistryError):
+        body["status"] = exc.status
+    if isinstance(exc, errors.UnsupportedOptionError):
+        body["option"] = exc.option
+    return body
+
+
+def decode_error(body: Any, status: int | None = None) -> errors.BoxliteError:
+    """Rebuild the typed error the server reported (``str(err)`` is the server's message)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return errors.BoxliteError(f"server error {status}: {body!r}")
+    cls = getattr(errors, str(err.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.BoxliteError)):
+        cls = errors.BoxliteError
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, str(err.get("message", "")))
+    for key in ("command", "exit_code", "stderr", "status", "option"):
+        if key in err:
+            setattr(exc, key, err[key])
+    return exc
