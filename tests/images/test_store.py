@@ -50,6 +50,7 @@ async def test_gc_keeps_referenced_and_in_use(tmp_path: Path) -> None:
     m.remove("localhost/two:a")
     m.gc()
     assert list(m.store.blobs.iterdir()) == [] and list(m.store.layers.iterdir()) == []
+    assert [p.name for p in m.store.locks.iterdir()] == ["gc.lock"]
 
 
 async def test_gc_removes_stale_rootfs_layers_and_tmp(tmp_path: Path) -> None:

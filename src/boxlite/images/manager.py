@@ -127,7 +127,7 @@ class ImageManager:
                 return await self._prepare(infos[0])
             if not path.is_dir():
                 raise NotFoundError(f"rootfs_path {rootfs_path} is not a directory")
-            root, fp = await asyncio.to_thread(import_rootfs, self.store, path)
+            root, fp = await asyncio.to_thread(self._import_rootfs, path)
             return PreparedImage((root,), ImageConfig(), f"rootfs:{fp}", None)
         assert image is not None
         info = self._lookup(image)
@@ -136,6 +136,10 @@ class ImageManager:
                 raise ImageError(f"image {image} is incomplete in the store")
             info = await self.pull(info.reference if info else image, progress)
         return await self._prepare(info)
+
+    def _import_rootfs(self, path: Path) -> tuple[Path, str]:
+        with file_lock(self.store.gc_lock(), shared=True):
+            return import_rootfs(self.store, path)
 
     def _lookup(self, image: str) -> ImageInfo | None:
         if is_digest(image) or (len(image) >= 12 and all(c in "0123456789abcdef" for c in image)):
@@ -247,6 +251,9 @@ class ImageManager:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
+                    os.unlink(entry.path)
+            for entry in os.scandir(store.locks):  # per-blob/layer locks: only used under gc lock
+                if entry.name != store.gc_lock().name:
                     os.unlink(entry.path)
             return freed
 
