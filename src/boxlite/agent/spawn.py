@@ -156,6 +156,8 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
 def _confine_and_exec(
     spec: ExecSpec, conf: Confinement, err_fd: int, builtin: Callable[[ExecSpec], int] | None
 ) -> None:
+    if builtin is not None:
+        import tarfile  # noqa: F401 - builtins need it; import it before the box root hides the stdlib
     if conf.root != "/":
         os.chroot(conf.root)
     os.chdir("/")

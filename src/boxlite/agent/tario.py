@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tarfile
+from typing import Any
 
 from .spawn import ExecSpec
 
@@ -20,6 +20,8 @@ def untar(spec: ExecSpec) -> int:
     ``into`` and an existing directory ``dest``: the entry lands at ``dest/name``; otherwise
     ``name`` itself is renamed to ``dest`` (docker cp semantics).
     """
+    import tarfile  # imported in the forked child only: keeps the idle agent small
+
     args = spec.builtin_args
     dest = str(args["dest"])
     name = str(args.get("name") or "")
@@ -37,12 +39,14 @@ def untar(spec: ExecSpec) -> int:
             if member.name.startswith("/") or ".." in member.name.split("/"):
                 print(f"refusing unsafe member {member.name!r}", file=sys.stderr)
                 return 1
-            tar.extract(member, base, numeric_owner=True, **_filter())
+            tar.extract(member, base, numeric_owner=True, **_filter(tarfile))
     return 0
 
 
 def tar(spec: ExecSpec) -> int:
     """Write a tar of ``src`` (member name ``name``) to stdout; symlinks are not followed."""
+    import tarfile
+
     src = str(spec.builtin_args["src"])
     name = str(spec.builtin_args.get("name") or os.path.basename(src.rstrip("/")) or "root")
     if not os.path.lexists(src):
@@ -53,7 +57,7 @@ def tar(spec: ExecSpec) -> int:
     return 0
 
 
-def _filter() -> dict[str, object]:
+def _filter(tarfile: Any) -> dict[str, Any]:
     # Inside the box root any path is the box's own, so the permissive "tar" filter is enough;
     # it still strips setuid bits and absolute names. Older Pythons lack filters.
     return {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}

@@ -257,4 +257,19 @@ def _extract_tar(fileobj: Any, dest: Path, name: str, opts: CopyOptions) -> None
             if not opts.overwrite and target.exists():
                 continue
             members.append(member)
-        tar.extractall(base, members=members, filter="data")
+        try:
+            tar.extractall(base, members=members, filter=_host_filter)
+        except tarfile.FilterError as e:
+            raise BoxliteError(f"copy_out refused an unsafe archive entry from the box: {e}") from None
+
+
+def _host_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Python's ``data`` filter, except that a symlink may point anywhere: the link itself is
+    harmless, and the ``data`` filter still refuses any later entry whose real path leaves
+    ``dest`` through it."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        if not member.issym():
+            raise
+        return tarfile.tar_filter(member, dest)
