@@ -160,3 +160,21 @@ async def test_blob_redirect_to_other_origin(proxy: FaultProxy, make_manager: MM
     await m.resolve(_ref(proxy, "busybox"))
     assert len([h for h in proxy.hits if h.fault == "redirect"]) == 2  # config + layer
     _assert_clean(m)
+
+
+async def test_gc_waits_for_a_running_pull(proxy: FaultProxy, make_manager: MM) -> None:
+    import asyncio
+
+    from boxlite.images.catalog import is_complete
+
+    proxy.add("slow", BLOB, status=400, times=-1)
+    m = _mgr(make_manager, proxy)
+    pull = asyncio.create_task(m.pull(_ref(proxy, "busybox")))
+    while not proxy.hits_for(MANIFEST):
+        await asyncio.sleep(0.01)
+    t0 = asyncio.get_running_loop().time()
+    await asyncio.to_thread(m.gc)  # blocks on the gc lock until the pull is done
+    assert pull.done() and asyncio.get_running_loop().time() - t0 > 0.3
+    info = pull.result()
+    assert is_complete(m.store, info.digest)
+    assert (await m.resolve(info.reference)).layers[0].is_dir()

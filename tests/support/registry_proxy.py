@@ -7,6 +7,7 @@ Faults match a request path regex and fire ``times`` times (``-1``: always):
 * ``truncate`` send upstream's headers (full Content-Length), half the body, then EOF;
 * ``corrupt``  send upstream's answer with one byte flipped in the middle of the body;
 * ``norange``  drop the request's Range header (upstream answers 200 with the full body);
+* ``slow``     wait ``status`` milliseconds, then forward normally;
 * ``redirect`` answer 307 with ``Location`` pointing straight at upstream (another origin).
 """
 
@@ -17,6 +18,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -126,6 +128,8 @@ class FaultProxy:
                     self.wfile.write(body)
                     self._record(fault.status, kind)
                     return
+                if fault and kind == "slow":
+                    time.sleep(fault.status / 1000)
                 if kind == "redirect":
                     self.send_response(307)
                     self.send_header("Location", f"http://{proxy.upstream}{self.path}")
