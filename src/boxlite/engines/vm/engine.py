@@ -19,7 +19,13 @@ from .disks import ensure_box_disk, ensure_layer_image
 from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, vcpus
 
 DEFAULT_DISK_GB = 2.0
-_PKG_PARENT = str(Path(__file__).resolve().parents[3])  # the dir holding the boxlite package
+_PKG_DIR = str(Path(__file__).resolve().parents[2])  # .../boxlite
+# Start the shim without running boxlite/__init__.py (the public API pulls in httpx & co.):
+# a bare package module pointing at the package dir keeps the shim at ~15 MiB PSS.
+_SHIM_BOOTSTRAP = (
+    "import sys, types; pkg = types.ModuleType('boxlite'); pkg.__path__ = [sys.argv[1]]; "
+    "sys.modules['boxlite'] = pkg; from boxlite.engines.vm.shim import main; sys.exit(main(sys.argv[2:]))"
+)
 
 
 def home_of(spec: BoxSpec) -> Path:
@@ -92,17 +98,14 @@ class VmEngine(Engine):
         pass_fds = [status_w]
         if conf["lifeline_fd"] is not None:
             pass_fds.append(int(spec.lifeline_fd))  # type: ignore[arg-type]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PKG_PARENT, env.get("PYTHONPATH")]))
         t_spawn = time.monotonic()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "boxlite.engines.vm.shim", str(conf_path)],
+                [sys.executable, "-I", "-c", _SHIM_BOOTSTRAP, _PKG_DIR, str(conf_path)],
                 pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env=env,
                 start_new_session=True,
             )
         finally:
