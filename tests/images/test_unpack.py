@@ -150,9 +150,19 @@ def test_diff_id_is_verified(tmp_path: Path) -> None:
         _unpack(tmp_path, layer)
 
 
-def test_garbage_is_an_image_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", ["gzip", "zstd", None])
+def test_corrupt_layers_are_image_errors(tmp_path: Path, compression: str | None) -> None:
+    good = layer_from_members([Member(f"f{i}", data=os.urandom(2000)) for i in range(20)],
+                              compression)
+    blob = bytearray(good.blob)
+    for i in range(len(blob) // 3, len(blob) // 3 + 64):
+        blob[i] ^= 0x55
     with pytest.raises(ImageError):
-        _unpack(tmp_path, Layer(b"\x1f\x8b" + b"not gzip at all" * 10, "x", "sha256:0"), False)
+        _unpack(tmp_path, Layer(bytes(blob), good.media_type, good.diff_id))
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ImageError):
+        _unpack(other, Layer(b"\x1f\x8b" + b"not gzip at all" * 10, "x", "sha256:0"), False)
 
 
 # -- hostile layers -------------------------------------------------------------------------

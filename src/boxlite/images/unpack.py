@@ -26,9 +26,12 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
+
+import zstandard
 
 from ..errors import DigestMismatchError, ImageError, UnsafeLayerError
 
@@ -72,8 +75,6 @@ def open_decompressed(f: IO[bytes]) -> Reader:
     if head.startswith(_GZIP_MAGIC):
         return gzip.GzipFile(fileobj=f, mode="rb")
     if head == _ZSTD_MAGIC:
-        import zstandard
-
         return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     return f
 
@@ -97,7 +98,7 @@ def unpack_layer(blob: Path, dest: Path, uid_base: int,
                 finally:
                     ex.close()
             reader.drain()
-        except (tarfile.TarError, EOFError, OSError) as e:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise ImageError(f"cannot unpack layer {blob.name}: {e}") from e
