@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import sys
 from typing import Any
 
@@ -43,6 +44,8 @@ def boot(config: dict[str, Any]) -> None:
         for procs in config.get("cgroup_procs", []):
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
+        if config.get("volumes"):
+            config["idmap_fd"] = _mapping_userns(int(config["uid_base"]), int(config.get("uid_count", 65536)))
         linux.unshare(
             linux.CLONE_NEWPID
             | linux.CLONE_NEWNET
@@ -77,6 +80,35 @@ def boot(config: dict[str, Any]) -> None:
         os._exit(1)
     os.write(to_child_w, b"G")
     os._exit(0)
+
+
+def _mapping_userns(base: int, count: int) -> int:
+    """An fd of a user namespace with the box's uid/gid maps, for idmapped volume mounts.
+    Made before the pid namespace, so the short-lived holder process is not its init."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(done_w)
+            os.close(ready_r)
+            linux.unshare(linux.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError("could not create the volume id-mapping user namespace")
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"0 {base} {count}\n")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, done_r):
+            os.close(fd)
 
 
 def _report(fd: int, line: str) -> None:
@@ -178,6 +210,56 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     _setup_dev(f"{root}/dev", uid_base)
     linux.mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
     linux.mount("tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,uid={uid_base},gid={uid_base}")
+    idmap_fd = config.get("idmap_fd")
+    for host, guest, readonly in config.get("volumes", []):
+        target = _volume_target(root, guest, os.path.isdir(host), uid_base)
+        try:
+            try:
+                linux.bind_idmapped(host, target, idmap_fd, readonly)
+            except OSError:  # this filesystem cannot id-map: plain bind, host ownership shows as-is
+                linux.bind_idmapped(host, target, None, readonly)
+        finally:
+            os.close(target)
+    if idmap_fd is not None:
+        os.close(int(idmap_fd))
+
+
+def _volume_target(root: str, guest: str, is_dir: bool, uid_base: int) -> int:
+    """O_PATH fd of ``guest`` inside the box root, created if missing. No component may be a
+    symlink: the image must not be able to aim a volume at a path outside the box."""
+    parts = [p for p in guest.split("/") if p and p != "."]
+    if not parts or ".." in parts:
+        raise OSError(f"invalid volume path {guest!r}")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, name in enumerate(parts):
+            last = i == len(parts) - 1
+            if not last or is_dir:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    os.chown(name, uid_base, uid_base, dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+                flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            else:
+                try:
+                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=fd))
+                    os.chown(name, uid_base, uid_base, dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+                flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                nxt = os.open(name, flags, dir_fd=fd)
+            except OSError as e:
+                raise OSError(f"volume path {guest!r}: {name!r} is a symlink or not a directory ({e.strerror})") from None
+            os.close(fd)
+            fd = nxt
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                raise OSError(f"volume path {guest!r}: {name!r} is a symlink")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _setup_dev(dev: str, uid_base: int) -> None:

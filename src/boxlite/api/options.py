@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,10 @@ class BoxOptions:
     hostname: str | None = None
     ready_timeout: float | None = None
 
+    def volume_specs(self) -> list[tuple[str, str, bool]]:
+        """``volumes`` as (absolute host path, box path, read-only); raises ConfigError."""
+        return [parse_volume(v) for v in self.volumes]
+
     def env_dict(self) -> dict[str, str]:
         return env_to_dict(self.env, "env")
 
@@ -112,8 +117,7 @@ class BoxOptions:
                 isinstance(value, str) or not all(isinstance(v, str) for v in value)
             ):
                 raise ConfigError(f"{name} must be a list of strings, got {value!r}")
-        if self.volumes:
-            raise UnsupportedOptionError("volumes", "bind mounts are not implemented by this version")
+        self.volume_specs()
         if self.ports:
             raise UnsupportedOptionError("ports", "port forwarding is not implemented by this version")
         if self.secrets:
@@ -151,3 +155,33 @@ def env_to_dict(env: Any, what: str) -> dict[str, str]:
             raise ConfigError(f"{what}: value of {key} contains a NUL byte")
         out[key] = str(value)
     return out
+
+
+def parse_volume(entry: Any) -> tuple[str, str, bool]:
+    """A volume as (host, guest[, ro]) tuple, dict, or "host:guest[:ro|rw]" string."""
+    if isinstance(entry, str):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3):
+            raise ConfigError(f"volume {entry!r} is not HOST:GUEST[:ro|rw]")
+        host, guest, mode = parts[0], parts[1], parts[2] if len(parts) == 3 else "rw"
+    elif isinstance(entry, Mapping):
+        host = entry.get("host_path", entry.get("host"))
+        guest = entry.get("guest_path", entry.get("guest"))
+        mode = entry.get("read_only", entry.get("ro", False))
+    elif isinstance(entry, (tuple, list)) and len(entry) in (2, 3):
+        host, guest = entry[0], entry[1]
+        mode = entry[2] if len(entry) == 3 else False
+    else:
+        raise ConfigError(f"volume {entry!r}: expected (host, guest[, read_only]), a dict or 'host:guest[:ro]'")
+    if mode in ("ro", "rw"):
+        readonly = mode == "ro"
+    elif isinstance(mode, bool):
+        readonly = mode
+    else:
+        raise ConfigError(f"volume {entry!r}: mode must be 'ro', 'rw' or a bool")
+    if not isinstance(host, str) or not isinstance(guest, str) or not host or not guest.startswith("/"):
+        raise ConfigError(f"volume {entry!r}: host path and an absolute box path are required")
+    path = os.path.abspath(os.path.expanduser(host))
+    if not os.path.exists(path):
+        raise ConfigError(f"volume {entry!r}: host path {path} does not exist")
+    return path, os.path.normpath(guest), readonly

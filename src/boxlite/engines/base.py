@@ -36,6 +36,8 @@ class BoxSpec:
     disk_size_gb: float | None = None
     detach: bool = False
     lifeline_fd: int | None = None
+    volumes: list[tuple[str, str, bool]] = field(default_factory=list)
+    """(host path, path in the box, read-only) bind mounts."""
     ready_timeout: float = 60.0
     extra: dict[str, object] = field(default_factory=dict)
 

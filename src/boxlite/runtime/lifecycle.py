@@ -21,6 +21,7 @@ from ..errors import (
     InvalidStateError,
     NotFoundError,
     StoppedError,
+    UnsupportedOptionError,
 )
 from ..images import ImageManager
 from .engines import select_engine
@@ -116,6 +117,8 @@ class BoxRuntime:
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
         engine = select_engine(options.engine or self.default_engine).name
+        if options.volumes and engine != "namespace":
+            raise UnsupportedOptionError("volumes", f"the {engine} engine does not support volumes yet")
         rootfs_path = options.rootfs_path
         if options.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
@@ -145,6 +148,7 @@ class BoxRuntime:
                 "cmd": options.cmd,
                 "hostname": options.hostname,
                 "ready_timeout": options.ready_timeout,
+                "volumes": [list(v) for v in options.volume_specs()],
             },
             image_config={
                 "env": list(cfg.env),
@@ -175,6 +179,7 @@ class BoxRuntime:
             disk_size_gb=opts.get("disk_size_gb"),
             detach=rec.detach,
             lifeline_fd=None if rec.detach else self.lifeline_r,
+            volumes=[(str(h), str(g), bool(ro)) for h, g, ro in opts.get("volumes") or []],
             ready_timeout=float(opts.get("ready_timeout") or DEFAULT_READY_TIMEOUT),
         )
 

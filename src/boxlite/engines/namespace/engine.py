@@ -60,6 +60,7 @@ class NamespaceEngine(Engine):
             "upperdir": str(spec.box_dir / "upper"),
             "workdir": str(spec.box_dir / "work"),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
+            "volumes": [list(v) for v in spec.volumes],
         }
         log = os.open(spec.box_dir / "boot.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fds = [status_w, log] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
