@@ -52,7 +52,7 @@ class ExecError(BoxliteError):
         super().__init__(f"Command '{command}' failed with exit code {exit_code}: {stderr}")
 
 
-class TimeoutError(BoxliteError, builtins.TimeoutError):  # noqa: A001 - public SDK name
+class TimeoutError(BoxliteError, builtins.TimeoutError):
     """An operation did not finish in time."""
 
 

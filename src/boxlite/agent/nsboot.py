@@ -145,7 +145,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         lifeline = config.get("lifeline_fd")
         agent = Agent(Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last), lifeline)
         agent.listen(sock)
-    except BaseException as e:  # noqa: BLE001 - everything goes to the status pipe
+    except BaseException as e:
         _report(status, f"error {e}")
         os._exit(1)
     _report(status, "ready")
@@ -251,7 +251,8 @@ def _volume_target(root: str, guest: str, is_dir: bool, uid_base: int) -> int:
             try:
                 nxt = os.open(name, flags, dir_fd=fd)
             except OSError as e:
-                raise OSError(f"volume path {guest!r}: {name!r} is a symlink or not a directory ({e.strerror})") from None
+                why = f"{name!r} is a symlink or not a directory ({e.strerror})"
+                raise OSError(f"volume path {guest!r}: {why}") from None
             os.close(fd)
             fd = nxt
             if stat.S_ISLNK(os.fstat(fd).st_mode):
@@ -269,9 +270,8 @@ def _setup_dev(dev: str, uid_base: int) -> None:
     os.makedirs(f"{dev}/pts")
     os.makedirs(f"{dev}/shm", mode=0o1777)
     os.chmod(f"{dev}/shm", 0o1777)
-    linux.mount(
-        "devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, f"newinstance,ptmxmode=0666,mode=0620,gid={uid_base + 5}"
-    )
+    pts_options = f"newinstance,ptmxmode=0666,mode=0620,gid={uid_base + 5}"
+    linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
     linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
     for name, target in (
         ("ptmx", "pts/ptmx"),

@@ -7,6 +7,7 @@ connections (a listening unix socket) or one pre-connected stream (a VM's serial
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import selectors
 import signal
@@ -26,7 +27,7 @@ OUTPUTS = (p.STDOUT, p.STDERR)
 class _Watch:
     """Interest of one fd in the selector."""
 
-    __slots__ = ("on_read", "on_write", "want_read", "want_write", "registered")
+    __slots__ = ("on_read", "on_write", "registered", "want_read", "want_write")
 
     def __init__(self, on_read: Handler | None, on_write: Handler | None) -> None:
         self.on_read, self.on_write = on_read, on_write
@@ -303,7 +304,7 @@ class Agent:
             self.watch(proc.master, lambda: self._pump(ex, p.STDOUT), lambda: self._write_stdin(ex))
         else:
             for stream, fd in ex.out_fds.items():
-                self.watch(fd, lambda s=stream: self._pump(ex, s))
+                self.watch(fd, functools.partial(self._pump, ex, stream))
             if proc.stdin is not None:
                 self.watch(proc.stdin, None, lambda: self._write_stdin(ex))
         if body.get("stdin") is False:

@@ -96,7 +96,8 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
 
 def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
     """Fork and start ``spec``; raise OSError (with the child's message) if it cannot start."""
-    master = slave_peer = None
+    master: int | None = None
+    parent: tuple[int, int, int | None]
     if spec.tty:
         master = open_pty(conf.root, spec.rows, spec.cols)
         child_fds = None
@@ -113,7 +114,7 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
         try:
             if master is not None:
                 os.setsid()
-                slave_peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+                slave_peer = int(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY))
                 fcntl.ioctl(slave_peer, TIOCSCTTY, 0)
                 for target in (0, 1, 2):
                     os.dup2(slave_peer, target)
@@ -123,7 +124,7 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
                 for target, fd in enumerate(child_fds):
                     os.dup2(fd, target)
             _confine_and_exec(spec, conf, err_w_pipe, builtin)
-        except BaseException as e:  # noqa: BLE001 - report anything to the agent
+        except BaseException as e:
             code = e.errno if isinstance(e, OSError) and e.errno else 0
             text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             try:
@@ -146,8 +147,8 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
         os.waitpid(pid, 0)
         for fd in {x for x in parent if x is not None}:
             os.close(fd)
-        code, _, message = failure.decode(errors="replace").partition(":")
-        raise OSError(int(code or 0), message)
+        errno_text, _, message = failure.decode(errors="replace").partition(":")
+        raise OSError(int(errno_text or 0), message)
     for fd in {x for x in parent if x is not None}:
         os.set_blocking(fd, False)
     return Spawned(pid=pid, stdin=parent[0], stdout=parent[1], stderr=parent[2], master=master)

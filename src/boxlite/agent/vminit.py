@@ -1,7 +1,10 @@
 """VM engine: PID 1 of the guest. Mount disks and the box root, then become the agent.
 
-Started by the initramfs ``/init`` as ``python3.11 -I -S``. Reads its settings from
-``/proc/cmdline`` (``boxlite.*`` keys; never environment variables), finds the root disks by
+Started by the initramfs ``/init`` as ``python3.11 -I -S``. Opens the virtio-serial port
+named ``boxlite.agent``, writes ``WAITING`` and reads one JSON line of box settings from the
+host (layer count, hostname, wall clock, RNG seed; never environment variables). A template
+boot (``boxlite.template=1`` on the kernel command line) imports the agent first, so that the
+host can snapshot the VM while it waits and later restore that snapshot for any box. It finds the root disks by
 virtio-blk serial (``boxlite-lower``: read-only image layers in dirs ``0..N-1``;
 ``boxlite-upper``: the box's writable ext4), stacks them with overlayfs at ``/box`` with the
 same in-root layout as the namespace engine, opens the virtio-serial port named
@@ -25,6 +28,9 @@ BOX = "/box"
 LOWER = "/run/boxlite/lower"
 RW = "/run/boxlite/rw"
 AGENT_PORT = "boxlite.agent"
+WAITING = b"boxlite-vminit-waiting\n"
+BLKFLSBUF = 0x1261
+RNDRESEEDCRNG = 0x5207
 RB_AUTOBOOT = 0x01234567
 DEVICES = {  # name: (major, minor), as in the namespace engine's /dev
     "null": (1, 3),
@@ -177,6 +183,69 @@ def fork_prepare(conf: dict[str, str]) -> int:
     return pid
 
 
+def handshake(fd: int) -> dict[str, object]:
+    """Tell the host we wait, then read one JSON line of box settings (byte by byte, so no
+    protocol frame sent right after it is consumed here)."""
+    import json
+    import select
+
+    os.write(fd, WAITING)
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        select.select([fd], [], [])
+        try:
+            chunk = os.read(fd, 1)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            time.sleep(0.01)  # host not connected (yet)
+            continue
+        line += chunk
+    conf = json.loads(line)
+    if not isinstance(conf, dict):
+        raise ValueError("box settings are not a JSON object")
+    return conf
+
+
+def apply_host_state(conf: dict[str, object]) -> None:
+    """Wall clock and RNG from the host (a restored snapshot has stale ones), and drop any
+    cached blocks of the disks (a snapshot may have cached the template's placeholders)."""
+    import fcntl
+
+    if conf.get("time_ns"):
+        time.clock_settime_ns(time.CLOCK_REALTIME, int(str(conf["time_ns"])))
+    seed = bytes.fromhex(str(conf.get("seed", "")))
+    if seed:
+        with open("/dev/urandom", "wb") as f:
+            f.write(seed)
+            f.flush()
+            try:
+                fcntl.ioctl(f.fileno(), RNDRESEEDCRNG)
+            except OSError:
+                pass
+    for name in os.listdir("/sys/block"):
+        if name.startswith("vd"):
+            try:
+                dev = os.open(f"/dev/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.ioctl(dev, BLKFLSBUF)
+            except OSError:
+                pass
+            finally:
+                os.close(dev)
+
+
+def load_agent() -> tuple[type, object]:
+    """Import the agent and compute its confinement (the slow part of the boot)."""
+    from .seccomp import build_filter
+    from .server import Agent
+    from .spawn import Confinement
+
+    return Agent, Confinement(root=BOX, seccomp_program=build_filter(), cap_last=linux.last_cap())
+
+
 def main() -> None:
     try:
         mount_basics()
@@ -185,18 +254,18 @@ def main() -> None:
         if conf.get("probe"):  # accelerator probe boot: show a sign of life and stop
             os.write(2, b"boxlite-probe-ok\n")
             power_off()
-        child = fork_prepare(conf)
-        from .seccomp import build_filter
-        from .server import Agent
-        from .spawn import Confinement
-
-        confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=linux.last_cap())
+        loaded = load_agent() if conf.get("template") == "1" else None
+        fd = find_port(AGENT_PORT)
+        box = handshake(fd)
+        stage("configured")
+        apply_host_state(box)
+        child = fork_prepare({"layers": str(box.get("layers", 0)), "hostname": str(box.get("hostname", "box"))})
+        agent_cls, confinement = loaded or load_agent()
         _, status = os.waitpid(child, 0)
         if status != 0:
             raise RuntimeError("preparing the box root failed (see above)")
         stage("mounted")
-        agent = Agent(confinement)
-        fd = find_port(AGENT_PORT)
+        agent = agent_cls(confinement)
         agent.attach_stream(fd, fd)
         stage("ready")
         agent.serve_forever()

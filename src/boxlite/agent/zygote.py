@@ -30,7 +30,7 @@ def main() -> None:
             return
         config = json.loads(msg)
         names = ["status_fd", "log_fd", "lifeline_fd"][: len(fds)]
-        config.update(zip(names, fds))
+        config.update(zip(names, fds, strict=False))
         if os.fork() == 0:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)

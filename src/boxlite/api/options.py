@@ -159,6 +159,7 @@ def env_to_dict(env: Any, what: str) -> dict[str, str]:
 
 def parse_volume(entry: Any) -> tuple[str, str, bool]:
     """A volume as (host, guest[, ro]) tuple, dict, or "host:guest[:ro|rw]" string."""
+    mode: Any
     if isinstance(entry, str):
         parts = entry.split(":")
         if len(parts) not in (2, 3):
