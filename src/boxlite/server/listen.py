@@ -101,8 +101,9 @@ def serve(
     resolved = Home.resolve(home)
     sockets: list[socket.socket] = []
     urls: list[str] = []
+    unix_path: Path | None = None
     if socket_path is not None or (host is None and port is None):
-        path = Path(socket_path) if socket_path else resolved.root / SOCKET_NAME
+        path = unix_path = Path(socket_path) if socket_path else resolved.root / SOCKET_NAME
         sockets.append(unix_listener(path))
         urls.append(f"unix://{path}")
     if host is not None or port is not None:
@@ -118,10 +119,10 @@ def serve(
         asyncio.run(_run(server, sockets, exit_on_stdin_eof))
     finally:
         for sock in sockets:
-            if sock.family == socket.AF_UNIX:
-                with contextlib.suppress(OSError):
-                    os.unlink(sock.getsockname())
             sock.close()
+        if unix_path is not None:
+            with contextlib.suppress(OSError):
+                unix_path.unlink()
 
 
 async def _run(server: object, sockets: list[socket.socket], exit_on_stdin_eof: bool) -> None:

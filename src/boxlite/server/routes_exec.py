@@ -87,8 +87,13 @@ class ExecSession:
 
     async def run(self) -> None:
         await self._send({"type": "started", "id": self.ex.id(), "pid": self.ex.pid, "stdin_window": STDIN_WINDOW})
-        work = asyncio.gather(self._pump(STDOUT, self.ex.stdout()), self._pump(STDERR, self.ex.stderr()), self._exit())
-        helpers = [asyncio.ensure_future(self._receive()), asyncio.ensure_future(self._stdin())]
+        work: asyncio.Future[Any] = asyncio.gather(
+            self._pump(STDOUT, self.ex.stdout()), self._pump(STDERR, self.ex.stderr()), self._exit()
+        )
+        helpers: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._receive()),
+            asyncio.ensure_future(self._stdin()),
+        ]
         try:
             await asyncio.wait([work, helpers[0]], return_when=asyncio.FIRST_COMPLETED)
             if not work.done():  # the client went away first

@@ -1,0 +1,67 @@
+"""Run ``python -m boxlite.server`` in a subprocess for the REST tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+API_KEY = "test-key-0123456789"
+
+
+@dataclass
+class Server:
+    url: str
+    api_key: str | None
+    home: Path
+    proc: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(home: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("BOXLITE_ENGINE", os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0])
+    return subprocess.Popen(
+        [sys.executable, "-m", "boxlite.server", "--home", str(home), *args],
+        env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 20.0) -> None:
+    if url.startswith("unix://"):
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=url[len("unix://") :]), base_url="http://x")
+    else:
+        client = httpx.Client(base_url=url)
+    deadline = time.monotonic() + timeout
+    with client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            try:
+                if client.get("/v1/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError("server did not become ready")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
