@@ -143,7 +143,8 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         os.chmod(path, 0o600)
         sock.listen(64)
         lifeline = config.get("lifeline_fd")
-        agent = Agent(Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last), lifeline)
+        confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last)
+        agent = Agent(confinement, lifeline, log_dir="/run/boxlite")
         agent.listen(sock)
     except BaseException as e:
         _report(status, f"error {e}")

@@ -124,11 +124,23 @@ class Execution:
         self.deadline = self.started + timeout if timeout else None
 
 
+class _Detached(Connection):
+    """Owner of detached executions (the box's main process): frames go nowhere."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent, -1, -1)
+
+    def send(self, frame: bytes) -> None:
+        pass
+
+
 class Agent:
     """The supervisor of one box."""
 
-    def __init__(self, confinement: Confinement, lifeline_fd: int | None = None) -> None:
+    def __init__(self, confinement: Confinement, lifeline_fd: int | None = None, log_dir: str | None = None) -> None:
         self.conf = confinement
+        self.log_dir = log_dir
+        self.detached = _Detached(self)
         self.sel = selectors.DefaultSelector()
         self.watches: dict[int, _Watch] = {}
         self.connections: list[Connection] = []
@@ -286,9 +298,18 @@ class Agent:
         conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True, **result}))
 
     def _exec(self, conn: Connection, channel: int, body: dict[str, Any]) -> dict[str, Any]:
+        spec = ExecSpec.from_request(body)
+        if body.get("detach"):  # survives the connection; output goes to <log_dir>/<log>
+            if not self.log_dir:
+                raise ValueError("this agent has no log directory for detached executions")
+            name = os.path.basename(str(body.get("log") or "main.log"))
+            spec.log_path = os.path.join(self.log_dir, name)
+            spec.tty = False
+            conn, channel = self.detached, -len(self.detached.execs) - 1
+            while channel in conn.execs:
+                channel -= 1
         if channel in conn.execs:
             raise ValueError(f"channel {channel} is busy")
-        spec = ExecSpec.from_request(body)
         builtin = None
         if spec.builtin is not None:
             if spec.builtin not in BUILTINS:

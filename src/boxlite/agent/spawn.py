@@ -37,6 +37,7 @@ class ExecSpec:
     cols: int = 80
     builtin: str | None = None
     builtin_args: dict[str, object] = field(default_factory=dict)
+    log_path: str | None = None
 
     @classmethod
     def from_request(cls, body: dict[str, object]) -> ExecSpec:
@@ -57,6 +58,7 @@ class ExecSpec:
             cols=int(body.get("cols") or 80),  # type: ignore[call-overload]
             builtin=builtin,  # type: ignore[arg-type]
             builtin_args=dict(body.get("builtin_args") or {}),  # type: ignore[call-overload]
+            log_path=None,
         )
 
 
@@ -97,11 +99,17 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
 def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
     """Fork and start ``spec``; raise OSError (with the child's message) if it cannot start."""
     master: int | None = None
-    parent: tuple[int, int, int | None]
+    parent: tuple[int | None, int | None, int | None]
     if spec.tty:
         master = open_pty(conf.root, spec.rows, spec.cols)
         child_fds = None
         parent = (master, master, None)
+    elif spec.log_path:  # detached: no stdin, output appended to a log file
+        in_r, in_w = os.pipe()
+        os.close(in_w)
+        log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        child_fds = (in_r, log, log)
+        parent = (None, None, None)
     else:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -134,7 +142,7 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
     # parent
     os.close(err_w_pipe)
     if child_fds is not None:
-        for fd in child_fds:
+        for fd in set(child_fds):
             os.close(fd)
     failure = b""
     while True:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import BoxliteError, NotFoundError
 from ..runtime.state import BoxRecord
 from .execution import Execution
-from .options import CopyOptions, env_to_dict
+from .options import CopyOptions
 from .results import BoxInfo, BoxMetrics, BoxStateInfo, iso
 
 if TYPE_CHECKING:
@@ -91,21 +91,10 @@ class Box:
         client = await self._client()
         rec = self._rec
         argv = [command, *(args or [])]
-        image_cfg, opts = rec.image_config, rec.options
-        full_env = env_to_dict(image_cfg.get("env") or [], "image env")
-        full_env.update(opts.get("env") or {})
-        full_env.update(env_to_dict(env, "env"))
-        body = {
-            "argv": argv,
-            "env": full_env,
-            "cwd": cwd or opts.get("working_dir") or image_cfg.get("working_dir") or None,
-            "user": user or opts.get("user") or image_cfg.get("user") or None,
-            "tty": bool(tty),
-            "rows": rows,
-            "cols": cols,
-            "timeout": timeout_secs,
-            "stdin": stdin,
-        }
+        body = self._runtime._core.exec_body(
+            rec, argv, env, cwd, user,
+            tty=bool(tty), rows=rows, cols=cols, timeout=timeout_secs, stdin=stdin,
+        )  # fmt: skip
         return await self._start_exec(client, body, shlex.join(argv))
 
     async def _client(self) -> Any:

@@ -209,7 +209,44 @@ class BoxRuntime:
             self.db.update(rec)
             if not rec.detach:
                 self.owned.add(rec.id)
-            return await self.client(rec)
+            client = await self.client(rec)
+            main = self.main_command(rec)
+            if main:
+                body = self.exec_body(rec, main, detach=True, log="main.log")
+                await client.exec(body, " ".join(main))
+            return client
+
+    @staticmethod
+    def main_command(rec: BoxRecord) -> list[str]:
+        """The box's main process: BoxOptions entrypoint + cmd (image defaults fill the part not
+        given). Boxes without an explicit entrypoint or cmd have none: they idle for exec."""
+        opts, image = rec.options, rec.image_config
+        if opts.get("entrypoint") is None and opts.get("cmd") is None:
+            return []
+        entrypoint = opts["entrypoint"] if opts.get("entrypoint") is not None else image.get("entrypoint") or []
+        if opts.get("cmd") is not None:
+            cmd = opts["cmd"]
+        else:
+            cmd = (image.get("cmd") or []) if opts.get("entrypoint") is None else []
+        return [*entrypoint, *cmd]
+
+    @staticmethod
+    def exec_body(rec: BoxRecord, argv: list[str], env: Any = None, cwd: str | None = None,
+                  user: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+        """An ``exec`` request: image defaults, then box options, then the call's own values."""
+        from ..api.options import env_to_dict
+
+        image_cfg, opts = rec.image_config, rec.options
+        full_env = env_to_dict(image_cfg.get("env") or [], "image env")
+        full_env.update(opts.get("env") or {})
+        full_env.update(env_to_dict(env, "env"))
+        return {
+            "argv": argv,
+            "env": full_env,
+            "cwd": cwd or opts.get("working_dir") or image_cfg.get("working_dir") or None,
+            "user": user or opts.get("user") or image_cfg.get("user") or None,
+            **extra,
+        }
 
     async def client(self, rec: BoxRecord) -> AgentClient:
         if rec.state != "running":
