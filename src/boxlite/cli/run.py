@@ -56,12 +56,18 @@ def box_options(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
+def _drop_dashdash(args: Sequence[str]) -> list[str]:
+    """``BOX -- CMD``: click stops parsing options at BOX, so the ``--`` reaches us."""
+    return list(args[1:]) if list(args[:1]) == ["--"] else list(args)
+
+
 def _split_image(rootfs: str | None, args: Sequence[str]) -> tuple[str | None, list[str]]:
+    args = _drop_dashdash(args)
     if rootfs is not None:
-        return None, list(args)
+        return None, args
     if not args:
         raise fail("give an IMAGE or --rootfs DIR (see 'boxlite run --help')")
-    return args[0], list(args[1:])
+    return args[0], _drop_dashdash(args[1:])
 
 
 def _box_options(
@@ -213,8 +219,11 @@ async def exec_(
     box = await find_box(rt, box_ref)
     if not box.info().state.running:
         raise fail(f"box {box_ref} is not running (start it with 'boxlite start {box_ref}')", EXIT_RUNTIME)
+    argv = _drop_dashdash(cmd)
+    if not argv:
+        raise fail("no command given (usage: boxlite exec BOX [--] CMD...)")
     return await exec_attached(
-        box, list(cmd), tty=tty, interactive=interactive, env=env, workdir=workdir, user=user
+        box, argv, tty=tty, interactive=interactive, env=env, workdir=workdir, user=user
     )
 
 

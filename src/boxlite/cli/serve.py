@@ -1,10 +1,8 @@
-"""``serve``: the REST server (implemented in ``boxlite.server``)."""
+"""``serve``: run the REST server of ``boxlite.server`` for this home."""
 
 from __future__ import annotations
 
 import importlib
-import inspect
-from typing import Any
 
 import click
 
@@ -12,28 +10,37 @@ from .common import STATE
 from .errors import fail
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8100, show_default=True, help="Port to listen on.")
-@click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> int:
-    """Serve the BoxLite REST API for this home (needs the 'server' extra)."""
+@click.command()
+@click.option("--socket", "socket_path", metavar="PATH", help="Unix socket (default: <home>/boxlite.sock).")
+@click.option("--host", help="TCP address to listen on (needs an API key).")
+@click.option("--port", type=int, help="TCP port.")
+@click.option("--api-key", envvar="BOXLITE_API_KEY", help="Bearer token clients must send.")
+@click.option("--insecure-no-auth", is_flag=True, help="Allow TCP without a key (loopback only).")
+@click.option("--exit-on-stdin-eof", is_flag=True, help="Stop when stdin is closed.")
+@click.option("--log-level", default="warning", show_default=True, help="Server log level.")
+def serve(
+    socket_path: str | None, host: str | None, port: int | None, api_key: str | None, insecure_no_auth: bool,
+    exit_on_stdin_eof: bool, log_level: str,
+) -> int:  # fmt: skip
+    """Serve the BoxLite REST API for this home (until Ctrl-C)."""
     try:
         server = importlib.import_module("boxlite.server")
+        entry = server.serve
     except ImportError as e:
-        if e.name and not e.name.startswith("boxlite.server") and e.name != "boxlite":
-            missing = f"the server needs extra packages ({e.name} is missing): pip install 'boxlite[server]'"
-            raise fail(missing) from None
-        raise fail("'boxlite serve' is not available: this installation has no boxlite.server module") from None
-    entry: Any = getattr(server, "serve", None) or getattr(server, "main", None)
-    if entry is None:
-        raise fail("boxlite.server has no serve() or main() entry point")
-    params = inspect.signature(entry).parameters
-    kwargs = {k: v for k, v in {"host": host, "port": port, "home": STATE.home, "args": ctx.args}.items()
-              if k in params}  # fmt: skip
-    result = entry(**kwargs)
-    if inspect.iscoroutine(result):
-        import asyncio
+        if e.name and not e.name.startswith("boxlite"):
+            raise fail(_missing(e.name)) from None
+        raise fail("'boxlite serve' is not available: this installation has no boxlite.server") from None
+    except AttributeError:
+        raise fail("'boxlite serve' is not available: boxlite.server has no serve()") from None
+    try:
+        entry(STATE.home, socket_path, host, port, api_key, insecure_no_auth,
+              exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level)  # fmt: skip
+    except ImportError as e:  # uvicorn/fastapi are imported lazily by the server
+        raise fail(_missing(e.name)) from None
+    except KeyboardInterrupt:
+        pass
+    return 0
 
-        result = asyncio.run(result)
-    return int(result or 0)
+
+def _missing(module: str | None) -> str:
+    return f"the server needs extra packages ({module} is missing): pip install 'boxlite[server]'"

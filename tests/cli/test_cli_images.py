@@ -1,0 +1,57 @@
+"""``pull``, ``images``, ``rmi`` and ``run IMAGE`` against a real local registry; ``serve``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, assert_one_line_error
+from support.images import busybox_layout
+from support.registry import REGISTRY_BIN, RegistryServer, start_registry
+
+needs_registry = pytest.mark.skipif(
+    not Path(REGISTRY_BIN).exists() or shutil.which("skopeo") is None, reason="docker-registry/skopeo not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, str]]:
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield server, server.push_layout(busybox_layout(), "tools/busybox", "1.0")
+    finally:
+        server.stop()
+
+
+@needs_registry
+def test_pull_images_run_rmi(cli: Cli, registry: tuple[RegistryServer, str]) -> None:
+    server, ref = registry
+    cli.home.mkdir(parents=True, exist_ok=True)
+    registries = [{"host": server.host, "transport": "http"}]
+    (cli.home / "config.json").write_text(json.dumps({"image_registries": registries}))
+    out = cli.ok("pull", ref)
+    assert out.startswith(f"{ref}: pulled sha256:") and "1 layers" in out
+    [image] = cli.json("images", "--format", "json")  # type: ignore[misc]
+    assert image["reference"] == ref and image["size"] > 0
+    assert cli.ok("images", "-q") == f"{ref}\n"
+    assert ref in cli.ok("images")
+    # the image's default command (/bin/sh) runs when no CMD is given
+    assert cli.ok("run", "--rm", "-i", ref, input="echo from-image\n") == "from-image\n"
+    assert cli.ok("run", "--rm", "--entrypoint", "echo", ref, "hello", "world") == "hello world\n"
+    [insp] = cli.json("inspect", ref)  # type: ignore[misc]
+    assert insp["type"] == "image" and insp["digest"] == image["digest"]
+    assert cli.ok("rmi", ref) == f"Untagged: {ref}\n"
+    assert cli.ok("images", "-q") == ""
+    assert_one_line_error(cli("pull", f"{server.host}/tools/missing:1"), 125, "missing")
+
+
+def test_serve_delegates_to_the_server_module(cli: Cli) -> None:
+    proc = cli("serve", "--help")
+    assert proc.returncode == 0 and "--socket" in proc.stdout
+    if importlib.util.find_spec("boxlite.server") is None:
+        assert_one_line_error(cli("serve"), 125, "not available")

@@ -1,0 +1,62 @@
+"""``run`` and ``exec``: exit codes, streams, options and error reporting."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from conftest import Cli, assert_one_line_error
+
+
+def test_run_propagates_exit_code_and_streams(cli: Cli) -> None:
+    proc = cli("run", "--rm", "--rootfs", str(cli.rootfs), "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "out\n", "err\n")
+    assert cli.ok("ls", "-a", "-q") == ""  # --rm removed the box
+
+
+def test_run_signal_exit_code_is_128_plus_n(cli: Cli) -> None:
+    proc = cli("run", "--rm", "--rootfs", str(cli.rootfs), "sh", "-c", "kill -TERM $$")
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_run_env_workdir_user_and_stdin(cli: Cli) -> None:
+    out = cli.ok(
+        "run", "--rm", "-i", "--rootfs", str(cli.rootfs), "-e", "GREETING=hi there", "-e", "EMPTY=", "-w", "/tmp",
+        "-u", "user", "sh", "-c", 'echo "$GREETING|$EMPTY"; pwd; id -u; cat',
+        input="from stdin\n",
+    )  # fmt: skip
+    assert out.splitlines() == ["hi there|", "/tmp", "1000", "from stdin"]
+
+
+def test_run_without_rm_leaves_a_stopped_box(cli: Cli) -> None:
+    cli.ok("run", "--name", "kept", "--rootfs", str(cli.rootfs), "sh", "-c", "echo kept-output")
+    [box] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]
+    assert (box["name"], box["state"]["status"]) == ("kept", "stopped")
+    assert cli.ok("logs", "kept") == "kept-output\n"
+
+
+def test_exec_failures_map_to_126_and_127(cli: Cli) -> None:
+    assert_one_line_error(cli("run", "--rm", "--rootfs", str(cli.rootfs), "no-such-cmd"), 127, "no-such-cmd")
+    assert_one_line_error(cli("run", "--rm", "--rootfs", str(cli.rootfs), "/etc/passwd"), 126, "/etc/passwd")
+    assert_one_line_error(cli("run", "--rm", "--rootfs", str(cli.rootfs), "-u", "ghost", "true"), 126, "ghost")
+
+
+def test_errors_are_one_line_without_traceback(cli: Cli, tmp_path: object) -> None:
+    rootfs = str(cli.rootfs)
+    assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "-v", "/no/such/dir:/mnt", "true"), 125, "volume")
+    assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "-p", "8080:80", "true"), 125, "ports")
+    assert_one_line_error(cli("run", "--rm", "--rootfs", "/does/not/exist", "true"), 125, "/does/not/exist")
+    assert_one_line_error(cli("run", "--bogus-flag", "x"), 125, "--bogus-flag")
+    assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "--memory", "lots", "true"), 125, "--memory")
+    assert_one_line_error(cli("exec", "nobox", "true"), 125, "nobox")
+    assert_one_line_error(cli("rm", "nobox"), 125, "nobox")
+    assert cli.ok("ls", "-a", "-q") == ""  # failed runs leave nothing behind with --rm
+
+
+def test_console_script_is_installed() -> None:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("boxlite") or f"{sys.prefix}/bin/boxlite"
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "boxlite" in proc.stdout
