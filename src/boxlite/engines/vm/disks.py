@@ -24,6 +24,7 @@ from pathlib import Path
 from ...errors import EngineError
 from ..base import RootLayers
 
+LOWER_CAPACITY = 64 << 30  # layer images are padded (sparse) to one size: VM snapshots fit any box
 UID_COUNT = 65536
 OVERFLOW_ID = 65534
 BLOCK = 4096
@@ -111,10 +112,10 @@ def ensure_layer_image(cache_dir: Path, root: RootLayers) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     image = layer_image_path(cache_dir, root)
     if image.exists():
-        return image
+        return _padded(image)
     with _locked(image.with_suffix(".lock")):
         if image.exists():
-            return image
+            return _padded(image)
         with tempfile.TemporaryDirectory(prefix="stage-", dir=cache_dir) as tmp:
             staging = Path(tmp) / "root"
             staging.mkdir()
@@ -123,9 +124,29 @@ def ensure_layer_image(cache_dir: Path, root: RootLayers) -> Path:
                 stager.copy_tree(layer, staging / str(i))
             out = Path(tmp) / "image.ext4"
             _mkfs_from_dir(staging, out, stager.blocks, stager.inodes)
+            _padded(out)
             os.chmod(out, 0o444)
             out.rename(image)
     return image
+
+
+def _padded(image: Path) -> Path:
+    """Grow ``image`` (sparse) to ``LOWER_CAPACITY`` unless it is already that big."""
+    if image.stat().st_size < LOWER_CAPACITY:
+        os.truncate(image, LOWER_CAPACITY)
+    return image
+
+
+def ensure_empty_lower(cache_dir: Path) -> Path:
+    """A blank lower disk for boxes without layers and for snapshot templates."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / "empty-lower.img"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.truncate(LOWER_CAPACITY)
+        tmp.rename(path)
+    return path
 
 
 def _mkfs_from_dir(src: Path, out: Path, blocks: int, inodes: int) -> None:

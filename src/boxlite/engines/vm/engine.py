@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import IO
 
 from ... import runtime_artifact
 from ...errors import EngineError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from . import accel as accel_mod
-from .disks import ensure_box_disk, ensure_layer_image
-from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, vcpus
+from .disks import LOWER_CAPACITY, ensure_box_disk, ensure_empty_lower, ensure_layer_image
+from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, qemu_binary, vcpus
 
+log = logging.getLogger("boxlite.vm")
 DEFAULT_DISK_GB = 2.0
 _PKG_DIR = str(Path(__file__).resolve().parents[2])  # .../boxlite
 # Start the shim without running boxlite/__init__.py (the public API pulls in httpx & co.):
@@ -43,7 +51,13 @@ def disk_path(spec: BoxSpec) -> Path:
 
 
 class VmEngine(Engine):
-    """Boxes as micro-VMs: own kernel, virtio-serial agent channel, ext4 root disks."""
+    """Boxes as micro-VMs: own kernel, virtio-serial agent channel, ext4 root disks.
+
+    Unless disabled (``BOXLITE_VM_SNAPSHOT=0`` or ``spec.extra["vm_snapshot"] = False``), a box
+    starts by restoring a memory snapshot of a *template* VM that booted and loaded the agent
+    but has not seen any box yet (one per artifact, accelerator, vCPUs, memory and disk size,
+    saved in ``<home>/cache/vm/templates/``); if that fails it boots cold.
+    """
 
     name = "vm"
 
@@ -51,9 +65,10 @@ class VmEngine(Engine):
         t0 = time.monotonic()
         artifact = await asyncio.to_thread(runtime_artifact.locate)
         accel = await asyncio.to_thread(accel_mod.choose, artifact, cache_dir(spec))
-        lower = None
         if spec.root.layers:
             lower = await asyncio.to_thread(ensure_layer_image, cache_dir(spec), spec.root)
+        else:
+            lower = await asyncio.to_thread(ensure_empty_lower, cache_dir(spec))
         disk = disk_path(spec)
         disk.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(ensure_box_disk, disk, spec.disk_size_gb or DEFAULT_DISK_GB)
@@ -70,7 +85,7 @@ class VmEngine(Engine):
             initramfs=str(artifact.initramfs),
             console=str(console),
             upper_disk=str(disk),
-            lower_disk=str(lower) if lower else None,
+            lower_disk=str(lower),
             layers=len(spec.root.layers),
             hostname=spec.hostname,
             cpus=vcpus(spec.cpus),
@@ -79,26 +94,98 @@ class VmEngine(Engine):
             tb_size_mib=int(str(spec.extra.get("vm_tb_size_mib") or DEFAULT_TB_SIZE_MIB)),
             debug=artifact.debug,
         )
-        prepared = time.monotonic()
-        return await self._spawn_shim(spec, vm, {"prepare_s": round(prepared - t0, 4)})
+        timings = {"prepare_s": round(time.monotonic() - t0, 4)}
+        if _snapshots_enabled(spec):
+            template = await self._template(spec, artifact, vm)
+            if template is not None:
+                timings["template_ready_s"] = round(time.monotonic() - t0, 4)
+                try:
+                    return await self._spawn_shim(spec, replace(vm, incoming=str(template)), timings, "restore")
+                except EngineError as e:
+                    log.warning("VM box %s: restoring the snapshot failed, booting cold: %s", spec.box_id, e)
+                    template.unlink(missing_ok=True)
+                    if console.exists():
+                        console.replace(spec.box_dir / "console.restore-failed.log")
+        return await self._spawn_shim(spec, vm, timings, "boot")
 
-    async def _spawn_shim(self, spec: BoxSpec, vm: VmConfig, timings: dict[str, float]) -> RunningBox:
-        run = spec.run_dir
+    async def _template(self, spec: BoxSpec, artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig) -> Path | None:
+        """The snapshot to restore for ``vm`` (created on first use), or None if unavailable."""
+        upper_size = Path(str(vm.upper_disk)).stat().st_size
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    artifact.manifest["files"],
+                    vm.accel,
+                    vm.cpus,
+                    vm.memory_mib,
+                    upper_size,
+                    LOWER_CAPACITY,
+                    vm.debug,
+                    _qemu_identity(),
+                ]
+            ).encode()
+        ).hexdigest()[:20]
+        tdir = cache_dir(spec) / "templates"
+        path = tdir / f"{key}.snap"
+        if path.exists():
+            return path
+        tdir.mkdir(parents=True, exist_ok=True)
+        lock = await asyncio.to_thread(_lock_file, tdir / f"{key}.lock")
+        try:
+            if path.exists():
+                return path
+            work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=tdir))
+            try:
+                placeholder = work / "upper.img"
+                with open(placeholder, "wb") as f:
+                    f.truncate(upper_size)
+                tvm = replace(
+                    vm, console=str(work / "console.log"), upper_disk=str(placeholder), layers=0, template=True
+                )
+                status = await self._run_shim(
+                    tvm,
+                    work,
+                    work / "agent.sock",
+                    None,
+                    spec.ready_timeout,
+                    {"mode": "template", "snapshot": str(path)},
+                )
+                if not status[1].startswith("template"):
+                    log.warning(
+                        "VM engine: could not create a snapshot template: %s\n%s",
+                        status[1],
+                        console_tail(work / "console.log", 10),
+                    )
+                    return None
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        finally:
+            lock.close()
+        return path if path.exists() else None
+
+    async def _run_shim(
+        self,
+        vm: VmConfig,
+        run: Path,
+        agent_socket: Path,
+        lifeline_fd: int | None,
+        timeout: float,
+        extra: dict[str, object],
+    ) -> tuple[int | None, str]:
+        """Spawn a shim and wait for its final status line: (shim pid, line); kills it on timeout."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         conf = {
             "vm": vm.to_json(),
             "run_dir": str(run),
             "console": vm.console,
-            "agent_socket": str(spec.agent_socket),
+            "agent_socket": str(agent_socket),
             "status_fd": status_w,
-            "lifeline_fd": None if spec.detach else spec.lifeline_fd,
+            "lifeline_fd": lifeline_fd,
+            **extra,
         }
         conf_path = run / "vm.json"
         conf_path.write_text(json.dumps(conf, indent=1))
-        pass_fds = [status_w]
-        if conf["lifeline_fd"] is not None:
-            pass_fds.append(int(spec.lifeline_fd))  # type: ignore[arg-type]
-        t_spawn = time.monotonic()
+        pass_fds = [status_w] if lifeline_fd is None else [status_w, lifeline_fd]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", _SHIM_BOOTSTRAP, _PKG_DIR, str(conf_path)],
@@ -113,17 +200,25 @@ class VmEngine(Engine):
         await asyncio.to_thread(proc.wait)  # the intermediate process exits after forking
         state: dict[str, int] = {}
         try:
-            ready = await asyncio.wait_for(_read_status(status_r, state), spec.ready_timeout)
+            line = await asyncio.wait_for(_read_status(status_r, state), timeout)
         except asyncio.TimeoutError:
             self._force_kill(state.get("pid"), run)
-            why = f"the agent was not ready within {spec.ready_timeout:g}s"
-            raise EngineError(self._boot_failure(spec, why)) from None
-        pid = state.get("pid")
-        if pid is None or not ready.startswith("ready"):
-            self._force_kill(pid, run)
-            raise EngineError(self._boot_failure(spec, ready.removeprefix("error ") or "the shim died"))
-        boot = json.loads(ready[len("ready ") :] or "{}")
-        boot.update(timings, start_to_ready_s=round(time.monotonic() - t_spawn, 4))
+            return state.get("pid"), f"timeout: not ready within {timeout:g}s"
+        if not line.startswith(("ready", "template")):
+            self._force_kill(state.get("pid"), run)
+        return state.get("pid"), line
+
+    async def _spawn_shim(self, spec: BoxSpec, vm: VmConfig, timings: dict[str, float], mode: str) -> RunningBox:
+        run = spec.run_dir
+        t_spawn = time.monotonic()
+        lifeline = None if spec.detach else spec.lifeline_fd
+        pid, line = await self._run_shim(vm, run, spec.agent_socket, lifeline, spec.ready_timeout, {"mode": mode})
+        if line.startswith("timeout: "):
+            raise EngineError(self._boot_failure(spec, f"the agent was {line[len('timeout: ') :]}"))
+        if pid is None or not line.startswith("ready"):
+            raise EngineError(self._boot_failure(spec, line.removeprefix("error ") or "the shim died"))
+        boot = json.loads(line[len("ready ") :] or "{}")
+        boot.update(timings, start_to_ready_s=round(time.monotonic() - t_spawn, 4), restored=mode == "restore")
         (run / "boot.json").write_text(json.dumps(boot))
         start = process_start_time(pid)
         if start is None:
@@ -205,10 +300,28 @@ async def _read_status(fd: int, state: dict[str, int]) -> str:
                 return ""
             if line.startswith("pid "):
                 state["pid"] = int(line[4:])
-            elif line.startswith(("ready", "error")):
+            elif line.startswith(("ready", "error", "template")):
                 return line
     finally:
         transport.close()
+
+
+def _snapshots_enabled(spec: BoxSpec) -> bool:
+    if os.environ.get("BOXLITE_VM_SNAPSHOT", "1") in ("0", "false", "no"):
+        return False
+    return spec.extra.get("vm_snapshot", True) is not False
+
+
+def _qemu_identity() -> str:
+    """Changes whenever the QEMU binary does (snapshots are only restored by the same QEMU)."""
+    st = Path(qemu_binary()).stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _lock_file(path: Path) -> IO[str]:
+    f = open(path, "a")  # noqa: SIM115 - returned to the caller, which closes it
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 def _qemu_pid(run: Path) -> int | None:

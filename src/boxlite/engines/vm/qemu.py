@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shlex
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ class VmConfig:
     tb_size_mib: int = DEFAULT_TB_SIZE_MIB
     debug: bool = False
     extra_cmdline: str = ""
+    template: bool = False  # boot to "agent loaded, waiting for settings" for a snapshot
+    incoming: str | None = None  # restore from this memory snapshot file
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,11 +82,15 @@ def kernel_cmdline(cfg: VmConfig) -> str:
         if khz:
             # TCG: unsynchronized TSCs would drop the clocksource to jiffies (10 ms resolution).
             args += [f"tsc_early_khz={khz}", "tsc=reliable", f"lpj={khz * 10}"]
-    hostname = cfg.hostname if _HOSTNAME.match(cfg.hostname) else "box"
-    args += [f"boxlite.layers={cfg.layers}", f"boxlite.hostname={hostname}"]
+    if cfg.template or cfg.incoming:
+        args.append("boxlite.template=1")
     if cfg.extra_cmdline:
         args.append(cfg.extra_cmdline)
     return " ".join(args)
+
+
+def safe_hostname(name: str) -> str:
+    return name if _HOSTNAME.match(name) else "box"
 
 
 def _opt(value: str) -> str:
@@ -150,6 +157,8 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
         ]
     if qmp_fd is not None:
         argv += ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]
+    if cfg.incoming:
+        argv += ["-incoming", f"exec:cat {shlex.quote(cfg.incoming)}"]
     return argv
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,11 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .qemu import VmConfig, qemu_argv
+from .qemu import VmConfig, qemu_argv, safe_hostname
 
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
 SHUTDOWN_TIMEOUT = 10.0  # then QMP quit, then SIGKILL
 PR_SET_PDEATHSIG = 1
+WAITING = b"boxlite-vminit-waiting\n"  # vminit's line before it reads the box settings
 
 
 def _report(fd: int | None, line: str) -> None:
@@ -91,13 +93,33 @@ class Shim:
         pidfd = os.pidfd_open(self.proc.pid)
         loop.add_reader(pidfd, exited.set)
         reader, writer = await asyncio.open_unix_connection(sock=self.agent_sock)
+        qmp = await self._connect_qmp()
+        self.qmp = qmp
+        t_spawned = time.monotonic()
+        mode = self.conf.get("mode", "boot")
+        if mode != "restore":  # a restored guest is already past this point
+            line = asyncio.ensure_future(reader.readline())
+            await asyncio.wait({line, asyncio.ensure_future(exited.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            if not line.done() or line.result() != WAITING:
+                line.cancel()
+                status = self.proc.wait() if exited.is_set() else "still running"
+                _report(self.status_fd, f"error QEMU exited with status {status} before the guest init was ready")
+                self.proc.kill()
+                return 1
+        if mode == "template":
+            return await self._save_template(qmp, Path(self.conf["snapshot"]))
+        vm = self.conf["vm"]
+        settings = {
+            "layers": vm["layers"],
+            "hostname": safe_hostname(vm["hostname"]),
+            "time_ns": time.time_ns(),
+            "seed": os.urandom(32).hex(),
+        }
+        writer.write(json.dumps(settings).encode() + b"\n")
         relay = Relay(writer)
         pump = asyncio.create_task(relay.pump_guest(reader))
         internal = InternalClient(relay)
         self.internal = internal
-        qmp = await self._connect_qmp()
-        self.qmp = qmp
-        t_spawned = time.monotonic()
 
         hello = asyncio.ensure_future(internal.request({"op": "hello"}))
         waiter = asyncio.ensure_future(exited.wait())
@@ -142,6 +164,41 @@ class Shim:
             except Exception:
                 pass
         return status
+
+    async def _save_template(self, qmp: Any, path: Path) -> int:
+        """Write the waiting guest's memory to ``path`` (QMP migrate), then stop QEMU."""
+        import asyncio
+
+        if qmp is None:
+            _report(self.status_fd, "error QMP is needed to save a VM template")
+            self.proc.kill()
+            return 1
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
+            while True:
+                state = await qmp.execute("query-migrate")
+                status = state.get("status") if isinstance(state, dict) else None
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled"):
+                    raise RuntimeError(f"migration {status}: {state.get('error-desc', '')}")
+                await asyncio.sleep(0.02)
+            try:
+                await asyncio.wait_for(qmp.execute("quit"), 2)
+            except Exception:  # QEMU may close the monitor before answering
+                pass
+            tmp.rename(path)
+        except Exception as e:
+            tmp.unlink(missing_ok=True)
+            _report(self.status_fd, f"error saving the VM template failed: {e}")
+            self.proc.kill()
+            return 1
+        finally:
+            if self.proc.poll() is None and not await self._wait_exit(3):
+                self.proc.kill()
+        _report(self.status_fd, f"template {path}")
+        return 0
 
     async def _connect_qmp(self) -> Any:
         try:
