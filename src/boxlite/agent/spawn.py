@@ -202,12 +202,26 @@ def _confine_and_exec(
     os.closerange(err_fd + 1, 65536)
     if builtin is not None:
         os.close(err_fd)
-        os._exit(builtin(spec))
+        os._exit(_run_builtin(builtin, spec))
     try:
         os.execvpe(spec.argv[0], spec.argv, env)
     except OSError as e:
         what = "executable file not found" if e.errno == 2 else e.strerror
         raise OSError(e.errno, f"{spec.argv[0]}: {what}") from None
+
+
+def _run_builtin(builtin: Callable[[ExecSpec], int], spec: ExecSpec) -> int:
+    """Run a builtin in the confined child; a failure becomes a message on its stderr."""
+    try:
+        return builtin(spec)
+    except BaseException as e:  # noqa: BLE001 - the error pipe is closed: stderr is the only way out
+        text = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+        where = f": {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        try:
+            os.write(2, f"{spec.builtin}: {text}{where}\n".encode(errors="replace"))
+        except OSError:
+            pass
+        return 1
 
 
 def resolve_user(user: str | None) -> tuple[int, int, list[int], str]:

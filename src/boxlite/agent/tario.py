@@ -44,13 +44,20 @@ def untar(spec: ExecSpec) -> int:
 
 
 def tar(spec: ExecSpec) -> int:
-    """Write a tar of ``src`` (member name ``name``) to stdout; symlinks are not followed."""
+    """Write a tar of ``src`` (member name ``name``) to stdout.
+
+    Symlinks inside a directory are archived as links. When ``src`` itself is a symlink it is
+    resolved here, inside the box root, so the box's file is copied: archiving the link would
+    hand the host a link that, followed there, reads the host's file of that name.
+    """
     import tarfile
 
     src = str(spec.builtin_args["src"])
     name = str(spec.builtin_args.get("name") or os.path.basename(src.rstrip("/")) or "root")
+    if os.path.islink(src):
+        src = os.path.realpath(src)
     if not os.path.lexists(src):
-        print(f"no such file or directory: {src}", file=sys.stderr)
+        print(f"no such file or directory: {spec.builtin_args['src']}", file=sys.stderr)
         return 2
     with tarfile.open(fileobj=os.fdopen(1, "wb", buffering=0), mode="w|", format=tarfile.PAX_FORMAT) as out:
         out.add(src, arcname=name, recursive=True)
