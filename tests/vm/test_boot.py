@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, requires_qemu]
 
 async def test_exec_own_kernel_and_layout(started) -> None:  # type: ignore[no-untyped-def]
     _, spec, _ = started
+    assert json.loads((spec.run_dir / "boot.json").read_text())["restored"] is True
     c = await Client.connect(spec.agent_socket)
     hello = await c.request(1, {"op": "hello"})
     assert hello["ok"] and hello["pid"] == 1
@@ -56,8 +58,9 @@ async def test_many_clients_share_one_guest_stream(started) -> None:  # type: ig
 
 async def test_writes_persist_across_restart(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
     engine = VmEngine()
-    spec = make_spec(vm_home, busybox_rootfs, "persist")
-    running = await engine.start(spec)
+    spec = make_spec(vm_home, busybox_rootfs, "persist", extra={"vm_snapshot": False})
+    running = await engine.start(spec)  # a cold boot ...
+    assert json.loads((spec.run_dir / "boot.json").read_text())["restored"] is False
     c = await Client.connect(spec.agent_socket)
     res = await c.exec(["/bin/sh", "-c", "echo kept > /root/state; rm /bin/true; sync"])
     assert res.exit_code == 0
@@ -65,7 +68,9 @@ async def test_writes_persist_across_restart(artifact, vm_home: Path, busybox_ro
     await shutdown(spec, running, engine)
     assert process_start_time(running.pid) is None
 
-    running = await engine.start(spec)
+    spec.extra["vm_snapshot"] = True
+    running = await engine.start(spec)  # ... then a snapshot restore sees the same disk
+    assert json.loads((spec.run_dir / "boot.json").read_text())["restored"] is True
     c = await Client.connect(spec.agent_socket)
     res = await c.exec(["/bin/sh", "-c", "cat /root/state; test -e /bin/true || echo gone"])
     assert res.stdout == b"kept\ngone\n"
@@ -73,6 +78,25 @@ async def test_writes_persist_across_restart(artifact, vm_home: Path, busybox_ro
     metrics = engine.metrics(spec, running)
     assert metrics["memory_pss_bytes"] > 0 and metrics["boot_start_to_ready_s"] > 0
     await shutdown(spec, running, engine)
+
+
+async def test_restored_boxes_get_their_own_clock_and_randomness(  # type: ignore[no-untyped-def]
+    artifact, vm_home: Path, busybox_rootfs: Path
+) -> None:
+    engine = VmEngine()
+    outputs = []
+    for name in ("r1", "r2"):
+        spec = make_spec(vm_home, busybox_rootfs, name)
+        running = await engine.start(spec)
+        c = await Client.connect(spec.agent_socket)
+        res = await c.exec(["/bin/sh", "-c", "date +%s; head -c 16 /dev/urandom | od -An -tx1; hostname"])
+        outputs.append(res.stdout.decode().split("\n"))
+        await c.close()
+        await shutdown(spec, running, engine)
+    (t1, rand1, host1, _), (t2, rand2, host2, _) = outputs
+    assert abs(int(t1) - time.time()) < 60 and abs(int(t2) - time.time()) < 60
+    assert rand1 != rand2
+    assert (host1, host2) == ("r1", "r2")
 
 
 def _broken_artifact(artifact: runtime_artifact.RuntimeArtifact, dest: Path) -> Path:
