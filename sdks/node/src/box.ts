@@ -1,0 +1,137 @@
+/** `Box`: a handle on one box of a server (start, stop, exec, copy files, metrics). */
+
+import { lstat, mkdir, mkdtemp, rename, rm, stat } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { create as tarCreate, extract as tarExtract } from "tar";
+import { NotFoundError } from "./errors.js";
+import { Channel, Execution } from "./execution.js";
+import type { Boxlite } from "./runtime.js";
+import {
+  type BoxInfo,
+  type BoxMetrics,
+  boxInfo,
+  camelize,
+  type CopyOptions,
+  type ExecOptions,
+} from "./types.js";
+
+const SAFE_TYPES = new Set(["File", "OldFile", "ContiguousFile", "Directory", "SymbolicLink", "Link"]);
+
+export class Box {
+  constructor(
+    private readonly runtime: Boxlite,
+    private cached: BoxInfo,
+  ) {}
+
+  get id(): string {
+    return this.cached.id;
+  }
+
+  get name(): string | null {
+    return this.cached.name;
+  }
+
+  private get path(): string {
+    return `/v1/boxes/${encodeURIComponent(this.cached.id)}`;
+  }
+
+  /** Current information. */
+  async info(): Promise<BoxInfo> {
+    this.cached = boxInfo(await this.runtime.transport.json("GET", this.path));
+    return this.cached;
+  }
+
+  async start(): Promise<void> {
+    this.cached = boxInfo(await this.runtime.transport.json("POST", `${this.path}/start`));
+    if (!this.cached.detach) this.runtime.owned.add(this.id);
+  }
+
+  /** Stop all processes; the writable layer is kept (`autoRemove` boxes are removed). */
+  async stop(timeout?: number): Promise<void> {
+    await this.runtime.transport.json("POST", `${this.path}/stop`, { query: { timeout } });
+    this.runtime.owned.delete(this.id);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    try {
+      await this.stop();
+    } catch (e) {
+      if (!(e instanceof NotFoundError)) throw e;
+    }
+  }
+
+  /** Run `command ...args` in the box (starting it if needed) and return at once. */
+  async exec(command: string, args: string[] = [], opts: ExecOptions = {}): Promise<Execution> {
+    const channel = await Channel.open(this.runtime.transport, this.id, {
+      command,
+      args,
+      env: opts.env ?? {},
+      tty: opts.tty ?? false,
+      user: opts.user ?? null,
+      timeout_secs: opts.timeoutSecs ?? null,
+      cwd: opts.cwd ?? null,
+      stdin: opts.stdin ?? true,
+      rows: opts.rows ?? 24,
+      cols: opts.cols ?? 80,
+    });
+    if (!this.cached.detach) this.runtime.owned.add(this.id);
+    return new Execution(channel);
+  }
+
+  /** Copy a host file or directory into the box (`docker cp` semantics). */
+  async copyIn(hostPath: string, containerDest: string, opts: CopyOptions = {}): Promise<void> {
+    const src = resolve(hostPath);
+    try {
+      await lstat(src);
+    } catch {
+      throw new NotFoundError(`no such host path: ${hostPath}`);
+    }
+    const name = basename(src);
+    const tar = tarCreate({ cwd: dirname(src), portable: true, follow: opts.followSymlinks ?? false }, [name]);
+    await this.runtime.transport.json("PUT", `${this.path}/archive`, {
+      query: { path: containerDest, name, include_parent: opts.includeParent ?? true },
+      body: Readable.from(tar),
+      headers: { "content-type": "application/x-tar" },
+    });
+  }
+
+  /** Copy a file or directory out of the box (ownership, devices and unsafe paths are dropped). */
+  async copyOut(containerSrc: string, hostDest: string, opts: CopyOptions = {}): Promise<void> {
+    const name = basename(containerSrc.replace(/\/+$/, "")) || "root";
+    const res = await this.runtime.transport.stream("GET", `${this.path}/archive`, { query: { path: containerSrc } });
+    const dest = resolve(hostDest);
+    const isDir = await stat(dest).then((s) => s.isDirectory(), () => false);
+    const extract = (cwd: string) =>
+      tarExtract({
+        cwd,
+        keep: opts.overwrite === false,
+        preserveOwner: false,
+        filter: (_p, entry) => SAFE_TYPES.has((entry as { type?: string }).type ?? "File"),
+      });
+    if ((opts.includeParent ?? true) && isDir) {
+      await pipeline(res, extract(dest));
+      return;
+    }
+    await mkdir(dirname(dest), { recursive: true });
+    const tmp = await mkdtemp(join(dirname(dest), ".boxlite-copy-"));
+    try {
+      await pipeline(res, extract(tmp));
+      const exists = await lstat(dest).then(() => true, () => false);
+      if (exists && opts.overwrite === false) return;
+      if (exists) await rm(dest, { recursive: true, force: true });
+      await rename(join(tmp, name), dest);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  async metrics(): Promise<BoxMetrics> {
+    return camelize<BoxMetrics>(await this.runtime.transport.json("GET", `${this.path}/metrics`));
+  }
+
+  toString(): string {
+    return `Box(id="${this.id}")`;
+  }
+}
