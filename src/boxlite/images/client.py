@@ -58,7 +58,7 @@ class RegistryClient:
         self.auth = Authenticator(creds, registry.bearer_token)
         self.base = f"{registry.transport}://{api_host(registry.host)}/v2"
         self.http = httpx.AsyncClient(
-            verify=not registry.skip_verify, follow_redirects=True,
+            verify=_tls_context(registry), follow_redirects=True,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             headers={"User-Agent": "boxlite"},
         )
@@ -214,6 +214,22 @@ class RegistryClient:
 
 class _TooLong(Exception):
     pass
+
+
+_VERIFYING_CONTEXT: ssl.SSLContext | None = None
+
+
+def _tls_context(registry: ImageRegistry) -> ssl.SSLContext | bool:
+    """One verifying context per process (loading CA certificates is slow), or no verification.
+
+    Plain-HTTP registries get it too: their token realm or blob redirects may be https.
+    """
+    global _VERIFYING_CONTEXT
+    if registry.skip_verify:
+        return False
+    if _VERIFYING_CONTEXT is None:
+        _VERIFYING_CONTEXT = httpx.create_ssl_context()
+    return _VERIFYING_CONTEXT
 
 
 def _is_tls_error(e: BaseException) -> bool:
