@@ -201,11 +201,27 @@ async def test_copy_out_dir_with_links_cannot_write_outside_dest(box: boxlite.Si
         assert os.path.realpath(p).startswith(str(dest) + "/")
 
 
-async def test_copy_out_of_unreadable_file_is_a_clear_error(box: boxlite.SimpleBox, tmp_path: Path) -> None:
-    await box.exec("sh", "-c", "echo private > /home/user/secret && chmod 600 /home/user/secret", user="user")
-    try:
-        await box.copy_out("/home/user/secret", str(tmp_path / "secret"))
-    except boxlite.BoxliteError as e:
-        assert "ermission denied" in str(e), e
-    else:
-        assert (tmp_path / "secret").read_text() == "private\n"
+async def test_copies_reach_every_box_file_like_docker_cp(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+    """Box root copies even files of other box users (private ones, into their directories)."""
+    await box.exec("sh", "-c", "mkdir -m 700 /home/user/priv && echo private > /home/user/priv/secret"
+                   " && chmod 600 /home/user/priv/secret", user="user")  # fmt: skip
+    await box.copy_out("/home/user/priv", str(tmp_path / "priv"))
+    assert (tmp_path / "priv" / "secret").read_text() == "private\n"
+    src = tmp_path / "in.txt"
+    src.write_text("for user\n")
+    await box.copy_in(str(src), "/home/user/priv/")
+    assert (await box.exec("cat", "/home/user/priv/in.txt", user="user")).stdout == "for user\n"
+    # Commands still have no capability: box root cannot read the private file itself.
+    assert (await box.exec("cat", "/home/user/priv/secret")).exit_code != 0
+
+
+async def test_copy_failures_are_clear_errors(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+    await box.exec("sh", "-c", "mkdir -p /ro && echo x > /ro/f")
+    src = tmp_path / "f"
+    src.write_text("y\n")
+    with pytest.raises(boxlite.BoxliteError, match="proc"):
+        await box.copy_in(str(src), "/proc/sys/kernel/")
+    with pytest.raises(boxlite.BoxliteError, match="Permission denied|not permitted|denied"):
+        await box.copy_out("/proc/1/environ", str(tmp_path / "environ"))
+    assert not (tmp_path / "environ").exists() or (tmp_path / "environ").stat().st_size == 0
+    assert (await box.exec("true")).exit_code == 0

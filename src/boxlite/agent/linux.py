@@ -28,6 +28,10 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
+# capabilities
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+
 # prctl options
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -158,9 +162,12 @@ def last_cap() -> int:
         return 40
 
 
-def drop_capabilities(cap_last: int) -> None:
-    """Empty the bounding and ambient sets, then the effective/permitted/inheritable sets."""
+def drop_capabilities(cap_last: int, keep: int = 0) -> None:
+    """Empty the bounding and ambient sets, then the effective/permitted/inheritable sets;
+    ``keep`` (a bit mask of capabilities below 32) stays bounding, permitted and effective."""
     for cap in range(cap_last + 1):
+        if keep >> cap & 1:
+            continue
         try:
             prctl(PR_CAPBSET_DROP, cap)
         except OSError:
@@ -171,6 +178,7 @@ def drop_capabilities(cap_last: int) -> None:
         pass
     header = _CapHeader(0x20080522, 0)
     data = (_CapData * 2)()
+    data[0].effective = data[0].permitted = keep
     _check(_libc.syscall(_SYS_CAPSET[MACHINE], ctypes.byref(header), ctypes.byref(data)), "capset")
 
 

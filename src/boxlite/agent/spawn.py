@@ -22,6 +22,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
 TIOCSCTTY = 0x540E
+BUILTIN_CAPS = 1 << linux.CAP_DAC_OVERRIDE | 1 << linux.CAP_DAC_READ_SEARCH
 
 
 @dataclass
@@ -173,15 +174,21 @@ def _confine_and_exec(
     uid, gid, groups, home = resolve_user(spec.user)
     os.setgroups(groups)
     os.setresgid(gid, gid, gid)
+    # Builtins (copy_in/copy_out) run our own code as box root and may read and write any box
+    # file, like ``docker cp``: they keep the file-permission overrides, which the box's user
+    # namespace limits to the box's own files. Commands get no capability at all.
+    keep = BUILTIN_CAPS if builtin is not None and uid == 0 else 0
     if conf.drop_caps:
         for cap in range(conf.cap_last + 1):
+            if keep >> cap & 1:
+                continue
             try:
                 linux.prctl(linux.PR_CAPBSET_DROP, cap)
             except OSError:
                 pass
     os.setresuid(uid, uid, uid)
     if conf.drop_caps:
-        linux.drop_capabilities(-1)  # bounding set is empty already; clear the rest
+        linux.drop_capabilities(-1, keep)  # bounding set is reduced already; clear the rest
     env = dict(spec.env)
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", home)
