@@ -1,7 +1,7 @@
 /** A private `boxlite serve` on a unix socket, owned by this Node process. */
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -60,6 +60,7 @@ export class LocalServer {
     });
     exited.catch(() => undefined);
     const server = new LocalServer(`unix://${socket}`, child, dir);
+    process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
     const probe = new Transport(server.url);
     const deadline = Date.now() + (opts.startTimeoutMs ?? 30_000);
     try {

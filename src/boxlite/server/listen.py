@@ -15,7 +15,6 @@ from ..api.options import Options
 from ..errors import ConfigError
 from ..runtime.home import Home
 
-log = logging.getLogger("boxlite.server")
 SOCKET_NAME = "boxlite.sock"
 
 
@@ -74,6 +73,14 @@ def tcp_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _DenialNoise(logging.Filter):
+    """uvicorn's sans-I/O WebSocket protocol logs a bogus error after an app answers a handshake
+    with an HTTP response (our 401); the client did receive the 401."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "returned without completing handshake" not in record.getMessage()
+
+
 def serve(
     home: str | None,
     socket_path: str | None,
@@ -114,6 +121,7 @@ def serve(
     app = create_app(Options(home_dir=str(resolved.root)), api_key)
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
     server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
     print(f"boxlite: serving {', '.join(urls)}", file=sys.stderr, flush=True)
     try:
         asyncio.run(_run(server, sockets, exit_on_stdin_eof))
