@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+import boxlite
 
 CLI = [sys.executable, "-m", "boxlite.cli"]
 
@@ -50,9 +53,18 @@ class Cli:
 def cli(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Cli]:
     c = Cli(tmp_path / "home", busybox_rootfs)
     yield c
-    ids = c("ls", "-a", "-q", "--no-trunc").stdout.split()
-    if ids:
-        c("rm", "-f", *ids)
+    if c.home.exists():
+        asyncio.run(_remove_all(c.home))
+
+
+async def _remove_all(home: Path) -> None:
+    """Remove boxes a test left behind (in-process: cheaper than two more CLI runs)."""
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home)))
+    try:
+        for info in await rt.list_info():
+            await rt.remove(info.id, force=True)
+    finally:
+        await rt.shutdown()
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:

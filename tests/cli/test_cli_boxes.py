@@ -78,7 +78,8 @@ def test_detached_box_lifecycle(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_main_command_end_stops_the_box_and_is_logged(cli: Cli) -> None:
-    cli.ok("run", "-d", "--name", "job", "--rootfs", str(cli.rootfs), "sh", "-c", "echo done-work; exit 5")
+    cli.ok("run", "-d", "--name", "job", "--rootfs", str(cli.rootfs), "sh", "-c", "sleep 1; echo done-work; exit 5")
+    assert cli.ok("logs", "-f", "job") == "done-work\n"  # follows until the main command ends
     _wait_for(lambda: "stopped (5)" in cli.ok("ls", "-a"))
     assert cli.ok("logs", "job") == "done-work\n"
     [info] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]

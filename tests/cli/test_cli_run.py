@@ -60,3 +60,20 @@ def test_console_script_is_installed() -> None:
     exe = shutil.which("boxlite") or f"{sys.prefix}/bin/boxlite"
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and "boxlite" in proc.stdout
+
+
+def test_ctrl_c_is_forwarded_to_the_command(cli: Cli) -> None:
+    import subprocess
+    import time
+
+    script = "trap 'echo got-int; exit 3' INT; echo ready; while true; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        cli.argv("run", "--rm", "--rootfs", str(cli.rootfs), "sh", "-c", script),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=cli.env(), text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (3, "got-int\n", "")

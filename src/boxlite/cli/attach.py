@@ -15,7 +15,7 @@ import signal
 import sys
 import termios
 import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import BinaryIO
 
 from ..api.execution import ExecStdin, Execution
@@ -71,7 +71,7 @@ class Attachment:
         if not self.tty:
             outputs.append(asyncio.ensure_future(self._copy(ex.stderr().bytes(), 2)))
         feeder = asyncio.ensure_future(self._feed(ex.stdin())) if self.stdin else None
-        handled: list[int] = []
+        handled: list[signal.Signals] = []
         for sig in FORWARDED:
             with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
@@ -84,13 +84,13 @@ class Attachment:
             await self._drain(outputs)
             return status
         finally:
-            for sig in handled:
-                loop.remove_signal_handler(sig)
+            for handled_sig in handled:
+                loop.remove_signal_handler(handled_sig)
             for task in [*outputs, *([feeder] if feeder else []), *self._tasks]:
                 task.cancel()
             await asyncio.gather(*outputs, *([feeder] if feeder else []), return_exceptions=True)
 
-    async def _drain(self, outputs: list[asyncio.Future[None]]) -> None:
+    async def _drain(self, outputs: Sequence[asyncio.Future[None]]) -> None:
         """Let output in flight arrive; give up once it stops flowing (background children
         may hold the pipes open forever)."""
         while True:

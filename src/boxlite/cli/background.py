@@ -84,8 +84,8 @@ def launch(home: Path, box_dir: Path, box_id: str) -> None:
     if line.startswith("OK"):
         return
     if not line:
-        code = proc.poll()
-        raise KeeperError(f"the background runner exited early (status {code}); see {cli / 'keeper.err'}", 125)
+        status = proc.poll()
+        raise KeeperError(f"the background runner exited early (status {status}); see {cli / 'keeper.err'}", 125)
     _, code, message = line.split(" ", 2)
     raise KeeperError(message.strip(), int(code))
 

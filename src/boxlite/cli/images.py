@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from ..api.runtime import Boxlite
 from ..images import PullProgress
@@ -19,11 +18,14 @@ class LayerBars:
     """Receives ``PullProgress`` callbacks and draws one bar per layer."""
 
     def __init__(self, enabled: bool) -> None:
+        from rich.console import Console  # rich is slow to import: only ``pull`` needs it
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             console=Console(stderr=True), transient=False, disable=not enabled,
         )  # fmt: skip
-        self.tasks: dict[str, TaskID] = {}
+        self.tasks: dict[str, Any] = {}
 
     def __call__(self, p: PullProgress) -> None:
         task = self.tasks.get(p.layer)
@@ -32,6 +34,8 @@ class LayerBars:
             task = self.tasks[p.layer] = self.progress.add_task(label, total=p.total or None)
         done = p.total if p.done else p.downloaded
         self.progress.update(task, completed=done, total=p.total or None)
+        if p.done:
+            self.progress.update(task, description=f"{p.layer.split(':', 1)[-1][:12]} done")
 
     def live(self) -> AbstractContextManager[object]:
         return self.progress if not self.progress.disable else nullcontext()
@@ -44,6 +48,8 @@ class LayerBars:
 async def pull(rt: Boxlite, reference: str, quiet: bool) -> int:
     """Download an image from a registry."""
     bars = LayerBars(enabled=not quiet and not want_json() and sys.stderr.isatty())
+    if not bars.progress.disable:
+        click.echo(f"Pulling {reference}", err=True)
     with bars.live():
         info = await rt.images.pull(reference, progress=bars)
     if want_json():

@@ -1,0 +1,45 @@
+"""Pure helpers of the CLI (no boxes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from boxlite.cli.common import env_pairs, parse_memory
+from boxlite.cli.errors import describe
+from boxlite.cli.files import split_box_path
+from boxlite.errors import ConfigError, ExecError, NotFoundError
+
+
+@pytest.mark.parametrize(
+    ("text", "mib"), [("512m", 512), ("2g", 2048), ("1.5GiB", 1536), ("256", 256), ("1073741824b", 1024), ("64MB", 64)]
+)
+def test_parse_memory(text: str, mib: int) -> None:
+    assert parse_memory(text) == mib
+
+
+def test_parse_memory_rejects_garbage() -> None:
+    with pytest.raises(Exception, match="--memory"):
+        parse_memory("lots")
+
+
+def test_split_box_path() -> None:
+    assert split_box_path("web:/etc/hosts") == ("web", "/etc/hosts")
+    assert split_box_path("web:") == ("web", "/")
+    assert split_box_path("/host/a:b") == (None, "/host/a:b")
+    assert split_box_path("./a:b") == (None, "./a:b")
+    assert split_box_path("plain") == (None, "plain")
+
+
+def test_env_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FROM_HOST", "h")
+    monkeypatch.delenv("UNSET_HERE", raising=False)
+    assert env_pairs(["A=1", "B=x=y", "C=", "FROM_HOST", "UNSET_HERE"]) == [
+        ("A", "1"), ("B", "x=y"), ("C", ""), ("FROM_HOST", "h"),
+    ]  # fmt: skip
+
+
+def test_exit_codes_follow_docker() -> None:
+    assert describe(ExecError("x", 127, "x: executable file not found"))[1] == 127
+    assert describe(ExecError("x", 127, "x: Permission denied"))[1] == 126
+    assert describe(NotFoundError("no such box: a")) == ("no such box: a", 125)
+    assert describe(ConfigError("bad"))[1] == 125
