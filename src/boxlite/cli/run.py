@@ -12,7 +12,7 @@ import click
 from ..api.box import Box
 from ..api.options import BoxOptions
 from ..api.runtime import Boxlite
-from ..errors import BoxliteError
+from ..errors import BoxliteError, ImageError
 from . import background, compat
 from .attach import Attachment, stdin_is_tty, terminal_size
 from .common import STATE, box_dir, env_pairs, find_box, parse_memory, with_runtime
@@ -98,6 +98,15 @@ def _entrypoint(value: str | None) -> list[str] | None:
     return [value] if value else []
 
 
+async def _create(rt: Boxlite, opts: BoxOptions, name: str | None) -> Box:
+    try:
+        return await rt.create(opts, name)
+    except ImageError as e:
+        if opts.image is None or opts.image in str(e):
+            raise
+        raise ImageError(f"cannot get image {opts.image}: {e}") from e
+
+
 async def exec_attached(
     box: Box, argv: list[str], *, tty: bool, interactive: bool, env: Sequence[str] = (),
     workdir: str | None = None, user: str | None = None, log: BinaryIO | None = None,
@@ -144,7 +153,7 @@ async def run(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove,
     )  # fmt: skip
-    box = await rt.create(opts, name)
+    box = await _create(rt, opts, name)
     argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
     if detach:
         await start_detached(rt, box, argv)
@@ -198,7 +207,7 @@ async def create(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove,
     )  # fmt: skip
-    box = await rt.create(opts, name)
+    box = await _create(rt, opts, name)
     argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
     if argv:
         background.save_main(box_dir(rt, box.id), argv)
