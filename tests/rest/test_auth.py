@@ -79,6 +79,16 @@ async def test_insecure_no_auth_on_loopback(tmp_path: Path) -> None:
         rt = boxlite.Boxlite.rest(f"http://127.0.0.1:{port}")
         assert await rt.list_info() == []
         await rt.shutdown()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/v1/boxes")).status_code == 200
+            # what a web page could send: cross-origin requests, DNS rebinding
+            assert (await client.get("/v1/boxes", headers={"Origin": "https://evil.example"})).status_code == 403
+            assert (await client.get("/v1/boxes", headers={"Host": "evil.example:80"})).status_code == 403
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+
+        with pytest.raises(InvalidStatus):
+            await connect(f"ws://127.0.0.1:{port}/v1/boxes/x/exec", origin="https://evil.example")  # type: ignore[arg-type]
     finally:
         stop_server(proc)
 

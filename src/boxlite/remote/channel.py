@@ -74,15 +74,19 @@ class RemoteChannel:
 
     @classmethod
     async def open(cls, transport: Transport, box_id: str, start: dict[str, Any], command: str) -> RemoteChannel:
+        from websockets.exceptions import ConnectionClosed
+
         ws = await transport.websocket(f"/v1/boxes/{box_id}/exec")
+        first: dict[str, Any] = {}
         try:
             await ws.send(json.dumps({"type": "start", "window": DEFAULT_WINDOW, **start}))
             first = json.loads(await ws.recv())
-        except BaseException:
-            await ws.close()
-            raise
+        except ConnectionClosed as e:
+            raise BoxDiedError(f"the server closed the exec connection: {e}") from None
+        finally:
+            if first.get("type") != "started":
+                await ws.close()
         if first.get("type") != "started":
-            await ws.close()
             raise decode_error(first)
         return cls(ws, command, first)
 

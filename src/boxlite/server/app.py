@@ -16,7 +16,7 @@ from ..api.options import Options
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
 from . import routes_boxes, routes_exec, routes_files, routes_images
-from .auth import ApiKeyMiddleware
+from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .state import ServerState
 from .wire import encode_error, http_status
 
@@ -27,8 +27,10 @@ Authentication: `Authorization: Bearer <api key>` when the server has a key.
 """
 
 
-def create_app(options: Options | None = None, api_key: str | None = None) -> FastAPI:
-    """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit)."""
+def create_app(options: Options | None = None, api_key: str | None = None, loopback_guard: bool = False) -> FastAPI:
+    """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit).
+
+    ``loopback_guard``: refuse browser-originated requests on TCP (for a server without a key)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +59,8 @@ def create_app(options: Options | None = None, api_key: str | None = None) -> Fa
 
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    if loopback_guard:
+        app.add_middleware(LoopbackGuardMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -44,3 +44,41 @@ class ApiKeyMiddleware:
             await send({"type": "websocket.http.response.body", "body": body})
         else:
             await send({"type": "websocket.close", "code": 1008})
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+class LoopbackGuardMiddleware:
+    """For a TCP listener without a key (``insecure_no_auth``, loopback only): refuse what a web
+    browser could send there. Requests with an ``Origin`` header (cross-site pages, WebSockets
+    included) and requests whose ``Host`` is not a loopback name (DNS rebinding) get 403.
+    Connections over the unix socket are not affected."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    @staticmethod
+    def _allowed(scope: Scope) -> bool:
+        server = scope.get("server")
+        if not server or server[1] is None:  # unix socket
+            return True
+        headers = dict(scope.get("headers", []))
+        if b"origin" in headers:
+            return False
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return name in LOOPBACK_HOSTS
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": {"type": "Forbidden", "message": "browser requests are refused"}}).encode()
+        headers = [(b"content-type", b"application/json")]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await receive()
+        await send({"type": "websocket.close", "code": 1008})

@@ -118,7 +118,7 @@ def serve(
         sockets.append(tcp)
         addr = tcp.getsockname()
         urls.append(f"http://{addr[0]}:{addr[1]}")
-    app = create_app(Options(home_dir=str(resolved.root)), api_key)
+    app = create_app(Options(home_dir=str(resolved.root)), api_key, loopback_guard=insecure_no_auth)
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())

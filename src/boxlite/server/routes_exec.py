@@ -47,7 +47,9 @@ async def exec_socket(websocket: WebSocket, box_id: str) -> None:
         )  # fmt: skip
     except WebSocketDisconnect:
         return
-    except BoxliteError as e:
+    except Exception as e:  # reported to the client as a typed error (InternalError if unexpected)
+        if not isinstance(e, BoxliteError):
+            log.exception("exec failed to start")
         await websocket.send_json({"type": "error", "error": encode_error(e)})
         await websocket.close()
         return
