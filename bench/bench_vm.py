@@ -67,7 +67,7 @@ async def one_box(home: Path, rootfs: Path, name: str, tb: int | None, idle: flo
         "ping_rtt_ms": _median(pings),
         "idle_pss_mib": round(m.get("memory_pss_bytes", 0) / 2**20, 1),
         "idle_qemu_pss_mib": round(m.get("qemu_pss_bytes", 0) / 2**20, 1),
-        "guest_init_s": m.get("boot_guest_init_s"),
+        "guest_configured_s": m.get("boot_guest_configured_s"),
         "guest_ready_s": m.get("boot_guest_ready_s"),
     }
 
@@ -102,7 +102,11 @@ async def main() -> int:
         for tb in [int(x) for x in args.tb_sizes.split(",") if x] or [None]:
             results = [await one_box(home, rootfs, f"b{tb}-{i}", tb, args.idle, args.rtts) for i in range(args.runs)]
             keys = results[0].keys()
-            summary = {k: _median([float(r[k]) for r in results if r[k] is not None]) for k in keys}
+            summary = {
+                k: _median([float(r[k]) for r in results if r[k] is not None])
+                for k in keys
+                if any(r[k] is not None for r in results)
+            }
             report["runs"][f"tb_size_mib={tb or 'default'}"] = {"median": summary, "all": results}
         report["layer_cache"] = str(cache_dir(make_spec(home, rootfs, "x")))
     print(json.dumps(report, indent=1))
