@@ -259,11 +259,16 @@ def main() -> None:
         box = handshake(fd)
         stage("configured")
         apply_host_state(box)
-        child = fork_prepare({"layers": str(box.get("layers", 0)), "hostname": str(box.get("hostname", "box"))})
-        agent_cls, confinement = loaded or load_agent()
-        _, status = os.waitpid(child, 0)
-        if status != 0:
-            raise RuntimeError("preparing the box root failed (see above)")
+        settings = {"layers": str(box.get("layers", 0)), "hostname": str(box.get("hostname", "box"))}
+        if loaded:  # restored snapshot: the agent is loaded already, forking would only cost
+            prepare_box(settings)
+            agent_cls, confinement = loaded
+        else:  # cold boot: mount in a child while this process imports the agent
+            child = fork_prepare(settings)
+            agent_cls, confinement = load_agent()
+            _, status = os.waitpid(child, 0)
+            if status != 0:
+                raise RuntimeError("preparing the box root failed (see above)")
         stage("mounted")
         agent = agent_cls(confinement)
         agent.attach_stream(fd, fd)
