@@ -211,6 +211,16 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     _setup_dev(f"{root}/dev", uid_base)
     linux.mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
     linux.mount("tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,uid={uid_base},gid={uid_base}")
+    if config.get("resolv_conf") and os.path.isdir(f"{root}/etc"):
+        try:
+            target = _volume_target(root, "/etc/resolv.conf", False, uid_base)
+        except OSError as e:  # e.g. the image made it a symlink: leave the image's file alone
+            print(f"boxlite: not providing /etc/resolv.conf: {e}", file=sys.stderr)
+        else:
+            try:
+                linux.bind_idmapped(config["resolv_conf"], target, None, True)
+            finally:
+                os.close(target)
     idmap_fd = config.get("idmap_fd")
     for host, guest, readonly in config.get("volumes", []):
         target = _volume_target(root, guest, os.path.isdir(host), uid_base)

@@ -87,6 +87,23 @@ class BoxOptions:
     hostname: str | None = None
     ready_timeout: float | None = None
 
+    def network_enabled(self) -> bool:
+        """Outbound network on? Default: loopback only, unless ports are published."""
+        mode = self.network.mode if isinstance(self.network, NetworkSpec) else self.network
+        if mode is None:
+            return bool(self.ports)
+        if mode in ("enabled", "on", "outbound"):
+            return True
+        if mode in ("disabled", "none", "loopback", "off"):
+            if self.ports:
+                raise ConfigError("ports cannot be published with network disabled")
+            return False
+        raise ConfigError(f"network mode must be 'enabled' or 'disabled', got {mode!r}")
+
+    def port_specs(self) -> list[tuple[str, int, int, str]]:
+        """``ports`` as (host ip, host port, box port, protocol); host ip defaults to 127.0.0.1."""
+        return [parse_port(p) for p in self.ports]
+
     def volume_specs(self) -> list[tuple[str, str, bool]]:
         """``volumes`` as (absolute host path, box path, read-only); raises ConfigError."""
         return [parse_volume(v) for v in self.volumes]
@@ -118,15 +135,12 @@ class BoxOptions:
             ):
                 raise ConfigError(f"{name} must be a list of strings, got {value!r}")
         self.volume_specs()
-        if self.ports:
-            raise UnsupportedOptionError("ports", "port forwarding is not implemented by this version")
+        self.port_specs()
         if self.secrets:
             raise UnsupportedOptionError("secrets")
-        mode = self.network.mode if isinstance(self.network, NetworkSpec) else self.network
-        if mode not in (None, "disabled", "none", "loopback"):
-            raise UnsupportedOptionError(
-                "network", f"{mode!r}: boxes have a loopback-only network in this version (use 'disabled')"
-            )
+        self.network_enabled()
+        if isinstance(self.network, NetworkSpec) and self.network.allow_net:
+            raise UnsupportedOptionError("network.allow_net", "outbound allow-lists are not implemented yet")
 
 
 def env_to_dict(env: Any, what: str) -> dict[str, str]:
@@ -186,3 +200,39 @@ def parse_volume(entry: Any) -> tuple[str, str, bool]:
     if not os.path.exists(path):
         raise ConfigError(f"volume {entry!r}: host path {path} does not exist")
     return path, os.path.normpath(guest), readonly
+
+
+def parse_port(entry: Any) -> tuple[str, int, int, str]:
+    """A port as (host, guest[, proto[, host_ip]]) tuple, dict, or "[ip:]host:guest[/proto]"."""
+    host_ip, protocol = "127.0.0.1", "tcp"
+    if isinstance(entry, str):
+        spec, _, proto = entry.partition("/")
+        parts = spec.rsplit(":", 2)
+        if len(parts) == 3:
+            host_ip, host, guest = parts
+        elif len(parts) == 2:
+            host, guest = parts
+        else:
+            host = guest = parts[0]
+        protocol = proto or "tcp"
+    elif isinstance(entry, Mapping):
+        guest = entry.get("guest_port", entry.get("guest"))
+        host = entry.get("host_port", entry.get("host")) or guest
+        protocol = entry.get("protocol") or "tcp"
+        host_ip = entry.get("host_ip") or host_ip
+    elif isinstance(entry, (tuple, list)) and 2 <= len(entry) <= 4:
+        host, guest = entry[0], entry[1]
+        protocol = (entry[2] if len(entry) > 2 else None) or "tcp"
+        host_ip = (entry[3] if len(entry) > 3 else None) or host_ip
+    else:
+        raise ConfigError(f"port {entry!r}: expected (host_port, guest_port[, protocol[, host_ip]])")
+    try:
+        host_port, guest_port = int(host), int(guest)
+    except (TypeError, ValueError):
+        raise ConfigError(f"port {entry!r}: ports must be integers") from None
+    if not (0 < host_port < 65536 and 0 < guest_port < 65536):
+        raise ConfigError(f"port {entry!r}: ports must be between 1 and 65535")
+    protocol = str(protocol).lower()
+    if protocol not in ("tcp", "udp"):
+        raise ConfigError(f"port {entry!r}: protocol must be tcp or udp")
+    return str(host_ip), host_port, guest_port, protocol

@@ -38,6 +38,10 @@ class BoxSpec:
     lifeline_fd: int | None = None
     volumes: list[tuple[str, str, bool]] = field(default_factory=list)
     """(host path, path in the box, read-only) bind mounts."""
+    network: bool = False
+    """Outbound network (else loopback only)."""
+    ports: list[tuple[str, int, int, str]] = field(default_factory=list)
+    """Published ports: (host ip, host port, box port, "tcp"|"udp"); implies ``network``."""
     ready_timeout: float = 60.0
     extra: dict[str, object] = field(default_factory=dict)
 

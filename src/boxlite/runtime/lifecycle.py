@@ -119,6 +119,8 @@ class BoxRuntime:
         engine = select_engine(options.engine or self.default_engine).name
         if options.volumes and engine != "namespace":
             raise UnsupportedOptionError("volumes", f"the {engine} engine does not support volumes yet")
+        if options.ports and engine != "namespace":
+            raise UnsupportedOptionError("ports", f"the {engine} engine does not publish ports yet")
         rootfs_path = options.rootfs_path
         if options.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
@@ -149,6 +151,8 @@ class BoxRuntime:
                 "hostname": options.hostname,
                 "ready_timeout": options.ready_timeout,
                 "volumes": [list(v) for v in options.volume_specs()],
+                "network": options.network_enabled(),
+                "ports": [list(p) for p in options.port_specs()],
             },
             image_config={
                 "env": list(cfg.env),
@@ -180,6 +184,8 @@ class BoxRuntime:
             detach=rec.detach,
             lifeline_fd=None if rec.detach else self.lifeline_r,
             volumes=[(str(h), str(g), bool(ro)) for h, g, ro in opts.get("volumes") or []],
+            network=bool(opts.get("network")),
+            ports=[(str(ip), int(hp), int(gp), str(pr)) for ip, hp, gp, pr in opts.get("ports") or []],
             ready_timeout=float(opts.get("ready_timeout") or DEFAULT_READY_TIMEOUT),
         )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ...errors import EngineError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from . import cgroups
+from . import cgroups, network
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
@@ -60,6 +60,7 @@ class NamespaceEngine(Engine):
             "workdir": str(spec.box_dir / "work"),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
             "volumes": [list(v) for v in spec.volumes],
+            "resolv_conf": str(network.resolv_conf(spec.run_dir)) if spec.network or spec.ports else None,
         }
         log = os.open(spec.box_dir / "boot.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fds = [status_w, log] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
@@ -87,6 +88,13 @@ class NamespaceEngine(Engine):
         start_time = process_start_time(pid)
         if start_time is None:
             raise EngineError(f"box {spec.box_id} died right after start{self._boot_log_tail(spec)}")
+        if spec.network or spec.ports:
+            try:
+                network.start_pasta(pid, spec.box_dir, [network.PortMapping(*p) for p in spec.ports])
+            except BaseException:
+                _kill(pid)
+                self._abort(groups)
+                raise
         spec.extra["boot_ms"] = (time.monotonic() - started) * 1000
         return RunningBox(pid=pid, pid_start=start_time, agent_socket=spec.agent_socket)
 
@@ -160,6 +168,7 @@ class NamespaceEngine(Engine):
         self.cleanup(spec)
 
     def cleanup(self, spec: BoxSpec) -> None:
+        network.stop_pasta(spec.box_dir)
         groups = cgroups.BoxCgroups.load(spec.box_dir / "cgroups.json")
         if groups is not None:
             groups.remove()

@@ -1,0 +1,92 @@
+"""Networking of namespace boxes: loopback only by default; pasta for outbound and ports."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import boxlite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def host_echo_server() -> Iterator[int]:
+    """A TCP server on the host's loopback answering 'pong' once per connection."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(20)
+
+    def serve() -> None:
+        try:
+            while True:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.sendall(b"pong\n")
+        except OSError:
+            pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield int(srv.getsockname()[1])
+    srv.close()
+
+
+async def test_default_network_is_loopback_only(box: boxlite.SimpleBox) -> None:
+    devices = await box.exec("cat", "/proc/net/dev")
+    assert [line.split(":")[0].strip() for line in devices.stdout.splitlines()[2:]] == ["lo"]
+
+
+async def test_published_port_reaches_the_box(home: Path, busybox_rootfs: Path) -> None:
+    port = free_port()
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, ports=[(port, 8080)]) as box:
+        server = await box.box.exec("sh", ["-c", "echo hello-from-box | nc -l -p 8080"], stdin=False)
+        reply = b""
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    reply = s.recv(100)
+                if reply:
+                    break
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+        assert reply == b"hello-from-box\n"
+        await server.wait()
+        pasta_pid = int((rt.home.box_dir(box.id) / "pasta.pid").read_text())
+    comm = Path(f"/proc/{pasta_pid}/comm")
+    assert not comm.exists() or comm.read_text().strip() != "pasta", "pasta outlived its box"
+    await rt.shutdown()
+
+
+async def test_enabled_network_reaches_host_services(home: Path, busybox_rootfs: Path, host_echo_server: int) -> None:
+    """Outbound traffic leaves through the host: the default gateway stands for the host itself."""
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, network="enabled") as box:
+        gw = await box.exec("sh", "-c", "ip route | awk '/default/ {print $3}'")
+        result = await box.exec("sh", "-c", f"nc {gw.stdout.strip()} {host_echo_server} </dev/null")
+        assert result.stdout == "pong\n", result
+        resolv = await box.exec("cat", "/etc/resolv.conf")
+        assert resolv.stdout.startswith("nameserver ")
+    await rt.shutdown()
+
+
+async def test_network_option_errors(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    for bad, match in (
+        ({"ports": [(0, 80)]}, "between 1 and 65535"),
+        ({"ports": [(80, 80, "sctp")]}, "tcp or udp"),
+        ({"ports": [(8080, 80)], "network": "disabled"}, "disabled"),
+        ({"network": "bridged"}, "network mode"),
+    ):
+        with pytest.raises(boxlite.ConfigError, match=match):
+            await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), **bad))
