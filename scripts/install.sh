@@ -11,7 +11,7 @@ echo "==> system packages"
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     busybox-static e2fsprogs erofs-utils qemu-system-x86 qemu-utils cpio \
-    uidmap ca-certificates >/dev/null
+    uidmap passt ca-certificates >/dev/null
 
 echo "==> python package"
 $PY -m pip install -q --disable-pip-version-check -e ".[cli,server]"
