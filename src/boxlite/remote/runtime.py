@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import Callable
 
 from ..api.options import BoxOptions
 from ..api.results import BoxInfo, RuntimeMetrics
-from ..errors import NotFoundError
+from ..errors import BoxliteError, NotFoundError
 from ..images import ImageInfo
+from ..images.types import PullProgress
+from ..server.wire import decode_error
 from .box import RemoteBox
 from .convert import box_info, options_json
 from .transport import Transport
@@ -19,9 +22,23 @@ class RemoteImages:
     def __init__(self, transport: Transport) -> None:
         self._t = transport
 
-    async def pull(self, reference: str, progress: Any = None) -> ImageInfo:
-        """Pull on the server (``progress`` is not reported remotely)."""
-        return ImageInfo(**await self._t.request("POST", "/v1/images/pull", json={"reference": reference}))
+    async def pull(self, reference: str, progress: Callable[[PullProgress], None] | None = None) -> ImageInfo:
+        """Pull on the server; ``progress`` receives ``PullProgress`` updates (throttled)."""
+        if progress is None:
+            return ImageInfo(**await self._t.request("POST", "/v1/images/pull", json={"reference": reference}))
+        params = {"progress": True}
+        async with self._t.stream("POST", "/v1/images/pull", json={"reference": reference}, params=params) as resp:
+            async for line in resp.aiter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "progress" in event:
+                    progress(PullProgress(**event["progress"]))
+                elif "image" in event:
+                    return ImageInfo(**event["image"])
+                else:
+                    raise decode_error(event)
+        raise BoxliteError(f"the server ended the pull of {reference} without a result")
 
     async def list(self) -> list[ImageInfo]:
         return [ImageInfo(**i) for i in await self._t.request("GET", "/v1/images")]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Response, status
+from fastapi.responses import StreamingResponse
 
+from ..images.types import PullProgress
 from .schemas import ERROR_RESPONSES, GcResult, ImageInfoModel, PullRequest, dump
 from .state import ServerState, get_state
+from .wire import encode_error
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES)
 
@@ -17,10 +24,47 @@ async def list_images(st: ServerState = Depends(get_state)) -> Any:
     return dump(await st.runtime.images.list())
 
 
-@router.post("/pull", response_model=ImageInfoModel)
-async def pull_image(req: PullRequest, st: ServerState = Depends(get_state)) -> Any:
-    """Pull an image into the server's store (answers when the pull is complete)."""
-    return dump(await st.runtime.images.pull(req.reference))
+@router.post(
+    "/pull",
+    response_model=ImageInfoModel,
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "with ?progress=true"}},
+)
+async def pull_image(req: PullRequest, progress: bool = False, st: ServerState = Depends(get_state)) -> Any:
+    """Pull an image into the server's store; answers when the pull is complete.
+
+    With ``progress=true`` the answer is NDJSON: ``{"progress": {layer, downloaded, total, done}}``
+    lines (at most ~5 per second per layer), then ``{"image": ImageInfo}`` or ``{"error": ...}``.
+    """
+    if not progress:
+        return dump(await st.runtime.images.pull(req.reference))
+    return StreamingResponse(_pull_events(st, req.reference), media_type="application/x-ndjson")
+
+
+async def _pull_events(st: ServerState, reference: str) -> AsyncIterator[bytes]:
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    last: dict[str, float] = {}
+
+    def on_progress(p: PullProgress) -> None:
+        now = time.monotonic()
+        if p.done or now - last.get(p.layer, 0.0) >= 0.2:
+            last[p.layer] = now
+            events.put_nowait({"progress": dump(p)})
+
+    async def run() -> None:
+        try:
+            events.put_nowait({"image": dump(await st.runtime.images.pull(reference, on_progress))})
+        except Exception as e:
+            events.put_nowait({"error": encode_error(e)})
+
+    task = asyncio.ensure_future(run())
+    try:
+        while True:
+            event = await events.get()
+            yield (json.dumps(event) + "\n").encode()
+            if "progress" not in event:
+                return
+    finally:
+        task.cancel()
 
 
 @router.post("/gc", response_model=GcResult)
