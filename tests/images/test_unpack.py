@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
 import subprocess
 import tarfile
@@ -263,3 +264,44 @@ def test_symlink_replacing_file_is_safe(tmp_path: Path, outside: Path) -> None:
     assert (outside / "sentinel").read_text() == "original"
     assert (dest / "f").read_bytes() == b"inside"
     assert os.readlink(dest / "h") == str(outside / "sentinel")
+
+
+def _random_layer(rng: random.Random, outside: Path) -> list[Member]:
+    comps = ["a", "b", "c", "..", ".", "link", "OUTSIDE", ".wh.a", ".wh..wh..opq"]
+    targets = ["../OUTSIDE", str(outside), "a", "a/b", "/", "..", "link", "../../OUTSIDE/sentinel"]
+
+    def name() -> str:
+        return "/".join(rng.choice(comps) for _ in range(rng.randint(1, 3)))
+
+    out = []
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.choice([R, R, D, S, S, L])
+        m = Member(name(), kind, data=b"pwned" if kind == R else b"")
+        if kind == S:
+            m.linkname = rng.choice(targets)
+        elif kind == L:
+            m.linkname = rng.choice([name(), "../OUTSIDE/sentinel", f"{outside}/sentinel"])
+        out.append(m)
+    return out
+
+
+def test_random_hostile_layers_never_escape(tmp_path: Path, outside: Path) -> None:
+    rng = random.Random(1234)
+    before = _snapshot(outside)
+    outcomes: dict[str, int] = {}
+    for i in range(300):
+        work = tmp_path / f"w{i}"
+        work.mkdir()
+        try:
+            _unpack(work, layer_from_members(_random_layer(rng, outside)))
+            outcome = "ok"
+        except UnsafeLayerError:
+            outcome = "unsafe"
+        except ImageError:
+            outcome = "error"  # e.g. hard link to a missing member
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        assert sorted(p.name for p in work.iterdir()) == ["blob", "root"]
+        assert _snapshot(outside) == before, f"escape in iteration {i}"
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("w")) == \
+            ["OUTSIDE"]
+    assert outcomes.get("ok") and outcomes.get("unsafe")
