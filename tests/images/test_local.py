@@ -54,12 +54,15 @@ async def test_layout_with_full_names_and_tags(tmp_path: Path) -> None:
 
 async def test_docker_archive_via_skopeo(tmp_path: Path) -> None:
     archive = tmp_path / "bb.tar"
-    subprocess.run(["skopeo", "copy", "--quiet", f"oci:{busybox_layout()}:latest",
+    subprocess.run(["skopeo", "copy", "--quiet", "--additional-tag", "bb:extra",
+                    f"oci:{busybox_layout()}:latest",
                     f"docker-archive:{archive}:example.com/tools/busybox:1.0"],
                    check=True, capture_output=True)
     m = ImageManager(tmp_path / "home")
-    (info,) = m.load(archive)
-    assert info.reference == "example.com/tools/busybox:1.0"
+    infos = m.load(archive)
+    assert sorted(i.reference for i in infos) == ["docker.io/library/bb:extra",
+                                                  "example.com/tools/busybox:1.0"]
+    assert len({i.digest for i in infos}) == 1
     prepared = await m.resolve("example.com/tools/busybox:1.0")
     assert (prepared.layers[0] / "bin/busybox").is_file()
     assert prepared.config.cmd == ["/bin/sh"]
