@@ -1,5 +1,6 @@
 // The private server never outlives the Node process that started it.
 import { execFileSync, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { beforeAll, expect, inject, test } from "vitest";
@@ -13,8 +14,8 @@ beforeAll(() => {
 
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    // "pid (comm) S ...": a zombie (Z) has exited; this container's init may not reap it.
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
   } catch {
     return false;
   }

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -123,9 +124,14 @@ def serve(
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
     print(f"boxlite: serving {', '.join(urls)}", file=sys.stderr, flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the previous handlers and then
+    # re-raises the signal: make that a no-op so that the cleanup below runs and we exit 0.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         asyncio.run(_run(server, sockets, exit_on_stdin_eof))
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for sock in sockets:
             sock.close()
         if unix_path is not None:
