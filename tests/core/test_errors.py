@@ -36,6 +36,9 @@ def opts(rootfs: Path, **kw: object) -> boxlite.BoxOptions:
         {"env": {"K": "nul\0byte"}},
         {"entrypoint": "sh -c true"},
         {"cmd": ["ok", 3]},
+        {"network": "bridge"},
+        {"ports": ["notaport"]},
+        {"ports": [(0, 80)]},
     ],
 )
 async def test_bad_options_raise_config_error(runtime: boxlite.Boxlite, busybox_rootfs: Path, bad: dict) -> None:
@@ -48,16 +51,15 @@ async def test_bad_options_raise_config_error(runtime: boxlite.Boxlite, busybox_
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("ports", [(8080, 80)]),
         ("secrets", ["token"]),
-        ("network", "bridge"),
+        ("network.allow_net", boxlite.NetworkSpec(mode="enabled", allow_net=["example.com"])),
     ],
 )
 async def test_unimplemented_options_name_the_option(
     runtime: boxlite.Boxlite, busybox_rootfs: Path, option: str, value: object
 ) -> None:
     with pytest.raises(boxlite.UnsupportedOptionError) as err:
-        await runtime.create(opts(busybox_rootfs, **{option: value}))
+        await runtime.create(opts(busybox_rootfs, **{option.split(".")[0]: value}))
     assert err.value.option == option
     assert option in str(err.value)
     assert isinstance(err.value, NotImplementedError)
