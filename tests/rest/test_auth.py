@@ -91,16 +91,3 @@ async def test_insecure_no_auth_on_loopback(tmp_path: Path) -> None:
             await connect(f"ws://127.0.0.1:{port}/v1/boxes/x/exec", origin="https://evil.example")  # type: ignore[arg-type]
     finally:
         stop_server(proc)
-
-
-def test_server_exits_when_stdin_closes(tmp_path: Path) -> None:
-    proc = start_server(tmp_path / "home", "--exit-on-stdin-eof")
-    try:
-        wait_ready(proc, f"unix://{tmp_path / 'home' / 'boxlite.sock'}")
-        assert proc.stdin is not None
-        proc.stdin.close()
-        assert proc.wait(15) == 0
-        assert not (tmp_path / "home" / "boxlite.sock").exists()
-    finally:
-        if proc.poll() is None:
-            stop_server(proc)
