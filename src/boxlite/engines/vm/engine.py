@@ -129,12 +129,14 @@ class VmEngine(Engine):
         tdir = cache_dir(spec) / "templates"
         path = tdir / f"{key}.snap"
         if path.exists():
+            os.utime(path)  # "last used", for _forget_old_templates (noatime mounts)
             return path
         tdir.mkdir(parents=True, exist_ok=True)
         lock = await asyncio.to_thread(_lock_file, tdir / f"{key}.lock")
         try:
             if path.exists():
                 return path
+            _forget_old_templates(tdir)
             work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=tdir))
             try:
                 placeholder = work / "upper.img"
@@ -305,6 +307,22 @@ async def _read_status(fd: int, state: dict[str, int]) -> str:
                 return line
     finally:
         transport.close()
+
+
+TEMPLATE_MAX_AGE = 14 * 86400
+
+
+def _forget_old_templates(tdir: Path) -> None:
+    """Delete snapshot templates not used for two weeks (older artifacts, other shapes)."""
+    now = time.time()
+    for snap in tdir.glob("*.snap"):
+        try:
+            st = snap.stat()
+            if now - max(st.st_atime, st.st_mtime) > TEMPLATE_MAX_AGE:
+                snap.unlink()
+                snap.with_suffix(".lock").unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _empty_initrd(cache: Path) -> Path:

@@ -129,7 +129,7 @@ class Shim:
             _report(self.status_fd, f"error QEMU exited with status {self.proc.wait()} before the agent was ready")
             return 1
         t_ready = time.monotonic()
-        sock_path = Path(self.conf["agent_socket"])
+        sock_path = _short(Path(self.conf["agent_socket"]))
         sock_path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(relay.serve_client, path=str(sock_path))
         os.chmod(sock_path, 0o600)
@@ -264,6 +264,15 @@ class Shim:
         return False
 
 
+def _short(path: Path) -> Path:
+    """``path`` relative to the working directory when that makes it shorter."""
+    try:
+        rel = Path(os.path.relpath(path))
+    except ValueError:
+        return path
+    return rel if len(str(rel)) < len(str(path)) else path
+
+
 def guest_stages(console: Path) -> dict[str, float]:
     """Guest boot stages (seconds since kernel start) from vminit's console markers."""
     out: dict[str, float] = {}
@@ -288,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.fork():
         os._exit(0)  # the engine reaps this one; the shim itself is re-parented
     os.setsid()
+    os.chdir(conf["run_dir"])  # lets long socket paths be bound relative to it (108-byte limit)
     t0 = time.monotonic()
     run_dir = Path(conf["run_dir"])
     log_fd = os.open(run_dir / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
