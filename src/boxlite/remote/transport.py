@@ -99,6 +99,8 @@ class Transport:
         kwargs: dict[str, Any] = {
             "additional_headers": self.headers, "max_size": 2 * MAX_FRAME + 1024, "compression": None,
             "ping_interval": None, "proxy": None,
+            # never stop reading (pongs must flow): the server's credit bounds what can queue up
+            "max_queue": None,
         }  # fmt: skip
         uri = self.ws_base + quote(path)
         try:
