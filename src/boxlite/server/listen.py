@@ -10,7 +10,9 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 from ..api.options import Options
 from ..errors import ConfigError
@@ -107,34 +109,36 @@ def serve(
     api_key = api_key or os.environ.get("BOXLITE_API_KEY") or None
     check_auth(host, port, api_key, insecure_no_auth)
     resolved = Home.resolve(home)
-    sockets: list[socket.socket] = []
-    urls: list[str] = []
-    unix_path: Path | None = None
+    unix_path = None
     if socket_path is not None or (host is None and port is None):
-        path = unix_path = Path(socket_path) if socket_path else resolved.root / SOCKET_NAME
-        sockets.append(unix_listener(path))
-        urls.append(f"unix://{path}")
-    if host is not None or port is not None:
-        tcp = tcp_listener(host or "127.0.0.1", port or 8000)
-        sockets.append(tcp)
-        addr = tcp.getsockname()
-        urls.append(f"http://{addr[0]}:{addr[1]}")
+        unix_path = Path(socket_path) if socket_path else resolved.root / SOCKET_NAME
     app = create_app(Options(home_dir=str(resolved.root)), api_key, loopback_guard=insecure_no_auth)
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
-    print(f"boxlite: serving {', '.join(urls)}", file=sys.stderr, flush=True)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, restores the previous handlers and then
-    # re-raises the signal: make that a no-op so that the cleanup below runs and we exit 0.
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sockets: list[socket.socket] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn stops gracefully on SIGINT/SIGTERM, restores the previous handlers and then
+        # re-raises the signal: make that a no-op so that the cleanup below runs and we exit 0.
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        urls = []
+        if unix_path is not None:
+            sockets.append(unix_listener(unix_path))
+            urls.append(f"unix://{unix_path}")
+        if host is not None or port is not None:
+            sockets.append(tcp_listener(host or "127.0.0.1", port or 8000))
+            addr = sockets[-1].getsockname()
+            urls.append(f"http://{addr[0]}:{addr[1]}")
+        print(f"boxlite: serving {', '.join(urls)}", file=sys.stderr, flush=True)
         asyncio.run(_run(server, sockets, exit_on_stdin_eof))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for sock in sockets:
             sock.close()
-        if unix_path is not None:
+        if sockets and unix_path is not None:
             with contextlib.suppress(OSError):
                 unix_path.unlink()
 
