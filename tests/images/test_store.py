@@ -78,6 +78,8 @@ def test_remove_by_digest_needs_force_when_shared(tmp_path: Path) -> None:
     assert m.list() == []
     with pytest.raises(NotFoundError):
         m.remove("localhost/busybox:latest")
+    with pytest.raises(NotFoundError):
+        m.remove("Not A Reference!")
 
 
 def test_list_fields(tmp_path: Path) -> None:

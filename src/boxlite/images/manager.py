@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ConfigError, ImageError, NotFoundError, RegistryError
+from ..errors import ConfigError, ImageError, NotFoundError, ParseError, RegistryError
 from .catalog import is_complete, read_image, record_image
 from .client import RegistryClient, RetryPolicy
 from .layout import import_path, is_oci_layout
@@ -193,7 +193,7 @@ class ImageManager:
         if not rows and not is_digest(ref_or_digest):
             try:
                 parsed = parse_reference(ref_or_digest)
-            except ImageError:
+            except ParseError:
                 parsed = None
             if parsed is not None:
                 for cand in self._candidates(parsed):
