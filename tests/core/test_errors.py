@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -149,8 +150,12 @@ async def test_killed_agent_is_reported_stopped(runtime: boxlite.Boxlite, busybo
     start = process_start_time(pid)
     os.kill(pid, signal.SIGKILL)
     await wait_dead(pid, start)
+    cgroups = json.loads((runtime.home.box_dir(box.id) / "cgroups.json").read_text())["paths"].values()
+    assert cgroups and all(os.path.isdir(p) for p in cgroups)
     info = await runtime.get_info(box.id)
     assert info is not None and info.state.status == "stopped" and info.state.pid is None
+    # Noticing the death also releases the box's host resources.
+    assert not any(os.path.exists(p) for p in cgroups)
     assert (await runtime.metrics()).num_running_boxes == 0
     await box.stop()  # harmless
     await box.start()

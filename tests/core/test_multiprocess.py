@@ -200,11 +200,17 @@ async def test_killed_owner_does_not_hurt_other_owners_boxes(
         assert states[v["id"]] == "stopped"
         assert process_start_time(s["pid"]) is not None
         assert mine.info().state.running
-        # The survivor's owner closing cleanly (no shutdown call) still stops its box.
+        # The survivor's owner closing cleanly (no shutdown call) still stops its box, and a
+        # runtime that was already open notices and releases the box's cgroups.
+        paths, _ = cgroup_state(home, s["id"])
+        assert paths
         assert survivor.stdin is not None
         survivor.stdin.close()
         survivor.wait(10)
         wait_gone(s["pid"], process_start_time(s["pid"]), 3)
+        assert (await rt.get_info(s["id"])).state.status == "stopped"  # type: ignore[union-attr]
+        for path in paths:
+            assert not os.path.exists(path), f"cgroup {path} left behind"
     finally:
         await rt.shutdown()
 

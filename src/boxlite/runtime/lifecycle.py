@@ -26,7 +26,7 @@ from ..errors import (
 from ..images import ImageManager
 from .engines import select_engine
 from .home import Home
-from .locks import box_lock
+from .locks import box_lock, try_box_lock
 from .state import BoxRecord, StateDB, now
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -72,19 +72,42 @@ class BoxRuntime:
         if self.closed:
             raise StoppedError("this runtime was shut down")
 
-    def record(self, id_or_name: str) -> BoxRecord:
+    def record(self, id_or_name: str, locked: bool = False) -> BoxRecord:
         rec = self.db.get(id_or_name)
         if rec is None:
             raise NotFoundError(f"no box with id or name {id_or_name!r}")
-        return self.refresh(rec)
+        return self.refresh(rec, locked)
 
-    def refresh(self, rec: BoxRecord) -> BoxRecord:
-        """Correct a 'running' record whose supervisor is gone (crash, kill, host reboot)."""
-        if rec.state in ("running", "stopping") and not self._alive(rec):
-            rec.state = "stopped"
-            rec.pid = rec.pid_start = None
-            self.db.update(rec)
+    def refresh(self, rec: BoxRecord, locked: bool = False) -> BoxRecord:
+        """Correct a 'running' record whose supervisor is gone (crash, kill, host reboot) and
+        release the box's host resources (cgroups...). ``locked``: the caller holds the box lock.
+
+        Without the lock the record is corrected only if the lock is free; otherwise whoever
+        holds it (maybe starting the box again) writes the state, and ``rec`` is only reported
+        stopped: cleaning up then could kill the box being started."""
+        if rec.state not in ("running", "stopping") or self._alive(rec):
+            return rec
+        if locked:
+            self._mark_stopped(rec)
+            return rec
+        with try_box_lock(self.home.box_dir(rec.id) / "lock") as taken:
+            fresh = self.db.get(rec.id) if taken else None
+            if fresh is not None and fresh.state in ("running", "stopping") and not self._alive(fresh):
+                self._mark_stopped(fresh)
+            if fresh is not None:
+                rec.__dict__.update(fresh.__dict__)
+                return rec
+        rec.state = "stopped"
+        rec.pid = rec.pid_start = None
         return rec
+
+    def _mark_stopped(self, rec: BoxRecord) -> None:
+        rec.state = "stopped"
+        rec.pid = rec.pid_start = None
+        self.db.update(rec)
+        with contextlib.suppress(Exception):
+            select_engine(rec.engine).cleanup(self.spec(rec))
+        self.owned.discard(rec.id)
 
     @staticmethod
     def _alive(rec: BoxRecord) -> bool:
@@ -101,10 +124,9 @@ class BoxRuntime:
                 while self._alive(rec) and time.monotonic() < deadline:
                     time.sleep(0.005)
             before = rec.state
-            self.refresh(rec)
-            if before in ("running", "stopping") and rec.state == "stopped":
-                with contextlib.suppress(Exception):
-                    select_engine(rec.engine).cleanup(self.spec(rec))
+            self.refresh(rec)  # marks it stopped and cleans up, unless another process holds it
+            fresh = self.db.get(rec.id)
+            if before in ("running", "stopping") and fresh is not None and fresh.state == "stopped":
                 if rec.auto_remove and not owner_alive:
                     self._delete(rec)
 
@@ -193,7 +215,7 @@ class BoxRuntime:
         """Start the box if needed (idempotent) and return a live agent connection."""
         self.check_open()
         async with box_lock(self.home.box_dir(box_id) / "lock"):
-            rec = self.record(box_id)
+            rec = self.record(box_id, locked=True)
             if rec.state == "running":
                 return await self.client(rec)
             engine = select_engine(rec.engine)
@@ -270,7 +292,7 @@ class BoxRuntime:
     async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
         async with box_lock(self.home.box_dir(box_id) / "lock"):
-            rec = self.record(box_id)
+            rec = self.record(box_id, locked=True)
             if rec.state in ("running", "stopping"):
                 await self._stop_running(rec, grace)
             if remove_if_auto and rec.auto_remove:
@@ -304,7 +326,7 @@ class BoxRuntime:
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         rec = self.record(id_or_name)
         async with box_lock(self.home.box_dir(rec.id) / "lock"):
-            rec = self.record(rec.id)
+            rec = self.record(rec.id, locked=True)
             if rec.state in ("running", "stopping"):
                 if not force:
                     raise InvalidStateError(f"box {rec.id} is running; stop it first or pass force=True")

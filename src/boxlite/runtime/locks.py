@@ -7,7 +7,8 @@ import fcntl
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from ..errors import TimeoutError
@@ -31,5 +32,25 @@ async def box_lock(path: Path, timeout: float = 60.0) -> AsyncIterator[None]:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
         yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def try_box_lock(path: Path) -> Iterator[bool]:
+    """Take the lock of ``box_lock`` if nobody holds it (this process's other tasks included);
+    yields whether it was taken. Never creates the box directory."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
     finally:
         os.close(fd)
