@@ -18,7 +18,7 @@ import pytest
 from vmhelpers import Client, make_spec, requires_qemu, shutdown
 
 from boxlite import runtime_artifact
-from boxlite.engines.base import process_start_time
+from boxlite.engines.base import RootLayers, process_start_time
 from boxlite.engines.vm import VmEngine
 from boxlite.errors import EngineError
 
@@ -194,3 +194,49 @@ async def test_kill_forces_the_box_down(started) -> None:  # type: ignore[no-unt
     await engine.kill(spec, running)
     assert not running.is_alive()
     assert process_start_time(qemu) is None
+
+
+def _layered_rootfs(base: Path, busybox: Path, uid_base: int) -> tuple[Path, Path]:
+    """Two layers shifted by ``uid_base``: the top one deletes a file (whiteout), makes a dir
+    opaque, and adds a file owned by box uid 1000."""
+    low, top = base / "low", base / "top"
+    shutil.copytree(busybox, low, symlinks=True)
+    (low / "etc/gone").write_text("deleted by the top layer\n")
+    (low / "opaque").mkdir()
+    (low / "opaque/hidden").write_text("hidden by the opaque top dir\n")
+    (top / "etc").mkdir(parents=True)
+    os.mknod(top / "etc/gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    (top / "opaque").mkdir()
+    os.setxattr(top / "opaque", "trusted.overlay.opaque", b"y")
+    (top / "opaque/visible").write_text("top\n")
+    (top / "home").mkdir()
+    (top / "home/owned").write_text("mine\n")
+    for layer in (low, top):
+        for root, dirs, files in os.walk(layer):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                st = os.lstat(name)
+                os.chown(name, st.st_uid + uid_base, st.st_gid + uid_base, follow_symlinks=False)
+    os.chown(top / "home/owned", uid_base + 1000, uid_base + 1000)
+    return low, top
+
+
+async def test_layers_whiteouts_ownership_and_limits(  # type: ignore[no-untyped-def]
+    artifact, vm_home: Path, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    uid_base = 100000
+    low, top = _layered_rootfs(tmp_path / "layers", busybox_rootfs, uid_base)
+    spec = make_spec(vm_home, busybox_rootfs, "layered", cpus=1, memory_mib=256)
+    spec.root = RootLayers((low, top), "layered-test", uid_base)
+    engine = VmEngine()
+    running = await engine.start(spec)
+    try:
+        c = await Client.connect(spec.agent_socket)
+        script = (
+            "test -e /etc/gone || echo gone; ls /opaque; stat -c %u:%g /home/owned /bin/busybox; "
+            "nproc; awk '/MemTotal/ {print ($2 < 262144)}' /proc/meminfo"
+        )
+        res = await c.exec(["/bin/sh", "-c", script])
+        assert res.stdout.decode().split() == ["gone", "visible", "1000:1000", "0:0", "1", "1"], res
+        await c.close()
+    finally:
+        await shutdown(spec, running, engine)

@@ -95,21 +95,26 @@ class VmEngine(Engine):
             debug=artifact.debug,
         )
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
+        deadline = t0 + spec.ready_timeout  # the whole start, template creation included
         if _snapshots_enabled(spec):
-            template = await self._template(spec, artifact, vm)
+            template = await self._template(spec, artifact, vm, deadline)
             if template is not None:
                 timings["template_ready_s"] = round(time.monotonic() - t0, 4)
                 try:
                     restore = replace(vm, incoming=str(template), initramfs=str(_empty_initrd(cache_dir(spec))))
-                    return await self._spawn_shim(spec, restore, timings, "restore")
+                    return await self._spawn_shim(spec, restore, timings, "restore", deadline)
+                except _NotReady:
+                    raise
                 except EngineError as e:
                     log.warning("VM box %s: restoring the snapshot failed, booting cold: %s", spec.box_id, e)
                     template.unlink(missing_ok=True)
                     if console.exists():
                         console.replace(spec.box_dir / "console.restore-failed.log")
-        return await self._spawn_shim(spec, vm, timings, "boot")
+        return await self._spawn_shim(spec, vm, timings, "boot", deadline)
 
-    async def _template(self, spec: BoxSpec, artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig) -> Path | None:
+    async def _template(
+        self, spec: BoxSpec, artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig, deadline: float
+    ) -> Path | None:
         """The snapshot to restore for ``vm`` (created on first use), or None if unavailable."""
         upper_size = Path(str(vm.upper_disk)).stat().st_size
         key = hashlib.sha256(
@@ -150,7 +155,7 @@ class VmEngine(Engine):
                     work,
                     work / "agent.sock",
                     None,
-                    spec.ready_timeout,
+                    _remaining(deadline),
                     {"mode": "template", "snapshot": str(path)},
                 )
                 if not status[1].startswith("template"):
@@ -211,13 +216,16 @@ class VmEngine(Engine):
             self._force_kill(state.get("pid"), run)
         return state.get("pid"), line
 
-    async def _spawn_shim(self, spec: BoxSpec, vm: VmConfig, timings: dict[str, float], mode: str) -> RunningBox:
+    async def _spawn_shim(
+        self, spec: BoxSpec, vm: VmConfig, timings: dict[str, float], mode: str, deadline: float
+    ) -> RunningBox:
         run = spec.run_dir
         t_spawn = time.monotonic()
         lifeline = None if spec.detach else spec.lifeline_fd
-        pid, line = await self._run_shim(vm, run, spec.agent_socket, lifeline, spec.ready_timeout, {"mode": mode})
+        pid, line = await self._run_shim(vm, run, spec.agent_socket, lifeline, _remaining(deadline), {"mode": mode})
         if line.startswith("timeout: "):
-            raise EngineError(self._boot_failure(spec, f"the agent was {line[len('timeout: ') :]}"))
+            why = f"the agent was not ready within {spec.ready_timeout:g}s"
+            raise _NotReady(self._boot_failure(spec, why))
         if pid is None or not line.startswith("ready"):
             raise EngineError(self._boot_failure(spec, line.removeprefix("error ") or "the shim died"))
         boot = json.loads(line[len("ready ") :] or "{}")
@@ -323,6 +331,14 @@ def _forget_old_templates(tdir: Path) -> None:
                 snap.with_suffix(".lock").unlink(missing_ok=True)
         except OSError:
             pass
+
+
+class _NotReady(EngineError):
+    """The readiness deadline passed."""
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.2, deadline - time.monotonic())
 
 
 def _empty_initrd(cache: Path) -> Path:
