@@ -94,6 +94,8 @@ class RegistryClient:
                                         ) from e
                 await asyncio.sleep(self.retry.delay(attempt))
                 continue
+            except httpx.HTTPError as e:  # too many redirects, invalid URL...
+                raise RegistryError(f"{self.registry.host}: {type(e).__name__}: {e}") from e
             status = resp.status_code
             if status < 400:
                 return resp
@@ -135,6 +137,8 @@ class RegistryClient:
                     raise RegistryError(f"{self.registry.host}: manifest download failed: "
                                         f"{e}") from e
                 await asyncio.sleep(self.retry.delay(attempt))
+            except httpx.HTTPError as e:
+                raise RegistryError(f"{self.registry.host}: manifest download failed: {e}") from e
             finally:
                 await resp.aclose()
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -204,6 +208,9 @@ class RegistryClient:
                                             f"failed: {type(e).__name__}: {e}") from e
                     await asyncio.sleep(self.retry.delay(failures))
                     continue
+                except httpx.HTTPError as e:
+                    raise RegistryError(f"{self.registry.host}: download of {desc.digest} "
+                                        f"failed: {type(e).__name__}: {e}") from e
                 if have < desc.size:  # clean EOF but short: count as a broken transfer
                     failures = 1 if have > start else failures + 1
                     if failures >= self.retry.attempts:
