@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Any
 
 from . import linux
 from .linux import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT
@@ -27,6 +28,7 @@ from .linux import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT
 BOX = "/box"
 LOWER = "/run/boxlite/lower"
 RW = "/run/boxlite/rw"
+LOGS = f"{RW}/logs"
 AGENT_PORT = "boxlite.agent"
 WAITING = b"boxlite-vminit-waiting\n"
 BLKFLSBUF = 0x1261
@@ -237,7 +239,7 @@ def apply_host_state(conf: dict[str, object]) -> None:
                 os.close(dev)
 
 
-def load_agent() -> tuple[type, object]:
+def load_agent() -> tuple[Any, Any]:
     """Import the agent and compute its confinement (the slow part of the boot)."""
     from .seccomp import build_filter
     from .server import Agent
@@ -270,7 +272,8 @@ def main() -> None:
             if status != 0:
                 raise RuntimeError("preparing the box root failed (see above)")
         stage("mounted")
-        agent = agent_cls(confinement)
+        os.makedirs(LOGS, exist_ok=True)  # detached executions' logs, on the box's own disk
+        agent = agent_cls(confinement, None, LOGS)
         agent.attach_stream(fd, fd)
         stage("ready")
         agent.serve_forever()
