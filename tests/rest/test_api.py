@@ -133,3 +133,16 @@ async def test_images(remote: RemoteBoxlite) -> None:
     with pytest.raises(boxlite.BoxliteError):
         await remote.images.pull("Not A Reference")
     assert await remote.images.gc() >= 0
+
+
+def test_one_client_across_event_loops(server: object, busybox_rootfs: Path) -> None:
+    """A runtime object keeps working when used from successive ``asyncio.run`` calls."""
+    rt = boxlite.Boxlite.rest(server.url, api_key=server.api_key)  # type: ignore[attr-defined]
+
+    async def run_once() -> str:
+        async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt) as box:
+            return (await box.exec("echo", "ok")).stdout
+
+    assert asyncio.run(run_once()) == "ok\n"
+    assert asyncio.run(run_once()) == "ok\n"
+    asyncio.run(rt.shutdown())

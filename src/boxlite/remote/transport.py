@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -50,6 +51,7 @@ class Transport:
         else:
             raise ConfigError(f"server URL must be unix:///path or http(s)://host:port, got {url!r}")
         self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: httpx.Client | None = None
         self.closed = False
 
@@ -57,10 +59,13 @@ class Transport:
         return {"base_url": self.base_url, "headers": self.headers, "timeout": httpx.Timeout(None, connect=10.0)}
 
     def client(self) -> httpx.AsyncClient:
+        """The connection pool of the running event loop (a new loop gets a new pool)."""
         if self.closed:
             raise StoppedError("this runtime was shut down")
-        if self._client is None:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
             self._client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.uds), **self._kwargs())
+            self._loop = loop
         return self._client
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -120,7 +125,7 @@ class Transport:
 
     async def aclose(self) -> None:
         self.closed = True
-        if self._client is not None:
+        if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.aclose()
         if self._sync is not None:
             self._sync.close()

@@ -22,7 +22,7 @@ from .state import ServerState, get_state
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
-@router.get("/health", response_model=HealthModel, tags=["runtime"])
+@router.get("/health", response_model=HealthModel, tags=["runtime"], openapi_extra={"security": []})
 async def health() -> dict[str, Any]:
     """Liveness probe (no authentication needed)."""
     return {"status": "ok", "version": __version__}
