@@ -1,7 +1,7 @@
 /** `Boxlite`: the runtime object (a private local server, or a server at a URL). */
 
 import { Box } from "./box.js";
-import { NotFoundError } from "./errors.js";
+import { BoxliteError, errorFromBody, NotFoundError } from "./errors.js";
 import { LocalServer, type LocalServerOptions } from "./server.js";
 import { Transport } from "./transport.js";
 import {
@@ -11,6 +11,7 @@ import {
   camelize,
   type ImageInfo,
   optionsJson,
+  type PullProgress,
   type RuntimeMetrics,
 } from "./types.js";
 
@@ -18,8 +19,27 @@ import {
 export class Images {
   constructor(private readonly transport: Transport) {}
 
-  async pull(reference: string): Promise<ImageInfo> {
-    return camelize<ImageInfo>(await this.transport.json("POST", "/v1/images/pull", { json: { reference } }));
+  /** Pull into the server's store; `progress` receives throttled per-layer updates. */
+  async pull(reference: string, progress?: (p: PullProgress) => void): Promise<ImageInfo> {
+    if (!progress) {
+      return camelize<ImageInfo>(await this.transport.json("POST", "/v1/images/pull", { json: { reference } }));
+    }
+    const res = await this.transport.stream("POST", "/v1/images/pull", { json: { reference }, query: { progress: true } });
+    let buffered = "";
+    for await (const chunk of res) {
+      buffered += (chunk as Buffer).toString("utf8");
+      let nl: number;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl).trim();
+        buffered = buffered.slice(nl + 1);
+        if (!line) continue;
+        const event = JSON.parse(line) as Record<string, Record<string, unknown>>;
+        if (event.progress) progress(camelize<PullProgress>(event.progress));
+        else if (event.image) return camelize<ImageInfo>(event.image);
+        else throw errorFromBody(event);
+      }
+    }
+    throw new BoxliteError(`the server ended the pull of ${reference} without a result`);
   }
 
   async list(): Promise<ImageInfo[]> {

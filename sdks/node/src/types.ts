@@ -100,6 +100,13 @@ export interface ImageInfo {
   created: string | null;
 }
 
+export interface PullProgress {
+  layer: string;
+  downloaded: number;
+  total: number;
+  done: boolean;
+}
+
 const camel = (s: string): string => s.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
 const snake = (s: string): string => s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 

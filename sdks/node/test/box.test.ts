@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, inject, test } from "vitest";
-import { AlreadyExistsError, Boxlite, ConfigError, InvalidStateError, NotFoundError, SimpleBox } from "../src/index.js";
+import { AlreadyExistsError, Boxlite, BoxliteError, ConfigError, InvalidStateError, NotFoundError, SimpleBox } from "../src/index.js";
 
 const rootfsPath = inject("rootfs");
 let runtime: Boxlite;
@@ -73,4 +73,13 @@ test("await using stops (and auto-removes) the box", async () => {
   }
   expect(await runtime.getInfo(id)).toBeNull();
   expect((await runtime.metrics()).boxesCreatedTotal).toBeGreaterThan(0);
+});
+
+test("images", async () => {
+  expect(await runtime.images.list()).toEqual([]);
+  await expect(runtime.images.remove("example.invalid/none:latest")).rejects.toBeInstanceOf(NotFoundError);
+  await expect(runtime.images.pull("Not A Reference")).rejects.toBeInstanceOf(BoxliteError);
+  const seen: unknown[] = [];
+  await expect(runtime.images.pull("Not A Reference", (p) => seen.push(p))).rejects.toBeInstanceOf(BoxliteError);
+  expect(await runtime.images.gc()).toBeGreaterThanOrEqual(0);
 });
