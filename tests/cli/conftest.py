@@ -16,6 +16,7 @@ import pytest
 import boxlite
 
 CLI = [sys.executable, "-m", "boxlite.cli"]
+SRC = Path(__file__).resolve().parents[2] / "src"  # test this checkout, whatever is pip-installed
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Cli:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOXLITE_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
         env["BOXLITE_ENGINE"] = os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0]
         return env
 

@@ -77,24 +77,32 @@ def test_detached_box_lifecycle(cli: Cli, tmp_path: Path) -> None:
     assert cli.ok("ls", "-a", "-q") == ""
 
 
-def test_main_command_end_stops_the_box_and_is_logged(cli: Cli) -> None:
-    cli.ok("run", "-d", "--name", "job", "--rootfs", str(cli.rootfs), "sh", "-c", "sleep 1; echo done-work; exit 5")
-    assert cli.ok("logs", "-f", "job") == "done-work\n"  # follows until the main command ends
-    _wait_for(lambda: "stopped (5)" in cli.ok("ls", "-a"))
-    assert cli.ok("logs", "job") == "done-work\n"
-    [info] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]
-    assert info["exit_code"] == 5
+def test_main_process_output_is_followed_until_the_box_stops(cli: Cli) -> None:
+    import subprocess
+
+    cli.ok("run", "-d", "--name", "job", "--rootfs", str(cli.rootfs), "sh", "-c", "echo first; sleep 600")
+    follow = subprocess.Popen(cli.argv("logs", "-f", "job"), stdout=subprocess.PIPE, text=True, env=cli.env())
+    try:
+        assert follow.stdout is not None and follow.stdout.readline() == "first\n"
+        cli.ok("stop", "-t", "1", "job")
+        assert follow.wait(timeout=30) == 0  # -f ends when the box stops
+    finally:
+        follow.kill()
     assert_one_line_error(cli("exec", "job", "true"), 125, "not running")
-    assert_one_line_error(cli("run", "-d", "--rootfs", str(cli.rootfs), "missing-cmd"), 127, "missing-cmd")
+    assert_one_line_error(cli("run", "-d", "--rm", "--rootfs", str(cli.rootfs), "missing-cmd"), 127, "missing-cmd")
+    assert cli.ok("ls", "-a", "-q").split() == [cli.json("inspect", "job")[0]["short_id"]]  # type: ignore[index]
 
 
 def test_create_then_start(cli: Cli) -> None:
     box_id = cli.ok("create", "--name", "idle", "--rootfs", str(cli.rootfs), "-w", "/tmp").strip()
-    [info] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]
+    cli.ok("create", "--name", "withcmd", "--rootfs", str(cli.rootfs), "sh", "-c", "echo main-ran; sleep 600")
+    [info, _] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]
     assert (info["id"], info["state"]["status"]) == (box_id, "configured")
-    cli.ok("start", "idle")
+    cli.ok("start", "idle", "withcmd")
+    _wait_for(lambda: cli.ok("logs", "withcmd") == "main-ran\n")
     assert cli.ok("exec", "idle", "pwd") == "/tmp\n"
     assert "no logs" in cli("logs", "idle").stderr
     cli.ok("stop", "idle")
     cli.ok("rm", "idle")
+    cli.ok("rm", "-f", "withcmd")
     assert cli.ok("ls", "-a", "-q") == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 from conftest import Cli, assert_one_line_error
 
@@ -44,7 +45,8 @@ def test_exec_failures_map_to_126_and_127(cli: Cli) -> None:
 def test_errors_are_one_line_without_traceback(cli: Cli, tmp_path: object) -> None:
     rootfs = str(cli.rootfs)
     assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "-v", "/no/such/dir:/mnt", "true"), 125, "volume")
-    assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "-p", "8080:80", "true"), 125, "ports")
+    unsupported = cli("run", "--rm", "--engine", "vm", "--rootfs", rootfs, "-v", "/tmp:/mnt", "true")
+    assert_one_line_error(unsupported, 125, "not supported")
     assert_one_line_error(cli("run", "--rm", "--rootfs", "/does/not/exist", "true"), 125, "/does/not/exist")
     assert_one_line_error(cli("run", "--bogus-flag", "x"), 125, "--bogus-flag")
     assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "--memory", "lots", "true"), 125, "--memory")
@@ -77,3 +79,28 @@ def test_ctrl_c_is_forwarded_to_the_command(cli: Cli) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert (proc.returncode, out, err) == (3, "got-int\n", "")
+
+
+def test_volumes_ro_and_rw(cli: Cli, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in.txt").write_text("from-host\n")
+    out = cli("run", "--rm", "-v", f"{shared}:/ro:ro", "-v", f"{shared}:/rw", "--rootfs", str(cli.rootfs),
+              "sh", "-c", "cat /ro/in.txt; echo from-box > /rw/out.txt; touch /ro/nope")  # fmt: skip
+    assert out.returncode == 1 and out.stdout == "from-host\n" and "Read-only" in out.stderr
+    assert (shared / "out.txt").read_text() == "from-box\n"
+
+
+def test_debug_shows_the_traceback(cli: Cli) -> None:
+    proc = cli("--debug", "exec", "nobox", "true")
+    assert proc.returncode == 125 and "Traceback" in proc.stderr and "boxlite: error: no such box" in proc.stderr
+
+
+def test_closed_stdout_pipe_ends_the_command_with_sigpipe(cli: Cli) -> None:
+    import shlex
+    import subprocess
+
+    cmd = shlex.join(cli.argv("run", "--rm", "--rootfs", str(cli.rootfs), "yes"))
+    proc = subprocess.run(["bash", "-c", f'{cmd} | head -2; echo "status=${{PIPESTATUS[0]}}"'],
+                          capture_output=True, text=True, timeout=60, env=cli.env())  # fmt: skip
+    assert proc.stdout == "y\ny\nstatus=141\n", proc.stderr

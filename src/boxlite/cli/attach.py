@@ -110,8 +110,9 @@ class Attachment:
                 continue
             try:
                 _write_all(fd, chunk)
-            except BrokenPipeError:
-                broken = True  # keep consuming so the command is not blocked by flow control
+            except BrokenPipeError:  # like a local pipeline: the writer gets SIGPIPE
+                broken = True  # and we keep consuming so it is not blocked by flow control
+                self._spawn(self.execution.signal(signal.SIGPIPE))
 
     async def _feed(self, stdin: ExecStdin) -> None:
         """Forward host stdin until EOF (works for ttys, pipes and regular files)."""

@@ -9,7 +9,7 @@ import click
 
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
-from . import background, compat
+from . import compat
 from .common import (
     STATE,
     ago,
@@ -46,7 +46,7 @@ async def start(rt: Boxlite, boxes: tuple[str, ...]) -> int:
     """Start stopped boxes (in the background; they keep running after boxlite exits)."""
 
     async def one(ref: str) -> None:
-        await start_detached(rt, await find_box(rt, ref))
+        await start_detached(await find_box(rt, ref))
 
     return await _each(boxes, one)
 
@@ -78,7 +78,7 @@ async def restart(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
         if box.info().auto_remove:
             raise fail(f"box {ref} was created with --rm; stopping would remove it")
         await box.stop(timeout=timeout)
-        await start_detached(rt, box)
+        await start_detached(box)
 
     return await _each(boxes, one)
 
@@ -112,10 +112,10 @@ async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool)
         for info in infos:
             click.echo(info.id if no_trunc else short_id(info.id))
     elif want_json(fmt=fmt):
-        print_json([_box_json(rt, i.to_dict()) for i in infos])
+        print_json([_box_json(i.to_dict()) for i in infos])
     else:
         rows = [
-            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), _state(rt, i.id, i.status),
+            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), i.status,
              ago(i.created_at))
             for i in infos
         ]  # fmt: skip
@@ -127,24 +127,8 @@ def _trim(text: str, no_trunc: bool, width: int = 40) -> str:
     return text if no_trunc or len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def _state(rt: Boxlite, box_id: str, status: str) -> str:
-    """``running``/``stopped``, plus the main command's exit status when known."""
-    code = _main_exit(rt, box_id)
-    return f"{status} ({code})" if status != "running" and code is not None and code >= 0 else status
-
-
-def _main_exit(rt: Boxlite, box_id: str) -> int | None:
-    import json
-
-    try:
-        return int(json.loads(background.exit_file(box_dir(rt, box_id)).read_text())["exit_code"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _box_json(rt: Boxlite, data: dict[str, Any]) -> dict[str, Any]:
+def _box_json(data: dict[str, Any]) -> dict[str, Any]:
     data["short_id"] = short_id(data["id"])
-    data["exit_code"] = _main_exit(rt, data["id"])
     return data
 
 
@@ -165,7 +149,7 @@ async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
                 raise NotFoundError(f"no such box or image: {ref}") from None
             out.append({"type": "image", **match[0].__dict__})
             continue
-        data = _box_json(rt, box.info().to_dict())
+        data = _box_json(box.info().to_dict())
         data["image_config"] = compat.image_config(box)
         data["dir"] = str(box_dir(rt, box.id))
         out.append({"type": "box", **data})

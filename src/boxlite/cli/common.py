@@ -104,6 +104,16 @@ def box_dir(rt: Boxlite, box_id: str) -> Path:
     return rt.home.box_dir(box_id)
 
 
+def console_log(bdir: Path) -> Path:
+    """Output of a foreground ``run`` (kept for ``boxlite logs`` unless ``--rm``)."""
+    return bdir / "cli" / "console.log"
+
+
+def main_log(bdir: Path) -> Path:
+    """Output of the box's main process (written by the SDK's agent)."""
+    return bdir / "run" / "main.log"
+
+
 def want_json(local: bool = False, fmt: str | None = None) -> bool:
     return local or STATE.json or fmt == "json"
 

@@ -8,14 +8,22 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.box import Box
+from ..api.runtime import Boxlite
 
 
 def image_config(box: Box) -> dict[str, Any]:
     """The box image's config (entrypoint, cmd, env, working_dir, user).
 
-    Wanted: ``BoxInfo.image_config`` (or ``Box.default_command()``)."""
-    rec = box._record()
-    return dict(rec.image_config or {})
+    Wanted: ``BoxInfo.image_config``."""
+    return dict(box._record().image_config or {})
+
+
+async def image_command(rt: Boxlite, image: str) -> list[str]:
+    """ENTRYPOINT + CMD of ``image`` (pulled if missing), before any box exists.
+
+    Wanted: ``runtime.images.config(ref)``, or a BoxOptions way to say "the image's command"."""
+    prepared = await rt._images.resolve(image=image)
+    return [*(prepared.config.entrypoint or []), *(prepared.config.cmd or [])]
 
 
 def default_command(box: Box, entrypoint: list[str] | None, cmd: list[str]) -> list[str]:

@@ -35,7 +35,7 @@ def cli(home: str | None, debug: bool, json_output: bool) -> None:
     """BoxLite: run commands in isolated boxes, no daemon needed."""
     STATE.home, STATE.debug, STATE.json = home, debug, json_output
     if debug:
-        os.environ["BOXLITE_DEBUG"] = "1"  # seen by background keepers
+        os.environ["BOXLITE_DEBUG"] = "1"  # also for child processes
     configure_logging(debug)
 
 
@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         print_error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)")
         code = EXIT_RUNTIME
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `boxlite ls | head -1`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(code)
 
 

@@ -13,9 +13,9 @@ from ..api.box import Box
 from ..api.options import BoxOptions
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
-from . import background, compat
+from . import compat
 from .attach import Attachment, stdin_is_tty, terminal_size
-from .common import STATE, box_dir, env_pairs, find_box, parse_memory, with_runtime
+from .common import STATE, box_dir, console_log, env_pairs, find_box, parse_memory, with_runtime
 from .errors import EXIT_RUNTIME, fail
 
 COMMAND_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": False}
@@ -144,7 +144,7 @@ async def run(
 
     Without -d the command is attached to this terminal and its exit code becomes boxlite's;
     the box is then stopped (removed with --rm). With -d the box keeps running in the
-    background; CMD (if any) becomes its main command and `boxlite logs` shows its output.
+    background; CMD (default: the image's) is its main process and `boxlite logs` shows its output.
     """
     image, cmd = _split_image(rootfs, args)
     if detach and (interactive or tty):
@@ -153,16 +153,18 @@ async def run(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove,
     )  # fmt: skip
-    box = await _create(rt, opts, name)
-    argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
     if detach:
-        await start_detached(rt, box, argv)
+        await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
+        box = await _create(rt, opts, name)
+        await start_detached(box)
         click.echo(box.id)
         return 0
+    box = await _create(rt, opts, name)
     try:
+        argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
         if not argv:
             raise fail(f"no command given and {image or rootfs} has no default command")
-        log_path = background.console_log(box_dir(rt, box.id))
+        log_path = console_log(box_dir(rt, box.id))
         if not remove:
             log_path.parent.mkdir(exist_ok=True)
         with open(log_path, "ab") if not remove else contextlib.nullcontext() as log:
@@ -172,21 +174,28 @@ async def run(
             await box.stop(timeout=2)
 
 
-async def start_detached(rt: Boxlite, box: Box, argv: list[str] | None = None) -> None:
-    """Start ``box`` so that it outlives this process. Its main command (``argv``, or the one
-    saved by ``create``) is handed to a background keeper."""
-    bdir = box_dir(rt, box.id)
-    if argv:
-        background.save_main(bdir, argv)
+async def _set_main(
+    rt: Boxlite, opts: BoxOptions, image: str | None, entrypoint: list[str] | None, cmd: list[str]
+) -> None:
+    """The main process of a background box: docker's ENTRYPOINT + CMD rules (the SDK runs it
+    on every start; with neither given it runs nothing, so spell out the image's command)."""
+    if cmd or entrypoint is not None:
+        opts.entrypoint, opts.cmd = entrypoint, cmd or None
+    elif image is not None:
+        opts.cmd = await compat.image_command(rt, image) or None
+        opts.entrypoint = [] if opts.cmd else None
+
+
+async def start_detached(box: Box) -> None:
+    """Start ``box`` so that it outlives this process (its main process, if any, starts too).
+    If the main process cannot start, the box is stopped again (removed if --rm)."""
     compat.make_detached(box)
-    was_running = box.info().state.running
-    await box.start()
-    if was_running or not background.has_main(bdir):
-        return
     try:
-        background.launch(rt.home.root, bdir, box.id)
-    except background.KeeperError as e:
-        raise fail(str(e), e.code) from None
+        await box.start()
+    except BoxliteError:
+        with contextlib.suppress(BoxliteError):
+            await box.stop(timeout=1)
+        raise
 
 
 @click.command(context_settings=COMMAND_SETTINGS)
@@ -201,16 +210,15 @@ async def create(
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
     entrypoint: str | None, hostname: str | None, env: tuple[str, ...], workdir: str | None, user: str | None,
 ) -> int:  # fmt: skip
-    """Create a box without starting it; prints its id. `boxlite start` runs CMD if given."""
+    """Create a box without starting it; prints its id. `boxlite start` runs CMD (default: the
+    image's) as the box's main process."""
     image, cmd = _split_image(rootfs, args)
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove,
     )  # fmt: skip
+    await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
     box = await _create(rt, opts, name)
-    argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
-    if argv:
-        background.save_main(box_dir(rt, box.id), argv)
     click.echo(box.id)
     return 0
 
