@@ -15,3 +15,58 @@ runtime-debug:
 	$(PYTHON) runtime/build.py --debug --jobs $(JOBS)
 
 # ---- other targets (owned by others) go below this line -------------------------------------
+
+# ---- SDK packaging, dev installs, tests, benchmarks (owner: build/CI; see docs/ci.md) ----------
+# The runtime artifact is built once (`make runtime`) and REUSED: these targets depend on its
+# files, never rebuild it when present, and only copy it (into the wheel / the npm package).
+RUNTIME_DIR ?= target/boxlite-runtime
+RUNTIME_MANIFEST := $(RUNTIME_DIR)/manifest.json
+DIST ?= dist
+NODE_DIR := sdks/node
+PY_EXTRAS ?= cli,server,test
+BENCH_ARGS ?=
+# Warn (never rebuild) when the artifact was built from other inputs than the current tree's.
+RUNTIME_CHECK = -@$(PYTHON) .github/scripts/runtime_key.py --check $(RUNTIME_DIR)
+
+.PHONY: dev\:python dev\:node dist\:python dist\:node test bench
+
+# Built only when missing; an existing artifact is used as is (`make runtime` refreshes it).
+$(RUNTIME_MANIFEST):
+	$(MAKE) runtime PYTHON="$(PYTHON)"
+	@test -f $@ || { echo "no runtime artifact at $(RUNTIME_DIR)" >&2; exit 1; }
+
+# npm ci only when the lockfile changed (npm ci wipes node_modules).
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
+# Editable install; the artifact is found in target/boxlite-runtime by runtime_artifact.locate()
+# (no copy in src/, so `make runtime` takes effect without reinstalling).
+dev\:python: $(RUNTIME_MANIFEST)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[$(PY_EXTRAS)]"
+	cd / && $(PYTHON) -c "from boxlite.runtime_artifact import locate; print('boxlite: VM runtime artifact', locate().path)"
+
+dev\:node: $(RUNTIME_MANIFEST) $(NODE_DIR)/node_modules/.package-lock.json
+	cd $(NODE_DIR) && BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" npm run build
+
+# A py3-none-<platform> wheel holding boxlite/runtime/{vmlinux,initramfs.cpio,manifest.json}
+# (setup.py copies them; BOXLITE_REQUIRE_RUNTIME makes a missing artifact an error).
+dist\:python: $(RUNTIME_MANIFEST)
+	$(RUNTIME_CHECK)
+	@mkdir -p $(DIST)
+	BOXLITE_REQUIRE_RUNTIME=1 BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" \
+	    $(PYTHON) -m pip wheel -q --disable-pip-version-check --no-deps -w "$(DIST)" .
+
+# boxlite-<version>.tgz with runtime/{vmlinux,initramfs.cpio,manifest.json} (prepack copies them).
+dist\:node: $(RUNTIME_MANIFEST) $(NODE_DIR)/node_modules/.package-lock.json
+	$(RUNTIME_CHECK)
+	@mkdir -p $(DIST)
+	cd $(NODE_DIR) && tgz=$$(BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" \
+	    npm pack --silent --pack-destination "$(abspath $(DIST))" | tail -n 1) && \
+	    tar -tzf "$(abspath $(DIST))/$$tgz" package/runtime/manifest.json >/dev/null && \
+	    echo "$(DIST)/$$tgz"
+
+test:
+	PYTHON="$(PYTHON)" bash scripts/test.sh $(PYTEST_ARGS)
+
+bench: $(RUNTIME_MANIFEST)
+	@for f in bench/*.py; do echo "==> $$f"; $(PYTHON) $$f $(BENCH_ARGS) || exit 1; done
