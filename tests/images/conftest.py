@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable, Iterator
@@ -102,7 +103,7 @@ def make_manager(tmp_path: Path) -> Callable[..., ImageManager]:
     def make(*registries: ImageRegistry, home: Path | None = None,
              uid_base: int = 100000) -> ImageManager:
         m = ImageManager(home or tmp_path / "home", list(registries), uid_base)
-        m.retry = FAST_RETRY
+        m.retry = dataclasses.replace(FAST_RETRY)  # a copy: tests may tune it
         return m
 
     return make

@@ -262,3 +262,14 @@ def test_api_host() -> None:
 
     assert api_host("docker.io") == "registry-1.docker.io"
     assert api_host("ghcr.io") == "ghcr.io"
+
+
+async def test_unresolvable_host_fails_fast(make_manager: MM) -> None:
+    import time
+
+    m = make_manager()
+    m.retry.base_delay = 1.0  # would take seconds if DNS failures were retried
+    t0 = time.monotonic()
+    with pytest.raises(RegistryError):
+        await m.pull("no-such-registry.invalid/img:1")
+    assert time.monotonic() - t0 < 2

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,10 +85,9 @@ class RegistryClient:
                                             stream=True)
             except httpx.TransportError as e:
                 attempt += 1
-                tls = _is_tls_error(e)
-                if attempt >= self.retry.attempts or tls:
+                if attempt >= self.retry.attempts or _is_permanent(e):
                     hint = ""
-                    if tls and "WRONG_VERSION_NUMBER" in str(e):
+                    if "WRONG_VERSION_NUMBER" in str(e):
                         hint = (" (a plain-HTTP registry? declare it with "
                                 f"ImageRegistry({self.registry.host!r}, transport='http'))")
                     raise RegistryError(f"{self.registry.host}: {type(e).__name__}: {e}{hint}"
@@ -239,11 +239,14 @@ def _tls_context(registry: ImageRegistry) -> ssl.SSLContext | bool:
     return _VERIFYING_CONTEXT
 
 
-def _is_tls_error(e: BaseException) -> bool:
-    """True when a TLS handshake/verification problem is behind ``e`` (retrying won't help)."""
+def _is_permanent(e: BaseException) -> bool:
+    """True when retrying cannot help: TLS handshake/verification failures, and DNS failures
+    (the resolver retries itself; failing fast matters when the host is offline)."""
     seen: BaseException | None = e
     while seen is not None:
-        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+        if isinstance(seen, (ssl.SSLError, socket.gaierror)):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
