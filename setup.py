@@ -47,7 +47,9 @@ def artifact_source() -> Path | None:
     if (src / "manifest.json").is_file():
         return src.resolve()
     if env or os.environ.get("BOXLITE_REQUIRE_RUNTIME") == "1":
-        raise SystemExit(f"boxlite: no VM runtime artifact at {src} (run `make runtime`, or set BOXLITE_RUNTIME_ARTIFACT)")
+        raise SystemExit(
+            f"boxlite: no VM runtime artifact at {src} (run `make runtime`, or set BOXLITE_RUNTIME_ARTIFACT)"
+        )
     return None
 
 
@@ -118,7 +120,6 @@ if _bdist_wheel is not None:
             return "py3", "none", plat
 
     cmdclass["bdist_wheel"] = bdist_wheel
-
 
 
 class BinaryDistribution(Distribution):
