@@ -79,6 +79,7 @@ class ExecSession:
         self.credit = {STDOUT: _Credit(window), STDERR: _Credit(window)}
         self.stdin_q: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._lock = asyncio.Lock()
+        self._exit_sent = False
 
     async def _send(self, msg: bytes | dict[str, Any]) -> None:
         async with self._lock:
@@ -88,25 +89,28 @@ class ExecSession:
                 await self.ws.send_text(json.dumps(msg))
 
     async def run(self) -> None:
-        await self._send({"type": "started", "id": self.ex.id(), "pid": self.ex.pid, "stdin_window": STDIN_WINDOW})
-        work: asyncio.Future[Any] = asyncio.gather(
-            self._pump(STDOUT, self.ex.stdout()), self._pump(STDERR, self.ex.stderr()), self._exit()
-        )
+        """Serve the session; the command is killed unless its exit status reached the client."""
         helpers: list[asyncio.Future[Any]] = [
             asyncio.ensure_future(self._receive()),
             asyncio.ensure_future(self._stdin()),
         ]
+        work: asyncio.Future[Any] | None = None
         try:
+            await self._send({"type": "started", "id": self.ex.id(), "pid": self.ex.pid, "stdin_window": STDIN_WINDOW})
+            work = asyncio.gather(
+                self._pump(STDOUT, self.ex.stdout()), self._pump(STDERR, self.ex.stderr()), self._exit()
+            )
             await asyncio.wait([work, helpers[0]], return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():  # the client went away first
-                await self.ex.kill()
         except Exception as e:
             log.debug("exec session ended: %s", e)
-            await self.ex.kill()
         finally:
-            for task in [work, *helpers]:
+            if not self._exit_sent:
+                with contextlib.suppress(BoxliteError):
+                    await self.ex.kill()
+            pending = [t for t in (work, *helpers) if t is not None]
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(work, *helpers, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
             if self.ws.application_state == WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await self.ws.close()
@@ -131,6 +135,7 @@ class ExecSession:
     async def _exit(self) -> None:
         status = await self.ex.wait()
         await self._send({"type": "exit", **asdict(status)})
+        self._exit_sent = True
 
     async def _stdin(self) -> None:
         stdin = self.ex.stdin()
