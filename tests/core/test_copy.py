@@ -221,7 +221,7 @@ async def test_copy_failures_are_clear_errors(box: boxlite.SimpleBox, tmp_path: 
     src.write_text("y\n")
     with pytest.raises(boxlite.BoxliteError, match="proc"):
         await box.copy_in(str(src), "/proc/sys/kernel/")
-    with pytest.raises(boxlite.BoxliteError, match="Permission denied|not permitted|denied"):
+    with pytest.raises(boxlite.BoxliteError, match=r"Permission denied|not permitted|denied"):
         await box.copy_out("/proc/1/environ", str(tmp_path / "environ"))
     assert not (tmp_path / "environ").exists() or (tmp_path / "environ").stat().st_size == 0
     assert (await box.exec("true")).exit_code == 0

@@ -152,3 +152,37 @@ async def test_cpu_limit_is_applied(runtime: boxlite.Boxlite, busybox_rootfs: Pa
         assert 0 < used < 0.25 * wall_ms + 150, (used, wall_ms)
         info = box.info()
         assert info.cpus == 0.25
+
+
+async def test_many_small_hogs_do_not_kill_the_agent(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """Under memory pressure the kernel kills the box's processes, never its supervisor."""
+    box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), memory_mib=64, auto_remove=False))
+    await (await box.exec("true", stdin=False)).wait()
+    agent = box.info().state.pid
+    hog = "dd if=/dev/zero bs=4M count=1 2>/dev/null | sleep 30"  # dd blocks holding 4 MiB
+    execs = [await box.exec("sh", ["-c", hog], stdin=False, timeout_secs=5) for _ in range(24)]
+    statuses = await asyncio.wait_for(asyncio.gather(*(e.wait() for e in execs)), 30)
+    assert any(s.exit_code == 137 and not s.timed_out for s in statuses), statuses
+    assert all(s.error_message is None or "went away" not in s.error_message for s in statuses)
+    assert box.info().state.pid == agent
+    execution = await box.exec("echo", ["alive"], stdin=False)
+    assert await execution.stdout().read() == "alive\n"
+    await runtime.remove(box.id, force=True)
+
+
+async def test_filling_tmpfs_does_not_wedge_the_box(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """/tmp, /run and /dev/shm live in the box's memory: filling them fails (ENOSPC or a
+    killed writer) and the box stays usable; the space can be freed again."""
+    box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), memory_mib=64, auto_remove=False))
+    await (await box.exec("true", stdin=False)).wait()
+    agent = box.info().state.pid
+    for target in ("/tmp/big", "/dev/shm/big", "/run/big"):
+        fill = await box.exec("dd", ["if=/dev/zero", f"of={target}", "bs=1M", "count=200"], stdin=False)
+        status = await asyncio.wait_for(fill.wait(), 30)
+        assert status.exit_code != 0 and status.exit_code != -1, (target, status)
+        assert box.info().state.pid == agent, target
+        echo = await box.exec("echo", ["alive"], stdin=False)
+        assert await asyncio.wait_for(echo.stdout().read(), 10) == "alive\n", target
+        rm = await box.exec("rm", ["-f", target], stdin=False)
+        assert (await asyncio.wait_for(rm.wait(), 10)).exit_code == 0
+    await runtime.remove(box.id, force=True)

@@ -208,9 +208,14 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
             os.chown(path, uid_base, uid_base)
     linux.mount("proc", f"{sup}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     linux.mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    _setup_dev(f"{root}/dev", uid_base)
-    linux.mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
-    linux.mount("tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,uid={uid_base},gid={uid_base}")
+    sizes = _tmpfs_sizes(config.get("memory_mib"))
+    _setup_dev(f"{root}/dev", uid_base, sizes["shm"])
+    linux.mount(
+        "tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}{sizes['tmp']}"
+    )
+    linux.mount(
+        "tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,uid={uid_base},gid={uid_base}{sizes['run']}"
+    )
     if config.get("resolv_conf") and os.path.isdir(f"{root}/etc"):
         try:
             target = _volume_target(root, "/etc/resolv.conf", False, uid_base)
@@ -274,7 +279,17 @@ def _volume_target(root: str, guest: str, is_dir: bool, uid_base: int) -> int:
         raise
 
 
-def _setup_dev(dev: str, uid_base: int) -> None:
+def _tmpfs_sizes(memory_mib: int | None) -> dict[str, str]:
+    """``,size=`` options for /tmp, /dev/shm and /run. Their pages count against the box's
+    memory limit and cannot be reclaimed (no swap): full, they would leave no memory for any
+    process. Sized together below the limit, filling them fails with ENOSPC instead."""
+    if not memory_mib:
+        return {"tmp": "", "shm": "", "run": ""}
+    m = int(memory_mib)
+    return {"tmp": f",size={m // 2}m", "shm": f",size={max(1, m // 4)}m", "run": f",size={max(1, m // 16)}m"}
+
+
+def _setup_dev(dev: str, uid_base: int, shm_size: str = "") -> None:
     linux.mount("tmpfs", dev, "tmpfs", MS_NOSUID, f"mode=755,size=64k,uid={uid_base},gid={uid_base}")
     for name in DEVICES:
         _bind_file(f"/dev/{name}", f"{dev}/{name}")
@@ -283,7 +298,9 @@ def _setup_dev(dev: str, uid_base: int) -> None:
     os.chmod(f"{dev}/shm", 0o1777)
     pts_options = f"newinstance,ptmxmode=0666,mode=0620,gid={uid_base + 5}"
     linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, pts_options)
-    linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}")
+    linux.mount(
+        "tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}{shm_size}"
+    )
     for name, target in (
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),

@@ -22,6 +22,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
 TIOCSCTTY = 0x540E
+BOX_OOM_SCORE_ADJ = 1000  # box processes go first when the box (or the host) runs out of memory
 BUILTIN_CAPS = 1 << linux.CAP_DAC_OVERRIDE | 1 << linux.CAP_DAC_READ_SEARCH
 
 
@@ -166,6 +167,7 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
 def _confine_and_exec(
     spec: ExecSpec, conf: Confinement, err_fd: int, builtin: Callable[[ExecSpec], int] | None
 ) -> None:
+    _raise_oom_score()
     if builtin is not None:
         import tarfile  # noqa: F401 - builtins need it; import it before the box root hides the stdlib
     if conf.root != "/":
@@ -217,11 +219,30 @@ def _confine_and_exec(
         raise OSError(e.errno, f"{spec.argv[0]}: {what}") from None
 
 
+def _raise_oom_score() -> None:
+    """Make the process the OOM killer's first choice, before the agent: the agent is the box
+    (killing it ends every process), and lowering the agent's score needs CAP_SYS_RESOURCE on
+    the host, which raising ours does not.
+
+    /proc/self of a non-dumpable process belongs to host root, so the child is dumpable for
+    this one write; it still holds every capability here, which keeps unprivileged box
+    processes from attaching to it meanwhile (their capabilities are not a superset)."""
+    try:
+        linux.prctl(linux.PR_SET_DUMPABLE, 1)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(BOX_OOM_SCORE_ADJ))
+        finally:
+            linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    except OSError:
+        pass
+
+
 def _run_builtin(builtin: Callable[[ExecSpec], int], spec: ExecSpec) -> int:
     """Run a builtin in the confined child; a failure becomes a message on its stderr."""
     try:
         return builtin(spec)
-    except BaseException as e:  # noqa: BLE001 - the error pipe is closed: stderr is the only way out
+    except BaseException as e:  # the error pipe is closed already: stderr is the only way out
         text = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         where = f": {e.filename}" if isinstance(e, OSError) and e.filename else ""
         try:

@@ -126,9 +126,9 @@ class BoxRuntime:
             before = rec.state
             self.refresh(rec)  # marks it stopped and cleans up, unless another process holds it
             fresh = self.db.get(rec.id)
-            if before in ("running", "stopping") and fresh is not None and fresh.state == "stopped":
-                if rec.auto_remove and not owner_alive:
-                    self._delete(rec)
+            transitioned = before in ("running", "stopping") and fresh is not None and fresh.state == "stopped"
+            if transitioned and rec.auto_remove and not owner_alive:
+                self._delete(rec)
 
     # --- create -------------------------------------------------------------------------
     async def create(self, options: Any, name: str | None) -> BoxRecord:

@@ -52,6 +52,7 @@ class NamespaceEngine(Engine):
             "cgroup_procs": groups.procs_files,
             "uid_base": spec.root.uid_base,
             "hostname": spec.hostname,
+            "memory_mib": spec.memory_mib,
             "sup_dir": str(spec.box_dir / "sup"),
             "run_dir": str(spec.run_dir),
             "layer_links": str(spec.box_dir / "layers"),
