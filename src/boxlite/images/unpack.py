@@ -38,6 +38,7 @@ from ..errors import DigestMismatchError, ImageError, UnsafeLayerError
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -205,20 +206,26 @@ class Extractor:
             return
         pfd = self.dir_fd(parts[:-1])
         if m.isdir():
-            # a directory re-created over this layer's own whiteout must hide the lower one
-            opaque = self._is_whiteout(pfd, name)
-            if not self._clear(pfd, parts, keep_dir=True):
+            opaque = False
+            try:
                 os.mkdir(name, 0o700, dir_fd=pfd)
-            self._drop_one(parts)
+            except FileExistsError:
+                # a directory re-created over this layer's own whiteout must hide the lower one
+                opaque = self._is_whiteout(pfd, name)
+                if not self._clear(pfd, parts, keep_dir=True):
+                    os.mkdir(name, 0o700, dir_fd=pfd)
+                self._drop_one(parts)
             fd = self.dir_fd(parts, create=False)
             self._meta_fd(fd, m)
             if opaque:
                 os.setxattr(fd, "trusted.overlay.opaque", b"y")
             self._dir_times.append((parts, int(m.mtime)))
         elif m.isreg():
-            self._clear(pfd, parts)
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=pfd)
+            try:
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            except FileExistsError:  # replace what an earlier member put there (never follow)
+                self._clear(pfd, parts)
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
             try:
                 src = extract(m) if extract else None
                 if src is not None:
@@ -228,8 +235,11 @@ class Extractor:
             finally:
                 os.close(fd)
         elif m.issym():
-            self._clear(pfd, parts)
-            os.symlink(m.linkname, name, dir_fd=pfd)
+            try:
+                os.symlink(m.linkname, name, dir_fd=pfd)
+            except FileExistsError:
+                self._clear(pfd, parts)
+                os.symlink(m.linkname, name, dir_fd=pfd)
             if self.privileged:
                 os.chown(name, shift_id(m.uid, self.base), shift_id(m.gid, self.base),
                          dir_fd=pfd, follow_symlinks=False)
