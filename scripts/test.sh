@@ -28,6 +28,7 @@ fi
 echo "==> lint"
 $PY -m ruff check src tests bench
 $PY -m mypy
+bash .github/scripts/actionlint.sh
 
 echo "==> tests"
 BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider "$@"
