@@ -25,15 +25,22 @@ if [ -f sdks/node/package.json ]; then
     (cd sdks/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+failed=()
 echo "==> lint"
-$PY -m ruff check src tests bench
-$PY -m mypy
-bash .github/scripts/actionlint.sh
+$PY -m ruff check src tests bench || failed+=(ruff)
+$PY -m mypy || failed+=(mypy)
+bash .github/scripts/actionlint.sh || failed+=(actionlint)
 
 echo "==> tests"
-BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider "$@"
+BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider "$@" || failed+=(pytest)
 
 if [ -f sdks/node/package.json ]; then
     echo "==> node tests"
-    (cd sdks/node && npm test)
+    (cd sdks/node && npm test) || failed+=(node)
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "all checks passed"
