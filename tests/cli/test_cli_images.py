@@ -34,6 +34,10 @@ def test_pull_images_run_rmi(cli: Cli, registry: tuple[RegistryServer, str]) -> 
     cli.home.mkdir(parents=True, exist_ok=True)
     registries = [{"host": server.host, "transport": "http"}]
     (cli.home / "config.json").write_text(json.dumps({"image_registries": registries}))
+    auto = cli("run", "--rm", ref, "echo", "auto-pulled")  # like docker run: pull when missing
+    assert auto.returncode == 0 and auto.stdout == "auto-pulled\n", auto.stderr
+    assert f"Unable to find image '{ref}' locally" in auto.stderr
+    cli.ok("rmi", ref)
     out = cli.ok("pull", ref)
     assert out.startswith(f"{ref}: pulled sha256:") and "1 layers" in out
     [image] = cli.json("images", "--format", "json")  # type: ignore[misc]
@@ -43,6 +47,9 @@ def test_pull_images_run_rmi(cli: Cli, registry: tuple[RegistryServer, str]) -> 
     # the image's default command (/bin/sh) runs when no CMD is given
     assert cli.ok("run", "--rm", "-i", ref, input="echo from-image\n") == "from-image\n"
     assert cli.ok("run", "--rm", "--entrypoint", "echo", ref, "hello", "world") == "hello world\n"
+    cli.ok("run", "-d", "--name", "bg", ref, "sh", "-c", "echo bg-main; sleep 600")
+    assert cli.ok("exec", "bg", "echo", "up") == "up\n"
+    cli.ok("rm", "-f", "bg")
     [insp] = cli.json("inspect", ref)  # type: ignore[misc]
     assert insp["type"] == "image" and insp["digest"] == image["digest"]
     assert cli.ok("rmi", ref) == f"Untagged: {ref}\n"

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..api.box import Box
 from ..api.runtime import Boxlite
+from ..errors import BoxliteError
 
 
 def image_config(box: Box) -> dict[str, Any]:
@@ -24,6 +25,16 @@ async def image_command(rt: Boxlite, image: str) -> list[str]:
     Wanted: ``runtime.images.config(ref)``, or a BoxOptions way to say "the image's command"."""
     prepared = await rt._images.resolve(image=image)
     return [*(prepared.config.entrypoint or []), *(prepared.config.cmd or [])]
+
+
+def has_image(rt: Boxlite, image: str) -> bool:
+    """Whether ``image`` resolves to a stored image (so creating a box will not pull).
+
+    Wanted: ``runtime.images.get(ref)``."""
+    try:
+        return rt._images._lookup(image) is not None
+    except BoxliteError:
+        return False
 
 
 def default_command(box: Box, entrypoint: list[str] | None, cmd: list[str]) -> list[str]:

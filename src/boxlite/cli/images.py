@@ -10,6 +10,7 @@ import click
 
 from ..api.runtime import Boxlite
 from ..images import PullProgress
+from . import compat
 from .common import ago, human_size, print_json, print_table, want_json, with_runtime
 from .errors import describe, print_error
 
@@ -39,6 +40,19 @@ class LayerBars:
 
     def live(self) -> AbstractContextManager[object]:
         return self.progress if not self.progress.disable else nullcontext()
+
+
+async def ensure_image(rt: Boxlite, image: str) -> None:
+    """Pull ``image`` with progress bars unless it is stored already (like ``docker run``)."""
+    if compat.has_image(rt, image):
+        return
+    click.echo(f"Unable to find image '{image}' locally", err=True)
+    bars = LayerBars(enabled=sys.stderr.isatty())
+    if not bars.progress.disable:
+        click.echo(f"Pulling {image}", err=True)
+    with bars.live():
+        info = await rt.images.pull(image, progress=bars)
+    click.echo(f"{info.reference}: pulled {info.digest}", err=True)
 
 
 @click.command()

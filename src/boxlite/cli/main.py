@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         code = e.exit_code
     except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:  # plain `boxlite`: help
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
         print_error(f"{e.format_message()}{hint}")
         code = EXIT_RUNTIME

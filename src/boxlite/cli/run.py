@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import click
@@ -17,6 +17,7 @@ from . import compat
 from .attach import Attachment, stdin_is_tty, terminal_size
 from .common import STATE, box_dir, console_log, env_pairs, find_box, parse_memory, with_runtime
 from .errors import EXIT_RUNTIME, fail
+from .images import ensure_image
 
 COMMAND_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": False}
 
@@ -98,13 +99,22 @@ def _entrypoint(value: str | None) -> list[str] | None:
     return [value] if value else []
 
 
-async def _create(rt: Boxlite, opts: BoxOptions, name: str | None) -> Box:
+@contextlib.contextmanager
+def _naming_image(image: str | None) -> Iterator[None]:
+    """Image errors say which image they are about."""
     try:
-        return await rt.create(opts, name)
+        yield
     except ImageError as e:
-        if opts.image is None or opts.image in str(e):
+        if image is None or image in str(e):
             raise
-        raise ImageError(f"cannot get image {opts.image}: {e}") from e
+        raise ImageError(f"cannot get image {image}: {e}") from e
+
+
+async def _create(rt: Boxlite, opts: BoxOptions, name: str | None) -> Box:
+    with _naming_image(opts.image):
+        if opts.image is not None and opts.rootfs_path is None:
+            await ensure_image(rt, opts.image)
+        return await rt.create(opts, name)
 
 
 async def exec_attached(
@@ -182,7 +192,9 @@ async def _set_main(
     if cmd or entrypoint is not None:
         opts.entrypoint, opts.cmd = entrypoint, cmd or None
     elif image is not None:
-        opts.cmd = await compat.image_command(rt, image) or None
+        with _naming_image(image):
+            await ensure_image(rt, image)
+            opts.cmd = await compat.image_command(rt, image) or None
         opts.entrypoint = [] if opts.cmd else None
 
 
