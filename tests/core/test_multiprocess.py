@@ -233,3 +233,22 @@ async def test_reattached_box_can_be_stopped_by_another_process(
     finally:
         await rt.shutdown()
     assert await asyncio.to_thread(proc.poll) is None
+
+
+async def test_forked_children_of_the_owner_do_not_keep_its_boxes_alive(
+    home: Path, busybox_rootfs: Path, children: list
+) -> None:
+    """The lifeline belongs to the owner process: a child it forked (a multiprocessing worker,
+    say) that outlives it must not keep the owner's boxes running."""
+    proc = spawn_owner(home, busybox_rootfs, "hang", "--fork-child")
+    children.append(proc)
+    rep = report(proc)
+    child, child_start = rep["child"], process_start_time(rep["child"])
+    try:
+        proc.kill()
+        proc.wait(10)
+        assert process_start_time(child) == child_start  # the forked child lives on
+        wait_gone(rep["pid"], process_start_time(rep["pid"]), 3)
+    finally:
+        if process_start_time(child) == child_start:
+            os.kill(child, signal.SIGKILL)

@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ def default_rootfs(home: Home) -> Path:
     return ensure_debian_rootfs(home.root / "images" / "debian")
 
 
+def _drop_lifeline_in_forked_children(rt: BoxRuntime) -> None:
+    """Close the lifeline's write end in processes forked (without exec) from this one: the
+    boxes' lifeline is this process, not a multiprocessing worker that may outlive it."""
+    ref = weakref.ref(rt)
+
+    def after_in_child() -> None:
+        runtime = ref()
+        if runtime is not None and runtime.lifeline_w >= 0:
+            with contextlib.suppress(OSError):
+                os.close(runtime.lifeline_w)
+            runtime.lifeline_w = -1
+
+    os.register_at_fork(after_in_child=after_in_child)
+
+
 def new_box_id() -> str:
     """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32 (sortable)."""
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
@@ -60,6 +76,7 @@ class BoxRuntime:
         self.db = StateDB(home.db_path)
         self.default_engine = default_engine or os.environ.get("BOXLITE_ENGINE") or "auto"
         self.lifeline_r, self.lifeline_w = os.pipe()
+        _drop_lifeline_in_forked_children(self)
         self.clients: dict[str, AgentClient] = {}
         self.owned: set[str] = set()
         self.closed = False

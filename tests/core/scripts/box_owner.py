@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+import time
 
 import boxlite
 
@@ -27,6 +29,7 @@ async def main() -> None:
     ap.add_argument("--auto-remove", action="store_true")
     ap.add_argument("--name")
     ap.add_argument("--count", type=int, default=3)
+    ap.add_argument("--fork-child", action="store_true", help="fork a child (no exec) that outlives us")
     args = ap.parse_args()
     rt = boxlite.Boxlite(boxlite.Options(home_dir=args.home, engine="namespace"))
     if args.action == "work":
@@ -47,7 +50,15 @@ async def main() -> None:
     if args.action == "hang":
         await box.exec("sleep", ["1000"], stdin=False)
     info = box.info()
-    print(json.dumps({"id": box.id, "pid": info.state.pid, "owner": os.getpid()}), flush=True)
+    child = 0
+    if args.fork_child and (child := os.fork()) == 0:  # like a multiprocessing worker
+        os.setsid()
+        os.close(0)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+        time.sleep(30)
+        os._exit(0)
+    report = {"id": box.id, "pid": info.state.pid, "owner": os.getpid(), "child": child}
+    print(json.dumps(report), flush=True)
     if args.action == "hang":
         sys.stdin.read()  # until the test kills us (or closes our stdin)
     # "exit": leave without shutdown(), like a script that just ends.
