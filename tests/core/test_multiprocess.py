@@ -248,7 +248,12 @@ async def test_forked_children_of_the_owner_do_not_keep_its_boxes_alive(
         proc.kill()
         proc.wait(10)
         assert process_start_time(child) == child_start  # the forked child lives on
+        paths, _ = cgroup_state(home, rep["id"])
         wait_gone(rep["pid"], process_start_time(rep["pid"]), 3)
+        rt = new_runtime(home)
+        assert (await rt.get_info(rep["id"])).state.status == "stopped"  # type: ignore[union-attr]
+        await rt.shutdown()
+        assert paths and not any(os.path.exists(p) for p in paths)
     finally:
         if process_start_time(child) == child_start:
             os.kill(child, signal.SIGKILL)
