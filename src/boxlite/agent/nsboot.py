@@ -196,9 +196,12 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     os.makedirs(root)
     os.chdir(config["layer_links"])  # short relative lowerdir names keep the options small
     lower = ":".join(str(i) for i in reversed(range(int(config["layer_count"]))))
+    # nodev: device nodes in image layers or created by box root are inert (the box's /dev is a
+    # separate tmpfs with bind-mounted devices); nosuid: setuid bits grant nothing.
     linux.mount(
-        "overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={config['upperdir']},workdir={config['workdir']}"
-    )
+        "overlay", root, "overlay", MS_NOSUID | MS_NODEV,
+        f"lowerdir={lower},upperdir={config['upperdir']},workdir={config['workdir']}",
+    )  # fmt: skip
     for name, mode in (("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("sys", 0o555), ("run", 0o755)):
         path = f"{root}/{name}"
         if not os.path.isdir(path):

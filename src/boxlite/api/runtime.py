@@ -18,8 +18,9 @@ from .results import BoxInfo, RuntimeMetrics
 class ImagesHandle:
     """``runtime.images``: pull, list, load and remove images of this home."""
 
-    def __init__(self, manager: ImageManager) -> None:
+    def __init__(self, manager: ImageManager, core: BoxRuntime) -> None:
         self._m = manager
+        self._core = core
 
     async def pull(self, reference: str, progress: Any = None) -> ImageInfo:
         return await self._m.pull(reference, progress)
@@ -34,7 +35,9 @@ class ImagesHandle:
         return self._m.load(path)
 
     async def gc(self) -> int:
-        return self._m.gc()
+        """Delete blobs and unpacked layers that no image and no box uses; returns bytes freed."""
+        in_use = {Path(layer) for rec in self._core.db.all() for layer in rec.layers}
+        return self._m.gc(in_use)
 
 
 class Boxlite:
@@ -76,7 +79,7 @@ class Boxlite:
 
     @property
     def images(self) -> ImagesHandle:
-        return ImagesHandle(self._images)
+        return ImagesHandle(self._images, self._core)
 
     # --- boxes ----------------------------------------------------------------------------
     async def create(self, options: BoxOptions, name: str | None = None) -> Box:
