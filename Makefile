@@ -49,10 +49,12 @@ dev\:node: $(RUNTIME_MANIFEST) $(NODE_DIR)/node_modules/.package-lock.json
 	cd $(NODE_DIR) && BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" npm run build
 
 # A py3-none-<platform> wheel holding boxlite/runtime/{vmlinux,initramfs.cpio,manifest.json}
-# (setup.py copies them; BOXLITE_REQUIRE_RUNTIME makes a missing artifact an error).
+# (setup.py copies them; BOXLITE_REQUIRE_RUNTIME makes a missing artifact an error). build/ is
+# cleared first: setuptools never drops stale modules from it.
 dist\:python: $(RUNTIME_MANIFEST)
 	$(RUNTIME_CHECK)
 	@mkdir -p $(DIST)
+	rm -rf build/lib build/lib.* build/bdist.*
 	BOXLITE_REQUIRE_RUNTIME=1 BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" \
 	    $(PYTHON) -m pip wheel -q --disable-pip-version-check --no-deps -w "$(DIST)" .
 
