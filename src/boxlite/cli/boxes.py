@@ -10,18 +10,7 @@ import click
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
 from . import compat
-from .common import (
-    STATE,
-    ago,
-    box_dir,
-    find_box,
-    human_size,
-    print_json,
-    print_table,
-    short_id,
-    want_json,
-    with_runtime,
-)
+from .common import ago, box_dir, find_box, human_size, print_json, print_table, short_id, want_json, with_runtime
 from .errors import describe, fail, print_error
 from .run import start_detached
 
@@ -178,6 +167,3 @@ async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool) -> int:
     ]  # fmt: skip
     print_table(["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"], rows)
     return 0
-
-
-__all__ = ["STATE", "inspect", "ls", "restart", "rm", "start", "stats", "stop"]

@@ -67,9 +67,6 @@ def run_async(fn: Callable[[Boxlite], Awaitable[T]]) -> T:
     return asyncio.run(body())
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
 def with_runtime(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Decorator: an ``async def verb(rt, **params)`` becomes a synchronous click callback."""
 

@@ -15,7 +15,7 @@ from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
 from . import compat
 from .attach import Attachment, stdin_is_tty, terminal_size
-from .common import STATE, box_dir, console_log, env_pairs, find_box, parse_memory, with_runtime
+from .common import box_dir, console_log, env_pairs, find_box, parse_memory, with_runtime
 from .errors import EXIT_RUNTIME, fail
 from .images import ensure_image
 
@@ -251,9 +251,4 @@ async def exec_(
     argv = _drop_dashdash(cmd)
     if not argv:
         raise fail("no command given (usage: boxlite exec BOX [--] CMD...)")
-    return await exec_attached(
-        box, argv, tty=tty, interactive=interactive, env=env, workdir=workdir, user=user
-    )
-
-
-__all__ = ["STATE", "create", "exec_", "run", "start_detached"]
+    return await exec_attached(box, argv, tty=tty, interactive=interactive, env=env, workdir=workdir, user=user)
