@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from vmhelpers import Client, make_spec, requires_qemu, shutdown
+from vmhelpers import Client, make_spec, requires_qemu, shutdown, wait_gone
 
 from boxlite import runtime_artifact
 from boxlite.engines.base import RootLayers, process_start_time
@@ -240,3 +240,14 @@ async def test_layers_whiteouts_ownership_and_limits(  # type: ignore[no-untyped
         await c.close()
     finally:
         await shutdown(spec, running, engine)
+
+
+async def test_kill_after_graceful_shutdown_returns_at_once(started) -> None:  # type: ignore[no-untyped-def]
+    engine, spec, running = started
+    c = await Client.connect(spec.agent_socket)
+    assert (await c.request(1, {"op": "shutdown"}))["ok"]
+    await c.close()
+    assert await wait_gone(running, 20)
+    t = time.monotonic()
+    await engine.kill(spec, running)  # what the runtime does after every stop
+    assert time.monotonic() - t < 1.0

@@ -46,6 +46,17 @@ def cache_dir(spec: BoxSpec) -> Path:
     return home_of(spec) / "cache" / "vm"
 
 
+def template_dir(spec: BoxSpec) -> Path:
+    """Where snapshot templates live. They depend only on the artifact and the VM shape, so
+    they are shared by all homes of a user: ``$BOXLITE_VM_TEMPLATES``, else
+    ``$XDG_CACHE_HOME/boxlite/vm-templates`` (``~/.cache/...``)."""
+    env = os.environ.get("BOXLITE_VM_TEMPLATES")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "boxlite" / "vm-templates"
+
+
 def disk_path(spec: BoxSpec) -> Path:
     return spec.box_dir / "vm" / "disk.ext4"
 
@@ -131,7 +142,7 @@ class VmEngine(Engine):
                 ]
             ).encode()
         ).hexdigest()[:20]
-        tdir = cache_dir(spec) / "templates"
+        tdir = template_dir(spec)
         path = tdir / f"{key}.snap"
         if path.exists():
             os.utime(path)  # "last used", for _forget_old_templates (noatime mounts)
@@ -256,6 +267,8 @@ class VmEngine(Engine):
     async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
         qemu = _qemu_pid(spec.run_dir)
         qemu_start = process_start_time(qemu) if qemu else None
+        if qemu_start is None:
+            qemu = None  # already gone
         if running.is_alive():
             os.kill(running.pid, signal.SIGKILL)  # QEMU follows (PR_SET_PDEATHSIG)
         if qemu and qemu_start is not None and _is_qemu(qemu):
