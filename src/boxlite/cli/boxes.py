@@ -1,8 +1,7 @@
-"""Box lifecycle and listing: ``start stop restart rm ls/ps inspect stats``."""
+"""Box lifecycle and listing: ``start stop restart rm ls/ps inspect``."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import click
@@ -10,7 +9,7 @@ import click
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
 from . import compat
-from .common import ago, box_dir, find_box, human_size, print_json, print_table, short_id, want_json, with_runtime
+from .common import ago, box_dir, find_box, print_json, print_table, short_id, want_json, with_runtime
 from .errors import describe, fail, print_error
 from .run import start_detached
 
@@ -143,27 +142,4 @@ async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
         data["dir"] = str(box_dir(rt, box.id))
         out.append({"type": "box", **data})
     print_json(out)
-    return 0
-
-
-@click.command()
-@click.option("--no-stream", is_flag=True, help="Accepted for docker compatibility (output is one snapshot).")
-@click.argument("boxes", nargs=-1, metavar="[BOX]...")
-@with_runtime
-async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool) -> int:
-    """Resource usage of running boxes (one snapshot)."""
-    if boxes:
-        targets = [await find_box(rt, ref) for ref in boxes]
-    else:
-        targets = [b for i in await rt.list_info("running") if (b := await rt.get(i.id)) is not None]
-    metrics = await asyncio.gather(*(b.metrics() for b in targets))
-    if want_json():
-        print_json([{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)])
-        return 0
-    rows = [
-        (short_id(b.id), b.name or "", "-" if m.cpu_percent is None else f"{m.cpu_percent:.2f}%",
-         human_size(m.memory_bytes), human_size(m.memory_peak_bytes), "-" if m.pids is None else m.pids)
-        for b, m in zip(targets, metrics, strict=True)
-    ]  # fmt: skip
-    print_table(["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"], rows)
     return 0

@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import BoxliteError
-from . import boxes, files, images, logs, run, serve
+from . import boxes, files, images, logs, run, serve, stats
 from .common import STATE, configure_logging
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, describe, print_error
 
@@ -41,7 +41,7 @@ def cli(home: str | None, debug: bool, json_output: bool) -> None:
 
 for command in (
     run.run, run.exec_, run.create, boxes.start, boxes.stop, boxes.restart, boxes.ls, boxes.rm, boxes.inspect,
-    logs.logs, boxes.stats, files.cp, images.pull, images.images, images.rmi, serve.serve,
+    logs.logs, stats.stats, files.cp, images.pull, images.images, images.rmi, serve.serve,
 ):  # fmt: skip
     cli.add_command(command)
 

@@ -1,0 +1,85 @@
+"""``stats``: CPU, memory and pids of running boxes (live on a terminal, else one snapshot)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import click
+
+from ..api.box import Box
+from ..api.results import BoxMetrics
+from ..api.runtime import Boxlite
+from .common import find_box, human_size, print_json, print_table, short_id, want_json, with_runtime
+
+HEADERS = ["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"]
+
+
+@click.command()
+@click.option("--no-stream", is_flag=True, help="Print one snapshot (the default when stdout is not a terminal).")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between live updates.")
+@click.argument("boxes", nargs=-1, metavar="[BOX]...")
+@with_runtime
+async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool, interval: float) -> int:
+    """Resource usage of running boxes (Ctrl-C ends the live view)."""
+    targets = [await find_box(rt, ref) for ref in boxes] if boxes else await _running(rt)
+    metrics = await _sample(targets)
+    if want_json():
+        print_json([{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)])
+    elif no_stream or not sys.stdout.isatty():
+        print_table(HEADERS, _rows(targets, metrics, None, 0.0))
+    else:
+        await _live(rt, boxes, targets, metrics, max(interval, 0.1))
+    return 0
+
+
+async def _running(rt: Boxlite) -> list[Box]:
+    return [b for i in await rt.list_info("running") if (b := await rt.get(i.id)) is not None]
+
+
+async def _sample(targets: list[Box]) -> list[BoxMetrics]:
+    return list(await asyncio.gather(*(b.metrics() for b in targets)))
+
+
+def _rows(
+    targets: list[Box], metrics: list[BoxMetrics], before: dict[str, float] | None, elapsed: float
+) -> list[tuple[object, ...]]:
+    """CPU % over the last interval when a previous sample exists, else since the box started."""
+    rows: list[tuple[object, ...]] = []
+    for box, m in zip(targets, metrics, strict=True):
+        cpu = m.cpu_percent
+        if before is not None and box.id in before and m.cpu_time_ms is not None and elapsed > 0:
+            cpu = (m.cpu_time_ms - before[box.id]) / (elapsed * 1000) * 100
+        cpu_text = "-" if cpu is None else f"{cpu:.2f}%"
+        pids = "-" if m.pids is None else m.pids
+        rows.append((short_id(box.id), box.name or "", cpu_text, human_size(m.memory_bytes),
+                     human_size(m.memory_peak_bytes), pids))  # fmt: skip
+    return rows
+
+
+async def _live(rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics: list[BoxMetrics],
+                interval: float) -> None:  # fmt: skip
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(rows: list[tuple[object, ...]]) -> Table:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for h in HEADERS:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        return table
+
+    before: dict[str, float] | None = None
+    last = time.monotonic()
+    with Live(render(_rows(targets, metrics, None, 0.0)), auto_refresh=False) as live:
+        while True:
+            before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
+            await asyncio.sleep(interval)
+            if not refs:
+                targets = await _running(rt)
+            metrics = await _sample(targets)
+            now = time.monotonic()
+            live.update(render(_rows(targets, metrics, before, now - last)), refresh=True)
+            last = now
