@@ -49,6 +49,7 @@ from .errors import (
     StoppedError,
     StorageError,
     TimeoutError,
+    UnauthorizedError,
     UnsupportedOptionError,
 )
 from .images import ImageInfo, ImageRegistry
@@ -107,5 +108,6 @@ __all__ = [
     "SyncExecution",
     "SyncSimpleBox",
     "TimeoutError",
+    "UnauthorizedError",
     "UnsupportedOptionError",
 ]  # fmt: skip

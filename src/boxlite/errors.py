@@ -92,6 +92,10 @@ class RpcError(BoxliteError):
     """The agent sent something that is not valid protocol."""
 
 
+class UnauthorizedError(BoxliteError):
+    """A BoxLite server refused the API key (HTTP 401)."""
+
+
 class StoppedError(BoxliteError):
     """The runtime was shut down; it accepts no new operations."""
 

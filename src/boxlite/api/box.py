@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import tarfile
 import tempfile
 import time
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoxliteError, NotFoundError
 from ..runtime.state import BoxRecord
+from .archive import extract_tar, file_chunks, write_tar
 from .execution import Execution
 from .options import CopyOptions
 from .results import BoxInfo, BoxMetrics, BoxStateInfo, iso
@@ -131,51 +132,74 @@ class Box:
             raise NotFoundError(f"no such host path: {host_path}")
         name = src.resolve().name if str(host_path).rstrip("/") in (".", "") else src.name
         with tempfile.TemporaryFile() as tmp:
-            await asyncio.to_thread(_write_tar, tmp, src, name, opts.follow_symlinks)
+            await asyncio.to_thread(write_tar, tmp, src, name, opts.follow_symlinks)
             tmp.seek(0)
-            execution = await self._start_exec(
-                await self._client(),
-                {
-                    "builtin": "untar",
-                    "builtin_args": {"dest": container_dest, "name": name, "into": opts.include_parent},
-                },
-                f"copy_in {host_path} {container_dest}",
-            )
-            stdin, stderr = execution.stdin(), execution.stderr()
-            errors = asyncio.ensure_future(stderr.read())
-            while chunk := await asyncio.to_thread(tmp.read, 1 << 20):
-                await stdin.send_input(chunk)
-                self.bytes_sent += len(chunk)
-            await stdin.close()
-            status = await execution.wait()
-            message = await errors
-        if status.exit_code != 0:
-            raise BoxliteError(f"copy_in to {container_dest} failed: {message.strip() or status.error_message}")
+            await self.copy_in_tar(file_chunks(tmp), container_dest, name, opts.include_parent)
 
-    async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
-        """Copy a file or directory out of the box. The archive is extracted with Python's
-        ``data`` filter: nothing from the box can land outside ``host_dest`` or be a device."""
-        opts = copy_options or CopyOptions()
-        name = os.path.basename(container_src.rstrip("/")) or "root"
+    async def copy_in_tar(
+        self, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool = True
+    ) -> None:
+        """Extract a tar stream (top-level member ``name``) at ``dest`` in the box."""
         execution = await self._start_exec(
             await self._client(),
-            {"builtin": "tar", "builtin_args": {"src": container_src, "name": name}, "stdin": False},
-            f"copy_out {container_src} {host_dest}",
+            {"builtin": "untar", "builtin_args": {"dest": dest, "name": name, "into": include_parent}},
+            f"copy_in {dest}",
         )
-        out, err = execution.stdout(), execution.stderr()
-        errors = asyncio.ensure_future(err.read())
+        stdin = execution.stdin()
+        errors = asyncio.ensure_future(execution.stderr().read())
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await stdin.send_input(chunk)
+                    self.bytes_sent += len(chunk)
+            await stdin.close()
+        except BaseException:
+            await execution.kill()
+            raise
+        finally:
+            status = await execution.wait()
+            message = (await errors).strip()
+        if status.exit_code != 0:
+            raise BoxliteError(f"copy_in to {dest} failed: {message or status.error_message}")
+
+    async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
+        """Copy a file or directory out of the box. Extraction refuses anything that would land
+        outside ``host_dest`` or be a device (see ``archive.extract_tar``)."""
+        opts = copy_options or CopyOptions()
+        name = os.path.basename(container_src.rstrip("/")) or "root"
         with tempfile.TemporaryFile() as tmp:
-            async for chunk in out.bytes():
+            async for chunk in self.copy_out_tar(container_src):
                 await asyncio.to_thread(tmp.write, chunk)
-                self.bytes_received += len(chunk)
+            tmp.seek(0)
+            await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
+
+    async def copy_out_tar(self, src: str) -> AsyncIterator[bytes]:
+        """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError
+        before the first chunk when ``src`` does not exist."""
+        name = os.path.basename(src.rstrip("/")) or "root"
+        execution = await self._start_exec(
+            await self._client(),
+            {"builtin": "tar", "builtin_args": {"src": src, "name": name}, "stdin": False},
+            f"copy_out {src}",
+        )
+        out = execution.stdout().bytes()
+        errors = asyncio.ensure_future(execution.stderr().read())
+        first = await anext(out, None)
+        if first is None:  # nothing at all: the builtin failed before writing
             status = await execution.wait()
             message = (await errors).strip()
             if status.exit_code == 2 and "no such file" in message:
-                raise NotFoundError(f"no such file or directory in box: {container_src}")
-            if status.exit_code != 0:
-                raise BoxliteError(f"copy_out of {container_src} failed: {message or status.error_message}")
-            tmp.seek(0)
-            await asyncio.to_thread(_extract_tar, tmp, Path(host_dest), name, opts)
+                raise NotFoundError(f"no such file or directory in box: {src}")
+            raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
+        self.bytes_received += len(first)
+        yield first
+        async for chunk in out:
+            self.bytes_received += len(chunk)
+            yield chunk
+        status = await execution.wait()
+        if status.exit_code != 0:
+            message = (await errors).strip()
+            raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
 
     # --- metrics --------------------------------------------------------------------------
     async def metrics(self) -> BoxMetrics:
@@ -222,43 +246,3 @@ def record_info(rec: BoxRecord) -> BoxInfo:
         detach=rec.detach,
         auto_remove=rec.auto_remove,
     )
-
-
-def _write_tar(fileobj: Any, src: Path, name: str, follow_symlinks: bool) -> None:
-    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT, dereference=follow_symlinks) as tar:
-        tar.add(str(src), arcname=name, recursive=True)
-
-
-def _extract_tar(fileobj: Any, dest: Path, name: str, opts: CopyOptions) -> None:
-    """Extract a tar from the box into ``dest`` (inside it if it is a dir and include_parent)."""
-    if opts.include_parent and dest.is_dir():
-        base, rename = dest, None
-    else:
-        base, rename = dest.parent, dest.name
-        base.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=fileobj, mode="r") as tar:
-        members = []
-        for member in tar.getmembers():
-            parts = member.name.split("/")
-            if rename is not None and parts[0] == name:
-                member.name = "/".join([rename, *parts[1:]])
-            target = base / member.name
-            if not opts.overwrite and target.exists():
-                continue
-            members.append(member)
-        try:
-            tar.extractall(base, members=members, filter=_host_filter)
-        except tarfile.FilterError as e:
-            raise BoxliteError(f"copy_out refused an unsafe archive entry from the box: {e}") from None
-
-
-def _host_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """Python's ``data`` filter, except that a symlink may point anywhere: the link itself is
-    harmless, and the ``data`` filter still refuses any later entry whose real path leaves
-    ``dest`` through it."""
-    try:
-        return tarfile.data_filter(member, dest)
-    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
-        if not member.issym():
-            raise
-        return tarfile.tar_filter(member, dest)

@@ -7,9 +7,9 @@ async with boxlite.SimpleBox(rootfs_path="/srv/rootfs", runtime=rt) as box:
 
 from __future__ import annotations
 
+from ..errors import UnauthorizedError
 from .box import RemoteBox
 from .channel import RemoteChannel
 from .runtime import RemoteBoxlite, RemoteImages
-from .transport import UnauthorizedError
 
 __all__ = ["RemoteBox", "RemoteBoxlite", "RemoteChannel", "RemoteImages", "UnauthorizedError"]

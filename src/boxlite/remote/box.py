@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..api.box import _extract_tar, _write_tar
+from ..api.archive import extract_tar, write_tar
 from ..api.execution import Execution
 from ..api.options import CopyOptions, env_to_dict
 from ..api.results import BoxInfo, BoxMetrics
@@ -120,7 +120,7 @@ class RemoteBox:
             raise NotFoundError(f"no such host path: {host_path}")
         name = src.resolve().name if str(host_path).rstrip("/") in (".", "") else src.name
         with tempfile.TemporaryFile() as tmp:
-            await asyncio.to_thread(_write_tar, tmp, src, name, opts.follow_symlinks)
+            await asyncio.to_thread(write_tar, tmp, src, name, opts.follow_symlinks)
             tmp.seek(0)
 
             async def body() -> AsyncIterator[bytes]:
@@ -140,7 +140,7 @@ class RemoteBox:
                 async for chunk in resp.aiter_raw():
                     await asyncio.to_thread(tmp.write, chunk)
             tmp.seek(0)
-            await asyncio.to_thread(_extract_tar, tmp, Path(host_dest), name, opts)
+            await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
 
     # --- metrics ----------------------------------------------------------------------------
     async def metrics(self) -> BoxMetrics:

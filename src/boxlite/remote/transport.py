@@ -10,12 +10,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from ..errors import BoxliteError, ConfigError, StoppedError
+from ..errors import ConfigError, StoppedError, UnauthorizedError
 from ..server.wire import MAX_FRAME, decode_error
-
-
-class UnauthorizedError(BoxliteError):
-    """The server refused the API key (HTTP 401)."""
 
 
 def _raise_for(status: int, body: Any) -> None:
