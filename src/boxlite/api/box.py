@@ -7,7 +7,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,7 +173,7 @@ class Box:
             tmp.seek(0)
             await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
 
-    async def copy_out_tar(self, src: str) -> AsyncIterator[bytes]:
+    async def copy_out_tar(self, src: str) -> AsyncGenerator[bytes, None]:
         """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError
         before the first chunk when ``src`` does not exist."""
         name = os.path.basename(src.rstrip("/")) or "root"

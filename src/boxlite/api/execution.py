@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import codecs
 import signal as _signal
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from ..client.agent_client import ExecChannel, OutputStream
 from ..errors import BoxDiedError, InvalidStateError
 from .results import ExecStatus
 
-if TYPE_CHECKING:
-    from .box import Box
+
+class OutputSource(Protocol):
+    """One output stream of an execution (local agent connection or remote server)."""
+
+    async def read(self) -> bytes | None: ...
+
+    async def read_all(self) -> bytes: ...
+
+
+class ExecChannelLike(Protocol):
+    """What ``Execution`` needs from a running command's transport."""
+
+    pid: int
+    exit: asyncio.Future[dict[str, Any]]
+
+    @property
+    def stdout(self) -> OutputSource: ...
+
+    @property
+    def stderr(self) -> OutputSource: ...
+
+    @property
+    def stdin_closed(self) -> bool: ...
+
+    async def write_stdin(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+    async def control(self, body: dict[str, Any]) -> None: ...
+
+
+class ExecOwner(Protocol):
+    """The box an execution counts against."""
+
+    def _count_exec(self, error: bool) -> None: ...
 
 
 class ExecStream:
@@ -23,7 +56,7 @@ class ExecStream:
     and keep their newlines; ``"".join(chunks)`` is the whole output. ``bytes()`` iterates raw.
     """
 
-    def __init__(self, stream: OutputStream) -> None:
+    def __init__(self, stream: OutputSource) -> None:
         self._stream = stream
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
@@ -65,7 +98,7 @@ class ExecStderr(ExecStream):
 class ExecStdin:
     """Writer for the process's standard input (flow-controlled)."""
 
-    def __init__(self, channel: ExecChannel) -> None:
+    def __init__(self, channel: ExecChannelLike) -> None:
         self._channel = channel
 
     async def send_input(self, data: bytes | str) -> None:
@@ -84,7 +117,7 @@ class ExecStdin:
 class Execution:
     """A command started with ``Box.exec``."""
 
-    def __init__(self, box: Box, channel: ExecChannel, exec_id: str) -> None:
+    def __init__(self, box: ExecOwner, channel: ExecChannelLike, exec_id: str) -> None:
         self._box = box
         self._channel = channel
         self._id = exec_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import NotFoundError
 from ..images import ImageInfo, ImageManager, load_registries_from_config
@@ -13,6 +13,9 @@ from ..runtime.lifecycle import BoxRuntime
 from .box import Box, record_info
 from .options import BoxOptions, Options
 from .results import BoxInfo, RuntimeMetrics
+
+if TYPE_CHECKING:
+    from ..remote import RemoteBoxlite
 
 
 class ImagesHandle:
@@ -71,10 +74,16 @@ class Boxlite:
         Boxlite._default = None
 
     @staticmethod
-    def rest(url: Any, api_key: str | None = None) -> Any:
-        """A runtime talking to a ``boxlite serve`` server (same API as a local one)."""
-        from ..remote import RemoteBoxlite  # type: ignore[import-not-found,attr-defined,unused-ignore]
+    def rest(url: Any, api_key: str | None = None) -> RemoteBoxlite:
+        """A runtime talking to a ``boxlite serve`` server (same API as a local one).
 
+        ``url``: ``unix:///path/to.sock`` or ``http(s)://host:port`` (or an object with ``url``
+        and ``api_key``/``credential`` attributes, like the reference SDK's rest options)."""
+        from ..remote import RemoteBoxlite
+
+        if not isinstance(url, str):
+            api_key = api_key or getattr(url, "api_key", None) or getattr(getattr(url, "credential", None), "key", None)
+            url = url.url
         return RemoteBoxlite(url, api_key=api_key)
 
     @property

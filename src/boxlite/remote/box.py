@@ -104,7 +104,7 @@ class RemoteBox:
             raise
         if not self._info.detach:
             self._runtime._owned.add(self.id)
-        return Execution(self, channel, channel.id)  # type: ignore[arg-type]
+        return Execution(self, channel, channel.id)
 
     def _count_exec(self, error: bool) -> None:
         """Client-side counters (the server keeps the authoritative ones in ``metrics()``)."""
