@@ -79,9 +79,13 @@ def test_run_it_is_a_real_terminal(cli: Cli) -> None:
         term.expect(b"echo typed-$((6*7))")  # the box's terminal echoes what we type
         term.expect(b"typed-42\r\n30 100\r\nxterm-256color\r\n/dev/pts/")
         term.resize(40, 120)  # the kernel sends SIGWINCH to boxlite, which resizes the box's pty
-        time.sleep(0.5)
-        term.type(b"stty size\r")
-        term.expect(b"40 120")
+        for attempt in range(20):  # the resize travels asynchronously: ask until it has arrived
+            term.type(b"stty size\r")
+            try:
+                term.expect(b"40 120", timeout=1.0)
+                break
+            except AssertionError:
+                assert attempt < 19, term.seen
         term.type(b"sleep 30; echo not-interrupted\r")
         time.sleep(0.5)
         term.type(b"\x03")  # Ctrl-C goes to the box's foreground process, not to boxlite
