@@ -57,8 +57,29 @@ def test_pull_images_run_rmi(cli: Cli, registry: tuple[RegistryServer, str]) -> 
     assert_one_line_error(cli("pull", f"{server.host}/tools/missing:1"), 125, "missing")
 
 
-def test_serve_delegates_to_the_server_module(cli: Cli) -> None:
-    proc = cli("serve", "--help")
-    assert proc.returncode == 0 and "--socket" in proc.stdout
+def test_serve_delegates_to_the_server_module(cli: Cli, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
     if importlib.util.find_spec("boxlite.server") is None:
         assert_one_line_error(cli("serve"), 125, "not available")
+        return
+    sock_path = tmp_path / "api.sock"
+    server = subprocess.Popen(cli.argv("serve", "--socket", str(sock_path), "--exit-on-stdin-eof"),
+                              stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env())  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not sock_path.exists():
+            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(sock_path))
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b"".join(iter(lambda: s.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 200") and b'"ok"' in reply
+        assert server.stdin is not None
+        server.stdin.close()  # --exit-on-stdin-eof
+        assert server.wait(timeout=30) == 0
+    finally:
+        server.kill()
