@@ -98,3 +98,26 @@ def test_create_then_start(cli: Cli) -> None:
     assert "no logs" in cli("logs", "idle").stderr
     cli.ok("rm", "-f", "idle", "withcmd")
     assert cli.ok("ls", "-a", "-q") == ""
+
+
+def test_published_port(cli: Cli) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli.ok("run", "-d", "-p", f"{port}:8080", "--rootfs", str(cli.rootfs), "sh", "-c",
+           "echo hello-from-box | nc -l -p 8080; sleep 600")  # fmt: skip
+    reply = b""
+
+    def answered() -> bool:
+        nonlocal reply
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                reply = conn.recv(100)
+        except OSError:
+            return False
+        return bool(reply)
+
+    _wait_for(answered, timeout=20)
+    assert reply == b"hello-from-box\n"
