@@ -34,6 +34,8 @@ def test_run_without_rm_leaves_a_stopped_box(cli: Cli) -> None:
     [box] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]
     assert (box["name"], box["state"]["status"]) == ("kept", "stopped")
     assert cli.ok("logs", "kept") == "kept-output\n"
+    cli.ok("start", "kept")  # a box made by a foreground run can be started in the background later
+    assert cli.ok("exec", "kept", "echo", "still-up") == "still-up\n"
 
 
 def test_exec_failures_map_to_126_and_127(cli: Cli) -> None:
