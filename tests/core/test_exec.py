@@ -148,3 +148,13 @@ async def test_output_streams_can_be_taken_once(box: boxlite.SimpleBox) -> None:
     with pytest.raises(boxlite.BoxliteError):
         execution.stdout()
     await execution.wait()
+
+
+async def test_exec_failures_carry_shell_exit_statuses(box: boxlite.SimpleBox) -> None:
+    with pytest.raises(boxlite.ExecError) as missing:
+        await box.exec("no-such-command")
+    assert missing.value.exit_code == 127
+    await box.exec("sh", "-c", "echo '#!/bin/sh' > /tmp/script; chmod 644 /tmp/script")
+    with pytest.raises(boxlite.ExecError) as denied:
+        await box.exec("/tmp/script")
+    assert denied.value.exit_code == 126

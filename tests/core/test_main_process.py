@@ -35,3 +35,12 @@ async def test_cmd_runs_in_background_and_logs(runtime: boxlite.Boxlite, busybox
 async def test_boxes_without_cmd_have_no_main_process(box: boxlite.SimpleBox) -> None:
     ps = await box.exec("ps")
     assert [line for line in ps.stdout.splitlines()[1:] if "ps" not in line and "agent" not in line] == []
+
+
+async def test_box_keeps_running_after_its_main_process_exits(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), cmd=["true"], auto_remove=False))
+    await box.start()
+    await asyncio.sleep(0.5)
+    assert box.info().state.status == "running"
+    assert (await (await box.exec("echo", ["alive"], stdin=False)).stdout().read()) == "alive\n"
+    await runtime.remove(box.id, force=True)

@@ -184,13 +184,13 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     for src in config.get("ro_binds", []):
         if not src.startswith("/usr/"):
             _bind(src, sup + src, readonly=True)
-    os.makedirs(f"{sup}/run/boxlite")
+    os.makedirs(f"{sup}/run/boxlite", exist_ok=True)
     _bind(config["run_dir"], f"{sup}/run/boxlite")
-    os.makedirs(f"{sup}/dev")
+    os.makedirs(f"{sup}/dev", exist_ok=True)
     for dev in ("null", "urandom"):
         _bind_file(f"/dev/{dev}", f"{sup}/dev/{dev}")
-    os.makedirs(f"{sup}/proc")
-    os.makedirs(f"{sup}/tmp", mode=0o1777)
+    os.makedirs(f"{sup}/proc", exist_ok=True)
+    os.makedirs(f"{sup}/tmp", mode=0o1777, exist_ok=True)  # exists when the agent code lives under /tmp
     # The box root: image layers + the box's writable layer.
     root = sup + BOX
     os.makedirs(root)

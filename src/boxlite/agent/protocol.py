@@ -93,9 +93,18 @@ def decode_credit(payload: bytes) -> tuple[int, int]:
     return stream, amount
 
 
-def error_body(kind: str, message: str) -> dict[str, Any]:
-    """A failed RESPONSE body; ``kind`` names the error class the host should raise."""
-    return {"ok": False, "error": {"type": kind, "message": message}}
+def error_body(kind: str, message: str, errno: int | None = None) -> dict[str, Any]:
+    """A failed RESPONSE body; ``kind`` names the error class the host should raise and
+    ``errno`` (when the failure was a system error) lets it tell "not found" from "denied"."""
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if errno:
+        error["errno"] = errno
+    return {"ok": False, "error": error}
+
+
+def exec_failure_status(errno: int | None) -> int:
+    """Shell convention for a command that could not start: 127 not found, 126 not executable."""
+    return 127 if errno in (None, 0, 2, 20) else 126  # ENOENT, ENOTDIR
 
 
 def exit_status(wait_status: int) -> tuple[int, int | None]:

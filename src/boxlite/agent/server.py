@@ -12,7 +12,9 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ from .spawn import Confinement, ExecSpec, Spawned, set_winsize, spawn
 from .tario import BUILTINS
 
 Handler = Callable[[], None]
+DETACHED_CHANNELS = 0xFFFF0000  # channel numbers of detached executions (never on the wire)
 OUTPUTS = (p.STDOUT, p.STDERR)
 
 
@@ -229,10 +232,14 @@ class Agent:
                 w = self.watches.get(key.fd)
                 if w is None:
                     continue
-                if mask & selectors.EVENT_READ and w.on_read is not None and w.want_read:
-                    w.on_read()
-                if mask & selectors.EVENT_WRITE and w.on_write is not None and key.fd in self.watches:
-                    w.on_write()
+                try:
+                    if mask & selectors.EVENT_READ and w.on_read is not None and w.want_read:
+                        w.on_read()
+                    if mask & selectors.EVENT_WRITE and w.on_write is not None and key.fd in self.watches:
+                        w.on_write()
+                except Exception:  # a bug must not take the whole box down: log it, keep serving
+                    traceback.print_exc()
+                    sys.stderr.flush()
             self._enforce_deadlines()
 
     def drop(self, conn: Connection) -> None:
@@ -290,7 +297,7 @@ class Agent:
                 return
         except OSError as e:
             kind = "ExecError" if op == "exec" else "EngineError"
-            conn.send(p.encode_json(p.RESPONSE, channel, p.error_body(kind, e.strerror or str(e))))
+            conn.send(p.encode_json(p.RESPONSE, channel, p.error_body(kind, e.strerror or str(e), e.errno)))
             return
         except (ValueError, TypeError, KeyError) as e:
             conn.send(p.encode_json(p.RESPONSE, channel, p.error_body("ConfigError", str(e))))
@@ -305,9 +312,9 @@ class Agent:
             name = os.path.basename(str(body.get("log") or "main.log"))
             spec.log_path = os.path.join(self.log_dir, name)
             spec.tty = False
-            conn, channel = self.detached, -len(self.detached.execs) - 1
+            conn, channel = self.detached, DETACHED_CHANNELS
             while channel in conn.execs:
-                channel -= 1
+                channel += 1
         if channel in conn.execs:
             raise ValueError(f"channel {channel} is busy")
         builtin = None

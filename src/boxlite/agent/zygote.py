@@ -36,6 +36,11 @@ def main() -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             try:
                 nsboot.boot(config)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()  # lands in the box's boot log (or agent log, once serving)
+                sys.stderr.flush()
             finally:
                 os._exit(1)
         for fd in fds:

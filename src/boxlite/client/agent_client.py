@@ -27,7 +27,7 @@ def _error_from(body: dict[str, Any], command: str = "") -> errors.BoxliteError:
     cls = _ERRORS.get(str(err.get("type")), errors.BoxliteError)
     message = str(err.get("message", "agent error"))
     if cls is errors.ExecError:
-        return errors.ExecError(command, 127, message)
+        return errors.ExecError(command, p.exec_failure_status(err.get("errno")), message)
     return cls(message)
 
 
