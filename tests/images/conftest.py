@@ -21,7 +21,7 @@ from tests.support.registry import RegistryServer, start_registry  # noqa: E402
 from tests.support.registry_proxy import FaultProxy  # noqa: E402
 
 from boxlite.images import ImageManager, ImageRegistry  # noqa: E402
-from boxlite.images.client import RetryPolicy  # noqa: E402
+from boxlite.images.retry import RetryPolicy  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,24 +17,10 @@ from .auth import Authenticator
 from .manifest import ACCEPT, Descriptor
 from .reference import DOCKER_HUB
 from .registry_config import ImageRegistry, docker_credentials
+from .retry import RetryPolicy
 
 MAX_MANIFEST = 4 << 20
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-@dataclass
-class RetryPolicy:
-    """Retries for 429/5xx answers and broken connections (exponential backoff + jitter)."""
-
-    attempts: int = 5
-    base_delay: float = 0.25
-    max_delay: float = 8.0
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after and retry_after.strip().isdigit():
-            return min(float(retry_after), self.max_delay)
-        d = min(self.base_delay * (2.0**attempt), self.max_delay)
-        return d * (0.5 + random.random() / 2)
 
 
 def api_host(host: str) -> str:

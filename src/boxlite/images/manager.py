@@ -8,19 +8,23 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ImageError, NotFoundError, ParseError, RegistryError
 from .catalog import is_complete, read_image, record_image
-from .client import RegistryClient, RetryPolicy
 from .layout import import_path, is_oci_layout
 from .locks import async_file_lock, file_lock
 from .manifest import INDEX_TYPES, Descriptor, load_json, media_type_of, parse_manifest, select_platform
 from .reference import Reference, is_digest, parse_reference
 from .registry_config import ImageRegistry, load_registries_from_config
+from .retry import RetryPolicy
 from .rootfs import import_rootfs
 from .store import DEFAULT_UID_BASE, Store
 from .types import ImageConfig, ImageInfo, PreparedImage, PullProgress
 from .unpack import unpack_layer
+
+if TYPE_CHECKING:
+    from .client import RegistryClient
 
 ProgressFn = Callable[[PullProgress], None]
 
@@ -79,6 +83,8 @@ class ImageManager:
 
     async def _pull_one(self, ref: Reference, progress: ProgressFn | None) -> ImageInfo:
         async with async_file_lock(self.store.gc_lock(), shared=True):
+            from .client import RegistryClient  # httpx costs ~0.1 s to import: only when pulling
+
             async with RegistryClient(self._registry(ref.registry), self.retry) as client:
                 body, ctype, digest = await client.get_manifest(ref.repository, ref.reference)
                 doc = load_json(body, "manifest")
