@@ -55,7 +55,11 @@ class Box:
         return f'Box(id="{self.id}")'
 
     # --- lifecycle ------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, detach: bool | None = None) -> None:
+        """Start the box (no-op when running). ``detach`` changes whether the box outlives
+        this process from now on (e.g. ``boxlite start`` of a box created in the foreground)."""
+        if detach is not None:
+            self._runtime._core.set_detach(self.id, bool(detach))
         await self._runtime._core.start(self.id)
         self._record()
 
@@ -245,4 +249,5 @@ def record_info(rec: BoxRecord) -> BoxInfo:
         engine=rec.engine,
         detach=rec.detach,
         auto_remove=rec.auto_remove,
+        image_config=dict(rec.image_config or {}),
     )

@@ -61,6 +61,8 @@ class BoxInfo:
     engine: str
     detach: bool
     auto_remove: bool
+    image_config: dict[str, Any] = field(default_factory=dict)
+    """The image's entrypoint, cmd, env, working_dir and user (defaults of the box's commands)."""
 
     @property
     def status(self) -> str:

@@ -6,8 +6,8 @@ import builtins
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import NotFoundError
-from ..images import ImageInfo, ImageManager, load_registries_from_config
+from ..errors import BoxliteError, NotFoundError
+from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from .box import Box, record_info
@@ -30,6 +30,17 @@ class ImagesHandle:
 
     async def list(self) -> list[ImageInfo]:
         return self._m.list()
+
+    async def get(self, reference: str) -> ImageInfo | None:
+        """The stored image ``reference`` names, or None (never pulls)."""
+        try:
+            return self._m._lookup(reference)
+        except BoxliteError:
+            return None
+
+    async def config(self, reference: str) -> ImageConfig:
+        """The image's config (entrypoint, cmd, env, ...); pulls the image when missing."""
+        return (await self._m.resolve(image=reference)).config
 
     async def remove(self, reference: str, force: bool = False) -> None:
         self._m.remove(reference, force)

@@ -44,7 +44,7 @@ class LayerBars:
 
 async def ensure_image(rt: Boxlite, image: str) -> None:
     """Pull ``image`` with progress bars unless it is stored already (like ``docker run``)."""
-    if compat.has_image(rt, image):
+    if await compat.has_image(rt, image):
         return
     click.echo(f"Unable to find image '{image}' locally", err=True)
     bars = LayerBars(enabled=sys.stderr.isatty())

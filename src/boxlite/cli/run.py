@@ -201,9 +201,8 @@ async def _set_main(
 async def start_detached(box: Box) -> None:
     """Start ``box`` so that it outlives this process (its main process, if any, starts too).
     If the main process cannot start, the box is stopped again (removed if --rm)."""
-    compat.make_detached(box)
     try:
-        await box.start()
+        await compat.start_detached(box)
     except BoxliteError:
         with contextlib.suppress(BoxliteError):
             await box.stop(timeout=1)

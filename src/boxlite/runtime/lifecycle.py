@@ -293,6 +293,13 @@ class BoxRuntime:
             **extra,
         }
 
+    def set_detach(self, box_id: str, detach: bool) -> None:
+        """Change a stopped box's detach flag (a running box keeps the one it started with)."""
+        rec = self.record(box_id)
+        if rec.detach != detach and rec.state != "running":
+            rec.detach = detach
+            self.db.update(rec)
+
     async def client(self, rec: BoxRecord) -> AgentClient:
         if rec.state != "running":
             raise InvalidStateError(f"box {rec.id} is {rec.state}, not running")
