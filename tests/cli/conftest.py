@@ -3,52 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import boxlite
-
-CLI = [sys.executable, "-m", "boxlite.cli"]
-SRC = Path(__file__).resolve().parents[2] / "src"  # test this checkout, whatever is pip-installed
-
-
-@dataclass
-class Cli:
-    """Runs ``boxlite --home HOME ...`` and returns the completed process (text mode)."""
-
-    home: Path
-    rootfs: Path
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BOXLITE_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
-        env["BOXLITE_ENGINE"] = os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0]
-        return env
-
-    def argv(self, *args: str) -> list[str]:
-        return [*CLI, "--home", str(self.home), *args]
-
-    def __call__(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(*args), input=input, capture_output=True, text=True, timeout=timeout, env=self.env(),
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )  # fmt: skip
-
-    def ok(self, *args: str, input: str | None = None) -> str:
-        """Run, assert success, return stdout."""
-        proc = self(*args, input=input)
-        assert proc.returncode == 0, f"boxlite {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-        return proc.stdout
-
-    def json(self, *args: str) -> object:
-        return json.loads(self.ok(*args))
+from support.cli import Cli
 
 
 @pytest.fixture
@@ -67,13 +28,3 @@ async def _remove_all(home: Path) -> None:
             await rt.remove(info.id, force=True)
     finally:
         await rt.shutdown()
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
-    """A failure is exactly one 'boxlite: error: ...' line on stderr and the expected status."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("boxlite: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]

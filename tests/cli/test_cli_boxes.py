@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Cli, assert_one_line_error
+from support.cli import Cli, assert_one_line_error
 
 
 def _wait_for(predicate: Any, timeout: float = 10.0) -> None:

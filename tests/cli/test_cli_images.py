@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, assert_one_line_error
+from support.cli import Cli, assert_one_line_error
 from support.images import busybox_layout
 from support.registry import REGISTRY_BIN, RegistryServer, start_registry
 

@@ -6,7 +6,7 @@ import signal
 import sys
 from pathlib import Path
 
-from conftest import Cli, assert_one_line_error
+from support.cli import Cli, assert_one_line_error
 
 
 def test_run_propagates_exit_code_and_streams(cli: Cli) -> None:

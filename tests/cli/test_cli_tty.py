@@ -9,7 +9,7 @@ import struct
 import termios
 import time
 
-from conftest import Cli, assert_one_line_error
+from support.cli import Cli, assert_one_line_error
 
 
 class Terminal:
