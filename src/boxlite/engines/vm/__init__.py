@@ -27,4 +27,4 @@ def kvm_usable(home: str | os.PathLike[str] | None = None) -> bool:
     except EngineError:
         return False
     base = Path(home or os.environ.get("BOXLITE_HOME") or Path.home() / ".boxlite")
-    return choose(artifact, base / "cache" / "vm").name == "kvm"
+    return choose(artifact, base / "cache" / "vm", announce=False).name == "kvm"

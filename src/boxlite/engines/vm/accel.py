@@ -76,8 +76,9 @@ def _probe(artifact: RuntimeArtifact) -> Accel:
             proc.wait()
 
 
-def choose(artifact: RuntimeArtifact, cache_dir: Path) -> Accel:
-    """KVM if usable (cached probe verdict), else TCG; logs the choice once per process."""
+def choose(artifact: RuntimeArtifact, cache_dir: Path, announce: bool = True) -> Accel:
+    """KVM if usable (cached probe verdict), else TCG; logs the choice once per process
+    (``announce=False``: only asking, e.g. for engine="auto", which then may not use the VM)."""
     forced = os.environ.get("BOXLITE_VM_ACCEL")
     if forced in ("kvm", "tcg"):
         result = Accel(forced, "forced by BOXLITE_VM_ACCEL")
@@ -98,7 +99,7 @@ def choose(artifact: RuntimeArtifact, cache_dir: Path) -> Accel:
             tmp.write_text(json.dumps({"name": result.name, "reason": result.reason}))
             tmp.rename(path)
     global _announced
-    if not _announced:
+    if announce and not _announced:
         _announced = True
         if result.name == "tcg":
             log.warning("VM engine: using TCG software emulation (%s); boxes boot and run slower", result.reason)
