@@ -65,7 +65,7 @@ async def one_box(home: Path, rootfs: Path, name: str, tb: int | None, idle: flo
         "first_exec_s": round(t_first - t0, 4),
         "exec_rtt_ms": _median(execs),
         "ping_rtt_ms": _median(pings),
-        "idle_pss_mib": round(m.get("memory_pss_bytes", 0) / 2**20, 1),
+        "idle_pss_mib": round(m.get("memory_bytes", 0) / 2**20, 1),
         "idle_qemu_pss_mib": round(m.get("qemu_pss_bytes", 0) / 2**20, 1),
         "guest_configured_s": m.get("boot_guest_configured_s"),
         "guest_ready_s": m.get("boot_guest_ready_s"),

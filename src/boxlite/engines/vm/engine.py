@@ -284,30 +284,66 @@ class VmEngine(Engine):
         raise EngineError(f"VM box {spec.box_id}: processes survived SIGKILL")
 
     def cleanup(self, spec: BoxSpec) -> None:
-        for name in ("vm.json", "qemu.pid"):
+        for name in ("vm.json", "qemu.pid", "shim.pid"):
             (spec.run_dir / name).unlink(missing_ok=True)
         spec.agent_socket.unlink(missing_ok=True)
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
+        """``memory_bytes`` (PSS of shim + QEMU), ``cpu_usage_ns``, ``pids`` (processes in the
+        box, asked from the agent), boot timings (``boot_*_s``), ``qemu_pss_bytes``,
+        ``disk_bytes`` (allocated size of the box disk)."""
         out: dict[str, float] = {}
         try:
             boot = json.loads((spec.run_dir / "boot.json").read_text())
             out.update({f"boot_{k}": float(v) for k, v in boot.items() if k.endswith("_s")})
         except (OSError, ValueError):
             pass
-        if running is None or not running.is_alive():
+        shim = running.pid if running is not None and running.is_alive() else _live_shim(spec.run_dir)
+        if shim is None:
             return out
         qemu = _qemu_pid(spec.run_dir)
-        pss = 0
-        for pid in (running.pid, qemu):
-            if pid:
-                pss += _pss_bytes(pid)
-        out["memory_pss_bytes"] = float(pss)
-        if qemu:
-            out["qemu_pss_bytes"] = float(_pss_bytes(qemu))
-            out["cpu_seconds"] = _cpu_seconds(qemu)
+        qemu_pss = _pss_bytes(qemu) if qemu else 0
+        out["memory_bytes"] = float(_pss_bytes(shim) + qemu_pss)
+        out["qemu_pss_bytes"] = float(qemu_pss)
+        out["cpu_usage_ns"] = sum(_cpu_seconds(pid) for pid in (shim, qemu) if pid) * 1e9
         out["disk_bytes"] = float(_allocated(disk_path(spec)))
+        processes = _agent_stats(spec.agent_socket).get("processes")
+        if isinstance(processes, (int, float)):
+            out["pids"] = float(processes)
         return out
+
+
+def _live_shim(run: Path) -> int | None:
+    """The shim pid from ``run/shim.pid`` ("pid start-time") if that process still runs."""
+    try:
+        pid, start = (int(x) for x in (run / "shim.pid").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return pid if process_start_time(pid) == start else None
+
+
+def _agent_stats(path: Path, timeout: float = 2.0) -> dict[str, object]:
+    """The agent's ``stats`` answer through a short blocking connection ({} on failure)."""
+    import socket
+
+    from ...agent import protocol as p
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(p.encode_json(p.REQUEST, 1, {"op": "stats"}))
+            frames = p.FrameReader()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return {}
+                frames.feed(data)
+                for kind, channel, payload in frames:
+                    if kind == p.RESPONSE and channel == 1:
+                        return p.decode_json(payload)
+    except (OSError, p.FrameError):
+        return {}
 
 
 async def _read_status(fd: int, state: dict[str, int]) -> str:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..base import process_start_time
 from .qemu import VmConfig, qemu_argv, safe_hostname
 
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(status_fd, f"error could not start QEMU: {e}")
         return 1
     (run_dir / "qemu.pid").write_text(str(proc.pid))
+    (run_dir / "shim.pid").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
     import asyncio
 
     shim = Shim(conf, proc, agent, qmp, t0)
