@@ -227,7 +227,7 @@ async def test_layers_whiteouts_ownership_and_limits(  # type: ignore[no-untyped
 ) -> None:
     uid_base = 100000
     low, top = _layered_rootfs(tmp_path / "layers", busybox_rootfs, uid_base)
-    spec = make_spec(vm_home, busybox_rootfs, "layered", cpus=1, memory_mib=256)
+    spec = make_spec(vm_home, busybox_rootfs, "layered", cpus=1, memory_mib=128, pids_limit=8)
     spec.root = RootLayers((low, top), "layered-test", uid_base)
     engine = VmEngine()
     running = await engine.start(spec)
@@ -235,10 +235,15 @@ async def test_layers_whiteouts_ownership_and_limits(  # type: ignore[no-untyped
         c = await Client.connect(spec.agent_socket)
         script = (
             "test -e /etc/gone || echo gone; ls /opaque; stat -c %u:%g /home/owned /bin/busybox; "
-            "nproc; awk '/MemTotal/ {print ($2 < 262144)}' /proc/meminfo"
+            "nproc; awk '/MemTotal/ {print ($2 < 262144)}' /proc/meminfo; cat /proc/self/cgroup"
         )
         res = await c.exec(["/bin/sh", "-c", script])
-        assert res.stdout.decode().split() == ["gone", "visible", "1000:1000", "0:0", "1", "1"], res
+        assert res.stdout.decode().split() == ["gone", "visible", "1000:1000", "0:0", "1", "1", "0::/box"], res
+        bomb = await c.exec(["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 2 & done; wait"], channel=2)
+        assert b"fork" in bomb.stderr.lower(), bomb  # pids_limit=8 holds in the guest
+        hog = await c.exec(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"], channel=3)
+        assert hog.exit_code == 137, hog  # memory_mib=128: the box cgroup's OOM kill, not the VM's
+        assert (await c.exec(["/bin/echo", "alive"], channel=4)).stdout == b"alive\n"
         await c.close()
     finally:
         await shutdown(spec, running, engine)

@@ -217,6 +217,8 @@ def apply_host_state(conf: dict[str, object]) -> None:
     if conf.get("time_ns"):
         time.clock_settime_ns(time.CLOCK_REALTIME, int(str(conf["time_ns"])))
     seed = bytes.fromhex(str(conf.get("seed", "")))
+    if seed and "random" in sys.modules:  # loaded before the snapshot: same state in every box
+        sys.modules["random"].seed(seed)
     if seed:
         with open("/dev/urandom", "wb") as f:
             f.write(seed)
@@ -278,6 +280,23 @@ def sync_before_exit_reports(conn: Any) -> None:
     conn.send = send_synced
 
 
+def limit_box(pids_limit: object, memory_mib: object) -> None:
+    """Put this process (the agent, PID 1 of the box) and so every box process into the
+    cgroup v2 ``/sys/fs/cgroup/box`` with the box's pids and memory limits."""
+    cg = "/sys/fs/cgroup"
+    linux.mount("cgroup2", cg, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    with open(f"{cg}/cgroup.subtree_control", "w") as f:
+        f.write("+pids +memory")
+    os.makedirs(f"{cg}/box", exist_ok=True)
+    limits = {"pids.max": pids_limit, "memory.max": int(str(memory_mib)) << 20 if memory_mib else None}
+    for name, value in limits.items():
+        if value:
+            with open(f"{cg}/box/{name}", "w") as f:
+                f.write(str(value))
+    with open(f"{cg}/box/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+
+
 def enter_box_pid_namespace() -> None:
     """Continue as PID 1 of a new PID namespace, so box processes see only the agent and
     themselves (as with the namespace engine). The real PID 1 stays behind: it reaps, and
@@ -314,6 +333,7 @@ def main() -> None:
         box = handshake(fd)
         stage("configured")
         apply_host_state(box)
+        limit_box(box.get("pids_limit"), box.get("memory_mib"))
         settings = {"layers": str(box.get("layers", 0)), "hostname": str(box.get("hostname", "box"))}
         if loaded:  # restored snapshot: the agent is loaded already, forking would only cost
             prepare_box(settings)

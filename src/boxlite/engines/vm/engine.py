@@ -46,6 +46,14 @@ def cache_dir(spec: BoxSpec) -> Path:
     return home_of(spec) / "cache" / "vm"
 
 
+GUEST_OVERHEAD_MIB = 128  # kernel, initramfs, agent: guest RAM beyond the box's memory limit
+
+
+def guest_memory_mib(limit_mib: int | None) -> int:
+    """Guest RAM for a box whose processes may use ``limit_mib`` (enforced by a guest cgroup)."""
+    return DEFAULT_MEMORY_MIB if not limit_mib else limit_mib + GUEST_OVERHEAD_MIB
+
+
 def template_dir(spec: BoxSpec) -> Path:
     """Where snapshot templates live. They depend only on the artifact and the VM shape, so
     they are shared by all homes of a user: ``$BOXLITE_VM_TEMPLATES``, else
@@ -100,7 +108,7 @@ class VmEngine(Engine):
             layers=len(spec.root.layers),
             hostname=spec.hostname,
             cpus=vcpus(spec.cpus),
-            memory_mib=spec.memory_mib or DEFAULT_MEMORY_MIB,
+            memory_mib=guest_memory_mib(spec.memory_mib),
             accel=accel.name,
             tb_size_mib=int(str(spec.extra.get("vm_tb_size_mib") or DEFAULT_TB_SIZE_MIB)),
             debug=artifact.debug,
@@ -233,7 +241,8 @@ class VmEngine(Engine):
         run = spec.run_dir
         t_spawn = time.monotonic()
         lifeline = None if spec.detach else spec.lifeline_fd
-        pid, line = await self._run_shim(vm, run, spec.agent_socket, lifeline, _remaining(deadline), {"mode": mode})
+        extra: dict[str, object] = {"mode": mode, "pids_limit": spec.pids_limit, "memory_limit_mib": spec.memory_mib}
+        pid, line = await self._run_shim(vm, run, spec.agent_socket, lifeline, _remaining(deadline), extra)
         if line.startswith("timeout: "):
             why = f"the agent was not ready within {spec.ready_timeout:g}s"
             raise _NotReady(self._boot_failure(spec, why))

@@ -115,6 +115,8 @@ class Shim:
             "hostname": safe_hostname(vm["hostname"]),
             "time_ns": time.time_ns(),
             "seed": os.urandom(32).hex(),
+            "pids_limit": self.conf.get("pids_limit"),
+            "memory_mib": self.conf.get("memory_limit_mib"),
         }
         writer.write(json.dumps(settings).encode() + b"\n")
         relay = Relay(writer)
