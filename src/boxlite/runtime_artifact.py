@@ -119,3 +119,19 @@ def verify(path: Path) -> RuntimeArtifact:
         if actual != digest:
             raise EngineError(f"VM runtime artifact {path}: {name} does not match its manifest; {BUILD_HINT}")
     return RuntimeArtifact(path, manifest)
+
+
+def stale_agent_files(artifact: RuntimeArtifact) -> list[str]:
+    """Agent sources of this checkout that differ from the artifact's copy (empty when the
+    package has no ``agent`` sources next to it, e.g. an installed wheel that matches)."""
+    agent_dir = Path(__file__).resolve().parent / "agent"
+    shipped = {
+        name.rsplit("/", 1)[1]: digest
+        for name, digest in artifact.manifest.get("initramfs", {}).items()
+        if name.startswith("opt/boxlite/agent/") and name.endswith(".py") and name.count("/") == 3
+    }
+    stale = []
+    for src in sorted(agent_dir.glob("*.py")):
+        if shipped.get(src.name) != _sha256(src):
+            stale.append(src.name)
+    return stale

@@ -83,6 +83,7 @@ class VmEngine(Engine):
     async def start(self, spec: BoxSpec) -> RunningBox:
         t0 = time.monotonic()
         artifact = await asyncio.to_thread(runtime_artifact.locate)
+        _warn_if_stale(artifact)
         accel = await asyncio.to_thread(accel_mod.choose, artifact, cache_dir(spec))
         if spec.root.layers:
             lower = await asyncio.to_thread(ensure_layer_image, cache_dir(spec), spec.root)
@@ -389,6 +390,24 @@ def _forget_old_templates(tdir: Path) -> None:
                 snap.with_suffix(".lock").unlink(missing_ok=True)
         except OSError:
             pass
+
+
+_warned_stale: set[str] = set()
+
+
+def _warn_if_stale(artifact: runtime_artifact.RuntimeArtifact) -> None:
+    """Once per artifact: say so when the checkout's agent differs from the one it ships."""
+    if artifact.key in _warned_stale:
+        return
+    _warned_stale.add(artifact.key)
+    stale = runtime_artifact.stale_agent_files(artifact)
+    if stale:
+        log.warning(
+            "VM runtime artifact %s ships an older agent (%s differ from the source tree): %s",
+            artifact.path,
+            ", ".join(stale),
+            runtime_artifact.BUILD_HINT,
+        )
 
 
 class _NotReady(EngineError):
