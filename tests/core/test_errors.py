@@ -181,3 +181,16 @@ async def test_box_handle_from_shut_down_runtime_refuses_work(home: Path, busybo
         await box.exec("true")
     with pytest.raises(boxlite.StoppedError):
         await box.start()
+
+
+async def test_box_cannot_wedge_its_agent_with_a_fifo_passwd(box: boxlite.SimpleBox) -> None:
+    """The box owns /etc/passwd; made a FIFO, user lookups must not block the agent."""
+    assert (await box.exec("sh", "-c", "rm /etc/passwd /etc/group && busybox mkfifo /etc/passwd /etc/group")).ok
+    t0 = time.monotonic()
+    uid = ["grep", "^Uid:", "/proc/self/status"]  # busybox id itself would read the FIFO
+    result = await asyncio.wait_for(box.exec(*uid), 10)
+    assert result.stdout.split()[1] == "0"
+    with pytest.raises(boxlite.ExecError, match="user"):
+        await asyncio.wait_for(box.exec("true", user="user"), 10)
+    assert (await asyncio.wait_for(box.exec(*uid, user="1000"), 10)).stdout.split()[1] == "1000"
+    assert time.monotonic() - t0 < 5

@@ -46,7 +46,8 @@ async def test_fork_bomb_is_contained(runtime: boxlite.Boxlite, busybox_rootfs: 
         # The box answers again once the bomb is gone, and the host can still fork.
         await wait_for_pids(box, 1)
         result = await box.exec("sh", "-c", "echo alive; ps | wc -l")
-        assert result.stdout.split() == ["alive", "5"]  # header, init, sh, ps, wc
+        word, count = result.stdout.split()
+        assert word == "alive" and int(count) <= 5  # header, init, sh, ps (and wc, if forked yet)
         assert subprocess.run(["true"]).returncode == 0
 
 

@@ -8,11 +8,15 @@ every capability, sets no_new_privs, loads the seccomp filter, closes every inhe
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import select
 import signal
+import stat
 import struct
 import termios
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +26,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
 TIOCSCTTY = 0x540E
+START_TIMEOUT = 10.0  # fork to execve; a child stuck longer is killed and reported
+DB_LIMIT = 16 << 20  # bytes read at most from the box's /etc/passwd and /etc/group
 BOX_OOM_SCORE_ADJ = 1000  # box processes go first when the box (or the host) runs out of memory
 BUILTIN_CAPS = 1 << linux.CAP_DAC_OVERRIDE | 1 << linux.CAP_DAC_READ_SEARCH
 
@@ -147,7 +153,13 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
         for fd in set(child_fds):
             os.close(fd)
     failure = b""
+    deadline = time.monotonic() + START_TIMEOUT
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([err_r_pipe], [], [], left)[0]:
+            os.kill(pid, signal.SIGKILL)  # stuck before execve: the agent must not wait forever
+            failure = f"{errno.ETIMEDOUT}:the process did not start within {START_TIMEOUT:g}s".encode()
+            break
         chunk = os.read(err_r_pipe, 4096)
         if not chunk:
             break
@@ -283,8 +295,21 @@ def resolve_user(user: str | None) -> tuple[int, int, list[int], str]:
 
 
 def _read_db(path: str) -> list[list[str]]:
+    """The lines of a passwd/group file, split on ':'. The box owns these files: only a regular
+    file is read, and at most DB_LIMIT bytes (a FIFO there would block every later exec)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 2]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        data = b""
+        while len(data) < DB_LIMIT and (chunk := os.read(fd, 1 << 16)):
+            data += chunk
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    text = data[:DB_LIMIT].decode("utf-8", errors="replace")
+    return [line.split(":") for line in text.split("\n") if line.count(":") >= 2]
