@@ -5,6 +5,7 @@ Every check runs a real command in a real box and asserts what the box sees.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -131,11 +132,15 @@ async def test_network_is_loopback_only(box: boxlite.SimpleBox) -> None:
     # Loopback works inside the box.
     server = await box.box.exec("nc", ["-l", "-p", "8080"], stdin=False)
     try:
-        for _ in range(200):
-            sent = await sh(box, "echo ping | nc -w 1 127.0.0.1 8080")
-            if sent.exit_code == 0:
+        for _ in range(500):  # until the server listens (port 0x1F90, state 0A)
+            table = (await box.exec("cat", "/proc/net/tcp", "/proc/net/tcp6")).stdout
+            rows = [f for f in map(str.split, table.splitlines()) if len(f) > 3]
+            if any(f[1].endswith(":1F90") and f[3] == "0A" for f in rows):
                 break
-        assert (await server.stdout().read()).strip() == "ping"
+            await asyncio.sleep(0.01)
+        sent = await sh(box, "echo ping | nc -w 2 127.0.0.1 8080")
+        assert sent.exit_code == 0, sent
+        assert (await asyncio.wait_for(server.stdout().read(), 10)).strip() == "ping"
     finally:
         await server.kill()
         await server.wait()
