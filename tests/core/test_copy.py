@@ -225,3 +225,12 @@ async def test_copy_failures_are_clear_errors(box: boxlite.SimpleBox, tmp_path: 
         await box.copy_out("/proc/1/environ", str(tmp_path / "environ"))
     assert not (tmp_path / "environ").exists() or (tmp_path / "environ").stat().st_size == 0
     assert (await box.exec("true")).exit_code == 0
+
+
+async def test_copy_out_follow_symlinks_copies_link_targets(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+    await box.exec("sh", "-c", "mkdir -p /d && echo data > /target && ln -s /target /d/link")
+    await box.copy_out("/d", str(tmp_path / "kept"))
+    assert (tmp_path / "kept" / "link").is_symlink()
+    await box.copy_out("/d", str(tmp_path / "followed"), follow_symlinks=True)
+    assert not (tmp_path / "followed" / "link").is_symlink()
+    assert (tmp_path / "followed" / "link").read_text() == "data\n"

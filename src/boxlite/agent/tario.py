@@ -59,7 +59,9 @@ def tar(spec: ExecSpec) -> int:
     if not os.path.lexists(src):
         print(f"no such file or directory: {spec.builtin_args['src']}", file=sys.stderr)
         return 2
-    with tarfile.open(fileobj=os.fdopen(1, "wb", buffering=0), mode="w|", format=tarfile.PAX_FORMAT) as out:
+    follow = bool(spec.builtin_args.get("follow_symlinks"))  # links inside dirs: copy their targets
+    stream = os.fdopen(1, "wb", buffering=0)
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, dereference=follow) as out:
         out.add(src, arcname=name, recursive=True)
     return 0
 

@@ -64,8 +64,13 @@ class Box:
         self._record()
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Stop all processes; the writable layer is kept (auto_remove=True removes the box)."""
-        await self._runtime._core.stop(self.id, timeout)
+        """Stop all processes; the writable layer is kept (auto_remove=True removes the box).
+        Stopping again is harmless, also after auto_remove took the box away."""
+        try:
+            await self._runtime._core.stop(self.id, timeout)
+        except NotFoundError:
+            if not self._rec.auto_remove:
+                raise
 
     async def __aenter__(self) -> Box:
         await self.start()
@@ -172,18 +177,20 @@ class Box:
         opts = copy_options or CopyOptions()
         name = os.path.basename(container_src.rstrip("/")) or "root"
         with tempfile.TemporaryFile() as tmp:
-            async for chunk in self.copy_out_tar(container_src):
+            async for chunk in self.copy_out_tar(container_src, opts.follow_symlinks):
                 await asyncio.to_thread(tmp.write, chunk)
             tmp.seek(0)
             await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
 
-    async def copy_out_tar(self, src: str) -> AsyncGenerator[bytes, None]:
+    async def copy_out_tar(self, src: str, follow_symlinks: bool = False) -> AsyncGenerator[bytes, None]:
         """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError
-        before the first chunk when ``src`` does not exist."""
+        before the first chunk when ``src`` does not exist. ``follow_symlinks``: archive what
+        links inside ``src`` point to (resolved in the box) instead of the links."""
         name = os.path.basename(src.rstrip("/")) or "root"
+        args = {"src": src, "name": name, "follow_symlinks": follow_symlinks}
         execution = await self._start_exec(
             await self._client(),
-            {"builtin": "tar", "builtin_args": {"src": src, "name": name}, "stdin": False},
+            {"builtin": "tar", "builtin_args": args, "stdin": False},
             f"copy_out {src}",
         )
         out = execution.stdout().bytes()

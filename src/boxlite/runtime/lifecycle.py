@@ -158,6 +158,10 @@ class BoxRuntime:
         engine = select_engine(options.engine or self.default_engine).name
         if options.volumes and engine != "namespace":
             raise UnsupportedOptionError("volumes", f"the {engine} engine does not support volumes yet")
+        if options.disk_size_gb is not None and engine == "namespace":
+            raise UnsupportedOptionError(
+                "disk_size_gb", "the namespace engine shares the host's disk; use engine='vm' for a sized disk"
+            )
         if options.ports and engine != "namespace":
             raise UnsupportedOptionError("ports", f"the {engine} engine does not publish ports yet")
         rootfs_path = options.rootfs_path
