@@ -28,10 +28,16 @@ def home(tmp_path: Path) -> Path:
 ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest) -> str:
-    """Engine-agnostic tests run once per engine in BOXLITE_TEST_ENGINES (default: namespace)."""
-    return str(request.param)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests taking ``engine`` (directly or through ``runtime``/``box``) run once per engine in
+    BOXLITE_TEST_ENGINES (default: namespace). Tests of namespace-engine internals (cgroups,
+    uid shifting, host-side files) are marked ``namespace_only`` and run on that engine alone;
+    the VM engine's own checks live in tests/vm."""
+    if "engine" in metafunc.fixturenames:
+        engines = ENGINES
+        if metafunc.definition.get_closest_marker("namespace_only"):
+            engines = ["namespace"]
+        metafunc.parametrize("engine", engines)
 
 
 @pytest.fixture

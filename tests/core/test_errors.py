@@ -115,6 +115,7 @@ async def wait_dead(pid: int, start: int | None, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.namespace_only
 async def test_killed_agent_fails_fast_and_start_recovers(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     await box.exec("sh", ["-c", "echo persisted > /state"], stdin=False)
@@ -142,6 +143,7 @@ async def test_killed_agent_fails_fast_and_start_recovers(runtime: boxlite.Boxli
     await runtime.remove(box.id, force=True)
 
 
+@pytest.mark.namespace_only
 async def test_killed_agent_is_reported_stopped(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     await (await box.exec("true", stdin=False)).wait()

@@ -15,6 +15,8 @@ import pytest
 
 import boxlite
 
+pytestmark = pytest.mark.namespace_only
+
 SECRET = "host-secret-7f3a9c"
 
 

@@ -85,6 +85,7 @@ async def test_persistence_survives_a_new_runtime(home: Path, busybox_rootfs: Pa
         await rt2.shutdown()
 
 
+@pytest.mark.namespace_only
 async def test_stop_ends_every_process_and_reports_stopped(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     await box.exec("sh", ["-c", "sleep 1000 & sleep 1000"], stdin=False)
@@ -109,6 +110,7 @@ async def test_stop_ends_every_process_and_reports_stopped(runtime: boxlite.Boxl
     assert box.info().state.status == "stopped"
 
 
+@pytest.mark.namespace_only
 async def test_remove_deletes_box_dir_and_writable_layer(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False), name="doomed")
     await run(box, "sh", "-c", "echo x > /file")
@@ -154,7 +156,7 @@ async def test_names_are_unique(runtime: boxlite.Boxlite, busybox_rootfs: Path) 
         await runtime.create(opts(busybox_rootfs), name="bad/name")
 
 
-async def test_get_get_or_create_list_and_info(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+async def test_get_get_or_create_list_and_info(runtime: boxlite.Boxlite, busybox_rootfs: Path, engine: str) -> None:
     a, created = await runtime.get_or_create(opts(busybox_rootfs, auto_remove=False), name="alpha")
     assert created
     again, created = await runtime.get_or_create(opts(busybox_rootfs, auto_remove=False), name="alpha")
@@ -172,7 +174,7 @@ async def test_get_get_or_create_list_and_info(runtime: boxlite.Boxlite, busybox
     assert infos[a.id].state.status == "configured" and infos[a.id].name == "alpha"
     assert infos[b.id].state.status == "running" and infos[b.id].state.running
     assert infos[b.id].memory_mib == 96 and infos[b.id].cpus == 0.5
-    assert infos[b.id].engine == "namespace" and not infos[b.id].detach and not infos[b.id].auto_remove
+    assert infos[b.id].engine == engine and not infos[b.id].detach and not infos[b.id].auto_remove
     assert infos[b.id].image == str(busybox_rootfs) and infos[b.id].started_at
     assert [i.id for i in await runtime.list_info(state="running")] == [b.id]
     info = await runtime.get_info(b.id)
@@ -230,6 +232,7 @@ async def test_shutdown_stops_non_detached_boxes(home: Path, busybox_rootfs: Pat
         await rt2.shutdown()
 
 
+@pytest.mark.namespace_only
 async def test_metrics_count_and_measure(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     idle = await box.metrics()
@@ -254,6 +257,7 @@ async def test_metrics_count_and_measure(runtime: boxlite.Boxlite, busybox_rootf
     assert (await runtime.metrics()).num_running_boxes == 0
 
 
+@pytest.mark.namespace_only
 async def test_concurrent_starts_of_one_box_start_it_once(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     results = await asyncio.gather(*(run(box, "sh", "-c", "echo $$") for _ in range(8)))

@@ -8,7 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 import boxlite
+
+pytestmark = pytest.mark.namespace_only
 
 # An exponential fork bomb. busybox sh exits when it cannot fork, so the bomb burns out once it
 # hits the limit; ``exec sleep`` keeps the execution (and its process group) alive meanwhile.

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import boxlite
+
+pytestmark = pytest.mark.namespace_only
 
 
 async def test_cmd_runs_in_background_and_logs(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
