@@ -303,7 +303,8 @@ def enter_box_pid_namespace() -> None:
     powers the VM off when the agent's process ends."""
     linux.unshare(linux.CLONE_NEWPID)
     child = os.fork()
-    if child == 0:
+    if child == 0:  # the agent's own /proc shows the box's processes (its "stats")
+        linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         return
     while True:
         try:
