@@ -130,8 +130,11 @@ def candidate_version(pkg: str) -> str:
     raise SystemExit(f"package {pkg} not available from apt (run apt-get update?)")
 
 
-def agent_files() -> list[Path]:
-    return sorted(p for p in AGENT_SRC.rglob("*.py") if "__pycache__" not in p.parts)
+def agent_sources() -> dict[str, bytes]:
+    """The agent package's .py files (path relative to it -> content), read once per build so
+    that the cache key and the initramfs see the same bytes even if the tree changes."""
+    files = sorted(p for p in AGENT_SRC.rglob("*.py") if "__pycache__" not in p.parts)
+    return {str(p.relative_to(AGENT_SRC)): p.read_bytes() for p in files}
 
 
 def kernel_key(source_version: str) -> str:
@@ -141,11 +144,13 @@ def kernel_key(source_version: str) -> str:
     return h.hexdigest()[:16]
 
 
-def artifact_key(kkey: str, versions: dict[str, str], debug: bool) -> str:
+def artifact_key(kkey: str, versions: dict[str, str], debug: bool, agent: dict[str, bytes]) -> str:
     h = hashlib.sha256(f"boxlite-runtime-v{FORMAT}\0{kkey}\0{debug}\0".encode())
     h.update(json.dumps(versions, sort_keys=True).encode())
-    for path in [Path(__file__).resolve(), HERE / "cpio.py", HERE / "modscan.py", *agent_files()]:
+    for path in [Path(__file__).resolve(), HERE / "cpio.py", HERE / "modscan.py"]:
         h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, data in agent.items():
+        h.update(f"agent/{name}".encode() + b"\0" + data + b"\0")
     return h.hexdigest()[:16]
 
 
@@ -302,7 +307,9 @@ def compile_pyc(python: list[str], env: dict[str, str], jobs: list[tuple[Path, P
     subprocess.run([*python, "-c", script], input=data, text=True, check=True, env=env)
 
 
-def build_initramfs(versions: dict[str, str], cache: Path, debug: bool, out: Path) -> dict[str, str]:
+def build_initramfs(
+    versions: dict[str, str], cache: Path, debug: bool, out: Path, agent: dict[str, bytes] | None = None
+) -> dict[str, str]:
     """Write ``out`` (newc cpio) and return {member path: sha256} of its regular files."""
     with tempfile.TemporaryDirectory(dir=cache) as tmpdir:
         tmp = Path(tmpdir)
@@ -324,7 +331,10 @@ def build_initramfs(versions: dict[str, str], cache: Path, debug: bool, out: Pat
 
         # Agent: sources + unchecked-hash pycs under __pycache__.
         agent_parent = tmp / "agent-parent"
-        shutil.copytree(AGENT_SRC, agent_parent / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+        for name, data in (agent_sources() if agent is None else agent).items():
+            dest = agent_parent / "agent" / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
         py = [str(root / "usr/bin" / GUEST_PYTHON), "-I", "-S"]
         libpath = ":".join(str(root / d) for d in LIB_DIRS)
         env = {"LD_LIBRARY_PATH": libpath, "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp)}
@@ -366,7 +376,8 @@ def build_initramfs(versions: dict[str, str], cache: Path, debug: bool, out: Pat
 def build_artifact(cache: Path, debug: bool, jobs: int) -> Path:
     kver = installed_version(KERNEL_PACKAGE) or candidate_version(KERNEL_PACKAGE)
     versions = {pkg: candidate_version(pkg) for pkg in PACKAGES}
-    key = artifact_key(kernel_key(kver), versions, debug)
+    agent = agent_sources()
+    key = artifact_key(kernel_key(kver), versions, debug, agent)
     adir = cache / f"runtime-{key}{'-debug' if debug else ''}"
     if (adir / "manifest.json").exists():
         log(f"cached: {adir}")
@@ -378,7 +389,7 @@ def build_artifact(cache: Path, debug: bool, jobs: int) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix="runtime-", dir=cache))
         t0 = time.monotonic()
         shutil.copy(kdir / "vmlinux", tmp / "vmlinux")
-        members = build_initramfs(versions, cache, debug, tmp / "initramfs.cpio")
+        members = build_initramfs(versions, cache, debug, tmp / "initramfs.cpio", agent)
         kinfo = json.loads((kdir / "kernel.json").read_text())
         manifest = {
             "format": FORMAT,
