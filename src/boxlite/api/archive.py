@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import tarfile
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import BoxliteError
+from ..errors import BoxliteError, NotFoundError
 from .options import CopyOptions
+
+
+@asynccontextmanager
+async def host_archive(host_path: str, follow_symlinks: bool) -> AsyncIterator[tuple[str, AsyncIterator[bytes]]]:
+    """(top-level name, tar chunks) of a host file or directory, for copy_in."""
+    src = Path(host_path)
+    if not src.exists() and not src.is_symlink():
+        raise NotFoundError(f"no such host path: {host_path}")
+    name = src.resolve().name if str(host_path).rstrip("/") in (".", "") else src.name
+    with tempfile.TemporaryFile() as tmp:
+        await asyncio.to_thread(write_tar, tmp, src, name, follow_symlinks)
+        tmp.seek(0)
+        yield name, file_chunks(tmp)
+
+
+async def extract_stream(chunks: AsyncIterable[bytes], host_dest: str, name: str, opts: CopyOptions) -> None:
+    """Spool a tar stream from a box to a temporary file, then ``extract_tar`` it."""
+    with tempfile.TemporaryFile() as tmp:
+        async for chunk in chunks:
+            await asyncio.to_thread(tmp.write, chunk)
+        tmp.seek(0)
+        await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
 
 
 def write_tar(fileobj: IO[bytes], src: Path, name: str, follow_symlinks: bool) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BoxliteError, NotFoundError
 from ..runtime.state import BoxRecord
-from .archive import extract_tar, file_chunks, write_tar
+from .archive import extract_stream, host_archive
 from .execution import Execution
 from .options import CopyOptions
 from .results import BoxInfo, BoxMetrics, BoxStateInfo, iso
@@ -136,14 +134,8 @@ class Box:
     async def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a host file or directory into the box (``docker cp`` semantics)."""
         opts = copy_options or CopyOptions()
-        src = Path(host_path)
-        if not src.exists() and not src.is_symlink():
-            raise NotFoundError(f"no such host path: {host_path}")
-        name = src.resolve().name if str(host_path).rstrip("/") in (".", "") else src.name
-        with tempfile.TemporaryFile() as tmp:
-            await asyncio.to_thread(write_tar, tmp, src, name, opts.follow_symlinks)
-            tmp.seek(0)
-            await self.copy_in_tar(file_chunks(tmp), container_dest, name, opts.include_parent)
+        async with host_archive(host_path, opts.follow_symlinks) as (name, chunks):
+            await self.copy_in_tar(chunks, container_dest, name, opts.include_parent)
 
     async def copy_in_tar(
         self, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool = True
@@ -176,11 +168,7 @@ class Box:
         outside ``host_dest`` or be a device (see ``archive.extract_tar``)."""
         opts = copy_options or CopyOptions()
         name = os.path.basename(container_src.rstrip("/")) or "root"
-        with tempfile.TemporaryFile() as tmp:
-            async for chunk in self.copy_out_tar(container_src, opts.follow_symlinks):
-                await asyncio.to_thread(tmp.write, chunk)
-            tmp.seek(0)
-            await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
+        await extract_stream(self.copy_out_tar(container_src, opts.follow_symlinks), host_dest, name, opts)
 
     async def copy_out_tar(self, src: str, follow_symlinks: bool = False) -> AsyncGenerator[bytes, None]:
         """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError

@@ -7,12 +7,12 @@ import contextlib
 import itertools
 import os
 import socket
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 from .. import errors
 from ..agent import protocol as p
+from .streams import ChunkStream
 
 _ERRORS: dict[str, type[errors.BoxliteError]] = {
     "ExecError": errors.ExecError,
@@ -31,45 +31,15 @@ def _error_from(body: dict[str, Any], command: str = "") -> errors.BoxliteError:
     return cls(message)
 
 
-class OutputStream:
-    """Bytes of one output stream, delivered in order; reading grants the agent more credit."""
+class OutputStream(ChunkStream):
+    """One output stream of an agent execution; reading grants the agent more credit."""
 
     def __init__(self, channel: ExecChannel, kind: int) -> None:
+        super().__init__()
         self._channel, self._kind = channel, kind
-        self._chunks: deque[bytes] = deque()
-        self._eof = False
-        self._ready = asyncio.Event()
-        self.total = 0
 
-    def _feed(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(data)
-            self.total += len(data)
-        else:
-            self._eof = True
-        self._ready.set()
-
-    async def read(self) -> bytes | None:
-        """The next chunk, or None at end of stream."""
-        while not self._chunks:
-            if self._eof:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        data = self._chunks.popleft()
-        self._channel._grant(self._kind, len(data))
-        return data
-
-    async def read_all(self) -> bytes:
-        parts = []
-        while (chunk := await self.read()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
-
-    @property
-    def eof(self) -> bool:
-        """The agent closed the stream (chunks may still be unread)."""
-        return self._eof
+    async def _consumed(self, amount: int) -> None:
+        self._channel._grant(self._kind, amount)
 
 
 class ExecChannel:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shlex
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..api.archive import extract_tar, write_tar
+from ..api.archive import extract_stream, host_archive
 from ..api.execution import Execution
 from ..api.options import CopyOptions, env_to_dict
 from ..api.results import BoxInfo, BoxMetrics
@@ -115,32 +111,17 @@ class RemoteBox:
     async def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a host file or directory into the box (``docker cp`` semantics)."""
         opts = copy_options or CopyOptions()
-        src = Path(host_path)
-        if not src.exists() and not src.is_symlink():
-            raise NotFoundError(f"no such host path: {host_path}")
-        name = src.resolve().name if str(host_path).rstrip("/") in (".", "") else src.name
-        with tempfile.TemporaryFile() as tmp:
-            await asyncio.to_thread(write_tar, tmp, src, name, opts.follow_symlinks)
-            tmp.seek(0)
-
-            async def body() -> AsyncIterator[bytes]:
-                while chunk := await asyncio.to_thread(tmp.read, 1 << 20):
-                    yield chunk
-
+        async with host_archive(host_path, opts.follow_symlinks) as (name, chunks):
             params = {"path": container_dest, "name": name, "include_parent": opts.include_parent}
             headers = {"content-type": "application/x-tar"}
-            await self._t.request("PUT", f"{self._path}/archive", params=params, content=body(), headers=headers)
+            await self._t.request("PUT", f"{self._path}/archive", params=params, content=chunks, headers=headers)
 
     async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a file or directory out of the box; extracted with Python's ``data`` filter."""
         opts = copy_options or CopyOptions()
         name = os.path.basename(container_src.rstrip("/")) or "root"
-        with tempfile.TemporaryFile() as tmp:
-            async with self._t.stream("GET", f"{self._path}/archive", params={"path": container_src}) as resp:
-                async for chunk in resp.aiter_raw():
-                    await asyncio.to_thread(tmp.write, chunk)
-            tmp.seek(0)
-            await asyncio.to_thread(extract_tar, tmp, Path(host_dest), name, opts)
+        async with self._t.stream("GET", f"{self._path}/archive", params={"path": container_src}) as resp:
+            await extract_stream(resp.aiter_raw(), host_dest, name, opts)
 
     # --- metrics ----------------------------------------------------------------------------
     async def metrics(self) -> BoxMetrics:

@@ -9,52 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
 from typing import Any
 
+from ..client.streams import ChunkStream
 from ..errors import BoxDiedError, InvalidStateError
 from ..server.wire import DEFAULT_WINDOW, MAX_FRAME, STDERR, STDIN, STDOUT, decode_error
 from .transport import Transport
 
 
-class RemoteOutput:
-    """Chunks of one output stream; reading one grants the server that many bytes of credit."""
+class RemoteOutput(ChunkStream):
+    """One output stream of a remote execution; reading grants the server more credit."""
 
     def __init__(self, channel: RemoteChannel, name: str) -> None:
+        super().__init__()
         self._channel, self._name = channel, name
-        self._chunks: deque[bytes] = deque()
-        self._eof = False
-        self._ready = asyncio.Event()
-        self.total = 0
 
-    def _feed(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(data)
-            self.total += len(data)
-        else:
-            self._eof = True
-        self._ready.set()
-
-    async def read(self) -> bytes | None:
-        """The next chunk, or None at end of stream."""
-        while not self._chunks:
-            if self._eof:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        data = self._chunks.popleft()
-        await self._channel._send_json({"type": "credit", "stream": self._name, "bytes": len(data)})
-        return data
-
-    async def read_all(self) -> bytes:
-        parts = []
-        while (chunk := await self.read()) is not None:
-            parts.append(chunk)
-        return b"".join(parts)
-
-    @property
-    def eof(self) -> bool:
-        return self._eof
+    async def _consumed(self, amount: int) -> None:
+        await self._channel._send_json({"type": "credit", "stream": self._name, "bytes": amount})
 
 
 class RemoteChannel:
