@@ -143,6 +143,8 @@ class Agent:
     def __init__(self, confinement: Confinement, lifeline_fd: int | None = None, log_dir: str | None = None) -> None:
         self.conf = confinement
         self.log_dir = log_dir
+        self.before_exit_report: Handler | None = None
+        """Called before each EXIT frame is sent (the VM flushes the box disk there)."""
         self.detached = _Detached(self)
         self.sel = selectors.DefaultSelector()
         self.watches: dict[int, _Watch] = {}
@@ -471,6 +473,8 @@ class Agent:
                     "timed_out": ex.timed_out,
                     "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
                 }
+                if self.before_exit_report is not None:
+                    self.before_exit_report()
                 # Output the host has not made room for yet may follow the EXIT frame.
                 ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
                 self._maybe_finish(ex)
