@@ -158,3 +158,21 @@ async def test_exec_failures_carry_shell_exit_statuses(box: boxlite.SimpleBox) -
     with pytest.raises(boxlite.ExecError) as denied:
         await box.exec("/tmp/script")
     assert denied.value.exit_code == 126
+
+
+async def test_tty_stderr_stream_ends_at_once(box: boxlite.SimpleBox) -> None:
+    """With a PTY everything arrives on stdout; reading stderr must not wait forever."""
+    execution = await box.box.exec("sh", ["-c", "echo both >&2"], tty=True, stdin=False)
+    assert await asyncio.wait_for(execution.stderr().read(), 10) == ""
+    assert "both" in await asyncio.wait_for(execution.stdout().read(), 10)
+    assert (await execution.wait()).exit_code == 0
+
+
+async def test_output_larger_than_the_window_survives_an_early_exit(box: boxlite.SimpleBox) -> None:
+    """The process exits while part of its output still waits for credit: one output window
+    is in flight and the rest sits in the pipe, so EXIT comes first and the tail follows."""
+    size = protocol.DEFAULT_OUTPUT_WINDOW + 30_000  # fits the window plus the pipe buffer
+    execution = await box.box.exec("head", ["-c", str(size), "/dev/zero"], stdin=False)
+    status = await asyncio.wait_for(execution.wait(), 30)
+    assert status.exit_code == 0
+    assert len(await asyncio.wait_for(execution.stdout().read_bytes(), 30)) == size

@@ -305,6 +305,8 @@ class Agent:
             conn.send(p.encode_json(p.RESPONSE, channel, p.error_body("ConfigError", str(e))))
             return
         conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True, **result}))
+        if op == "exec" and channel in conn.execs and p.STDERR not in conn.execs[channel].out_fds:
+            conn.send(p.encode(p.STDERR, channel, b""))  # a PTY merges stderr into stdout: end it now
 
     def _exec(self, conn: Connection, channel: int, body: dict[str, Any]) -> dict[str, Any]:
         spec = ExecSpec.from_request(body)

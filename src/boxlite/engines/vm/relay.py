@@ -42,6 +42,17 @@ class Route:
     client: Client | None  # None once the client is gone (frames are dropped)
     channel: int
     is_exec: bool
+    ended: set[int] = field(default_factory=set)  # STDOUT/STDERR end-of-stream and EXIT seen
+
+    def finished_by(self, kind: int, payload: bytes) -> bool:
+        """Whether this frame completes the channel. An exec is over once its EXIT and the end
+        of both output streams have passed (output may trail the EXIT frame); any other
+        request is over with its RESPONSE, and so is an exec whose start failed."""
+        if kind == p.RESPONSE:
+            return not (self.is_exec and _ok(payload))
+        if kind == p.EXIT or (kind in (p.STDOUT, p.STDERR) and not payload):
+            self.ended.add(kind)
+        return self.ended >= {p.EXIT, p.STDOUT, p.STDERR}
 
 
 class Relay:
@@ -71,7 +82,7 @@ class Relay:
             return
         if route.client is not None:
             route.client.deliver(kind, route.channel, payload)
-        if kind == p.EXIT or (kind == p.RESPONSE and not (route.is_exec and _ok(payload))):
+        if route.finished_by(kind, payload):
             self._free(gid)
 
     def _free(self, gid: int) -> None:
