@@ -134,7 +134,8 @@ async def test_boot_failure_quotes_console(  # type: ignore[no-untyped-def]
 
 
 async def test_ready_timeout_kills_everything(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
-    spec = make_spec(vm_home, busybox_rootfs, "slow", ready_timeout=0.5)
+    # a cold boot (no snapshot restore) takes seconds: far beyond this readiness timeout
+    spec = make_spec(vm_home, busybox_rootfs, "slow", ready_timeout=0.5, extra={"vm_snapshot": False})
     with pytest.raises(EngineError, match="not ready within"):
         await VmEngine().start(spec)
     qemu_pid = int((spec.run_dir / "qemu.pid").read_text())
