@@ -26,9 +26,10 @@ async def main() -> None:
     runtime = boxlite.Boxlite.default()
     box = await runtime.create(boxlite.BoxOptions())  # the default Debian image
     async with box:
-        r = await (await box.exec("python3", ["-c", "import platform, os; print('hello from', platform.node(), 'pid', os.getpid())"], stdin=False)).wait()
-        execution = await box.exec("sh", ["-c", "echo kernel $(uname -r); id"], stdin=False)
-        print((await execution.stdout().read()).strip())
+        for argv in (["python3", "-c", "import platform, os; print('hello from', platform.node(), 'pid', os.getpid())"],
+                     ["sh", "-c", "echo kernel $(uname -r); id"]):
+            execution = await box.exec(argv[0], argv[1:], stdin=False)
+            print((await execution.stdout().read()).strip())
     await runtime.shutdown()
     print(f"first box done in {time.monotonic() - t:.1f}s")
 
