@@ -196,3 +196,18 @@ def set_loopback_up() -> None:
         req = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), 0x8913, req))[1]
         fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))  # IFF_UP
+
+
+DEV_LINKS = (
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+)
+
+
+def make_dev_links(dev: str) -> None:
+    """The standard symlinks of a box's /dev (both engines lay out /dev the same way)."""
+    for name, target in DEV_LINKS:
+        os.symlink(target, f"{dev}/{name}")

@@ -304,14 +304,7 @@ def _setup_dev(dev: str, uid_base: int, shm_size: str = "") -> None:
     linux.mount(
         "tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}{shm_size}"
     )
-    for name, target in (
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ):
-        os.symlink(target, f"{dev}/{name}")
+    linux.make_dev_links(dev)
 
 
 def _bind(src: str, dst: str, readonly: bool = False) -> None:

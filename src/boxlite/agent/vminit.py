@@ -132,14 +132,7 @@ def setup_box_mounts() -> None:
     os.makedirs(f"{dev}/shm", mode=0o1777)
     linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    for name, target in (
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ):
-        os.symlink(target, f"{dev}/{name}")
+    linux.make_dev_links(dev)
     linux.mount("tmpfs", f"{BOX}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     linux.mount("tmpfs", f"{BOX}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
 
