@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import DigestMismatchError, ImageError
+from ..sqlite_wal import connect
 from .reference import is_digest
 from .types import ImageInfo
 
@@ -58,10 +59,8 @@ class Store:
     # -- SQLite index -----------------------------------------------------------------
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+        db = connect(self.db_path)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
             yield db
         finally:
             db.close()

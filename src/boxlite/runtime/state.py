@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlreadyExistsError, DatabaseError
+from ..sqlite_wal import connect
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boxes (
@@ -81,9 +82,8 @@ class StateDB:
         self.path = path
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db = connect(path, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as e:
