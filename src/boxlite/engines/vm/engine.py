@@ -121,13 +121,13 @@ class VmEngine(Engine):
             if template is not None:
                 timings["template_ready_s"] = round(time.monotonic() - t0, 4)
                 try:
-                    restore = replace(vm, incoming=str(template), initramfs=str(_empty_initrd(cache_dir(spec))))
+                    restore = replace(vm, incoming=str(template), ram_file=str(template.with_suffix(".ram")))
                     return await self._spawn_shim(spec, restore, timings, "restore", deadline)
                 except _NotReady:
                     raise
                 except EngineError as e:
                     log.warning("VM box %s: restoring the snapshot failed, booting cold: %s", spec.box_id, e)
-                    template.unlink(missing_ok=True)
+                    _forget_template(template)
                     if console.exists():
                         console.replace(spec.box_dir / "console.restore-failed.log")
         return await self._spawn_shim(spec, vm, timings, "boot", deadline)
@@ -148,18 +148,20 @@ class VmEngine(Engine):
                     LOWER_CAPACITY,
                     vm.debug,
                     _qemu_identity(),
+                    TEMPLATE_FORMAT,
                 ]
             ).encode()
         ).hexdigest()[:20]
         tdir = template_dir(spec)
         path = tdir / f"{key}.snap"
-        if path.exists():
+        ram = path.with_suffix(".ram")  # renamed into place last: its presence means complete
+        if ram.exists():
             os.utime(path)  # "last used", for _forget_old_templates (noatime mounts)
             return path
         tdir.mkdir(parents=True, exist_ok=True)
         lock = await asyncio.to_thread(_lock_file, tdir / f"{key}.lock")
         try:
-            if path.exists():
+            if ram.exists():
                 return path
             _forget_old_templates(tdir)
             work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=tdir))
@@ -168,7 +170,12 @@ class VmEngine(Engine):
                 with open(placeholder, "wb") as f:
                     f.truncate(upper_size)
                 tvm = replace(
-                    vm, console=str(work / "console.log"), upper_disk=str(placeholder), layers=0, template=True
+                    vm,
+                    console=str(work / "console.log"),
+                    upper_disk=str(placeholder),
+                    layers=0,
+                    template=True,
+                    ram_file=str(work / "guest.ram"),
                 )
                 status = await self._run_shim(
                     tvm,
@@ -185,11 +192,12 @@ class VmEngine(Engine):
                         console_tail(work / "console.log", 10),
                     )
                     return None
+                (work / "guest.ram").rename(ram)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         finally:
             lock.close()
-        return path if path.exists() else None
+        return path if ram.exists() else None
 
     async def _run_shim(
         self,
@@ -377,6 +385,13 @@ async def _read_status(fd: int, state: dict[str, int]) -> str:
 
 
 TEMPLATE_MAX_AGE = 14 * 86400
+TEMPLATE_FORMAT = 2  # 2: device state in .snap, guest RAM in .ram (mapped by restored boxes)
+
+
+def _forget_template(snap: Path) -> None:
+    """Delete a template (boxes mapping its RAM keep their copy: the inode lives on)."""
+    for suffix in (".ram", ".snap", ".lock"):
+        snap.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def _forget_old_templates(tdir: Path) -> None:
@@ -386,8 +401,7 @@ def _forget_old_templates(tdir: Path) -> None:
         try:
             st = snap.stat()
             if now - max(st.st_atime, st.st_mtime) > TEMPLATE_MAX_AGE:
-                snap.unlink()
-                snap.with_suffix(".lock").unlink(missing_ok=True)
+                _forget_template(snap)
         except OSError:
             pass
 
@@ -416,17 +430,6 @@ class _NotReady(EngineError):
 
 def _remaining(deadline: float) -> float:
     return max(0.2, deadline - time.monotonic())
-
-
-def _empty_initrd(cache: Path) -> Path:
-    """Restores need no initramfs (guest RAM comes from the snapshot): don't map 13 MiB of it."""
-    path = cache / "empty-initrd.cpio"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(b"")
-        tmp.rename(path)
-    return path
 
 
 def _snapshots_enabled(spec: BoxSpec) -> bool:

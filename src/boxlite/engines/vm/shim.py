@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ..base import process_start_time
-from .qemu import VmConfig, qemu_argv, safe_hostname
+from .qemu import VmConfig, incoming_uri, qemu_argv, safe_hostname
 
+IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
 SHUTDOWN_TIMEOUT = 10.0  # then QMP quit, then SIGKILL
 PR_SET_PDEATHSIG = 1
+PR_SET_THP_DISABLE = 41
 WAITING = b"boxlite-vminit-waiting\n"  # vminit's line before it reads the box settings
 
 
@@ -41,8 +43,12 @@ def _report(fd: int | None, line: str) -> None:
 
 
 def _die_with_parent(parent: int) -> None:
-    """preexec_fn of QEMU: SIGKILL when the shim dies (and check it did not already)."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    """preexec_fn of QEMU: SIGKILL when the shim dies (and check it did not already). No
+    transparent huge pages: a guest touching 4 KiB of a 2 MiB region would cost 2 MiB of host
+    memory (guest RAM and the TCG translation cache both)."""
+    libc = ctypes.CDLL(None)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
@@ -98,6 +104,8 @@ class Shim:
         self.qmp = qmp
         t_spawned = time.monotonic()
         mode = self.conf.get("mode", "boot")
+        if mode == "restore" and not await self._restore(qmp):
+            return 1
         if mode != "restore":  # a restored guest is already past this point
             line = asyncio.ensure_future(reader.readline())
             await asyncio.wait({line, asyncio.ensure_future(exited.wait())}, return_when=asyncio.FIRST_COMPLETED)
@@ -168,6 +176,22 @@ class Shim:
                 pass
         return status
 
+    async def _restore(self, qmp: Any) -> bool:
+        """Load the template's device state (QEMU waits with ``-incoming defer``); the guest
+        RAM is the template's file already."""
+        vm = self.conf["vm"]
+        try:
+            if qmp is None:
+                raise RuntimeError("QMP is needed to restore a VM template")
+            if vm.get("ram_file"):
+                await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            await qmp.execute("migrate-incoming", {"uri": incoming_uri(vm["incoming"])})
+        except Exception as e:
+            _report(self.status_fd, f"error restoring the VM template failed: {e}")
+            self.proc.kill()
+            return False
+        return True
+
     async def _save_template(self, qmp: Any, path: Path) -> int:
         """Write the waiting guest's memory to ``path`` (QMP migrate), then stop QEMU."""
         import asyncio
@@ -178,6 +202,8 @@ class Shim:
             return 1
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            if self.conf["vm"].get("ram_file"):
+                await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
             while True:
                 state = await qmp.execute("query-migrate")
