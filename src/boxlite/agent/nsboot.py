@@ -156,6 +156,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
     _redirect_stdio()
     if config.get("log_fd") is not None:
         os.close(int(config["log_fd"]))
+    agent.start_spawner()
     agent.serve_forever()
 
 

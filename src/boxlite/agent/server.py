@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import os
 import selectors
 import signal
@@ -18,11 +19,14 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from . import linux
 from . import protocol as p
-from .spawn import Confinement, ExecSpec, Spawned, set_winsize, spawn
+from .spawn import Confinement, ExecSpec, Spawned, close_all, finish_parent, prepare_stdio, set_winsize, spawn
+from .spawner import SpawnerClient, start_spawner
 from .tario import BUILTINS
 
 Handler = Callable[[], None]
+PR_SET_CHILD_SUBREAPER = 36
 DETACHED_CHANNELS = 0xFFFF0000  # channel numbers of detached executions (never on the wire)
 OUTPUTS = (p.STDOUT, p.STDERR)
 
@@ -153,6 +157,7 @@ class Agent:
         self.running = True
         self.started = time.monotonic()
         self.listener: socket.socket | None = None
+        self.spawner: SpawnerClient | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -198,6 +203,50 @@ class Agent:
         w.registered = events
 
     # --- serving ------------------------------------------------------------------------
+    def start_spawner(self) -> None:
+        """Fork the pre-confined spawner (see ``spawner.py``); call once the box root is ready.
+        The agent becomes a subreaper so that the spawner's processes fall to it if it dies."""
+        linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        gc.freeze()  # the agent's objects stay shared with the spawner (no copy-on-write by gc)
+        self.spawner = start_spawner(self.conf)
+        self.watch(self.spawner.fileno(), self._spawner_exits)
+
+    def _lose_spawner(self) -> None:
+        if self.spawner is not None:
+            self.unwatch(self.spawner.fileno())
+            self.spawner.close()
+            self.spawner = None
+
+    def _spawner_exits(self) -> None:
+        if self.spawner is None:
+            return
+        exits = self.spawner.read_exits()
+        if exits is None:
+            print("agent: the spawner exited; spawning directly", file=sys.stderr, flush=True)
+            self._lose_spawner()
+            return
+        for pid, code in exits:
+            ex = self.by_pid.pop(pid, None)
+            if ex is not None:
+                self._exited(ex, (-code) & 0x7F if code < 0 else (code & 0xFF) << 8)
+
+    def _spawn(self, spec: ExecSpec, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
+        """Through the spawner when there is one (builtins run our code: never there)."""
+        if builtin is not None or self.spawner is None:
+            return spawn(spec, self.conf, builtin)
+        child_fds, parent, master = prepare_stdio(spec, self.conf.root)
+        try:
+            pid = self.spawner.start(spec, list(child_fds))
+        except ConnectionError:
+            close_all((*child_fds, *parent))
+            self._lose_spawner()
+            return spawn(spec, self.conf, builtin)
+        except BaseException:
+            close_all((*child_fds, *parent))
+            raise
+        finish_parent(child_fds, parent)
+        return Spawned(pid=pid, stdin=parent[0], stdout=parent[1], stderr=parent[2], master=master)
+
     def listen(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.listener = sock
@@ -307,6 +356,8 @@ class Agent:
         conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True, **result}))
         if op == "exec" and channel in conn.execs and p.STDERR not in conn.execs[channel].out_fds:
             conn.send(p.encode(p.STDERR, channel, b""))  # a PTY merges stderr into stdout: end it now
+        if self.spawner is not None and self.spawner.exits:  # read while awaiting a spawn reply
+            self._spawner_exits()
 
     def _exec(self, conn: Connection, channel: int, body: dict[str, Any]) -> dict[str, Any]:
         spec = ExecSpec.from_request(body)
@@ -326,7 +377,7 @@ class Agent:
             if spec.builtin not in BUILTINS:
                 raise ValueError(f"unknown builtin {spec.builtin!r}")
             builtin = BUILTINS[spec.builtin]
-        proc = spawn(spec, self.conf, builtin)
+        proc = self._spawn(spec, builtin)
         window = int(body.get("window") or p.DEFAULT_OUTPUT_WINDOW)
         timeout = body.get("timeout")
         ex = Execution(conn, channel, proc, window, float(timeout) if timeout else None)
@@ -465,21 +516,25 @@ class Agent:
                 return
             ex = self.by_pid.pop(pid, None)
             if ex is not None:
-                ex.status = p.exit_status(status)
-                for stream in list(ex.out_fds):
-                    self._pump(ex, stream)
-                code, sig = ex.status
-                body = {
-                    "exit_code": code,
-                    "signal": sig,
-                    "timed_out": ex.timed_out,
-                    "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
-                }
-                if self.before_exit_report is not None:
-                    self.before_exit_report()
-                # Output the host has not made room for yet may follow the EXIT frame.
-                ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
-                self._maybe_finish(ex)
+                self._exited(ex, status)
+
+    def _exited(self, ex: Execution, status: int) -> None:
+        """``ex``'s process ended with wait status ``status``: report it."""
+        ex.status = p.exit_status(status)
+        for stream in list(ex.out_fds):
+            self._pump(ex, stream)
+        code, sig = ex.status
+        body = {
+            "exit_code": code,
+            "signal": sig,
+            "timed_out": ex.timed_out,
+            "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
+        }
+        if self.before_exit_report is not None:
+            self.before_exit_report()
+        # Output the host has not made room for yet may follow the EXIT frame.
+        ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
+        self._maybe_finish(ex)
 
     def _maybe_finish(self, ex: Execution) -> None:
         """Forget an execution once it exited and its output streams are closed."""

@@ -104,41 +104,53 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
-    """Fork and start ``spec``; raise OSError (with the child's message) if it cannot start."""
-    master: int | None = None
-    parent: tuple[int | None, int | None, int | None]
+Ends = tuple[int | None, int | None, int | None]
+
+
+def prepare_stdio(spec: ExecSpec, root: str) -> tuple[tuple[int, ...], Ends, int | None]:
+    """The child's stdio fds, the parent's ends (stdin, stdout, stderr) and the pty master.
+    With a terminal the child gets one fd: the pty's slave side."""
     if spec.tty:
-        master = open_pty(conf.root, spec.rows, spec.cols)
-        child_fds = None
-        parent = (master, master, None)
-    elif spec.log_path:  # detached: no stdin, output appended to a log file
+        master = open_pty(root, spec.rows, spec.cols)
+        slave = int(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+        return (slave,), (master, master, None), master
+    if spec.log_path:  # detached: no stdin, output appended to a log file
         in_r, in_w = os.pipe()
         os.close(in_w)
         log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        child_fds = (in_r, log, log)
-        parent = (None, None, None)
-    else:
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        child_fds = (in_r, out_w, err_w)
-        parent = (in_w, out_r, err_r)
+        return (in_r, log, log), (None, None, None), None
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    return (in_r, out_w, err_w), (in_w, out_r, err_r), None
+
+
+def finish_parent(child_fds: tuple[int, ...], parent: Ends) -> None:
+    """After the child started: drop its ends, make ours non-blocking."""
+    for fd in set(child_fds):
+        os.close(fd)
+    for end in {x for x in parent if x is not None}:
+        os.set_blocking(end, False)
+
+
+def close_all(fds: tuple[int | None, ...]) -> None:
+    for fd in {x for x in fds if x is not None}:
+        os.close(fd)
+
+
+def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
+    """Fork and start ``spec``; raise OSError (with the child's message) if it cannot start."""
+    child_fds, parent, master = prepare_stdio(spec, conf.root)
     err_r_pipe, err_w_pipe = os.pipe()  # both close-on-exec
     pid = os.fork()
     if pid == 0:  # child: never returns
         try:
+            os.setsid()
             if master is not None:
-                os.setsid()
-                slave_peer = int(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY))
-                fcntl.ioctl(slave_peer, TIOCSCTTY, 0)
-                for target in (0, 1, 2):
-                    os.dup2(slave_peer, target)
-            else:
-                os.setsid()
-                assert child_fds is not None
-                for target, fd in enumerate(child_fds):
-                    os.dup2(fd, target)
+                fcntl.ioctl(child_fds[0], TIOCSCTTY, 0)
+                child_fds = child_fds * 3
+            for target, fd in enumerate(child_fds):
+                os.dup2(fd, target)
             _confine_and_exec(spec, conf, err_w_pipe, builtin)
         except BaseException as e:
             code = e.errno if isinstance(e, OSError) and e.errno else 0
@@ -149,9 +161,6 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
                 os._exit(127)
     # parent
     os.close(err_w_pipe)
-    if child_fds is not None:
-        for fd in set(child_fds):
-            os.close(fd)
     failure = b""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -167,19 +176,17 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
     os.close(err_r_pipe)
     if failure:
         os.waitpid(pid, 0)
-        for fd in {x for x in parent if x is not None}:
-            os.close(fd)
+        close_all((*child_fds, *parent))
         errno_text, _, message = failure.decode(errors="replace").partition(":")
         raise OSError(int(errno_text or 0), message)
-    for fd in {x for x in parent if x is not None}:
-        os.set_blocking(fd, False)
+    finish_parent(child_fds, parent)
     return Spawned(pid=pid, stdin=parent[0], stdout=parent[1], stderr=parent[2], master=master)
 
 
 def _confine_and_exec(
     spec: ExecSpec, conf: Confinement, err_fd: int, builtin: Callable[[ExecSpec], int] | None
 ) -> None:
-    _raise_oom_score()
+    raise_oom_score()
     if builtin is not None:
         import tarfile  # noqa: F401 - builtins need it; import it before the box root hides the stdlib
     if conf.root != "/":
@@ -231,7 +238,7 @@ def _confine_and_exec(
         raise OSError(e.errno, f"{spec.argv[0]}: {what}") from None
 
 
-def _raise_oom_score() -> None:
+def raise_oom_score() -> None:
     """Make the process the OOM killer's first choice, before the agent: the agent is the box
     (killing it ends every process), and lowering the agent's score needs CAP_SYS_RESOURCE on
     the host, which raising ours does not.

@@ -327,6 +327,7 @@ def main() -> None:
         # survives even a SIGKILL of the VM (~1 ms per exec when little is dirty; mounting the
         # disk ``sync`` would cost ~25x on small writes).
         agent.before_exit_report = sync_box_disk
+        agent.start_spawner()
         agent.attach_stream(fd, fd)
         stage("ready")
         agent.serve_forever()
