@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """VM engine benchmark: start -> first exec, exec round trip, idle host PSS, artifact size.
 
-    python bench/bench_vm.py [--runs 3] [--tb-sizes 16,32,64] [--idle 5] [--json out.json]
+    python bench/bench_vm.py [--runs 3] [--tb-sizes 16,32,64] [--idle 5] [--fleet 4] [--json out.json]
+
+PSS (proportional set size) charges each page to the processes mapping it in equal parts. One
+box alone pays for all of QEMU's code and of the template RAM it reads; ``--fleet N`` idle
+boxes share those, and ``fleet_pss_per_box_mib`` is what each one then costs.
 
 Drives ``VmEngine`` directly on a busybox root filesystem (no registry needed). Targets under
 TCG: first exec <= 1.5 s, exec round trip <= 20 ms, idle PSS <= 80 MiB.
@@ -31,6 +35,7 @@ from boxlite.engines.vm.engine import cache_dir  # noqa: E402
 from support.images import build_busybox_rootfs  # noqa: E402
 
 TARGETS = {"first_exec_s": 1.5, "exec_rtt_ms": 20.0, "idle_pss_mib": 80.0}
+FLEET_TARGET_MIB = 80.0
 
 
 def _median(xs: list[float]) -> float:
@@ -72,12 +77,32 @@ async def one_box(home: Path, rootfs: Path, name: str, tb: int | None, idle: flo
     }
 
 
+async def fleet(home: Path, rootfs: Path, count: int, idle: float) -> dict[str, Any]:
+    """``count`` idle boxes at once: host PSS per box (shared pages split between them)."""
+    engine = VmEngine()
+    specs = [make_spec(home, rootfs, f"fleet{i}") for i in range(count)]
+    running = []
+    try:
+        for spec in specs:
+            running.append(await engine.start(spec))
+            c = await Client.connect(spec.agent_socket)
+            assert (await c.exec(["/bin/true"])).exit_code == 0
+            await c.close()
+        await asyncio.sleep(idle)
+        pss = [engine.metrics(spec, r).get("memory_bytes", 0) / 2**20 for spec, r in zip(specs, running, strict=False)]
+    finally:
+        for spec, r in zip(specs, running, strict=False):
+            await shutdown(spec, r, engine)
+    return {"boxes": count, "fleet_pss_per_box_mib": round(sum(pss) / count, 1), "each_mib": [round(x, 1) for x in pss]}
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tb-sizes", default="", help="comma-separated TCG tb-size values (MiB) to compare")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds to idle before measuring PSS")
     ap.add_argument("--rtts", type=int, default=20)
+    ap.add_argument("--fleet", type=int, default=4, help="idle boxes run together for the per-box PSS (0: skip)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -108,12 +133,18 @@ async def main() -> int:
                 if any(r[k] is not None for r in results)
             }
             report["runs"][f"tb_size_mib={tb or 'default'}"] = {"median": summary, "all": results}
+        if args.fleet:
+            report["fleet"] = await fleet(home, rootfs, args.fleet, args.idle)
         report["layer_cache"] = str(cache_dir(make_spec(home, rootfs, "x")))
     print(json.dumps(report, indent=1))
     for label, run in report["runs"].items():
         med = run["median"]
         verdict = ", ".join(f"{k}={med[k]} ({'ok' if med[k] <= lim else 'over'} {lim})" for k, lim in TARGETS.items())
         print(f"{label}: {verdict}", file=sys.stderr)
+    if "fleet" in report:
+        per_box = report["fleet"]["fleet_pss_per_box_mib"]
+        verdict = "ok" if per_box <= FLEET_TARGET_MIB else "over"
+        print(f"{args.fleet} idle boxes: {per_box} MiB PSS per box ({verdict} {FLEET_TARGET_MIB})", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

@@ -186,16 +186,50 @@ def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
-def set_loopback_up() -> None:
-    """Bring ``lo`` up in the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
+SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCSIFADDR, SIOCSIFNETMASK, SIOCADDRT = 0x8913, 0x8914, 0x8916, 0x891C, 0x890B
+IFF_UP, RTF_UP, RTF_GATEWAY = 0x1, 0x1, 0x2
+
+
+def set_interface_up(name: str = "lo") -> None:
+    """Bring an interface up in the current network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS)."""
     import fcntl
     import socket
     import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), 0x8913, req))[1]
-        fcntl.ioctl(s.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))  # IFF_UP
+        req = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
+
+
+def set_loopback_up() -> None:
+    set_interface_up("lo")
+
+
+def _sockaddr_in(address: str) -> bytes:
+    import socket
+    import struct
+
+    return struct.pack("=H2x4s8x", socket.AF_INET, socket.inet_aton(address))
+
+
+def configure_ipv4(name: str, address: str, netmask: str, gateway: str) -> None:
+    """Static IPv4 address and default route for ``name`` (the ioctls ``ip`` would issue)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifname = name.encode().ljust(16, b"\0")
+        fcntl.ioctl(s.fileno(), SIOCSIFADDR, ifname + _sockaddr_in(address))
+        fcntl.ioctl(s.fileno(), SIOCSIFNETMASK, ifname + _sockaddr_in(netmask))
+        set_interface_up(name)
+        any_ = _sockaddr_in("0.0.0.0")
+        # struct rtentry: pad, dst, gateway, genmask, flags, pad, pad, pad, metric, dev, mtu, window, irtt
+        route = struct.pack(
+            "@L16s16s16sHhLPhPLLH0L", 0, any_, _sockaddr_in(gateway), any_, RTF_UP | RTF_GATEWAY, 0, 0, 0, 0, 0, 0, 0, 0
+        )
+        fcntl.ioctl(s.fileno(), SIOCADDRT, route)
 
 
 DEV_LINKS = (

@@ -154,15 +154,42 @@ def power_off() -> None:
     os._exit(1)  # reboot failed: PID 1 exiting panics the kernel, which also ends the VM
 
 
-def prepare_box(conf: dict[str, str]) -> None:
+def prepare_box(conf: dict[str, Any]) -> None:
     """Everything the box root needs (run in a child, in parallel with the agent imports)."""
-    mount_root(int(conf.get("layers", "0")))
+    mount_root(int(conf.get("layers", 0)))
     setup_box_mounts()
     linux.set_loopback_up()
-    linux.sethostname(conf.get("hostname", "box"))
+    linux.sethostname(str(conf.get("hostname", "box")))
+    net = conf.get("net")
+    if net:
+        linux.configure_ipv4("eth0", net["address"], net["netmask"], net["gateway"])
+        bind_resolv_conf(str(net["dns"]))
 
 
-def fork_prepare(conf: dict[str, str]) -> int:
+def bind_resolv_conf(dns: str) -> None:
+    """The box's /etc/resolv.conf names QEMU's DNS relay (a read-only bind, as in the
+    namespace engine; the file is created in the box when its image has none)."""
+    path = "/run/boxlite/resolv.conf"
+    with open(path, "w") as f:
+        f.write(f"nameserver {dns}\n")
+    target = f"{BOX}/etc/resolv.conf"
+    if os.path.islink(f"{BOX}/etc") or os.path.islink(target):
+        return  # never follow the image's symlinks out of the box root
+    os.makedirs(f"{BOX}/etc", exist_ok=True)
+    if not os.path.exists(target):
+        with open(target, "w"):
+            pass
+    linux.mount(path, target, None, linux.MS_BIND)
+    linux.mount(None, target, None, linux.MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def isolate_network() -> None:
+    """A box without network gets a network namespace of its own: loopback only."""
+    linux.unshare(linux.CLONE_NEWNET)
+    linux.set_loopback_up()
+
+
+def fork_prepare(conf: dict[str, Any]) -> int:
     """Fork a child running :func:`prepare_box`; mounts are shared (same namespace)."""
     pid = os.fork()
     if pid == 0:
@@ -310,7 +337,7 @@ def main() -> None:
         stage("configured")
         apply_host_state(box)
         limit_box(box.get("pids_limit"), box.get("memory_mib"))
-        settings = {"layers": str(box.get("layers", 0)), "hostname": str(box.get("hostname", "box"))}
+        settings = {"layers": box.get("layers", 0), "hostname": box.get("hostname", "box"), "net": box.get("net")}
         if loaded:  # restored snapshot: the agent is loaded already, forking would only cost
             prepare_box(settings)
             agent_cls, confinement = loaded
@@ -320,6 +347,8 @@ def main() -> None:
             _, status = os.waitpid(child, 0)
             if status != 0:
                 raise RuntimeError("preparing the box root failed (see above)")
+        if not settings["net"]:
+            isolate_network()
         stage("mounted")
         os.makedirs(LOGS, exist_ok=True)  # detached executions' logs, on the box's own disk
         agent = agent_cls(confinement, None, LOGS)

@@ -162,8 +162,8 @@ class BoxRuntime:
             raise UnsupportedOptionError(
                 "disk_size_gb", "the namespace engine shares the host's disk; use engine='vm' for a sized disk"
             )
-        if options.ports and engine != "namespace":
-            raise UnsupportedOptionError("ports", f"the {engine} engine does not publish ports yet")
+        if engine == "vm" and any(":" in spec[0] for spec in options.port_specs()):
+            raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
         rootfs_path = options.rootfs_path
         if options.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))

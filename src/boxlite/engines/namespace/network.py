@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -79,5 +80,22 @@ def stop_pasta(state_dir: Path) -> None:
         return
     with contextlib.suppress(OSError), open(f"/proc/{pid}/comm") as f:
         if f.read().strip() in ("pasta", "passt", "pasta.avx2", "passt.avx2"):
-            os.kill(pid, signal.SIGTERM)
+            _kill_and_wait(pid)
     pid_file.unlink(missing_ok=True)
+
+
+def _kill_and_wait(pid: int, timeout: float = 2.0) -> None:
+    """SIGTERM, and return once it is gone (its published ports are free again), else SIGKILL."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        if not select.select([pidfd], [], [], timeout)[0]:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            select.select([pidfd], [], [], timeout)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)

@@ -113,6 +113,8 @@ class VmEngine(Engine):
             accel=accel.name,
             tb_size_mib=int(str(spec.extra.get("vm_tb_size_mib") or DEFAULT_TB_SIZE_MIB)),
             debug=artifact.debug,
+            network=spec.network or bool(spec.ports),
+            ports=[list(p) for p in spec.ports],
         )
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         deadline = t0 + spec.ready_timeout  # the whole start, template creation included
@@ -176,6 +178,8 @@ class VmEngine(Engine):
                     layers=0,
                     template=True,
                     ram_file=str(work / "guest.ram"),
+                    network=False,
+                    ports=[],
                 )
                 status = await self._run_shim(
                     tvm,
@@ -385,7 +389,7 @@ async def _read_status(fd: int, state: dict[str, int]) -> str:
 
 
 TEMPLATE_MAX_AGE = 14 * 86400
-TEMPLATE_FORMAT = 2  # 2: device state in .snap, guest RAM in .ram (mapped by restored boxes)
+TEMPLATE_FORMAT = 3  # 2: guest RAM in .ram, mapped by restored boxes; 3: + a NIC
 
 
 def _forget_template(snap: Path) -> None:

@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ AGENT_PORT = "boxlite.agent"  # virtio-serial port name; vminit looks it up in s
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_CPUS = 2
 DEFAULT_TB_SIZE_MIB = 48  # TCG translation cache: 16-24 MiB thrash (exec 0.5 s), 64+ only costs memory
+# slirp's fixed layout: the box is GUEST_IP, the host's loopback answers at GATEWAY, DNS at DNS.
+GUEST_NET = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2", "dns": "10.0.2.3"}
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
 
@@ -38,6 +40,8 @@ class VmConfig:
     tb_size_mib: int = DEFAULT_TB_SIZE_MIB
     debug: bool = False
     extra_cmdline: str = ""
+    network: bool = False  # outbound network (else the NIC's backend is restricted to nothing)
+    ports: list[list[Any]] = field(default_factory=list)  # [host ip, host port, box port, proto]
     template: bool = False  # boot to "agent loaded, waiting for settings" for a snapshot
     incoming: str | None = None  # restore the device state saved in this file
     ram_file: str | None = None  # guest RAM: a template's file (written when template, else mapped private)
@@ -146,6 +150,7 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
             "-device",
             "virtio-blk-device,drive=upper,serial=boxlite-upper",
         ]
+    argv += ["-netdev", netdev(cfg), "-device", "virtio-net-device,netdev=net0"]
     # Free page reporting hands memory the guest frees back to the host. Not with template RAM:
     # QEMU 7.2 discards by punching holes in the file, which every box restored from it maps.
     reporting = "off" if cfg.ram_file else "on"
@@ -164,6 +169,23 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
     if cfg.incoming:
         argv += ["-incoming", "defer"]  # the shim enables x-ignore-shared, then migrate-incoming
     return argv
+
+
+def netdev(cfg: VmConfig) -> str:
+    """User-mode networking (slirp) in QEMU itself: no host privileges, NAT through host sockets,
+    ``hostfwd`` for published ports. Every VM has the same NIC, so that one snapshot fits all;
+    a box without network gets ``restrict=on`` (nothing leaves) and never sees the NIC (the
+    guest agent moves the box into a network namespace of its own)."""
+    opts = ["user", "id=net0", "net=10.0.2.0/24", "ipv6=off"]
+    if not (cfg.network or cfg.ports):
+        opts.append("restrict=on")
+    for host_ip, host_port, box_port, proto in cfg.ports:
+        opts.append(f"hostfwd={proto}:{host_ip}:{int(host_port)}-{GUEST_NET['address']}:{int(box_port)}")
+    return _opt_join(opts)
+
+
+def _opt_join(opts: list[str]) -> str:
+    return ",".join(o.replace(",", ",,") for o in opts)
 
 
 def ram_backend(cfg: VmConfig) -> list[str]:

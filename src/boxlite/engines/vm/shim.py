@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..base import process_start_time
-from .qemu import VmConfig, incoming_uri, qemu_argv, safe_hostname
+from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
@@ -125,6 +125,7 @@ class Shim:
             "seed": os.urandom(32).hex(),
             "pids_limit": self.conf.get("pids_limit"),
             "memory_mib": self.conf.get("memory_limit_mib"),
+            "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
         }
         writer.write(json.dumps(settings).encode() + b"\n")
         relay = Relay(writer)
