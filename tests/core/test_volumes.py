@@ -1,4 +1,5 @@
-"""Volumes: host directories and files bind-mounted into namespace boxes, ownership id-mapped."""
+"""Volumes: host directories and files in boxes (bind mounts with id-mapped ownership in
+namespace boxes, virtiofs in VM boxes)."""
 
 from __future__ import annotations
 
@@ -19,26 +20,40 @@ def shared(tmp_path: Path) -> Path:
 
 
 async def test_volume_is_shared_both_ways_with_host_ownership(
-    home: Path, busybox_rootfs: Path, shared: Path
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, shared: Path
 ) -> None:
-    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    rt = runtime
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, volumes=[(str(shared), "/data")]) as box:
         seen = await box.exec("sh", "-c", "cat /data/input.txt; stat -c %u /data/input.txt; echo out > /data/out.txt")
         assert seen.stdout == "from the host\n0\n"
         assert seen.exit_code == 0
     assert (shared / "out.txt").read_text() == "out\n"
     assert (shared / "out.txt").stat().st_uid == os.getuid()  # box root writes as the host owner
-    await rt.shutdown()
+    assert not _serving(shared), "a virtiofsd outlived its box"
 
 
-async def test_read_only_volume_and_single_file(home: Path, busybox_rootfs: Path, shared: Path) -> None:
-    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+def _serving(path: Path) -> bool:
+    """Does some process (a VM box's virtiofsd) still serve ``path``?"""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if f"source={path}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+async def test_read_only_volume_and_single_file(runtime: boxlite.Boxlite, busybox_rootfs: Path, shared: Path) -> None:
+    (shared / "sibling.txt").write_text("not for the box\n")
     volumes = [f"{shared}:/ro:ro", (str(shared / "input.txt"), "/etc/motd", True)]
-    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, volumes=volumes) as box:
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, volumes=volumes) as box:
         result = await box.exec("sh", "-c", "cat /etc/motd; touch /ro/x || echo denied; touch /etc/motd || echo denied")
         assert result.stdout == "from the host\ndenied\ndenied\n"
+        # a file volume brings that file only, not its directory
+        search = "grep -rl 'not for the box' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=ro"
+        found = await box.exec("sh", "-c", search)
+        assert found.stdout == ""
     assert not (shared / "x").exists()
-    await rt.shutdown()
 
 
 async def test_volume_errors_are_clear(home: Path, busybox_rootfs: Path, tmp_path: Path) -> None:
@@ -53,14 +68,13 @@ async def test_volume_errors_are_clear(home: Path, busybox_rootfs: Path, tmp_pat
     await rt.shutdown()
 
 
-async def test_image_symlink_cannot_redirect_a_volume(home: Path, tmp_path: Path, shared: Path) -> None:
+async def test_image_symlink_cannot_redirect_a_volume(runtime: boxlite.Boxlite, tmp_path: Path, shared: Path) -> None:
     """A box path through a symlink of the image (here /escape -> /) is refused, not followed."""
     from support.images import build_busybox_rootfs
 
     rootfs = build_busybox_rootfs(tmp_path / "evil")
     os.symlink("/", rootfs / "escape")
-    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    rt = runtime
     box = await rt.create(boxlite.BoxOptions(rootfs_path=str(rootfs), volumes=[(str(shared), "/escape/usr/lib")]))
     with pytest.raises(boxlite.EngineError, match="symlink"):
         await box.start()
-    await rt.shutdown()

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import stat
 import sys
 from typing import Any
 
 from . import linux
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
+from .mountpoint import volume_target
 from .seccomp import build_filter
 from .server import Agent
 from .spawn import Confinement
@@ -222,7 +222,7 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     )
     if config.get("resolv_conf") and os.path.isdir(f"{root}/etc"):
         try:
-            target = _volume_target(root, "/etc/resolv.conf", False, uid_base)
+            target = volume_target(root, "/etc/resolv.conf", False, uid_base)
         except OSError as e:  # e.g. the image made it a symlink: leave the image's file alone
             print(f"boxlite: not providing /etc/resolv.conf: {e}", file=sys.stderr)
         else:
@@ -232,7 +232,7 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
                 os.close(target)
     idmap_fd = config.get("idmap_fd")
     for host, guest, readonly in config.get("volumes", []):
-        target = _volume_target(root, guest, os.path.isdir(host), uid_base)
+        target = volume_target(root, guest, os.path.isdir(host), uid_base)
         try:
             try:
                 linux.bind_idmapped(host, target, idmap_fd, readonly)
@@ -242,45 +242,6 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
             os.close(target)
     if idmap_fd is not None:
         os.close(int(idmap_fd))
-
-
-def _volume_target(root: str, guest: str, is_dir: bool, uid_base: int) -> int:
-    """O_PATH fd of ``guest`` inside the box root, created if missing. No component may be a
-    symlink: the image must not be able to aim a volume at a path outside the box."""
-    parts = [p for p in guest.split("/") if p and p != "."]
-    if not parts or ".." in parts:
-        raise OSError(f"invalid volume path {guest!r}")
-    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for i, name in enumerate(parts):
-            last = i == len(parts) - 1
-            if not last or is_dir:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=fd)
-                    os.chown(name, uid_base, uid_base, dir_fd=fd, follow_symlinks=False)
-                except FileExistsError:
-                    pass
-                flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            else:
-                try:
-                    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=fd))
-                    os.chown(name, uid_base, uid_base, dir_fd=fd, follow_symlinks=False)
-                except FileExistsError:
-                    pass
-                flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                nxt = os.open(name, flags, dir_fd=fd)
-            except OSError as e:
-                why = f"{name!r} is a symlink or not a directory ({e.strerror})"
-                raise OSError(f"volume path {guest!r}: {why}") from None
-            os.close(fd)
-            fd = nxt
-            if stat.S_ISLNK(os.fstat(fd).st_mode):
-                raise OSError(f"volume path {guest!r}: {name!r} is a symlink")
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _tmpfs_sizes(memory_mib: int | None) -> dict[str, str]:

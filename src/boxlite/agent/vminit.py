@@ -24,6 +24,7 @@ from typing import Any
 
 from . import linux
 from .linux import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT
+from .mountpoint import volume_target
 
 BOX = "/box"
 LOWER = "/run/boxlite/lower"
@@ -156,14 +157,36 @@ def power_off() -> None:
 
 def prepare_box(conf: dict[str, Any]) -> None:
     """Everything the box root needs (run in a child, in parallel with the agent imports)."""
-    mount_root(int(conf.get("layers", 0)))
+    mount_root(int(conf.get("layers") or 0))
     setup_box_mounts()
     linux.set_loopback_up()
-    linux.sethostname(str(conf.get("hostname", "box")))
+    linux.sethostname(str(conf.get("hostname") or "box"))
+    for i, (box_path, readonly, name) in enumerate(conf.get("volumes") or []):
+        mount_volume(i, box_path, bool(readonly), name)
     net = conf.get("net")
     if net:
         linux.configure_ipv4("eth0", net["address"], net["netmask"], net["gateway"])
         bind_resolv_conf(str(net["dns"]))
+
+
+def mount_volume(index: int, box_path: str, readonly: bool, name: str) -> None:
+    """virtiofs share ``index`` at /run/boxlite/vol/<index> (outside the box root), then bind
+    the shared directory, or the file ``name`` in it, at ``box_path`` in the box."""
+    share = f"/run/boxlite/vol/{index}"
+    os.makedirs(share, exist_ok=True)
+    flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if readonly else 0)
+    linux.mount(f"boxlite-vol{index}", share, "virtiofs", flags)
+    source = f"{share}/{name}" if name else share
+    if name and (os.path.islink(source) or not os.path.isfile(source)):
+        raise OSError(errno.ENOENT, f"volume file {name!r} is gone from its host directory")
+    target = volume_target(BOX, box_path, not name, 0)  # no symlink on the way (checked)
+    try:
+        linux.mount(source, f"/proc/self/fd/{target}", None, linux.MS_BIND)
+    finally:
+        os.close(target)
+    if readonly:  # the new mount is reached by path (the fd names what lies beneath it)
+        where = os.path.join(BOX, box_path.lstrip("/"))
+        linux.mount(None, where, None, linux.MS_BIND | MS_REMOUNT | flags)
 
 
 def bind_resolv_conf(dns: str) -> None:
@@ -337,7 +360,7 @@ def main() -> None:
         stage("configured")
         apply_host_state(box)
         limit_box(box.get("pids_limit"), box.get("memory_mib"))
-        settings = {"layers": box.get("layers", 0), "hostname": box.get("hostname", "box"), "net": box.get("net")}
+        settings = {key: box.get(key) for key in ("layers", "hostname", "net", "volumes")}
         if loaded:  # restored snapshot: the agent is loaded already, forking would only cost
             prepare_box(settings)
             agent_cls, confinement = loaded

@@ -156,8 +156,8 @@ class BoxRuntime:
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
         engine = select_engine(options.engine or self.default_engine).name
-        if options.volumes and engine != "namespace":
-            raise UnsupportedOptionError("volumes", f"the {engine} engine does not support volumes yet")
+        if options.volumes and engine == "vm" and os.geteuid() != 0:
+            raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
         if options.disk_size_gb is not None and engine == "namespace":
             raise UnsupportedOptionError(
                 "disk_size_gb", "the namespace engine shares the host's disk; use engine='vm' for a sized disk"

@@ -16,10 +16,10 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ... import runtime_artifact
-from ...errors import EngineError
+from ...errors import EngineError, UnsupportedOptionError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from . import accel as accel_mod
 from .disks import LOWER_CAPACITY, ensure_box_disk, ensure_empty_lower, ensure_layer_image
@@ -115,10 +115,11 @@ class VmEngine(Engine):
             debug=artifact.debug,
             network=spec.network or bool(spec.ports),
             ports=[list(p) for p in spec.ports],
+            volumes=[_shared_dir(host, guest, ro) for host, guest, ro in spec.volumes],
         )
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         deadline = t0 + spec.ready_timeout  # the whole start, template creation included
-        if _snapshots_enabled(spec):
+        if _snapshots_enabled(spec) and not vm.volumes:  # volumes need shared guest RAM: cold boot
             template = await self._template(spec, artifact, vm, deadline)
             if template is not None:
                 timings["template_ready_s"] = round(time.monotonic() - t0, 4)
@@ -434,6 +435,16 @@ class _NotReady(EngineError):
 
 def _remaining(deadline: float) -> float:
     return max(0.2, deadline - time.monotonic())
+
+
+def _shared_dir(host: str, guest: str, readonly: bool) -> list[Any]:
+    """virtiofs shares directories: a file volume shares its directory, and the guest binds
+    just that file into the box (the rest of the directory stays outside the box root)."""
+    path = Path(host)
+    share, name = (path, "") if path.is_dir() else (path.parent, path.name)
+    if "," in str(share):
+        raise UnsupportedOptionError("volumes", f"the vm engine cannot share a path with a comma: {share}")
+    return [str(share), guest, readonly, name]
 
 
 def _snapshots_enabled(spec: BoxSpec) -> bool:

@@ -42,6 +42,7 @@ class VmConfig:
     extra_cmdline: str = ""
     network: bool = False  # outbound network (else the NIC's backend is restricted to nothing)
     ports: list[list[Any]] = field(default_factory=list)  # [host ip, host port, box port, proto]
+    volumes: list[list[Any]] = field(default_factory=list)  # [host dir, box path, read-only, file name]
     template: bool = False  # boot to "agent loaded, waiting for settings" for a snapshot
     incoming: str | None = None  # restore the device state saved in this file
     ram_file: str | None = None  # guest RAM: a template's file (written when template, else mapped private)
@@ -109,8 +110,9 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
         accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tb_size_mib}", "-cpu", "max"]
-    machine = "microvm,acpi=off,rtc=on"
-    if cfg.ram_file:
+    # No RTC: its IRQ 8 collides with the fifth virtio-mmio device (the host sets the clock).
+    machine = "microvm,acpi=off,rtc=off"
+    if cfg.ram_file or cfg.volumes:
         machine += ",memory-backend=ram"
     argv = [
         qemu_binary(),
@@ -134,6 +136,15 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
     ]
     if cfg.ram_file:
         argv += ram_backend(cfg)
+    elif cfg.volumes:  # virtiofsd reads and writes guest memory: it must be shared with it
+        argv += ["-object", f"memory-backend-memfd,id=ram,size={cfg.memory_mib}M,share=on"]
+    for i, _ in enumerate(cfg.volumes):
+        argv += [
+            "-chardev",
+            f"socket,id=vfs{i},path={virtiofs_socket(i)}",
+            "-device",
+            f"vhost-user-fs-device,chardev=vfs{i},tag={virtiofs_tag(i)}",
+        ]
     if not cfg.incoming:  # a restore gets its kernel with the RAM; loading it again only costs
         argv += ["-kernel", cfg.kernel, "-initrd", cfg.initramfs, "-append", kernel_cmdline(cfg)]
     if cfg.lower_disk:
@@ -169,6 +180,16 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
     if cfg.incoming:
         argv += ["-incoming", "defer"]  # the shim enables x-ignore-shared, then migrate-incoming
     return argv
+
+
+def virtiofs_socket(index: int) -> str:
+    """vhost-user socket of volume ``index``, relative to the run dir (QEMU's and virtiofsd's
+    working directory: a unix socket path has at most 107 bytes)."""
+    return f"vfs{index}.sock"
+
+
+def virtiofs_tag(index: int) -> str:
+    return f"boxlite-vol{index}"
 
 
 def netdev(cfg: VmConfig) -> str:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..base import process_start_time
-from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname
+from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
 SHUTDOWN_TIMEOUT = 10.0  # then QMP quit, then SIGKILL
 PR_SET_PDEATHSIG = 1
@@ -51,6 +52,33 @@ def _die_with_parent(parent: int) -> None:
     libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
+
+
+def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subprocess.Popen[bytes]]:
+    """One virtiofsd per volume, serving its host directory on a vhost-user socket that QEMU
+    connects to. Each exits with its VM (and dies with the shim)."""
+    procs = []
+    me = os.getpid()
+    for i, (host_dir, _, _, _) in enumerate(cfg.volumes):
+        sock = run_dir / virtiofs_socket(i)
+        sock.unlink(missing_ok=True)
+        argv = [VIRTIOFSD, f"--socket-path={virtiofs_socket(i)}", "-o", f"source={host_dir}", "-o", "cache=auto"]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            cwd=run_dir,
+            preexec_fn=lambda: _die_with_parent(me),
+        )
+        procs.append(proc)
+    deadline = time.monotonic() + 10
+    for i, proc in enumerate(procs):
+        while not (run_dir / virtiofs_socket(i)).exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise OSError(f"virtiofsd for {cfg.volumes[i][0]} did not start (see shim.log)")
+            time.sleep(0.005)
+    return procs
 
 
 def start_qemu(
@@ -126,6 +154,7 @@ class Shim:
             "pids_limit": self.conf.get("pids_limit"),
             "memory_mib": self.conf.get("memory_limit_mib"),
             "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
+            "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
         writer.write(json.dumps(settings).encode() + b"\n")
         relay = Relay(writer)
@@ -338,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     os.close(null)
     _report(status_fd, f"pid {os.getpid()}")
     try:
-        proc, agent, qmp = start_qemu(VmConfig(**conf["vm"]), run_dir, log_fd)
+        vm = VmConfig(**conf["vm"])
+        start_virtiofsd(vm, run_dir, log_fd)
+        proc, agent, qmp = start_qemu(vm, run_dir, log_fd)
     except (OSError, ValueError) as e:
         _report(status_fd, f"error could not start QEMU: {e}")
         return 1
