@@ -47,8 +47,8 @@ def test_exec_failures_map_to_126_and_127(cli: Cli) -> None:
 def test_errors_are_one_line_without_traceback(cli: Cli, tmp_path: object) -> None:
     rootfs = str(cli.rootfs)
     assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "-v", "/no/such/dir:/mnt", "true"), 125, "volume")
-    unsupported = cli("run", "--rm", "--engine", "vm", "--rootfs", rootfs, "-v", "/tmp:/mnt", "true")
-    assert_one_line_error(unsupported, 125, "not supported")
+    unsupported = cli("run", "--rm", "--engine", "vm", "--rootfs", rootfs, "-p", "::1:8080:80", "true")
+    assert_one_line_error(unsupported, 125, "IPv4")
     assert_one_line_error(cli("run", "--rm", "--rootfs", "/does/not/exist", "true"), 125, "/does/not/exist")
     assert_one_line_error(cli("run", "--bogus-flag", "x"), 125, "--bogus-flag")
     assert_one_line_error(cli("run", "--rm", "--rootfs", rootfs, "--memory", "lots", "true"), 125, "--memory")
