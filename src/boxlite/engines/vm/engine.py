@@ -111,7 +111,9 @@ class VmEngine(Engine):
             cpus=vcpus(spec.cpus),
             memory_mib=guest_memory_mib(spec.memory_mib),
             accel=accel.name,
-            tb_size_mib=int(str(spec.extra.get("vm_tb_size_mib") or DEFAULT_TB_SIZE_MIB)),
+            tb_size_mib=int(
+                str(spec.extra.get("vm_tb_size_mib") or os.environ.get("BOXLITE_VM_TB_SIZE_MIB") or DEFAULT_TB_SIZE_MIB)
+            ),
             debug=artifact.debug,
             network=spec.network or bool(spec.ports),
             ports=[list(p) for p in spec.ports],
