@@ -133,7 +133,8 @@ async def test_two_runtimes_on_one_home_at_once(home: Path, busybox_rootfs: Path
             assert rep["outputs"] == [f"{proc.pid}-{i}" for i in range(3)]
             assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
         assert await rt.list_info() == []
-        assert list((home / "boxes").iterdir()) == []
+        left = [str(p.relative_to(home)) for p in (home / "boxes").rglob("*")]
+        assert left == [], left
     finally:
         await rt.shutdown()
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from typing import Any
+
+TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 
@@ -123,6 +126,10 @@ class FrameReader:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+
+    def pending(self) -> bytes:
+        """Bytes received but not yet part of a complete frame."""
+        return bytes(self._buf)
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
         buf = self._buf

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,21 @@ class ExecChannel:
         self._stdin_ready.set()
 
 
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits ``sun_path`` (108 bytes): long paths go through
+    ``/proc/self/fd/<dir fd>/<name>`` while the context lasts."""
+    target = str(path)
+    if len(target.encode()) <= 100:
+        yield target
+        return
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dir_fd}/{path.name}"
+    finally:
+        os.close(dir_fd)
+
+
 class AgentClient:
     """A connection to one agent; many executions multiplexed by channel."""
 
@@ -119,19 +135,12 @@ class AgentClient:
     async def connect(cls, path: Path, label: str = "box") -> AgentClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
-        target = str(path)
-        dir_fd = None
-        if len(target.encode()) > 100:  # sun_path is 108 bytes: go through /proc/self/fd
-            dir_fd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
-            target = f"/proc/self/fd/{dir_fd}/{path.name}"
         try:
-            await asyncio.get_running_loop().sock_connect(sock, target)
+            with unix_address(path) as target:
+                await asyncio.get_running_loop().sock_connect(sock, target)
         except OSError as e:
             sock.close()
             raise errors.BoxDiedError(f"cannot reach the agent of {label}: {e.strerror or e}") from None
-        finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
         return cls(reader, writer, label)
 

@@ -352,11 +352,13 @@ def _agent_stats(path: Path, timeout: float = 2.0) -> dict[str, object]:
     import socket
 
     from ...agent import protocol as p
+    from ...client.agent_client import unix_address
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(path))
+            with unix_address(path) as address:
+                sock.connect(address)
             sock.sendall(p.encode_json(p.REQUEST, 1, {"op": "stats"}))
             frames = p.FrameReader()
             while True:

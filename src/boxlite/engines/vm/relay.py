@@ -1,48 +1,56 @@
-"""Multiplex many host clients onto the VM's single agent stream.
+"""Multiplex many host clients onto the VM's single agent stream (routing only, no I/O).
 
 Frames are relayed unchanged except for the 32-bit channel field of the header: each
 (client, client channel) pair gets a unique channel on the guest stream. Only REQUEST bodies
 are peeked at (their ``op``) and exec RESPONSE bodies (``ok``), to know when a channel is
 finished and its mapping can be freed. When a client disconnects, its running executions are
 killed with a CONTROL ``kill`` frame, as the agent does for a dropped connection.
+
+The caller moves the bytes (``relayd.py``: a ``selectors`` loop): it feeds what the guest
+sends to :meth:`Relay.feed_guest` and each client's frames to :meth:`Relay.send`; the relay
+writes through the callables it was given. Stdlib only, no asyncio (the relay process stays
+small: it runs for every VM box).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from ...agent import protocol as p
 
-log = logging.getLogger(__name__)
 KILL = json.dumps({"op": "kill"}).encode()
 _MAX_CHANNEL = 0xFFFFFFFF
+Write = Callable[[bytes], None]
 
 
-@dataclass(eq=False)
 class Client:
-    """One host connection to the shim."""
+    """One host connection (``write`` sends it bytes), or an in-process one (``on_frame``)."""
 
-    writer: asyncio.StreamWriter | None
-    channels: dict[int, int] = field(default_factory=dict)  # client channel -> guest channel
-    on_frame: Callable[[int, int, bytes], None] | None = None  # in-process clients (the shim)
+    __slots__ = ("channels", "on_frame", "write")
+
+    def __init__(self, write: Write | None = None, on_frame: Callable[[int, int, bytes], None] | None = None) -> None:
+        self.write = write
+        self.on_frame = on_frame
+        self.channels: dict[int, int] = {}  # client channel -> guest channel
 
     def deliver(self, kind: int, channel: int, payload: bytes) -> None:
         if self.on_frame is not None:
             self.on_frame(kind, channel, payload)
-        elif self.writer is not None and not self.writer.is_closing():
-            self.writer.write(p.HEADER.pack(len(payload), kind, channel) + payload)
+        elif self.write is not None:
+            self.write(p.HEADER.pack(len(payload), kind, channel) + payload)
 
 
-@dataclass(eq=False)
 class Route:
-    client: Client | None  # None once the client is gone (frames are dropped)
-    channel: int
-    is_exec: bool
-    ended: set[int] = field(default_factory=set)  # STDOUT/STDERR end-of-stream and EXIT seen
+    """Where the frames of one guest channel go."""
+
+    __slots__ = ("channel", "client", "ended", "is_exec")
+
+    def __init__(self, client: Client | None, channel: int, is_exec: bool) -> None:
+        self.client = client  # None once the client is gone (frames are dropped)
+        self.channel = channel
+        self.is_exec = is_exec
+        self.ended: set[int] = set()  # STDOUT/STDERR end-of-stream and EXIT seen
 
     def finished_by(self, kind: int, payload: bytes) -> bool:
         """Whether this frame completes the channel. An exec is over once its EXIT and the end
@@ -56,34 +64,27 @@ class Route:
 
 
 class Relay:
-    """Owns the guest stream; clients are attached with :meth:`serve_client`."""
+    """Owns the guest stream (``guest_write``); clients are attached and detached."""
 
-    def __init__(self, guest: asyncio.StreamWriter) -> None:
-        self.guest = guest
+    def __init__(self, guest_write: Write) -> None:
+        self.guest_write = guest_write
         self.routes: dict[int, Route] = {}
-        self._next = 1
         self.clients: set[Client] = set()
+        self._frames = p.FrameReader()
+        self._next = 1
 
     # --- guest -> clients ---------------------------------------------------------------
-    async def pump_guest(self, reader: asyncio.StreamReader) -> None:
-        """Read frames from the guest until EOF and route them to their clients."""
-        frames = p.FrameReader()
-        while True:
-            data = await reader.read(1 << 18)
-            if not data:
-                return
-            frames.feed(data)
-            for kind, channel, payload in frames:
-                self._from_guest(kind, channel, payload)
-
-    def _from_guest(self, kind: int, gid: int, payload: bytes) -> None:
-        route = self.routes.get(gid)
-        if route is None:
-            return
-        if route.client is not None:
-            route.client.deliver(kind, route.channel, payload)
-        if route.finished_by(kind, payload):
-            self._free(gid)
+    def feed_guest(self, data: bytes) -> None:
+        """Bytes from the guest: route every complete frame to its client."""
+        self._frames.feed(data)
+        for kind, channel, payload in self._frames:
+            route = self.routes.get(channel)
+            if route is None:
+                continue
+            if route.client is not None:
+                route.client.deliver(kind, route.channel, payload)
+            if route.finished_by(kind, payload):
+                self._free(channel)
 
     def _free(self, gid: int) -> None:
         route = self.routes.pop(gid, None)
@@ -108,7 +109,7 @@ class Relay:
             self.routes[gid] = Route(client, channel, _op(payload) == "exec")
         elif gid is None:
             return  # stray frame for a finished or unknown channel
-        self.guest.write(p.HEADER.pack(len(payload), kind, gid) + payload)
+        self.guest_write(p.HEADER.pack(len(payload), kind, gid) + payload)
 
     def attach(self, client: Client) -> None:
         self.clients.add(client)
@@ -122,32 +123,8 @@ class Relay:
                 continue
             route.client = None
             if route.is_exec:
-                self.guest.write(p.HEADER.pack(len(KILL), p.CONTROL, gid) + KILL)
+                self.guest_write(p.HEADER.pack(len(KILL), p.CONTROL, gid) + KILL)
         client.channels.clear()
-
-    async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = Client(writer)
-        self.attach(client)
-        frames = p.FrameReader()
-        try:
-            while True:
-                data = await reader.read(1 << 18)
-                if not data:
-                    break
-                frames.feed(data)
-                for kind, channel, payload in frames:
-                    self.send(client, kind, channel, payload)
-        except (p.FrameError, ConnectionError) as e:
-            log.info("client dropped: %s", e)
-        finally:
-            self.detach(client)
-            writer.close()
-
-    def close_clients(self) -> None:
-        for client in list(self.clients):
-            if client.writer is not None:
-                client.writer.close()
-        self.clients.clear()
 
 
 def _op(payload: bytes) -> str | None:
@@ -163,26 +140,3 @@ def _ok(payload: bytes) -> bool:
         return bool(json.loads(payload).get("ok"))
     except (ValueError, AttributeError):
         return False
-
-
-class InternalClient:
-    """A request/response client living inside the shim (readiness ping, shutdown)."""
-
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        self.client = Client(None, on_frame=self._on_frame)
-        relay.attach(self.client)
-        self._waiters: dict[int, asyncio.Future[dict[str, object]]] = {}
-        self._next = 1
-
-    def _on_frame(self, kind: int, channel: int, payload: bytes) -> None:
-        fut = self._waiters.pop(channel, None)
-        if fut is not None and not fut.done() and kind == p.RESPONSE:
-            fut.set_result(p.decode_json(payload))
-
-    def request(self, body: dict[str, object]) -> Awaitable[dict[str, object]]:
-        channel, self._next = self._next, self._next + 1
-        fut: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-        self._waiters[channel] = fut
-        self.relay.send(self.client, p.REQUEST, channel, json.dumps(body).encode())
-        return fut

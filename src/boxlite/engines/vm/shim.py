@@ -1,11 +1,12 @@
 """Per-box host supervisor of a VM: ``python -m boxlite.engines.vm.shim CONFIG.json``.
 
-Starts QEMU (which dies with the shim: ``PR_SET_PDEATHSIG``), owns the guest's agent stream
-and QMP, and relays any number of clients connecting to the box's agent socket (see
-``relay.py``). The first process forks and exits at once, so the shim is nobody's child and
-leaves no zombie. Status lines on ``status_fd``: ``pid <shim pid>``, then ``ready <json>`` or
-``error <message>``. On lifeline EOF or SIGTERM it asks the agent to shut down (the guest
-reboots, QEMU exits), falling back to QMP ``quit`` and SIGKILL.
+Starts QEMU (which dies with the shim: ``PR_SET_PDEATHSIG``) and any virtiofsd, boots or
+restores the VM over QMP, hands the guest its settings and waits for the agent's answer. Then
+it binds the box's agent socket and ``execve``s the small relay process (``relayd.py``: same
+pid, QEMU stays its child), which relays clients, watches the lifeline and stops the VM. The
+first process forks and exits at once, so the shim is nobody's child and leaves no zombie.
+Status lines on ``status_fd``: ``pid <shim pid>``, then ``ready <json>``, ``template <path>``
+or ``error <message>``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ...agent import protocol as p
 from ..base import process_start_time
 from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
-SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
-SHUTDOWN_TIMEOUT = 10.0  # then QMP quit, then SIGKILL
+HELLO_CHANNEL = 1
+PKG_DIR = str(Path(__file__).resolve().parents[2])  # the boxlite package, for the relay's bootstrap
 PR_SET_PDEATHSIG = 1
 PR_SET_THP_DISABLE = 41
 WAITING = b"boxlite-vminit-waiting\n"  # vminit's line before it reads the box settings
@@ -103,8 +105,15 @@ def start_qemu(
     return proc, agent_host, qmp_host
 
 
+class Handoff:
+    """What the relay process takes over once the agent answered."""
+
+    def __init__(self, listener: socket.socket, socket_path: str, leftover: bytes, ready_line: str) -> None:
+        self.listener, self.socket_path, self.leftover, self.ready_line = listener, socket_path, leftover, ready_line
+
+
 class Shim:
-    """The asyncio part: relay, readiness, lifeline, shutdown."""
+    """The asyncio part: QMP, template save or restore, handshake, readiness."""
 
     def __init__(
         self, conf: dict[str, Any], proc: subprocess.Popen[bytes], agent: socket.socket, qmp: socket.socket, t0: float
@@ -116,29 +125,25 @@ class Shim:
         self.t0 = t0
         self.run_dir = Path(conf["run_dir"])
         self.status_fd: int | None = conf.get("status_fd")
-        self.stopping = False
 
-    async def run(self) -> int:
+    async def run(self) -> int | Handoff:
+        """Boot or restore the VM and wait for its agent; a :class:`Handoff` for the relay
+        process then, or an exit status (template saved, or failure)."""
         import asyncio
-
-        from .relay import InternalClient, Relay
 
         loop = asyncio.get_running_loop()
         exited = asyncio.Event()
         pidfd = os.pidfd_open(self.proc.pid)
         loop.add_reader(pidfd, exited.set)
-        reader, writer = await asyncio.open_unix_connection(sock=self.agent_sock)
+        self.agent_sock.setblocking(False)
         qmp = await self._connect_qmp()
-        self.qmp = qmp
         t_spawned = time.monotonic()
         mode = self.conf.get("mode", "boot")
         if mode == "restore" and not await self._restore(qmp):
             return 1
         if mode != "restore":  # a restored guest is already past this point
-            line = asyncio.ensure_future(reader.readline())
-            await asyncio.wait({line, asyncio.ensure_future(exited.wait())}, return_when=asyncio.FIRST_COMPLETED)
-            if not line.done() or line.result() != WAITING:
-                line.cancel()
+            line = await self._receive_until(exited, lambda data: b"\n" in data)
+            if line != WAITING:
                 status = self.proc.wait() if exited.is_set() else "still running"
                 _report(self.status_fd, f"error QEMU exited with status {status} before the guest init was ready")
                 self.proc.kill()
@@ -156,24 +161,37 @@ class Shim:
             "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
             "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
-        writer.write(json.dumps(settings).encode() + b"\n")
-        relay = Relay(writer)
-        pump = asyncio.create_task(relay.pump_guest(reader))
-        internal = InternalClient(relay)
-        self.internal = internal
+        await loop.sock_sendall(self.agent_sock, json.dumps(settings).encode() + b"\n")
+        await loop.sock_sendall(self.agent_sock, p.encode_json(p.REQUEST, HELLO_CHANNEL, {"op": "hello"}))
+        frames = p.FrameReader()
+        hello: list[int] = []
+        seen = 0
 
-        hello = asyncio.ensure_future(internal.request({"op": "hello"}))
-        waiter = asyncio.ensure_future(exited.wait())
-        await asyncio.wait({hello, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if not hello.done():
-            hello.cancel()
-            _report(self.status_fd, f"error QEMU exited with status {self.proc.wait()} before the agent was ready")
+        def answered(data: bytes) -> bool:
+            nonlocal seen
+            frames.feed(data[seen:])
+            seen = len(data)
+            hello.extend(1 for kind, channel, _ in frames if kind == p.RESPONSE and channel == HELLO_CHANNEL)
+            return bool(hello)
+
+        await self._receive_until(exited, answered)
+        if not hello:  # the guest stream ended: QEMU is exiting (or hangs: then it is killed)
+            try:
+                code: object = await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 5)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                code = "killed"
+            _report(self.status_fd, f"error QEMU exited with status {code} before the agent was ready")
             return 1
         t_ready = time.monotonic()
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
         sock_path = _short(Path(self.conf["agent_socket"]))
         sock_path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(relay.serve_client, path=str(sock_path))
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(sock_path))
         os.chmod(sock_path, 0o600)
+        listener.listen(128)
         boot = {
             "shim_to_ready_s": round(t_ready - self.t0, 4),
             "qemu_pid": self.proc.pid,
@@ -181,30 +199,34 @@ class Shim:
             **guest_stages(Path(self.conf["console"])),
         }
         (self.run_dir / "boot.json").write_text(json.dumps(boot))
-        _report(self.status_fd, "ready " + json.dumps(boot))
-        if self.status_fd is not None:
-            os.close(self.status_fd)
-            self.status_fd = None
-
-        lifeline = self.conf.get("lifeline_fd")
-        if lifeline is not None:
-            os.set_blocking(lifeline, False)
-            loop.add_reader(lifeline, self._on_lifeline, lifeline)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self.request_stop, f"signal {sig}")
-
-        await exited.wait()
-        status = self.proc.wait()
-        server.close()
-        sock_path.unlink(missing_ok=True)
-        relay.close_clients()
-        pump.cancel()
         if qmp is not None:
             try:
                 await asyncio.wait_for(qmp.disconnect(), 1)
             except Exception:
                 pass
-        return status
+        return Handoff(listener, str(sock_path), bytes(frames.pending()), "ready " + json.dumps(boot))
+
+    async def _receive_until(self, exited: Any, done: Any) -> bytes:
+        """Read the guest stream until ``done(all bytes so far)`` or QEMU exits."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        data = b""
+        while not exited.is_set():
+            recv = asyncio.ensure_future(loop.sock_recv(self.agent_sock, 1 << 16))
+            gone = asyncio.ensure_future(exited.wait())
+            await asyncio.wait({recv, gone}, return_when=asyncio.FIRST_COMPLETED)
+            gone.cancel()
+            if not recv.done():
+                recv.cancel()
+                break
+            chunk = recv.result()
+            if not chunk:
+                break
+            data += chunk
+            if done(data):
+                break
+        return data
 
     async def _restore(self, qmp: Any) -> bool:
         """Load the template's device state (QEMU waits with ``-incoming defer``); the guest
@@ -271,46 +293,6 @@ class Shim:
             print(f"shim: QMP unavailable: {e}", file=sys.stderr)
             return None
         return client
-
-    def _on_lifeline(self, fd: int) -> None:
-        try:
-            if os.read(fd, 64):
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        import asyncio
-
-        asyncio.get_running_loop().remove_reader(fd)
-        self.request_stop("lifeline closed")
-
-    def request_stop(self, why: str) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        print(f"shim: stopping the VM ({why})", file=sys.stderr, flush=True)
-        import asyncio
-
-        asyncio.get_running_loop().create_task(self._stop())
-
-    async def _stop(self) -> None:
-        import asyncio
-
-        try:
-            await asyncio.wait_for(self.internal.request({"op": "shutdown", "grace": SHUTDOWN_GRACE}), SHUTDOWN_TIMEOUT)
-        except (asyncio.TimeoutError, Exception):
-            pass
-        if await self._wait_exit(SHUTDOWN_TIMEOUT):
-            return
-        if self.qmp is not None:
-            try:
-                await asyncio.wait_for(self.qmp.execute("quit"), 2)
-            except Exception:
-                pass
-            if await self._wait_exit(3):
-                return
-        self.proc.kill()
 
     async def _wait_exit(self, timeout: float) -> bool:
         import asyncio
@@ -379,13 +361,33 @@ def main(argv: list[str] | None = None) -> int:
 
     shim = Shim(conf, proc, agent, qmp, t0)
     try:
-        status = asyncio.run(shim.run())
+        result = asyncio.run(shim.run())
     except BaseException as e:
         _report(shim.status_fd, f"error shim failed: {e!r}")
         proc.kill()
         raise
-    print(f"shim: QEMU exited with status {status}", file=sys.stderr, flush=True)
-    return 0 if status == 0 else 1
+    if not isinstance(result, Handoff):
+        print(f"shim: QEMU exited with status {result}", file=sys.stderr, flush=True)
+        return 0 if result == 0 else 1
+    from .relayd import exec_relay
+
+    qmp.close()
+    _report(shim.status_fd, result.ready_line)
+    if shim.status_fd is not None:
+        os.close(shim.status_fd)
+    lifeline = conf.get("lifeline_fd")
+    relay_args = {
+        "guest_fd": agent.fileno(),
+        "listen_fd": result.listener.fileno(),
+        "qemu_pid": proc.pid,
+        "lifeline_fd": lifeline,
+        "socket_path": result.socket_path,
+        "leftover": result.leftover.hex(),
+    }
+    sys.stderr.flush()
+    keep = [agent.fileno(), result.listener.fileno(), *([lifeline] if lifeline is not None else [])]
+    exec_relay(PKG_DIR, relay_args, keep)
+    return 1  # not reached
 
 
 if __name__ == "__main__":

@@ -1,0 +1,293 @@
+"""What a VM box's shim becomes once the guest is ready: a small relay process (stdlib only).
+
+The shim needs asyncio and qemu.qmp to boot or restore the VM (~13 MiB of Python objects);
+serving clients needs neither. So once the agent answered, the shim ``execve``s this module
+in a fresh ``python -I -S`` (same pid, QEMU stays its child and keeps dying with it), handing
+over the guest stream, the listening agent socket, the lifeline and QEMU's pid. It then:
+
+* relays clients ⇄ guest through :class:`relay.Relay` on one ``selectors`` loop;
+* on lifeline EOF or SIGTERM/SIGINT/SIGHUP asks the agent to shut down (the guest powers
+  off and QEMU exits), then SIGTERMs QEMU (a graceful quit), then SIGKILLs it;
+* exits with QEMU's status once QEMU is gone, removing the agent socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from ...agent import protocol as p
+from .relay import Client, Relay
+
+TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
+if TYPE_CHECKING:
+    from typing import Any
+
+SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
+SHUTDOWN_TIMEOUT = 10.0  # then SIGTERM to QEMU (it quits), then after QUIT_TIMEOUT SIGKILL
+QUIT_TIMEOUT = 3.0
+BOOTSTRAP = (  # runs the module without importing the boxlite, engines and vm packages' __init__
+    "import sys, types\n"
+    "for name, sub in (('boxlite', ''), ('boxlite.engines', '/engines'), ('boxlite.engines.vm', '/engines/vm')):\n"
+    "    m = types.ModuleType(name); m.__path__ = [sys.argv[1] + sub]; sys.modules[name] = m\n"
+    "from boxlite.engines.vm.relayd import main\n"
+    "sys.exit(main(sys.argv[2]))\n"
+)
+
+
+class _Peer:
+    """A non-blocking socket with an output buffer."""
+
+    __slots__ = ("closed", "frames", "out", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.out = bytearray()
+        self.frames = p.FrameReader()
+        self.closed = False
+
+
+class RelayServer:
+    """The loop. ``qemu_pid`` None (tests): runs until :meth:`stop` is called and then returns."""
+
+    def __init__(
+        self,
+        guest: socket.socket,
+        listener: socket.socket,
+        qemu_pid: int | None = None,
+        lifeline_fd: int | None = None,
+        leftover: bytes = b"",
+    ) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.guest = _Peer(guest)
+        self.listener = listener
+        listener.setblocking(False)
+        self.relay = Relay(lambda data: self._write(self.guest, data))
+        self.clients: dict[int, tuple[_Peer, Client]] = {}
+        self.qemu_pid = qemu_pid
+        self.pidfd = os.pidfd_open(qemu_pid) if qemu_pid else None
+        self.status: int | None = None
+        self.stopping = False
+        self.timers: list[tuple[float, Callable[[], None]]] = []
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sel.register(guest, selectors.EVENT_READ, self._on_guest)
+        self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        if self.pidfd is not None:
+            self.sel.register(self.pidfd, selectors.EVENT_READ, self._on_qemu_exit)
+        if lifeline_fd is not None:
+            os.set_blocking(lifeline_fd, False)
+            self.sel.register(lifeline_fd, selectors.EVENT_READ, lambda: self._on_lifeline(lifeline_fd))
+        if leftover:
+            self.relay.feed_guest(leftover)
+
+    # --- output -------------------------------------------------------------------------
+    def _write(self, peer: _Peer, data: bytes) -> None:
+        if peer.closed:
+            return
+        if not peer.out:
+            try:
+                n = peer.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._close(peer)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            self.sel.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._handler(peer))
+        peer.out += data
+
+    def _flush(self, peer: _Peer) -> None:
+        try:
+            n = peer.sock.send(peer.out[: 1 << 20])
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(peer)
+            return
+        del peer.out[:n]
+        if not peer.out:
+            self.sel.modify(peer.sock, selectors.EVENT_READ, self._handler(peer))
+
+    def _handler(self, peer: _Peer) -> Callable[[], None]:
+        key = self.sel.get_key(peer.sock)
+        return key.data  # type: ignore[no-any-return]
+
+    # --- events -------------------------------------------------------------------------
+    def _on_guest(self) -> None:
+        if self.guest.out:
+            self._flush(self.guest)
+        if self.guest.closed:
+            return
+        data = self._read(self.guest)
+        if data:
+            self.relay.feed_guest(data)
+        elif data is not None:  # EOF: QEMU is going away; its exit ends the loop
+            self._close(self.guest)
+            if self.pidfd is None:
+                self.status = 0
+
+    def _read(self, peer: _Peer) -> bytes | None:
+        """Bytes, b"" at EOF/error, None when nothing is there (spurious wakeup)."""
+        try:
+            return peer.sock.recv(1 << 18)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def _on_accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        peer = _Peer(sock)
+        client = Client(write=lambda data: self._write(peer, data))
+        self.relay.attach(client)
+        self.clients[sock.fileno()] = (peer, client)
+
+        def on_event() -> None:
+            if peer.out and not peer.closed:
+                self._flush(peer)
+            if peer.closed:
+                return
+            data = self._read(peer)
+            if data is None:
+                return
+            if not data:
+                self._close(peer)
+                return
+            peer.frames.feed(data)
+            try:
+                for kind, channel, payload in peer.frames:
+                    self.relay.send(client, kind, channel, payload)
+            except p.FrameError:
+                self._close(peer)
+
+        self.sel.register(sock, selectors.EVENT_READ, on_event)
+
+    def _close(self, peer: _Peer) -> None:
+        if peer.closed:
+            return
+        peer.closed = True
+        entry = self.clients.pop(peer.sock.fileno(), None)
+        self.sel.unregister(peer.sock)
+        if entry is not None:
+            self.relay.detach(entry[1])
+        peer.sock.close()
+
+    def _on_wake(self) -> None:
+        try:
+            signals = os.read(self._wake_r, 64)
+        except BlockingIOError:
+            return
+        if any(sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) for sig in signals):
+            self.request_stop("signal")
+
+    def _on_lifeline(self, fd: int) -> None:
+        try:
+            if os.read(fd, 64):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.sel.unregister(fd)
+        self.request_stop("lifeline closed")
+
+    def _on_qemu_exit(self) -> None:
+        assert self.qemu_pid is not None and self.pidfd is not None
+        try:
+            _, status = os.waitpid(self.qemu_pid, 0)
+            self.status = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            self.status = 0
+        self.sel.unregister(self.pidfd)
+
+    # --- stopping -----------------------------------------------------------------------
+    def request_stop(self, why: str) -> None:
+        """Ask the agent to shut down; escalate to SIGTERM, then SIGKILL of QEMU."""
+        if self.stopping:
+            return
+        self.stopping = True
+        print(f"shim: stopping the VM ({why})", file=sys.stderr, flush=True)
+        internal = Client(on_frame=lambda *_: None)
+        self.relay.attach(internal)
+        body = json.dumps({"op": "shutdown", "grace": SHUTDOWN_GRACE}).encode()
+        self.relay.send(internal, p.REQUEST, 1, body)
+        self._after(SHUTDOWN_TIMEOUT, lambda: self._signal_qemu(signal.SIGTERM, QUIT_TIMEOUT))
+        if self.pidfd is None:
+            self.status = 0
+
+    def _signal_qemu(self, sig: int, then: float | None) -> None:
+        if self.status is not None or self.pidfd is None:
+            return
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except OSError:
+            return
+        if then is not None:
+            self._after(then, lambda: self._signal_qemu(signal.SIGKILL, None))
+
+    def _after(self, delay: float, action: Callable[[], None]) -> None:
+        self.timers.append((time.monotonic() + delay, action))
+
+    def stop(self) -> None:
+        """End :meth:`run` (tests; a real relay ends with QEMU)."""
+        self.status = 0
+        os.write(self._wake_w, b"\0")
+
+    # --- loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        while self.status is None:
+            now = time.monotonic()
+            for due in [t for t in self.timers if t[0] <= now]:
+                self.timers.remove(due)
+                due[1]()
+            timeout = max(0.0, min(t[0] for t in self.timers) - now) if self.timers else None
+            for key, _ in self.sel.select(timeout):
+                if self.status is not None:
+                    break
+                key.data()
+        for peer, _ in list(self.clients.values()):
+            self._close(peer)
+        return self.status
+
+
+def exec_relay(pkg_dir: str, args: dict[str, Any], fds: list[int]) -> None:
+    """Replace the current process (the shim) with the relay; ``fds`` survive the exec."""
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, pkg_dir, json.dumps(args)]
+    os.execv(sys.executable, argv)
+
+
+def main(arg: str) -> int:
+    args = json.loads(arg)
+    guest = socket.socket(fileno=int(args["guest_fd"]))
+    listener = socket.socket(fileno=int(args["listen_fd"]))
+    for sock in (guest, listener):
+        os.set_inheritable(sock.fileno(), False)
+    lifeline = args.get("lifeline_fd")
+    server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, bytes.fromhex(args.get("leftover", "")))
+    signal.set_wakeup_fd(server._wake_w, warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    status = server.run()
+    listener.close()
+    try:
+        os.unlink(args["socket_path"])
+    except OSError:
+        pass
+    print(f"shim: QEMU exited with status {status}", file=sys.stderr, flush=True)
+    return 0 if status == 0 else 1
