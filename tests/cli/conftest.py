@@ -13,8 +13,9 @@ from support.cli import Cli
 
 
 @pytest.fixture
-def cli(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Cli]:
-    c = Cli(tmp_path / "home", busybox_rootfs)
+def cli(tmp_path: Path, busybox_rootfs: Path, engine: str) -> Iterator[Cli]:
+    """The CLI on a fresh home, once per engine of BOXLITE_TEST_ENGINES."""
+    c = Cli(tmp_path / "home", busybox_rootfs, engine)
     yield c
     if c.home.exists():
         asyncio.run(_remove_all(c.home))

@@ -19,11 +19,12 @@ class Cli:
 
     home: Path
     rootfs: Path
+    engine: str = "namespace"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BOXLITE_")}
         env["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])
-        env["BOXLITE_ENGINE"] = os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0]
+        env["BOXLITE_ENGINE"] = self.engine
         return env
 
     def argv(self, *args: str) -> list[str]:

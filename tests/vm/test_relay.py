@@ -46,7 +46,7 @@ def relay(tmp_path: Path) -> Iterator[tuple[RelayServer, Peer, Path]]:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(8)
-    server = RelayServer(relay_end, listener)
+    server = RelayServer(relay_end, listener, log_dir=str(tmp_path))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield server, Peer(guest_end), path
@@ -135,3 +135,25 @@ def test_slow_client_gets_everything_in_order(relay: tuple[RelayServer, Peer, Pa
     time.sleep(0.2)  # the client reads nothing meanwhile
     frames = c1.read(1 + len(chunks))
     assert [payload for _, _, payload in frames[1:]] == chunks
+
+
+def test_detached_exec_logs_on_the_host_and_outlives_its_client(relay: tuple[RelayServer, Peer, Path]) -> None:
+    """The box's main process: its output goes to <run dir>/<log> on the host, credit is the
+    relay's to grant, and the client that started it may leave."""
+    server, guest, path = relay
+    c1 = connect(path)
+    c1.send(p.encode_json(p.REQUEST, 2, {"op": "exec", "argv": ["srv"], "detach": True, "log": "../main.log"}))
+    ((kind, g, body),) = guest.read(1)
+    request = json.loads(body)
+    assert kind == p.REQUEST and request["argv"] == ["srv"] and request["stdin"] is False
+    assert "detach" not in request and "log" not in request
+    guest.send(p.encode_json(p.RESPONSE, g, {"ok": True, "pid": 9}))
+    assert [(k, c) for k, c, _ in c1.read(1)] == [(p.RESPONSE, 2)]
+    c1.sock.close()
+    guest.send(p.encode(p.STDOUT, g, b"hello ") + p.encode(p.STDERR, g, b"world\n"))
+    credits = guest.read(2)  # and no kill: the asker's leaving does not end a detached exec
+    assert sorted(p.decode_credit(payload) for _, _, payload in credits) == [(p.STDOUT, 6), (p.STDERR, 6)]
+    log = path.parent / "main.log"  # the name's directory part is dropped
+    settle(lambda: log.exists() and log.read_bytes() == b"hello world\n")
+    guest.send(p.encode_json(p.EXIT, g, {"exit_code": 0}) + p.encode(p.STDOUT, g, b"") + p.encode(p.STDERR, g, b""))
+    settle(lambda: g not in server.relay.routes)

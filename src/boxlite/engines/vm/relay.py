@@ -6,6 +6,11 @@ are peeked at (their ``op``) and exec RESPONSE bodies (``ok``), to know when a c
 finished and its mapping can be freed. When a client disconnects, its running executions are
 killed with a CONTROL ``kill`` frame, as the agent does for a dropped connection.
 
+*Detached* executions (the box's main process: ``exec`` with ``detach``) are the relay's own:
+their output is appended to a log file on the host (``open_log``), where ``boxlite logs``
+reads it as for a namespace box, credit is granted as it is written, and the client that
+asked gets only the RESPONSE (its disconnecting does not kill the process).
+
 The caller moves the bytes (``relayd.py``: a ``selectors`` loop): it feeds what the guest
 sends to :meth:`Relay.feed_guest` and each client's frames to :meth:`Relay.send`; the relay
 writes through the callables it was given. Stdlib only, no asyncio (the relay process stays
@@ -15,9 +20,14 @@ small: it runs for every VM box).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 from ...agent import protocol as p
+
+TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 KILL = json.dumps({"op": "kill"}).encode()
 _MAX_CHANNEL = 0xFFFFFFFF
@@ -46,7 +56,7 @@ class Route:
 
     __slots__ = ("channel", "client", "ended", "is_exec")
 
-    def __init__(self, client: Client | None, channel: int, is_exec: bool) -> None:
+    def __init__(self, client: Client | LogSink | None, channel: int, is_exec: bool) -> None:
         self.client = client  # None once the client is gone (frames are dropped)
         self.channel = channel
         self.is_exec = is_exec
@@ -63,11 +73,35 @@ class Route:
         return self.ended >= {p.EXIT, p.STDOUT, p.STDERR}
 
 
+class LogSink:
+    """The owner of a detached execution: output to a host file, the RESPONSE to the asker."""
+
+    __slots__ = ("asker", "channel", "file", "gid", "relay")
+
+    def __init__(self, relay: Relay, gid: int, asker: Client, channel: int, file: BinaryIO) -> None:
+        self.relay, self.gid, self.asker, self.channel, self.file = relay, gid, asker, channel, file
+
+    def deliver(self, kind: int, _channel: int, payload: bytes) -> None:
+        if kind == p.RESPONSE:
+            if self.asker in self.relay.clients:
+                self.asker.deliver(kind, self.channel, payload)
+            if not _ok(payload):
+                self.file.close()
+        elif kind in (p.STDOUT, p.STDERR) and payload:
+            self.file.write(payload)
+            self.file.flush()
+            self.relay.guest_write(p.encode_credit(self.gid, kind, len(payload)))
+
+    def finish(self) -> None:
+        self.file.close()
+
+
 class Relay:
     """Owns the guest stream (``guest_write``); clients are attached and detached."""
 
-    def __init__(self, guest_write: Write) -> None:
+    def __init__(self, guest_write: Write, open_log: Callable[[str], BinaryIO] | None = None) -> None:
         self.guest_write = guest_write
+        self.open_log = open_log
         self.routes: dict[int, Route] = {}
         self.clients: set[Client] = set()
         self._frames = p.FrameReader()
@@ -88,7 +122,11 @@ class Relay:
 
     def _free(self, gid: int) -> None:
         route = self.routes.pop(gid, None)
-        if route is not None and route.client is not None and route.client.channels.get(route.channel) == gid:
+        if route is None or route.client is None:
+            return
+        if isinstance(route.client, LogSink):
+            route.client.finish()
+        elif route.client.channels.get(route.channel) == gid:
             del route.client.channels[route.channel]
 
     # --- clients -> guest ---------------------------------------------------------------
@@ -102,6 +140,11 @@ class Relay:
     def send(self, client: Client, kind: int, channel: int, payload: bytes) -> None:
         """Forward one frame of ``client`` to the guest with its channel renumbered."""
         gid = client.channels.get(channel)
+        if kind == p.REQUEST and self.open_log is not None and gid is None:
+            body = _detached(payload)
+            if body is not None:
+                self._start_logged(client, channel, body)
+                return
         if kind == p.REQUEST:
             if gid is None:
                 gid = self._allocate()
@@ -110,6 +153,23 @@ class Relay:
         elif gid is None:
             return  # stray frame for a finished or unknown channel
         self.guest_write(p.HEADER.pack(len(payload), kind, gid) + payload)
+
+    def _start_logged(self, client: Client, channel: int, body: dict[str, object]) -> None:
+        """A detached exec: ours to keep, its output appended to the host log it names."""
+        assert self.open_log is not None
+        name = os.path.basename(str(body.pop("log", None) or "main.log")) or "main.log"
+        body.pop("detach", None)
+        body["stdin"] = False
+        try:
+            file = self.open_log(name)
+        except OSError as e:
+            error = p.error_body("EngineError", f"cannot open the log {name}: {e.strerror or e}")
+            client.deliver(p.RESPONSE, channel, json.dumps(error).encode())
+            return
+        gid = self._allocate()
+        self.routes[gid] = Route(LogSink(self, gid, client, channel, file), channel, True)
+        payload = json.dumps(body).encode()
+        self.guest_write(p.HEADER.pack(len(payload), p.REQUEST, gid) + payload)
 
     def attach(self, client: Client) -> None:
         self.clients.add(client)
@@ -125,6 +185,17 @@ class Relay:
             if route.is_exec:
                 self.guest_write(p.HEADER.pack(len(KILL), p.CONTROL, gid) + KILL)
         client.channels.clear()
+
+
+def _detached(payload: bytes) -> dict[str, object] | None:
+    """The body of a detached ``exec`` request, else None."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("op") == "exec" and body.get("detach"):
+        return body
+    return None
 
 
 def _op(payload: bytes) -> str | None:

@@ -27,7 +27,7 @@ from .relay import Client, Relay
 
 TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, BinaryIO
 
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
 SHUTDOWN_TIMEOUT = 10.0  # then SIGTERM to QEMU (it quits), then after QUIT_TIMEOUT SIGKILL
@@ -64,12 +64,13 @@ class RelayServer:
         qemu_pid: int | None = None,
         lifeline_fd: int | None = None,
         leftover: bytes = b"",
+        log_dir: str | None = None,
     ) -> None:
         self.sel = selectors.DefaultSelector()
         self.guest = _Peer(guest)
         self.listener = listener
         listener.setblocking(False)
-        self.relay = Relay(lambda data: self._write(self.guest, data))
+        self.relay = Relay(lambda data: self._write(self.guest, data), open_log=log_opener(log_dir))
         self.clients: dict[int, tuple[_Peer, Client]] = {}
         self.qemu_pid = qemu_pid
         self.pidfd = os.pidfd_open(qemu_pid) if qemu_pid else None
@@ -263,6 +264,13 @@ class RelayServer:
         return self.status
 
 
+def log_opener(log_dir: str | None) -> Callable[[str], BinaryIO] | None:
+    """Where detached executions append their output (None: the guest keeps it)."""
+    if log_dir is None:
+        return None
+    return lambda name: open(os.path.join(log_dir, name), "ab", buffering=0)
+
+
 def exec_relay(pkg_dir: str, args: dict[str, Any], fds: list[int]) -> None:
     """Replace the current process (the shim) with the relay; ``fds`` survive the exec."""
     for fd in fds:
@@ -278,7 +286,8 @@ def main(arg: str) -> int:
     for sock in (guest, listener):
         os.set_inheritable(sock.fileno(), False)
     lifeline = args.get("lifeline_fd")
-    server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, bytes.fromhex(args.get("leftover", "")))
+    leftover = bytes.fromhex(args.get("leftover", ""))
+    server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"))
     signal.set_wakeup_fd(server._wake_w, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)

@@ -383,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "lifeline_fd": lifeline,
         "socket_path": result.socket_path,
         "leftover": result.leftover.hex(),
+        "log_dir": str(run_dir),
     }
     sys.stderr.flush()
     keep = [agent.fileno(), result.listener.fileno(), *([lifeline] if lifeline is not None else [])]
