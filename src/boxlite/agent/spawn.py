@@ -19,6 +19,7 @@ import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from . import linux, seccomp
 
@@ -145,42 +146,64 @@ def spawn(spec: ExecSpec, conf: Confinement, builtin: Callable[[ExecSpec], int] 
     pid = os.fork()
     if pid == 0:  # child: never returns
         try:
-            os.setsid()
-            if master is not None:
-                fcntl.ioctl(child_fds[0], TIOCSCTTY, 0)
-                child_fds = child_fds * 3
-            for target, fd in enumerate(child_fds):
-                os.dup2(fd, target)
+            attach_stdio(child_fds, master is not None)
             _confine_and_exec(spec, conf, err_w_pipe, builtin)
         except BaseException as e:
-            code = e.errno if isinstance(e, OSError) and e.errno else 0
-            text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            try:
-                os.write(err_w_pipe, f"{code}:{text}".encode(errors="replace")[:4000])
-            finally:
-                os._exit(127)
-    # parent
+            fail_child(err_w_pipe, e)
     os.close(err_w_pipe)
-    failure = b""
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([err_r_pipe], [], [], left)[0]:
-            os.kill(pid, signal.SIGKILL)  # stuck before execve: the agent must not wait forever
-            failure = f"{errno.ETIMEDOUT}:the process did not start within {START_TIMEOUT:g}s".encode()
-            break
-        chunk = os.read(err_r_pipe, 4096)
-        if not chunk:
-            break
-        failure += chunk
-    os.close(err_r_pipe)
-    if failure:
-        os.waitpid(pid, 0)
+    try:
+        await_exec(err_r_pipe, pid)
+    except OSError:
         close_all((*child_fds, *parent))
-        errno_text, _, message = failure.decode(errors="replace").partition(":")
-        raise OSError(int(errno_text or 0), message)
+        raise
     finish_parent(child_fds, parent)
     return Spawned(pid=pid, stdin=parent[0], stdout=parent[1], stderr=parent[2], master=master)
+
+
+def attach_stdio(child_fds: tuple[int, ...] | list[int], tty: bool) -> None:
+    """In the child: a session of its own, and its stdio (with a terminal, the pty's slave
+    side as stdin, stdout, stderr and controlling terminal)."""
+    os.setsid()
+    if tty:
+        fcntl.ioctl(child_fds[0], TIOCSCTTY, 0)
+        child_fds = [child_fds[0]] * 3
+    for target, fd in enumerate(child_fds):
+        os.dup2(fd, target)
+
+
+def fail_child(err_fd: int, e: BaseException) -> NoReturn:
+    """In the child, before ``execve``: send ``e`` to the parent as "<errno>:<message>", exit."""
+    code = e.errno if isinstance(e, OSError) and e.errno else 0
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    try:
+        os.write(err_fd, f"{code}:{text}".encode(errors="replace")[:4000])
+    finally:
+        os._exit(127)
+
+
+def await_exec(err_fd: int, pid: int) -> None:
+    """In the parent: return once the child ``execve``d (its close-on-exec end of the error
+    pipe closed); raise its error as OSError after reaping it; kill a child stuck longer than
+    START_TIMEOUT (the agent must not wait forever). Closes ``err_fd``."""
+    failure = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([err_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                failure = f"{errno.ETIMEDOUT}:the process did not start within {START_TIMEOUT:g}s".encode()
+                break
+            chunk = os.read(err_fd, 4096)
+            if not chunk:
+                break
+            failure += chunk
+    finally:
+        os.close(err_fd)
+    if failure:
+        os.waitpid(pid, 0)
+        errno_text, _, message = failure.decode(errors="replace").partition(":")
+        raise OSError(int(errno_text or 0), message)
 
 
 def _confine_and_exec(

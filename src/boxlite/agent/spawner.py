@@ -23,7 +23,6 @@ reaps them itself and spawns the old way.
 from __future__ import annotations
 
 import array
-import fcntl
 import json
 import os
 import selectors
@@ -33,7 +32,16 @@ import subprocess
 from typing import Any
 
 from . import linux, seccomp
-from .spawn import DEFAULT_PATH, TIOCSCTTY, Confinement, ExecSpec, raise_oom_score, resolve_user
+from .spawn import (
+    DEFAULT_PATH,
+    Confinement,
+    ExecSpec,
+    attach_stdio,
+    await_exec,
+    fail_child,
+    raise_oom_score,
+    resolve_user,
+)
 
 MAX_MESSAGE = 1 << 20  # argv + env of one request
 REPLY_TIMEOUT = 10.0  # a spawner that does not answer is broken: the agent stops using it
@@ -230,14 +238,7 @@ def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], id
     pid = os.fork()
     if pid == 0:
         try:
-            os.setsid()
-            if spec.tty:
-                fcntl.ioctl(fds[0], TIOCSCTTY, 0)
-                stdio = [fds[0]] * 3
-            else:
-                stdio = fds
-            for target, fd in enumerate(stdio):
-                os.dup2(fd, target)
+            attach_stdio(fds, spec.tty)
             uid, gid, groups = ids
             os.setgroups(groups)
             os.setresgid(gid, gid, gid)
@@ -254,21 +255,9 @@ def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], id
             except OSError as e:
                 raise _explain(e, spec, None) from None
         except BaseException as e:
-            code = e.errno if isinstance(e, OSError) and e.errno else 0
-            text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            try:
-                os.write(err_w, f"{code}:{text}".encode(errors="replace")[:4000])
-            finally:
-                os._exit(127)
+            fail_child(err_w, e)
     os.close(err_w)
-    failure = b""
-    while chunk := os.read(err_r, 4096):
-        failure += chunk
-    os.close(err_r)
-    if failure:
-        os.waitpid(pid, 0)
-        errno_text, _, message = failure.decode(errors="replace").partition(":")
-        raise OSError(int(errno_text or 0), message)
+    await_exec(err_r, pid)
     return pid
 
 
