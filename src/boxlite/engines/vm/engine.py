@@ -394,7 +394,7 @@ async def _read_status(fd: int, state: dict[str, int]) -> str:
 
 
 TEMPLATE_MAX_AGE = 14 * 86400
-TEMPLATE_FORMAT = 3  # 2: guest RAM in .ram, mapped by restored boxes; 3: + a NIC
+TEMPLATE_FORMAT = 4  # 2: guest RAM in .ram, mapped by restored boxes; 3: + a NIC; 4: RTC back
 
 
 def _forget_template(snap: Path) -> None:

@@ -110,8 +110,10 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
         accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tb_size_mib}", "-cpu", "max"]
-    # No RTC: its IRQ 8 collides with the fifth virtio-mmio device (the host sets the clock).
-    machine = "microvm,acpi=off,rtc=off"
+    # With an RTC: without one the kernel waits 1 s for it at boot. Its driver loses IRQ 8 to
+    # the fifth virtio-mmio device ("genirq: Flags mismatch" on the console), which is harmless:
+    # reading the clock needs no IRQ, and the host sets the clock anyway.
+    machine = "microvm,acpi=off,rtc=on"
     if cfg.ram_file or cfg.volumes:
         machine += ",memory-backend=ram"
     argv = [
