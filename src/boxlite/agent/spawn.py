@@ -233,16 +233,8 @@ def _confine_and_exec(
     os.setresuid(uid, uid, uid)
     if conf.drop_caps:
         linux.drop_capabilities(-1, keep)  # bounding set is reduced already; clear the rest
-    env = dict(spec.env)
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOME", home)
-    if spec.tty:
-        env.setdefault("TERM", "xterm")
-    cwd = spec.cwd or "/"
-    try:
-        os.chdir(cwd)
-    except OSError as e:
-        raise OSError(e.errno, f"working directory {cwd!r}: {e.strerror}") from None
+    env = exec_env(spec, home)
+    enter_cwd(spec.cwd or "/")
     linux.set_no_new_privs()
     if conf.seccomp_program:
         seccomp.install(conf.seccomp_program)
@@ -257,8 +249,34 @@ def _confine_and_exec(
     try:
         os.execvpe(spec.argv[0], spec.argv, env)
     except OSError as e:
-        what = "executable file not found" if e.errno == 2 else e.strerror
-        raise OSError(e.errno, f"{spec.argv[0]}: {what}") from None
+        raise exec_error(e, spec.argv[0]) from None
+
+
+def exec_env(spec: ExecSpec, home: str) -> dict[str, str]:
+    """The command's environment: the request's, plus PATH, HOME (and TERM with a terminal)."""
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOME", home)
+    if spec.tty:
+        env.setdefault("TERM", "xterm")
+    return env
+
+
+def enter_cwd(cwd: str) -> None:
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        raise cwd_error(e, cwd) from None
+
+
+def cwd_error(e: OSError, cwd: str) -> OSError:
+    return OSError(e.errno, f"working directory {cwd!r}: {e.strerror}")
+
+
+def exec_error(e: OSError, program: str) -> OSError:
+    """``execve`` failed: the message a user understands."""
+    what = "executable file not found" if e.errno == 2 else e.strerror
+    return OSError(e.errno, f"{program}: {what}")
 
 
 def raise_oom_score() -> None:

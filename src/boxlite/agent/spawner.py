@@ -33,11 +33,14 @@ from typing import Any
 
 from . import linux, seccomp
 from .spawn import (
-    DEFAULT_PATH,
     Confinement,
     ExecSpec,
     attach_stdio,
     await_exec,
+    cwd_error,
+    enter_cwd,
+    exec_env,
+    exec_error,
     fail_child,
     raise_oom_score,
     resolve_user,
@@ -209,11 +212,7 @@ def _serve(sock: socket.socket, conf: Confinement) -> None:
 def _start(msg: dict[str, Any], fds: list[int]) -> tuple[subprocess.Popen[bytes] | None, int]:
     spec = ExecSpec.from_request(msg)
     uid, gid, groups, home = resolve_user(spec.user)
-    env = dict(spec.env)
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOME", home)
-    if spec.tty:
-        env.setdefault("TERM", "xterm")
+    env = exec_env(spec, home)
     cwd = spec.cwd or "/"
     if not spec.tty and (uid, gid, groups) == (0, 0, [0]) and len(fds) == 3:
         proc = _vfork_exec(spec, env, cwd, fds)
@@ -244,16 +243,13 @@ def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], id
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
             linux.drop_capabilities(-1)  # root keeps none either (the bounding set is empty)
-            try:
-                os.chdir(cwd)
-            except OSError as e:
-                raise OSError(e.errno, f"working directory {cwd!r}: {e.strerror}") from None
+            enter_cwd(cwd)
             os.closerange(3, err_w)
             os.closerange(err_w + 1, 65536)
             try:
                 os.execvpe(spec.argv[0], spec.argv, env)
             except OSError as e:
-                raise _explain(e, spec, None) from None
+                raise exec_error(e, spec.argv[0]) from None
         except BaseException as e:
             fail_child(err_w, e)
     os.close(err_w)
@@ -261,9 +257,9 @@ def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], id
     return pid
 
 
-def _explain(e: OSError, spec: ExecSpec, cwd: str | None) -> OSError:
-    """The same messages as the agent's own fork path."""
-    if cwd is not None and e.filename == cwd and spec.argv[0] != cwd:
-        return OSError(e.errno, f"working directory {cwd!r}: {e.strerror}")
-    what = "executable file not found" if e.errno == 2 else e.strerror
-    return OSError(e.errno, f"{spec.argv[0]}: {what}")
+def _explain(e: OSError, spec: ExecSpec, cwd: str) -> OSError:
+    """The same messages as the fork paths (``subprocess`` reports chdir and execve failures
+    alike, naming the directory as the file)."""
+    if e.filename == cwd and spec.argv[0] != cwd:
+        return cwd_error(e, cwd)
+    return exec_error(e, spec.argv[0])

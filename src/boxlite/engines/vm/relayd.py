@@ -77,7 +77,7 @@ class RelayServer:
         self.status: int | None = None
         self.stopping = False
         self.timers: list[tuple[float, Callable[[], None]]] = []
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(guest, selectors.EVENT_READ, self._on_guest)
         self.sel.register(listener, selectors.EVENT_READ, self._on_accept)
         self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
@@ -245,7 +245,7 @@ class RelayServer:
     def stop(self) -> None:
         """End :meth:`run` (tests; a real relay ends with QEMU)."""
         self.status = 0
-        os.write(self._wake_w, b"\0")
+        os.write(self.wake_fd, b"\0")
 
     # --- loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -288,7 +288,7 @@ def main(arg: str) -> int:
     lifeline = args.get("lifeline_fd")
     leftover = bytes.fromhex(args.get("leftover", ""))
     server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"))
-    signal.set_wakeup_fd(server._wake_w, warn_on_full_buffer=False)
+    signal.set_wakeup_fd(server.wake_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
