@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -15,14 +16,23 @@ EXIT_INTERRUPTED = 130
 
 
 class CliError(click.ClickException):
-    """An error the CLI reports as one line, with an exit code."""
+    """An error the CLI reports as one line, with an exit code.
 
-    def __init__(self, message: str, exit_code: int = EXIT_RUNTIME) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    click declares ``exit_code`` a class variable (``ClassVar[int]`` since 8.2), so each exit code
+    is a subclass (:func:`fail` picks it) rather than an instance attribute."""
+
+    exit_code = EXIT_RUNTIME
 
     def show(self, file: object = None) -> None:
         print_error(self.message)
+
+
+@functools.cache
+def _error_class(exit_code: int) -> type[CliError]:
+    """The CliError subclass whose class-level ``exit_code`` is ``exit_code`` (one per code)."""
+    if exit_code == CliError.exit_code:
+        return CliError
+    return type(f"CliError{exit_code}", (CliError,), {"exit_code": exit_code, "__module__": __name__})
 
 
 def print_error(message: str) -> None:
@@ -44,7 +54,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
 
 
 def fail(message: str, exit_code: int = EXIT_RUNTIME) -> CliError:
-    return CliError(message, exit_code)
+    return _error_class(exit_code)(message)
 
 
 def stderr_is_tty() -> bool:
