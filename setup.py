@@ -8,8 +8,9 @@ Metadata lives in pyproject.toml; this file only adds two command overrides.
   ``boxlite.runtime_artifact.locate()`` looks inside an installed package. The files are
   checked against the manifest's sha256 first and only read: the artifact is never rebuilt
   or modified here (its files are hard links into the runtime build cache).
-* ``bdist_wheel`` tags a wheel that holds the artifact ``py3-none-<platform>`` (pure Python,
-  platform-specific data: the guest kernel), so one wheel serves every Python >= 3.10 of that
+* ``bdist_wheel`` tags a wheel that holds the artifact
+  ``py3-none-manylinux_2_17_<arch>.manylinux2014_<arch>`` (see ``platform_tag``): pure Python
+  plus platform-specific data (the guest kernel), so one wheel serves every Python >= 3.10 of that
   platform. Without an artifact the wheel is ``py3-none-any`` (namespace engine only), unless
   ``BOXLITE_REQUIRE_RUNTIME=1`` (``make dist:python``, CI), which turns that into an error.
 
@@ -39,6 +40,19 @@ except ImportError:  # pragma: no cover
 HERE = Path(__file__).resolve().parent
 PKG_DIR = ("boxlite", "runtime")  # boxlite/runtime/ inside the wheel
 ELF_MACHINES = {62: "x86_64", 183: "aarch64"}  # e_machine -> wheel platform tag suffix
+
+
+def platform_tag(arch: str) -> str:
+    """The wheel's platform tag for a kernel of ``arch``: ``linux_<arch>`` is refused by PyPI.
+
+    The host side is pure Python; the only ELF files are the guest's (``vmlinux``: static, no
+    interpreter, run by QEMU, never loaded by the host), so no glibc symbol versions constrain the
+    host and ``auditwheel show`` reports the wheel consistent with its oldest policy. The tag is
+    the oldest policy that exists for both x86_64 and aarch64 and that PyPI and pip >= 19.3 accept:
+    manylinux_2_17 (PEP 600), with its PEP 599 alias manylinux2014 for older installers.
+    tests/build checks the tag with auditwheel (.github/scripts/check_wheel.py).
+    """
+    return f"manylinux_2_17_{arch}.manylinux2014_{arch}"
 
 
 def artifact_source() -> Path | None:
@@ -115,9 +129,11 @@ if _bdist_wheel is not None:
             if self._artifact is None:
                 return python, abi, plat
             arch = kernel_arch(self._artifact)
-            if arch and not plat.endswith(arch):
+            if arch is None:
+                raise SystemExit(f"boxlite: {self._artifact}/vmlinux is not a kernel of a known architecture")
+            if not plat.endswith(arch):
                 raise SystemExit(f"boxlite: the runtime artifact's kernel is {arch}, the wheel platform {plat}")
-            return "py3", "none", plat
+            return "py3", "none", platform_tag(arch)
 
     cmdclass["bdist_wheel"] = bdist_wheel
 

@@ -23,9 +23,12 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -85,8 +88,16 @@ main()
 """
 
 
+PROGRESS_INTERVAL = 30.0  # seconds between "still compiling" lines of a long step
+
+
 def log(msg: str) -> None:
     print(f"[runtime] {msg}", file=sys.stderr, flush=True)
+
+
+def elapsed(t0: float) -> str:
+    s = int(time.monotonic() - t0)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def sha256_file(path: Path) -> str:
@@ -103,11 +114,54 @@ def run(cmd: list[str], **kw: object) -> str:
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: Path, what: str) -> Iterator[None]:
+    """Exclusive lock on ``path``; says so when another build (of ``what``) holds it, since the
+    wait can last as long as that build (minutes for a kernel) and would otherwise look hung."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            t0 = time.monotonic()
+            log(f"waiting for another build of the same {what} (lock {path})")
+            fcntl.flock(f, fcntl.LOCK_EX)
+            log(f"lock acquired after {elapsed(t0)}")
         yield
+
+
+def run_with_progress(cmd: list[str], env: dict[str, str], label: str, interval: float = PROGRESS_INTERVAL) -> None:
+    """Run a kbuild ``make`` step, printing a line every ``interval`` seconds with the elapsed time
+    and the number of objects built so far (kbuild's "  CC ..." lines), instead of minutes of
+    silence. Its stdout is kept back; the last lines are shown if it fails (errors go to stderr)."""
+    t0 = time.monotonic()
+    count = 0
+    tail: deque[str] = deque(maxlen=20)
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(interval):
+            log(f"{label}: {count} objects built, {elapsed(t0)} elapsed")
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, errors="replace")
+    ticker = threading.Thread(target=heartbeat, daemon=True)
+    ticker.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if line.startswith(("  CC", "  AS", "  AR", "  LD")):
+                count += 1
+        code = proc.wait()
+    finally:
+        done.set()
+        ticker.join()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        sys.stderr.write("".join(f"  {line}\n" for line in tail))
+        raise subprocess.CalledProcessError(code, cmd)
+    log(f"{label}: done ({count} objects, {elapsed(t0)})")
 
 
 # ---------------------------------------------------------------- inputs and cache keys
@@ -128,6 +182,23 @@ def candidate_version(pkg: str) -> str:
         if key == "Candidate" and value and value != "(none)":
             return value
     raise SystemExit(f"package {pkg} not available from apt (run apt-get update?)")
+
+
+def candidate_versions(pkgs: list[str]) -> dict[str, str]:
+    """candidate_version() of each of ``pkgs``, with one `apt-cache policy` call for all."""
+    out: dict[str, str] = {}
+    current = None
+    for line in run(["apt-cache", "policy", *pkgs]).splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = line[:-1]
+            continue
+        key, _, value = line.strip().partition(": ")
+        if key == "Candidate" and current in pkgs and value and value != "(none)":
+            out[current] = value
+    for pkg in pkgs:  # a header apt spelled differently (e.g. with an architecture): ask alone
+        if pkg not in out:
+            out[pkg] = candidate_version(pkg)
+    return out
 
 
 def agent_sources() -> dict[str, bytes]:
@@ -154,6 +225,28 @@ def artifact_key(kkey: str, versions: dict[str, str], debug: bool, agent: dict[s
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """Everything an artifact is built from, read once, and the cache keys derived from it."""
+
+    kernel_version: str
+    versions: dict[str, str]
+    agent: dict[str, bytes]
+    debug: bool
+    kernel_key: str
+    key: str
+
+
+def inputs(debug: bool) -> Inputs:
+    """The current inputs and keys (.github/scripts/runtime_key.py calls this too: one derivation)."""
+    cand = candidate_versions([KERNEL_PACKAGE, *PACKAGES])
+    kver = installed_version(KERNEL_PACKAGE) or cand[KERNEL_PACKAGE]
+    versions = {pkg: cand[pkg] for pkg in PACKAGES}
+    agent = agent_sources()
+    kkey = kernel_key(kver)
+    return Inputs(kver, versions, agent, debug, kkey, artifact_key(kkey, versions, debug, agent))
+
+
 # ---------------------------------------------------------------- kernel
 
 
@@ -163,6 +256,7 @@ def kernel_source_tarball(version: str, cache: Path) -> Path:
     deb = fetch_deb(KERNEL_PACKAGE, version, cache)
     out = cache / "src" / version
     if not out.exists():
+        log(f"unpacking {deb.name}")
         tmp = Path(tempfile.mkdtemp(dir=cache))
         run(["dpkg-deb", "-x", str(deb), str(tmp)])
         tmp.rename(out)
@@ -173,14 +267,17 @@ def build_kernel(version: str, cache: Path, jobs: int) -> Path:
     """Return the cached vmlinux for the committed config, building it if needed."""
     kdir = cache / f"kernel-{kernel_key(version)}"
     if (kdir / "vmlinux").exists():
+        log(f"kernel: cached ({kdir})")
         return kdir
-    with locked(cache / "locks" / f"{kdir.name}.lock"):
+    with locked(cache / "locks" / f"{kdir.name}.lock", "kernel"):
         if (kdir / "vmlinux").exists():
+            log(f"kernel: built by the other build ({kdir})")
             return kdir
+        t0 = time.monotonic()
+        log(f"kernel: building {KERNEL_PACKAGE} {version} (5-20 minutes; once per kernel config)")
         tarball = kernel_source_tarball(version, cache)
         work = Path(tempfile.mkdtemp(prefix="kbuild-", dir=cache))
-        t0 = time.monotonic()
-        log(f"building kernel {version} in {work} (several minutes)")
+        log(f"kernel: unpacking the source into {work}")
         run(["tar", "-xf", str(tarball), "-C", str(work)])
         src = work / "linux-source-6.1"
         shutil.copy(KERNEL_CONFIG, src / ".config")
@@ -193,10 +290,12 @@ def build_kernel(version: str, cache: Path, jobs: int) -> Path:
             KBUILD_BUILD_VERSION="1",
         )
         make = ["make", "-C", str(src), f"-j{jobs}"]
+        log(f"kernel: configuring (olddefconfig), {elapsed(t0)} elapsed")
         subprocess.run([*make, "olddefconfig"], check=True, env=env, stdout=subprocess.DEVNULL)
         if (src / ".config").read_bytes() != KERNEL_CONFIG.read_bytes():
             log("warning: olddefconfig changed the committed config (different kernel version?)")
-        subprocess.run([*make, "vmlinux"], check=True, env=env, stdout=subprocess.DEVNULL)
+        log(f"kernel: compiling with {jobs} jobs (a line every {PROGRESS_INTERVAL:.0f}s)")
+        run_with_progress([*make, "vmlinux"], env, "kernel: compiling")
         release = run([*make, "-s", "kernelrelease"], env=env).strip()
         tmp = work / "out"
         tmp.mkdir()
@@ -206,7 +305,7 @@ def build_kernel(version: str, cache: Path, jobs: int) -> Path:
         )
         tmp.rename(kdir)
         shutil.rmtree(work)
-        log(f"kernel {release} built in {time.monotonic() - t0:.0f}s")
+        log(f"kernel: {release} built in {elapsed(t0)}")
     return kdir
 
 
@@ -222,6 +321,7 @@ def fetch_deb(pkg: str, version: str, cache: Path) -> Path:
         return found[0]
     tmp = Path(tempfile.mkdtemp(dir=debs))
     os.chmod(tmp, 0o777)  # apt's sandbox user must be able to write here
+    log(f"downloading {pkg} {version}")
     run(["apt-get", "download", "-q", f"{pkg}={version}"], cwd=tmp, stderr=subprocess.DEVNULL)
     (deb,) = tmp.glob("*.deb")
     dest = debs / deb.name
@@ -314,6 +414,7 @@ def build_initramfs(
     with tempfile.TemporaryDirectory(dir=cache) as tmpdir:
         tmp = Path(tmpdir)
         root = tmp / "x"
+        log(f"initramfs: unpacking {len(PACKAGES)} guest packages")
         extract_packages(versions, cache, root)
         tree = Tree()
         for d in ["proc", "sys", "dev", "run", "tmp", "box", "mnt", "etc"]:
@@ -357,10 +458,12 @@ def build_initramfs(
                 jobs.append((Path(f), pyc / cached, "/" + rel))
             else:  # sourceless .pyc next to where the .py would be
                 jobs.append((Path(f), pyc / (rel[:-3] + ".pyc"), "/" + rel))
+        log(f"initramfs: byte-compiling {len(jobs)} modules")
         compile_pyc(py, env, jobs)
         for _, dst, _ in jobs:
             tree.file(str(dst.relative_to(pyc)), dst.read_bytes())
 
+        log(f"initramfs: writing {out.name} ({len(tree.entries)} entries)")
         with open(out, "wb") as f:
             write_cpio(f, list(tree.entries.values()))
         return {
@@ -374,22 +477,23 @@ def build_initramfs(
 
 
 def build_artifact(cache: Path, debug: bool, jobs: int) -> Path:
-    kver = installed_version(KERNEL_PACKAGE) or candidate_version(KERNEL_PACKAGE)
-    versions = {pkg: candidate_version(pkg) for pkg in PACKAGES}
-    agent = agent_sources()
-    key = artifact_key(kernel_key(kver), versions, debug, agent)
+    log("checking the inputs (Debian package versions, agent sources)")
+    cur = inputs(debug)
+    kver, versions, agent, key = cur.kernel_version, cur.versions, cur.agent, cur.key
     adir = cache / f"runtime-{key}{'-debug' if debug else ''}"
     if (adir / "manifest.json").exists():
         log(f"cached: {adir}")
         return adir
+    log(f"building artifact {key} (kernel {cur.kernel_key}) in {cache}")
     kdir = build_kernel(kver, cache, jobs)
-    with locked(cache / "locks" / f"{adir.name}.lock"):
+    with locked(cache / "locks" / f"{adir.name}.lock", "runtime artifact"):
         if (adir / "manifest.json").exists():
             return adir
         tmp = Path(tempfile.mkdtemp(prefix="runtime-", dir=cache))
         t0 = time.monotonic()
         shutil.copy(kdir / "vmlinux", tmp / "vmlinux")
         members = build_initramfs(versions, cache, debug, tmp / "initramfs.cpio", agent)
+        log("writing manifest.json")
         kinfo = json.loads((kdir / "kernel.json").read_text())
         manifest = {
             "format": FORMAT,

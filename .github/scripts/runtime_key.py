@@ -2,12 +2,15 @@
 """The VM runtime artifact's input key, as runtime/build.py computes it, without building.
 
     runtime_key.py [--debug]          print "<artifact key> <kernel key>" for the current inputs
-    runtime_key.py --check DIR        warn (exit 1) if DIR/manifest.json was built from other inputs
+    runtime_key.py --check DIR        is DIR/manifest.json built from the current inputs?
     runtime_key.py --prune CACHE      drop cache entries the current inputs do not use (CI cache)
 
-CI keys its actions/cache of the runtime build cache on these; `make dist:*` uses --check to
-warn about a stale target/boxlite-runtime (it never rebuilds it). Mirrors the first lines of
-build.py's build_artifact(); if that changes, the worst case is a cache miss or a false warning.
+Exit status: 0 ok; 1 (--check only) the artifact is stale or missing, a warning: `make dist:*`
+prints it and packages the artifact anyway (it never rebuilds it); 2 the keys could not be
+computed (a bug, or no apt), which fails `make dist:*` and the workflow. CI keys its
+actions/cache of the runtime build cache on these keys. The keys come from build.inputs(), the
+function build.py itself builds from, so the two cannot drift apart.
+Tested as the workflow calls it: tests/build/test_workflow_scripts.py.
 """
 
 from __future__ import annotations
@@ -16,44 +19,28 @@ import argparse
 import json
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "runtime"))
 import build  # noqa: E402  (runtime/build.py)
 
-
-def candidate_versions(pkgs: list[str]) -> dict[str, str]:
-    """build.candidate_version() for all of ``pkgs`` with one `apt-cache policy` call."""
-    out: dict[str, str] = {}
-    current = None
-    for line in build.run(["apt-cache", "policy", *pkgs]).splitlines():
-        if line and not line[0].isspace() and line.endswith(":"):
-            current = line[:-1]
-            continue
-        key, _, value = line.strip().partition(": ")
-        if key == "Candidate" and current and value and value != "(none)":
-            out[current] = value
-    missing = [p for p in pkgs if p not in out]
-    if missing:
-        raise SystemExit(f"runtime_key: not available from apt: {' '.join(missing)} (run apt-get update?)")
-    return out
+EXIT_STALE = 1
+EXIT_ERROR = 2
 
 
 def keys(debug: bool) -> tuple[str, str]:
-    cand = candidate_versions([build.KERNEL_PACKAGE, *build.PACKAGES])
-    kver = build.installed_version(build.KERNEL_PACKAGE) or cand[build.KERNEL_PACKAGE]
-    versions = {pkg: cand[pkg] for pkg in build.PACKAGES}
-    kkey = build.kernel_key(kver)
-    return build.artifact_key(kkey, versions, debug), kkey
+    cur = build.inputs(debug)
+    return cur.key, cur.kernel_key
 
 
 def check(path: Path) -> int:
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except (OSError, ValueError) as e:
-        print(f"runtime_key: {path}: no manifest ({e}); run `make runtime`", file=sys.stderr)
-        return 1
+        print(f"runtime_key: warning: {path}: no manifest ({e}); run `make runtime`", file=sys.stderr)
+        return EXIT_STALE
     current, _ = keys(bool(manifest.get("debug")))
     if manifest.get("key") != current:
         print(
@@ -61,32 +48,32 @@ def check(path: Path) -> int:
             f"current {current}); `make runtime` refreshes it",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_STALE
     return 0
 
 
 def prune(cache: Path) -> None:
-    keep = set()
+    keep = {"debs", "locks"}
     for debug in (False, True):
         akey, kkey = keys(debug)
         keep |= {f"runtime-{akey}{'-debug' if debug else ''}", f"kernel-{kkey}"}
-    keep |= {"debs", "locks"}
     if not cache.is_dir():
         return
-    for entry in cache.iterdir():
+    for entry in sorted(cache.iterdir()):
         if entry.name not in keep:
             print(f"runtime_key: prune {entry}", file=sys.stderr)
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     for deb in (cache / "debs").glob(f"{build.KERNEL_PACKAGE}_*.deb"):  # ~150 MB, only for kernel builds
+        print(f"runtime_key: prune {deb}", file=sys.stderr)
         deb.unlink()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--debug", action="store_true")
     ap.add_argument("--check", type=Path, metavar="DIR")
     ap.add_argument("--prune", type=Path, metavar="CACHE")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.check:
         return check(args.check)
     if args.prune:
@@ -98,4 +85,15 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except SystemExit as e:  # build.py's "not available from apt" and argparse's usage errors
+        if e.code not in (None, 0, EXIT_STALE):
+            if not isinstance(e.code, int):
+                print(f"runtime_key: error: {e.code}", file=sys.stderr)
+            sys.exit(EXIT_ERROR)
+        raise
+    except BaseException:
+        traceback.print_exc()
+        print("runtime_key: error: could not compute the runtime input keys (see above)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
