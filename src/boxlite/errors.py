@@ -92,6 +92,15 @@ class RpcError(BoxliteError):
     """The agent sent something that is not valid protocol."""
 
 
+class AgentProtocolError(BoxDiedError, RpcError):
+    """The box's agent broke the protocol (a frame too large, output beyond the credit it was
+    granted): a broken or hostile guest. The connection was dropped; calls on it fail with this."""
+
+
+class AgentTimeoutError(TimeoutError):
+    """The box's agent did not accept the connection or answer a request within its deadline."""
+
+
 class UnauthorizedError(BoxliteError):
     """A BoxLite server refused the API key (HTTP 401)."""
 

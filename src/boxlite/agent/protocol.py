@@ -56,6 +56,12 @@ DEFAULT_OUTPUT_WINDOW = 1 << 20
 STDIN_WINDOW = 256 * 1024
 """Bytes of stdin the host may send before the agent grants more."""
 
+LOG_MAX = 10 << 20
+"""Default size cap of a detached execution's log file (exec ``log_max``); when the next chunk
+would pass it the file is rotated to ``<log>.1`` (one old file kept): at most twice this on disk."""
+LOG_MIN = 2 * CHUNK
+"""Smallest ``log_max`` honoured (a smaller value is raised to this)."""
+
 SIGNAL_EXIT_BASE = 128
 """A process killed by signal N exits with status 128 + N (the shell convention)."""
 
@@ -105,8 +111,15 @@ def error_body(kind: str, message: str, errno: int | None = None) -> dict[str, A
     return {"ok": False, "error": error}
 
 
-def exec_failure_status(errno: int | None) -> int:
-    """Shell convention for a command that could not start: 127 not found, 126 not executable."""
+CWD_FAILURE = "working directory "
+"""How the message of a command whose working directory cannot be entered begins."""
+
+
+def exec_failure_status(errno: int | None, message: str = "") -> int:
+    """Shell convention for a command that could not start: 127 not found, 126 not executable
+    (also: its working directory cannot be entered, whatever the errno)."""
+    if message.startswith(CWD_FAILURE):
+        return 126
     return 127 if errno in (None, 0, 2, 20) else 126  # ENOENT, ENOTDIR
 
 

@@ -24,10 +24,7 @@ import os
 from collections.abc import Callable
 
 from ...agent import protocol as p
-
-TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
-if TYPE_CHECKING:
-    from typing import BinaryIO
+from ...agent.logfile import RotatingLog, log_limit
 
 KILL = json.dumps({"op": "kill"}).encode()
 _MAX_CHANNEL = 0xFFFFFFFF
@@ -78,7 +75,7 @@ class LogSink:
 
     __slots__ = ("asker", "channel", "file", "gid", "relay")
 
-    def __init__(self, relay: Relay, gid: int, asker: Client, channel: int, file: BinaryIO) -> None:
+    def __init__(self, relay: Relay, gid: int, asker: Client, channel: int, file: RotatingLog) -> None:
         self.relay, self.gid, self.asker, self.channel, self.file = relay, gid, asker, channel, file
 
     def deliver(self, kind: int, _channel: int, payload: bytes) -> None:
@@ -88,8 +85,10 @@ class LogSink:
             if not _ok(payload):
                 self.file.close()
         elif kind in (p.STDOUT, p.STDERR) and payload:
-            self.file.write(payload)
-            self.file.flush()
+            try:  # capped and rotated (LOG_MAX); a full host disk drops output, never blocks the box
+                self.file.write(payload)
+            except OSError:
+                pass
             self.relay.guest_write(p.encode_credit(self.gid, kind, len(payload)))
 
     def finish(self) -> None:
@@ -99,7 +98,7 @@ class LogSink:
 class Relay:
     """Owns the guest stream (``guest_write``); clients are attached and detached."""
 
-    def __init__(self, guest_write: Write, open_log: Callable[[str], BinaryIO] | None = None) -> None:
+    def __init__(self, guest_write: Write, open_log: Callable[[str, int], RotatingLog] | None = None) -> None:
         self.guest_write = guest_write
         self.open_log = open_log
         self.routes: dict[int, Route] = {}
@@ -159,9 +158,10 @@ class Relay:
         assert self.open_log is not None
         name = os.path.basename(str(body.pop("log", None) or "main.log")) or "main.log"
         body.pop("detach", None)
+        limit = log_limit(body.pop("log_max", None))
         body["stdin"] = False
         try:
-            file = self.open_log(name)
+            file = self.open_log(name, limit)
         except OSError as e:
             error = p.error_body("EngineError", f"cannot open the log {name}: {e.strerror or e}")
             client.deliver(p.RESPONSE, channel, json.dumps(error).encode())

@@ -23,15 +23,18 @@ import time
 from collections.abc import Callable
 
 from ...agent import protocol as p
+from ...agent.logfile import RotatingLog
 from .relay import Client, Relay
 
 TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any
 
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
 SHUTDOWN_TIMEOUT = 10.0  # then SIGTERM to QEMU (it quits), then after QUIT_TIMEOUT SIGKILL
 QUIT_TIMEOUT = 3.0
+CLIENT_BACKLOG = 64 << 20
+"""Bytes queued for a client that does not read; more means the guest ignores credit: drop the client."""
 BOOTSTRAP = (  # runs the module without importing the boxlite, engines and vm packages' __init__
     "import sys, types\n"
     "for name, sub in (('boxlite', ''), ('boxlite.engines', '/engines'), ('boxlite.engines.vm', '/engines/vm')):\n"
@@ -76,6 +79,7 @@ class RelayServer:
         self.pidfd = os.pidfd_open(qemu_pid) if qemu_pid else None
         self.status: int | None = None
         self.stopping = False
+        self.broken: str | None = None  # why the guest stream was closed on a protocol violation
         self.timers: list[tuple[float, Callable[[], None]]] = []
         self._wake_r, self.wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(guest, selectors.EVENT_READ, self._on_guest)
@@ -106,6 +110,9 @@ class RelayServer:
             data = data[n:]
             self.sel.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._handler(peer))
         peer.out += data
+        if peer is not self.guest and len(peer.out) > CLIENT_BACKLOG:
+            print("shim: a client fell more than CLIENT_BACKLOG behind: dropping it", file=sys.stderr, flush=True)
+            self._close(peer)
 
     def _flush(self, peer: _Peer) -> None:
         try:
@@ -131,11 +138,32 @@ class RelayServer:
             return
         data = self._read(self.guest)
         if data:
-            self.relay.feed_guest(data)
+            try:
+                self.relay.feed_guest(data)
+            except p.FrameError as e:
+                self._guest_broke(str(e))
         elif data is not None:  # EOF: QEMU is going away; its exit ends the loop
             self._close(self.guest)
             if self.pidfd is None:
                 self.status = 0
+
+    def _guest_broke(self, why: str) -> None:
+        """The guest sent something that is not a frame (e.g. longer than ``MAX_PAYLOAD``): a
+        broken or hostile agent. Its stream is closed, every waiting client gets an error answer
+        and is disconnected, new clients are refused and QEMU is stopped (the relay then exits)."""
+        self.broken = f"the guest agent broke the protocol ({why}); the box was stopped"
+        print(f"shim: {self.broken}", file=sys.stderr, flush=True)
+        self._close(self.guest)
+        error = json.dumps(p.error_body("EngineError", self.broken)).encode()
+        for peer, client in list(self.clients.values()):
+            for channel in list(client.channels):
+                client.deliver(p.RESPONSE, channel, error)
+            self._close(peer)
+        self.stopping = True
+        if self.pidfd is None:
+            self.status = 0  # tests: no QEMU to wait for
+        else:
+            self._signal_qemu(signal.SIGTERM, QUIT_TIMEOUT)
 
     def _read(self, peer: _Peer) -> bytes | None:
         """Bytes, b"" at EOF/error, None when nothing is there (spurious wakeup)."""
@@ -150,6 +178,9 @@ class RelayServer:
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, ConnectionAbortedError):
+            return
+        if self.broken is not None:
+            sock.close()
             return
         peer = _Peer(sock)
         client = Client(write=lambda data: self._write(peer, data))
@@ -264,11 +295,11 @@ class RelayServer:
         return self.status
 
 
-def log_opener(log_dir: str | None) -> Callable[[str], BinaryIO] | None:
-    """Where detached executions append their output (None: the guest keeps it)."""
+def log_opener(log_dir: str | None) -> Callable[[str, int], RotatingLog] | None:
+    """Where detached executions append their output, capped and rotated (None: the guest keeps it)."""
     if log_dir is None:
         return None
-    return lambda name: open(os.path.join(log_dir, name), "ab", buffering=0)
+    return lambda name, max_bytes: RotatingLog(os.path.join(log_dir, name), max_bytes)
 
 
 def exec_relay(pkg_dir: str, args: dict[str, Any], fds: list[int]) -> None:
