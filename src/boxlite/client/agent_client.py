@@ -1,4 +1,10 @@
-"""Host side of the agent protocol: one asyncio connection to a box's agent."""
+"""Host side of the agent protocol: one asyncio connection to a box's agent.
+
+The agent is not trusted (a box's root may replace it): it may send only as much output as it
+was granted credit for (so what is buffered here stays within the window), frames no larger
+than ``MAX_PAYLOAD``, and must answer within deadlines. Breaking either drops the connection
+with ``AgentProtocolError`` or raises ``AgentTimeoutError``; every call on the box then fails cleanly.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,13 @@ from .. import errors
 from ..agent import protocol as p
 from .streams import ChunkStream
 
+CONNECT_TIMEOUT = 10.0
+"""Seconds for the agent's socket to accept a connection."""
+REQUEST_TIMEOUT = 30.0
+"""Default seconds for the agent to answer a request (``hello``, ``stats``, ...)."""
+EXEC_TIMEOUT = 60.0
+"""Default seconds for the agent to answer an ``exec`` (the process has started or failed to)."""
+
 _ERRORS: dict[str, type[errors.BoxliteError]] = {
     "ExecError": errors.ExecError,
     "ConfigError": errors.ConfigError,
@@ -28,7 +41,7 @@ def _error_from(body: dict[str, Any], command: str = "") -> errors.BoxliteError:
     cls = _ERRORS.get(str(err.get("type")), errors.BoxliteError)
     message = str(err.get("message", "agent error"))
     if cls is errors.ExecError:
-        return errors.ExecError(command, p.exec_failure_status(err.get("errno")), message)
+        return errors.ExecError(command, p.exec_failure_status(err.get("errno"), message), message)
     return cls(message)
 
 
@@ -46,19 +59,29 @@ class OutputStream(ChunkStream):
 class ExecChannel:
     """One execution on the agent: streams in, stdin and control out, exit status at the end."""
 
-    def __init__(self, client: AgentClient, channel: int, command: str) -> None:
+    def __init__(self, client: AgentClient, channel: int, command: str, window: int = p.DEFAULT_OUTPUT_WINDOW) -> None:
         self.client, self.channel, self.command = client, channel, command
         self.pid = 0
         self.stdout = OutputStream(self, p.STDOUT)
         self.stderr = OutputStream(self, p.STDERR)
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._out_credit = {p.STDOUT: window, p.STDERR: window}  # what the agent may still send
         self._stdin_credit = p.STDIN_WINDOW
         self._stdin_ready = asyncio.Event()
         self._stdin_closed = False
 
     def _grant(self, kind: int, amount: int) -> None:
         if amount and not self.client.closed:
+            self._out_credit[kind] += amount
             self.client._send(p.encode_credit(self.channel, kind, amount))
+
+    def _on_output(self, kind: int, payload: bytes) -> None:
+        """Output from the agent, which must stay within the credit granted (else: violation)."""
+        if len(payload) > self._out_credit[kind]:
+            name = p.KIND_NAMES[kind]
+            raise _Violation(f"sent {len(payload)} bytes of {name} with {self._out_credit[kind]} bytes of credit")
+        self._out_credit[kind] -= len(payload)
+        (self.stdout if kind == p.STDOUT else self.stderr)._feed(payload)
 
     async def write_stdin(self, data: bytes) -> None:
         if self._stdin_closed:
@@ -119,6 +142,10 @@ def unix_address(path: Path) -> Iterator[str]:
         os.close(dir_fd)
 
 
+class _Violation(Exception):
+    """The agent broke the protocol (internal: becomes ``AgentProtocolError``)."""
+
+
 class AgentClient:
     """A connection to one agent; many executions multiplexed by channel."""
 
@@ -128,16 +155,21 @@ class AgentClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._execs: dict[int, ExecChannel] = {}
         self._closed = False
+        self._error: errors.BoxDiedError | None = None  # why the connection ended
         self.loop = asyncio.get_running_loop()
         self._task = self.loop.create_task(self._read_loop())
 
     @classmethod
-    async def connect(cls, path: Path, label: str = "box") -> AgentClient:
+    async def connect(cls, path: Path, label: str = "box", timeout: float = CONNECT_TIMEOUT) -> AgentClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             with unix_address(path) as target:
-                await asyncio.get_running_loop().sock_connect(sock, target)
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, target), timeout)
+        except asyncio.TimeoutError:
+            sock.close()
+            msg = f"the agent of {label} did not accept a connection within {timeout}s"
+            raise errors.AgentTimeoutError(msg) from None
         except OSError as e:
             sock.close()
             raise errors.BoxDiedError(f"cannot reach the agent of {label}: {e.strerror or e}") from None
@@ -154,48 +186,56 @@ class AgentClient:
         except RuntimeError:
             return False
 
+    def _died(self) -> errors.BoxDiedError:
+        return self._error or errors.BoxDiedError(f"the connection to {self.label} is closed")
+
     def _send(self, frame: bytes) -> None:
         if self._closed:
-            raise errors.BoxDiedError(f"the connection to {self.label} is closed")
+            raise self._died()
         self._writer.write(frame)
 
     async def _drain(self) -> None:
         try:
             await self._writer.drain()
         except ConnectionError as e:
-            raise errors.BoxDiedError(f"lost the connection to {self.label}: {e}") from None
+            raise self._error or errors.BoxDiedError(f"lost the connection to {self.label}: {e}") from None
 
-    async def request(self, op: str, timeout: float | None = 30.0, **body: Any) -> dict[str, Any]:
-        channel = next(self._ids)
+    async def _call(self, channel: int, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        """Send a REQUEST on ``channel`` and wait for its RESPONSE, all within ``timeout``."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[channel] = fut
-        try:
-            self._send(p.encode_json(p.REQUEST, channel, {"op": op, **body}))
+
+        async def exchange() -> dict[str, Any]:
+            self._send(p.encode_json(p.REQUEST, channel, body))
             await self._drain()
-            reply = await asyncio.wait_for(fut, timeout)
+            return await fut
+
+        try:
+            return await asyncio.wait_for(exchange(), timeout)
         except asyncio.TimeoutError:
-            raise errors.TimeoutError(f"{self.label}: agent did not answer {op!r} within {timeout}s") from None
+            raise errors.AgentTimeoutError(
+                f"{self.label}: agent did not answer {body.get('op')!r} within {timeout}s"
+            ) from None
         finally:
             self._pending.pop(channel, None)
+
+    async def request(self, op: str, timeout: float | None = REQUEST_TIMEOUT, **body: Any) -> dict[str, Any]:
+        reply = await self._call(next(self._ids), {"op": op, **body}, timeout)
         if not reply.get("ok"):
             raise _error_from(reply)
         return reply
 
-    async def exec(self, body: dict[str, Any], command: str) -> ExecChannel:
+    async def exec(self, body: dict[str, Any], command: str, timeout: float | None = EXEC_TIMEOUT) -> ExecChannel:
+        """Start an execution; ``timeout`` bounds the wait for the agent's answer (not the command)."""
         channel = next(self._ids)
-        ch = ExecChannel(self, channel, command)
+        window = body.get("window") or p.DEFAULT_OUTPUT_WINDOW
+        ch = ExecChannel(self, channel, command, int(window))
         self._execs[channel] = ch
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[channel] = fut
         try:
-            self._send(p.encode_json(p.REQUEST, channel, {"op": "exec", **body}))
-            await self._drain()
-            reply = await fut
+            reply = await self._call(channel, {"op": "exec", **body}, timeout)
         except BaseException:
             self._execs.pop(channel, None)
             raise
-        finally:
-            self._pending.pop(channel, None)
         if not reply.get("ok"):
             self._execs.pop(channel, None)
             raise _error_from(reply, command)
@@ -212,7 +252,10 @@ class AgentClient:
                 frames.feed(data)
                 for kind, channel, payload in frames:
                     self._dispatch(kind, channel, payload)
-        except (ConnectionError, p.FrameError, OSError):
+        except (p.FrameError, _Violation) as e:
+            self._error = errors.AgentProtocolError(f"the agent of {self.label} broke the protocol ({e}): disconnected")
+            self._writer.transport.abort()
+        except (ConnectionError, OSError):
             pass
         finally:
             self._on_close()
@@ -227,7 +270,7 @@ class AgentClient:
         if ch is None:
             return
         if kind in (p.STDOUT, p.STDERR):
-            (ch.stdout if kind == p.STDOUT else ch.stderr)._feed(payload)
+            ch._on_output(kind, payload)
             if ch.stdout.eof and ch.stderr.eof and ch.exit.done():
                 self._execs.pop(channel, None)
         elif kind == p.CREDIT:
@@ -243,7 +286,7 @@ class AgentClient:
 
     def _on_close(self) -> None:
         self._closed = True
-        died = errors.BoxDiedError(f"the agent of {self.label} went away")
+        died = self._error or errors.BoxDiedError(f"the agent of {self.label} went away")
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(died)
