@@ -1,4 +1,5 @@
 // Boxes: lifecycle, files, metrics, Symbol.asyncDispose, errors.
+import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -34,6 +35,12 @@ test("create, inspect, start, stop, remove", async () => {
   expect(await runtime.get(box.id)).toBeNull();
   await expect(runtime.remove(box.id)).rejects.toBeInstanceOf(NotFoundError);
   await expect(runtime.create({ rootfsPath, memoryMib: 1 })).rejects.toBeInstanceOf(ConfigError);
+});
+
+test("the tests' private server keeps its boxes in the throwaway home, not ~/.boxlite", async () => {
+  await using box = await new SimpleBox({ rootfsPath, runtime }).start();
+  expect(process.env.BOXLITE_HOME).toBe(inject("home"));
+  expect(existsSync(join(inject("home"), "boxes", box.id))).toBe(true);
 });
 
 test("copyIn and copyOut", async () => {
