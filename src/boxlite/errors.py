@@ -139,3 +139,11 @@ PortalError = RpcError
 
 class ImageNotFoundError(RegistryError, NotFoundError):
     """The registry (or local store) has no such image, tag or blob."""
+
+
+class ImageTooLargeError(ImageError, ResourceExhaustedError):
+    """An image goes past a configured limit (layer expansion, entry count, manifest or config size)."""
+
+
+class RegistryTimeoutError(RegistryError, TimeoutError):
+    """A registry transfer missed the pull deadline or stalled below the minimum speed."""
