@@ -21,6 +21,7 @@ from typing import Any
 
 from . import linux
 from . import protocol as p
+from .logfile import RotatingLog, log_limit
 from .spawn import Confinement, ExecSpec, Spawned, close_all, finish_parent, prepare_stdio, set_winsize, spawn
 from .spawner import SpawnerClient, start_spawner
 from .tario import BUILTINS
@@ -132,13 +133,48 @@ class Execution:
 
 
 class _Detached(Connection):
-    """Owner of detached executions (the box's main process): frames go nowhere."""
+    """Owner of detached executions (the box's main process): their output goes to a log file
+    capped and rotated by ``RotatingLog`` instead of a peer. Credit for what was written is
+    granted back between two rounds of the event loop (``settle``): a process printing without
+    end gets the agent in turns with everything else, and its log stays within the cap."""
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent, -1, -1)
+        self.logs: dict[int, RotatingLog] = {}
+        self.owed: list[tuple[int, int, int]] = []  # (channel, stream, bytes written)
+
+    def open_log(self, channel: int, path: str, max_bytes: object) -> None:
+        self.logs[channel] = RotatingLog(path, log_limit(max_bytes))
+
+    def close_log(self, channel: int) -> None:
+        log = self.logs.pop(channel, None)
+        if log is not None:
+            log.close()
 
     def send(self, frame: bytes) -> None:
-        pass
+        length, kind, channel = p.HEADER.unpack_from(frame)
+        log = self.logs.get(channel)
+        if log is None or kind not in OUTPUTS:
+            return
+        if length:
+            try:
+                log.write(memoryview(frame)[p.HEADER_SIZE :])
+            except OSError:  # a full disk drops output: the process is not blocked on it
+                pass
+            self.owed.append((channel, kind, length))
+            return
+        ex = self.execs.get(channel)
+        if ex is None or not ex.out_fds:  # end of its last output stream
+            self.close_log(channel)
+
+    def settle(self) -> None:
+        """Grant the credit for what was written to the logs (and so pump them once more)."""
+        owed, self.owed = self.owed, []
+        for channel, stream, amount in owed:
+            ex = self.execs.get(channel)
+            if ex is not None and stream in ex.credit:
+                ex.credit[stream] += amount
+                self.agent._pump(ex, stream)
 
 
 class Agent:
@@ -292,6 +328,7 @@ class Agent:
                     traceback.print_exc()
                     sys.stderr.flush()
             self._enforce_deadlines()
+            self.detached.settle()
 
     def drop(self, conn: Connection) -> None:
         """Forget a connection; its still-running executions are killed."""
@@ -370,6 +407,7 @@ class Agent:
             conn, channel = self.detached, DETACHED_CHANNELS
             while channel in conn.execs:
                 channel += 1
+            self.detached.open_log(channel, spec.log_path, body.get("log_max"))
         if channel in conn.execs:
             raise ValueError(f"channel {channel} is busy")
         builtin = None
@@ -377,7 +415,12 @@ class Agent:
             if spec.builtin not in BUILTINS:
                 raise ValueError(f"unknown builtin {spec.builtin!r}")
             builtin = BUILTINS[spec.builtin]
-        proc = self._spawn(spec, builtin)
+        try:
+            proc = self._spawn(spec, builtin)
+        except BaseException:
+            if conn is self.detached:
+                self.detached.close_log(channel)
+            raise
         window = int(body.get("window") or p.DEFAULT_OUTPUT_WINDOW)
         timeout = body.get("timeout")
         ex = Execution(conn, channel, proc, window, float(timeout) if timeout else None)
@@ -559,6 +602,8 @@ class Agent:
         ex.proc.master = None
 
     def _next_deadline(self) -> float | None:
+        if self.detached.owed:
+            return 0.0
         deadlines = [ex.deadline for ex in self.by_pid.values() if ex.deadline and not ex.timed_out]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 

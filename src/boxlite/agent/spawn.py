@@ -115,11 +115,11 @@ def prepare_stdio(spec: ExecSpec, root: str) -> tuple[tuple[int, ...], Ends, int
         master = open_pty(root, spec.rows, spec.cols)
         slave = int(fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
         return (slave,), (master, master, None), master
-    if spec.log_path:  # detached: no stdin, output appended to a log file
+    if spec.log_path:  # detached: no stdin; stdout and stderr share one pipe the agent copies to the log
         in_r, in_w = os.pipe()
         os.close(in_w)
-        log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        return (in_r, log, log), (None, None, None), None
+        out_r, out_w = os.pipe()
+        return (in_r, out_w, out_w), (None, out_r, None), None
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

@@ -1,9 +1,14 @@
-"""``logs``: output of a box's main process (``run -d``/``create`` CMD) or foreground ``run``."""
+"""``logs``: output of a box's main process (``run -d``/``create`` CMD) or foreground ``run``.
+
+The main process's log is capped and rotated (``main.log`` → ``main.log.1``): both are shown,
+and ``--follow`` reopens the log when it is rotated."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
+from typing import BinaryIO
 
 import click
 
@@ -43,16 +48,38 @@ async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system
             await asyncio.sleep(POLL)
         if not found.exists():
             return 0
-    with open(found, "rb") as f:
-        _write(_tail(f.read(), tail))
+    f = open(found, "rb")  # noqa: SIM115 (reopened on rotation; closed below)
+    try:
+        _write(_tail(_rotated(found) + f.read(), tail))
         while follow and box.info().state.running:
             chunk = f.read()
             if chunk:
                 _write(chunk)
+            elif _replaced(found, f):  # rotated: the open file (now <log>.1) is read to its end
+                f.close()
+                f = open(found, "rb")  # noqa: SIM115
             else:
                 await asyncio.sleep(POLL)
         _write(f.read())
+    finally:
+        f.close()
     return 0
+
+
+def _rotated(path: Path) -> bytes:
+    """What the log kept from before its last rotation (``<log>.1``, see agent/logfile.py)."""
+    try:
+        return path.with_name(path.name + ".1").read_bytes()
+    except OSError:
+        return b""
+
+
+def _replaced(path: Path, f: BinaryIO) -> bool:
+    """``path`` names another file than the open ``f`` (the log was rotated)."""
+    try:
+        return os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _tail(data: bytes, n: int | None) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import errors
 from ..agent import protocol as p
+from .limits import main_log_max
 from .streams import ChunkStream
 
 CONNECT_TIMEOUT = 10.0
@@ -228,6 +229,8 @@ class AgentClient:
     async def exec(self, body: dict[str, Any], command: str, timeout: float | None = EXEC_TIMEOUT) -> ExecChannel:
         """Start an execution; ``timeout`` bounds the wait for the agent's answer (not the command)."""
         channel = next(self._ids)
+        if body.get("detach") and "log_max" not in body:
+            body = {**body, "log_max": main_log_max()}  # its log's cap (the agent or VM relay rotates it)
         window = body.get("window") or p.DEFAULT_OUTPUT_WINDOW
         ch = ExecChannel(self, channel, command, int(window))
         self._execs[channel] = ch
