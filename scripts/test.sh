@@ -15,7 +15,9 @@ apt-get install -y -qq --no-install-recommends \
     >/dev/null
 
 echo "==> python packages"
-$PY -m pip install -q --disable-pip-version-check -e ".[cli,server,test]"
+$PY -m pip install -q --disable-pip-version-check -e ".[cli,server,test,dev]"
+# The Node tests start `python -m boxlite.server` themselves: same interpreter, by absolute path.
+PY_ABS=$($PY -c 'import sys; print(sys.executable)')
 
 echo "==> VM runtime artifact (cached by input hash; the kernel build runs once per config)"
 make runtime PYTHON="$PY"
@@ -32,11 +34,12 @@ $PY -m mypy || failed+=(mypy)
 bash .github/scripts/actionlint.sh || failed+=(actionlint)
 
 echo "==> tests"
+# Any non-zero pytest exit fails the run, 5 (no tests collected) included.
 BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider "$@" || failed+=(pytest)
 
 if [ -f sdks/node/package.json ]; then
     echo "==> node tests"
-    (cd sdks/node && npm test) || failed+=(node)
+    (cd sdks/node && BOXLITE_PYTHON="$PY_ABS" npm test) || failed+=(node)
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
