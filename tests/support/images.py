@@ -28,7 +28,7 @@ APPLETS = [
     "date", "sort", "uniq", "cut", "tr", "sed", "awk", "find", "xargs", "cp", "mv", "readlink",
     "realpath", "basename", "dirname", "du", "df", "free", "top", "test", "[", "expr", "which",
     "nproc", "sync", "tee", "gzip", "gunzip", "vi", "diff", "md5sum", "sha256sum", "mktemp", "ip",
-    "ifconfig", "nc", "wget", "timeout", "nice", "hexdump", "od", "usleep",
+    "ifconfig", "nc", "wget", "timeout", "nice", "hexdump", "od", "usleep", "httpd",
 ]
 
 PASSWD = (

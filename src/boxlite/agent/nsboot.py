@@ -17,9 +17,10 @@ import socket
 import sys
 from typing import Any
 
-from . import linux
+from . import linux, oom
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from .mountpoint import volume_target
+from .netns import allow_low_ports
 from .seccomp import build_filter
 from .server import Agent
 from .spawn import Confinement
@@ -44,6 +45,8 @@ def boot(config: dict[str, Any]) -> None:
         for procs in config.get("cgroup_procs", []):
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
+            if config.get("oom_fd") is None:  # the agent tells OOM kills from other SIGKILLs
+                config["oom_fd"] = oom.open_counter(os.path.dirname(procs))
         if config.get("volumes"):
             config["idmap_fd"] = _mapping_userns(int(config["uid_base"]), int(config.get("uid_count", 65536)))
         linux.unshare(
@@ -121,6 +124,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         sup = config["sup_dir"]
         _setup_mounts(config, sup)
         linux.set_loopback_up()
+        allow_low_ports()
         linux.sethostname(config["hostname"])
         os.chdir(sup)
         linux.pivot_root(".", ".")
@@ -145,6 +149,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         lifeline = config.get("lifeline_fd")
         confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last)
         agent = Agent(confinement, lifeline, log_dir="/run/boxlite")
+        agent.oom_counter = config.get("oom_fd")
         agent.listen(sock)
     except BaseException as e:
         _report(status, f"error {e}")

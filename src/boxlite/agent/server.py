@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from . import linux
+from . import linux, mainexit, oom
 from . import protocol as p
 from .logfile import RotatingLog, log_limit
 from .spawn import Confinement, ExecSpec, Spawned, close_all, finish_parent, prepare_stdio, set_winsize, spawn
@@ -29,6 +29,7 @@ from .tario import BUILTINS
 Handler = Callable[[], None]
 PR_SET_CHILD_SUBREAPER = 36
 DETACHED_CHANNELS = 0xFFFF0000  # channel numbers of detached executions (never on the wire)
+MAIN_EXIT_GRACE = 1.0  # seconds the box's other processes get (SIGTERM) once the main process ended
 OUTPUTS = (p.STDOUT, p.STDERR)
 
 
@@ -130,6 +131,9 @@ class Execution:
         self.timed_out = False
         self.started = time.monotonic()
         self.deadline = self.started + timeout if timeout else None
+        self.main = False  # the box's main process: its end (exit and end of output) ends the box
+        self.oom_kills: int | None = None  # the box's OOM-kill count when it started
+        self.report: dict[str, Any] | None = None  # the EXIT body, once sent
 
 
 class _Detached(Connection):
@@ -185,6 +189,8 @@ class Agent:
         self.log_dir = log_dir
         self.before_exit_report: Handler | None = None
         """Called before each EXIT frame is sent (the VM flushes the box disk there)."""
+        self.oom_counter: int | None = None
+        """fd of the box memory cgroup's OOM-kill counter (see ``oom.py``), if there is one."""
         self.detached = _Detached(self)
         self.sel = selectors.DefaultSelector()
         self.watches: dict[int, _Watch] = {}
@@ -424,6 +430,8 @@ class Agent:
         window = int(body.get("window") or p.DEFAULT_OUTPUT_WINDOW)
         timeout = body.get("timeout")
         ex = Execution(conn, channel, proc, window, float(timeout) if timeout else None)
+        ex.main = bool(body.get("main")) and conn is self.detached
+        ex.oom_kills = oom.read_kills(self.oom_counter)
         conn.execs[channel] = ex
         self.by_pid[proc.pid] = ex
         if proc.master is not None:
@@ -573,11 +581,17 @@ class Agent:
             "timed_out": ex.timed_out,
             "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
         }
+        if sig == signal.SIGKILL and not ex.timed_out and ex.oom_kills is not None:
+            kills = oom.read_kills(self.oom_counter)
+            body["oom_killed"] = kills is not None and kills > ex.oom_kills
         if self.before_exit_report is not None:
             self.before_exit_report()
         # Output the host has not made room for yet may follow the EXIT frame.
         ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
+        ex.report = body
         self._maybe_finish(ex)
+        if ex.main and not ex.out_fds:  # its output ended already (maybe in the pump above)
+            self._main_ended(body)
 
     def _maybe_finish(self, ex: Execution) -> None:
         """Forget an execution once it exited and its output streams are closed."""
@@ -585,6 +599,15 @@ class Agent:
             return
         if ex.conn.execs.pop(ex.channel, None) is not None:
             self._close_exec_fds(ex)
+            if ex.main and ex.report is not None:
+                self._main_ended(ex.report)
+
+    def _main_ended(self, report: dict[str, Any]) -> None:
+        """The box's main process exited and its output is logged: record how it ended in
+        ``<log_dir>/main.exit`` for the host, and end the box (as docker does)."""
+        if self.running and self.log_dir:  # once: shutdown() clears ``running``
+            mainexit.write(self.log_dir, report)
+            self.shutdown(MAIN_EXIT_GRACE)
 
     def _close_exec_fds(self, ex: Execution) -> None:
         fds = set(ex.out_fds.values())

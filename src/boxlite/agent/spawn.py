@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from . import linux, seccomp
+from .protocol import CWD_FAILURE
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIOCGPTPEER = 0x5441
@@ -270,7 +271,7 @@ def enter_cwd(cwd: str) -> None:
 
 
 def cwd_error(e: OSError, cwd: str) -> OSError:
-    return OSError(e.errno, f"working directory {cwd!r}: {e.strerror}")
+    return OSError(e.errno, f"{CWD_FAILURE}{cwd!r}: {e.strerror}")
 
 
 def exec_error(e: OSError, program: str) -> OSError:

@@ -22,14 +22,16 @@ import time
 import traceback
 from typing import Any
 
-from . import linux
+from . import linux, oom
 from .linux import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT
 from .mountpoint import volume_target
+from .netns import allow_low_ports
 
 BOX = "/box"
 LOWER = "/run/boxlite/lower"
 RW = "/run/boxlite/rw"
 LOGS = f"{RW}/logs"
+BOX_CGROUP = "/sys/fs/cgroup/box"
 AGENT_PORT = "boxlite.agent"
 WAITING = b"boxlite-vminit-waiting\n"
 BLKFLSBUF = 0x1261
@@ -372,6 +374,7 @@ def main() -> None:
                 raise RuntimeError("preparing the box root failed (see above)")
         if not settings["net"]:
             isolate_network()
+        allow_low_ports()  # in the box's network namespace (the guest's own when it has network)
         stage("mounted")
         os.makedirs(LOGS, exist_ok=True)  # detached executions' logs, on the box's own disk
         agent = agent_cls(confinement, None, LOGS)
@@ -379,6 +382,7 @@ def main() -> None:
         # survives even a SIGKILL of the VM (~1 ms per exec when little is dirty; mounting the
         # disk ``sync`` would cost ~25x on small writes).
         agent.before_exit_report = sync_box_disk
+        agent.oom_counter = oom.open_counter(BOX_CGROUP)
         agent.start_spawner()
         agent.attach_stream(fd, fd)
         stage("ready")

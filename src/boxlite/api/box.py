@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BoxliteError, NotFoundError
+from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..runtime.state import BoxRecord
 from .archive import extract_stream, host_archive
 from .execution import Execution
@@ -40,6 +40,12 @@ class Box:
     @property
     def name(self) -> str | None:
         return self._rec.name
+
+    @property
+    def memory_mib(self) -> int | None:
+        """The box's memory limit (None: the engine's default)."""
+        value = self._rec.options.get("memory_mib")
+        return int(value) if value else None
 
     def _record(self) -> BoxRecord:
         self._rec = self._runtime._core.record(self._rec.id)
@@ -110,6 +116,13 @@ class Box:
         core = self._runtime._core
         client = core.clients.get(self.id)
         if client is None or client.closed or self._rec.state != "running":
+            rec = self._record()
+            ended = core.main_exit(self.id) if rec.state in ("running", "exited") else None
+            if ended is not None:  # starting it would run its main process again: not as a side effect
+                raise InvalidStateError(
+                    f"box {self.id} has exited (its main process ended with status {ended.exit_code}); "
+                    "start it again explicitly (box.start(), 'boxlite start') to run it again"
+                )
             client = await core.start(self.id)
             self._rec = core.record(self.id)
         return client
@@ -235,7 +248,13 @@ def record_info(rec: BoxRecord) -> BoxInfo:
     return BoxInfo(
         id=rec.id,
         name=rec.name,
-        state=BoxStateInfo(status=rec.state, running=rec.state == "running", pid=rec.pid),
+        state=BoxStateInfo(
+            status=rec.state,
+            running=rec.state == "running",
+            pid=rec.pid,
+            exit_code=rec.exit_code if rec.state == "exited" else None,
+            finished_at=iso(rec.finished_at) if rec.state == "exited" else None,
+        ),
         created_at=iso(rec.created_at) or "",
         started_at=iso(rec.started_at),
         image=rec.image,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from ..errors import BoxDiedError, InvalidStateError
-from .results import ExecStatus
+from .results import ExecStatus, oom_message
 
 
 class OutputSource(Protocol):
@@ -162,6 +162,8 @@ class Execution:
             message = None
             if body.get("timed_out"):
                 message = "timed out"
+            elif body.get("oom_killed"):
+                message = str(body.get("error_message") or oom_message(getattr(self._box, "memory_mib", None)))
             elif sig:
                 message = f"killed by signal {sig} ({_signame(int(sig))})"
             self._result = ExecStatus(
@@ -170,6 +172,7 @@ class Execution:
                 timed_out=bool(body.get("timed_out")),
                 error_message=message,
                 duration_ms=body.get("duration_ms"),
+                oom_killed=bool(body.get("oom_killed")),
             )
             self._box._count_exec(error=self._result.exit_code != 0)
         return self._result

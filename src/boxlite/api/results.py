@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-STATES = ("unknown", "configured", "running", "stopping", "stopped", "paused", "failed")
+STATES = ("unknown", "configured", "running", "stopping", "stopped", "exited", "paused", "failed")
+"""``exited``: stopped because its main process (``entrypoint``/``cmd``) ended; see ``exit_code``."""
 
 
 @dataclass
@@ -34,6 +35,8 @@ class ExecStatus:
     timed_out: bool = False
     error_message: str | None = None
     duration_ms: float | None = None
+    oom_killed: bool = False
+    """Killed by the kernel because the box ran out of memory (``exit_code`` 137)."""
 
 
 @dataclass
@@ -41,9 +44,12 @@ class BoxStateInfo:
     status: str
     running: bool
     pid: int | None = None
+    exit_code: int | None = None
+    """The main process's status when ``status`` is "exited" (128+N for signal N), else None."""
+    finished_at: str | None = None
 
     def __str__(self) -> str:
-        return self.status
+        return self.status if self.exit_code is None else f"{self.status} ({self.exit_code})"
 
 
 @dataclass
@@ -106,6 +112,11 @@ class RuntimeMetrics:
     num_running_boxes: int = 0
     total_commands_executed: int = 0
     total_exec_errors: int = 0
+
+
+def oom_message(limit_mib: int | None) -> str:
+    """What a command killed for the box's lack of memory reports."""
+    return f"killed: out of memory (limit {limit_mib} MiB)" if limit_mib else "killed: out of memory"
 
 
 def iso(ts: float | None) -> str | None:

@@ -6,7 +6,7 @@ import asyncio
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BoxliteError, ConfigError, InvalidStateError, TimeoutError, UnsupportedOptionError
+from ..errors import BoxliteError, InvalidStateError, TimeoutError, UnsupportedOptionError
 from .box import Box
 from .options import BoxOptions, CopyOptions
 from .results import BoxInfo, BoxMetrics, ExecResult
@@ -20,7 +20,8 @@ NOT_STARTED = "Box not started. Use 'async with SimpleBox(...) as box:' or call 
 
 class SimpleBox:
     """A box that exists for one ``async with`` block: created and started on entry,
-    stopped (and removed, with ``auto_remove``) on exit."""
+    stopped (and removed, with ``auto_remove``) on exit. Without ``image``/``rootfs_path`` it
+    uses the default image (busybox + python3 from Debian packages, no registry needed)."""
 
     def __init__(
         self,
@@ -34,8 +35,7 @@ class SimpleBox:
         reuse_existing: bool = False,
         **box_options: Any,
     ) -> None:
-        if image is None and rootfs_path is None:
-            raise ConfigError("SimpleBox needs image= or rootfs_path=")
+        # Neither image nor rootfs_path: the runtime's default image (offline, with python3).
         self._options = BoxOptions(
             image=image,
             rootfs_path=rootfs_path,
@@ -113,9 +113,7 @@ class SimpleBox:
         """Run a command to completion; never raises for a non-zero exit.
 
         Raises ``boxlite.TimeoutError`` if ``timeout`` seconds pass (the process is killed)."""
-        execution = await self.box.exec(
-            cmd, list(args), env=env, user=user, timeout_secs=timeout, cwd=cwd, stdin=False
-        )
+        execution = await self.box.exec(cmd, list(args), env=env, user=user, timeout_secs=timeout, cwd=cwd, stdin=False)
         out, err = execution.stdout(), execution.stderr()
         stdout, stderr = await asyncio.gather(out.read(), err.read())
         status = await execution.wait()
@@ -137,9 +135,9 @@ class SimpleBox:
 
 
 class CodeBox(SimpleBox):
-    """A box for running Python code (the image must provide ``python3``)."""
+    """A box for running Python code (the image must provide ``python3``; the default image does)."""
 
-    def __init__(self, image: str = "python:slim", memory_mib: int | None = None, cpus: float | None = None,
+    def __init__(self, image: str | None = None, memory_mib: int | None = None, cpus: float | None = None,
                  runtime: Boxlite | None = None, python: str = "python3", **kwargs: Any) -> None:  # fmt: skip
         super().__init__(image=image if "rootfs_path" not in kwargs else None, memory_mib=memory_mib, cpus=cpus,
                          runtime=runtime, **kwargs)  # fmt: skip

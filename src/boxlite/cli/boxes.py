@@ -103,7 +103,7 @@ async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool)
         print_json([_box_json(i.to_dict()) for i in infos])
     else:
         rows = [
-            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), i.status,
+            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), str(i.state),
              ago(i.created_at))
             for i in infos
         ]  # fmt: skip

@@ -44,7 +44,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
     """(one-line message, exit code) for an exception raised by the SDK."""
     if isinstance(exc, ExecError):
         detail = exc.stderr.strip() or str(exc)
-        code = EXIT_NOT_FOUND if "not found" in detail or "No such file" in detail else EXIT_CANNOT_EXEC
+        code = exc.exit_code if exc.exit_code in (EXIT_CANNOT_EXEC, EXIT_NOT_FOUND) else EXIT_CANNOT_EXEC
         return detail, code
     if isinstance(exc, BoxliteError):
         return str(exc) or type(exc).__name__, EXIT_RUNTIME

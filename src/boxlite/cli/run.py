@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import stat
+import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import click
@@ -15,11 +19,15 @@ from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
 from . import compat
 from .attach import Attachment, stdin_is_tty, terminal_size
-from .common import box_dir, console_log, env_pairs, find_box, parse_memory, with_runtime
-from .errors import EXIT_RUNTIME, fail
+from .common import box_dir, console_log, env_pairs, find_box, main_log, parse_memory, with_runtime
+from .errors import EXIT_RUNTIME, fail, print_error
 from .images import ensure_image
 
 COMMAND_SETTINGS = {"allow_interspersed_args": False, "ignore_unknown_options": False}
+WATCH_MAIN = 0.5
+"""Seconds ``run -d`` watches the main process, so that one failing at once is reported."""
+STOP_WAIT = 30.0
+"""Seconds ``run -d`` then waits for such a box to have stopped."""
 
 
 def exec_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -135,6 +143,8 @@ async def exec_attached(
     status = await Attachment(execution, tty=tty, stdin=interactive, log=log).run()
     if status.exit_code < 0:
         raise fail(status.error_message or "the box died while the command was running")
+    if status.oom_killed and status.error_message:
+        print_error(status.error_message)
     return status.exit_code
 
 
@@ -167,7 +177,14 @@ async def run(
         await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
         box = await _create(rt, opts, name)
         await start_detached(box)
+        code = await _watch_main(rt, box)
         click.echo(box.id)
+        if code:
+            tail = _last_line(main_log(box_dir(rt, box.id)))
+            if remove:
+                with contextlib.suppress(BoxliteError):
+                    await rt.remove(box.id, force=True)
+            raise fail(f"the main process exited at once with status {code}" + (f": {tail}" if tail else ""), code)
         return 0
     box = await _create(rt, opts, name)
     try:
@@ -196,6 +213,41 @@ async def _set_main(
             await ensure_image(rt, image)
             opts.cmd = await compat.image_command(rt, image) or None
         opts.entrypoint = [] if opts.cmd else None
+
+
+async def _watch_main(rt: Boxlite, box: Box) -> int | None:
+    """The main process's status if it ended within WATCH_MAIN seconds (after the box stopped),
+    else None (still running, or no main process)."""
+    core = rt._core
+    deadline = time.monotonic() + WATCH_MAIN
+    while core.main_exit(box.id) is None:
+        if time.monotonic() >= deadline or not box.info().state.running:
+            return None
+        await asyncio.sleep(0.02)
+    deadline = time.monotonic() + STOP_WAIT
+    while box.info().state.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    ended = core.main_exit(box.id)
+    return None if ended is None else ended.exit_code
+
+
+def _last_line(path: Path, limit: int = 4096) -> str:
+    """The last non-empty line of a log the box wrote (a regular file only; its tail only)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        data = os.pread(fd, limit, max(0, st.st_size - limit))
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    lines = [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
 
 
 async def start_detached(box: Box) -> None:

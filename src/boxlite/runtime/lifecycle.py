@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from ..agent import mainexit
 from ..client.agent_client import AgentClient
 from ..engines.base import BoxSpec, Engine, RootLayers, RunningBox, process_start_time
 from ..errors import (
@@ -19,6 +20,7 @@ from ..errors import (
     BoxDiedError,
     ConfigError,
     EngineError,
+    ExecError,
     InvalidStateError,
     NotFoundError,
     StoppedError,
@@ -96,31 +98,39 @@ class BoxRuntime:
         return self.refresh(rec, locked)
 
     def refresh(self, rec: BoxRecord, locked: bool = False) -> BoxRecord:
-        """Correct a 'running' record whose supervisor is gone (crash, kill, host reboot) and
-        release the box's host resources (cgroups...). ``locked``: the caller holds the box lock.
+        """Correct a 'running' record whose supervisor is gone (its main process ended, a
+        crash, a kill, a host reboot) and release the box's host resources (cgroups...).
+        ``locked``: the caller holds the box lock.
 
         Without the lock the record is corrected only if the lock is free; otherwise whoever
         holds it (maybe starting the box again) writes the state, and ``rec`` is only reported
-        stopped: cleaning up then could kill the box being started."""
+        ended: cleaning up then could kill the box being started."""
         if rec.state not in ("running", "stopping") or self._alive(rec):
             return rec
         if locked:
-            self._mark_stopped(rec)
+            self._mark_ended(rec)
             return rec
         with try_box_lock(self.home.box_dir(rec.id) / "lock") as taken:
             fresh = self.db.get(rec.id) if taken else None
             if fresh is not None and fresh.state in ("running", "stopping") and not self._alive(fresh):
-                self._mark_stopped(fresh)
+                self._mark_ended(fresh)
             if fresh is not None:
                 rec.__dict__.update(fresh.__dict__)
                 return rec
-        rec.state = "stopped"
-        rec.pid = rec.pid_start = None
+        self._set_ended(rec, rec.state == "running")
         return rec
 
-    def _mark_stopped(self, rec: BoxRecord) -> None:
-        rec.state = "stopped"
+    def _set_ended(self, rec: BoxRecord, main_may_have_ended: bool) -> None:
+        """``rec`` is no longer running: "exited" (with the status) if its main process ended
+        by itself (the box's supervisor recorded it in ``run/main.exit``), else "stopped"."""
+        ended = mainexit.read(str(self.home.box_dir(rec.id) / "run")) if main_may_have_ended else None
+        rec.state = "stopped" if ended is None else "exited"
+        if ended is not None:
+            rec.exit_code, rec.finished_at, rec.oom_killed = ended.exit_code, ended.finished_at, ended.oom_killed
         rec.pid = rec.pid_start = None
+
+    def _mark_ended(self, rec: BoxRecord) -> None:
+        self._set_ended(rec, rec.state == "running")
         self.db.update(rec)
         with contextlib.suppress(Exception):
             select_engine(rec.engine).cleanup(self.spec(rec))
@@ -143,7 +153,9 @@ class BoxRuntime:
             before = rec.state
             self.refresh(rec)  # marks it stopped and cleans up, unless another process holds it
             fresh = self.db.get(rec.id)
-            transitioned = before in ("running", "stopping") and fresh is not None and fresh.state == "stopped"
+            transitioned = (
+                before in ("running", "stopping") and fresh is not None and fresh.state in ("stopped", "exited")
+            )
             if transitioned and rec.auto_remove and not owner_alive:
                 self._delete(rec)
 
@@ -167,9 +179,7 @@ class BoxRuntime:
         rootfs_path = options.rootfs_path
         if options.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
-        prepared = await self.images.resolve(
-            image=None if rootfs_path else options.image, rootfs_path=rootfs_path
-        )
+        prepared = await self.images.resolve(image=None if rootfs_path else options.image, rootfs_path=rootfs_path)
         cfg = prepared.config
         rec = BoxRecord(
             id=new_box_id(),
@@ -238,32 +248,62 @@ class BoxRuntime:
         async with box_lock(self.home.box_dir(box_id) / "lock"):
             rec = self.record(box_id, locked=True)
             if rec.state == "running":
-                return await self.client(rec)
-            engine = select_engine(rec.engine)
-            spec = self.spec(rec)
-            for layer in spec.root.layers:
-                if not layer.is_dir():
-                    raise EngineError(f"layer {layer} of box {rec.id} is missing (image removed?)")
-            t0 = time.monotonic()
+                if mainexit.read(str(self.home.box_dir(rec.id) / "run")) is None:
+                    return await self.client(rec)
+                await self._stop_running(rec, DEFAULT_STOP_TIMEOUT)  # its main process ended: start anew
             try:
-                running = await engine.start(spec)
+                await self._start_engine(rec)
             except BaseException:
                 self.db.bump("boxes_failed_total")
+                if rec.auto_remove:  # nothing of a box that never ran is worth keeping
+                    self._delete(rec)
                 raise
-            rec.state = "running"
-            rec.pid, rec.pid_start = running.pid, running.pid_start
-            rec.started_at = now()
-            rec.owner_pid, rec.owner_start = self._pid, self._pid_start
-            rec.boot_ms = (time.monotonic() - t0) * 1000
-            self.db.update(rec)
-            if not rec.detach:
-                self.owned.add(rec.id)
             client = await self.client(rec)
             main = self.main_command(rec)
             if main:
-                body = self.exec_body(rec, main, detach=True, log="main.log")
-                await client.exec(body, " ".join(main))
+                body = self.exec_body(rec, main, detach=True, log="main.log", main=True)
+                try:
+                    await client.exec(body, " ".join(main))
+                except ExecError as e:  # it cannot even start: the box ends with it
+                    await self._main_failed(rec, e.exit_code)
+                    raise
             return client
+
+    async def _start_engine(self, rec: BoxRecord) -> RunningBox:
+        """Boot the box's supervisor; the record becomes "running"."""
+        engine = select_engine(rec.engine)
+        spec = self.spec(rec)
+        for layer in spec.root.layers:
+            if not layer.is_dir():
+                raise EngineError(f"layer {layer} of box {rec.id} is missing (image removed?)")
+        mainexit.clear(str(spec.run_dir))
+        await self._drop_client(rec.id)  # a connection to the previous supervisor may linger
+        t0 = time.monotonic()
+        running = await engine.start(spec)
+        rec.state = "running"
+        rec.pid, rec.pid_start = running.pid, running.pid_start
+        rec.started_at = now()
+        rec.exit_code = rec.finished_at = None
+        rec.oom_killed = False
+        rec.owner_pid, rec.owner_start = self._pid, self._pid_start
+        rec.boot_ms = (time.monotonic() - t0) * 1000
+        self.db.update(rec)
+        if not rec.detach:
+            self.owned.add(rec.id)
+        return running
+
+    async def _main_failed(self, rec: BoxRecord, status: int) -> None:
+        """The main process could not start (``status`` 126/127): stop the box, which is then
+        "exited" with that status (removed with ``auto_remove``)."""
+        await self._stop_running(rec, 0.0)
+        rec.state, rec.exit_code, rec.finished_at = "exited", status, now()
+        self.db.update(rec)
+        if rec.auto_remove:
+            self._delete(rec)
+
+    def main_exit(self, box_id: str) -> mainexit.MainExit | None:
+        """How the box's main process ended, once it did (the box then stops by itself)."""
+        return mainexit.read(str(self.home.box_dir(box_id) / "run"))
 
     @staticmethod
     def main_command(rec: BoxRecord) -> list[str]:
@@ -341,8 +381,7 @@ class BoxRuntime:
         await engine.kill(spec, running)
         engine.cleanup(spec)
         await self._drop_client(rec.id)
-        rec.state = "stopped"
-        rec.pid = rec.pid_start = None
+        self._set_ended(rec, True)  # "exited" if the main process had ended by itself before
         self.db.update(rec)
         self.owned.discard(rec.id)
 
@@ -374,9 +413,7 @@ class BoxRuntime:
         """Stop every non-detached box this runtime started, then refuse new work."""
         if self.closed:
             return
-        await asyncio.gather(
-            *(self.stop(box_id, timeout) for box_id in list(self.owned)), return_exceptions=True
-        )
+        await asyncio.gather(*(self.stop(box_id, timeout) for box_id in list(self.owned)), return_exceptions=True)
         for box_id in list(self.clients):
             await self._drop_client(box_id)
         self.closed = True

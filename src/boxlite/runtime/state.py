@@ -52,6 +52,10 @@ class BoxRecord:
     detach: bool = False
     auto_remove: bool = True
     boot_ms: float | None = None
+    exit_code: int | None = None
+    """State "exited": the status of the main process (128+N for signal N)."""
+    finished_at: float | None = None
+    oom_killed: bool = False
     commands_executed: int = 0
     exec_errors: int = 0
 

@@ -3,7 +3,8 @@
 ``/dev/kvm`` existing proves little (e.g. ``kvm-pvm`` hosts expose it but cannot run our
 guest), so the verdict comes from a real boot with ``boxlite.probe=1`` (vminit prints a marker
 and powers off at once). It is cached per (kernel, QEMU, host kernel) under the home.
-``BOXLITE_VM_ACCEL=kvm|tcg`` forces the choice.
+``BOXLITE_VM_ACCEL=kvm|tcg`` forces the choice. Falling back to TCG is said once per home, in
+plain words, on stderr (``tcg-notice`` marks that it was); the probe's details stay in the cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,7 +26,9 @@ from .qemu import VmConfig, qemu_argv, qemu_binary
 log = logging.getLogger("boxlite.vm")
 PROBE_MARKER = b"boxlite-probe-ok"
 PROBE_TIMEOUT = 4.0
-_announced = False
+TCG_SLOWDOWN = 10
+"""Guest code runs ~7-10x slower under TCG than under KVM (docs/vm.md)."""
+NOTICE_MARKER = "tcg-notice"
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,46 @@ def _probe(artifact: RuntimeArtifact) -> Accel:
             proc.wait()
 
 
+def _kvm_device_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def short_reason(reason: str) -> str:
+    """The probe's verdict in a few plain words (its raw text may be a QEMU assertion)."""
+    if reason.startswith("/dev/kvm"):
+        return "no usable /dev/kvm"
+    if "could not start QEMU" in reason:
+        return "QEMU could not start with KVM"
+    if "no sign of life" in reason:
+        return "a test boot of the guest kernel under KVM hung"
+    if "boot failed" in reason:
+        return "a test boot of the guest kernel under KVM crashed"
+    return reason.split(":")[0][:80]
+
+
+def _notice_once(cache_dir: Path, result: Accel) -> None:
+    """Say once per home (the first process to create the marker) that VM boxes are emulated."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(cache_dir / NOTICE_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+    except OSError:  # shown already (or the home is read-only: better silent than every time)
+        return
+    print(
+        f"boxlite: KVM cannot run guests on this host ({short_reason(result.reason)}); "
+        f"VM boxes use software emulation, ~{TCG_SLOWDOWN}\u00d7 slower",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def choose(artifact: RuntimeArtifact, cache_dir: Path, announce: bool = True) -> Accel:
-    """KVM if usable (cached probe verdict), else TCG; logs the choice once per process
-    (``announce=False``: only asking, e.g. for engine="auto", which then may not use the VM)."""
+    """KVM if usable (cached probe verdict), else TCG, which is announced once per home
+    (``cache_dir`` is under it). ``announce=False``: only asking, e.g. for engine="auto", which
+    then may not use the VM."""
     forced = os.environ.get("BOXLITE_VM_ACCEL")
     if forced in ("kvm", "tcg"):
         result = Accel(forced, "forced by BOXLITE_VM_ACCEL")
-    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    elif not _kvm_device_usable():
         result = Accel("tcg", "/dev/kvm is not available")
     else:
         key = hashlib.sha256(
@@ -98,11 +135,8 @@ def choose(artifact: RuntimeArtifact, cache_dir: Path, announce: bool = True) ->
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"name": result.name, "reason": result.reason}))
             tmp.rename(path)
-    global _announced
-    if announce and not _announced:
-        _announced = True
-        if result.name == "tcg":
-            log.warning("VM engine: using TCG software emulation (%s); boxes boot and run slower", result.reason)
-        else:
-            log.info("VM engine: using KVM (%s)", result.reason)
+    if announce:
+        log.debug("VM engine: using %s (%s)", result.name.upper(), result.reason)
+        if result.name == "tcg" and not forced:
+            _notice_once(cache_dir, result)
     return result

@@ -9,7 +9,8 @@ killed with a CONTROL ``kill`` frame, as the agent does for a dropped connection
 *Detached* executions (the box's main process: ``exec`` with ``detach``) are the relay's own:
 their output is appended to a log file on the host (``open_log``), where ``boxlite logs``
 reads it as for a namespace box, credit is granted as it is written, and the client that
-asked gets only the RESPONSE (its disconnecting does not kill the process).
+asked gets only the RESPONSE (its disconnecting does not kill the process). The end of the
+one marked ``main`` (the box's main process) goes to ``on_main_exit``: the box ends with it.
 
 The caller moves the bytes (``relayd.py``: a ``selectors`` loop): it feeds what the guest
 sends to :meth:`Relay.feed_guest` and each client's frames to :meth:`Relay.send`; the relay
@@ -73,10 +74,12 @@ class Route:
 class LogSink:
     """The owner of a detached execution: output to a host file, the RESPONSE to the asker."""
 
-    __slots__ = ("asker", "channel", "file", "gid", "relay")
+    __slots__ = ("asker", "channel", "exit", "file", "gid", "main", "relay")
 
     def __init__(self, relay: Relay, gid: int, asker: Client, channel: int, file: RotatingLog) -> None:
         self.relay, self.gid, self.asker, self.channel, self.file = relay, gid, asker, channel, file
+        self.main = False  # the box's main process: its end is reported to ``Relay.on_main_exit``
+        self.exit: bytes | None = None  # its EXIT body, once seen
 
     def deliver(self, kind: int, _channel: int, payload: bytes) -> None:
         if kind == p.RESPONSE:
@@ -91,16 +94,27 @@ class LogSink:
                 pass
             self.relay.guest_write(p.encode_credit(self.gid, kind, len(payload)))
 
+        elif kind == p.EXIT:
+            self.exit = payload
+
     def finish(self) -> None:
         self.file.close()
+        if self.main and self.exit is not None and self.relay.on_main_exit is not None:
+            self.relay.on_main_exit(self.exit)  # after its last output reached the log
 
 
 class Relay:
     """Owns the guest stream (``guest_write``); clients are attached and detached."""
 
-    def __init__(self, guest_write: Write, open_log: Callable[[str, int], RotatingLog] | None = None) -> None:
+    def __init__(
+        self,
+        guest_write: Write,
+        open_log: Callable[[str, int], RotatingLog] | None = None,
+        on_main_exit: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.guest_write = guest_write
         self.open_log = open_log
+        self.on_main_exit = on_main_exit
         self.routes: dict[int, Route] = {}
         self.clients: set[Client] = set()
         self._frames = p.FrameReader()
@@ -158,6 +172,7 @@ class Relay:
         assert self.open_log is not None
         name = os.path.basename(str(body.pop("log", None) or "main.log")) or "main.log"
         body.pop("detach", None)
+        main = bool(body.pop("main", False))
         limit = log_limit(body.pop("log_max", None))
         body["stdin"] = False
         try:
@@ -167,7 +182,9 @@ class Relay:
             client.deliver(p.RESPONSE, channel, json.dumps(error).encode())
             return
         gid = self._allocate()
-        self.routes[gid] = Route(LogSink(self, gid, client, channel, file), channel, True)
+        sink = LogSink(self, gid, client, channel, file)
+        sink.main = main
+        self.routes[gid] = Route(sink, channel, True)
         payload = json.dumps(body).encode()
         self.guest_write(p.HEADER.pack(len(payload), p.REQUEST, gid) + payload)
 

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from ...agent import mainexit
 from ...agent import protocol as p
 from ...agent.logfile import RotatingLog
 from .relay import Client, Relay
@@ -73,7 +74,12 @@ class RelayServer:
         self.guest = _Peer(guest)
         self.listener = listener
         listener.setblocking(False)
-        self.relay = Relay(lambda data: self._write(self.guest, data), open_log=log_opener(log_dir))
+        self.log_dir = log_dir
+        self.relay = Relay(
+            lambda data: self._write(self.guest, data),
+            open_log=log_opener(log_dir),
+            on_main_exit=self._main_exited if log_dir else None,
+        )
         self.clients: dict[int, tuple[_Peer, Client]] = {}
         self.qemu_pid = qemu_pid
         self.pidfd = os.pidfd_open(qemu_pid) if qemu_pid else None
@@ -244,6 +250,19 @@ class RelayServer:
         except ChildProcessError:
             self.status = 0
         self.sel.unregister(self.pidfd)
+
+    def _main_exited(self, exit_body: bytes) -> None:
+        """The box's main process ended: record how (``mainexit``) and stop the VM."""
+        try:
+            body = json.loads(exit_body)
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and self.log_dir:
+            try:
+                mainexit.write(self.log_dir, body)
+            except OSError as e:
+                print(f"shim: cannot record the main process's exit: {e}", file=sys.stderr, flush=True)
+        self.request_stop("the main process exited")
 
     # --- stopping -----------------------------------------------------------------------
     def request_stop(self, why: str) -> None:
