@@ -125,6 +125,10 @@ class ResourceExhaustedError(BoxliteError):
     """A resource limit of the host or the box was hit."""
 
 
+class RequestTooLargeError(ResourceExhaustedError):
+    """A request body is larger than the server accepts (HTTP 413)."""
+
+
 class InternalError(BoxliteError):
     """A bug in BoxLite: please report it."""
 

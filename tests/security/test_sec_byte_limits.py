@@ -4,12 +4,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import json
+import select
+import socket
+import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import boxlite
+from boxlite import errors
+from boxlite.agent import protocol as p
+from boxlite.client.agent_client import AgentClient
+from boxlite.engines.vm.relayd import RelayServer
+from boxlite.server.limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
+from rest.serverproc import Server, start_server, stop_server, wait_ready
 from support.cli import Cli
 
 LOG_CAP = 256 * 1024
@@ -44,3 +58,257 @@ async def test_main_process_printing_fast_stays_within_the_log_cap(
     assert out.stdout.encode() == expected
     assert set(expected.splitlines()[1:-1]) == {line.encode()}  # whole lines, from both files
     await runtime.remove(box.id, force=True)
+
+
+# --- REST: request bodies, stored options, WebSocket stdin credit ----------------------------
+
+
+@pytest.fixture(scope="module")
+def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``boxlite serve`` on a unix socket."""
+    home = tmp_path_factory.mktemp("srv") / "home"
+    proc = start_server(home)
+    url = f"unix://{home / 'boxlite.sock'}"
+    try:
+        wait_ready(proc, url)
+        yield Server(url, None, home, proc)
+    finally:
+        stop_server(proc)
+
+
+def _uds(server: Server) -> str:
+    return server.url[len("unix://") :]
+
+
+def _http(server: Server) -> httpx.Client:
+    return httpx.Client(transport=httpx.HTTPTransport(uds=_uds(server)), base_url="http://boxlite", timeout=30)
+
+
+def _raw_post(server: Server, headers: bytes, chunks: Iterator[bytes]) -> tuple[int, dict[str, object], int]:
+    """POST /v1/boxes on a raw socket, sending ``chunks`` until the server answers or hangs up:
+    (status, JSON body, bytes of body sent before the answer)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(_uds(server))
+    sock.sendall(b"POST /v1/boxes HTTP/1.1\r\nHost: boxlite\r\nContent-Type: application/json\r\n" + headers + b"\r\n")
+    sent = 0
+    with sock:
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer came while the body was still being sent
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body[: _length(answer)]), sent
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 1 << 30
+
+
+def _no_boxes(server: Server) -> bool:
+    with _http(server) as client:
+        return client.get("/v1/boxes").json() == []
+
+
+def test_rest_body_declared_too_large_is_refused_unread(rest: Server) -> None:
+    status, body, _ = _raw_post(rest, b"Content-Length: 209715200\r\n", iter([]))
+    assert status == 413 and body["error"]["type"] == "RequestTooLargeError"  # type: ignore[index]
+    assert _no_boxes(rest)
+
+
+def test_rest_streamed_body_over_the_limit_gets_413_before_it_is_read(rest: Server) -> None:
+    """200 MiB sent chunked (no length announced): the server answers 413 once the limit is
+    passed, without reading (or storing) the rest."""
+    piece = b"x" * 65536
+    chunks = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range((200 << 20) // len(piece)))
+    status, body, sent = _raw_post(rest, b"Transfer-Encoding: chunked\r\n", chunks)
+    assert status == 413 and body["error"]["type"] == "RequestTooLargeError"  # type: ignore[index]
+    assert sent < MAX_BODY + (16 << 20)  # answered long before the 200 MiB were through
+    assert _no_boxes(rest)
+
+
+def test_rest_options_too_large_to_store_are_refused(rest: Server, busybox_rootfs: Path) -> None:
+    """Under the body limit but over what a box record may hold: a typed 400, nothing stored."""
+    options = {"rootfs_path": str(busybox_rootfs), "env": {f"V{i}": "x" * 1000 for i in range(700)}}
+    with _http(rest) as client:
+        resp = client.post("/v1/boxes", json={"options": options})
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "ConfigError"
+    assert "more than" in resp.json()["error"]["message"]
+    assert _no_boxes(rest)
+
+
+def test_rest_archive_upload_has_its_own_larger_limit() -> None:
+    limits = BodyLimitMiddleware(lambda *_: None)  # type: ignore[arg-type, return-value]
+    assert limits.limit({"method": "PUT", "path": "/v1/boxes/b1/archive"}) == MAX_UPLOAD > MAX_BODY
+    assert limits.limit({"method": "POST", "path": "/v1/boxes"}) == MAX_BODY
+    assert limits.limit({"method": "POST", "path": "/v1/boxes/b1/archive/x"}) == MAX_BODY
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_ws_stdin_flood_ignoring_credit_is_disconnected(rest: Server, busybox_rootfs: Path) -> None:
+    """A client pushing 256 MiB of stdin to a command that never reads it, without waiting for
+    credit: the server closes the socket (1008) and its memory stays bounded."""
+    from websockets.asyncio.client import unix_connect
+    from websockets.exceptions import ConnectionClosed
+
+    with _http(rest) as client:
+        resp = client.post("/v1/boxes", json={"options": {"rootfs_path": str(busybox_rootfs)}})
+        assert resp.status_code == 201, resp.text
+        box_id = resp.json()["id"]
+    try:
+        ws = await unix_connect(_uds(rest), f"ws://boxlite/v1/boxes/{box_id}/exec", compression=None, max_size=None)
+        await ws.send(json.dumps({"type": "start", "command": "sleep", "args": ["60"]}))
+        started = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        assert started["type"] == "started"
+        before = _rss_kib(rest.proc.pid)
+        frame = b"\x00" + b"x" * 65536
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            while sent < 256 << 20:
+                await ws.send(frame)
+                sent += len(frame) - 1
+            await ws.recv()
+
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(flood(), 60)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert sent < 64 << 20
+        assert _rss_kib(rest.proc.pid) - before < 64 * 1024
+    finally:
+        with _http(rest) as client:
+            client.delete(f"/v1/boxes/{box_id}", params={"force": True})
+
+
+# --- a hostile agent: output beyond credit, oversize frames, no answers -------------------------
+
+
+OnFrame = Callable[[asyncio.StreamWriter, int, int, bytes], Awaitable[None]]
+
+
+async def _fake_agent(path: Path, on_frame: OnFrame) -> asyncio.Server:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = p.FrameReader()
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                frames.feed(data)
+                for kind, channel, payload in frames:
+                    await on_frame(writer, kind, channel, payload)
+
+    return await asyncio.start_unix_server(serve, path=str(path))
+
+
+@pytest.mark.parametrize("attack", ["beyond_credit", "oversize_frame"])
+async def test_agent_flooding_output_is_dropped_with_a_typed_error(tmp_path: Path, attack: str) -> None:
+    """An agent answering an exec with output it was given no credit for (or a frame longer than
+    MAX_PAYLOAD): the client buffers no more than the window, drops the connection and every
+    call on it fails with AgentProtocolError (a BoxDiedError)."""
+    window = 256 * 1024
+
+    async def flood(writer: asyncio.StreamWriter, kind: int, channel: int, _: bytes) -> None:
+        if kind != p.REQUEST:
+            return
+        writer.write(p.encode_json(p.RESPONSE, channel, {"ok": True, "pid": 42}))
+        if attack == "oversize_frame":
+            writer.write(p.HEADER.pack(p.MAX_PAYLOAD + 1, p.STDOUT, channel))
+        else:
+            chunk = p.encode(p.STDOUT, channel, b"y" * p.CHUNK)
+            for _ in range((window + (8 << 20)) // p.CHUNK):  # 8 MiB more than granted
+                writer.write(chunk)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    path = tmp_path / "agent.sock"
+    async with await _fake_agent(path, flood):
+        client = await AgentClient.connect(path, label="hostile")
+        ch = await client.exec({"argv": ["x"], "window": window}, "x")
+        with pytest.raises(errors.AgentProtocolError):
+            await asyncio.wait_for(ch.exit, 10)
+        assert ch.stdout.total <= window
+        assert client.closed
+        with pytest.raises(errors.BoxDiedError, match="broke the protocol"):
+            await client.request("ping")
+        await client.close()
+
+
+async def test_agent_that_never_answers_times_out(tmp_path: Path) -> None:
+    async def silent(*_: object) -> None:
+        pass
+
+    path = tmp_path / "agent.sock"
+    async with await _fake_agent(path, silent):
+        client = await AgentClient.connect(path, label="silent")
+        t0 = time.monotonic()
+        with pytest.raises(errors.AgentTimeoutError):
+            await client.exec({"argv": ["x"]}, "x", timeout=0.5)
+        with pytest.raises(errors.AgentTimeoutError):
+            await client.request("ping", timeout=0.5)
+        assert time.monotonic() - t0 < 5
+        assert issubclass(errors.AgentTimeoutError, errors.BoxliteError)
+        for method in (AgentClient.exec, AgentClient.request):  # no call waits forever by default
+            assert 0 < inspect.signature(method).parameters["timeout"].default < 300
+        await client.close()
+
+
+# --- the VM relay: an oversize guest frame ---------------------------------------------------
+
+
+async def test_relay_survives_an_oversize_guest_frame(tmp_path: Path) -> None:
+    """A guest agent sending a frame longer than MAX_PAYLOAD: the relay does not crash; it closes
+    the guest stream, answers waiting host clients with a clear EngineError, disconnects them
+    and ends (a real relay stops QEMU) -- no traceback, no unbounded buffering."""
+    relay_end, guest = socket.socketpair()
+    guest.settimeout(10)
+    path = tmp_path / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    server = RelayServer(relay_end, listener, log_dir=str(tmp_path))
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(server.run())
+        except BaseException as e:  # the attack must not get here
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    loop = asyncio.get_running_loop()
+    client = await AgentClient.connect(path, label="vm")
+    ping = asyncio.ensure_future(client.request("ping", timeout=10))
+    frames = p.FrameReader()
+    while not (got := list(frames)):
+        frames.feed(await loop.run_in_executor(None, guest.recv, 65536))
+    ((kind, gid, _),) = got
+    assert kind == p.REQUEST
+    guest.sendall(p.HEADER.pack(p.MAX_PAYLOAD + 1, p.RESPONSE, gid) + b"z" * 4096)
+    with pytest.raises(errors.EngineError, match="broke the protocol"):
+        await ping
+    await loop.run_in_executor(None, thread.join, 10)
+    assert outcome == [0]
+    assert await loop.run_in_executor(None, guest.recv, 1) == b""  # the guest stream was closed
+    with pytest.raises(errors.BoxDiedError):
+        await client.request("ping", timeout=5)
+    await client.close()
+    guest.close()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, UnsupportedOptionError
 from ..images.registry_config import ImageRegistry
 
 ENGINES = ("auto", "namespace", "vm")
+MAX_OPTIONS_BYTES = 512 * 1024
+"""A box's options are stored with it (state.db): their JSON form (env, cmd, volumes...) is capped."""
 
 
 @dataclass
@@ -128,6 +131,9 @@ class BoxOptions:
         if self.working_dir is not None and not str(self.working_dir).startswith("/"):
             raise ConfigError(f"working_dir must be an absolute path, got {self.working_dir!r}")
         self.env_dict()
+        size = len(json.dumps(asdict(self), default=str))
+        if size > MAX_OPTIONS_BYTES:
+            raise ConfigError(f"box options take {size} bytes as JSON, more than the {MAX_OPTIONS_BYTES} allowed")
         for name in ("entrypoint", "cmd"):
             value = getattr(self, name)
             if value is not None and (

@@ -1,7 +1,9 @@
 """One remote execution: the exec WebSocket behind the standard ``Execution`` object.
 
 ``RemoteChannel`` has the interface of the local ``ExecChannel`` (streams, stdin with credit,
-control, exit future), so ``api.execution.Execution`` works on it unchanged.
+control, exit future), so ``api.execution.Execution`` works on it unchanged. Both sides keep
+to their credit: stdin is sent only within what the server granted (a client that does not is
+disconnected), and a server sending more output than granted is dropped with ``RpcError``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 from typing import Any
 
 from ..client.streams import ChunkStream
-from ..errors import BoxDiedError, InvalidStateError
+from ..errors import BoxDiedError, BoxliteError, InvalidStateError, RpcError
 from ..server.wire import DEFAULT_WINDOW, MAX_FRAME, STDERR, STDIN, STDOUT, decode_error
 from .transport import Transport
 
@@ -20,11 +22,12 @@ from .transport import Transport
 class RemoteOutput(ChunkStream):
     """One output stream of a remote execution; reading grants the server more credit."""
 
-    def __init__(self, channel: RemoteChannel, name: str) -> None:
+    def __init__(self, channel: RemoteChannel, name: str, kind: int) -> None:
         super().__init__()
-        self._channel, self._name = channel, name
+        self._channel, self._name, self._kind = channel, name, kind
 
     async def _consumed(self, amount: int) -> None:
+        self._channel._out_credit[self._kind] += amount
         await self._channel._send_json({"type": "credit", "stream": self._name, "bytes": amount})
 
 
@@ -35,8 +38,10 @@ class RemoteChannel:
         self._ws, self.command = ws, command
         self.id = str(started.get("id", ""))
         self.pid = int(started.get("pid", 0))
-        self.stdout = RemoteOutput(self, "stdout")
-        self.stderr = RemoteOutput(self, "stderr")
+        self.stdout = RemoteOutput(self, "stdout", STDOUT)
+        self.stderr = RemoteOutput(self, "stderr", STDERR)
+        self._out_credit = {STDOUT: DEFAULT_WINDOW, STDERR: DEFAULT_WINDOW}  # what the server may still send
+        self._error: BoxliteError | None = None
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._stdin_credit = int(started.get("stdin_window", 0))
         self._stdin_ready = asyncio.Event()
@@ -114,6 +119,11 @@ class RemoteChannel:
             async for msg in self._ws:
                 if isinstance(msg, bytes):
                     if msg[:1] and msg[0] in streams and len(msg) > 1:
+                        if len(msg) - 1 > self._out_credit[msg[0]]:
+                            self._error = RpcError("the server sent more output than the credit granted")
+                            await self._ws.close(code=1008)
+                            break
+                        self._out_credit[msg[0]] -= len(msg) - 1
                         streams[msg[0]]._feed(msg[1:])
                     continue
                 self._on_message(json.loads(msg))
@@ -142,7 +152,7 @@ class RemoteChannel:
             self.exit.exception()  # retrieved here: Execution.wait() handles it
 
     def _on_close(self) -> None:
-        self._fail(BoxDiedError("lost the connection to the server"))
+        self._fail(self._error or BoxDiedError("lost the connection to the server"))
         for stream in (self.stdout, self.stderr):
             if not stream.eof:
                 stream._feed(b"")

@@ -17,6 +17,7 @@ from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
 from . import routes_boxes, routes_exec, routes_files, routes_images
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
+from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from .state import ServerState
 from .wire import encode_error, http_status
 
@@ -27,10 +28,17 @@ Authentication: `Authorization: Bearer <api key>` when the server has a key.
 """
 
 
-def create_app(options: Options | None = None, api_key: str | None = None, loopback_guard: bool = False) -> FastAPI:
+def create_app(
+    options: Options | None = None,
+    api_key: str | None = None,
+    loopback_guard: bool = False,
+    max_body: int = MAX_BODY,
+    max_upload: int = MAX_UPLOAD,
+) -> FastAPI:
     """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit).
 
-    ``loopback_guard``: refuse browser-originated requests on TCP (for a server without a key)."""
+    ``loopback_guard``: refuse browser-originated requests on TCP (for a server without a key).
+    ``max_body``/``max_upload``: request body limits in bytes (JSON routes / archive upload)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +65,8 @@ def create_app(options: Options | None = None, api_key: str | None = None, loopb
         err = ConfigError(f"invalid request: {exc.errors()}")
         return JSONResponse({"error": encode_error(err)}, status_code=400)
 
-    if api_key:
+    app.add_middleware(BodyLimitMiddleware, max_body=max_body, max_upload=max_upload)
+    if api_key:  # added last: runs first, so unauthenticated bodies are never read
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     if loopback_guard:
         app.add_middleware(LoopbackGuardMiddleware)

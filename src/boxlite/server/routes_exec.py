@@ -6,7 +6,9 @@ Client → server: ``{"type": "start", ...ExecStart}`` first; then binary ``\\x0
 Server → client: ``{"type": "started", "id", "pid", "stdin_window"}`` or ``{"type": "error"}``;
 binary ``\\x01``/``\\x02`` + output; ``{"type": "eof", "stream"}``; ``{"type": "credit",
 "stream": "stdin", "bytes": n}``; ``{"type": "exit", exit_code, signal, timed_out, ...}``.
-If the client goes away before the command ends, the command is killed.
+If the client goes away before the command ends, the command is killed. A client that sends
+more stdin than the credit it was granted is disconnected (close code 1008): what the server
+holds for a session stays within ``STDIN_WINDOW`` plus one message.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class ExecSession:
         self.ws, self.ex = ws, execution
         self.credit = {STDOUT: _Credit(window), STDERR: _Credit(window)}
         self.stdin_q: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.stdin_held = 0  # stdin bytes received and not yet credited back to the client
         self._lock = asyncio.Lock()
         self._exit_sent = False
 
@@ -142,6 +145,7 @@ class ExecSession:
         try:
             while (data := await self.stdin_q.get()) is not None:
                 await stdin.send_input(data)
+                self.stdin_held -= len(data)
                 await self._send({"type": "credit", "stream": "stdin", "bytes": len(data)})
             await stdin.close()
         except BoxliteError as e:
@@ -155,6 +159,11 @@ class ExecSession:
             if msg.get("bytes") is not None:
                 data: bytes = msg["bytes"]
                 if data[:1] == bytes([STDIN]) and len(data) > 1:
+                    self.stdin_held += len(data) - 1
+                    if self.stdin_held > STDIN_WINDOW:
+                        log.warning("exec %s: the client ignored its stdin credit: disconnected", self.ex.id())
+                        await self.ws.close(code=1008, reason="stdin beyond the credit granted")
+                        return
                     self.stdin_q.put_nowait(data[1:])
                 continue
             try:

@@ -153,5 +153,5 @@ def dump(obj: Any) -> Any:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorModel} for code in (400, 401, 404, 409, 500, 502, 503, 504)
+    code: {"model": ErrorModel} for code in (400, 401, 404, 409, 413, 500, 502, 503, 504)
 }

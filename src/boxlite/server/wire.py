@@ -30,6 +30,7 @@ _STATUS: list[tuple[type[errors.BoxliteError], int]] = [
     (errors.ParseError, 400),
     (errors.ExecError, 400),
     (errors.TimeoutError, 504),
+    (errors.RequestTooLargeError, 413),
     (errors.StoppedError, 503),
     (errors.RegistryError, 502),
 ]
@@ -45,7 +46,9 @@ def http_status(exc: BaseException) -> int:
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
     """JSON form of an exception (non-BoxLite exceptions become ``InternalError``)."""
-    name = type(exc).__name__ if isinstance(exc, errors.BoxliteError) else "InternalError"
+    name = "InternalError"
+    if isinstance(exc, errors.BoxliteError):  # the nearest public class (the client rebuilds it)
+        name = next(c.__name__ for c in type(exc).__mro__ if getattr(errors, c.__name__, None) is c)
     body: dict[str, Any] = {"type": name, "message": str(exc)}
     if isinstance(exc, errors.ExecError):
         body.update(command=exc.command, exit_code=exc.exit_code, stderr=exc.stderr)
