@@ -90,6 +90,8 @@ AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
 
 
@@ -104,23 +106,26 @@ class _MountAttr(ctypes.Structure):
 
 def bind_idmapped(source: str, target_fd: int, userns_fd: int | None, readonly: bool) -> None:
     """Bind ``source`` on the file or dir open as ``target_fd`` (O_PATH), read-only if asked,
-    with ownership mapped through ``userns_fd``'s uid/gid maps when given."""
+    with ownership mapped through ``userns_fd``'s uid/gid maps when given. Always nosuid and
+    nodev: host setuid files and device nodes grant nothing through it."""
     flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE
     fd = _check(_libc.syscall(ctypes.c_long(_SYS_OPEN_TREE), -100, _b(source), flags), f"open_tree {source}")
     try:
         attr = _MountAttr(
-            (MOUNT_ATTR_IDMAP if userns_fd is not None else 0) | (MOUNT_ATTR_RDONLY if readonly else 0),
+            MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | (MOUNT_ATTR_IDMAP if userns_fd is not None else 0)
+            | (MOUNT_ATTR_RDONLY if readonly else 0),
             0,
             0,
             userns_fd or 0,
         )
-        if attr.attr_set:
-            size = ctypes.c_size_t(ctypes.sizeof(attr))
-            setattr_flags = AT_EMPTY_PATH | AT_RECURSIVE
-            _check(
-                _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), fd, b"", setattr_flags, ctypes.byref(attr), size),
-                f"mount_setattr {source}",
-            )
+        size = ctypes.c_size_t(ctypes.sizeof(attr))
+        setattr_flags = AT_EMPTY_PATH | AT_RECURSIVE
+        _check(
+            _libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), fd, b"", setattr_flags, ctypes.byref(attr), size),
+            f"mount_setattr {source}",
+        )
         move_flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
         _check(_libc.syscall(ctypes.c_long(_SYS_MOVE_MOUNT), fd, b"", target_fd, b"", move_flags), "move_mount")
     finally:

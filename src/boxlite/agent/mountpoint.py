@@ -45,3 +45,16 @@ def volume_target(root: str, guest: str, is_dir: bool, uid_base: int) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+DEFAULT_MEMORY_MIB = 512  # what tmpfs sizes assume for a box without a memory limit
+
+
+def tmpfs_sizes(memory_mib: int | None) -> dict[str, str]:
+    """``,size=`` options for a box's /tmp, /dev/shm and /run (both engines). Their pages count
+    against the box's memory and cannot be reclaimed (no swap): full, they would leave no
+    memory for any process. Sized together below the limit (half, a quarter, a sixteenth),
+    filling them fails with ENOSPC instead. Without a limit they are sized as for 512 MiB, not
+    tmpfs's default of half the machine's RAM each."""
+    m = int(memory_mib) if memory_mib else DEFAULT_MEMORY_MIB
+    return {"tmp": f",size={m // 2}m", "shm": f",size={max(1, m // 4)}m", "run": f",size={max(1, m // 16)}m"}

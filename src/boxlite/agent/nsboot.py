@@ -11,15 +11,17 @@ Stdlib only.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 from typing import Any
 
 from . import linux, oom
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
-from .mountpoint import volume_target
+from .mountpoint import tmpfs_sizes, volume_target
 from .netns import allow_low_ports
 from .seccomp import build_filter
 from .server import Agent
@@ -27,6 +29,9 @@ from .spawn import Confinement
 
 BOX = "/box"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# What box processes could read of PID 1 (the agent) that shows its supervisor root's mounts,
+# whose sources are host paths (the run dir, the agent code): masked with /dev/null.
+PID1_MOUNT_FILES = ("mountinfo", "mounts", "mountstats")
 
 
 def main() -> None:
@@ -121,6 +126,7 @@ def _report(fd: int, line: str) -> None:
 def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: int) -> None:
     """PID 1 of the box: mounts, pivot, user namespace, then the agent loop."""
     try:
+        _neutral_cmdline()
         sup = config["sup_dir"]
         _setup_mounts(config, sup)
         linux.set_loopback_up()
@@ -149,6 +155,9 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         lifeline = config.get("lifeline_fd")
         confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last)
         agent = Agent(confinement, lifeline, log_dir="/run/boxlite")
+        # PID 1 of a pid namespace gets no signal from inside it for which it has no handler;
+        # Python's SIGINT handler (KeyboardInterrupt) would let box root kill the agent.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         agent.oom_counter = config.get("oom_fd")
         agent.listen(sock)
     except BaseException as e:
@@ -163,6 +172,17 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         os.close(int(config["log_fd"]))
     agent.start_spawner()
     agent.serve_forever()
+
+
+def _neutral_cmdline(title: bytes = b"boxlite-agent") -> None:
+    """Blank this process's argv area, which box processes read as /proc/1/cmdline: the
+    zygote's argv names the host directory of the agent code. (Python copied argv at start-up.)"""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49)
+    if end - start > len(title):
+        ctypes.memset(start, 0, end - start)
+        ctypes.memmove(start, title, len(title))
 
 
 def _redirect_stdio() -> None:
@@ -202,11 +222,15 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     os.makedirs(root)
     os.chdir(config["layer_links"])  # short relative lowerdir names keep the options small
     lower = ":".join(str(i) for i in reversed(range(int(config["layer_count"]))))
+    # Relative paths too: the options show in the box's mountinfo, absolute ones would name
+    # the host's box directory.
+    upper = os.path.relpath(config["upperdir"])
+    work = os.path.relpath(config["workdir"])
     # nodev: device nodes in image layers or created by box root are inert (the box's /dev is a
     # separate tmpfs with bind-mounted devices); nosuid: setuid bits grant nothing.
     linux.mount(
         "overlay", root, "overlay", MS_NOSUID | MS_NODEV,
-        f"lowerdir={lower},upperdir={config['upperdir']},workdir={config['workdir']}",
+        f"lowerdir={lower},upperdir={upper},workdir={work}",
     )  # fmt: skip
     for name, mode in (("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("sys", 0o555), ("run", 0o755)):
         path = f"{root}/{name}"
@@ -217,7 +241,7 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
             os.chown(path, uid_base, uid_base)
     linux.mount("proc", f"{sup}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     linux.mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    sizes = _tmpfs_sizes(config.get("memory_mib"))
+    sizes = tmpfs_sizes(config.get("memory_mib"))
     _setup_dev(f"{root}/dev", uid_base, sizes["shm"])
     linux.mount(
         "tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,uid={uid_base},gid={uid_base}{sizes['tmp']}"
@@ -231,8 +255,10 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
         except OSError as e:  # e.g. the image made it a symlink: leave the image's file alone
             print(f"boxlite: not providing /etc/resolv.conf: {e}", file=sys.stderr)
         else:
-            try:
-                linux.bind_idmapped(config["resolv_conf"], target, None, True)
+            try:  # a copy on the supervisor tmpfs: mountinfo shows a bind's source path
+                with open(config["resolv_conf"], "rb") as src, open(f"{sup}/resolv.conf", "wb") as dst:
+                    dst.write(src.read(4096))
+                linux.bind_idmapped(f"{sup}/resolv.conf", target, None, True)
             finally:
                 os.close(target)
     idmap_fd = config.get("idmap_fd")
@@ -247,16 +273,10 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
             os.close(target)
     if idmap_fd is not None:
         os.close(int(idmap_fd))
-
-
-def _tmpfs_sizes(memory_mib: int | None) -> dict[str, str]:
-    """``,size=`` options for /tmp, /dev/shm and /run. Their pages count against the box's
-    memory limit and cannot be reclaimed (no swap): full, they would leave no memory for any
-    process. Sized together below the limit, filling them fails with ENOSPC instead."""
-    if not memory_mib:
-        return {"tmp": "", "shm": "", "run": ""}
-    m = int(memory_mib)
-    return {"tmp": f",size={m // 2}m", "shm": f",size={max(1, m // 4)}m", "run": f",size={max(1, m // 16)}m"}
+    for name in PID1_MOUNT_FILES:
+        for path in (f"{root}/proc/1/{name}", f"{root}/proc/1/task/1/{name}"):
+            if os.path.exists(path):
+                _bind_file("/dev/null", path, create=False)
 
 
 def _setup_dev(dev: str, uid_base: int, shm_size: str = "") -> None:
@@ -281,9 +301,10 @@ def _bind(src: str, dst: str, readonly: bool = False) -> None:
         linux.mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _bind_file(src: str, dst: str) -> None:
-    with open(dst, "w"):
-        pass
+def _bind_file(src: str, dst: str, create: bool = True) -> None:
+    if create:
+        with open(dst, "w"):
+            pass
     linux.mount(src, dst, None, MS_BIND)
 
 

@@ -1,8 +1,17 @@
 """Seccomp deny-list for box processes, assembled as classic BPF (no libseccomp needed).
 
 Denied calls fail with EPERM; ``clone3`` fails with ENOSYS so libc falls back to ``clone``,
-whose flags *can* be inspected: creating namespaces is denied. A foreign architecture (e.g. the
-x32 or i386 ABI on x86_64) kills the process.
+whose flags *can* be inspected: creating namespaces is denied. ``openat2`` (its mode sits in a
+struct a filter cannot read) fails with ENOSYS too: libc and runtimes fall back to ``openat``.
+io_uring fails with ENOSYS (as in Docker's profile): its operations bypass this filter, and its
+kernel code has been a frequent source of privilege escalations. A foreign architecture (e.g.
+the x32 or i386 ABI on x86_64) kills the process.
+
+No setuid/setgid bit can be set (``chmod`` family) or created (``open``/``creat``/``mknod``
+family) by a box process: EPERM. Inside the box such bits grant nothing (no_new_privs, nosuid
+mounts), but files in volumes are host files, owned by host users (box root writes as the
+volume's owner), and a setuid-root file planted there would be a root shell for any local host
+user who can reach it. Packages that ship setuid programs therefore fail to install in a box.
 """
 
 from __future__ import annotations
@@ -65,8 +74,29 @@ DENIED: dict[str, tuple[int | None, int | None]] = {
     "mount_setattr": (442, 442),
     "fanotify_init": (300, 262),
 }
+# Calls that fail with ENOSYS ("not implemented here"), so that callers fall back cleanly.
+UNAVAILABLE: dict[str, tuple[int | None, int | None]] = {
+    "clone3": (435, 435),
+    "openat2": (437, 437),
+    "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426),
+    "io_uring_register": (427, 427),
+}
+# Calls whose mode argument may not carry S_ISUID/S_ISGID: name -> (x86_64 nr, aarch64 nr, index
+# of the mode argument).
+MODE_CHECKED: dict[str, tuple[int | None, int | None, int]] = {
+    "chmod": (90, None, 1),
+    "fchmod": (91, 52, 1),
+    "fchmodat": (268, 53, 2),
+    "fchmodat2": (452, 452, 2),
+    "open": (2, None, 2),
+    "openat": (257, 56, 3),
+    "creat": (85, None, 1),
+    "mknod": (133, None, 1),
+    "mknodat": (259, 33, 2),
+}
+SETID_BITS = 0o6000  # S_ISUID | S_ISGID
 CLONE = (56, 220)
-CLONE3 = (435, 435)
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 NAMESPACE_FLAGS = (
     linux.CLONE_NEWNS
@@ -109,9 +139,21 @@ def build_filter(machine: str = linux.MACHINE) -> bytes:
         nr = numbers[index]
         if nr is not None:
             prog += [_insn(_JEQ_K, 0, 1, nr), _insn(_RET_K, 0, 0, eperm)]
+    for numbers in UNAVAILABLE.values():
+        nr = numbers[index]
+        if nr is not None:
+            prog += [_insn(_JEQ_K, 0, 1, nr), _insn(_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS)]
+    for x86_64, aarch64, arg in MODE_CHECKED.values():
+        nr = x86_64 if index == 0 else aarch64
+        if nr is not None:
+            prog += [
+                _insn(_JEQ_K, 0, 4, nr),
+                _insn(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # low 32 bits of args[arg]: the mode
+                _insn(_JSET_K, 0, 1, SETID_BITS),
+                _insn(_RET_K, 0, 0, eperm),
+                _insn(_RET_K, 0, 0, _RET_ALLOW),
+            ]
     prog += [
-        _insn(_JEQ_K, 0, 1, CLONE3[index]),
-        _insn(_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS),
         _insn(_JEQ_K, 0, 3, CLONE[index]),
         _insn(_LD_W_ABS, 0, 0, 16),  # low 32 bits of args[0] (little endian): clone flags
         _insn(_JSET_K, 0, 1, NAMESPACE_FLAGS),

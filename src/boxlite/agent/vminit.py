@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import linux, oom
 from .linux import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT
-from .mountpoint import volume_target
+from .mountpoint import tmpfs_sizes, volume_target
 from .netns import allow_low_ports
 
 BOX = "/box"
@@ -107,18 +108,23 @@ def mount_root(layers: int) -> None:
     for d in (LOWER, RW, BOX):
         os.makedirs(d, exist_ok=True)
     if layers:
-        linux.mount(find_disk("boxlite-lower"), LOWER, "ext4", MS_RDONLY, "noload")
-    linux.mount(find_disk("boxlite-upper"), RW, "ext4", 0, "noinit_itable")
+        linux.mount(find_disk("boxlite-lower"), LOWER, "ext4", MS_RDONLY | MS_NOSUID | MS_NODEV, "noload")
+    linux.mount(find_disk("boxlite-upper"), RW, "ext4", MS_NOSUID | MS_NODEV, "noinit_itable")
     for d in ("upper", "work"):
         os.makedirs(f"{RW}/{d}", exist_ok=True)
     if not layers:
         os.makedirs(f"{RW}/empty", exist_ok=True)
     lower = ":".join(f"{LOWER}/{i}" for i in reversed(range(layers))) or f"{RW}/empty"
-    linux.mount("overlay", BOX, "overlay", 0, f"lowerdir={lower},upperdir={RW}/upper,workdir={RW}/work")
+    # nodev: device nodes of the image (or made by a later guest root) are inert, e.g. a node
+    # of the virtio disks or of the console; nosuid: setuid bits grant nothing.
+    opts = f"lowerdir={lower},upperdir={RW}/upper,workdir={RW}/work"
+    linux.mount("overlay", BOX, "overlay", MS_NOSUID | MS_NODEV, opts)
 
 
-def setup_box_mounts() -> None:
-    """/proc, /dev (+pts, shm), /tmp, /run inside the box, like the namespace engine."""
+def setup_box_mounts(memory_mib: object = None) -> None:
+    """/proc, /dev (+pts, shm), /tmp, /run inside the box, like the namespace engine (tmpfs
+    sizes too: without them each could take half the guest's RAM)."""
+    sizes = tmpfs_sizes(int(str(memory_mib)) if memory_mib else None)
     for name, mode in (("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("sys", 0o555), ("run", 0o755)):
         path = f"{BOX}/{name}"
         if not os.path.isdir(path):
@@ -134,10 +140,10 @@ def setup_box_mounts() -> None:
     os.makedirs(f"{dev}/pts")
     os.makedirs(f"{dev}/shm", mode=0o1777)
     linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
-    linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    linux.mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777{sizes['shm']}")
     linux.make_dev_links(dev)
-    linux.mount("tmpfs", f"{BOX}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-    linux.mount("tmpfs", f"{BOX}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    linux.mount("tmpfs", f"{BOX}/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777{sizes['tmp']}")
+    linux.mount("tmpfs", f"{BOX}/run", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755{sizes['run']}")
 
 
 def power_off() -> None:
@@ -160,7 +166,7 @@ def power_off() -> None:
 def prepare_box(conf: dict[str, Any]) -> None:
     """Everything the box root needs (run in a child, in parallel with the agent imports)."""
     mount_root(int(conf.get("layers") or 0))
-    setup_box_mounts()
+    setup_box_mounts(conf.get("memory_mib"))
     linux.set_loopback_up()
     linux.sethostname(str(conf.get("hostname") or "box"))
     for i, (box_path, readonly, name) in enumerate(conf.get("volumes") or []):
@@ -356,13 +362,16 @@ def main() -> None:
             power_off()
         enter_box_pid_namespace()
         in_box_ns = True
+        # The agent is PID 1 of the box's pid namespace: no signal from a box process reaches it
+        # unless it has a handler, and Python's SIGINT handler would let box root kill it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         loaded = load_agent() if conf.get("template") == "1" else None
         fd = find_port(AGENT_PORT)
         box = handshake(fd)
         stage("configured")
         apply_host_state(box)
         limit_box(box.get("pids_limit"), box.get("memory_mib"))
-        settings = {key: box.get(key) for key in ("layers", "hostname", "net", "volumes")}
+        settings = {key: box.get(key) for key in ("layers", "hostname", "net", "volumes", "memory_mib")}
         if loaded:  # restored snapshot: the agent is loaded already, forking would only cost
             prepare_box(settings)
             agent_cls, confinement = loaded

@@ -104,8 +104,15 @@ def _opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[str]:
-    """Full argv. ``agent_fd``/``qmp_fd`` are connected sockets inherited by QEMU."""
+# QEMU's own seccomp filter: no obsolete system calls, no set*id, no scheduler/affinity
+# changes. ``spawn`` stays allowed: saving and restoring a template runs ``exec:cat``.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+
+
+def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_fd: int | None = None) -> list[str]:
+    """Full argv. ``agent_fd``/``qmp_fd`` are connected sockets inherited by QEMU;
+    ``console_fd`` the write end of the pipe the shim drains into a size-capped console log
+    (:mod:`.console`), else QEMU writes ``cfg.console`` itself (the short KVM probe boot)."""
     if cfg.accel == "kvm":
         accel = ["-accel", "kvm", "-cpu", "host"]
     else:
@@ -131,11 +138,11 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None) -> list[s
         str(cfg.cpus),
         "-m",
         str(cfg.memory_mib),
-        "-chardev",
-        f"file,id=con,path={_opt(cfg.console)}",
-        "-serial",
-        "chardev:con",
+        "-sandbox",
+        SANDBOX,
     ]
+    console = f"/proc/self/fd/{console_fd}" if console_fd is not None else cfg.console  # reopens the pipe
+    argv += ["-chardev", f"file,id=con,path={_opt(console)}", "-serial", "chardev:con"]
     if cfg.ram_file:
         argv += ram_backend(cfg)
     elif cfg.volumes:  # virtiofsd reads and writes guest memory: it must be shared with it

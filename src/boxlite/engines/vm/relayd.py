@@ -338,6 +338,17 @@ def main(arg: str) -> int:
     lifeline = args.get("lifeline_fd")
     leftover = bytes.fromhex(args.get("leftover", ""))
     server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"))
+    if args.get("console_fd") is not None:  # QEMU's console pipe, into the capped console log
+        from .console import ConsoleLog
+
+        console_fd, console = int(args["console_fd"]), ConsoleLog(str(args["console_path"]))
+        os.set_inheritable(console_fd, False)
+
+        def drain() -> None:
+            if not console.pump(console_fd):
+                server.sel.unregister(console_fd)
+
+        server.sel.register(console_fd, selectors.EVENT_READ, drain)
     signal.set_wakeup_fd(server.wake_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)

@@ -25,6 +25,7 @@ from typing import Any
 
 from ...agent import protocol as p
 from ..base import process_start_time
+from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
@@ -34,11 +35,24 @@ PKG_DIR = str(Path(__file__).resolve().parents[2])  # the boxlite package, for t
 PR_SET_PDEATHSIG = 1
 PR_SET_THP_DISABLE = 41
 WAITING = b"boxlite-vminit-waiting\n"  # vminit's line before it reads the box settings
+# virtiofsd runs as root (it must act as any guest user on the host files) with its namespace
+# sandbox and its built-in seccomp filter; of its capabilities it keeps neither MKNOD (a guest
+# root must not make device nodes in a host directory), nor SETFCAP or FSETID; no xattrs, so
+# no file capabilities either; killpriv_v2 (its default) clears setuid bits on writes.
+VIRTIOFSD_OPTS = ("-o", "cache=auto", "-o", "no_xattr", "-o", "modcaps=-mknod:-setfcap:-fsetid")
+_console: tuple[ConsoleLog, int] | None = None  # the console log and the pipe QEMU writes to
+
+
+def drain_console() -> None:
+    """Copy what QEMU wrote to the console so far into console.log."""
+    if _console is not None:
+        _console[0].pump(_console[1])
 
 
 def _report(fd: int | None, line: str) -> None:
     if fd is None:
         return
+    drain_console()  # an error message quotes the console's last lines
     try:
         os.write(fd, (line.replace("\n", " ") + "\n").encode())
     except OSError:
@@ -64,7 +78,7 @@ def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subproces
     for i, (host_dir, _, _, _) in enumerate(cfg.volumes):
         sock = run_dir / virtiofs_socket(i)
         sock.unlink(missing_ok=True)
-        argv = [VIRTIOFSD, f"--socket-path={virtiofs_socket(i)}", "-o", f"source={host_dir}", "-o", "cache=auto"]
+        argv = [VIRTIOFSD, f"--socket-path={virtiofs_socket(i)}", "-o", f"source={host_dir}", *VIRTIOFSD_OPTS]
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -86,14 +100,19 @@ def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subproces
 def start_qemu(
     cfg: VmConfig, run_dir: Path, log_fd: int
 ) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
-    """Spawn QEMU with connected socketpairs for the agent stream and QMP."""
+    """Spawn QEMU with connected socketpairs for the agent stream and QMP, and its console
+    into a pipe drained into the capped console log."""
+    global _console
     agent_host, agent_guest = socket.socketpair()
     qmp_host, qmp_guest = socket.socketpair()
-    argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno())
+    console_r, console_w = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(console_r, False)
+    _console = (ConsoleLog(cfg.console), console_r)
+    argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno(), console_w)
     me = os.getpid()
     proc = subprocess.Popen(
         argv,
-        pass_fds=(agent_guest.fileno(), qmp_guest.fileno()),
+        pass_fds=(agent_guest.fileno(), qmp_guest.fileno(), console_w),
         stdin=subprocess.DEVNULL,
         stdout=log_fd,
         stderr=log_fd,
@@ -102,6 +121,7 @@ def start_qemu(
     )
     agent_guest.close()
     qmp_guest.close()
+    os.close(console_w)
     return proc, agent_host, qmp_host
 
 
@@ -135,6 +155,8 @@ class Shim:
         exited = asyncio.Event()
         pidfd = os.pidfd_open(self.proc.pid)
         loop.add_reader(pidfd, exited.set)
+        if _console is not None:
+            loop.add_reader(_console[1], drain_console)
         self.agent_sock.setblocking(False)
         qmp = await self._connect_qmp()
         t_spawned = time.monotonic()
@@ -199,6 +221,8 @@ class Shim:
             **guest_stages(Path(self.conf["console"])),
         }
         (self.run_dir / "boot.json").write_text(json.dumps(boot))
+        if _console is not None:
+            loop.remove_reader(_console[1])  # the relay drains it from now on
         if qmp is not None:
             try:
                 await asyncio.wait_for(qmp.disconnect(), 1)
@@ -317,6 +341,7 @@ def _short(path: Path) -> Path:
 def guest_stages(console: Path) -> dict[str, float]:
     """Guest boot stages (seconds since kernel start) from vminit's console markers."""
     out: dict[str, float] = {}
+    drain_console()
     try:
         text = console.read_bytes().decode(errors="replace")
     except OSError:
@@ -385,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         "leftover": result.leftover.hex(),
         "log_dir": str(run_dir),
     }
-    sys.stderr.flush()
     keep = [agent.fileno(), result.listener.fileno(), *([lifeline] if lifeline is not None else [])]
+    if _console is not None:
+        drain_console()
+        relay_args["console_fd"], relay_args["console_path"] = _console[1], vm.console
+        keep.append(_console[1])
+    sys.stderr.flush()
     exec_relay(PKG_DIR, relay_args, keep)
     return 1  # not reached
 
