@@ -113,7 +113,7 @@ async def test_rootfs_path_import_is_shifted_and_cached(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
     assert os.readlink(root / "bin/sh") == "busybox"
     assert os.lstat(root / "etc/passwd").st_ino == os.lstat(root / "etc/passwd.hl").st_ino
-    assert stat.S_ISCHR(os.lstat(root / "dev/null").st_mode)
+    assert not os.path.lexists(root / "dev/null")  # no device nodes on the host: the box gets its own /dev
     assert os.lstat(src / "bin/busybox").st_uid == 0  # source untouched
     p2 = await m.resolve(rootfs_path=str(src))
     assert p2 == p1

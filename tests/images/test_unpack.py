@@ -67,10 +67,8 @@ def test_formats_and_metadata(tmp_path: Path, compression: str | None) -> None:
     assert os.readlink(root / "bin/sh") == "/usr/bin/tool"
     assert os.lstat(root / "bin/sh").st_uid == BASE
     assert os.lstat(root / "usr/bin/tool2").st_ino == st_ino(root / "usr/bin/tool")
-    st = os.lstat(root / "dev/null")
-    assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
-    st = os.lstat(root / "dev/loop0")
-    assert stat.S_ISBLK(st.st_mode) and st.st_gid == BASE + 6
+    # device nodes are never created on the host (the engines give the box its own /dev)
+    assert not os.path.lexists(root / "dev/null") and not os.path.lexists(root / "dev/loop0")
     assert stat.S_ISFIFO(os.lstat(root / "run/fifo").st_mode)
     assert os.lstat(root).st_uid == BASE
     assert os.lstat(root / "usr").st_uid == BASE  # implicit parent dir

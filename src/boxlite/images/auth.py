@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import httpx
 
 from ..errors import AuthenticationError, RegistryError
 
+MAX_TOKEN_ANSWER = 1 << 20
 _PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
 
@@ -77,18 +79,23 @@ class Authenticator:
         params["scope"] = ch.params.get("scope") or scope
         headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
         try:
-            r = await client.get(ch.params["realm"], params=params, headers=headers)
+            async with client.stream("GET", ch.params["realm"], params=params, headers=headers) as r:
+                if r.status_code in (401, 403):
+                    raise AuthenticationError(f"token server refused credentials ({r.status_code})",
+                                              r.status_code)
+                if r.status_code != 200:
+                    raise RegistryError(f"token server answered {r.status_code}", r.status_code)
+                body = bytearray()
+                async for chunk in r.aiter_raw():  # raw: the client asks for no content encoding
+                    body += chunk
+                    if len(body) > MAX_TOKEN_ANSWER:
+                        raise RegistryError(f"token server answer is larger than {MAX_TOKEN_ANSWER} bytes")
         except httpx.HTTPError as e:
             raise RegistryError(f"token server {ch.params['realm']} unreachable: {e}") from e
-        if r.status_code in (401, 403):
-            raise AuthenticationError(f"token server refused credentials ({r.status_code})",
-                                      r.status_code)
-        if r.status_code != 200:
-            raise RegistryError(f"token server answered {r.status_code}", r.status_code)
         try:
-            doc = r.json()
-            token = doc.get("token") or doc.get("access_token")
-        except ValueError:
+            doc = json.loads(body)
+            token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        except (ValueError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError("token server returned no token")

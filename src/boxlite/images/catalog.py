@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ParseError
+from ..errors import ImageError, ParseError
 from .manifest import Manifest, load_json, parse_manifest
 from .store import Store
 from .types import ImageConfig, ImageInfo
@@ -30,15 +30,17 @@ class StoredImage:
     @property
     def diff_ids(self) -> list[str | None]:
         ids = (self.config_doc.get("rootfs") or {}).get("diff_ids") or []
-        if len(ids) != len(self.manifest.layers):
+        if not isinstance(ids, list) or len(ids) != len(self.manifest.layers):
             return [None] * len(self.manifest.layers)
-        return [str(x) for x in ids]
+        if not all(isinstance(x, str) for x in ids):
+            raise ParseError("image config: rootfs.diff_ids must be a list of strings")
+        return list(ids)
 
 
 def read_image(store: Store, manifest_digest: str) -> StoredImage:
     """Load manifest + config of a stored image (raises ImageError if a blob is missing)."""
-    manifest = parse_manifest(load_json(store.read_blob(manifest_digest), "manifest"))
-    config_doc = load_json(store.read_blob(manifest.config.digest), "image config")
+    manifest = parse_manifest(load_json(store.read_blob(manifest_digest, "manifest"), "manifest"))
+    config_doc = load_json(store.read_blob(manifest.config.digest, "image config"), "image config")
     if "rootfs" in config_doc and not isinstance(config_doc["rootfs"], dict):
         raise ParseError("image config has an invalid rootfs section")
     return StoredImage(manifest_digest, manifest, config_doc)
@@ -49,8 +51,8 @@ def is_complete(store: Store, manifest_digest: str) -> bool:
     if not store.has_blob(manifest_digest):
         return False
     try:
-        manifest = parse_manifest(load_json(store.read_blob(manifest_digest), "manifest"))
-    except ParseError:
+        manifest = parse_manifest(load_json(store.read_blob(manifest_digest, "manifest"), "manifest"))
+    except (ImageError, ParseError):
         return False
     return all(store.has_blob(d.digest) for d in (manifest.config, *manifest.layers))
 

@@ -1,4 +1,11 @@
-"""OCI distribution v2 client for one registry: manifests and resumable, verified blobs."""
+"""OCI distribution v2 client for one registry: manifests and resumable, verified blobs.
+
+The registry is untrusted: bodies are read raw (``Accept-Encoding: identity``: no
+decompression on our side) with size caps, response headers must come within ``timeout``, and
+a body arriving slower than ``limits.min_speed`` over a ``limits.speed_window`` counts as a
+failed transfer (:class:`RegistryTimeoutError` once retries are used up). The overall pull
+deadline is the caller's (:meth:`ImageManager.pull`).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,16 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import AuthenticationError, DigestMismatchError, ImageNotFoundError, RegistryError
+from ..errors import (
+    AuthenticationError,
+    DigestMismatchError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    RegistryError,
+    RegistryTimeoutError,
+)
 from .auth import Authenticator
+from .limits import ImageLimits
 from .manifest import ACCEPT, Descriptor
 from .reference import DOCKER_HUB
 from .registry_config import ImageRegistry, docker_credentials
@@ -32,9 +47,11 @@ class RegistryClient:
     """Talks to one registry host; use as an async context manager."""
 
     def __init__(self, registry: ImageRegistry, retry: RetryPolicy | None = None,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, limits: ImageLimits | None = None) -> None:
         self.registry = registry
         self.retry = retry or RetryPolicy()
+        self.limits = limits if limits is not None else ImageLimits.from_env()
+        self.timeout = timeout
         creds: tuple[str, str] | None = None
         if registry.username is not None and registry.password is not None:
             creds = (registry.username, registry.password)
@@ -45,7 +62,7 @@ class RegistryClient:
         self.http = httpx.AsyncClient(
             verify=_tls_context(registry), follow_redirects=True,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            headers={"User-Agent": "boxlite"},
+            headers={"User-Agent": "boxlite", "Accept-Encoding": "identity"},
         )
 
     async def __aenter__(self) -> RegistryClient:
@@ -65,8 +82,12 @@ class RegistryClient:
         while True:
             h = {**(headers or {}), **self.auth.header(scope)}
             try:
-                resp = await self.http.send(self.http.build_request(method, url, headers=h),
-                                            stream=True)
+                try:  # httpx's timeout is per read: a server dribbling headers needs a deadline of its own
+                    resp = await asyncio.wait_for(
+                        self.http.send(self.http.build_request(method, url, headers=h), stream=True),
+                        self.timeout)
+                except asyncio.TimeoutError:
+                    raise httpx.ReadTimeout(f"no response headers within {self.timeout:g} s") from None
             except httpx.TransportError as e:
                 attempt += 1
                 if attempt >= self.retry.attempts or _is_permanent(e):
@@ -107,23 +128,30 @@ class RegistryClient:
         When ``reference`` is a digest the body is verified against it.
         """
         url = f"{self.base}/{repo}/manifests/{reference}"
+        limit = self.limits.max_document or MAX_MANIFEST
+        what = f"manifest {repo}:{reference}"
         for attempt in range(1, self.retry.attempts + 1):
             resp = await self._send("GET", url, _scope(repo), {"Accept": ACCEPT})
+            body = bytearray()
+            paced = _Paced(resp, self.limits, what)
             try:
-                body = bytearray()
-                async for chunk in resp.aiter_bytes():
+                declared = resp.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise ImageTooLargeError(f"{what} is {declared} bytes, more than {limit}")
+                while chunk := await paced.read():
                     body += chunk
-                    if len(body) > MAX_MANIFEST:
-                        raise RegistryError(f"manifest {repo}:{reference} is too large")
+                    if len(body) > limit:
+                        raise ImageTooLargeError(f"{what} is larger than {limit} bytes")
                 break
-            except httpx.TransportError as e:
+            except (httpx.TransportError, _Stalled) as e:
                 if attempt >= self.retry.attempts:
-                    raise RegistryError(f"{self.registry.host}: manifest download failed: "
-                                        f"{e}") from e
+                    err = RegistryTimeoutError if isinstance(e, _Stalled) else RegistryError
+                    raise err(f"{self.registry.host}: manifest download failed: {e}") from e
                 await asyncio.sleep(self.retry.delay(attempt))
             except httpx.HTTPError as e:
                 raise RegistryError(f"{self.registry.host}: manifest download failed: {e}") from e
             finally:
+                await paced.close()
                 await resp.aclose()
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
@@ -141,7 +169,7 @@ class RegistryClient:
         url = f"{self.base}/{repo}/blobs/{desc.digest}"
         hasher, have = _hash_existing(partial, desc.size)
         fresh_restarts = 1
-        failures = 0
+        failures = stalls = 0
         with open(partial, "ab") as f:
             while True:
                 if have == desc.size:
@@ -161,11 +189,12 @@ class RegistryClient:
                 start = have
                 try:
                     resp = await self._send("GET", url, _scope(repo), headers)
+                    paced = _Paced(resp, self.limits, f"blob {desc.digest}")
                     try:
                         if have and not (resp.status_code == 206 and _range_start(resp) == have):
                             f.truncate(0)
                             hasher, have = hashlib.sha256(), 0
-                        async for chunk in resp.aiter_bytes():
+                        while chunk := await paced.read():
                             if have + len(chunk) > desc.size:
                                 f.truncate(0)
                                 hasher, have = hashlib.sha256(), 0
@@ -176,6 +205,7 @@ class RegistryClient:
                             if progress:
                                 progress(have)
                     finally:
+                        await paced.close()
                         await resp.aclose()
                 except _TooLong:
                     if fresh_restarts == 0:
@@ -184,6 +214,12 @@ class RegistryClient:
                         raise DigestMismatchError(
                             f"blob {desc.digest} is larger than {desc.size} bytes") from None
                     fresh_restarts -= 1
+                    continue
+                except _Stalled as e:  # progress does not reset this count: a trickle must end
+                    stalls += 1
+                    if stalls >= self.retry.attempts:
+                        raise RegistryTimeoutError(f"{self.registry.host}: download of {desc.digest} "
+                                                   f"stalled: {e}") from None
                     continue
                 except httpx.TransportError as e:
                     failures = 1 if have > start else failures + 1  # progress resets the count
@@ -205,6 +241,62 @@ class RegistryClient:
 
 class _TooLong(Exception):
     pass
+
+
+class _Stalled(Exception):
+    """A body arrived slower than the minimum speed."""
+
+
+class _Paced:
+    """Reads a streaming response's raw body, raising :class:`_Stalled` when fewer than
+    ``min_speed * speed_window`` bytes arrive in any window (a slow-loris server)."""
+
+    def __init__(self, resp: httpx.Response, limits: ImageLimits, what: str) -> None:
+        self._it = resp.aiter_raw().__aiter__()
+        self._what = what
+        self._window = limits.speed_window if limits.min_speed else 0.0
+        self._need = limits.min_speed * self._window
+        self._loop = asyncio.get_running_loop()
+        self._end = self._loop.time() + self._window
+        self._got = 0
+        self._pending: asyncio.Future[bytes] | None = None
+
+    async def read(self) -> bytes:
+        """The next chunk; b"" at the end of the body."""
+        if not self._window:
+            try:
+                return await self._it.__anext__()
+            except StopAsyncIteration:
+                return b""
+        while True:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(self._it.__anext__())
+            await asyncio.wait({self._pending}, timeout=max(0.0, self._end - self._loop.time()))
+            chunk: bytes | None = None
+            if self._pending.done():
+                task, self._pending = self._pending, None
+                try:
+                    chunk = task.result()
+                except StopAsyncIteration:
+                    return b""
+                self._got += len(chunk)
+            now = self._loop.time()
+            if now >= self._end:
+                if self._got < self._need:
+                    raise _Stalled(f"{self._what}: {self._got} bytes in {self._window:g} s, less than "
+                                   f"{self._need / self._window:g} B/s")
+                self._got, self._end = 0, now + self._window
+            if chunk is not None:
+                return chunk
+
+    async def close(self) -> None:
+        """Cancel a read still waiting (the response is closed by the caller)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait({pending})
+            if not pending.cancelled():
+                pending.exception()  # retrieved: no "never retrieved" warning
 
 
 _VERIFYING_CONTEXT: ssl.SSLContext | None = None

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ..errors import ImageError, ParseError
+from ..errors import ImageError, ImageTooLargeError, ParseError
 from .manifest import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -88,6 +88,16 @@ def _blob_rel(digest: str) -> str:
     return f"blobs/{alg}/{hexd}"
 
 
+def _read_small(store: Store, src: Source, rel: str) -> bytes:
+    """A JSON document of the layout, read whole but never past ``limits.max_document``."""
+    limit = store.limits.max_document
+    with src.open(rel) as f:
+        data = f.read(limit + 1) if limit else f.read()
+    if limit and len(data) > limit:
+        raise ImageTooLargeError(f"{rel} in {src.name} is larger than {limit} bytes")
+    return data
+
+
 def _copy_blob(store: Store, src: Source, desc: Descriptor) -> None:
     if store.has_blob(desc.digest):
         return
@@ -95,13 +105,12 @@ def _copy_blob(store: Store, src: Source, desc: Descriptor) -> None:
         store.put_stream(f, desc.digest, desc.size)
 
 
-def _read_json(src: Source, rel: str) -> Any:
-    with src.open(rel) as f:
-        data = f.read()
+def _read_json(store: Store, src: Source, rel: str) -> Any:
+    data = _read_small(store, src, rel)
     try:
         return json.loads(data)
-    except ValueError as e:
-        raise ParseError(f"{rel} in {src.name} is not valid JSON") from e
+    except (ValueError, RecursionError):
+        raise ParseError(f"{rel} in {src.name} is not valid JSON") from None
 
 
 def default_name(src: Source) -> str:
@@ -127,7 +136,7 @@ def _ref_for(annotations: dict[str, str] | None, fallback: str) -> str:
 
 def import_oci_layout(store: Store, src: Source) -> list[tuple[str, str]]:
     """Copy every image of an OCI layout into the store: [(reference, manifest digest)]."""
-    index = _read_json(src, "index.json")
+    index = _read_json(store, src, "index.json")
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
         raise ParseError(f"{src.name}: index.json has no manifests list")
     fallback = default_name(src)
@@ -147,8 +156,8 @@ def import_oci_layout(store: Store, src: Source) -> list[tuple[str, str]]:
 
 
 def _import_manifest(store: Store, src: Source, desc: Descriptor, depth: int = 0) -> str:
-    with src.open(_blob_rel(desc.digest)) as f:
-        body = f.read()
+    store.limits.document(f"manifest {desc.digest}", desc.size)
+    body = _read_small(store, src, _blob_rel(desc.digest))
     store_digest = store.put_bytes(body, desc.digest)
     doc = load_json(body, "manifest")
     mt = media_type_of(doc, desc.media_type)
@@ -157,6 +166,7 @@ def _import_manifest(store: Store, src: Source, desc: Descriptor, depth: int = 0
             raise ImageError("image index nesting is too deep")
         return _import_manifest(store, src, select_platform(doc), depth + 1)
     manifest = parse_manifest(doc)
+    store.limits.check_manifest(manifest, f"{src.name} {desc.digest}")
     for d in (manifest.config, *manifest.layers):
         _copy_blob(store, src, d)
     return store_digest
@@ -164,15 +174,22 @@ def _import_manifest(store: Store, src: Source, desc: Descriptor, depth: int = 0
 
 def import_docker_archive(store: Store, src: Source) -> list[tuple[str, str]]:
     """Import a ``docker save`` archive (``manifest.json`` with Config/Layers/RepoTags)."""
-    entries = _read_json(src, "manifest.json")
+    entries = _read_json(store, src, "manifest.json")
     if not isinstance(entries, list):
         raise ParseError("manifest.json of a docker archive must be a list")
     out: list[tuple[str, str]] = []
     for entry in entries:
         if not isinstance(entry, dict) or "Config" not in entry or "Layers" not in entry:
             raise ParseError("docker archive manifest entry needs Config and Layers")
-        with src.open(entry["Config"]) as f:
-            config_digest, config_size = store.put_stream(f)
+        if not isinstance(entry["Config"], str) or not isinstance(entry["Layers"], list) or not all(
+                isinstance(x, str) for x in entry["Layers"]):
+            raise ParseError("docker archive manifest entry: Config must be a path, Layers a list of paths")
+        max_layers = store.limits.max_layers
+        if max_layers and len(entry["Layers"]) > max_layers:
+            raise ImageTooLargeError(f"docker archive image has {len(entry['Layers'])} layers, more than "
+                                     f"{max_layers}")
+        config = _read_small(store, src, entry["Config"])
+        config_digest, config_size = store.put_bytes(config), len(config)
         layers = []
         for rel in entry["Layers"]:
             with src.open(rel) as f:
@@ -189,6 +206,8 @@ def import_docker_archive(store: Store, src: Source) -> list[tuple[str, str]]:
         body = json.dumps(manifest, separators=(",", ":")).encode()
         digest = store.put_bytes(body)
         tags = entry.get("RepoTags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ParseError("docker archive manifest entry: RepoTags must be a list of strings")
         refs = [str(parse_reference(t)) for t in tags] or [config_digest]
         out.extend((r, digest) for r in refs)
     return out

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError, ImageError, NotFoundError, ParseError, RegistryError
+from ..errors import (
+    ConfigError,
+    ImageError,
+    ImageTooLargeError,
+    NotFoundError,
+    ParseError,
+    RegistryError,
+    RegistryTimeoutError,
+)
 from .catalog import is_complete, read_image, record_image
 from .layout import import_path, is_oci_layout
+from .limits import ENV, ImageBudget, ImageLimits
 from .locks import async_file_lock, file_lock
 from .manifest import INDEX_TYPES, Descriptor, load_json, media_type_of, parse_manifest, select_platform
 from .reference import Reference, is_digest, parse_reference
@@ -33,18 +44,28 @@ class ImageManager:
     """Images of one BoxLite home. Safe to use from several processes at once.
 
     ``registries`` defaults to ``image_registries`` from ``<home>/config.json``.
-    ``retry`` and ``max_concurrent_downloads`` may be adjusted after construction.
+    ``retry``, ``limits`` (default: :meth:`ImageLimits.from_env`) and
+    ``max_concurrent_downloads`` may be adjusted after construction.
     """
 
     def __init__(self, home: Path, registries: list[ImageRegistry] | None = None,
-                 uid_base: int = DEFAULT_UID_BASE) -> None:
+                 uid_base: int = DEFAULT_UID_BASE, limits: ImageLimits | None = None) -> None:
         self.home = Path(home)
         self.registries = (list(registries) if registries is not None
                            else load_registries_from_config(self.home))
         self.uid_base = uid_base
-        self.store = Store(self.home, uid_base)
+        self.store = Store(self.home, uid_base, limits)
         self.retry = RetryPolicy()
         self.max_concurrent_downloads = 4
+
+    @property
+    def limits(self) -> ImageLimits:
+        """Caps on image size, expansion and pull time (shared with the store)."""
+        return self.store.limits
+
+    @limits.setter
+    def limits(self, value: ImageLimits) -> None:
+        self.store.limits = value
 
     # -- registry selection -----------------------------------------------------------
     def _registry(self, host: str) -> ImageRegistry:
@@ -68,7 +89,24 @@ class ImageManager:
 
     # -- pull -------------------------------------------------------------------------
     async def pull(self, ref: str, progress: ProgressFn | None = None) -> ImageInfo:
-        """Download ``ref`` (manifest, config, layers) into the store and tag it."""
+        """Download ``ref`` (manifest, config, layers) into the store and tag it.
+
+        The whole pull must finish within ``limits.pull_timeout`` seconds (RegistryTimeoutError);
+        partial downloads stay in the store's tmp dir and resume on the next pull.
+        """
+        timeout = self.limits.pull_timeout or None
+        try:
+            if sys.version_info >= (3, 11):  # same task: the gc lock is released as the pull ends
+                async with asyncio.timeout(timeout):
+                    return await self._pull(ref, progress)
+            return await asyncio.wait_for(self._pull(ref, progress), timeout)
+        except RegistryTimeoutError:
+            raise
+        except asyncio.TimeoutError:
+            raise RegistryTimeoutError(f"pull of {ref} did not finish within {timeout} s "
+                                       f"({ENV['pull_timeout']})") from None
+
+    async def _pull(self, ref: str, progress: ProgressFn | None) -> ImageInfo:
         parsed = parse_reference(ref)
         first_error: RegistryError | None = None
         for cand in self._candidates(parsed):
@@ -85,16 +123,18 @@ class ImageManager:
         async with async_file_lock(self.store.gc_lock(), shared=True):
             from .client import RegistryClient  # httpx costs ~0.1 s to import: only when pulling
 
-            async with RegistryClient(self._registry(ref.registry), self.retry) as client:
+            async with RegistryClient(self._registry(ref.registry), self.retry, limits=self.limits) as client:
                 body, ctype, digest = await client.get_manifest(ref.repository, ref.reference)
                 doc = load_json(body, "manifest")
                 for _ in range(3):
                     if media_type_of(doc, ctype) not in INDEX_TYPES:
                         break
                     desc = select_platform(doc)
+                    self.limits.document(f"manifest {desc.digest}", desc.size)
                     body, ctype, digest = await client.get_manifest(ref.repository, desc.digest)
                     doc = load_json(body, "manifest")
                 manifest = parse_manifest(doc)
+                self.limits.check_manifest(manifest, str(ref))
                 await self._fetch_blob(client, ref.repository, manifest.config, None)
                 sem = asyncio.Semaphore(self.max_concurrent_downloads)
 
@@ -163,12 +203,34 @@ class ImageManager:
     async def _prepare(self, info: ImageInfo) -> PreparedImage:
         async with async_file_lock(self.store.gc_lock(), shared=True):
             img = read_image(self.store, info.digest)
+            self.limits.check_manifest(img.manifest, info.reference)
+            budget = ImageBudget(self.limits, f"image {info.reference}")
+            hex_ids = [d.digest.split(":", 1)[1] for d in img.manifest.layers]
+            for hex_id in hex_ids:  # layers unpacked earlier count against this image too
+                if self.store.layer_root(hex_id).is_dir():
+                    budget.charge(*self.store.layer_usage(hex_id))
             layers = await asyncio.gather(*(
-                asyncio.to_thread(self._ensure_layer, d, diff)
+                asyncio.to_thread(self._ensure_layer, d, diff, budget)
                 for d, diff in zip(img.manifest.layers, img.diff_ids, strict=True)))
+            self._check_usage(hex_ids, info.reference)
         return PreparedImage(tuple(layers), img.config, img.image_id, info.reference)
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: str | None) -> Path:
+    def _check_usage(self, hex_ids: list[str], name: str) -> None:
+        """The image's layers as stored (some may come from other processes) fit the limits."""
+        total = entries = 0
+        for hex_id in dict.fromkeys(hex_ids):
+            n, e = self.store.layer_usage(hex_id)
+            total, entries = total + n, entries + e
+        lim = self.limits
+        if lim.max_image_bytes and total > lim.max_image_bytes:
+            raise ImageTooLargeError(f"image {name} unpacks to {total} bytes, more than {lim.max_image_bytes} "
+                                     f"({ENV['max_image_bytes']})")
+        if lim.max_image_entries and entries > lim.max_image_entries:
+            raise ImageTooLargeError(f"image {name} has {entries} entries, more than {lim.max_image_entries} "
+                                     f"({ENV['max_image_entries']})")
+
+    def _ensure_layer(self, desc: Descriptor, diff_id: str | None,
+                      budget: ImageBudget | None = None) -> Path:
         hex_id = desc.digest.split(":", 1)[1]
         root = self.store.layer_root(hex_id)
         if root.is_dir():
@@ -177,11 +239,12 @@ class ImageManager:
             if root.is_dir():
                 return root
             work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
-            try:
-                os.chmod(work, 0o755)
+            try:  # mkdtemp made it 0700: stays so (setuid files and box-uid files live below)
                 (work / "root").mkdir()
-                unpack_layer(self.store.blob_path(desc.digest), work / "root", self.uid_base,
-                             diff_id)
+                meter = unpack_layer(self.store.blob_path(desc.digest), work / "root", self.uid_base,
+                                     diff_id, self.limits, budget)
+                (work / "expanded.json").write_text(
+                    json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
                 os.rename(work, self.store.layer_dir(hex_id))
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
@@ -229,8 +292,8 @@ class ImageManager:
             for info in store.all_refs():
                 keep_blobs.add(info.digest)
                 try:
-                    manifest = parse_manifest(load_json(store.read_blob(info.digest), "m"))
-                except ImageError:
+                    manifest = parse_manifest(load_json(store.read_blob(info.digest, "manifest"), "m"))
+                except (ImageError, ParseError):
                     continue
                 keep_blobs.add(manifest.config.digest)
                 for d in manifest.layers:

@@ -8,7 +8,7 @@ import platform as _platform
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ImageError, ParseError
+from ..errors import ConfigError, ImageError, ParseError
 from .reference import is_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -41,11 +41,21 @@ class Descriptor:
             raise ParseError("descriptor is not an object")
         digest, size = d.get("digest"), d.get("size")
         if not isinstance(digest, str) or not is_digest(digest):
-            raise ParseError(f"unsupported or invalid digest {digest!r}")
-        if not isinstance(size, int) or size < 0:
-            raise ParseError(f"invalid size {size!r} for {digest}")
-        return cls(str(d.get("mediaType", "")), digest, size, d.get("platform"),
-                   d.get("annotations"))
+            raise ParseError(f"unsupported or invalid digest {str(digest)[:100]!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ParseError(f"invalid size {str(size)[:100]!r} for {digest}")
+        media_type = d.get("mediaType", "")
+        if not isinstance(media_type, str):
+            raise ParseError(f"invalid mediaType for {digest}")
+        platform = d.get("platform")
+        if platform is not None and not isinstance(platform, dict):
+            raise ParseError(f"invalid platform for {digest}")
+        annotations = d.get("annotations")
+        if annotations is not None and not (
+                isinstance(annotations, dict)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+            raise ParseError(f"invalid annotations for {digest}")
+        return cls(media_type, digest, size, platform, annotations)
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,8 @@ class Manifest:
 def load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
-    except ValueError as e:
-        raise ParseError(f"{what} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # RecursionError: nested thousands of levels deep
+        raise ParseError(f"{what} is not valid JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(doc, dict):
         raise ParseError(f"{what} is not a JSON object")
     return doc
@@ -70,15 +80,15 @@ def load_json(data: bytes, what: str) -> dict[str, Any]:
 def media_type_of(doc: dict[str, Any], header_type: str | None = None) -> str:
     """Media type from the document, else the HTTP header, else guessed from its shape."""
     mt = doc.get("mediaType") or (header_type or "").split(";")[0].strip()
-    if mt in MANIFEST_TYPES or mt in INDEX_TYPES:
-        return str(mt)
+    if isinstance(mt, str) and (mt in MANIFEST_TYPES or mt in INDEX_TYPES):
+        return mt
     if "manifests" in doc:
         return OCI_INDEX
     if "layers" in doc and "config" in doc:
         return OCI_MANIFEST
     if doc.get("schemaVersion") == 1:
         raise ImageError("docker schema 1 manifests are not supported")
-    raise ParseError(f"unsupported manifest media type {mt!r}")
+    raise ParseError(f"unsupported manifest media type {str(mt)[:100]!r}")
 
 
 def parse_manifest(doc: dict[str, Any]) -> Manifest:
@@ -106,6 +116,8 @@ def host_platform() -> tuple[str, str, str | None]:
     override = os.environ.get("BOXLITE_IMAGE_PLATFORM")
     if override:
         parts = override.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ConfigError(f"BOXLITE_IMAGE_PLATFORM={override!r}: expected os/arch[/variant]")
         return parts[0], parts[1], parts[2] if len(parts) > 2 else None
     machine = _platform.machine().lower()
     table: dict[str, tuple[str, str | None]] = {
@@ -121,7 +133,10 @@ def host_platform() -> tuple[str, str, str | None]:
 def select_platform(doc: dict[str, Any]) -> Descriptor:
     """Pick this host's manifest from an image index / manifest list."""
     want_os, want_arch, want_variant = host_platform()
-    entries = [Descriptor.from_json(m) for m in doc.get("manifests") or []]
+    manifests = doc.get("manifests") or []
+    if not isinstance(manifests, list):
+        raise ParseError("image index: manifests is not a list")
+    entries = [Descriptor.from_json(m) for m in manifests]
     candidates = []
     for d in entries:
         p = d.platform or {}
@@ -139,7 +154,7 @@ def select_platform(doc: dict[str, Any]) -> Descriptor:
             (d.platform or {}).get("os"), (d.platform or {}).get("architecture"),
             (d.platform or {}).get("variant")) if x) for d in entries})
         want = "/".join(x for x in (want_os, want_arch, want_variant) if x)
-        raise ImageError(f"image has no manifest for platform {want} (available: "
-                         f"{', '.join(have) or 'none'})")
+        shown = ", ".join(have[:20]) + (f", ... ({len(have)} in all)" if len(have) > 20 else "")
+        raise ImageError(f"image has no manifest for platform {want} (available: {shown or 'none'})")
     candidates.sort(key=lambda c: c[0])
     return candidates[0][1]

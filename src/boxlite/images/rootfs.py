@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ImageError
 from .locks import file_lock
 from .store import Store
-from .unpack import shift_id
+from .unpack import keep_xattr, log, shift_id
 
 
 def fingerprint(path: Path) -> str:
@@ -42,9 +42,8 @@ def import_rootfs(store: Store, path: Path) -> tuple[Path, str]:
     with file_lock(store.lock_path(f"layer-{store.layer_key(fp)}")):
         if root.is_dir():
             return root, fp
-        work = Path(tempfile.mkdtemp(dir=store.tmp, prefix=f"rootfs-{fp[:12]}-"))
+        work = Path(tempfile.mkdtemp(dir=store.tmp, prefix=f"rootfs-{fp[:12]}-"))  # 0700
         try:
-            os.chmod(work, 0o755)
             copy_tree_shifted(Path(os.path.realpath(path)), work / "root", store.uid_base)
             os.rename(work, store.layer_dir(fp))
         except BaseException:
@@ -54,18 +53,22 @@ def import_rootfs(store: Store, path: Path) -> tuple[Path, str]:
 
 
 def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
-    """Copy a tree preserving modes, times, symlinks, hard links, devices and xattrs,
-    with uid/gid shifted by ``uid_base``. Symlinks in ``src`` are never followed."""
+    """Copy a tree preserving modes, times, symlinks, hard links, FIFOs and ``user.*`` xattrs,
+    with uid/gid shifted by ``uid_base``. Symlinks in ``src`` are never followed.
+
+    As for image layers (:mod:`.unpack`), device nodes are not copied (the box gets its own
+    /dev) and file capabilities, security labels and ACLs are dropped."""
     privileged = os.geteuid() == 0
     links: dict[tuple[int, int], str] = {}
     dir_times: list[tuple[str, os.stat_result]] = []
+    skipped: list[str] = []
 
-    def meta(path: str, st: os.stat_result, is_link: bool = False) -> None:
+    def meta(path: str, st: os.stat_result, is_link: bool = False, mask: int = 0o7777) -> None:
         if privileged:
             os.chown(path, shift_id(st.st_uid, uid_base), shift_id(st.st_gid, uid_base),
                      follow_symlinks=False)
         if not is_link:
-            os.chmod(path, stat.S_IMODE(st.st_mode))
+            os.chmod(path, stat.S_IMODE(st.st_mode) & mask)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     def walk(s: str, d: str) -> None:
@@ -93,13 +96,11 @@ def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
                 _copy_xattrs(sp, dp)
                 meta(dp, est)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                if not privileged:
-                    continue
-                os.mknod(dp, mode, est.st_rdev)
-                meta(dp, est)
+                skipped.append(os.path.relpath(sp, src))
+                continue
             elif stat.S_ISFIFO(mode):
-                os.mkfifo(dp)
-                meta(dp, est)
+                os.mkfifo(dp, 0o600)
+                meta(dp, est, mask=0o777)
             else:
                 continue  # sockets and unknown types are not copied
             if est.st_nlink > 1:
@@ -109,6 +110,9 @@ def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
     walk(str(src), str(dest))
     for d, st in dir_times:
         meta(d, st)
+    if skipped:
+        shown = ", ".join(skipped[:8]) + (f", ... ({len(skipped)} in all)" if len(skipped) > 8 else "")
+        log.warning("rootfs %s: not copying device nodes %s: the engine gives the box its own /dev", src, shown)
 
 
 def _copy_xattrs(src: str, dest: str) -> None:
@@ -117,7 +121,7 @@ def _copy_xattrs(src: str, dest: str) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith("trusted.overlay."):
+        if not keep_xattr(name):
             continue
         try:
             os.setxattr(dest, name, os.getxattr(src, name, follow_symlinks=False),

@@ -4,14 +4,19 @@ Layout under ``<home>/images/``::
 
     blobs/sha256/<hex>        verified blobs (manifests, configs, layers)
     layers/<hex>/root         unpacked layer (ownership shifted), keyed by layer blob digest
+    layers/<hex>/expanded.json  what the layer unpacked to (bytes, entries): per-image limits
     locks/                    flock files (per blob / layer, and the store-wide gc lock)
     tmp/                      partial downloads and unpack work dirs
     index.db                  SQLite (WAL): reference -> manifest digest, image id, size
+
+The ``images`` directory is 0700: layers hold setuid files and files owned by box uids, which
+no other host user (nor a host process running as a box's uid) may reach.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import tempfile
@@ -23,6 +28,7 @@ from typing import IO
 
 from ..errors import DigestMismatchError, ImageError
 from ..sqlite_wal import connect
+from .limits import ImageLimits
 from .reference import is_digest
 from .types import ImageInfo
 
@@ -43,15 +49,18 @@ CREATE TABLE IF NOT EXISTS images (
 class Store:
     """Files and index of one home's images directory. Safe for concurrent processes."""
 
-    def __init__(self, home: Path, uid_base: int = DEFAULT_UID_BASE) -> None:
+    def __init__(self, home: Path, uid_base: int = DEFAULT_UID_BASE,
+                 limits: ImageLimits | None = None) -> None:
         self.root = Path(home) / "images"
         self.blobs = self.root / "blobs" / "sha256"
         self.layers = self.root / "layers"
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
         self.uid_base = uid_base
+        self.limits = limits if limits is not None else ImageLimits.from_env()
         for d in (self.blobs, self.layers, self.locks, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
         self.db_path = self.root / "index.db"
         with self._db() as db:
             db.executescript(_SCHEMA)
@@ -112,9 +121,13 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
-    def read_blob(self, digest: str) -> bytes:
+    def read_blob(self, digest: str, what: str = "document") -> bytes:
+        """A small blob (manifest, index, config) read whole, refused past ``limits.max_document``
+        before anything is buffered."""
         try:
-            return self.blob_path(digest).read_bytes()
+            with open(self.blob_path(digest), "rb") as f:
+                self.limits.document(f"{what} {digest}", os.fstat(f.fileno()).st_size)
+                return f.read()
         except FileNotFoundError:
             raise ImageError(f"blob {digest} is missing from the store") from None
 
@@ -175,6 +188,14 @@ class Store:
 
     def layer_root(self, hex_id: str) -> Path:
         return self.layer_dir(hex_id) / "root"
+
+    def layer_usage(self, hex_id: str) -> tuple[int, int]:
+        """(bytes, entries) a stored layer unpacked to; (0, 0) when not recorded (older stores)."""
+        try:
+            doc = json.loads((self.layer_dir(hex_id) / "expanded.json").read_bytes())
+            return int(doc["bytes"]), int(doc["entries"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, 0
 
     def gc_lock(self) -> Path:
         """Pulls/unpacks hold this shared; gc holds it exclusively."""

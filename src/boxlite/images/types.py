@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ParseError
+
 
 @dataclass(frozen=True)
 class ImageConfig:
@@ -21,20 +23,38 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> ImageConfig:
-        """Build from a parsed image config document (the ``config`` key is read)."""
+        """Build from a parsed image config document (the ``config`` key is read).
+
+        The document comes from the image: a field of the wrong type is a ParseError.
+        """
         c = doc.get("config") or {}
+        if not isinstance(c, dict):
+            raise ParseError("image config: 'config' is not an object")
 
-        def strlist(v: Any) -> list[str] | None:
-            return [str(x) for x in v] if isinstance(v, list) else None
+        def typed(key: str, kind: type) -> Any:
+            value = c.get(key)
+            if value is not None and not isinstance(value, kind):
+                raise ParseError(f"image config: {key} must be a {kind.__name__}")
+            return value
 
+        def strlist(key: str) -> list[str] | None:
+            value = typed(key, list)
+            if value is not None and not all(isinstance(x, (str, int, float)) for x in value):
+                raise ParseError(f"image config: {key} must be a list of strings")
+            return [str(x) for x in value] if value is not None else None
+
+        ports = typed("ExposedPorts", dict) or {}
+        labels = typed("Labels", dict) or {}
+        if not all(isinstance(v, (str, int, float, bool)) for v in labels.values()):
+            raise ParseError("image config: Labels values must be strings")
         return cls(
-            entrypoint=strlist(c.get("Entrypoint")),
-            cmd=strlist(c.get("Cmd")),
-            env=strlist(c.get("Env")) or [],
-            working_dir=c.get("WorkingDir") or None,
-            user=c.get("User") or None,
-            exposed_ports=sorted((c.get("ExposedPorts") or {}).keys()),
-            labels={str(k): str(v) for k, v in (c.get("Labels") or {}).items()},
+            entrypoint=strlist("Entrypoint"),
+            cmd=strlist("Cmd"),
+            env=strlist("Env") or [],
+            working_dir=typed("WorkingDir", str) or None,
+            user=typed("User", str) or None,
+            exposed_ports=sorted(str(k) for k in ports),
+            labels={str(k): str(v) for k, v in labels.items()},
         )
 
 

@@ -12,9 +12,22 @@ Every path is resolved component by component from the layer root with ``O_NOFOL
 
 Whiteouts become overlayfs whiteouts: ``.wh.NAME`` → character device 0:0 ``NAME``;
 ``.wh..wh..opq`` → xattr ``trusted.overlay.opaque=y`` on the directory. Ownership is shifted:
-``uid → uid_base + uid`` (ids ≥ 65536 → ``uid_base + 65534``). Device nodes are recreated
-(requires root; skipped otherwise). ``trusted.overlay.*`` xattrs carried by a layer are
-dropped; other xattrs are applied to files and directories when the filesystem allows.
+``uid → uid_base + uid`` (ids ≥ 65536 → ``uid_base + 65534``).
+
+A layer must not plant privileges on the host, where its files live:
+
+* character and block devices are not created (a device node with the image's mode in a host
+  directory would be a raw door to that device); both engines give the box its own ``/dev``, and
+  the skipped names are logged once per layer;
+* only ``user.*`` xattrs are kept (not ``user.overlay.*``): file capabilities
+  (``security.capability``), other ``security.*``/``trusted.*`` and ACLs (``system.*``) are
+  dropped, so an image cannot ship ``cap_setuid=ep`` binaries;
+* setuid/setgid bits are kept (programs in the box need them) and are harmless outside it
+  because the store and box directories are 0700 root-owned: no other host user, and no host
+  process running as a box's uid, can reach those files;
+* sizes are bounded (:mod:`.limits`): every member is counted from its header (sparse files at
+  their logical size) before its data is written, extended headers are read with a cap, and
+  runs of zeros are written as holes, so a sparse file stays sparse.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -29,11 +43,12 @@ import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import zstandard
 
-from ..errors import DigestMismatchError, ImageError, UnsafeLayerError
+from ..errors import BoxliteError, DigestMismatchError, ImageError, ImageTooLargeError, UnsafeLayerError
+from .limits import ImageBudget, ImageLimits, LayerMeter
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -41,6 +56,19 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_HOLE = 64 << 10  # runs of zeros this long (aligned in the stream) are left as holes
+_ZEROS = bytes(_HOLE)
+MAX_EXT_HEADER = 1 << 20  # pax / GNU long-name / sparse-map bytes before one member (read into memory)
+MAX_HEADER_CHAIN = 16  # extended headers before one member (tarfile recurses through them)
+_EXT_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE, tarfile.XHDTYPE,
+              tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+log = logging.getLogger("boxlite.images")
+
+
+def keep_xattr(name: str) -> bool:
+    """Only plain user xattrs survive: no file capabilities, security labels, ACLs or overlay
+    metadata (``trusted.overlay.*``, ``user.overlay.*``) from an image."""
+    return name.startswith("user.") and not name.startswith("user.overlay.")
 
 
 def shift_id(value: int, base: int) -> int:
@@ -69,6 +97,46 @@ class _HashingReader:
             pass
 
 
+class _ReadCap:
+    """Proxy of tarfile's stream that refuses to read more than ``left`` bytes."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        self._raw = raw
+        self._left = left
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            raise ImageTooLargeError(f"extended tar headers of one layer member exceed {MAX_EXT_HEADER} bytes")
+        self._left -= n
+        return bytes(self._raw.read(n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo whose extended headers (pax, GNU long names, sparse maps) are read with a cap.
+
+    tarfile reads such a header whole into memory and recurses through chains of them: a
+    compressed layer could otherwise make it buffer GiBs.
+    """
+
+    def _proc_member(self, tf: Any) -> Any:
+        if self.type not in _EXT_TYPES:
+            return super()._proc_member(tf)  # type: ignore[misc]
+        depth = getattr(tf, "_boxlite_depth", 0)
+        if depth >= MAX_HEADER_CHAIN:
+            raise UnsafeLayerError(f"more than {MAX_HEADER_CHAIN} extended tar headers before one member")
+        raw = tf.fileobj
+        tf.fileobj = _ReadCap(raw, MAX_EXT_HEADER)
+        tf._boxlite_depth = depth + 1
+        try:
+            return super()._proc_member(tf)  # type: ignore[misc]
+        finally:
+            tf.fileobj = raw
+            tf._boxlite_depth = depth
+
+
 def open_decompressed(f: IO[bytes]) -> Reader:
     """Return a reader of the uncompressed tar stream (gzip, zstd or plain by magic)."""
     head = f.read(4)
@@ -81,31 +149,47 @@ def open_decompressed(f: IO[bytes]) -> Reader:
 
 
 def unpack_layer(blob: Path, dest: Path, uid_base: int,
-                 diff_id: str | None = None) -> None:
+                 diff_id: str | None = None, limits: ImageLimits | None = None,
+                 budget: ImageBudget | None = None) -> LayerMeter:
     """Extract the layer blob into the existing empty directory ``dest``.
 
-    ``diff_id`` (sha256 of the uncompressed tar) is verified when given. On error ``dest`` is
-    left partially filled; the caller discards it.
+    ``diff_id`` (sha256 of the uncompressed tar) is verified when given. ``limits`` (default:
+    the environment's) bound what the layer unpacks to; ``budget`` is shared by the layers of
+    one image. Returns the layer's counts. On error ``dest`` is left partially filled; the
+    caller discards it.
     """
+    limits = limits if limits is not None else ImageLimits.from_env()
     with open(blob, "rb") as raw:
+        meter = LayerMeter(limits, os.fstat(raw.fileno()).st_size, f"layer sha256:{blob.name[:12]}", budget)
         reader = _HashingReader(open_decompressed(raw))
+        ex: Extractor | None = None
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:  # type: ignore[call-overload]
                 ex = Extractor(dest, uid_base)
                 try:
-                    for member in tf:
+                    while (member := tf.next()) is not None:
+                        tf.members.clear()  # a streaming TarFile keeps every member otherwise
+                        meter.charge(member.size)
                         ex.add(member, tf.extractfile if member.isreg() else None)
                     ex.finish()
                 finally:
                     ex.close()
-            reader.drain()
-        except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
+            while chunk := reader.read(1 << 20):  # trailing bytes count too: they cost CPU to hash
+                meter.charge(len(chunk), entries=0)
+        except BoxliteError:
+            raise
+        except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError, ValueError,
+                OverflowError, RecursionError) as e:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise ImageError(f"cannot unpack layer {blob.name}: {e}") from e
+            raise ImageError(f"cannot unpack layer {blob.name}: {type(e).__name__}: {e}") from e
+        finally:
+            if ex is not None:
+                ex.log_dropped(blob.name)
     if diff_id and "sha256:" + reader.hasher.hexdigest() != diff_id:
         raise DigestMismatchError(f"layer {blob.name}: uncompressed digest does not match "
                                   f"diff_id {diff_id}")
+    return meter
 
 
 class Extractor:
@@ -117,6 +201,8 @@ class Extractor:
         self.privileged = os.geteuid() == 0
         self._fds: dict[tuple[str, ...], int] = {}
         self._dir_times: list[tuple[tuple[str, ...], int]] = []
+        self.skipped_devices: list[str] = []
+        self.dropped_xattrs: list[str] = []
         if self.privileged:
             os.fchown(self.root_fd, uid_base, uid_base)
         os.fchmod(self.root_fd, 0o755)
@@ -124,6 +210,17 @@ class Extractor:
     def close(self) -> None:
         self._drop_cache()
         os.close(self.root_fd)
+
+    def log_dropped(self, what: str) -> None:
+        """One log line naming the device nodes and xattrs the layer carried but did not get."""
+        for action, names, why in (
+            ("not creating device nodes", self.skipped_devices, "the engine gives the box its own /dev"),
+            ("dropping xattrs", self.dropped_xattrs, "file capabilities, security labels and ACLs from images "
+             "are not applied on the host"),
+        ):
+            if names:
+                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                log.warning("layer %s: %s %s: %s", what[:12], action, shown, why)
 
     def _drop_cache(self) -> None:
         for fd in self._fds.values():
@@ -198,7 +295,7 @@ class Extractor:
             self._drop_cache()
         if not parts:
             if m.isdir():
-                self._meta_fd(self.root_fd, m)
+                self._meta_fd(self.root_fd, m, parts)
             return
         name = parts[-1]
         if name.startswith(WHITEOUT):
@@ -216,7 +313,7 @@ class Extractor:
                     os.mkdir(name, 0o700, dir_fd=pfd)
                 self._drop_one(parts)
             fd = self.dir_fd(parts, create=False)
-            self._meta_fd(fd, m)
+            self._meta_fd(fd, m, parts)
             if opaque:
                 os.setxattr(fd, "trusted.overlay.opaque", b"y")
             self._dir_times.append((parts, int(m.mtime)))
@@ -230,7 +327,7 @@ class Extractor:
                 src = extract(m) if extract else None
                 if src is not None:
                     _copy(src, fd)
-                self._meta_fd(fd, m)
+                self._meta_fd(fd, m, parts)
                 os.utime(fd, ns=(int(m.mtime) * 10**9,) * 2)
             finally:
                 os.close(fd)
@@ -298,22 +395,20 @@ class Extractor:
         os.link(target[-1], parts[-1], src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
 
     def _special(self, pfd: int, parts: tuple[str, ...], m: tarfile.TarInfo) -> None:
+        """FIFOs are made (without setuid/setgid/sticky bits); device nodes never are."""
         self._clear(pfd, parts)
         name = parts[-1]
-        if m.isfifo():
-            os.mkfifo(name, 0o600, dir_fd=pfd)
-        else:
-            if not self.privileged:
-                return  # device nodes need root; skipped when unprivileged
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(name, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
+        if not m.isfifo():
+            self.skipped_devices.append("/".join(parts))
+            return
+        os.mkfifo(name, 0o600, dir_fd=pfd)
         if self.privileged:
             os.chown(name, shift_id(m.uid, self.base), shift_id(m.gid, self.base),
                      dir_fd=pfd, follow_symlinks=False)
         # the name was just created by us in a private work dir: not a symlink
-        os.chmod(name, m.mode & 0o7777, dir_fd=pfd)
+        os.chmod(name, m.mode & 0o777, dir_fd=pfd)
 
-    def _meta_fd(self, fd: int, m: tarfile.TarInfo) -> None:
+    def _meta_fd(self, fd: int, m: tarfile.TarInfo, parts: tuple[str, ...] = ()) -> None:
         if self.privileged:
             os.fchown(fd, shift_id(m.uid, self.base), shift_id(m.gid, self.base))
         os.fchmod(fd, m.mode & 0o7777)
@@ -321,7 +416,9 @@ class Extractor:
             if not key.startswith("SCHILY.xattr."):
                 continue
             xname = key[len("SCHILY.xattr."):]
-            if xname.startswith("trusted.overlay."):
+            if not keep_xattr(xname):
+                if not xname.startswith("trusted.overlay."):
+                    self.dropped_xattrs.append(f"{xname} on /{'/'.join(parts)}")
                 continue
             try:
                 os.setxattr(fd, xname, value.encode("utf-8", "surrogateescape"))
@@ -342,9 +439,28 @@ class Extractor:
                 continue
 
 
-def _copy(src: IO[bytes], fd: int) -> None:
+def _copy(src: IO[bytes], fd: int) -> int:
+    """Copy ``src`` to ``fd`` from its current offset; 64 KiB runs of zeros become holes, so
+    sparse files (and zero-filled ones) take no disk space for them. Returns the bytes copied."""
+    start = pos = os.lseek(fd, 0, os.SEEK_CUR)
     while chunk := src.read(1 << 20):
         view = memoryview(chunk)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        n = len(chunk)
+        pending = 0  # start of data not yet written
+        for off in range(0, n - _HOLE + 1, _HOLE):
+            if chunk[off:off + _HOLE] == _ZEROS:
+                _pwrite_all(fd, view[pending:off], pos + pending)
+                pending = off + _HOLE
+        _pwrite_all(fd, view[pending:], pos + pending)
+        pos += n
+    if os.fstat(fd).st_size < pos:
+        os.ftruncate(fd, pos)  # trailing hole
+    os.lseek(fd, pos, os.SEEK_SET)
+    return pos - start
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n

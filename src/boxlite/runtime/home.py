@@ -26,6 +26,11 @@ class Home:
         for sub in ("", "boxes", "images"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)
+        # Image layers and box files hold setuid files and files owned by box uids: no other host
+        # user, nor a host process running as a box's uid, may reach them (also fixes older homes).
+        for sub in ("boxes", "images", "cache"):
+            (root / sub).mkdir(exist_ok=True)
+            os.chmod(root / sub, 0o700)
         return cls(root)
 
     @property
