@@ -16,9 +16,9 @@ async def test_device_nodes_in_the_image_cannot_be_opened(home: Path, tmp_path: 
     rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
     async with boxlite.SimpleBox(rootfs_path=str(rootfs), runtime=rt) as box:
         listed = await box.exec("ls", "-l", "/kmem")
-        assert listed.stdout.startswith("c"), listed  # the node is there...
+        assert listed.exit_code != 0, listed  # image device nodes are not even created on the host
         opened = await box.exec("head", "-c", "1", "/kmem")
-        assert opened.exit_code != 0 and "denied" in opened.stderr  # ...but useless (nodev)
+        assert opened.exit_code != 0
         made = await box.exec("busybox", "mknod", "/tmp/null2", "c", "1", "3")
         assert made.exit_code != 0
         assert (await box.exec("sh", "-c", "echo ok > /dev/null && echo fine")).stdout == "fine\n"
