@@ -12,6 +12,7 @@ from ..errors import ConfigError, UnsupportedOptionError
 from ..images.registry_config import ImageRegistry
 
 ENGINES = ("auto", "namespace", "vm")
+DEFAULT_MEMORY_MIB = 512  # a box's memory limit when none is asked for (BoxLite's default too)
 MAX_OPTIONS_BYTES = 512 * 1024
 """A box's options are stored with it (state.db): their JSON form (env, cmd, volumes...) is capped."""
 
@@ -89,6 +90,13 @@ class BoxOptions:
     pids_limit: int | None = None
     hostname: str | None = None
     ready_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        # No box runs without a memory limit: its tmpfs mounts are sized from it, and one box
+        # must not be able to take the host's memory. None (also from the CLI and REST) means
+        # the default.
+        if self.memory_mib is None:
+            self.memory_mib = DEFAULT_MEMORY_MIB
 
     def network_enabled(self) -> bool:
         """Outbound network on? Default: loopback only, unless ports are published."""

@@ -163,7 +163,9 @@ class BoxRuntime:
     async def create(self, options: Any, name: str | None) -> BoxRecord:
         self.check_open()
         options.validate()
-        if name is not None and (not name or "/" in name or len(name) > 128):
+        if name is not None and (
+            name in ("", ".", "..") or "/" in name or len(name) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        ):  # names become paths and terminal output: no dot names, no control characters (NUL)
             raise ConfigError(f"invalid box name {name!r}")
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
