@@ -9,6 +9,7 @@ import inspect
 import json
 import select
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -57,6 +58,31 @@ async def test_main_process_printing_fast_stays_within_the_log_cap(
     expected = old.read_bytes() + log.read_bytes()
     assert out.stdout.encode() == expected
     assert set(expected.splitlines()[1:-1]) == {line.encode()}  # whole lines, from both files
+    await runtime.remove(box.id, force=True)
+
+
+async def test_logs_follow_keeps_up_across_rotation(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, engine: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``boxlite logs -f`` started before the output: every line, once and in order, although
+    the log was rotated twice meanwhile."""
+    monkeypatch.setenv("BOXLITE_LOG_MAX_BYTES", str(p.LOG_MIN))
+    script = "sleep 2; i=0; while [ $i -lt 30000 ]; do echo line-$i; i=$((i+1)); done; exec sleep 600"
+    opts = boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), cmd=["sh", "-c", script], auto_remove=False)
+    box = await runtime.create(opts)
+    await box.start()
+    cli = Cli(runtime.home.root, busybox_rootfs, engine)
+    out = tmp_path / "follow.out"
+    with open(out, "wb") as sink:
+        follow = subprocess.Popen(cli.argv("logs", "-f", box.id), stdout=sink, env=cli.env())
+        deadline = time.monotonic() + 90
+        while b"line-29999\n" not in out.read_bytes():
+            assert follow.poll() is None and time.monotonic() < deadline, out.read_bytes()[-200:]
+            await asyncio.sleep(0.1)
+        await box.stop()
+        follow.wait(30)
+    assert out.read_text().splitlines() == [f"line-{i}" for i in range(30000)]
+    assert (runtime.home.box_dir(box.id) / "run" / "main.log.1").exists()
     await runtime.remove(box.id, force=True)
 
 

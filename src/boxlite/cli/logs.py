@@ -50,7 +50,7 @@ async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system
             return 0
     f = open(found, "rb")  # noqa: SIM115 (reopened on rotation; closed below)
     try:
-        _write(_tail(_rotated(found) + f.read(), tail))
+        _write(_tail(_rotated(found, f) + f.read(), tail))
         while follow and box.info().state.running:
             chunk = f.read()
             if chunk:
@@ -66,10 +66,14 @@ async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system
     return 0
 
 
-def _rotated(path: Path) -> bytes:
-    """What the log kept from before its last rotation (``<log>.1``, see agent/logfile.py)."""
+def _rotated(path: Path, current: BinaryIO) -> bytes:
+    """What the log kept from before its last rotation (``<log>.1``, see agent/logfile.py);
+    nothing if that is the file just opened as ``current`` (rotated a moment ago)."""
     try:
-        return path.with_name(path.name + ".1").read_bytes()
+        with open(path.with_name(path.name + ".1"), "rb") as old:
+            if os.fstat(old.fileno()).st_ino == os.fstat(current.fileno()).st_ino:
+                return b""
+            return old.read()
     except OSError:
         return b""
 
