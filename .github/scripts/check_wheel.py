@@ -20,7 +20,8 @@ import zipfile
 from pathlib import Path
 
 LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}  # PEP 513/571/599
-CONSISTENT = re.compile(r'consistent with the following platform tag:\s*"(manylinux_(\d+)_(\d+)_(\w+))"')
+# auditwheel wraps its lines at varying points: any whitespace between the words.
+CONSISTENT = re.compile(r'consistent\s+with\s+the\s+following\s+platform\s+tag:\s*"(manylinux_(\d+)_(\d+)_(\w+))"')
 
 
 def policy(tag: str) -> tuple[tuple[int, int], str] | None:

@@ -1,8 +1,10 @@
 """One runtime build, reused: the Python wheel and the npm package copy the artifact, never rebuild it.
 
-Runs `make runtime` (cached: ~2 s when the inputs are unchanged), then `make dist:python
-dist:node` into a temporary directory, and checks that the artifact in target/ was left alone
-and that both packages carry its exact manifest (and files). See docs/ci.md.
+Runs `make runtime` (cached: seconds when the inputs are unchanged), then `make dist:python
+dist:node` into a temporary directory once for the module, and checks that the artifact in
+target/ was left alone, that both packages carry its exact manifest (and files) and the LICENSE,
+and that the wheel's manylinux tag is one auditwheel agrees with. The workflow's own check steps
+(.github/workflows/build-sdks.yml) run on these packages as written there. See docs/ci.md.
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from workflow_steps import run_step, workspace
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT = REPO / "target" / "boxlite-runtime"
 FILES = ["manifest.json", "vmlinux", "initramfs.cpio"]
+ARCH = platform.machine()
+NPM_CPU = {"x86_64": "x64", "aarch64": "arm64"}
 
 pytestmark = [
     pytest.mark.slow,  # ~1 min: a wheel build (isolated build env) and an npm pack
@@ -69,48 +76,134 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_wheel_and_npm_package_reuse_the_runtime_artifact(tmp_path: Path) -> None:
+@dataclass
+class Dist:
+    wheel: Path
+    tgz: Path
+    manifest: bytes
+    before: dict[str, tuple[int, int, int]]
+    cache_before: set[str]
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return dict(json.loads(self.manifest)["files"])
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     make("runtime")
     before = snapshot(ARTIFACT)
     manifest = (ARTIFACT / "manifest.json").read_bytes()
-    digests = json.loads(manifest)["files"]
     cache_before = runtime_cache_entries()
+    out = tmp_path_factory.mktemp("dist")
+    make("dist:python", "dist:node", f"DIST={out}")
+    (wheel,) = out.glob("boxlite-*.whl")
+    (tgz,) = out.glob("boxlite-*.tgz")
+    return Dist(wheel, tgz, manifest, before, cache_before)
 
-    dist = tmp_path / "dist"
-    make("dist:python", "dist:node", f"DIST={dist}")
 
-    # Not rebuilt, not re-installed: same inodes, mtimes and sizes; same manifest bytes;
-    # nothing new in the runtime build cache.
-    assert snapshot(ARTIFACT) == before
-    assert (ARTIFACT / "manifest.json").read_bytes() == manifest
-    assert runtime_cache_entries() == cache_before
-
-    (wheel,) = dist.glob("boxlite-*.whl")
-    assert wheel.name.endswith(f"-py3-none-linux_{platform.machine()}.whl"), wheel.name
-    with zipfile.ZipFile(wheel) as zf:
-        assert zf.read("boxlite/runtime/manifest.json") == manifest
-        for name, digest in digests.items():
-            assert sha256(zf.read(f"boxlite/runtime/{name}")) == digest, name
-
-    (tgz,) = dist.glob("boxlite-*.tgz")
+def tar_member(tgz: Path, name: str) -> bytes:
     with tarfile.open(tgz) as tf:
+        f = tf.extractfile(f"package/{name}")
+        assert f is not None, name
+        return f.read()
 
-        def member(name: str) -> bytes:
-            f = tf.extractfile(f"package/runtime/{name}")
-            assert f is not None
-            return f.read()
 
-        assert member("manifest.json") == manifest
-        for name, digest in digests.items():
-            assert sha256(member(name)) == digest, name
+def ci_workspace(tmp_path: Path, outdir: str, package: Path) -> Path:
+    """A workspace laid out as the workflow's job has it: the package in ``outdir``, the
+    downloaded runtime artifact in target/boxlite-runtime."""
+    ws = workspace(tmp_path)
+    (ws / outdir).mkdir()
+    shutil.copy(package, ws / outdir / package.name)
+    (ws / "target").mkdir()
+    (ws / "target" / "boxlite-runtime").symlink_to(ARTIFACT)
+    return ws
 
-    # The installed wheel finds (and verifies) its bundled artifact.
+
+def test_packaging_neither_rebuilds_nor_touches_the_artifact(dist: Dist) -> None:
+    # Same inodes, mtimes and sizes; same manifest bytes; nothing new in the runtime build cache.
+    assert snapshot(ARTIFACT) == dist.before
+    assert (ARTIFACT / "manifest.json").read_bytes() == dist.manifest
+    assert runtime_cache_entries() == dist.cache_before
+
+
+def test_wheel_carries_the_artifact(dist: Dist, tmp_path: Path) -> None:
+    with zipfile.ZipFile(dist.wheel) as zf:
+        assert zf.read("boxlite/runtime/manifest.json") == dist.manifest
+        for name, digest in dist.digests.items():
+            assert sha256(zf.read(f"boxlite/runtime/{name}")) == digest, name
+    res = run_step(
+        "build-python",
+        "The wheel carries the runtime's exact manifest",
+        ci_workspace(tmp_path, "wheelhouse", dist.wheel),
+    )
+    assert res.returncode == 0, res.output
+
+
+def test_wheel_has_a_manylinux_tag_auditwheel_agrees_with(dist: Dist, tmp_path: Path) -> None:
+    assert dist.wheel.name.endswith(f"-py3-none-manylinux_2_17_{ARCH}.manylinux2014_{ARCH}.whl"), dist.wheel.name
+    step = "The wheel's platform tag is true for its contents (auditwheel show)"
+    res = run_step("build-python", step, ci_workspace(tmp_path, "wheelhouse", dist.wheel))
+    assert res.returncode == 0, res.output
+    assert f"manylinux_2_5_{ARCH}" in res.output and "requires no external shared libraries" in res.output, res.output
+
+    # The same check refuses what PyPI refuses: the wheel re-tagged linux_<arch>.
+    bad = tmp_path / "bad" / dist.wheel.name.replace(f"manylinux_2_17_{ARCH}.manylinux2014_{ARCH}", f"linux_{ARCH}")
+    bad.parent.mkdir()
+    with zipfile.ZipFile(dist.wheel) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith(".dist-info/WHEEL"):
+                lines = [ln for ln in data.decode().splitlines() if not ln.startswith("Tag: ")]
+                data = "\n".join([*lines, f"Tag: py3-none-linux_{ARCH}", ""]).encode()
+            dst.writestr(item, data)
+    (tmp_path / "b").mkdir()
+    refused = run_step("build-python", step, ci_workspace(tmp_path / "b", "wheelhouse", bad))
+    assert refused.returncode != 0 and "PyPI refuses" in refused.output, refused.output
+
+
+def test_npm_package_carries_the_artifact(dist: Dist, tmp_path: Path) -> None:
+    assert tar_member(dist.tgz, "runtime/manifest.json") == dist.manifest
+    for name, digest in dist.digests.items():
+        assert sha256(tar_member(dist.tgz, f"runtime/{name}")) == digest, name
+    res = run_step(
+        "build-node", "The package carries the runtime's exact manifest", ci_workspace(tmp_path, "npm-dist", dist.tgz)
+    )
+    assert res.returncode == 0, res.output
+    pkg = json.loads(tar_member(dist.tgz, "package.json"))
+    # The kernel is built for this machine's architecture only: npm refuses the package elsewhere.
+    assert (pkg["os"], pkg["cpu"], pkg["license"]) == (["linux"], [NPM_CPU[ARCH]], "Apache-2.0")
+
+
+def test_both_packages_ship_the_license(dist: Dist) -> None:
+    license_text = (REPO / "LICENSE").read_bytes()
+    assert b"Apache License" in license_text and b"Version 2.0, January 2004" in license_text
+    with zipfile.ZipFile(dist.wheel) as zf:
+        (meta,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        assert zf.read(meta.replace("METADATA", "licenses/LICENSE")) == license_text
+        metadata = zf.read(meta).decode()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Project-URL: Source, https://github.com/" in metadata
+    assert tar_member(dist.tgz, "LICENSE") == license_text
+
+
+def test_installed_wheel_locates_its_artifact(dist: Dist, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    # The dependencies come from this interpreter's site-packages, as plain path entries: its
+    # .pth files (e.g. an editable boxlite) stay unprocessed, so `boxlite` can only be the wheel's.
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout.strip()
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(site) / "_test_deps.pth").write_text("".join(f"{d}\n" for d in sorted(ours)))
     env = {k: v for k, v in os.environ.items() if k not in ("BOXLITE_RUNTIME_DIR", "PYTHONPATH")}
     subprocess.run(
-        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", str(wheel)],
+        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", str(dist.wheel)],
         check=True,
         env=env,
     )
@@ -124,4 +217,4 @@ def test_wheel_and_npm_package_reuse_the_runtime_artifact(tmp_path: Path) -> Non
     ).stdout.split()
     found = Path(out[0])
     assert found.is_relative_to(venv.resolve()) and found.parts[-2:] == ("boxlite", "runtime"), found
-    assert out[1] == json.loads(manifest)["key"]
+    assert out[1] == json.loads(dist.manifest)["key"]

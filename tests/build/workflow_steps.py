@@ -58,9 +58,10 @@ def tool_dir(tmp: Path, container: bool) -> Path:
     bindir.mkdir(exist_ok=True)
     python = DEBIAN_PYTHON if container and DEBIAN_PYTHON.exists() else Path(sys.executable)
     for name in ("python3", "python"):
-        link = bindir / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(python)
+        # A wrapper, not a symlink: a venv's python found through a symlink elsewhere is no venv.
+        shim = bindir / name
+        shim.write_text(f'#!/bin/sh\nexec "{python}" "$@"\n')
+        shim.chmod(0o755)
     return bindir
 
 
