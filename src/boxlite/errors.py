@@ -151,3 +151,8 @@ class ImageTooLargeError(ImageError, ResourceExhaustedError):
 
 class RegistryTimeoutError(RegistryError, TimeoutError):
     """A registry transfer missed the pull deadline or stalled below the minimum speed."""
+
+
+class UnsafeArchiveError(BoxliteError):
+    """A copy archive from a box is malformed or tries to write outside its destination
+    (absolute or ``..`` names, paths through symlinks, links out, paths too deep or long)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import shlex
 import time
 from collections.abc import AsyncGenerator, AsyncIterable
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..runtime.state import BoxRecord
-from .archive import extract_stream, host_archive
+from .archive import extract_stream, host_archive, member_name
 from .execution import Execution
 from .options import CopyOptions
 from .results import BoxInfo, BoxMetrics, BoxStateInfo, iso
@@ -178,16 +178,16 @@ class Box:
 
     async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a file or directory out of the box. Extraction refuses anything that would land
-        outside ``host_dest`` or be a device (see ``archive.extract_tar``)."""
+        outside ``host_dest`` and bounds what the box can write (see ``fsutil.extract``)."""
         opts = copy_options or CopyOptions()
-        name = os.path.basename(container_src.rstrip("/")) or "root"
+        name = member_name(container_src)
         await extract_stream(self.copy_out_tar(container_src, opts.follow_symlinks), host_dest, name, opts)
 
     async def copy_out_tar(self, src: str, follow_symlinks: bool = False) -> AsyncGenerator[bytes, None]:
         """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError
         before the first chunk when ``src`` does not exist. ``follow_symlinks``: archive what
         links inside ``src`` point to (resolved in the box) instead of the links."""
-        name = os.path.basename(src.rstrip("/")) or "root"
+        name = member_name(src)
         args = {"src": src, "name": name, "follow_symlinks": follow_symlinks}
         execution = await self._start_exec(
             await self._client(),
@@ -196,18 +196,24 @@ class Box:
         )
         out = execution.stdout().bytes()
         errors = asyncio.ensure_future(execution.stderr().read())
-        first = await anext(out, None)
+        try:
+            first = await anext(out, None)
+            if first is not None:
+                self.bytes_received += len(first)
+                yield first
+                async for chunk in out:
+                    self.bytes_received += len(chunk)
+                    yield chunk
+        except BaseException:  # the consumer gave up (a limit, an unsafe entry, cancelled): stop the tar
+            with contextlib.suppress(BoxliteError):
+                await execution.kill()
+            raise
         if first is None:  # nothing at all: the builtin failed before writing
             status = await execution.wait()
             message = (await errors).strip()
             if status.exit_code == 2 and "no such file" in message:
                 raise NotFoundError(f"no such file or directory in box: {src}")
             raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
-        self.bytes_received += len(first)
-        yield first
-        async for chunk in out:
-            self.bytes_received += len(chunk)
-            yield chunk
         status = await execution.wait()
         if status.exit_code != 0:
             message = (await errors).strip()

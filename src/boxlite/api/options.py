@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, UnsupportedOptionError
+from ..fsutil.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TIMEOUT
 from ..images.registry_config import ImageRegistry
 
 ENGINES = ("auto", "namespace", "vm")
@@ -63,6 +64,10 @@ class CopyOptions:
     overwrite: bool = True
     follow_symlinks: bool = False
     include_parent: bool = True
+    # copy_out limits (what a box may make the host write; exceeding one raises a BoxliteError)
+    max_bytes: int = DEFAULT_MAX_BYTES  # tar bytes received from the box
+    max_entries: int = DEFAULT_MAX_ENTRIES  # files, directories and links
+    timeout: float | None = DEFAULT_TIMEOUT  # seconds; None: no deadline
 
 
 @dataclass

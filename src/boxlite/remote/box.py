@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from ..api.archive import extract_stream, host_archive
+from ..api.archive import extract_stream, host_archive, member_name
 from ..api.execution import Execution
 from ..api.options import CopyOptions, env_to_dict
 from ..api.results import BoxInfo, BoxMetrics
@@ -117,9 +116,9 @@ class RemoteBox:
             await self._t.request("PUT", f"{self._path}/archive", params=params, content=chunks, headers=headers)
 
     async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
-        """Copy a file or directory out of the box; extracted with Python's ``data`` filter."""
+        """Copy a file or directory out of the box (extracted as ``Box.copy_out`` does)."""
         opts = copy_options or CopyOptions()
-        name = os.path.basename(container_src.rstrip("/")) or "root"
+        name = member_name(container_src)
         async with self._t.stream("GET", f"{self._path}/archive", params={"path": container_src}) as resp:
             await extract_stream(resp.aiter_raw(), host_dest, name, opts)
 
