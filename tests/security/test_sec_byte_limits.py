@@ -86,6 +86,22 @@ async def test_logs_follow_keeps_up_across_rotation(
     await runtime.remove(box.id, force=True)
 
 
+def test_foreground_run_output_recorded_within_the_cap(tmp_path: Path, busybox_rootfs: Path, engine: str) -> None:
+    """``boxlite run`` (no --rm) records the box's output for ``boxlite logs``: capped the same way."""
+    cli = Cli(tmp_path / "home", busybox_rootfs, engine)
+    line = "0123456789" * 10
+    argv = cli.argv("run", "--name", "loud", "--rootfs", str(busybox_rootfs), "sh", "-c", f"yes {line} | head -n 20000")
+    env = {**cli.env(), "BOXLITE_LOG_MAX_BYTES": str(p.LOG_MIN)}
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) == 20000 * (len(line) + 1)  # the terminal gets everything
+    recorded = sorted((cli.home / "boxes").glob("*/cli/console.log*"))
+    assert [path.name for path in recorded] == ["console.log", "console.log.1"]
+    assert all(path.stat().st_size <= p.LOG_MIN for path in recorded)
+    logs = cli("logs", "loud")
+    assert logs.returncode == 0 and logs.stdout.encode() == recorded[1].read_bytes() + recorded[0].read_bytes()
+
+
 # --- REST: request bodies, stored options, WebSocket stdin credit ----------------------------
 
 

@@ -9,10 +9,11 @@ import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import click
 
+from ..agent.logfile import RotatingLog
 from ..api.box import Box
 from ..api.options import BoxOptions
 from ..api.runtime import Boxlite
@@ -194,11 +195,18 @@ async def run(
         log_path = console_log(box_dir(rt, box.id))
         if not remove:
             log_path.parent.mkdir(exist_ok=True)
-        with open(log_path, "ab") if not remove else contextlib.nullcontext() as log:
-            return await exec_attached(box, argv, tty=tty, interactive=interactive, log=log)
+        with contextlib.closing(_console(log_path)) if not remove else contextlib.nullcontext() as log:
+            return await exec_attached(box, argv, tty=tty, interactive=interactive, log=cast("BinaryIO | None", log))
     finally:
         with contextlib.suppress(BoxliteError):
             await box.stop(timeout=2)
+
+
+def _console(path: Path) -> RotatingLog:
+    """The recorded output of a foreground run: capped and rotated like a main process's log."""
+    from ..client.limits import main_log_max
+
+    return RotatingLog(str(path), main_log_max())
 
 
 async def _set_main(
