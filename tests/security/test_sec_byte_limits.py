@@ -22,7 +22,7 @@ import boxlite
 from boxlite import errors
 from boxlite.agent import protocol as p
 from boxlite.client.agent_client import AgentClient
-from boxlite.engines.vm.relayd import RelayServer
+from boxlite.engines.vm.relayd import CLIENT_BACKLOG, RelayServer
 from boxlite.server.limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from rest.serverproc import Server, start_server, stop_server, wait_ready
 from support.cli import Cli
@@ -267,7 +267,7 @@ async def test_agent_flooding_output_is_dropped_with_a_typed_error(tmp_path: Pat
     call on it fails with AgentProtocolError (a BoxDiedError)."""
     window = 256 * 1024
 
-    async def flood(writer: asyncio.StreamWriter, kind: int, channel: int, _: bytes) -> None:
+    async def flood(writer: asyncio.StreamWriter, kind: int, channel: int, payload: bytes) -> None:
         if kind != p.REQUEST:
             return
         writer.write(p.encode_json(p.RESPONSE, channel, {"ok": True, "pid": 42}))
@@ -354,3 +354,41 @@ async def test_relay_survives_an_oversize_guest_frame(tmp_path: Path) -> None:
         await client.request("ping", timeout=5)
     await client.close()
     guest.close()
+
+
+def test_relay_drops_a_client_the_guest_floods_beyond_credit(tmp_path: Path) -> None:
+    """A guest pushing output a host client never granted (and never reads): the relay queues
+    at most CLIENT_BACKLOG for it, then drops that client and kills its execution."""
+    relay_end, guest = socket.socketpair()
+    guest.settimeout(20)
+    path = tmp_path / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    server = RelayServer(relay_end, listener)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(path))
+        client.sendall(p.encode_json(p.REQUEST, 1, {"op": "exec", "argv": ["x"]}))
+        frames = p.FrameReader()
+        while not (got := list(frames)):
+            frames.feed(guest.recv(65536))
+        ((_, gid, _),) = got
+        guest.sendall(p.encode_json(p.RESPONSE, gid, {"ok": True, "pid": 7}))
+        chunk = p.encode(p.STDOUT, gid, b"f" * p.MAX_PAYLOAD)
+        for _ in range((CLIENT_BACKLOG >> 20) + 16):
+            guest.sendall(chunk)
+        kill = None
+        while kill is None:
+            data = guest.recv(65536)
+            assert data, "the relay closed the guest stream"
+            frames.feed(data)
+            kill = next((f for f in frames if f[0] == p.CONTROL and f[1] == gid), None)
+        assert json.loads(kill[2]) == {"op": "kill"}
+        assert not server.clients and thread.is_alive()
+        client.close()
+    finally:
+        server.stop()
+        thread.join(5)
