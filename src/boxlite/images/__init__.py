@@ -6,6 +6,13 @@ from .registry_config import ImageRegistry, load_registries_from_config
 from .types import ImageConfig, ImageInfo, PreparedImage, PullProgress
 
 __all__ = [
-    "ImageConfig", "ImageInfo", "ImageManager", "ImageRegistry", "PreparedImage",
-    "PullProgress", "Reference", "load_registries_from_config", "parse_reference",
+    "ImageConfig",
+    "ImageInfo",
+    "ImageManager",
+    "ImageRegistry",
+    "PreparedImage",
+    "PullProgress",
+    "Reference",
+    "load_registries_from_config",
+    "parse_reference",
 ]

@@ -29,16 +29,16 @@ def parse_challenge(header: str) -> Challenge | None:
     if not header:
         return None
     scheme, _, rest = header.partition(" ")
-    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
-              for m in _PARAM_RE.finditer(rest)}
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)) for m in _PARAM_RE.finditer(rest)
+    }
     return Challenge(scheme.lower(), params)
 
 
 class Authenticator:
     """Produces ``Authorization`` headers for one registry, caching tokens per scope."""
 
-    def __init__(self, credentials: tuple[str, str] | None = None,
-                 bearer_token: str | None = None) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None, bearer_token: str | None = None) -> None:
         self.credentials = credentials
         self.bearer_token = bearer_token
         self._tokens: dict[str, str] = {}
@@ -54,8 +54,7 @@ class Authenticator:
             return {"Authorization": _basic(self.credentials)}
         return {}
 
-    async def handle_401(self, client: httpx.AsyncClient, response: httpx.Response,
-                         scope: str) -> bool:
+    async def handle_401(self, client: httpx.AsyncClient, response: httpx.Response, scope: str) -> bool:
         """React to a 401; return True if a retry with new headers is worthwhile.
 
         The caller retries a request at most once after this returned True.
@@ -81,8 +80,7 @@ class Authenticator:
         try:
             async with client.stream("GET", ch.params["realm"], params=params, headers=headers) as r:
                 if r.status_code in (401, 403):
-                    raise AuthenticationError(f"token server refused credentials ({r.status_code})",
-                                              r.status_code)
+                    raise AuthenticationError(f"token server refused credentials ({r.status_code})", r.status_code)
                 if r.status_code != 200:
                     raise RegistryError(f"token server answered {r.status_code}", r.status_code)
                 body = bytearray()

@@ -60,10 +60,12 @@ def is_complete(store: Store, manifest_digest: str) -> bool:
 def record_image(store: Store, reference: str, manifest_digest: str) -> ImageInfo:
     """Point ``reference`` at a stored manifest; returns the index row."""
     img = read_image(store, manifest_digest)
-    size = (store.blob_path(manifest_digest).stat().st_size + img.manifest.config.size
-            + sum(d.size for d in img.manifest.layers))
+    size = (
+        store.blob_path(manifest_digest).stat().st_size
+        + img.manifest.config.size
+        + sum(d.size for d in img.manifest.layers)
+    )
     created = img.config_doc.get("created")
-    info = ImageInfo(reference, manifest_digest, img.image_id, size,
-                     str(created) if created else None)
+    info = ImageInfo(reference, manifest_digest, img.image_id, size, str(created) if created else None)
     store.put_ref(info)
     return info

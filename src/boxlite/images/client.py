@@ -46,12 +46,19 @@ def api_host(host: str) -> str:
 class RegistryClient:
     """Talks to one registry host; use as an async context manager."""
 
-    def __init__(self, registry: ImageRegistry, retry: RetryPolicy | None = None,
-                 timeout: float = 60.0, limits: ImageLimits | None = None) -> None:
+    def __init__(
+        self,
+        registry: ImageRegistry,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        limits: ImageLimits | None = None,
+    ) -> None:
         self.registry = registry
         self.retry = retry or RetryPolicy()
         self.limits = limits if limits is not None else ImageLimits.from_env()
         self.timeout = timeout
+        window = self.limits.speed_window if self.limits.min_speed else 0.0
+        self._headers_deadline = min(timeout, window) if window else timeout
         creds: tuple[str, str] | None = None
         if registry.username is not None and registry.password is not None:
             creds = (registry.username, registry.password)
@@ -60,7 +67,8 @@ class RegistryClient:
         self.auth = Authenticator(creds, registry.bearer_token)
         self.base = f"{registry.transport}://{api_host(registry.host)}/v2"
         self.http = httpx.AsyncClient(
-            verify=_tls_context(registry), follow_redirects=True,
+            verify=_tls_context(registry),
+            follow_redirects=True,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             headers={"User-Agent": "boxlite", "Accept-Encoding": "identity"},
         )
@@ -74,8 +82,7 @@ class RegistryClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _send(self, method: str, url: str, scope: str,
-                    headers: dict[str, str] | None = None) -> httpx.Response:
+    async def _send(self, method: str, url: str, scope: str, headers: dict[str, str] | None = None) -> httpx.Response:
         """Send with auth and retries; returns an open streaming response (status < 400)."""
         authed = False
         attempt = 0
@@ -85,18 +92,21 @@ class RegistryClient:
                 try:  # httpx's timeout is per read: a server dribbling headers needs a deadline of its own
                     resp = await asyncio.wait_for(
                         self.http.send(self.http.build_request(method, url, headers=h), stream=True),
-                        self.timeout)
+                        self._headers_deadline,
+                    )
                 except asyncio.TimeoutError:
-                    raise httpx.ReadTimeout(f"no response headers within {self.timeout:g} s") from None
+                    raise httpx.ReadTimeout(f"no response headers within {self._headers_deadline:g} s") from None
             except httpx.TransportError as e:
                 attempt += 1
                 if attempt >= self.retry.attempts or _is_permanent(e):
                     hint = ""
                     if "WRONG_VERSION_NUMBER" in str(e):
-                        hint = (" (a plain-HTTP registry? declare it with "
-                                f"ImageRegistry({self.registry.host!r}, transport='http'))")
-                    raise RegistryError(f"{self.registry.host}: {type(e).__name__}: {e}{hint}"
-                                        ) from e
+                        hint = (
+                            " (a plain-HTTP registry? declare it with "
+                            f"ImageRegistry({self.registry.host!r}, transport='http'))"
+                        )
+                    err = RegistryTimeoutError if isinstance(e, httpx.TimeoutException) else RegistryError
+                    raise err(f"{self.registry.host}: {type(e).__name__}: {e}{hint}") from e
                 await asyncio.sleep(self.retry.delay(attempt))
                 continue
             except httpx.HTTPError as e:  # too many redirects, invalid URL...
@@ -112,7 +122,9 @@ class RegistryClient:
             if status in (401, 403):
                 raise AuthenticationError(
                     f"{self.registry.host}: access denied ({status}) for {url} (missing or wrong "
-                    "credentials, or no such repository)", status)
+                    "credentials, or no such repository)",
+                    status,
+                )
             if status == 404:
                 raise ImageNotFoundError(f"{self.registry.host}: not found: {url}", status)
             if status in _RETRY_STATUS:
@@ -158,8 +170,9 @@ class RegistryClient:
             raise DigestMismatchError(f"manifest {repo}@{reference} has digest {digest}")
         return bytes(body), resp.headers.get("content-type", ""), digest
 
-    async def download_blob(self, repo: str, desc: Descriptor, partial: Path,
-                            progress: Callable[[int], None] | None = None) -> None:
+    async def download_blob(
+        self, repo: str, desc: Descriptor, partial: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
         """Make ``partial`` hold the verified content of ``desc``.
 
         Resumes from an existing ``partial`` with a Range request, retries broken transfers,
@@ -182,8 +195,7 @@ class RegistryClient:
                     if fresh_restarts == 0:
                         f.close()
                         partial.unlink(missing_ok=True)
-                        raise DigestMismatchError(f"blob {desc.digest}: content does not match "
-                                                  "its digest")
+                        raise DigestMismatchError(f"blob {desc.digest}: content does not match its digest")
                     fresh_restarts -= 1
                 headers = {"Range": f"bytes={have}-"} if have else {}
                 start = have
@@ -211,31 +223,34 @@ class RegistryClient:
                     if fresh_restarts == 0:
                         f.close()
                         partial.unlink(missing_ok=True)
-                        raise DigestMismatchError(
-                            f"blob {desc.digest} is larger than {desc.size} bytes") from None
+                        raise DigestMismatchError(f"blob {desc.digest} is larger than {desc.size} bytes") from None
                     fresh_restarts -= 1
                     continue
                 except _Stalled as e:  # progress does not reset this count: a trickle must end
                     stalls += 1
                     if stalls >= self.retry.attempts:
-                        raise RegistryTimeoutError(f"{self.registry.host}: download of {desc.digest} "
-                                                   f"stalled: {e}") from None
+                        raise RegistryTimeoutError(
+                            f"{self.registry.host}: download of {desc.digest} stalled: {e}"
+                        ) from None
                     continue
                 except httpx.TransportError as e:
                     failures = 1 if have > start else failures + 1  # progress resets the count
                     if failures >= self.retry.attempts:
-                        raise RegistryError(f"{self.registry.host}: download of {desc.digest} "
-                                            f"failed: {type(e).__name__}: {e}") from e
+                        raise RegistryError(
+                            f"{self.registry.host}: download of {desc.digest} failed: {type(e).__name__}: {e}"
+                        ) from e
                     await asyncio.sleep(self.retry.delay(failures))
                     continue
                 except httpx.HTTPError as e:
-                    raise RegistryError(f"{self.registry.host}: download of {desc.digest} "
-                                        f"failed: {type(e).__name__}: {e}") from e
+                    raise RegistryError(
+                        f"{self.registry.host}: download of {desc.digest} failed: {type(e).__name__}: {e}"
+                    ) from e
                 if have < desc.size:  # clean EOF but short: count as a broken transfer
                     failures = 1 if have > start else failures + 1
                     if failures >= self.retry.attempts:
-                        raise RegistryError(f"{self.registry.host}: {desc.digest} ended after "
-                                            f"{have} of {desc.size} bytes")
+                        raise RegistryError(
+                            f"{self.registry.host}: {desc.digest} ended after {have} of {desc.size} bytes"
+                        )
                     await asyncio.sleep(self.retry.delay(failures))
 
 
@@ -283,8 +298,10 @@ class _Paced:
             now = self._loop.time()
             if now >= self._end:
                 if self._got < self._need:
-                    raise _Stalled(f"{self._what}: {self._got} bytes in {self._window:g} s, less than "
-                                   f"{self._need / self._window:g} B/s")
+                    raise _Stalled(
+                        f"{self._what}: {self._got} bytes in {self._window:g} s, less than "
+                        f"{self._need / self._window:g} B/s"
+                    )
                 self._got, self._end = 0, now + self._window
             if chunk is not None:
                 return chunk

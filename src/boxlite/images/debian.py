@@ -20,11 +20,28 @@ from .locks import file_lock
 
 # Packages never pulled in as dependencies: package management, perl and docs are not needed
 # for running programs in a box and would multiply the size.
-EXCLUDE = frozenset({
-    "dpkg", "debconf", "debconf-2.0", "install-info", "perl", "perl-base", "perl-modules-5.36",
-    "libperl5.36", "tar", "base-files", "mailcap", "mime-support", "init-system-helpers",
-    "usrmerge", "usr-is-merged", "debianutils", "coreutils", "sensible-utils",
-})
+EXCLUDE = frozenset(
+    {
+        "dpkg",
+        "debconf",
+        "debconf-2.0",
+        "install-info",
+        "perl",
+        "perl-base",
+        "perl-modules-5.36",
+        "libperl5.36",
+        "tar",
+        "base-files",
+        "mailcap",
+        "mime-support",
+        "init-system-helpers",
+        "usrmerge",
+        "usr-is-merged",
+        "debianutils",
+        "coreutils",
+        "sensible-utils",
+    }
+)
 DEFAULT_PACKAGES = ("busybox-static", "python3-minimal", "libpython3-stdlib")
 
 
@@ -48,8 +65,19 @@ def resolve_packages(packages: list[str], exclude: frozenset[str] = EXCLUDE) -> 
         if not batch:
             break
         seen.update(batch)
-        out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests",
-                    "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *batch])
+        out = _run(
+            [
+                "apt-cache",
+                "depends",
+                "--no-recommends",
+                "--no-suggests",
+                "--no-conflicts",
+                "--no-breaks",
+                "--no-replaces",
+                "--no-enhances",
+                *batch,
+            ]
+        )
         alt = False
         for line in out.splitlines():
             m = re.match(r"^\s+(\|?)(Depends|PreDepends):\s+(\S+)", line)
@@ -157,8 +185,7 @@ def _finish_rootfs(dest: Path) -> None:
     pythons = [p for p in pythons if re.fullmatch(r"python3\.\d+", p.name)]
     if pythons and not (usr_bin / "python3").exists():
         os.symlink(pythons[-1].name, usr_bin / "python3")
-    busybox = next((p for p in (dest / "bin" / "busybox", usr_bin / "busybox") if p.exists()),
-                   None)
+    busybox = next((p for p in (dest / "bin" / "busybox", usr_bin / "busybox") if p.exists()), None)
     if busybox is not None:
         applets = _run([str(busybox), "--list"]).split() if os.access(busybox, os.X_OK) else []
         for name in applets:
@@ -173,7 +200,8 @@ def _finish_rootfs(dest: Path) -> None:
     if not (dest / "etc" / "passwd").exists():
         (dest / "etc" / "passwd").write_text(
             "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+            "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+        )
         (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n")
     home = dest / "home" / "user"
     if not home.exists():

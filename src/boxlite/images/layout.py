@@ -64,8 +64,11 @@ class TarSource:
         self.name = re.sub(r"(\.tar)?(\.gz|\.tgz|\.zst)?$", "", path.name)
         try:
             self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
-            self.members = {m.name[2:] if m.name.startswith("./") else m.name: m
-                            for m in self.tf.getmembers() if m.isreg() or m.islnk()}
+            self.members = {
+                m.name[2:] if m.name.startswith("./") else m.name: m
+                for m in self.tf.getmembers()
+                if m.isreg() or m.islnk()
+            }
         except (tarfile.TarError, OSError) as e:
             raise ImageError(f"{path}: not a readable tar archive: {e}") from e
 
@@ -181,28 +184,31 @@ def import_docker_archive(store: Store, src: Source) -> list[tuple[str, str]]:
     for entry in entries:
         if not isinstance(entry, dict) or "Config" not in entry or "Layers" not in entry:
             raise ParseError("docker archive manifest entry needs Config and Layers")
-        if not isinstance(entry["Config"], str) or not isinstance(entry["Layers"], list) or not all(
-                isinstance(x, str) for x in entry["Layers"]):
+        if (
+            not isinstance(entry["Config"], str)
+            or not isinstance(entry["Layers"], list)
+            or not all(isinstance(x, str) for x in entry["Layers"])
+        ):
             raise ParseError("docker archive manifest entry: Config must be a path, Layers a list of paths")
         max_layers = store.limits.max_layers
         if max_layers and len(entry["Layers"]) > max_layers:
-            raise ImageTooLargeError(f"docker archive image has {len(entry['Layers'])} layers, more than "
-                                     f"{max_layers}")
+            raise ImageTooLargeError(f"docker archive image has {len(entry['Layers'])} layers, more than {max_layers}")
         config = _read_small(store, src, entry["Config"])
         config_digest, config_size = store.put_bytes(config), len(config)
         layers = []
         for rel in entry["Layers"]:
             with src.open(rel) as f:
                 head = f.read(4)
-            media = OCI_LAYER + ("+gzip" if head[:2] == b"\x1f\x8b" else
-                                 "+zstd" if head == b"\x28\xb5\x2f\xfd" else "")
+            media = OCI_LAYER + ("+gzip" if head[:2] == b"\x1f\x8b" else "+zstd" if head == b"\x28\xb5\x2f\xfd" else "")
             with src.open(rel) as f:
                 digest, size = store.put_stream(f)
             layers.append({"mediaType": media, "digest": digest, "size": size})
-        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                    "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
-                               "size": config_size},
-                    "layers": layers}
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
+            "layers": layers,
+        }
         body = json.dumps(manifest, separators=(",", ":")).encode()
         digest = store.put_bytes(body)
         tags = entry.get("RepoTags") or []
@@ -235,4 +241,3 @@ def import_path(store: Store, path: Path) -> list[tuple[str, str]]:
         raise ImageError(f"{path}: neither a docker archive nor an OCI archive")
     finally:
         tsrc.close()
-

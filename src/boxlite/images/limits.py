@@ -77,23 +77,28 @@ class ImageLimits:
     def document(self, what: str, size: int) -> None:
         """Refuse a manifest/index/config of ``size`` bytes before it is read."""
         if self.max_document and size > self.max_document:
-            raise ImageTooLargeError(f"{what} is {size} bytes, more than the limit of {self.max_document} "
-                                     f"({ENV['max_document']})")
+            raise ImageTooLargeError(
+                f"{what} is {size} bytes, more than the limit of {self.max_document} ({ENV['max_document']})"
+            )
 
     def check_manifest(self, manifest: Manifest, what: str = "image") -> None:
         """Refuse, before any download, an image whose manifest already says it is too big."""
         if self.max_layers and len(manifest.layers) > self.max_layers:
-            raise ImageTooLargeError(f"{what} has {len(manifest.layers)} layers, more than {self.max_layers} "
-                                     f"({ENV['max_layers']})")
+            raise ImageTooLargeError(
+                f"{what} has {len(manifest.layers)} layers, more than {self.max_layers} ({ENV['max_layers']})"
+            )
         self.document(f"{what}: image config", manifest.config.size)
         for d in manifest.layers:
             if self.max_layer_bytes and d.size > self.max_layer_bytes:
-                raise ImageTooLargeError(f"{what}: layer {d.digest} is {d.size} bytes, more than "
-                                         f"{self.max_layer_bytes} ({ENV['max_layer_bytes']})")
+                raise ImageTooLargeError(
+                    f"{what}: layer {d.digest} is {d.size} bytes, more than "
+                    f"{self.max_layer_bytes} ({ENV['max_layer_bytes']})"
+                )
         total = sum(d.size for d in manifest.layers)
         if self.max_image_bytes and total > self.max_image_bytes:
-            raise ImageTooLargeError(f"{what}: layers are {total} bytes, more than {self.max_image_bytes} "
-                                     f"({ENV['max_image_bytes']})")
+            raise ImageTooLargeError(
+                f"{what}: layers are {total} bytes, more than {self.max_image_bytes} ({ENV['max_image_bytes']})"
+            )
 
 
 class ImageBudget:
@@ -117,11 +122,13 @@ class ImageBudget:
                 self.entries += entries
                 lim = self.limits
                 if lim.max_image_bytes and self.bytes > lim.max_image_bytes:
-                    self.exceeded = (f"{self.name} unpacks to more than {lim.max_image_bytes} bytes "
-                                     f"({ENV['max_image_bytes']})")
+                    self.exceeded = (
+                        f"{self.name} unpacks to more than {lim.max_image_bytes} bytes ({ENV['max_image_bytes']})"
+                    )
                 elif lim.max_image_entries and self.entries > lim.max_image_entries:
-                    self.exceeded = (f"{self.name} has more than {lim.max_image_entries} entries "
-                                     f"({ENV['max_image_entries']})")
+                    self.exceeded = (
+                        f"{self.name} has more than {lim.max_image_entries} entries ({ENV['max_image_entries']})"
+                    )
             if self.exceeded is not None:
                 raise ImageTooLargeError(self.exceeded)
 
@@ -132,8 +139,9 @@ class LayerMeter:
     Sizes come from tar headers, so a member is refused before its data is written.
     """
 
-    def __init__(self, limits: ImageLimits, compressed: int, name: str = "layer",
-                 budget: ImageBudget | None = None) -> None:
+    def __init__(
+        self, limits: ImageLimits, compressed: int, name: str = "layer", budget: ImageBudget | None = None
+    ) -> None:
         self.limits = limits
         self.compressed = compressed
         self.name = name
@@ -149,14 +157,17 @@ class LayerMeter:
         self.entries += entries
         lim = self.limits
         if lim.max_layer_entries and self.entries > lim.max_layer_entries:
-            raise ImageTooLargeError(f"{self.name} has more than {lim.max_layer_entries} entries "
-                                     f"({ENV['max_layer_entries']})")
+            raise ImageTooLargeError(
+                f"{self.name} has more than {lim.max_layer_entries} entries ({ENV['max_layer_entries']})"
+            )
         if lim.max_layer_bytes and self.bytes > lim.max_layer_bytes:
-            raise ImageTooLargeError(f"{self.name} unpacks to more than {lim.max_layer_bytes} bytes "
-                                     f"({ENV['max_layer_bytes']})")
+            raise ImageTooLargeError(
+                f"{self.name} unpacks to more than {lim.max_layer_bytes} bytes ({ENV['max_layer_bytes']})"
+            )
         if lim.max_ratio and self.bytes > max(lim.ratio_floor, lim.max_ratio * self.compressed):
             raise ImageTooLargeError(
                 f"{self.name} expands more than {lim.max_ratio:g}x its {self.compressed} compressed bytes "
-                f"({self.bytes} bytes so far; {ENV['max_ratio']}, {ENV['ratio_floor']})")
+                f"({self.bytes} bytes so far; {ENV['max_ratio']}, {ENV['ratio_floor']})"
+            )
         if self.budget is not None:
             self.budget.charge(nbytes, entries)

@@ -48,11 +48,15 @@ class ImageManager:
     ``max_concurrent_downloads`` may be adjusted after construction.
     """
 
-    def __init__(self, home: Path, registries: list[ImageRegistry] | None = None,
-                 uid_base: int = DEFAULT_UID_BASE, limits: ImageLimits | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        registries: list[ImageRegistry] | None = None,
+        uid_base: int = DEFAULT_UID_BASE,
+        limits: ImageLimits | None = None,
+    ) -> None:
         self.home = Path(home)
-        self.registries = (list(registries) if registries is not None
-                           else load_registries_from_config(self.home))
+        self.registries = list(registries) if registries is not None else load_registries_from_config(self.home)
         self.uid_base = uid_base
         self.store = Store(self.home, uid_base, limits)
         self.retry = RetryPolicy()
@@ -103,8 +107,9 @@ class ImageManager:
         except RegistryTimeoutError:
             raise
         except asyncio.TimeoutError:
-            raise RegistryTimeoutError(f"pull of {ref} did not finish within {timeout} s "
-                                       f"({ENV['pull_timeout']})") from None
+            raise RegistryTimeoutError(
+                f"pull of {ref} did not finish within {timeout} s ({ENV['pull_timeout']})"
+            ) from None
 
     async def _pull(self, ref: str, progress: ProgressFn | None) -> ImageInfo:
         parsed = parse_reference(ref)
@@ -146,8 +151,9 @@ class ImageManager:
             self.store.put_bytes(body, digest)
             return record_image(self.store, str(ref), digest)
 
-    async def _fetch_blob(self, client: RegistryClient, repo: str, desc: Descriptor,
-                          progress: ProgressFn | None) -> None:
+    async def _fetch_blob(
+        self, client: RegistryClient, repo: str, desc: Descriptor, progress: ProgressFn | None
+    ) -> None:
         def report(n: int, done: bool = False) -> None:
             if progress:
                 progress(PullProgress(desc.digest, n, desc.size, done))
@@ -161,8 +167,9 @@ class ImageManager:
         report(desc.size, True)
 
     # -- resolve ----------------------------------------------------------------------
-    async def resolve(self, image: str | None = None, rootfs_path: str | None = None,
-                      progress: ProgressFn | None = None) -> PreparedImage:
+    async def resolve(
+        self, image: str | None = None, rootfs_path: str | None = None, progress: ProgressFn | None = None
+    ) -> PreparedImage:
         """Image reference or rootfs dir → unpacked layers + config (pulls when missing)."""
         if (image is None) == (rootfs_path is None):
             raise ConfigError("give exactly one of image and rootfs_path")
@@ -209,9 +216,12 @@ class ImageManager:
             for hex_id in hex_ids:  # layers unpacked earlier count against this image too
                 if self.store.layer_root(hex_id).is_dir():
                     budget.charge(*self.store.layer_usage(hex_id))
-            layers = await asyncio.gather(*(
-                asyncio.to_thread(self._ensure_layer, d, diff, budget)
-                for d, diff in zip(img.manifest.layers, img.diff_ids, strict=True)))
+            layers = await asyncio.gather(
+                *(
+                    asyncio.to_thread(self._ensure_layer, d, diff, budget)
+                    for d, diff in zip(img.manifest.layers, img.diff_ids, strict=True)
+                )
+            )
             self._check_usage(hex_ids, info.reference)
         return PreparedImage(tuple(layers), img.config, img.image_id, info.reference)
 
@@ -223,14 +233,15 @@ class ImageManager:
             total, entries = total + n, entries + e
         lim = self.limits
         if lim.max_image_bytes and total > lim.max_image_bytes:
-            raise ImageTooLargeError(f"image {name} unpacks to {total} bytes, more than {lim.max_image_bytes} "
-                                     f"({ENV['max_image_bytes']})")
+            raise ImageTooLargeError(
+                f"image {name} unpacks to {total} bytes, more than {lim.max_image_bytes} ({ENV['max_image_bytes']})"
+            )
         if lim.max_image_entries and entries > lim.max_image_entries:
-            raise ImageTooLargeError(f"image {name} has {entries} entries, more than {lim.max_image_entries} "
-                                     f"({ENV['max_image_entries']})")
+            raise ImageTooLargeError(
+                f"image {name} has {entries} entries, more than {lim.max_image_entries} ({ENV['max_image_entries']})"
+            )
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: str | None,
-                      budget: ImageBudget | None = None) -> Path:
+    def _ensure_layer(self, desc: Descriptor, diff_id: str | None, budget: ImageBudget | None = None) -> Path:
         hex_id = desc.digest.split(":", 1)[1]
         root = self.store.layer_root(hex_id)
         if root.is_dir():
@@ -241,10 +252,10 @@ class ImageManager:
             work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
             try:  # mkdtemp made it 0700: stays so (setuid files and box-uid files live below)
                 (work / "root").mkdir()
-                meter = unpack_layer(self.store.blob_path(desc.digest), work / "root", self.uid_base,
-                                     diff_id, self.limits, budget)
-                (work / "expanded.json").write_text(
-                    json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
+                meter = unpack_layer(
+                    self.store.blob_path(desc.digest), work / "root", self.uid_base, diff_id, self.limits, budget
+                )
+                (work / "expanded.json").write_text(json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
                 os.rename(work, self.store.layer_dir(hex_id))
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
@@ -273,8 +284,10 @@ class ImageManager:
         if not rows:
             raise NotFoundError(f"no image {ref_or_digest!r} in the store")
         if len(rows) > 1 and not force:
-            raise ImageError(f"{ref_or_digest} is referenced by {len(rows)} references "
-                             f"({', '.join(r.reference for r in rows)}); use force=True")
+            raise ImageError(
+                f"{ref_or_digest} is referenced by {len(rows)} references "
+                f"({', '.join(r.reference for r in rows)}); use force=True"
+            )
         self.store.delete_refs([r.reference for r in rows])
 
     def load(self, path: str | Path) -> list[ImageInfo]:
@@ -325,7 +338,6 @@ class ImageManager:
                 if entry.name != store.gc_lock().name:
                     os.unlink(entry.path)
             return freed
-
 
     # defined last: the method name would shadow the builtin in later annotations
     def list(self) -> list[ImageInfo]:

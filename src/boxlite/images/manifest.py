@@ -52,8 +52,9 @@ class Descriptor:
             raise ParseError(f"invalid platform for {digest}")
         annotations = d.get("annotations")
         if annotations is not None and not (
-                isinstance(annotations, dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())):
+            isinstance(annotations, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in annotations.items())
+        ):
             raise ParseError(f"invalid annotations for {digest}")
         return cls(media_type, digest, size, platform, annotations)
 
@@ -121,10 +122,17 @@ def host_platform() -> tuple[str, str, str | None]:
         return parts[0], parts[1], parts[2] if len(parts) > 2 else None
     machine = _platform.machine().lower()
     table: dict[str, tuple[str, str | None]] = {
-        "x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", "v8"),
-        "arm64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-        "i686": ("386", None), "i386": ("386", None), "ppc64le": ("ppc64le", None),
-        "s390x": ("s390x", None), "riscv64": ("riscv64", None),
+        "x86_64": ("amd64", None),
+        "amd64": ("amd64", None),
+        "aarch64": ("arm64", "v8"),
+        "arm64": ("arm64", "v8"),
+        "armv7l": ("arm", "v7"),
+        "armv6l": ("arm", "v6"),
+        "i686": ("386", None),
+        "i386": ("386", None),
+        "ppc64le": ("ppc64le", None),
+        "s390x": ("s390x", None),
+        "riscv64": ("riscv64", None),
     }
     arch, variant = table.get(machine, (machine, None))
     return "linux", arch, variant
@@ -150,9 +158,20 @@ def select_platform(doc: dict[str, Any]) -> Descriptor:
         # exact variant match ranks first, then entries without a variant
         candidates.append((0 if variant == want_variant else 1, d))
     if not candidates:
-        have = sorted({"/".join(str(x) for x in (
-            (d.platform or {}).get("os"), (d.platform or {}).get("architecture"),
-            (d.platform or {}).get("variant")) if x) for d in entries})
+        have = sorted(
+            {
+                "/".join(
+                    str(x)
+                    for x in (
+                        (d.platform or {}).get("os"),
+                        (d.platform or {}).get("architecture"),
+                        (d.platform or {}).get("variant"),
+                    )
+                    if x
+                )
+                for d in entries
+            }
+        )
         want = "/".join(x for x in (want_os, want_arch, want_variant) if x)
         shown = ", ".join(have[:20]) + (f", ... ({len(have)} in all)" if len(have) > 20 else "")
         raise ImageError(f"image has no manifest for platform {want} (available: {shown or 'none'})")

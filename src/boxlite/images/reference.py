@@ -86,8 +86,7 @@ def parse_reference(text: str) -> Reference:
     if not rest:
         raise ParseError(f"invalid image reference {text!r}")
     first, sep, remainder = rest.partition("/")
-    explicit = bool(sep) and ("." in first or ":" in first or first == "localhost"
-                              or first != first.lower())
+    explicit = bool(sep) and ("." in first or ":" in first or first == "localhost" or first != first.lower())
     if explicit:
         if not _DOMAIN_RE.match(first):
             raise ParseError(f"invalid registry host in image reference {text!r}")

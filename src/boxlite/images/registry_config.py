@@ -84,8 +84,7 @@ def docker_credentials(host: str, path: Path | None = None) -> tuple[str, str] |
     auths = doc.get("auths") if isinstance(doc, dict) else None
     if not isinstance(auths, dict):
         return None
-    wanted = {host, f"https://{host}", f"http://{host}", f"https://{host}/v1/",
-              f"https://{host}/v2/"}
+    wanted = {host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"}
     if host == DOCKER_HUB:
         wanted.update(_HUB_KEYS)
     for key, entry in auths.items():

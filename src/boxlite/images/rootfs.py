@@ -25,9 +25,10 @@ def fingerprint(path: Path) -> str:
         for name in [".", *sorted(filenames), *dirnames]:
             full = dirpath if name == "." else os.path.join(dirpath, name)
             st = os.lstat(full)
-            h.update(f"{rel}/{name}\0{st.st_mode}:{st.st_uid}:{st.st_gid}:{st.st_size}:"
-                     f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\n"
-                     .encode("utf-8", "surrogateescape"))
+            h.update(
+                f"{rel}/{name}\0{st.st_mode}:{st.st_uid}:{st.st_gid}:{st.st_size}:"
+                f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\n".encode("utf-8", "surrogateescape")
+            )
     return h.hexdigest()
 
 
@@ -65,8 +66,7 @@ def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
 
     def meta(path: str, st: os.stat_result, is_link: bool = False, mask: int = 0o7777) -> None:
         if privileged:
-            os.chown(path, shift_id(st.st_uid, uid_base), shift_id(st.st_gid, uid_base),
-                     follow_symlinks=False)
+            os.chown(path, shift_id(st.st_uid, uid_base), shift_id(st.st_gid, uid_base), follow_symlinks=False)
         if not is_link:
             os.chmod(path, stat.S_IMODE(st.st_mode) & mask)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
@@ -124,7 +124,6 @@ def _copy_xattrs(src: str, dest: str) -> None:
         if not keep_xattr(name):
             continue
         try:
-            os.setxattr(dest, name, os.getxattr(src, name, follow_symlinks=False),
-                        follow_symlinks=False)
+            os.setxattr(dest, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
         except OSError:
             pass

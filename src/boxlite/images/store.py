@@ -49,8 +49,7 @@ CREATE TABLE IF NOT EXISTS images (
 class Store:
     """Files and index of one home's images directory. Safe for concurrent processes."""
 
-    def __init__(self, home: Path, uid_base: int = DEFAULT_UID_BASE,
-                 limits: ImageLimits | None = None) -> None:
+    def __init__(self, home: Path, uid_base: int = DEFAULT_UID_BASE, limits: ImageLimits | None = None) -> None:
         self.root = Path(home) / "images"
         self.blobs = self.root / "blobs" / "sha256"
         self.layers = self.root / "layers"
@@ -76,14 +75,16 @@ class Store:
 
     def put_ref(self, info: ImageInfo) -> None:
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?)",
-                       (info.reference, info.digest, info.image_id, info.size, info.created,
-                        time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?)",
+                (info.reference, info.digest, info.image_id, info.size, info.created, time.time()),
+            )
 
     def get_ref(self, reference: str) -> ImageInfo | None:
         with self._db() as db:
-            row = db.execute("SELECT reference,digest,image_id,size,created FROM images "
-                             "WHERE reference=?", (reference,)).fetchone()
+            row = db.execute(
+                "SELECT reference,digest,image_id,size,created FROM images WHERE reference=?", (reference,)
+            ).fetchone()
         return ImageInfo(*row) if row else None
 
     def find(self, key: str) -> list[ImageInfo]:
@@ -92,20 +93,23 @@ class Store:
         A bare hex prefix of at least 12 characters also matches digests and ids.
         """
         with self._db() as db:
-            rows = db.execute("SELECT reference,digest,image_id,size,created FROM images "
-                              "WHERE reference=? OR digest=? OR image_id=?",
-                              (key, key, key)).fetchall()
+            rows = db.execute(
+                "SELECT reference,digest,image_id,size,created FROM images WHERE reference=? OR digest=? OR image_id=?",
+                (key, key, key),
+            ).fetchall()
             if not rows and len(key) >= 12 and all(c in "0123456789abcdef" for c in key):
                 like = f"sha256:{key}%"
-                rows = db.execute("SELECT reference,digest,image_id,size,created FROM images "
-                                  "WHERE digest LIKE ? OR image_id LIKE ?",
-                                  (like, like)).fetchall()
+                rows = db.execute(
+                    "SELECT reference,digest,image_id,size,created FROM images WHERE digest LIKE ? OR image_id LIKE ?",
+                    (like, like),
+                ).fetchall()
         return [ImageInfo(*r) for r in rows]
 
     def all_refs(self) -> list[ImageInfo]:
         with self._db() as db:
-            rows = db.execute("SELECT reference,digest,image_id,size,created FROM images "
-                              "ORDER BY added DESC, reference").fetchall()
+            rows = db.execute(
+                "SELECT reference,digest,image_id,size,created FROM images ORDER BY added DESC, reference"
+            ).fetchall()
         return [ImageInfo(*r) for r in rows]
 
     def delete_refs(self, references: list[str]) -> None:
@@ -156,8 +160,7 @@ class Store:
             os.replace(tmp, self.blob_path(digest))
         return digest
 
-    def put_stream(self, src: IO[bytes], expected: str | None = None,
-                   size: int | None = None) -> tuple[str, int]:
+    def put_stream(self, src: IO[bytes], expected: str | None = None, size: int | None = None) -> tuple[str, int]:
         """Copy a stream into the store while hashing; verify digest/size; (digest, size)."""
         hasher = hashlib.sha256()
         n = 0
@@ -170,8 +173,7 @@ class Store:
                     n += len(chunk)
             digest = "sha256:" + hasher.hexdigest()
             if (expected and digest != expected) or (size is not None and n != size):
-                raise DigestMismatchError(f"blob {expected or digest}: got {n} bytes with "
-                                          f"digest {digest}")
+                raise DigestMismatchError(f"blob {expected or digest}: got {n} bytes with digest {digest}")
             os.replace(tmp, self.blob_path(digest))
         finally:
             if os.path.exists(tmp):

@@ -60,8 +60,14 @@ _HOLE = 64 << 10  # runs of zeros this long (aligned in the stream) are left as 
 _ZEROS = bytes(_HOLE)
 MAX_EXT_HEADER = 1 << 20  # pax / GNU long-name / sparse-map bytes before one member (read into memory)
 MAX_HEADER_CHAIN = 16  # extended headers before one member (tarfile recurses through them)
-_EXT_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE, tarfile.XHDTYPE,
-              tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_EXT_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.GNUTYPE_SPARSE,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 log = logging.getLogger("boxlite.images")
 
 
@@ -148,9 +154,14 @@ def open_decompressed(f: IO[bytes]) -> Reader:
     return f
 
 
-def unpack_layer(blob: Path, dest: Path, uid_base: int,
-                 diff_id: str | None = None, limits: ImageLimits | None = None,
-                 budget: ImageBudget | None = None) -> LayerMeter:
+def unpack_layer(
+    blob: Path,
+    dest: Path,
+    uid_base: int,
+    diff_id: str | None = None,
+    limits: ImageLimits | None = None,
+    budget: ImageBudget | None = None,
+) -> LayerMeter:
     """Extract the layer blob into the existing empty directory ``dest``.
 
     ``diff_id`` (sha256 of the uncompressed tar) is verified when given. ``limits`` (default:
@@ -178,8 +189,16 @@ def unpack_layer(blob: Path, dest: Path, uid_base: int,
                 meter.charge(len(chunk), entries=0)
         except BoxliteError:
             raise
-        except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError, ValueError,
-                OverflowError, RecursionError) as e:
+        except (
+            tarfile.TarError,
+            EOFError,
+            OSError,
+            zlib.error,
+            zstandard.ZstdError,
+            ValueError,
+            OverflowError,
+            RecursionError,
+        ) as e:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise ImageError(f"cannot unpack layer {blob.name}: {type(e).__name__}: {e}") from e
@@ -187,8 +206,7 @@ def unpack_layer(blob: Path, dest: Path, uid_base: int,
             if ex is not None:
                 ex.log_dropped(blob.name)
     if diff_id and "sha256:" + reader.hasher.hexdigest() != diff_id:
-        raise DigestMismatchError(f"layer {blob.name}: uncompressed digest does not match "
-                                  f"diff_id {diff_id}")
+        raise DigestMismatchError(f"layer {blob.name}: uncompressed digest does not match diff_id {diff_id}")
     return meter
 
 
@@ -215,8 +233,11 @@ class Extractor:
         """One log line naming the device nodes and xattrs the layer carried but did not get."""
         for action, names, why in (
             ("not creating device nodes", self.skipped_devices, "the engine gives the box its own /dev"),
-            ("dropping xattrs", self.dropped_xattrs, "file capabilities, security labels and ACLs from images "
-             "are not applied on the host"),
+            (
+                "dropping xattrs",
+                self.dropped_xattrs,
+                "file capabilities, security labels and ACLs from images are not applied on the host",
+            ),
         ):
             if names:
                 shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
@@ -288,8 +309,7 @@ class Extractor:
         return False
 
     # -- members ----------------------------------------------------------------------
-    def add(self, m: tarfile.TarInfo,
-            extract: Callable[[tarfile.TarInfo], IO[bytes] | None] | None) -> None:
+    def add(self, m: tarfile.TarInfo, extract: Callable[[tarfile.TarInfo], IO[bytes] | None] | None) -> None:
         parts = self.split(m.name)
         if len(self._fds) > 256:
             self._drop_cache()
@@ -338,8 +358,9 @@ class Extractor:
                 self._clear(pfd, parts)
                 os.symlink(m.linkname, name, dir_fd=pfd)
             if self.privileged:
-                os.chown(name, shift_id(m.uid, self.base), shift_id(m.gid, self.base),
-                         dir_fd=pfd, follow_symlinks=False)
+                os.chown(
+                    name, shift_id(m.uid, self.base), shift_id(m.gid, self.base), dir_fd=pfd, follow_symlinks=False
+                )
             os.utime(name, ns=(int(m.mtime) * 10**9,) * 2, dir_fd=pfd, follow_symlinks=False)
         elif m.islnk():
             self._hardlink(parts, m.linkname)
@@ -361,7 +382,7 @@ class Extractor:
             return
         if name.startswith(WHITEOUT + WHITEOUT):  # other aufs metadata (.wh..wh.plnk...)
             return
-        target = name[len(WHITEOUT):]
+        target = name[len(WHITEOUT) :]
         if not target or target in (".", ".."):
             raise UnsafeLayerError(f"invalid whiteout {'/'.join(parts)!r}")
         self._require_root("whiteout")
@@ -403,8 +424,7 @@ class Extractor:
             return
         os.mkfifo(name, 0o600, dir_fd=pfd)
         if self.privileged:
-            os.chown(name, shift_id(m.uid, self.base), shift_id(m.gid, self.base),
-                     dir_fd=pfd, follow_symlinks=False)
+            os.chown(name, shift_id(m.uid, self.base), shift_id(m.gid, self.base), dir_fd=pfd, follow_symlinks=False)
         # the name was just created by us in a private work dir: not a symlink
         os.chmod(name, m.mode & 0o777, dir_fd=pfd)
 
@@ -415,7 +435,7 @@ class Extractor:
         for key, value in m.pax_headers.items():
             if not key.startswith("SCHILY.xattr."):
                 continue
-            xname = key[len("SCHILY.xattr."):]
+            xname = key[len("SCHILY.xattr.") :]
             if not keep_xattr(xname):
                 if not xname.startswith("trusted.overlay."):
                     self.dropped_xattrs.append(f"{xname} on /{'/'.join(parts)}")
@@ -448,7 +468,7 @@ def _copy(src: IO[bytes], fd: int) -> int:
         n = len(chunk)
         pending = 0  # start of data not yet written
         for off in range(0, n - _HOLE + 1, _HOLE):
-            if chunk[off:off + _HOLE] == _ZEROS:
+            if chunk[off : off + _HOLE] == _ZEROS:
                 _pwrite_all(fd, view[pending:off], pos + pending)
                 pending = off + _HOLE
         _pwrite_all(fd, view[pending:], pos + pending)
