@@ -57,6 +57,9 @@ class BoxStateModel(BaseModel):
     status: str
     running: bool
     pid: int | None = None
+    exit_code: int | None = None
+    """Status "exited": how the box's main process ended (128+N for signal N)."""
+    finished_at: str | None = None
 
 
 class BoxInfoModel(BaseModel):
