@@ -64,7 +64,7 @@ system_packages() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         busybox-static e2fsprogs erofs-utils qemu-system-x86 qemu-utils cpio \
-        uidmap passt ca-certificates python3-venv >/dev/null
+        uidmap passt nftables ca-certificates python3-venv >/dev/null
 }
 
 # The venv + pip step: needs no apt and no box, so tests run it alone (--python-only).

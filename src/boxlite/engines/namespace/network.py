@@ -4,6 +4,11 @@ pasta is a userspace network stack: it gives the box's network namespace an ``et
 host's addresses and routes, NATs its traffic through ordinary host sockets (no bridge, no
 iptables), forwards published host ports into the box and relays DNS from a fixed address to
 the host's resolver.
+
+The box must not reach the host itself: pasta runs with ``--no-map-gw`` (the gateway address is
+the real gateway, not the host's 127.0.0.1), without ``-T``/``-U`` (no box loopback port leads to
+the host's), and in the helper group of :mod:`..net.hostguard`, whose nftables rule rejects its
+new flows to any of the host's own addresses (DNS to the host's resolvers excepted).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import NetworkError
+from ..net import hostguard
 
 DNS_ADDRESS = "169.254.1.53"
 """Nameserver address inside boxes; pasta maps it to the host's first resolver."""
@@ -45,22 +51,31 @@ def resolv_conf(run_dir: Path) -> Path:
 def start_pasta(box_pid: int, state_dir: Path, ports: list[PortMapping]) -> int:
     """Attach pasta to the network namespace of ``box_pid``; returns pasta's pid.
 
-    ``state_dir`` (root-owned) keeps ``pasta.pid``; pasta runs as root without capabilities."""
+    ``state_dir`` (root-owned) keeps ``pasta.pid``. pasta runs as uid 0 without capabilities (it
+    must open the root-only ``/dev/net/tun``) in the helper group the host guard rejects."""
     pasta = shutil.which("pasta")
     if pasta is None:
         raise NetworkError("networking for namespace boxes needs pasta: apt-get install passt")
+    gid = hostguard.install()
     pid_file = state_dir / "pasta.pid"
     tcp = ",".join(p.pasta_spec() for p in ports if p.protocol == "tcp") or "none"
     udp = ",".join(p.pasta_spec() for p in ports if p.protocol == "udp") or "none"
     netns = os.open(f"/proc/{box_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     argv = [
-        pasta, "--config-net", "--quiet", "--runas", "0",
+        pasta, "--config-net", "--quiet", "--runas", f"0:{gid}", "--no-map-gw",
         "-t", tcp, "-u", udp, "-T", "none", "-U", "none",
         "--dns-forward", DNS_ADDRESS, "--pid", str(pid_file),
         "--netns", f"/proc/self/fd/{netns}",
     ]  # fmt: skip
     try:
-        proc = subprocess.run(argv, pass_fds=[netns], capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(
+            argv,
+            pass_fds=[netns],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            preexec_fn=lambda: hostguard.enter_helper_group(gid),
+        )
     except subprocess.TimeoutExpired:
         raise NetworkError("pasta did not configure the box network within 20s") from None
     finally:

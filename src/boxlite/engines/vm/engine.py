@@ -21,6 +21,7 @@ from typing import IO, Any
 from ... import runtime_artifact
 from ...errors import EngineError, UnsupportedOptionError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
+from ..net import hostguard
 from . import accel as accel_mod
 from .disks import LOWER_CAPACITY, ensure_box_disk, ensure_empty_lower, ensure_layer_image
 from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, qemu_binary, vcpus
@@ -119,6 +120,8 @@ class VmEngine(Engine):
             ports=[list(p) for p in spec.ports],
             volumes=[_shared_dir(host, guest, ro) for host, guest, ro in spec.volumes],
         )
+        if vm.network:
+            await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         deadline = t0 + spec.ready_timeout  # the whole start, template creation included
         if _snapshots_enabled(spec) and not vm.volumes:  # volumes need shared guest RAM: cold boot

@@ -1,0 +1,1 @@
+"""Host-side pieces shared by both engines' box networking."""

@@ -1,0 +1,148 @@
+"""Keep boxes away from the host itself: its loopback (127.0.0.0/8, ::1) and its own addresses.
+
+A box's traffic leaves through a userspace helper on the host (pasta for namespace boxes, QEMU's
+slirp for VM boxes) that opens ordinary host sockets. Whatever those sockets connect to, the box
+reaches, so the box must not be able to make the helper connect to the host itself. Options:
+
+- helper options alone (Debian 12's 2023-03 pasta): ``--no-map-gw`` stops mapping the gateway
+  address to the host's 127.0.0.1, but the helper still connects from the host's network
+  namespace, so the host's other addresses stay reachable (and a box with CAP_NET_RAW can put
+  127.0.0.1 in a raw frame on its tap: the helper connects to it). slirp has no such option at
+  all (10.0.2.2 is the host's loopback). Needed where it exists, not enough.
+- nftables rules inside each box's network namespace: useless for VM boxes (the guest kernel
+  is the box's), bypassable by raw frames, and they need the host's addresses, which change.
+- **A host rule keyed on the helper** (chosen): every helper runs with a dedicated group id
+  (:func:`helper_gid`; the uid stays 0: pasta must open the root-only ``/dev/net/tun`` and drops
+  its capabilities itself, QEMU opens the box's root-owned files; a dedicated uid would need
+  both), and one nftables table in the host's network namespace rejects *new* flows from
+  sockets of that group to any address the host's routing calls local, broadcast, multicast or
+  anycast (and to anything routed through ``lo``). Evaluated per packet, so addresses added
+  later are covered; replies on flows the host opened (published ports) are ``established``
+  and pass (the rule turns connection tracking on in the host's namespace, if nothing had).
+  cgroup matching was the alternative: hosts with cgroup v1 (this one) have no ``socket
+  cgroupv2``, and ``net_cls`` is gone on v2-only hosts.
+
+DNS is the one allowed exception: the helpers forward the box's queries to the host's first
+resolver, which often is a loopback one (127.0.0.53). Only port 53 of the resolvers named in
+``/etc/resolv.conf`` is allowed. The table is ours alone (``inet boxlite``): it only ever
+rejects the helpers' packets, so the host's own firewall and other software are untouched.
+It is (re)installed atomically before every networked box starts (idempotent, concurrent
+engines converge) and stays afterwards, harmless without helpers. A ``nft flush ruleset`` on
+the host removes it until the next networked box starts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ...errors import NetworkError
+
+DEFAULT_HELPER_GID = 165535
+"""Group id (and passt's user id) of the network helpers: the default home's box id 65535
+(uid_base 100000 + 65535), an id BoxLite already owns and images practically never use."""
+TABLE = "boxlite"
+RESOLV_CONF = Path("/etc/resolv.conf")
+MAX_RESOLVERS = 8
+
+
+def helper_gid() -> int:
+    """The helpers' group id: ``BOXLITE_NET_GID`` if set (for hosts where 165535 is taken)."""
+    raw = os.environ.get("BOXLITE_NET_GID", "").strip()
+    if not raw:
+        return DEFAULT_HELPER_GID
+    try:
+        gid = int(raw)
+    except ValueError:
+        raise NetworkError(f"BOXLITE_NET_GID must be a number, got {raw!r}") from None
+    if not 0 < gid < 2**32 - 2:
+        raise NetworkError(f"BOXLITE_NET_GID out of range: {gid}")
+    return gid
+
+
+def nft_binary() -> str:
+    path = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.access(p, os.X_OK)), None)
+    if path is None:
+        raise NetworkError(
+            "box networking needs nftables to keep boxes off the host's own addresses: apt-get install nftables"
+        )
+    return path
+
+
+def resolvers(path: Path = RESOLV_CONF) -> tuple[list[str], list[str]]:
+    """IPv4 and IPv6 nameservers of the host (what the helpers forward the boxes' DNS to)."""
+    v4: list[str] = []
+    v6: list[str] = []
+    try:
+        text = path.read_text(errors="replace")[:65536]
+    except OSError:
+        return v4, v6
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 2 or parts[0] != "nameserver":
+            continue
+        try:
+            addr = ipaddress.ip_address(parts[1].split("%")[0])
+        except ValueError:
+            continue
+        (v4 if addr.version == 4 else v6).append(str(addr))
+    return v4[:MAX_RESOLVERS], v6[:MAX_RESOLVERS]
+
+
+def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
+    """One nft transaction: create what is missing, then replace our chains' rules."""
+    t = f"inet {TABLE}"
+    lines = [
+        f"add table {t}",
+        f"add set {t} helpers {{ type gid; }}",
+        f"add set {t} dns4 {{ type ipv4_addr; }}",
+        f"add set {t} dns6 {{ type ipv6_addr; }}",
+        f"add chain {t} output {{ type filter hook output priority 0; policy accept; }}",
+        f"add chain {t} helper",
+        f"flush chain {t} output",
+        f"flush chain {t} helper",
+        f"add rule {t} output meta skgid @helpers jump helper",
+        f"add rule {t} helper ct state established,related return",
+        f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 return",
+        f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 return",
+        f"add rule {t} helper oif lo reject",
+        f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} reject",
+        f"add element {t} helpers {{ {gid} }}",
+        f"flush set {t} dns4",
+        f"flush set {t} dns6",
+    ]
+    if dns4:
+        lines.append(f"add element {t} dns4 {{ {', '.join(dns4)} }}")
+    if dns6:
+        lines.append(f"add element {t} dns6 {{ {', '.join(dns6)} }}")
+    return "\n".join(lines) + "\n"
+
+
+def install(gid: int | None = None) -> int:
+    """Install (or refresh) the guard for helpers running with group ``gid``; returns the gid.
+    Raises :class:`NetworkError` when nftables is missing or refuses the rules: a box never
+    gets network without the guard."""
+    gid = helper_gid() if gid is None else gid
+    script = ruleset(gid, *resolvers())
+    try:
+        proc = subprocess.run(
+            [nft_binary(), "-f", "-"], input=script, capture_output=True, text=True, timeout=10, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise NetworkError("nft did not install the host guard within 10s") from None
+    except OSError as e:
+        raise NetworkError(f"could not run nft: {e}") from None
+    if proc.returncode != 0:
+        raise NetworkError(f"nft refused the host guard rules: {proc.stderr.strip()[:500]}")
+    return gid
+
+
+def enter_helper_group(gid: int) -> None:
+    """``preexec_fn`` of a helper: the guard's group as real, effective and saved gid, no
+    supplementary groups. Set before the helper starts, so that even the sockets it opens
+    before dropping privileges (published ports) carry the group."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)

@@ -1,0 +1,261 @@
+"""Issue 18.1: a box with network must not reach the host itself (loopback, the host's own
+addresses, the gateway standing in for the host), while outbound traffic to other hosts, DNS
+and published ports keep working. On both engines.
+
+The test builds a private "internet" (tests never send traffic anywhere else): this file runs
+itself as a script under ``unshare -n -m``. That namespace plays the host: loopback services
+(one on 127.0.0.1, one on every address, a DNS resolver on 127.0.0.53 named by a private
+/etc/resolv.conf), a veth with addresses 10.77.0.1 and 10.77.0.5 and a default route to
+10.77.0.254. A second namespace behind the veth holds the "remote" host 10.77.0.2 and the
+router 10.77.0.254. The script starts a box there and reports what the box could reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+P_LOOPBACK, P_ANY, P_REMOTE, P_RESOLVER_OTHER, P_PUBLISHED = 7001, 7002, 7003, 7004, 7080
+RESOLVER = "127.0.0.53"
+REMOTE = "10.77.0.2"
+HOST_ADDRS = ("10.77.0.1", "10.77.0.5")
+
+
+# --- the scenario (runs inside the private namespaces) ---------------------------------------
+
+
+def banner_server(addr: str, port: int, text: bytes) -> None:
+    """Answer every connection with ``text`` and close it."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                try:
+                    conn.sendall(text)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def dns_server(addr: str, answer: str) -> None:
+    """A resolver that answers every A query with ``answer``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, 53))
+
+    def serve() -> None:
+        while True:
+            query, peer = sock.recvfrom(512)
+            if len(query) < 12:
+                continue
+            end = query.index(b"\0", 12) + 5  # question name + type + class
+            header = query[:2] + b"\x81\x80" + query[4:6] + b"\x00\x01\x00\x00\x00\x00"
+            record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(answer)
+            sock.sendto(header + query[12:end] + record, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def remote_main() -> None:
+    """The remote host (its own network namespace): wait for its address, then serve."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            banner_server(REMOTE, P_REMOTE, b"remote-ok\n")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    print("ready", flush=True)
+    time.sleep(600)
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["sh", "-ec", cmd], check=True)
+
+
+def build_internet() -> subprocess.Popen[str]:
+    sh("ip link set lo up; ip link add v0 type veth peer name v1")
+    remote = subprocess.Popen(["unshare", "-n", sys.executable, __file__, "remote"], stdout=subprocess.PIPE, text=True)
+    sh(f"""
+        ip link set v1 netns {remote.pid}
+        ip addr add 10.77.0.1/24 dev v0
+        ip addr add 10.77.0.5/32 dev v0
+        ip link set v0 up
+        ip route add default via 10.77.0.254
+        nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; ip addr add {REMOTE}/24 dev v1
+            ip addr add 10.77.0.254/24 dev v1; ip link set v1 up'
+    """)
+    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
+    return remote
+
+
+def connect(addr: str, port: int, gid: int | None = None) -> str:
+    """What a host process (optionally in group ``gid``) reads from ``addr:port``."""
+    code = (
+        "import socket,sys\n"
+        "try:\n s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3); print(s.recv(100).decode())\n"
+        "except OSError as e: print(type(e).__name__)\n"
+    )
+
+    def enter_group() -> None:
+        if gid is not None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, addr, str(port)], capture_output=True, text=True, preexec_fn=enter_group
+    )
+    return out.stdout.strip()
+
+
+async def probe_box(engine: str, rootfs: str, home: str) -> dict[str, Any]:
+    import boxlite
+    from boxlite.engines.net import hostguard
+
+    report: dict[str, Any] = {}
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=engine))
+    try:
+        published = [(P_PUBLISHED, 8080)]
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled", ports=published) as box:
+
+            async def nc(addr: str, port: int) -> str:
+                r = await box.exec("sh", "-c", f"timeout 5 nc -w 3 {addr} {port} </dev/null", timeout=20)
+                return r.stdout.strip()
+
+            gw = (await box.exec("sh", "-c", "ip route | awk '/default/ {print $3}'", timeout=10)).stdout.strip()
+            report["gateway"] = gw
+            report["remote"] = await nc(REMOTE, P_REMOTE)
+            report["gateway_loopback_port"] = await nc(gw, P_LOOPBACK)
+            report["gateway_any_port"] = await nc(gw, P_ANY)
+            for addr in HOST_ADDRS:
+                report[f"host_{addr}"] = await nc(addr, P_ANY)
+            report["box_own_loopback"] = await nc("127.0.0.1", P_LOOPBACK)
+            dns = await box.exec("cat", "/etc/resolv.conf")
+            report["resolv_conf"] = dns.stdout
+            nameserver = dns.stdout.split()[1]
+            report["dns_other_port"] = await nc(nameserver, P_RESOLVER_OTHER)
+            lookup = await box.exec("sh", "-c", "timeout 10 nslookup remote.example", timeout=20)
+            report["dns_lookup"] = lookup.stdout
+            server = await box.box.exec("sh", ["-c", "echo hello-from-box | nc -l -p 8080"], stdin=False)
+            reply = ""
+            for _ in range(100):
+                reply = connect("127.0.0.1", P_PUBLISHED)
+                if reply.startswith("hello"):
+                    break
+                await asyncio.sleep(0.1)
+            report["published"] = reply
+            await server.wait()
+            # The rule itself: the helpers' group is what the host refuses, nothing else.
+            report["guard_helper_group"] = connect("127.0.0.1", P_LOOPBACK, hostguard.helper_gid())
+            report["guard_other_group"] = connect("127.0.0.1", P_LOOPBACK, 0)
+    finally:
+        await rt.shutdown(timeout=2)
+    return report
+
+
+def scenario_main(engine: str, rootfs: str, home: str) -> None:
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    resolv = Path(home) / "host-resolv.conf"
+    resolv.write_text(f"nameserver {RESOLVER}\n")
+    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    remote = build_internet()
+    try:
+        banner_server("127.0.0.1", P_LOOPBACK, b"loopback-secret\n")
+        banner_server("0.0.0.0", P_ANY, b"host-secret\n")
+        banner_server(RESOLVER, P_RESOLVER_OTHER, b"resolver-other-port\n")
+        dns_server(RESOLVER, REMOTE)
+        report = asyncio.run(probe_box(engine, rootfs, home))
+    finally:
+        remote.kill()
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "remote":
+        remote_main()
+    else:
+        scenario_main(*sys.argv[2:5])
+    sys.exit(0)
+
+
+# --- the test --------------------------------------------------------------------------------
+
+
+def test_box_network_cannot_reach_the_host(engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["unshare", "-n", "-m", sys.executable, __file__, "scenario", engine, str(busybox_rootfs), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(lines[-1][len("REPORT ") :])
+    # Other hosts, DNS (through the host's loopback resolver) and published ports still work.
+    assert r["remote"].startswith("remote-ok"), r
+    assert REMOTE in r["dns_lookup"], r
+    assert r["published"] == "hello-from-box", r
+    # The attack: loopback-only and host services, addressed every way the box can name them.
+    secrets = ("loopback-secret", "host-secret", "resolver-other-port")
+    for key in ("gateway_loopback_port", "gateway_any_port", "dns_other_port", "box_own_loopback"):
+        assert not r[key].startswith(secrets), (key, r)
+    for addr in HOST_ADDRS:
+        assert not r[f"host_{addr}"].startswith(secrets), (addr, r)
+    # The guard refuses the helpers' group only; the host's own processes are untouched.
+    assert r["guard_helper_group"] == "ConnectionRefusedError", r
+    assert r["guard_other_group"] == "loopback-secret", r
+
+
+def test_guard_is_idempotent_and_only_ours() -> None:
+    """Installing twice leaves one copy of our rules, in our own table only."""
+    from boxlite.engines.net import hostguard
+
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", GUARD_TWICE], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    listing = proc.stdout
+    assert listing.count("meta skgid @helpers jump helper") == 1, listing
+    assert listing.count("reject") == 2, listing
+    assert f"elements = {{ {hostguard.helper_gid()} }}" in listing, listing
+    assert "table inet boxlite" in listing and listing.count("table ") == 1, listing
+
+
+GUARD_TWICE = """
+import subprocess
+from boxlite.engines.net import hostguard
+hostguard.install(); hostguard.install()
+print(subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+def test_missing_nftables_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No nft, no network: the box never starts without the guard."""
+    import boxlite
+    from boxlite.engines.net import hostguard
+
+    monkeypatch.setattr(hostguard.shutil, "which", lambda name: None)
+    monkeypatch.setattr(hostguard.os, "access", lambda path, mode: False)
+    with pytest.raises(boxlite.NetworkError, match="nftables"):
+        hostguard.install()
+    monkeypatch.setenv("BOXLITE_NET_GID", "not-a-number")
+    with pytest.raises(boxlite.NetworkError, match="BOXLITE_NET_GID"):
+        hostguard.helper_gid()
