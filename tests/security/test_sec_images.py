@@ -377,6 +377,8 @@ def test_oversized_and_chained_tar_headers_are_refused(tmp_path: Path) -> None:
         dest.mkdir()
         with pytest.raises(error):
             unpack_layer(blob, dest, BOX_UID, limits=ImageLimits())
+        with pytest.raises(error):  # the same as a `docker save` archive given to load()
+            _manager(tmp_path / "home").load(blob)
 
 
 async def test_huge_config_blob_is_refused_before_download(registry: RegistryServer, tmp_path: Path) -> None:

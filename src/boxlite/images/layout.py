@@ -23,6 +23,7 @@ from .manifest import (
 )
 from .reference import parse_reference
 from .store import Store
+from .unpack import BoundedTarInfo
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -63,13 +64,14 @@ class TarSource:
         self.path = path
         self.name = re.sub(r"(\.tar)?(\.gz|\.tgz|\.zst)?$", "", path.name)
         try:
-            self.tf = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by close()
+            # bounded extended headers: an archive from elsewhere is as untrusted as a registry
+            self.tf = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)  # noqa: SIM115 - closed by close()
             self.members = {
                 m.name[2:] if m.name.startswith("./") else m.name: m
                 for m in self.tf.getmembers()
                 if m.isreg() or m.islnk()
             }
-        except (tarfile.TarError, OSError) as e:
+        except (tarfile.TarError, OSError, ValueError, EOFError, RecursionError) as e:
             raise ImageError(f"{path}: not a readable tar archive: {e}") from e
 
     def close(self) -> None:
