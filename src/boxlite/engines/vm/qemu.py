@@ -18,7 +18,8 @@ AGENT_PORT = "boxlite.agent"  # virtio-serial port name; vminit looks it up in s
 DEFAULT_MEMORY_MIB = 512
 DEFAULT_CPUS = 2
 DEFAULT_TB_SIZE_MIB = 48  # TCG translation cache: 16-24 MiB thrash (exec 0.5 s), 64+ only costs memory
-# slirp's fixed layout: the box is GUEST_IP, the host's loopback answers at GATEWAY, DNS at DNS.
+# slirp's fixed layout: the box is GUEST_IP, DNS at DNS. slirp maps GATEWAY (and every other address of
+# the 10.0.2.0/24 net but DNS) to the host's loopback: the host guard (..net.hostguard) refuses that.
 GUEST_NET = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.0.2.2", "dns": "10.0.2.3"}
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
@@ -202,10 +203,18 @@ def virtiofs_tag(index: int) -> str:
 
 
 def netdev(cfg: VmConfig) -> str:
-    """User-mode networking (slirp) in QEMU itself: no host privileges, NAT through host sockets,
-    ``hostfwd`` for published ports. Every VM has the same NIC, so that one snapshot fits all;
-    a box without network gets ``restrict=on`` (nothing leaves) and never sees the NIC (the
-    guest agent moves the box into a network namespace of its own)."""
+    """User-mode networking (slirp) in QEMU itself: NAT through host sockets, ``hostfwd`` for
+    published ports. Every VM has the same NIC, so that one snapshot fits all; a box without
+    network gets ``restrict=on`` (nothing leaves) and never sees the NIC (the guest agent moves
+    the box into a network namespace of its own).
+
+    slirp connects from the host's network namespace and maps 10.0.2.2 to the host's loopback,
+    so a box with network runs QEMU in the host guard's group (the shim sets it): the guard's
+    nftables rule refuses QEMU's new flows to any of the host's own addresses, but DNS (port 53
+    of the host's resolvers, which slirp forwards 10.0.2.3 to). passt (``-netdev stream``, with
+    ``--no-map-gw``) was the alternative; Debian 12's passt never completes the handshake of a
+    published-port connection until the host client sends data (server-first protocols hang),
+    and slirp's published ports work."""
     opts = ["user", "id=net0", "net=10.0.2.0/24", "ipv6=off"]
     if not (cfg.network or cfg.ports):
         opts.append("restrict=on")

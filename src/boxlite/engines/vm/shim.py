@@ -25,6 +25,7 @@ from typing import Any
 
 from ...agent import protocol as p
 from ..base import process_start_time
+from ..net import hostguard
 from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
 
@@ -70,6 +71,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _qemu_preexec(parent: int, net_gid: int | None) -> None:
+    """preexec_fn of QEMU. A box with network: QEMU (still uid 0, for its files) joins the host
+    guard's group, whose new flows to the host's own addresses the host refuses: slirp opens
+    its sockets in QEMU and would otherwise reach the host's loopback through 10.0.2.2."""
+    if net_gid is not None:
+        hostguard.enter_helper_group(net_gid)
+    _die_with_parent(parent)
+
+
 def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subprocess.Popen[bytes]]:
     """One virtiofsd per volume, serving its host directory on a vhost-user socket that QEMU
     connects to. Each exits with its VM (and dies with the shim)."""
@@ -110,6 +120,7 @@ def start_qemu(
     _console = (ConsoleLog(cfg.console), console_r)
     argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno(), console_w)
     me = os.getpid()
+    net_gid = hostguard.helper_gid() if cfg.network or cfg.ports else None
     proc = subprocess.Popen(
         argv,
         pass_fds=(agent_guest.fileno(), qmp_guest.fileno(), console_w),
@@ -117,7 +128,7 @@ def start_qemu(
         stdout=log_fd,
         stderr=log_fd,
         cwd=run_dir,
-        preexec_fn=lambda: _die_with_parent(me),
+        preexec_fn=lambda: _qemu_preexec(me, net_gid),
     )
     agent_guest.close()
     qmp_guest.close()
