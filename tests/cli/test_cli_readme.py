@@ -5,9 +5,12 @@ fails at once says so; exec failures and OOM kills have the documented statuses 
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import time
+from pathlib import Path
 
+from boxlite.cli.run import _last_line
 from support.cli import Cli, assert_one_line_error
 
 
@@ -79,3 +82,19 @@ def test_oom_kill_is_said_on_the_cli(cli: Cli) -> None:
     proc = cli("run", "--rm", "-m", "48m", "--rootfs", str(cli.rootfs), "sh", "-c",
                "x=$(head -c 150000000 /dev/zero | tr '\\0' a); echo survived", timeout=180)  # fmt: skip
     assert_one_line_error(proc, 137, "killed: out of memory (limit 48 MiB)")
+
+
+def test_last_line_of_a_hostile_log_is_bounded(tmp_path: Path) -> None:
+    """``run -d`` quotes the main log's last line: the box wrote that file, so only a regular
+    file is read, and only its tail."""
+    log = tmp_path / "main.log"
+    log.write_bytes(b"x" * (8 << 20) + b"\nlast words\n\n")
+    assert _last_line(log) == "last words"
+    log.write_bytes(b"y" * 10000)  # one endless line: cut
+    assert _last_line(log) == "y" * 200
+    log.unlink()
+    log.symlink_to("/etc/hostname")
+    assert _last_line(log) == ""
+    log.unlink()
+    os.mkfifo(log)  # never blocks
+    assert _last_line(log) == ""

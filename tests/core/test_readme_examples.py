@@ -115,6 +115,18 @@ def test_main_exit_record_from_a_hostile_box_is_not_trusted(tmp_path: Path) -> N
     assert mainexit.read(str(run)) is None
 
 
+# --- files across restarts -----------------------------------------------------------------
+async def test_files_persist_across_restart_except_tmp(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+    write = await box.exec("sh", ["-c", "echo kept > /root/kept; echo gone > /tmp/gone"], stdin=False)
+    assert (await write.wait()).exit_code == 0
+    await box.stop()
+    await box.start()
+    check = await box.exec("sh", ["-c", "cat /root/kept; ls /tmp"], stdin=False)
+    assert await check.stdout().read() == "kept\n"  # /tmp is a tmpfs, as in BoxLite (README)
+    await runtime.remove(box.id, force=True)
+
+
 # --- the default image ----------------------------------------------------------------------
 @pytest.fixture
 def offline_default_image(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,13 +155,16 @@ async def test_simplebox_and_codebox_without_image_use_the_default_image(
         result = await box.exec("python3", "-c", "print(1)")
         assert (result.exit_code, result.stdout) == (0, "1\n")
         assert box.info().image == "debian-python (default)"
-    async with boxlite.CodeBox(runtime=runtime) as code:
+    code = boxlite.CodeBox(runtime=runtime)
+    async with code:
         assert await code.run("print(6 * 7)") == "42\n"
     assert await runtime.list_info() == []
 
 
 # --- failed start ---------------------------------------------------------------------------
-async def test_failed_start_of_an_auto_remove_box_leaves_nothing(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+async def test_failed_start_of_an_auto_remove_box_leaves_nothing(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path
+) -> None:
     doomed = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), ready_timeout=0.001))
     with pytest.raises(boxlite.BoxliteError):
         await doomed.start()
@@ -213,7 +228,7 @@ def test_tcg_notice_is_plain_and_once_per_home(
     err = capsys.readouterr().err
     assert err.strip() == (
         "boxlite: KVM cannot run guests on this host (a test boot of the guest kernel under KVM crashed); "
-        f"VM boxes use software emulation, ~{accel.TCG_SLOWDOWN}× slower"
+        f"VM boxes use software emulation, ~{accel.TCG_SLOWDOWN}\u00d7 slower"
     )
     assert "Assertion" not in err
     for _ in range(2):  # another process on the same home (the module state does not matter)
