@@ -261,12 +261,18 @@ async def test_default_memory_limit_and_tmpfs_sizes(runtime: boxlite.Boxlite, bu
 # --- host processes: QEMU ------------------------------------------------------------------
 
 
-async def test_qemu_runs_with_its_seccomp_sandbox(runtime: boxlite.Boxlite, busybox_rootfs: Path, engine: str) -> None:
+async def test_qemu_runs_with_its_seccomp_sandbox_and_no_capabilities(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, engine: str
+) -> None:
     if engine != "vm":
         pytest.skip("QEMU runs for VM boxes only")
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime) as box:
         pid = int((runtime.home.box_dir(box.id) / "run" / "qemu.pid").read_text())
-        status = Path(f"/proc/{pid}/status").read_text()
-        assert "Seccomp:\t2" in status
+        status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        assert status["Seccomp"] == "2"  # -sandbox on
+        # uid 0 (its files are root's; -runas would cut its tie to the shim), but no capability
+        assert status["Uid"].split() == ["0"] * 4
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == int(status["CapBnd"], 16) == 0
+        assert status["NoNewPrivs"] == "1"
         assert "-sandbox" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert (await box.exec("echo", "ok")).stdout == "ok\n"

@@ -256,8 +256,8 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
             print(f"boxlite: not providing /etc/resolv.conf: {e}", file=sys.stderr)
         else:
             try:  # a copy on the supervisor tmpfs: mountinfo shows a bind's source path
-                with open(config["resolv_conf"], "rb") as src, open(f"{sup}/resolv.conf", "wb") as dst:
-                    dst.write(src.read(4096))
+                with open(config["resolv_conf"], "rb") as given, open(f"{sup}/resolv.conf", "wb") as copy:
+                    copy.write(given.read(4096))
                 linux.bind_idmapped(f"{sup}/resolv.conf", target, None, True)
             finally:
                 os.close(target)

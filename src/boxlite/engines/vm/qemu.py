@@ -108,6 +108,19 @@ def _opt(value: str) -> str:
 # QEMU's own seccomp filter: no obsolete system calls, no set*id, no scheduler/affinity
 # changes. ``spawn`` stays allowed: saving and restoring a template runs ``exec:cat``.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
+# QEMU keeps uid 0 (its disks, RAM files and sockets are root's, and -runas would undo its
+# PR_SET_PDEATHSIG tie to the shim) but starts with no capability at all, none to regain
+# (empty bounding set, no_new_privs): it cannot override file permissions, load modules,
+# mount, trace or signal other users' processes. util-linux's setpriv does it and execs QEMU.
+DROP_PRIVILEGES = ("--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--no-new-privs", "--")
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run with every capability dropped (same pid: setpriv execs it)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise EngineError("setpriv not found: install the Debian package util-linux")
+    return [setpriv, *DROP_PRIVILEGES, *argv]
 
 
 def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_fd: int | None = None) -> list[str]:
@@ -189,7 +202,7 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
         argv += ["-chardev", f"socket,id=qmp,fd={qmp_fd}", "-mon", "chardev=qmp,mode=control"]
     if cfg.incoming:
         argv += ["-incoming", "defer"]  # the shim enables x-ignore-shared, then migrate-incoming
-    return argv
+    return unprivileged(argv)
 
 
 def virtiofs_socket(index: int) -> str:
