@@ -50,6 +50,8 @@ async def test_main_process_printing_fast_stays_within_the_log_cap(
                 largest = max(largest, path.stat().st_size)
         await asyncio.sleep(0.05)
     assert old.exists(), "the box printed more than the cap: the log was rotated"
+    execution = await asyncio.wait_for(box.exec("echo", ["alive"], stdin=False), 20)  # the flood starves nothing
+    assert await asyncio.wait_for(execution.stdout().read(), 20) == "alive\n"
     await box.stop()
     assert largest <= LOG_CAP and log.stat().st_size <= LOG_CAP and old.stat().st_size <= LOG_CAP
     assert not (run / "main.log.2").exists()
