@@ -395,17 +395,42 @@ async def test_box_links_dirs_and_special_files(box: boxlite.SimpleBox, tmp_path
     assert (dest / "d" / "up" / "ESCAPED_FILE").is_file()
 
 
-async def test_box_3000_level_tree_is_a_typed_error(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+async def test_box_3000_level_tree_is_a_typed_error(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, home: Path, tmp_path: Path
+) -> None:
     level = "/a" * 1000  # three 1000-level trees moved into each other (each path < PATH_MAX)
-    await sh(box, f"mkdir -p /deep{level} /x2{level} /x3{level} && echo bottom > /x3{level}/f"
-                  f" && mv /x2 /deep{level}/ && mv /x3 /deep{level}/x2{level}/")  # fmt: skip
-    try:
-        with pytest.raises(boxlite.BoxliteError, match="deeper than"):
-            await box.copy_out("/deep", str(tmp_path / "deep"))
-        assert (await box.exec("true")).exit_code == 0
-    finally:
-        subprocess.run(["rm", "-rf", str(tmp_path / "deep")], check=True)  # shutil.rmtree recurses
-        await sh(box, f"mv /deep{level}/x2 /x2 && mv /x2{level}/x3 /x3 && rm -rf /deep /x2 /x3")
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime) as box:
+        await sh(box, f"mkdir -p /deep{level} /x2{level} /x3{level} && echo bottom > /x3{level}/f"
+                      f" && mv /x2 /deep{level}/ && mv /x3 /deep{level}/x2{level}/")  # fmt: skip
+        try:
+            with pytest.raises(boxlite.BoxliteError, match="deeper than"):
+                await box.copy_out("/deep", str(tmp_path / "deep"))
+            assert (await box.exec("true")).exit_code == 0
+        finally:
+            subprocess.run(["rm", "-rf", str(tmp_path / "deep")], check=True)  # shutil.rmtree recurses
+    # Removing the box removed its 3000-level tree too (no RecursionError, nothing left).
+    assert list((home / "boxes").iterdir()) == []
+
+
+def test_remove_tree_any_depth_never_follows_links(tmp_path: Path) -> None:
+    from boxlite.fsutil.dirfd import remove_tree
+
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "file").write_text("x")
+    top = tmp_path / "top"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(3000):
+        os.symlink(str(keep), "link", dir_fd=fd)
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+        os.mkdir("a", dir_fd=fd)
+        nfd = os.open("a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    remove_tree(top)
+    assert not top.exists() and (keep / "file").read_text() == "x"
 
 
 async def test_box_sparse_file_stays_sparse(box: boxlite.SimpleBox, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ can be fooled by links that only resolve past PATH_MAX.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -124,3 +125,72 @@ class DirWalker:
         """``parts`` was removed or replaced: drop cached fds of it and below."""
         if len(self._chain) >= len(parts) and tuple(n for n, _ in self._chain[: len(parts)]) == parts:
             self._truncate(len(parts) - 1 if parts else 0)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Delete ``path`` and everything below it, best effort (errors are skipped, like
+    ``shutil.rmtree(ignore_errors=True)``), at any depth: ``shutil.rmtree`` recurses, so a
+    box's 3000-level tree made it raise RecursionError. One directory fd is held at a time
+    (going up through ``..``); symlinks are removed, never followed; other file systems
+    mounted below ``path`` are left alone."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        fd = os.open(path, DIR_FLAGS)
+    except OSError:
+        return
+    device = st.st_dev
+    names: list[str] = []  # the path from ``path`` down to fd
+    stuck: set[tuple[int, int]] = set()  # (dev, ino) that could not be removed
+    while True:
+        child = None
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        est = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if (est.st_dev, est.st_ino) in stuck:
+                        continue
+                    if not stat.S_ISDIR(est.st_mode):
+                        try:
+                            os.unlink(entry.name, dir_fd=fd)
+                        except OSError:
+                            stuck.add((est.st_dev, est.st_ino))
+                    elif est.st_dev != device:
+                        stuck.add((est.st_dev, est.st_ino))  # a mount point: not ours to empty
+                    else:
+                        child = entry.name
+                        break
+        except OSError:
+            pass
+        if child is not None:
+            try:
+                nfd = os.open(child, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                stuck.add((est.st_dev, est.st_ino))
+                continue
+            os.close(fd)
+            fd = nfd
+            names.append(child)
+            continue
+        if not names:  # back at the top
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            return
+        here = os.fstat(fd)
+        try:
+            parent = os.open("..", DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            os.close(fd)
+            return
+        os.close(fd)
+        fd = parent
+        try:
+            os.rmdir(names.pop(), dir_fd=fd)
+        except OSError:
+            stuck.add((here.st_dev, here.st_ino))

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import time
 import weakref
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..errors import (
     StoppedError,
     UnsupportedOptionError,
 )
+from ..fsutil.dirfd import remove_tree
 from ..images import ImageManager
 from .engines import select_engine
 from .home import Home
@@ -406,7 +406,7 @@ class BoxRuntime:
         box_dir = self.home.box_dir(rec.id)
         with contextlib.suppress(Exception):
             select_engine(rec.engine).cleanup(self.spec(rec))
-        shutil.rmtree(box_dir, ignore_errors=True)
+        remove_tree(box_dir)  # any depth (a box's 3000-level tree made shutil.rmtree recurse out)
         self.db.delete(rec.id)
         self.clients.pop(rec.id, None)
         self.owned.discard(rec.id)
