@@ -37,7 +37,7 @@ HOST_ADDRS = ("10.77.0.1", "10.77.0.5")
 
 def banner_server(addr: str, port: int, text: bytes) -> None:
     """Answer every connection with ``text`` and close it."""
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((addr, port))
     srv.listen(16)
@@ -164,8 +164,12 @@ async def probe_box(engine: str, rootfs: str, home: str) -> dict[str, Any]:
             report["published"] = reply
             await server.wait()
             # The rule itself: the helpers' group is what the host refuses, nothing else.
-            report["guard_helper_group"] = connect("127.0.0.1", P_LOOPBACK, hostguard.helper_gid())
+            gid = hostguard.helper_gid()
+            report["guard_helper_group"] = connect("127.0.0.1", P_LOOPBACK, gid)
             report["guard_other_group"] = connect("127.0.0.1", P_LOOPBACK, 0)
+            report["guard_ipv6_loopback"] = connect("::1", P_LOOPBACK, gid)
+            report["guard_ipv6_other_group"] = connect("::1", P_LOOPBACK, 0)
+            report["guard_resolver_other_port"] = connect(RESOLVER, P_RESOLVER_OTHER, gid)
     finally:
         await rt.shutdown(timeout=2)
     return report
@@ -180,6 +184,7 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
     try:
         banner_server("127.0.0.1", P_LOOPBACK, b"loopback-secret\n")
         banner_server("0.0.0.0", P_ANY, b"host-secret\n")
+        banner_server("::1", P_LOOPBACK, b"loopback6-secret\n")
         banner_server(RESOLVER, P_RESOLVER_OTHER, b"resolver-other-port\n")
         dns_server(RESOLVER, REMOTE)
         report = asyncio.run(probe_box(engine, rootfs, home))
@@ -222,6 +227,10 @@ def test_box_network_cannot_reach_the_host(engine: str, busybox_rootfs: Path, tm
     # The guard refuses the helpers' group only; the host's own processes are untouched.
     assert r["guard_helper_group"] == "ConnectionRefusedError", r
     assert r["guard_other_group"] == "loopback-secret", r
+    assert r["guard_ipv6_loopback"] == "ConnectionRefusedError", r
+    assert r["guard_ipv6_other_group"] == "loopback6-secret", r
+    # DNS is the one way to the host's loopback resolver, and only its port 53.
+    assert r["guard_resolver_other_port"] == "ConnectionRefusedError", r
 
 
 def test_guard_is_idempotent_and_only_ours() -> None:
