@@ -293,6 +293,50 @@ async def test_deadline_against_a_stalling_sender(dest: Path) -> None:
     assert closed.is_set()  # the sender was stopped (for a box: its tar is killed)
 
 
+async def test_cancelled_copy_out_stops_its_thread_and_the_sender(dest: Path) -> None:
+    import threading
+
+    from boxlite.api.archive import extract_stream
+
+    closed = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        try:
+            yield archive(member("top", tarfile.DIRTYPE))[:512]
+            await asyncio.sleep(3600)
+        finally:
+            closed.set()
+
+    task = asyncio.create_task(extract_stream(slow(), str(dest), "top", boxlite.CopyOptions()))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed.is_set()
+    for _ in range(50):
+        if not any(t.name == "boxlite-copy-out" for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(t.name == "boxlite-copy-out" for t in threading.enumerate())
+
+
+def test_overwrite_false_keeps_what_exists_and_follows_nothing(dest: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (dest / "top").mkdir()
+    (dest / "top" / "f").write_text("mine")
+    (dest / "top" / "l").symlink_to(victim)
+    extract(archive(
+        member("top", tarfile.DIRTYPE), member("top/f", data=b"box"), member("top/l", data=b"box"),
+        member("top/new", data=b"new"),
+    ), dest, overwrite=False)  # fmt: skip
+    assert (dest / "top" / "f").read_text() == "mine" and (dest / "top" / "l").is_symlink()
+    assert (dest / "top" / "new").read_text() == "new" and list(victim.iterdir()) == []
+    with pytest.raises(UnsafeArchiveError, match="symlink"):
+        extract(archive(member("top/l/ESCAPED_FILE", data=b"x")), dest, overwrite=False)
+    assert list(victim.iterdir()) == []
+
+
 def test_extractor_under_debians_python_without_tarfile_filters(tmp_path: Path) -> None:
     """Debian's /usr/bin/python3 (3.11.2: no tarfile.FilterError) runs the same extractor on the
     same hostile archives (written here, read there)."""

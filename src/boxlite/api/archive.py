@@ -15,8 +15,9 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -77,17 +78,10 @@ async def extract_stream(chunks: AsyncIterable[bytes], host_dest: str, name: str
     """Extract a tar stream from a box (top-level member ``name``) at ``host_dest``."""
     limits = copy_limits(opts)
     source = _LoopSource(chunks, asyncio.get_running_loop(), limits.deadline)
-    work = asyncio.ensure_future(
-        asyncio.to_thread(
-            extract_archive,
-            source.read,
-            host_dest,
-            name,
-            include_parent=opts.include_parent,
-            overwrite=opts.overwrite,
-            limits=limits,
-        )
-    )
+    work = _in_thread(
+        extract_archive, source.read, host_dest, name,
+        include_parent=opts.include_parent, overwrite=opts.overwrite, limits=limits,
+    )  # fmt: skip
     try:
         await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -97,6 +91,33 @@ async def extract_stream(chunks: AsyncIterable[bytes], host_dest: str, name: str
         raise
     finally:
         await source.aclose()
+
+
+def _in_thread(fn: Callable[..., None], *args: Any, **kwargs: Any) -> asyncio.Future[None]:
+    """Run ``fn`` in a thread of its own: a box that stalls its copy_out must not hold one of
+    the default executor's few threads (every ``to_thread`` in the process waits on those)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn(*args, **kwargs)
+        except BaseException as e:
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="boxlite-copy-out", daemon=True).start()
+    return done
 
 
 class _LoopSource:
