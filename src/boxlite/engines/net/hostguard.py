@@ -17,8 +17,10 @@ reaches, so the box must not be able to make the helper connect to the host itse
   both), and one nftables table in the host's network namespace rejects *new* flows from
   sockets of that group to any address the host's routing calls local, broadcast, multicast or
   anycast (and to anything routed through ``lo``). Evaluated per packet, so addresses added
-  later are covered; replies on flows the host opened (published ports) are ``established``
-  and pass (the rule turns connection tracking on in the host's namespace, if nothing had).
+  later are covered. Replies on flows the host opened (published ports) pass: for TCP only a
+  SYN is refused, for UDP only flows connection tracking calls new (the rule turns tracking on
+  in the host's namespace if nothing had; a host that ``notrack``s loopback traffic loses UDP
+  published ports to local clients: the guard fails closed).
   cgroup matching was the alternative: hosts with cgroup v1 (this one) have no ``socket
   cgroupv2``, and ``net_cls`` is gone on v2-only hosts.
 
@@ -105,6 +107,8 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"flush chain {t} output",
         f"flush chain {t} helper",
         f"add rule {t} output meta skgid @helpers jump helper",
+        # TCP needs no connection tracking: only a SYN opens a flow (replies are SYN+ACK).
+        f"add rule {t} helper meta l4proto tcp tcp flags & (syn | ack) != syn return",
         f"add rule {t} helper ct state established,related return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 return",
