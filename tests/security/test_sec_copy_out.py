@@ -456,6 +456,20 @@ async def test_box_3000_level_tree_is_a_typed_error(
     assert list((home / "boxes").iterdir()) == []
 
 
+async def test_followed_symlink_loops_are_typed_errors(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+    """follow_symlinks through a link loop: both tar writers stop with a typed error."""
+    await sh(box, "mkdir -p /loop && ln -s . /loop/self")
+    loop = r"deeper than|longer than|symbolic links"  # whichever comes first: a cap or the kernel's ELOOP
+    with pytest.raises(boxlite.BoxliteError, match=loop):
+        await box.copy_out("/loop", str(tmp_path / "out"), follow_symlinks=True)
+    subprocess.run(["rm", "-rf", str(tmp_path / "out")], check=True)
+    (tmp_path / "hostloop").mkdir()
+    (tmp_path / "hostloop" / "self").symlink_to(".")
+    with pytest.raises(boxlite.BoxliteError, match=loop):
+        await box.copy_in(str(tmp_path / "hostloop"), "/tmp", follow_symlinks=True)
+    assert (await box.exec("true")).exit_code == 0
+
+
 def test_remove_tree_any_depth_never_follows_links(tmp_path: Path) -> None:
     from boxlite.fsutil.dirfd import remove_tree
 

@@ -46,6 +46,10 @@ async def host_archive(host_path: str, follow_symlinks: bool) -> AsyncIterator[t
             await asyncio.to_thread(write_tar, tmp, src, name, follow_symlinks)
         except TreeLimitError as e:
             raise ResourceExhaustedError(f"copy_in of {host_path}: {e}") from None
+        except FileNotFoundError as e:
+            raise NotFoundError(f"copy_in of {host_path}: {e}") from None
+        except OSError as e:  # unreadable host file, a link loop (ELOOP) with follow_symlinks...
+            raise BoxliteError(f"copy_in of {host_path}: {e}") from None
         tmp.seek(0)
         yield name, file_chunks(tmp)
 
