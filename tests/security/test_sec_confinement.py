@@ -237,6 +237,18 @@ async def test_proc_shows_no_host_paths(runtime: boxlite.Boxlite, busybox_rootfs
             assert host_path not in result.stdout, (host_path, result.stdout)
 
 
+async def test_box_root_cannot_retune_the_kernel(box: boxlite.SimpleBox) -> None:
+    """In a VM box root owned the guest's /proc/sys files (~600 writable, e.g. kernel.printk,
+    which made the guest kernel flood its console); now read-only, as in namespace boxes."""
+    script = (
+        "before=$(cat /proc/sys/kernel/printk); echo 8 > /proc/sys/kernel/printk; echo printk=$?;"
+        " echo 1 > /proc/sys/net/ipv4/ip_forward; echo forward=$?;"
+        ' [ "$(cat /proc/sys/kernel/printk)" = "$before" ] && echo unchanged'
+    )
+    result = await sh(box, script)
+    assert result.stdout == "printk=1\nforward=1\nunchanged\n", result
+
+
 @pytest.mark.parametrize("name", [".", "..", "a\0b", "line\nbreak", "esc\x1b[31m", "tab\t", "del\x7f"])
 async def test_dot_and_control_character_names_are_rejected(
     runtime: boxlite.Boxlite, busybox_rootfs: Path, name: str

@@ -132,6 +132,11 @@ def setup_box_mounts(memory_mib: object = None) -> None:
                 os.unlink(path)
             os.mkdir(path, mode)
     linux.mount("proc", f"{BOX}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # Box root owns the guest's /proc/sys files and could retune the guest kernel (console log
+    # level, memory, network): read-only, as in the namespace engine (and Docker).
+    sysctls = f"{BOX}/proc/sys"
+    linux.mount(sysctls, sysctls, None, linux.MS_BIND | linux.MS_REC)
+    linux.mount(None, sysctls, None, linux.MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     dev = f"{BOX}/dev"
     linux.mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
     for name, (major, minor) in DEVICES.items():
