@@ -274,6 +274,27 @@ def test_oversized_and_malformed_headers_are_refused(dest: Path) -> None:
     assert not (dest / "top").exists()
 
 
+def test_extreme_numbers_are_clamped_or_refused(dest: Path) -> None:
+    """Times, sizes and sparse maps past what the kernel takes: never OverflowError/ValueError."""
+    extract(archive(member("top", data=b"x", mtime=1e15, uid=1 << 40, mode=0o777777)), dest / "t")
+    assert (dest / "t").stat().st_mtime > 9e9 - 1 and stat.S_IMODE((dest / "t").stat().st_mode) == 0o777
+    for pax in (
+        {"GNU.sparse.map": "0,1", "GNU.sparse.size": str(1 << 80)},
+        {"GNU.sparse.map": f"{1 << 70},1", "GNU.sparse.size": "10"},
+        {"GNU.sparse.map": "0,1,0,1", "GNU.sparse.size": "10"},  # overlapping regions
+        {"GNU.sparse.map": "0,x", "GNU.sparse.size": "10"},
+        {"size": str(1 << 80)},
+        {"mtime": "nan"},
+    ):
+        info, data = member("top", data=b"x")
+        info.pax_headers = pax
+        try:
+            extract(archive((info, data)), dest / "s")
+        except UnsafeArchiveError:
+            continue
+        assert pax == {"mtime": "nan"} and (dest / "s").stat().st_mtime == 0
+
+
 async def test_deadline_against_a_stalling_sender(dest: Path) -> None:
     from boxlite.api.archive import extract_stream
 

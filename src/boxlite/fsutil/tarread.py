@@ -20,7 +20,8 @@ from ..errors import UnsafeArchiveError
 BLOCK = 512
 MAX_META_BYTES = 1 << 20  # PAX + GNU long-name headers in front of one entry
 MAX_SPARSE_REGIONS = 1 << 16  # data regions of one sparse file
-MAX_MTIME = 253402300799  # 9999-12-31
+MAX_MTIME = 9_000_000_000  # (year 2255) times in ns still fit the kernel's 64 bits
+MAX_FILE_SIZE = 1 << 60  # larger sizes and offsets would overflow off_t arithmetic
 CHUNK = 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 _KINDS = {
@@ -52,7 +53,7 @@ def _number(field_: bytes, what: str) -> int:
     if field_[:1] == b"\x80":
         return int.from_bytes(field_[1:], "big")
     if field_[:1] and field_[0] & 0x80:
-        raise _bad(f"negative {what}")
+        raise _bad(f"negative or oversized {what}")
     text = field_.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
@@ -203,6 +204,8 @@ class TarReader:
             what = "dir"  # pre-POSIX directory
         if "size" in pax:
             size = _decimal(pax["size"].encode(), "PAX size")
+        if size > MAX_FILE_SIZE:
+            raise _bad(f"size of {name!r}")
         try:
             mtime = float(pax["mtime"]) if "mtime" in pax else float(_number(buf[136:148], "mtime"))
         except ValueError:
@@ -243,6 +246,8 @@ class TarReader:
         if len(numbers) % 2 or len(numbers) > 2 * MAX_SPARSE_REGIONS:
             raise _bad(f"sparse map of {entry.name!r}")
         entry.realsize = _decimal(realsize.encode(), "sparse size")
+        if entry.realsize > MAX_FILE_SIZE:
+            raise _bad(f"sparse size of {entry.name!r}")
         regions = list(zip(numbers[::2], numbers[1::2], strict=True))
         end = 0
         for offset, length in regions:
