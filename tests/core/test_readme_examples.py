@@ -259,3 +259,29 @@ def test_forced_tcg_prints_no_notice(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with caplog.at_level(logging.INFO, logger="boxlite.vm"):
         assert accel.choose(_Artifact(), tmp_path).name == "tcg"  # type: ignore[arg-type]
     assert capsys.readouterr().err == ""
+
+
+# --- the VM relay's part --------------------------------------------------------------------
+@pytest.mark.parametrize("main", [True, False])
+def test_vm_relay_reports_the_main_process_end_after_its_last_output(tmp_path: Path, main: bool) -> None:
+    from boxlite.agent import protocol as p
+    from boxlite.agent.logfile import RotatingLog
+    from boxlite.engines.vm.relay import Client, Relay
+
+    to_guest: list[bytes] = []
+    ended: list[bytes] = []
+    relay = Relay(to_guest.append, lambda name, limit: RotatingLog(str(tmp_path / name), limit), ended.append)
+    asker = Client(on_frame=lambda *_: None)
+    relay.attach(asker)
+    body = {"op": "exec", "argv": ["sh"], "detach": True, "log": "main.log", "main": main}
+    relay.send(asker, p.REQUEST, 1, json.dumps(body).encode())
+    [(_, _, gid)] = [p.HEADER.unpack_from(frame) for frame in to_guest]
+    assert "main" not in json.loads(to_guest[0][p.HEADER_SIZE :])  # the relay's own business
+    exit_body = {"exit_code": 3, "signal": None}
+    for frame in (p.encode_json(p.RESPONSE, gid, {"ok": True}), p.encode(p.STDOUT, gid, b"early\n"),
+                  p.encode_json(p.EXIT, gid, exit_body), p.encode(p.STDOUT, gid, b"late\n")):  # fmt: skip
+        relay.feed_guest(frame)
+    assert ended == []  # output may still follow the EXIT frame
+    relay.feed_guest(p.encode(p.STDOUT, gid, b"") + p.encode(p.STDERR, gid, b""))
+    assert (tmp_path / "main.log").read_bytes() == b"early\nlate\n"
+    assert [json.loads(e) for e in ended] == ([exit_body] if main else [])
