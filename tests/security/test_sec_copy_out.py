@@ -295,6 +295,52 @@ def test_extreme_numbers_are_clamped_or_refused(dest: Path) -> None:
         assert pax == {"mtime": "nan"} and (dest / "s").stat().st_mtime == 0
 
 
+def test_mutated_archives_only_raise_typed_errors(tmp_path: Path) -> None:
+    """Random corruption of valid archives (headers, PAX records, a sparse map): every failure
+    is a BoxliteError, never ValueError/UnicodeError/OverflowError/struct.error."""
+    import random
+    import shutil
+
+    from boxlite.agent.tario import write_tree
+
+    seeds = [archive(
+        member("top", tarfile.DIRTYPE), member("top/f", data=b"hello" * 100),
+        member("top/l", tarfile.SYMTYPE, linkname="f"), member("top/h", tarfile.LNKTYPE, linkname="top/f"),
+        member("top/" + "\u00e9" * 80, data=b"long name"),
+    )]  # fmt: skip
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(5000)
+        f.write(b"data")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        write_tree(tar, str(sparse), "top")
+    seeds.append(buf.getvalue())
+    dest = tmp_path / "dest"
+    rnd = random.Random(18)
+    mutants = [
+        seed[:pos] + bytes([value]) + seed[pos + 1 :]  # every byte of the first headers, a few values
+        for seed in seeds for pos in range(min(len(seed), 1536)) for value in (0x80, 0xFF, 0x39, 0x0A, 0x00)
+    ]  # fmt: skip
+    for _ in range(300):  # and random multi-byte damage, deletions included
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 8)):
+            pos = rnd.randrange(len(data))
+            if rnd.random() < 0.7:
+                data[pos] = rnd.randrange(256)
+            else:
+                del data[pos : pos + rnd.randint(1, 600)]
+        mutants.append(bytes(data))
+    for data in mutants:
+        dest.mkdir()
+        try:
+            extract(data, dest, limits=Limits(max_bytes=1 << 24))
+        except boxlite.BoxliteError:
+            pass
+        shutil.rmtree(dest)
+
+
 async def test_deadline_against_a_stalling_sender(dest: Path) -> None:
     from boxlite.api.archive import extract_stream
 

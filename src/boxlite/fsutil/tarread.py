@@ -62,7 +62,9 @@ def _number(field_: bytes, what: str) -> int:
     return int(text, 8)
 
 
-def _decimal(text: bytes, what: str) -> int:
+def _decimal(text: bytes | str, what: str) -> int:
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogateescape")
     if not text or len(text) > 20 or not text.isdigit():
         raise _bad(f"{what} is not a decimal number")
     return int(text)
@@ -203,7 +205,7 @@ class TarReader:
         if kind == b"\0" and name.endswith("/"):
             what = "dir"  # pre-POSIX directory
         if "size" in pax:
-            size = _decimal(pax["size"].encode(), "PAX size")
+            size = _decimal(pax["size"], "PAX size")
         if size > MAX_FILE_SIZE:
             raise _bad(f"size of {name!r}")
         try:
@@ -233,7 +235,7 @@ class TarReader:
         elif "GNU.sparse.map" in pax:
             realsize = pax.get("GNU.sparse.size")
             raw = pax["GNU.sparse.map"]
-            numbers = [_decimal(x.encode(), "sparse map") for x in raw.split(",")] if raw else []
+            numbers = [_decimal(x, "sparse map") for x in raw.split(",")] if raw else []
         elif "GNU.sparse.size" in pax:
             realsize = pax["GNU.sparse.size"]
             if len(offsets) != len(numbytes):
@@ -245,7 +247,7 @@ class TarReader:
             raise _bad(f"sparse file {entry.name!r} without its real size")
         if len(numbers) % 2 or len(numbers) > 2 * MAX_SPARSE_REGIONS:
             raise _bad(f"sparse map of {entry.name!r}")
-        entry.realsize = _decimal(realsize.encode(), "sparse size")
+        entry.realsize = _decimal(realsize, "sparse size")
         if entry.realsize > MAX_FILE_SIZE:
             raise _bad(f"sparse size of {entry.name!r}")
         regions = list(zip(numbers[::2], numbers[1::2], strict=True))
