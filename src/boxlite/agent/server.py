@@ -30,6 +30,7 @@ Handler = Callable[[], None]
 PR_SET_CHILD_SUBREAPER = 36
 DETACHED_CHANNELS = 0xFFFF0000  # channel numbers of detached executions (never on the wire)
 MAIN_EXIT_GRACE = 1.0  # seconds the box's other processes get (SIGTERM) once the main process ended
+MAIN_OUTPUT_LINGER = 2.0  # seconds the main process's output may trail its exit (a background child keeps it open)
 OUTPUTS = (p.STDOUT, p.STDERR)
 
 
@@ -191,6 +192,8 @@ class Agent:
         """Called before each EXIT frame is sent (the VM flushes the box disk there)."""
         self.oom_counter: int | None = None
         """fd of the box memory cgroup's OOM-kill counter (see ``oom.py``), if there is one."""
+        self.main_linger: tuple[float, Execution] | None = None
+        """(deadline, main execution) whose exit was seen while its output is still open."""
         self.detached = _Detached(self)
         self.sel = selectors.DefaultSelector()
         self.watches: dict[int, _Watch] = {}
@@ -430,7 +433,7 @@ class Agent:
         window = int(body.get("window") or p.DEFAULT_OUTPUT_WINDOW)
         timeout = body.get("timeout")
         ex = Execution(conn, channel, proc, window, float(timeout) if timeout else None)
-        ex.main = bool(body.get("main")) and conn is self.detached
+        ex.main = bool(body.get("main"))
         ex.oom_kills = oom.read_kills(self.oom_counter)
         conn.execs[channel] = ex
         self.by_pid[proc.pid] = ex
@@ -590,7 +593,9 @@ class Agent:
         ex.conn.send(p.encode_json(p.EXIT, ex.channel, body))
         ex.report = body
         self._maybe_finish(ex)
-        if ex.main and not ex.out_fds:  # its output ended already (maybe in the pump above)
+        if ex.main and ex.out_fds:  # a background child holds its output open: not for long
+            self.main_linger = (time.monotonic() + MAIN_OUTPUT_LINGER, ex)
+        elif ex.main and ex.conn is self.detached:  # its output ended already (maybe in the pump above)
             self._main_ended(body)
 
     def _maybe_finish(self, ex: Execution) -> None:
@@ -599,7 +604,7 @@ class Agent:
             return
         if ex.conn.execs.pop(ex.channel, None) is not None:
             self._close_exec_fds(ex)
-            if ex.main and ex.report is not None:
+            if ex.main and ex.report is not None and ex.conn is self.detached:
                 self._main_ended(ex.report)
 
     def _main_ended(self, report: dict[str, Any]) -> None:
@@ -628,10 +633,16 @@ class Agent:
         if self.detached.owed:
             return 0.0
         deadlines = [ex.deadline for ex in self.by_pid.values() if ex.deadline and not ex.timed_out]
+        if self.main_linger is not None:
+            deadlines.append(self.main_linger[0])
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
+        if self.main_linger is not None and now >= self.main_linger[0]:
+            ex, self.main_linger = self.main_linger[1], None
+            for stream in list(ex.out_fds):  # the main process's output ends with it (after the linger)
+                self._close_stream(ex, stream)
         for ex in list(self.by_pid.values()):
             if ex.deadline and not ex.timed_out and now >= ex.deadline:
                 ex.timed_out = True

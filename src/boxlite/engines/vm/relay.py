@@ -172,7 +172,7 @@ class Relay:
         assert self.open_log is not None
         name = os.path.basename(str(body.pop("log", None) or "main.log")) or "main.log"
         body.pop("detach", None)
-        main = bool(body.pop("main", False))
+        main = bool(body.get("main"))  # the agent ends its output soon after its exit
         limit = log_limit(body.pop("log_max", None))
         body["stdin"] = False
         try:
