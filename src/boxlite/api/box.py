@@ -116,6 +116,7 @@ class Box:
         core = self._runtime._core
         client = core.clients.get(self.id)
         if client is None or client.closed or self._rec.state != "running":
+            core.check_open()
             rec = self._record()
             ended = core.main_exit(self.id) if rec.state in ("running", "exited") else None
             if ended is not None:  # starting it would run its main process again: not as a side effect
