@@ -324,14 +324,14 @@ def test_mutated_archives_only_raise_typed_errors(tmp_path: Path) -> None:
         for seed in seeds for pos in range(min(len(seed), 1536)) for value in (0x80, 0xFF, 0x39, 0x0A, 0x00)
     ]  # fmt: skip
     for _ in range(300):  # and random multi-byte damage, deletions included
-        data = bytearray(rnd.choice(seeds))
+        damaged = bytearray(rnd.choice(seeds))
         for _ in range(rnd.randint(1, 8)):
-            pos = rnd.randrange(len(data))
+            pos = rnd.randrange(len(damaged))
             if rnd.random() < 0.7:
-                data[pos] = rnd.randrange(256)
+                damaged[pos] = rnd.randrange(256)
             else:
-                del data[pos : pos + rnd.randint(1, 600)]
-        mutants.append(bytes(data))
+                del damaged[pos : pos + rnd.randint(1, 600)]
+        mutants.append(bytes(damaged))
     for data in mutants:
         dest.mkdir()
         try:
