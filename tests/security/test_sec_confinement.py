@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from boxlite.engines.vm import landlock
 from boxlite.engines.vm.console import HEAD_BYTES, MAX_BYTES, ConsoleLog
+from boxlite.engines.vm.qemu import VmConfig
 
 PROBE_C = r"""
 #include <errno.h>
@@ -288,3 +290,36 @@ async def test_qemu_runs_with_its_seccomp_sandbox_and_no_capabilities(
         assert status["NoNewPrivs"] == "1"
         assert "-sandbox" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert (await box.exec("echo", "ok")).stdout == "ok\n"
+
+
+def test_qemu_may_write_only_its_own_files(tmp_path: Path) -> None:
+    """QEMU runs as uid 0 (no capabilities), which still owns every root-owned host file; its
+    Landlock ruleset (applied in its preexec) leaves it its own VM's files only."""
+    box = tmp_path / "box"
+    box.mkdir()
+    disk, kernel = box / "disk.ext4", tmp_path / "vmlinux"
+    disk.write_bytes(b"")
+    kernel.write_bytes(b"kernel")
+    host_file = tmp_path / "host-file"
+    host_file.write_text("host\n")
+    cfg = VmConfig(kernel=str(kernel), initramfs=str(kernel), console=str(box / "console.log"), upper_disk=str(disk))
+    rules = landlock.ruleset(landlock.qemu_rules(cfg, str(box)))
+    assert rules is not None, "this kernel has Landlock"
+    script = (
+        f"echo x >> {disk} && echo disk-written; cat {kernel}; echo;"
+        f" echo x >> {host_file} || echo write-denied; cat {host_file} || echo read-denied;"
+        " cat /etc/hostname || echo etc-denied; touch /etc/boxlite-landlock-probe || echo create-denied"
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", script], preexec_fn=lambda: landlock.restrict_self(rules), capture_output=True, text=True
+    )
+    os.close(rules)
+    assert result.stdout.split() == [
+        "disk-written",
+        "kernel",
+        "write-denied",
+        "read-denied",
+        "etc-denied",
+        "create-denied",
+    ]
+    assert host_file.read_text() == "host\n" and not Path("/etc/boxlite-landlock-probe").exists()

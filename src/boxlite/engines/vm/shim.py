@@ -26,6 +26,7 @@ from typing import Any
 from ...agent import protocol as p
 from ..base import process_start_time
 from ..net import hostguard
+from . import landlock
 from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
 
@@ -108,10 +109,11 @@ def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subproces
 
 
 def start_qemu(
-    cfg: VmConfig, run_dir: Path, log_fd: int
+    cfg: VmConfig, run_dir: Path, log_fd: int, writable_dirs: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
     """Spawn QEMU with connected socketpairs for the agent stream and QMP, and its console
-    into a pipe drained into the capped console log."""
+    into a pipe drained into the capped console log. QEMU opens only its own files
+    (:mod:`.landlock`; ``writable_dirs``: where a template's state is saved)."""
     global _console
     agent_host, agent_guest = socket.socketpair()
     qmp_host, qmp_guest = socket.socketpair()
@@ -121,6 +123,13 @@ def start_qemu(
     argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno(), console_w)
     me = os.getpid()
     net_gid = hostguard.helper_gid() if cfg.network or cfg.ports else None
+    rules = landlock.ruleset(landlock.qemu_rules(cfg, str(run_dir), writable_dirs))
+
+    def preexec() -> None:
+        _qemu_preexec(me, net_gid)
+        if rules is not None:
+            landlock.restrict_self(rules)
+
     proc = subprocess.Popen(
         argv,
         pass_fds=(agent_guest.fileno(), qmp_guest.fileno(), console_w),
@@ -128,8 +137,10 @@ def start_qemu(
         stdout=log_fd,
         stderr=log_fd,
         cwd=run_dir,
-        preexec_fn=lambda: _qemu_preexec(me, net_gid),
+        preexec_fn=preexec,
     )
+    if rules is not None:
+        os.close(rules)
     agent_guest.close()
     qmp_guest.close()
     os.close(console_w)
@@ -387,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vm = VmConfig(**conf["vm"])
         start_virtiofsd(vm, run_dir, log_fd)
-        proc, agent, qmp = start_qemu(vm, run_dir, log_fd)
+        saves = (os.path.dirname(conf["snapshot"]),) if conf.get("mode") == "template" else ()
+        proc, agent, qmp = start_qemu(vm, run_dir, log_fd, saves)
     except (OSError, ValueError) as e:
         _report(status_fd, f"error could not start QEMU: {e}")
         return 1
