@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any
 
-from . import linux, oom
+from . import linux, oom, protocol
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from .mountpoint import tmpfs_sizes, volume_target
 from .netns import allow_low_ports
@@ -65,7 +65,7 @@ def boot(config: dict[str, Any]) -> None:
         to_parent_r, to_parent_w = os.pipe()
         pid = os.fork()
     except OSError as e:
-        _report(status, f"error {e}")
+        _report(status, protocol.STATUS_ERROR, str(e))
         os._exit(1)
     if pid == 0:
         os.close(to_child_w)
@@ -74,7 +74,7 @@ def boot(config: dict[str, Any]) -> None:
         os._exit(0)
     os.close(to_child_r)
     os.close(to_parent_w)
-    _report(status, f"pid {pid}")
+    _report(status, protocol.STATUS_PID, str(pid))
     if os.read(to_parent_r, 1) != b"U":
         os._exit(1)  # the child failed and reported why
     try:
@@ -83,7 +83,7 @@ def boot(config: dict[str, Any]) -> None:
             with open(f"/proc/{pid}/{name}", "w") as f:
                 f.write(f"0 {base} {count}\n")
     except OSError as e:
-        _report(status, f"error writing user namespace maps: {e}")
+        _report(status, protocol.STATUS_ERROR, f"writing user namespace maps: {e}")
         os.kill(pid, 9)
         os._exit(1)
     os.write(to_child_w, b"G")
@@ -119,8 +119,8 @@ def _mapping_userns(base: int, count: int) -> int:
             os.close(fd)
 
 
-def _report(fd: int, line: str) -> None:
-    os.write(fd, (line.replace("\n", " ") + "\n").encode())
+def _report(fd: int, word: str, arg: str = "") -> None:
+    os.write(fd, protocol.status_line(word, arg))
 
 
 def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: int) -> None:
@@ -161,9 +161,9 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         agent.oom_counter = config.get("oom_fd")
         agent.listen(sock)
     except BaseException as e:
-        _report(status, f"error {e}")
+        _report(status, protocol.STATUS_ERROR, str(e))
         os._exit(1)
-    _report(status, "ready")
+    _report(status, protocol.STATUS_READY)
     os.close(status)
     for fd in (from_parent, to_parent):
         os.close(fd)

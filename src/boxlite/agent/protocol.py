@@ -38,17 +38,6 @@ CREDIT = 6  # either way, CREDIT_BODY: (stream kind, bytes granted)
 EXIT = 7  # agent -> host, JSON exit status of an exec
 CONTROL = 8  # host -> agent, JSON {"op": "signal"|"kill"|"resize", ...} on an exec channel
 
-KIND_NAMES = {
-    REQUEST: "REQUEST",
-    RESPONSE: "RESPONSE",
-    STDIN: "STDIN",
-    STDOUT: "STDOUT",
-    STDERR: "STDERR",
-    CREDIT: "CREDIT",
-    EXIT: "EXIT",
-    CONTROL: "CONTROL",
-}
-
 CREDIT_BODY = struct.Struct(">BI")
 
 DEFAULT_OUTPUT_WINDOW = 1 << 20
@@ -160,3 +149,46 @@ class FrameReader:
                 yield kind, channel, payload
         finally:
             del buf[:pos]
+
+
+# Start-up status lines: what a box's boot process (namespace: nsboot; VM: the shim) reports to the
+# engine on a pipe, one line each: ``pid <host pid>``, then ``ready [<json>]``, ``template <path>``
+# (VM template saved) or ``error <message>``.
+STATUS_PID = "pid"
+STATUS_READY = "ready"
+STATUS_TEMPLATE = "template"
+STATUS_ERROR = "error"
+STATUS_FINAL = (STATUS_READY, STATUS_TEMPLATE, STATUS_ERROR)
+STATUS_LINE_MAX = 64 * 1024
+"""Longest status line a reader accepts (a ``ready`` line carries a small JSON of timings)."""
+
+
+class StatusLine:
+    """One parsed status line (a plain class: ``typing.NamedTuple`` would import typing in the relay)."""
+
+    __slots__ = ("arg", "word")
+
+    def __init__(self, word: str, arg: str = "") -> None:
+        self.word, self.arg = word, arg
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StatusLine) and (self.word, self.arg) == (other.word, other.arg)
+
+    def __hash__(self) -> int:
+        return hash((self.word, self.arg))
+
+    def __repr__(self) -> str:
+        return f"StatusLine({self.word!r}, {self.arg!r})"
+
+
+def status_line(word: str, arg: str = "") -> bytes:
+    """One status line as bytes (newlines in ``arg`` folded: a line is one record)."""
+    text = f"{word} {arg}" if arg else word
+    return (text.replace("\n", " ") + "\n").encode()
+
+
+def parse_status(line: bytes | str) -> StatusLine:
+    """``b"pid 42\\n"`` -> ``StatusLine("pid", "42")``; an empty line gives word ``""`` (EOF)."""
+    text = line.decode(errors="replace") if isinstance(line, bytes) else line
+    word, _, arg = text.strip().partition(" ")
+    return StatusLine(word, arg)

@@ -26,7 +26,6 @@ class Box:
     def __init__(self, runtime: Boxlite, record: BoxRecord) -> None:
         self._runtime = runtime
         self._rec = record
-        self._exec_seq = 0
         self.commands_executed = 0
         self.exec_errors = 0
         self.bytes_sent = 0
@@ -134,7 +133,6 @@ class Box:
         except BoxliteError:
             self._count_exec(error=True)
             raise
-        self._exec_seq += 1
         return Execution(self, channel, f"{self.id}-{channel.channel}")
 
     def _count_exec(self, error: bool) -> None:

@@ -79,7 +79,7 @@ class ExecChannel:
     def _on_output(self, kind: int, payload: bytes) -> None:
         """Output from the agent, which must stay within the credit granted (else: violation)."""
         if len(payload) > self._out_credit[kind]:
-            name = p.KIND_NAMES[kind]
+            name = "STDOUT" if kind == p.STDOUT else "STDERR"
             raise _Violation(f"sent {len(payload)} bytes of {name} with {self._out_credit[kind]} bytes of credit")
         self._out_credit[kind] -= len(payload)
         (self.stdout if kind == p.STDOUT else self.stderr)._feed(payload)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+from ..procfs import process_start_time
+
+__all__ = ["BoxSpec", "Engine", "RootLayers", "RunningBox", "process_start_time"]
 
 
 @dataclass(frozen=True)
@@ -87,26 +90,3 @@ class Engine(ABC):
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
         """Host-side resource numbers for the box (memory, cpu time...)."""
         return {}
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of ``pid``, or None if it does not exist / is a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data[data.rindex(b")") + 2 :].split()
-    if rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

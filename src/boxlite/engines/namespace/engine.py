@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from ...agent.protocol import STATUS_ERROR, STATUS_READY
 from ...errors import EngineError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
+from ..status import read_status
 from . import cgroups, network
 from .zygote import Zygote
 
@@ -100,26 +102,13 @@ class NamespaceEngine(Engine):
         return RunningBox(pid=pid, pid_start=start_time, agent_socket=spec.agent_socket)
 
     async def _await_ready(self, status_r: int, spec: BoxSpec) -> int:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(status_r), "rb", buffering=0)
-        )
-        pid = 0
-        try:
-            while True:
-                line = (await reader.readline()).decode(errors="replace").strip()
-                if not line:
-                    raise EngineError(f"box {spec.box_id} failed to start{self._boot_log_tail(spec)}")
-                word, _, rest = line.partition(" ")
-                if word == "pid":
-                    pid = int(rest)
-                elif word == "ready" and pid:
-                    return pid
-                elif word == "error":
-                    raise EngineError(f"box {spec.box_id} failed to start: {rest}")
-        finally:
-            transport.close()
+        state: dict[str, int] = {}
+        status = await read_status(status_r, state)
+        if status.word == STATUS_ERROR:
+            raise EngineError(f"box {spec.box_id} failed to start: {status.arg}")
+        if status.word != STATUS_READY or not state.get("pid"):
+            raise EngineError(f"box {spec.box_id} failed to start{self._boot_log_tail(spec)}")
+        return state["pid"]
 
     def _abort(self, groups: cgroups.BoxCgroups) -> None:
         for pid in groups_pids(groups):
