@@ -288,6 +288,11 @@ async def test_qemu_runs_with_its_seccomp_sandbox_and_no_capabilities(
         assert status["Uid"].split() == ["0"] * 4
         assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == int(status["CapBnd"], 16) == 0
         assert status["NoNewPrivs"] == "1"
+        # the relay (the shim after the guest answered), which parses what the guest sends: no capability either
+        relay = int((runtime.home.box_dir(box.id) / "run" / "shim.pid").read_text().split()[0])
+        relay_status = dict(line.split(":\t", 1) for line in Path(f"/proc/{relay}/status").read_text().splitlines())
+        assert int(relay_status["CapEff"], 16) == int(relay_status["CapBnd"], 16) == 0
+        assert relay_status["NoNewPrivs"] == "1"
         assert "-sandbox" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
         assert (await box.exec("echo", "ok")).stdout == "ok\n"
 

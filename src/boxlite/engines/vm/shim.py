@@ -36,6 +36,7 @@ HELLO_CHANNEL = 1
 PKG_DIR = str(Path(__file__).resolve().parents[2])  # the boxlite package, for the relay's bootstrap
 PR_SET_PDEATHSIG = 1
 PR_SET_THP_DISABLE = 41
+PR_CAPBSET_DROP = 24
 WAITING = b"boxlite-vminit-waiting\n"  # vminit's line before it reads the box settings
 # virtiofsd runs as root (it must act as any guest user on the host files) with its namespace
 # sandbox and its built-in seccomp filter; of its capabilities it keeps neither MKNOD (a guest
@@ -79,6 +80,21 @@ def _qemu_preexec(parent: int, net_gid: int | None) -> None:
     if net_gid is not None:
         hostguard.enter_helper_group(net_gid)
     _die_with_parent(parent)
+
+
+def confine_relay(*writable: str) -> None:
+    """The relay parses what the guest sends: it keeps no capability (it signals QEMU, of its own
+    uid, and writes root's files in the box dir) and, with Landlock, writes nowhere else."""
+    rights = landlock.READ_WRITE | landlock.MAKE_REG | landlock.REMOVE_FILE  # logs rotate by rename
+    rules = landlock.ruleset([("/", landlock.READ_EXEC), *((path, rights) for path in writable)])
+    libc = ctypes.CDLL(None)
+    cap = 0
+    while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:  # ends past the last capability
+        cap += 1
+    libc.prctl(landlock.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # execve grants no capability back
+    if rules is not None:
+        landlock.restrict_self(rules)
+        os.close(rules)
 
 
 def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subprocess.Popen[bytes]]:
@@ -439,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         relay_args["console_fd"], relay_args["console_path"] = _console[1], vm.console
         keep.append(_console[1])
     sys.stderr.flush()
+    confine_relay(str(run_dir), os.path.dirname(vm.console))
     exec_relay(PKG_DIR, relay_args, keep)
     return 1  # not reached
 
