@@ -28,12 +28,11 @@ from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tai
 
 log = logging.getLogger("boxlite.vm")
 DEFAULT_DISK_GB = 2.0
-_PKG_DIR = str(Path(__file__).resolve().parents[2])  # .../boxlite
-# Start the shim without running boxlite/__init__.py (the public API pulls in httpx & co.):
-# a bare package module pointing at the package dir keeps the shim at ~15 MiB PSS.
+_SRC_DIR = str(Path(__file__).resolve().parents[3])  # the directory holding the boxlite package
+# The shim imports only what it uses (boxlite/__init__.py exports lazily): ~15 MiB PSS.
 _SHIM_BOOTSTRAP = (
-    "import sys, types; pkg = types.ModuleType('boxlite'); pkg.__path__ = [sys.argv[1]]; "
-    "sys.modules['boxlite'] = pkg; from boxlite.engines.vm.shim import main; sys.exit(main(sys.argv[2:]))"
+    "import sys; sys.path.insert(0, sys.argv[1]); from boxlite.engines.vm.shim import main; "
+    "sys.exit(main(sys.argv[2:]))"
 )
 
 
@@ -234,7 +233,7 @@ class VmEngine(Engine):
         pass_fds = [status_w] if lifeline_fd is None else [status_w, lifeline_fd]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _SHIM_BOOTSTRAP, _PKG_DIR, str(conf_path)],
+                [sys.executable, "-I", "-c", _SHIM_BOOTSTRAP, _SRC_DIR, str(conf_path)],
                 pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -36,13 +36,12 @@ SHUTDOWN_TIMEOUT = 10.0  # then SIGTERM to QEMU (it quits), then after QUIT_TIME
 QUIT_TIMEOUT = 3.0
 CLIENT_BACKLOG = 64 << 20
 """Bytes queued for a client that does not read; more means the guest ignores credit: drop the client."""
-BOOTSTRAP = (  # runs the module without importing the boxlite, engines and vm packages' __init__
-    "import sys, types\n"
-    "for name, sub in (('boxlite', ''), ('boxlite.engines', '/engines'), ('boxlite.engines.vm', '/engines/vm')):\n"
-    "    m = types.ModuleType(name); m.__path__ = [sys.argv[1] + sub]; sys.modules[name] = m\n"
-    "from boxlite.engines.vm.relayd import main\n"
-    "sys.exit(main(sys.argv[2]))\n"
+BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from boxlite.engines.vm.relayd import main; "
+    "sys.exit(main(sys.argv[2]))"
 )
+"""Run under ``python -I -S``, given the directory holding the boxlite package (the packages'
+``__init__`` modules import nothing eagerly, so this loads no more than the relay needs)."""
 
 
 class _Peer:
@@ -322,10 +321,11 @@ def log_opener(log_dir: str | None) -> Callable[[str, int], RotatingLog] | None:
 
 
 def exec_relay(pkg_dir: str, args: dict[str, Any], fds: list[int]) -> None:
-    """Replace the current process (the shim) with the relay; ``fds`` survive the exec."""
+    """Replace the current process (the shim) with the relay; ``fds`` survive the exec.
+    ``pkg_dir``: the boxlite package's directory."""
     for fd in fds:
         os.set_inheritable(fd, True)
-    argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, pkg_dir, json.dumps(args)]
+    argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, os.path.dirname(pkg_dir), json.dumps(args)]
     os.execv(sys.executable, argv)
 
 
