@@ -27,6 +27,7 @@ PROBE_C = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -36,6 +37,10 @@ int main(int argc, char **argv) {
         r = syscall(425, 4, params);
     } else if (argc >= 3 && !strcmp(argv[1], "creat")) {
         r = open(argv[2], O_CREAT | O_WRONLY, 04755);
+    } else if (argc >= 3 && !strcmp(argv[1], "setcap")) {
+        /* vfs_cap_data v2: cap_setuid (7) permitted + effective */
+        unsigned int cap[5] = {0x02000001, 1u << 7, 0, 0, 0};
+        r = setxattr(argv[2], "security.capability", cap, sizeof cap, 0);
     } else if (argc >= 3 && !strcmp(argv[1], "openat2")) {
         unsigned long long how[3] = {O_RDONLY, 0, 0};
         r = syscall(437, AT_FDCWD, argv[2], how, sizeof how);
@@ -88,12 +93,13 @@ async def test_box_root_cannot_plant_setuid_files_in_a_volume(
             " chmod u+s,g+s /data/sh; echo chmod_symbolic=$?;"
             " install -m 6755 /bin/busybox /data/inst; echo install=$?;"
             " mkdir /data/d && chmod 2775 /data/d; echo setgid_dir=$?;"
-            " /probe creat /data/created"
+            " /probe creat /data/created; /probe setcap /data/sh"
         )
         result = await sh(box, attacks)
         assert "chmod=1" in result.stdout and "chmod_symbolic=1" in result.stdout, result
         assert "install=0" not in result.stdout and "setgid_dir=1" in result.stdout, result
-        assert f"errno={errno.EPERM}" in result.stdout, result  # open(O_CREAT, 04755)
+        assert result.stdout.count("errno=") == 2 and "errno=0" not in result.stdout, result  # open(O_CREAT, 04755)
+        assert f"errno={errno.EPERM}\n" in result.stdout, result  # and file capabilities
         mounts = (await box.exec("cat", "/proc/self/mountinfo")).stdout
         data = next(line for line in mounts.splitlines() if line.split()[4] == "/data")
         assert {"nosuid", "nodev"} <= set(data.split()[5].split(",")), data
@@ -105,6 +111,7 @@ async def test_box_root_cannot_plant_setuid_files_in_a_volume(
             assert not cap_eff & (1 << 27), "virtiofsd kept CAP_MKNOD"  # a guest root could make host device nodes
     planted = [p for p in shared.rglob("*") if p.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)]
     assert planted == [], [oct(p.lstat().st_mode) for p in planted]
+    assert "security.capability" not in os.listxattr(shared / "sh")
     assert (shared / "sh").exists() and (shared / "sh").stat().st_uid == os.getuid()
 
 
