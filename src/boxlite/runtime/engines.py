@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 from ..engines.base import Engine
 from ..errors import ConfigError
 
+BUILTIN = ("auto", "namespace", "vm")
+_registered: dict[str, Callable[[], Engine]] = {}
+
+
+def register_engine(name: str, factory: Callable[[], Engine]) -> None:
+    """Make another engine selectable by ``name`` in this process (the tests' fake engine)."""
+    if name in BUILTIN:
+        raise ConfigError(f"engine name {name!r} is taken")
+    _registered[name] = factory
+    select_engine.cache_clear()
+
 
 @cache
 def select_engine(name: str) -> Engine:
     """The engine called ``name``; "auto" is the VM engine when KVM works here, else namespace."""
+    if name in _registered:
+        return _registered[name]()
     if name == "auto":
         return select_engine("vm" if _vm_with_kvm() else "namespace")
     if name == "namespace":
