@@ -58,7 +58,7 @@ async def test_many_clients_share_one_guest_stream(started) -> None:  # type: ig
 
 async def test_writes_persist_across_restart(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
     engine = VmEngine()
-    spec = make_spec(vm_home, busybox_rootfs, "persist", extra={"vm_snapshot": False})
+    spec = make_spec(vm_home, busybox_rootfs, "persist", vm_snapshot=False)
     running = await engine.start(spec)  # a cold boot ...
     assert json.loads((spec.run_dir / "boot.json").read_text())["restored"] is False
     c = await Client.connect(spec.agent_socket)
@@ -68,7 +68,7 @@ async def test_writes_persist_across_restart(artifact, vm_home: Path, busybox_ro
     await shutdown(spec, running, engine)
     assert process_start_time(running.pid) is None
 
-    spec.extra["vm_snapshot"] = True
+    spec.vm_snapshot = True
     running = await engine.start(spec)  # ... then a snapshot restore sees the same disk
     assert json.loads((spec.run_dir / "boot.json").read_text())["restored"] is True
     c = await Client.connect(spec.agent_socket)
@@ -135,7 +135,7 @@ async def test_boot_failure_quotes_console(  # type: ignore[no-untyped-def]
 
 async def test_ready_timeout_kills_everything(artifact, vm_home: Path, busybox_rootfs: Path) -> None:  # type: ignore[no-untyped-def]
     # a cold boot (no snapshot restore) takes seconds: far beyond this readiness timeout
-    spec = make_spec(vm_home, busybox_rootfs, "slow", ready_timeout=0.5, extra={"vm_snapshot": False})
+    spec = make_spec(vm_home, busybox_rootfs, "slow", ready_timeout=0.5, vm_snapshot=False)
     with pytest.raises(EngineError, match="not ready within"):
         await VmEngine().start(spec)
     qemu_pid = int((spec.run_dir / "qemu.pid").read_text())

@@ -28,6 +28,7 @@ def make_spec(home: Path, rootfs: Path, box_id: str = "vmbox", **kw: Any) -> Box
         box_dir=box_dir,
         root=RootLayers((rootfs,), f"busybox-{rootfs.stat().st_ino}", 0),
         hostname=box_id,
+        cache_dir=home / "cache",
         **kw,
     )
 

@@ -11,8 +11,8 @@ from typing import Any
 from ..errors import ConfigError, UnsupportedOptionError
 from ..fsutil.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TIMEOUT
 from ..images.registry_config import ImageRegistry
+from ..runtime.config import BoxConfig, PortMapping, VolumeMount, env_to_dict, parse_number, parse_strings
 
-ENGINES = ("auto", "namespace", "vm")
 DEFAULT_MEMORY_MIB = 512  # a box's memory limit when none is asked for (BoxLite's default too)
 MAX_OPTIONS_BYTES = 512 * 1024
 """A box's options are stored with it (state.db): their JSON form (env, cmd, volumes...) is capped."""
@@ -116,81 +116,49 @@ class BoxOptions:
             return False
         raise ConfigError(f"network mode must be 'enabled' or 'disabled', got {mode!r}")
 
-    def port_specs(self) -> list[tuple[str, int, int, str]]:
-        """``ports`` as (host ip, host port, box port, protocol); host ip defaults to 127.0.0.1."""
-        return [parse_port(p) for p in self.ports]
-
-    def volume_specs(self) -> list[tuple[str, str, bool]]:
-        """``volumes`` as (absolute host path, box path, read-only); raises ConfigError."""
-        return [parse_volume(v) for v in self.volumes]
-
     def env_dict(self) -> dict[str, str]:
         return env_to_dict(self.env, "env")
 
-    def validate(self) -> None:
-        """Raise ConfigError / UnsupportedOptionError for values this runtime cannot honour."""
-        if self.cpus is not None and not (0 < float(self.cpus) <= 512):
-            raise ConfigError(f"cpus must be > 0, got {self.cpus!r}")
-        if self.memory_mib is not None and not (16 <= int(self.memory_mib) <= 1 << 22):
-            raise ConfigError(f"memory_mib must be between 16 and 4194304, got {self.memory_mib!r}")
-        if self.disk_size_gb is not None and float(self.disk_size_gb) <= 0:
-            raise ConfigError(f"disk_size_gb must be > 0, got {self.disk_size_gb!r}")
-        if self.pids_limit is not None and int(self.pids_limit) < 1:
-            raise ConfigError(f"pids_limit must be >= 1, got {self.pids_limit!r}")
-        if self.engine is not None and self.engine not in ENGINES:
-            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.ready_timeout is not None and float(self.ready_timeout) <= 0:
-            raise ConfigError(f"ready_timeout must be > 0, got {self.ready_timeout!r}")
-        if self.working_dir is not None and not str(self.working_dir).startswith("/"):
-            raise ConfigError(f"working_dir must be an absolute path, got {self.working_dir!r}")
-        self.env_dict()
+    def to_config(self) -> BoxConfig:
+        """The runtime's typed config for these options: the one place user input (strings,
+        tuples, dicts) is parsed. Raises ConfigError / UnsupportedOptionError for values this
+        runtime cannot honour."""
         size = len(json.dumps(asdict(self), default=str))
         if size > MAX_OPTIONS_BYTES:
             raise ConfigError(f"box options take {size} bytes as JSON, more than the {MAX_OPTIONS_BYTES} allowed")
-        for name in ("entrypoint", "cmd"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, str) or not all(isinstance(v, str) for v in value)
-            ):
-                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
-        self.volume_specs()
-        self.port_specs()
         if self.secrets:
             raise UnsupportedOptionError("secrets")
-        self.network_enabled()
+        network = self.network_enabled()
         if isinstance(self.network, NetworkSpec) and self.network.allow_net:
             raise UnsupportedOptionError("network.allow_net", "outbound allow-lists are not implemented yet")
+        return BoxConfig(
+            image=self.image,
+            rootfs_path=self.rootfs_path,
+            engine=self.engine,
+            cpus=parse_number(self.cpus, float, "cpus"),
+            memory_mib=parse_number(self.memory_mib, int, "memory_mib"),
+            disk_size_gb=parse_number(self.disk_size_gb, float, "disk_size_gb"),
+            pids_limit=parse_number(self.pids_limit, int, "pids_limit"),
+            working_dir=None if self.working_dir is None else str(self.working_dir),
+            env=tuple(self.env_dict().items()),
+            user=self.user,
+            entrypoint=parse_strings(self.entrypoint, "entrypoint"),
+            cmd=parse_strings(self.cmd, "cmd"),
+            hostname=self.hostname,
+            ready_timeout=parse_number(self.ready_timeout, float, "ready_timeout"),
+            volumes=tuple(parse_volume(v) for v in self.volumes),
+            network=network,
+            ports=tuple(parse_port(p) for p in self.ports),
+            detach=bool(self.detach),
+            auto_remove=True if self.auto_remove is None else bool(self.auto_remove),
+        )
+
+    def validate(self) -> None:
+        """Raise ConfigError / UnsupportedOptionError for values this runtime cannot honour."""
+        self.to_config()
 
 
-def env_to_dict(env: Any, what: str) -> dict[str, str]:
-    """Accept a mapping, a list of (key, value) pairs or a list of "KEY=VALUE" strings."""
-    if env is None:
-        return {}
-    if isinstance(env, Mapping):
-        items = list(env.items())
-    else:
-        items = []
-        for entry in env:
-            if isinstance(entry, str):
-                key, sep, value = entry.partition("=")
-                if not sep:
-                    raise ConfigError(f"{what}: {entry!r} is not KEY=VALUE")
-                items.append((key, value))
-            elif isinstance(entry, (tuple, list)) and len(entry) == 2:
-                items.append((entry[0], entry[1]))
-            else:
-                raise ConfigError(f"{what}: {entry!r} is not a (key, value) pair")
-    out: dict[str, str] = {}
-    for key, value in items:
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise ConfigError(f"{what}: invalid variable name {key!r}")
-        if "\0" in str(value):
-            raise ConfigError(f"{what}: value of {key} contains a NUL byte")
-        out[key] = str(value)
-    return out
-
-
-def parse_volume(entry: Any) -> tuple[str, str, bool]:
+def parse_volume(entry: Any) -> VolumeMount:
     """A volume as (host, guest[, ro]) tuple, dict, or "host:guest[:ro|rw]" string."""
     mode: Any
     if isinstance(entry, str):
@@ -218,10 +186,10 @@ def parse_volume(entry: Any) -> tuple[str, str, bool]:
     path = os.path.abspath(os.path.expanduser(host))
     if not os.path.exists(path):
         raise ConfigError(f"volume {entry!r}: host path {path} does not exist")
-    return path, os.path.normpath(guest), readonly
+    return VolumeMount(path, os.path.normpath(guest), readonly)
 
 
-def parse_port(entry: Any) -> tuple[str, int, int, str]:
+def parse_port(entry: Any) -> PortMapping:
     """A port as (host, guest[, proto[, host_ip]]) tuple, dict, or "[ip:]host:guest[/proto]"."""
     host_ip, protocol = "127.0.0.1", "tcp"
     if isinstance(entry, str):
@@ -254,4 +222,4 @@ def parse_port(entry: Any) -> tuple[str, int, int, str]:
     protocol = str(protocol).lower()
     if protocol not in ("tcp", "udp"):
         raise ConfigError(f"port {entry!r}: protocol must be tcp or udp")
-    return str(host_ip), host_port, guest_port, protocol
+    return PortMapping(str(host_ip), host_port, guest_port, protocol)

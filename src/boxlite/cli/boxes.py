@@ -9,7 +9,7 @@ import click
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
 from . import compat
-from .common import ago, box_dir, find_box, print_json, print_table, short_id, want_json, with_runtime
+from .common import ago, box_layout, find_box, print_json, print_table, short_id, want_json, with_runtime
 from .errors import describe, fail, print_error
 from .run import start_detached
 
@@ -139,7 +139,7 @@ async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
             continue
         data = _box_json(box.info().to_dict())
         data["image_config"] = compat.image_config(box)
-        data["dir"] = str(box_dir(rt, box.id))
+        data["dir"] = str(box_layout(rt, box.id).root)
         out.append({"type": "box", **data})
     print_json(out)
     return 0

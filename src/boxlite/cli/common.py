@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -21,6 +20,7 @@ from ..api.box import Box
 from ..api.options import Options
 from ..api.runtime import Boxlite
 from ..errors import NotFoundError
+from ..layout import BoxLayout
 from .errors import fail
 
 T = TypeVar("T")
@@ -97,18 +97,10 @@ def short_id(box_id: str) -> str:
     return box_id[-SHORT_ID:]
 
 
-def box_dir(rt: Boxlite, box_id: str) -> Path:
-    return rt.home.box_dir(box_id)
-
-
-def console_log(bdir: Path) -> Path:
-    """Output of a foreground ``run`` (kept for ``boxlite logs`` unless ``--rm``)."""
-    return bdir / "cli" / "console.log"
-
-
-def main_log(bdir: Path) -> Path:
-    """Output of the box's main process (written by the SDK's agent)."""
-    return bdir / "run" / "main.log"
+def box_layout(rt: Boxlite, box_id: str) -> BoxLayout:
+    """The files of a box of this (local) runtime: its main log, the recorded output of a
+    foreground ``run`` (``cli_console_log``), diagnostics."""
+    return rt.home.layout(box_id)
 
 
 def want_json(local: bool = False, fmt: str | None = None) -> bool:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 import click
 
 from ..api.runtime import Boxlite
-from .common import box_dir, console_log, find_box, main_log, with_runtime
+from .common import box_layout, find_box, with_runtime
 
 POLL = 0.1
 
@@ -27,14 +27,14 @@ POLL = 0.1
 async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system: bool) -> int:
     """Print the output of a box's main process (or of the `boxlite run` that created it)."""
     box = await find_box(rt, box_ref)
-    bdir = box_dir(rt, box.id)
+    layout = box_layout(rt, box.id)
     if system:
-        for path in [bdir / "boot.log", *sorted((bdir / "run").glob("*.log"))]:
-            if path.is_file() and path != main_log(bdir):
+        for path in layout.system_logs():
+            if path.is_file():
                 click.echo(f"==> {path} <==")
                 _write(_tail(path.read_bytes(), tail))
         return 0
-    found = next((p for p in (main_log(bdir), console_log(bdir)) if p.exists()), None)
+    found = next((p for p in (layout.main_log, layout.cli_console_log) if p.exists()), None)
     if found is None:
         if not follow or not box.info().state.running:
             click.echo(
@@ -43,7 +43,7 @@ async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system
                 err=True,
             )
             return 0
-        found = main_log(bdir)
+        found = layout.main_log
         while not found.exists() and box.info().state.running:
             await asyncio.sleep(POLL)
         if not found.exists():

@@ -20,7 +20,7 @@ from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
 from . import compat
 from .attach import Attachment, stdin_is_tty, terminal_size
-from .common import box_dir, console_log, env_pairs, find_box, main_log, parse_memory, with_runtime
+from .common import box_layout, env_pairs, find_box, parse_memory, with_runtime
 from .errors import EXIT_RUNTIME, fail, print_error
 from .images import ensure_image
 
@@ -181,7 +181,7 @@ async def run(
         code = await _watch_main(rt, box)
         click.echo(box.id)
         if code:
-            tail = _last_line(main_log(box_dir(rt, box.id)))
+            tail = _last_line(box_layout(rt, box.id).main_log)
             if remove:
                 with contextlib.suppress(BoxliteError):
                     await rt.remove(box.id, force=True)
@@ -192,7 +192,7 @@ async def run(
         argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
         if not argv:
             raise fail(f"no command given and {image or rootfs} has no default command")
-        log_path = console_log(box_dir(rt, box.id))
+        log_path = box_layout(rt, box.id).cli_console_log
         if not remove:
             log_path.parent.mkdir(exist_ok=True)
         with contextlib.closing(_console(log_path)) if not remove else contextlib.nullcontext() as log:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from ..layout import BoxLayout
 from ..procfs import process_start_time
 
 __all__ = ["BoxSpec", "Engine", "RootLayers", "RunningBox", "process_start_time"]
@@ -33,6 +34,8 @@ class BoxSpec:
     box_dir: Path
     root: RootLayers
     hostname: str
+    cache_dir: Path
+    """Caches shared by the boxes of one home (``<home>/cache``), e.g. the VM engine's disk images."""
     cpus: float | None = None
     memory_mib: int | None = None
     pids_limit: int | None = None
@@ -46,16 +49,24 @@ class BoxSpec:
     ports: list[tuple[str, int, int, str]] = field(default_factory=list)
     """Published ports: (host ip, host port, box port, "tcp"|"udp"); implies ``network``."""
     ready_timeout: float = 60.0
-    extra: dict[str, object] = field(default_factory=dict)
+    vm_snapshot: bool = True
+    """VM engine: start from a snapshot template when possible (else boot cold)."""
+    vm_tb_size_mib: int | None = None
+    """VM engine under TCG: translation-block cache size (None: ``$BOXLITE_VM_TB_SIZE_MIB`` or the default)."""
+
+    @property
+    def layout(self) -> BoxLayout:
+        """Every path inside the box's directory."""
+        return BoxLayout(self.box_dir)
 
     @property
     def run_dir(self) -> Path:
         """Host directory holding the agent socket and other runtime files."""
-        return self.box_dir / "run"
+        return self.layout.run_dir
 
     @property
     def agent_socket(self) -> Path:
-        return self.run_dir / "agent.sock"
+        return self.layout.agent_socket
 
 
 @dataclass

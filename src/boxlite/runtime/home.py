@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..layout import BoxLayout
 
 DEFAULT_UID_BASE = 100000
 
@@ -45,8 +46,17 @@ class Home:
     def config_path(self) -> Path:
         return self.root / "config.json"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Caches engines may share between the boxes of this home (e.g. the VM engine's disks)."""
+        return self.root / "cache"
+
     def box_dir(self, box_id: str) -> Path:
         return self.boxes_dir / box_id
+
+    def layout(self, box_id: str) -> BoxLayout:
+        """Every path inside the box's directory."""
+        return BoxLayout(self.box_dir(box_id))
 
     def config(self) -> dict[str, Any]:
         """The parsed ``config.json`` ({} when absent); a malformed file is a ConfigError."""

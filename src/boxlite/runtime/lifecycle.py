@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from ..errors import (
 )
 from ..fsutil.dirfd import remove_tree
 from ..images import ImageManager
+from ..layout import MAIN_LOG_NAME, BoxLayout
+from .config import BoxConfig, ImageDefaults, env_to_dict
 from .engines import select_engine
 from .home import Home
 from .locks import box_lock, try_box_lock
@@ -87,6 +90,9 @@ class BoxRuntime:
         self.sweep()
 
     # --- records ------------------------------------------------------------------------
+    def layout(self, box_id: str) -> BoxLayout:
+        return self.home.layout(box_id)
+
     def check_open(self) -> None:
         if self.closed:
             raise StoppedError("this runtime was shut down")
@@ -110,7 +116,7 @@ class BoxRuntime:
         if locked:
             self._mark_ended(rec)
             return rec
-        with try_box_lock(self.home.box_dir(rec.id) / "lock") as taken:
+        with try_box_lock(self.layout(rec.id).lock) as taken:
             fresh = self.db.get(rec.id) if taken else None
             if fresh is not None and fresh.state in ("running", "stopping") and not self._alive(fresh):
                 self._mark_ended(fresh)
@@ -123,7 +129,7 @@ class BoxRuntime:
     def _set_ended(self, rec: BoxRecord, main_may_have_ended: bool) -> None:
         """``rec`` is no longer running: "exited" (with the status) if its main process ended
         by itself (the box's supervisor recorded it in ``run/main.exit``), else "stopped"."""
-        ended = mainexit.read(str(self.home.box_dir(rec.id) / "run")) if main_may_have_ended else None
+        ended = self.main_exit(rec.id) if main_may_have_ended else None
         rec.state = "stopped" if ended is None else "exited"
         if ended is not None:
             rec.exit_code, rec.finished_at, rec.oom_killed = ended.exit_code, ended.finished_at, ended.oom_killed
@@ -160,28 +166,28 @@ class BoxRuntime:
                 self._delete(rec)
 
     # --- create -------------------------------------------------------------------------
-    async def create(self, options: Any, name: str | None) -> BoxRecord:
+    async def create(self, config: BoxConfig, name: str | None) -> BoxRecord:
+        """A new box in state "configured" (its image resolved, pulled if needed)."""
         self.check_open()
-        options.validate()
         if name is not None and (
             name in ("", ".", "..") or "/" in name or len(name) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in name)
         ):  # names become paths and terminal output: no dot names, no control characters (NUL)
             raise ConfigError(f"invalid box name {name!r}")
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
-        engine = select_engine(options.engine or self.default_engine).name
-        if options.volumes and engine == "vm" and os.geteuid() != 0:
+        engine = select_engine(config.engine or self.default_engine).name
+        if config.volumes and engine == "vm" and os.geteuid() != 0:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
-        if options.disk_size_gb is not None and engine == "namespace":
+        if config.disk_size_gb is not None and engine == "namespace":
             raise UnsupportedOptionError(
                 "disk_size_gb", "the namespace engine shares the host's disk; use engine='vm' for a sized disk"
             )
-        if engine == "vm" and any(":" in spec[0] for spec in options.port_specs()):
+        if engine == "vm" and any(p.ipv6 for p in config.ports):
             raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
-        rootfs_path = options.rootfs_path
-        if options.image is None and rootfs_path is None:
+        rootfs_path = config.rootfs_path
+        if config.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
-        prepared = await self.images.resolve(image=None if rootfs_path else options.image, rootfs_path=rootfs_path)
+        prepared = await self.images.resolve(image=None if rootfs_path else config.image, rootfs_path=rootfs_path)
         cfg = prepared.config
         rec = BoxRecord(
             id=new_box_id(),
@@ -189,68 +195,52 @@ class BoxRuntime:
             state="configured",
             engine=engine,
             created_at=now(),
-            image=str(options.rootfs_path or options.image or DEFAULT_IMAGE_NAME),
+            image=str(config.rootfs_path or config.image or DEFAULT_IMAGE_NAME),
             image_id=prepared.image_id,
             layers=[str(p) for p in prepared.layers],
             uid_base=self.images.uid_base,
-            options={
-                "cpus": options.cpus,
-                "memory_mib": options.memory_mib,
-                "disk_size_gb": options.disk_size_gb,
-                "pids_limit": options.pids_limit,
-                "working_dir": options.working_dir,
-                "env": options.env_dict(),
-                "user": options.user,
-                "entrypoint": options.entrypoint,
-                "cmd": options.cmd,
-                "hostname": options.hostname,
-                "ready_timeout": options.ready_timeout,
-                "volumes": [list(v) for v in options.volume_specs()],
-                "network": options.network_enabled(),
-                "ports": [list(p) for p in options.port_specs()],
-            },
-            image_config={
-                "env": list(cfg.env),
-                "working_dir": cfg.working_dir,
-                "user": cfg.user,
-                "entrypoint": cfg.entrypoint,
-                "cmd": cfg.cmd,
-            },
-            detach=bool(options.detach),
-            auto_remove=True if options.auto_remove is None else bool(options.auto_remove),
+            config=config,
+            image_config=ImageDefaults(
+                env=tuple(cfg.env),
+                working_dir=cfg.working_dir,
+                user=cfg.user,
+                entrypoint=None if cfg.entrypoint is None else tuple(cfg.entrypoint),
+                cmd=None if cfg.cmd is None else tuple(cfg.cmd),
+            ),
         )
-        self.home.box_dir(rec.id).mkdir(parents=True)
+        self.layout(rec.id).root.mkdir(parents=True)
         self.db.insert(rec)
         self.db.bump("boxes_created_total")
         return rec
 
     # --- start / stop -------------------------------------------------------------------
     def spec(self, rec: BoxRecord) -> BoxSpec:
-        opts = rec.options
+        config = rec.config
         return BoxSpec(
             box_id=rec.id,
-            box_dir=self.home.box_dir(rec.id),
+            box_dir=self.layout(rec.id).root,
             root=RootLayers(tuple(Path(p) for p in rec.layers), rec.image_id, rec.uid_base),
-            hostname=opts.get("hostname") or (rec.name or rec.id[-12:]).lower()[:63],
-            cpus=opts.get("cpus"),
-            memory_mib=opts.get("memory_mib"),
-            pids_limit=opts.get("pids_limit"),
-            disk_size_gb=opts.get("disk_size_gb"),
+            hostname=config.hostname or (rec.name or rec.id[-12:]).lower()[:63],
+            cache_dir=self.home.cache_dir,
+            cpus=config.cpus,
+            memory_mib=config.memory_mib,
+            pids_limit=config.pids_limit,
+            disk_size_gb=config.disk_size_gb,
             detach=rec.detach,
             lifeline_fd=None if rec.detach else self.lifeline_r,
-            volumes=[(str(h), str(g), bool(ro)) for h, g, ro in opts.get("volumes") or []],
-            network=bool(opts.get("network")),
-            ports=[(str(ip), int(hp), int(gp), str(pr)) for ip, hp, gp, pr in opts.get("ports") or []],
-            ready_timeout=float(opts.get("ready_timeout") or DEFAULT_READY_TIMEOUT),
+            volumes=[(v.host_path, v.guest_path, v.read_only) for v in config.volumes],
+            network=config.network,
+            ports=[(p.host_ip, p.host_port, p.guest_port, p.protocol) for p in config.ports],
+            ready_timeout=config.ready_timeout or DEFAULT_READY_TIMEOUT,
         )
 
     async def start(self, box_id: str) -> AgentClient:
         """Start the box if needed (idempotent) and return a live agent connection."""
         self.check_open()
-        async with box_lock(self.home.box_dir(box_id) / "lock"):
+        async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
             if rec.state == "running":
-                if mainexit.read(str(self.home.box_dir(rec.id) / "run")) is None:
+                if self.main_exit(rec.id) is None:
                     return await self.client(rec)
                 await self._stop_running(rec, DEFAULT_STOP_TIMEOUT)  # its main process ended: start anew
             try:
@@ -263,7 +253,7 @@ class BoxRuntime:
             client = await self.client(rec)
             main = self.main_command(rec)
             if main:
-                body = self.exec_body(rec, main, detach=True, log="main.log", main=True)
+                body = self.exec_body(rec, main, detach=True, log=MAIN_LOG_NAME, main=True)
                 try:
                     await client.exec(body, " ".join(main))
                 except ExecError as e:  # it cannot even start: the box ends with it
@@ -305,37 +295,34 @@ class BoxRuntime:
 
     def main_exit(self, box_id: str) -> mainexit.MainExit | None:
         """How the box's main process ended, once it did (the box then stops by itself)."""
-        return mainexit.read(str(self.home.box_dir(box_id) / "run"))
+        return mainexit.read(str(self.layout(box_id).run_dir))
 
     @staticmethod
     def main_command(rec: BoxRecord) -> list[str]:
         """The box's main process: BoxOptions entrypoint + cmd (image defaults fill the part not
         given). Boxes without an explicit entrypoint or cmd have none: they idle for exec."""
-        opts, image = rec.options, rec.image_config
-        if opts.get("entrypoint") is None and opts.get("cmd") is None:
+        config, image = rec.config, rec.image_config
+        if config.entrypoint is None and config.cmd is None:
             return []
-        entrypoint = opts["entrypoint"] if opts.get("entrypoint") is not None else image.get("entrypoint") or []
-        if opts.get("cmd") is not None:
-            cmd = opts["cmd"]
-        else:
-            cmd = (image.get("cmd") or []) if opts.get("entrypoint") is None else []
+        entrypoint = config.entrypoint if config.entrypoint is not None else image.entrypoint or ()
+        if config.cmd is not None:
+            return [*entrypoint, *config.cmd]
+        cmd = (image.cmd or ()) if config.entrypoint is None else ()
         return [*entrypoint, *cmd]
 
     @staticmethod
-    def exec_body(rec: BoxRecord, argv: list[str], env: Any = None, cwd: str | None = None,
-                  user: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+    def exec_body(rec: BoxRecord, argv: list[str], env: Mapping[str, str] | Sequence[Any] | None = None,
+                  cwd: str | None = None, user: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
         """An ``exec`` request: image defaults, then box options, then the call's own values."""
-        from ..api.options import env_to_dict
-
-        image_cfg, opts = rec.image_config, rec.options
-        full_env = env_to_dict(image_cfg.get("env") or [], "image env")
-        full_env.update(opts.get("env") or {})
+        image, config = rec.image_config, rec.config
+        full_env = env_to_dict(image.env, "image env")
+        full_env.update(config.env)
         full_env.update(env_to_dict(env, "env"))
         return {
             "argv": argv,
             "env": full_env,
-            "cwd": cwd or opts.get("working_dir") or image_cfg.get("working_dir") or None,
-            "user": user or opts.get("user") or image_cfg.get("user") or None,
+            "cwd": cwd or config.working_dir or image.working_dir or None,
+            "user": user or config.user or image.user or None,
             **extra,
         }
 
@@ -355,13 +342,13 @@ class BoxRuntime:
         cl = self.clients.get(box_id)
         if cl is not None and not cl.closed:
             return cl
-        cl = await AgentClient.connect(self.home.box_dir(box_id) / "run" / "agent.sock", label=f"box {box_id}")
+        cl = await AgentClient.connect(self.layout(box_id).agent_socket, label=f"box {box_id}")
         self.clients[box_id] = cl
         return cl
 
     async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
-        async with box_lock(self.home.box_dir(box_id) / "lock"):
+        async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
             if rec.state in ("running", "stopping"):
                 await self._stop_running(rec, grace)
@@ -394,7 +381,7 @@ class BoxRuntime:
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         rec = self.record(id_or_name)
-        async with box_lock(self.home.box_dir(rec.id) / "lock"):
+        async with box_lock(self.layout(rec.id).lock):
             rec = self.record(rec.id, locked=True)
             if rec.state in ("running", "stopping"):
                 if not force:
@@ -403,10 +390,9 @@ class BoxRuntime:
             self._delete(rec)
 
     def _delete(self, rec: BoxRecord) -> None:
-        box_dir = self.home.box_dir(rec.id)
         with contextlib.suppress(Exception):
             select_engine(rec.engine).cleanup(self.spec(rec))
-        remove_tree(box_dir)  # any depth (a box's 3000-level tree made shutil.rmtree recurse out)
+        remove_tree(self.layout(rec.id).root)  # any depth (a box's 3000-level tree made shutil.rmtree recurse out)
         self.db.delete(rec.id)
         self.clients.pop(rec.id, None)
         self.owned.discard(rec.id)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import AlreadyExistsError, DatabaseError
+from ..errors import AlreadyExistsError, ConfigError, DatabaseError
 from ..sqlite_wal import connect
+from .config import BoxConfig, ImageDefaults
 
+log = logging.getLogger("boxlite.state")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boxes (
     id TEXT PRIMARY KEY,
@@ -31,7 +34,7 @@ CREATE TABLE IF NOT EXISTS counters (
 
 @dataclass
 class BoxRecord:
-    """Everything persisted about one box."""
+    """Everything persisted about one box: its typed config and its state."""
 
     id: str
     name: str | None
@@ -42,15 +45,13 @@ class BoxRecord:
     image_id: str = ""
     layers: list[str] = field(default_factory=list)
     uid_base: int = 100000
-    options: dict[str, Any] = field(default_factory=dict)
-    image_config: dict[str, Any] = field(default_factory=dict)
+    config: BoxConfig = field(default_factory=BoxConfig)
+    image_config: ImageDefaults = field(default_factory=ImageDefaults)
     started_at: float | None = None
     pid: int | None = None
     pid_start: int | None = None
     owner_pid: int | None = None
     owner_start: int | None = None
-    detach: bool = False
-    auto_remove: bool = True
     boot_ms: float | None = None
     exit_code: int | None = None
     """State "exited": the status of the main process (128+N for signal N)."""
@@ -59,22 +60,51 @@ class BoxRecord:
     commands_executed: int = 0
     exec_errors: int = 0
 
+    @property
+    def detach(self) -> bool:
+        return self.config.detach
+
+    @detach.setter
+    def detach(self, value: bool) -> None:
+        self.config = self.config.with_detach(value)
+
+    @property
+    def auto_remove(self) -> bool:
+        return self.config.auto_remove
+
     def data_json(self) -> str:
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         for key in ("id", "name", "state", "engine", "created_at"):
             data.pop(key)
+        data["config"] = self.config.to_json()
+        data["image_config"] = self.image_config.to_json()
         return json.dumps(data)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> BoxRecord:
-        data = json.loads(row["data"])
-        known = {f for f in cls.__dataclass_fields__}
+        """A record from its row; rows written before typed configs (an ``options`` dict and
+        top-level ``detach``/``auto_remove``) load too."""
+        try:
+            data = json.loads(row["data"])
+            if not isinstance(data, dict):
+                raise ConfigError("not a JSON object")
+            if "config" in data:
+                config = BoxConfig.from_json(data["config"])
+            else:
+                legacy = data.get("options") or {}
+                config = BoxConfig.from_legacy(legacy, bool(data.get("detach")), bool(data.get("auto_remove", True)))
+            image = ImageDefaults.from_json(data.get("image_config") or {})
+        except (ConfigError, ValueError) as e:
+            raise DatabaseError(f"box {row['id']}: unreadable record in the state database: {e}") from None
+        known = {f.name for f in fields(cls)} - {"config", "image_config"}
         return cls(
             id=row["id"],
             name=row["name"],
             state=row["state"],
             engine=row["engine"],
             created_at=row["created_at"],
+            config=config,
+            image_config=image,
             **{k: v for k, v in data.items() if k in known},
         )
 
@@ -129,7 +159,15 @@ class StateDB:
         return BoxRecord.from_row(rows[0]) if rows else None
 
     def all(self) -> list[BoxRecord]:
-        return [BoxRecord.from_row(r) for r in self._run("SELECT * FROM boxes ORDER BY created_at")]
+        """Every readable record (an unreadable one is logged and left out: one corrupted row
+        must not stop the runtime, its crash recovery or the listing of the other boxes)."""
+        out = []
+        for row in self._run("SELECT * FROM boxes ORDER BY created_at"):
+            try:
+                out.append(BoxRecord.from_row(row))
+            except DatabaseError as e:
+                log.warning("%s", e)
+        return out
 
     def bump(self, counter: str, amount: int = 1) -> None:
         self._run(

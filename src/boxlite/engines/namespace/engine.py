@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -10,14 +11,19 @@ import sys
 import time
 from pathlib import Path
 
-from ...agent.protocol import STATUS_ERROR, STATUS_READY
-from ...errors import EngineError
+from ...agent.keeper import STATUS_KEEPER, STATUS_NET_ERROR
+from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_READY, parse_status
+from ...errors import EngineError, NetworkError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from ..status import read_status
 from . import cgroups, network
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
+KEEPER_LOCK_NAME = "keeper.pid"
+"""In the box dir: flock'ed by the box's keeper (``agent/keeper.py``) while it lives; its pid."""
+PASTA_FIFO_NAME = "pasta.fifo"
+KEEPER_WAIT = 10.0
+"""Longest wait for an earlier start's keeper to finish its clean-up (it needs ~1-6 s at most)."""
 
 
 def agent_python() -> str:
@@ -46,8 +52,14 @@ class NamespaceEngine(Engine):
         if os.geteuid() != 0:
             raise EngineError("the namespace engine needs root on the host (it maps box users to a uid range)")
         self._prepare_dirs(spec)
+        lock = spec.box_dir / KEEPER_LOCK_NAME
+        if _keeper_active(lock):  # the last start's keeper still cleans up: its cgroups are ours to reuse after
+            await asyncio.to_thread(_await_keeper, lock)
+        pasta = None
+        if spec.network or spec.ports:
+            pasta = network.pasta_command([network.PortMapping(*p) for p in spec.ports])
         groups = cgroups.create(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
-        groups.save(spec.box_dir / "cgroups.json")
+        groups.save(spec.layout.cgroups_file)
         python = agent_python()
         status_r, status_w = os.pipe()
         config = {  # the zygote adds status_fd, log_fd and lifeline_fd (passed as fds)
@@ -55,19 +67,25 @@ class NamespaceEngine(Engine):
             "uid_base": spec.root.uid_base,
             "hostname": spec.hostname,
             "memory_mib": spec.memory_mib,
-            "sup_dir": str(spec.box_dir / "sup"),
+            "sup_dir": str(spec.layout.sup),
             "run_dir": str(spec.run_dir),
-            "layer_links": str(spec.box_dir / "layers"),
+            "layer_links": str(spec.layout.layer_links),
             "layer_count": len(spec.root.layers),
-            "upperdir": str(spec.box_dir / "upper"),
-            "workdir": str(spec.box_dir / "work"),
+            "upperdir": str(spec.layout.upper),
+            "workdir": str(spec.layout.work),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
             "volumes": [list(v) for v in spec.volumes],
-            "resolv_conf": str(network.resolv_conf(spec.run_dir)) if spec.network or spec.ports else None,
+            "resolv_conf": str(network.resolv_conf(spec.layout.resolv_conf)) if spec.network or spec.ports else None,
+            "keeper": {
+                "lock": str(lock),
+                "pasta": pasta[0] if pasta else None,
+                "net_gid": pasta[1] if pasta else None,
+                "pasta_fifo": str(spec.box_dir / PASTA_FIFO_NAME),
+                "pasta_pid": str(spec.layout.pasta_pid),
+            },
         }
-        log = os.open(spec.box_dir / "boot.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        log = os.open(spec.layout.boot_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fds = [status_w, log] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
-        started = time.monotonic()
         try:
             self._zygote(python).spawn(config, fds)
         except BaseException:
@@ -91,24 +109,39 @@ class NamespaceEngine(Engine):
         start_time = process_start_time(pid)
         if start_time is None:
             raise EngineError(f"box {spec.box_id} died right after start{self._boot_log_tail(spec)}")
-        if spec.network or spec.ports:
-            try:
-                network.start_pasta(pid, spec.box_dir, [network.PortMapping(*p) for p in spec.ports])
-            except BaseException:
-                _kill(pid)
-                self._abort(groups)
-                raise
-        spec.extra["boot_ms"] = (time.monotonic() - started) * 1000
         return RunningBox(pid=pid, pid_start=start_time, agent_socket=spec.agent_socket)
 
     async def _await_ready(self, status_r: int, spec: BoxSpec) -> int:
-        state: dict[str, int] = {}
-        status = await read_status(status_r, state)
-        if status.word == STATUS_ERROR:
-            raise EngineError(f"box {spec.box_id} failed to start: {status.arg}")
-        if status.word != STATUS_READY or not state.get("pid"):
-            raise EngineError(f"box {spec.box_id} failed to start{self._boot_log_tail(spec)}")
-        return state["pid"]
+        """PID 1's host pid once three processes reported on the status pipe: A (``pid``),
+        PID 1 (``ready``: the agent serves) and the keeper (``keeper``: it holds the box, its
+        pasta, if any, has configured the network). Raises on ``error``/``neterror`` or EOF."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=STATUS_LINE_MAX)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(status_r), "rb", buffering=0)
+        )
+        pid, ready, kept = 0, False, False
+        try:
+            while not (pid and ready and kept):
+                try:
+                    status = parse_status(await reader.readline())
+                except ValueError:  # a line over the limit
+                    raise EngineError(f"box {spec.box_id} failed to start: status line too long") from None
+                if status.word == STATUS_PID and status.arg.isdigit():
+                    pid = int(status.arg)
+                elif status.word == STATUS_READY:
+                    ready = True
+                elif status.word == STATUS_KEEPER:
+                    kept = True
+                elif status.word == STATUS_NET_ERROR:
+                    raise NetworkError(f"pasta failed to set up the box network: {status.arg}")
+                elif status.word == STATUS_ERROR:
+                    raise EngineError(f"box {spec.box_id} failed to start: {status.arg}")
+                elif not status.word:
+                    raise EngineError(f"box {spec.box_id} failed to start{self._boot_log_tail(spec)}")
+            return pid
+        finally:
+            transport.close()
 
     def _abort(self, groups: cgroups.BoxCgroups) -> None:
         for pid in groups_pids(groups):
@@ -123,7 +156,7 @@ class NamespaceEngine(Engine):
     @staticmethod
     def _boot_log_tail(spec: BoxSpec, lines: int = 8) -> str:
         try:
-            text = (spec.box_dir / "boot.log").read_text(errors="replace").strip()
+            text = spec.layout.boot_log.read_text(errors="replace").strip()
         except OSError:
             return ""
         tail = "\n".join(text.splitlines()[-lines:])
@@ -131,9 +164,10 @@ class NamespaceEngine(Engine):
 
     def _prepare_dirs(self, spec: BoxSpec) -> None:
         uid = spec.root.uid_base
-        for name in ("upper", "work", "run", "sup"):
-            (spec.box_dir / name).mkdir(parents=True, exist_ok=True)
-        upper = spec.box_dir / "upper"
+        layout = spec.layout
+        for path in (layout.upper, layout.work, layout.run_dir, layout.sup):
+            path.mkdir(parents=True, exist_ok=True)
+        upper = layout.upper
         if upper.stat().st_uid != uid:
             bottom = spec.root.layers[0] if spec.root.layers else None
             os.chown(upper, uid, uid)
@@ -143,7 +177,7 @@ class NamespaceEngine(Engine):
         sock = spec.agent_socket
         if sock.exists() or sock.is_symlink():
             sock.unlink()
-        links = spec.box_dir / "layers"
+        links = layout.layer_links
         shutil.rmtree(links, ignore_errors=True)
         links.mkdir()
         for i, layer in enumerate(spec.root.layers):
@@ -158,16 +192,18 @@ class NamespaceEngine(Engine):
         self.cleanup(spec)
 
     def cleanup(self, spec: BoxSpec) -> None:
-        network.stop_pasta(spec.box_dir)
-        groups = cgroups.BoxCgroups.load(spec.box_dir / "cgroups.json")
+        """Release what the box's keeper has not (it was killed, or still works: waited for)."""
+        _await_keeper(spec.box_dir / KEEPER_LOCK_NAME)
+        network.stop_pasta(spec.layout.pasta_pid)
+        groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         if groups is not None:
             groups.remove()
-            (spec.box_dir / "cgroups.json").unlink(missing_ok=True)
+            spec.layout.cgroups_file.unlink(missing_ok=True)
         for path in (spec.agent_socket,):
             path.unlink(missing_ok=True)
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
-        groups = cgroups.BoxCgroups.load(spec.box_dir / "cgroups.json")
+        groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         return groups.read() if groups is not None else {}
 
 
@@ -187,3 +223,26 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _keeper_active(lock: Path) -> bool:
+    """Does a keeper hold ``lock``? (An exclusive flock we could take means no.)"""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _await_keeper(lock: Path, timeout: float = KEEPER_WAIT) -> None:
+    """Return once no keeper holds ``lock`` (it has killed its pasta and removed its cgroups),
+    or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while _keeper_active(lock) and time.monotonic() < deadline:
+        time.sleep(0.01)

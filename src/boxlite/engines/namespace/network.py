@@ -18,7 +18,6 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,55 +39,39 @@ class PortMapping:
         return f"{self.host_ip}/{self.host_port}:{self.guest_port}"
 
 
-def resolv_conf(run_dir: Path) -> Path:
-    """Write the box's /etc/resolv.conf (bind-mounted read-only by the box's init)."""
-    path = run_dir / "resolv.conf"
+def resolv_conf(path: Path) -> Path:
+    """Write the box's /etc/resolv.conf at ``path`` (bind-mounted read-only by the box's init)."""
     path.write_text(f"nameserver {DNS_ADDRESS}\n")
     os.chmod(path, 0o644)
     return path
 
 
-def start_pasta(box_pid: int, state_dir: Path, ports: list[PortMapping]) -> int:
-    """Attach pasta to the network namespace of ``box_pid``; returns pasta's pid.
+def pasta_command(ports: list[PortMapping]) -> tuple[list[str], int]:
+    """(pasta's command line for one box, the helpers' group id), with the host guard installed.
 
-    ``state_dir`` (root-owned) keeps ``pasta.pid``. pasta runs as uid 0 without capabilities (it
-    must open the root-only ``/dev/net/tun``) in the helper group the host guard rejects."""
+    The box's keeper (:mod:`boxlite.agent.keeper`) runs it as its own child, in the foreground
+    (``-f``, so that ``PR_SET_PDEATHSIG`` ties it to the keeper; a daemonized pasta would be
+    nobody's child), in the group ``gid`` from before exec; it adds ``--pid`` (a FIFO: pasta
+    writes its pid once it configured the namespace) and ``--netns``. In the foreground pasta
+    does not move itself into a detached PID namespace; it still pivots into an empty root and
+    runs under its seccomp filter. pasta runs as uid 0 without capabilities (it must open the
+    root-only ``/dev/net/tun``)."""
     pasta = shutil.which("pasta")
     if pasta is None:
         raise NetworkError("networking for namespace boxes needs pasta: apt-get install passt")
     gid = hostguard.install()
-    pid_file = state_dir / "pasta.pid"
     tcp = ",".join(p.pasta_spec() for p in ports if p.protocol == "tcp") or "none"
     udp = ",".join(p.pasta_spec() for p in ports if p.protocol == "udp") or "none"
-    netns = os.open(f"/proc/{box_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     argv = [
-        pasta, "--config-net", "--quiet", "--runas", f"0:{gid}", "--no-map-gw",
-        "-t", tcp, "-u", udp, "-T", "none", "-U", "none",
-        "--dns-forward", DNS_ADDRESS, "--pid", str(pid_file),
-        "--netns", f"/proc/self/fd/{netns}",
+        pasta, "--foreground", "--config-net", "--quiet", "--runas", f"0:{gid}", "--no-map-gw",
+        "-t", tcp, "-u", udp, "-T", "none", "-U", "none", "--dns-forward", DNS_ADDRESS,
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            argv,
-            pass_fds=[netns],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            preexec_fn=lambda: hostguard.enter_helper_group(gid),
-        )
-    except subprocess.TimeoutExpired:
-        raise NetworkError("pasta did not configure the box network within 20s") from None
-    finally:
-        os.close(netns)
-    if proc.returncode != 0:
-        detail = " ".join(line for line in proc.stderr.splitlines() if "syslog" not in line)
-        raise NetworkError(f"pasta failed to set up the box network: {detail or proc.returncode}")
-    return int(pid_file.read_text().split()[0])
+    return argv, gid
 
 
-def stop_pasta(state_dir: Path) -> None:
-    """Kill the box's pasta, if it still runs (it does not notice the namespace going away)."""
-    pid_file = state_dir / "pasta.pid"
+def stop_pasta(pid_file: Path) -> None:
+    """Kill the box's pasta (pid in ``pid_file``), if it still runs (it does not notice the
+    namespace going away). Its keeper does that already; this is for a keeper that was killed."""
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from ... import runtime_artifact
 from ...errors import EngineError, UnsupportedOptionError
+from ...layout import AGENT_SOCKET_NAME, CONSOLE_LOG_NAME, QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from ..net import hostguard
 from . import accel as accel_mod
@@ -36,14 +37,9 @@ _SHIM_BOOTSTRAP = (
 )
 
 
-def home_of(spec: BoxSpec) -> Path:
-    """The BoxLite home of a box (``spec.extra['home']``, else ``<box_dir>/../..``)."""
-    home = spec.extra.get("home")
-    return Path(str(home)) if home else spec.box_dir.parent.parent
-
-
 def cache_dir(spec: BoxSpec) -> Path:
-    return home_of(spec) / "cache" / "vm"
+    """The VM engine's caches of the box's home (layer disks, KVM probe)."""
+    return spec.cache_dir / "vm"
 
 
 GUEST_OVERHEAD_MIB = 128  # kernel, initramfs, agent: guest RAM beyond the box's memory limit
@@ -66,13 +62,13 @@ def template_dir(spec: BoxSpec) -> Path:
 
 
 def disk_path(spec: BoxSpec) -> Path:
-    return spec.box_dir / "vm" / "disk.ext4"
+    return spec.layout.vm_disk
 
 
 class VmEngine(Engine):
     """Boxes as micro-VMs: own kernel, virtio-serial agent channel, ext4 root disks.
 
-    Unless disabled (``BOXLITE_VM_SNAPSHOT=0`` or ``spec.extra["vm_snapshot"] = False``), a box
+    Unless disabled (``BOXLITE_VM_SNAPSHOT=0`` or ``spec.vm_snapshot = False``), a box
     starts by restoring a memory snapshot of a *template* VM that booted and loaded the agent
     but has not seen any box yet (one per artifact, accelerator, vCPUs, memory and disk size,
     saved in ``<home>/cache/vm/templates/``); if that fails it boots cold.
@@ -94,11 +90,11 @@ class VmEngine(Engine):
         await asyncio.to_thread(ensure_box_disk, disk, spec.disk_size_gb or DEFAULT_DISK_GB)
         run = spec.run_dir
         run.mkdir(parents=True, exist_ok=True)
-        console = spec.box_dir / "console.log"
+        console = spec.layout.console_log
         if console.exists():
-            console.replace(spec.box_dir / "console.log.1")
-        for stale in ("boot.json", "qemu.pid"):
-            (run / stale).unlink(missing_ok=True)
+            console.replace(spec.layout.console_log_prev)
+        for stale in (spec.layout.boot_json, spec.layout.qemu_pid):
+            stale.unlink(missing_ok=True)
         spec.agent_socket.unlink(missing_ok=True)
         vm = VmConfig(
             kernel=str(artifact.kernel),
@@ -112,7 +108,7 @@ class VmEngine(Engine):
             memory_mib=guest_memory_mib(spec.memory_mib),
             accel=accel.name,
             tb_size_mib=int(
-                str(spec.extra.get("vm_tb_size_mib") or os.environ.get("BOXLITE_VM_TB_SIZE_MIB") or DEFAULT_TB_SIZE_MIB)
+                str(spec.vm_tb_size_mib or os.environ.get("BOXLITE_VM_TB_SIZE_MIB") or DEFAULT_TB_SIZE_MIB)
             ),
             debug=artifact.debug,
             network=spec.network or bool(spec.ports),
@@ -136,7 +132,7 @@ class VmEngine(Engine):
                     log.warning("VM box %s: restoring the snapshot failed, booting cold: %s", spec.box_id, e)
                     _forget_template(template)
                     if console.exists():
-                        console.replace(spec.box_dir / "console.restore-failed.log")
+                        console.replace(spec.layout.console_restore_failed)
         return await self._spawn_shim(spec, vm, timings, "boot", deadline)
 
     async def _template(
@@ -178,7 +174,7 @@ class VmEngine(Engine):
                     f.truncate(upper_size)
                 tvm = replace(
                     vm,
-                    console=str(work / "console.log"),
+                    console=str(work / CONSOLE_LOG_NAME),
                     upper_disk=str(placeholder),
                     layers=0,
                     template=True,
@@ -189,7 +185,7 @@ class VmEngine(Engine):
                 status = await self._run_shim(
                     tvm,
                     work,
-                    work / "agent.sock",
+                    work / AGENT_SOCKET_NAME,
                     None,
                     _remaining(deadline),
                     {"mode": "template", "snapshot": str(path)},
@@ -198,7 +194,7 @@ class VmEngine(Engine):
                     log.warning(
                         "VM engine: could not create a snapshot template: %s\n%s",
                         status[1],
-                        console_tail(work / "console.log", 10),
+                        console_tail(work / CONSOLE_LOG_NAME, 10),
                     )
                     return None
                 (work / "guest.ram").rename(ram)
@@ -228,7 +224,7 @@ class VmEngine(Engine):
             "lifeline_fd": lifeline_fd,
             **extra,
         }
-        conf_path = run / "vm.json"
+        conf_path = run / VM_CONF_NAME
         conf_path.write_text(json.dumps(conf, indent=1))
         pass_fds = [status_w] if lifeline_fd is None else [status_w, lifeline_fd]
         try:
@@ -268,7 +264,7 @@ class VmEngine(Engine):
             raise EngineError(self._boot_failure(spec, line.removeprefix("error ") or "the shim died"))
         boot = json.loads(line[len("ready ") :] or "{}")
         boot.update(timings, start_to_ready_s=round(time.monotonic() - t_spawn, 4), restored=mode == "restore")
-        (run / "boot.json").write_text(json.dumps(boot))
+        spec.layout.boot_json.write_text(json.dumps(boot))
         start = process_start_time(pid)
         if start is None:
             raise EngineError(self._boot_failure(spec, "the shim exited right after the agent became ready"))
@@ -276,11 +272,11 @@ class VmEngine(Engine):
 
     def _boot_failure(self, spec: BoxSpec, why: str) -> str:
         msg = f"VM box {spec.box_id} failed to start: {why}"
-        shim_log = console_tail(spec.run_dir / "shim.log", 5)
+        shim_log = console_tail(spec.layout.shim_log, 5)
         if shim_log:
             msg += f"\n--- shim/QEMU log (last lines) ---\n{shim_log}"
-        tail = console_tail(spec.box_dir / "console.log")
-        msg += f"\n--- console ({spec.box_dir / 'console.log'}, last lines) ---\n{tail or '(empty)'}"
+        tail = console_tail(spec.layout.console_log)
+        msg += f"\n--- console ({spec.layout.console_log}, last lines) ---\n{tail or '(empty)'}"
         return msg
 
     def _force_kill(self, pid: int | None, run: Path) -> None:
@@ -311,8 +307,8 @@ class VmEngine(Engine):
         raise EngineError(f"VM box {spec.box_id}: processes survived SIGKILL")
 
     def cleanup(self, spec: BoxSpec) -> None:
-        for name in ("vm.json", "qemu.pid", "shim.pid"):
-            (spec.run_dir / name).unlink(missing_ok=True)
+        for path in (spec.layout.vm_conf, spec.layout.qemu_pid, spec.layout.shim_pid):
+            path.unlink(missing_ok=True)
         spec.agent_socket.unlink(missing_ok=True)
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
@@ -321,7 +317,7 @@ class VmEngine(Engine):
         ``disk_bytes`` (allocated size of the box disk)."""
         out: dict[str, float] = {}
         try:
-            boot = json.loads((spec.run_dir / "boot.json").read_text())
+            boot = json.loads(spec.layout.boot_json.read_text())
             out.update({f"boot_{k}": float(v) for k, v in boot.items() if k.endswith("_s")})
         except (OSError, ValueError):
             pass
@@ -343,7 +339,7 @@ class VmEngine(Engine):
 def _live_shim(run: Path) -> int | None:
     """The shim pid from ``run/shim.pid`` ("pid start-time") if that process still runs."""
     try:
-        pid, start = (int(x) for x in (run / "shim.pid").read_text().split())
+        pid, start = (int(x) for x in (run / SHIM_PID_NAME).read_text().split())
     except (OSError, ValueError):
         return None
     return pid if process_start_time(pid) == start else None
@@ -456,7 +452,7 @@ def _shared_dir(host: str, guest: str, readonly: bool) -> list[Any]:
 def _snapshots_enabled(spec: BoxSpec) -> bool:
     if os.environ.get("BOXLITE_VM_SNAPSHOT", "1") in ("0", "false", "no"):
         return False
-    return spec.extra.get("vm_snapshot", True) is not False
+    return spec.vm_snapshot
 
 
 def _qemu_identity() -> str:
@@ -473,7 +469,7 @@ def _lock_file(path: Path) -> IO[str]:
 
 def _qemu_pid(run: Path) -> int | None:
     try:
-        return int((run / "qemu.pid").read_text())
+        return int((run / QEMU_PID_NAME).read_text())
     except (OSError, ValueError):
         return None
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from ...agent import protocol as p
 from ...agent.logfile import RotatingLog, log_limit
+from ...layout import MAIN_LOG_NAME
 
 KILL = json.dumps({"op": "kill"}).encode()
 _MAX_CHANNEL = 0xFFFFFFFF
@@ -170,7 +171,7 @@ class Relay:
     def _start_logged(self, client: Client, channel: int, body: dict[str, object]) -> None:
         """A detached exec: ours to keep, its output appended to the host log it names."""
         assert self.open_log is not None
-        name = os.path.basename(str(body.pop("log", None) or "main.log")) or "main.log"
+        name = os.path.basename(str(body.pop("log", None) or MAIN_LOG_NAME)) or MAIN_LOG_NAME
         body.pop("detach", None)
         main = bool(body.get("main"))  # the agent ends its output soon after its exit
         limit = log_limit(body.pop("log_max", None))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ...agent import protocol as p
+from ...layout import BOOT_JSON_NAME, QEMU_PID_NAME, SHIM_LOG_NAME, SHIM_PID_NAME
 from ..base import process_start_time
 from ..net import hostguard
 from . import landlock
@@ -258,7 +259,7 @@ class Shim:
             "qmp_connected_s": round(t_spawned - self.t0, 4),
             **guest_stages(Path(self.conf["console"])),
         }
-        (self.run_dir / "boot.json").write_text(json.dumps(boot))
+        (self.run_dir / BOOT_JSON_NAME).write_text(json.dumps(boot))
         if _console is not None:
             loop.remove_reader(_console[1])  # the relay drains it from now on
         if qmp is not None:
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(conf["run_dir"])  # lets long socket paths be bound relative to it (108-byte limit)
     t0 = time.monotonic()
     run_dir = Path(conf["run_dir"])
-    log_fd = os.open(run_dir / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd = os.open(run_dir / SHIM_LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(log_fd, 1)
@@ -419,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         _report(status_fd, f"error could not start QEMU: {e}")
         return 1
-    (run_dir / "qemu.pid").write_text(str(proc.pid))
-    (run_dir / "shim.pid").write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
+    (run_dir / QEMU_PID_NAME).write_text(str(proc.pid))
+    (run_dir / SHIM_PID_NAME).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
     import asyncio
 
     shim = Shim(conf, proc, agent, qmp, t0)

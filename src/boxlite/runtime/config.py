@@ -1,0 +1,274 @@
+"""The typed, validated configuration of one box, as the runtime stores and uses it.
+
+The public API converts user options (:class:`boxlite.BoxOptions`, REST bodies) into a
+:class:`BoxConfig` once; from there on every layer reads typed fields. A config validates
+itself on construction (ConfigError), also when read back from ``state.db``: a hand-edited or
+corrupted row cannot smuggle values past the checks a new box gets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..errors import ConfigError
+
+CONFIG_VERSION = 1
+"""Version of :meth:`BoxConfig.to_json`'s format (rows without one hold the older options dict)."""
+ENGINES = ("auto", "namespace", "vm")
+MAX_CONFIG_BYTES = 512 * 1024
+"""A box's config is stored with it (state.db): its JSON form (env, cmd, volumes...) is capped."""
+MAX_MEMORY_MIB = 1 << 22
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A host path bound into the box."""
+
+    host_path: str
+    """Absolute path on the host."""
+    guest_path: str
+    """Absolute path in the box."""
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.host_path.startswith("/") or not self.guest_path.startswith("/"):
+            raise ConfigError(
+                f"volume {self.host_path}:{self.guest_path}: host path and an absolute box path are required"
+            )
+        if "\0" in self.host_path + self.guest_path:
+            raise ConfigError("volume paths cannot contain NUL bytes")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A published port: ``host_ip:host_port`` on the host reaches ``guest_port`` in the box."""
+
+    host_ip: str
+    host_port: int
+    guest_port: int
+    protocol: str = "tcp"
+
+    def __post_init__(self) -> None:
+        spec = f"{self.host_ip}:{self.host_port}:{self.guest_port}/{self.protocol}"
+        if not (0 < self.host_port < 65536 and 0 < self.guest_port < 65536):
+            raise ConfigError(f"port {spec}: ports must be between 1 and 65535")
+        if self.protocol not in ("tcp", "udp"):
+            raise ConfigError(f"port {spec}: protocol must be tcp or udp")
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.host_ip
+
+
+@dataclass(frozen=True)
+class ImageDefaults:
+    """What the box's image says about its commands (defaults under the box's own config)."""
+
+    env: tuple[str, ...] = ()
+    """``KEY=VALUE`` strings, as in the image config."""
+    working_dir: str | None = None
+    user: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "env": list(self.env),
+            "working_dir": self.working_dir,
+            "user": self.user,
+            "entrypoint": _list_or_none(self.entrypoint),
+            "cmd": _list_or_none(self.cmd),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageDefaults:
+        return cls(
+            env=tuple(str(e) for e in data.get("env") or ()),
+            working_dir=data.get("working_dir") or None,
+            user=data.get("user") or None,
+            entrypoint=parse_strings(data.get("entrypoint"), "image entrypoint"),
+            cmd=parse_strings(data.get("cmd"), "image cmd"),
+        )
+
+
+@dataclass(frozen=True)
+class BoxConfig:
+    """Everything a box was created with. Frozen: a box's config never changes after creation
+    (``detach`` of a stopped box is replaced as a whole, see :meth:`with_detach`)."""
+
+    image: str | None = None
+    """Image reference; None with ``rootfs_path`` or for the default image."""
+    rootfs_path: str | None = None
+    engine: str | None = None
+    """The engine asked for (None: the runtime's default); the chosen one is the record's."""
+    cpus: float | None = None
+    memory_mib: int | None = None
+    disk_size_gb: float | None = None
+    pids_limit: int | None = None
+    working_dir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    user: str | None = None
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    hostname: str | None = None
+    ready_timeout: float | None = None
+    volumes: tuple[VolumeMount, ...] = ()
+    network: bool = False
+    """Outbound network (published ports need it)."""
+    ports: tuple[PortMapping, ...] = ()
+    detach: bool = False
+    auto_remove: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cpus is not None and not (0 < self.cpus <= 512):
+            raise ConfigError(f"cpus must be > 0, got {self.cpus!r}")
+        if self.memory_mib is not None and not (16 <= self.memory_mib <= MAX_MEMORY_MIB):
+            raise ConfigError(f"memory_mib must be between 16 and {MAX_MEMORY_MIB}, got {self.memory_mib!r}")
+        if self.disk_size_gb is not None and self.disk_size_gb <= 0:
+            raise ConfigError(f"disk_size_gb must be > 0, got {self.disk_size_gb!r}")
+        if self.pids_limit is not None and self.pids_limit < 1:
+            raise ConfigError(f"pids_limit must be >= 1, got {self.pids_limit!r}")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.ready_timeout is not None and self.ready_timeout <= 0:
+            raise ConfigError(f"ready_timeout must be > 0, got {self.ready_timeout!r}")
+        if self.working_dir is not None and not self.working_dir.startswith("/"):
+            raise ConfigError(f"working_dir must be an absolute path, got {self.working_dir!r}")
+        env_to_dict(self.env, "env")
+        if self.ports and not self.network:
+            raise ConfigError("ports cannot be published with network disabled")
+        size = len(json.dumps(self.to_json()))
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"box options take {size} bytes as JSON, more than the {MAX_CONFIG_BYTES} allowed")
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def with_detach(self, detach: bool) -> BoxConfig:
+        return replace(self, detach=detach)
+
+    # --- stored form ------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        """A JSON object (``version``-tagged) that :meth:`from_json` turns back into an equal config."""
+        out: dict[str, Any] = {"version": CONFIG_VERSION}
+        for f in fields(self):
+            out[f.name] = getattr(self, f.name)
+        out["env"] = [list(pair) for pair in self.env]
+        out["entrypoint"], out["cmd"] = _list_or_none(self.entrypoint), _list_or_none(self.cmd)
+        out["volumes"] = [[v.host_path, v.guest_path, v.read_only] for v in self.volumes]
+        out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> BoxConfig:
+        """Read a stored config; raises ConfigError for an unknown version or invalid values."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("box config: expected a JSON object")
+        version = data.get("version")
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"box config version {version!r} is not supported (this runtime reads {CONFIG_VERSION})")
+        return cls._build(data)
+
+    @classmethod
+    def from_legacy(cls, options: Mapping[str, Any], detach: bool, auto_remove: bool) -> BoxConfig:
+        """A config from a record written before configs were versioned: its untyped ``options``
+        dict and the record's own ``detach``/``auto_remove`` flags."""
+        data = dict(options)
+        env = data.get("env") or {}
+        data["env"] = list(env.items()) if isinstance(env, Mapping) else env
+        data["network"] = bool(data.get("network"))
+        return cls._build({**data, "detach": detach, "auto_remove": auto_remove})
+
+    @classmethod
+    def _build(cls, data: Mapping[str, Any]) -> BoxConfig:
+        try:
+            return cls(
+                image=_str_or_none(data.get("image")),
+                rootfs_path=_str_or_none(data.get("rootfs_path")),
+                engine=_str_or_none(data.get("engine")),
+                cpus=parse_number(data.get("cpus"), float, "cpus"),
+                memory_mib=parse_number(data.get("memory_mib"), int, "memory_mib"),
+                disk_size_gb=parse_number(data.get("disk_size_gb"), float, "disk_size_gb"),
+                pids_limit=parse_number(data.get("pids_limit"), int, "pids_limit"),
+                working_dir=_str_or_none(data.get("working_dir")),
+                env=tuple(env_to_dict(data.get("env") or (), "env").items()),
+                user=_str_or_none(data.get("user")),
+                entrypoint=parse_strings(data.get("entrypoint"), "entrypoint"),
+                cmd=parse_strings(data.get("cmd"), "cmd"),
+                hostname=_str_or_none(data.get("hostname")),
+                ready_timeout=parse_number(data.get("ready_timeout"), float, "ready_timeout"),
+                volumes=tuple(VolumeMount(str(h), str(g), bool(ro)) for h, g, ro in data.get("volumes") or ()),
+                network=bool(data.get("network")),
+                ports=tuple(
+                    PortMapping(str(ip), int(hp), int(gp), str(pr)) for ip, hp, gp, pr in data.get("ports") or ()
+                ),
+                detach=bool(data.get("detach", False)),
+                auto_remove=bool(data.get("auto_remove", True)),
+            )
+        except (TypeError, ValueError) as e:  # a malformed stored row
+            raise ConfigError(f"box config: {e}") from None
+
+
+def env_to_dict(env: Any, what: str) -> dict[str, str]:
+    """Accept a mapping, a list of (key, value) pairs or a list of "KEY=VALUE" strings."""
+    if env is None:
+        return {}
+    if isinstance(env, Mapping):
+        items = list(env.items())
+    else:
+        items = []
+        for entry in env:
+            if isinstance(entry, str):
+                key, sep, value = entry.partition("=")
+                if not sep:
+                    raise ConfigError(f"{what}: {entry!r} is not KEY=VALUE")
+                items.append((key, value))
+            elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+                items.append((entry[0], entry[1]))
+            else:
+                raise ConfigError(f"{what}: {entry!r} is not a (key, value) pair")
+    out: dict[str, str] = {}
+    for key, value in items:
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ConfigError(f"{what}: invalid variable name {key!r}")
+        if "\0" in str(value):
+            raise ConfigError(f"{what}: value of {key} contains a NUL byte")
+        out[key] = str(value)
+    return out
+
+
+def parse_number(value: Any, kind: type[int] | type[float], name: str) -> Any:
+    """``value`` as ``kind`` (None stays None); anything else is a ConfigError naming the option."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return int(number) if kind is int else number
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def parse_strings(value: Any, name: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+    items = tuple(value)
+    if not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+    return items
+
+
+def _list_or_none(value: tuple[str, ...] | None) -> list[str] | None:
+    return None if value is None else list(value)
