@@ -192,7 +192,7 @@ async def test_failed_start_of_an_auto_remove_box_leaves_nothing(
 
 async def test_failed_start_of_a_kept_box_keeps_it(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     kept = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
-    shutil.rmtree(Path(kept._rec.layers[0]))  # its image layer is gone: the start fails
+    shutil.rmtree(Path(runtime._core.record(kept.id).layers[0]))  # its image layer is gone: the start fails
     with pytest.raises(boxlite.EngineError, match="missing"):
         await kept.start()
     assert [i.id for i in await runtime.list_info()] == [kept.id]

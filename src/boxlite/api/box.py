@@ -1,78 +1,89 @@
-"""``Box``: a handle on one box, used to start, stop, run commands and copy files."""
+"""``Box``: a handle on one box, used to start, stop, run commands and copy files.
+
+The same class for every backend (this machine, a server): it keeps only the box's last known
+information and what this handle counted; everything else is a call to its runtime's backend.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import shlex
-import time
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BoxliteError, InvalidStateError, NotFoundError
-from ..runtime.state import BoxRecord
+from ..backends.base import Backend, ExecCounters, ExecRequest
+from ..errors import BoxliteError, NotFoundError
 from .archive import extract_stream, host_archive, member_name
 from .execution import Execution
 from .options import CopyOptions
-from .results import BoxInfo, BoxMetrics, BoxStateInfo, iso
+from .results import BoxInfo, BoxMetrics
 
 if TYPE_CHECKING:
     from .runtime import Boxlite
 
 
 class Box:
-    """One box. Cheap to create; all state lives in the runtime home."""
+    """One box. Cheap to create; all state lives in the runtime (its home, or its server)."""
 
-    def __init__(self, runtime: Boxlite, record: BoxRecord) -> None:
+    def __init__(self, runtime: Boxlite, info: BoxInfo) -> None:
         self._runtime = runtime
-        self._rec = record
-        self.commands_executed = 0
-        self.exec_errors = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self._info = info
+        self._counted = ExecCounters()
+
+    @property
+    def _backend(self) -> Backend:
+        return self._runtime._backend
 
     # --- identity and info ---------------------------------------------------------------
     @property
     def id(self) -> str:
-        return self._rec.id
+        return self._info.id
 
     @property
     def name(self) -> str | None:
-        return self._rec.name
+        return self._info.name
 
     @property
     def memory_mib(self) -> int | None:
         """The box's memory limit (None: the engine's default)."""
-        value = self._rec.options.get("memory_mib")
+        value = self._info.memory_mib
         return int(value) if value else None
 
-    def _record(self) -> BoxRecord:
-        self._rec = self._runtime._core.record(self._rec.id)
-        return self._rec
+    @property
+    def commands_executed(self) -> int:
+        return self._counted.commands
+
+    @property
+    def exec_errors(self) -> int:
+        return self._counted.errors
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._counted.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self._counted.bytes_received
 
     def info(self) -> BoxInfo:
         """Current information (also awaitable: ``await box.info()``)."""
-        return record_info(self._record())
+        self._info = self._backend.info(self.id)
+        return self._info
 
     def __repr__(self) -> str:
-        return f'Box(id="{self.id}")'
+        return f'{type(self).__name__}(id="{self.id}")'
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self, detach: bool | None = None) -> None:
         """Start the box (no-op when running). ``detach`` changes whether the box outlives
         this process from now on (e.g. ``boxlite start`` of a box created in the foreground)."""
-        if detach is not None:
-            self._runtime._core.set_detach(self.id, bool(detach))
-        await self._runtime._core.start(self.id)
-        self._record()
+        self._info = await self._backend.start(self.id, detach)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop all processes; the writable layer is kept (auto_remove=True removes the box).
         Stopping again is harmless, also after auto_remove took the box away."""
         try:
-            await self._runtime._core.stop(self.id, timeout)
+            await self._backend.stop(self.id, timeout)
         except NotFoundError:
-            if not self._rec.auto_remove:
+            if not self._info.auto_remove:
                 raise
 
     async def __aenter__(self) -> Box:
@@ -101,46 +112,21 @@ class Box:
         cols: int = 80,
     ) -> Execution:
         """Run ``command args...`` in the box (starting it if needed) and return at once."""
-        client = await self._client()
-        rec = self._rec
-        argv = [command, *(args or [])]
-        body = self._runtime._core.exec_body(
-            rec, argv, env, cwd, user,
-            tty=bool(tty), rows=rows, cols=cols, timeout=timeout_secs, stdin=stdin,
-        )  # fmt: skip
-        return await self._start_exec(client, body, shlex.join(argv))
-
-    async def _client(self) -> Any:
-        """The live agent connection; starts the box first if it is not running."""
-        core = self._runtime._core
-        client = core.clients.get(self.id)
-        if client is None or client.closed or self._rec.state != "running":
-            core.check_open()
-            rec = self._record()
-            ended = core.main_exit(self.id) if rec.state in ("running", "exited") else None
-            if ended is not None:  # starting it would run its main process again: not as a side effect
-                raise InvalidStateError(
-                    f"box {self.id} has exited (its main process ended with status {ended.exit_code}); "
-                    "start it again explicitly (box.start(), 'boxlite start') to run it again"
-                )
-            client = await core.start(self.id)
-            self._rec = core.record(self.id)
-        return client
-
-    async def _start_exec(self, client: Any, body: dict[str, Any], label: str) -> Execution:
+        request = ExecRequest(command, list(args or []), env, tty, user, timeout_secs, cwd, stdin, rows, cols)
+        await self._backend.ready(self.id)  # failing to start the box is not an exec error
         try:
-            channel = await client.exec(body, label)
+            started = await self._backend.exec(self.id, request)
         except BoxliteError:
             self._count_exec(error=True)
             raise
-        return Execution(self, channel, f"{self.id}-{channel.channel}")
+        return Execution(self, started.channel, started.exec_id)
 
     def _count_exec(self, error: bool) -> None:
-        self.commands_executed += 1
-        self._runtime._commands += 1
+        self._counted.commands += 1
+        self._runtime._counted.commands += 1
         if error:
-            self.exec_errors += 1
-            self._runtime._exec_errors += 1
+            self._counted.errors += 1
+            self._runtime._counted.errors += 1
 
     # --- files ----------------------------------------------------------------------------
     async def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
@@ -153,27 +139,18 @@ class Box:
         self, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool = True
     ) -> None:
         """Extract a tar stream (top-level member ``name``) at ``dest`` in the box."""
-        execution = await self._start_exec(
-            await self._client(),
-            {"builtin": "untar", "builtin_args": {"dest": dest, "name": name, "into": include_parent}},
-            f"copy_in {dest}",
-        )
-        stdin = execution.stdin()
-        errors = asyncio.ensure_future(execution.stderr().read())
+        await self._backend.ready(self.id)
+        failed = True
         try:
-            async for chunk in chunks:
-                if chunk:
-                    await stdin.send_input(chunk)
-                    self.bytes_sent += len(chunk)
-            await stdin.close()
-        except BaseException:
-            await execution.kill()
-            raise
+            await self._backend.copy_in(self.id, self._sent(chunks), dest, name, include_parent)
+            failed = False
         finally:
-            status = await execution.wait()
-            message = (await errors).strip()
-        if status.exit_code != 0:
-            raise BoxliteError(f"copy_in to {dest} failed: {message or status.error_message}")
+            self._count_exec(error=failed)
+
+    async def _sent(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in chunks:
+            self._counted.bytes_sent += len(chunk)
+            yield chunk
 
     async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a file or directory out of the box. Extraction refuses anything that would land
@@ -186,87 +163,19 @@ class Box:
         """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError
         before the first chunk when ``src`` does not exist. ``follow_symlinks``: archive what
         links inside ``src`` point to (resolved in the box) instead of the links."""
-        name = member_name(src)
-        args = {"src": src, "name": name, "follow_symlinks": follow_symlinks}
-        execution = await self._start_exec(
-            await self._client(),
-            {"builtin": "tar", "builtin_args": args, "stdin": False},
-            f"copy_out {src}",
-        )
-        out = execution.stdout().bytes()
-        errors = asyncio.ensure_future(execution.stderr().read())
+        await self._backend.ready(self.id)
+        chunks = self._backend.copy_out(self.id, src, member_name(src), follow_symlinks)
         try:
-            first = await anext(out, None)
-            if first is not None:
-                self.bytes_received += len(first)
-                yield first
-                async for chunk in out:
-                    self.bytes_received += len(chunk)
-                    yield chunk
-        except BaseException:  # the consumer gave up (a limit, an unsafe entry, cancelled): stop the tar
-            with contextlib.suppress(BoxliteError):
-                await execution.kill()
+            async for chunk in chunks:
+                self._counted.bytes_received += len(chunk)
+                yield chunk
+        except BoxliteError:
+            self._count_exec(error=True)
             raise
-        if first is None:  # nothing at all: the builtin failed before writing
-            status = await execution.wait()
-            message = (await errors).strip()
-            if status.exit_code == 2 and "no such file" in message:
-                raise NotFoundError(f"no such file or directory in box: {src}")
-            raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
-        status = await execution.wait()
-        if status.exit_code != 0:
-            message = (await errors).strip()
-            raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
+        finally:  # also when the consumer gave up: the backend stops the box's side
+            await chunks.aclose()
+        self._count_exec(error=False)
 
     # --- metrics --------------------------------------------------------------------------
     async def metrics(self) -> BoxMetrics:
-        rec = self._record()
-        core = self._runtime._core
-        engine = core.engine_for(rec)
-        raw = engine.metrics(core.spec(rec), None) if rec.state == "running" else {}
-        cpu_ns = raw.get("cpu_usage_ns")
-        cpu_percent = None
-        if cpu_ns is not None and rec.started_at:
-            wall = max(time.time() - rec.started_at, 1e-3)
-            cpu_percent = round(cpu_ns / 1e9 / wall * 100, 2)
-        return BoxMetrics(
-            commands_executed_total=self.commands_executed,
-            exec_errors_total=self.exec_errors,
-            bytes_sent_total=self.bytes_sent,
-            bytes_received_total=self.bytes_received,
-            total_create_duration_ms=rec.boot_ms,
-            guest_boot_duration_ms=rec.boot_ms,
-            cpu_percent=cpu_percent,
-            cpu_time_ms=None if cpu_ns is None else cpu_ns / 1e6,
-            memory_bytes=_int(raw.get("memory_bytes")),
-            memory_peak_bytes=_int(raw.get("memory_peak_bytes")),
-            pids=_int(raw.get("pids")),
-            extra={k: v for k, v in raw.items() if k not in ("memory_bytes", "memory_peak_bytes", "pids")},
-        )
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def record_info(rec: BoxRecord) -> BoxInfo:
-    return BoxInfo(
-        id=rec.id,
-        name=rec.name,
-        state=BoxStateInfo(
-            status=rec.state,
-            running=rec.state == "running",
-            pid=rec.pid,
-            exit_code=rec.exit_code if rec.state == "exited" else None,
-            finished_at=iso(rec.finished_at) if rec.state == "exited" else None,
-        ),
-        created_at=iso(rec.created_at) or "",
-        started_at=iso(rec.started_at),
-        image=rec.image,
-        cpus=rec.options.get("cpus"),
-        memory_mib=rec.options.get("memory_mib"),
-        engine=rec.engine,
-        detach=rec.detach,
-        auto_remove=rec.auto_remove,
-        image_config=dict(rec.image_config or {}),
-    )
+        return await self._backend.box_metrics(self.id, self._counted)

@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import codecs
 import signal as _signal
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Protocol
 
-from ..errors import BoxDiedError, InvalidStateError
-from .results import ExecStatus, oom_message
+from ..backends.base import ExecChannel, OutputSource, wait_exit
+from ..errors import InvalidStateError
+from .results import ExecStatus
 
-
-class OutputSource(Protocol):
-    """One output stream of an execution (local agent connection or remote server)."""
-
-    async def read(self) -> bytes | None: ...
-
-    async def read_all(self) -> bytes: ...
-
-
-class ExecChannelLike(Protocol):
-    """What ``Execution`` needs from a running command's transport."""
-
-    pid: int
-    exit: asyncio.Future[dict[str, Any]]
-
-    @property
-    def stdout(self) -> OutputSource: ...
-
-    @property
-    def stderr(self) -> OutputSource: ...
-
-    @property
-    def stdin_closed(self) -> bool: ...
-
-    async def write_stdin(self, data: bytes) -> None: ...
-
-    async def close_stdin(self) -> None: ...
-
-    async def control(self, body: dict[str, Any]) -> None: ...
+ExecChannelLike = ExecChannel
+"""What ``Execution`` needs from a running command's transport (see ``backends.base``)."""
 
 
 class ExecOwner(Protocol):
@@ -152,28 +125,7 @@ class Execution:
     async def wait(self) -> ExecStatus:
         """Wait for the exit status (cached; may be awaited repeatedly)."""
         if self._result is None:
-            try:
-                body = await self._channel.exit
-            except BoxDiedError as e:
-                self._box._count_exec(error=True)
-                self._result = ExecStatus(exit_code=-1, error_message=str(e))
-                return self._result
-            sig = body.get("signal")
-            message = None
-            if body.get("timed_out"):
-                message = "timed out"
-            elif body.get("oom_killed"):
-                message = str(body.get("error_message") or oom_message(getattr(self._box, "memory_mib", None)))
-            elif sig:
-                message = f"killed by signal {sig} ({_signame(int(sig))})"
-            self._result = ExecStatus(
-                exit_code=int(body["exit_code"]),
-                signal=sig,
-                timed_out=bool(body.get("timed_out")),
-                error_message=message,
-                duration_ms=body.get("duration_ms"),
-                oom_killed=bool(body.get("oom_killed")),
-            )
+            self._result = await wait_exit(self._channel, getattr(self._box, "memory_mib", None))
             self._box._count_exec(error=self._result.exit_code != 0)
         return self._result
 
@@ -192,10 +144,3 @@ class Execution:
 
     def __repr__(self) -> str:
         return f"Execution(id={self._id!r}, pid={self.pid})"
-
-
-def _signame(sig: int) -> str:
-    try:
-        return _signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import BoxliteError, InvalidStateError, TimeoutError, UnsupportedOptionError
 from .box import Box
 from .options import BoxOptions, CopyOptions
 from .results import BoxInfo, BoxMetrics, ExecResult
 from .runtime import Boxlite
-
-if TYPE_CHECKING:
-    from ..remote import RemoteBox, RemoteBoxlite
 
 NOT_STARTED = "Box not started. Use 'async with SimpleBox(...) as box:' or call 'await box.start()' first."
 
@@ -29,7 +26,7 @@ class SimpleBox:
         rootfs_path: str | None = None,
         memory_mib: int | None = None,
         cpus: float | None = None,
-        runtime: Boxlite | RemoteBoxlite | None = None,
+        runtime: Boxlite | None = None,
         name: str | None = None,
         auto_remove: bool = True,
         reuse_existing: bool = False,
@@ -47,7 +44,7 @@ class SimpleBox:
         self._runtime = runtime
         self._name = name
         self._reuse = reuse_existing
-        self._box: Box | RemoteBox | None = None
+        self._box: Box | None = None
         self._created: bool | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -77,7 +74,7 @@ class SimpleBox:
     shutdown = stop
 
     @property
-    def box(self) -> Box | RemoteBox:
+    def box(self) -> Box:
         if self._box is None:
             raise InvalidStateError(NOT_STARTED)
         return self._box

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import errors
 from ..agent import protocol as p
+from .credit import StdinWindow
 from .limits import main_log_max
 from .streams import ChunkStream
 
@@ -67,9 +68,7 @@ class ExecChannel:
         self.stderr = OutputStream(self, p.STDERR)
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._out_credit = {p.STDOUT: window, p.STDERR: window}  # what the agent may still send
-        self._stdin_credit = p.STDIN_WINDOW
-        self._stdin_ready = asyncio.Event()
-        self._stdin_closed = False
+        self._stdin = StdinWindow(p.STDIN_WINDOW, p.CHUNK)
 
     def _grant(self, kind: int, amount: int) -> None:
         if amount and not self.client.closed:
@@ -85,30 +84,20 @@ class ExecChannel:
         (self.stdout if kind == p.STDOUT else self.stderr)._feed(payload)
 
     async def write_stdin(self, data: bytes) -> None:
-        if self._stdin_closed:
-            raise errors.InvalidStateError("stdin is closed")
-        view = memoryview(data)
-        while view:
-            while self._stdin_credit <= 0:
-                if self.exit.done():
-                    return
-                self._stdin_ready.clear()
-                await self._stdin_ready.wait()
-            n = min(len(view), self._stdin_credit, p.CHUNK)
-            self._stdin_credit -= n
-            self.client._send(p.encode(p.STDIN, self.channel, bytes(view[:n])))
-            view = view[n:]
-        await self.client._drain()
+        if await self._stdin.write(data, self._send_stdin, self.exit.done):
+            await self.client._drain()
+
+    async def _send_stdin(self, chunk: bytes) -> None:
+        self.client._send(p.encode(p.STDIN, self.channel, chunk))
 
     async def close_stdin(self) -> None:
-        if not self._stdin_closed:
-            self._stdin_closed = True
+        if self._stdin.close():
             self.client._send(p.encode(p.STDIN, self.channel, b""))
             await self.client._drain()
 
     @property
     def stdin_closed(self) -> bool:
-        return self._stdin_closed
+        return self._stdin.closed
 
     async def control(self, body: dict[str, Any]) -> None:
         if not self.exit.done():
@@ -116,8 +105,7 @@ class ExecChannel:
             await self.client._drain()
 
     def _on_credit(self, amount: int) -> None:
-        self._stdin_credit += amount
-        self._stdin_ready.set()
+        self._stdin.grant(amount)
 
     def _fail(self, exc: BaseException) -> None:
         self.stdout._feed(b"")
@@ -125,7 +113,7 @@ class ExecChannel:
         if not self.exit.done():
             self.exit.set_exception(exc)
             self.exit.exception()  # retrieved here: wait() re-raises it when asked
-        self._stdin_ready.set()
+        self._stdin.wake()
 
 
 @contextlib.contextmanager
@@ -283,7 +271,7 @@ class AgentClient:
         elif kind == p.EXIT:
             if not ch.exit.done():
                 ch.exit.set_result(p.decode_json(payload))
-            ch._stdin_ready.set()
+            ch._stdin.wake()
             if ch.stdout.eof and ch.stderr.eof:
                 self._execs.pop(channel, None)
 

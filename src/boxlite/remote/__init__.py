@@ -1,4 +1,5 @@
-"""Remote SDK: the ``Boxlite``/``Box``/``Execution`` API over a ``boxlite serve`` server.
+"""Old import path of the REST client (kept for compatibility): ``boxlite.Boxlite.rest(url)``
+returns a ``RemoteBoxlite``; the code lives in ``boxlite.api.remote`` and ``boxlite.backends.rest``.
 
 rt = boxlite.Boxlite.rest("unix:///home/me/.boxlite/boxlite.sock")
 async with boxlite.SimpleBox(rootfs_path="/srv/rootfs", runtime=rt) as box:
@@ -7,9 +8,9 @@ async with boxlite.SimpleBox(rootfs_path="/srv/rootfs", runtime=rt) as box:
 
 from __future__ import annotations
 
+from ..api.remote import RemoteBox, RemoteBoxlite
+from ..backends.rest import RemoteChannel
+from ..backends.rest import RestImages as RemoteImages
 from ..errors import UnauthorizedError
-from .box import RemoteBox
-from .channel import RemoteChannel
-from .runtime import RemoteBoxlite, RemoteImages
 
 __all__ = ["RemoteBox", "RemoteBoxlite", "RemoteChannel", "RemoteImages", "UnauthorizedError"]

@@ -15,11 +15,11 @@ from .. import __version__
 from ..api.options import Options
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
+from ..wire import encode_error, http_status
 from . import routes_boxes, routes_exec, routes_files, routes_images
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from .state import ServerState
-from .wire import encode_error, http_status
 
 DESCRIPTION = """REST API of a BoxLite runtime (`boxlite serve`).
 

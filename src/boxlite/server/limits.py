@@ -16,7 +16,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from ..errors import RequestTooLargeError
-from .wire import encode_error
+from ..wire import encode_error
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

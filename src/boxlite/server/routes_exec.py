@@ -26,9 +26,9 @@ from starlette.websockets import WebSocketState
 
 from ..api.execution import ExecStream, Execution
 from ..errors import BoxliteError, ConfigError
+from ..wire import STDERR, STDIN, STDIN_WINDOW, STDOUT, STREAM_NAMES, encode_error
 from .schemas import ExecStart
 from .state import ws_state
-from .wire import STDERR, STDIN, STDIN_WINDOW, STDOUT, STREAM_NAMES, encode_error
 
 router = APIRouter()
 log = logging.getLogger("boxlite.server")

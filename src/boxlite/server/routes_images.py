@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import StreamingResponse
 
 from ..images.types import PullProgress
+from ..wire import encode_error
 from .schemas import ERROR_RESPONSES, GcResult, ImageInfoModel, PullRequest, dump
 from .state import ServerState, get_state
-from .wire import encode_error
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES)
 

@@ -1,9 +1,7 @@
-"""Wire format shared by the REST server and the remote SDK (no web framework imports).
+"""Errors on the wire: the JSON form of a ``BoxliteError`` and the HTTP status it travels with.
 
-Errors travel as ``{"error": {"type": <BoxliteError subclass name>, "message": ...}}`` so the
-remote SDK raises the same typed errors as a local runtime. The exec WebSocket carries binary
-frames ``<stream byte><data>`` (0 = stdin, 1 = stdout, 2 = stderr) and JSON text messages
-with a ``type`` field (see docs/rest.md).
+Errors travel as ``{"error": {"type": <BoxliteError subclass name>, "message": ...}}`` so a REST
+client raises the same typed errors as a local runtime.
 """
 
 from __future__ import annotations
@@ -11,15 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from .. import errors
-
-API_PREFIX = "/v1"
-STDIN, STDOUT, STDERR = 0, 1, 2
-STREAM_NAMES = {STDOUT: "stdout", STDERR: "stderr"}
-DEFAULT_WINDOW = 1 << 20
-"""Bytes of one output stream the server may send before the client grants more credit."""
-STDIN_WINDOW = 256 * 1024
-"""Bytes of stdin the client may send before the server grants more credit."""
-MAX_FRAME = 64 * 1024
 
 _STATUS: list[tuple[type[errors.BoxliteError], int]] = [
     (errors.NotFoundError, 404),

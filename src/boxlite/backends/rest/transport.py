@@ -1,4 +1,4 @@
-"""HTTP and WebSocket plumbing of the remote SDK: URLs, auth header, typed errors."""
+"""HTTP and WebSocket plumbing of the REST backend: URLs, auth header, typed errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from ..errors import ConfigError, StoppedError, UnauthorizedError
-from ..server.wire import MAX_FRAME, decode_error
+from ...errors import ConfigError, StoppedError, UnauthorizedError
+from ...wire import MAX_FRAME, decode_error
 
 
 def _raise_for(status: int, body: Any) -> None:

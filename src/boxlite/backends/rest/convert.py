@@ -1,4 +1,4 @@
-"""JSON <-> API dataclasses for the remote SDK."""
+"""JSON <-> API dataclasses for the REST backend (the server's schemas, see server/schemas.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
-from ..api.options import BoxOptions, NetworkSpec
-from ..api.results import BoxInfo, BoxStateInfo
+from ...api.options import BoxOptions, NetworkSpec
+from ...api.results import BoxInfo, BoxStateInfo
 
 
 def box_info(data: dict[str, Any]) -> BoxInfo:

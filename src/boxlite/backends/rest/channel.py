@@ -1,6 +1,6 @@
 """One remote execution: the exec WebSocket behind the standard ``Execution`` object.
 
-``RemoteChannel`` has the interface of the local ``ExecChannel`` (streams, stdin with credit,
+``RemoteChannel`` is a ``backends.base.ExecChannel`` like the agent's (streams, stdin with credit,
 control, exit future), so ``api.execution.Execution`` works on it unchanged. Both sides keep
 to their credit: stdin is sent only within what the server granted (a client that does not is
 disconnected), and a server sending more output than granted is dropped with ``RpcError``.
@@ -13,9 +13,10 @@ import contextlib
 import json
 from typing import Any
 
-from ..client.streams import ChunkStream
-from ..errors import BoxDiedError, BoxliteError, InvalidStateError, RpcError
-from ..server.wire import DEFAULT_WINDOW, MAX_FRAME, STDERR, STDIN, STDOUT, decode_error
+from ...client.credit import StdinWindow
+from ...client.streams import ChunkStream
+from ...errors import BoxDiedError, BoxliteError, RpcError
+from ...wire import DEFAULT_WINDOW, MAX_FRAME, STDERR, STDIN, STDOUT, decode_error
 from .transport import Transport
 
 
@@ -43,9 +44,7 @@ class RemoteChannel:
         self._out_credit = {STDOUT: DEFAULT_WINDOW, STDERR: DEFAULT_WINDOW}  # what the server may still send
         self._error: BoxliteError | None = None
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._stdin_credit = int(started.get("stdin_window", 0))
-        self._stdin_ready = asyncio.Event()
-        self._stdin_closed = False
+        self._stdin = StdinWindow(int(started.get("stdin_window", 0)), MAX_FRAME)
         self._task = asyncio.ensure_future(self._read_loop())
 
     @classmethod
@@ -73,31 +72,21 @@ class RemoteChannel:
 
     # --- stdin ------------------------------------------------------------------------------
     async def write_stdin(self, data: bytes) -> None:
-        if self._stdin_closed:
-            raise InvalidStateError("stdin is closed")
-        view = memoryview(data)
-        while view:
-            while self._stdin_credit <= 0:
-                if self.exit.done() or self._task.done():
-                    return
-                self._stdin_ready.clear()
-                await self._stdin_ready.wait()
-            n = min(len(view), self._stdin_credit, MAX_FRAME)
-            self._stdin_credit -= n
-            try:
-                await self._ws.send(bytes([STDIN]) + bytes(view[:n]))
-            except Exception as e:
-                raise BoxDiedError(f"lost the connection to the server: {e}") from None
-            view = view[n:]
+        await self._stdin.write(data, self._send_stdin, lambda: self.exit.done() or self._task.done())
+
+    async def _send_stdin(self, chunk: bytes) -> None:
+        try:
+            await self._ws.send(bytes([STDIN]) + chunk)
+        except Exception as e:
+            raise BoxDiedError(f"lost the connection to the server: {e}") from None
 
     async def close_stdin(self) -> None:
-        if not self._stdin_closed:
-            self._stdin_closed = True
+        if self._stdin.close():
             await self._send_json({"type": "close_stdin"})
 
     @property
     def stdin_closed(self) -> bool:
-        return self._stdin_closed
+        return self._stdin.closed
 
     # --- control ------------------------------------------------------------------------------
     async def control(self, body: dict[str, Any]) -> None:
@@ -137,14 +126,13 @@ class RemoteChannel:
         if kind == "eof":
             (self.stderr if m.get("stream") == "stderr" else self.stdout)._feed(b"")
         elif kind == "credit":
-            self._stdin_credit += int(m.get("bytes", 0))
-            self._stdin_ready.set()
+            self._stdin.grant(int(m.get("bytes", 0)))
         elif kind == "exit" and not self.exit.done():
             if m.get("exit_code") == -1 and m.get("error_message") and not m.get("signal"):
                 self._fail(BoxDiedError(str(m["error_message"])))
             else:
                 self.exit.set_result(m)
-            self._stdin_ready.set()
+            self._stdin.wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self.exit.done():
@@ -156,4 +144,4 @@ class RemoteChannel:
         for stream in (self.stdout, self.stderr):
             if not stream.eof:
                 stream._feed(b"")
-        self._stdin_ready.set()
+        self._stdin.wake()

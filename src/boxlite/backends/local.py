@@ -1,0 +1,276 @@
+"""``LocalBackend``: boxes of a ``BoxRuntime`` on this machine (no daemon: they are children of
+this process, or detached and reattached by id)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import shlex
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from pathlib import Path
+from typing import Any
+
+from ..api.options import BoxOptions, Options
+from ..api.results import BoxInfo, BoxMetrics, BoxStateInfo, RuntimeMetrics, iso
+from ..client.agent_client import AgentClient
+from ..errors import BoxliteError, InvalidStateError, NotFoundError
+from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
+from ..images.types import PullProgress
+from ..runtime.home import Home
+from ..runtime.lifecycle import BoxRuntime
+from ..runtime.state import BoxRecord
+from .base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, wait_exit
+
+
+class LocalImages(ImagesBackend):
+    """The image store of this runtime's home."""
+
+    def __init__(self, manager: ImageManager, core: BoxRuntime) -> None:
+        self._m = manager
+        self._core = core
+
+    async def pull(self, reference: str, progress: Callable[[PullProgress], None] | None = None) -> ImageInfo:
+        return await self._m.pull(reference, progress)
+
+    async def list(self) -> builtins.list[ImageInfo]:
+        return self._m.list()
+
+    async def get(self, reference: str) -> ImageInfo | None:
+        try:
+            return self._m._lookup(reference)
+        except BoxliteError:
+            return None
+
+    async def config(self, reference: str) -> ImageConfig:
+        return (await self._m.resolve(image=reference)).config
+
+    async def remove(self, reference: str, force: bool = False) -> None:
+        self._m.remove(reference, force)
+
+    async def load(self, path: str | Path) -> builtins.list[ImageInfo]:
+        return self._m.load(path)
+
+    async def gc(self) -> int:
+        """Delete blobs and unpacked layers that no image and no box uses; returns bytes freed."""
+        in_use = {Path(layer) for rec in self._core.db.all() for layer in rec.layers}
+        return self._m.gc(in_use)
+
+
+class LocalBackend(Backend):
+    """A runtime home on this machine, driven through its ``BoxRuntime``."""
+
+    def __init__(self, options: Options) -> None:
+        self.home = Home.resolve(options.home_dir)
+        registries = list(options.image_registries) + load_registries_from_config(self.home.root)
+        self.image_manager = ImageManager(self.home.root, registries, uid_base=self.home.uid_base)
+        engine = options.engine or self.home.config().get("engine")
+        self.core = BoxRuntime(self.home, self.image_manager, engine)
+        self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
+
+    @property
+    def images(self) -> LocalImages:
+        return LocalImages(self.image_manager, self.core)
+
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
+
+    def describe(self) -> str:
+        return f"home={str(self.home.root)!r}, open={not self.core.closed}"
+
+    def _record(self, id_or_name: str) -> BoxRecord:
+        rec = self.core.record(id_or_name)
+        self._recs[rec.id] = rec
+        return rec
+
+    # --- boxes ----------------------------------------------------------------------------
+    async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
+        rec = await self.core.create(options, name)
+        self._recs[rec.id] = rec
+        return record_info(rec)
+
+    async def get(self, id_or_name: str) -> BoxInfo | None:
+        self.core.check_open()
+        try:
+            return record_info(self._record(id_or_name))
+        except NotFoundError:
+            return None
+
+    def info(self, box_id: str) -> BoxInfo:
+        return record_info(self._record(box_id))
+
+    async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
+        self.core.check_open()
+        infos = [record_info(self.core.refresh(rec)) for rec in self.core.db.all()]
+        return [i for i in infos if state is None or i.state.status == state]
+
+    async def remove(self, id_or_name: str, force: bool = False) -> None:
+        self.core.check_open()
+        await self.core.remove(id_or_name, force)
+
+    async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
+        if detach is not None:
+            self.core.set_detach(box_id, bool(detach))
+        await self.core.start(box_id)
+        return self.info(box_id)
+
+    async def stop(self, box_id: str, timeout: float | None = None) -> None:
+        await self.core.stop(box_id, timeout)
+
+    # --- work -----------------------------------------------------------------------------
+    async def _client(self, box_id: str) -> tuple[AgentClient, BoxRecord]:
+        """The live agent connection and the box's record; starts the box if it is not running."""
+        core = self.core
+        client = core.clients.get(box_id)
+        rec = self._recs.get(box_id)
+        if client is None or client.closed or rec is None or rec.state != "running":
+            core.check_open()
+            rec = self._record(box_id)
+            ended = core.main_exit(box_id) if rec.state in ("running", "exited") else None
+            if ended is not None:  # starting it would run its main process again: not as a side effect
+                raise InvalidStateError(
+                    f"box {box_id} has exited (its main process ended with status {ended.exit_code}); "
+                    "start it again explicitly (box.start(), 'boxlite start') to run it again"
+                )
+            client = await core.start(box_id)
+            rec = self._record(box_id)
+        return client, rec
+
+    async def ready(self, box_id: str) -> None:
+        await self._client(box_id)
+
+    async def _exec(self, box_id: str, body: dict[str, Any], label: str) -> StartedExec:
+        client, _ = await self._client(box_id)
+        channel = await client.exec(body, label)
+        return StartedExec(channel, f"{box_id}-{channel.channel}")
+
+    async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
+        client, rec = await self._client(box_id)
+        r = request
+        body = self.core.exec_body(
+            rec, r.argv, r.env, r.cwd, r.user,
+            tty=bool(r.tty), rows=r.rows, cols=r.cols, timeout=r.timeout_secs, stdin=r.stdin,
+        )  # fmt: skip
+        channel = await client.exec(body, shlex.join(r.argv))
+        return StartedExec(channel, f"{box_id}-{channel.channel}")
+
+    async def copy_in(
+        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool
+    ) -> None:
+        args = {"dest": dest, "name": name, "into": include_parent}
+        channel = (await self._exec(box_id, {"builtin": "untar", "builtin_args": args}, f"copy_in {dest}")).channel
+        errors = asyncio.ensure_future(channel.stderr.read_all())
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await channel.write_stdin(chunk)
+            await channel.close_stdin()
+        except BaseException:
+            await channel.control({"op": "kill"})
+            raise
+        finally:
+            status = await wait_exit(channel)
+            message = _text(await errors)
+        if status.exit_code != 0:
+            raise BoxliteError(f"copy_in to {dest} failed: {message or status.error_message}")
+
+    async def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[bytes, None]:
+        args = {"src": src, "name": name, "follow_symlinks": follow_symlinks}
+        body = {"builtin": "tar", "builtin_args": args, "stdin": False}
+        channel = (await self._exec(box_id, body, f"copy_out {src}")).channel
+        errors = asyncio.ensure_future(channel.stderr.read_all())
+        try:
+            first = await channel.stdout.read()
+            if first is not None:
+                yield first
+                while (chunk := await channel.stdout.read()) is not None:
+                    yield chunk
+        except BaseException:  # the consumer gave up (a limit, an unsafe entry, cancelled): stop the tar
+            with contextlib.suppress(BoxliteError):
+                await channel.control({"op": "kill"})
+            raise
+        status = await wait_exit(channel)
+        if first is None:  # nothing at all: the builtin failed before writing
+            message = _text(await errors)
+            if status.exit_code == 2 and "no such file" in message:
+                raise NotFoundError(f"no such file or directory in box: {src}")
+            raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
+        if status.exit_code != 0:
+            message = _text(await errors)
+            raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
+
+    # --- metrics and shutdown -------------------------------------------------------------
+    async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
+        rec = self._record(box_id)
+        core = self.core
+        raw = core.engine_for(rec).metrics(core.spec(rec), None) if rec.state == "running" else {}
+        cpu_ns = raw.get("cpu_usage_ns")
+        cpu_percent = None
+        if cpu_ns is not None and rec.started_at:
+            wall = max(time.time() - rec.started_at, 1e-3)
+            cpu_percent = round(cpu_ns / 1e9 / wall * 100, 2)
+        return BoxMetrics(
+            commands_executed_total=counted.commands,
+            exec_errors_total=counted.errors,
+            bytes_sent_total=counted.bytes_sent,
+            bytes_received_total=counted.bytes_received,
+            total_create_duration_ms=rec.boot_ms,
+            guest_boot_duration_ms=rec.boot_ms,
+            cpu_percent=cpu_percent,
+            cpu_time_ms=None if cpu_ns is None else cpu_ns / 1e6,
+            memory_bytes=_int(raw.get("memory_bytes")),
+            memory_peak_bytes=_int(raw.get("memory_peak_bytes")),
+            pids=_int(raw.get("pids")),
+            extra={k: v for k, v in raw.items() if k not in ("memory_bytes", "memory_peak_bytes", "pids")},
+        )
+
+    async def metrics(self, counted: ExecCounters) -> RuntimeMetrics:
+        counters = self.core.db.counters()
+        running = sum(1 for rec in self.core.db.all() if self.core.refresh(rec).state == "running")
+        return RuntimeMetrics(
+            boxes_created_total=counters.get("boxes_created_total", 0),
+            boxes_failed_total=counters.get("boxes_failed_total", 0),
+            num_running_boxes=running,
+            total_commands_executed=counted.commands,
+            total_exec_errors=counted.errors,
+        )
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await self.core.shutdown(timeout)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace").strip()
+
+
+def record_info(rec: BoxRecord) -> BoxInfo:
+    """The public view of a box's record."""
+    return BoxInfo(
+        id=rec.id,
+        name=rec.name,
+        state=BoxStateInfo(
+            status=rec.state,
+            running=rec.state == "running",
+            pid=rec.pid,
+            exit_code=rec.exit_code if rec.state == "exited" else None,
+            finished_at=iso(rec.finished_at) if rec.state == "exited" else None,
+        ),
+        created_at=iso(rec.created_at) or "",
+        started_at=iso(rec.started_at),
+        image=rec.image,
+        cpus=rec.options.get("cpus"),
+        memory_mib=rec.options.get("memory_mib"),
+        engine=rec.engine,
+        detach=rec.detach,
+        auto_remove=rec.auto_remove,
+        image_config=dict(rec.image_config or {}),
+    )
+
+
+__all__ = ["LocalBackend", "LocalImages", "record_info"]

@@ -1,0 +1,185 @@
+"""``RestBackend``: the boxes of a ``boxlite serve`` server, over BoxLite's REST wire format
+(docs/rest.md). The server keeps the authoritative state and counters."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import shlex
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from pathlib import Path
+
+from ...api.options import BoxOptions, env_to_dict
+from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics
+from ...errors import BoxliteError, NotFoundError, UnsupportedOptionError
+from ...images import ImageConfig, ImageInfo
+from ...images.types import PullProgress
+from ...wire import decode_error
+from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec
+from .channel import RemoteChannel
+from .convert import box_info, options_json
+from .transport import Transport
+
+
+class RestImages(ImagesBackend):
+    """The server's image store: pull, list, remove, gc."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    async def pull(self, reference: str, progress: Callable[[PullProgress], None] | None = None) -> ImageInfo:
+        """Pull on the server; ``progress`` receives ``PullProgress`` updates (throttled)."""
+        if progress is None:
+            return ImageInfo(**await self._t.request("POST", "/v1/images/pull", json={"reference": reference}))
+        params = {"progress": True}
+        async with self._t.stream("POST", "/v1/images/pull", json={"reference": reference}, params=params) as resp:
+            async for line in resp.aiter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if "progress" in event:
+                    progress(PullProgress(**event["progress"]))
+                elif "image" in event:
+                    return ImageInfo(**event["image"])
+                else:
+                    raise decode_error(event)
+        raise BoxliteError(f"the server ended the pull of {reference} without a result")
+
+    async def list(self) -> builtins.list[ImageInfo]:
+        return [ImageInfo(**i) for i in await self._t.request("GET", "/v1/images")]
+
+    async def get(self, reference: str) -> ImageInfo | None:
+        raise UnsupportedOptionError("images.get", "not part of the REST API")
+
+    async def config(self, reference: str) -> ImageConfig:
+        raise UnsupportedOptionError("images.config", "not part of the REST API")
+
+    async def remove(self, reference: str, force: bool = False) -> None:
+        await self._t.request("DELETE", f"/v1/images/{reference}", params={"force": force})
+
+    async def load(self, path: str | Path) -> builtins.list[ImageInfo]:
+        raise UnsupportedOptionError("images.load", "not part of the REST API")
+
+    async def gc(self) -> int:
+        return int((await self._t.request("POST", "/v1/images/gc"))["removed"])
+
+
+class RestBackend(Backend):
+    """A runtime living in a server process; URL ``unix:///path.sock`` or ``http(s)://host:port``."""
+
+    def __init__(self, url: str, api_key: str | None = None) -> None:
+        self.transport = Transport(url, api_key)
+        self._owned: set[str] = set()  # boxes this client started: stopped by shutdown()
+        self._detach: dict[str, bool] = {}  # the detach flag of each box seen
+
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    @property
+    def images(self) -> RestImages:
+        return RestImages(self.transport)
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.closed
+
+    def describe(self) -> str:
+        return f"url={self.url!r}"
+
+    def _seen(self, data: object) -> BoxInfo:
+        info = box_info(data)  # type: ignore[arg-type]
+        self._detach[info.id] = info.detach
+        return info
+
+    @staticmethod
+    def _path(box_id: str) -> str:
+        return f"/v1/boxes/{box_id}"
+
+    # --- boxes ----------------------------------------------------------------------------
+    async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
+        body = {"options": options_json(options), "name": name}
+        return self._seen(await self.transport.request("POST", "/v1/boxes", json=body))
+
+    async def get(self, id_or_name: str) -> BoxInfo | None:
+        try:
+            return self._seen(await self.transport.request("GET", self._path(id_or_name)))
+        except NotFoundError:
+            return None
+
+    def info(self, box_id: str) -> BoxInfo:
+        """A blocking request (``Box.info()`` is synchronous)."""
+        return self._seen(self.transport.request_sync("GET", self._path(box_id)))
+
+    async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
+        params = {} if state is None else {"state": state}
+        return [self._seen(i) for i in await self.transport.request("GET", "/v1/boxes", params=params)]
+
+    async def remove(self, id_or_name: str, force: bool = False) -> None:
+        await self.transport.request("DELETE", self._path(id_or_name), params={"force": force})
+
+    async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
+        if detach is not None:
+            raise UnsupportedOptionError("detach", "set it when creating the box on the server")
+        info = self._seen(await self.transport.request("POST", f"{self._path(box_id)}/start"))
+        if not info.detach:
+            self._owned.add(info.id)
+        return info
+
+    async def stop(self, box_id: str, timeout: float | None = None) -> None:
+        """Stop all processes (``auto_remove`` boxes are removed)."""
+        params = {} if timeout is None else {"timeout": timeout}
+        await self.transport.request("POST", f"{self._path(box_id)}/stop", params=params)
+        self._owned.discard(box_id)
+
+    # --- work -----------------------------------------------------------------------------
+    async def ready(self, box_id: str) -> None:
+        """Nothing to do: the server starts the box as part of an exec."""
+
+    async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
+        r = request
+        start = {
+            "command": r.command, "args": list(r.args), "env": env_to_dict(r.env, "env"), "tty": bool(r.tty),
+            "user": r.user, "timeout_secs": r.timeout_secs, "cwd": r.cwd, "stdin": r.stdin, "rows": r.rows,
+            "cols": r.cols,
+        }  # fmt: skip
+        channel = await RemoteChannel.open(self.transport, box_id, start, shlex.join(r.argv))
+        if not self._detach.get(box_id, False):
+            self._owned.add(box_id)
+        return StartedExec(channel, channel.id)
+
+    async def copy_in(
+        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool
+    ) -> None:
+        params = {"path": dest, "name": name, "include_parent": include_parent}
+        headers = {"content-type": "application/x-tar"}
+        await self.transport.request(
+            "PUT", f"{self._path(box_id)}/archive", params=params, content=chunks, headers=headers
+        )
+
+    async def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[bytes, None]:
+        # follow_symlinks is not part of the wire format: the server archives links as links
+        async with self.transport.stream("GET", f"{self._path(box_id)}/archive", params={"path": src}) as resp:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+
+    # --- metrics and shutdown -------------------------------------------------------------
+    async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
+        """The server's metrics of the box (its counters cover every client's executions)."""
+        return BoxMetrics(**await self.transport.request("GET", f"{self._path(box_id)}/metrics"))
+
+    async def metrics(self, counted: ExecCounters) -> RuntimeMetrics:
+        return RuntimeMetrics(**await self.transport.request("GET", "/v1/metrics"))
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the (non-detached) boxes this client started, then close the connections."""
+        if self.transport.closed:
+            return
+        for box_id in list(self._owned):
+            try:
+                params = {} if timeout is None else {"timeout": timeout}
+                await self.transport.request("POST", f"{self._path(box_id)}/stop", params=params)
+            except NotFoundError:
+                pass
+        self._owned.clear()
+        await self.transport.aclose()
