@@ -87,7 +87,7 @@ class LocalBackend(Backend):
 
     # --- boxes ----------------------------------------------------------------------------
     async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
-        rec = await self.core.create(options, name)
+        rec = await self.core.create(options.to_config(), name)
         self._recs[rec.id] = rec
         return record_info(rec)
 
@@ -264,12 +264,12 @@ def record_info(rec: BoxRecord) -> BoxInfo:
         created_at=iso(rec.created_at) or "",
         started_at=iso(rec.started_at),
         image=rec.image,
-        cpus=rec.options.get("cpus"),
-        memory_mib=rec.options.get("memory_mib"),
+        cpus=rec.config.cpus,
+        memory_mib=rec.config.memory_mib,
         engine=rec.engine,
         detach=rec.detach,
         auto_remove=rec.auto_remove,
-        image_config=dict(rec.image_config or {}),
+        image_config=rec.image_config.to_json(),
     )
 
 
