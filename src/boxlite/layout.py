@@ -90,6 +90,16 @@ class BoxLayout:
         return self.root / "pasta.pid"
 
     @property
+    def pasta_fifo(self) -> Path:
+        """pasta writes its pid here once it configured the box's network (read by the keeper)."""
+        return self.root / "pasta.fifo"
+
+    @property
+    def keeper_lock(self) -> Path:
+        """flock'ed by the box's keeper while it lives; holds its pid."""
+        return self.root / "keeper.pid"
+
+    @property
     def resolv_conf(self) -> Path:
         return self.run_dir / "resolv.conf"
 
