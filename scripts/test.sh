@@ -30,6 +30,7 @@ fi
 failed=()
 echo "==> lint"
 $PY -m ruff check src tests bench || failed+=(ruff)
+$PY -m ruff format --check src tests bench || failed+=(ruff-format)
 $PY -m mypy || failed+=(mypy)
 bash .github/scripts/actionlint.sh || failed+=(actionlint)
 
