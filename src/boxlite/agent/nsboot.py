@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any
 
-from . import linux, oom, protocol
+from . import keeper, linux, oom, protocol
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from .mountpoint import tmpfs_sizes, volume_target
 from .netns import allow_low_ports
@@ -47,6 +47,7 @@ def boot(config: dict[str, Any]) -> None:
         os.dup2(int(log_fd), 1)
         os.dup2(int(log_fd), 2)
     try:
+        keeper_sock = keeper.fork_keeper(config, status)  # first: it stays in the host's cgroups/namespaces
         for procs in config.get("cgroup_procs", []):
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
@@ -68,6 +69,8 @@ def boot(config: dict[str, Any]) -> None:
         _report(status, protocol.STATUS_ERROR, str(e))
         os._exit(1)
     if pid == 0:
+        if keeper_sock is not None:
+            keeper_sock.close()
         os.close(to_child_w)
         os.close(to_parent_r)
         _box_init(config, status, to_child_r, to_parent_w)
@@ -75,6 +78,7 @@ def boot(config: dict[str, Any]) -> None:
     os.close(to_child_r)
     os.close(to_parent_w)
     _report(status, protocol.STATUS_PID, str(pid))
+    keeper.hand_over(keeper_sock, pid)
     if os.read(to_parent_r, 1) != b"U":
         os._exit(1)  # the child failed and reported why
     try:

@@ -1,0 +1,355 @@
+"""Namespace engine: the host-side keeper of one box, so that nothing of it outlives the box.
+
+The box's own processes die with PID 1 (the agent), which watches the owner's lifeline. But a
+box also has host-side parts the agent cannot reach from inside its namespaces: its ``pasta``
+(outbound network, published ports), its cgroup directories. The keeper owns them:
+
+* forked by :func:`nsboot.boot` (process A) *before* A joins the box's cgroups and namespaces,
+  so it stays in the host's network namespace and the runtime's cgroups (its memory is not the
+  box's, and it can rmdir the box's cgroups);
+* A hands it a pidfd of the box's PID 1 and an fd of the box's network namespace;
+* it runs ``pasta`` in the foreground as its own child, with ``PR_SET_PDEATHSIG`` (SIGKILL) set
+  between fork and exec: the keeper is single-threaded, so "parent thread" is the keeper itself
+  and pasta dies whenever the keeper does, even by SIGKILL. pasta's readiness is its pid
+  written into a FIFO (``--pid``), its configuration of the namespace precedes that;
+* when PID 1 exits, for whatever reason (stop, crash, the lifeline), it kills pasta (through a
+  pidfd: no pid reuse race) and removes the box's cgroup directories once the box's last
+  processes left them, then exits;
+* it watches the lifeline too: if the agent has not ended the box ``LIFELINE_GRACE`` seconds
+  after the owner died (it hangs, or is still booting), the keeper SIGKILLs PID 1.
+
+Detached boxes get no lifeline: their keeper and pasta live as long as the box. The keeper
+holds an exclusive ``flock`` on ``keeper.pid`` (it writes its pid there) while it lives: the
+engine waits for it to be released before it reuses the box's cgroup paths, so a keeper that
+is still cleaning up never removes the next start's cgroups. Stdlib only (runs in the zygote).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import linux
+from .protocol import status_line
+
+STATUS_KEEPER = "keeper"
+"""Status line ``keeper <pid>``: the keeper holds the box (and its pasta configured the network)."""
+STATUS_NET_ERROR = "neterror"
+"""Status line ``neterror <message>``: pasta could not set up the box network (the box is killed)."""
+LIFELINE_GRACE = 2.0
+"""Seconds the agent gets to end the box after the owner died, before the keeper kills it."""
+PASTA_READY_TIMEOUT = 20.0
+PASTA_TERM_GRACE = 1.0
+CGROUP_RMDIR_TIMEOUT = 5.0
+MAX_HELPER_LOG = 64 << 10
+"""Bytes of pasta's stderr copied into the boot log (it is quiet; a chatty one is cut)."""
+
+
+def fork_keeper(config: dict[str, Any], status_fd: int) -> socket.socket | None:
+    """In process A, before anything else: fork the keeper; returns A's end of its socket
+    (``None`` when the config asks for no keeper)."""
+    if not config.get("keeper"):
+        return None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            code = Keeper(config, status_fd, theirs).run()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    theirs.close()
+    return ours
+
+
+def hand_over(sock: socket.socket | None, box_pid: int) -> None:
+    """In process A, right after forking PID 1 (its child, so the pid cannot be reused yet):
+    send the keeper a pidfd of it and A's (the box's) network namespace."""
+    if sock is None:
+        return
+    fds = []
+    try:
+        fds.append(os.pidfd_open(box_pid))
+        fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+        socket.send_fds(sock, [str(box_pid).encode()], fds)
+    except OSError as e:
+        print(f"boxlite: cannot hand the box over to its keeper: {e}", file=sys.stderr, flush=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+
+
+class Keeper:
+    def __init__(self, config: dict[str, Any], status_fd: int, sock: socket.socket) -> None:
+        self.conf: dict[str, Any] = config["keeper"]
+        self.status: int | None = status_fd
+        self.sock = sock
+        self.lifeline: int | None = config.get("lifeline_fd")
+        if self.lifeline is not None:
+            os.set_blocking(self.lifeline, False)
+        self.cgroup_dirs = sorted({os.path.dirname(p) for p in config.get("cgroup_procs", [])}, key=len, reverse=True)
+        self.cgroup_ids = {d: _inode(d) for d in self.cgroup_dirs}
+        self.box_pidfd: int | None = None
+        self.pasta: subprocess.Popen[bytes] | None = None
+        self.pasta_pidfd: int | None = None
+        self.pasta_err: int | None = None
+        self.logged = 0
+        if config.get("log_fd") is not None:
+            os.close(int(config["log_fd"]))  # A dup'ed it to 1 and 2
+
+    def run(self) -> int:
+        os.chdir("/")
+        lock = os.open(self.conf["lock"], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.ftruncate(lock, 0)
+        os.write(lock, f"{os.getpid()}\n".encode())
+        try:
+            self._serve()
+        finally:
+            self._kill_pasta()
+            self._remove_cgroups()
+        return 0
+
+    def _serve(self) -> None:
+        netns = self._receive()
+        if netns is None:
+            return  # A failed before PID 1 existed (it reported why)
+        try:
+            if self.conf.get("pasta") and not self._start_pasta(netns):
+                self._kill_box()  # no box without the network it was promised
+        finally:
+            os.close(netns)
+        self._report(STATUS_KEEPER, str(os.getpid()))
+        self._watch()
+
+    def _receive(self) -> int | None:
+        """PID 1's pidfd (kept) and the box's network namespace (returned) from A."""
+        try:
+            _, fds, _, _ = socket.recv_fds(self.sock, 64, 2)
+        except OSError:
+            return None
+        finally:
+            self.sock.close()
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return None
+        self.box_pidfd = fds[0]
+        return fds[1]
+
+    def _report(self, word: str, arg: str) -> None:
+        """One status line; the last one (``keeper``) closes the keeper's copy of the pipe."""
+        if self.status is None:
+            return
+        try:
+            os.write(self.status, status_line(word, arg))
+        except OSError:
+            pass
+        if word == STATUS_KEEPER:
+            os.close(self.status)
+            self.status = None
+
+    # --- pasta ----------------------------------------------------------------------------
+    def _start_pasta(self, netns: int) -> bool:
+        """Start pasta on the box's network namespace and wait until it configured it."""
+        fifo = self.conf["pasta_fifo"]
+        if os.path.lexists(fifo):
+            os.unlink(fifo)
+        os.mkfifo(fifo, 0o600)
+        ready = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        hold = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no EOF before pasta writes
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        gid, me = int(self.conf["net_gid"]), os.getpid()
+
+        def preexec() -> None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)  # the host guard's group, before pasta opens any socket
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != me:  # the keeper died before prctl
+                os._exit(1)
+
+        argv = [*self.conf["pasta"], "--pid", fifo, "--netns", f"/proc/self/fd/{netns}"]
+        try:
+            try:
+                self.pasta = subprocess.Popen(
+                    argv, pass_fds=[netns], stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w, preexec_fn=preexec
+                )
+            except OSError as e:
+                self._report(STATUS_NET_ERROR, f"cannot run pasta: {e}")
+                return False
+            finally:
+                os.close(err_w)
+            self.pasta_pidfd = os.pidfd_open(self.pasta.pid)
+            self.pasta_err = err_r
+            os.set_blocking(err_r, False)
+            line = self._await_pasta(ready)
+        finally:
+            os.close(ready)
+            os.close(hold)
+            os.unlink(fifo)
+        if line is None:
+            return False
+        pid_file = self.conf["pasta_pid"]
+        with open(os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), "w") as f:
+            f.write(f"{self.pasta.pid}\n")
+        return True
+
+    def _await_pasta(self, ready: int) -> str | None:
+        assert self.pasta_pidfd is not None and self.box_pidfd is not None
+        deadline = time.monotonic() + PASTA_READY_TIMEOUT
+        text, errors = b"", bytearray()
+        while time.monotonic() < deadline:
+            watched = [fd for fd in (ready, self.pasta_err, self.pasta_pidfd, self.box_pidfd) if fd is not None]
+            r, _, _ = select.select(watched, [], [], max(0.0, deadline - time.monotonic()))
+            if self.pasta_err is not None and self.pasta_err in r:
+                errors += self._read_err()[: 4096 - len(errors)]
+            if ready in r:
+                try:
+                    text += os.read(ready, 64)
+                except BlockingIOError:
+                    pass
+                if b"\n" in text:
+                    return text.decode(errors="replace").strip()
+            if self.box_pidfd in r:
+                return None  # the box died while booting: A or PID 1 reported why
+            if self.pasta_pidfd in r:
+                errors += self._read_err()[: 4096 - len(errors)]
+                detail = " ".join(x for x in errors.decode(errors="replace").splitlines() if "syslog" not in x)
+                self._report(STATUS_NET_ERROR, detail or f"pasta exited with status {self.pasta.wait()}")  # type: ignore[union-attr]
+                return None
+        self._report(STATUS_NET_ERROR, f"pasta did not configure the box network within {PASTA_READY_TIMEOUT:g}s")
+        return None
+
+    def _read_err(self) -> bytes:
+        """Drain pasta's stderr; copy a bounded amount of it into the boot log."""
+        out = b""
+        while self.pasta_err is not None:
+            try:
+                chunk = os.read(self.pasta_err, 4096)
+            except BlockingIOError:
+                break
+            if not chunk:
+                os.close(self.pasta_err)
+                self.pasta_err = None
+                break
+            out += chunk
+        if out and self.logged < MAX_HELPER_LOG:
+            os.write(2, out[: MAX_HELPER_LOG - self.logged])
+            self.logged += len(out)
+        return out
+
+    def _kill_pasta(self) -> None:
+        """SIGTERM pasta, SIGKILL it if it lingers, reap it; forget its pid file."""
+        if self.pasta is None:
+            return
+        assert self.pasta_pidfd is not None
+        try:
+            signal.pidfd_send_signal(self.pasta_pidfd, signal.SIGTERM)
+            if not select.select([self.pasta_pidfd], [], [], PASTA_TERM_GRACE)[0]:
+                signal.pidfd_send_signal(self.pasta_pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        self.pasta.wait()
+        os.close(self.pasta_pidfd)
+        self.pasta = self.pasta_pidfd = None
+        _unlink(self.conf["pasta_pid"])
+
+    # --- the box's life -------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Until PID 1 exits; a dead owner's box is killed after ``LIFELINE_GRACE``."""
+        assert self.box_pidfd is not None
+        kill_at: float | None = None
+        while True:
+            watched = [self.box_pidfd]
+            watched += [fd for fd in (self.lifeline, self.pasta_err, self.pasta_pidfd) if fd is not None]
+            timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+            r, _, _ = select.select(watched, [], [], timeout)
+            if self.box_pidfd in r:
+                return
+            if kill_at is not None and time.monotonic() >= kill_at:
+                print("boxlite keeper: the owner died, the box did not stop: killing it", file=sys.stderr, flush=True)
+                self._kill_box()
+                kill_at = None
+            if self.lifeline is not None and self.lifeline in r and _at_eof(self.lifeline):
+                self.lifeline = None
+                kill_at = time.monotonic() + LIFELINE_GRACE
+            if self.pasta_err is not None and self.pasta_err in r:
+                self._read_err()
+            if self.pasta_pidfd is not None and self.pasta_pidfd in r:
+                print(f"boxlite keeper: pasta exited ({self.pasta.wait()})", file=sys.stderr, flush=True)  # type: ignore[union-attr]
+                os.close(self.pasta_pidfd)
+                self.pasta = self.pasta_pidfd = None
+
+    def _kill_box(self) -> None:
+        try:
+            signal.pidfd_send_signal(self.box_pidfd, signal.SIGKILL)  # type: ignore[arg-type]
+        except OSError:
+            pass  # gone already
+
+    def _remove_cgroups(self) -> None:
+        """rmdir the box's cgroups once its processes left them (PID 1's death kills the rest
+        of its pid namespace; they may take a moment). Only the directories this keeper was
+        started for: a path that now names a newer directory is left alone."""
+        started = time.monotonic()
+        deadline = started + CGROUP_RMDIR_TIMEOUT
+        for path in self.cgroup_dirs:
+            while (ino := _inode(path)) is not None and ino == self.cgroup_ids[path]:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    if time.monotonic() > deadline:
+                        print(f"boxlite keeper: cannot remove cgroup {path}", file=sys.stderr, flush=True)
+                        break
+                    if time.monotonic() > started + 1:
+                        _kill_members(path)  # only box processes can be in it
+                    time.sleep(0.01)
+
+
+def _at_eof(fd: int) -> bool:
+    try:
+        return os.read(fd, 64) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _kill_members(path: str) -> None:
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            pids = [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
