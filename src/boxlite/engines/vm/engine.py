@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from ... import runtime_artifact
-from ...errors import EngineError, UnsupportedOptionError
-from ...layout import AGENT_SOCKET_NAME, CONSOLE_LOG_NAME, QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
+from ... import procfs, runtime_artifact
+from ...agent.protocol import STATUS_ERROR, STATUS_READY, STATUS_TEMPLATE, StatusLine
+from ...client.agent_client import AgentClient
+from ...errors import BoxliteError, EngineError, UnsupportedOptionError
+from ...layout import QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from ..net import hostguard
+from ..status import read_status
 from . import accel as accel_mod
-from .disks import LOWER_CAPACITY, ensure_box_disk, ensure_empty_lower, ensure_layer_image
-from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, qemu_binary, vcpus
+from . import templates
+from .disks import ensure_box_disk, ensure_empty_lower, ensure_layer_image
+from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, vcpus
+from .templates import template_dir
+
+__all__ = ["VmEngine", "cache_dir", "disk_path", "guest_memory_mib", "template_dir"]
 
 log = logging.getLogger("boxlite.vm")
 DEFAULT_DISK_GB = 2.0
@@ -48,17 +52,6 @@ GUEST_OVERHEAD_MIB = 128  # kernel, initramfs, agent: guest RAM beyond the box's
 def guest_memory_mib(limit_mib: int | None) -> int:
     """Guest RAM for a box whose processes may use ``limit_mib`` (enforced by a guest cgroup)."""
     return DEFAULT_MEMORY_MIB if not limit_mib else limit_mib + GUEST_OVERHEAD_MIB
-
-
-def template_dir(spec: BoxSpec) -> Path:
-    """Where snapshot templates live. They depend only on the artifact and the VM shape, so
-    they are shared by all homes of a user: ``$BOXLITE_VM_TEMPLATES``, else
-    ``$XDG_CACHE_HOME/boxlite/vm-templates`` (``~/.cache/...``)."""
-    env = os.environ.get("BOXLITE_VM_TEMPLATES")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "boxlite" / "vm-templates"
 
 
 def disk_path(spec: BoxSpec) -> Path:
@@ -119,8 +112,8 @@ class VmEngine(Engine):
             await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         deadline = t0 + spec.ready_timeout  # the whole start, template creation included
-        if _snapshots_enabled(spec) and not vm.volumes:  # volumes need shared guest RAM: cold boot
-            template = await self._template(spec, artifact, vm, deadline)
+        if templates.snapshots_enabled(spec) and not vm.volumes:  # volumes need shared guest RAM: cold boot
+            template = await templates.ensure(spec, artifact, vm, deadline, self._run_shim)
             if template is not None:
                 timings["template_ready_s"] = round(time.monotonic() - t0, 4)
                 try:
@@ -130,79 +123,10 @@ class VmEngine(Engine):
                     raise
                 except EngineError as e:
                     log.warning("VM box %s: restoring the snapshot failed, booting cold: %s", spec.box_id, e)
-                    _forget_template(template)
+                    templates.forget(template)
                     if console.exists():
                         console.replace(spec.layout.console_restore_failed)
         return await self._spawn_shim(spec, vm, timings, "boot", deadline)
-
-    async def _template(
-        self, spec: BoxSpec, artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig, deadline: float
-    ) -> Path | None:
-        """The snapshot to restore for ``vm`` (created on first use), or None if unavailable."""
-        upper_size = Path(str(vm.upper_disk)).stat().st_size
-        key = hashlib.sha256(
-            json.dumps(
-                [
-                    artifact.manifest["files"],
-                    vm.accel,
-                    vm.cpus,
-                    vm.memory_mib,
-                    upper_size,
-                    LOWER_CAPACITY,
-                    vm.debug,
-                    _qemu_identity(),
-                    TEMPLATE_FORMAT,
-                ]
-            ).encode()
-        ).hexdigest()[:20]
-        tdir = template_dir(spec)
-        path = tdir / f"{key}.snap"
-        ram = path.with_suffix(".ram")  # renamed into place last: its presence means complete
-        if ram.exists():
-            os.utime(path)  # "last used", for _forget_old_templates (noatime mounts)
-            return path
-        tdir.mkdir(parents=True, exist_ok=True)
-        lock = await asyncio.to_thread(_lock_file, tdir / f"{key}.lock")
-        try:
-            if ram.exists():
-                return path
-            _forget_old_templates(tdir)
-            work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=tdir))
-            try:
-                placeholder = work / "upper.img"
-                with open(placeholder, "wb") as f:
-                    f.truncate(upper_size)
-                tvm = replace(
-                    vm,
-                    console=str(work / CONSOLE_LOG_NAME),
-                    upper_disk=str(placeholder),
-                    layers=0,
-                    template=True,
-                    ram_file=str(work / "guest.ram"),
-                    network=False,
-                    ports=[],
-                )
-                status = await self._run_shim(
-                    tvm,
-                    work,
-                    work / AGENT_SOCKET_NAME,
-                    None,
-                    _remaining(deadline),
-                    {"mode": "template", "snapshot": str(path)},
-                )
-                if not status[1].startswith("template"):
-                    log.warning(
-                        "VM engine: could not create a snapshot template: %s\n%s",
-                        status[1],
-                        console_tail(work / CONSOLE_LOG_NAME, 10),
-                    )
-                    return None
-                (work / "guest.ram").rename(ram)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        finally:
-            lock.close()
-        return path if ram.exists() else None
 
     async def _run_shim(
         self,
@@ -212,8 +136,9 @@ class VmEngine(Engine):
         lifeline_fd: int | None,
         timeout: float,
         extra: dict[str, object],
-    ) -> tuple[int | None, str]:
-        """Spawn a shim and wait for its final status line: (shim pid, line); kills it on timeout."""
+    ) -> tuple[int | None, StatusLine | None]:
+        """Spawn a shim and wait for its final status line: (shim pid, status; None if ``timeout``
+        passed, then the shim is killed)."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         conf = {
             "vm": vm.to_json(),
@@ -241,13 +166,14 @@ class VmEngine(Engine):
         await asyncio.to_thread(proc.wait)  # the intermediate process exits after forking
         state: dict[str, int] = {}
         try:
-            line = await asyncio.wait_for(_read_status(status_r, state), timeout)
+            status: StatusLine | None = await asyncio.wait_for(read_status(status_r, state), timeout)
         except asyncio.TimeoutError:
+            status = None
+        finally:
+            os.close(status_r)
+        if status is None or status.word not in (STATUS_READY, STATUS_TEMPLATE):
             self._force_kill(state.get("pid"), run)
-            return state.get("pid"), f"timeout: not ready within {timeout:g}s"
-        if not line.startswith(("ready", "template")):
-            self._force_kill(state.get("pid"), run)
-        return state.get("pid"), line
+        return state.get("pid"), status
 
     async def _spawn_shim(
         self, spec: BoxSpec, vm: VmConfig, timings: dict[str, float], mode: str, deadline: float
@@ -256,13 +182,13 @@ class VmEngine(Engine):
         t_spawn = time.monotonic()
         lifeline = None if spec.detach else spec.lifeline_fd
         extra: dict[str, object] = {"mode": mode, "pids_limit": spec.pids_limit, "memory_limit_mib": spec.memory_mib}
-        pid, line = await self._run_shim(vm, run, spec.agent_socket, lifeline, _remaining(deadline), extra)
-        if line.startswith("timeout: "):
+        pid, status = await self._run_shim(vm, run, spec.agent_socket, lifeline, templates.remaining(deadline), extra)
+        if status is None:
             why = f"the agent was not ready within {spec.ready_timeout:g}s"
             raise _NotReady(self._boot_failure(spec, why))
-        if pid is None or not line.startswith("ready"):
-            raise EngineError(self._boot_failure(spec, line.removeprefix("error ") or "the shim died"))
-        boot = json.loads(line[len("ready ") :] or "{}")
+        if pid is None or status.word != STATUS_READY:
+            raise EngineError(self._boot_failure(spec, status.arg if status.word == STATUS_ERROR else "the shim died"))
+        boot = json.loads(status.arg or "{}")
         boot.update(timings, start_to_ready_s=round(time.monotonic() - t_spawn, 4), restored=mode == "restore")
         spec.layout.boot_json.write_text(json.dumps(boot))
         start = process_start_time(pid)
@@ -325,10 +251,10 @@ class VmEngine(Engine):
         if shim is None:
             return out
         qemu = _qemu_pid(spec.run_dir)
-        qemu_pss = _pss_bytes(qemu) if qemu else 0
-        out["memory_bytes"] = float(_pss_bytes(shim) + qemu_pss)
+        qemu_pss = procfs.pss_bytes(qemu) if qemu else 0
+        out["memory_bytes"] = float(procfs.pss_bytes(shim) + qemu_pss)
         out["qemu_pss_bytes"] = float(qemu_pss)
-        out["cpu_usage_ns"] = sum(_cpu_seconds(pid) for pid in (shim, qemu) if pid) * 1e9
+        out["cpu_usage_ns"] = sum(procfs.cpu_seconds(pid) for pid in (shim, qemu) if pid) * 1e9
         out["disk_bytes"] = float(_allocated(disk_path(spec)))
         processes = _agent_stats(spec.agent_socket).get("processes")
         if isinstance(processes, (int, float)):
@@ -345,72 +271,22 @@ def _live_shim(run: Path) -> int | None:
     return pid if process_start_time(pid) == start else None
 
 
-def _agent_stats(path: Path, timeout: float = 2.0) -> dict[str, object]:
-    """The agent's ``stats`` answer through a short blocking connection ({} on failure)."""
-    import socket
+def _agent_stats(path: Path, timeout: float = 2.0) -> dict[str, Any]:
+    """The agent's ``stats`` answer ({} on failure). ``Engine.metrics`` is synchronous and may be
+    called on a running event loop, so the short connection runs on a loop of its own thread."""
 
-    from ...agent import protocol as p
-    from ...client.agent_client import unix_address
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            with unix_address(path) as address:
-                sock.connect(address)
-            sock.sendall(p.encode_json(p.REQUEST, 1, {"op": "stats"}))
-            frames = p.FrameReader()
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    return {}
-                frames.feed(data)
-                for kind, channel, payload in frames:
-                    if kind == p.RESPONSE and channel == 1:
-                        return p.decode_json(payload)
-    except (OSError, p.FrameError):
-        return {}
-
-
-async def _read_status(fd: int, state: dict[str, int]) -> str:
-    """Read the shim's status lines until ``ready``/``error``/EOF; the pid goes to ``state``."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
-    try:
-        while True:
-            line = (await reader.readline()).decode(errors="replace").strip()
-            if not line:
-                return ""
-            if line.startswith("pid "):
-                state["pid"] = int(line[4:])
-            elif line.startswith(("ready", "error", "template")):
-                return line
-    finally:
-        transport.close()
-
-
-TEMPLATE_MAX_AGE = 14 * 86400
-TEMPLATE_FORMAT = 4  # 2: guest RAM in .ram, mapped by restored boxes; 3: + a NIC; 4: RTC back
-
-
-def _forget_template(snap: Path) -> None:
-    """Delete a template (boxes mapping its RAM keep their copy: the inode lives on)."""
-    for suffix in (".ram", ".snap", ".lock"):
-        snap.with_suffix(suffix).unlink(missing_ok=True)
-
-
-def _forget_old_templates(tdir: Path) -> None:
-    """Delete snapshot templates not used for two weeks (older artifacts, other shapes)."""
-    now = time.time()
-    for snap in tdir.glob("*.snap"):
+    async def ask() -> dict[str, Any]:
+        client = await AgentClient.connect(path, timeout=timeout)
         try:
-            st = snap.stat()
-            if now - max(st.st_atime, st.st_mtime) > TEMPLATE_MAX_AGE:
-                _forget_template(snap)
-        except OSError:
-            pass
+            return await client.request("stats", timeout=timeout)
+        finally:
+            await client.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="boxlite-vm-stats") as pool:
+        try:
+            return pool.submit(asyncio.run, ask()).result()
+        except (BoxliteError, OSError):
+            return {}
 
 
 _warned_stale: set[str] = set()
@@ -435,10 +311,6 @@ class _NotReady(EngineError):
     """The readiness deadline passed."""
 
 
-def _remaining(deadline: float) -> float:
-    return max(0.2, deadline - time.monotonic())
-
-
 def _shared_dir(host: str, guest: str, readonly: bool) -> list[Any]:
     """virtiofs shares directories: a file volume shares its directory, and the guest binds
     just that file into the box (the rest of the directory stays outside the box root)."""
@@ -449,24 +321,6 @@ def _shared_dir(host: str, guest: str, readonly: bool) -> list[Any]:
     return [str(share), guest, readonly, name]
 
 
-def _snapshots_enabled(spec: BoxSpec) -> bool:
-    if os.environ.get("BOXLITE_VM_SNAPSHOT", "1") in ("0", "false", "no"):
-        return False
-    return spec.vm_snapshot
-
-
-def _qemu_identity() -> str:
-    """Changes whenever the QEMU binary does (snapshots are only restored by the same QEMU)."""
-    st = Path(qemu_binary()).stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _lock_file(path: Path) -> IO[str]:
-    f = open(path, "a")  # noqa: SIM115 - returned to the caller, which closes it
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
-
-
 def _qemu_pid(run: Path) -> int | None:
     try:
         return int((run / QEMU_PID_NAME).read_text())
@@ -475,30 +329,7 @@ def _qemu_pid(run: Path) -> int | None:
 
 
 def _is_qemu(pid: int) -> bool:
-    try:
-        return b"qemu-system" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-    except OSError:
-        return False
-
-
-def _pss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    return b"qemu-system" in (procfs.argv0(pid) or b"")
 
 
 def _allocated(path: Path) -> int:

@@ -53,20 +53,24 @@ def drain_console() -> None:
         _console[0].pump(_console[1])
 
 
-def _report(fd: int | None, line: str) -> None:
+def _report(fd: int | None, word: str, arg: str = "") -> None:
     if fd is None:
         return
     drain_console()  # an error message quotes the console's last lines
     try:
-        os.write(fd, (line.replace("\n", " ") + "\n").encode())
+        os.write(fd, p.status_line(word, arg))
     except OSError:
         pass
 
 
 def _die_with_parent(parent: int) -> None:
-    """preexec_fn of QEMU: SIGKILL when the shim dies (and check it did not already). No
-    transparent huge pages: a guest touching 4 KiB of a 2 MiB region would cost 2 MiB of host
-    memory (guest RAM and the TCG translation cache both)."""
+    """preexec_fn of QEMU and virtiofsd: SIGKILL when the shim dies (and check it did not
+    already). ``PR_SET_PDEATHSIG`` fires when the forking *thread* ends: both are spawned by
+    the main thread before ``asyncio.run`` (whose ``to_thread`` workers spawn nothing), the
+    thread that later ``execve``s the relay and so lives as long as the process. Thus they die
+    with the shim or the relay however it ends, and the relay (which watches the lifeline) is
+    the one process tied to the owner. No transparent huge pages: a guest touching 4 KiB of a
+    2 MiB region would cost 2 MiB of host memory (guest RAM and the TCG translation cache both)."""
     libc = ctypes.CDLL(None)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
@@ -167,8 +171,8 @@ def start_qemu(
 class Handoff:
     """What the relay process takes over once the agent answered."""
 
-    def __init__(self, listener: socket.socket, socket_path: str, leftover: bytes, ready_line: str) -> None:
-        self.listener, self.socket_path, self.leftover, self.ready_line = listener, socket_path, leftover, ready_line
+    def __init__(self, listener: socket.socket, socket_path: str, leftover: bytes, boot_json: str) -> None:
+        self.listener, self.socket_path, self.leftover, self.boot_json = listener, socket_path, leftover, boot_json
 
 
 class Shim:
@@ -196,6 +200,10 @@ class Shim:
         loop.add_reader(pidfd, exited.set)
         if _console is not None:
             loop.add_reader(_console[1], drain_console)
+        lifeline = self.conf.get("lifeline_fd")
+        if lifeline is not None:  # the relay watches it once the box is ready; until then, we do
+            os.set_blocking(lifeline, False)
+            loop.add_reader(lifeline, self._on_lifeline, lifeline)
         self.agent_sock.setblocking(False)
         qmp = await self._connect_qmp()
         t_spawned = time.monotonic()
@@ -206,7 +214,8 @@ class Shim:
             line = await self._receive_until(exited, lambda data: b"\n" in data)
             if line != WAITING:
                 status = self.proc.wait() if exited.is_set() else "still running"
-                _report(self.status_fd, f"error QEMU exited with status {status} before the guest init was ready")
+                why = f"QEMU exited with status {status} before the guest init was ready"
+                _report(self.status_fd, p.STATUS_ERROR, why)
                 self.proc.kill()
                 return 1
         if mode == "template":
@@ -242,11 +251,13 @@ class Shim:
             except asyncio.TimeoutError:
                 self.proc.kill()
                 code = "killed"
-            _report(self.status_fd, f"error QEMU exited with status {code} before the agent was ready")
+            _report(self.status_fd, p.STATUS_ERROR, f"QEMU exited with status {code} before the agent was ready")
             return 1
         t_ready = time.monotonic()
         loop.remove_reader(pidfd)
         os.close(pidfd)
+        if lifeline is not None:
+            loop.remove_reader(lifeline)
         sock_path = _short(Path(self.conf["agent_socket"]))
         sock_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -267,7 +278,22 @@ class Shim:
                 await asyncio.wait_for(qmp.disconnect(), 1)
             except Exception:
                 pass
-        return Handoff(listener, str(sock_path), bytes(frames.pending()), "ready " + json.dumps(boot))
+        return Handoff(listener, str(sock_path), bytes(frames.pending()), json.dumps(boot))
+
+    def _on_lifeline(self, fd: int) -> None:
+        """The owner died while the VM was starting: kill QEMU (every step then fails)."""
+        import asyncio
+
+        try:
+            if os.read(fd, 64):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        asyncio.get_running_loop().remove_reader(fd)
+        print("shim: the owner died while the VM was starting: killing QEMU", file=sys.stderr, flush=True)
+        self.proc.kill()
 
     async def _receive_until(self, exited: Any, done: Any) -> bytes:
         """Read the guest stream until ``done(all bytes so far)`` or QEMU exits."""
@@ -302,7 +328,7 @@ class Shim:
                 await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("migrate-incoming", {"uri": incoming_uri(vm["incoming"])})
         except Exception as e:
-            _report(self.status_fd, f"error restoring the VM template failed: {e}")
+            _report(self.status_fd, p.STATUS_ERROR, f"restoring the VM template failed: {e}")
             self.proc.kill()
             return False
         return True
@@ -312,7 +338,7 @@ class Shim:
         import asyncio
 
         if qmp is None:
-            _report(self.status_fd, "error QMP is needed to save a VM template")
+            _report(self.status_fd, p.STATUS_ERROR, "QMP is needed to save a VM template")
             self.proc.kill()
             return 1
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -335,13 +361,13 @@ class Shim:
             tmp.rename(path)
         except Exception as e:
             tmp.unlink(missing_ok=True)
-            _report(self.status_fd, f"error saving the VM template failed: {e}")
+            _report(self.status_fd, p.STATUS_ERROR, f"saving the VM template failed: {e}")
             self.proc.kill()
             return 1
         finally:
             if self.proc.poll() is None and not await self._wait_exit(3):
                 self.proc.kill()
-        _report(self.status_fd, f"template {path}")
+        _report(self.status_fd, p.STATUS_TEMPLATE, str(path))
         return 0
 
     async def _connect_qmp(self) -> Any:
@@ -411,14 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(null)
-    _report(status_fd, f"pid {os.getpid()}")
+    _report(status_fd, p.STATUS_PID, str(os.getpid()))
     try:
         vm = VmConfig(**conf["vm"])
         start_virtiofsd(vm, run_dir, log_fd)
         saves = (os.path.dirname(conf["snapshot"]),) if conf.get("mode") == "template" else ()
         proc, agent, qmp = start_qemu(vm, run_dir, log_fd, saves)
     except (OSError, ValueError) as e:
-        _report(status_fd, f"error could not start QEMU: {e}")
+        _report(status_fd, p.STATUS_ERROR, f"could not start QEMU: {e}")
         return 1
     (run_dir / QEMU_PID_NAME).write_text(str(proc.pid))
     (run_dir / SHIM_PID_NAME).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
@@ -428,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = asyncio.run(shim.run())
     except BaseException as e:
-        _report(shim.status_fd, f"error shim failed: {e!r}")
+        _report(shim.status_fd, p.STATUS_ERROR, f"shim failed: {e!r}")
         proc.kill()
         raise
     if not isinstance(result, Handoff):
@@ -437,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from .relayd import exec_relay
 
     qmp.close()
-    _report(shim.status_fd, result.ready_line)
+    _report(shim.status_fd, p.STATUS_READY, result.boot_json)
     if shim.status_fd is not None:
         os.close(shim.status_fd)
     lifeline = conf.get("lifeline_fd")
