@@ -72,20 +72,25 @@ def box_mounts(marks: tuple[str, ...]) -> list[str]:
 
 
 def processes_naming(marks: tuple[str, ...]) -> list[str]:
-    """Processes whose command line or environment names the box id or its home."""
+    """Processes whose command line, environment or open files name the box id or its home."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
+        texts = []
         for part in ("cmdline", "environ"):
             try:
                 with open(f"/proc/{entry}/{part}", "rb") as f:
-                    text = f.read().decode(errors="replace")
+                    texts.append(f.read().decode(errors="replace").replace("\0", " "))
             except OSError:
-                continue
-            if any(m in text for m in marks):
-                found.append(f"{entry}: {text.replace(chr(0), ' ')[:200]}")
-                break
+                pass
+        try:
+            texts += [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            pass
+        hits = [t for t in texts if any(m in t for m in marks)]
+        if hits:
+            found.append(f"{entry} ({texts[0][:100]}): {hits[0][:200]}")
     return found
 
 
@@ -169,3 +174,25 @@ async def test_detached_box_keeps_its_helpers_until_stopped(
         assert leftovers(rep, starts, (rep["id"],)) == []
     finally:
         force_clean(rep, starts)
+
+
+def test_owner_death_while_the_box_starts(
+    engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list
+) -> None:
+    """Killed while its box boots (VM: while the shim still boots QEMU, before the relay
+    exists; namespace: while the keeper starts pasta): nothing is left either."""
+    volume = tmp_path / "shared"
+    volume.mkdir()
+    proc = spawn_owner(home, busybox_rootfs, engine, "--volume", str(volume), "--starting")
+    owners.append(proc)
+    box_id = owner_report(proc)["id"]
+    time.sleep(0.5 if engine == "vm" else 0.02)
+    proc.kill()
+    proc.wait(10)
+    marks = (box_id, str(home))
+    t0 = time.monotonic()
+    while (left := box_cgroups(box_id, []) + box_mounts(marks) + processes_naming(marks)) and (
+        time.monotonic() < t0 + GONE_WITHIN
+    ):
+        time.sleep(0.05)
+    assert left == [], f"left {GONE_WITHIN}s after the owner died while its box started: {left}"

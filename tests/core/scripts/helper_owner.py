@@ -1,12 +1,13 @@
 """Child process for tests/core/test_owner_death.py: own one box with host helpers, report them.
 
-Usage: helper_owner.py HOME ROOTFS ENGINE [--detach] [--volume DIR]
+Usage: helper_owner.py HOME ROOTFS ENGINE [--detach] [--volume DIR] [--starting]
 
 Starts a box with network enabled (pasta, or QEMU's slirp) and, with ``--volume``, a volume
-(virtiofsd on the VM engine), starts a background ``sleep`` in it, prints one JSON line naming
-the box and every host process and cgroup it has, then sleeps until a signal ends it (no signal
-handler of ours: SIGTERM kills this process without any Python clean-up, SIGINT raises
-KeyboardInterrupt as in any script). With ``--detach`` it exits right after the report.
+(virtiofsd on the VM engine), starts a background ``sleep`` that ignores SIGTERM in it, prints
+one JSON line naming the box and every host process and cgroup it has, then sleeps until a
+signal ends it (no signal handler of ours: SIGTERM kills this process without any Python
+clean-up, SIGINT raises KeyboardInterrupt as in any script). ``--starting``: print
+``{"id": ...}`` first, right before the box starts (to be killed while it starts).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ async def main() -> None:
     ap.add_argument("engine")
     ap.add_argument("--detach", action="store_true")
     ap.add_argument("--volume")
+    ap.add_argument("--starting", action="store_true", help="print the box id before starting it")
     args = ap.parse_args()
     rt = boxlite.Boxlite(boxlite.Options(home_dir=args.home, engine=args.engine))
     volumes = [(args.volume, "/data")] if args.volume else None
@@ -67,7 +69,10 @@ async def main() -> None:
         rootfs_path=args.rootfs, network="enabled", volumes=volumes, detach=args.detach, auto_remove=False
     )
     box = await rt.create(options)
-    await box.exec("sleep", ["1000"], stdin=False)
+    if args.starting:
+        print(json.dumps({"id": box.id}), flush=True)
+    await box.start()
+    await box.exec("sh", ["-c", "trap '' TERM; sleep 1000"], stdin=False)  # ignores SIGTERM
     box_dir = Path(args.home) / "boxes" / box.id
     run = box_dir / "run"
     helpers: dict[str, int | None] = {"agent": box.info().state.pid}

@@ -7,7 +7,10 @@ over the guest stream, the listening agent socket, the lifeline and QEMU's pid. 
 
 * relays clients ⇄ guest through :class:`relay.Relay` on one ``selectors`` loop;
 * on lifeline EOF or SIGTERM/SIGINT/SIGHUP asks the agent to shut down (the guest powers
-  off and QEMU exits), then SIGTERMs QEMU (a graceful quit), then SIGKILLs it;
+  off and QEMU exits), then SIGTERMs QEMU (a graceful quit), then SIGKILLs it. A dead owner
+  (lifeline EOF) waits for nobody: the agent gets no grace and QEMU its SIGTERM after
+  ``ORPHAN_TIMEOUT``. QEMU and virtiofsd die with this process in any case
+  (``PR_SET_PDEATHSIG``, see ``shim.py``), so this process is the one to tie to the lifeline;
 * exits with QEMU's status once QEMU is gone, removing the agent socket.
 """
 
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 SHUTDOWN_GRACE = 3.0  # seconds the agent gets to stop box processes
 SHUTDOWN_TIMEOUT = 10.0  # then SIGTERM to QEMU (it quits), then after QUIT_TIMEOUT SIGKILL
 QUIT_TIMEOUT = 3.0
+ORPHAN_TIMEOUT = 3.0  # after the owner died (lifeline EOF): SIGTERM to QEMU if the guest has not powered off
 CLIENT_BACKLOG = 64 << 20
 """Bytes queued for a client that does not read; more means the guest ignores credit: drop the client."""
 BOOTSTRAP = (
@@ -239,7 +243,8 @@ class RelayServer:
         except OSError:
             pass
         self.sel.unregister(fd)
-        self.request_stop("lifeline closed")
+        self.request_stop("lifeline closed: the owner died", grace=0.0)
+        self._after(ORPHAN_TIMEOUT, lambda: self._signal_qemu(signal.SIGTERM, QUIT_TIMEOUT))
 
     def _on_qemu_exit(self) -> None:
         assert self.qemu_pid is not None and self.pidfd is not None
@@ -264,15 +269,16 @@ class RelayServer:
         self.request_stop("the main process exited")
 
     # --- stopping -----------------------------------------------------------------------
-    def request_stop(self, why: str) -> None:
-        """Ask the agent to shut down; escalate to SIGTERM, then SIGKILL of QEMU."""
+    def request_stop(self, why: str, grace: float = SHUTDOWN_GRACE) -> None:
+        """Ask the agent to shut down (box processes get ``grace`` seconds after SIGTERM);
+        escalate to SIGTERM, then SIGKILL of QEMU."""
         if self.stopping:
             return
         self.stopping = True
         print(f"shim: stopping the VM ({why})", file=sys.stderr, flush=True)
         internal = Client(on_frame=lambda *_: None)
         self.relay.attach(internal)
-        body = json.dumps({"op": "shutdown", "grace": SHUTDOWN_GRACE}).encode()
+        body = json.dumps({"op": "shutdown", "grace": grace}).encode()
         self.relay.send(internal, p.REQUEST, 1, body)
         self._after(SHUTDOWN_TIMEOUT, lambda: self._signal_qemu(signal.SIGTERM, QUIT_TIMEOUT))
         if self.pidfd is None:
