@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import boxlite.engines
@@ -77,9 +76,7 @@ class FakeEngine(Engine):
     async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
         if running.is_alive():
             _kill(running.pid)
-        deadline = time.monotonic() + 5
-        while running.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await running.wait_gone(5)
         self.cleanup(spec)
 
     def cleanup(self, spec: BoxSpec) -> None:

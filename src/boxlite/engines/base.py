@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,15 @@ class RunningBox:
 
     def is_alive(self) -> bool:
         return process_start_time(self.pid) == self.pid_start
+
+    async def wait_gone(self, timeout: float) -> bool:
+        """Poll until the process is gone (True) or ``timeout`` seconds passed (False)."""
+        deadline = time.monotonic() + timeout
+        while self.is_alive():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
 
 class Engine(ABC):
