@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -196,3 +197,27 @@ def test_owner_death_while_the_box_starts(
     ):
         time.sleep(0.05)
     assert left == [], f"left {GONE_WITHIN}s after the owner died while its box started: {left}"
+
+
+def test_vm_relay_stops_a_dead_owners_box_without_grace(tmp_path: Path) -> None:
+    """The VM relay on lifeline EOF: the agent is told to shut down with no grace for box
+    processes (the namespace agent's behaviour too), not the grace of an ordinary stop."""
+    from boxlite.agent import protocol as p
+    from boxlite.engines.vm.relayd import RelayServer
+
+    relay_end, guest = socket.socketpair()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "agent.sock"))
+    listener.listen(1)
+    lifeline_r, lifeline_w = os.pipe()
+    server = RelayServer(relay_end, listener, lifeline_fd=lifeline_r)
+    os.close(lifeline_w)  # the owner dies
+    assert server.run() == 0  # without QEMU the relay ends once it asked for the shutdown
+    guest.settimeout(5)
+    frames = p.FrameReader()
+    frames.feed(guest.recv(65536))
+    requests = [json.loads(body) for kind, _, body in frames if kind == p.REQUEST]
+    assert requests == [{"op": "shutdown", "grace": 0.0}]
+    for s in (guest, relay_end, listener):
+        s.close()
+    os.close(lifeline_r)

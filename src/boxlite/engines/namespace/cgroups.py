@@ -2,7 +2,9 @@
 
 A box's cgroup lives under the creating process's own cgroup (``.../boxlite/<box id>``), so it
 inherits the limits its parent has. The paths are saved in the box dir so that any process can
-read the box's metrics or remove the cgroup later.
+read the box's metrics or remove the cgroup later. The box's keeper (``agent/keeper.py``, outside
+these cgroups) removes them as soon as the box's PID 1 has exited, whether or not any runtime is
+left to notice; :meth:`BoxCgroups.remove` is the runtime's own stop path and fallback.
 """
 
 from __future__ import annotations
