@@ -42,10 +42,6 @@ class RuntimeArtifact:
         return self.path / "initramfs.cpio"
 
     @property
-    def kernel_release(self) -> str:
-        return str(self.manifest.get("kernel", {}).get("release", "?"))
-
-    @property
     def debug(self) -> bool:
         return bool(self.manifest.get("debug"))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 
 import click
 
@@ -55,7 +54,3 @@ def describe(exc: BaseException) -> tuple[str, int]:
 
 def fail(message: str, exit_code: int = EXIT_RUNTIME) -> CliError:
     return _error_class(exit_code)(message)
-
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()

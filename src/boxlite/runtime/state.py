@@ -57,8 +57,6 @@ class BoxRecord:
     """State "exited": the status of the main process (128+N for signal N)."""
     finished_at: float | None = None
     oom_killed: bool = False
-    commands_executed: int = 0
-    exec_errors: int = 0
 
     @property
     def detach(self) -> bool:
