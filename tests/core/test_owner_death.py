@@ -123,13 +123,20 @@ def start_owner(home: Path, rootfs: Path, engine: str, tmp_path: Path, owners: l
 
 
 def force_clean(rep: dict, starts: dict[int, int | None]) -> None:
-    """After a failure: leave nothing running for the next tests."""
+    """After a failure (or a test that killed the keeper): leave no process or cgroup behind."""
     for pid, start in starts.items():
         if start is not None and process_start_time(pid) == start:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    deadline = time.monotonic() + 5
+    for path in box_cgroups(rep.get("id", "-"), rep.get("cgroups", [])):
+        while os.path.isdir(path) and time.monotonic() < deadline:
+            try:
+                os.rmdir(path)
+            except OSError:
+                time.sleep(0.02)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
@@ -197,6 +204,49 @@ def test_owner_death_while_the_box_starts(
     ):
         time.sleep(0.05)
     assert left == [], f"left {GONE_WITHIN}s after the owner died while its box started: {left}"
+
+
+@pytest.mark.namespace_only
+def test_keeper_ends_a_hung_box_of_a_dead_owner(
+    engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list
+) -> None:
+    """The agent normally ends the box on lifeline EOF; a stopped (hung) agent does not, and
+    the keeper kills it after ``LIFELINE_GRACE``: then everything goes as usual."""
+    from boxlite.agent.keeper import LIFELINE_GRACE
+
+    proc, rep, starts = start_owner(home, busybox_rootfs, engine, tmp_path, owners)
+    try:
+        os.kill(rep["helpers"]["agent"], signal.SIGSTOP)
+        proc.kill()
+        proc.wait(10)
+        time.sleep(LIFELINE_GRACE / 2)
+        assert process_start_time(rep["helpers"]["agent"]) == starts[rep["helpers"]["agent"]]
+        t0 = time.monotonic()
+        marks = (rep["id"], str(home))
+        while (left := leftovers(rep, starts, marks)) and time.monotonic() < t0 + GONE_WITHIN:
+            time.sleep(0.05)
+        assert left == [], left
+    finally:
+        force_clean(rep, starts)
+
+
+@pytest.mark.namespace_only
+def test_pasta_dies_with_its_keeper(
+    engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list
+) -> None:
+    """pasta is tied to the keeper by PR_SET_PDEATHSIG: even a SIGKILLed keeper takes it along."""
+    proc, rep, starts = start_owner(home, busybox_rootfs, engine, tmp_path, owners)
+    try:
+        pasta = rep["helpers"]["pasta"]
+        os.kill(rep["helpers"]["keeper"], signal.SIGKILL)
+        t0 = time.monotonic()
+        while process_start_time(pasta) == starts[pasta] and time.monotonic() < t0 + GONE_WITHIN:
+            time.sleep(0.02)
+        assert process_start_time(pasta) != starts[pasta], "pasta outlived its keeper"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        force_clean(rep, starts)
 
 
 def test_vm_relay_stops_a_dead_owners_box_without_grace(tmp_path: Path) -> None:

@@ -119,6 +119,9 @@ class Keeper:
         os.write(lock, f"{os.getpid()}\n".encode())
         try:
             self._serve()
+        except BaseException:
+            self._kill_box()  # a box nobody keeps would leak its helpers: it ends with its keeper
+            raise
         finally:
             self._kill_pasta()
             self._remove_cgroups()
@@ -293,10 +296,13 @@ class Keeper:
                 print(f"boxlite keeper: pasta exited ({self.pasta.wait()})", file=sys.stderr, flush=True)  # type: ignore[union-attr]
                 os.close(self.pasta_pidfd)
                 self.pasta = self.pasta_pidfd = None
+                _unlink(self.conf["pasta_pid"])
 
     def _kill_box(self) -> None:
+        if self.box_pidfd is None:
+            return
         try:
-            signal.pidfd_send_signal(self.box_pidfd, signal.SIGKILL)  # type: ignore[arg-type]
+            signal.pidfd_send_signal(self.box_pidfd, signal.SIGKILL)
         except OSError:
             pass  # gone already
 
