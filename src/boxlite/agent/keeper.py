@@ -342,6 +342,13 @@ def _inode(path: str) -> int | None:
 
 
 def _kill_members(path: str) -> None:
+    """SIGKILL the processes in cgroup ``path``: at once with v2's ``cgroup.kill``, else by pid."""
+    try:
+        with open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        return
+    except OSError:
+        pass
     try:
         with open(os.path.join(path, "cgroup.procs")) as f:
             pids = [int(x) for x in f.read().split()]
