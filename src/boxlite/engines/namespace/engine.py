@@ -19,9 +19,6 @@ from . import cgroups, network
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
-KEEPER_LOCK_NAME = "keeper.pid"
-"""In the box dir: flock'ed by the box's keeper (``agent/keeper.py``) while it lives; its pid."""
-PASTA_FIFO_NAME = "pasta.fifo"
 KEEPER_WAIT = 10.0
 """Longest wait for an earlier start's keeper to finish its clean-up (it needs ~1-6 s at most)."""
 
@@ -52,7 +49,7 @@ class NamespaceEngine(Engine):
         if os.geteuid() != 0:
             raise EngineError("the namespace engine needs root on the host (it maps box users to a uid range)")
         self._prepare_dirs(spec)
-        lock = spec.box_dir / KEEPER_LOCK_NAME
+        lock = spec.layout.keeper_lock
         if _keeper_active(lock):  # the last start's keeper still cleans up: its cgroups are ours to reuse after
             await asyncio.to_thread(_await_keeper, lock)
         pasta = None
@@ -80,7 +77,7 @@ class NamespaceEngine(Engine):
                 "lock": str(lock),
                 "pasta": pasta[0] if pasta else None,
                 "net_gid": pasta[1] if pasta else None,
-                "pasta_fifo": str(spec.box_dir / PASTA_FIFO_NAME),
+                "pasta_fifo": str(spec.layout.pasta_fifo),
                 "pasta_pid": str(spec.layout.pasta_pid),
             },
         }
@@ -191,7 +188,7 @@ class NamespaceEngine(Engine):
 
     def cleanup(self, spec: BoxSpec) -> None:
         """Release what the box's keeper has not (it was killed, or still works: waited for)."""
-        _await_keeper(spec.box_dir / KEEPER_LOCK_NAME)
+        _await_keeper(spec.layout.keeper_lock)
         network.stop_pasta(spec.layout.pasta_pid)
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         if groups is not None:
