@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from boxlite.client.credit import StdinWindow
 from boxlite.remote import RemoteBox
 from rest.serverproc import Server, start_server, stop_server, wait_ready
 
@@ -107,3 +108,36 @@ async def test_one_scenario_on_every_backend(
     with pytest.raises(boxlite.NotFoundError):
         await box.exec("true")
     assert await rt.list_info() == []
+
+
+async def test_stdin_window_sends_only_within_credit() -> None:
+    """The one stdin writer of both backends (agent and REST channels): a receiver that grants
+    no more credit gets no more bytes, in chunks no larger than its frame limit."""
+    window = StdinWindow(credit=10, max_chunk=4)
+    sent: list[bytes] = []
+
+    async def send(chunk: bytes) -> None:
+        sent.append(chunk)
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    writer = asyncio.ensure_future(window.write(b"x" * 25, send, lambda: False))
+    await settle()
+    assert not writer.done() and sum(map(len, sent)) == 10 and max(map(len, sent)) <= 4
+    window.grant(7)
+    await settle()
+    assert not writer.done() and sum(map(len, sent)) == 17
+    window.grant(100)
+    assert await writer is True and b"".join(sent) == b"x" * 25
+
+    starved, ended = StdinWindow(credit=0, max_chunk=4), False
+    writer = asyncio.ensure_future(starved.write(b"abc", send, lambda: ended))
+    await settle()
+    ended = True
+    starved.wake()  # the command exited: the writer gives up instead of waiting forever
+    assert await writer is False and b"".join(sent) == b"x" * 25
+    assert starved.close() and not starved.close()
+    with pytest.raises(boxlite.InvalidStateError):
+        await starved.write(b"late", send, lambda: False)
