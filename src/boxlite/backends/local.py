@@ -108,7 +108,9 @@ class LocalBackend(Backend):
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         self.core.check_open()
-        await self.core.remove(id_or_name, force)
+        box_id = self.core.record(id_or_name).id
+        await self.core.remove(box_id, force)
+        self._recs.pop(box_id, None)
 
     async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         if detach is not None:
@@ -117,7 +119,10 @@ class LocalBackend(Backend):
         return self.info(box_id)
 
     async def stop(self, box_id: str, timeout: float | None = None) -> None:
-        await self.core.stop(box_id, timeout)
+        try:
+            await self.core.stop(box_id, timeout)
+        finally:  # its record changed (or is gone, with auto_remove)
+            self._recs.pop(box_id, None)
 
     # --- work -----------------------------------------------------------------------------
     async def _client(self, box_id: str) -> tuple[AgentClient, BoxRecord]:
