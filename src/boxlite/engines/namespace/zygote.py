@@ -1,4 +1,8 @@
-"""Host side of the agent zygote: one pre-imported fork server per runtime process."""
+"""Host side of the agent zygote: one pre-imported fork server per runtime process.
+
+The zygote holds no box: each box it forks lives on in its own keeper and PID 1
+(``agent/keeper.py``, ``agent/nsboot.py``). It exits when its socket closes, which the runtime
+process's death does however it dies, so it needs no tie of its own to the lifeline."""
 
 from __future__ import annotations
 
