@@ -40,6 +40,7 @@ def test_env_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_exit_codes_follow_docker() -> None:
     assert describe(ExecError("x", 127, "x: executable file not found"))[1] == 127
-    assert describe(ExecError("x", 127, "x: Permission denied"))[1] == 126
+    assert describe(ExecError("x", 126, "x: Permission denied"))[1] == 126  # the agent decides 126 vs 127
+    assert describe(ExecError("x", 1, "odd"))[1] == 126
     assert describe(NotFoundError("no such box: a")) == ("no such box: a", 125)
     assert describe(ConfigError("bad"))[1] == 125

@@ -94,6 +94,12 @@ def sh(cmd: str) -> None:
 def build_internet() -> subprocess.Popen[str]:
     sh("ip link set lo up; ip link add v0 type veth peer name v1")
     remote = subprocess.Popen(["unshare", "-n", sys.executable, __file__, "remote"], stdout=subprocess.PIPE, text=True)
+    # `unshare` may not have entered its new network namespace yet (a loaded machine): moving
+    # v1 to its pid before then would leave v1 here.
+    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
+    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
+        assert time.monotonic() < deadline, "the remote host's network namespace never appeared"
+        time.sleep(0.01)
     sh(f"""
         ip link set v1 netns {remote.pid}
         ip addr add 10.77.0.1/24 dev v0

@@ -120,7 +120,7 @@ def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subproces
             preexec_fn=lambda: _die_with_parent(me),
         )
         procs.append(proc)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a loaded 2-core host took over 10 s once
     for i, proc in enumerate(procs):
         while not (run_dir / virtiofs_socket(i)).exists():
             if proc.poll() is not None or time.monotonic() > deadline:
