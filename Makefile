@@ -72,5 +72,6 @@ dist\:node: $(RUNTIME_MANIFEST) $(NODE_DIR)/node_modules/.package-lock.json
 test:
 	PYTHON="$(PYTHON)" bash scripts/test.sh $(PYTEST_ARGS)
 
+# All benchmarks (docs/performance.md); reports in bench/results/. `BENCH_ARGS=--quick`: smoke run.
 bench: $(RUNTIME_MANIFEST)
-	@for f in bench/*.py; do echo "==> $$f"; $(PYTHON) $$f $(BENCH_ARGS) || exit 1; done
+	$(PYTHON) bench/run_all.py $(BENCH_ARGS)

@@ -1,198 +1,349 @@
-"""Core runtime benchmark: BoxLite's namespace engine against runc, crun and bwrap, one run.
+"""Namespace engine against crun, runc, bwrap and nsenter on the same busybox root filesystem.
 
-    python bench/bench_core.py [--runs 15] [--idle 32]
+    python bench/bench_core.py [--runs 20] [--quick] [--json out.json]
 
-Measures on the same busybox root filesystem:
-  * start: box create+start -> first exec result, vs `runc run`, `crun run`, `bwrap` of `true`;
-  * exec round trip of `true` in a running box, vs `runc exec`;
-  * idle box memory (PSS of every process of the box, from /proc/<pid>/smaps_rollup);
-  * how many idle boxes stay responsive (exec round trip across N idle boxes).
-Prints medians and the ratios the issue sets targets for.
+Comparisons (contenders interleaved ABCD/DCBA; medians with min/max/IQR; load average printed):
+  1. start + first exec of `true` + teardown: BoxLite library call (create, exec, stop+remove)
+     vs `crun run` / `runc run` / `bwrap` (whole processes: they have no Python library; each
+     includes its own teardown). Baseline: crun.
+  2. whole process, new box: `boxlite run --rm --rootfs R true` vs `crun run`, `runc run`, `bwrap`.
+  3. whole process, exec in a running box: `boxlite exec BOX true` vs `crun exec`, `runc exec`,
+     `nsenter` (into the crun container's namespaces). Baseline: crun exec.
+  4. library call, exec in a running box: `Box.exec("true")` + wait vs `subprocess.run(["true"])`
+     from the same Python process (the floor of spawning a process from a library).
+  5. idle memory, USS (private pages): the box's processes (agent, spawner, keeper), the zygote
+     (one per runtime, shared by its boxes) and the host process's growth from before
+     `import boxlite` to one running box, measured in a fresh child process; vs the USS of an idle
+     crun container running the same `sleep`.
+crun needs /sys/fs/cgroup/unified hidden on this host: the whole benchmark runs in a private mount
+namespace without it (BoxLite does not use that mount).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+import benchlib as bl
 
-import boxlite  # noqa: E402
-from support.images import build_busybox_rootfs  # noqa: E402
-
-
-def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
+PROBE_FLAG = "--memory-probe"
 
 
-def time_runs(argv: list[str], runs: int, cwd: str | None = None) -> list[float]:
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(argv, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out.append(time.perf_counter() - t)
-    return out
+def crun_state_pid(name: str) -> int:
+    out = subprocess.run(["crun", "state", name], check=True, capture_output=True, text=True).stdout
+    return int(json.loads(out)["pid"])
 
 
-def make_bundle(rootfs: Path, bundle: Path, args: list[str]) -> None:
-    bundle.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["runc", "spec"], cwd=bundle, check=True)
-    spec = json.loads((bundle / "config.json").read_text())
-    spec["root"] = {"path": str(rootfs), "readonly": True}
-    spec["process"]["terminal"] = False
-    spec["process"]["args"] = args
-    (bundle / "config.json").write_text(json.dumps(spec))
-
-
-def bench_runc(rootfs: Path, tmp: Path, runs: int) -> dict[str, float]:
-    bundle = tmp / "runc-bundle"
-    make_bundle(rootfs, bundle, ["true"])
-    starts = []
-    for i in range(runs):
-        t = time.perf_counter()
-        subprocess.run(["runc", "run", "-b", str(bundle), f"bench-{os.getpid()}-{i}"], check=True)
-        starts.append(time.perf_counter() - t)
-    sleeper = tmp / "runc-sleeper"
-    make_bundle(rootfs, sleeper, ["sleep", "100000"])
-    name = f"bench-exec-{os.getpid()}"
-    subprocess.run(["runc", "run", "-d", "-b", str(sleeper), name], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        execs = time_runs(["runc", "exec", name, "true"], runs)
-    finally:
-        subprocess.run(["runc", "delete", "-f", name], check=False)
-    return {"start": median_ms(starts), "exec": median_ms(execs)}
-
-
-def bench_crun(rootfs: Path, tmp: Path, runs: int) -> float | None:
-    """crun refuses hybrid cgroups here; run it in a private mount ns without the v2 mount."""
-    if not shutil.which("crun"):
-        return None
-    bundle = tmp / "crun-bundle"
-    make_bundle(rootfs, bundle, ["true"])
-    inner = (
-        "import subprocess, sys, time, json\n"
-        "s=[]\n"
-        f"for i in range({runs}):\n"
-        "    t=time.perf_counter()\n"
-        f"    subprocess.run(['crun','run','-b','{bundle}',f'crun-{os.getpid()}-{{i}}'],check=True)\n"
-        "    s.append(time.perf_counter()-t)\n"
-        "print(json.dumps(s))\n"
+def start_sleeper(tool: str, bundle: Path, name: str) -> None:
+    subprocess.run(
+        [tool, "run", "-d", "-b", str(bundle), name],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    script = "umount /sys/fs/cgroup/unified 2>/dev/null; exec " + sys.executable + " -c \"$0\""
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, inner], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"  crun failed: {proc.stderr.strip()[:200]}")
-        return None
-    return median_ms(json.loads(proc.stdout))
 
 
-def bench_bwrap(rootfs: Path, runs: int) -> float | None:
-    if not shutil.which("bwrap"):
-        return None
-    argv = ["bwrap", "--unshare-all", "--ro-bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev", "true"]
-    return median_ms(time_runs(argv, runs))
+def delete_container(tool: str, name: str) -> None:
+    subprocess.run([tool, "delete", "-f", name], check=False, capture_output=True)
 
 
-def box_pss_kib(pid: int) -> int:
-    """PSS of ``pid`` and all its descendants (KiB)."""
-    total = 0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += sum(int(line.split()[1]) for line in f if line.startswith("Pss:"))
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                stack += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return total
+def box_processes(home: Path, box_id: str, pid: int) -> list[int]:
+    """The box's agent (PID 1) and descendants, plus its host-side keeper (and its pasta)."""
+    pids = bl.descendants(pid) if pid else []
+    try:
+        keeper = int((home / "boxes" / box_id / "keeper.pid").read_text().split()[0])
+        pids += bl.descendants(keeper)
+    except (OSError, ValueError, IndexError):
+        pass
+    return pids
 
 
-async def bench_boxlite(rootfs: Path, home: Path, runs: int, idle: int) -> dict[str, float]:
-    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
-    opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True)
-    warm = await rt.create(opts)  # first create imports the rootfs into the store
-    await warm.start()
-    await rt.remove(warm.id, force=True)
-    starts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        box = await rt.create(opts)
-        execution = await box.exec("true", stdin=False)
-        await execution.wait()
-        starts.append(time.perf_counter() - t)
-        await box.stop()
-    box = await rt.create(opts)
-    await box.start()
-    rtts = []
-    for _ in range(runs * 4):
-        t = time.perf_counter()
+def memory_probe(rootfs: str, home: str) -> None:
+    """Child process: USS before `import boxlite`, then with one idle box; prints JSON."""
+    os.environ[bl.BENCH_TAG_ENV] = f"probe-{os.getpid()}-{time.time_ns()}"  # not the parent's zygote
+    before = bl.smaps_kib(os.getpid())["uss"]
+    import boxlite
+
+    async def run() -> dict[str, Any]:
+        rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
+        box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True))
         await (await box.exec("true", stdin=False)).wait()
-        rtts.append(time.perf_counter() - t)
-    await asyncio.sleep(0.5)
-    pss = box_pss_kib(box.info().state.pid or 0)
-    await box.stop()
-    boxes = [await rt.create(opts) for _ in range(idle)]
-    await asyncio.gather(*(b.start() for b in boxes))
-    await asyncio.sleep(1.0)
-    idle_rtts = []
-    for b in boxes:
-        t = time.perf_counter()
-        await (await b.exec("true", stdin=False)).wait()
-        idle_rtts.append(time.perf_counter() - t)
-    idle_pss = statistics.median(box_pss_kib(b.info().state.pid or 0) for b in boxes)
-    await rt.shutdown(timeout=5)
-    return {
-        "start": median_ms(starts),
-        "exec": median_ms(rtts),
-        "pss_mib": pss / 1024,
-        "idle_boxes": idle,
-        "idle_exec_p50": median_ms(idle_rtts),
-        "idle_exec_max": max(idle_rtts) * 1000,
-        "idle_pss_mib": idle_pss / 1024,
-    }
+        await asyncio.sleep(1.0)
+        pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
+        out = {
+            "box": bl.memory_of(pids),
+            "box_processes": len(pids),
+            "zygote": bl.memory_of(bl.tagged_processes("agent.zygote")),
+            "host_growth_uss": bl.smaps_kib(os.getpid())["uss"] - before,
+        }
+        await rt.shutdown(timeout=5)
+        return out
+
+    print(json.dumps(asyncio.run(run())))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--idle", type=int, default=32, help="idle boxes for the responsiveness check")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="boxlite-bench-") as tmpdir:
+class Core:
+    def __init__(self, rootfs: Path, tmp: Path, runs: int) -> None:
+        import boxlite
+
+        self.boxlite = boxlite
+        self.rootfs, self.tmp, self.runs = rootfs, tmp, runs
+        self.home = tmp / "home"
+        self.cli_home = tmp / "cli-home"
+        self.env = {**os.environ, "BOXLITE_HOME": str(self.cli_home)}
+        self.cli = [*bl.boxlite_cli(), "--home", str(self.cli_home)]
+        self.loop = asyncio.new_event_loop()
+        self.rt = boxlite.Boxlite(boxlite.Options(home_dir=str(self.home), engine="namespace"))
+        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True)
+        self.true_bundle = bl.make_bundle(rootfs, tmp / "bundle-true", ["true"])
+        self.sleep_bundle = bl.make_bundle(rootfs, tmp / "bundle-sleep", ["sleep", "1000000"])
+        self.n = 0
+
+    def name(self) -> str:
+        self.n += 1
+        return f"blbench-{os.getpid()}-{self.n}"
+
+    # -- contenders -------------------------------------------------------------------------
+    def lib_start_exec_remove(self) -> float:
+        async def go() -> float:
+            t = time.perf_counter()
+            box = await self.rt.create(self.opts)
+            await (await box.exec("true", stdin=False)).wait()
+            await self.rt.remove(box.id, force=True)
+            return time.perf_counter() - t
+
+        return self.loop.run_until_complete(go())
+
+    def lib_start_exec(self) -> tuple[float, float]:
+        """(create -> first exec result, stop+remove) of one box, for the breakdown."""
+
+        async def go() -> tuple[float, float]:
+            t = time.perf_counter()
+            box = await self.rt.create(self.opts)
+            await (await box.exec("true", stdin=False)).wait()
+            t1 = time.perf_counter()
+            await self.rt.remove(box.id, force=True)
+            return t1 - t, time.perf_counter() - t1
+
+        return self.loop.run_until_complete(go())
+
+    def crun_run(self) -> float:
+        return bl.time_process(["crun", "run", "-b", str(self.true_bundle), self.name()])
+
+    def runc_run(self) -> float:
+        return bl.time_process(["runc", "run", "-b", str(self.true_bundle), self.name()])
+
+    def bwrap(self) -> float:
+        argv = [
+            "bwrap",
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            str(self.rootfs),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "true",
+        ]
+        return bl.time_process(argv)
+
+    def cli_run(self) -> float:
+        return bl.time_process([*self.cli, "run", "--rm", "--rootfs", str(self.rootfs), "true"], env=self.env)
+
+    # -- comparisons ------------------------------------------------------------------------
+    def start(self, report: bl.Report) -> None:
+        s = report.section(
+            "start + first exec of `true` + teardown",
+            "BoxLite library call vs peer processes (crun/runc/bwrap have no Python library; all include teardown)",
+            baseline="crun run",
+        )
+        contenders = {
+            "boxlite library": self.lib_start_exec_remove,
+            "crun run": self.crun_run,
+            "runc run": self.runc_run,
+            "bwrap": self.bwrap,
+        }
+        for fn in contenders.values():  # warm-up (the first create imports the rootfs into the store)
+            fn()
+        res = bl.interleaved(contenders, self.runs)
+        for name, xs in res.items():
+            s.add(name, xs, "s")
+        parts = [self.lib_start_exec() for _ in range(self.runs)]
+        s.add("boxlite: create → first exec result", [p[0] for p in parts], "s", "breakdown", compare=False)
+        s.add("boxlite: stop + remove", [p[1] for p in parts], "s", "breakdown", compare=False)
+        report.close(s)
+
+        s = report.section(
+            "run `true` in a new box, removed after", "whole process vs whole process", baseline="crun run"
+        )
+        contenders = {
+            "boxlite run --rm": self.cli_run,
+            "crun run": self.crun_run,
+            "runc run": self.runc_run,
+            "bwrap": self.bwrap,
+        }
+        self.cli_run()
+        for name, xs in bl.interleaved(contenders, self.runs).items():
+            s.add(name, xs, "s")
+        report.close(s)
+
+    def exec_process(self, report: bl.Report) -> None:
+        out = subprocess.run(
+            [*self.cli, "run", "-d", "--rootfs", str(self.rootfs), "sleep", "1000000"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        box_id = out.stdout.strip().split()[-1]
+        crun_name, runc_name = self.name(), self.name()
+        start_sleeper("crun", self.sleep_bundle, crun_name)
+        start_sleeper("runc", self.sleep_bundle, runc_name)
+        try:
+            pid = crun_state_pid(crun_name)
+            ns = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "true"]
+            contenders = {
+                "boxlite exec": lambda: bl.time_process([*self.cli, "exec", box_id, "true"], env=self.env),
+                "crun exec": lambda: bl.time_process(["crun", "exec", crun_name, "true"]),
+                "runc exec": lambda: bl.time_process(["runc", "exec", runc_name, "true"]),
+                "nsenter": lambda: bl.time_process(ns),
+            }
+            s = report.section("exec `true` in a running box", "whole process vs whole process", baseline="crun exec")
+            for fn in contenders.values():
+                fn()
+            for name, xs in bl.interleaved(contenders, self.runs).items():
+                s.add(name, xs, "s")
+            report.close(s)
+        finally:
+            subprocess.run([*self.cli, "rm", "-f", box_id], env=self.env, check=False, capture_output=True)
+            delete_container("crun", crun_name)
+            delete_container("runc", runc_name)
+
+    def exec_library(self, report: bl.Report) -> None:
+        box = self.loop.run_until_complete(self.rt.create(self.opts))
+
+        def box_exec() -> float:
+            async def go() -> float:
+                t = time.perf_counter()
+                await (await box.exec("true", stdin=False)).wait()
+                return time.perf_counter() - t
+
+            return self.loop.run_until_complete(go())
+
+        def host_spawn() -> float:
+            t = time.perf_counter()
+            subprocess.run(["true"], check=True)
+            return time.perf_counter() - t
+
+        s = report.section(
+            "exec `true` in a running box", "library call vs library call", baseline="subprocess.run (host, no box)"
+        )
+        contenders = {"boxlite Box.exec": box_exec, "subprocess.run (host, no box)": host_spawn}
+        for fn in contenders.values():
+            fn()
+        for name, xs in bl.interleaved(contenders, self.runs * 4).items():
+            s.add(name, xs, "s")
+        report.close(s)
+        self.loop.run_until_complete(self.rt.remove(box.id, force=True))
+
+    def memory(self, report: bl.Report) -> None:
+        s = report.section(
+            "idle box memory, private (USS)", "memory: every process a box costs", baseline="crun container (sleep)"
+        )
+        probes, cruns = [], []
+        for i in range(min(self.runs, 3)):
+            home = self.tmp / f"probe-home-{i}"
+            out = subprocess.run(
+                [sys.executable, __file__, PROBE_FLAG, str(self.rootfs), str(home)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            names = [self.name(), self.name()]  # two: the busybox binary's pages are shared, as the
+            try:  # agent's interpreter pages are with the zygote
+                for name in names:
+                    start_sleeper("crun", self.sleep_bundle, name)
+                time.sleep(1.0)
+                cruns.append(bl.memory_of(bl.descendants(crun_state_pid(names[1]))))
+            finally:
+                for name in names:
+                    delete_container("crun", name)
+        mib = 1 / 1024
+        s.add(
+            "crun container (sleep)",
+            [c["uss"] * mib for c in cruns],
+            "MiB",
+            "second of two identical containers; no runtime process stays",
+        )
+        s.add(
+            "boxlite box processes",
+            [p["box"]["uss"] * mib for p in probes],
+            "MiB",
+            f"agent, spawner, keeper ({probes[0]['box_processes']} processes)",
+        )
+        s.add(
+            "boxlite zygote", [p["zygote"]["uss"] * mib for p in probes], "MiB", "one per runtime, shared by its boxes"
+        )
+        s.add(
+            "boxlite host process growth",
+            [p["host_growth_uss"] * mib for p in probes],
+            "MiB",
+            "USS from before `import boxlite` to one idle box",
+        )
+        total = [(p["box"]["uss"] + p["zygote"]["uss"] + p["host_growth_uss"]) * mib for p in probes]
+        s.add("boxlite lone box, all of the above", total, "MiB")
+        s.add(
+            "boxlite box processes (PSS)",
+            [p["box"]["pss"] * mib for p in probes],
+            "MiB",
+            "for reference",
+            compare=False,
+        )
+        s.notes.append("per-box cost at N boxes (zygote and host amortised): bench_density.py")
+        report.close(s)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.rt.shutdown(timeout=5))
+        self.loop.close()
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == PROBE_FLAG:
+        memory_probe(sys.argv[2], sys.argv[3])
+        return 0
+    ap = bl.common_args(__doc__, runs=20, quick_runs=2)
+    args = bl.parse(ap)
+    bl.require("crun", "runc", "bwrap", "nsenter")
+    mount_note = bl.hide_cgroup_unified()
+    from support.images import build_busybox_rootfs
+
+    report = bl.Report("core (namespace engine)", args)
+    report.info["mount_namespace"] = mount_note
+    with tempfile.TemporaryDirectory(prefix="boxlite-bench-core-") as tmpdir:
         tmp = Path(tmpdir)
         rootfs = build_busybox_rootfs(tmp / "rootfs")
-        ours = asyncio.run(bench_boxlite(rootfs, tmp / "home", args.runs, args.idle))
-        runc = bench_runc(rootfs, tmp, args.runs)
-        crun = bench_crun(rootfs, tmp, args.runs)
-        bwrap = bench_bwrap(rootfs, args.runs)
-    print(f"BoxLite core benchmark (median of {args.runs} runs, busybox rootfs, namespace engine)")
-    print(f"  start -> first exec result   boxlite {ours['start']:7.1f} ms")
-    ratio = ours["start"] / runc["start"]
-    print(f"                               runc    {runc['start']:7.1f} ms   ratio {ratio:.2f}x")
-    if crun:
-        ratio = ours["start"] / crun
-        print(f"                               crun    {crun:7.1f} ms   ratio {ratio:.2f}x (target <= 1.5x)")
-    if bwrap:
-        print(f"                               bwrap   {bwrap:7.1f} ms   ratio {ours['start'] / bwrap:.2f}x")
-    print(f"  exec round trip of `true`    boxlite {ours['exec']:7.2f} ms   (target < 5 ms)")
-    print(f"                               runc    {runc['exec']:7.2f} ms   ratio {ours['exec'] / runc['exec']:.2f}x "
-          "(target <= 1x)")  # fmt: skip
-    print(f"  idle box memory (PSS)        boxlite {ours['pss_mib']:7.1f} MiB (target <= 15 MiB)")
-    print(f"  {ours['idle_boxes']:.0f} idle boxes               exec p50 {ours['idle_exec_p50']:.2f} ms, "
-          f"max {ours['idle_exec_max']:.2f} ms, PSS/box {ours['idle_pss_mib']:.1f} MiB")  # fmt: skip
+        core = Core(rootfs, tmp, args.runs)
+        try:
+            core.start(report)
+            core.exec_process(report)
+            core.exec_library(report)
+            core.memory(report)
+        finally:
+            core.close()
+    report.save()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
