@@ -75,6 +75,32 @@ def fork_keeper(config: dict[str, Any], status_fd: int) -> socket.socket | None:
     return ours
 
 
+def make_cgroups(config: dict[str, Any]) -> None:
+    """In process A, after :func:`fork_keeper`: create the box's cgroups and apply its limits
+    (``config["cgroup_setup"]``, planned by the engine), so that none exists before the keeper
+    that removes it. Raises OSError naming the step that failed; the procs files of optional
+    cgroups that could not be made are dropped from ``config["cgroup_procs"]``."""
+    missing = set()
+    for op, path, value, required in config.get("cgroup_setup") or []:
+        try:
+            if op == "mkdir":
+                try:
+                    os.mkdir(path, 0o755)
+                except FileExistsError:
+                    pass
+            elif required or os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(value)
+        except OSError as e:
+            if required:
+                what = f"create cgroup {path}" if op == "mkdir" else f"write {value!r} to {path}"
+                raise OSError(f"cannot {what}: {e.strerror}") from None
+            if op == "mkdir":
+                missing.add(os.path.join(path, "cgroup.procs"))
+    if missing:
+        config["cgroup_procs"] = [p for p in config.get("cgroup_procs", []) if p not in missing]
+
+
 def hand_over(sock: socket.socket | None, box_pid: int) -> None:
     """In process A, right after forking PID 1 (its child, so the pid cannot be reused yet):
     send the keeper a pidfd of it and A's (the box's) network namespace."""
@@ -102,7 +128,8 @@ class Keeper:
         if self.lifeline is not None:
             os.set_blocking(self.lifeline, False)
         self.cgroup_dirs = sorted({os.path.dirname(p) for p in config.get("cgroup_procs", [])}, key=len, reverse=True)
-        self.cgroup_ids = {d: _inode(d) for d in self.cgroup_dirs}
+        self.cgroup_ids: dict[str, int | None] = {}
+        """Inodes of the box's cgroup dirs, once A made them (a newer dir at a path is not ours)."""
         self.box_pidfd: int | None = None
         self.pasta: subprocess.Popen[bytes] | None = None
         self.pasta_pidfd: int | None = None
@@ -129,6 +156,7 @@ class Keeper:
 
     def _serve(self) -> None:
         netns = self._receive()
+        self.cgroup_ids = {d: _inode(d) for d in self.cgroup_dirs}  # A is past making them (or gone)
         if netns is None:
             return  # A failed before PID 1 existed (it reported why)
         try:
@@ -313,7 +341,7 @@ class Keeper:
         started = time.monotonic()
         deadline = started + CGROUP_RMDIR_TIMEOUT
         for path in self.cgroup_dirs:
-            while (ino := _inode(path)) is not None and ino == self.cgroup_ids[path]:
+            while (ino := _inode(path)) is not None and ino == self.cgroup_ids.get(path):
                 try:
                     os.rmdir(path)
                 except OSError:

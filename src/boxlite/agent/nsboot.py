@@ -48,6 +48,7 @@ def boot(config: dict[str, Any]) -> None:
         os.dup2(int(log_fd), 2)
     try:
         keeper_sock = keeper.fork_keeper(config, status)  # first: it stays in the host's cgroups/namespaces
+        keeper.make_cgroups(config)  # only now: no box cgroup exists without a keeper to remove it
         for procs in config.get("cgroup_procs", []):
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))

@@ -84,12 +84,25 @@ def is_v2() -> bool:
     return (ROOT / "cgroup.controllers").exists()
 
 
-def create(box_id: str, memory_mib: int | None, cpus: float | None, pids_limit: int | None) -> BoxCgroups:
-    """Create the box's cgroups and apply its limits; raises EngineError when a limit can't be set."""
+Step = list[object]
+"""One step of a cgroup plan: ``["mkdir", dir, "", required]`` or ``["write", file, value,
+required]`` (an optional write is skipped when the file does not exist)."""
+
+
+def plan(
+    box_id: str, memory_mib: int | None, cpus: float | None, pids_limit: int | None
+) -> tuple[BoxCgroups, list[Step]]:
+    """The box's cgroups, and the steps that create them and apply its limits.
+
+    The steps are carried out by the box's boot process (``agent/keeper.py:make_cgroups``),
+    after it forked the box's keeper, so that no box cgroup ever exists without a keeper to
+    remove it (an owner killed between here and the hand-over leaves nothing). Here only the
+    shared parents (``.../boxlite``) are made, and a limit no hierarchy can enforce is refused
+    (EngineError)."""
     pids = pids_limit if pids_limit is not None else DEFAULT_PIDS_LIMIT
     if is_v2():
-        return _create_v2(box_id, memory_mib, cpus, pids)
-    return _create_v1(box_id, memory_mib, cpus, pids)
+        return _plan_v2(box_id, memory_mib, cpus, pids)
+    return _plan_v1(box_id, memory_mib, cpus, pids)
 
 
 def _own_cgroup(controller: str) -> str:
@@ -107,64 +120,55 @@ def _v1_dir(controller: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _create_v1(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> BoxCgroups:
+def _plan_v1(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> tuple[BoxCgroups, list[Step]]:
     paths: dict[str, str] = {}
+    steps: list[Step] = []
     for controller in V1_CONTROLLERS:
         mount = _v1_dir(controller)
         if mount is None:
             continue
-        path = mount / _own_cgroup(controller) / "boxlite" / box_id
+        required = bool(memory_mib if controller == "memory" else cpus if controller == "cpu" else False)
+        parent = mount / _own_cgroup(controller) / "boxlite"
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            if controller in ("memory", "cpu") and (memory_mib if controller == "memory" else cpus):
-                raise EngineError(f"cannot create {controller} cgroup {path}: {e}") from None
+            if required:
+                raise EngineError(f"cannot create {controller} cgroup {parent}: {e}") from None
             continue
-        paths[controller] = str(os.path.realpath(path))
-    groups = BoxCgroups(1, paths)
-    try:
-        if memory_mib:
-            _need(paths, "memory", memory_mib)
-            limit = str(memory_mib * 1024 * 1024)
-            _write(f"{paths['memory']}/memory.limit_in_bytes", limit)
-            if os.path.exists(f"{paths['memory']}/memory.memsw.limit_in_bytes"):
-                _write(f"{paths['memory']}/memory.memsw.limit_in_bytes", limit)
-        if cpus:
-            _need(paths, "cpu", cpus)
-            _write(f"{paths['cpu']}/cpu.cfs_period_us", "100000")
-            _write(f"{paths['cpu']}/cpu.cfs_quota_us", str(int(cpus * 100000)))
-        if "pids" in paths:
-            _write(f"{paths['pids']}/pids.max", str(pids))
-    except EngineError:
-        groups.remove()
-        raise
-    return groups
+        paths[controller] = str(os.path.realpath(parent / box_id))
+        steps.append(["mkdir", paths[controller], "", required])
+    if memory_mib:
+        _need(paths, "memory", memory_mib)
+        limit = str(memory_mib * 1024 * 1024)
+        steps.append(["write", f"{paths['memory']}/memory.limit_in_bytes", limit, True])
+        steps.append(["write", f"{paths['memory']}/memory.memsw.limit_in_bytes", limit, False])
+    if cpus:
+        _need(paths, "cpu", cpus)
+        steps.append(["write", f"{paths['cpu']}/cpu.cfs_period_us", "100000", True])
+        steps.append(["write", f"{paths['cpu']}/cpu.cfs_quota_us", str(int(cpus * 100000)), True])
+    if "pids" in paths:
+        steps.append(["write", f"{paths['pids']}/pids.max", str(pids), False])
+    return BoxCgroups(1, paths), steps
 
 
-def _create_v2(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> BoxCgroups:
+def _plan_v2(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> tuple[BoxCgroups, list[Step]]:
     parent = ROOT / _own_cgroup("") / "boxlite"
     path = parent / box_id
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
         wanted = {"memory", "pids", "cpu"} & set(_read(f"{parent}/cgroup.controllers").split())
         if wanted:
             _write(f"{parent}/cgroup.subtree_control", " ".join(f"+{c}" for c in sorted(wanted)))
     except OSError as e:
-        raise EngineError(f"cannot create cgroup {path}: {e}") from None
-    groups = BoxCgroups(2, {"unified": str(path)})
-    try:
-        if memory_mib:
-            _write(f"{path}/memory.max", str(memory_mib * 1024 * 1024))
-            if os.path.exists(f"{path}/memory.swap.max"):
-                _write(f"{path}/memory.swap.max", "0")
-        if cpus:
-            _write(f"{path}/cpu.max", f"{int(cpus * 100000)} 100000")
-        if os.path.exists(f"{path}/pids.max"):
-            _write(f"{path}/pids.max", str(pids))
-    except EngineError:
-        groups.remove()
-        raise
-    return groups
+        raise EngineError(f"cannot create cgroup {parent}: {e}") from None
+    steps: list[Step] = [["mkdir", str(path), "", True]]
+    if memory_mib:
+        steps.append(["write", f"{path}/memory.max", str(memory_mib * 1024 * 1024), True])
+        steps.append(["write", f"{path}/memory.swap.max", "0", False])
+    if cpus:
+        steps.append(["write", f"{path}/cpu.max", f"{int(cpus * 100000)} 100000", True])
+    steps.append(["write", f"{path}/pids.max", str(pids), False])
+    return BoxCgroups(2, {"unified": str(path)}), steps
 
 
 def _need(paths: dict[str, str], controller: str, value: object) -> None:

@@ -55,11 +55,12 @@ class NamespaceEngine(Engine):
         pasta = None
         if spec.network or spec.ports:
             pasta = network.pasta_command([network.PortMapping(*p) for p in spec.ports])
-        groups = cgroups.create(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
+        groups, cgroup_setup = cgroups.plan(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
         groups.save(spec.layout.cgroups_file)
         python = agent_python()
         status_r, status_w = os.pipe()
         config = {  # the zygote adds status_fd, log_fd and lifeline_fd (passed as fds)
+            "cgroup_setup": cgroup_setup,  # made by the boot process, once the box's keeper exists
             "cgroup_procs": groups.procs_files,
             "uid_base": spec.root.uid_base,
             "hostname": spec.hostname,
