@@ -4,9 +4,11 @@ The box's own processes die with PID 1 (the agent), which watches the owner's li
 box also has host-side parts the agent cannot reach from inside its namespaces: its ``pasta``
 (outbound network, published ports), its cgroup directories. The keeper owns them:
 
-* forked by :func:`nsboot.boot` (process A) *before* A joins the box's cgroups and namespaces,
-  so it stays in the host's network namespace and the runtime's cgroups (its memory is not the
-  box's, and it can rmdir the box's cgroups);
+* forked by :func:`nsboot.boot` (process A) *before* A creates and joins the box's cgroups
+  (:func:`make_cgroups`) and namespaces, so it stays in the host's network namespace and the
+  runtime's cgroups (its memory is not the box's, and it can rmdir the box's cgroups), and no
+  box cgroup ever exists without a keeper (an owner killed before the hand-over to the zygote
+  left nothing behind; one killed after it left a keeper);
 * A hands it a pidfd of the box's PID 1 and an fd of the box's network namespace;
 * it runs ``pasta`` in the foreground as its own child, with ``PR_SET_PDEATHSIG`` (SIGKILL) set
   between fork and exec: the keeper is single-threaded, so "parent thread" is the keeper itself
