@@ -1,6 +1,6 @@
 """Image pull + unpack from a local registry: BoxLite against skopeo + tar and skopeo + umoci.
 
-    python bench/bench_images.py [--runs 7] [--quick] [--images busybox,python] [--drop-caches] [--json out.json]
+    python bench/bench_images.py [--runs 7] [--quick] [--images busybox,python] [--drop-caches] [--json F]
 
 The registry is Debian's `docker-registry` on 127.0.0.1 (tests/support/registry.py), holding
 the busybox and the Debian python test images. Per image, interleaved ABCD/DCBA:
@@ -146,7 +146,7 @@ class Images:
 
 def main() -> int:
     ap = bl.common_args(__doc__, runs=7, quick_runs=1)
-    ap.add_argument("--images", default="busybox,python", help="comma-separated: busybox, python")
+    ap.add_argument("--images", help="comma-separated: busybox, python (default both; --quick: busybox)")
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before every cold sample")
     args = bl.parse(ap)
     bl.require("skopeo", "umoci", "tar", "docker-registry")
@@ -154,7 +154,7 @@ def main() -> int:
     from support.registry import start_registry
 
     layouts = {"busybox": busybox_layout, "python": python_layout}
-    names = [n for n in args.images.split(",") if n]
+    names = [n for n in (args.images or ("busybox" if args.quick else "busybox,python")).split(",") if n]
     unknown = set(names) - set(layouts)
     if unknown:
         ap.error(f"unknown images: {', '.join(sorted(unknown))}")
