@@ -191,10 +191,10 @@ def test_owner_death_while_the_box_starts(
     exists; namespace: while the keeper starts pasta): nothing is left either."""
     volume = tmp_path / "shared"
     volume.mkdir()
-    proc = spawn_owner(home, busybox_rootfs, engine, "--volume", str(volume), "--starting")
+    proc = spawn_owner(home, busybox_rootfs, engine, "--volume", str(volume), "--starting", "--warm")
     owners.append(proc)
     box_id = owner_report(proc)["id"]
-    time.sleep(0.5 if engine == "vm" else 0.02)
+    time.sleep(1.5 if engine == "vm" else 0.02)  # into the boot (VM with a volume: ~3.5 s under TCG)
     proc.kill()
     proc.wait(10)
     marks = (box_id, str(home))

@@ -1,13 +1,14 @@
 """Child process for tests/core/test_owner_death.py: own one box with host helpers, report them.
 
-Usage: helper_owner.py HOME ROOTFS ENGINE [--detach] [--volume DIR] [--starting]
+Usage: helper_owner.py HOME ROOTFS ENGINE [--detach] [--volume DIR] [--starting [--warm]]
 
 Starts a box with network enabled (pasta, or QEMU's slirp) and, with ``--volume``, a volume
 (virtiofsd on the VM engine), starts a background ``sleep`` that ignores SIGTERM in it, prints
 one JSON line naming the box and every host process and cgroup it has, then sleeps until a
 signal ends it (no signal handler of ours: SIGTERM kills this process without any Python
 clean-up, SIGINT raises KeyboardInterrupt as in any script). ``--starting``: print
-``{"id": ...}`` first, right before the box starts (to be killed while it starts).
+``{"id": ...}`` first, right before the box starts (to be killed while it starts); ``--warm``:
+start and remove a box before (the engine's image caches are made then, not in that start).
 """
 
 from __future__ import annotations
@@ -62,12 +63,17 @@ async def main() -> None:
     ap.add_argument("--detach", action="store_true")
     ap.add_argument("--volume")
     ap.add_argument("--starting", action="store_true", help="print the box id before starting it")
+    ap.add_argument("--warm", action="store_true", help="first run a box to completion (image caches)")
     args = ap.parse_args()
     rt = boxlite.Boxlite(boxlite.Options(home_dir=args.home, engine=args.engine))
-    volumes = [(args.volume, "/data")] if args.volume else None
+    volumes: list = [(args.volume, "/data")] if args.volume else []
     options = boxlite.BoxOptions(
         rootfs_path=args.rootfs, network="enabled", volumes=volumes, detach=args.detach, auto_remove=False
     )
+    if args.warm:
+        warm = await rt.create(options)
+        await warm.start()
+        await rt.remove(warm.id, force=True)
     box = await rt.create(options)
     if args.starting:
         print(json.dumps({"id": box.id}), flush=True)
