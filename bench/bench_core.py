@@ -81,7 +81,7 @@ def memory_probe(rootfs: str, home: str) -> None:
         out = {
             "box": bl.memory_of(pids),
             "box_processes": len(pids),
-            "zygote": bl.memory_of(bl.tagged_processes("agent.zygote")),
+            "zygote": bl.memory_of(bl.zygotes()),
             "host_growth_uss": bl.smaps_kib(os.getpid())["uss"] - before,
         }
         await rt.shutdown(timeout=5)
@@ -218,7 +218,9 @@ class Core:
                 "runc exec": lambda: bl.time_process(["runc", "exec", runc_name, "true"]),
                 "nsenter": lambda: bl.time_process(ns),
             }
-            s = report.section("exec `true` in a running box", "whole process vs whole process", baseline="crun exec")
+            s = report.section(
+                "exec `true` in a running box (process)", "whole process vs whole process", baseline="crun exec"
+            )
             for fn in contenders.values():
                 fn()
             for name, xs in bl.interleaved(contenders, self.runs).items():
@@ -246,7 +248,9 @@ class Core:
             return time.perf_counter() - t
 
         s = report.section(
-            "exec `true` in a running box", "library call vs library call", baseline="subprocess.run (host, no box)"
+            "exec `true` in a running box (library)",
+            "library call vs library call",
+            baseline="subprocess.run (host, no box)",
         )
         contenders = {"boxlite Box.exec": box_exec, "subprocess.run (host, no box)": host_spawn}
         for fn in contenders.values():

@@ -108,7 +108,7 @@ class Density:
 
         n = len(self.boxes)
         boxes = sum(bl.memory_of(box_processes(self.home, b.id, b.info().state.pid or 0))["uss"] for b in self.boxes)
-        zygote = bl.memory_of(bl.tagged_processes("agent.zygote"))["uss"]
+        zygote = bl.memory_of(bl.zygotes())["uss"]
         host = bl.smaps_kib(os.getpid())["uss"] - self.host_before
         return {"boxes": boxes / n / 1024, "zygote": zygote / n / 1024, "host": host / n / 1024}
 

@@ -260,6 +260,11 @@ class Vm:
         if vols:
             s.add("boxlite box with a volume (PSS)", [m["pss"] * mib for m in vols], "MiB", compare=False)
         s.notes.append(f"measured after {idle:g} s idle; the host process's own memory is in bench_core.py")
+        if vols:
+            s.notes.append(
+                "with a volume, guest RAM pages mapped by both QEMU and virtiofsd are in neither's USS: "
+                "the PSS sum counts them once"
+            )
         report.close(s)
 
     def close(self) -> None:

@@ -130,6 +130,20 @@ def memory_of(pids: Iterable[int]) -> dict[str, int]:
     return total
 
 
+def parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def zygotes() -> list[int]:
+    """This process's namespace-engine zygote(s). Box keepers are forks of the zygote and keep its
+    command line, but their parent is not this process."""
+    return [p for p in tagged_processes("agent.zygote") if parent_pid(p) == os.getpid()]
+
+
 def tagged_processes(marker: str) -> list[int]:
     """Processes whose command line contains ``marker`` and whose environment has this
     benchmark's tag (see BENCH_TAG_ENV)."""
