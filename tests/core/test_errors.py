@@ -153,7 +153,11 @@ async def test_killed_agent_is_reported_stopped(runtime: boxlite.Boxlite, busybo
     os.kill(pid, signal.SIGKILL)
     await wait_dead(pid, start)
     cgroups = json.loads((runtime.home.box_dir(box.id) / "cgroups.json").read_text())["paths"].values()
-    assert cgroups and all(os.path.isdir(p) for p in cgroups)
+    assert cgroups
+    for _ in range(500):  # the box's keeper releases them, no runtime needed (issue 19)
+        if not any(os.path.exists(p) for p in cgroups):
+            break
+        await asyncio.sleep(0.01)
     info = await runtime.get_info(box.id)
     assert info is not None and info.state.status == "stopped" and info.state.pid is None
     # Noticing the death also releases the box's host resources.
