@@ -143,7 +143,9 @@ def force_clean(rep: dict, starts: dict[int, int | None]) -> None:
 def test_owner_death_leaves_no_helper_cgroup_or_mount(
     engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list, sig: signal.Signals
 ) -> None:
-    proc = None
+    """The owner dies by ``sig`` (no handler: SIGTERM skips atexit and every finalizer) with a
+    networked box holding a volume and a process that ignores SIGTERM: within seconds no
+    process, cgroup or mount of the box is left, and nobody reopens the home."""
     rep: dict = {}
     starts: dict[int, int | None] = {}
     try:
@@ -163,6 +165,8 @@ def test_owner_death_leaves_no_helper_cgroup_or_mount(
 async def test_detached_box_keeps_its_helpers_until_stopped(
     engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list
 ) -> None:
+    """A detached box's helpers (pasta and the keeper; QEMU, virtiofsd) survive the SIGKILL of
+    its creator, and go when the box is stopped."""
     proc, rep, starts = start_owner(home, busybox_rootfs, engine, tmp_path, owners, "--detach")
     try:
         proc.send_signal(signal.SIGKILL)
