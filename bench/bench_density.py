@@ -109,7 +109,7 @@ class Density:
         n = len(self.boxes)
         boxes = sum(bl.memory_of(box_processes(self.home, b.id, b.info().state.pid or 0))["uss"] for b in self.boxes)
         zygote = bl.memory_of(bl.zygotes())["uss"]
-        host = bl.smaps_kib(os.getpid())["uss"] - self.host_before
+        host = bl.smaps_kib(os.getpid())["dirty"] - self.host_before
         return {"boxes": boxes / n / 1024, "zygote": zygote / n / 1024, "host": host / n / 1024}
 
     async def run(self, report: bl.Report, counts: list[int]) -> None:
@@ -145,7 +145,7 @@ class Density:
 
 
 def main() -> int:
-    host_before = bl.smaps_kib(os.getpid())["uss"]
+    host_before = bl.smaps_kib(os.getpid())["dirty"]  # see bench_core.memory_probe
     ap = bl.common_args(__doc__, runs=1, quick_runs=1)
     ap.add_argument("--counts", default=None, help="N values (default 50,100,200,400,1000; --quick: 2,4)")
     ap.add_argument("--max-boxes", type=int, default=None, help="stop before any N above this")

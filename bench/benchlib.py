@@ -88,14 +88,17 @@ def time_process(argv: list[str], env: dict[str, str] | None = None, check: bool
 
 
 def smaps_kib(pid: int) -> dict[str, int]:
-    """USS (Private_Clean + Private_Dirty), PSS and RSS of one process, KiB (0s if it is gone)."""
-    vals = {"uss": 0, "pss": 0, "rss": 0}
+    """USS (Private_Clean + Private_Dirty), its dirty part, PSS and RSS of one process, KiB (0s
+    if it is gone)."""
+    vals = {"uss": 0, "dirty": 0, "pss": 0, "rss": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 key, _, rest = line.partition(":")
                 if key in ("Private_Clean", "Private_Dirty", "Private_Hugetlb"):
                     vals["uss"] += int(rest.split()[0])
+                    if key != "Private_Clean":
+                        vals["dirty"] += int(rest.split()[0])
                 elif key == "Pss":
                     vals["pss"] += int(rest.split()[0])
                 elif key == "Rss":
@@ -123,7 +126,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def memory_of(pids: Iterable[int]) -> dict[str, int]:
-    total = {"uss": 0, "pss": 0, "rss": 0}
+    total = {"uss": 0, "dirty": 0, "pss": 0, "rss": 0}
     for pid in set(pids):
         for k, v in smaps_kib(pid).items():
             total[k] += v
