@@ -30,6 +30,21 @@ BENCHES = {
 }
 
 
+PEERS = ("crun", "runc", "bwrap", "skopeo", "umoci", "qemu-system-x86_64")
+
+
+def versions() -> dict[str, str]:
+    """First line of ``--version`` of every peer (versions change the figures)."""
+    out = {}
+    for tool in PEERS:
+        try:
+            proc = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=10)
+            out[tool] = (proc.stdout or proc.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            out[tool] = "missing"
+    return out
+
+
 def machine() -> dict[str, object]:
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
@@ -45,6 +60,7 @@ def machine() -> dict[str, object]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "commit": commit + ("+dirty" if dirty else ""),
+        "peers": versions(),
         "load_before": bl.loadavg(),
     }
 
@@ -104,6 +120,7 @@ def markdown(result: dict[str, object]) -> str:
         f"{m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, commit {m['commit']}; "
         f"load {bl.fmt_load(m['load_before'])} before, {bl.fmt_load(result['load_after'])} after "  # type: ignore[arg-type]
         f"({result['seconds']} s in all).\n",
+        "Peers: " + "; ".join(str(v) for v in m["peers"].values()) + ".\n",  # type: ignore[attr-defined]
     ]
     for entry in result["benchmarks"]:  # type: ignore[attr-defined]
         if "report" in entry:
