@@ -78,3 +78,21 @@ async def test_image_symlink_cannot_redirect_a_volume(runtime: boxlite.Boxlite, 
     box = await rt.create(boxlite.BoxOptions(rootfs_path=str(rootfs), volumes=[(str(shared), "/escape/usr/lib")]))
     with pytest.raises(boxlite.EngineError, match="symlink"):
         await box.start()
+
+
+async def test_two_boxes_with_volumes_run_at_once(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    """Volume boxes do not collide on the host (VM: virtiofsd keeps a host-wide lock file named
+    after its socket; two boxes' sockets once had the same name and the second box failed)."""
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for i, d in enumerate(dirs):
+        d.mkdir()
+        (d / "name").write_text(f"box{i}\n")
+    rootfs = str(busybox_rootfs)
+    async with (
+        boxlite.SimpleBox(rootfs_path=rootfs, runtime=runtime, volumes=[(str(dirs[0]), "/data")]) as first,
+        boxlite.SimpleBox(rootfs_path=rootfs, runtime=runtime, volumes=[(str(dirs[1]), "/data")]) as second,
+    ):
+        assert (await first.exec("cat", "/data/name")).stdout == "box0\n"
+        assert (await second.exec("cat", "/data/name")).stdout == "box1\n"

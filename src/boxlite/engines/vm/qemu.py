@@ -207,8 +207,11 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
 
 def virtiofs_socket(index: int) -> str:
     """vhost-user socket of volume ``index``, relative to the run dir (QEMU's and virtiofsd's
-    working directory: a unix socket path has at most 107 bytes)."""
-    return f"vfs{index}.sock"
+    working directory: a unix socket path has at most 107 bytes). Unique on the host: virtiofsd
+    names its lock file ``/run/virtiofsd/<socket path>.pid``, so two boxes' ``vfs0.sock`` made
+    the second virtiofsd refuse to start. The shim's pid (QEMU's and virtiofsd's parent, alive
+    as long as they are) tells boxes apart."""
+    return f"vfs{index}-{os.getpid()}.sock"
 
 
 def virtiofs_tag(index: int) -> str:
