@@ -13,8 +13,8 @@ from typing import BinaryIO, cast
 
 import click
 
-from ..agent.logfile import RotatingLog
 from ..api.box import Box
+from ..api.logs import RotatingLog, capped_log
 from ..api.options import BoxOptions
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
@@ -204,9 +204,7 @@ async def run(
 
 def _console(path: Path) -> RotatingLog:
     """The recorded output of a foreground run: capped and rotated like a main process's log."""
-    from ..client.limits import main_log_max
-
-    return RotatingLog(str(path), main_log_max())
+    return capped_log(path)
 
 
 async def _set_main(

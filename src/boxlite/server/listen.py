@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..api.homes import resolve_home
 from ..api.options import Options
 from ..errors import ConfigError
-from ..runtime.home import Home
 
 SOCKET_NAME = "boxlite.sock"
 
@@ -108,11 +108,11 @@ def serve(
 
     api_key = api_key or os.environ.get("BOXLITE_API_KEY") or None
     check_auth(host, port, api_key, insecure_no_auth)
-    resolved = Home.resolve(home)
+    home_root = resolve_home(home)
     unix_path = None
     if socket_path is not None or (host is None and port is None):
-        unix_path = Path(socket_path) if socket_path else resolved.root / SOCKET_NAME
-    app = create_app(Options(home_dir=str(resolved.root)), api_key, loopback_guard=insecure_no_auth)
+        unix_path = Path(socket_path) if socket_path else home_root / SOCKET_NAME
+    app = create_app(Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth)
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
