@@ -125,7 +125,12 @@ async def test_no_host_file_descriptors_leak(box: boxlite.SimpleBox) -> None:
         os.close(leaked)
 
 
-async def test_network_is_loopback_only(box: boxlite.SimpleBox) -> None:
+async def test_disabled_network_is_loopback_only(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, network="disabled") as box:
+        await _assert_loopback_only(box)
+
+
+async def _assert_loopback_only(box: boxlite.SimpleBox) -> None:
     dev = await box.exec("cat", "/proc/net/dev")
     interfaces = [line.split(":")[0].strip() for line in dev.stdout.splitlines()[2:]]
     assert interfaces == ["lo"]

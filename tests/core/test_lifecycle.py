@@ -162,7 +162,7 @@ async def test_get_get_or_create_list_and_info(runtime: boxlite.Boxlite, busybox
     again, created = await runtime.get_or_create(opts(busybox_rootfs, auto_remove=False), name="alpha")
     assert not created and again.id == a.id
     b = await runtime.create(opts(busybox_rootfs, auto_remove=False, memory_mib=96, cpus=0.5))
-    assert a.id != b.id and len(a.id) == 26 and a.id.isalnum()
+    assert a.id != b.id and len(a.id) == 12 and a.id.isalnum()
     for key in (a.id, "alpha", a.id[:10].lower()):
         found = await runtime.get(key)
         assert found is not None and found.id == a.id, key

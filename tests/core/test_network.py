@@ -1,5 +1,6 @@
-"""Box networking: loopback only by default; outbound network and published ports on request
-(pasta for namespace boxes, QEMU's user-mode network for VM boxes), never the host itself."""
+"""Box networking: outbound network by default (BoxLite's default), loopback only with
+``network="disabled"``; published ports (pasta for namespace boxes, QEMU's user-mode network for
+VM boxes); never the host itself."""
 
 from __future__ import annotations
 
@@ -42,9 +43,18 @@ def host_echo_server() -> Iterator[int]:
     srv.close()
 
 
-async def test_default_network_is_loopback_only(box: boxlite.SimpleBox) -> None:
-    devices = await box.exec("cat", "/proc/net/dev")
+async def test_disabled_network_is_loopback_only(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, network="disabled") as box:
+        devices = await box.exec("cat", "/proc/net/dev")
     assert [line.split(":")[0].strip() for line in devices.stdout.splitlines()[2:]] == ["lo"]
+
+
+async def test_default_network_has_a_default_route(box: boxlite.SimpleBox) -> None:
+    """No ``network`` option: an interface besides ``lo`` and a default route, as in BoxLite."""
+    devices = await box.exec("cat", "/proc/net/dev")
+    assert [line.split(":")[0].strip() for line in devices.stdout.splitlines()[2:]] != ["lo"]
+    routes = await box.exec("cat", "/proc/net/route")
+    assert any(row.split()[1] == "00000000" for row in routes.stdout.splitlines()[1:]), routes.stdout
 
 
 async def test_published_port_reaches_the_box(runtime: boxlite.Boxlite, busybox_rootfs: Path, engine: str) -> None:

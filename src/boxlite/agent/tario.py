@@ -24,7 +24,8 @@ def untar(spec: ExecSpec) -> int:
     """Extract the tar on stdin. Args: ``dest``; ``name`` (top-level member); ``into``.
 
     ``into`` and an existing directory ``dest``: the entry lands at ``dest/name``; otherwise
-    ``name`` itself is renamed to ``dest`` (docker cp semantics).
+    ``name`` itself is renamed to ``dest`` (docker cp semantics). ``overwrite`` false: files
+    that exist already are kept (directories still merge).
     """
     import tarfile  # imported in the forked child only: keeps the idle agent small
 
@@ -32,6 +33,7 @@ def untar(spec: ExecSpec) -> int:
     dest = str(args["dest"])
     name = str(args.get("name") or "")
     into = bool(args.get("into", True))
+    overwrite = bool(args.get("overwrite", True))
     if into and os.path.isdir(dest):
         base, rename = dest, None
     else:
@@ -49,6 +51,8 @@ def untar(spec: ExecSpec) -> int:
                 print(f"refusing member deeper than {MAX_DEPTH} levels or longer than {MAX_NAME_BYTES} bytes",
                       file=sys.stderr)  # fmt: skip
                 return 1
+            if not overwrite and not member.isdir() and os.path.lexists(os.path.join(base, member.name)):
+                continue  # kept as it is (BoxLite's overwrite=False)
             tar.extract(member, base, numeric_owner=True, **_filter(tarfile))
     return 0
 

@@ -133,16 +133,16 @@ class Box:
         """Copy a host file or directory into the box (``docker cp`` semantics)."""
         opts = copy_options or CopyOptions()
         async with host_archive(host_path, opts.follow_symlinks) as (name, chunks):
-            await self.copy_in_tar(chunks, container_dest, name, opts.include_parent)
+            await self.copy_in_tar(chunks, container_dest, name, opts.include_parent, opts.overwrite)
 
     async def copy_in_tar(
-        self, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool = True
+        self, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool = True, overwrite: bool = True
     ) -> None:
         """Extract a tar stream (top-level member ``name``) at ``dest`` in the box."""
         await self._backend.ready(self.id)
         failed = True
         try:
-            await self._backend.copy_in(self.id, self._sent(chunks), dest, name, include_parent)
+            await self._backend.copy_in(self.id, self._sent(chunks), dest, name, include_parent, overwrite)
             failed = False
         finally:
             self._count_exec(error=failed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -84,8 +85,16 @@ class BoxOptions:
     volumes: list[Any] = field(default_factory=list)
     network: NetworkSpec | str | None = None
     ports: list[Any] = field(default_factory=list)
-    auto_remove: bool | None = True
+    auto_remove: bool | None = None
+    """Remove the box when it stops. None: True, except for a detached box (BoxLite rejects
+    the combination; only an explicit ``auto_remove=True`` with ``detach=True`` is an error here)."""
     detach: bool | None = False
+    auto_delete: int | None = None
+    """BoxLite's successor of ``auto_remove``: 0 keeps the box after stop, > 0 removes it (a
+    local runtime has no sweeper, so at once). Takes precedence over ``auto_remove``."""
+    auto_pause: int | None = None
+    """Idle seconds before pausing; local runtimes do not pause (0/None only, as in BoxLite)."""
+    auto_resume: bool | None = None
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
     user: str | None = None
@@ -103,11 +112,24 @@ class BoxOptions:
         if self.memory_mib is None:
             self.memory_mib = DEFAULT_MEMORY_MIB
 
+    def removes_on_stop(self) -> bool:
+        """The effective remove-on-stop policy (``auto_delete`` first, then ``auto_remove``)."""
+        if self.auto_delete is not None:
+            if isinstance(self.auto_delete, bool) or not isinstance(self.auto_delete, int) or self.auto_delete < 0:
+                raise ConfigError(f"auto_delete must be a non-negative integer, got {self.auto_delete!r}")
+            return self.auto_delete > 0
+        if self.auto_remove is None:
+            return not self.detach
+        return bool(self.auto_remove)
+
     def network_enabled(self) -> bool:
-        """Outbound network on? Default: loopback only, unless ports are published."""
+        """Outbound network on? Default: on (outbound NAT), as in BoxLite; the host guard still
+        keeps the box off the host's loopback and addresses. ``"disabled"``: loopback only."""
         mode = self.network.mode if isinstance(self.network, NetworkSpec) else self.network
-        if mode is None:
-            return bool(self.ports)
+        if mode is None or mode is True:
+            return True
+        if mode is False:
+            mode = "disabled"
         if mode in ("enabled", "on", "outbound"):
             return True
         if mode in ("disabled", "none", "loopback", "off"):
@@ -129,6 +151,14 @@ class BoxOptions:
         if self.secrets:
             raise UnsupportedOptionError("secrets")
         network = self.network_enabled()
+        auto_remove = self.removes_on_stop()
+        if auto_remove and self.detach:
+            raise ConfigError(
+                "auto_remove/auto_delete cannot remove a detached box on stop: "
+                "pass auto_remove=False (or auto_delete=0) with detach=True"
+            )
+        if self.auto_pause:
+            raise UnsupportedOptionError("auto_pause", "local runtimes do not pause idle boxes")
         if isinstance(self.network, NetworkSpec) and self.network.allow_net:
             raise UnsupportedOptionError("network.allow_net", "outbound allow-lists are not implemented yet")
         return BoxConfig(
@@ -150,7 +180,7 @@ class BoxOptions:
             network=network,
             ports=tuple(parse_port(p) for p in self.ports),
             detach=bool(self.detach),
-            auto_remove=True if self.auto_remove is None else bool(self.auto_remove),
+            auto_remove=auto_remove,
         )
 
     def validate(self) -> None:
@@ -204,7 +234,7 @@ def parse_port(entry: Any) -> PortMapping:
         protocol = proto or "tcp"
     elif isinstance(entry, Mapping):
         guest = entry.get("guest_port", entry.get("guest"))
-        host = entry.get("host_port", entry.get("host")) or guest
+        host = entry.get("host_port", entry.get("host"))  # none: the OS picks one (as BoxLite)
         protocol = entry.get("protocol") or "tcp"
         host_ip = entry.get("host_ip") or host_ip
     elif isinstance(entry, (tuple, list)) and 2 <= len(entry) <= 4:
@@ -213,13 +243,27 @@ def parse_port(entry: Any) -> PortMapping:
         host_ip = (entry[3] if len(entry) > 3 else None) or host_ip
     else:
         raise ConfigError(f"port {entry!r}: expected (host_port, guest_port[, protocol[, host_ip]])")
+    protocol = str(protocol).lower()
+    if protocol not in ("tcp", "udp"):
+        raise ConfigError(f"port {entry!r}: protocol must be tcp or udp")
     try:
-        host_port, guest_port = int(host), int(guest)
+        guest_port = int(guest)
+        host_port = _free_port(str(host_ip), protocol) if host is None else int(host)
     except (TypeError, ValueError):
         raise ConfigError(f"port {entry!r}: ports must be integers") from None
     if not (0 < host_port < 65536 and 0 < guest_port < 65536):
         raise ConfigError(f"port {entry!r}: ports must be between 1 and 65535")
-    protocol = str(protocol).lower()
-    if protocol not in ("tcp", "udp"):
-        raise ConfigError(f"port {entry!r}: protocol must be tcp or udp")
     return PortMapping(str(host_ip), host_port, guest_port, protocol)
+
+
+def _free_port(host_ip: str, protocol: str) -> int:
+    """A port the OS considers free on ``host_ip`` now; it is stored in the box's config, so the
+    box keeps it across restarts (another process may take it meanwhile: start then fails)."""
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    try:
+        with socket.socket(family, kind) as s:
+            s.bind((host_ip, 0))
+            return int(s.getsockname()[1])
+    except OSError as e:
+        raise ConfigError(f"no free {protocol} port on {host_ip}: {e}") from None

@@ -6,7 +6,7 @@ import asyncio
 import shlex
 from typing import Any
 
-from ..errors import BoxliteError, InvalidStateError, TimeoutError, UnsupportedOptionError
+from ..errors import BoxliteError, InvalidStateError, UnsupportedOptionError
 from .box import Box
 from .options import BoxOptions, CopyOptions
 from .results import BoxInfo, BoxMetrics, ExecResult
@@ -28,7 +28,7 @@ class SimpleBox:
         cpus: float | None = None,
         runtime: Boxlite | None = None,
         name: str | None = None,
-        auto_remove: bool = True,
+        auto_remove: bool | None = None,
         reuse_existing: bool = False,
         **box_options: Any,
     ) -> None:
@@ -109,14 +109,18 @@ class SimpleBox:
     ) -> ExecResult:
         """Run a command to completion; never raises for a non-zero exit.
 
-        Raises ``boxlite.TimeoutError`` if ``timeout`` seconds pass (the process is killed)."""
+        After ``timeout`` seconds the command's process group is killed and the result says
+        so (``timed_out=True``, non-zero ``exit_code``), as in BoxLite: it does not raise."""
         execution = await self.box.exec(cmd, list(args), env=env, user=user, timeout_secs=timeout, cwd=cwd, stdin=False)
         out, err = execution.stdout(), execution.stderr()
         stdout, stderr = await asyncio.gather(out.read(), err.read())
         status = await execution.wait()
-        if status.timed_out:
-            raise TimeoutError(f"Command '{shlex.join([cmd, *args])}' timed out after {timeout:g} seconds")
-        return ExecResult(status.exit_code, stdout, stderr, status.timed_out, status.error_message)
+        message = status.error_message
+        if status.timed_out and message is None:
+            message = f"Command '{shlex.join([cmd, *args])}' timed out after {timeout:g} seconds"
+        # A killed process reports 137; never 0 for a command that did not finish.
+        code = (status.exit_code or 137) if status.timed_out else status.exit_code
+        return ExecResult(code, stdout, stderr, status.timed_out, message)
 
     async def copy_in(
         self, host_path: str, container_dest: str, *, overwrite: bool = True,

@@ -210,9 +210,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def copy_in(
-        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool
-    ) -> None:
-        """Extract a tar stream (top-level member ``name``) at ``dest`` in the box."""
+        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
+        overwrite: bool = True,
+    ) -> None:  # fmt: skip
+        """Extract a tar stream (top-level member ``name``) at ``dest`` in the box; without
+        ``overwrite`` files that exist in the box are left as they are."""
 
     @abc.abstractmethod
     def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[bytes, None]:

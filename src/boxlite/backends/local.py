@@ -103,7 +103,8 @@ class LocalBackend(Backend):
 
     async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
         self.core.check_open()
-        infos = [record_info(self.core.refresh(rec)) for rec in self.core.db.all()]
+        # Newest first, as BoxLite lists them.
+        infos = [record_info(self.core.refresh(rec)) for rec in reversed(self.core.db.all())]
         return [i for i in infos if state is None or i.state.status == state]
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
@@ -162,9 +163,10 @@ class LocalBackend(Backend):
         return StartedExec(channel, f"{box_id}-{channel.channel}")
 
     async def copy_in(
-        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool
-    ) -> None:
-        args = {"dest": dest, "name": name, "into": include_parent}
+        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
+        overwrite: bool = True,
+    ) -> None:  # fmt: skip
+        args = {"dest": dest, "name": name, "into": include_parent, "overwrite": overwrite}
         channel = (await self._exec(box_id, {"builtin": "untar", "builtin_args": args}, f"copy_in {dest}")).channel
         errors = asyncio.ensure_future(channel.stderr.read_all())
         try:

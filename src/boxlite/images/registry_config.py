@@ -31,6 +31,14 @@ class ImageRegistry:
     bearer_token: str | None = None
     search: bool = False
 
+    def __repr__(self) -> str:
+        """Secrets masked: options end up in logs and tracebacks."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("password", "bearer_token"):
+            if shown[key] is not None:
+                shown[key] = "***"
+        return f"ImageRegistry({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
     def __post_init__(self) -> None:
         if not self.host or "/" in self.host or self.host != self.host.strip():
             raise ConfigError(f"invalid registry host {self.host!r}")

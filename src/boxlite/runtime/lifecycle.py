@@ -35,7 +35,8 @@ from .home import Home
 from .locks import box_lock, try_box_lock
 from .state import BoxRecord, StateDB, now
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BOX_ID_LENGTH = 12
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_READY_TIMEOUT = 60.0
 
@@ -67,9 +68,8 @@ def _drop_lifeline_in_forked_children(rt: BoxRuntime) -> None:
 
 
 def new_box_id() -> str:
-    """A ULID: 48-bit millisecond time + 80 random bits, Crockford base32 (sortable)."""
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(26)))
+    """12 random base62 characters (71 bits), the form and length of BoxLite's box ids."""
+    return "".join(secrets.choice(_BASE62) for _ in range(BOX_ID_LENGTH))
 
 
 class BoxRuntime:

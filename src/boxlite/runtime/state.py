@@ -151,7 +151,12 @@ class StateDB:
     def get(self, id_or_name: str) -> BoxRecord | None:
         rows = self._run("SELECT * FROM boxes WHERE id = ? OR name = ?", (id_or_name, id_or_name))
         if not rows and len(id_or_name) >= 4:  # unique id prefix, like docker
-            rows = self._run("SELECT * FROM boxes WHERE id LIKE ?", (id_or_name.upper() + "%",))
+            # Case-sensitive first (ids are base62); then any case (ids of older homes were
+            # upper-case ULIDs, and people type them in lower case). No LIKE: '%'/'_' are literal.
+            n = len(id_or_name)
+            rows = self._run("SELECT * FROM boxes WHERE substr(id, 1, ?) = ?", (n, id_or_name))
+            if not rows:
+                rows = self._run("SELECT * FROM boxes WHERE upper(substr(id, 1, ?)) = ?", (n, id_or_name.upper()))
             if len(rows) > 1:
                 return None
         return BoxRecord.from_row(rows[0]) if rows else None

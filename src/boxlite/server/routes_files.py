@@ -13,6 +13,7 @@ from .state import ServerState, get_state
 
 router = APIRouter(prefix="/v1/boxes", tags=["files"], responses=ERROR_RESPONSES)
 
+
 @router.put(
     "/{box_id}/archive",
     status_code=status.HTTP_204_NO_CONTENT,
@@ -24,11 +25,12 @@ async def upload_archive(
     path: str = Query(..., description="destination in the box"),
     name: str = Query(..., description="top-level member of the tar (the copied file or directory)"),
     include_parent: bool = Query(True, description="an existing directory receives path/name (docker cp)"),
+    overwrite: bool = Query(True, description="false: files that exist in the box are kept"),
     st: ServerState = Depends(get_state),
 ) -> Response:
     """Extract the tar in the request body into the box (``Box.copy_in``)."""
     box = await st.box(box_id)
-    await box.copy_in_tar(request.stream(), path, name, include_parent)
+    await box.copy_in_tar(request.stream(), path, name, include_parent, overwrite)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -30,8 +30,11 @@ class BoxOptionsModel(BaseModel):
     volumes: list[Any] = Field(default_factory=list)
     network: NetworkModel | str | None = None
     ports: list[Any] = Field(default_factory=list)
-    auto_remove: bool | None = True
+    auto_remove: bool | None = None
     detach: bool | None = False
+    auto_delete: int | None = None
+    auto_pause: int | None = None
+    auto_resume: bool | None = None
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
     user: str | None = None

@@ -149,9 +149,10 @@ class RestBackend(Backend):
         return StartedExec(channel, channel.id)
 
     async def copy_in(
-        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool
-    ) -> None:
-        params = {"path": dest, "name": name, "include_parent": include_parent}
+        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
+        overwrite: bool = True,
+    ) -> None:  # fmt: skip
+        params = {"path": dest, "name": name, "include_parent": include_parent, "overwrite": overwrite}
         headers = {"content-type": "application/x-tar"}
         await self.transport.request(
             "PUT", f"{self._path(box_id)}/archive", params=params, content=chunks, headers=headers
