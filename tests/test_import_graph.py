@@ -23,6 +23,12 @@ LAYERS: dict[str, int] = {
     # front-ends and the package facade: over the public API
     "(root)": 70,  # boxlite/__init__.py: lazy re-exports of the public API
     "__main__": 70,
+    # BoxLite's submodules users import from: thin aliases of the public API, beside the root
+    **dict.fromkeys(
+        ("sync_api", "exec", "simplebox", "codebox", "interactivebox", "skillbox", "browserbox", "computerbox",
+         "credential", "constants", "orchestration"),
+        70,
+    ),  # fmt: skip
     "server": 70,
     "cli": 70,
     "mcp": 70,
@@ -55,6 +61,7 @@ MODULE_RANKS: dict[str, int] = {
     # between backends and runtime (they import runtime.config, images, fsutil, errors only)
     "boxlite.api.options": 45,
     "boxlite.api.results": 45,
+    "boxlite.api.advanced": 45,  # what AdvancedBoxOptions does to a BoxConfig (options.py uses it)
 }
 """Modules ranked apart from their package."""
 

@@ -13,6 +13,7 @@ from ..backends.base import Backend, ExecCounters, ExecRequest
 from ..errors import BoxliteError, NotFoundError
 from .archive import extract_stream, host_archive, member_name
 from .execution import Execution
+from .later import ATTACH, SNAPSHOTS, NetworkHandle, SnapshotHandle, unsupported
 from .options import CopyOptions
 from .results import BoxInfo, BoxMetrics
 
@@ -179,3 +180,25 @@ class Box:
     # --- metrics --------------------------------------------------------------------------
     async def metrics(self) -> BoxMetrics:
         return await self._backend.box_metrics(self.id, self._counted)
+
+    # --- BoxLite names of later features (raise UnsupportedOptionError: api/later.py) -------
+    async def remove(self, force: bool = True) -> None:
+        """Delete the box and its data (stopping it first)."""
+        await self._runtime.remove(self.id, force)
+
+    @property
+    def snapshot(self) -> SnapshotHandle:
+        return SnapshotHandle(self)
+
+    @property
+    def network(self) -> NetworkHandle:
+        return NetworkHandle(self)
+
+    async def attach(self, execution_id: str | None = None) -> Execution:
+        unsupported(ATTACH)
+
+    async def export(self, *, dest: str, options: Any = None) -> str:
+        unsupported(SNAPSHOTS)
+
+    async def clone_box(self, *, options: Any = None, name: str | None = None) -> Box:
+        unsupported(SNAPSHOTS)

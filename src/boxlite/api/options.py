@@ -13,6 +13,7 @@ from ..errors import ConfigError, UnsupportedOptionError
 from ..fsutil.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TIMEOUT
 from ..images.registry_config import ImageRegistry
 from ..runtime.config import BoxConfig, PortMapping, VolumeMount, env_to_dict, parse_number, parse_strings
+from .advanced import apply_advanced
 
 DEFAULT_MEMORY_MIB = 512  # a box's memory limit when none is asked for (BoxLite's default too)
 MAX_OPTIONS_BYTES = 512 * 1024
@@ -50,6 +51,21 @@ class SecurityOptions:
     max_cpu_time: int | None = None
     network_enabled: bool = True
     close_fds: bool = True
+
+    # BoxLite's presets. Ours never confine less than always (seccomp, no_new_privs, fds closed);
+    # what a preset adds beyond that is honoured or refused (api/advanced.py).
+    @staticmethod
+    def development() -> SecurityOptions:
+        return SecurityOptions(close_fds=False)
+
+    @staticmethod
+    def standard() -> SecurityOptions:
+        return SecurityOptions(jailer_enabled=True, seccomp_enabled=True)
+
+    @staticmethod
+    def maximum() -> SecurityOptions:
+        return SecurityOptions(jailer_enabled=True, seccomp_enabled=True, max_open_files=1024,
+                               max_file_size=1024 * 1024 * 1024, max_processes=100)  # fmt: skip
 
 
 @dataclass
@@ -161,7 +177,7 @@ class BoxOptions:
             raise UnsupportedOptionError("auto_pause", "local runtimes do not pause idle boxes")
         if isinstance(self.network, NetworkSpec) and self.network.allow_net:
             raise UnsupportedOptionError("network.allow_net", "outbound allow-lists are not implemented yet")
-        return BoxConfig(
+        config = BoxConfig(
             image=self.image,
             rootfs_path=self.rootfs_path,
             engine=self.engine,
@@ -182,6 +198,7 @@ class BoxOptions:
             detach=bool(self.detach),
             auto_remove=auto_remove,
         )
+        return apply_advanced(config, self.advanced)  # SecurityOptions etc.: honoured or refused
 
     def validate(self) -> None:
         """Raise ConfigError / UnsupportedOptionError for values this runtime cannot honour."""

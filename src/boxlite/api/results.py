@@ -53,6 +53,83 @@ class BoxStateInfo:
 
 
 @dataclass
+class PublishedPort:
+    """A port of the box reachable on the host (``host_ip:host_port`` -> ``guest_port``)."""
+
+    guest_port: int
+    host_ip: str
+    host_port: int
+    protocol: str = "tcp"
+
+
+@dataclass
+class NetworkInfo:
+    """A box's network: ``mode`` "enabled" (outbound NAT) or "disabled" (loopback only)."""
+
+    mode: str
+    allow_net: list[str] = field(default_factory=list)
+    published_ports: list[PublishedPort] | None = None
+
+    def __post_init__(self) -> None:  # from JSON (REST): nested dicts become objects
+        if self.published_ports is not None:
+            self.published_ports = [PublishedPort(**p) if isinstance(p, dict) else p for p in self.published_ports]
+
+
+HEALTH_STATES = ("none", "starting", "healthy", "unhealthy")
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """A box's health: "none" unless a health check is configured (see ``HealthCheckOptions``)."""
+
+    value: str = "none"
+
+    @staticmethod
+    def none() -> HealthState:
+        return HealthState("none")
+
+    @staticmethod
+    def starting() -> HealthState:
+        return HealthState("starting")
+
+    @staticmethod
+    def healthy() -> HealthState:
+        return HealthState("healthy")
+
+    @staticmethod
+    def unhealthy() -> HealthState:
+        return HealthState("unhealthy")
+
+    def is_none(self) -> bool:
+        return self.value == "none"
+
+    def is_starting(self) -> bool:
+        return self.value == "starting"
+
+    def is_healthy(self) -> bool:
+        return self.value == "healthy"
+
+    def is_unhealthy(self) -> bool:
+        return self.value == "unhealthy"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class HealthStatus:
+    state: HealthState = field(default_factory=HealthState)
+    failures: int = 0
+    last_check: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.state, dict):
+            self.state = HealthState(**self.state)
+        elif isinstance(self.state, str):
+            self.state = HealthState(self.state)
+
+
+@dataclass
 class BoxInfo:
     """A snapshot of one box's configuration and state."""
 
@@ -69,6 +146,20 @@ class BoxInfo:
     auto_remove: bool
     image_config: dict[str, Any] = field(default_factory=dict)
     """The image's entrypoint, cmd, env, working_dir and user (defaults of the box's commands)."""
+    network: NetworkInfo | None = None
+    health_status: HealthStatus = field(default_factory=HealthStatus)
+    """Always state "none": a box with a health check configured is refused (UnsupportedOptionError)."""
+    auto_pause: int = 0
+    """Seconds idle before pausing (BoxLite); 0: never. Pausing comes with the snapshot issue."""
+    auto_delete: int = 0
+    """Seconds stopped before deletion (BoxLite); 0: never (``auto_remove`` removes on stop)."""
+    auto_resume: bool = False
+
+    def __post_init__(self) -> None:  # from JSON (REST): nested dicts become objects
+        if isinstance(self.network, dict):
+            self.network = NetworkInfo(**self.network)
+        if isinstance(self.health_status, dict):
+            self.health_status = HealthStatus(**self.health_status)
 
     @property
     def status(self) -> str:
@@ -103,6 +194,17 @@ class BoxMetrics:
     memory_peak_bytes: int | None = None
     pids: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    network_bytes_sent: int | None = None
+    """Network counters and stage timings are BoxLite's names; None: not measured by this runtime."""
+    network_bytes_received: int | None = None
+    network_tcp_connections: int | None = None
+    network_tcp_errors: int | None = None
+    stage_filesystem_setup_ms: float | None = None
+    stage_image_prepare_ms: float | None = None
+    stage_guest_rootfs_ms: float | None = None
+    stage_box_config_ms: float | None = None
+    stage_box_spawn_ms: float | None = None
+    stage_container_init_ms: float | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..backends.base import Backend, ExecCounters, ImagesBackend
 from ..errors import InvalidStateError
+from ..images.types import ImageInfo
 from .box import Box
 from .options import BoxOptions, Options
 from .results import BoxInfo, RuntimeMetrics
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from ..backends.local import LocalBackend
     from ..runtime.home import Home
     from ..runtime.lifecycle import BoxRuntime
+    from .credential import BoxliteRestOptions
+    from .later import VolumeHandle
     from .remote import RemoteBoxlite
 
 
@@ -49,21 +52,36 @@ class Boxlite:
         Boxlite._default = None
 
     @staticmethod
-    def rest(url: Any, api_key: str | None = None) -> RemoteBoxlite:
+    def rest(url: str | BoxliteRestOptions | Any, api_key: str | None = None) -> RemoteBoxlite:
         """A runtime talking to a ``boxlite serve`` server (same API as a local one).
 
-        ``url``: ``unix:///path/to.sock`` or ``http(s)://host:port`` (or an object with ``url``
-        and ``api_key``/``credential`` attributes, like the reference SDK's rest options)."""
+        BoxLite's form ``Boxlite.rest(BoxliteRestOptions(url, credential=ApiKeyCredential(k)))``
+        and ours ``Boxlite.rest("http(s)://host:port" | "unix:///path.sock", api_key)`` both work."""
+        from ..errors import UnsupportedOptionError
+        from .credential import BoxliteRestOptions
         from .remote import RemoteBoxlite
 
-        if not isinstance(url, str):
-            api_key = api_key or getattr(url, "api_key", None) or getattr(getattr(url, "credential", None), "key", None)
+        if isinstance(url, BoxliteRestOptions):
+            if url.path_prefix:
+                raise UnsupportedOptionError("BoxliteRestOptions.path_prefix", "our server has no tenant URL segment")
+            return RemoteBoxlite(url.url, api_key=api_key or url.api_key())
+        if not isinstance(url, str):  # a look-alike options object
+            get_token = getattr(getattr(url, "credential", None), "get_token", None)
+            token = get_token().token if callable(get_token) else None
+            api_key = api_key or getattr(url, "api_key", None) or token
             url = url.url
         return RemoteBoxlite(url, api_key=api_key)
 
     @property
     def images(self) -> ImagesBackend:
         return self._backend.images
+
+    @property
+    def volumes(self) -> VolumeHandle:
+        """BoxLite's named volumes: none yet (see ``VolumeHandle``)."""
+        from .later import VolumeHandle
+
+        return VolumeHandle(self)
 
     # --- a local runtime's home (the CLI and tests look inside it) -------------------------
     def _local(self) -> LocalBackend:
@@ -112,6 +130,12 @@ class Boxlite:
         """Stop the boxes this runtime started (detached ones keep running)."""
         await self._backend.shutdown(timeout)
 
+    async def import_box(self, archive_path: str, name: str | None = None, *, untrusted: bool = False) -> Box:
+        """BoxLite's import of an exported box: comes with snapshots (issue 11)."""
+        from .later import SNAPSHOTS, unsupported
+
+        unsupported(SNAPSHOTS)
+
     # --- context managers -------------------------------------------------------------
     def __enter__(self) -> Boxlite:
         return self
@@ -130,3 +154,9 @@ class Boxlite:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._backend.describe()})"
+
+
+ImageHandle = ImagesBackend
+"""BoxLite's name for ``runtime.images`` (pull, list, get, remove, ...)."""
+ImagePullResult = ImageInfo
+"""What ``runtime.images.pull`` returns: an ``ImageInfo`` (``config_digest`` as in BoxLite; no ``layer_count``)."""

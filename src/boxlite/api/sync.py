@@ -1,7 +1,8 @@
 """Synchronous facade: the async API driven from a private event-loop thread.
 
-``SyncBoxlite``, ``SyncBox``, ``SyncExecution`` and ``SyncSimpleBox`` mirror their async
-counterparts method for method, for scripts that do not use asyncio.
+``SyncBoxlite`` (``.images``), ``SyncBox``, ``SyncExecution`` (+ its streams), ``SyncSimpleBox``
+and ``SyncCodeBox`` mirror their async counterparts method for method, for scripts that do not
+use asyncio. Unlike BoxLite (greenlet), no extra dependency: one daemon thread runs the loop.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
+from ..errors import InvalidStateError
+from ..images.types import ImageInfo
 from .box import Box
-from .execution import ExecStream, Execution
-from .options import BoxOptions, Options
+from .execution import ExecStdin, ExecStream, Execution
+from .later import NETWORK_POLICY, SPECIAL_BOXES, unsupported
+from .options import BoxOptions, CopyOptions, Options
 from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics
 from .runtime import Boxlite
-from .simplebox import SimpleBox
+from .simplebox import CodeBox, SimpleBox
 
 T = TypeVar("T")
 
@@ -48,31 +52,73 @@ async def _wrap(coro: Awaitable[T]) -> T:
     return await coro
 
 
+class _Id(str):
+    """An id that is also callable: BoxLite reads ``execution.id``, our older code ``execution.id()``."""
+
+    def __call__(self) -> str:
+        return str(self)
+
+
+class _SyncStream:
+    """A box output stream, iterated line by line from synchronous code."""
+
+    def __init__(self, loop: _Loop, stream: ExecStream) -> None:
+        self._loop, self._stream = loop, stream
+
+    def __iter__(self) -> Iterator[str]:
+        return self._loop.iterate(self._stream.__aiter__())
+
+    def read(self) -> str:
+        return self._loop.run(self._stream.read())
+
+
+class SyncExecStdout(_SyncStream):
+    pass
+
+
+class SyncExecStderr(_SyncStream):
+    pass
+
+
+class SyncExecStdin:
+    def __init__(self, loop: _Loop, stdin: ExecStdin) -> None:
+        self._loop, self._stdin = loop, stdin
+
+    def send_input(self, data: bytes | str) -> None:
+        self._loop.run(self._stdin.send_input(data))
+
+    def write(self, data: bytes | str) -> None:
+        self._loop.run(self._stdin.write(data))
+
+    def close(self) -> None:
+        self._loop.run(self._stdin.close())
+
+
 class SyncExecution:
     def __init__(self, loop: _Loop, execution: Execution) -> None:
         self._loop, self._ex = loop, execution
+        self._stdin: SyncExecStdin | None = None
 
-    def id(self) -> str:
-        return self._ex.id()
+    @property
+    def id(self) -> _Id:
+        return _Id(self._ex.id())
 
-    def stdout(self) -> Iterator[str]:
-        return self._iter(self._ex.stdout())
+    def stdout(self) -> SyncExecStdout:
+        return SyncExecStdout(self._loop, self._ex.stdout())
 
-    def stderr(self) -> Iterator[str]:
-        return self._iter(self._ex.stderr())
+    def stderr(self) -> SyncExecStderr:
+        return SyncExecStderr(self._loop, self._ex.stderr())
 
-    def _iter(self, stream: ExecStream) -> Iterator[str]:
-        return self._loop.iterate(stream.__aiter__())
+    def stdin(self) -> SyncExecStdin:
+        if self._stdin is None:
+            self._stdin = SyncExecStdin(self._loop, self._ex.stdin())
+        return self._stdin
 
     def send_input(self, data: bytes | str) -> None:
-        if not hasattr(self, "_stdin"):
-            self._stdin = self._ex.stdin()
-        self._loop.run(self._stdin.send_input(data))
+        self.stdin().send_input(data)
 
     def close_stdin(self) -> None:
-        if not hasattr(self, "_stdin"):
-            self._stdin = self._ex.stdin()
-        self._loop.run(self._stdin.close())
+        self.stdin().close()
 
     def wait(self) -> ExecStatus:
         return self._loop.run(self._ex.wait())
@@ -85,6 +131,35 @@ class SyncExecution:
 
     def resize_tty(self, rows: int, cols: int) -> None:
         self._loop.run(self._ex.resize_tty(rows, cols))
+
+
+class SyncImageHandle:
+    """``SyncBoxlite.images``: the runtime's image store."""
+
+    def __init__(self, loop: _Loop, rt: Boxlite) -> None:
+        self._loop, self._images = loop, rt.images
+
+    def pull(self, reference: str) -> ImageInfo:
+        return self._loop.run(self._images.pull(reference))
+
+    def list(self) -> list[ImageInfo]:
+        return self._loop.run(self._images.list())
+
+    def get(self, reference: str) -> ImageInfo | None:
+        return self._loop.run(self._images.get(reference))
+
+    def remove(self, reference: str, force: bool = False) -> None:
+        self._loop.run(self._images.remove(reference, force))
+
+
+class SyncNetworkHandle:
+    """``box.network`` for synchronous code: tunnels come with issue 12."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def tunnel(self, *args: Any, **kwargs: Any) -> Any:
+        unsupported(NETWORK_POLICY)
 
 
 class SyncBox:
@@ -108,15 +183,19 @@ class SyncBox:
     def stop(self) -> None:
         self._loop.run(self._box.stop())
 
+    @property
+    def network(self) -> SyncNetworkHandle:
+        return SyncNetworkHandle(self)
+
     def exec(self, command: str, args: list[str] | None = None, env: Any = None, tty: bool = False,
              **kwargs: Any) -> SyncExecution:  # fmt: skip
         return SyncExecution(self._loop, self._loop.run(self._box.exec(command, args, env, tty, **kwargs)))
 
-    def copy_in(self, host_path: str, container_dest: str) -> None:
-        self._loop.run(self._box.copy_in(host_path, container_dest))
+    def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
+        self._loop.run(self._box.copy_in(host_path, container_dest, copy_options))
 
-    def copy_out(self, container_src: str, host_dest: str) -> None:
-        self._loop.run(self._box.copy_out(container_src, host_dest))
+    def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
+        self._loop.run(self._box.copy_out(container_src, host_dest, copy_options))
 
     def metrics(self) -> BoxMetrics:
         return self._loop.run(self._box.metrics())
@@ -168,6 +247,14 @@ class SyncBoxlite:
     def runtime(self) -> Boxlite:
         return self._ready()[1]
 
+    @property
+    def images(self) -> SyncImageHandle:
+        return SyncImageHandle(*self._ready())
+
+    def get_info(self, id_or_name: str) -> BoxInfo | None:
+        loop, rt = self._ready()
+        return loop.run(rt.get_info(id_or_name))
+
     def create(self, options: BoxOptions, name: str | None = None) -> SyncBox:
         loop, rt = self._ready()
         return SyncBox(loop, loop.run(rt.create(options, name)))
@@ -206,6 +293,8 @@ async def _make_runtime(options: Options | None) -> Boxlite:
 class SyncSimpleBox:
     """``SimpleBox`` for synchronous code; owns a ``SyncBoxlite`` unless given one."""
 
+    _box_class: type[SimpleBox] = SimpleBox
+
     def __init__(self, image: str | None = None, rootfs_path: str | None = None, memory_mib: int | None = None,
                  cpus: float | None = None, runtime: SyncBoxlite | None = None, name: str | None = None,
                  auto_remove: bool = True, reuse_existing: bool = False, **kwargs: Any) -> None:  # fmt: skip
@@ -217,9 +306,22 @@ class SyncSimpleBox:
 
     def __enter__(self) -> SyncSimpleBox:
         loop, rt = self._sync_rt.start()._ready()
-        self._box = SimpleBox(runtime=rt, **self._args)
+        self._box = self._box_class(runtime=rt, **self._args)
         loop.run(self._box.__aenter__())
         return self
+
+    def start(self) -> SyncSimpleBox:
+        return self.__enter__()
+
+    @property
+    def created(self) -> bool | None:
+        """True: this object created the box; False: it reused an existing one; None: not started."""
+        return None if self._box is None else self._box.created
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        if self._box is None:
+            raise InvalidStateError("box not started: use 'with SyncSimpleBox(...) as box:' or call start()")
+        return self._sync_rt._ready()[0].run(coro)
 
     def __exit__(self, *exc: object) -> None:
         loop, _ = self._sync_rt._ready()
@@ -258,3 +360,38 @@ class SyncSimpleBox:
     def stop(self) -> None:
         if self._box is not None:
             self._sync_rt._ready()[0].run(self._box.stop())
+
+
+class SyncCodeBox(SyncSimpleBox):
+    """``CodeBox`` for synchronous code: ``run`` Python code, ``install_package``."""
+
+    _box_class = CodeBox
+
+    def __init__(self, image: str | None = None, memory_mib: int | None = None, cpus: float | None = None,
+                 runtime: SyncBoxlite | None = None, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(image=image, memory_mib=memory_mib, cpus=cpus, runtime=runtime, **kwargs)
+        if self._args.get("rootfs_path") is None:
+            self._args.pop("rootfs_path")  # CodeBox reads its presence as "no image"
+
+    def _code(self) -> CodeBox:
+        assert isinstance(self._box, CodeBox)
+        return self._box
+
+    def run(self, code: str, timeout: float | None = None) -> str:
+        return self._run(self._code().run(code, timeout))
+
+    def run_script(self, script_path: str) -> str:
+        return self._run(self._code().run_script(script_path))
+
+    def install_package(self, package: str) -> str:
+        return self._run(self._code().install_package(package))
+
+    def install_packages(self, *packages: str) -> str:
+        return self._run(self._code().install_packages(*packages))
+
+
+class SyncSkillBox:
+    """``SkillBox`` for synchronous code: comes with issue 13."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        unsupported(SPECIAL_BOXES)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api.options import BoxOptions, Options
-from ..api.results import BoxInfo, BoxMetrics, BoxStateInfo, RuntimeMetrics, iso
+from ..api.results import BoxInfo, BoxMetrics, BoxStateInfo, NetworkInfo, PublishedPort, RuntimeMetrics, iso
 from ..client.agent_client import AgentClient
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
@@ -277,6 +277,10 @@ def record_info(rec: BoxRecord) -> BoxInfo:
         detach=rec.detach,
         auto_remove=rec.auto_remove,
         image_config=rec.image_config.to_json(),
+        network=NetworkInfo(
+            "enabled" if rec.config.network else "disabled",
+            published_ports=[PublishedPort(p.guest_port, p.host_ip, p.host_port, p.protocol) for p in rec.config.ports],
+        ),
     )
 
 

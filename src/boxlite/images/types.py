@@ -78,6 +78,35 @@ class ImageInfo:
     size: int
     created: str | None
 
+    # BoxLite's names for the same facts (properties: the stored/REST form stays the fields above)
+    @property
+    def id(self) -> str:
+        return self.image_id
+
+    @property
+    def config_digest(self) -> str:
+        return self.image_id
+
+    @property
+    def repository(self) -> str:
+        return self.reference.split("@", 1)[0].rpartition(":")[0] if self._tagged() else self.reference.split("@")[0]
+
+    @property
+    def tag(self) -> str:
+        return self.reference.split("@", 1)[0].rpartition(":")[2] if self._tagged() else ""
+
+    def _tagged(self) -> bool:
+        name = self.reference.split("@", 1)[0]
+        return ":" in name.rpartition("/")[2]
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self.size
+
+    @property
+    def cached_at(self) -> str | None:
+        return self.created
+
 
 @dataclass(frozen=True)
 class PullProgress:

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, fields
 from typing import Any
 
+from ...api.advanced import advanced_overrides
 from ...api.options import BoxOptions, NetworkSpec
 from ...api.results import BoxInfo, BoxStateInfo
 
@@ -20,4 +21,7 @@ def options_json(options: BoxOptions) -> dict[str, Any]:
     out["env"] = options.env_dict()
     if isinstance(options.network, NetworkSpec):
         out["network"] = asdict(options.network)
+    # ``advanced`` itself is not sent: what it changes is (or it raises UnsupportedOptionError here)
+    for key, value in advanced_overrides(options.advanced, options.memory_mib, options.pids_limit).items():
+        out[key] = {"mode": "disabled", "allow_net": []} if key == "network" else value
     return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]

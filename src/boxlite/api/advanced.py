@@ -1,0 +1,93 @@
+"""``AdvancedBoxOptions`` parts (BoxLite's names) and what each one does to a box's config.
+
+Rule: an option is either honoured for real or refused with ``UnsupportedOptionError``; nothing
+is accepted and ignored. Options asking for *less* confinement than ours (seccomp or the jailer
+off, fds left open) leave the box as confined as always: that difference is on purpose
+(docs/security.md) and listed in docs/compat.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, UnsupportedOptionError
+
+if TYPE_CHECKING:
+    from ..runtime.config import BoxConfig
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class HealthCheckOptions:
+    """BoxLite's periodic health check (seconds). Refused for now: see ``advanced_overrides``."""
+
+    interval: int = 30
+    timeout: int = 10
+    retries: int = 3
+    start_period: int = 60
+
+
+@dataclass
+class ContainerCapabilities:
+    """Capabilities to add to / drop from the box root's default set (names like "NET_ADMIN")."""
+
+    add: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+
+
+# Per-process rlimits of BoxLite's SecurityOptions that the box processes do not get yet.
+_RLIMIT_FIELDS = ("max_open_files", "max_file_size", "max_cpu_time")
+
+
+def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | None) -> dict[str, Any]:
+    """Config values ``advanced`` (an ``AdvancedBoxOptions`` or None) changes: ``pids_limit``,
+    ``memory_mib`` and ``network`` (False only). Raises UnsupportedOptionError for what this
+    runtime cannot do, so a caller relying on it learns it at create time."""
+    if advanced is None:
+        return {}
+    out: dict[str, Any] = {}
+    if getattr(advanced, "health_check", None) is not None:
+        raise UnsupportedOptionError(
+            "advanced.health_check", "health checks are not run by this runtime yet (BoxInfo.health_status is 'none')"
+        )
+    caps = getattr(advanced, "capabilities", None)
+    if caps is not None and (getattr(caps, "add", None) or getattr(caps, "drop", None)):
+        raise UnsupportedOptionError(
+            "advanced.capabilities", "adding/dropping capabilities is not implemented yet (issue 10, item 2)"
+        )
+    sec = getattr(advanced, "security", None)
+    if sec is None:
+        return out
+    for name in _RLIMIT_FIELDS:
+        if getattr(sec, name, None) is not None:
+            raise UnsupportedOptionError(
+                f"advanced.security.{name}", "per-process rlimits are not set on box processes yet"
+            )
+    max_processes = getattr(sec, "max_processes", None)
+    if max_processes is not None:
+        limit = _positive(max_processes, "advanced.security.max_processes")
+        out["pids_limit"] = limit if pids_limit is None else min(limit, int(pids_limit))
+    max_memory = getattr(sec, "max_memory", None)
+    if max_memory is not None:
+        mib = max(1, -(-_positive(max_memory, "advanced.security.max_memory") // MIB))  # bytes, rounded up
+        out["memory_mib"] = mib if memory_mib is None else min(mib, int(memory_mib))
+    if getattr(sec, "network_enabled", True) is False:
+        out["network"] = False
+    return out
+
+
+def apply_advanced(config: BoxConfig, advanced: Any) -> BoxConfig:
+    """``config`` with what ``advanced`` changes (re-validated by BoxConfig)."""
+    overrides = advanced_overrides(advanced, config.memory_mib, config.pids_limit)
+    return replace(config, **overrides) if overrides else config
+
+
+def _positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+__all__ = ["ContainerCapabilities", "HealthCheckOptions", "advanced_overrides", "apply_advanced"]

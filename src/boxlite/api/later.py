@@ -1,0 +1,181 @@
+"""BoxLite names whose feature lands with a later issue: importable, and any use raises
+``UnsupportedOptionError`` naming the feature and the issue, so code fails loudly and early
+instead of with AttributeError/ImportError (or, worse, silently)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from ..errors import UnsupportedOptionError
+
+SNAPSHOTS = ("snapshots, clone, export/import", "issue 11")
+NETWORK_POLICY = ("network tunnels and secrets", "issue 12")
+SPECIAL_BOXES = ("SkillBox/BrowserBox/ComputerBox", "issue 13")
+ORCHESTRATION = ("boxlite.orchestration (multi-box groups)", "issue 13")
+VOLUMES = ("named volumes", "a later issue (not filed yet)")
+ATTACH = ("Box.attach (re-attaching to a running execution)", "a later issue (not filed yet)")
+
+
+def unsupported(feature: tuple[str, str]) -> NoReturn:
+    raise UnsupportedOptionError(feature[0], f"it comes with {feature[1]}")
+
+
+class _Later:
+    """Constructing one raises: the whole object is a later feature."""
+
+    _feature: tuple[str, str] = ("", "")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        unsupported(self._feature)
+
+
+@dataclass
+class SnapshotOptions:
+    """Options of ``box.snapshot.create`` (accepted; creating a snapshot raises, issue 11)."""
+
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportOptions:
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CloneOptions:
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SnapshotInfo:
+    name: str
+    created_at: str
+    size_bytes: int | None = None
+
+
+class SnapshotHandle:
+    """``box.snapshot``: every operation raises until issue 11 lands."""
+
+    def __init__(self, box: Any = None) -> None:
+        self._box = box
+
+    async def create(self, *args: Any, **kwargs: Any) -> SnapshotInfo:
+        unsupported(SNAPSHOTS)
+
+    async def list(self) -> list[SnapshotInfo]:
+        unsupported(SNAPSHOTS)
+
+    async def get(self, name: str) -> SnapshotInfo | None:
+        unsupported(SNAPSHOTS)
+
+    async def remove(self, name: str) -> None:
+        unsupported(SNAPSHOTS)
+
+    async def restore(self, name: str) -> None:
+        unsupported(SNAPSHOTS)
+
+
+@dataclass
+class Secret:
+    """An outbound HTTP(S) secret substitution rule; a box created with one is refused (issue 12)."""
+
+    name: str
+    value: str = field(repr=False)
+    hosts: list[str] = field(default_factory=list)
+    placeholder: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Secret(name={self.name!r}, value='***', hosts={self.hosts!r})"
+
+
+class BoxTunnel(_Later):
+    _feature = NETWORK_POLICY
+
+
+class NetworkHandle:
+    """``box.network``: tunnels raise until issue 12 lands."""
+
+    def __init__(self, box: Any = None) -> None:
+        self._box = box
+
+    async def tunnel(self, *args: Any, **kwargs: Any) -> BoxTunnel:
+        unsupported(NETWORK_POLICY)
+
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
+        unsupported(NETWORK_POLICY)
+
+
+@dataclass
+class VolumeInfo:
+    id: str
+    created_at: str
+    size_bytes: int | None = None
+
+
+class VolumeHandle:
+    """``runtime.volumes``: there are no named volumes yet (bind mounts via ``BoxOptions.volumes``
+    work): listing is empty, getting finds nothing, creating or removing raises."""
+
+    def __init__(self, runtime: Any = None) -> None:
+        self._runtime = runtime
+
+    async def create(self, *args: Any, **kwargs: Any) -> VolumeInfo:
+        unsupported(VOLUMES)
+
+    async def list(self) -> list[VolumeInfo]:
+        return []
+
+    async def get(self, id: str) -> VolumeInfo | None:
+        return None
+
+    async def remove(self, id: str, force: bool = False) -> None:
+        unsupported(VOLUMES)
+
+
+class SkillBox(_Later):
+    _feature = SPECIAL_BOXES
+
+
+@dataclass
+class BrowserBoxOptions:
+    """Options of ``BrowserBox`` (accepted; constructing the box raises, issue 13)."""
+
+    browser: str = "chromium"
+    memory: int = 2048
+    cpu: int = 2
+    port: int | None = None
+    cdp_port: int | None = None
+
+
+class BoxGroup(_Later):
+    _feature = ORCHESTRATION
+
+
+class BoxRuntime(_Later):
+    _feature = ORCHESTRATION
+
+
+class ManagedBox(_Later):
+    _feature = ORCHESTRATION
+
+
+__all__ = [
+    "BoxGroup",
+    "BoxRuntime",
+    "BoxTunnel",
+    "BrowserBoxOptions",
+    "CloneOptions",
+    "ExportOptions",
+    "ManagedBox",
+    "NetworkHandle",
+    "Secret",
+    "SkillBox",
+    "SnapshotHandle",
+    "SnapshotInfo",
+    "SnapshotOptions",
+    "VolumeHandle",
+    "VolumeInfo",
+    "unsupported",
+]

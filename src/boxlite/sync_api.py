@@ -1,0 +1,29 @@
+"""BoxLite's ``boxlite.sync_api``: the synchronous mirror of the API (see ``api/sync.py``)."""
+
+from .api.sync import (
+    SyncBox,
+    SyncBoxlite,
+    SyncCodeBox,
+    SyncExecStderr,
+    SyncExecStdin,
+    SyncExecStdout,
+    SyncExecution,
+    SyncImageHandle,
+    SyncNetworkHandle,
+    SyncSimpleBox,
+    SyncSkillBox,
+)
+
+__all__ = [
+    "SyncBox",
+    "SyncBoxlite",
+    "SyncCodeBox",
+    "SyncExecStderr",
+    "SyncExecStdin",
+    "SyncExecStdout",
+    "SyncExecution",
+    "SyncImageHandle",
+    "SyncNetworkHandle",
+    "SyncSimpleBox",
+    "SyncSkillBox",
+]

@@ -1,0 +1,241 @@
+"""BoxLite's public names exist here and behave as BoxLite's docs describe (docs/compat.md).
+
+The name tables of docs/compat.md are the contract: every row not marked "absent" must be
+importable from its module. Names of later features must raise UnsupportedOptionError when used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import boxlite
+from boxlite.errors import UnauthorizedError, UnsupportedOptionError
+from rest.serverproc import API_KEY, Server, free_port, start_server, stop_server, wait_ready
+from support.images import python_rootfs
+
+COMPAT = Path(__file__).resolve().parents[2] / "docs" / "compat.md"
+ROW = re.compile(r"^\| `(\w+)` \| `(boxlite(?:\.\w+)?)` \| ([^|]+?) \|")
+
+
+def compat_rows() -> list[tuple[str, str, str]]:
+    """(name, module, status) of every row of the "Names" tables."""
+    text = COMPAT.read_text()
+    names = text[text.index("\n## Names") : text.index("\n## Behaviour")]
+    return [m.groups() for line in names.splitlines() if (m := ROW.match(line))]  # type: ignore[misc]
+
+
+ROWS = compat_rows()
+LATER = [(name, module) for name, module, status in ROWS if status.startswith("later")]
+
+
+def test_the_table_lists_boxlites_names() -> None:
+    by_module = {(module, name) for name, module, _ in ROWS}
+    assert len(by_module) == len(ROWS), "a name is listed twice for one module"
+    assert {m for m, _ in by_module} >= {
+        "boxlite", "boxlite.sync_api", "boxlite.exec", "boxlite.simplebox", "boxlite.codebox",
+        "boxlite.interactivebox", "boxlite.skillbox", "boxlite.browserbox", "boxlite.computerbox",
+        "boxlite.credential", "boxlite.constants", "boxlite.errors", "boxlite.orchestration",
+    }  # fmt: skip
+    assert len([r for r in ROWS if r[1] == "boxlite"]) >= 63  # BoxLite's root __all__ has 63 names
+    assert {s.split(" ")[0] for _, _, s in ROWS} <= {"same", "differs", "later", "absent"}
+
+
+@pytest.mark.parametrize(("name", "module", "status"), ROWS, ids=[f"{m}.{n}" for n, m, _ in ROWS])
+def test_listed_name_is_exported(name: str, module: str, status: str) -> None:
+    mod = importlib.import_module(module)
+    if status == "absent":
+        assert not hasattr(mod, name)
+        return
+    assert name in getattr(mod, "__all__", dir(mod))  # boxlite.errors has no __all__: all its names are public
+    getattr(mod, name)
+
+
+def test_star_import_gives_every_public_name() -> None:
+    namespace: dict[str, object] = {}
+    exec("from boxlite import *", namespace)  # the statement users write
+    assert set(boxlite.__all__) <= set(namespace)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: boxlite.SkillBox(),
+        lambda: boxlite.BrowserBox(),
+        lambda: boxlite.ComputerBox(),
+        lambda: boxlite.SyncSkillBox(),
+        lambda: boxlite.BoxGroup(),
+        lambda: boxlite.BoxRuntime(),
+        lambda: boxlite.ManagedBox(),
+        lambda: importlib.import_module("boxlite.simplebox").BoxTunnel(),
+        lambda: boxlite.SyncNetworkHandle().tunnel(8080),
+        lambda: asyncio.run(boxlite.SnapshotHandle().create("s1")),
+        lambda: asyncio.run(boxlite.SnapshotHandle().restore("s1")),
+        lambda: asyncio.run(boxlite.NetworkHandle().tunnel(8080)),
+        lambda: asyncio.run(boxlite.VolumeHandle().create()),
+        lambda: boxlite.BoxOptions(rootfs_path="/", secrets=[boxlite.Secret("k", "v", ["example.com"])]).validate(),
+        lambda: boxlite.BoxOptions(rootfs_path="/", network=boxlite.NetworkSpec(allow_net=["a.b"])).validate(),
+    ],
+)
+def test_later_features_raise_unsupported_option_error(make: object) -> None:
+    with pytest.raises(UnsupportedOptionError):
+        make()  # type: ignore[operator]
+
+
+def test_every_later_row_is_named_in_its_error_or_constructible() -> None:
+    """A later name is a class or option type; none is a missing attribute."""
+    for name, module in LATER:
+        assert inspect.isclass(getattr(importlib.import_module(module), name)), name
+
+
+def test_public_classes_show_their_fields() -> None:
+    def names(cls: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    assert {"network", "health_status", "auto_pause", "auto_delete", "auto_resume"} <= names(boxlite.BoxInfo)
+    assert {"network_bytes_sent", "network_tcp_errors", "stage_box_spawn_ms", "guest_boot_duration_ms"} <= names(
+        boxlite.BoxMetrics
+    )
+    assert names(boxlite.PublishedPort) == {"guest_port", "host_ip", "host_port", "protocol"}
+    assert names(boxlite.HealthCheckOptions) == {"interval", "timeout", "retries", "start_period"}
+    assert names(boxlite.ContainerCapabilities) == {"add", "drop"}
+    assert {"url", "credential", "path_prefix"} == names(boxlite.BoxliteRestOptions)
+    info = boxlite.ImageInfo("docker.io/library/alpine:3.19", "sha256:m", "sha256:c", 7, "2026-01-01T00:00:00Z")
+    assert (info.id, info.repository, info.tag, info.size_bytes) == ("sha256:c", "docker.io/library/alpine", "3.19", 7)
+    assert {"id", "repository", "tag", "size_bytes", "cached_at"} <= set(dir(info))
+
+
+def test_credentials_never_show_their_secret() -> None:
+    cred = boxlite.ApiKeyCredential("blk_live_s3cret")
+    token = cred.get_token()
+    assert token.token == "blk_live_s3cret" and token.expires_at is None
+    opts = boxlite.BoxliteRestOptions("https://example.invalid", credential=cred)
+    for shown in (repr(cred), str(cred), repr(token), repr(opts), str(opts), repr(boxlite.Secret("k", "s3cret"))):
+        assert "s3cret" not in shown
+    assert isinstance(cred, boxlite.Credential)
+
+
+def test_credentials_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BOXLITE_API_KEY", raising=False)
+    assert boxlite.ApiKeyCredential.from_env() is None
+    monkeypatch.setenv("BOXLITE_API_KEY", "k1")
+    monkeypatch.setenv("BOXLITE_REST_URL", "http://127.0.0.1:1")
+    opts = boxlite.BoxliteRestOptions.from_env()
+    assert opts.url == "http://127.0.0.1:1" and opts.api_key() == "k1"
+
+
+def test_security_options_change_the_box_config_or_raise() -> None:
+    def config(security: boxlite.SecurityOptions) -> object:
+        advanced = boxlite.AdvancedBoxOptions(security=security)
+        return boxlite.BoxOptions(rootfs_path="/", memory_mib=512, advanced=advanced).to_config()
+
+    limited = config(boxlite.SecurityOptions(max_processes=50, max_memory=256 * 1024 * 1024, network_enabled=False))
+    assert (limited.pids_limit, limited.memory_mib, limited.network) == (50, 256, False)  # type: ignore[attr-defined]
+    plain = boxlite.BoxOptions(rootfs_path="/", memory_mib=512).to_config()
+    for preset in (boxlite.SecurityOptions.development(), boxlite.SecurityOptions.standard()):
+        assert config(preset) == plain  # our confinement is always on: nothing to add, nothing removed
+    with pytest.raises(UnsupportedOptionError, match="max_open_files"):
+        config(boxlite.SecurityOptions.maximum())
+    with pytest.raises(UnsupportedOptionError, match="health_check"):
+        boxlite.BoxOptions(advanced=boxlite.AdvancedBoxOptions(health_check=boxlite.HealthCheckOptions())).validate()
+    caps = boxlite.ContainerCapabilities(add=["NET_ADMIN"])
+    with pytest.raises(UnsupportedOptionError, match="capabilities"):
+        boxlite.BoxOptions(advanced=boxlite.AdvancedBoxOptions(capabilities=caps)).validate()
+    boxlite.BoxOptions(
+        rootfs_path="/", advanced=boxlite.AdvancedBoxOptions(capabilities=boxlite.ContainerCapabilities())
+    ).validate()
+
+
+# --- on a real box ---------------------------------------------------------------------------
+def test_sync_api_round_trip(home: Path, engine: str, busybox_rootfs: Path) -> None:
+    from boxlite.sync_api import SyncBoxlite, SyncExecStdout, SyncSimpleBox
+
+    with SyncBoxlite(boxlite.Options(home_dir=str(home), engine=engine)) as runtime:
+        box = runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), ports=[(free_port(), 8080)]))
+        with box:
+            execution = box.exec("sh", ["-c", "read line; echo got:$line; echo err >&2"])
+            assert isinstance(execution.id, str) and execution.id and execution.id() == execution.id
+            stdin = execution.stdin()
+            stdin.send_input(b"hello\n")
+            stdin.close()
+            stdout = execution.stdout()
+            assert isinstance(stdout, SyncExecStdout)
+            assert list(stdout) == ["got:hello\n"]
+            assert "".join(execution.stderr()) == "err\n"
+            assert execution.wait().exit_code == 0
+            info = runtime.get_info(box.id)
+            assert info is not None and info.network is not None and info.network.mode == "enabled"
+            [port] = info.network.published_ports or []
+            assert port.guest_port == 8080 and info.health_status.state.is_none()
+            assert box.metrics().stage_box_spawn_ms is None
+        assert runtime.images.list() == []  # a rootfs box pulls nothing
+        with SyncSimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime) as simple:
+            assert simple.created is True
+            assert simple.exec("echo", "hi").stdout == "hi\n"
+
+
+def test_sync_codebox_runs_python(home: Path, engine: str) -> None:
+    from boxlite.sync_api import SyncBoxlite, SyncCodeBox
+
+    rootfs = str(python_rootfs())
+    with (
+        SyncBoxlite(boxlite.Options(home_dir=str(home), engine=engine)) as runtime,
+        SyncCodeBox(rootfs_path=rootfs, runtime=runtime, network="disabled") as code,
+    ):
+        assert code.run("print(6 * 7)") == "42\n"
+
+
+async def test_box_names_of_later_features(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+    with pytest.raises(UnsupportedOptionError, match="issue 11"):
+        await box.snapshot.create("s1")
+    with pytest.raises(UnsupportedOptionError, match="issue 11"):
+        await box.clone_box()
+    with pytest.raises(UnsupportedOptionError, match="issue 12"):
+        await box.network.tunnel(80)
+    assert await runtime.volumes.list() == []
+    await box.remove()
+    assert await runtime.get(box.id) is None
+
+
+# --- the REST client under BoxLite's names -------------------------------------------------
+@pytest.fixture(scope="module")
+def tcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("compat") / "home"
+    port = free_port()
+    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        yield Server(url, API_KEY, home, proc)
+    finally:
+        stop_server(proc)
+
+
+async def test_rest_options_and_api_key_credential(tcp_server: Server, busybox_rootfs: Path) -> None:
+    options = boxlite.BoxliteRestOptions(url=tcp_server.url, credential=boxlite.ApiKeyCredential(API_KEY))
+    rt = boxlite.Boxlite.rest(options)
+    try:
+        # advanced options are not sent as such: their effect is (here: no network device but lo)
+        security = boxlite.SecurityOptions(network_enabled=False)
+        advanced = boxlite.AdvancedBoxOptions(security=security)
+        async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, advanced=advanced) as box:  # type: ignore[arg-type]
+            result = await box.exec("sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1")
+            assert result.stdout.split() == ["lo"]
+        with pytest.raises(UnsupportedOptionError):
+            await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), advanced=boxlite.AdvancedBoxOptions(
+                security=boxlite.SecurityOptions.maximum())))  # fmt: skip
+    finally:
+        await rt.shutdown(timeout=2)
+    wrong = boxlite.Boxlite.rest(boxlite.BoxliteRestOptions(tcp_server.url, boxlite.ApiKeyCredential("wrong")))
+    with pytest.raises(UnauthorizedError):
+        await wrong.list_info()
+    with pytest.raises(UnsupportedOptionError):
+        boxlite.Boxlite.rest(boxlite.BoxliteRestOptions(tcp_server.url, path_prefix="tenant-1"))
