@@ -124,6 +124,18 @@ async def test_copy_in_directory_lands_under_dest(box: boxlite.SimpleBox, tmp_pa
     assert (await box.exec("cat", "/app/proj/pkg/mod.py")).stdout == "x = 2\n"
 
 
+async def test_copy_in_follow_symlinks(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("target\n")
+    src = tmp_path / "linked"
+    src.mkdir()
+    (src / "link").symlink_to(outside)
+    await box.copy_in(str(src), "/tmp")  # default: the link itself
+    assert (await box.exec("readlink", "/tmp/linked/link")).stdout.strip() == str(outside)
+    await box.copy_in(str(src), "/tmp/followed", follow_symlinks=True)  # the target's content
+    assert (await sh(box, "test -L /tmp/followed/link || cat /tmp/followed/link")).stdout == "target\n"
+
+
 # --- 5. ids, order, defaults, combinations, ports ----------------------------------------------
 async def test_ids_and_list_order(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     opts = BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False)
@@ -190,6 +202,24 @@ async def test_port_without_host_port_is_published(runtime: boxlite.Boxlite, bus
     finally:
         await box.stop()
         await runtime.remove(box.id)
+
+
+async def test_volume_host_path_is_checked_at_start(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    later = tmp_path / "made-later"
+    opts = BoxOptions(rootfs_path=str(busybox_rootfs), volumes=[(str(later), "/data")], auto_remove=False)
+    box = await runtime.create(opts)  # BoxLite checks at start: the directory may come later
+    with pytest.raises(boxlite.ConfigError, match="does not exist"):
+        await box.start()
+    later.mkdir()
+    (later / "f").write_text("here\n")
+    await box.start()
+    cat = await box.exec("cat", ["/data/f"], stdin=False)
+    assert (await cat.stdout().read()) == "here\n"
+    await cat.wait()
+    await box.stop()
+    await runtime.remove(box.id)
 
 
 # --- 6. secrets masked ----------------------------------------------------------------------

@@ -58,8 +58,12 @@ async def test_read_only_volume_and_single_file(runtime: boxlite.Boxlite, busybo
 
 async def test_volume_errors_are_clear(home: Path, busybox_rootfs: Path, tmp_path: Path) -> None:
     rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    # A missing host path is an error when the box starts (as in BoxLite), not at create.
+    later = await rt.create(
+        boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), volumes=[(str(tmp_path / "nope"), "/x")])
+    )
     with pytest.raises(boxlite.ConfigError, match="does not exist"):
-        await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), volumes=[(str(tmp_path / "nope"), "/x")]))
+        await later.start()
     with pytest.raises(boxlite.ConfigError, match="absolute"):
         await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), volumes=[(str(tmp_path), "rel")]))
     with pytest.raises(boxlite.ConfigError, match="mode"):

@@ -230,10 +230,8 @@ def parse_volume(entry: Any) -> VolumeMount:
         raise ConfigError(f"volume {entry!r}: mode must be 'ro', 'rw' or a bool")
     if not isinstance(host, str) or not isinstance(guest, str) or not host or not guest.startswith("/"):
         raise ConfigError(f"volume {entry!r}: host path and an absolute box path are required")
-    path = os.path.abspath(os.path.expanduser(host))
-    if not os.path.exists(path):
-        raise ConfigError(f"volume {entry!r}: host path {path} does not exist")
-    return VolumeMount(path, os.path.normpath(guest), readonly)
+    # The host path must exist when the box starts (checked then, as BoxLite does), not now.
+    return VolumeMount(os.path.abspath(os.path.expanduser(host)), os.path.normpath(guest), readonly)
 
 
 def parse_port(entry: Any) -> PortMapping:

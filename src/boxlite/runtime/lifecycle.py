@@ -268,6 +268,9 @@ class BoxRuntime:
         for layer in spec.root.layers:
             if not layer.is_dir():
                 raise EngineError(f"layer {layer} of box {rec.id} is missing (image removed?)")
+        for volume in rec.config.volumes:  # checked at each start, as BoxLite does
+            if not os.path.exists(volume.host_path):
+                raise ConfigError(f"volume host path {volume.host_path} does not exist")
         mainexit.clear(str(spec.run_dir))
         await self._drop_client(rec.id)  # a connection to the previous supervisor may linger
         t0 = time.monotonic()
