@@ -176,9 +176,11 @@ def test_sync_api_round_trip(home: Path, engine: str, busybox_rootfs: Path) -> N
             assert port.guest_port == 8080 and info.health_status.state.is_none()
             assert box.metrics().stage_box_spawn_ms is None
         assert runtime.images.list() == []  # a rootfs box pulls nothing
-        with SyncSimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime) as simple:
-            assert simple.created is True
+        with SyncSimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, name="compat") as simple:
+            assert (simple.created, simple.name) == (True, "compat")
             assert simple.exec("echo", "hi").stdout == "hi\n"
+            with pytest.raises(UnsupportedOptionError, match="issue 12"):
+                simple.tunnel(8080)
 
 
 def test_sync_codebox_runs_python(home: Path, engine: str) -> None:
@@ -201,6 +203,9 @@ async def test_box_names_of_later_features(runtime: boxlite.Boxlite, busybox_roo
     with pytest.raises(UnsupportedOptionError, match="issue 12"):
         await box.network.tunnel(80)
     assert await runtime.volumes.list() == []
+    simple = boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime)
+    with pytest.raises(UnsupportedOptionError, match="issue 12"):
+        await simple.network.tunnel(80)
     await box.remove()
     assert await runtime.get(box.id) is None
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import BoxliteError, InvalidStateError, UnsupportedOptionError
 from .box import Box
+from .later import NETWORK_POLICY, NetworkHandle, unsupported
 from .options import BoxOptions, CopyOptions
 from .results import BoxInfo, BoxMetrics, ExecResult
 from .runtime import Boxlite
@@ -90,6 +91,14 @@ class SimpleBox:
     @property
     def created(self) -> bool | None:
         return self._created
+
+    @property
+    def network(self) -> NetworkHandle:
+        """BoxLite's tunnels: they come with issue 12 (every call raises UnsupportedOptionError)."""
+        return NetworkHandle(self)
+
+    async def tunnel(self, port: int) -> Any:
+        unsupported(NETWORK_POLICY)
 
     def info(self) -> BoxInfo:
         return self.box.info()

@@ -187,6 +187,9 @@ class SyncBox:
     def network(self) -> SyncNetworkHandle:
         return SyncNetworkHandle(self)
 
+    def tunnel(self, port: int) -> Any:
+        unsupported(NETWORK_POLICY)
+
     def exec(self, command: str, args: list[str] | None = None, env: Any = None, tty: bool = False,
              **kwargs: Any) -> SyncExecution:  # fmt: skip
         return SyncExecution(self._loop, self._loop.run(self._box.exec(command, args, env, tty, **kwargs)))
@@ -218,7 +221,12 @@ class SyncBoxlite:
 
     @staticmethod
     def default() -> SyncBoxlite:
+        """A facade over the process-wide ``Boxlite.default()`` runtime (set by ``init_default``)."""
         return SyncBoxlite(None)
+
+    @staticmethod
+    def init_default(options: Options) -> None:
+        Boxlite.init_default(options)
 
     def start(self) -> SyncBoxlite:
         if self._loop is None:
@@ -312,6 +320,17 @@ class SyncSimpleBox:
 
     def start(self) -> SyncSimpleBox:
         return self.__enter__()
+
+    @property
+    def name(self) -> str | None:
+        return None if self._box is None else self._box.name
+
+    @property
+    def network(self) -> SyncNetworkHandle:
+        return SyncNetworkHandle(self)
+
+    def tunnel(self, port: int) -> Any:
+        unsupported(NETWORK_POLICY)
 
     @property
     def created(self) -> bool | None:
