@@ -173,7 +173,7 @@ def test_sync_api_round_trip(home: Path, engine: str, busybox_rootfs: Path) -> N
             info = runtime.get_info(box.id)
             assert info is not None and info.network is not None and info.network.mode == "enabled"
             [port] = info.network.published_ports or []
-            assert port.guest_port == 8080 and info.health_status.state.is_none()
+            assert port.guest_port == 8080 and info.health_status.state.is_none() and info.auto_delete == 1
             assert box.metrics().stage_box_spawn_ms is None
         assert runtime.images.list() == []  # a rootfs box pulls nothing
         with SyncSimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, name="compat") as simple:

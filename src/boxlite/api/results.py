@@ -150,9 +150,9 @@ class BoxInfo:
     health_status: HealthStatus = field(default_factory=HealthStatus)
     """Always state "none": a box with a health check configured is refused (UnsupportedOptionError)."""
     auto_pause: int = 0
-    """Seconds idle before pausing (BoxLite); 0: never. Pausing comes with the snapshot issue."""
+    """Idle seconds before pausing (BoxLite); always 0: boxes are not paused (snapshot issue)."""
     auto_delete: int = 0
-    """Seconds stopped before deletion (BoxLite); 0: never (``auto_remove`` removes on stop)."""
+    """BoxLite's remove-on-stop: > 0 the box is removed when it stops (at once), 0 it is kept."""
     auto_resume: bool = False
 
     def __post_init__(self) -> None:  # from JSON (REST): nested dicts become objects

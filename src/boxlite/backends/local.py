@@ -281,6 +281,7 @@ def record_info(rec: BoxRecord) -> BoxInfo:
             "enabled" if rec.config.network else "disabled",
             published_ports=[PublishedPort(p.guest_port, p.host_ip, p.host_port, p.protocol) for p in rec.config.ports],
         ),
+        auto_delete=1 if rec.auto_remove else 0,
     )
 
 
