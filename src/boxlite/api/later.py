@@ -32,27 +32,27 @@ class _Later:
 
 @dataclass
 class SnapshotOptions:
-    """Options of ``box.snapshot.create`` (accepted; creating a snapshot raises, issue 11)."""
-
-    name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Options of ``box.snapshot.create`` (none yet, as in BoxLite; creating raises, issue 11)."""
 
 
 @dataclass
 class ExportOptions:
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Options of ``box.export`` (none yet, as in BoxLite)."""
 
 
 @dataclass
 class CloneOptions:
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Options of ``box.clone_box`` (none yet, as in BoxLite)."""
 
 
 @dataclass
 class SnapshotInfo:
+    id: str
+    box_id: str
     name: str
-    created_at: str
-    size_bytes: int | None = None
+    created_at: int
+    container_disk_bytes: int = 0
+    size_bytes: int = 0
 
 
 class SnapshotHandle:
@@ -61,7 +61,7 @@ class SnapshotHandle:
     def __init__(self, box: Any = None) -> None:
         self._box = box
 
-    async def create(self, *args: Any, **kwargs: Any) -> SnapshotInfo:
+    async def create(self, *, options: SnapshotOptions | None = None, name: str) -> SnapshotInfo:
         unsupported(SNAPSHOTS)
 
     async def list(self) -> list[SnapshotInfo]:
@@ -86,8 +86,12 @@ class Secret:
     hosts: list[str] = field(default_factory=list)
     placeholder: str | None = None
 
+    def get_placeholder(self) -> str:
+        """What box code writes instead of the value (substituted on the way out, issue 12)."""
+        return self.placeholder or f"<BOXLITE_SECRET:{self.name}>"
+
     def __repr__(self) -> str:
-        return f"Secret(name={self.name!r}, value='***', hosts={self.hosts!r})"
+        return f"Secret(name={self.name!r}, hosts={self.hosts!r}, placeholder={self.get_placeholder()!r}, value='***')"
 
 
 class BoxTunnel(_Later):
