@@ -234,6 +234,9 @@ async def test_rest_options_and_api_key_credential(tcp_server: Server, busybox_r
         async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, advanced=advanced) as box:  # type: ignore[arg-type]
             result = await box.exec("sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1")
             assert result.stdout.split() == ["lo"]
+            info = await rt.get_info(box.id)
+            assert info is not None and info.network is not None and info.network.mode == "disabled"
+            assert info.health_status.state.is_none() and (await box.metrics()).stage_box_spawn_ms is None
         with pytest.raises(UnsupportedOptionError):
             await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), advanced=boxlite.AdvancedBoxOptions(
                 security=boxlite.SecurityOptions.maximum())))  # fmt: skip

@@ -65,6 +65,29 @@ class BoxStateModel(BaseModel):
     finished_at: str | None = None
 
 
+class PublishedPortModel(BaseModel):
+    guest_port: int
+    host_ip: str
+    host_port: int
+    protocol: str = "tcp"
+
+
+class NetworkInfoModel(BaseModel):
+    mode: str
+    allow_net: list[str] = Field(default_factory=list)
+    published_ports: list[PublishedPortModel] | None = None
+
+
+class HealthStateModel(BaseModel):
+    value: str = "none"
+
+
+class HealthStatusModel(BaseModel):
+    state: HealthStateModel = Field(default_factory=HealthStateModel)
+    failures: int = 0
+    last_check: str | None = None
+
+
 class BoxInfoModel(BaseModel):
     id: str
     name: str | None
@@ -77,6 +100,11 @@ class BoxInfoModel(BaseModel):
     engine: str
     detach: bool
     auto_remove: bool
+    network: NetworkInfoModel | None = None
+    health_status: HealthStatusModel = Field(default_factory=HealthStatusModel)
+    auto_pause: int = 0
+    auto_delete: int = 0
+    auto_resume: bool = False
 
 
 class BoxMetricsModel(BaseModel):
@@ -92,6 +120,16 @@ class BoxMetricsModel(BaseModel):
     memory_peak_bytes: int | None = None
     pids: int | None = None
     extra: dict[str, float] = Field(default_factory=dict)
+    network_bytes_sent: int | None = None
+    network_bytes_received: int | None = None
+    network_tcp_connections: int | None = None
+    network_tcp_errors: int | None = None
+    stage_filesystem_setup_ms: float | None = None
+    stage_image_prepare_ms: float | None = None
+    stage_guest_rootfs_ms: float | None = None
+    stage_box_config_ms: float | None = None
+    stage_box_spawn_ms: float | None = None
+    stage_container_init_ms: float | None = None
 
 
 class RuntimeMetricsModel(BaseModel):
