@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from ..errors import InvalidStateError
 from ..images.types import ImageInfo
@@ -312,13 +312,13 @@ class SyncSimpleBox:
                           auto_remove=auto_remove, reuse_existing=reuse_existing, **kwargs)  # fmt: skip
         self._box: SimpleBox | None = None
 
-    def __enter__(self) -> SyncSimpleBox:
+    def __enter__(self) -> Self:
         loop, rt = self._sync_rt.start()._ready()
         self._box = self._box_class(runtime=rt, **self._args)
         loop.run(self._box.__aenter__())
         return self
 
-    def start(self) -> SyncSimpleBox:
+    def start(self) -> Self:
         return self.__enter__()
 
     @property
