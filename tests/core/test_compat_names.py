@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import importlib
 import inspect
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,7 +175,12 @@ def test_sync_api_round_trip(home: Path, engine: str, busybox_rootfs: Path) -> N
             assert info is not None and info.network is not None and info.network.mode == "enabled"
             [port] = info.network.published_ports or []
             assert port.guest_port == 8080 and info.health_status.state.is_none() and info.auto_delete == 1
-            assert box.metrics().stage_box_spawn_ms is None
+            metrics = box.metrics()
+            assert metrics.stage_box_spawn_ms is None  # stage timings are not measured here
+            if engine == "namespace":  # read from the box's network namespace; the VM's are not measured
+                assert isinstance(metrics.network_bytes_received, int) and metrics.network_tcp_connections == 0
+            else:
+                assert metrics.network_bytes_sent is None
         assert runtime.images.list() == []  # a rootfs box pulls nothing
         with SyncSimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, name="compat") as simple:
             assert (simple.created, simple.name) == (True, "compat")
@@ -247,3 +253,20 @@ async def test_rest_options_and_api_key_credential(tcp_server: Server, busybox_r
         await wrong.list_info()
     with pytest.raises(UnsupportedOptionError):
         boxlite.Boxlite.rest(boxlite.BoxliteRestOptions(tcp_server.url, path_prefix="tenant-1"))
+
+
+def test_network_counters_parse_proc_and_never_read_the_hosts_namespace() -> None:
+    from boxlite.engines.namespace import netstats
+
+    dev = (
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets\n"
+        "    lo:  900 9 0 0 0 0 0 0  900 9 0 0 0 0 0 0\n"
+        "  eth0: 1500 3 0 0 0 0 0 0  700 2 0 0 0 0 0 0\n"
+        "  bad: x y\n"
+    )
+    assert netstats.parse_dev(dev) == (700, 1500)
+    snmp = "Tcp: CurrEstab AttemptFails EstabResets InErrs\nTcp: 2 1 3 4\n"
+    assert netstats.parse_snmp_tcp(snmp) == (2, 8)
+    assert netstats.parse_snmp_tcp("Tcp: A B\nTcp: 1\n") is None
+    assert netstats.read_counters([os.getpid(), 1]) == {}  # processes in the host's namespace: nothing

@@ -230,7 +230,11 @@ class LocalBackend(Backend):
             memory_bytes=_int(raw.get("memory_bytes")),
             memory_peak_bytes=_int(raw.get("memory_peak_bytes")),
             pids=_int(raw.get("pids")),
-            extra={k: v for k, v in raw.items() if k not in ("memory_bytes", "memory_peak_bytes", "pids")},
+            extra={k: v for k, v in raw.items() if k not in ("memory_bytes", "memory_peak_bytes", "pids", *_NET)},
+            network_bytes_sent=_int(raw.get("net_bytes_sent")),
+            network_bytes_received=_int(raw.get("net_bytes_received")),
+            network_tcp_connections=_int(raw.get("net_tcp_connections")),
+            network_tcp_errors=_int(raw.get("net_tcp_errors")),
         )
 
     async def metrics(self, counted: ExecCounters) -> RuntimeMetrics:
@@ -246,6 +250,10 @@ class LocalBackend(Backend):
 
     async def shutdown(self, timeout: float | None = None) -> None:
         await self.core.shutdown(timeout)
+
+
+_NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors")
+"""Engine metrics that are BoxMetrics.network_* (the namespace engine measures them)."""
 
 
 def _int(value: float | None) -> int | None:

@@ -15,7 +15,7 @@ from ...agent.keeper import STATUS_KEEPER, STATUS_NET_ERROR
 from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_READY, parse_status
 from ...errors import EngineError, NetworkError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from . import cgroups, network
+from . import cgroups, netstats, network
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
@@ -200,7 +200,9 @@ class NamespaceEngine(Engine):
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
-        return groups.read() if groups is not None else {}
+        if groups is None:
+            return {}
+        return {**groups.read(), **netstats.read_counters(groups_pids(groups))}
 
 
 def groups_pids(groups: cgroups.BoxCgroups) -> list[int]:
