@@ -24,11 +24,17 @@ LAYERS: dict[str, int] = {
     "(root)": 70,  # boxlite/__init__.py: lazy re-exports of the public API
     "__main__": 70,
     # BoxLite's submodules users import from: thin aliases of the public API, beside the root
-    **dict.fromkeys(
-        ("sync_api", "exec", "simplebox", "codebox", "interactivebox", "skillbox", "browserbox", "computerbox",
-         "credential", "constants", "orchestration"),
-        70,
-    ),  # fmt: skip
+    "sync_api": 70,
+    "exec": 70,
+    "simplebox": 70,
+    "codebox": 70,
+    "interactivebox": 70,
+    "skillbox": 70,
+    "browserbox": 70,
+    "computerbox": 70,
+    "credential": 70,
+    "constants": 70,
+    "orchestration": 70,
     "server": 70,
     "cli": 70,
     "mcp": 70,
