@@ -90,7 +90,7 @@ def test_main_process_output_is_followed_until_the_box_stops(cli: Cli) -> None:
 def test_create_then_start(cli: Cli) -> None:
     box_id = cli.ok("create", "--name", "idle", "--rootfs", str(cli.rootfs), "-w", "/tmp").strip()
     cli.ok("create", "--name", "withcmd", "--rootfs", str(cli.rootfs), "sh", "-c", "echo main-ran; sleep 600")
-    [info, _] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]
+    [_, info] = cli.json("ls", "-a", "--format", "json")  # type: ignore[misc]  # newest first
     assert (info["id"], info["state"]["status"]) == (box_id, "configured")
     cli.ok("start", "idle", "withcmd")
     _wait_for(lambda: cli.ok("logs", "withcmd") == "main-ran\n")

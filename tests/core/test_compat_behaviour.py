@@ -67,6 +67,20 @@ async def test_background_server_outlives_its_exec(box: boxlite.SimpleBox) -> No
     assert "sleep 60" in (await box.exec("ps")).stdout
 
 
+async def test_background_process_writing_to_its_exec_output_survives(box: boxlite.SimpleBox) -> None:
+    """``nohup server &`` keeps the exec's stdout when it is a pipe: the server writing its log
+    there after the exec ended must not be killed by SIGPIPE."""
+    started = await sh(box, "(sleep 0.5; while true; do echo tick; echo tock >&2; sleep 0.1; done) &")
+    assert started.exit_code == 0
+    await asyncio.sleep(1.5)  # it wrote a few lines after its exec ended
+    for _ in range(3):  # the loop is either sleeping or between two sleeps: look a few times
+        ps = (await box.exec("ps", "-o", "pid,args")).stdout
+        if "sleep 0.1" in ps:
+            break
+        await asyncio.sleep(0.05)
+    assert "sleep 0.1" in ps, ps
+
+
 async def test_timeout_and_kill_end_the_whole_process_group(box: boxlite.SimpleBox) -> None:
     result = await sh(box, "sleep 301 & sleep 302", timeout=0.5)
     assert result.timed_out and result.exit_code != 0 and not result.ok

@@ -31,6 +31,11 @@ PR_SET_CHILD_SUBREAPER = 36
 DETACHED_CHANNELS = 0xFFFF0000  # channel numbers of detached executions (never on the wire)
 MAIN_EXIT_GRACE = 1.0  # seconds the box's other processes get (SIGTERM) once the main process ended
 MAIN_OUTPUT_LINGER = 2.0  # seconds the main process's output may trail its exit (a background child keeps it open)
+MAX_SINKS = 256
+"""Output pipes of ended executions still held by a background process (``sh -c 'server &'``)
+that the agent keeps reading and discarding, so that process never gets SIGPIPE; beyond this
+number a pipe is closed as before (one box cannot make its agent run out of descriptors)."""
+SINK_READ = 65536
 OUTPUTS = (p.STDOUT, p.STDERR)
 
 
@@ -199,6 +204,8 @@ class Agent:
         self.watches: dict[int, _Watch] = {}
         self.connections: list[Connection] = []
         self.by_pid: dict[int, Execution] = {}
+        self.sinks: set[int] = set()
+        """Read ends of ended executions' output pipes that background processes still write to."""
         self.running = True
         self.started = time.monotonic()
         self.listener: socket.socket | None = None
@@ -461,8 +468,8 @@ class Agent:
             try:
                 data = os.read(fd, min(ex.credit[stream], p.CHUNK))
             except BlockingIOError:
-                if ex.status is not None:  # writer gone and pipe drained
-                    self._close_stream(ex, stream)
+                if ex.status is not None:  # drained, but a background process still holds the pipe
+                    self._close_stream(ex, stream, keep_writers=True)
                 else:
                     self.want_read(fd, True)
                 return
@@ -477,15 +484,34 @@ class Agent:
             ex.conn.send(p.encode(stream, ex.channel, data))
         self.want_read(fd, False)
 
-    def _close_stream(self, ex: Execution, stream: int) -> None:
+    def _close_stream(self, ex: Execution, stream: int, keep_writers: bool = False) -> None:
+        """End ``stream`` for the host. ``keep_writers``: the process exited but a background
+        child of it still holds the pipe: its later writes are discarded, not refused (EPIPE)."""
         fd = ex.out_fds.pop(stream)
         if ex.proc.master == fd:
             self.want_read(fd, False)
+        elif keep_writers and len(self.sinks) < MAX_SINKS and fd not in ex.out_fds.values():
+            self.unwatch(fd)
+            self.sinks.add(fd)
+            self.watch(fd, lambda: self._discard(fd))
         else:
             self.unwatch(fd)
             os.close(fd)
         ex.conn.send(p.encode(stream, ex.channel, b""))
         self._maybe_finish(ex)
+
+    def _discard(self, fd: int) -> None:
+        """Read and drop what a background process writes to its ended exec's output."""
+        try:
+            if os.read(fd, SINK_READ):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.unwatch(fd)  # every writer is gone
+        self.sinks.discard(fd)
+        os.close(fd)
 
     def _stdin(self, ex: Execution, data: bytes) -> None:
         if ex.stdin_fd is None:

@@ -97,7 +97,9 @@ def _box_options(
         ports=list(ports),
         engine=engine,
         hostname=hostname,
-        detach=detach,
+        # BoxOptions refuses remove-on-stop with detach (as BoxLite); docker's `-d --rm` stays:
+        # such a box is created attached and detached by its start (start_detached).
+        detach=detach and not remove,
         auto_remove=remove,
     )
 
