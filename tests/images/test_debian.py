@@ -56,4 +56,4 @@ async def test_ensure_debian_rootfs_is_cached(tmp_path: Path) -> None:
     m = ImageManager(tmp_path / "home")
     prepared = await m.resolve(rootfs_path=str(root))
     assert (prepared.layers[0] / "usr/bin/python3").exists()
-    assert prepared.layers[0].stat().st_uid == 100000
+    assert prepared.layers[0].stat().st_uid == 0

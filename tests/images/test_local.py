@@ -66,7 +66,7 @@ async def test_docker_archive_via_skopeo(tmp_path: Path) -> None:
     prepared = await m.resolve("example.com/tools/busybox:1.0")
     assert (prepared.layers[0] / "bin/busybox").is_file()
     assert prepared.config.cmd == ["/bin/sh"]
-    assert os.lstat(prepared.layers[0] / "bin/busybox").st_uid == 100000
+    assert os.lstat(prepared.layers[0] / "bin/busybox").st_uid == 0
 
 
 def test_oci_archive_tarball(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_load_rejects_corrupt_layout(tmp_path: Path) -> None:
         m.load(tmp_path / "junk.tar")
 
 
-async def test_rootfs_path_import_is_shifted_and_cached(tmp_path: Path) -> None:
+async def test_rootfs_path_import_keeps_ownership_and_is_cached(tmp_path: Path) -> None:
     src = build_busybox_rootfs(tmp_path / "rootfs")
     os.link(src / "etc/passwd", src / "etc/passwd.hl")
     os.mknod(src / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
@@ -108,8 +108,8 @@ async def test_rootfs_path_import_is_shifted_and_cached(tmp_path: Path) -> None:
     assert p1.image_id.startswith("rootfs:") and p1.reference is None
     assert p1.image_id == f"rootfs:{fingerprint(src)}"
     assert root == m.store.layers / p1.image_id.split(":")[1] / "root"
-    assert os.lstat(root / "bin/busybox").st_uid == 100000
-    assert os.lstat(root / "home/user").st_uid == 101000
+    assert os.lstat(root / "bin/busybox").st_uid == 0
+    assert os.lstat(root / "home/user").st_uid == 1000
     assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
     assert os.readlink(root / "bin/sh") == "busybox"
     assert os.lstat(root / "etc/passwd").st_ino == os.lstat(root / "etc/passwd.hl").st_ino
@@ -120,6 +120,27 @@ async def test_rootfs_path_import_is_shifted_and_cached(tmp_path: Path) -> None:
     (src / "etc/new").write_text("changed")
     p3 = await m.resolve(rootfs_path=str(src))
     assert p3.image_id != p1.image_id and (p3.layers[0] / "etc/new").exists()
+
+
+async def test_shifted_layers_of_an_older_store_are_never_used_unshifted(tmp_path: Path) -> None:
+    """A home from before id-mapped mounts holds layers shifted by the uid base in
+    ``images/layers``: a new box gets a fresh unshifted copy; gc keeps the old one only while
+    a box uses it."""
+    src = build_busybox_rootfs(tmp_path / "rootfs")
+    m = ImageManager(tmp_path / "home")
+    old = m.store.legacy_layers / fingerprint(src) / "root"
+    shutil.copytree(src, old, symlinks=True)
+    for dirpath, dirnames, filenames in os.walk(old):
+        for name in [".", *dirnames, *filenames]:
+            os.chown(os.path.join(dirpath, name), 100000, 100000, follow_symlinks=False)
+    (root,) = (await m.resolve(rootfs_path=str(src))).layers
+    assert root.parent.parent == m.store.layers != m.store.legacy_layers
+    assert os.lstat(root / "bin/busybox").st_uid == 0
+    assert m.layers_shifted([old]) and not m.layers_shifted([root])
+    m.gc(in_use_layers={old, root})
+    assert old.is_dir() and root.is_dir()
+    m.gc(in_use_layers={root})
+    assert not old.exists() and root.is_dir()
 
 
 async def test_rootfs_path_may_be_oci_layout(tmp_path: Path) -> None:

@@ -33,10 +33,10 @@ async def test_pull_and_resolve(registry: Registry, make_manager: MM) -> None:
     assert prepared.image_id == info.image_id and prepared.reference == registry.busybox
     assert prepared.config.cmd == ["/bin/sh"]
     (root,) = prepared.layers
-    assert root == m.home / "images" / "layers" / root.parent.name / "root"
+    assert root == m.home / "images" / "layers-v2" / root.parent.name / "root"
     st = os.lstat(root / "bin" / "busybox")
-    assert (st.st_uid, st.st_gid) == (100000, 100000)
-    assert os.lstat(root / "home" / "user").st_uid == 101000
+    assert (st.st_uid, st.st_gid) == (0, 0)  # the image's ownership: engines map it to box uids
+    assert os.lstat(root / "home" / "user").st_uid == 1000
     assert os.readlink(root / "bin" / "sh") == "busybox"
     assert [i.reference for i in m.list()] == [registry.busybox]
 
@@ -211,7 +211,7 @@ async def test_concurrent_pulls_share_downloads(registry: Registry, make_manager
     layer_gets = [h for h in proxy.hits_for(r"/blobs/sha256:") if h.method == "GET"]
     digests = [h.path.rsplit("/", 1)[1] for h in layer_gets]
     assert len(digests) == len(set(digests)), digests  # every blob downloaded once
-    assert len(list((home / "images" / "layers").iterdir())) == 2
+    assert len(list((home / "images" / "layers-v2").iterdir())) == 2
     m = make_manager(home=home)
     assert len(m.list()) == 1
 
@@ -233,16 +233,15 @@ async def test_https_registry_and_skip_verify(tls_registry: Registry, make_manag
         await plain.pull(tls_registry.busybox)
 
 
-async def test_non_default_uid_base(registry: Registry, make_manager: MM, tmp_path: Path) -> None:
+async def test_layers_are_shared_across_uid_bases(registry: Registry, make_manager: MM,
+                                                 tmp_path: Path) -> None:
     home = tmp_path / "shared-home"
     a = await make_manager(registry.config(), home=home).resolve(registry.busybox)
     b = await make_manager(registry.config(), home=home, uid_base=200000).resolve(
         registry.busybox)
-    assert a.layers[0] != b.layers[0]
-    assert b.layers[0].parent.name.endswith(".u200000")
-    assert os.lstat(b.layers[0] / "bin/busybox").st_uid == 200000
-    assert os.lstat(b.layers[0] / "home/user").st_uid == 201000
-    assert os.lstat(a.layers[0] / "bin/busybox").st_uid == 100000
+    assert a.layers == b.layers  # unshifted: one copy, whatever uid base the boxes use
+    assert os.lstat(b.layers[0] / "bin/busybox").st_uid == 0
+    assert os.lstat(b.layers[0] / "home/user").st_uid == 1000
 
 
 async def test_resolve_reports_progress(registry: Registry, make_manager: MM) -> None:

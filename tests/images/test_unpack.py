@@ -1,4 +1,4 @@
-"""Layer extraction: formats, ownership shift, whiteouts, links, and hostile layers."""
+"""Layer extraction: formats, ownership (unshifted), whiteouts, links, and hostile layers."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import pytest
 from tests.support.images import Layer, Member, layer_from_members
 
 from boxlite.errors import DigestMismatchError, ImageError, UnsafeLayerError
-from boxlite.images.unpack import shift_id, unpack_layer
+from boxlite.images.unpack import host_id, unpack_layer
 
 D, R, L, S, C, B, F = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE,
                        tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
-BASE = 100000
 
 
 def _unpack(tmp: Path, layer: Layer, check_diff: bool = True) -> Path:
@@ -25,16 +24,16 @@ def _unpack(tmp: Path, layer: Layer, check_diff: bool = True) -> Path:
     blob.write_bytes(layer.blob)
     dest = tmp / "root"
     dest.mkdir()
-    unpack_layer(blob, dest, BASE, layer.diff_id if check_diff else None)
+    unpack_layer(blob, dest, layer.diff_id if check_diff else None)
     return dest
 
 
-def test_shift_id() -> None:
-    assert shift_id(0, BASE) == 100000
-    assert shift_id(1000, BASE) == 101000
-    assert shift_id(65535, BASE) == 165535
-    assert shift_id(65536, BASE) == 165534
-    assert shift_id(10**6, 200000) == 265534
+def test_host_id_keeps_image_ids_boxes_can_map() -> None:
+    assert host_id(0) == 0
+    assert host_id(1000) == 1000
+    assert host_id(65535) == 65535
+    assert host_id(65536) == 65534
+    assert host_id(10**6) == 65534
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", None])
@@ -58,20 +57,20 @@ def test_formats_and_metadata(tmp_path: Path, compression: str | None) -> None:
     root = _unpack(tmp_path, layer)
     assert (root / "etc/passwd").read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
     st = os.lstat(root / "usr/bin/tool")
-    assert stat.S_IMODE(st.st_mode) == 0o4755 and (st.st_uid, st.st_gid) == (BASE, BASE)
-    assert os.lstat(root / "home/user").st_uid == BASE + 1000
+    assert stat.S_IMODE(st.st_mode) == 0o4755 and (st.st_uid, st.st_gid) == (0, 0)
+    assert os.lstat(root / "home/user").st_uid == 1000
     assert stat.S_IMODE(os.lstat(root / "home/user").st_mode) == 0o700
     st = os.lstat(root / "home/user/big-id")
-    assert (st.st_uid, st.st_gid) == (BASE + 65534, BASE + 65534)
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
     assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
     assert os.readlink(root / "bin/sh") == "/usr/bin/tool"
-    assert os.lstat(root / "bin/sh").st_uid == BASE
+    assert os.lstat(root / "bin/sh").st_uid == 0
     assert os.lstat(root / "usr/bin/tool2").st_ino == st_ino(root / "usr/bin/tool")
     # device nodes are never created on the host (the engines give the box its own /dev)
     assert not os.path.lexists(root / "dev/null") and not os.path.lexists(root / "dev/loop0")
     assert stat.S_ISFIFO(os.lstat(root / "run/fifo").st_mode)
-    assert os.lstat(root).st_uid == BASE
-    assert os.lstat(root / "usr").st_uid == BASE  # implicit parent dir
+    assert os.lstat(root).st_uid == 0
+    assert os.lstat(root / "usr").st_uid == 0  # implicit parent dir
     try:
         assert os.getxattr(root / "file-with-xattr", "user.test") == b"hello"
     except OSError:

@@ -58,7 +58,7 @@ class ImageManager:
         self.home = Path(home)
         self.registries = list(registries) if registries is not None else load_registries_from_config(self.home)
         self.uid_base = uid_base
-        self.store = Store(self.home, uid_base, limits)
+        self.store = Store(self.home, limits)
         self.retry = RetryPolicy()
         self.max_concurrent_downloads = 4
 
@@ -246,14 +246,14 @@ class ImageManager:
         root = self.store.layer_root(hex_id)
         if root.is_dir():
             return root
-        with file_lock(self.store.lock_path(f"layer-{self.store.layer_key(hex_id)}")):
+        with file_lock(self.store.lock_path(f"layer-{hex_id}")):
             if root.is_dir():
                 return root
             work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
             try:  # mkdtemp made it 0700: stays so (setuid files and box-uid files live below)
                 (work / "root").mkdir()
                 meter = unpack_layer(
-                    self.store.blob_path(desc.digest), work / "root", self.uid_base, diff_id, self.limits, budget
+                    self.store.blob_path(desc.digest), work / "root", diff_id, self.limits, budget
                 )
                 (work / "expanded.json").write_text(json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
                 os.rename(work, self.store.layer_dir(hex_id))
@@ -261,6 +261,11 @@ class ImageManager:
                 shutil.rmtree(work, ignore_errors=True)
                 raise
         return root
+
+    def layers_shifted(self, layers: tuple[Path, ...] | list[Path]) -> bool:
+        """Do ``layers`` (a box's, bottom first) come from the format 1 store, their ownership
+        already shifted by ``uid_base``? (Boxes created before layers were stored unshifted.)"""
+        return bool(layers) and all(self.store.is_shifted(Path(p)) for p in layers)
 
     # -- local operations -------------------------------------------------------------
     def remove(self, ref_or_digest: str, force: bool = False) -> None:
@@ -312,19 +317,21 @@ class ImageManager:
                 for d in manifest.layers:
                     keep_blobs.add(d.digest)
                     keep_layer_ids.add(d.digest.split(":", 1)[1])
-            keep_dirs: set[str] = set()
+            keep_dirs: set[Path] = set()  # layer dirs boxes use
             for p in in_use_layers:
                 p = Path(p)
                 p = p.parent if p.name == "root" else p
-                if p.parent.resolve() == store.layers.resolve():
-                    keep_dirs.add(p.name)
+                keep_dirs.add(p.resolve())
             freed = 0
             for entry in os.scandir(store.blobs):
                 if f"sha256:{entry.name}" not in keep_blobs:
                     freed += entry.stat(follow_symlinks=False).st_size
                     os.unlink(entry.path)
-            for entry in os.scandir(store.layers):
-                if entry.name in keep_dirs or entry.name.split(".", 1)[0] in keep_layer_ids:
+            legacy = os.scandir(store.legacy_layers) if store.legacy_layers.is_dir() else iter(())
+            for entry in [*os.scandir(store.layers), *legacy]:  # format 1 layers: only while boxes use them
+                if Path(entry.path).resolve() in keep_dirs:
+                    continue
+                if store.layers.samefile(os.path.dirname(entry.path)) and entry.name in keep_layer_ids:
                     continue
                 freed += _du(entry.path)
                 shutil.rmtree(entry.path, ignore_errors=True)

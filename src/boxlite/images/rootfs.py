@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ImageError
 from .locks import file_lock
 from .store import Store
-from .unpack import keep_xattr, log, shift_id
+from .unpack import host_id, keep_xattr, log
 
 
 def fingerprint(path: Path) -> str:
@@ -33,19 +33,19 @@ def fingerprint(path: Path) -> str:
 
 
 def import_rootfs(store: Store, path: Path) -> tuple[Path, str]:
-    """Copy ``path`` into ``layers/<fingerprint>/root`` (cached); return (root, fingerprint)."""
+    """Copy ``path`` into ``layers-v2/<fingerprint>/root`` (cached); return (root, fingerprint)."""
     if not path.is_dir():
         raise ImageError(f"rootfs_path {path} is not a directory")
     fp = fingerprint(path)
     root = store.layer_root(fp)
     if root.is_dir():
         return root, fp
-    with file_lock(store.lock_path(f"layer-{store.layer_key(fp)}")):
+    with file_lock(store.lock_path(f"layer-{fp}")):
         if root.is_dir():
             return root, fp
         work = Path(tempfile.mkdtemp(dir=store.tmp, prefix=f"rootfs-{fp[:12]}-"))  # 0700
         try:
-            copy_tree_shifted(Path(os.path.realpath(path)), work / "root", store.uid_base)
+            copy_tree(Path(os.path.realpath(path)), work / "root")
             os.rename(work, store.layer_dir(fp))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -53,9 +53,9 @@ def import_rootfs(store: Store, path: Path) -> tuple[Path, str]:
     return root, fp
 
 
-def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
-    """Copy a tree preserving modes, times, symlinks, hard links, FIFOs and ``user.*`` xattrs,
-    with uid/gid shifted by ``uid_base``. Symlinks in ``src`` are never followed.
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a tree preserving modes, ownership (ids a box cannot map become 65534), times,
+    symlinks, hard links, FIFOs and ``user.*`` xattrs. Symlinks in ``src`` are never followed.
 
     As for image layers (:mod:`.unpack`), device nodes are not copied (the box gets its own
     /dev) and file capabilities, security labels and ACLs are dropped."""
@@ -66,7 +66,7 @@ def copy_tree_shifted(src: Path, dest: Path, uid_base: int) -> None:
 
     def meta(path: str, st: os.stat_result, is_link: bool = False, mask: int = 0o7777) -> None:
         if privileged:
-            os.chown(path, shift_id(st.st_uid, uid_base), shift_id(st.st_gid, uid_base), follow_symlinks=False)
+            os.chown(path, host_id(st.st_uid), host_id(st.st_gid), follow_symlinks=False)
         if not is_link:
             os.chmod(path, stat.S_IMODE(st.st_mode) & mask)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)

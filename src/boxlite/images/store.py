@@ -3,14 +3,18 @@
 Layout under ``<home>/images/``::
 
     blobs/sha256/<hex>        verified blobs (manifests, configs, layers)
-    layers/<hex>/root         unpacked layer (ownership shifted), keyed by layer blob digest
-    layers/<hex>/expanded.json  what the layer unpacked to (bytes, entries): per-image limits
+    layers-v2/<hex>/root      unpacked layer, keyed by layer blob digest; ownership as in the image
+    layers-v2/<hex>/expanded.json  what the layer unpacked to (bytes, entries): per-image limits
+    layers/<hex>[.u<base>]/   format 1 (before id-mapped mounts): ownership shifted by a uid base;
+                              only boxes created then still use these, gc removes the rest
     locks/                    flock files (per blob / layer, and the store-wide gc lock)
     tmp/                      partial downloads and unpack work dirs
     index.db                  SQLite (WAL): reference -> manifest digest, image id, size
 
-The ``images`` directory is 0700: layers hold setuid files and files owned by box uids, which
-no other host user (nor a host process running as a box's uid) may reach.
+Layers are stored unshifted: the engines map ownership themselves (the namespace engine with
+id-mapped mounts, the VM engine's disk holds image ids as they are). So a layer holds real
+setuid-root files on the host disk: the ``images`` directory and every layer directory are 0700
+root's, which no other host user (nor a host process running as a box's uid) may reach.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ from .reference import is_digest
 from .types import ImageInfo
 
 DEFAULT_UID_BASE = 100000
+LAYERS_DIR = "layers-v2"
+"""Unshifted layers. A new directory rather than a format marker: format 1 layers (``layers/``)
+hold shifted ownership and must never be used as unshifted, nor the other way round."""
+LEGACY_LAYERS_DIR = "layers"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -49,17 +57,19 @@ CREATE TABLE IF NOT EXISTS images (
 class Store:
     """Files and index of one home's images directory. Safe for concurrent processes."""
 
-    def __init__(self, home: Path, uid_base: int = DEFAULT_UID_BASE, limits: ImageLimits | None = None) -> None:
+    def __init__(self, home: Path, limits: ImageLimits | None = None) -> None:
         self.root = Path(home) / "images"
         self.blobs = self.root / "blobs" / "sha256"
-        self.layers = self.root / "layers"
+        self.layers = self.root / LAYERS_DIR
+        self.legacy_layers = self.root / LEGACY_LAYERS_DIR
         self.locks = self.root / "locks"
         self.tmp = self.root / "tmp"
-        self.uid_base = uid_base
         self.limits = limits if limits is not None else ImageLimits.from_env()
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
         for d in (self.blobs, self.layers, self.locks, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
+        os.chmod(self.layers, 0o700)
         self.db_path = self.root / "index.db"
         with self._db() as db:
             db.executescript(_SCHEMA)
@@ -181,12 +191,9 @@ class Store:
         return digest, n
 
     # -- layers -----------------------------------------------------------------------
-    def layer_key(self, hex_id: str) -> str:
-        """Directory name of a layer; non-default uid bases get their own copy."""
-        return hex_id if self.uid_base == DEFAULT_UID_BASE else f"{hex_id}.u{self.uid_base}"
-
     def layer_dir(self, hex_id: str) -> Path:
-        return self.layers / self.layer_key(hex_id)
+        """A layer's directory (0700: it comes from ``mkdtemp``), whatever uid base boxes use."""
+        return self.layers / hex_id
 
     def layer_root(self, hex_id: str) -> Path:
         return self.layer_dir(hex_id) / "root"
@@ -198,6 +205,13 @@ class Store:
             return int(doc["bytes"]), int(doc["entries"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0, 0
+
+    @staticmethod
+    def is_shifted(layer_root: Path) -> bool:
+        """Is ``layer_root`` (``images/layers/<key>/root``) a format 1 layer, its ownership
+        shifted by the home's uid base? (By name: a box record may spell the home differently.)"""
+        store = Path(layer_root).parent.parent
+        return store.name == LEGACY_LAYERS_DIR and store.parent.name == "images"
 
     def gc_lock(self) -> Path:
         """Pulls/unpacks hold this shared; gc holds it exclusively."""

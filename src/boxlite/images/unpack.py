@@ -11,8 +11,8 @@ Every path is resolved component by component from the layer root with ``O_NOFOL
 * final components are created with ``O_CREAT|O_EXCL|O_NOFOLLOW`` after removing what was there.
 
 Whiteouts become overlayfs whiteouts: ``.wh.NAME`` → character device 0:0 ``NAME``;
-``.wh..wh..opq`` → xattr ``trusted.overlay.opaque=y`` on the directory. Ownership is shifted:
-``uid → uid_base + uid`` (ids ≥ 65536 → ``uid_base + 65534``).
+``.wh..wh..opq`` → xattr ``trusted.overlay.opaque=y`` on the directory. Ownership is the
+image's (ids ≥ 65536, which no box maps, → 65534): each engine maps it to its boxes itself.
 
 A layer must not plant privileges on the host, where its files live:
 
@@ -23,8 +23,8 @@ A layer must not plant privileges on the host, where its files live:
   (``security.capability``), other ``security.*``/``trusted.*`` and ACLs (``system.*``) are
   dropped, so an image cannot ship ``cap_setuid=ep`` binaries;
 * setuid/setgid bits are kept (programs in the box need them) and are harmless outside it
-  because the store and box directories are 0700 root-owned: no other host user, and no host
-  process running as a box's uid, can reach those files;
+  because the store, each layer directory and the box directories are 0700 root-owned: no other
+  host user, and no host process running as a box's uid, can reach those files;
 * sizes are bounded (:mod:`.limits`): every member is counted from its header (sparse files at
   their logical size) before its data is written, extended headers are read with a cap, and
   runs of zeros are written as holes, so a sparse file stays sparse.
@@ -77,9 +77,14 @@ def keep_xattr(name: str) -> bool:
     return name.startswith("user.") and not name.startswith("user.overlay.")
 
 
-def shift_id(value: int, base: int) -> int:
-    """Map a box uid/gid to the host id: ``base + id``; ids ≥ 65536 become ``base + 65534``."""
-    return base + value if 0 <= value < 65536 else base + 65534
+ID_COUNT = 65536
+OVERFLOW_ID = 65534
+
+
+def host_id(value: int) -> int:
+    """The uid/gid a layer file gets on the host: the image's, unless no box could map it
+    (boxes map ids 0-65535): then ``65534`` (nobody)."""
+    return value if 0 <= value < ID_COUNT else OVERFLOW_ID
 
 
 class Reader(Protocol):
@@ -157,7 +162,6 @@ def open_decompressed(f: IO[bytes]) -> Reader:
 def unpack_layer(
     blob: Path,
     dest: Path,
-    uid_base: int,
     diff_id: str | None = None,
     limits: ImageLimits | None = None,
     budget: ImageBudget | None = None,
@@ -176,7 +180,7 @@ def unpack_layer(
         ex: Extractor | None = None
         try:
             with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:  # type: ignore[call-overload]
-                ex = Extractor(dest, uid_base)
+                ex = Extractor(dest)
                 try:
                     while (member := tf.next()) is not None:
                         tf.members.clear()  # a streaming TarFile keeps every member otherwise
@@ -213,16 +217,15 @@ def unpack_layer(
 class Extractor:
     """Writes tar members under one root directory without ever following a symlink."""
 
-    def __init__(self, root: Path, uid_base: int) -> None:
+    def __init__(self, root: Path) -> None:
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self.base = uid_base
         self.privileged = os.geteuid() == 0
         self._fds: dict[tuple[str, ...], int] = {}
         self._dir_times: list[tuple[tuple[str, ...], int]] = []
         self.skipped_devices: list[str] = []
         self.dropped_xattrs: list[str] = []
         if self.privileged:
-            os.fchown(self.root_fd, uid_base, uid_base)
+            os.fchown(self.root_fd, 0, 0)
         os.fchmod(self.root_fd, 0o755)
 
     def close(self) -> None:
@@ -278,7 +281,7 @@ class Extractor:
             os.mkdir(name, 0o755, dir_fd=parent)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             if self.privileged:
-                os.fchown(fd, self.base, self.base)
+                os.fchown(fd, 0, 0)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafeLayerError(
@@ -359,7 +362,7 @@ class Extractor:
                 os.symlink(m.linkname, name, dir_fd=pfd)
             if self.privileged:
                 os.chown(
-                    name, shift_id(m.uid, self.base), shift_id(m.gid, self.base), dir_fd=pfd, follow_symlinks=False
+                    name, host_id(m.uid), host_id(m.gid), dir_fd=pfd, follow_symlinks=False
                 )
             os.utime(name, ns=(int(m.mtime) * 10**9,) * 2, dir_fd=pfd, follow_symlinks=False)
         elif m.islnk():
@@ -388,7 +391,7 @@ class Extractor:
         self._require_root("whiteout")
         self._clear(pfd, (*parts[:-1], target))
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
-        os.chown(target, self.base, self.base, dir_fd=pfd, follow_symlinks=False)
+        os.chown(target, 0, 0, dir_fd=pfd, follow_symlinks=False)
 
     @staticmethod
     def _is_whiteout(pfd: int, name: str) -> bool:
@@ -424,13 +427,13 @@ class Extractor:
             return
         os.mkfifo(name, 0o600, dir_fd=pfd)
         if self.privileged:
-            os.chown(name, shift_id(m.uid, self.base), shift_id(m.gid, self.base), dir_fd=pfd, follow_symlinks=False)
+            os.chown(name, host_id(m.uid), host_id(m.gid), dir_fd=pfd, follow_symlinks=False)
         # the name was just created by us in a private work dir: not a symlink
         os.chmod(name, m.mode & 0o777, dir_fd=pfd)
 
     def _meta_fd(self, fd: int, m: tarfile.TarInfo, parts: tuple[str, ...] = ()) -> None:
         if self.privileged:
-            os.fchown(fd, shift_id(m.uid, self.base), shift_id(m.gid, self.base))
+            os.fchown(fd, host_id(m.uid), host_id(m.gid))
         os.fchmod(fd, m.mode & 0o7777)
         for key, value in m.pax_headers.items():
             if not key.startswith("SCHILY.xattr."):
