@@ -176,6 +176,11 @@ async def test_box_root_is_a_shifted_uid_on_the_host(box: boxlite.SimpleBox, run
     assert (upper / "rootfile").stat().st_uid == 100000
     assert (upper / "rootfile").stat().st_gid == 100000
     assert (upper / "home" / "user" / "d").stat().st_uid == 101000
+    # Copy-up of image files (layers hold the image's ids, mapped into the box): shifted owners.
+    await sh(box, "echo x >> /etc/passwd; chmod 0640 /etc/group")
+    assert (upper / "home" / "user").stat().st_uid == 101000
+    assert [(upper / "etc" / n).stat().st_uid for n in ("passwd", "group")] == [100000, 100000]
+    assert (await sh(box, "echo y >> /etc/passwd", user="user")).exit_code != 0
     # The image files too: nothing in the box is owned by host root.
     listing = await sh(box, "ls -ln /bin/busybox /etc/passwd")
     assert all(line.split()[2] == "0" for line in listing.stdout.splitlines())

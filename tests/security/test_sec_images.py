@@ -171,8 +171,11 @@ async def test_layer_cannot_plant_capabilities_acls_or_device_nodes(
     assert not (root / "dev/mem").exists() and not (root / "opt/sda").exists()
     fifo = os.lstat(root / "opt/fifo")
     assert stat.S_ISFIFO(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o666
-    suid = os.lstat(root / "usr/bin/suid")  # kept for the box, owned by box root...
-    assert stat.S_IMODE(suid.st_mode) == 0o4755 and suid.st_uid == BOX_UID
+    suid = os.lstat(root / "usr/bin/suid")  # kept for the box, owned by the image's root (box root in the box)...
+    assert stat.S_IMODE(suid.st_mode) == 0o4755 and suid.st_uid == 0
+    for private in (root.parent, m.store.layers, m.store.root):  # ...so no host user may reach it
+        st = os.stat(private)
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid(), private
     text = caplog.text  # ...and the skipped nodes and xattrs are named in the log
     assert "dev/mem" in text and "opt/sda" in text and "security.capability" in text
 
@@ -202,11 +205,13 @@ def test_home_store_and_box_dirs_are_private(tmp_path: Path) -> None:
             assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid(), sub
     m = _manager(tmp_path / "bare")  # an ImageManager on its own makes its store private too
     assert stat.S_IMODE(os.stat(m.store.root).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(m.store.layers).st_mode) == 0o700
 
 
 async def test_box_uid_on_the_host_cannot_modify_a_shared_layer(tmp_path: Path) -> None:
     """Item 5: a host process running as box root's host uid (what a setuid file planted by box
-    root gives) cannot write, chmod, replace or add files of a shared image layer."""
+    root gives) cannot write, chmod, replace or add files of a shared image layer, nor even
+    reach the layer: each layer dir is 0700, and its files keep the image's (root) ownership."""
     layer = layer_from_members(
         [Member("etc/", D, mode=0o755), Member("etc/passwd", data=b"root:x:0:0::/root:/bin/sh\n", mode=0o644)]
     )
@@ -216,7 +221,7 @@ async def test_box_uid_on_the_host_cannot_modify_a_shared_layer(tmp_path: Path) 
     (root,) = (await m.resolve(info.reference)).layers
     target = root / "etc/passwd"
     st = os.lstat(target)
-    assert st.st_uid == BOX_UID and st.st_mode & 0o200  # only the path keeps box root's uid out
+    assert st.st_uid == 0 and st.st_mode & 0o200  # unshifted: ownership and the 0700 path keep box uids out
     code = f"""
 import os, sys
 target, layer = {str(target)!r}, {str(root)!r}
@@ -226,6 +231,8 @@ attempts = {{
     "unlink": lambda: os.unlink(target),
     "create": lambda: open(os.path.join(layer, "etc/new"), "xb"),
     "list": lambda: os.listdir(os.path.dirname(os.path.dirname(os.path.dirname(layer)))),
+    "list_layer": lambda: os.listdir(layer),
+    "stat": lambda: os.stat(target),
 }}
 for name, op in attempts.items():
     try:
@@ -328,7 +335,7 @@ def test_sparse_layer_is_refused_by_default_and_stays_sparse_when_allowed(tmp_pa
     blob.write_bytes(_gnu_sparse("huge", 3 * GiB // 2))
     (tmp_path / "a").mkdir()
     with pytest.raises(ImageTooLargeError):
-        unpack_layer(blob, tmp_path / "a", BOX_UID, limits=ImageLimits())
+        unpack_layer(blob, tmp_path / "a", limits=ImageLimits())
     assert os.listdir(tmp_path / "a") == []  # refused from the header, before any data
     blob.write_bytes(_gnu_sparse("huge", 256 * MiB))
     zeros = tmp_path / "zeros.tar.gz"
@@ -336,8 +343,8 @@ def test_sparse_layer_is_refused_by_default_and_stays_sparse_when_allowed(tmp_pa
     relaxed = ImageLimits(max_ratio=0)
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
-    unpack_layer(blob, tmp_path / "b", BOX_UID, limits=relaxed)
-    unpack_layer(zeros, tmp_path / "c", BOX_UID, limits=relaxed)
+    unpack_layer(blob, tmp_path / "b", limits=relaxed)
+    unpack_layer(zeros, tmp_path / "c", limits=relaxed)
     for path, size in ((tmp_path / "b/huge", 256 * MiB), (tmp_path / "c/zeros", 32 * MiB)):
         st = os.stat(path)
         assert st.st_size == size and st.st_blocks * 512 < MiB, (path, st.st_blocks)
@@ -376,7 +383,7 @@ def test_oversized_and_chained_tar_headers_are_refused(tmp_path: Path) -> None:
         dest = tmp_path / f"d{error.__name__}"
         dest.mkdir()
         with pytest.raises(error):
-            unpack_layer(blob, dest, BOX_UID, limits=ImageLimits())
+            unpack_layer(blob, dest, limits=ImageLimits())
         with pytest.raises(error):  # the same as a `docker save` archive given to load()
             _manager(tmp_path / "home").load(blob)
 

@@ -54,7 +54,7 @@ def boot(config: dict[str, Any]) -> None:
                 f.write(str(os.getpid()))
             if config.get("oom_fd") is None:  # the agent tells OOM kills from other SIGKILLs
                 config["oom_fd"] = oom.open_counter(os.path.dirname(procs))
-        if config.get("volumes"):
+        if config.get("volumes") or config.get("idmap_layers"):
             config["idmap_fd"] = _mapping_userns(int(config["uid_base"]), int(config.get("uid_count", 65536)))
         linux.unshare(
             linux.CLONE_NEWPID
@@ -96,7 +96,7 @@ def boot(config: dict[str, Any]) -> None:
 
 
 def _mapping_userns(base: int, count: int) -> int:
-    """An fd of a user namespace with the box's uid/gid maps, for idmapped volume mounts.
+    """An fd of a user namespace with the box's uid/gid maps, for idmapped layer and volume mounts.
     Made before the pid namespace, so the short-lived holder process is not its init."""
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
@@ -226,6 +226,9 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     root = sup + BOX
     os.makedirs(root)
     os.chdir(config["layer_links"])  # short relative lowerdir names keep the options small
+    idmap_fd = config.get("idmap_fd")
+    for i, layer in enumerate(config.get("idmap_layers", [])):
+        _bind_layer(layer, str(i), idmap_fd)
     lower = ":".join(str(i) for i in reversed(range(int(config["layer_count"]))))
     # Relative paths too: the options show in the box's mountinfo, absolute ones would name
     # the host's box directory.
@@ -266,7 +269,6 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
                 linux.bind_idmapped(f"{sup}/resolv.conf", target, None, True)
             finally:
                 os.close(target)
-    idmap_fd = config.get("idmap_fd")
     for host, guest, readonly in config.get("volumes", []):
         target = volume_target(root, guest, os.path.isdir(host), uid_base)
         try:
@@ -282,6 +284,18 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
         for path in (f"{root}/proc/1/{name}", f"{root}/proc/1/task/1/{name}"):
             if os.path.exists(path):
                 _bind_file("/dev/null", path, create=False)
+
+
+def _bind_layer(layer: str, mountpoint: str, idmap_fd: int | None) -> None:
+    """Layer dirs hold the image's ownership: a read-only bind, id-mapped to the box's uids,
+    becomes the overlay's lower layer (copy-up then gives the upper file the shifted owner)."""
+    target = os.open(mountpoint, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        linux.bind_idmapped(layer, target, idmap_fd, True)
+    except OSError as e:
+        raise OSError(e.errno, f"id-mapping image layer {mountpoint} (does its filesystem support id-mapped mounts?): {e}")
+    finally:
+        os.close(target)
 
 
 def _setup_dev(dev: str, uid_base: int, shm_size: str = "") -> None:

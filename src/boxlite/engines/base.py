@@ -19,13 +19,17 @@ __all__ = ["BoxSpec", "Engine", "RootLayers", "RunningBox", "process_start_time"
 class RootLayers:
     """Read-only root filesystem of a box: unpacked layer dirs, bottom first.
 
-    Ownership inside the layer dirs is shifted by ``uid_base`` (box uid 0 = host ``uid_base``).
-    ``image_id`` identifies the stack for caches (e.g. the VM engine's root disk image).
+    Ownership inside the layer dirs is the image's; the box's own files are owned by ids shifted
+    by ``uid_base`` (box uid 0 = host ``uid_base``), so the namespace engine maps the layers
+    with id-mapped mounts. ``shifted``: layers of an older store whose ownership is already
+    shifted (boxes created before). ``image_id`` identifies the stack for caches (e.g. the VM
+    engine's root disk image).
     """
 
     layers: tuple[Path, ...]
     image_id: str
     uid_base: int
+    shifted: bool = False
 
 
 @dataclass

@@ -219,7 +219,12 @@ class BoxRuntime:
         return BoxSpec(
             box_id=rec.id,
             box_dir=self.layout(rec.id).root,
-            root=RootLayers(tuple(Path(p) for p in rec.layers), rec.image_id, rec.uid_base),
+            root=RootLayers(
+                tuple(Path(p) for p in rec.layers),
+                rec.image_id,
+                rec.uid_base,
+                shifted=self.images.layers_shifted([Path(p) for p in rec.layers]),
+            ),
             hostname=config.hostname or (rec.name or rec.id[-12:]).lower()[:63],
             cache_dir=self.home.cache_dir,
             cpus=config.cpus,

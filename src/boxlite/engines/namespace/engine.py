@@ -69,6 +69,8 @@ class NamespaceEngine(Engine):
             "run_dir": str(spec.run_dir),
             "layer_links": str(spec.layout.layer_links),
             "layer_count": len(spec.root.layers),
+            # unshifted layers: B bind-mounts each, id-mapped to the box's uids, on layer_links/<i>
+            "idmap_layers": [] if spec.root.shifted else [str(p) for p in spec.root.layers],
             "upperdir": str(spec.layout.upper),
             "workdir": str(spec.layout.work),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
@@ -179,7 +181,10 @@ class NamespaceEngine(Engine):
         shutil.rmtree(links, ignore_errors=True)
         links.mkdir()
         for i, layer in enumerate(spec.root.layers):
-            os.symlink(layer, links / str(i))
+            if spec.root.shifted:  # an older store's layers: already owned by the box's uids
+                os.symlink(layer, links / str(i))
+            else:  # a mount point (in the box's mount namespace only)
+                (links / str(i)).mkdir(mode=0o700)
 
     async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
         if running.is_alive():
