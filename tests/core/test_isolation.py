@@ -192,3 +192,36 @@ async def test_box_root_cannot_touch_host_owned_files(box: boxlite.SimpleBox) ->
     assert "done" in result.stdout
     assert (await box.exec("hostname")).stdout.strip() != "x"
     assert (await sh(box, "echo 1 > /proc/sys/vm/drop_caches")).exit_code != 0
+
+
+async def test_box_of_an_older_store_keeps_its_shifted_layers(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, home: Path
+) -> None:
+    """A box created when the store held layers shifted by the uid base (``images/layers``)
+    still starts on them as they are: not id-mapped a second time."""
+    import shutil
+
+    box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+    core = runtime._core
+    rec = core.record(box.id)
+    old = home / "images" / "layers" / "oldformat" / "root"
+    shutil.copytree(busybox_rootfs, old, symlinks=True)
+    for dirpath, dirnames, filenames in os.walk(busybox_rootfs):
+        for name in [".", *dirnames, *filenames]:
+            st = os.lstat(os.path.join(dirpath, name))
+            copy = old / os.path.relpath(os.path.join(dirpath, name), busybox_rootfs)
+            os.chown(copy, 100000 + st.st_uid, 100000 + st.st_gid, follow_symlinks=False)
+    rec.layers = [str(old)]
+    core.db.update(rec)
+    assert core.spec(rec).root.shifted
+    await box.start()
+    try:
+        run = await box.exec("sh", ["-c", "ls -ln /bin/busybox /home; echo hi > /f"])
+        stdout = await run.stdout().read()
+        assert (await run.wait()).exit_code == 0
+        assert [line.split()[2] for line in stdout.splitlines() if line.startswith("-")] == ["0"]
+        assert "1000" in stdout.split()  # /home/user
+        assert (home / "boxes" / box.id / "upper" / "f").stat().st_uid == 100000
+    finally:
+        await box.stop()
+        await runtime.remove(box.id)
