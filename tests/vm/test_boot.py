@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -20,6 +21,7 @@ from vmhelpers import Client, make_spec, requires_qemu, shutdown, wait_gone
 from boxlite import runtime_artifact
 from boxlite.engines.base import RootLayers, process_start_time
 from boxlite.engines.vm import VmEngine
+from boxlite.engines.vm.disks import ensure_layer_image
 from boxlite.errors import EngineError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,9 +201,10 @@ async def test_kill_forces_the_box_down(started) -> None:  # type: ignore[no-unt
     assert process_start_time(qemu) is None
 
 
-def _layered_rootfs(base: Path, busybox: Path, uid_base: int) -> tuple[Path, Path]:
-    """Two layers shifted by ``uid_base``: the top one deletes a file (whiteout), makes a dir
-    opaque, and adds a file owned by box uid 1000."""
+def _layered_rootfs(base: Path, busybox: Path, uid_base: int = 0) -> tuple[Path, Path]:
+    """Two layers as the store keeps them (image ownership; shifted by ``uid_base`` as an older
+    store did): the top one deletes a file (whiteout), makes a dir opaque, and adds a file owned
+    by box uid 1000."""
     low, top = base / "low", base / "top"
     shutil.copytree(busybox, low, symlinks=True)
     (low / "etc/gone").write_text("deleted by the top layer\n")
@@ -214,22 +217,47 @@ def _layered_rootfs(base: Path, busybox: Path, uid_base: int) -> tuple[Path, Pat
     (top / "opaque/visible").write_text("top\n")
     (top / "home").mkdir()
     (top / "home/owned").write_text("mine\n")
-    for layer in (low, top):
+    os.chown(top / "home/owned", 1000, 1000)
+    for layer in (low, top) if uid_base else ():
         for root, dirs, files in os.walk(layer):
-            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            links = [n for n in dirs if os.path.islink(os.path.join(root, n))]  # real dirs: once, as root
+            for name in [root, *(os.path.join(root, n) for n in links + files)]:
                 st = os.lstat(name)
                 os.chown(name, st.st_uid + uid_base, st.st_gid + uid_base, follow_symlinks=False)
-    os.chown(top / "home/owned", uid_base + 1000, uid_base + 1000)
     return low, top
+
+
+@pytest.mark.parametrize("uid_base", [0, 100000])
+def test_layer_disk_holds_image_ownership(tmp_path: Path, busybox_rootfs: Path, uid_base: int) -> None:
+    """The VM's layer disk is built from the store's layers as they are (no copy): image ids
+    stay; layers of an older store, shifted by ``uid_base``, are read back through an id-mapped
+    bind. Whiteouts and overlay xattrs survive."""
+    low, top = _layered_rootfs(tmp_path / "layers", busybox_rootfs, uid_base)
+    root = RootLayers((low, top), "layered-test", 100000, shifted=bool(uid_base))
+    image = ensure_layer_image(tmp_path / "cache", root)
+
+    def debugfs(request: str) -> str:
+        res = subprocess.run(["debugfs", "-R", request, str(image)], capture_output=True, text=True, check=True)
+        return res.stdout
+
+    def owner(path: str) -> tuple[int, int]:
+        found = re.search(r"User:\s+(\d+)\s+Group:\s+(\d+)", debugfs(f"stat {path}"))
+        assert found, path
+        return int(found[1]), int(found[2])
+
+    assert owner("/1/home/owned") == (1000, 1000)
+    assert owner("/0/bin/busybox") == owner("/0/etc") == owner("/1/opaque") == (0, 0)
+    assert "character special" in debugfs("stat /1/etc/gone")
+    assert 'trusted.overlay.opaque (1) = "y"' in debugfs("ea_list /1/opaque")
+    assert os.lstat(low / "bin/busybox").st_uid == uid_base  # the store's layer is untouched
 
 
 async def test_layers_whiteouts_ownership_and_limits(  # type: ignore[no-untyped-def]
     artifact, vm_home: Path, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
-    uid_base = 100000
-    low, top = _layered_rootfs(tmp_path / "layers", busybox_rootfs, uid_base)
+    low, top = _layered_rootfs(tmp_path / "layers", busybox_rootfs)
     spec = make_spec(vm_home, busybox_rootfs, "layered", cpus=1, memory_mib=128, pids_limit=8)
-    spec.root = RootLayers((low, top), "layered-test", uid_base)
+    spec.root = RootLayers((low, top), "layered-test", 100000)
     engine = VmEngine()
     running = await engine.start(spec)
     try:

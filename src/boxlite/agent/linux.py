@@ -132,6 +132,36 @@ def bind_idmapped(source: str, target_fd: int, userns_fd: int | None, readonly: 
         os.close(fd)
 
 
+def mapping_userns(inside: int, outside: int, count: int) -> int:
+    """An fd of a new user namespace whose uid and gid maps are ``inside outside count``, for
+    id-mapped mounts (the namespace engine's layers and volumes: ``0 uid_base 65536``). Needs
+    root: a short-lived child process holds the namespace while the maps are written."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(done_w)
+            os.close(ready_r)
+            unshare(CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError("could not create the id-mapping user namespace")
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"{inside} {outside} {count}\n")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(done_w)
+        os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, done_r):
+            os.close(fd)
+
+
 def sethostname(name: str) -> None:
     raw = name.encode()
     _check(_libc.sethostname(raw, len(raw)), "sethostname")

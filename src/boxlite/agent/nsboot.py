@@ -55,13 +55,10 @@ def boot(config: dict[str, Any]) -> None:
             if config.get("oom_fd") is None:  # the agent tells OOM kills from other SIGKILLs
                 config["oom_fd"] = oom.open_counter(os.path.dirname(procs))
         if config.get("volumes") or config.get("idmap_layers"):
-            config["idmap_fd"] = _mapping_userns(int(config["uid_base"]), int(config.get("uid_count", 65536)))
+            # made before the pid namespace, so the short-lived holder process is not its init
+            config["idmap_fd"] = linux.mapping_userns(0, int(config["uid_base"]), int(config.get("uid_count", 65536)))
         linux.unshare(
-            linux.CLONE_NEWPID
-            | linux.CLONE_NEWNET
-            | linux.CLONE_NEWIPC
-            | linux.CLONE_NEWUTS
-            | linux.CLONE_NEWCGROUP
+            linux.CLONE_NEWPID | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP
         )
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
@@ -93,35 +90,6 @@ def boot(config: dict[str, Any]) -> None:
         os._exit(1)
     os.write(to_child_w, b"G")
     os._exit(0)
-
-
-def _mapping_userns(base: int, count: int) -> int:
-    """An fd of a user namespace with the box's uid/gid maps, for idmapped layer and volume mounts.
-    Made before the pid namespace, so the short-lived holder process is not its init."""
-    ready_r, ready_w = os.pipe()
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(done_w)
-            os.close(ready_r)
-            linux.unshare(linux.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(done_r, 1)
-        finally:
-            os._exit(0)
-    try:
-        if os.read(ready_r, 1) != b"1":
-            raise OSError("could not create the volume id-mapping user namespace")
-        for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write(f"0 {base} {count}\n")
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(done_w)
-        os.waitpid(pid, 0)
-        for fd in (ready_r, ready_w, done_r):
-            os.close(fd)
 
 
 def _report(fd: int, word: str, arg: str = "") -> None:
@@ -293,7 +261,9 @@ def _bind_layer(layer: str, mountpoint: str, idmap_fd: int | None) -> None:
     try:
         linux.bind_idmapped(layer, target, idmap_fd, True)
     except OSError as e:
-        raise OSError(e.errno, f"id-mapping image layer {mountpoint} (does its filesystem support id-mapped mounts?): {e}")
+        raise OSError(
+            e.errno, f"id-mapping image layer {mountpoint} (does its filesystem support id-mapped mounts?): {e}"
+        ) from None
     finally:
         os.close(target)
 

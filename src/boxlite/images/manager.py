@@ -250,11 +250,9 @@ class ImageManager:
             if root.is_dir():
                 return root
             work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
-            try:  # mkdtemp made it 0700: stays so (setuid files and box-uid files live below)
+            try:  # mkdtemp made it 0700: stays so (real setuid-root files live below)
                 (work / "root").mkdir()
-                meter = unpack_layer(
-                    self.store.blob_path(desc.digest), work / "root", diff_id, self.limits, budget
-                )
+                meter = unpack_layer(self.store.blob_path(desc.digest), work / "root", diff_id, self.limits, budget)
                 (work / "expanded.json").write_text(json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
                 os.rename(work, self.store.layer_dir(hex_id))
             except BaseException:

@@ -361,9 +361,7 @@ class Extractor:
                 self._clear(pfd, parts)
                 os.symlink(m.linkname, name, dir_fd=pfd)
             if self.privileged:
-                os.chown(
-                    name, host_id(m.uid), host_id(m.gid), dir_fd=pfd, follow_symlinks=False
-                )
+                os.chown(name, host_id(m.uid), host_id(m.gid), dir_fd=pfd, follow_symlinks=False)
             os.utime(name, ns=(int(m.mtime) * 10**9,) * 2, dir_fd=pfd, follow_symlinks=False)
         elif m.islnk():
             self._hardlink(parts, m.linkname)

@@ -1,21 +1,22 @@
 """Disk images of a VM box: the read-only image layers and the per-box writable disk.
 
-The layer image is an ext4 filesystem holding layer ``i`` in directory ``/i`` with ownership
-un-shifted (host ``uid_base + n`` becomes ``n``), overlayfs whiteouts (char 0:0) and
-``trusted.overlay.*`` xattrs preserved, so the guest stacks ``/N-1:...:/0`` with overlayfs.
-It is built once per ``image_id`` (e2fsprogs 1.47.0 cannot read tarballs yet, so the layers
-are copied into a staging tree with corrected ownership and fed to ``mke2fs -d``).
+The layer image is an ext4 filesystem holding layer ``i`` in directory ``/i`` with the image's
+ownership, overlayfs whiteouts (char 0:0) and ``trusted.overlay.*`` xattrs, so the guest stacks
+``/N-1:...:/0`` with overlayfs. It is built once per ``image_id`` by ``mke2fs -d`` straight from
+the store's layer dirs (e2fsprogs 1.47.0 cannot read tarballs yet): a helper process binds each
+layer on ``<staging>/<i>`` in a mount namespace of its own, then runs mke2fs. Layers of an older
+store, shifted by ``uid_base``, are bound id-mapped back (``uid_base + n`` reads as ``n``).
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
+import json
 import os
-import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +27,24 @@ from ..base import RootLayers
 
 LOWER_CAPACITY = 64 << 30  # layer images are padded (sparse) to one size: VM snapshots fit any box
 UID_COUNT = 65536
-OVERFLOW_ID = 65534
 BLOCK = 4096
+PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # the directory holding ``boxlite/``
 
-
-def _unshift(value: int, base: int) -> int:
-    if base <= value < base + UID_COUNT:
-        return value - base
-    return 0 if value < UID_COUNT and base == 0 else OVERFLOW_ID
+# Runs as root in a child process: private mount namespace, one read-only bind per layer, exec mke2fs.
+_BIND_AND_MKFS = """
+import json, os, sys
+cfg = json.loads(sys.argv[1])
+sys.path.insert(0, cfg["path"])
+from boxlite.agent import linux
+linux.unshare(linux.CLONE_NEWNS)
+linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+userns = linux.mapping_userns(cfg["uid_base"], 0, cfg["count"]) if cfg["shifted"] else None
+for i, layer in enumerate(cfg["layers"]):
+    target = os.open(os.path.join(cfg["staging"], str(i)), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    linux.bind_idmapped(layer, target, userns, True)
+    os.close(target)
+os.execvp(cfg["argv"][0], cfg["argv"])
+"""
 
 
 @contextmanager
@@ -43,66 +54,29 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def _copy_xattrs(src: str, dst: str) -> None:
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.ENODATA):
-            return
-        raise
-    for name in names:
-        try:
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EPERM):
-                raise
-
-
-class _Stager:
-    """Copies layer trees with un-shifted ownership and counts what mke2fs will need."""
-
-    def __init__(self, uid_base: int) -> None:
-        self.base = uid_base
-        self.blocks = 0
-        self.inodes = 0
-
-    def copy_tree(self, src: Path, dst: Path) -> None:
-        links: dict[tuple[int, int], str] = {}
-        self._entry(str(src), str(dst), os.lstat(src), links)
-
-    def _entry(self, src: str, dst: str, st: os.stat_result, links: dict[tuple[int, int], str]) -> None:
-        mode = st.st_mode
-        self.inodes += 1
-        if stat.S_ISDIR(mode):
-            os.mkdir(dst)
-            self.blocks += 1
-            with os.scandir(src) as it:
-                for e in sorted(it, key=lambda e: e.name):
-                    self._entry(e.path, os.path.join(dst, e.name), e.stat(follow_symlinks=False), links)
-        elif stat.S_ISREG(mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in links:
-                os.link(links[key], dst)
-                return
-            links[key] = dst
-            shutil.copyfile(src, dst, follow_symlinks=False)
-            self.blocks += (st.st_size + BLOCK - 1) // BLOCK + 1
-        elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(src), dst)
-            self.blocks += 1
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-            os.mknod(dst, mode, st.st_rdev)
-        else:
-            self.inodes -= 1
-            return  # sockets are not part of images
-        os.chown(dst, _unshift(st.st_uid, self.base), _unshift(st.st_gid, self.base), follow_symlinks=False)
-        if not stat.S_ISLNK(mode):
-            os.chmod(dst, stat.S_IMODE(mode))
-        _copy_xattrs(src, dst)
-        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+def _measure(layer: Path) -> tuple[int, int]:
+    """(blocks, inodes) mke2fs will need for one layer tree (never following symlinks)."""
+    blocks = inodes = 0
+    for dirpath, dirnames, filenames in os.walk(layer):
+        inodes += 1
+        blocks += 1
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISDIR(st.st_mode):
+                continue  # counted when walked (os.walk lists symlinks to dirs here too: counted below)
+            if stat.S_ISSOCK(st.st_mode):
+                continue  # sockets are not part of images
+            inodes += 1
+            if stat.S_ISREG(st.st_mode):
+                blocks += (st.st_size + BLOCK - 1) // BLOCK + 1
+            elif stat.S_ISLNK(st.st_mode):
+                blocks += 1
+    return blocks, inodes
 
 
 def layer_image_path(cache_dir: Path, root: RootLayers) -> Path:
+    # uid_base stays in the key: images built before layers were stored unshifted are the same
+    # (un-shifted) content and are reused as they are.
     key = hashlib.sha256(f"{root.image_id}\0{root.uid_base}\0{len(root.layers)}".encode()).hexdigest()[:24]
     return cache_dir / f"layers-{key}.ext4"
 
@@ -119,11 +93,14 @@ def ensure_layer_image(cache_dir: Path, root: RootLayers) -> Path:
         with tempfile.TemporaryDirectory(prefix="stage-", dir=cache_dir) as tmp:
             staging = Path(tmp) / "root"
             staging.mkdir()
-            stager = _Stager(root.uid_base)
+            os.chmod(staging, 0o755)
+            blocks = inodes = 0
             for i, layer in enumerate(root.layers):
-                stager.copy_tree(layer, staging / str(i))
+                (staging / str(i)).mkdir()
+                b, n = _measure(layer)
+                blocks, inodes = blocks + b, inodes + n
             out = Path(tmp) / "image.ext4"
-            _mkfs_from_dir(staging, out, stager.blocks, stager.inodes)
+            _mkfs_from_layers(root, staging, out, blocks, inodes)
             _padded(out)
             os.chmod(out, 0o444)
             out.rename(image)
@@ -149,46 +126,35 @@ def ensure_empty_lower(cache_dir: Path) -> Path:
     return path
 
 
-def _mkfs_from_dir(src: Path, out: Path, blocks: int, inodes: int) -> None:
+def _mkfs_from_layers(root: RootLayers, staging: Path, out: Path, blocks: int, inodes: int) -> None:
     size = (blocks + inodes // 16 + 2048) * BLOCK
     size = int(size * 1.15) + (16 << 20)
     for _ in range(4):
         with open(out, "wb") as f:
             f.truncate(size)
+        argv = [
+            "mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-I", "256", "-m", "0",
+            "-N", str(inodes + 1024), "-O", "^has_journal,^resize_inode", "-L", "boxlite-lower",
+            "-E", "root_owner=0:0,lazy_itable_init=1,nodiscard", "-d", str(staging), str(out),
+        ]  # fmt: skip
+        cfg = {
+            "path": str(PACKAGE_PARENT),
+            "staging": str(staging),
+            "layers": [str(p) for p in root.layers],
+            "shifted": root.shifted,
+            "uid_base": root.uid_base,
+            "count": UID_COUNT,
+            "argv": argv,
+        }
         res = subprocess.run(
-            [
-                "mke2fs",
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-b",
-                str(BLOCK),
-                "-I",
-                "256",
-                "-m",
-                "0",
-                "-N",
-                str(inodes + 1024),
-                "-O",
-                "^has_journal,^resize_inode",
-                "-L",
-                "boxlite-lower",
-                "-E",
-                "root_owner=0:0,lazy_itable_init=1,nodiscard",
-                "-d",
-                str(src),
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
+            [sys.executable, "-I", "-S", "-c", _BIND_AND_MKFS, json.dumps(cfg)], capture_output=True, text=True
         )
         if res.returncode == 0:
             return
         if "allocate" not in res.stderr and "No space" not in res.stderr:
             break
         size *= 2
-    raise EngineError(f"mke2fs failed building the VM layer image: {res.stderr.strip()}")
+    raise EngineError(f"mke2fs failed building the VM layer image: {res.stderr.strip()[-2000:]}")
 
 
 def ensure_box_disk(path: Path, size_gb: float) -> bool:
