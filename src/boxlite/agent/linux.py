@@ -157,7 +157,10 @@ def mapping_userns(inside: int, outside: int, count: int) -> int:
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(done_w)
-        os.waitpid(pid, 0)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # SIGCHLD ignored (the zygote): reaped already
+            pass
         for fd in (ready_r, ready_w, done_r):
             os.close(fd)
 

@@ -54,7 +54,7 @@ def boot(config: dict[str, Any]) -> None:
                 f.write(str(os.getpid()))
             if config.get("oom_fd") is None:  # the agent tells OOM kills from other SIGKILLs
                 config["oom_fd"] = oom.open_counter(os.path.dirname(procs))
-        if config.get("volumes") or config.get("idmap_layers"):
+        if (config.get("volumes") or config.get("idmap_layers")) and config.get("idmap_fd") is None:
             # made before the pid namespace, so the short-lived holder process is not its init
             config["idmap_fd"] = linux.mapping_userns(0, int(config["uid_base"]), int(config.get("uid_count", 65536)))
         linux.unshare(
@@ -90,6 +90,20 @@ def boot(config: dict[str, Any]) -> None:
         os._exit(1)
     os.write(to_child_w, b"G")
     os._exit(0)
+
+
+def reuse_idmap(config: dict[str, Any], cache: dict[tuple[int, int], int]) -> None:
+    """Zygote side: a box's id-mapping user namespace (for id-mapped layers and volumes) depends
+    on its uid range only, so the zygote makes it once per range and each box inherits it."""
+    if not (config.get("volumes") or config.get("idmap_layers")):
+        return
+    key = (int(config["uid_base"]), int(config.get("uid_count", 65536)))
+    if key not in cache:
+        try:
+            cache[key] = linux.mapping_userns(0, *key)
+        except OSError:
+            return  # the boot process tries again and reports the error on the status pipe
+    config["idmap_fd"] = cache[key]
 
 
 def _report(fd: int, word: str, arg: str = "") -> None:

@@ -21,6 +21,7 @@ from . import nsboot
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # boot processes are reaped automatically
+    idmaps: dict[tuple[int, int], int] = {}  # uid range -> id-mapping user namespace fd
     while True:
         try:
             msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
@@ -31,6 +32,7 @@ def main() -> None:
         config = json.loads(msg)
         names = ["status_fd", "log_fd", "lifeline_fd"][: len(fds)]
         config.update(zip(names, fds, strict=False))
+        nsboot.reuse_idmap(config, idmaps)
         if os.fork() == 0:
             sock.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
