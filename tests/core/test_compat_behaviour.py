@@ -5,6 +5,7 @@ list order, option defaults and combinations, masked secrets). Engine-agnostic."
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import string
 from pathlib import Path
@@ -245,3 +246,24 @@ def test_repr_masks_registry_secrets() -> None:
         assert "hunter2-secret" not in text and "tok-secret-value" not in text, text
     assert "alice" in repr(basic) and "registry.example" in repr(options)
     assert basic.password == "hunter2-secret"  # masked in text only
+
+
+async def test_background_writers_cannot_exhaust_the_agent(box: boxlite.SimpleBox, engine: str) -> None:
+    """Every ended exec whose output a background process still holds costs the agent a pipe it
+    keeps draining: at most MAX_SINKS of them; beyond, the pipe is closed as before."""
+    from boxlite.agent.server import MAX_SINKS
+
+    def agent_fds() -> int | None:
+        pid = box.info().state.pid
+        try:
+            return len(os.listdir(f"/proc/{pid}/fd")) if engine == "namespace" and pid else None
+        except OSError:
+            return None
+
+    before = agent_fds()
+    for _ in range(MAX_SINKS // 2 + 40):  # two held pipes (stdout, stderr) each
+        assert (await sh(box, "sleep 600 &")).exit_code == 0
+    assert (await box.exec("echo", "still-serving")).stdout == "still-serving\n"
+    after = agent_fds()
+    if before is not None and after is not None:
+        assert after - before <= MAX_SINKS + 8, (before, after)
