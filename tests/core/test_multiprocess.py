@@ -176,9 +176,7 @@ async def test_killed_owner_takes_its_box_down(
         await rt.shutdown()
 
 
-async def test_killed_owner_does_not_hurt_other_owners_boxes(
-    home: Path, busybox_rootfs: Path, children: list
-) -> None:
+async def test_killed_owner_does_not_hurt_other_owners_boxes(home: Path, busybox_rootfs: Path, children: list) -> None:
     victim = spawn_owner(home, busybox_rootfs, "hang")
     survivor = spawn_owner(home, busybox_rootfs, "hang")
     children.extend([victim, survivor])

@@ -45,12 +45,12 @@ class Registry:
         return self.server.host
 
     def config(self, **kw: object) -> ImageRegistry:
-        return ImageRegistry(self.host, transport="http", username=self.server.username,
-                             password=self.server.password, **kw)  # type: ignore[arg-type]
+        return ImageRegistry(
+            self.host, transport="http", username=self.server.username, password=self.server.password, **kw
+        )  # type: ignore[arg-type]
 
 
-def _start(tmp: Path, auth: str | None, with_python: bool, tls: bool = False
-           ) -> Iterator[Registry]:
+def _start(tmp: Path, auth: str | None, with_python: bool, tls: bool = False) -> Iterator[Registry]:
     server = start_registry(tmp, auth, tls)
     try:
         bb = server.push_layout(busybox_layout(), "library/busybox")
@@ -100,8 +100,7 @@ FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
 def make_manager(tmp_path: Path) -> Callable[..., ImageManager]:
     """``make_manager(*registries, home=None, uid_base=100000)`` with fast retries."""
 
-    def make(*registries: ImageRegistry, home: Path | None = None,
-             uid_base: int = 100000) -> ImageManager:
+    def make(*registries: ImageRegistry, home: Path | None = None, uid_base: int = 100000) -> ImageManager:
         m = ImageManager(home or tmp_path / "home", list(registries), uid_base)
         m.retry = dataclasses.replace(FAST_RETRY)  # a copy: tests may tune it
         return m

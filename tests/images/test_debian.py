@@ -23,19 +23,18 @@ def test_resolve_packages_closure() -> None:
     assert not {"perl-base", "dpkg", "debconf"} & set(pkgs)
 
 
-async def test_python_image_runs(registry: Registry,
-                                 make_manager: Callable[..., ImageManager],
-                                 tmp_path: Path) -> None:
+async def test_python_image_runs(registry: Registry, make_manager: Callable[..., ImageManager], tmp_path: Path) -> None:
     m = make_manager(registry.config())
     prepared = await m.resolve(registry.python)
     merged = tmp_path / "merged"
     merged.mkdir()
     lower = ":".join(str(p) for p in reversed(prepared.layers))
-    script = (f"mount -t overlay overlay -o lowerdir={lower} {merged} && "
-              f"chroot {merged} /bin/sh -c 'cd /app && python3 hello.py && "
-              "python3 -c \"import json, sqlite3, ssl, zlib; print(json.dumps([1]))\"'")
-    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                       timeout=60)
+    script = (
+        f"mount -t overlay overlay -o lowerdir={lower} {merged} && "
+        f"chroot {merged} /bin/sh -c 'cd /app && python3 hello.py && "
+        'python3 -c "import json, sqlite3, ssl, zlib; print(json.dumps([1]))"\''
+    )
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["hello", "from", "boxlite", "[1]"]
 

@@ -34,8 +34,7 @@ def _assert_clean(m: ImageManager) -> None:
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
-async def test_retry_on_transient_status(proxy: FaultProxy, make_manager: MM,
-                                         status: int) -> None:
+async def test_retry_on_transient_status(proxy: FaultProxy, make_manager: MM, status: int) -> None:
     proxy.add("status", MANIFEST, status, times=2)
     proxy.add("status", BLOB, status, times=2)
     m = _mgr(make_manager, proxy)
@@ -85,8 +84,7 @@ async def test_truncated_blob_resumes_with_range(proxy: FaultProxy, make_manager
     assert not list(m.store.tmp.iterdir())
 
 
-async def test_truncated_blob_without_range_support_restarts(proxy: FaultProxy,
-                                                             make_manager: MM) -> None:
+async def test_truncated_blob_without_range_support_restarts(proxy: FaultProxy, make_manager: MM) -> None:
     proxy.add("truncate", BLOB, times=1)
     proxy.add("norange", BLOB, times=-1)
     m = _mgr(make_manager, proxy)
@@ -101,8 +99,7 @@ async def test_corrupt_blob_once_is_redownloaded(proxy: FaultProxy, make_manager
     _assert_clean(m)
 
 
-async def test_always_corrupt_blob_is_never_committed(proxy: FaultProxy,
-                                                      make_manager: MM) -> None:
+async def test_always_corrupt_blob_is_never_committed(proxy: FaultProxy, make_manager: MM) -> None:
     proxy.add("corrupt", BLOB, times=-1)
     m = _mgr(make_manager, proxy)
     with pytest.raises(DigestMismatchError):
@@ -112,19 +109,18 @@ async def test_always_corrupt_blob_is_never_committed(proxy: FaultProxy,
     assert not [p for p in m.store.tmp.iterdir() if p.suffix == ".partial"]
 
 
-async def test_corrupt_manifest_by_digest(proxy: FaultProxy, registry: Registry,
-                                          make_manager: MM, tmp_path: Path) -> None:
+async def test_corrupt_manifest_by_digest(
+    proxy: FaultProxy, registry: Registry, make_manager: MM, tmp_path: Path
+) -> None:
     good = await make_manager(registry.config()).pull(registry.busybox)
     proxy.add("corrupt", MANIFEST, times=-1)
-    m = make_manager(ImageRegistry(proxy.host, transport="http"),
-                     home=tmp_path / "other")
+    m = make_manager(ImageRegistry(proxy.host, transport="http"), home=tmp_path / "other")
     with pytest.raises(DigestMismatchError):
         await m.pull(f"{proxy.host}/busybox@{good.digest}")
     assert m.list() == []
 
 
-async def test_partial_download_resumes_across_managers(proxy: FaultProxy,
-                                                        make_manager: MM) -> None:
+async def test_partial_download_resumes_across_managers(proxy: FaultProxy, make_manager: MM) -> None:
     """A partial file left by a failed pull is resumed (Range) by the next pull."""
     proxy.add("truncate", BLOB, times=-1)
     m = _mgr(make_manager, proxy)

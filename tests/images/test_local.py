@@ -32,14 +32,16 @@ def test_load_oci_layout_dir(tmp_path: Path) -> None:
 
 
 async def test_layout_with_full_names_and_tags(tmp_path: Path) -> None:
-    base = layer_from_members([Member("etc/", tarfile.DIRTYPE, mode=0o755),
-                               Member("etc/os-release", data=b"base\n")])
+    base = layer_from_members([Member("etc/", tarfile.DIRTYPE, mode=0o755), Member("etc/os-release", data=b"base\n")])
     top = layer_from_members([Member("etc/.wh.os-release"), Member("app", data=b"v2")])
     layout = tmp_path / "my-app"
     write_oci_layout(layout, [base], image_config([base], cmd=["/app"]), tag="v1")
-    write_oci_layout(layout, [base, top], image_config(
-        [base, top], User="1000:1000", ExposedPorts={"8080/tcp": {}},
-        Labels={"a": "b"}), tag="ghcr.io/org/app:v2")
+    write_oci_layout(
+        layout,
+        [base, top],
+        image_config([base, top], User="1000:1000", ExposedPorts={"8080/tcp": {}}, Labels={"a": "b"}),
+        tag="ghcr.io/org/app:v2",
+    )
     m = ImageManager(tmp_path / "home")
     infos = m.load(layout)
     assert sorted(i.reference for i in infos) == ["ghcr.io/org/app:v2", "localhost/my-app:v1"]
@@ -54,14 +56,22 @@ async def test_layout_with_full_names_and_tags(tmp_path: Path) -> None:
 
 async def test_docker_archive_via_skopeo(tmp_path: Path) -> None:
     archive = tmp_path / "bb.tar"
-    subprocess.run(["skopeo", "copy", "--quiet", "--additional-tag", "bb:extra",
-                    f"oci:{busybox_layout()}:latest",
-                    f"docker-archive:{archive}:example.com/tools/busybox:1.0"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--additional-tag",
+            "bb:extra",
+            f"oci:{busybox_layout()}:latest",
+            f"docker-archive:{archive}:example.com/tools/busybox:1.0",
+        ],
+        check=True,
+        capture_output=True,
+    )
     m = ImageManager(tmp_path / "home")
     infos = m.load(archive)
-    assert sorted(i.reference for i in infos) == ["docker.io/library/bb:extra",
-                                                  "example.com/tools/busybox:1.0"]
+    assert sorted(i.reference for i in infos) == ["docker.io/library/bb:extra", "example.com/tools/busybox:1.0"]
     assert len({i.digest for i in infos}) == 1
     prepared = await m.resolve("example.com/tools/busybox:1.0")
     assert (prepared.layers[0] / "bin/busybox").is_file()

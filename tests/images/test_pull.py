@@ -41,8 +41,10 @@ async def test_pull_and_resolve(registry: Registry, make_manager: MM) -> None:
     assert [i.reference for i in m.list()] == [registry.busybox]
 
 
-async def test_resolve_pulls_when_missing_and_is_cached(registry: Registry, make_manager: MM,
-                                                        ) -> None:
+async def test_resolve_pulls_when_missing_and_is_cached(
+    registry: Registry,
+    make_manager: MM,
+) -> None:
     m = make_manager(registry.config())
     first = await m.resolve(registry.python)
     assert len(first.layers) == 2
@@ -79,8 +81,10 @@ async def test_plain_http_only_when_declared(registry: Registry, make_manager: M
     assert m.list() == []
 
 
-async def test_search_registries_for_unqualified_names(registry: Registry, make_manager: MM,
-                                                       ) -> None:
+async def test_search_registries_for_unqualified_names(
+    registry: Registry,
+    make_manager: MM,
+) -> None:
     dead = ImageRegistry("127.0.0.1:9", transport="http", search=True)
     m = make_manager(dead, registry.config(search=True))
     info = await m.pull("busybox")
@@ -93,8 +97,9 @@ async def test_basic_auth(basic_registry: Registry, make_manager: MM) -> None:
     m = make_manager(basic_registry.config())
     info = await m.pull(basic_registry.busybox)
     assert info.reference == basic_registry.busybox
-    bad = make_manager(ImageRegistry(basic_registry.host, "http", username="boxlite",
-                                     password="wrong"), home=m.home.parent / "h2")
+    bad = make_manager(
+        ImageRegistry(basic_registry.host, "http", username="boxlite", password="wrong"), home=m.home.parent / "h2"
+    )
     with pytest.raises(AuthenticationError):
         await bad.pull(basic_registry.busybox)
     anon = make_manager(ImageRegistry(basic_registry.host, "http"), home=m.home.parent / "h3")
@@ -102,43 +107,45 @@ async def test_basic_auth(basic_registry: Registry, make_manager: MM) -> None:
         await anon.pull(basic_registry.busybox)
 
 
-async def test_docker_config_credentials(basic_registry: Registry, make_manager: MM,
-                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_docker_config_credentials(
+    basic_registry: Registry, make_manager: MM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "docker"
     cfg.mkdir()
-    auth = base64.b64encode(f"{basic_registry.server.username}:"
-                            f"{basic_registry.server.password}".encode()).decode()
+    auth = base64.b64encode(f"{basic_registry.server.username}:{basic_registry.server.password}".encode()).decode()
     (cfg / "config.json").write_text(json.dumps({"auths": {basic_registry.host: {"auth": auth}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(cfg))
     m = make_manager(ImageRegistry(basic_registry.host, transport="http"))
     assert (await m.pull(basic_registry.busybox)).reference == basic_registry.busybox
 
 
-async def test_token_auth_anonymous_and_credentials(token_registry: Registry,
-                                                    make_manager: MM) -> None:
+async def test_token_auth_anonymous_and_credentials(token_registry: Registry, make_manager: MM) -> None:
     ts = token_registry.server.extras[0]
     anon = make_manager(ImageRegistry(token_registry.host, transport="http"))
     await anon.pull(token_registry.busybox)
     assert any(r["user"] == "" for r in ts.requests)  # type: ignore[attr-defined]
     m = make_manager(token_registry.config(), home=anon.home.parent / "h2")
     await m.pull(token_registry.busybox)
-    assert any(r["user"] == "boxlite" and "busybox:pull" in r["scope"]
-               for r in ts.requests)  # type: ignore[attr-defined]
-    bad = make_manager(ImageRegistry(token_registry.host, "http", username="boxlite",
-                                     password="nope"), home=anon.home.parent / "h3")
+    assert any(r["user"] == "boxlite" and "busybox:pull" in r["scope"] for r in ts.requests)  # type: ignore[attr-defined]
+    bad = make_manager(
+        ImageRegistry(token_registry.host, "http", username="boxlite", password="nope"), home=anon.home.parent / "h3"
+    )
     with pytest.raises(AuthenticationError):
         await bad.pull(token_registry.busybox)
 
 
 async def test_static_bearer_token(token_registry: Registry, make_manager: MM) -> None:
     ts = token_registry.server.extras[0]
-    token = ts.make_token("boxlite", [  # type: ignore[attr-defined]
-        {"type": "repository", "name": "library/busybox", "actions": ["pull"]}])
+    token = ts.make_token(
+        "boxlite",
+        [  # type: ignore[attr-defined]
+            {"type": "repository", "name": "library/busybox", "actions": ["pull"]}
+        ],
+    )
     m = make_manager(ImageRegistry(token_registry.host, "http", bearer_token=token))
     await m.pull(token_registry.busybox)
     wrong = ts.make_token("boxlite", [])  # type: ignore[attr-defined]
-    m2 = make_manager(ImageRegistry(token_registry.host, "http", bearer_token=wrong),
-                      home=m.home.parent / "h2")
+    m2 = make_manager(ImageRegistry(token_registry.host, "http", bearer_token=wrong), home=m.home.parent / "h2")
     with pytest.raises(AuthenticationError):
         await m2.pull(token_registry.busybox)
 
@@ -148,10 +155,12 @@ def _multiarch_layout(tmp: Path, platforms: list[tuple[str, str, str | None]]) -
     return write_oci_layout(tmp / "multi", [layer], platforms=platforms)
 
 
-async def test_index_platform_selection(registry: Registry, make_manager: MM,
-                                        tmp_path: Path) -> None:
+async def test_index_platform_selection(registry: Registry, make_manager: MM, tmp_path: Path) -> None:
     plats: list[tuple[str, str, str | None]] = [
-        ("linux", "s390x", None), ("linux", host_arch(), None), ("windows", host_arch(), None)]
+        ("linux", "s390x", None),
+        ("linux", host_arch(), None),
+        ("windows", host_arch(), None),
+    ]
     ref = registry.server.push_layout(_multiarch_layout(tmp_path, plats), "multi")
     m = make_manager(registry.config())
     prepared = await m.resolve(ref)
@@ -160,34 +169,38 @@ async def test_index_platform_selection(registry: Registry, make_manager: MM,
     assert (cfg["os"], cfg["architecture"]) == ("linux", host_arch())
 
 
-async def test_index_without_host_platform(registry: Registry, make_manager: MM,
-                                           tmp_path: Path) -> None:
+async def test_index_without_host_platform(registry: Registry, make_manager: MM, tmp_path: Path) -> None:
     ref = registry.server.push_layout(
-        _multiarch_layout(tmp_path, [("linux", "s390x", None), ("linux", "riscv64", None)]),
-        "otherarch")
+        _multiarch_layout(tmp_path, [("linux", "s390x", None), ("linux", "riscv64", None)]), "otherarch"
+    )
     m = make_manager(registry.config())
     with pytest.raises(ImageError, match="no manifest for platform linux/"):
         await m.pull(ref)
 
 
-async def test_variant_selection(registry: Registry, make_manager: MM, tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_variant_selection(
+    registry: Registry, make_manager: MM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BOXLITE_IMAGE_PLATFORM", "linux/arm/v7")
-    ref = registry.server.push_layout(_multiarch_layout(tmp_path, [
-        ("linux", "arm", "v6"), ("linux", "arm", "v7"), ("linux", "arm64", "v8")]), "arm")
+    ref = registry.server.push_layout(
+        _multiarch_layout(tmp_path, [("linux", "arm", "v6"), ("linux", "arm", "v7"), ("linux", "arm64", "v8")]), "arm"
+    )
     m = make_manager(registry.config())
     info = await m.pull(ref)
     cfg = json.loads(m.store.read_blob(info.image_id))
     assert cfg["architecture"] == "arm"
-    manifest_list = json.loads(subprocess.run(
-        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
-        capture_output=True, check=True).stdout)
+    manifest_list = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"], capture_output=True, check=True
+        ).stdout
+    )
     v7 = next(d for d in manifest_list["manifests"] if d["platform"].get("variant") == "v7")
     assert info.digest == v7["digest"]
 
 
-async def test_concurrent_pulls_share_downloads(registry: Registry, make_manager: MM,
-                                                proxy: object, tmp_path: Path) -> None:
+async def test_concurrent_pulls_share_downloads(
+    registry: Registry, make_manager: MM, proxy: object, tmp_path: Path
+) -> None:
     """Two processes pull the same image into one home: both succeed, each blob once."""
     from tests.support.registry_proxy import FaultProxy
 
@@ -200,11 +213,21 @@ async def test_concurrent_pulls_share_downloads(registry: Registry, make_manager
         f"m = ImageManager(Path({str(home)!r}), [ImageRegistry({proxy.host!r}, 'http')])\n"
         f"info = asyncio.run(m.pull({proxy.host + '/python'!r}))\n"
         "asyncio.run(m.resolve(info.reference))\n"
-        "print(info.digest)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parents[2] / "src"), str(Path(__file__).parents[2])])}
-    procs = [subprocess.Popen([os.sys.executable, "-c", script], env=env,  # type: ignore[attr-defined]
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+        "print(info.digest)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), str(Path(__file__).parents[2])]),
+    }
+    procs = [
+        subprocess.Popen(
+            [os.sys.executable, "-c", script],
+            env=env,  # type: ignore[attr-defined]
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0]
@@ -224,21 +247,17 @@ async def test_https_registry_and_skip_verify(tls_registry: Registry, make_manag
     strict = make_manager(ImageRegistry(tls_registry.host))  # https, verified: self-signed fails
     with pytest.raises(RegistryError, match=r"(?i)certificate|ssl"):
         await strict.pull(tls_registry.busybox)
-    m = make_manager(ImageRegistry(tls_registry.host, skip_verify=True),
-                     home=strict.home.parent / "h2")
+    m = make_manager(ImageRegistry(tls_registry.host, skip_verify=True), home=strict.home.parent / "h2")
     assert (await m.pull(tls_registry.busybox)).reference == tls_registry.busybox
-    plain = make_manager(ImageRegistry(tls_registry.host, transport="http"),
-                         home=strict.home.parent / "h3")
+    plain = make_manager(ImageRegistry(tls_registry.host, transport="http"), home=strict.home.parent / "h3")
     with pytest.raises(RegistryError):
         await plain.pull(tls_registry.busybox)
 
 
-async def test_layers_are_shared_across_uid_bases(registry: Registry, make_manager: MM,
-                                                 tmp_path: Path) -> None:
+async def test_layers_are_shared_across_uid_bases(registry: Registry, make_manager: MM, tmp_path: Path) -> None:
     home = tmp_path / "shared-home"
     a = await make_manager(registry.config(), home=home).resolve(registry.busybox)
-    b = await make_manager(registry.config(), home=home, uid_base=200000).resolve(
-        registry.busybox)
+    b = await make_manager(registry.config(), home=home, uid_base=200000).resolve(registry.busybox)
     assert a.layers == b.layers  # unshifted: one copy, whatever uid base the boxes use
     assert os.lstat(b.layers[0] / "bin/busybox").st_uid == 0
     assert os.lstat(b.layers[0] / "home/user").st_uid == 1000
@@ -252,8 +271,7 @@ async def test_resolve_reports_progress(registry: Registry, make_manager: MM) ->
     assert len(done) == 2
     for layer in done:
         seen = [e.downloaded for e in events if e.layer == layer]
-        assert seen == sorted(seen) and seen[-1] == next(e.total for e in events
-                                                         if e.layer == layer)
+        assert seen == sorted(seen) and seen[-1] == next(e.total for e in events if e.layer == layer)
 
 
 def test_api_host() -> None:

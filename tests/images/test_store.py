@@ -92,16 +92,23 @@ def test_list_fields(tmp_path: Path) -> None:
 
 def test_registry_config(tmp_path: Path) -> None:
     assert load_registries_from_config(tmp_path) == []
-    (tmp_path / "config.json").write_text(json.dumps({"image_registries": [
-        {"host": "mirror.local:5000", "transport": "http", "search": True},
-        {"host": "ghcr.io", "username": "u", "password": "p"},
-    ]}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "image_registries": [
+                    {"host": "mirror.local:5000", "transport": "http", "search": True},
+                    {"host": "ghcr.io", "username": "u", "password": "p"},
+                ]
+            }
+        )
+    )
     regs = load_registries_from_config(tmp_path)
-    assert regs == [ImageRegistry("mirror.local:5000", "http", search=True),
-                    ImageRegistry("ghcr.io", username="u", password="p")]
+    assert regs == [
+        ImageRegistry("mirror.local:5000", "http", search=True),
+        ImageRegistry("ghcr.io", username="u", password="p"),
+    ]
     assert ImageManager(tmp_path).registries == regs
-    (tmp_path / "config.json").write_text(json.dumps({"image_registries": [{"host": "x",
-                                                                            "bogus": 1}]}))
+    (tmp_path / "config.json").write_text(json.dumps({"image_registries": [{"host": "x", "bogus": 1}]}))
     with pytest.raises(ConfigError):
         load_registries_from_config(tmp_path)
     with pytest.raises(ConfigError):
@@ -113,11 +120,17 @@ def test_registry_config(tmp_path: Path) -> None:
 def test_docker_credentials(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
     enc = base64.b64encode(b"alice:pw:with:colons").decode()
-    cfg.write_text(json.dumps({"auths": {
-        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:tok").decode()},
-        "reg.example:5000": {"auth": enc},
-        "https://ghcr.io": {"username": "bob", "password": "x"},
-    }}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:tok").decode()},
+                    "reg.example:5000": {"auth": enc},
+                    "https://ghcr.io": {"username": "bob", "password": "x"},
+                }
+            }
+        )
+    )
     assert docker_credentials("docker.io", cfg) == ("hub", "tok")
     assert docker_credentials("reg.example:5000", cfg) == ("alice", "pw:with:colons")
     assert docker_credentials("ghcr.io", cfg) == ("bob", "x")

@@ -21,21 +21,34 @@ D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 
 
 def test_parse_challenge() -> None:
-    ch = parse_challenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
-                         'scope="repository:library/alpine:pull"')
+    ch = parse_challenge(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+        'scope="repository:library/alpine:pull"'
+    )
     assert ch is not None and ch.scheme == "bearer"
-    assert ch.params == {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
-                         "scope": "repository:library/alpine:pull"}
+    assert ch.params == {
+        "realm": "https://auth.docker.io/token",
+        "service": "registry.docker.io",
+        "scope": "repository:library/alpine:pull",
+    }
     basic = parse_challenge('Basic realm="Registry Realm"')
     assert basic is not None and basic.scheme == "basic" and basic.params["realm"] == "Registry Realm"
     assert parse_challenge("") is None
 
 
 def _index(*plats: tuple[str, str, str | None]) -> dict[str, object]:
-    return {"mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": d, "size": 1,
-         "platform": {"os": o, "architecture": a, **({"variant": v} if v else {})}}
-        for d, (o, a, v) in zip((D1, D2, D3), plats, strict=False)]}
+    return {
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": d,
+                "size": 1,
+                "platform": {"os": o, "architecture": a, **({"variant": v} if v else {})},
+            }
+            for d, (o, a, v) in zip((D1, D2, D3), plats, strict=False)
+        ],
+    }
 
 
 def test_select_platform(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,27 +67,38 @@ def test_media_types_and_manifest_parsing() -> None:
     assert media_type_of({}, DOCKER_LIST + "; charset=utf-8") == DOCKER_LIST
     with pytest.raises(ImageError, match="schema 1"):
         media_type_of({"schemaVersion": 1})
-    layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": D2,
-             "size": 5}
-    m = parse_manifest({"mediaType": DOCKER_MANIFEST, "config": {"digest": D1, "size": 2},
-                        "layers": [layer]})
+    layer = {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": D2, "size": 5}
+    m = parse_manifest({"mediaType": DOCKER_MANIFEST, "config": {"digest": D1, "size": 2}, "layers": [layer]})
     assert m.config.digest == D1 and m.layers[0].size == 5
     foreign = {**layer, "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}
     with pytest.raises(ImageError, match="foreign"):
-        parse_manifest({"mediaType": DOCKER_MANIFEST, "config": {"digest": D1, "size": 2},
-                        "layers": [foreign]})
+        parse_manifest({"mediaType": DOCKER_MANIFEST, "config": {"digest": D1, "size": 2}, "layers": [foreign]})
     with pytest.raises(ParseError):
-        parse_manifest({"mediaType": OCI_MANIFEST, "config": {"digest": "md5:x", "size": 2},
-                        "layers": []})
+        parse_manifest({"mediaType": OCI_MANIFEST, "config": {"digest": "md5:x", "size": 2}, "layers": []})
 
 
 def test_image_config_from_json() -> None:
-    cfg = ImageConfig.from_json({"config": {
-        "Entrypoint": ["/docker-entrypoint.sh"], "Cmd": ["nginx", "-g", "daemon off;"],
-        "Env": ["PATH=/usr/bin", "A=b"], "WorkingDir": "/srv", "User": "101:101",
-        "ExposedPorts": {"80/tcp": {}, "443/tcp": {}}, "Labels": {"maintainer": "x"}}})
-    assert cfg == ImageConfig(["/docker-entrypoint.sh"], ["nginx", "-g", "daemon off;"],
-                              ["PATH=/usr/bin", "A=b"], "/srv", "101:101",
-                              ["443/tcp", "80/tcp"], {"maintainer": "x"})
+    cfg = ImageConfig.from_json(
+        {
+            "config": {
+                "Entrypoint": ["/docker-entrypoint.sh"],
+                "Cmd": ["nginx", "-g", "daemon off;"],
+                "Env": ["PATH=/usr/bin", "A=b"],
+                "WorkingDir": "/srv",
+                "User": "101:101",
+                "ExposedPorts": {"80/tcp": {}, "443/tcp": {}},
+                "Labels": {"maintainer": "x"},
+            }
+        }
+    )
+    assert cfg == ImageConfig(
+        ["/docker-entrypoint.sh"],
+        ["nginx", "-g", "daemon off;"],
+        ["PATH=/usr/bin", "A=b"],
+        "/srv",
+        "101:101",
+        ["443/tcp", "80/tcp"],
+        {"maintainer": "x"},
+    )
     empty = ImageConfig.from_json({"config": None})
     assert empty == ImageConfig() and empty.env == [] and empty.cmd is None

@@ -15,8 +15,15 @@ from tests.support.images import Layer, Member, layer_from_members
 from boxlite.errors import DigestMismatchError, ImageError, UnsafeLayerError
 from boxlite.images.unpack import host_id, unpack_layer
 
-D, R, L, S, C, B, F = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE,
-                       tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
+D, R, L, S, C, B, F = (
+    tarfile.DIRTYPE,
+    tarfile.REGTYPE,
+    tarfile.LNKTYPE,
+    tarfile.SYMTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.FIFOTYPE,
+)
 
 
 def _unpack(tmp: Path, layer: Layer, check_diff: bool = True) -> Path:
@@ -38,22 +45,28 @@ def test_host_id_keeps_image_ids_boxes_can_map() -> None:
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", None])
 def test_formats_and_metadata(tmp_path: Path, compression: str | None) -> None:
-    layer = layer_from_members([
-        Member("./", D, mode=0o755),
-        Member("./etc/", D, mode=0o755),
-        Member("./etc/passwd", data=b"root:x:0:0::/root:/bin/sh\n", mode=0o644),
-        Member("usr/bin/tool", data=b"#!/bin/sh\n", mode=0o4755, uid=0, gid=0),
-        Member("home/user/", D, mode=0o700, uid=1000, gid=1000),
-        Member("home/user/big-id", data=b"x", uid=70000, gid=99999),
-        Member("tmp/", D, mode=0o1777),
-        Member("bin/sh", S, linkname="/usr/bin/tool"),
-        Member("usr/bin/tool2", L, linkname="usr/bin/tool"),
-        Member("dev/null", C, mode=0o666, devmajor=1, devminor=3),
-        Member("dev/loop0", B, mode=0o660, devmajor=7, devminor=0, gid=6),
-        Member("run/fifo", F, mode=0o600),
-        Member("file-with-xattr", data=b"x", pax={"SCHILY.xattr.user.test": "hello",
-                                                   "SCHILY.xattr.trusted.overlay.opaque": "y"}),
-    ], compression)
+    layer = layer_from_members(
+        [
+            Member("./", D, mode=0o755),
+            Member("./etc/", D, mode=0o755),
+            Member("./etc/passwd", data=b"root:x:0:0::/root:/bin/sh\n", mode=0o644),
+            Member("usr/bin/tool", data=b"#!/bin/sh\n", mode=0o4755, uid=0, gid=0),
+            Member("home/user/", D, mode=0o700, uid=1000, gid=1000),
+            Member("home/user/big-id", data=b"x", uid=70000, gid=99999),
+            Member("tmp/", D, mode=0o1777),
+            Member("bin/sh", S, linkname="/usr/bin/tool"),
+            Member("usr/bin/tool2", L, linkname="usr/bin/tool"),
+            Member("dev/null", C, mode=0o666, devmajor=1, devminor=3),
+            Member("dev/loop0", B, mode=0o660, devmajor=7, devminor=0, gid=6),
+            Member("run/fifo", F, mode=0o600),
+            Member(
+                "file-with-xattr",
+                data=b"x",
+                pax={"SCHILY.xattr.user.test": "hello", "SCHILY.xattr.trusted.overlay.opaque": "y"},
+            ),
+        ],
+        compression,
+    )
     root = _unpack(tmp_path, layer)
     assert (root / "etc/passwd").read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
     st = os.lstat(root / "usr/bin/tool")
@@ -85,13 +98,15 @@ def st_ino(p: Path) -> int:
 
 
 def test_whiteouts_become_overlay_form(tmp_path: Path) -> None:
-    layer = layer_from_members([
-        Member("etc/", D, mode=0o755),
-        Member("etc/.wh.motd"),
-        Member("var/lib/.wh..wh..opq"),
-        Member("var/lib/keep", data=b"new"),
-        Member(".wh..wh.plnk/", D),
-    ])
+    layer = layer_from_members(
+        [
+            Member("etc/", D, mode=0o755),
+            Member("etc/.wh.motd"),
+            Member("var/lib/.wh..wh..opq"),
+            Member("var/lib/keep", data=b"new"),
+            Member(".wh..wh.plnk/", D),
+        ]
+    )
     root = _unpack(tmp_path, layer)
     st = os.lstat(root / "etc/motd")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
@@ -104,37 +119,50 @@ def test_whiteouts_become_overlay_form(tmp_path: Path) -> None:
 def test_whiteouts_work_in_overlayfs(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    lower = _unpack(tmp_path / "a", layer_from_members([
-        Member("etc/motd", data=b"hello"), Member("etc/keep", data=b"k"),
-        Member("var/lib/old", data=b"o")]))
-    upper = _unpack(tmp_path / "b", layer_from_members([
-        Member("etc/.wh.motd"), Member("var/lib/.wh..wh..opq"),
-        Member("var/lib/new", data=b"n")]))
+    lower = _unpack(
+        tmp_path / "a",
+        layer_from_members(
+            [Member("etc/motd", data=b"hello"), Member("etc/keep", data=b"k"), Member("var/lib/old", data=b"o")]
+        ),
+    )
+    upper = _unpack(
+        tmp_path / "b",
+        layer_from_members([Member("etc/.wh.motd"), Member("var/lib/.wh..wh..opq"), Member("var/lib/new", data=b"n")]),
+    )
     merged = tmp_path / "m"
     merged.mkdir()
-    script = (f"mount -t overlay overlay -o lowerdir={upper}:{lower} {merged} && "
-              f"ls {merged}/etc && echo -- && ls {merged}/var/lib")
+    script = (
+        f"mount -t overlay overlay -o lowerdir={upper}:{lower} {merged} && "
+        f"ls {merged}/etc && echo -- && ls {merged}/var/lib"
+    )
     r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # overlayfs is required by the namespace engine
     assert r.stdout.split() == ["keep", "--", "new"]
 
 
 def test_dir_recreated_after_whiteout_is_opaque(tmp_path: Path) -> None:
-    root = _unpack(tmp_path, layer_from_members([
-        Member(".wh.etc"), Member("etc/", D, mode=0o755), Member("etc/new", data=b"n")]))
+    root = _unpack(
+        tmp_path, layer_from_members([Member(".wh.etc"), Member("etc/", D, mode=0o755), Member("etc/new", data=b"n")])
+    )
     assert os.getxattr(root / "etc", "trusted.overlay.opaque") == b"y"
     assert (root / "etc/new").read_bytes() == b"n"
 
 
 def test_later_entries_replace_earlier(tmp_path: Path) -> None:
-    root = _unpack(tmp_path, layer_from_members([
-        Member("a", data=b"first"),
-        Member("a", data=b"second"),
-        Member("d/", D), Member("d/x", data=b"x"),
-        Member("d", data=b"now a file"),
-        Member("s", S, linkname="/etc/passwd"),
-        Member("s", data=b"regular now"),
-    ]))
+    root = _unpack(
+        tmp_path,
+        layer_from_members(
+            [
+                Member("a", data=b"first"),
+                Member("a", data=b"second"),
+                Member("d/", D),
+                Member("d/x", data=b"x"),
+                Member("d", data=b"now a file"),
+                Member("s", S, linkname="/etc/passwd"),
+                Member("s", data=b"regular now"),
+            ]
+        ),
+    )
     assert (root / "a").read_bytes() == b"second"
     assert (root / "d").read_bytes() == b"now a file"
     assert (root / "s").read_bytes() == b"regular now" and not (root / "s").is_symlink()
@@ -149,8 +177,7 @@ def test_diff_id_is_verified(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", None])
 def test_corrupt_layers_are_image_errors(tmp_path: Path, compression: str | None) -> None:
-    good = layer_from_members([Member(f"f{i}", data=os.urandom(2000)) for i in range(20)],
-                              compression)
+    good = layer_from_members([Member(f"f{i}", data=os.urandom(2000)) for i in range(20)], compression)
     blob = bytearray(good.blob)
     for i in range(len(blob) // 3, len(blob) // 3 + 64):
         blob[i] ^= 0x55
@@ -170,28 +197,30 @@ def hostile(out: Path) -> dict[str, list[Member]]:
         "dotdot": [Member("../OUTSIDE/escape", data=b"pwned")],
         "dotdot-nested": [Member("a/../../OUTSIDE/escape", data=b"pwned")],
         "absolute": [Member(f"{out}/escape", data=b"pwned")],
-        "symlink-then-write": [Member("link", S, linkname=rel),
-                               Member("link/escape", data=b"pwned")],
-        "symlink-abs-then-write": [Member("link", S, linkname=str(out)),
-                                   Member("link/escape", data=b"pwned")],
-        "symlink-chain": [Member("a", S, linkname="b"), Member("b", S, linkname=rel),
-                          Member("a/escape", data=b"pwned")],
-        "dir-replaced-by-symlink": [Member("d/", D), Member("d/ok", data=b"ok"),
-                                    Member("d", S, linkname=str(out)),
-                                    Member("d/escape", data=b"pwned")],
+        "symlink-then-write": [Member("link", S, linkname=rel), Member("link/escape", data=b"pwned")],
+        "symlink-abs-then-write": [Member("link", S, linkname=str(out)), Member("link/escape", data=b"pwned")],
+        "symlink-chain": [
+            Member("a", S, linkname="b"),
+            Member("b", S, linkname=rel),
+            Member("a/escape", data=b"pwned"),
+        ],
+        "dir-replaced-by-symlink": [
+            Member("d/", D),
+            Member("d/ok", data=b"ok"),
+            Member("d", S, linkname=str(out)),
+            Member("d/escape", data=b"pwned"),
+        ],
         "hardlink-dotdot": [Member("hl", L, linkname=f"{rel}/sentinel")],
         "hardlink-absolute": [Member("hl", L, linkname=f"{out}/sentinel")],
-        "hardlink-through-symlink": [Member("link", S, linkname=rel),
-                                     Member("hl", L, linkname="link/sentinel")],
-        "hardlink-placed-through-symlink": [Member("link", S, linkname=rel),
-                                            Member("f", data=b"x"),
-                                            Member("link/escape", L, linkname="f")],
-        "whiteout-through-symlink": [Member("link", S, linkname=rel),
-                                     Member("link/.wh.sentinel")],
-        "opaque-through-symlink": [Member("link", S, linkname=rel),
-                                   Member("link/.wh..wh..opq")],
-        "device-through-symlink": [Member("link", S, linkname=rel),
-                                   Member("link/dev", C, devmajor=1, devminor=3)],
+        "hardlink-through-symlink": [Member("link", S, linkname=rel), Member("hl", L, linkname="link/sentinel")],
+        "hardlink-placed-through-symlink": [
+            Member("link", S, linkname=rel),
+            Member("f", data=b"x"),
+            Member("link/escape", L, linkname="f"),
+        ],
+        "whiteout-through-symlink": [Member("link", S, linkname=rel), Member("link/.wh.sentinel")],
+        "opaque-through-symlink": [Member("link", S, linkname=rel), Member("link/.wh..wh..opq")],
+        "device-through-symlink": [Member("link", S, linkname=rel), Member("link/dev", C, devmajor=1, devminor=3)],
         "dir-through-symlink": [Member("link", S, linkname=rel), Member("link/newdir/", D)],
         "whiteout-of-dotdot": [Member(".wh..."), Member("escape", data=b"x")],
     }
@@ -235,8 +264,7 @@ async def test_hostile_layer_leaves_no_layer_dir(tmp_path: Path, outside: Path) 
 
     from boxlite.images import ImageManager
 
-    layer = layer_from_members([Member("link", S, linkname=str(outside)),
-                                Member("link/escape", data=b"pwned")])
+    layer = layer_from_members([Member("link", S, linkname=str(outside)), Member("link/escape", data=b"pwned")])
     layout = write_oci_layout(tmp_path / "layout", [layer], image_config([layer]))
     m = ImageManager(tmp_path / "home")
     with pytest.raises(UnsafeLayerError):
@@ -250,13 +278,18 @@ def test_symlink_replacing_file_is_safe(tmp_path: Path, outside: Path) -> None:
     """A regular file written over a symlink replaces the link, never follows it."""
     root = tmp_path / "l"
     root.mkdir()
-    dest = _unpack(root, layer_from_members([
-        Member("f", S, linkname=str(outside / "sentinel")),
-        Member("f", data=b"inside"),
-        Member("h", S, linkname=str(outside / "sentinel")),
-        Member("h2", L, linkname="h"),  # hard link to the symlink itself
-        Member("h2", data=b"also inside"),
-    ]))
+    dest = _unpack(
+        root,
+        layer_from_members(
+            [
+                Member("f", S, linkname=str(outside / "sentinel")),
+                Member("f", data=b"inside"),
+                Member("h", S, linkname=str(outside / "sentinel")),
+                Member("h2", L, linkname="h"),  # hard link to the symlink itself
+                Member("h2", data=b"also inside"),
+            ]
+        ),
+    )
     assert (outside / "sentinel").read_text() == "original"
     assert (dest / "f").read_bytes() == b"inside"
     assert os.readlink(dest / "h") == str(outside / "sentinel")
@@ -298,6 +331,5 @@ def test_random_hostile_layers_never_escape(tmp_path: Path, outside: Path) -> No
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
         assert sorted(p.name for p in work.iterdir()) == ["blob", "root"]
         assert _snapshot(outside) == before, f"escape in iteration {i}"
-        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("w")) == \
-            ["OUTSIDE"]
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("w")) == ["OUTSIDE"]
     assert outcomes.get("ok") and outcomes.get("unsafe")

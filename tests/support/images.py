@@ -22,13 +22,84 @@ from typing import Any
 BUSYBOX = Path("/bin/busybox")
 
 APPLETS = [
-    "sh", "ash", "ls", "cat", "echo", "sleep", "id", "hostname", "mount", "umount", "env", "pwd",
-    "head", "tail", "dd", "wc", "kill", "ps", "mkdir", "rm", "rmdir", "touch", "true", "false",
-    "yes", "printf", "ln", "stat", "tar", "grep", "seq", "chmod", "chown", "whoami", "uname",
-    "date", "sort", "uniq", "cut", "tr", "sed", "awk", "find", "xargs", "cp", "mv", "readlink",
-    "realpath", "basename", "dirname", "du", "df", "free", "top", "test", "[", "expr", "which",
-    "nproc", "sync", "tee", "gzip", "gunzip", "vi", "diff", "md5sum", "sha256sum", "mktemp", "ip",
-    "ifconfig", "nc", "wget", "timeout", "nice", "hexdump", "od", "usleep", "httpd",
+    "sh",
+    "ash",
+    "ls",
+    "cat",
+    "echo",
+    "sleep",
+    "id",
+    "hostname",
+    "mount",
+    "umount",
+    "env",
+    "pwd",
+    "head",
+    "tail",
+    "dd",
+    "wc",
+    "kill",
+    "ps",
+    "mkdir",
+    "rm",
+    "rmdir",
+    "touch",
+    "true",
+    "false",
+    "yes",
+    "printf",
+    "ln",
+    "stat",
+    "tar",
+    "grep",
+    "seq",
+    "chmod",
+    "chown",
+    "whoami",
+    "uname",
+    "date",
+    "sort",
+    "uniq",
+    "cut",
+    "tr",
+    "sed",
+    "awk",
+    "find",
+    "xargs",
+    "cp",
+    "mv",
+    "readlink",
+    "realpath",
+    "basename",
+    "dirname",
+    "du",
+    "df",
+    "free",
+    "top",
+    "test",
+    "[",
+    "expr",
+    "which",
+    "nproc",
+    "sync",
+    "tee",
+    "gzip",
+    "gunzip",
+    "vi",
+    "diff",
+    "md5sum",
+    "sha256sum",
+    "mktemp",
+    "ip",
+    "ifconfig",
+    "nc",
+    "wget",
+    "timeout",
+    "nice",
+    "hexdump",
+    "od",
+    "usleep",
+    "httpd",
 ]
 
 PASSWD = (
@@ -177,16 +248,18 @@ def layer_from_members(members: list[Member], compression: str | None = "gzip") 
     return compress(tar_members(members), compression)
 
 
-def image_config(layers: list[Layer], cmd: list[str] | None = None,
-                 **extra: object) -> dict[str, object]:
-    cfg: dict[str, object] = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                                      "/sbin:/bin"]}
+def image_config(layers: list[Layer], cmd: list[str] | None = None, **extra: object) -> dict[str, object]:
+    cfg: dict[str, object] = {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
     if cmd is not None:
         cfg["Cmd"] = cmd
     cfg.update(extra)
-    return {"created": "2024-01-01T00:00:00Z", "architecture": host_arch(), "os": "linux",
-            "config": cfg,
-            "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in layers]}}
+    return {
+        "created": "2024-01-01T00:00:00Z",
+        "architecture": host_arch(),
+        "os": "linux",
+        "config": cfg,
+        "rootfs": {"type": "layers", "diff_ids": [lay.diff_id for lay in layers]},
+    }
 
 
 def _put(dest: Path, data: bytes) -> str:
@@ -201,17 +274,25 @@ def _put(dest: Path, data: bytes) -> str:
 def write_manifest(dest: Path, layers: list[Layer], config: dict[str, object]) -> dict[str, object]:
     """Write config + layers + manifest blobs; return the manifest's descriptor."""
     cfg = json.dumps(config).encode()
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": _put(dest, cfg), "size": len(cfg)},
-                "layers": [{"mediaType": lay.media_type, "digest": _put(dest, lay.blob),
-                            "size": len(lay.blob)} for lay in layers]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": _put(dest, cfg), "size": len(cfg)},
+        "layers": [
+            {"mediaType": lay.media_type, "digest": _put(dest, lay.blob), "size": len(lay.blob)} for lay in layers
+        ],
+    }
     body = json.dumps(manifest).encode()
     return {"mediaType": OCI_MANIFEST, "digest": _put(dest, body), "size": len(body)}
 
 
-def write_oci_layout(dest: Path, layers: list[Layer], config: dict[str, object] | None = None,
-                     tag: str = "latest", platforms: list[tuple[str, str, str | None]] | None = None
-                     ) -> Path:
+def write_oci_layout(
+    dest: Path,
+    layers: list[Layer],
+    config: dict[str, object] | None = None,
+    tag: str = "latest",
+    platforms: list[tuple[str, str, str | None]] | None = None,
+) -> Path:
     """Write (or add ``tag`` to) an OCI layout at ``dest``.
 
     With ``platforms`` the tag points at an image index with one manifest per platform (all
@@ -233,11 +314,14 @@ def write_oci_layout(dest: Path, layers: list[Layer], config: dict[str, object] 
         top = write_manifest(dest, layers, config)
     top["annotations"] = {"org.opencontainers.image.ref.name": tag}
     index_path = dest / "index.json"
-    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.exists() else {
-        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-    index["manifests"] = [m for m in index["manifests"]
-                          if (m.get("annotations") or {}).get(
-                              "org.opencontainers.image.ref.name") != tag] + [top]
+    index: dict[str, Any] = (
+        json.loads(index_path.read_text())
+        if index_path.exists()
+        else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    )
+    index["manifests"] = [
+        m for m in index["manifests"] if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") != tag
+    ] + [top]
     index_path.write_text(json.dumps(index))
     return dest
 
@@ -304,15 +388,16 @@ def python_layout() -> Path:
 
     def build(dest: Path) -> None:
         base = layer_from_dir(python_rootfs())
-        app = layer_from_members([
-            Member("app/", tarfile.DIRTYPE, mode=0o755),
-            Member("app/hello.py", data=b"print('hello from boxlite')\n"),
-        ])
-        write_oci_layout(dest, [base, app], image_config(
-            [base, app], cmd=["python3", "/app/hello.py"], WorkingDir="/app"))
+        app = layer_from_members(
+            [
+                Member("app/", tarfile.DIRTYPE, mode=0o755),
+                Member("app/hello.py", data=b"print('hello from boxlite')\n"),
+            ]
+        )
+        write_oci_layout(
+            dest, [base, app], image_config([base, app], cmd=["python3", "/app/hello.py"], WorkingDir="/app")
+        )
 
     from boxlite.images.debian import DEFAULT_PACKAGES
 
     return _cached_layout("python", build, "2:" + ",".join(DEFAULT_PACKAGES))
-
-

@@ -65,12 +65,18 @@ class RegistryServer:
             if stop:
                 stop()
 
-    def push_layout(self, layout: Path, name: str, tag: str = "latest",
-                    src_tag: str | None = None) -> str:
+    def push_layout(self, layout: Path, name: str, tag: str = "latest", src_tag: str | None = None) -> str:
         """Push an OCI layout with skopeo; returns ``host/name:tag``."""
         dest = f"{self.host}/{name}:{tag}"
-        cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--all",
-               f"oci:{layout}" + (f":{src_tag}" if src_tag else ""), f"docker://{dest}"]
+        cmd = [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--all",
+            f"oci:{layout}" + (f":{src_tag}" if src_tag else ""),
+            f"docker://{dest}",
+        ]
         if self.username:
             cmd[3:3] = ["--dest-creds", f"{self.username}:{self.password}"]
         subprocess.run(cmd, check=True, capture_output=True)
@@ -109,18 +115,22 @@ def _self_signed(workdir: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = workdir / "tls.crt", workdir / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -134,8 +144,7 @@ def start_registry(workdir: Path, auth: str | None = None, tls: bool = False) ->
     extras: list[object] = []
     if auth == "htpasswd":
         htpasswd = workdir / "htpasswd"
-        subprocess.run(["htpasswd", "-Bbc", str(htpasswd), USERNAME, PASSWORD], check=True,
-                       capture_output=True)
+        subprocess.run(["htpasswd", "-Bbc", str(htpasswd), USERNAME, PASSWORD], check=True, capture_output=True)
         auth_yaml = f"auth:\n  htpasswd:\n    realm: boxlite-test\n    path: {htpasswd}\n"
         username, password = USERNAME, PASSWORD
     elif auth == "token":
@@ -144,8 +153,10 @@ def start_registry(workdir: Path, auth: str | None = None, tls: bool = False) ->
         ts = TokenServer(workdir / "token", {USERNAME: PASSWORD})
         ts.start()
         extras.append(ts)
-        auth_yaml = (f"auth:\n  token:\n    realm: {ts.realm}\n    service: {ts.service}\n"
-                     f"    issuer: {ts.issuer}\n    rootcertbundle: {ts.cert_path}\n")
+        auth_yaml = (
+            f"auth:\n  token:\n    realm: {ts.realm}\n    service: {ts.service}\n"
+            f"    issuer: {ts.issuer}\n    rootcertbundle: {ts.cert_path}\n"
+        )
         username, password = USERNAME, PASSWORD
     elif auth is not None:
         raise ValueError(f"unknown auth mode {auth!r}")
@@ -156,8 +167,7 @@ def start_registry(workdir: Path, auth: str | None = None, tls: bool = False) ->
     cfg = _write_config(workdir, port, auth_yaml, http_extra)
     with open(workdir / "registry.log", "wb") as log:
         proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=log)
-    server = RegistryServer(f"127.0.0.1:{port}", workdir, auth, proc, username, password,
-                            extras, tls)
+    server = RegistryServer(f"127.0.0.1:{port}", workdir, auth, proc, username, password, extras, tls)
     deadline = time.monotonic() + 15
     while True:
         try:

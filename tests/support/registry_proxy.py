@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length",
-        "proxy-connection", "upgrade", "te"}
+_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "proxy-connection", "upgrade", "te"}
 
 
 @dataclass
@@ -96,12 +95,10 @@ class FaultProxy:
 
             def _record(self, status: int, fault: str | None) -> None:
                 with proxy.lock:
-                    proxy.hits.append(Hit(self.command, self.path, status,
-                                          self.headers.get("Range"), fault))
+                    proxy.hits.append(Hit(self.command, self.path, status, self.headers.get("Range"), fault))
 
             def _rst(self) -> None:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.close_connection = True
                 try:
                     self.wfile.flush()
@@ -171,7 +168,7 @@ class FaultProxy:
                     return
                 if kind == "corrupt" and body:
                     i = len(body) // 2
-                    body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1:]
+                    body = body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1 :]
                 self.wfile.write(body)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle

@@ -36,12 +36,17 @@ class TokenServer:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "boxlite test token")])
         now = datetime.datetime.now(datetime.timezone.utc)
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1))
-                     .not_valid_after(now + datetime.timedelta(days=30))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-                     .sign(self.key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(self.key, hashes.SHA256())
+        )
         self.cert_path = workdir / "token.pem"
         self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -56,12 +61,22 @@ class TokenServer:
         self.httpd.server_close()
 
     def make_token(self, subject: str, access: list[dict[str, object]]) -> str:
-        header = {"typ": "JWT", "alg": "RS256",
-                  "x5c": [base64.b64encode(self.cert.public_bytes(
-                      serialization.Encoding.DER)).decode()]}
+        header = {
+            "typ": "JWT",
+            "alg": "RS256",
+            "x5c": [base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()],
+        }
         now = int(time.time())
-        claims = {"iss": self.issuer, "sub": subject, "aud": self.service, "exp": now + 300,
-                  "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
         signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
         sig = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64(sig)}"
@@ -94,8 +109,7 @@ class TokenServer:
                     if not user and not server.anonymous_pull:
                         granted = []
                     access.append({"type": kind, "name": name, "actions": granted})
-                body = json.dumps({"token": server.make_token(user or "", access),
-                                   "expires_in": 300}).encode()
+                body = json.dumps({"token": server.make_token(user or "", access), "expires_in": 300}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
