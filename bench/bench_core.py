@@ -75,7 +75,7 @@ def memory_probe(rootfs: str, home: str) -> None:
 
     async def run() -> dict[str, Any]:
         rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
-        box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True))
+        box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, network="disabled"))
         await (await box.exec("true", stdin=False)).wait()
         await asyncio.sleep(1.0)
         pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
@@ -103,7 +103,7 @@ class Core:
         self.cli = [*bl.boxlite_cli(), "--home", str(self.cli_home)]
         self.loop = asyncio.new_event_loop()
         self.rt = boxlite.Boxlite(boxlite.Options(home_dir=str(self.home), engine="namespace"))
-        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True)
+        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True, network="disabled")
         self.true_bundle = bl.make_bundle(rootfs, tmp / "bundle-true", ["true"])
         self.sleep_bundle = bl.make_bundle(rootfs, tmp / "bundle-sleep", ["sleep", "1000000"])
         self.n = 0
@@ -159,7 +159,9 @@ class Core:
         return bl.time_process(argv)
 
     def cli_run(self) -> float:
-        return bl.time_process([*self.cli, "run", "--rm", "--rootfs", str(self.rootfs), "true"], env=self.env)
+        return bl.time_process(
+            [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"], env=self.env
+        )
 
     # -- comparisons ------------------------------------------------------------------------
     def start(self, report: bl.Report) -> None:
@@ -200,7 +202,7 @@ class Core:
 
     def exec_process(self, report: bl.Report) -> None:
         out = subprocess.run(
-            [*self.cli, "run", "-d", "--rootfs", str(self.rootfs), "sleep", "1000000"],
+            [*self.cli, "run", "-d", "--network", "none", "--rootfs", str(self.rootfs), "sleep", "1000000"],
             env=self.env,
             check=True,
             capture_output=True,

@@ -60,7 +60,7 @@ class Density:
 
         self.args, self.home, self.host_before = args, home, host_before_kib
         self.rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
-        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True)
+        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True, network="disabled")
         self.boxes: list[Any] = []
         self.stopped: str | None = None
         self.failed = False

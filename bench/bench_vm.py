@@ -121,7 +121,7 @@ class Vm:
         self.home = tmp / "home"
         self.loop = asyncio.new_event_loop()
         self.rt = boxlite.Boxlite(boxlite.Options(home_dir=str(self.home), engine="vm"))
-        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True, engine="vm")
+        self.opts = boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=True, engine="vm", network="disabled")
         self.parts: dict[str, list[tuple[float, float]]] = {}
 
     def run(self, coro: Any) -> Any:
@@ -219,7 +219,11 @@ class Vm:
         volume = self.tmp / "volume"
         volume.mkdir(exist_ok=True)
         vol_opts = self.boxlite.BoxOptions(
-            rootfs_path=self.opts.rootfs_path, auto_remove=True, engine="vm", volumes=[(str(volume), "/data")]
+            rootfs_path=self.opts.rootfs_path,
+            auto_remove=True,
+            engine="vm",
+            network="disabled",
+            volumes=[(str(volume), "/data")],
         )
 
         async def box_mem(opts: Any) -> dict[str, int]:

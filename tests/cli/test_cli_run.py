@@ -106,3 +106,12 @@ def test_closed_stdout_pipe_ends_the_command_with_sigpipe(cli: Cli) -> None:
     proc = subprocess.run(["bash", "-c", f'{cmd} | head -2; echo "status=${{PIPESTATUS[0]}}"'],
                           capture_output=True, text=True, timeout=60, env=cli.env())  # fmt: skip
     assert proc.stdout == "y\ny\nstatus=141\n", proc.stderr
+
+
+def test_network_is_on_by_default_and_can_be_turned_off(cli: Cli) -> None:
+    """As in BoxLite, a box has outbound network unless asked otherwise (`--network none`)."""
+    script = "cat /proc/net/dev | cut -d: -f1 | tr -d ' ' | grep -v -e Inter -e face | sort | tr '\\n' ' '"
+    on = cli.ok("run", "--rm", "--rootfs", str(cli.rootfs), "sh", "-c", script)
+    off = cli.ok("run", "--rm", "--network", "none", "--rootfs", str(cli.rootfs), "sh", "-c", script)
+    assert off.split() == ["lo"]
+    assert "lo" in on.split() and len(on.split()) > 1, on

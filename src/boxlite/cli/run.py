@@ -60,6 +60,11 @@ def box_options(fn: click.decorators.FC) -> click.decorators.FC:
             click.option("--engine", type=click.Choice(["auto", "namespace", "vm"]), help="Isolation engine."),
             click.option("--entrypoint", metavar="CMD", help="Override the image's entrypoint."),
             click.option("--hostname", metavar="NAME", help="Hostname inside the box."),
+            click.option(
+                "--network",
+                type=click.Choice(["enabled", "disabled", "none"]),
+                help="Outbound network (default: enabled; 'none' = 'disabled': loopback only).",
+            ),
         ]
     ):
         fn = decorator(fn)
@@ -83,7 +88,7 @@ def _split_image(rootfs: str | None, args: Sequence[str]) -> tuple[str | None, l
 def _box_options(
     image: str | None, rootfs: str | None, *, env: Sequence[str], workdir: str | None, user: str | None,
     cpus: float | None, memory: str | None, volumes: Sequence[str], ports: Sequence[str], engine: str | None,
-    hostname: str | None, detach: bool, remove: bool,
+    hostname: str | None, detach: bool, remove: bool, network: str | None = None,
 ) -> BoxOptions:  # fmt: skip
     return BoxOptions(
         image=image,
@@ -97,6 +102,7 @@ def _box_options(
         ports=list(ports),
         engine=engine,
         hostname=hostname,
+        **({"network": "disabled" if network == "none" else network} if network else {}),
         # BoxOptions refuses remove-on-stop with detach (as BoxLite); docker's `-d --rm` stays:
         # such a box is created attached and detached by its start (start_detached).
         detach=detach and not remove,
@@ -160,8 +166,8 @@ async def exec_attached(
 async def run(
     rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
-    entrypoint: str | None, hostname: str | None, interactive: bool, tty: bool, env: tuple[str, ...],
-    workdir: str | None, user: str | None, detach: bool,
+    entrypoint: str | None, hostname: str | None, network: str | None, interactive: bool, tty: bool,
+    env: tuple[str, ...], workdir: str | None, user: str | None, detach: bool,
 ) -> int:  # fmt: skip
     """Create a box and run a command in it.
 
@@ -174,7 +180,7 @@ async def run(
         raise fail("-d cannot be combined with -i/-t (use 'boxlite exec -it BOX CMD' on the running box)")
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
-        ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove,
+        ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove, network=network,
     )  # fmt: skip
     if detach:
         await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
@@ -279,14 +285,15 @@ async def start_detached(box: Box) -> None:
 async def create(
     rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
-    entrypoint: str | None, hostname: str | None, env: tuple[str, ...], workdir: str | None, user: str | None,
+    entrypoint: str | None, hostname: str | None, network: str | None, env: tuple[str, ...], workdir: str | None,
+    user: str | None,
 ) -> int:  # fmt: skip
     """Create a box without starting it; prints its id. `boxlite start` runs CMD (default: the
     image's) as the box's main process."""
     image, cmd = _split_image(rootfs, args)
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
-        ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove,
+        ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove, network=network,
     )  # fmt: skip
     await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
     box = await _create(rt, opts, name)
