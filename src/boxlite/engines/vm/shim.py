@@ -463,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     from .relayd import exec_relay
 
     qmp.close()
+    # Confined before "ready": once the box is handed out, this process never again holds a
+    # capability (the relay it becomes parses what the guest sends).
+    confine_relay(str(run_dir), os.path.dirname(vm.console))
     _report(shim.status_fd, p.STATUS_READY, result.boot_json)
     if shim.status_fd is not None:
         os.close(shim.status_fd)
@@ -482,7 +485,6 @@ def main(argv: list[str] | None = None) -> int:
         relay_args["console_fd"], relay_args["console_path"] = _console[1], vm.console
         keep.append(_console[1])
     sys.stderr.flush()
-    confine_relay(str(run_dir), os.path.dirname(vm.console))
     exec_relay(PKG_DIR, relay_args, keep)
     return 1  # not reached
 
