@@ -56,6 +56,7 @@ async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system
             if chunk:
                 _write(chunk)
             elif _replaced(found, f):  # rotated: the open file (now <log>.1) is read to its end
+                _write(_missed(found, f))
                 f.close()
                 f = open(found, "rb")  # noqa: SIM115
             else:
@@ -76,6 +77,19 @@ def _rotated(path: Path, current: BinaryIO) -> bytes:
             return old.read()
     except OSError:
         return b""
+
+
+def _missed(path: Path, read: BinaryIO) -> bytes:
+    """A whole file a slow follower skipped: rotated twice since ``read`` (now gone) was opened,
+    ``<log>.1`` is another file, written after ``read`` and before the current ``<log>``."""
+    _write(read.read())
+    try:
+        with open(f"{path}.1", "rb") as old:
+            if os.fstat(old.fileno()).st_ino != os.fstat(read.fileno()).st_ino:
+                return old.read()
+    except OSError:
+        pass
+    return b""
 
 
 def _replaced(path: Path, f: BinaryIO) -> bool:
