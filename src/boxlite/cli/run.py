@@ -102,7 +102,7 @@ def _box_options(
         ports=list(ports),
         engine=engine,
         hostname=hostname,
-        **({"network": "disabled" if network == "none" else network} if network else {}),
+        network="disabled" if network == "none" else network,
         # BoxOptions refuses remove-on-stop with detach (as BoxLite); docker's `-d --rm` stays:
         # such a box is created attached and detached by its start (start_detached).
         detach=detach and not remove,
