@@ -48,6 +48,15 @@ def _qemu_version() -> str:
     return f"{binary}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def _die_with_this_thread() -> None:
+    """preexec_fn of the probe's QEMU: a guest KVM cannot run hangs at 100 % CPU (kvm-pvm), so
+    if the process probing dies before it kills QEMU, QEMU must die too (SIGKILL when the
+    thread that forked it ends; that thread waits for QEMU in :func:`_probe`)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+
+
 def _probe(artifact: RuntimeArtifact) -> Accel:
     with tempfile.TemporaryDirectory(prefix="boxlite-kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
@@ -63,7 +72,13 @@ def _probe(artifact: RuntimeArtifact) -> Accel:
         argv = qemu_argv(cfg, agent_fd=None, qmp_fd=None)
         t0 = time.monotonic()
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_die_with_this_thread,
+            )
         except OSError as e:
             return Accel("tcg", f"KVM probe could not start QEMU: {e}")
         try:
