@@ -96,6 +96,10 @@ def confine_relay(*writable: str) -> None:
     cap = 0
     while libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:  # ends past the last capability
         cap += 1
+    # and none held now (not only after the relay's execve): version 3 header, zeroed sets
+    header, data = (ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
     libc.prctl(landlock.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # execve grants no capability back
     if rules is not None:
         landlock.restrict_self(rules)
