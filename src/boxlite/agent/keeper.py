@@ -351,7 +351,7 @@ class Keeper:
                         print(f"boxlite keeper: cannot remove cgroup {path}", file=sys.stderr, flush=True)
                         break
                     if time.monotonic() > started + 1:
-                        _kill_members(path)  # only box processes can be in it
+                        kill_cgroup_members(path)  # only box processes can be in it
                     time.sleep(0.01)
 
 
@@ -371,7 +371,7 @@ def _inode(path: str) -> int | None:
         return None
 
 
-def _kill_members(path: str) -> None:
+def kill_cgroup_members(path: str) -> None:
     """SIGKILL the processes in cgroup ``path``: at once with v2's ``cgroup.kill``, else by pid."""
     try:
         with open(os.path.join(path, "cgroup.kill"), "w") as f:

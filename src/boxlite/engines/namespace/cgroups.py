@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...agent.keeper import kill_cgroup_members
 from ...errors import EngineError
 
 ROOT = Path("/sys/fs/cgroup")
@@ -54,7 +55,7 @@ class BoxCgroups:
                 except OSError:
                     if time.monotonic() > deadline:
                         break
-                    _kill_all(path)
+                    kill_cgroup_members(path)
                     time.sleep(0.01)
 
     def read(self) -> dict[str, float]:
@@ -195,18 +196,3 @@ def _read(path: str) -> str:
 def _read_int(path: str) -> int:
     text = _read(path).strip()
     return int(text) if text.isdigit() else -1
-
-
-def _kill_all(path: str) -> None:
-    """SIGKILL the processes in ``path``: at once with v2's ``cgroup.kill``, else by pid."""
-    try:
-        with open(os.path.join(path, "cgroup.kill"), "w") as f:
-            f.write("1")
-        return
-    except OSError:
-        pass
-    for pid in _read(os.path.join(path, "cgroup.procs")).split():
-        try:
-            os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
