@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from ..errors import UnsupportedOptionError
 from ..layout import BoxLayout
 from ..procfs import process_start_time
 
@@ -116,3 +117,36 @@ class Engine(ABC):
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
         """Host-side resource numbers for the box (memory, cpu time...)."""
         return {}
+
+    # --- pause / resume (memory kept) -------------------------------------------------------
+    async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:
+        """Stop every process of the box where it is, memory kept (cgroup freezer; QEMU ``stop``).
+        Idempotent; returns once nothing of the box runs any more, so its disk and memory can be
+        copied consistently (snapshots, clones). Raises ``UnsupportedOptionError`` if the engine
+        cannot."""
+        raise UnsupportedOptionError("pause", f"the {self.name} engine cannot freeze a box")
+
+    async def thaw(self, spec: BoxSpec, running: RunningBox) -> None:
+        """Undo :meth:`freeze` (idempotent): the box's processes continue where they were."""
+        raise UnsupportedOptionError("resume", f"the {self.name} engine cannot freeze a box")
+
+    def is_frozen(self, spec: BoxSpec) -> bool:
+        """Whether the box is frozen now (read from the host, any process may ask)."""
+        return False
+
+    # --- pause to disk (memory saved to the box dir, host processes ended) ------------------
+    async def save(self, spec: BoxSpec, running: RunningBox) -> None:
+        """Save the running box's memory and device state into its dir and end its host
+        processes; :meth:`restore` continues it later (also from another host process)."""
+        raise UnsupportedOptionError("to_disk", f"the {self.name} engine cannot save a box's memory to disk")
+
+    async def restore(self, spec: BoxSpec) -> RunningBox:
+        """Start the box from what :meth:`save` wrote (and delete that)."""
+        raise UnsupportedOptionError("to_disk", f"the {self.name} engine cannot save a box's memory to disk")
+
+    def has_saved_state(self, spec: BoxSpec) -> bool:
+        """Whether :meth:`save` left a state to :meth:`restore` in the box's dir."""
+        return False
+
+    def forget_saved_state(self, spec: BoxSpec) -> None:
+        """Delete a saved state (the box is stopped or removed instead of resumed)."""
