@@ -335,6 +335,8 @@ class Keeper:
             signal.pidfd_send_signal(self.box_pidfd, signal.SIGKILL)
         except OSError:
             pass  # gone already
+        for path in self.cgroup_dirs:  # a paused box: a frozen task dies only once thawed
+            thaw_cgroup(path)
 
     def _remove_cgroups(self) -> None:
         """rmdir the box's cgroups once its processes left them (PID 1's death kills the rest
@@ -387,6 +389,18 @@ def kill_cgroup_members(path: str) -> None:
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    thaw_cgroup(path)
+
+
+def thaw_cgroup(path: str) -> None:
+    """Thaw a v1 freezer cgroup (a paused box): its SIGKILLed tasks die only once thawed. v2's
+    ``cgroup.kill`` kills frozen tasks, and a v2 box is thawed too so that any signal lands."""
+    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+        try:
+            with open(os.path.join(path, name), "w") as f:
+                f.write(value)
         except OSError:
             pass
 

@@ -87,6 +87,17 @@ class Box:
             if not self._info.auto_remove:
                 raise
 
+    async def pause(self, to_disk: bool = False) -> None:
+        """Freeze every process of the running box where it is, memory kept: it uses no CPU
+        until :meth:`resume`; exec on it raises ``InvalidStateError`` (unless ``auto_resume``).
+        ``to_disk``: save the memory in the box's dir and free it (VM engine; the box may then
+        be resumed by another process, after this one ended)."""
+        self._info = await self._backend.pause(self.id, to_disk)
+
+    async def resume(self) -> None:
+        """Continue a paused box: its processes go on from where they were."""
+        self._info = await self._backend.resume(self.id)
+
     async def __aenter__(self) -> Box:
         await self.start()
         return self

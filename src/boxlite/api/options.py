@@ -109,7 +109,8 @@ class BoxOptions:
     """BoxLite's successor of ``auto_remove``: 0 keeps the box after stop, > 0 removes it (a
     local runtime has no sweeper, so at once). Takes precedence over ``auto_remove``."""
     auto_pause: int | None = None
-    """Idle seconds before pausing; local runtimes do not pause (0/None only, as in BoxLite)."""
+    """Idle seconds before pausing; local runtimes do not pause idle boxes yet (0/None only);
+    ``Box.pause()`` pauses explicitly."""
     auto_resume: bool | None = None
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
@@ -137,6 +138,15 @@ class BoxOptions:
         if self.auto_remove is None:
             return not self.detach
         return bool(self.auto_remove)
+
+    def _auto_pause(self) -> int:
+        """Idle seconds before the box is paused (0/None: never)."""
+        value = self.auto_pause
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"auto_pause must be a non-negative integer (seconds), got {value!r}")
+        return value
 
     def network_enabled(self) -> bool:
         """Outbound network on? Default: on (outbound NAT), as in BoxLite; the host guard still
@@ -173,8 +183,8 @@ class BoxOptions:
                 "auto_remove/auto_delete cannot remove a detached box on stop: "
                 "pass auto_remove=False (or auto_delete=0) with detach=True"
             )
-        if self.auto_pause:
-            raise UnsupportedOptionError("auto_pause", "local runtimes do not pause idle boxes")
+        if self._auto_pause():
+            raise UnsupportedOptionError("auto_pause", "local runtimes do not pause idle boxes yet (box.pause() does)")
         if isinstance(self.network, NetworkSpec) and self.network.allow_net:
             raise UnsupportedOptionError("network.allow_net", "outbound allow-lists are not implemented yet")
         config = BoxConfig(
@@ -197,6 +207,8 @@ class BoxOptions:
             ports=tuple(parse_port(p) for p in self.ports),
             detach=bool(self.detach),
             auto_remove=auto_remove,
+            auto_pause=self._auto_pause(),
+            auto_resume=bool(self.auto_resume),
         )
         return apply_advanced(config, self.advanced)  # SecurityOptions etc.: honoured or refused
 

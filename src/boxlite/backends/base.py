@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..api.options import BoxOptions
 from ..api.results import BoxInfo, BoxMetrics, ExecStatus, RuntimeMetrics, oom_message
-from ..errors import BoxDiedError
+from ..errors import BoxDiedError, UnsupportedOptionError
 from ..images import ImageConfig, ImageInfo
 from ..images.types import PullProgress
 
@@ -198,6 +198,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self, box_id: str, timeout: float | None = None) -> None: ...
+
+    async def pause(self, box_id: str, to_disk: bool = False) -> BoxInfo:
+        """Freeze every process of a running box, memory kept (``to_disk``: memory saved in the
+        box's dir, its host processes ended)."""
+        raise UnsupportedOptionError("pause", f"{type(self).__name__} cannot pause boxes")
+
+    async def resume(self, box_id: str) -> BoxInfo:
+        """Continue a paused box where it was."""
+        raise UnsupportedOptionError("resume", f"{type(self).__name__} cannot pause boxes")
 
     # --- work -----------------------------------------------------------------------------
     @abc.abstractmethod

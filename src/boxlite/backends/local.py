@@ -18,6 +18,7 @@ from ..client.agent_client import AgentClient
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..images.types import PullProgress
+from ..runtime import pause
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
@@ -125,6 +126,18 @@ class LocalBackend(Backend):
         finally:  # its record changed (or is gone, with auto_remove)
             self._recs.pop(box_id, None)
 
+    async def pause(self, box_id: str, to_disk: bool = False) -> BoxInfo:
+        try:
+            return record_info(await pause.pause(self.core, box_id, to_disk))
+        finally:
+            self._recs.pop(box_id, None)
+
+    async def resume(self, box_id: str) -> BoxInfo:
+        try:
+            return record_info(await pause.resume(self.core, box_id))
+        finally:
+            self._recs.pop(box_id, None)
+
     # --- work -----------------------------------------------------------------------------
     async def _client(self, box_id: str) -> tuple[AgentClient, BoxRecord]:
         """The live agent connection and the box's record; starts the box if it is not running."""
@@ -134,6 +147,8 @@ class LocalBackend(Backend):
         if client is None or client.closed or rec is None or rec.state != "running":
             core.check_open()
             rec = self._record(box_id)
+            if rec.state == pause.PAUSED and pause.auto_resumes(rec):
+                rec = await pause.resume(core, box_id)
             ended = core.main_exit(box_id) if rec.state in ("running", "exited") else None
             if ended is not None:  # starting it would run its main process again: not as a side effect
                 raise InvalidStateError(
@@ -212,7 +227,7 @@ class LocalBackend(Backend):
     async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
         rec = self._record(box_id)
         core = self.core
-        raw = core.engine_for(rec).metrics(core.spec(rec), None) if rec.state == "running" else {}
+        raw = core.engine_for(rec).metrics(core.spec(rec), None) if rec.state in ("running", "paused") else {}
         cpu_ns = raw.get("cpu_usage_ns")
         cpu_percent = None
         if cpu_ns is not None and rec.started_at:

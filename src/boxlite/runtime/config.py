@@ -121,6 +121,10 @@ class BoxConfig:
     ports: tuple[PortMapping, ...] = ()
     detach: bool = False
     auto_remove: bool = True
+    auto_pause: int = 0
+    """Idle seconds after which the owning process pauses the box (memory kept); 0: never."""
+    auto_resume: bool = False
+    """An exec or file copy on the paused box resumes it (else InvalidStateError)."""
 
     def __post_init__(self) -> None:
         if self.cpus is not None and not (0 < self.cpus <= 512):
@@ -207,6 +211,8 @@ class BoxConfig:
                 ),
                 detach=bool(data.get("detach", False)),
                 auto_remove=bool(data.get("auto_remove", True)),
+                auto_pause=parse_number(data.get("auto_pause"), int, "auto_pause") or 0,
+                auto_resume=bool(data.get("auto_resume", False)),
             )
         except (TypeError, ValueError) as e:  # a malformed stored row
             raise ConfigError(f"box config: {e}") from None

@@ -33,6 +33,7 @@ from .config import BoxConfig, ImageDefaults, env_to_dict
 from .engines import select_engine
 from .home import Home
 from .locks import box_lock, try_box_lock
+from .pause import release as release_paused
 from .state import BoxRecord, StateDB, now
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -111,19 +112,19 @@ class BoxRuntime:
         Without the lock the record is corrected only if the lock is free; otherwise whoever
         holds it (maybe starting the box again) writes the state, and ``rec`` is only reported
         ended: cleaning up then could kill the box being started."""
-        if rec.state not in ("running", "stopping") or self._alive(rec):
+        if rec.state not in ("running", "stopping", "paused") or self._alive(rec) or rec.paused_to_disk:
             return rec
         if locked:
             self._mark_ended(rec)
             return rec
         with try_box_lock(self.layout(rec.id).lock) as taken:
             fresh = self.db.get(rec.id) if taken else None
-            if fresh is not None and fresh.state in ("running", "stopping") and not self._alive(fresh):
+            if fresh is not None and fresh.state in ("running", "stopping", "paused") and not self._alive(fresh):
                 self._mark_ended(fresh)
             if fresh is not None:
                 rec.__dict__.update(fresh.__dict__)
                 return rec
-        self._set_ended(rec, rec.state == "running")
+        self._set_ended(rec, rec.state in ("running", "paused"))
         return rec
 
     def _set_ended(self, rec: BoxRecord, main_may_have_ended: bool) -> None:
@@ -134,9 +135,10 @@ class BoxRuntime:
         if ended is not None:
             rec.exit_code, rec.finished_at, rec.oom_killed = ended.exit_code, ended.finished_at, ended.oom_killed
         rec.pid = rec.pid_start = None
+        rec.paused_to_disk, rec.paused_at = False, None
 
     def _mark_ended(self, rec: BoxRecord) -> None:
-        self._set_ended(rec, rec.state == "running")
+        self._set_ended(rec, rec.state in ("running", "paused"))
         self.db.update(rec)
         with contextlib.suppress(Exception):
             select_engine(rec.engine).cleanup(self.spec(rec))
@@ -150,7 +152,8 @@ class BoxRuntime:
         """Crash recovery: stop boxes whose owner died, clean their host resources."""
         for rec in self.db.all():
             owner_alive = rec.owner_pid is not None and process_start_time(rec.owner_pid) == rec.owner_start
-            if rec.state in ("running", "stopping") and self._alive(rec) and not rec.detach and not owner_alive:
+            live = rec.state in ("running", "stopping", "paused")
+            if live and self._alive(rec) and not rec.detach and not owner_alive:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rec.pid or 0, 9)
                 deadline = time.monotonic() + 2
@@ -160,7 +163,9 @@ class BoxRuntime:
             self.refresh(rec)  # marks it stopped and cleans up, unless another process holds it
             fresh = self.db.get(rec.id)
             transitioned = (
-                before in ("running", "stopping") and fresh is not None and fresh.state in ("stopped", "exited")
+                before in ("running", "stopping", "paused")
+                and fresh is not None
+                and fresh.state in ("stopped", "exited")
             )
             if transitioned and rec.auto_remove and not owner_alive:
                 self._delete(rec)
@@ -244,6 +249,8 @@ class BoxRuntime:
         self.check_open()
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
+            if rec.state == "paused":
+                raise InvalidStateError(f"box {rec.id} is paused; resume it first (box.resume(), 'boxlite resume')")
             if rec.state == "running":
                 if self.main_exit(rec.id) is None:
                     return await self.client(rec)
@@ -358,7 +365,7 @@ class BoxRuntime:
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
-            if rec.state in ("running", "stopping"):
+            if rec.state in ("running", "stopping") or (rec.state == "paused" and await release_paused(self, rec)):
                 await self._stop_running(rec, grace)
             if remove_if_auto and rec.auto_remove:
                 self._delete(rec)
@@ -391,10 +398,11 @@ class BoxRuntime:
         rec = self.record(id_or_name)
         async with box_lock(self.layout(rec.id).lock):
             rec = self.record(rec.id, locked=True)
-            if rec.state in ("running", "stopping"):
+            if rec.state in ("running", "stopping", "paused"):
                 if not force:
-                    raise InvalidStateError(f"box {rec.id} is running; stop it first or pass force=True")
-                await self._stop_running(rec, 0.0)
+                    raise InvalidStateError(f"box {rec.id} is {rec.state}; stop it first or pass force=True")
+                if rec.state != "paused" or await release_paused(self, rec):
+                    await self._stop_running(rec, 0.0)
             self._delete(rec)
 
     def _delete(self, rec: BoxRecord) -> None:

@@ -57,6 +57,9 @@ class BoxRecord:
     """State "exited": the status of the main process (128+N for signal N)."""
     finished_at: float | None = None
     oom_killed: bool = False
+    paused_to_disk: bool = False
+    """State "paused": memory saved in the box dir, no process left (else frozen in memory)."""
+    paused_at: float | None = None
 
     @property
     def detach(self) -> bool:

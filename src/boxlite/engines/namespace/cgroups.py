@@ -19,7 +19,7 @@ from ...agent.keeper import kill_cgroup_members
 from ...errors import EngineError
 
 ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")  # freezer: pause/resume
 DEFAULT_PIDS_LIMIT = 4096
 
 
@@ -57,6 +57,28 @@ class BoxCgroups:
                         break
                     kill_cgroup_members(path)
                     time.sleep(0.01)
+
+    def freezer(self) -> tuple[str, str, str] | None:
+        """(state file, value that freezes, value that thaws), or None: no freezer (v1 without
+        the freezer hierarchy, or a box started before boxes got one)."""
+        if self.version == 2:
+            return (f"{self.paths['unified']}/cgroup.freeze", "1", "0")
+        if "freezer" in self.paths:
+            return (f"{self.paths['freezer']}/freezer.state", "FROZEN", "THAWED")
+        return None
+
+    def set_frozen(self, frozen: bool) -> None:
+        """Ask the kernel to freeze (or thaw) every process of the box; :meth:`is_frozen` says when done."""
+        spec = self.freezer()
+        if spec is None:
+            raise EngineError("this box has no freezer cgroup (started before pause existed?): restart it")
+        _write(spec[0], spec[1] if frozen else spec[2])
+
+    def is_frozen(self) -> bool:
+        """True once every process of the box is frozen (v1: ``FROZEN``, v2: ``frozen 1``)."""
+        if self.version == 2:
+            return "frozen 1" in _read(f"{self.paths['unified']}/cgroup.events").splitlines()
+        return "freezer" in self.paths and _read(f"{self.paths['freezer']}/freezer.state").strip() == "FROZEN"
 
     def read(self) -> dict[str, float]:
         """memory_bytes, memory_peak_bytes, cpu_usage_ns, pids."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -19,6 +20,8 @@ from . import cgroups, netstats, network
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
+FREEZE_TIMEOUT = 5.0
+"""Longest wait for every box process to freeze (a task in uninterruptible sleep delays it)."""
 KEEPER_WAIT = 10.0
 """Longest wait for an earlier start's keeper to finish its clean-up (it needs ~1-6 s at most)."""
 
@@ -189,6 +192,10 @@ class NamespaceEngine(Engine):
     async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
         if running.is_alive():
             _kill(running.pid)
+        groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
+        if groups is not None and groups.freezer() is not None:
+            with contextlib.suppress(EngineError):  # a paused box: a frozen task dies only once thawed
+                groups.set_frozen(False)
         await running.wait_gone(5)
         self.cleanup(spec)
 
@@ -202,6 +209,44 @@ class NamespaceEngine(Engine):
             spec.layout.cgroups_file.unlink(missing_ok=True)
         for path in (spec.agent_socket,):
             path.unlink(missing_ok=True)
+
+    async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:
+        """cgroup freezer: every box process stops where it is (memory kept). The keeper and
+        pasta are outside the box's cgroups: published ports stay open (connections wait)."""
+        groups = self._groups(spec)
+        groups.set_frozen(True)
+        deadline = time.monotonic() + FREEZE_TIMEOUT
+        while not groups.is_frozen():
+            if time.monotonic() > deadline:  # a task stuck in the kernel (D state): give up, undo
+                groups.set_frozen(False)
+                raise EngineError(f"box {spec.box_id}: its processes did not freeze within {FREEZE_TIMEOUT:g}s")
+            await asyncio.sleep(0.001)
+            if groups.version == 1:
+                groups.set_frozen(True)  # v1: FREEZING may need the write again to finish
+
+    async def thaw(self, spec: BoxSpec, running: RunningBox) -> None:
+        self._groups(spec).set_frozen(False)
+
+    def is_frozen(self, spec: BoxSpec) -> bool:
+        groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
+        return groups is not None and groups.is_frozen()
+
+    async def save(self, spec: BoxSpec, running: RunningBox) -> None:
+        from .criu import refuse
+
+        refuse()
+
+    async def restore(self, spec: BoxSpec) -> RunningBox:
+        from .criu import refuse
+
+        refuse()
+
+    @staticmethod
+    def _groups(spec: BoxSpec) -> cgroups.BoxCgroups:
+        groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
+        if groups is None:
+            raise EngineError(f"box {spec.box_id} has no cgroups (is it running?)")
+        return groups
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
