@@ -77,6 +77,16 @@ class BoxLayout:
         return self.root / "work"
 
     @property
+    def disk_image(self) -> Path:
+        """With ``disk_size_gb``: the ext4 image holding the writable layer (upper and work)."""
+        return self.root / "disk.ext4"
+
+    @property
+    def disk_mount(self) -> Path:
+        """Where the disk image is mounted, in the box's mount namespace only."""
+        return self.root / "disk"
+
+    @property
     def sup(self) -> Path:
         return self.root / "sup"
 

@@ -202,13 +202,6 @@ async def test_box_cannot_wedge_its_agent_with_a_fifo_passwd(box: boxlite.Simple
     assert time.monotonic() - t0 < 5
 
 
-async def test_disk_size_is_refused_by_the_namespace_engine(home: Path, busybox_rootfs: Path) -> None:
-    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
-    with pytest.raises(boxlite.UnsupportedOptionError, match="disk_size_gb"):
-        await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), disk_size_gb=1))
-    await rt.shutdown()
-
-
 async def test_second_stop_of_an_auto_removed_box_is_harmless(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs)))
     await box.start()

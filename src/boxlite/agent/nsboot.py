@@ -19,7 +19,7 @@ import socket
 import sys
 from typing import Any
 
-from . import keeper, linux, oom, protocol
+from . import keeper, linux, loopdisk, oom, protocol
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from .mountpoint import tmpfs_sizes, volume_target
 from .netns import allow_low_ports
@@ -204,6 +204,8 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
         _bind_file(f"/dev/{dev}", f"{sup}/dev/{dev}")
     os.makedirs(f"{sup}/proc", exist_ok=True)
     os.makedirs(f"{sup}/tmp", mode=0o1777, exist_ok=True)  # exists when the agent code lives under /tmp
+    if config.get("disk_image"):
+        _mount_disk(config, uid_base)
     # The box root: image layers + the box's writable layer.
     root = sup + BOX
     os.makedirs(root)
@@ -266,6 +268,24 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
         for path in (f"{root}/proc/1/{name}", f"{root}/proc/1/task/1/{name}"):
             if os.path.exists(path):
                 _bind_file("/dev/null", path, create=False)
+
+
+def _mount_disk(config: dict[str, Any], uid_base: int) -> None:
+    """``disk_size_gb``: the writable layer's own ext4 image, mounted in this mount namespace only.
+    Its loop device clears itself once nothing holds it: the mount goes with the box."""
+    fd, dev = loopdisk.attach(config["disk_image"])
+    try:
+        linux.mount(dev, config["disk_mount"], "ext4", MS_NOSUID | MS_NODEV, "noinit_itable")
+    finally:
+        os.close(fd)
+    for path, mode, owner in (
+        (config["upperdir"], int(config.get("upper_mode", 0o755)), uid_base),
+        (config["workdir"], 0o700, 0),
+    ):
+        if not os.path.isdir(path):  # the first start
+            os.mkdir(path, mode)
+            os.chmod(path, mode)
+            os.chown(path, owner, owner)
 
 
 def _bind_layer(layer: str, mountpoint: str, idmap_fd: int | None) -> None:

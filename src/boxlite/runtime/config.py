@@ -21,6 +21,10 @@ ENGINES = ("auto", "namespace", "vm")
 MAX_CONFIG_BYTES = 512 * 1024
 """A box's config is stored with it (state.db): its JSON form (env, cmd, volumes...) is capped."""
 MAX_MEMORY_MIB = 1 << 22
+MIN_DISK_GB = 1 / 64
+"""disk_size_gb (GiB, as the VM disk): at least 16 MiB (ext4's own metadata takes a few)."""
+MAX_DISK_GB = 8192.0
+"""At most 8 TiB: the box disk is one sparse file on the host (ext4 files stop at 16 TiB)."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,10 @@ class BoxConfig:
             raise ConfigError(f"cpus must be > 0, got {self.cpus!r}")
         if self.memory_mib is not None and not (16 <= self.memory_mib <= MAX_MEMORY_MIB):
             raise ConfigError(f"memory_mib must be between 16 and {MAX_MEMORY_MIB}, got {self.memory_mib!r}")
-        if self.disk_size_gb is not None and self.disk_size_gb <= 0:
-            raise ConfigError(f"disk_size_gb must be > 0, got {self.disk_size_gb!r}")
+        if self.disk_size_gb is not None and not (MIN_DISK_GB <= self.disk_size_gb <= MAX_DISK_GB):
+            raise ConfigError(
+                f"disk_size_gb must be between {MIN_DISK_GB} and {MAX_DISK_GB} (GiB), got {self.disk_size_gb!r}"
+            )
         if self.pids_limit is not None and self.pids_limit < 1:
             raise ConfigError(f"pids_limit must be >= 1, got {self.pids_limit!r}")
         if self.engine is not None and self.engine not in ENGINES:

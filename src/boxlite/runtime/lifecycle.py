@@ -183,10 +183,6 @@ class BoxRuntime:
         engine = select_engine(config.engine or self.default_engine).name
         if config.volumes and engine == "vm" and os.geteuid() != 0:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
-        if config.disk_size_gb is not None and engine == "namespace":
-            raise UnsupportedOptionError(
-                "disk_size_gb", "the namespace engine shares the host's disk; use engine='vm' for a sized disk"
-            )
         if engine == "vm" and any(p.ipv6 for p in config.ports):
             raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
         rootfs_path = config.rootfs_path

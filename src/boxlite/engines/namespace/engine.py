@@ -16,7 +16,7 @@ from ...agent.keeper import STATUS_KEEPER, STATUS_NET_ERROR
 from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_READY, parse_status
 from ...errors import EngineError, NetworkError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from . import cgroups, netstats, network
+from . import cgroups, netstats, network, quota
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
@@ -87,6 +87,9 @@ class NamespaceEngine(Engine):
                 "pasta_pid": str(spec.layout.pasta_pid),
             },
         }
+        if spec.disk_size_gb:  # the writable layer on a sized ext4 image (mkfs on first start only)
+            disk = await asyncio.to_thread(quota.boot_config, spec.layout, spec.disk_size_gb, spec.root.uid_base)
+            config.update(disk)
         log = os.open(spec.layout.boot_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         fds = [status_w, log] + ([spec.lifeline_fd] if spec.lifeline_fd is not None else [])
         try:
