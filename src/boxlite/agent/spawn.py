@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from . import linux, seccomp
+from . import linux, rlimit, seccomp
 from .protocol import CWD_FAILURE
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -48,6 +48,8 @@ class ExecSpec:
     builtin: str | None = None
     builtin_args: dict[str, object] = field(default_factory=dict)
     log_path: str | None = None
+    rlimits: dict[str, int] = field(default_factory=dict)
+    """Resource limits set right before ``execve`` (``agent/rlimit.py``)."""
 
     @classmethod
     def from_request(cls, body: dict[str, object]) -> ExecSpec:
@@ -69,6 +71,7 @@ class ExecSpec:
             builtin=builtin,  # type: ignore[arg-type]
             builtin_args=dict(body.get("builtin_args") or {}),  # type: ignore[call-overload]
             log_path=None,
+            rlimits=rlimit.parse(body.get("rlimits")),
         )
 
 
@@ -236,6 +239,7 @@ def _confine_and_exec(
         linux.drop_capabilities(-1, keep)  # bounding set is reduced already; clear the rest
     env = exec_env(spec, home)
     enter_cwd(spec.cwd or "/")
+    rlimit.apply(spec.rlimits)
     linux.set_no_new_privs()
     if conf.seccomp_program:
         seccomp.install(conf.seccomp_program)

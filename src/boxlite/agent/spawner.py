@@ -31,7 +31,7 @@ import socket
 import subprocess
 from typing import Any
 
-from . import linux, seccomp
+from . import linux, rlimit, seccomp
 from .spawn import (
     Confinement,
     ExecSpec,
@@ -88,6 +88,8 @@ class SpawnerClient:
         """Start ``spec`` with ``fds`` as its stdio; its pid. OSError when it cannot start,
         ConnectionError when the spawner is gone (the caller then spawns by itself)."""
         body = {"argv": spec.argv, "env": spec.env, "cwd": spec.cwd, "user": spec.user, "tty": spec.tty}
+        if spec.rlimits:
+            body["rlimits"] = spec.rlimits
         send(self.sock, body, fds)
         self.sock.settimeout(REPLY_TIMEOUT)
         try:
@@ -214,7 +216,7 @@ def _start(msg: dict[str, Any], fds: list[int]) -> tuple[subprocess.Popen[bytes]
     uid, gid, groups, home = resolve_user(spec.user)
     env = exec_env(spec, home)
     cwd = spec.cwd or "/"
-    if not spec.tty and (uid, gid, groups) == (0, 0, [0]) and len(fds) == 3:
+    if not spec.tty and (uid, gid, groups) == (0, 0, [0]) and len(fds) == 3 and not spec.rlimits:
         proc = _vfork_exec(spec, env, cwd, fds)
         return proc, proc.pid
     return None, _fork_exec(spec, env, cwd, fds, (uid, gid, groups))
@@ -244,6 +246,7 @@ def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], id
             os.setresuid(uid, uid, uid)
             linux.drop_capabilities(-1)  # root keeps none either (the bounding set is empty)
             enter_cwd(cwd)
+            rlimit.apply(spec.rlimits)  # in the child only: the spawner itself stays unlimited
             os.closerange(3, err_w)
             os.closerange(err_w + 1, 65536)
             try:
