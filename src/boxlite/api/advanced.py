@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UnsupportedOptionError
+from ..runtime.health import HealthCheckConfig
 
 if TYPE_CHECKING:
     from ..runtime.config import BoxConfig
@@ -21,12 +22,16 @@ MIB = 1024 * 1024
 
 @dataclass
 class HealthCheckOptions:
-    """BoxLite's periodic health check (seconds). Refused for now: see ``advanced_overrides``."""
+    """BoxLite's periodic health check (seconds; fractions allowed). Run by the process that
+    starts the box; the outcome is ``BoxInfo.health_status`` (runtime/health.py)."""
 
-    interval: int = 30
-    timeout: int = 10
+    interval: float = 30
+    timeout: float = 10
     retries: int = 3
-    start_period: int = 60
+    start_period: float = 60
+    command: list[str] | None = None
+    """Ours: argv run in the box each ``interval`` (exit 0 passes, like Docker's HEALTHCHECK CMD).
+    None, as in BoxLite: the check pings the box's agent."""
 
 
 @dataclass
@@ -49,9 +54,7 @@ def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | 
         return {}
     out: dict[str, Any] = {}
     if getattr(advanced, "health_check", None) is not None:
-        raise UnsupportedOptionError(
-            "advanced.health_check", "health checks are not run by this runtime yet (BoxInfo.health_status is 'none')"
-        )
+        out["health_check"] = HealthCheckConfig.from_options(advanced.health_check)
     caps = getattr(advanced, "capabilities", None)
     if caps is not None and (getattr(caps, "add", None) or getattr(caps, "drop", None)):
         raise UnsupportedOptionError(

@@ -117,16 +117,37 @@ class HealthState:
 
 
 @dataclass
+class HealthCheckResult:
+    """One probe of a box's health check (Docker's health log entry); ``exit_code`` -1: the probe
+    could not run (agent unreachable, host deadline). ``output``: its first 4 KiB, decoded."""
+
+    start: str
+    end: str
+    exit_code: int
+    timed_out: bool = False
+    output: str = ""
+
+
+@dataclass
 class HealthStatus:
+    """A box's health (BoxLite's fields, then ours: ``checking``, ``log``)."""
+
     state: HealthState = field(default_factory=HealthState)
     failures: int = 0
+    """Probes failed in a row (not counting those within ``start_period``)."""
     last_check: str | None = None
+    checking: bool = False
+    """A live process is probing the box (False: not configured, stopped, or the process that
+    started the box is gone; the status shown is then the last one it wrote)."""
+    log: list[HealthCheckResult] = field(default_factory=list)
+    """The last few probe results, oldest first."""
 
     def __post_init__(self) -> None:
         if isinstance(self.state, dict):
             self.state = HealthState(**self.state)
         elif isinstance(self.state, str):
             self.state = HealthState(self.state)
+        self.log = [HealthCheckResult(**r) if isinstance(r, dict) else r for r in self.log]
 
 
 @dataclass
@@ -148,7 +169,7 @@ class BoxInfo:
     """The image's entrypoint, cmd, env, working_dir and user (defaults of the box's commands)."""
     network: NetworkInfo | None = None
     health_status: HealthStatus = field(default_factory=HealthStatus)
-    """Always state "none": a box with a health check configured is refused (UnsupportedOptionError)."""
+    """State "none" unless ``advanced.health_check`` is configured (runtime/health.py)."""
     auto_pause: int = 0
     """Idle seconds before pausing (BoxLite); always 0: boxes are not paused (snapshot issue)."""
     auto_delete: int = 0

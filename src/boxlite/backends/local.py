@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from ..api.options import BoxOptions, Options
-from ..api.results import BoxInfo, BoxMetrics, BoxStateInfo, NetworkInfo, PublishedPort, RuntimeMetrics, iso
+from ..api.results import (
+    BoxInfo,
+    BoxMetrics,
+    BoxStateInfo,
+    HealthStatus,
+    NetworkInfo,
+    PublishedPort,
+    RuntimeMetrics,
+    iso,
+)
 from ..client.agent_client import AgentClient
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
@@ -90,22 +99,25 @@ class LocalBackend(Backend):
     async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
         rec = await self.core.create(options.to_config(), name)
         self._recs[rec.id] = rec
-        return record_info(rec)
+        return self._info(rec)
 
     async def get(self, id_or_name: str) -> BoxInfo | None:
         self.core.check_open()
         try:
-            return record_info(self._record(id_or_name))
+            return self._info(self._record(id_or_name))
         except NotFoundError:
             return None
 
     def info(self, box_id: str) -> BoxInfo:
-        return record_info(self._record(box_id))
+        return self._info(self._record(box_id))
+
+    def _info(self, rec: BoxRecord) -> BoxInfo:
+        return record_info(rec, self.core.health.view(rec))
 
     async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
         self.core.check_open()
         # Newest first, as BoxLite lists them.
-        infos = [record_info(self.core.refresh(rec)) for rec in reversed(self.core.db.all())]
+        infos = [self._info(self.core.refresh(rec)) for rec in reversed(self.core.db.all())]
         return [i for i in infos if state is None or i.state.status == state]
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
@@ -279,8 +291,8 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace").strip()
 
 
-def record_info(rec: BoxRecord) -> BoxInfo:
-    """The public view of a box's record."""
+def record_info(rec: BoxRecord, health: dict[str, Any] | None = None) -> BoxInfo:
+    """The public view of a box's record (``health``: its health status, runtime/health.py)."""
     return BoxInfo(
         id=rec.id,
         name=rec.name,
@@ -305,6 +317,7 @@ def record_info(rec: BoxRecord) -> BoxInfo:
             published_ports=[PublishedPort(p.guest_port, p.host_ip, p.host_port, p.protocol) for p in rec.config.ports],
         ),
         auto_delete=1 if rec.auto_remove else 0,
+        health_status=HealthStatus() if health is None else HealthStatus(**health),
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
+from .health import HealthCheckConfig
 
 CONFIG_VERSION = 1
 """Version of :meth:`BoxConfig.to_json`'s format (rows without one hold the older options dict)."""
@@ -119,6 +120,8 @@ class BoxConfig:
     cmd: tuple[str, ...] | None = None
     hostname: str | None = None
     ready_timeout: float | None = None
+    health_check: HealthCheckConfig | None = None
+    """BoxLite's ``advanced.health_check`` (runtime/health.py); None: the box is not checked."""
     volumes: tuple[VolumeMount, ...] = ()
     network: bool = False
     """Outbound network (published ports need it)."""
@@ -170,6 +173,7 @@ class BoxConfig:
         out["entrypoint"], out["cmd"] = _list_or_none(self.entrypoint), _list_or_none(self.cmd)
         out["volumes"] = [[v.host_path, v.guest_path, v.read_only] for v in self.volumes]
         out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
+        out["health_check"] = None if self.health_check is None else self.health_check.to_json()
         return out
 
     @classmethod
@@ -210,6 +214,7 @@ class BoxConfig:
                 cmd=parse_strings(data.get("cmd"), "cmd"),
                 hostname=_str_or_none(data.get("hostname")),
                 ready_timeout=parse_number(data.get("ready_timeout"), float, "ready_timeout"),
+                health_check=HealthCheckConfig.from_json(data.get("health_check")),
                 volumes=tuple(VolumeMount(str(h), str(g), bool(ro)) for h, g, ro in data.get("volumes") or ()),
                 network=bool(data.get("network")),
                 ports=tuple(

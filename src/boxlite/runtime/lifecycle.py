@@ -31,6 +31,7 @@ from ..images import ImageManager
 from ..layout import MAIN_LOG_NAME, BoxLayout
 from .config import BoxConfig, ImageDefaults, env_to_dict
 from .engines import select_engine
+from .health import HealthMonitor
 from .home import Home
 from .locks import box_lock, try_box_lock
 from .pause import release as release_paused
@@ -85,6 +86,7 @@ class BoxRuntime:
         _drop_lifeline_in_forked_children(self)
         self.clients: dict[str, AgentClient] = {}
         self.owned: set[str] = set()
+        self.health = HealthMonitor(self)
         self.closed = False
         self._pid = os.getpid()
         self._pid_start = process_start_time(self._pid)
@@ -267,6 +269,7 @@ class BoxRuntime:
                 except ExecError as e:  # it cannot even start: the box ends with it
                     await self._main_failed(rec, e.exit_code)
                     raise
+            self.health.begin(rec)  # no-op without a health check
             return client
 
     async def _start_engine(self, rec: BoxRecord) -> RunningBox:
@@ -367,6 +370,7 @@ class BoxRuntime:
                 self._delete(rec)
 
     async def _stop_running(self, rec: BoxRecord, grace: float) -> None:
+        await self.health.end(rec)
         engine = select_engine(rec.engine)
         spec = self.spec(rec)
         running = RunningBox(rec.pid or 0, rec.pid_start or 0, spec.agent_socket)
@@ -414,6 +418,7 @@ class BoxRuntime:
         if self.closed:
             return
         await asyncio.gather(*(self.stop(box_id, timeout) for box_id in list(self.owned)), return_exceptions=True)
+        await self.health.close()  # detached boxes it started: their checks end here
         for box_id in list(self.clients):
             await self._drop_client(box_id)
         self.closed = True

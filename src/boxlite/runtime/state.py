@@ -29,7 +29,13 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS health (
+    id TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
 """
+MAX_HEALTH_BYTES = 256 * 1024
+"""A box's health row (status and its few last results, runtime/health.py) is capped when read."""
 
 
 @dataclass
@@ -150,6 +156,35 @@ class StateDB:
 
     def delete(self, box_id: str) -> None:
         self._run("DELETE FROM boxes WHERE id = ?", (box_id,))
+        self._run("DELETE FROM health WHERE id = ?", (box_id,))
+
+    def put_health(self, box_id: str, data: dict[str, Any], run: str | None = None) -> bool:
+        """Write a box's health row (its own table: the box record is never rewritten by a
+        check). ``run``: only if the stored row still belongs to that run of the checks (a
+        stop or a new start by another process wins); returns whether it was written."""
+        text = json.dumps(data)
+        if run is None:
+            self._run("INSERT OR REPLACE INTO health (id, data) VALUES (?, ?)", (box_id, text))
+            return True
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "UPDATE health SET data = ? WHERE id = ? AND json_extract(data, '$.run') = ?", (text, box_id, run)
+                )
+            except sqlite3.Error as e:
+                raise DatabaseError(f"state database error: {e}") from None
+            return cur.rowcount > 0
+
+    def get_health(self, box_id: str) -> dict[str, Any] | None:
+        """A box's health row, or None (none stored, or unreadable: the box then shows no status)."""
+        rows = self._run("SELECT data FROM health WHERE id = ? AND length(data) <= ?", (box_id, MAX_HEALTH_BYTES))
+        if not rows:
+            return None
+        try:
+            data = json.loads(rows[0]["data"])
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     def get(self, id_or_name: str) -> BoxRecord | None:
         rows = self._run("SELECT * FROM boxes WHERE id = ? OR name = ?", (id_or_name, id_or_name))

@@ -7,12 +7,25 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api.options import BoxOptions, NetworkSpec
+from ..api.advanced import HealthCheckOptions
+from ..api.options import AdvancedBoxOptions, BoxOptions, NetworkSpec
 
 
 class NetworkModel(BaseModel):
     mode: str = "enabled"
     allow_net: list[str] = Field(default_factory=list)
+
+
+class HealthCheckModel(BaseModel):
+    """``advanced.health_check`` (seconds); ``command`` None: the check pings the box's agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: float = 30
+    timeout: float = 10
+    retries: int = 3
+    start_period: float = 60
+    command: list[str] | None = None
 
 
 class BoxOptionsModel(BaseModel):
@@ -43,12 +56,16 @@ class BoxOptionsModel(BaseModel):
     pids_limit: int | None = None
     hostname: str | None = None
     ready_timeout: float | None = None
+    health_check: HealthCheckModel | None = None
 
     def to_options(self) -> BoxOptions:
-        fields = self.model_dump(exclude={"network"})
+        fields = self.model_dump(exclude={"network", "health_check"})
         net = self.network
         network = NetworkSpec(net.mode, list(net.allow_net)) if isinstance(net, NetworkModel) else net
-        return BoxOptions(network=network, **fields)
+        options = BoxOptions(network=network, **fields)
+        if self.health_check is not None:
+            options.advanced = AdvancedBoxOptions(health_check=HealthCheckOptions(**self.health_check.model_dump()))
+        return options
 
 
 class CreateBoxRequest(BaseModel):
@@ -82,10 +99,20 @@ class HealthStateModel(BaseModel):
     value: str = "none"
 
 
+class HealthCheckResultModel(BaseModel):
+    start: str
+    end: str
+    exit_code: int
+    timed_out: bool = False
+    output: str = ""
+
+
 class HealthStatusModel(BaseModel):
     state: HealthStateModel = Field(default_factory=HealthStateModel)
     failures: int = 0
     last_check: str | None = None
+    checking: bool = False
+    log: list[HealthCheckResultModel] = Field(default_factory=list)
 
 
 class BoxInfoModel(BaseModel):
