@@ -24,7 +24,7 @@ from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from ..net import hostguard
 from ..status import read_status
 from . import accel as accel_mod
-from . import templates
+from . import templates, vmcontrol
 from .disks import ensure_box_disk, ensure_empty_lower, ensure_layer_image
 from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, vcpus
 from .templates import template_dir
@@ -233,9 +233,34 @@ class VmEngine(Engine):
         raise EngineError(f"VM box {spec.box_id}: processes survived SIGKILL")
 
     def cleanup(self, spec: BoxSpec) -> None:
-        for path in (spec.layout.vm_conf, spec.layout.qemu_pid, spec.layout.shim_pid):
+        for path in (spec.layout.vm_conf, spec.layout.qemu_pid, spec.layout.shim_pid, _paused_marker(spec)):
             path.unlink(missing_ok=True)
         spec.agent_socket.unlink(missing_ok=True)
+
+    # --- pause / resume (vmcontrol: the relay sends QMP stop/cont) -------------------------
+    async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:
+        """QMP ``stop``: the vCPUs stop (guest memory and clock kept, no guest code runs); the
+        relay keeps serving the agent socket, whose requests wait until :meth:`thaw`."""
+        await self._control(spec, "stop", "paused")
+        _paused_marker(spec).touch()
+
+    async def thaw(self, spec: BoxSpec, running: RunningBox) -> None:
+        await self._control(spec, "cont", "running")
+        _paused_marker(spec).unlink(missing_ok=True)
+
+    def is_frozen(self, spec: BoxSpec) -> bool:
+        try:
+            return vmcontrol.request(str(spec.run_dir), "status", timeout=2.0).get("status") == "paused"
+        except OSError:
+            return False
+
+    async def _control(self, spec: BoxSpec, op: str, want: str) -> None:
+        try:
+            reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), op)
+        except OSError as e:
+            raise EngineError(f"VM box {spec.box_id}: its relay does not answer ({e}); restart the box") from None
+        if not reply.get("ok") or reply.get("status") != want:
+            raise EngineError(f"VM box {spec.box_id}: {op} failed: {reply.get('error') or reply.get('status')}")
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
         """``memory_bytes`` (PSS of shim + QEMU), ``cpu_usage_ns``, ``pids`` (processes in the
@@ -256,10 +281,16 @@ class VmEngine(Engine):
         out["qemu_pss_bytes"] = float(qemu_pss)
         out["cpu_usage_ns"] = sum(procfs.cpu_seconds(pid) for pid in (shim, qemu) if pid) * 1e9
         out["disk_bytes"] = float(_allocated(disk_path(spec)))
-        processes = _agent_stats(spec.agent_socket).get("processes")
+        paused = _paused_marker(spec).exists()  # a stopped guest cannot answer
+        processes = None if paused else _agent_stats(spec.agent_socket).get("processes")
         if isinstance(processes, (int, float)):
             out["pids"] = float(processes)
         return out
+
+
+def _paused_marker(spec: BoxSpec) -> Path:
+    """Present while the guest is stopped by :meth:`VmEngine.freeze` (metrics then skip the agent)."""
+    return spec.run_dir / "vm.paused"
 
 
 def _live_shim(run: Path) -> int | None:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from ...agent import mainexit
 from ...agent import protocol as p
 from ...agent.logfile import RotatingLog
+from . import vmcontrol
 from .relay import Client, Relay
 
 TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
@@ -72,6 +73,8 @@ class RelayServer:
         lifeline_fd: int | None = None,
         leftover: bytes = b"",
         log_dir: str | None = None,
+        qmp: socket.socket | None = None,
+        control: socket.socket | None = None,
     ) -> None:
         self.sel = selectors.DefaultSelector()
         self.guest = _Peer(guest)
@@ -101,6 +104,49 @@ class RelayServer:
             self.sel.register(lifeline_fd, selectors.EVENT_READ, lambda: self._on_lifeline(lifeline_fd))
         if leftover:
             self.relay.feed_guest(leftover)
+        self.qmp = vmcontrol.Qmp(qmp) if qmp is not None else None
+        self.paused = False  # QMP "stop" (box.pause()): resumed before any shutdown
+        if qmp is not None:
+            qmp.setblocking(False)
+            self.sel.register(qmp, selectors.EVENT_READ, self._on_qmp)
+        if control is not None:
+            control.setblocking(False)
+            self.sel.register(control, selectors.EVENT_READ, lambda: self._on_control(control))
+
+    # --- pause / resume / save (vmcontrol) ------------------------------------------------
+    def _on_qmp(self) -> None:
+        assert self.qmp is not None
+        if not self.qmp.drain():  # QEMU is going away; its exit ends the loop
+            self.sel.unregister(self.qmp.sock)
+
+    def _on_control(self, listener: socket.socket) -> None:
+        """One host request (pause, resume, status, save to disk), answered at once."""
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        with conn:
+            request = vmcontrol.read_request(conn)
+            if request is None:
+                reply: dict[str, object] = {"ok": False, "error": "malformed control request"}
+            elif self.qmp is None or self.stopping:
+                reply = {"ok": False, "error": "the VM is stopping" if self.stopping else "no QMP connection"}
+            else:
+                reply = vmcontrol.handle(self.qmp, request, self.log_dir or ".")
+                if reply.get("ok") and request["op"] in ("stop", "cont"):
+                    self.paused = request["op"] == "stop"
+                if reply.get("ok") and request["op"] == "save":  # saved: QEMU quits, the relay ends with it
+                    self.stopping = True
+                    try:
+                        self.qmp.execute("quit")
+                    except vmcontrol.QmpError:
+                        pass
+                    self._after(QUIT_TIMEOUT, lambda: self._signal_qemu(signal.SIGKILL, None))
+            try:
+                conn.settimeout(2.0)
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
 
     # --- output -------------------------------------------------------------------------
     def _write(self, peer: _Peer, data: bytes) -> None:
@@ -276,6 +322,12 @@ class RelayServer:
             return
         self.stopping = True
         print(f"shim: stopping the VM ({why})", file=sys.stderr, flush=True)
+        if self.paused and self.qmp is not None:  # a paused guest cannot shut down: let it run again
+            try:
+                self.qmp.execute("cont")
+                self.paused = False
+            except vmcontrol.QmpError as e:
+                print(f"shim: cannot resume the paused VM to stop it: {e}", file=sys.stderr, flush=True)
         internal = Client(on_frame=lambda *_: None)
         self.relay.attach(internal)
         body = json.dumps({"op": "shutdown", "grace": grace}).encode()
@@ -343,7 +395,12 @@ def main(arg: str) -> int:
         os.set_inheritable(sock.fileno(), False)
     lifeline = args.get("lifeline_fd")
     leftover = bytes.fromhex(args.get("leftover", ""))
-    server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"))
+    qmp = socket.socket(fileno=int(args["qmp_fd"])) if args.get("qmp_fd") is not None else None
+    control = socket.socket(fileno=int(args["control_fd"])) if args.get("control_fd") is not None else None
+    for extra in (qmp, control):
+        if extra is not None:
+            os.set_inheritable(extra.fileno(), False)
+    server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"), qmp, control)
     if args.get("console_fd") is not None:  # QEMU's console pipe, into the capped console log
         from .console import ConsoleLog
 

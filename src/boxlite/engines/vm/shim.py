@@ -30,6 +30,7 @@ from ..net import hostguard
 from . import landlock
 from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
+from .vmcontrol import CONTROL_SOCKET_NAME
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
@@ -398,6 +399,17 @@ class Shim:
         return False
 
 
+def bind_control(run_dir: Path) -> socket.socket:
+    """The relay's control socket (``vmcontrol``), root's and 0600, bound before confinement."""
+    path = run_dir / CONTROL_SOCKET_NAME
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(_short(path)))
+    os.chmod(path, 0o600)
+    sock.listen(8)
+    return sock
+
+
 def _short(path: Path) -> Path:
     """``path`` relative to the working directory when that makes it shorter."""
     try:
@@ -451,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(status_fd, p.STATUS_ERROR, f"could not start QEMU: {e}")
         return 1
     (run_dir / QEMU_PID_NAME).write_text(str(proc.pid))
+    qmp_keep = os.dup(qmp.fileno())  # survives the QMP client's close: the relay's (vmcontrol)
     (run_dir / SHIM_PID_NAME).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
     import asyncio
 
@@ -466,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result == 0 else 1
     from .relayd import exec_relay
 
-    qmp.close()
+    control = bind_control(run_dir)  # pause/resume/save: the relay drives QEMU over QMP (vmcontrol)
+    qmp.close()  # the QMP client's; qmp_keep (a dup) stays connected for the relay
     # Confined before "ready": once the box is handed out, this process never again holds a
     # capability (the relay it becomes parses what the guest sends).
     confine_relay(str(run_dir), os.path.dirname(vm.console))
@@ -484,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         "log_dir": str(run_dir),
     }
     keep = [agent.fileno(), result.listener.fileno(), *([lifeline] if lifeline is not None else [])]
+    relay_args["qmp_fd"], relay_args["control_fd"] = qmp_keep, control.fileno()
+    keep += [qmp_keep, control.fileno()]
     if _console is not None:
         drain_console()
         relay_args["console_fd"], relay_args["console_path"] = _console[1], vm.console

@@ -1,0 +1,183 @@
+"""Pause, resume and save a running VM box: the host asks its relay (``relayd``) over a control
+socket in the run dir; the relay drives QEMU over the QMP connection the shim handed it.
+
+Stdlib only (the relay imports it). The control socket (``run/vm-control.sock``, mode 0600,
+root's) is bound by the shim before it confines itself; the guest cannot reach it. One request
+per connection: a JSON line ``{"op": ...}`` in, a JSON line ``{"ok": true, ...}`` or
+``{"ok": false, "error": ...}`` out. Requests and answers are capped at ``MAX_LINE`` bytes and
+every QMP exchange has a deadline, so a wedged QEMU cannot hang the relay for long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+CONTROL_SOCKET_NAME = "vm-control.sock"
+MAX_LINE = 4096
+QMP_TIMEOUT = 5.0
+SAVE_TIMEOUT = 300.0
+"""Longest a RAM save to disk may take (a 4 GiB guest under a loaded host)."""
+OPS = ("stop", "cont", "status", "save")
+
+
+class QmpError(Exception):
+    pass
+
+
+class Qmp:
+    """Blocking QMP over an already negotiated connection (the shim ran ``qmp_capabilities``).
+    Events arriving in between are dropped (:meth:`drain`)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def drain(self) -> bool:
+        """Read and drop what QEMU sent unasked (events); False once QEMU closed the monitor."""
+        try:
+            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.buf = (self.buf + data)[-(1 << 16) :]
+        self.buf = self.buf[self.buf.rfind(b"\n") + 1 :]
+        return True
+
+    def execute(self, command: str, arguments: dict[str, object] | None = None, timeout: float = QMP_TIMEOUT) -> object:
+        msg: dict[str, object] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        deadline = time.monotonic() + timeout
+        self.sock.setblocking(True)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+            while True:
+                while b"\n" not in self.buf:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise QmpError(f"QMP {command}: no answer within {timeout:g}s")
+                    self.sock.settimeout(left)
+                    chunk = self.sock.recv(1 << 16)
+                    if not chunk:
+                        raise QmpError(f"QMP {command}: QEMU closed the monitor")
+                    self.buf += chunk
+                    if len(self.buf) > 1 << 20:
+                        raise QmpError("QMP: answer too long")
+                line, _, self.buf = self.buf.partition(b"\n")
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(reply, dict) or "event" in reply:
+                    continue
+                if "error" in reply:
+                    raise QmpError(f"QMP {command}: {reply['error']}")
+                if "return" in reply:
+                    return reply["return"]
+        except (TimeoutError, OSError) as e:
+            raise QmpError(f"QMP {command}: {e}") from None
+        finally:
+            self.sock.setblocking(False)
+
+    def status(self) -> str:
+        ret = self.execute("query-status")
+        return str(ret.get("status")) if isinstance(ret, dict) else "unknown"
+
+    def save(self, path: str, timeout: float = SAVE_TIMEOUT) -> None:
+        """Write the (stopped) guest's RAM and device state to ``path`` through ``exec:cat``
+        (QEMU's sandbox allows spawning; its Landlock lets it write in the run dir)."""
+        self.execute("stop")
+        self.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+        self.execute("migrate", {"uri": f"exec:cat > {_quote(path)}"})
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.execute("query-migrate")
+            status = state.get("status") if isinstance(state, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                why = state.get("error-desc", status) if isinstance(state, dict) else status
+                raise QmpError(f"saving the VM failed: {why}")
+            if time.monotonic() > deadline:
+                self.execute("migrate_cancel")
+                raise QmpError(f"saving the VM took more than {timeout:g}s")
+            time.sleep(0.02)
+
+
+def _quote(path: str) -> str:
+    return "'" + path.replace("'", "'\\''") + "'"
+
+
+def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, object]:
+    """One control request. ``save`` writes only to ``run_dir/<name>`` (a plain file name)."""
+    op = request.get("op")
+    try:
+        if op == "stop":
+            qmp.execute("stop")
+            return {"ok": True, "status": qmp.status()}
+        if op == "cont":
+            qmp.execute("cont")
+            return {"ok": True, "status": qmp.status()}
+        if op == "status":
+            return {"ok": True, "status": qmp.status()}
+        if op == "save":
+            name = request.get("name")
+            if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+                return {"ok": False, "error": "save: a plain file name is needed"}
+            path = os.path.join(run_dir, name)
+            qmp.save(path)
+            return {"ok": True, "path": path}
+    except QmpError as e:
+        return {"ok": False, "error": str(e)}
+    return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def read_request(conn: socket.socket, timeout: float = 2.0) -> dict[str, object] | None:
+    """A control connection's request line (None: malformed, too long or too slow)."""
+    conn.settimeout(timeout)
+    data = b""
+    try:
+        while b"\n" not in data and len(data) <= MAX_LINE:
+            chunk = conn.recv(MAX_LINE + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return None
+    if b"\n" not in data:
+        return None
+    try:
+        req = json.loads(data.partition(b"\n")[0])
+    except ValueError:
+        return None
+    return req if isinstance(req, dict) and req.get("op") in OPS else None
+
+
+def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, **args: object) -> dict[str, object]:
+    """Host side: send one control request to the box's relay and return its answer. Raises
+    OSError when the relay cannot be reached (the box is not running)."""
+    path = os.path.join(run_dir, CONTROL_SOCKET_NAME)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        data = b""
+        while b"\n" not in data and len(data) <= MAX_LINE:
+            chunk = s.recv(MAX_LINE + 1)
+            if not chunk:
+                break
+            data += chunk
+    try:
+        reply = json.loads(data.partition(b"\n")[0])
+    except ValueError:
+        raise OSError(f"the VM relay gave no answer to {op}") from None
+    if not isinstance(reply, dict):
+        raise OSError(f"the VM relay gave no answer to {op}")
+    return reply
