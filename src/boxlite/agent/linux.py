@@ -31,6 +31,10 @@ MNT_DETACH = 2
 # capabilities
 CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
+# Docker's default set for a box's root (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID,
+# SETUID, SETPCAP, NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP); the host
+# resolves a box's own set (runtime/capabilities.py) and sends it as a mask like this one.
+DEFAULT_BOX_CAPS = 0xA80425FB
 
 # prctl options
 PR_SET_PDEATHSIG = 1
@@ -202,7 +206,13 @@ def last_cap() -> int:
 
 def drop_capabilities(cap_last: int, keep: int = 0) -> None:
     """Empty the bounding and ambient sets, then the effective/permitted/inheritable sets;
-    ``keep`` (a bit mask of capabilities below 32) stays bounding, permitted and effective."""
+    ``keep`` (a bit mask) stays bounding, permitted and effective. ``cap_last`` -1: leave the
+    bounding set alone."""
+    set_capabilities(cap_last, keep, keep)
+
+
+def limit_bounding(cap_last: int, keep: int) -> None:
+    """Drop every capability up to ``cap_last`` but those in ``keep`` from the bounding set."""
     for cap in range(cap_last + 1):
         if keep >> cap & 1:
             continue
@@ -210,13 +220,20 @@ def drop_capabilities(cap_last: int, keep: int = 0) -> None:
             prctl(PR_CAPBSET_DROP, cap)
         except OSError:
             pass
+
+
+def set_capabilities(cap_last: int, bounding: int, permitted: int) -> None:
+    """Bounding set reduced to ``bounding`` (bit masks; needs CAP_SETPCAP, so first), ambient
+    and inheritable sets empty, permitted and effective exactly ``permitted``."""
+    limit_bounding(cap_last, bounding)
     try:
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
     header = _CapHeader(0x20080522, 0)
     data = (_CapData * 2)()
-    data[0].effective = data[0].permitted = keep
+    data[0].effective = data[0].permitted = permitted & 0xFFFFFFFF
+    data[1].effective = data[1].permitted = permitted >> 32 & 0xFFFFFFFF
     _check(_libc.syscall(_SYS_CAPSET[MACHINE], ctypes.byref(header), ctypes.byref(data)), "capset")
 
 

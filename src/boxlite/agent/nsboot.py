@@ -141,6 +141,8 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         sock.listen(64)
         lifeline = config.get("lifeline_fd")
         confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last)
+        if isinstance(config.get("cap_mask"), int):  # None: the default set
+            confinement.cap_mask = int(config["cap_mask"])
         agent = Agent(confinement, lifeline, log_dir="/run/boxlite")
         # PID 1 of a pid namespace gets no signal from inside it for which it has no handler;
         # Python's SIGINT handler (KeyboardInterrupt) would let box root kill the agent.

@@ -1,9 +1,10 @@
 """Start one user process inside the box root, confined (stdlib only).
 
-The agent forks; the child joins the box root (``chroot``), takes the requested user, loses
-every capability, sets no_new_privs, loads the seccomp filter, closes every inherited fd and
-``execve``s. Failures before ``execve`` travel back on a close-on-exec pipe as
-``"<errno>:<message>"`` so the agent can report a typed error instead of an exit code.
+The agent forks; the child joins the box root (``chroot``), takes the requested user, keeps
+only the box's capabilities (box root; other users none), sets no_new_privs, loads the
+seccomp filter, closes every inherited fd and ``execve``s. Failures before ``execve`` travel
+back on a close-on-exec pipe as ``"<errno>:<message>"`` so the agent can report a typed error
+instead of an exit code.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ class Confinement:
     seccomp_program: bytes | None
     cap_last: int
     drop_caps: bool = True
+    cap_mask: int = linux.DEFAULT_BOX_CAPS
+    """Box root's capabilities (bit mask): its bounding, permitted and effective sets after
+    ``execve``; other users get the same bounding set and nothing else, as in Docker."""
+
+    def capabilities(self, uid: int) -> tuple[int, int]:
+        """(bounding, permitted) for a command run as ``uid``."""
+        return self.cap_mask, self.cap_mask if uid == 0 else 0
 
 
 @dataclass
@@ -224,19 +232,17 @@ def _confine_and_exec(
     os.setresgid(gid, gid, gid)
     # Builtins (copy_in/copy_out) run our own code as box root and may read and write any box
     # file, like ``docker cp``: they keep the file-permission overrides, which the box's user
-    # namespace limits to the box's own files. Commands get no capability at all.
-    keep = BUILTIN_CAPS if builtin is not None and uid == 0 else 0
+    # namespace limits to the box's own files. Commands get the box's set (root only).
+    if builtin is not None:
+        keep = BUILTIN_CAPS if uid == 0 else 0
+        bounding, permitted = keep, keep
+    else:
+        bounding, permitted = conf.capabilities(uid)
     if conf.drop_caps:
-        for cap in range(conf.cap_last + 1):
-            if keep >> cap & 1:
-                continue
-            try:
-                linux.prctl(linux.PR_CAPBSET_DROP, cap)
-            except OSError:
-                pass
+        linux.limit_bounding(conf.cap_last, bounding)  # needs CAP_SETPCAP: before the uid changes
     os.setresuid(uid, uid, uid)
-    if conf.drop_caps:
-        linux.drop_capabilities(-1, keep)  # bounding set is reduced already; clear the rest
+    if conf.drop_caps:  # root's execve gives it its bounding set: permitted must hold it (no_new_privs)
+        linux.set_capabilities(-1, bounding, permitted)
     env = exec_env(spec, home)
     enter_cwd(spec.cwd or "/")
     rlimit.apply(spec.rlimits)

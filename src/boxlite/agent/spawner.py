@@ -3,8 +3,8 @@
 Forking the agent for every command costs its page tables and copy-on-write faults, which
 dominate an exec round trip under TCG (~15 ms of ~26 ms). So the agent forks this *spawner*
 once, after the box root is mounted. The spawner confines itself the way every box process
-must be confined: box root (``chroot``), OOM score 1000, an empty capability bounding set (so
-``execve`` leaves even root with no capabilities), no_new_privs, the seccomp filter. Then each
+must be confined: box root (``chroot``), OOM score 1000, the box's capabilities as bounding set
+(so ``execve`` gives root those and no others), no_new_privs, the seccomp filter. Then each
 command only needs ``vfork`` + ``execve`` (``subprocess``), or a plain fork of this process
 when a user switch or a terminal needs code to run before ``execve``.
 
@@ -166,10 +166,8 @@ def _confine_self(sock: socket.socket, conf: Confinement) -> None:
         os.chroot(conf.root)
     os.chdir("/")
     os.setgroups([0])
-    if conf.drop_caps:  # bounding set first (that needs CAP_SETPCAP), then all but KEEP
-        for cap in range(conf.cap_last + 1):
-            linux.prctl(linux.PR_CAPBSET_DROP, cap)
-        linux.drop_capabilities(-1, KEEP)
+    if conf.drop_caps:  # bounding: the box's set; permitted: it plus what switching users needs
+        linux.set_capabilities(conf.cap_last, conf.cap_mask, conf.cap_mask | KEEP)
     linux.prctl(linux.PR_SET_DUMPABLE, 0)
     linux.set_no_new_privs()
     if conf.seccomp_program:
@@ -188,7 +186,7 @@ def _serve(sock: socket.socket, conf: Confinement) -> None:
                 if msg is None:
                     return  # the agent is gone
                 try:
-                    proc, pid = _start(msg, fds)
+                    proc, pid = _start(msg, fds, conf)
                 except OSError as e:
                     send(sock, {"errno": e.errno or 0, "error": e.strerror or str(e)})
                     continue
@@ -211,7 +209,7 @@ def _serve(sock: socket.socket, conf: Confinement) -> None:
                 send(sock, {"exit": pid, "code": code})
 
 
-def _start(msg: dict[str, Any], fds: list[int]) -> tuple[subprocess.Popen[bytes] | None, int]:
+def _start(msg: dict[str, Any], fds: list[int], conf: Confinement) -> tuple[subprocess.Popen[bytes] | None, int]:
     spec = ExecSpec.from_request(msg)
     uid, gid, groups, home = resolve_user(spec.user)
     env = exec_env(spec, home)
@@ -219,7 +217,7 @@ def _start(msg: dict[str, Any], fds: list[int]) -> tuple[subprocess.Popen[bytes]
     if not spec.tty and (uid, gid, groups) == (0, 0, [0]) and len(fds) == 3 and not spec.rlimits:
         proc = _vfork_exec(spec, env, cwd, fds)
         return proc, proc.pid
-    return None, _fork_exec(spec, env, cwd, fds, (uid, gid, groups))
+    return None, _fork_exec(spec, env, cwd, fds, (uid, gid, groups), conf.capabilities(uid)[1])
 
 
 def _vfork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int]) -> subprocess.Popen[bytes]:
@@ -233,8 +231,11 @@ def _vfork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int]) -
     return proc
 
 
-def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], ids: tuple[int, int, list[int]]) -> int:
-    """A terminal or another user: fork, prepare, execve; errors come back on a pipe."""
+def _fork_exec(
+    spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], ids: tuple[int, int, list[int]], permitted: int
+) -> int:
+    """A terminal or another user: fork, prepare, execve; errors come back on a pipe.
+    ``permitted``: the capabilities the user keeps (box root's set; none for others)."""
     err_r, err_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -244,7 +245,7 @@ def _fork_exec(spec: ExecSpec, env: dict[str, str], cwd: str, fds: list[int], id
             os.setgroups(groups)
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
-            linux.drop_capabilities(-1)  # root keeps none either (the bounding set is empty)
+            linux.set_capabilities(-1, 0, permitted)  # the bounding set is the box's already
             enter_cwd(cwd)
             rlimit.apply(spec.rlimits)  # in the child only: the spawner itself stays unlimited
             os.closerange(3, err_w)

@@ -138,10 +138,13 @@ def setup_box_mounts(memory_mib: object = None) -> None:
     linux.mount(sysctls, sysctls, None, linux.MS_BIND | linux.MS_REC)
     linux.mount(None, sysctls, None, linux.MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     dev = f"{BOX}/dev"
-    linux.mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=64k")
-    for name, (major, minor) in DEVICES.items():
-        os.mknod(f"{dev}/{name}", 0o20666, os.makedev(major, minor))
-        os.chmod(f"{dev}/{name}", 0o666)
+    # nodev: box root holds CAP_MKNOD, and a node it made of a guest disk, the agent's port or
+    # /dev/mem must not open. The standard devices are binds of the guest devtmpfs's nodes.
+    linux.mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=64k")
+    for name in DEVICES:
+        with open(f"{dev}/{name}", "w"):
+            pass
+        linux.mount(f"/dev/{name}", f"{dev}/{name}", None, linux.MS_BIND)
     os.makedirs(f"{dev}/pts")
     os.makedirs(f"{dev}/shm", mode=0o1777)
     linux.mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5")
@@ -386,6 +389,8 @@ def main() -> None:
             _, status = os.waitpid(child, 0)
             if status != 0:
                 raise RuntimeError("preparing the box root failed (see above)")
+        if isinstance(box.get("cap_mask"), int):  # box root's capabilities (None: the default set)
+            confinement.cap_mask = int(str(box["cap_mask"]))
         if not settings["net"]:
             isolate_network()
         allow_low_ports()  # in the box's network namespace (the guest's own when it has network)

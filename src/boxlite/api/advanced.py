@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UnsupportedOptionError
+from ..runtime import capabilities
 from ..runtime.health import HealthCheckConfig
 
 if TYPE_CHECKING:
@@ -48,18 +49,17 @@ _RLIMIT_FIELDS = ("max_open_files", "max_file_size", "max_cpu_time")
 
 def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | None) -> dict[str, Any]:
     """Config values ``advanced`` (an ``AdvancedBoxOptions`` or None) changes: ``pids_limit``,
-    ``memory_mib`` and ``network`` (False only). Raises UnsupportedOptionError for what this
-    runtime cannot do, so a caller relying on it learns it at create time."""
+    ``memory_mib``, ``network`` (False only) and ``capabilities`` (add, drop). Raises
+    UnsupportedOptionError for what this runtime cannot do, so a caller relying on it learns it
+    at create time."""
     if advanced is None:
         return {}
     out: dict[str, Any] = {}
     if getattr(advanced, "health_check", None) is not None:
         out["health_check"] = HealthCheckConfig.from_options(advanced.health_check)
-    caps = getattr(advanced, "capabilities", None)
-    if caps is not None and (getattr(caps, "add", None) or getattr(caps, "drop", None)):
-        raise UnsupportedOptionError(
-            "advanced.capabilities", "adding/dropping capabilities is not implemented yet (issue 10, item 2)"
-        )
+    add, drop = capabilities.from_options(getattr(advanced, "capabilities", None))
+    if add or drop:
+        out["capabilities"] = (add, drop)
     sec = getattr(advanced, "security", None)
     if sec is None:
         return out

@@ -13,9 +13,10 @@ from typing import BinaryIO, cast
 
 import click
 
+from ..api.advanced import ContainerCapabilities
 from ..api.box import Box
 from ..api.logs import RotatingLog, capped_log
-from ..api.options import BoxOptions
+from ..api.options import AdvancedBoxOptions, BoxOptions
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
 from . import compat
@@ -65,6 +66,8 @@ def box_options(fn: click.decorators.FC) -> click.decorators.FC:
                 type=click.Choice(["enabled", "disabled", "none"]),
                 help="Outbound network (default: enabled; 'none' = 'disabled': loopback only).",
             ),
+            click.option("--cap-add", "cap_add", multiple=True, metavar="CAP", help="Add a capability to box root."),
+            click.option("--cap-drop", "cap_drop", multiple=True, metavar="CAP", help="Drop one (ALL: every one)."),
         ]
     ):
         fn = decorator(fn)
@@ -89,7 +92,9 @@ def _box_options(
     image: str | None, rootfs: str | None, *, env: Sequence[str], workdir: str | None, user: str | None,
     cpus: float | None, memory: str | None, volumes: Sequence[str], ports: Sequence[str], engine: str | None,
     hostname: str | None, detach: bool, remove: bool, network: str | None = None,
+    cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
 ) -> BoxOptions:  # fmt: skip
+    caps = ContainerCapabilities(add=list(cap_add), drop=list(cap_drop)) if cap_add or cap_drop else None
     return BoxOptions(
         image=image,
         rootfs_path=rootfs,
@@ -107,6 +112,7 @@ def _box_options(
         # such a box is created attached and detached by its start (start_detached).
         detach=detach and not remove,
         auto_remove=remove,
+        advanced=AdvancedBoxOptions(capabilities=caps) if caps else None,
     )
 
 
@@ -167,7 +173,8 @@ async def run(
     rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
     entrypoint: str | None, hostname: str | None, network: str | None, interactive: bool, tty: bool,
-    env: tuple[str, ...], workdir: str | None, user: str | None, detach: bool,
+    env: tuple[str, ...], workdir: str | None, user: str | None, detach: bool, cap_add: tuple[str, ...],
+    cap_drop: tuple[str, ...],
 ) -> int:  # fmt: skip
     """Create a box and run a command in it.
 
@@ -181,6 +188,7 @@ async def run(
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove, network=network,
+        cap_add=cap_add, cap_drop=cap_drop,
     )  # fmt: skip
     if detach:
         await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
@@ -286,7 +294,7 @@ async def create(
     rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
     entrypoint: str | None, hostname: str | None, network: str | None, env: tuple[str, ...], workdir: str | None,
-    user: str | None,
+    user: str | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
 ) -> int:  # fmt: skip
     """Create a box without starting it; prints its id. `boxlite start` runs CMD (default: the
     image's) as the box's main process."""
@@ -294,6 +302,7 @@ async def create(
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove, network=network,
+        cap_add=cap_add, cap_drop=cap_drop,
     )  # fmt: skip
     await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
     box = await _create(rt, opts, name)

@@ -60,6 +60,9 @@ class BoxSpec:
     """VM engine: start from a snapshot template when possible (else boot cold)."""
     vm_tb_size_mib: int | None = None
     """VM engine under TCG: translation-block cache size (None: ``$BOXLITE_VM_TB_SIZE_MIB`` or the default)."""
+    cap_mask: int | None = None
+    """Box root's capabilities (bit N = capability N; runtime/capabilities.py resolves them);
+    None: the agent's default, Docker's 14."""
 
     @property
     def layout(self) -> BoxLayout:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ..errors import ConfigError
+from .capabilities import check_addable, parse_names
 from .health import HealthCheckConfig
 
 CONFIG_VERSION = 1
@@ -132,6 +133,9 @@ class BoxConfig:
     """Idle seconds after which the owning process pauses the box (memory kept); 0: never."""
     auto_resume: bool = False
     """An exec or file copy on the paused box resumes it (else InvalidStateError)."""
+    capabilities: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    """(add, drop) of ``advanced.capabilities`` as canonical names (runtime/capabilities.py);
+    ``((), ())``: Docker's default set (configs stored before the field have that too)."""
 
     def __post_init__(self) -> None:
         if self.cpus is not None and not (0 < self.cpus <= 512):
@@ -174,6 +178,7 @@ class BoxConfig:
         out["volumes"] = [[v.host_path, v.guest_path, v.read_only] for v in self.volumes]
         out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
         out["health_check"] = None if self.health_check is None else self.health_check.to_json()
+        out["capabilities"] = {"add": list(self.capabilities[0]), "drop": list(self.capabilities[1])}
         return out
 
     @classmethod
@@ -224,9 +229,21 @@ class BoxConfig:
                 auto_remove=bool(data.get("auto_remove", True)),
                 auto_pause=parse_number(data.get("auto_pause"), int, "auto_pause") or 0,
                 auto_resume=bool(data.get("auto_resume", False)),
+                capabilities=_capabilities(data.get("capabilities")),
             )
         except (TypeError, ValueError) as e:  # a malformed stored row
             raise ConfigError(f"box config: {e}") from None
+
+
+def _capabilities(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A stored ``{"add": [...], "drop": [...]}`` re-validated (a row is not trusted)."""
+    if value is None:
+        return (), ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"box config: capabilities must be an object, got {value!r}")
+    add = parse_names(value.get("add"), "capabilities.add")
+    check_addable(add)
+    return add, parse_names(value.get("drop"), "capabilities.drop")
 
 
 def env_to_dict(env: Any, what: str) -> dict[str, str]:

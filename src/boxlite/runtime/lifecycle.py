@@ -29,6 +29,7 @@ from ..errors import (
 from ..fsutil.dirfd import remove_tree
 from ..images import ImageManager
 from ..layout import MAIN_LOG_NAME, BoxLayout
+from . import capabilities
 from .config import BoxConfig, ImageDefaults, env_to_dict
 from .engines import select_engine
 from .health import HealthMonitor
@@ -187,6 +188,7 @@ class BoxRuntime:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
         if engine == "vm" and any(p.ipv6 for p in config.ports):
             raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
+        capabilities.check_engine(config.capabilities[0], engine, config.volumes)
         rootfs_path = config.rootfs_path
         if config.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
@@ -240,6 +242,7 @@ class BoxRuntime:
             network=config.network,
             ports=[(p.host_ip, p.host_port, p.guest_port, p.protocol) for p in config.ports],
             ready_timeout=config.ready_timeout or DEFAULT_READY_TIMEOUT,
+            cap_mask=capabilities.mask(capabilities.box_set(*config.capabilities, rec.engine, config.volumes)),
         )
 
     async def start(self, box_id: str) -> AgentClient:

@@ -78,6 +78,7 @@ class NamespaceEngine(Engine):
             "workdir": str(spec.layout.work),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
             "volumes": [list(v) for v in spec.volumes],
+            "cap_mask": spec.cap_mask,
             "resolv_conf": str(network.resolv_conf(spec.layout.resolv_conf)) if spec.network or spec.ports else None,
             "keeper": {
                 "lock": str(lock),

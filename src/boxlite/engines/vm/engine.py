@@ -182,6 +182,7 @@ class VmEngine(Engine):
         t_spawn = time.monotonic()
         lifeline = None if spec.detach else spec.lifeline_fd
         extra: dict[str, object] = {"mode": mode, "pids_limit": spec.pids_limit, "memory_limit_mib": spec.memory_mib}
+        extra["cap_mask"] = spec.cap_mask
         pid, status = await self._run_shim(vm, run, spec.agent_socket, lifeline, templates.remaining(deadline), extra)
         if status is None:
             why = f"the agent was not ready within {spec.ready_timeout:g}s"

@@ -233,6 +233,7 @@ class Shim:
             "seed": os.urandom(32).hex(),
             "pids_limit": self.conf.get("pids_limit"),
             "memory_mib": self.conf.get("memory_limit_mib"),
+            "cap_mask": self.conf.get("cap_mask"),
             "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
             "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
