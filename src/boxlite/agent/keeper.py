@@ -136,6 +136,7 @@ class Keeper:
         self.pasta: subprocess.Popen[bytes] | None = None
         self.pasta_pidfd: int | None = None
         self.pasta_err: int | None = None
+        self.dnsproxy: subprocess.Popen[bytes] | None = None
         self.logged = 0
         if config.get("log_fd") is not None:
             os.close(int(config["log_fd"]))  # A dup'ed it to 1 and 2
@@ -153,6 +154,7 @@ class Keeper:
             raise
         finally:
             self._kill_pasta()
+            self._kill_dnsproxy()
             self._remove_cgroups()
         return 0
 
@@ -162,7 +164,7 @@ class Keeper:
         if netns is None:
             return  # A failed before PID 1 existed (it reported why)
         try:
-            if self.conf.get("pasta") and not self._start_pasta(netns):
+            if self.conf.get("pasta") and not (self._start_dnsproxy() and self._start_pasta(netns)):
                 self._kill_box()  # no box without the network it was promised
         finally:
             os.close(netns)
@@ -195,6 +197,47 @@ class Keeper:
         if word == STATUS_KEEPER:
             os.close(self.status)
             self.status = None
+
+    # --- the DNS proxy of an allow-listed box (boxlite.engines.net.dnsproxy) -----------------
+    def _start_dnsproxy(self) -> bool:
+        """Start the box's DNS proxy (before pasta: its rules must be in place first) and wait
+        for its ``ready`` line. It dies with the keeper (``PR_SET_PDEATHSIG``)."""
+        argv = self.conf.get("dnsproxy")
+        if not argv:
+            return True
+        me = os.getpid()
+
+        def preexec() -> None:
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != me:
+                os._exit(1)
+
+        try:
+            self.dnsproxy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec)
+        except OSError as e:
+            self._report(STATUS_NET_ERROR, f"cannot run the DNS proxy: {e}")
+            return False
+        assert self.dnsproxy.stdout is not None
+        out = self.dnsproxy.stdout.fileno()
+        deadline, text = time.monotonic() + PASTA_READY_TIMEOUT, b""
+        while b"\n" not in text and time.monotonic() < deadline:
+            if not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            chunk = os.read(out, 64)
+            if not chunk:
+                break
+            text += chunk
+        self.dnsproxy.stdout.close()
+        if not text.startswith(b"ready "):
+            self._report(STATUS_NET_ERROR, "the box's DNS proxy did not start (see the boot log)")
+            return False
+        return True
+
+    def _kill_dnsproxy(self) -> None:
+        if self.dnsproxy is not None:
+            self.dnsproxy.kill()
+            self.dnsproxy.wait()
+            self.dnsproxy = None
 
     # --- pasta ----------------------------------------------------------------------------
     def _start_pasta(self, netns: int) -> bool:

@@ -185,8 +185,6 @@ class BoxOptions:
             )
         if self._auto_pause():
             raise UnsupportedOptionError("auto_pause", "local runtimes do not pause idle boxes yet (box.pause() does)")
-        if isinstance(self.network, NetworkSpec) and self.network.allow_net:
-            raise UnsupportedOptionError("network.allow_net", "outbound allow-lists are not implemented yet")
         config = BoxConfig(
             image=self.image,
             rootfs_path=self.rootfs_path,
@@ -204,6 +202,7 @@ class BoxOptions:
             ready_timeout=parse_number(self.ready_timeout, float, "ready_timeout"),
             volumes=tuple(parse_volume(v) for v in self.volumes),
             network=network,
+            allow_net=tuple(self.network.allow_net or ()) if isinstance(self.network, NetworkSpec) else (),
             ports=tuple(parse_port(p) for p in self.ports),
             detach=bool(self.detach),
             auto_remove=auto_remove,

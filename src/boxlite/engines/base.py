@@ -53,6 +53,8 @@ class BoxSpec:
     """(host path, path in the box, read-only) bind mounts."""
     network: bool = False
     """Outbound network (else loopback only)."""
+    allow_net: tuple[str, ...] = ()
+    """Egress allow-list (``..net.allowlist`` entries); empty: any destination but the host."""
     ports: list[tuple[str, int, int, str]] = field(default_factory=list)
     """Published ports: (host ip, host port, box port, "tcp"|"udp"); implies ``network``."""
     ready_timeout: float = 60.0

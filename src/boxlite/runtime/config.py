@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..engines.net import allowlist
 from ..errors import ConfigError
 from .capabilities import check_addable, parse_names
 from .health import HealthCheckConfig
@@ -131,6 +132,8 @@ class BoxConfig:
     auto_remove: bool = True
     auto_pause: int = 0
     """Idle seconds after which the owning process pauses the box (memory kept); 0: never."""
+    allow_net: tuple[str, ...] = ()
+    """Egress allow-list, normalised (engines/net/allowlist.py); empty: unrestricted."""
     auto_resume: bool = False
     """An exec or file copy on the paused box resumes it (else InvalidStateError)."""
     capabilities: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -167,6 +170,10 @@ class BoxConfig:
     def with_detach(self, detach: bool) -> BoxConfig:
         return replace(self, detach=detach)
 
+        if self.allow_net:
+            if not self.network:
+                raise ConfigError("allow_net needs network mode 'enabled'")
+            object.__setattr__(self, "allow_net", tuple(e.spec() for e in allowlist.parse(list(self.allow_net))))
     # --- stored form ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """A JSON object (``version``-tagged) that :meth:`from_json` turns back into an equal config."""
@@ -188,6 +195,7 @@ class BoxConfig:
             raise ConfigError("box config: expected a JSON object")
         version = data.get("version")
         if version != CONFIG_VERSION:
+        out["allow_net"] = list(self.allow_net)
             raise ConfigError(f"box config version {version!r} is not supported (this runtime reads {CONFIG_VERSION})")
         return cls._build(data)
 
@@ -233,6 +241,7 @@ class BoxConfig:
             )
         except (TypeError, ValueError) as e:  # a malformed stored row
             raise ConfigError(f"box config: {e}") from None
+                allow_net=tuple(str(e) for e in data.get("allow_net") or ()),
 
 
 def _capabilities(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -240,6 +240,7 @@ class BoxRuntime:
             lifeline_fd=None if rec.detach else self.lifeline_r,
             volumes=[(v.host_path, v.guest_path, v.read_only) for v in config.volumes],
             network=config.network,
+            allow_net=config.allow_net,
             ports=[(p.host_ip, p.host_port, p.guest_port, p.protocol) for p in config.ports],
             ready_timeout=config.ready_timeout or DEFAULT_READY_TIMEOUT,
             cap_mask=capabilities.mask(capabilities.box_set(*config.capabilities, rec.engine, config.volumes)),

@@ -17,6 +17,7 @@ from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_
 from ...errors import EngineError, NetworkError
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from . import cgroups, netstats, network, quota
+from ..net import allowlist
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
@@ -55,9 +56,14 @@ class NamespaceEngine(Engine):
         lock = spec.layout.keeper_lock
         if _keeper_active(lock):  # the last start's keeper still cleans up: its cgroups are ours to reuse after
             await asyncio.to_thread(_await_keeper, lock)
-        pasta = None
+        pasta, dnsproxy = None, None
         if spec.network or spec.ports:
-            pasta = network.pasta_command([network.PortMapping(*p) for p in spec.ports])
+            gid = None
+            if spec.allow_net:  # its own helper group, rules and DNS proxy (docs/network.md)
+                entries = allowlist.parse(list(spec.allow_net))
+                gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+                dnsproxy = allowlist.proxy_command(spec.box_dir, gid, entries)
+            pasta = network.pasta_command([network.PortMapping(*p) for p in spec.ports], gid)
         groups, cgroup_setup = cgroups.plan(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
         groups.save(spec.layout.cgroups_file)
         python = agent_python()
@@ -85,6 +91,7 @@ class NamespaceEngine(Engine):
                 "pasta": pasta[0] if pasta else None,
                 "net_gid": pasta[1] if pasta else None,
                 "pasta_fifo": str(spec.layout.pasta_fifo),
+                "dnsproxy": dnsproxy,
                 "pasta_pid": str(spec.layout.pasta_pid),
             },
         }
@@ -212,6 +219,7 @@ class NamespaceEngine(Engine):
             groups.remove()
             spec.layout.cgroups_file.unlink(missing_ok=True)
         for path in (spec.agent_socket,):
+        allowlist.release(spec.box_dir)
             path.unlink(missing_ok=True)
 
     async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:

@@ -46,7 +46,7 @@ def resolv_conf(path: Path) -> Path:
     return path
 
 
-def pasta_command(ports: list[PortMapping]) -> tuple[list[str], int]:
+def pasta_command(ports: list[PortMapping], gid: int | None = None) -> tuple[list[str], int]:
     """(pasta's command line for one box, the helpers' group id), with the host guard installed.
 
     The box's keeper (:mod:`boxlite.agent.keeper`) runs it as its own child, in the foreground
@@ -55,11 +55,12 @@ def pasta_command(ports: list[PortMapping]) -> tuple[list[str], int]:
     writes its pid once it configured the namespace) and ``--netns``. In the foreground pasta
     does not move itself into a detached PID namespace; it still pivots into an empty root and
     runs under its seccomp filter. pasta runs as uid 0 without capabilities (it must open the
-    root-only ``/dev/net/tun``)."""
+    root-only ``/dev/net/tun``). ``gid``: an allow-listed box's own group (:mod:`..net.allowlist`,
+    which installed the guard already)."""
     pasta = shutil.which("pasta")
     if pasta is None:
         raise NetworkError("networking for namespace boxes needs pasta: apt-get install passt")
-    gid = hostguard.install()
+    gid = hostguard.install() if gid is None else gid
     tcp = ",".join(p.pasta_spec() for p in ports if p.protocol == "tcp") or "none"
     udp = ",".join(p.pasta_spec() for p in ports if p.protocol == "udp") or "none"
     argv = [

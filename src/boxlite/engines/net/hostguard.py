@@ -102,6 +102,7 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add set {t} helpers {{ type gid; }}",
         f"add set {t} dns4 {{ type ipv4_addr; }}",
         f"add set {t} dns6 {{ type ipv6_addr; }}",
+        f"add set {t} dnsproxy {{ type inet_service; }}",
         f"add chain {t} output {{ type filter hook output priority 0; policy accept; }}",
         f"add chain {t} helper",
         f"flush chain {t} output",
@@ -112,6 +113,8 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add rule {t} helper ct state established,related return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 return",
+        # DNS of allow-listed boxes, redirected by ..net.allowlist to their proxies' loopback ports.
+        f"add rule {t} helper meta l4proto {{ tcp, udp }} ct status dnat th dport @dnsproxy return",
         f"add rule {t} helper oif lo reject",
         f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} reject",
         f"add element {t} helpers {{ {gid} }}",

@@ -21,7 +21,7 @@ from ...client.agent_client import AgentClient
 from ...errors import BoxliteError, EngineError, UnsupportedOptionError
 from ...layout import QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from ..net import hostguard
+from ..net import allowlist, hostguard
 from ..status import read_status
 from . import accel as accel_mod
 from . import templates, vmcontrol
@@ -108,7 +108,11 @@ class VmEngine(Engine):
             ports=[list(p) for p in spec.ports],
             volumes=[_shared_dir(host, guest, ro) for host, guest, ro in spec.volumes],
         )
-        if vm.network:
+        if vm.network and spec.allow_net:  # its own helper group, rules and DNS proxy (docs/network.md)
+            gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+            proxy = allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net)))
+            vm = replace(vm, net_gid=gid, dnsproxy=proxy)
+        elif vm.network:
             await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         deadline = t0 + spec.ready_timeout  # the whole start, template creation included
@@ -241,6 +245,7 @@ class VmEngine(Engine):
     # --- pause / resume (vmcontrol: the relay sends QMP stop/cont) -------------------------
     async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:
         """QMP ``stop``: the vCPUs stop (guest memory and clock kept, no guest code runs); the
+        allowlist.release(spec.box_dir)
         relay keeps serving the agent socket, whose requests wait until :meth:`thaw`."""
         await self._control(spec, "stop", "paused")
         _paused_marker(spec).touch()

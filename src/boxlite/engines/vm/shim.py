@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import shlex
 import signal
 import socket
@@ -134,6 +135,35 @@ def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subproces
     return procs
 
 
+def start_dnsproxy(cfg: VmConfig, log_fd: int) -> subprocess.Popen[bytes] | None:
+    """An allow-listed box's DNS proxy (..net.dnsproxy), started before QEMU (its rules must be
+    in place before slirp opens a socket) and dying with the shim, then the relay."""
+    if not cfg.dnsproxy:
+        return None
+    me = os.getpid()
+    proc = subprocess.Popen(
+        cfg.dnsproxy,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log_fd,
+        preexec_fn=lambda: _die_with_parent(me),
+    )
+    assert proc.stdout is not None
+    out, text, deadline = proc.stdout.fileno(), b"", time.monotonic() + 30
+    while b"\n" not in text and time.monotonic() < deadline:
+        if not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        chunk = os.read(out, 64)
+        if not chunk:
+            break
+        text += chunk
+    proc.stdout.close()
+    if not text.startswith(b"ready "):
+        proc.kill()
+        raise OSError("the box's DNS proxy did not start (see shim.log)")
+    return proc
+
+
 def start_qemu(
     cfg: VmConfig, run_dir: Path, log_fd: int, writable_dirs: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], socket.socket, socket.socket]:
@@ -148,7 +178,7 @@ def start_qemu(
     _console = (ConsoleLog(cfg.console), console_r)
     argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno(), console_w)
     me = os.getpid()
-    net_gid = hostguard.helper_gid() if cfg.network or cfg.ports else None
+    net_gid = (cfg.net_gid or hostguard.helper_gid()) if cfg.network or cfg.ports else None
     rules = landlock.ruleset(landlock.qemu_rules(cfg, str(run_dir), writable_dirs))
 
     def preexec() -> None:
@@ -458,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         vm = VmConfig(**conf["vm"])
         start_virtiofsd(vm, run_dir, log_fd)
+        start_dnsproxy(vm, log_fd)
         saves = (os.path.dirname(conf["snapshot"]),) if conf.get("mode") == "template" else ()
         proc, agent, qmp = start_qemu(vm, run_dir, log_fd, saves)
     except (OSError, ValueError) as e:

@@ -1,0 +1,285 @@
+"""Egress allow-lists (``NetworkSpec(allow_net=[...])``): parsing, per-box helper groups, nft rules.
+
+Enforcement is in the host's network namespace, on the sockets of the box's network helper
+(pasta or QEMU's slirp), which a box cannot reach: see docs/network.md. Each allow-listed box's
+helper runs in a group of its own (:func:`claim_gid`, a range no box or host uses); one table,
+``inet boxlite_allow``, sends that group's packets to the box's chain (a verdict map keyed by
+group id) and redirects its DNS, to any address, to the box's DNS proxy
+(:mod:`.dnsproxy`, a host process), which answers only allowed names and adds their addresses
+to the box's sets before the answer reaches the box. The box's chain accepts replies, the
+proxy, the sets and the literal networks, and rejects everything else (TCP, UDP, ICMP; IPv4
+and IPv6). The host guard (:mod:`.hostguard`) still applies on top: no entry reaches the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import ConfigError, NetworkError
+from . import hostguard
+
+TABLE = "boxlite_allow"
+MAX_ENTRIES = 64
+"""Entries per box (each literal network becomes a rule)."""
+GID_BASE = 0x70000000
+"""First helper group id of allow-listed boxes: above systemd's container range, below 2^31."""
+GID_SLOTS = 65536
+MAX_CLAIM_TRIES = 512
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One allow-list entry: ``kind`` "name" (exact host), "wildcard" (``*.suffix``: any name
+    below suffix, not suffix itself) or "net" (an IP address or CIDR); ``port`` None = any."""
+
+    kind: str
+    value: str
+    port: int | None = None
+
+    def spec(self) -> str:
+        host = f"*.{self.value}" if self.kind == "wildcard" else self.value
+        if self.port is None:
+            return host
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+def parse(entries: object) -> tuple[Entry, ...]:
+    """Parse and normalise ``allow_net``; raises :class:`ConfigError` for anything else."""
+    if isinstance(entries, str):
+        entries = [e for e in entries.split(",") if e.strip()]
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"allow_net must be a list of strings, got {type(entries).__name__}")
+    if len(entries) > MAX_ENTRIES:
+        raise ConfigError(f"allow_net takes at most {MAX_ENTRIES} entries, got {len(entries)}")
+    out: list[Entry] = []
+    for raw in entries:
+        entry = parse_entry(raw)
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
+def parse_entry(raw: object) -> Entry:
+    """``host``, ``*.domain``, ``IP``, ``CIDR``, each optionally with ``:port`` (IPv6 in brackets)."""
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 300:
+        raise ConfigError(f"allow_net entry must be a non-empty string, got {raw!r}")
+    text = raw.strip().lower()
+    host, port = text, None
+    if text.startswith("["):
+        close = text.find("]")
+        rest = text[close + 1 :] if close > 0 else "?"
+        if close < 0 or (rest and not rest.startswith(":")):
+            raise ConfigError(f"allow_net entry {raw!r}: expected [IPv6]:port")
+        host, port = text[1:close], _port(rest[1:], raw) if rest else None
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = _port(p, raw)
+    try:
+        net = ipaddress.ip_network(host, strict=True)
+    except ValueError as e:
+        if "/" in host or ":" in host or host.replace(".", "").isdigit():
+            raise ConfigError(f"allow_net entry {raw!r} is not a valid address or network: {e}") from None
+    else:
+        single = net.prefixlen == net.max_prefixlen
+        return Entry("net", str(net.network_address) if single else str(net), port)
+    kind = "name"
+    if host.startswith("*."):
+        kind, host = "wildcard", host[2:]
+    host = host.rstrip(".") if host.endswith(".") and not host.endswith("..") else host
+    labels = host.split(".")
+    if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ConfigError(f"allow_net entry {raw!r} is not a hostname, *.domain, IP address or CIDR")
+    return Entry(kind, host, port)
+
+
+def _port(text: str, raw: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"allow_net entry {raw!r}: port must be 1-65535")
+    return int(text)
+
+
+def matching_ports(entries: tuple[Entry, ...] | list[Entry], name: str) -> tuple[bool, set[int]] | None:
+    """For a queried ``name``: None if no entry allows it, else (any port?, the listed ports)."""
+    name = name.lower().rstrip(".")
+    hit, any_port, ports = False, False, set()
+    for e in entries:
+        if (e.kind == "name" and name == e.value) or (e.kind == "wildcard" and name.endswith("." + e.value)):
+            hit = True
+            if e.port is None:
+                any_port = True
+            else:
+                ports.add(e.port)
+    return (any_port, ports) if hit else None
+
+
+# --- nftables ----------------------------------------------------------------------------------
+
+
+def chain_name(gid: int) -> str:
+    return f"b{gid}"
+
+
+def base_script() -> str:
+    """The shared table: created if missing, never flushed (other boxes' state lives in it)."""
+    t = f"inet {TABLE}"
+    return "\n".join(
+        [
+            f"add table {t}",
+            f"add map {t} boxes {{ type gid : verdict; }}",
+            f"add map {t} dnsports {{ type gid : inet_service; }}",
+            f"add chain {t} output {{ type filter hook output priority 10; policy accept; }}",
+            f"add chain {t} dnsnat {{ type nat hook output priority -100; policy accept; }}",
+            f"flush chain {t} output",
+            f"flush chain {t} dnsnat",
+            f"add rule {t} output meta skgid vmap @boxes",
+            # Every DNS flow of an allow-listed helper, to whatever address, goes to its proxy.
+            f"add rule {t} dnsnat meta l4proto {{ tcp, udp }} th dport 53 redirect to : meta skgid map @dnsports",
+        ]
+    )
+
+
+def box_objects(gid: int) -> list[str]:
+    """Create the box's chain (rejecting everything until its proxy fills it in) and sets."""
+    t, c = f"inet {TABLE}", chain_name(gid)
+    lines = [f"add chain {t} {c}", f"flush chain {t} {c}"]
+    for suffix, kind in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
+        lines.append(f"add set {t} {c}_{suffix} {{ type {kind}; flags timeout; }}")
+        lines.append(f"add set {t} {c}_{suffix}p {{ type {kind} . inet_service; flags timeout; }}")
+    lines.append(f"add rule {t} {c} reject with icmpx type admin-prohibited")
+    return lines
+
+
+PORT_MARK = "@PORT@"
+"""Stands for the proxy's port in :func:`box_rules` until the proxy has bound it."""
+
+
+def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: int | str) -> str:
+    """The box's chain, installed by its DNS proxy once it knows its port."""
+    t, c = f"inet {TABLE}", chain_name(gid)
+    lines = [
+        f"flush chain {t} {c}",
+        # Replies (published ports) and flows this chain let through before.
+        f"add rule {t} {c} ct state established,related accept",
+        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ct status dnat ip daddr 127.0.0.1 th dport {proxy_port} accept",
+        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ct status dnat ip6 daddr ::1 th dport {proxy_port} accept",
+        f"add rule {t} {c} ip daddr @{c}_4 accept",
+        f"add rule {t} {c} ip6 daddr @{c}_6 accept",
+        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ip daddr . th dport @{c}_4p accept",
+        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ip6 daddr . th dport @{c}_6p accept",
+    ]
+    for e in entries:
+        if e.kind != "net":
+            continue
+        family = "ip" if ipaddress.ip_network(e.value).version == 4 else "ip6"
+        port = "" if e.port is None else f" meta l4proto {{ tcp, udp }} th dport {e.port}"
+        lines.append(f"add rule {t} {c} {family} daddr {e.value}{port} accept")
+    lines.append(f"add rule {t} {c} meta l4proto tcp reject with tcp reset")
+    lines.append(f"add rule {t} {c} reject with icmpx type admin-prohibited")
+    lines.append(f"add element {t} dnsports {{ {gid} : {proxy_port} }}")
+    lines.append(f"add element inet {hostguard.TABLE} dnsproxy {{ {proxy_port} }}")
+    return "\n".join(lines) + "\n"
+
+
+def nft(script: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            [hostguard.nft_binary(), "-f", "-"], input=script, capture_output=True, text=True, timeout=10, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise NetworkError("nft did not answer within 10s") from None
+    except OSError as e:
+        raise NetworkError(f"could not run nft: {e}") from None
+
+
+def claim_gid(box_dir: Path) -> int:
+    """Install the host guard and the shared table, then claim a helper group for this box:
+    ``create element`` fails if another box holds the slot, so concurrent engines never share
+    one. The box's chain rejects everything until its proxy installs the real rules. The gid
+    is remembered in the box dir so that a restart frees the old slot first."""
+    hostguard.install()
+    proc = nft(base_script() + "\n")
+    if proc.returncode != 0:
+        raise NetworkError(f"nft refused the allow-list table: {proc.stderr.strip()[:500]}")
+    release(box_dir)
+    start = int.from_bytes(hashlib.sha256(str(box_dir).encode()).digest()[:4], "big") % GID_SLOTS
+    for i in range(MAX_CLAIM_TRIES):
+        gid = GID_BASE + (start + i) % GID_SLOTS
+        t = f"inet {TABLE}"
+        script = [
+            *box_objects(gid),
+            f"create element {t} boxes {{ {gid} : jump {chain_name(gid)} }}",
+            f"add element inet {hostguard.TABLE} helpers {{ {gid} }}",
+        ]
+        proc = nft("\n".join(script) + "\n")
+        if proc.returncode == 0:
+            gid_file(box_dir).write_text(f"{gid}\n")
+            return gid
+        if "exists" not in proc.stderr:
+            raise NetworkError(f"nft refused the box's allow-list rules: {proc.stderr.strip()[:500]}")
+    raise NetworkError("no free helper group for an allow-listed box")
+
+
+def gid_file(box_dir: Path) -> Path:
+    return box_dir / "netpol.gid"
+
+
+def release(box_dir: Path) -> None:
+    """Remove a stopped box's rules, sets and group claim (best effort: all may be gone)."""
+    try:
+        gid = int(gid_file(box_dir).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if not GID_BASE <= gid < GID_BASE + GID_SLOTS:
+        return
+    t, c = f"inet {TABLE}", chain_name(gid)
+    steps = [
+        f"delete element {t} boxes {{ {gid} }}",
+        f"delete element {t} dnsports {{ {gid} }}",
+        f"delete element inet {hostguard.TABLE} helpers {{ {gid} }}",
+        f"flush chain {t} {c}",
+        f"delete chain {t} {c}",
+        *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),
+    ]
+    for step in steps:  # one by one: each may already be gone
+        with contextlib.suppress(NetworkError):
+            nft(step + "\n")
+    gid_file(box_dir).unlink(missing_ok=True)
+
+
+# --- the proxy's configuration --------------------------------------------------------------
+
+
+def upstream_resolver() -> str:
+    """Where the proxies forward allowed queries: the host's first nameserver."""
+    v4, v6 = hostguard.resolvers()
+    if not (v4 or v6):
+        raise NetworkError("an allow-listed box needs a nameserver in /etc/resolv.conf for its DNS proxy")
+    return (v4 or v6)[0]
+
+
+def proxy_command(box_dir: Path, gid: int, entries: tuple[Entry, ...]) -> list[str]:
+    """argv of the box's DNS proxy (a stdlib script, run by the box's keeper or shim), with its
+    configuration written to the box dir."""
+    conf = {
+        "gid": gid,
+        "entries": [[e.kind, e.value, e.port] for e in entries],
+        "upstream": upstream_resolver(),
+        "rules": box_rules(gid, entries, PORT_MARK),
+        "table": TABLE,
+        "nft": hostguard.nft_binary(),
+    }
+    path = box_dir / "dnsproxy.json"
+    path.write_text(json.dumps(conf))
+    os.chmod(path, 0o600)
+    script = Path(__file__).with_name("dnsproxy.py")
+    return [sys.executable, "-I", "-S", str(script), str(path)]

@@ -1,0 +1,398 @@
+"""Issue 12: ``NetworkSpec(allow_net=[...])`` lets a box reach the listed names, addresses and ports
+and nothing else, on both engines, whatever box root does.
+
+A private "internet" (tests never send traffic anywhere else): this file runs itself as a
+script under ``unshare -n -m``. That namespace plays the host (its /etc/resolv.conf names the
+test's DNS server 10.77.0.53); a second namespace behind a veth holds the "remote" hosts:
+10.77.0.2 (allowed.test), 10.77.0.3 (other.test), 10.77.0.4 (a.wild.test), fd77::2, fd77::3, a DNS
+server that logs every name it is asked, and UDP servers that log every datagram. A box with a
+Debian python image probes it all as root and reports; an unrestricted box in the same run
+shows that every refusal is the allow-list's doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DNS = "10.77.0.53"
+NAMES = {"allowed.test": "10.77.0.2", "other.test": "10.77.0.3", "a.wild.test": "10.77.0.4", "wild.test": "10.77.0.4"}
+NAMES6 = {"allowed6.test": "fd77::3"}
+ALLOW = ["allowed.test:80", "*.wild.test", "[fd77::3]:80", "allowed6.test", "10.77.0.9/32"]
+BANNERS = [
+    ("10.77.0.2", 80, "web-allowed"),
+    ("10.77.0.2", 8080, "web-8080"),
+    ("10.77.0.3", 80, "web-other"),
+    ("10.77.0.4", 80, "web-wild"),
+    ("fd77::2", 80, "web6-other"),
+    ("fd77::3", 80, "web6-allowed"),
+]
+UDP_SINKS = [("10.77.0.3", 9999), ("10.77.0.2", 9999)]
+
+# --- the remote hosts (their own network namespace) -------------------------------------------
+
+
+def banner_server(addr: str, port: int, text: str) -> None:
+    srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                try:
+                    conn.sendall(text.encode() + b"\n")
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def log_line(log: Path, line: str) -> None:
+    with open(log, "a") as f:
+        f.write(line + "\n")
+
+
+def udp_sink(addr: str, port: int, log: Path) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, port))
+
+    def serve() -> None:
+        while True:
+            data, _ = sock.recvfrom(2048)
+            log_line(log, f"udp {addr}:{port} {data[:64]!r}")
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def dns_answer(query: bytes) -> tuple[str, bytes]:
+    """A: NAMES (anything else: 10.77.0.3, so that a leak would resolve); AAAA: NAMES6."""
+    pos, labels = 12, []
+    while query[pos]:
+        labels.append(query[pos + 1 : pos + 1 + query[pos]].decode(errors="replace").lower())
+        pos += 1 + query[pos]
+    end = pos + 5
+    name, qtype = ".".join(labels), struct.unpack(">H", query[pos + 1 : pos + 3])[0]
+    records = b""
+    if qtype == 1 and name not in NAMES6:
+        packed = socket.inet_aton(NAMES.get(name, "10.77.0.3"))
+        records = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 30, 4) + packed
+    elif qtype == 28 and name in NAMES6:
+        packed = socket.inet_pton(socket.AF_INET6, NAMES6[name])
+        records = b"\xc0\x0c" + struct.pack(">HHIH", 28, 1, 30, 16) + packed
+    count = 1 if records else 0
+    return name, query[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, count, 0, 0) + query[12:end] + records
+
+
+def dns_server(log: Path) -> None:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((DNS, 53))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((DNS, 53))
+    tcp.listen(8)
+
+    def serve_udp() -> None:
+        while True:
+            query, peer = udp.recvfrom(4096)
+            try:
+                name, answer = dns_answer(query)
+            except (IndexError, struct.error):
+                continue
+            log_line(log, f"dns {name}")
+            udp.sendto(answer, peer)
+
+    def serve_tcp() -> None:
+        while True:
+            conn, _ = tcp.accept()
+            with conn:
+                conn.settimeout(5)
+                try:
+                    size = struct.unpack(">H", conn.recv(2))[0]
+                    query = conn.recv(size)
+                    name, answer = dns_answer(query)
+                    log_line(log, f"dns-tcp {name}")
+                    conn.sendall(struct.pack(">H", len(answer)) + answer)
+                except (OSError, IndexError, struct.error):
+                    pass
+
+    threading.Thread(target=serve_udp, daemon=True).start()
+    threading.Thread(target=serve_tcp, daemon=True).start()
+
+
+def remote_main(log: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            for addr, port, text in BANNERS:
+                banner_server(addr, port, text)
+            break
+        except OSError:  # the addresses are not there yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    for addr, port in UDP_SINKS:
+        udp_sink(addr, port, Path(log))
+    dns_server(Path(log))
+    print("ready", flush=True)
+    time.sleep(900)
+
+
+# --- the host's side of the scenario -------------------------------------------------------------
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["sh", "-ec", cmd], check=True)
+
+
+def build_internet(log: Path) -> subprocess.Popen[str]:
+    sh("ip link set lo up; ip link add v0 type veth peer name v1")
+    remote = subprocess.Popen(
+        ["unshare", "-n", sys.executable, __file__, "remote", str(log)], stdout=subprocess.PIPE, text=True
+    )
+    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
+    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
+        assert time.monotonic() < deadline, "the remote namespace never appeared"
+        time.sleep(0.01)
+    v4 = " ".join(f"ip addr add {a}/24 dev v1;" for a in ("10.77.0.2", "10.77.0.3", "10.77.0.4", DNS, "10.77.0.254"))
+    v6 = " ".join(f"ip addr add {a}/64 dev v1 nodad;" for a in ("fd77::2", "fd77::3", "fd77::fe"))
+    sh(f"""
+        ip link set v1 netns {remote.pid}
+        ip addr add 10.77.0.1/24 dev v0
+        ip addr add fd77::1/64 dev v0 nodad
+        ip link set v0 up
+        ip route add default via 10.77.0.254
+        ip -6 route add default via fd77::fe
+        nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; {v4} {v6} ip link set v1 up'
+    """)
+    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
+    return remote
+
+
+PROBE = r"""
+import json, socket, struct, subprocess, time
+r = {}
+def tcp(host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.settimeout(5)
+        data = s.recv(100).decode().strip()
+        s.close()
+        return data or "empty"
+    except socket.gaierror:
+        return "gaierror"
+    except OSError as e:
+        return type(e).__name__
+def resolve(name):
+    try:
+        return sorted({a[4][0] for a in socket.getaddrinfo(name, 80, proto=socket.IPPROTO_TCP)})
+    except socket.gaierror:
+        return "gaierror"
+def query(name):
+    q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    return q
+def dns_direct(server, name, tcp=False):
+    try:
+        if tcp:
+            s = socket.create_connection((server, 53), timeout=5)
+            s.settimeout(5)
+            q = query(name)
+            s.sendall(struct.pack(">H", len(q)) + q)
+            resp = s.recv(4096)[2:]
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(query(name), (server, 53))
+            resp = s.recv(4096)
+        return "rcode=%d answers=%d" % (resp[3] & 15, struct.unpack(">H", resp[6:8])[0])
+    except OSError as e:
+        return type(e).__name__
+def udp(host, port, tag):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        s.sendto(tag, (host, port))
+        time.sleep(0.1)
+def raw_udp(host, port, tag):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        for _ in range(3):
+            s.sendto(struct.pack(">HHHH", 40000, port, 8 + len(tag), 0) + tag, (host, 0))
+            time.sleep(0.1)
+        return "sent"
+    except OSError as e:
+        return type(e).__name__
+r["cap_eff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+r["allowed"] = tcp("allowed.test", 80)
+r["allowed_other_port"] = tcp("allowed.test", 8080)
+r["other_name"] = resolve("other.test")
+r["raw_ip"] = tcp("10.77.0.3", 80)
+r["wild"] = tcp("a.wild.test", 80)
+r["wild_apex"] = resolve("wild.test")
+r["v6_allowed"] = tcp("fd77::3", 80)
+r["v6_other"] = tcp("fd77::2", 80)
+r["v6_by_name"] = resolve("allowed6.test")
+r["tunnel"] = resolve("6578666974.evil.test")
+udp("10.77.0.3", 9999, b"udp-other")
+udp("10.77.0.2", 9999, b"udp-allowed-host-other-port")
+r["raw_udp"] = raw_udp("10.77.0.3", 9999, b"raw-udp-other")
+r["direct_dns_udp"] = dns_direct("10.77.0.53", "direct1.evil.test")
+r["direct_dns_tcp"] = dns_direct("10.77.0.53", "direct2.evil.test", tcp=True)
+r["direct_dns_allowed"] = dns_direct("10.77.0.53", "allowed.test")
+# root rewrites its resolv.conf to the test's DNS server (unmounting the read-only bind first)
+subprocess.run(["umount", "/etc/resolv.conf"], capture_output=True)
+try:
+    open("/etc/resolv.conf", "w").write("nameserver 10.77.0.53\n")
+    r["resolv_rewritten"] = open("/etc/resolv.conf").read().strip()
+except OSError as e:
+    r["resolv_rewritten"] = type(e).__name__
+r["tunnel_after_rewrite"] = resolve("direct3.evil.test")
+r["raw_ip_after_rewrite"] = tcp("10.77.0.3", 80)
+print("PROBE " + json.dumps(r))
+"""
+
+CONTROL = r"""
+import socket, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):
+    u.sendto(b"udp-control", ("10.77.0.3", 9999))
+    time.sleep(0.1)
+s = socket.create_connection(("10.77.0.3", 80), timeout=5)
+print(s.recv(100).decode().strip())
+"""
+
+
+async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
+    import boxlite
+
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=engine))
+    try:
+        spec = boxlite.NetworkSpec(allow_net=ALLOW)
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec) as box:
+            r = await box.exec("python3", "-c", PROBE, timeout=240)
+            lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
+            assert lines, r.stdout + r.stderr
+            report: dict[str, Any] = json.loads(lines[-1][len("PROBE ") :])
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled") as box:
+            report["control_raw_ip"] = (await box.exec("python3", "-c", CONTROL, timeout=60)).stdout.strip()
+        listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
+        report["rules_after_stop"] = listing.stdout
+    finally:
+        await rt.shutdown(timeout=2)
+    return report
+
+
+def scenario_main(engine: str, rootfs: str, home: str) -> None:
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    resolv = Path(home) / "host-resolv.conf"
+    resolv.write_text(f"nameserver {DNS}\n")
+    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    log = Path(home) / "remote.log"
+    log.touch()
+    remote = build_internet(log)
+    try:
+        report = asyncio.run(probe(engine, rootfs, home))
+        time.sleep(0.5)  # late datagrams
+        report["remote_log"] = log.read_text()
+    finally:
+        remote.kill()
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "remote":
+        remote_main(sys.argv[2])
+    else:
+        scenario_main(*sys.argv[2:5])
+    sys.exit(0)
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def python_rootfs() -> Path:
+    from support.images import python_rootfs as build
+
+    return build()
+
+
+def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["unshare", "-n", "-m", sys.executable, __file__, "scenario", engine, str(python_rootfs), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r = json.loads(lines[-1][len("REPORT ") :])
+    log = r["remote_log"]
+    # Listed: the name on its port, names under a wildcard, a listed IPv6 address.
+    assert r["allowed"] == "web-allowed", r
+    assert r["wild"] == "web-wild", r
+    assert r["direct_dns_allowed"] == "rcode=0 answers=1", r
+    # Not listed: another port of a listed name, other names, raw IPs, the wildcard's apex.
+    assert r["allowed_other_port"] in ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError"), r
+    assert r["other_name"] == "gaierror" and r["wild_apex"] == "gaierror", r
+    assert r["raw_ip"] in ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError"), r
+    assert r["v6_other"] not in ("web6-other",), r
+    # DNS for names not on the list never leaves the host: not even asked directly, over UDP
+    # or TCP, nor after root pointed its resolv.conf at the test's DNS server.
+    asked = {line.split()[1] for line in log.splitlines() if line.startswith("dns")}
+    assert "allowed.test" in asked and "a.wild.test" in asked, log  # the proxy asked upstream
+    assert not asked & {"other.test", "wild.test", "6578666974.evil.test"}, log
+    assert not {n for n in asked if n.startswith("direct")}, log
+    assert r["tunnel"] == "gaierror" and r["tunnel_after_rewrite"] == "gaierror", r
+    assert r["direct_dns_udp"] == "rcode=3 answers=0" and r["direct_dns_tcp"] == "rcode=3 answers=0", r
+    assert r["raw_ip_after_rewrite"] == r["raw_ip"], r
+    # UDP to unlisted destinations (also crafted by root with a raw socket) never arrives.
+    assert "udp-control" in log, log  # the unrestricted box's datagrams do arrive
+    for tag in ("udp-other", "udp-allowed-host-other-port", "raw-udp-other"):
+        assert tag not in log, (tag, log)
+    assert int(r["cap_eff"], 16) & (1 << 13), r  # box root had CAP_NET_RAW and still got nowhere
+    # The same network lets an unrestricted box through: the refusals are the allow-list's.
+    assert r["control_raw_ip"] == "web-other", r
+    # A stopped box leaves no rules behind.
+    assert "chain b" not in r["rules_after_stop"], r["rules_after_stop"]
+    if engine == "namespace":  # slirp (the VM engine's network) has no IPv6 at all
+        assert r["v6_allowed"] == "web6-allowed", r
+        assert r["v6_by_name"] == ["fd77::3"], r
+
+
+def test_allow_net_entries_are_validated() -> None:
+    import boxlite
+    from boxlite.engines.net import allowlist
+
+    entries = allowlist.parse(["API.example.com", "*.example.org:443", "10.0.0.0/8", "[fd00::1]:80", "1.2.3.4:53"])
+    assert [e.spec() for e in entries] == [
+        "api.example.com",
+        "*.example.org:443",
+        "10.0.0.0/8",
+        "[fd00::1]:80",
+        "1.2.3.4:53",
+    ]
+    for bad in ("", "*", "a..b", "10.0.0.1/8", "host:0", "host:70000", "ex ample.com", "*.*.x", "[::1", "a/b"):
+        with pytest.raises(boxlite.ConfigError):
+            allowlist.parse([bad])
+    with pytest.raises(boxlite.ConfigError):
+        allowlist.parse([f"h{i}.test" for i in range(allowlist.MAX_ENTRIES + 1)])
+    opts = boxlite.BoxOptions(network=boxlite.NetworkSpec(mode="disabled", allow_net=["a.test"]))
+    with pytest.raises(boxlite.ConfigError):
+        opts.to_config()
+    config = boxlite.BoxOptions(network=boxlite.NetworkSpec(allow_net=["A.test"])).to_config()
+    assert config.allow_net == ("a.test",)
+    assert type(config).from_json(config.to_json()).allow_net == ("a.test",)  # kept across restarts
