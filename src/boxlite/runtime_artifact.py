@@ -73,6 +73,19 @@ def locate() -> RuntimeArtifact:
     raise EngineError(f"the VM runtime artifact was not found (looked in {where}): {BUILD_HINT}")
 
 
+def peek_manifest() -> dict[str, Any] | None:
+    """The manifest of the artifact :func:`locate` would pick, NOT verified (None if none is
+    readable): enough to look up a cached KVM verdict before paying for the file hashes."""
+    for path in candidates():
+        if (path / MANIFEST).is_file():
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+            except (OSError, ValueError):
+                return None
+            return manifest if isinstance(manifest, dict) else None
+    return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

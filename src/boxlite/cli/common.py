@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -12,16 +11,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..api.box import Box
-from ..api.options import Options
-from ..api.runtime import Boxlite
 from ..errors import NotFoundError
-from ..layout import BoxLayout
 from .errors import fail
+
+if TYPE_CHECKING:  # imported when a verb opens the runtime: `boxlite --help` needs none of it
+    from ..api.box import Box
+    from ..api.runtime import Boxlite
+    from ..layout import BoxLayout
 
 T = TypeVar("T")
 SHORT_ID = 12
@@ -51,6 +51,9 @@ def configure_logging(debug: bool) -> None:
 
 
 def open_runtime() -> Boxlite:
+    from ..api.options import Options
+    from ..api.runtime import Boxlite
+
     return Boxlite(Options(home_dir=STATE.home))
 
 
@@ -63,6 +66,8 @@ def run_async(fn: Callable[[Boxlite], Awaitable[T]]) -> T:
             return await fn(rt)
         finally:
             await rt.shutdown()
+
+    import asyncio  # here, not at the top: `boxlite --help` / `--version` need no event loop
 
     return asyncio.run(body())
 

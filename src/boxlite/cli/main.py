@@ -2,27 +2,50 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-import traceback
 
 import click
 
 from .. import __version__
 from ..errors import BoxliteError
-from . import boxes, files, images, logs, run, serve, stats
 from .common import STATE, configure_logging
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, describe, print_error
 
+COMMANDS = {
+    "run": ("run", "run"), "exec": ("run", "exec_"), "create": ("run", "create"),
+    "start": ("boxes", "start"), "stop": ("boxes", "stop"), "restart": ("boxes", "restart"),
+    "ls": ("boxes", "ls"), "rm": ("boxes", "rm"), "inspect": ("boxes", "inspect"),
+    "logs": ("logs", "logs"), "stats": ("stats", "stats"), "cp": ("files", "cp"),
+    "pull": ("images", "pull"), "images": ("images", "images"), "rmi": ("images", "rmi"),
+    "serve": ("serve", "serve"), "mcp": ("mcp", "mcp"),
+}  # fmt: skip
+"""Verb -> (module of boxlite.cli, attribute): a verb's module (and what it needs: the runtime,
+the image client, the REST server) is imported only when that verb runs or help lists it."""
+
 
 class Group(click.Group):
-    """Verbs listed in a fixed order; ``ps`` is an alias of ``ls``."""
+    """Verbs listed in a fixed order and loaded on first use; ``ps`` is an alias of ``ls``."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args[:1] == ["run"]:  # before `run`'s imports: start the zygote in parallel with them
+            from .warm import prewarm
+
+            prewarm(args[1:], ctx.params.get("home"))
+        return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, "ls" if cmd_name == "ps" else cmd_name)
+        name = "ls" if cmd_name == "ps" else cmd_name
+        if name in COMMANDS and name not in self.commands:
+            module, attr = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(f"{__package__}.{module}"), attr), name)
+        return super().get_command(ctx, name)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,13 +60,6 @@ def cli(home: str | None, debug: bool, json_output: bool) -> None:
     if debug:
         os.environ["BOXLITE_DEBUG"] = "1"  # also for child processes
     configure_logging(debug)
-
-
-for command in (
-    run.run, run.exec_, run.create, boxes.start, boxes.stop, boxes.restart, boxes.ls, boxes.rm, boxes.inspect,
-    logs.logs, stats.stats, files.cp, images.pull, images.images, images.rmi, serve.serve,
-):  # fmt: skip
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,12 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_INTERRUPTED
     except (BoxliteError, OSError) as e:
         if STATE.debug:
-            traceback.print_exc()
+            _print_traceback()
         message, code = describe(e)
         print_error(message)
     except Exception as e:  # a bug: one line unless --debug
         if STATE.debug:
-            traceback.print_exc()
+            _print_traceback()
         print_error(f"internal error: {type(e).__name__}: {e} (rerun with --debug for details)")
         code = EXIT_RUNTIME
     try:
@@ -81,6 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `boxlite ls | head -1`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(code)
+
+
+def _print_traceback() -> None:
+    import traceback  # only with --debug: it pulls in linecache/tokenize
+
+    traceback.print_exc()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ process's death does however it dies, so it needs no tie of its own to the lifel
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,36 @@ from typing import Any
 from ...errors import EngineError
 
 BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from agent.zygote import main; del sys.argv[1]; main()"
+
+
+AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
+
+
+def agent_python() -> str:
+    """Interpreter for the agent: ``$BOXLITE_AGENT_PYTHON``, Debian's python3, or ours.
+    (Kept here, importable without asyncio, for the CLI's :func:`prestart`; engine.py has the
+    same rule.)"""
+    explicit = os.environ.get("BOXLITE_AGENT_PYTHON")
+    if explicit:
+        return explicit
+    system = "/usr/bin/python3"
+    return system if os.access(system, os.X_OK) else sys.executable
+
+
+_warm: dict[tuple[str, str], tuple[subprocess.Popen[bytes], socket.socket]] = {}
+
+
+def prestart(python: str, agent_parent: Path) -> None:
+    """Start the zygote for ``python`` now, so that its interpreter start-up and agent imports
+    (~50 ms) overlap with the caller's own imports; the first :class:`Zygote` of this process
+    for the same interpreter adopts it. Unused, it exits with this process (its socket closes)."""
+    key = (python, str(agent_parent))
+    if key in _warm:
+        return
+    zygote = Zygote(python, agent_parent)
+    zygote._start()
+    assert zygote._proc is not None and zygote._sock is not None
+    _warm[key] = (zygote._proc, zygote._sock)
 
 
 class Zygote:
@@ -31,6 +63,14 @@ class Zygote:
         return self._proc is not None and self._proc.poll() is None
 
     def _start(self) -> None:
+        warm = _warm.pop((self.python, str(self.agent_parent)), None)
+        if warm is not None:
+            proc, sock = warm
+            if proc.poll() is None:  # started ahead by prestart(): its interpreter start-up is paid
+                self._proc, self._sock = proc, sock
+                return
+            sock.close()
+            proc.wait()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(

@@ -32,12 +32,19 @@ def kvm_usable(home: str | PathLike[str] | None = None) -> bool:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     from ...errors import EngineError
-    from ...runtime_artifact import locate
-    from .accel import choose
+    from ...runtime_artifact import locate, peek_manifest
+    from .accel import cached_verdict, choose
 
+    base = Path(home or os.environ.get("BOXLITE_HOME") or Path.home() / ".boxlite")
+    cache_dir = base / "cache" / "vm"
+    manifest = peek_manifest()
+    if manifest is None:
+        return False
+    known = cached_verdict(manifest, cache_dir)
+    if known is not None and known.name != "kvm":  # e.g. kvm-pvm: hashing the artifact would change nothing
+        return False
     try:
         artifact = locate()
     except EngineError:
         return False
-    base = Path(home or os.environ.get("BOXLITE_HOME") or Path.home() / ".boxlite")
-    return choose(artifact, base / "cache" / "vm", announce=False).name == "kvm"
+    return choose(artifact, cache_dir, announce=False).name == "kvm"

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...runtime_artifact import RuntimeArtifact
 from .qemu import VmConfig, qemu_argv, qemu_binary
@@ -95,6 +96,29 @@ def _probe(artifact: RuntimeArtifact) -> Accel:
             proc.wait()
 
 
+def _verdict_path(manifest: dict[str, Any], cache_dir: Path) -> Path:
+    key = hashlib.sha256(
+        f"{manifest['files']['vmlinux']}\0{_qemu_version()}\0{os.uname().release}".encode()
+    ).hexdigest()[:16]
+    return cache_dir / f"accel-{key}.json"
+
+
+def cached_verdict(manifest: dict[str, Any], cache_dir: Path) -> Accel | None:
+    """The choice without probing: forced, no /dev/kvm, or the cached probe verdict for this
+    manifest's kernel; None when only a probe boot can tell. Needs no verified artifact, so
+    engine="auto" on a host whose verdict is TCG never hashes the artifact."""
+    forced = os.environ.get("BOXLITE_VM_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return Accel(forced, "forced by BOXLITE_VM_ACCEL")
+    if not _kvm_device_usable():
+        return Accel("tcg", "/dev/kvm is not available")
+    try:
+        data = json.loads(_verdict_path(manifest, cache_dir).read_text())
+        return Accel(str(data["name"]), str(data["reason"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _kvm_device_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
@@ -132,24 +156,14 @@ def choose(artifact: RuntimeArtifact, cache_dir: Path, announce: bool = True) ->
     (``cache_dir`` is under it). ``announce=False``: only asking, e.g. for engine="auto", which
     then may not use the VM."""
     forced = os.environ.get("BOXLITE_VM_ACCEL")
-    if forced in ("kvm", "tcg"):
-        result = Accel(forced, "forced by BOXLITE_VM_ACCEL")
-    elif not _kvm_device_usable():
-        result = Accel("tcg", "/dev/kvm is not available")
-    else:
-        key = hashlib.sha256(
-            f"{artifact.manifest['files']['vmlinux']}\0{_qemu_version()}\0{os.uname().release}".encode()
-        ).hexdigest()[:16]
-        path = cache_dir / f"accel-{key}.json"
-        try:
-            data = json.loads(path.read_text())
-            result = Accel(str(data["name"]), str(data["reason"]))
-        except (OSError, ValueError, KeyError):
-            result = _probe(artifact)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"name": result.name, "reason": result.reason}))
-            tmp.rename(path)
+    result = cached_verdict(artifact.manifest, cache_dir)
+    if result is None:
+        result = _probe(artifact)
+        path = _verdict_path(artifact.manifest, cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"name": result.name, "reason": result.reason}))
+        tmp.rename(path)
     if announce:
         log.debug("VM engine: using %s (%s)", result.name.upper(), result.reason)
         if result.name == "tcg" and not forced:

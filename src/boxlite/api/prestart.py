@@ -1,0 +1,48 @@
+"""Start a namespace box's slowest prerequisite, the zygote, ahead of the runtime.
+
+The zygote is a second interpreter importing the agent (~50 ms). A front-end that knows it is
+about to start a box (``boxlite run``) calls :func:`prestart_engine` before it imports the
+runtime, so both interpreters load in parallel; the engine adopts the running zygote. Purely
+advisory: any doubt (another engine, not root, no usable verdict) means nothing is started.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def auto_is_namespace(home: str | None) -> bool:
+    """True when engine "auto" surely means namespace here, decided without probing or hashing:
+    no usable /dev/kvm, no VM runtime artifact, or a cached verdict that KVM cannot run our guest
+    (the rule of ``engines.vm.kvm_usable``)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return True
+    from ..engines.vm.accel import cached_verdict
+    from ..runtime_artifact import peek_manifest
+
+    manifest = peek_manifest()
+    if manifest is None:
+        return True
+    base = Path(home or os.environ.get("BOXLITE_HOME") or Path.home() / ".boxlite")
+    known = cached_verdict(manifest, base / "cache" / "vm")
+    return known is not None and known.name != "kvm"
+
+
+def prestart_engine(engine: str | None, home: str | None) -> bool:
+    """Pre-start the zygote if a box of ``engine`` (None: ``$BOXLITE_ENGINE`` or "auto") would
+    use the namespace engine; True if it did. Never raises."""
+    if os.geteuid() != 0 or os.environ.get("BOXLITE_NO_PRESTART"):
+        return False
+    try:
+        engine = engine or os.environ.get("BOXLITE_ENGINE") or "auto"
+        if engine == "auto" and auto_is_namespace(home):
+            engine = "namespace"
+        if engine != "namespace":
+            return False
+        from ..engines.namespace.zygote import AGENT_PARENT, agent_python, prestart
+
+        prestart(agent_python(), AGENT_PARENT)
+        return True
+    except Exception:  # an optimisation only: the engine starts its zygote itself when needed
+        return False
