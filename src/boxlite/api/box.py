@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Backend, ExecCounters, ExecRequest
 from ..errors import BoxliteError, NotFoundError
-from .archive import extract_stream, host_archive, member_name
 from .execution import Execution
 from .later import ATTACH, SNAPSHOTS, NetworkHandle, SnapshotHandle, unsupported
 from .options import CopyOptions
@@ -143,6 +142,8 @@ class Box:
     # --- files ----------------------------------------------------------------------------
     async def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a host file or directory into the box (``docker cp`` semantics)."""
+        from .archive import host_archive  # tar machinery only for copies, not on every import
+
         opts = copy_options or CopyOptions()
         async with host_archive(host_path, opts.follow_symlinks) as (name, chunks):
             await self.copy_in_tar(chunks, container_dest, name, opts.include_parent, opts.overwrite)
@@ -167,6 +168,8 @@ class Box:
     async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
         """Copy a file or directory out of the box. Extraction refuses anything that would land
         outside ``host_dest`` and bounds what the box can write (see ``fsutil.extract``)."""
+        from .archive import extract_stream, member_name
+
         opts = copy_options or CopyOptions()
         name = member_name(container_src)
         await extract_stream(self.copy_out_tar(container_src, opts.follow_symlinks), host_dest, name, opts)
@@ -175,6 +178,8 @@ class Box:
         """A tar stream of ``src`` (top-level member: its base name). Raises NotFoundError
         before the first chunk when ``src`` does not exist. ``follow_symlinks``: archive what
         links inside ``src`` point to (resolved in the box) instead of the links."""
+        from .archive import member_name
+
         await self._backend.ready(self.id)
         chunks = self._backend.copy_out(self.id, src, member_name(src), follow_symlinks)
         try:
