@@ -142,8 +142,9 @@ def test_security_options_change_the_box_config_or_raise() -> None:
     plain = boxlite.BoxOptions(rootfs_path="/", memory_mib=512).to_config()
     for preset in (boxlite.SecurityOptions.development(), boxlite.SecurityOptions.standard()):
         assert config(preset) == plain  # our confinement is always on: nothing to add, nothing removed
-    with pytest.raises(UnsupportedOptionError, match="max_open_files"):
-        config(boxlite.SecurityOptions.maximum())
+    maximum = config(boxlite.SecurityOptions.maximum())
+    assert maximum.rlimits == (("fsize", 1 << 30), ("nofile", 1024))  # type: ignore[attr-defined]
+    assert maximum.pids_limit == 100  # type: ignore[attr-defined]
     with pytest.raises(UnsupportedOptionError, match="health_check"):
         boxlite.BoxOptions(advanced=boxlite.AdvancedBoxOptions(health_check=boxlite.HealthCheckOptions())).validate()
     caps = boxlite.ContainerCapabilities(add=["NET_ADMIN"])
@@ -243,9 +244,9 @@ async def test_rest_options_and_api_key_credential(tcp_server: Server, busybox_r
             info = await rt.get_info(box.id)
             assert info is not None and info.network is not None and info.network.mode == "disabled"
             assert info.health_status.state.is_none() and (await box.metrics()).stage_box_spawn_ms is None
-        with pytest.raises(UnsupportedOptionError):
-            await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), advanced=boxlite.AdvancedBoxOptions(
-                security=boxlite.SecurityOptions.maximum())))  # fmt: skip
+        maximum = boxlite.AdvancedBoxOptions(security=boxlite.SecurityOptions.maximum())  # rlimits reach the server
+        async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, advanced=maximum) as box:  # type: ignore[arg-type]
+            assert (await box.exec("sh", "-c", "ulimit -Hn")).stdout == "1024\n"
     finally:
         await rt.shutdown(timeout=2)
     wrong = boxlite.Boxlite.rest(boxlite.BoxliteRestOptions(tcp_server.url, boxlite.ApiKeyCredential("wrong")))

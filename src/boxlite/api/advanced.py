@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, UnsupportedOptionError
+from ..errors import ConfigError
 from ..runtime import capabilities
+from ..runtime.config import RLIMIT_MAX
 from ..runtime.health import HealthCheckConfig
 
 if TYPE_CHECKING:
@@ -43,8 +44,9 @@ class ContainerCapabilities:
     drop: list[str] = field(default_factory=list)
 
 
-# Per-process rlimits of BoxLite's SecurityOptions that the box processes do not get yet.
-_RLIMIT_FIELDS = ("max_open_files", "max_file_size", "max_cpu_time")
+# BoxLite's SecurityOptions rlimits -> the per-process limits every box process gets
+# (open files, file size in bytes, CPU seconds: RLIMIT_NOFILE, RLIMIT_FSIZE, RLIMIT_CPU).
+_RLIMIT_FIELDS = {"max_open_files": "nofile", "max_file_size": "fsize", "max_cpu_time": "cpu"}
 
 
 def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | None) -> dict[str, Any]:
@@ -63,11 +65,15 @@ def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | 
     sec = getattr(advanced, "security", None)
     if sec is None:
         return out
-    for name in _RLIMIT_FIELDS:
+    limits = {}
+    for name, key in _RLIMIT_FIELDS.items():
         if getattr(sec, name, None) is not None:
-            raise UnsupportedOptionError(
-                f"advanced.security.{name}", "per-process rlimits are not set on box processes yet"
-            )
+            value = _positive(getattr(sec, name), f"advanced.security.{name}")
+            if value > RLIMIT_MAX[key]:
+                raise ConfigError(f"advanced.security.{name} must be at most {RLIMIT_MAX[key]}, got {value!r}")
+            limits[key] = value
+    if limits:
+        out["rlimits"] = tuple(sorted(limits.items()))
     max_processes = getattr(sec, "max_processes", None)
     if max_processes is not None:
         limit = _positive(max_processes, "advanced.security.max_processes")
@@ -79,6 +85,19 @@ def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | 
     if getattr(sec, "network_enabled", True) is False:
         out["network"] = False
     return out
+
+
+def security_from_rlimits(limits: dict[str, int]) -> Any:
+    """The ``SecurityOptions`` asking for ``limits`` (``nofile``/``fsize``/``cpu``: a REST request);
+    ConfigError for an unknown name."""
+    from .options import SecurityOptions
+
+    names = {key: name for name, key in _RLIMIT_FIELDS.items()}
+    unknown = sorted(set(limits) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown rlimit(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    fields: dict[str, Any] = {names[key]: value for key, value in limits.items()}
+    return SecurityOptions(**fields)
 
 
 def apply_advanced(config: BoxConfig, advanced: Any) -> BoxConfig:

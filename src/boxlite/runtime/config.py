@@ -24,6 +24,9 @@ ENGINES = ("auto", "namespace", "vm")
 MAX_CONFIG_BYTES = 512 * 1024
 """A box's config is stored with it (state.db): its JSON form (env, cmd, volumes...) is capped."""
 MAX_MEMORY_MIB = 1 << 22
+RLIMIT_MAX = {"nofile": 1 << 20, "fsize": 1 << 62, "cpu": 1 << 32}
+"""Per-process limits of box processes (SecurityOptions rlimits) and their largest values:
+open files (the kernel's default nr_open), file size in bytes, CPU seconds."""
 MIN_DISK_GB = 1 / 64
 """disk_size_gb (GiB, as the VM disk): at least 16 MiB (ext4's own metadata takes a few)."""
 MAX_DISK_GB = 8192.0
@@ -115,6 +118,8 @@ class BoxConfig:
     memory_mib: int | None = None
     disk_size_gb: float | None = None
     pids_limit: int | None = None
+    rlimits: tuple[tuple[str, int], ...] = ()
+    """(name, value) pairs of RLIMIT_MAX names, set on every box process (agent/rlimit.py)."""
     working_dir: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     user: str | None = None
@@ -127,13 +132,13 @@ class BoxConfig:
     volumes: tuple[VolumeMount, ...] = ()
     network: bool = False
     """Outbound network (published ports need it)."""
+    allow_net: tuple[str, ...] = ()
+    """Egress allow-list, normalised (engines/net/allowlist.py); empty: unrestricted."""
     ports: tuple[PortMapping, ...] = ()
     detach: bool = False
     auto_remove: bool = True
     auto_pause: int = 0
     """Idle seconds after which the owning process pauses the box (memory kept); 0: never."""
-    allow_net: tuple[str, ...] = ()
-    """Egress allow-list, normalised (engines/net/allowlist.py); empty: unrestricted."""
     auto_resume: bool = False
     """An exec or file copy on the paused box resumes it (else InvalidStateError)."""
     capabilities: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
@@ -151,6 +156,11 @@ class BoxConfig:
             )
         if self.pids_limit is not None and self.pids_limit < 1:
             raise ConfigError(f"pids_limit must be >= 1, got {self.pids_limit!r}")
+        for name, value in self.rlimits:
+            if name not in RLIMIT_MAX or isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"invalid rlimit {name}={value!r}")
+            if not 1 <= value <= RLIMIT_MAX[name]:
+                raise ConfigError(f"rlimit {name} must be between 1 and {RLIMIT_MAX[name]}, got {value!r}")
         if self.engine is not None and self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.ready_timeout is not None and self.ready_timeout <= 0:
@@ -160,6 +170,10 @@ class BoxConfig:
         env_to_dict(self.env, "env")
         if self.ports and not self.network:
             raise ConfigError("ports cannot be published with network disabled")
+        if self.allow_net:
+            if not self.network:
+                raise ConfigError("allow_net needs network mode 'enabled'")
+            object.__setattr__(self, "allow_net", tuple(e.spec() for e in allowlist.parse(list(self.allow_net))))
         size = len(json.dumps(self.to_json()))
         if size > MAX_CONFIG_BYTES:
             raise ConfigError(f"box options take {size} bytes as JSON, more than the {MAX_CONFIG_BYTES} allowed")
@@ -170,10 +184,6 @@ class BoxConfig:
     def with_detach(self, detach: bool) -> BoxConfig:
         return replace(self, detach=detach)
 
-        if self.allow_net:
-            if not self.network:
-                raise ConfigError("allow_net needs network mode 'enabled'")
-            object.__setattr__(self, "allow_net", tuple(e.spec() for e in allowlist.parse(list(self.allow_net))))
     # --- stored form ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """A JSON object (``version``-tagged) that :meth:`from_json` turns back into an equal config."""
@@ -185,6 +195,7 @@ class BoxConfig:
         out["volumes"] = [[v.host_path, v.guest_path, v.read_only] for v in self.volumes]
         out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
         out["health_check"] = None if self.health_check is None else self.health_check.to_json()
+        out["allow_net"] = list(self.allow_net)
         out["capabilities"] = {"add": list(self.capabilities[0]), "drop": list(self.capabilities[1])}
         return out
 
@@ -195,7 +206,6 @@ class BoxConfig:
             raise ConfigError("box config: expected a JSON object")
         version = data.get("version")
         if version != CONFIG_VERSION:
-        out["allow_net"] = list(self.allow_net)
             raise ConfigError(f"box config version {version!r} is not supported (this runtime reads {CONFIG_VERSION})")
         return cls._build(data)
 
@@ -220,6 +230,7 @@ class BoxConfig:
                 memory_mib=parse_number(data.get("memory_mib"), int, "memory_mib"),
                 disk_size_gb=parse_number(data.get("disk_size_gb"), float, "disk_size_gb"),
                 pids_limit=parse_number(data.get("pids_limit"), int, "pids_limit"),
+                rlimits=tuple((str(name), value) for name, value in data.get("rlimits") or ()),
                 working_dir=_str_or_none(data.get("working_dir")),
                 env=tuple(env_to_dict(data.get("env") or (), "env").items()),
                 user=_str_or_none(data.get("user")),
@@ -230,6 +241,7 @@ class BoxConfig:
                 health_check=HealthCheckConfig.from_json(data.get("health_check")),
                 volumes=tuple(VolumeMount(str(h), str(g), bool(ro)) for h, g, ro in data.get("volumes") or ()),
                 network=bool(data.get("network")),
+                allow_net=tuple(str(e) for e in data.get("allow_net") or ()),
                 ports=tuple(
                     PortMapping(str(ip), int(hp), int(gp), str(pr)) for ip, hp, gp, pr in data.get("ports") or ()
                 ),
@@ -241,7 +253,6 @@ class BoxConfig:
             )
         except (TypeError, ValueError) as e:  # a malformed stored row
             raise ConfigError(f"box config: {e}") from None
-                allow_net=tuple(str(e) for e in data.get("allow_net") or ()),
 
 
 def _capabilities(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:

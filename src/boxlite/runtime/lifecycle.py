@@ -341,6 +341,7 @@ class BoxRuntime:
             "env": full_env,
             "cwd": cwd or config.working_dir or image.working_dir or None,
             "user": user or config.user or image.user or None,
+            **({"rlimits": dict(config.rlimits)} if config.rlimits else {}),
             **extra,
         }
 

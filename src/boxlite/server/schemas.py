@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api.advanced import HealthCheckOptions
+from ..api.advanced import HealthCheckOptions, security_from_rlimits
 from ..api.options import AdvancedBoxOptions, BoxOptions, NetworkSpec
 
 
@@ -57,14 +57,19 @@ class BoxOptionsModel(BaseModel):
     hostname: str | None = None
     ready_timeout: float | None = None
     health_check: HealthCheckModel | None = None
+    rlimits: dict[str, int] | None = None
+    """``advanced.security``'s per-process limits as the runtime names them (nofile, fsize, cpu)."""
 
     def to_options(self) -> BoxOptions:
-        fields = self.model_dump(exclude={"network", "health_check"})
+        fields = self.model_dump(exclude={"network", "health_check", "rlimits"})
         net = self.network
         network = NetworkSpec(net.mode, list(net.allow_net)) if isinstance(net, NetworkModel) else net
         options = BoxOptions(network=network, **fields)
         if self.health_check is not None:
             options.advanced = AdvancedBoxOptions(health_check=HealthCheckOptions(**self.health_check.model_dump()))
+        if self.rlimits:
+            options.advanced = options.advanced or AdvancedBoxOptions()
+            options.advanced.security = security_from_rlimits(self.rlimits)
         return options
 
 

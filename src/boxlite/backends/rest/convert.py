@@ -24,6 +24,8 @@ def options_json(options: BoxOptions) -> dict[str, Any]:
     # ``advanced`` itself is not sent: what it changes is (or it raises UnsupportedOptionError here)
     for key, value in advanced_overrides(options.advanced, options.memory_mib, options.pids_limit).items():
         out[key] = {"mode": "disabled", "allow_net": []} if key == "network" else value
+    if out.get("rlimits"):  # (name, value) pairs: the server's ``rlimits`` object
+        out["rlimits"] = dict(out["rlimits"])
     if out.get("health_check") is not None:  # the runtime's HealthCheckConfig, as the server reads it
         out["health_check"] = out["health_check"].to_json()
     return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]
