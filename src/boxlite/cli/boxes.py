@@ -103,12 +103,18 @@ async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool)
         print_json([_box_json(i.to_dict()) for i in infos])
     else:
         rows = [
-            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), str(i.state),
+            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), _state(i),
              ago(i.created_at))
             for i in infos
         ]  # fmt: skip
         print_table(["ID", "NAME", "IMAGE", "STATE", "CREATED"], rows)
     return 0
+
+
+def _state(info: Any) -> str:
+    """The STATE column: the box's state, with its health when checked ("running (healthy)")."""
+    health = info.health_status.state
+    return str(info.state) if health.is_none() else f"{info.state} ({health})"
 
 
 def _trim(text: str, no_trunc: bool, width: int = 40) -> str:
