@@ -18,9 +18,10 @@ from .errors import fail
 @click.option("--insecure-no-auth", is_flag=True, help="Allow TCP without a key (loopback only).")
 @click.option("--exit-on-stdin-eof", is_flag=True, help="Stop when stdin is closed.")
 @click.option("--log-level", default="warning", show_default=True, help="Server log level.")
+@click.option("--mcp", is_flag=True, help="Also serve MCP (streamable HTTP) at /mcp, behind the same auth.")
 def serve(
     socket_path: str | None, host: str | None, port: int | None, api_key: str | None, insecure_no_auth: bool,
-    exit_on_stdin_eof: bool, log_level: str,
+    exit_on_stdin_eof: bool, log_level: str, mcp: bool = False,
 ) -> int:  # fmt: skip
     """Serve the BoxLite REST API for this home (until Ctrl-C)."""
     try:
@@ -34,7 +35,7 @@ def serve(
         raise fail("'boxlite serve' is not available: boxlite.server has no serve()") from None
     try:
         entry(STATE.home, socket_path, host, port, api_key, insecure_no_auth,
-              exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level)  # fmt: skip
+              exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level, mcp=mcp)  # fmt: skip
     except ImportError as e:  # uvicorn/fastapi are imported lazily by the server
         raise fail(_missing(e.name)) from None
     except KeyboardInterrupt:

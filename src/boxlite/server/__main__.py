@@ -19,10 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--insecure-no-auth", action="store_true", help="allow TCP without a key (loopback only)")
     ap.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin is closed")
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--mcp", action="store_true", help="also serve MCP (streamable HTTP) at /mcp")
     args = ap.parse_args(argv)
     try:
         serve(args.home, args.socket_path, args.host, args.port, args.api_key, args.insecure_no_auth,
-              exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level)  # fmt: skip
+              exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level, mcp=args.mcp)  # fmt: skip
     except BoxliteError as e:
         print(f"boxlite serve: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.routing import Route
 
 from .. import __version__
 from ..api.options import Options
@@ -34,18 +36,26 @@ def create_app(
     loopback_guard: bool = False,
     max_body: int = MAX_BODY,
     max_upload: int = MAX_UPLOAD,
+    mcp: bool = False,
 ) -> FastAPI:
     """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit).
 
     ``loopback_guard``: refuse browser-originated requests on TCP (for a server without a key).
-    ``max_body``/``max_upload``: request body limits in bytes (JSON routes / archive upload)."""
+    ``max_body``/``max_upload``: request body limits in bytes (JSON routes / archive upload).
+    ``mcp``: also serve the MCP server (streamable HTTP) at ``/mcp``, behind the same auth."""
+    mcp_http = None
+    if mcp:
+        from ..mcp.http import McpHttp
+
+        mcp_http = McpHttp(lambda: app.state.boxlite.runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Boxlite(options or Options())
         app.state.boxlite = ServerState(runtime)
         try:
-            yield
+            async with mcp_http.run() if mcp_http else contextlib.nullcontext():
+                yield
         finally:
             await runtime.shutdown()
 
@@ -55,6 +65,10 @@ def create_app(
     )  # fmt: skip
     for module in (routes_boxes, routes_files, routes_images, routes_exec):
         app.include_router(module.router)
+    if mcp_http is not None:
+        from ..mcp.http import PATH
+
+        app.router.routes.append(Route(PATH, endpoint=mcp_http.app))
 
     @app.exception_handler(BoxliteError)
     async def boxlite_error(_: Request, exc: BoxliteError) -> JSONResponse:

@@ -94,6 +94,7 @@ def serve(
     *,
     exit_on_stdin_eof: bool = False,
     log_level: str = "warning",
+    mcp: bool = False,
 ) -> None:
     """Serve the runtime of ``home`` until SIGINT/SIGTERM.
 
@@ -101,6 +102,7 @@ def serve(
     TCP (``host``/``port``) requires ``api_key`` (or ``BOXLITE_API_KEY``) unless
     ``insecure_no_auth`` on loopback. A key, when given, is required on every listener.
     ``exit_on_stdin_eof``: stop when stdin closes (a parent process that spawned us died).
+    ``mcp``: also serve MCP (streamable HTTP) at ``/mcp`` (needs the ``mcp`` package).
     """
     import uvicorn
 
@@ -112,7 +114,7 @@ def serve(
     unix_path = None
     if socket_path is not None or (host is None and port is None):
         unix_path = Path(socket_path) if socket_path else home_root / SOCKET_NAME
-    app = create_app(Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth)
+    app = create_app(Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth, mcp=mcp)
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())
