@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -180,12 +181,19 @@ class VmEngine(Engine):
         return state.get("pid"), status
 
     async def _spawn_shim(
-        self, spec: BoxSpec, vm: VmConfig, timings: dict[str, float], mode: str, deadline: float
+        self,
+        spec: BoxSpec,
+        vm: VmConfig,
+        timings: dict[str, float],
+        mode: str,
+        deadline: float,
+        more: dict[str, object] | None = None,
     ) -> RunningBox:
         run = spec.run_dir
         t_spawn = time.monotonic()
         lifeline = None if spec.detach else spec.lifeline_fd
         extra: dict[str, object] = {"mode": mode, "pids_limit": spec.pids_limit, "memory_limit_mib": spec.memory_mib}
+        extra.update(more or {})
         extra["cap_mask"] = spec.cap_mask
         pid, status = await self._run_shim(vm, run, spec.agent_socket, lifeline, templates.remaining(deadline), extra)
         if status is None:
@@ -260,6 +268,77 @@ class VmEngine(Engine):
         except OSError:
             return False
 
+    # --- pause to disk (vmcontrol save; restore = a start that loads the saved state) -------
+    async def save(self, spec: BoxSpec, running: RunningBox) -> None:
+        """The relay stops the guest and writes its RAM and devices to ``run/vm-saved.state``
+        (fsynced, then renamed into place), then QEMU and the relay exit. The shim config is
+        kept beside it: the restore needs the same machine shape."""
+        if spec.volumes:
+            raise UnsupportedOptionError("to_disk", "a VM box with volumes cannot be saved (virtiofs cannot migrate)")
+        run = spec.run_dir
+        conf = run / VM_CONF_NAME
+        try:
+            shape = json.loads(conf.read_text())["vm"]
+        except (OSError, ValueError, KeyError):
+            raise EngineError(f"VM box {spec.box_id}: no shim config to save it with") from None
+        try:
+            reply = await asyncio.to_thread(vmcontrol.request, str(run), "save", vmcontrol.SAVE_TIMEOUT + 10)
+        except OSError as e:
+            raise EngineError(f"VM box {spec.box_id}: its relay does not answer ({e}); restart the box") from None
+        if not reply.get("ok"):
+            (run / vmcontrol.SAVED_STATE_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(EngineError):  # the guest was stopped for the save: let it run again
+                await self._control(spec, "cont", "running")
+            raise EngineError(f"VM box {spec.box_id}: saving its memory failed: {reply.get('error')}")
+        _saved_shape(spec).write_text(json.dumps(shape))
+        if not await running.wait_gone(10):
+            await self.kill(spec, running)
+        _paused_marker(spec).unlink(missing_ok=True)
+        self.cleanup(spec)
+
+    def has_saved_state(self, spec: BoxSpec) -> bool:
+        return (spec.run_dir / vmcontrol.SAVED_STATE_NAME).exists() and _saved_shape(spec).exists()
+
+    def forget_saved_state(self, spec: BoxSpec) -> None:
+        for name in (vmcontrol.SAVED_STATE_NAME, vmcontrol.RELAY_STATE_NAME, SAVED_SHAPE_NAME, SAVED_RAM_NAME):
+            (spec.run_dir / name).unlink(missing_ok=True)
+
+    async def restore(self, spec: BoxSpec) -> RunningBox:
+        """A new QEMU of the saved shape loads the saved state (``-incoming``), the shim runs
+        the guest on (mode ``resume``: no settings, only a ``hello``) and a new relay takes
+        over the detached executions' logs. The saved files are deleted once the box runs."""
+        t0 = time.monotonic()
+        run = spec.run_dir
+        state = run / vmcontrol.SAVED_STATE_NAME
+        try:
+            vm = VmConfig(**json.loads(_saved_shape(spec).read_text()))
+        except (OSError, ValueError, TypeError):
+            raise EngineError(f"VM box {spec.box_id}: no saved state to resume from") from None
+        if not state.exists():
+            raise EngineError(f"VM box {spec.box_id}: its saved memory ({state}) is missing")
+        relay_state: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            relay_state = json.loads((run / vmcontrol.RELAY_STATE_NAME).read_text())
+        hello = int(relay_state.get("next") or 1)
+        relay_state["next"] = hello + 1
+        if vm.ram_file:  # it ran from a template's RAM (private mapping): all of it is in the state
+            ram = run / SAVED_RAM_NAME
+            with open(ram, "wb") as f:
+                f.truncate(vm.memory_mib << 20)
+            vm = replace(vm, ram_file=str(ram))
+        vm = replace(vm, incoming=str(state))
+        if vm.network:
+            await asyncio.to_thread(hostguard.install)
+        console = spec.layout.console_log
+        if console.exists():
+            console.replace(spec.layout.console_log_prev)
+        spec.agent_socket.unlink(missing_ok=True)
+        timings = {"prepare_s": round(time.monotonic() - t0, 4)}
+        more = {"hello_channel": hello, "relay_state": relay_state}
+        running = await self._spawn_shim(spec, vm, timings, "resume", t0 + spec.ready_timeout, more)
+        self.forget_saved_state(spec)
+        return running
+
     async def _control(self, spec: BoxSpec, op: str, want: str) -> None:
         try:
             reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), op)
@@ -292,6 +371,16 @@ class VmEngine(Engine):
         if isinstance(processes, (int, float)):
             out["pids"] = float(processes)
         return out
+
+
+SAVED_SHAPE_NAME = "vm-saved.json"
+"""In the run dir: the VmConfig a saved box ran with (its restore needs the same shape)."""
+SAVED_RAM_NAME = "vm-saved.ram"
+"""In the run dir: the (sparse, privately mapped) RAM file of a box restored from its saved state."""
+
+
+def _saved_shape(spec: BoxSpec) -> Path:
+    return spec.run_dir / SAVED_SHAPE_NAME
 
 
 def _paused_marker(spec: BoxSpec) -> Path:

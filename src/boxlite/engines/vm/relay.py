@@ -192,6 +192,14 @@ class Relay:
     def attach(self, client: Client) -> None:
         self.clients.add(client)
 
+    def next_channel(self) -> int:
+        """The next guest channel to hand out (saved with the guest: a resumed relay must not
+        reuse channels the agent may still have open)."""
+        return self._next
+
+    def set_next_channel(self, value: int) -> None:
+        self._next = min(max(1, value), _MAX_CHANNEL)
+
     def detach(self, client: Client) -> None:
         """Forget ``client``: kill its executions, drop its pending answers."""
         self.clients.discard(client)

@@ -29,7 +29,7 @@ from ...agent import mainexit
 from ...agent import protocol as p
 from ...agent.logfile import RotatingLog
 from . import vmcontrol
-from .relay import Client, Relay
+from .relay import Client, LogSink, Relay, Route
 
 TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class RelayServer:
         log_dir: str | None = None,
         qmp: socket.socket | None = None,
         control: socket.socket | None = None,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         self.sel = selectors.DefaultSelector()
         self.guest = _Peer(guest)
@@ -104,6 +105,8 @@ class RelayServer:
             self.sel.register(lifeline_fd, selectors.EVENT_READ, lambda: self._on_lifeline(lifeline_fd))
         if leftover:
             self.relay.feed_guest(leftover)
+        if resume_state is not None:
+            self._resume_logs(resume_state)
         self.qmp = vmcontrol.Qmp(qmp) if qmp is not None else None
         self.paused = False  # QMP "stop" (box.pause()): resumed before any shutdown
         if qmp is not None:
@@ -114,6 +117,47 @@ class RelayServer:
             self.sel.register(control, selectors.EVENT_READ, lambda: self._on_control(control))
 
     # --- pause / resume / save (vmcontrol) ------------------------------------------------
+    def _before_save(self) -> None:
+        """Before the guest is saved to disk: the clients' connections cannot outlive this
+        process, so their executions are killed (as for a dropped connection) and the frames
+        saying so reach QEMU; detached executions (the main process) continue after the resume,
+        so the relay that resumes gets their channels (``RELAY_STATE_NAME``)."""
+        for peer, _ in list(self.clients.values()):
+            self._close(peer)
+        deadline = time.monotonic() + 2.0
+        while self.guest.out and not self.guest.closed and time.monotonic() < deadline:
+            self.guest.sock.setblocking(True)
+            self.guest.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                self._flush(self.guest)
+            except OSError:
+                break
+            finally:
+                self.guest.sock.setblocking(False)
+        time.sleep(0.05)  # QEMU reads its socket in its own loop: let it take the last frames
+        logs = [
+            [gid, route.channel, route.client.file.path, route.client.file.max_bytes, route.client.main]
+            for gid, route in self.relay.routes.items()
+            if isinstance(route.client, LogSink)
+        ]
+        state = {"next": self.relay.next_channel(), "logs": logs}
+        if self.log_dir:
+            with open(os.path.join(self.log_dir, vmcontrol.RELAY_STATE_NAME), "w") as f:
+                json.dump(state, f)
+
+    def _resume_logs(self, state: dict[str, Any]) -> None:
+        """The detached executions of the relay that saved the guest: their output goes on
+        into the same host logs."""
+        self.relay.set_next_channel(int(state.get("next") or 1))
+        for gid, channel, path, limit, main in state.get("logs") or []:
+            try:
+                file = RotatingLog(str(path), int(limit))
+            except (OSError, ValueError):
+                continue
+            sink = LogSink(self.relay, int(gid), Client(on_frame=lambda *_: None), int(channel), file)
+            sink.main = bool(main)
+            self.relay.routes[int(gid)] = Route(sink, int(channel), True)
+
     def _on_qmp(self) -> None:
         assert self.qmp is not None
         if not self.qmp.drain():  # QEMU is going away; its exit ends the loop
@@ -132,6 +176,8 @@ class RelayServer:
             elif self.qmp is None or self.stopping:
                 reply = {"ok": False, "error": "the VM is stopping" if self.stopping else "no QMP connection"}
             else:
+                if request["op"] == "save":
+                    self._before_save()
                 reply = vmcontrol.handle(self.qmp, request, self.log_dir or ".")
                 if reply.get("ok") and request["op"] in ("stop", "cont"):
                     self.paused = request["op"] == "stop"
@@ -400,7 +446,10 @@ def main(arg: str) -> int:
     for extra in (qmp, control):
         if extra is not None:
             os.set_inheritable(extra.fileno(), False)
-    server = RelayServer(guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"), qmp, control)
+    resume = args.get("resume_state")
+    server = RelayServer(
+        guest, listener, int(args["qemu_pid"]), lifeline, leftover, args.get("log_dir"), qmp, control, resume
+    )
     if args.get("console_fd") is not None:  # QEMU's console pipe, into the capped console log
         from .console import ConsoleLog
 

@@ -243,9 +243,9 @@ class Shim:
         qmp = await self._connect_qmp()
         t_spawned = time.monotonic()
         mode = self.conf.get("mode", "boot")
-        if mode == "restore" and not await self._restore(qmp):
+        if mode in ("restore", "resume") and not await self._restore(qmp):
             return 1
-        if mode != "restore":  # a restored guest is already past this point
+        if mode not in ("restore", "resume"):  # a restored guest is already past this point
             line = await self._receive_until(exited, lambda data: b"\n" in data)
             if line != WAITING:
                 status = self.proc.wait() if exited.is_set() else "still running"
@@ -267,8 +267,14 @@ class Shim:
             "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
             "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
-        await loop.sock_sendall(self.agent_sock, json.dumps(settings).encode() + b"\n")
-        await loop.sock_sendall(self.agent_sock, p.encode_json(p.REQUEST, HELLO_CHANNEL, {"op": "hello"}))
+        hello_channel = HELLO_CHANNEL
+        if mode == "resume":  # a guest saved by VmEngine.save: its agent runs already, no settings
+            if not await self._continue(qmp):
+                return 1
+            hello_channel = int(self.conf.get("hello_channel") or HELLO_CHANNEL)
+        else:
+            await loop.sock_sendall(self.agent_sock, json.dumps(settings).encode() + b"\n")
+        await loop.sock_sendall(self.agent_sock, p.encode_json(p.REQUEST, hello_channel, {"op": "hello"}))
         frames = p.FrameReader()
         hello: list[int] = []
         seen = 0
@@ -277,7 +283,7 @@ class Shim:
             nonlocal seen
             frames.feed(data[seen:])
             seen = len(data)
-            hello.extend(1 for kind, channel, _ in frames if kind == p.RESPONSE and channel == HELLO_CHANNEL)
+            hello.extend(1 for kind, channel, _ in frames if kind == p.RESPONSE and channel == hello_channel)
             return bool(hello)
 
         await self._receive_until(exited, answered)
@@ -368,6 +374,27 @@ class Shim:
             self.proc.kill()
             return False
         return True
+
+    async def _continue(self, qmp: Any) -> bool:
+        """Resume mode: once the saved state is loaded, run the guest (it was saved stopped)."""
+        import asyncio
+
+        deadline = time.monotonic() + 120
+        try:
+            while True:
+                status = (await qmp.execute("query-status")).get("status")
+                if status == "paused":
+                    await qmp.execute("cont")
+                    return True
+                if status == "running":
+                    return True
+                if status not in ("inmigrate", "prelaunch") or time.monotonic() > deadline:
+                    raise RuntimeError(f"the VM is {status} after loading its saved state")
+                await asyncio.sleep(0.01)
+        except Exception as e:
+            _report(self.status_fd, p.STATUS_ERROR, f"resuming the saved VM failed: {e}")
+            self.proc.kill()
+            return False
 
     async def _save_template(self, qmp: Any, path: Path) -> int:
         """Write the waiting guest's memory to ``path`` (QMP migrate), then stop QEMU."""
@@ -531,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     keep = [agent.fileno(), result.listener.fileno(), *([lifeline] if lifeline is not None else [])]
     relay_args["qmp_fd"], relay_args["control_fd"] = qmp_keep, control.fileno()
+    relay_args["resume_state"] = conf.get("relay_state")
     keep += [qmp_keep, control.fileno()]
     if _console is not None:
         drain_console()

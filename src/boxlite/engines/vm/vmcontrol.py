@@ -21,6 +21,11 @@ QMP_TIMEOUT = 5.0
 SAVE_TIMEOUT = 300.0
 """Longest a RAM save to disk may take (a 4 GiB guest under a loaded host)."""
 OPS = ("stop", "cont", "status", "save")
+SAVE_FD_NAME = "boxlite-save"
+SAVED_STATE_NAME = "vm-saved.state"
+"""In the run dir: the guest saved by ``save`` (RAM + devices), restored by ``VmEngine.restore``."""
+RELAY_STATE_NAME = "vm-saved.relay.json"
+"""In the run dir: the relay's detached executions and next channel, for the relay that resumes."""
 
 
 class QmpError(Exception):
@@ -49,7 +54,10 @@ class Qmp:
         self.buf = self.buf[self.buf.rfind(b"\n") + 1 :]
         return True
 
-    def execute(self, command: str, arguments: dict[str, object] | None = None, timeout: float = QMP_TIMEOUT) -> object:
+    def execute(
+        self, command: str, arguments: dict[str, object] | None = None, timeout: float = QMP_TIMEOUT, fd: int = -1
+    ) -> object:
+        """Run one command; ``fd`` is passed along (SCM_RIGHTS), as ``getfd`` wants."""
         msg: dict[str, object] = {"execute": command}
         if arguments:
             msg["arguments"] = arguments
@@ -57,7 +65,11 @@ class Qmp:
         self.sock.setblocking(True)
         try:
             self.sock.settimeout(timeout)
-            self.sock.sendall(json.dumps(msg).encode() + b"\n")
+            data = json.dumps(msg).encode() + b"\n"
+            if fd >= 0:
+                socket.send_fds(self.sock, [data], [fd])
+            else:
+                self.sock.sendall(data)
             while True:
                 while b"\n" not in self.buf:
                     left = deadline - time.monotonic()
@@ -91,11 +103,27 @@ class Qmp:
         return str(ret.get("status")) if isinstance(ret, dict) else "unknown"
 
     def save(self, path: str, timeout: float = SAVE_TIMEOUT) -> None:
-        """Write the (stopped) guest's RAM and device state to ``path`` through ``exec:cat``
-        (QEMU's sandbox allows spawning; its Landlock lets it write in the run dir)."""
-        self.execute("stop")
-        self.execute("migrate-set-capabilities", {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
-        self.execute("migrate", {"uri": f"exec:cat > {_quote(path)}"})
+        """Stop the guest and write its RAM and device state to ``path``. The relay opens the
+        file and hands QEMU the descriptor (``getfd``): QEMU's Landlock stays as it is, no
+        ``exec:`` helper runs. The migration capabilities stay those the VM started with
+        (``x-ignore-shared`` for a box restored from a template: its RAM, a private mapping, is
+        not "shared", so it is saved whole), which is what a restore of the same shape sets."""
+        tmp = f"{path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            self.execute("stop")
+            self.execute("getfd", {"fdname": SAVE_FD_NAME}, fd=fd)
+            self.execute("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
+            self._await_migration(timeout)
+            os.fsync(fd)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+    def _await_migration(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             state = self.execute("query-migrate")
@@ -111,10 +139,6 @@ class Qmp:
             time.sleep(0.02)
 
 
-def _quote(path: str) -> str:
-    return "'" + path.replace("'", "'\\''") + "'"
-
-
 def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, object]:
     """One control request. ``save`` writes only to ``run_dir/<name>`` (a plain file name)."""
     op = request.get("op")
@@ -128,10 +152,7 @@ def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, obje
         if op == "status":
             return {"ok": True, "status": qmp.status()}
         if op == "save":
-            name = request.get("name")
-            if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-                return {"ok": False, "error": "save: a plain file name is needed"}
-            path = os.path.join(run_dir, name)
+            path = os.path.join(run_dir, SAVED_STATE_NAME)
             qmp.save(path)
             return {"ok": True, "path": path}
     except QmpError as e:
