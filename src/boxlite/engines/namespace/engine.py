@@ -15,6 +15,7 @@ from pathlib import Path
 from ...agent.keeper import STATUS_KEEPER, STATUS_NET_ERROR
 from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_READY, parse_status
 from ...errors import EngineError, NetworkError
+from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from . import cgroups, netstats, network, quota
 from ..net import allowlist
@@ -52,7 +53,7 @@ class NamespaceEngine(Engine):
     async def start(self, spec: BoxSpec) -> RunningBox:
         if os.geteuid() != 0:
             raise EngineError("the namespace engine needs root on the host (it maps box users to a uid range)")
-        self._prepare_dirs(spec)
+        layers = self._prepare_dirs(spec)
         lock = spec.layout.keeper_lock
         if _keeper_active(lock):  # the last start's keeper still cleans up: its cgroups are ours to reuse after
             await asyncio.to_thread(_await_keeper, lock)
@@ -77,10 +78,10 @@ class NamespaceEngine(Engine):
             "sup_dir": str(spec.layout.sup),
             "run_dir": str(spec.run_dir),
             "layer_links": str(spec.layout.layer_links),
-            "layer_count": len(spec.root.layers),
+            "layer_count": len(spec.root.layers) + len(layers.lowers),  # + frozen snapshot layers
             # unshifted layers: B bind-mounts each, id-mapped to the box's uids, on layer_links/<i>
             "idmap_layers": [] if spec.root.shifted else [str(p) for p in spec.root.layers],
-            "upperdir": str(spec.layout.upper),
+            "upperdir": str(layers.top),
             "workdir": str(spec.layout.work),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
             "volumes": [list(v) for v in spec.volumes],
@@ -176,12 +177,13 @@ class NamespaceEngine(Engine):
         tail = "\n".join(text.splitlines()[-lines:])
         return f"; boot log:\n{tail}" if tail else ""
 
-    def _prepare_dirs(self, spec: BoxSpec) -> None:
+    def _prepare_dirs(self, spec: BoxSpec) -> diskchain.Chain:
         uid = spec.root.uid_base
         layout = spec.layout
-        for path in (layout.upper, layout.work, layout.run_dir, layout.sup):
+        layers = diskchain.chain(spec.box_dir, self.name)
+        for path in (layers.top, layout.work, layout.run_dir, layout.sup):
             path.mkdir(parents=True, exist_ok=True)
-        upper = layout.upper
+        upper = layers.top
         if upper.stat().st_uid != uid:
             bottom = spec.root.layers[0] if spec.root.layers else None
             os.chown(upper, uid, uid)
@@ -199,6 +201,9 @@ class NamespaceEngine(Engine):
                 os.symlink(layer, links / str(i))
             else:  # a mount point (in the box's mount namespace only)
                 (links / str(i)).mkdir(mode=0o700)
+        for i, frozen in enumerate(layers.lowers, len(spec.root.layers)):  # snapshots: owned by box uids
+            os.symlink(frozen, links / str(i))
+        return layers
 
     async def kill(self, spec: BoxSpec, running: RunningBox) -> None:
         if running.is_alive():

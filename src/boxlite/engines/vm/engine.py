@@ -21,6 +21,7 @@ from ...agent.protocol import STATUS_ERROR, STATUS_READY, STATUS_TEMPLATE, Statu
 from ...client.agent_client import AgentClient
 from ...errors import BoxliteError, EngineError, UnsupportedOptionError
 from ...layout import QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
+from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from ..net import allowlist, hostguard
 from ..status import read_status
@@ -79,9 +80,11 @@ class VmEngine(Engine):
             lower = await asyncio.to_thread(ensure_layer_image, cache_dir(spec), spec.root)
         else:
             lower = await asyncio.to_thread(ensure_empty_lower, cache_dir(spec))
-        disk = disk_path(spec)
+        layers = diskchain.chain(spec.box_dir, self.name)  # snapshots: a qcow2 top on frozen layers
+        disk = layers.top
         disk.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(ensure_box_disk, disk, spec.disk_size_gb or DEFAULT_DISK_GB)
+        if layers.top_format == "raw":  # frozen layers are shared (clones): never grown
+            await asyncio.to_thread(ensure_box_disk, disk, spec.disk_size_gb or DEFAULT_DISK_GB)
         run = spec.run_dir
         run.mkdir(parents=True, exist_ok=True)
         console = spec.layout.console_log
@@ -95,6 +98,8 @@ class VmEngine(Engine):
             initramfs=str(artifact.initramfs),
             console=str(console),
             upper_disk=str(disk),
+            upper_format=layers.top_format,
+            upper_backing=[str(p) for p in layers.lowers],
             lower_disk=str(lower),
             layers=len(spec.root.layers),
             hostname=spec.hostname,

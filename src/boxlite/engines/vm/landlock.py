@@ -107,6 +107,7 @@ def qemu_rules(cfg: VmConfig, run_dir: str, writable_dirs: Iterable[str] = ()) -
     rules += [(p, READ_FILE) for p in (cfg.kernel, cfg.initramfs, cfg.lower_disk, cfg.incoming) if p]
     if cfg.upper_disk:
         rules.append((cfg.upper_disk, READ_WRITE))
+    rules += [(p, READ_FILE) for p in cfg.upper_backing]  # a snapshotted box's frozen layers
     if cfg.ram_file and cfg.incoming:  # a restore maps the template's RAM (QEMU 7.2 opens it O_RDWR)
         rules.append((cfg.ram_file, READ_WRITE))
     elif cfg.ram_file:  # a template boot creates it

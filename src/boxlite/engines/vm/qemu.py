@@ -32,6 +32,8 @@ class VmConfig:
     initramfs: str
     console: str
     upper_disk: str | None = None
+    upper_format: str = "raw"  # "qcow2" once the box has snapshots (its frozen layers are the backing chain)
+    upper_backing: list[str] = field(default_factory=list)  # backing files of a qcow2 upper disk (read-only)
     lower_disk: str | None = None
     layers: int = 0
     hostname: str = "box"
@@ -182,7 +184,7 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     if cfg.upper_disk:
         argv += [
             "-drive",
-            f"if=none,id=upper,file={_opt(cfg.upper_disk)},format=raw,discard=unmap",
+            f"if=none,id=upper,file={_opt(cfg.upper_disk)},format={cfg.upper_format},discard=unmap",
             "-device",
             "virtio-blk-device,drive=upper,serial=boxlite-upper",
         ]

@@ -23,6 +23,7 @@ from typing import IO
 from ... import runtime_artifact
 from ...agent.protocol import STATUS_TEMPLATE, StatusLine
 from ...layout import AGENT_SOCKET_NAME, CONSOLE_LOG_NAME
+from .. import diskchain
 from ..base import BoxSpec
 from .disks import LOWER_CAPACITY
 from .qemu import VmConfig, console_tail, qemu_binary
@@ -65,7 +66,7 @@ async def ensure(
 ) -> Path | None:
     """The snapshot to restore for ``vm`` (created on first use with ``run_shim``), or None if
     unavailable."""
-    upper_size = Path(str(vm.upper_disk)).stat().st_size
+    upper_size = diskchain.virtual_size(Path(str(vm.upper_disk)), vm.upper_format)
     key = hashlib.sha256(
         json.dumps(
             [
@@ -102,6 +103,8 @@ async def ensure(
                 vm,
                 console=str(work / CONSOLE_LOG_NAME),
                 upper_disk=str(placeholder),
+                upper_format="raw",
+                upper_backing=[],
                 layers=0,
                 template=True,
                 ram_file=str(work / "guest.ram"),
