@@ -1,0 +1,90 @@
+"""What the CLI imports before it does anything: counted, with a budget (docs/performance.md).
+
+Each case imports a set of modules in a fresh interpreter of this venv under ``-X importtime``
+and counts the modules it loaded. Counts, not milliseconds: they do not depend on the machine's
+load, and every module is paid for by every ``boxlite`` process (interpreter start + imports
+are most of a ``boxlite run --rm``). The speed itself is measured by bench/bench_core.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+DENY = (
+    "httpx",  # the registry client's HTTP stack: only `pull` (or a run of an image not stored yet)
+    "rich",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "cryptography",
+    "boxlite.server",  # `boxlite serve`
+    "boxlite.remote",  # REST-backed runtimes
+    "boxlite.images.client",  # registry client
+    "boxlite.engines.vm.engine",  # the VM engine (engine="auto" only reads the cached KVM verdict)
+    "boxlite.engines.vm.shim",
+)
+"""Packages no verb below may import (a prefix matches the package and its submodules)."""
+
+RUN_PATH = (
+    "boxlite.cli.main",
+    "boxlite.cli.warm",
+    "boxlite.api.prestart",
+    "boxlite.cli.run",
+    "boxlite.backends.local",
+    "boxlite.runtime.engines",
+    "boxlite.engines.namespace.engine",
+)
+"""What `boxlite run --rm --rootfs R CMD` (and `boxlite exec`) loads on the namespace engine:
+the CLI, the verb's module, and what the runtime imports when it opens and starts a box."""
+
+CASES = {
+    # `boxlite --help` / `--version`: click and the CLI's shell, no runtime at all
+    "cli shell": (("boxlite.cli.main",), 95),
+    # a namespace box from the CLI: asyncio, the runtime, the state DB, the engine
+    "run path": (RUN_PATH, 280),
+}
+
+
+def imported_modules(modules: tuple[str, ...]) -> list[str]:
+    """Modules a fresh interpreter loads for ``import <modules>`` (beyond its own start-up)."""
+    code = "; ".join(f"import {m}" for m in modules)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    base = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, timeout=120, check=True
+    )
+
+    def names(stderr: str) -> list[str]:
+        rows = [line.split("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+        return [r for r in rows if r and r != "package"]  # the header row's third column is "package"
+
+    startup = set(names(base.stderr))
+    return [m for m in names(out.stderr) if m not in startup]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cli_imports_stay_under_budget(case: str) -> None:
+    modules, budget = CASES[case]
+    loaded = imported_modules(modules)
+    denied = sorted(m for m in loaded if any(m == d or m.startswith(d + ".") for d in DENY))
+    assert not denied, f"{case}: imports {denied}"
+    assert len(loaded) < budget, f"{case}: {len(loaded)} modules (budget {budget}): {sorted(loaded)}"
+
+
+def test_shell_loads_no_runtime() -> None:
+    """`boxlite --help`, `--version` and a usage error must not pay for the runtime or asyncio."""
+    loaded = set(imported_modules(("boxlite.cli.main",)))
+    heavy = {"asyncio", "sqlite3", "boxlite.api.runtime", "boxlite.backends.local", "boxlite.images.manager"}
+    assert not (loaded & heavy), sorted(loaded & heavy)
+
+
+def test_budget_counter_sees_a_heavy_import() -> None:
+    """The counter is not blind: importing the REST server trips the deny list."""
+    loaded = imported_modules(("boxlite.cli.main", "boxlite.server.app"))
+    assert any(m == "fastapi" or m.startswith("fastapi.") for m in loaded)
+    assert len(loaded) > CASES["cli shell"][1]
