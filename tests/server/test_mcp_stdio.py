@@ -12,16 +12,17 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcpflow import IMAGE, every_tool, hostile_requests, load_busybox, result
 
 from boxlite.mcp import limits
+from rest.serverproc import start_server, stop_server, wait_ready
 from support.images import python_layout
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def stdio_server(home: Path) -> StdioServerParameters:
+def stdio_server(home: Path, *extra: str) -> StdioServerParameters:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("BOXLITE_ENGINE", os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0])
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "boxlite.cli", "--home", str(home), "mcp"], env=env
+        command=sys.executable, args=["-m", "boxlite.cli", "--home", str(home), "mcp", *extra], env=env
     )
 
 
@@ -64,3 +65,17 @@ async def test_run_code_in_a_fresh_codebox_and_box_logs(tmp_path: Path) -> None:
         with pytest.raises(MCPError):
             await client.read_resource("boxlite://boxes/no-such-box/logs")
         assert result(await client.call_tool("remove_box", {"box": box["id"], "force": True}))["removed"]
+
+
+async def test_every_tool_over_a_rest_backend(tmp_path: Path) -> None:
+    """``boxlite mcp --url``: the same tools on the boxes of a ``boxlite serve`` (logs excepted)."""
+    home = tmp_path / "server-home"
+    await load_busybox(home)
+    proc = start_server(home)
+    try:
+        wait_ready(proc, f"unix://{home / 'boxlite.sock'}")
+        params = stdio_server(tmp_path / "unused", "--url", f"unix://{home / 'boxlite.sock'}")
+        async with Client(params, read_timeout_seconds=60) as client:
+            await every_tool(client)
+    finally:
+        stop_server(proc)
