@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api.advanced import HealthCheckOptions, security_from_rlimits
+from ..api.advanced import ContainerCapabilities, HealthCheckOptions, security_from_rlimits
 from ..api.options import AdvancedBoxOptions, BoxOptions, NetworkSpec
 
 
@@ -26,6 +26,15 @@ class HealthCheckModel(BaseModel):
     retries: int = 3
     start_period: float = 60
     command: list[str] | None = None
+
+
+class CapabilitiesModel(BaseModel):
+    """``advanced.capabilities``: names as BoxLite takes them ("NET_RAW", "CAP_CHOWN", "ALL")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[str] = Field(default_factory=list, max_length=64)
+    drop: list[str] = Field(default_factory=list, max_length=64)
 
 
 class BoxOptionsModel(BaseModel):
@@ -59,9 +68,10 @@ class BoxOptionsModel(BaseModel):
     health_check: HealthCheckModel | None = None
     rlimits: dict[str, int] | None = None
     """``advanced.security``'s per-process limits as the runtime names them (nofile, fsize, cpu)."""
+    capabilities: CapabilitiesModel | None = None
 
     def to_options(self) -> BoxOptions:
-        fields = self.model_dump(exclude={"network", "health_check", "rlimits"})
+        fields = self.model_dump(exclude={"network", "health_check", "rlimits", "capabilities"})
         net = self.network
         network = NetworkSpec(net.mode, list(net.allow_net)) if isinstance(net, NetworkModel) else net
         options = BoxOptions(network=network, **fields)
@@ -70,6 +80,10 @@ class BoxOptionsModel(BaseModel):
         if self.rlimits:
             options.advanced = options.advanced or AdvancedBoxOptions()
             options.advanced.security = security_from_rlimits(self.rlimits)
+        if self.capabilities is not None:
+            options.advanced = options.advanced or AdvancedBoxOptions()
+            caps = self.capabilities
+            options.advanced.capabilities = ContainerCapabilities(list(caps.add), list(caps.drop))
         return options
 
 

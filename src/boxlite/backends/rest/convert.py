@@ -26,6 +26,8 @@ def options_json(options: BoxOptions) -> dict[str, Any]:
         out[key] = {"mode": "disabled", "allow_net": []} if key == "network" else value
     if out.get("rlimits"):  # (name, value) pairs: the server's ``rlimits`` object
         out["rlimits"] = dict(out["rlimits"])
+    if out.get("capabilities"):  # (add, drop) canonical names: the server's ``capabilities`` object
+        out["capabilities"] = {"add": list(out["capabilities"][0]), "drop": list(out["capabilities"][1])}
     if out.get("health_check") is not None:  # the runtime's HealthCheckConfig, as the server reads it
         out["health_check"] = out["health_check"].to_json()
     return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]
