@@ -93,9 +93,10 @@ class Box:
         be resumed by another process, after this one ended)."""
         self._info = await self._backend.pause(self.id, to_disk)
 
-    async def resume(self) -> None:
-        """Continue a paused box: its processes go on from where they were."""
-        self._info = await self._backend.resume(self.id)
+    async def resume(self, detach: bool | None = None) -> None:
+        """Continue a paused box: its processes go on from where they were. ``detach``: a box
+        paused to disk is restored by this process and, unless detached, ends with it."""
+        self._info = await self._backend.resume(self.id, detach)
 
     async def __aenter__(self) -> Box:
         await self.start()

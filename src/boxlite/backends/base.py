@@ -204,8 +204,9 @@ class Backend(abc.ABC):
         box's dir, its host processes ended)."""
         raise UnsupportedOptionError("pause", f"{type(self).__name__} cannot pause boxes")
 
-    async def resume(self, box_id: str) -> BoxInfo:
-        """Continue a paused box where it was."""
+    async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
+        """Continue a paused box where it was (``detach``: for a box paused to disk, whether it
+        outlives the process that resumes it)."""
         raise UnsupportedOptionError("resume", f"{type(self).__name__} cannot pause boxes")
 
     # --- work -----------------------------------------------------------------------------

@@ -144,9 +144,9 @@ class LocalBackend(Backend):
         finally:
             self._recs.pop(box_id, None)
 
-    async def resume(self, box_id: str) -> BoxInfo:
+    async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         try:
-            return record_info(await pause.resume(self.core, box_id))
+            return record_info(await pause.resume(self.core, box_id, detach))
         finally:
             self._recs.pop(box_id, None)
 
@@ -317,6 +317,8 @@ def record_info(rec: BoxRecord, health: dict[str, Any] | None = None) -> BoxInfo
             published_ports=[PublishedPort(p.guest_port, p.host_ip, p.host_port, p.protocol) for p in rec.config.ports],
         ),
         auto_delete=1 if rec.auto_remove else 0,
+        auto_pause=rec.config.auto_pause,
+        auto_resume=rec.config.auto_resume,
         health_status=HealthStatus() if health is None else HealthStatus(**health),
     )
 

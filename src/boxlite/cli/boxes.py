@@ -88,14 +88,14 @@ async def rm(rt: Boxlite, boxes: tuple[str, ...], force: bool) -> int:
 
 
 @click.command("ls")
-@click.option("-a", "--all", "show_all", is_flag=True, help="Show all boxes (default: running only).")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all boxes (default: running and paused only).")
 @click.option("-q", "--quiet", is_flag=True, help="Only print box ids.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
 @click.option("--no-trunc", is_flag=True, help="Print full ids.")
 @with_runtime
 async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool) -> int:
     """List boxes."""
-    infos = [i for i in await rt.list_info() if show_all or i.state.running]
+    infos = [i for i in await rt.list_info() if show_all or i.state.running or i.state.status == "paused"]
     if quiet:
         for info in infos:
             click.echo(info.id if no_trunc else short_id(info.id))

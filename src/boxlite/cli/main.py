@@ -20,6 +20,7 @@ COMMANDS = {
     "logs": ("logs", "logs"), "stats": ("stats", "stats"), "cp": ("files", "cp"),
     "pull": ("images", "pull"), "images": ("images", "images"), "rmi": ("images", "rmi"),
     "serve": ("serve", "serve"), "mcp": ("mcp", "mcp"),
+    "pause": ("pause", "pause"), "resume": ("pause", "resume"),
 }  # fmt: skip
 """Verb -> (module of boxlite.cli, attribute): a verb's module (and what it needs: the runtime,
 the image client, the REST server) is imported only when that verb runs or help lists it."""

@@ -321,7 +321,10 @@ async def exec_(
 ) -> int:  # fmt: skip
     """Run a command in a running box (exit status is the command's)."""
     box = await find_box(rt, box_ref)
-    if not box.info().state.running:
+    info = box.info()
+    if info.state.status == "paused" and not info.auto_resume:
+        raise fail(f"box {box_ref} is paused (resume it with 'boxlite resume {box_ref}')", EXIT_RUNTIME)
+    if not info.state.running and info.state.status != "paused":
         raise fail(f"box {box_ref} is not running (start it with 'boxlite start {box_ref}')", EXIT_RUNTIME)
     argv = _drop_dashdash(cmd)
     if not argv:

@@ -59,9 +59,10 @@ async def pause(rt: BoxRuntime, box_id: str, to_disk: bool = False) -> BoxRecord
         return rec
 
 
-async def resume(rt: BoxRuntime, box_id: str) -> BoxRecord:
+async def resume(rt: BoxRuntime, box_id: str, detach: bool | None = None) -> BoxRecord:
     """Continue a paused box where it was (idempotent for a running box). A box paused to disk
-    is restored by this process, which becomes its owner (unless it is detached)."""
+    is restored by this process, which becomes its owner unless it is detached (``detach``
+    changes that first, as ``start`` does: a CLI resumes it detached)."""
     rt.check_open()
     async with box_lock(rt.layout(box_id).lock):
         rec = rt.record(box_id, locked=True)
@@ -71,6 +72,8 @@ async def resume(rt: BoxRuntime, box_id: str) -> BoxRecord:
             raise InvalidStateError(f"box {rec.id} is {rec.state}, not paused")
         engine, spec = rt.engine_for(rec), rt.spec(rec)
         if rec.paused_to_disk:
+            if detach is not None:
+                rec.detach = bool(detach)
             t0 = time.monotonic()
             running = await engine.restore(spec)
             rec.pid, rec.pid_start = running.pid, running.pid_start

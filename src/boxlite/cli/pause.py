@@ -1,0 +1,37 @@
+"""``boxlite pause`` and ``boxlite resume``: freeze a running box's processes (memory kept, or
+saved to disk with ``--to-disk``) and let them go on."""
+
+from __future__ import annotations
+
+import click
+
+from ..api.runtime import Boxlite
+from .boxes import _each
+from .common import find_box, with_runtime
+
+
+@click.command()
+@click.option("--to-disk", is_flag=True,
+              help="Save the memory in the box's directory and free it (VM engine).")  # fmt: skip
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@with_runtime
+async def pause(rt: Boxlite, boxes: tuple[str, ...], to_disk: bool) -> int:
+    """Pause running boxes: every process stops where it is and uses no CPU until resumed."""
+
+    async def one(ref: str) -> None:
+        await (await find_box(rt, ref)).pause(to_disk=to_disk)
+
+    return await _each(boxes, one)
+
+
+@click.command()
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@with_runtime
+async def resume(rt: Boxlite, boxes: tuple[str, ...]) -> int:
+    """Resume paused boxes (a box paused to disk is restored in the background: it keeps
+    running after boxlite exits)."""
+
+    async def one(ref: str) -> None:
+        await (await find_box(rt, ref)).resume(detach=True)
+
+    return await _each(boxes, one)

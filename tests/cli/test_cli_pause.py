@@ -1,0 +1,40 @@
+"""``boxlite pause`` / ``boxlite resume``: a detached box's processes stop and go on where they
+were; ``ls`` shows it paused (from another process), ``exec`` on it is one clear error."""
+
+from __future__ import annotations
+
+import time
+
+from support.cli import Cli, assert_one_line_error
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+
+
+def _count(cli: Cli) -> int:
+    return int(cli.ok("exec", "ctr", "cat", "/tmp/count"))
+
+
+def test_pause_and_resume(cli: Cli) -> None:
+    cli.ok("run", "-d", "--name", "ctr", "--rootfs", str(cli.rootfs), "sh", "-c", COUNTER)
+    deadline = time.monotonic() + 60
+    while cli("exec", "ctr", "cat", "/tmp/count").returncode != 0 or _count(cli) < 3:
+        assert time.monotonic() < deadline, "the counter never started"
+        time.sleep(0.2)
+    assert cli.ok("pause", "ctr") == "ctr\n"
+    [info] = cli.json("--json", "ls")  # type: ignore[misc]
+    assert info["state"]["status"] == "paused"
+    assert "paused" in cli.ok("ls").splitlines()[1].split()
+    assert_one_line_error(cli("exec", "ctr", "true"), 125, "paused")
+    assert_one_line_error(cli("rm", "ctr"), 125, "paused")
+    time.sleep(1.0)  # ~20 counts if it were running
+    assert cli.ok("resume", "ctr") == "ctr\n"
+    first = _count(cli)
+    time.sleep(0.5)
+    assert _count(cli) > first
+    assert cli.ok("--json", "inspect", "ctr").count('"running"') >= 1
+    assert_one_line_error(cli("resume", "nope"), 125, "nope")
+    cli.ok("pause", "ctr")
+    assert cli.ok("stop", "-t", "2", "ctr") == "ctr\n"  # a paused box stops
+    [info] = cli.json("--json", "ls", "-a")  # type: ignore[misc]
+    assert info["state"]["status"] in ("stopped", "exited")
+    cli.ok("rm", "ctr")
