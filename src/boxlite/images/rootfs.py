@@ -16,19 +16,50 @@ from .unpack import host_id, keep_xattr, log
 
 
 def fingerprint(path: Path) -> str:
-    """sha256 hex over the real path and every entry's lstat (type, mode, ids, size, times)."""
+    """sha256 hex over the real path and every entry's lstat (type, mode, ids, size, times, inode).
+
+    Every entry is stat'ed on every call: a file edited in place (``echo x >> f``) changes its
+    own ctime only, never a directory's, so no key cheaper than the full walk (directory mtimes,
+    a stamp) would notice it and a box would silently get the old copy. The walk is kept cheap
+    instead: one ``scandir`` per directory (``os.walk`` stats twice) and one hash update per
+    directory. The digest is the same as the former ``os.walk`` loop's, so layers cached under
+    it stay valid: per directory its own entry (``.``), then its non-directories, then its
+    directories (symlinks to directories among them, not descended into), each group by name.
+    """
     real = os.path.realpath(path)
     h = hashlib.sha256(real.encode("utf-8", "surrogateescape") + b"\0")
-    for dirpath, dirnames, filenames in os.walk(real):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, real)
-        for name in [".", *sorted(filenames), *dirnames]:
-            full = dirpath if name == "." else os.path.join(dirpath, name)
-            st = os.lstat(full)
-            h.update(
-                f"{rel}/{name}\0{st.st_mode}:{st.st_uid}:{st.st_gid}:{st.st_size}:"
-                f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\n".encode("utf-8", "surrogateescape")
-            )
+
+    def line(rel: str, name: str, st: os.stat_result) -> str:
+        return (
+            f"{rel}/{name}\0{st.st_mode}:{st.st_uid}:{st.st_gid}:{st.st_size}:"
+            f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}\n"
+        )
+
+    def walk(top: str, rel: str) -> None:
+        try:
+            with os.scandir(top) as it:
+                entries = list(it)
+        except OSError:  # as os.walk: an unreadable directory contributes no entries
+            return
+        files: list[os.DirEntry[str]] = []
+        dirs: list[os.DirEntry[str]] = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows symlinks, as os.walk sorts them
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(e)
+        files.sort(key=lambda e: e.name)
+        dirs.sort(key=lambda e: e.name)
+        out = [line(rel, ".", os.lstat(top))]
+        out += [line(rel, e.name, e.stat(follow_symlinks=False)) for e in files]
+        out += [line(rel, e.name, e.stat(follow_symlinks=False)) for e in dirs]
+        h.update("".join(out).encode("utf-8", "surrogateescape"))
+        for e in dirs:
+            if not e.is_symlink():
+                walk(e.path, e.name if rel == "." else f"{rel}/{e.name}")
+
+    walk(real, ".")
     return h.hexdigest()
 
 
