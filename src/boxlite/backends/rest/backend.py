@@ -132,6 +132,15 @@ class RestBackend(Backend):
         await self.transport.request("POST", f"{self._path(box_id)}/stop", params=params)
         self._owned.discard(box_id)
 
+    async def pause(self, box_id: str, to_disk: bool = False) -> BoxInfo:
+        params = {"to_disk": "true"} if to_disk else {}
+        return self._seen(await self.transport.request("POST", f"{self._path(box_id)}/pause", params=params))
+
+    async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
+        if detach is not None:
+            raise UnsupportedOptionError("detach", "set it when creating the box on the server")
+        return self._seen(await self.transport.request("POST", f"{self._path(box_id)}/resume"))
+
     # --- work -----------------------------------------------------------------------------
     async def ready(self, box_id: str) -> None:
         """Nothing to do: the server starts the box as part of an exec."""

@@ -1,0 +1,33 @@
+"""Pause and resume a box (BoxLite's REST API has no such routes: ours, beside ``start``/``stop``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+
+from .schemas import ERROR_RESPONSES, BoxInfoModel, dump
+from .state import ServerState, get_state
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@router.post("/boxes/{box_id}/pause", response_model=BoxInfoModel, tags=["boxes"])
+async def pause_box(
+    box_id: str,
+    to_disk: bool = Query(False, description="save the memory in the box's dir and free it (VM engine)"),
+    st: ServerState = Depends(get_state),
+) -> Any:
+    """Freeze every process of a running box where it is (state ``paused``); exec on it is
+    refused with 409 (InvalidStateError) unless the box has ``auto_resume``."""
+    box = await st.box(box_id)
+    await box.pause(to_disk=to_disk)
+    return dump(box.info())
+
+
+@router.post("/boxes/{box_id}/resume", response_model=BoxInfoModel, tags=["boxes"])
+async def resume_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
+    """Let a paused box's processes go on where they were."""
+    box = await st.box(box_id)
+    await box.resume()
+    return dump(box.info())
