@@ -16,6 +16,9 @@ from ..runtime.config import BoxConfig, PortMapping, VolumeMount, env_to_dict, p
 from .advanced import apply_advanced
 
 DEFAULT_MEMORY_MIB = 512  # a box's memory limit when none is asked for (BoxLite's default too)
+DEFAULT_CPUS = 1
+"""CPUs of a box asking for none (BoxLite's default): 1 vCPU on the VM engine, a cgroup quota of
+one CPU on the namespace engine (one box cannot take every host CPU unless asked to)."""
 MAX_OPTIONS_BYTES = 512 * 1024
 """A box's options are stored with it (state.db): their JSON form (env, cmd, volumes...) is capped."""
 
@@ -189,7 +192,7 @@ class BoxOptions:
             image=self.image,
             rootfs_path=self.rootfs_path,
             engine=self.engine,
-            cpus=parse_number(self.cpus, float, "cpus"),
+            cpus=float(DEFAULT_CPUS) if self.cpus is None else parse_number(self.cpus, float, "cpus"),
             memory_mib=parse_number(self.memory_mib, int, "memory_mib"),
             disk_size_gb=parse_number(self.disk_size_gb, float, "disk_size_gb"),
             pids_limit=parse_number(self.pids_limit, int, "pids_limit"),
