@@ -87,6 +87,23 @@ async def test_failures_within_start_period_do_not_count(runtime: boxlite.Boxlit
         assert status.state.is_starting() and status.failures == 0
 
 
+async def test_a_paused_box_is_not_probed(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    async with checked(busybox_rootfs, runtime, retries=1, timeout=0.5, command=["true"]) as box:
+        await wait_health(runtime, box.id, "healthy")
+        await box.box.pause()
+        await asyncio.sleep(0.5)  # a probe in flight when it froze ends here (its timeout)
+        before = {r.start for r in (await runtime.get_info(box.id)).health_status.log}  # type: ignore[union-attr]
+        await asyncio.sleep(2.0)  # ten intervals
+        status = (await runtime.get_info(box.id)).health_status  # type: ignore[union-attr]
+        assert status.state.is_healthy() and {r.start for r in status.log} == before
+        await box.box.resume()
+        deadline = time.monotonic() + 60
+        while {r.start for r in (await runtime.get_info(box.id)).health_status.log} <= before:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert (await runtime.get_info(box.id)).health_status.state.is_healthy()  # type: ignore[union-attr]
+
+
 async def test_timeout_counts_as_failure(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     async with checked(busybox_rootfs, runtime, retries=1, timeout=0.5, command=["sleep", "30"]) as box:
         t0 = time.monotonic()

@@ -169,7 +169,7 @@ def status_view(rec: BoxRecord, row: Mapping[str, Any] | None) -> dict[str, Any]
         "checking": False,
         "log": [dict(r) for r in (row.get("log") or [])[-HISTORY:] if isinstance(r, Mapping)],
     }
-    running = rec.state in ("running", "stopping")
+    running = rec.state in ("running", "stopping", "paused")
     if not running:
         if row.get("run") is not None and state != "none":
             out["state"] = "unhealthy"  # ended without a stop while checked
@@ -257,6 +257,8 @@ class HealthMonitor:
             while True:
                 await asyncio.sleep(cfg.interval)
                 rec = db.get(box_id)
+                if rec is not None and rec.state == "paused":  # frozen: not probed (Docker's rule too)
+                    continue
                 if rec is None or rec.state != "running" or not self.core._alive(rec):
                     if rec is not None:  # ended by itself (a stop would have ended this task first)
                         row.update(state="unhealthy", checker=None, beat=time.time())
@@ -264,6 +266,8 @@ class HealthMonitor:
                     return
                 result = await self.probe(rec, cfg)
                 passed = result["exit_code"] == 0
+                if not passed and (now := db.get(box_id)) is not None and now.state == "paused":
+                    continue  # paused while probed: not the box's failure
                 if passed:
                     row.update(state="healthy", failures=0)
                 elif time.monotonic() - started >= cfg.start_period or row["state"] != "starting":
