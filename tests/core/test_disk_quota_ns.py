@@ -172,3 +172,12 @@ def test_kill_9_of_the_owner_leaves_no_loop_device_or_mount(home: Path, busybox_
 def test_bad_disk_size_is_a_config_error(bad: object) -> None:
     with pytest.raises(boxlite.ConfigError):
         boxlite.BoxOptions(disk_size_gb=bad).validate()  # type: ignore[arg-type]
+
+
+@pytest.mark.namespace_only
+async def test_host_without_loop_devices_refuses_at_create(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quota, "unsupported_reason", lambda: "the loop device driver is missing")
+    with pytest.raises(boxlite.UnsupportedOptionError, match="loop device"):
+        await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), disk_size_gb=SIZE_GB))

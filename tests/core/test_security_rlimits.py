@@ -52,6 +52,28 @@ async def test_rlimits_reach_box_processes_and_root_cannot_raise_them(
         assert over.exit_code != 0 and "reached" not in over.stdout, over
 
 
+async def test_main_process_gets_the_rlimits_too(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    box = await runtime.create(
+        boxlite.BoxOptions(
+            rootfs_path=str(busybox_rootfs),
+            cmd=["sh", "-c", "ulimit -n > /main-limit; exec sleep 300"],
+            advanced=security(max_open_files=99),
+            auto_remove=False,
+        )
+    )
+    try:
+        await box.start()
+        for _ in range(100):
+            execution = await box.exec("cat", ["/main-limit"])
+            out = "".join([chunk async for chunk in execution.stdout()])
+            if (await execution.wait()).exit_code == 0 and out:
+                break
+            await asyncio.sleep(0.1)
+        assert out == "99\n"
+    finally:
+        await runtime.remove(box.id, force=True)
+
+
 async def test_writing_past_max_file_size_is_refused(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     advanced = security(max_file_size=1 << 20)
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, advanced=advanced) as box:

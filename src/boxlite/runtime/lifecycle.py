@@ -15,6 +15,7 @@ from typing import Any
 from ..agent import mainexit
 from ..client.agent_client import AgentClient
 from ..engines.base import BoxSpec, Engine, RootLayers, RunningBox, process_start_time
+from ..engines.namespace import quota
 from ..errors import (
     AlreadyExistsError,
     BoxDiedError,
@@ -186,6 +187,8 @@ class BoxRuntime:
         engine = select_engine(config.engine or self.default_engine).name
         if config.volumes and engine == "vm" and os.geteuid() != 0:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
+        if config.disk_size_gb is not None and engine == "namespace" and (why := quota.unsupported_reason()):
+            raise UnsupportedOptionError("disk_size_gb", why)
         if engine == "vm" and any(p.ipv6 for p in config.ports):
             raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
         capabilities.check_engine(config.capabilities[0], engine, config.volumes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -100,3 +101,12 @@ def boot_config(layout: BoxLayout, size_gb: float, uid_base: int) -> dict[str, o
         # the image's upper dir gets the mode the engine gave the plain one (the image's bottom layer's)
         "upper_mode": layout.upper.stat().st_mode & 0o7777,
     }
+
+
+def unsupported_reason() -> str | None:
+    """Why this host cannot give namespace boxes a sized disk (None: it can)."""
+    if not os.path.exists("/dev/loop-control"):
+        return "the loop device driver is missing (/dev/loop-control; modprobe loop)"
+    if shutil.which("mke2fs") is None:
+        return "mke2fs is missing (install the Debian package e2fsprogs)"
+    return None
