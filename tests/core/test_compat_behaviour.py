@@ -180,8 +180,9 @@ def test_option_defaults_and_rejected_combinations(busybox_rootfs: Path) -> None
     assert BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False, auto_delete=1).to_config().auto_remove
     with pytest.raises(boxlite.ConfigError, match="auto_delete"):
         BoxOptions(rootfs_path=str(busybox_rootfs), auto_delete=-1).to_config()
-    with pytest.raises(boxlite.UnsupportedOptionError):
-        BoxOptions(rootfs_path=str(busybox_rootfs), auto_pause=60).to_config()
+    assert BoxOptions(rootfs_path=str(busybox_rootfs), auto_pause=60).to_config().auto_pause == 60
+    with pytest.raises(boxlite.ConfigError, match="auto_pause"):
+        BoxOptions(rootfs_path=str(busybox_rootfs), auto_pause=-1).to_config()
     with pytest.raises(boxlite.ConfigError, match="disabled"):
         BoxOptions(rootfs_path=str(busybox_rootfs), network="disabled", ports=[(8080, 80)]).to_config()
 

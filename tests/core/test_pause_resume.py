@@ -114,3 +114,23 @@ async def test_auto_resume_resumes_on_exec(runtime: boxlite.Boxlite, busybox_roo
         assert box.box.info().state.status == "paused"
         assert (await box.exec("echo", "back")).stdout == "back\n"
         assert box.box.info().state.status == "running"
+
+
+async def test_auto_pause_pauses_an_idle_box_and_auto_resume_wakes_it(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path
+) -> None:
+    async with boxlite.SimpleBox(
+        rootfs_path=str(busybox_rootfs), auto_pause=1, auto_resume=True, runtime=runtime
+    ) as box:
+        assert box.info().auto_pause == 1 and box.info().auto_resume
+        ex = await box.box.exec("sleep", ["2.5"])  # a running exec keeps it busy
+        await asyncio.sleep(2.0)
+        await box.metrics()  # not activity
+        assert box.box.info().state.status == "running"
+        await ex.wait()
+        deadline = time.monotonic() + 10
+        while box.box.info().state.status != "paused":
+            assert time.monotonic() < deadline, "the idle box was not paused"
+            await asyncio.sleep(0.1)
+        assert (await box.exec("echo", "hi")).stdout == "hi\n"  # auto_resume
+        assert box.box.info().state.status == "running"

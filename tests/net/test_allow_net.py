@@ -206,6 +206,12 @@ def query(name):
     q += b"".join(bytes([len(x)]) + x.encode() for x in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
     return q
 def dns_direct(server, name, tcp=False):
+    for _ in range(3):  # as resolvers do: a busy proxy may drop a datagram
+        result = dns_direct_once(server, name, tcp)
+        if result != "TimeoutError":
+            break
+    return result
+def dns_direct_once(server, name, tcp=False):
     try:
         if tcp:
             s = socket.create_connection((server, 53), timeout=5)
@@ -215,7 +221,7 @@ def dns_direct(server, name, tcp=False):
             resp = s.recv(4096)[2:]
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(5)
+            s.settimeout(2)
             s.sendto(query(name), (server, 53))
             resp = s.recv(4096)
         return "rcode=%d answers=%d" % (resp[3] & 15, struct.unpack(">H", resp[6:8])[0])
@@ -235,6 +241,30 @@ def raw_udp(host, port, tag):
         return "sent"
     except OSError as e:
         return type(e).__name__
+def abuse_proxy():
+    # Garbage, oversized and hostile messages to the DNS proxy (every address:53 leads to it),
+    # a flood of allowed queries, and stalled TCP connections: it must keep answering.
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    loop = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\xc0\x0c" + b"\0\1\0\1"
+    dotted = struct.pack(">HHHHHH", 8, 0x0100, 1, 0, 0, 0) + b"\x0callowed.test\x00\x00\x01\x00\x01"
+    for payload in (b"", b"\0" * 11, b"\xff" * 4000, loop, dotted, query("allowed.test") * 200):
+        u.sendto(payload, ("10.77.0.53", 53))
+    u.settimeout(2)
+    answers = []
+    try:
+        while True:
+            answers.append(u.recv(65536))
+    except OSError:
+        pass
+    for i in range(300):
+        u.sendto(query("allowed.test"), ("10.77.0.53", 53))
+    stalled = [socket.create_connection(("10.77.0.53", 53), timeout=5) for _ in range(20)]
+    r["after_abuse_udp"] = dns_direct("10.77.0.53", "allowed.test")
+    time.sleep(11)  # the proxy's TCP deadline frees the stalled connections' slots
+    r["after_abuse_tcp"] = dns_direct("10.77.0.53", "allowed.test", tcp=True)
+    r["abuse_answers"] = sorted({"rcode=%d" % (a[3] & 15) for a in answers if len(a) >= 4})
+    for c in stalled:
+        c.close()
 r["cap_eff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
 r["allowed"] = tcp("allowed.test", 80)
 r["allowed_other_port"] = tcp("allowed.test", 8080)
@@ -261,6 +291,7 @@ except OSError as e:
     r["resolv_rewritten"] = type(e).__name__
 r["tunnel_after_rewrite"] = resolve("direct3.evil.test")
 r["raw_ip_after_rewrite"] = tcp("10.77.0.3", 80)
+abuse_proxy()
 print("PROBE " + json.dumps(r))
 """
 
@@ -286,6 +317,7 @@ async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
             lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
             assert lines, r.stdout + r.stderr
             report: dict[str, Any] = json.loads(lines[-1][len("PROBE ") :])
+            report["info_allow_net"] = box.box.info().network.allow_net
         async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled") as box:
             report["control_raw_ip"] = (await box.exec("python3", "-c", CONTROL, timeout=60)).stdout.strip()
         listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
@@ -366,6 +398,10 @@ def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_pa
     assert int(r["cap_eff"], 16) & (1 << 13), r  # box root had CAP_NET_RAW and still got nowhere
     # The same network lets an unrestricted box through: the refusals are the allow-list's.
     assert r["control_raw_ip"] == "web-other", r
+    # The proxy survives garbage, floods and stalled connections (malformed queries: REFUSED).
+    assert r["after_abuse_udp"] == "rcode=0 answers=1" and r["after_abuse_tcp"] == "rcode=0 answers=1", r
+    assert r["abuse_answers"] == ["rcode=5"], r
+    assert r["info_allow_net"] == ["allowed.test:80", "*.wild.test", "[fd77::3]:80", "allowed6.test", "10.77.0.9"], r
     # A stopped box leaves no rules behind.
     assert "chain b" not in r["rules_after_stop"], r["rules_after_stop"]
     if engine == "namespace":  # slirp (the VM engine's network) has no IPv6 at all
@@ -396,3 +432,26 @@ def test_allow_net_entries_are_validated() -> None:
     config = boxlite.BoxOptions(network=boxlite.NetworkSpec(allow_net=["A.test"])).to_config()
     assert config.allow_net == ("a.test",)
     assert type(config).from_json(config.to_json()).allow_net == ("a.test",)  # kept across restarts
+
+
+def test_dns_proxy_parser_rejects_hostile_messages() -> None:
+    """What the proxy reads (the box's queries, upstream's answers) is checked before use."""
+    from boxlite.engines.net import dnsproxy as d
+
+    def q(name: bytes, qid: int = 1) -> bytes:
+        return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + b"\0\0\1\0\1"
+
+    good = q(b"\x07allowed\x04test")
+    assert d.question(good)[:2] == ("allowed.test", 1)
+    for bad in (q(b"\x0callowed.test"), q(b"\xc0\x0c"), q(b"\x3fa"), good[:14], b"\0" * 12):
+        with pytest.raises(d.BadMessage):
+            d.question(bad)
+    answer = good[:2] + b"\x81\x80\0\1\0\1\0\0\0\0" + good[12:] + b"\xc0\x0c\0\1\0\1\0\0\0\x1e\0\4\x0a\x4d\0\2"
+    assert d.addresses(good, answer) == [(4, socket.inet_aton("10.77.0.2"), 30)]
+    with pytest.raises(d.BadMessage):  # an answer to another id
+        d.addresses(q(b"\x07allowed\x04test", 2), answer)
+    with pytest.raises(d.BadMessage):  # an answer to another question
+        d.addresses(q(b"\x05other\x04test"), answer[:2] + answer[2:])
+    with pytest.raises(d.BadMessage):  # a record running past the end
+        d.addresses(good, answer[:-2])
+    assert d.reply(q(b"\x05other\x04test"), d.NXDOMAIN)[3] & 15 == d.NXDOMAIN

@@ -112,8 +112,8 @@ class BoxOptions:
     """BoxLite's successor of ``auto_remove``: 0 keeps the box after stop, > 0 removes it (a
     local runtime has no sweeper, so at once). Takes precedence over ``auto_remove``."""
     auto_pause: int | None = None
-    """Idle seconds before pausing; local runtimes do not pause idle boxes yet (0/None only);
-    ``Box.pause()`` pauses explicitly."""
+    """Idle seconds (no exec running or started, no file copy) after which the process using the
+    box pauses it, memory kept (0/None: never). BoxLite's cloud runtime stops it instead."""
     auto_resume: bool | None = None
     entrypoint: list[str] | None = None
     cmd: list[str] | None = None
@@ -186,8 +186,6 @@ class BoxOptions:
                 "auto_remove/auto_delete cannot remove a detached box on stop: "
                 "pass auto_remove=False (or auto_delete=0) with detach=True"
             )
-        if self._auto_pause():
-            raise UnsupportedOptionError("auto_pause", "local runtimes do not pause idle boxes yet (box.pause() does)")
         config = BoxConfig(
             image=self.image,
             rootfs_path=self.rootfs_path,

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..api.options import BoxOptions, Options
+from ..api.options import BoxOptions, ExportOptions, Options
 from ..api.results import (
     BoxInfo,
     BoxMetrics,
@@ -21,17 +21,20 @@ from ..api.results import (
     NetworkInfo,
     PublishedPort,
     RuntimeMetrics,
+    SnapshotInfo,
     iso,
 )
 from ..client.agent_client import AgentClient
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..images.types import PullProgress
-from ..runtime import pause
+from ..runtime import archive, pause, snapshots
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
+from ..steplog import step
 from .base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, wait_exit
+from .idle import IdleWatcher
 
 
 class LocalImages(ImagesBackend):
@@ -78,6 +81,9 @@ class LocalBackend(Backend):
         engine = options.engine or self.home.config().get("engine")
         self.core = BoxRuntime(self.home, self.image_manager, engine)
         self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
+        self._idle = IdleWatcher(self.pause, self._idle_limit)  # auto_pause
+        archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
+        snapshots.recover(self.core)
 
     @property
     def images(self) -> LocalImages:
@@ -97,7 +103,9 @@ class LocalBackend(Backend):
 
     # --- boxes ----------------------------------------------------------------------------
     async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
-        rec = await self.core.create(options.to_config(), name)
+        with step("create", image=options.image, box_name=name) as fields:
+            rec = await self.core.create(options.to_config(), name)
+            fields["box"] = rec.id
         self._recs[rec.id] = rec
         return self._info(rec)
 
@@ -129,12 +137,16 @@ class LocalBackend(Backend):
     async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         if detach is not None:
             self.core.set_detach(box_id, bool(detach))
-        await self.core.start(box_id)
-        return self.info(box_id)
+        with step("start", box=box_id):
+            await self.core.start(box_id)
+        info = self.info(box_id)
+        self._idle.touch(box_id, info.auto_pause)
+        return info
 
     async def stop(self, box_id: str, timeout: float | None = None) -> None:
         try:
-            await self.core.stop(box_id, timeout)
+            with step("stop", box=box_id):
+                await self.core.stop(box_id, timeout)
         finally:  # its record changed (or is gone, with auto_remove)
             self._recs.pop(box_id, None)
 
@@ -144,9 +156,15 @@ class LocalBackend(Backend):
         finally:
             self._recs.pop(box_id, None)
 
+    def _idle_limit(self, box_id: str) -> tuple[int, bool]:
+        rec = self.core.record(box_id)
+        return rec.config.auto_pause, rec.state == "running"
+
     async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         try:
-            return record_info(await pause.resume(self.core, box_id, detach))
+            info = record_info(await pause.resume(self.core, box_id, detach))
+            self._idle.touch(box_id, info.auto_pause)
+            return info
         finally:
             self._recs.pop(box_id, None)
 
@@ -175,18 +193,22 @@ class LocalBackend(Backend):
         await self._client(box_id)
 
     async def _exec(self, box_id: str, body: dict[str, Any], label: str) -> StartedExec:
-        client, _ = await self._client(box_id)
+        client, rec = await self._client(box_id)
         channel = await client.exec(body, label)
+        channel.exit.add_done_callback(self._idle.begin(box_id, rec.config.auto_pause))
         return StartedExec(channel, f"{box_id}-{channel.channel}")
 
     async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
-        client, rec = await self._client(box_id)
-        r = request
-        body = self.core.exec_body(
-            rec, r.argv, r.env, r.cwd, r.user,
-            tty=bool(r.tty), rows=r.rows, cols=r.cols, timeout=r.timeout_secs, stdin=r.stdin,
-        )  # fmt: skip
-        channel = await client.exec(body, shlex.join(r.argv))
+        with step("exec", box=box_id, command=request.command) as fields:  # until the command runs
+            client, rec = await self._client(box_id)
+            r = request
+            body = self.core.exec_body(
+                rec, r.argv, r.env, r.cwd, r.user,
+                tty=bool(r.tty), rows=r.rows, cols=r.cols, timeout=r.timeout_secs, stdin=r.stdin,
+            )  # fmt: skip
+            channel = await client.exec(body, shlex.join(r.argv))
+            fields["pid"] = channel.pid
+        channel.exit.add_done_callback(self._idle.begin(box_id, rec.config.auto_pause))
         return StartedExec(channel, f"{box_id}-{channel.channel}")
 
     async def copy_in(
@@ -235,6 +257,32 @@ class LocalBackend(Backend):
             message = _text(await errors)
             raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
 
+    # --- disk state: snapshots, clones, archives ------------------------------------------
+    async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
+        return _snapshot_info(await snapshots.create(self.core, box_id, name), self._record(box_id).engine)
+
+    async def snapshot_list(self, box_id: str) -> builtins.list[SnapshotInfo]:
+        engine = self._record(box_id).engine
+        return [_snapshot_info(s, engine) for s in await snapshots.list_snapshots(self.core, box_id)]
+
+    async def snapshot_restore(self, box_id: str, name: str) -> None:
+        await snapshots.restore(self.core, box_id, name)
+
+    async def snapshot_remove(self, box_id: str, name: str) -> None:
+        await snapshots.remove(self.core, box_id, name)
+
+    async def clone(self, box_id: str, name: str | None) -> BoxInfo:
+        rec = await snapshots.clone(self.core, box_id, name)
+        return self._info(self._record(rec.id))
+
+    async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
+        request = archive.ExportRequest(dest, options.include_image, options.compression)
+        return str(await archive.export(self.core, box_id, request))
+
+    async def import_box(self, archive_path: str, name: str | None, untrusted: bool = False) -> BoxInfo:
+        rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted)
+        return self._info(self._record(rec.id))
+
     # --- metrics and shutdown -------------------------------------------------------------
     async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
         rec = self._record(box_id)
@@ -276,11 +324,17 @@ class LocalBackend(Backend):
         )
 
     async def shutdown(self, timeout: float | None = None) -> None:
+        await self._idle.close()
         await self.core.shutdown(timeout)
 
 
 _NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors")
 """Engine metrics that are BoxMetrics.network_* (the namespace engine measures them)."""
+
+
+def _snapshot_info(s: snapshots.Snapshot, engine: str) -> SnapshotInfo:
+    disk = {"guest_disk_bytes" if engine == "vm" else "container_disk_bytes": s.size_bytes}
+    return SnapshotInfo(id=s.id, box_id=s.box_id, name=s.name, created_at=s.created_at, size_bytes=s.size_bytes, **disk)
 
 
 def _int(value: float | None) -> int | None:
@@ -314,6 +368,7 @@ def record_info(rec: BoxRecord, health: dict[str, Any] | None = None) -> BoxInfo
         image_config=rec.image_config.to_json(),
         network=NetworkInfo(
             "enabled" if rec.config.network else "disabled",
+            allow_net=list(rec.config.allow_net),
             published_ports=[PublishedPort(p.guest_port, p.host_ip, p.host_port, p.protocol) for p in rec.config.ports],
         ),
         auto_delete=1 if rec.auto_remove else 0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import select
 import signal
@@ -31,7 +32,8 @@ MAX_TCP = 65535
 UPSTREAM_TIMEOUT = 4.0
 TCP_DEADLINE = 10.0
 TCP_QUERIES = 32
-MAX_INFLIGHT = 32
+UDP_WORKERS = 16
+UDP_BACKLOG = 256
 MAX_TCP_CLIENTS = 16
 MIN_TTL, MAX_TTL = 60, 86400
 NXDOMAIN, SERVFAIL, REFUSED, FORMERR = 3, 2, 5, 1
@@ -133,7 +135,7 @@ class Proxy:
         self.rules = str(conf["rules"])
         self.known: dict[str, float] = {}  # set element -> monotonic expiry we installed
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(MAX_INFLIGHT)
+        self.backlog: queue.Queue[tuple[socket.socket, bytes, tuple]] = queue.Queue(UDP_BACKLOG)
         self.tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
 
     # --- policy ---------------------------------------------------------------------------
@@ -153,15 +155,19 @@ class Proxy:
         if len(query) < 12:
             return None
         try:
-            name, _, _ = question(query)
+            name, _, end = question(query)
         except BadMessage:
             return reply(query, REFUSED)
         policy = self.allowed(name)
         if policy is None:
             return reply(query, NXDOMAIN)
+        # Upstream gets the question alone (RD and CD kept): nothing else the box wrote
+        # (records, EDNS options, trailing bytes) leaves the host.
+        flags = struct.unpack(">H", query[2:4])[0] & 0x0110
+        clean = query[:2] + struct.pack(">HHHHH", flags, 1, 0, 0, 0) + query[12:end]
         try:
-            resp = self.forward(query, tcp)
-            found = addresses(query, resp)
+            resp = self.forward(clean, tcp)
+            found = addresses(clean, resp)
         except (OSError, BadMessage):
             return reply(query, SERVFAIL)
         if found and not self.allow(found, *policy):
@@ -221,24 +227,27 @@ class Proxy:
     def serve_udp(self, sock: socket.socket) -> None:
         while True:
             try:
-                query, peer = sock.recvfrom(MAX_UDP)
+                query, peer = sock.recvfrom(MAX_UDP + 1)
             except OSError:
                 continue
-            if not self.slots.acquire(blocking=False):
-                continue  # too many in flight: the box's resolver retries
-            threading.Thread(target=self._udp_one, args=(sock, query, peer), daemon=True).start()
+            if len(query) > MAX_UDP:
+                continue
+            try:
+                self.backlog.put_nowait((sock, query, peer))
+            except queue.Full:
+                pass  # a flood: the box's resolver retries
 
-    def _udp_one(self, sock: socket.socket, query: bytes, peer: tuple) -> None:
-        try:
-            resp = self.answer(query, tcp=False)
-            if resp is not None:
-                if len(resp) > 512 and not has_edns(query):
-                    resp = truncated(resp)
-                sock.sendto(resp, peer)
-        except OSError:
-            pass
-        finally:
-            self.slots.release()
+    def udp_worker(self) -> None:
+        while True:
+            sock, query, peer = self.backlog.get()
+            try:
+                resp = self.answer(query, tcp=False)
+                if resp is not None:
+                    if len(resp) > 512 and not has_edns(query):
+                        resp = truncated(resp)
+                    sock.sendto(resp, peer)
+            except OSError:
+                pass
 
     def serve_tcp(self, sock: socket.socket) -> None:
         while True:
@@ -340,6 +349,8 @@ def main(argv: list[str]) -> int:
     if not proxy.nft(proxy.rules.replace(PORT_MARK, str(port))):
         print("boxlite dnsproxy: cannot install the box's rules", file=sys.stderr, flush=True)
         return 1
+    for _ in range(UDP_WORKERS):
+        threading.Thread(target=proxy.udp_worker, daemon=True).start()
     for s in udps:
         threading.Thread(target=proxy.serve_udp, args=(s,), daemon=True).start()
     for s in tcps:
