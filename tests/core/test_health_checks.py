@@ -187,3 +187,22 @@ def test_invalid_checks_are_config_errors() -> None:
 async def test_unconfigured_start_does_no_health_work(box: boxlite.SimpleBox, runtime: boxlite.Boxlite) -> None:
     core = runtime._backend.core  # type: ignore[attr-defined]
     assert core.health.tasks == {} and core.db.get_health(box.id) is None
+
+
+def test_a_corrupted_status_row_is_not_trusted() -> None:
+    from boxlite.api.results import HealthStatus
+    from boxlite.runtime.config import BoxConfig
+    from boxlite.runtime.health import OUTPUT_MAX, HealthCheckConfig, status_view
+    from boxlite.runtime.state import BoxRecord
+
+    config = BoxConfig(health_check=HealthCheckConfig())
+    rec = BoxRecord(id="x", name=None, state="running", engine="namespace", created_at=0.0, config=config)
+    row = {
+        "state": "exploded", "failures": "many", "last_check": 5, "run": "r", "checker": ["1", None], "beat": "x",
+        "log": [{"start": "a"}, "junk", {"start": "s", "end": "e", "exit_code": True, "output": ""},
+                {"start": "s", "end": "e", "exit_code": 1, "output": "x" * 100_000, "extra": 1}],
+    }  # fmt: skip
+    view = status_view(rec, row)
+    assert view["state"] == "none" and view["failures"] == 0 and view["last_check"] is None and not view["checking"]
+    assert len(view["log"]) == 1 and len(view["log"][0]["output"]) == OUTPUT_MAX
+    assert HealthStatus(**view).log[0].exit_code == 1

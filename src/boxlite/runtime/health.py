@@ -162,12 +162,14 @@ def status_view(rec: BoxRecord, row: Mapping[str, Any] | None) -> dict[str, Any]
     state = str(row.get("state", "none"))
     if state not in STATES:
         state = "none"
+    log = row.get("log")
+    last_check = row.get("last_check")
     out = {
         "state": state,
-        "failures": int(row.get("failures") or 0),
-        "last_check": row.get("last_check"),
+        "failures": _number(row.get("failures"), int),
+        "last_check": last_check if isinstance(last_check, str) else None,
         "checking": False,
-        "log": [dict(r) for r in (row.get("log") or [])[-HISTORY:] if isinstance(r, Mapping)],
+        "log": [r for r in map(_result, log[-HISTORY:] if isinstance(log, list) else []) if r is not None],
     }
     running = rec.state in ("running", "stopping", "paused")
     if not running:
@@ -177,9 +179,26 @@ def status_view(rec: BoxRecord, row: Mapping[str, Any] | None) -> dict[str, Any]
     checker = row.get("checker")
     if row.get("run") is not None and isinstance(checker, list) and len(checker) == 2:
         cfg = rec.config.health_check
-        fresh = time.time() - float(row.get("beat") or 0) <= cfg.interval + cfg.timeout + KILL_GRACE + STALE_GRACE
-        out["checking"] = fresh and process_start_time(int(checker[0])) == checker[1]
+        fresh = time.time() - _number(row.get("beat"), float) <= cfg.interval + cfg.timeout + KILL_GRACE + STALE_GRACE
+        pid = _number(checker[0], int)
+        out["checking"] = fresh and pid > 0 and process_start_time(pid) == checker[1]
     return out
+
+
+def _number(value: Any, kind: type[int] | type[float]) -> Any:
+    """A stored number, or 0 (a row is re-checked when read, like a box's config)."""
+    return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else kind(0)
+
+
+def _result(data: Any) -> dict[str, Any] | None:
+    """A stored probe result with exactly its fields (None: malformed)."""
+    if not isinstance(data, Mapping) or not all(isinstance(data.get(k), str) for k in ("start", "end", "output")):
+        return None
+    code = data.get("exit_code")
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    return {"start": data["start"], "end": data["end"], "exit_code": code,
+            "timed_out": bool(data.get("timed_out")), "output": data["output"][:OUTPUT_MAX]}  # fmt: skip
 
 
 class HealthMonitor:
@@ -223,8 +242,7 @@ class HealthMonitor:
 
     async def close(self) -> None:
         """The runtime shuts down: stop every task; those boxes keep their status, unchecked."""
-        for box_id in list(self.tasks):
-            _, run = self.tasks[box_id]
+        for box_id, (_, run) in list(self.tasks.items()):
             await self._stop_task(box_id)
             self._unclaim(box_id, run)
 
