@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "layout": 5,
     "sqlite_wal": 5,
     "runtime_artifact": 5,
+    "steplog": 5,
     "errors": 0,
 }
 

@@ -185,7 +185,8 @@ class LocalBackend(Backend):
                     f"box {box_id} has exited (its main process ended with status {ended.exit_code}); "
                     "start it again explicitly (box.start(), 'boxlite start') to run it again"
                 )
-            client = await core.start(box_id)
+            with step("start", box=box_id):
+                client = await core.start(box_id)
             rec = self._record(box_id)
         return client, rec
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,13 +39,10 @@ STATE = Globals()
 
 def configure_logging(debug: bool) -> None:
     """Library warnings are noise in a CLI (e.g. VM probe results when the namespace engine
-    is used); show everything with ``--debug``."""
-    log = logging.getLogger("boxlite")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("boxlite: %(levelname)s: %(name)s: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if debug else logging.ERROR)
-    log.propagate = False
+    is used): errors only, unless ``--debug`` or ``BOXLITE_LOG`` (see ``logsetup``)."""
+    from .logsetup import configure
+
+    configure(debug)
 
 
 def open_runtime() -> Boxlite:

@@ -21,6 +21,7 @@ from ..errors import (
     RegistryError,
     RegistryTimeoutError,
 )
+from ..steplog import step
 from .catalog import is_complete, read_image, record_image
 from .layout import import_path, is_oci_layout
 from .limits import ENV, ImageBudget, ImageLimits
@@ -100,10 +101,11 @@ class ImageManager:
         """
         timeout = self.limits.pull_timeout or None
         try:
-            if sys.version_info >= (3, 11):  # same task: the gc lock is released as the pull ends
-                async with asyncio.timeout(timeout):
-                    return await self._pull(ref, progress)
-            return await asyncio.wait_for(self._pull(ref, progress), timeout)
+            with step("pull", reference=ref):
+                if sys.version_info >= (3, 11):  # same task: the gc lock is released as the pull ends
+                    async with asyncio.timeout(timeout):
+                        return await self._pull(ref, progress)
+                return await asyncio.wait_for(self._pull(ref, progress), timeout)
         except RegistryTimeoutError:
             raise
         except asyncio.TimeoutError:
