@@ -24,19 +24,24 @@ if TYPE_CHECKING:
         BoxGroup,
         BoxRuntime,
         BrowserBoxOptions,
-        CloneOptions,
-        ExportOptions,
         ManagedBox,
         NetworkHandle,
         Secret,
         SkillBox,
-        SnapshotHandle,
-        SnapshotInfo,
-        SnapshotOptions,
         VolumeHandle,
         VolumeInfo,
     )
-    from .api.options import AdvancedBoxOptions, BoxOptions, CopyOptions, NetworkSpec, Options, SecurityOptions
+    from .api.options import (
+        AdvancedBoxOptions,
+        BoxOptions,
+        CloneOptions,
+        CopyOptions,
+        ExportOptions,
+        NetworkSpec,
+        Options,
+        SecurityOptions,
+        SnapshotOptions,
+    )
     from .api.results import (
         BoxInfo,
         BoxMetrics,
@@ -48,9 +53,11 @@ if TYPE_CHECKING:
         NetworkInfo,
         PublishedPort,
         RuntimeMetrics,
+        SnapshotInfo,
     )
     from .api.runtime import Boxlite, ImageHandle, ImagePullResult
     from .api.simplebox import BrowserBox, CodeBox, ComputerBox, SimpleBox
+    from .api.snapshots import SnapshotHandle
     from .api.sync import (
         SyncBox,
         SyncBoxlite,
@@ -109,7 +116,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "BoxliteRestOptions": ".api.credential",
     "BrowserBox": ".api.simplebox",
     "BrowserBoxOptions": ".api.later",
-    "CloneOptions": ".api.later",
+    "CloneOptions": ".api.options",
     "CodeBox": ".api.simplebox",
     "ComputerBox": ".api.simplebox",
     "ConfigError": ".errors",
@@ -126,7 +133,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "ExecStdout": ".api.execution",
     "Execution": ".api.execution",
     "ExecutionError": ".errors",
-    "ExportOptions": ".api.later",
+    "ExportOptions": ".api.options",
     "HealthCheckOptions": ".api.advanced",
     "HealthState": ".api.results",
     "HealthStatus": ".api.results",
@@ -157,9 +164,9 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "SecurityOptions": ".api.options",
     "SimpleBox": ".api.simplebox",
     "SkillBox": ".api.later",
-    "SnapshotHandle": ".api.later",
-    "SnapshotInfo": ".api.later",
-    "SnapshotOptions": ".api.later",
+    "SnapshotHandle": ".api.snapshots",
+    "SnapshotInfo": ".api.results",
+    "SnapshotOptions": ".api.options",
     "StoppedError": ".errors",
     "StorageError": ".errors",
     "SyncBox": ".api.sync",

@@ -77,8 +77,6 @@ def test_star_import_gives_every_public_name() -> None:
         lambda: boxlite.ManagedBox(),
         lambda: importlib.import_module("boxlite.simplebox").BoxTunnel(),
         lambda: boxlite.SyncNetworkHandle().tunnel(8080),
-        lambda: asyncio.run(boxlite.SnapshotHandle().create(name="s1")),
-        lambda: asyncio.run(boxlite.SnapshotHandle().restore("s1")),
         lambda: asyncio.run(boxlite.NetworkHandle().tunnel(8080)),
         lambda: asyncio.run(boxlite.VolumeHandle().create()),
         lambda: boxlite.BoxOptions(rootfs_path="/", secrets=[boxlite.Secret("k", "v", ["example.com"])]).validate(),
@@ -203,10 +201,6 @@ def test_sync_codebox_runs_python(home: Path, engine: str) -> None:
 
 async def test_box_names_of_later_features(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
-    with pytest.raises(UnsupportedOptionError, match="issue 11"):
-        await box.snapshot.create(name="s1")
-    with pytest.raises(UnsupportedOptionError, match="issue 11"):
-        await box.clone_box()
     with pytest.raises(UnsupportedOptionError, match="issue 12"):
         await box.network.tunnel(80)
     assert await runtime.volumes.list() == []

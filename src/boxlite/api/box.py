@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ..backends.base import Backend, ExecCounters, ExecRequest
 from ..errors import BoxliteError, NotFoundError
 from .execution import Execution
-from .later import ATTACH, SNAPSHOTS, NetworkHandle, SnapshotHandle, unsupported
-from .options import CopyOptions
+from .later import ATTACH, NetworkHandle, unsupported
+from .options import CloneOptions, CopyOptions, ExportOptions
 from .results import BoxInfo, BoxMetrics
+from .snapshots import SnapshotHandle
 
 if TYPE_CHECKING:
     from .runtime import Boxlite
@@ -214,8 +215,14 @@ class Box:
     async def attach(self, execution_id: str | None = None) -> Execution:
         unsupported(ATTACH)
 
-    async def export(self, *, dest: str, options: Any = None) -> str:
-        unsupported(SNAPSHOTS)
+    async def export(self, *, dest: str, options: ExportOptions | None = None) -> str:
+        """Write the box (config, disk, image unless ``include_image=False``) to one ``.boxlite``
+        archive; ``dest`` is a directory (``<name or id>.boxlite`` in it) or a file path. A running
+        box is frozen while its writable layer is copied. Returns the archive's path."""
+        return await self._backend.export(self.id, dest, options or ExportOptions())
 
-    async def clone_box(self, *, options: Any = None, name: str | None = None) -> Box:
-        unsupported(SNAPSHOTS)
+    async def clone_box(self, *, options: CloneOptions | None = None, name: str | None = None) -> Box:
+        """A new, independent, stopped box with this box's disk as it is now (a running box is
+        frozen for a consistent copy, then continues)."""
+        info = await self._backend.clone(self.id, name)
+        return self._runtime._box_type(self._runtime, info)

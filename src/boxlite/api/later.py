@@ -9,7 +9,6 @@ from typing import Any, NoReturn
 
 from ..errors import UnsupportedOptionError
 
-SNAPSHOTS = ("snapshots, clone, export/import", "issue 11")
 NETWORK_POLICY = ("network tunnels and secrets", "issue 12")
 SPECIAL_BOXES = ("SkillBox/BrowserBox/ComputerBox", "issue 13")
 ORCHESTRATION = ("boxlite.orchestration (multi-box groups)", "issue 13")
@@ -28,53 +27,6 @@ class _Later:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         unsupported(self._feature)
-
-
-@dataclass
-class SnapshotOptions:
-    """Options of ``box.snapshot.create`` (none yet, as in BoxLite; creating raises, issue 11)."""
-
-
-@dataclass
-class ExportOptions:
-    """Options of ``box.export`` (none yet, as in BoxLite)."""
-
-
-@dataclass
-class CloneOptions:
-    """Options of ``box.clone_box`` (none yet, as in BoxLite)."""
-
-
-@dataclass
-class SnapshotInfo:
-    id: str
-    box_id: str
-    name: str
-    created_at: int
-    container_disk_bytes: int = 0
-    size_bytes: int = 0
-
-
-class SnapshotHandle:
-    """``box.snapshot``: every operation raises until issue 11 lands."""
-
-    def __init__(self, box: Any = None) -> None:
-        self._box = box
-
-    async def create(self, *, options: SnapshotOptions | None = None, name: str) -> SnapshotInfo:
-        unsupported(SNAPSHOTS)
-
-    async def list(self) -> list[SnapshotInfo]:
-        unsupported(SNAPSHOTS)
-
-    async def get(self, name: str) -> SnapshotInfo | None:
-        unsupported(SNAPSHOTS)
-
-    async def remove(self, name: str) -> None:
-        unsupported(SNAPSHOTS)
-
-    async def restore(self, name: str) -> None:
-        unsupported(SNAPSHOTS)
 
 
 @dataclass
@@ -170,15 +122,10 @@ __all__ = [
     "BoxRuntime",
     "BoxTunnel",
     "BrowserBoxOptions",
-    "CloneOptions",
-    "ExportOptions",
     "ManagedBox",
     "NetworkHandle",
     "Secret",
     "SkillBox",
-    "SnapshotHandle",
-    "SnapshotInfo",
-    "SnapshotOptions",
     "VolumeHandle",
     "VolumeInfo",
     "unsupported",

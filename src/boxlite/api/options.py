@@ -91,6 +91,25 @@ class CopyOptions:
 
 
 @dataclass
+class SnapshotOptions:
+    """Options of ``box.snapshot.create`` (none, as in BoxLite)."""
+
+
+@dataclass
+class ExportOptions:
+    """Options of ``box.export``: ``include_image=False`` leaves the image out (the importing
+    runtime pulls it by reference); ``compression``: "none" or "gzip"."""
+
+    include_image: bool = True
+    compression: str = "none"
+
+
+@dataclass
+class CloneOptions:
+    """Options of ``box.clone_box`` (none, as in BoxLite)."""
+
+
+@dataclass
 class BoxOptions:
     """How to build and run one box."""
 

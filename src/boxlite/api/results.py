@@ -229,6 +229,19 @@ class BoxMetrics:
 
 
 @dataclass
+class SnapshotInfo:
+    """A named disk snapshot of a box (``*_bytes``: what its frozen layer occupies)."""
+
+    id: str
+    box_id: str
+    name: str
+    created_at: int
+    container_disk_bytes: int = 0
+    size_bytes: int = 0
+    guest_disk_bytes: int = 0
+
+
+@dataclass
 class RuntimeMetrics:
     boxes_created_total: int = 0
     boxes_failed_total: int = 0

@@ -131,10 +131,9 @@ class Boxlite:
         await self._backend.shutdown(timeout)
 
     async def import_box(self, archive_path: str, name: str | None = None, *, untrusted: bool = False) -> Box:
-        """BoxLite's import of an exported box: comes with snapshots (issue 11)."""
-        from .later import SNAPSHOTS, unsupported
-
-        unsupported(SNAPSHOTS)
+        """A new stopped box from a ``.boxlite`` archive (``Box.export``). The archive is checked
+        (digests, paths, sizes) before anything is kept; ``untrusted``: it may not name host paths."""
+        return self._box_type(self, await self._backend.import_box(str(archive_path), name, untrusted))
 
     # --- context managers -------------------------------------------------------------
     def __enter__(self) -> Boxlite:

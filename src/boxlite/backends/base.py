@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from ..api.options import BoxOptions
-from ..api.results import BoxInfo, BoxMetrics, ExecStatus, RuntimeMetrics, oom_message
+from ..api.options import BoxOptions, ExportOptions
+from ..api.results import BoxInfo, BoxMetrics, ExecStatus, RuntimeMetrics, SnapshotInfo, oom_message
 from ..errors import BoxDiedError, UnsupportedOptionError
 from ..images import ImageConfig, ImageInfo
 from ..images.types import PullProgress
@@ -208,6 +208,36 @@ class Backend(abc.ABC):
         """Continue a paused box where it was (``detach``: for a box paused to disk, whether it
         outlives the process that resumes it)."""
         raise UnsupportedOptionError("resume", f"{type(self).__name__} cannot pause boxes")
+
+    # --- disk state: snapshots, clones, archives ------------------------------------------
+    async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
+        """A named copy-on-write snapshot of the box's disk."""
+        raise UnsupportedOptionError("snapshots", f"{type(self).__name__} has no snapshots")
+
+    async def snapshot_list(self, box_id: str) -> builtins.list[SnapshotInfo]:
+        raise UnsupportedOptionError("snapshots", f"{type(self).__name__} has no snapshots")
+
+    async def snapshot_get(self, box_id: str, name: str) -> SnapshotInfo | None:
+        return next((s for s in await self.snapshot_list(box_id) if s.name == name), None)
+
+    async def snapshot_restore(self, box_id: str, name: str) -> None:
+        """The stopped box's disk becomes the snapshot's (``InvalidStateError`` if running)."""
+        raise UnsupportedOptionError("snapshots", f"{type(self).__name__} has no snapshots")
+
+    async def snapshot_remove(self, box_id: str, name: str) -> None:
+        raise UnsupportedOptionError("snapshots", f"{type(self).__name__} has no snapshots")
+
+    async def clone(self, box_id: str, name: str | None) -> BoxInfo:
+        """A new stopped box with the box's disk as it is now."""
+        raise UnsupportedOptionError("clone_box", f"{type(self).__name__} cannot clone boxes")
+
+    async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
+        """Write the box to a ``.boxlite`` archive at ``dest`` (a file, or a directory); its path."""
+        raise UnsupportedOptionError("export", f"{type(self).__name__} cannot export boxes")
+
+    async def import_box(self, archive: str, name: str | None, untrusted: bool = False) -> BoxInfo:
+        """A new stopped box from an archive ``export`` wrote (checked before anything is kept)."""
+        raise UnsupportedOptionError("import_box", f"{type(self).__name__} cannot import boxes")
 
     # --- work -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -81,6 +81,8 @@ class LocalBackend(Backend):
         engine = options.engine or self.home.config().get("engine")
         self.core = BoxRuntime(self.home, self.image_manager, engine)
         self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
+        archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
+        snapshots.recover(self.core)
         self._idle = IdleWatcher(self.pause, self._idle_limit)  # auto_pause
         archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
         snapshots.recover(self.core)
@@ -284,6 +286,32 @@ class LocalBackend(Backend):
         rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted)
         return self._info(self._record(rec.id))
 
+    # --- disk state: snapshots, clones, archives ------------------------------------------
+    async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
+        return _snapshot_info(await snapshots.create(self.core, box_id, name), self._record(box_id).engine)
+
+    async def snapshot_list(self, box_id: str) -> builtins.list[SnapshotInfo]:
+        engine = self._record(box_id).engine
+        return [_snapshot_info(s, engine) for s in await snapshots.list_snapshots(self.core, box_id)]
+
+    async def snapshot_restore(self, box_id: str, name: str) -> None:
+        await snapshots.restore(self.core, box_id, name)
+
+    async def snapshot_remove(self, box_id: str, name: str) -> None:
+        await snapshots.remove(self.core, box_id, name)
+
+    async def clone(self, box_id: str, name: str | None) -> BoxInfo:
+        rec = await snapshots.clone(self.core, box_id, name)
+        return self._info(self._record(rec.id))
+
+    async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
+        request = archive.ExportRequest(dest, options.include_image, options.compression)
+        return str(await archive.export(self.core, box_id, request))
+
+    async def import_box(self, archive_path: str, name: str | None, untrusted: bool = False) -> BoxInfo:
+        rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted)
+        return self._info(self._record(rec.id))
+
     # --- metrics and shutdown -------------------------------------------------------------
     async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
         rec = self._record(box_id)
@@ -331,6 +359,11 @@ class LocalBackend(Backend):
 
 _NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors")
 """Engine metrics that are BoxMetrics.network_* (the namespace engine measures them)."""
+
+
+def _snapshot_info(s: snapshots.Snapshot, engine: str) -> SnapshotInfo:
+    disk = {"guest_disk_bytes" if engine == "vm" else "container_disk_bytes": s.size_bytes}
+    return SnapshotInfo(id=s.id, box_id=s.box_id, name=s.name, created_at=s.created_at, size_bytes=s.size_bytes, **disk)
 
 
 def _snapshot_info(s: snapshots.Snapshot, engine: str) -> SnapshotInfo:

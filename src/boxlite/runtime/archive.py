@@ -218,12 +218,13 @@ def write_tree(w: _Writer, root: Path, rel: str, shift: int) -> None:
     w.data(f"{rel}.meta.json", json.dumps({"entries": entries}).encode())
 
 
-def _write_oci(w: _Writer, rt: BoxRuntime, reference: str) -> None:
+def _write_oci(w: _Writer, rt: BoxRuntime, image_id: str) -> None:
     from ..images.catalog import read_image
 
-    info = rt.images._lookup(reference)
+    found = rt.images.store.find(image_id)
+    info = found[0] if found else None
     if info is None:
-        raise NotFoundError(f"image {reference} is no longer in the store: export with include_image=False")
+        raise NotFoundError(f"image {image_id} is no longer in the store: export with include_image=False")
     store = rt.images.store
     img = read_image(store, info.digest)
     manifest_bytes = store.read_blob(info.digest, "manifest")
@@ -315,7 +316,7 @@ async def _write_archive(rt: BoxRuntime, rec: BoxRecord, req: ExportRequest, f: 
     kind = image_kind(rec)
     included = req.include_image and kind != "default"
     if included and kind == "oci":
-        await asyncio.to_thread(_write_oci, w, rt, rec.image)
+        await asyncio.to_thread(_write_oci, w, rt, rec.image_id)
     elif included:
         root = Path(rec.layers[0]) if len(rec.layers) == 1 else None
         if root is None:
@@ -520,8 +521,6 @@ def _box_config(manifest: dict[str, Any], trusted: bool) -> tuple[BoxConfig, Ima
         raise UnsafeArchiveError(f"manifest holds an invalid box config: {e}") from None
     if config.volumes:
         raise UnsafeArchiveError("the archived box mounts host paths (volumes): refused; recreate them after import")
-    if config.rootfs_path is not None and not trusted:
-        raise UnsafeArchiveError("the archived box names a host directory as its root filesystem: refused")
     return config, image_config
 
 
@@ -575,17 +574,24 @@ async def import_box(
         kind, reference = image.get("kind"), manifest["box"].get("image")
         if not isinstance(reference, str) or len(reference) > 4096:
             raise UnsafeArchiveError("manifest: invalid image reference")
-        if kind == "oci":
-            if image.get("included"):
-                await asyncio.to_thread(rt.images.load, stage / "image")
-            prepared = await rt.images.resolve(image=reference)
+        host_path = config.rootfs_path
+        if image.get("included"):
+            config = replace(config, rootfs_path=None)
+        elif host_path and not trusted:
+            raise UnsafeArchiveError("the archived box names a host directory as its root filesystem: refused")
+        if kind == "oci" and image.get("included"):
+            infos = await asyncio.to_thread(rt.images.load, stage / "image")
+            prepared = await rt.images.resolve(image=infos[0].digest)
         elif kind == "rootfs" and image.get("included"):
             rootfs = stage / "image" / "rootfs"
+            if not rootfs.is_dir() or rootfs.is_symlink():
+                raise UnsafeArchiveError(f"{path}: the archive's image is missing")
             await asyncio.to_thread(apply_meta, rootfs, stage / "image" / "rootfs.meta.json", 0)
             prepared = await rt.images.resolve(rootfs_path=str(rootfs))
-            config = replace(config, rootfs_path=None)
-        elif kind == "rootfs" and trusted and config.rootfs_path:
-            prepared = await rt.images.resolve(rootfs_path=config.rootfs_path)
+        elif kind in ("oci", "rootfs") and host_path:  # trusted: the directory/layout named
+            prepared = await rt.images.resolve(rootfs_path=host_path)
+        elif kind == "oci":
+            prepared = await rt.images.resolve(image=reference)
         elif kind == "default":
             prepared = await rt.images.resolve(rootfs_path=str(await asyncio.to_thread(default_rootfs, rt.home)))
         else:

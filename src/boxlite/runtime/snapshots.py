@@ -246,8 +246,8 @@ def gc(box_dir: Path, engine: str, state: ChainState | None = None) -> None:
             state = diskchain.read_state(box_dir)
         except (ValueError, KeyError, OSError):
             return  # unreadable: keep everything (a human should look)
-        if state is None:
-            return
+    if state is None:  # no snapshot committed yet: the original layer is the only one
+        state = ChainState(top=diskchain.LEGACY_VM if engine == "vm" else diskchain.LEGACY_NS)
     refs = state.referenced()
     snap = diskchain.snap_dir(box_dir)
     for entry in os.scandir(snap) if snap.is_dir() else ():
@@ -608,8 +608,10 @@ def recover(rt: BoxRuntime) -> None:
         path = Path(entry.path)
         with contextlib.suppress(OSError):
             if entry.name.startswith(PARTIAL_PREFIX):
-                token = (path / OWNER_FILE).read_text() if (path / OWNER_FILE).exists() else ""
-                if not owner_alive(token) and time.time() - path.stat().st_mtime > 1:
+                marks = [m for m in (path / OWNER_FILE, path / PENDING_MARK) if m.exists()]
+                # (the owner file is written right after the mkdir: without one, give its maker a second)
+                dead = not owner_alive(marks[0].read_text()) if marks else time.time() - path.stat().st_mtime > 1
+                if dead:
                     remove_tree(path)
                 continue
             mark = path / PENDING_MARK
@@ -619,7 +621,7 @@ def recover(rt: BoxRuntime) -> None:
                 else:
                     mark.unlink()
                 continue
-            if diskchain.state_path(path).exists():
+            if diskchain.snap_dir(path).exists():
                 rec = rt.db.get(entry.name)
                 if rec is not None:
                     with try_box_lock(rt.layout(rec.id).lock) as taken:
