@@ -53,7 +53,6 @@ async def test_bad_options_raise_config_error(runtime: boxlite.Boxlite, busybox_
     ("option", "value"),
     [
         ("secrets", ["token"]),
-        ("network.allow_net", boxlite.NetworkSpec(mode="enabled", allow_net=["example.com"])),
     ],
 )
 async def test_unimplemented_options_name_the_option(
