@@ -134,3 +134,61 @@ async def test_auto_pause_pauses_an_idle_box_and_auto_resume_wakes_it(
             await asyncio.sleep(0.1)
         assert (await box.exec("echo", "hi")).stdout == "hi\n"  # auto_resume
         assert box.box.info().state.status == "running"
+
+
+OWNER = """
+import asyncio, json, sys, boxlite
+async def main(home, rootfs, engine):
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=engine))
+    box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=False))
+    await box.start()
+    await box.exec("sleep", ["1000"])
+    await box.pause()
+    print(json.dumps({"id": box.id, "pid": box.info().state.pid}), flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main(*sys.argv[1:4]))
+"""
+
+
+async def test_a_paused_box_dies_with_its_owner(home: Path, busybox_rootfs: Path, engine: str) -> None:
+    """A non-detached paused box still has its lifeline: frozen or stopped, it is not left behind."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from boxlite.engines.base import process_start_time
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(home), str(busybox_rootfs), engine],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(src)),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line, proc.stderr.read() if proc.stderr else ""
+        report = json.loads(line)
+        start = process_start_time(report["pid"])
+        assert start is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 30
+        while process_start_time(report["pid"]) == start:
+            assert time.monotonic() < deadline, "the paused box outlived its owner"
+            await asyncio.sleep(0.1)
+        rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine=engine))
+        try:
+            info = await rt.get_info(report["id"])
+            assert info is not None and info.state.status == "stopped"
+            await rt.remove(report["id"], force=True)
+        finally:
+            await rt.shutdown()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()

@@ -150,8 +150,8 @@ class RelayServer:
         into the same host logs."""
         self.relay.set_next_channel(int(state.get("next") or 1))
         for gid, channel, path, limit, main in state.get("logs") or []:
-            try:
-                file = RotatingLog(str(path), int(limit))
+            try:  # only a log of this box's run dir, whatever the file says
+                file = RotatingLog(os.path.join(self.log_dir or ".", os.path.basename(str(path))), int(limit))
             except (OSError, ValueError):
                 continue
             sink = LogSink(self.relay, int(gid), Client(on_frame=lambda *_: None), int(channel), file)
