@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import boxlite
 from boxlite.runtime.health import HISTORY, OUTPUT_MAX
@@ -78,3 +79,95 @@ async def test_probe_bytes_are_stored_as_text(runtime: boxlite.Boxlite, busybox_
         assert status.log[-1].exit_code == 3 and "\ufffd" in out and "\x1b[2J" in out
         info = await runtime.get_info(box.id)
         assert info is not None and "\x1b" not in str(info)  # the JSON form escapes it
+
+
+# --- a hostile agent (the VM guest's agent is the box's to replace): the host's own limits ------
+
+
+class _Channel:
+    """An execution whose agent floods output and never reports an exit (or reports ``exit``)."""
+
+    def __init__(self, exit: object = None) -> None:
+        from boxlite.client.streams import ChunkStream
+
+        self.stdout, self.stderr = ChunkStream(), ChunkStream()
+        self.exit: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.killed = False
+        self.flood = asyncio.ensure_future(self._flood(exit))
+
+    async def _flood(self, exit: object) -> None:
+        for _ in range(200):
+            self.stdout._feed(b"\xff" * 65536)
+            await asyncio.sleep(0)
+        if exit is not None:
+            self.stdout._feed(b"")
+            self.stderr._feed(b"")
+            self.exit.set_result(exit)
+
+    async def control(self, body: dict) -> None:
+        self.killed = body == {"op": "kill"}
+        await asyncio.sleep(3600)  # and it stops reading: the host must not wait for it
+
+
+class _Client:
+    def __init__(self, channel: _Channel | None) -> None:
+        self.channel = channel
+
+    async def request(self, op: str, timeout: float | None = None, **body: object) -> dict:
+        await asyncio.sleep(3600)  # never answers; the caller's own timeout is not relied on
+        return {}
+
+    async def exec(self, body: dict, command: str, timeout: float | None = None) -> _Channel:
+        assert body["timeout"] and body["window"] <= 65536  # the agent is told the deadline and a small window
+        if self.channel is None:
+            await asyncio.sleep(3600)
+        assert self.channel is not None
+        return self.channel
+
+
+class _Core:
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+
+    async def _connect(self, box_id: str) -> _Client:
+        return self.client
+
+    @staticmethod
+    def exec_body(rec: object, argv: list[str], **extra: object) -> dict:
+        return {"argv": argv, **extra}
+
+
+async def _probe(client: _Client, command: list[str] | None) -> tuple[dict, float]:
+    from boxlite.runtime.health import HealthCheckConfig, HealthMonitor
+
+    monitor = HealthMonitor(_Core(client))  # type: ignore[arg-type]
+    check = HealthCheckConfig(timeout=0.2, command=None if command is None else tuple(command))
+    t0 = time.monotonic()
+    result = await monitor.probe(SimpleNamespace(id="box"), check)  # type: ignore[arg-type]
+    return result, time.monotonic() - t0
+
+
+async def test_host_deadline_when_the_agent_never_answers() -> None:
+    from boxlite.runtime.health import KILL_GRACE
+
+    for command in (None, ["true"]):
+        result, took = await _probe(_Client(None), command)  # no answer to the ping / to the exec
+        assert result["exit_code"] == -1 and result["timed_out"]
+        assert took < 0.2 + KILL_GRACE + 1
+
+
+async def test_host_deadline_and_cap_when_the_agent_floods_and_never_exits() -> None:
+    from boxlite.runtime.health import KILL_GRACE
+
+    channel = _Channel()
+    result, took = await _probe(_Client(channel), ["true"])
+    assert result["exit_code"] == -1 and result["timed_out"] and len(result["output"].encode()) <= OUTPUT_MAX
+    assert channel.killed and took < 0.2 + 2 * KILL_GRACE + 1  # killed, without waiting on a deaf agent
+    channel.flood.cancel()
+
+
+async def test_malformed_exit_reports_are_failures() -> None:
+    for exit in ({"exit_code": "0"}, {"exit_code": True}, {"exit_code": 10**30}, ["not", "a", "dict"], {}):
+        result, _ = await _probe(_Client(_Channel(exit)), ["true"])
+        assert result["exit_code"] == -1, exit
+        assert len(result["output"].encode()) <= OUTPUT_MAX

@@ -56,7 +56,7 @@ MAX_COMMAND_BYTES = 64 * 1024
 HISTORY = 5
 """Probe results kept per box (newest last)."""
 OUTPUT_MAX = 4096
-"""Bytes of a probe's output (stdout then stderr as they arrive) kept per result."""
+"""Bytes of a probe's output (stdout then stderr as they arrive) kept per result, as UTF-8 text."""
 PROBE_WINDOW = 64 * 1024
 """Output credit of a probe: what the agent may have in flight to the host per stream."""
 KILL_GRACE = 2.0
@@ -319,17 +319,18 @@ class HealthMonitor:
         except asyncio.TimeoutError:
             code, timed_out = -1, True
             out += b"health check exceeded its timeout"
-        except BoxliteError as e:
-            code = -1
-            out[:] = str(e).encode()[:OUTPUT_MAX]
+        except (BoxliteError, OSError, ValueError, TypeError, AttributeError) as e:  # incl. a broken agent's answers
+            code, timed_out = -1, False
+            out[:] = (str(e) or type(e).__name__).encode()[:OUTPUT_MAX]
         finally:
             channel = holder.get("channel")
             if channel is not None and not channel.exit.done():
-                with contextlib.suppress(Exception):
-                    await channel.control({"op": "kill"})
+                with contextlib.suppress(Exception):  # bounded: an agent that stops reading cannot hold us
+                    await asyncio.wait_for(channel.control({"op": "kill"}), KILL_GRACE)
         if timed_out and code == 0:
             code = -1
-        text = bytes(out[:OUTPUT_MAX]).decode("utf-8", "replace")
+        # Decoded, then cut again to OUTPUT_MAX bytes of UTF-8 (a replacement character takes 3).
+        text = bytes(out[:OUTPUT_MAX]).decode("utf-8", "replace").encode()[:OUTPUT_MAX].decode("utf-8", "ignore")
         return {"start": _iso(t0), "end": _iso(time.time()), "exit_code": code, "timed_out": timed_out, "output": text}
 
     async def _probe(
@@ -351,8 +352,10 @@ class HealthMonitor:
 
         await asyncio.gather(drain(channel.stdout), drain(channel.stderr))
         body = await channel.exit
-        code = int(body.get("exit_code", -1))
-        return code, bool(body.get("timed_out"))
+        code = body.get("exit_code") if isinstance(body, dict) else None
+        if not isinstance(code, int) or isinstance(code, bool) or not -1 <= code <= 0xFFFF:
+            code = -1
+        return code, isinstance(body, dict) and body.get("timed_out") is True
 
 
 __all__ = ["HISTORY", "OUTPUT_MAX", "HealthCheckConfig", "HealthMonitor", "status_view"]
