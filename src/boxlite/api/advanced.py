@@ -51,7 +51,7 @@ _RLIMIT_FIELDS = {"max_open_files": "nofile", "max_file_size": "fsize", "max_cpu
 
 def advanced_overrides(advanced: Any, memory_mib: int | None, pids_limit: int | None) -> dict[str, Any]:
     """Config values ``advanced`` (an ``AdvancedBoxOptions`` or None) changes: ``pids_limit``,
-    ``memory_mib``, ``network`` (False only) and ``capabilities`` (add, drop). Raises
+    ``memory_mib``, ``network`` (False only), ``capabilities`` (add, drop) and ``rlimits``. Raises
     UnsupportedOptionError for what this runtime cannot do, so a caller relying on it learns it
     at create time."""
     if advanced is None:

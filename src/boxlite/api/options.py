@@ -43,7 +43,10 @@ class NetworkSpec:
 
 @dataclass
 class SecurityOptions:
-    """Per-box hardening knobs (accepted for compatibility; boxes are always confined)."""
+    """Per-box hardening (BoxLite's names). The rlimits (``max_open_files``, ``max_file_size`` in
+    bytes, ``max_cpu_time`` in seconds) apply to every box process; ``max_processes`` and
+    ``max_memory`` (bytes) tighten the box's cgroup; ``network_enabled=False`` cuts its network.
+    Seccomp, no_new_privs and closed fds are always on: asking for less changes nothing."""
 
     jailer_enabled: bool = False
     seccomp_enabled: bool = False
