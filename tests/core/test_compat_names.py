@@ -142,8 +142,8 @@ def test_security_options_change_the_box_config_or_raise() -> None:
     maximum = config(boxlite.SecurityOptions.maximum())
     assert maximum.rlimits == (("fsize", 1 << 30), ("nofile", 1024))  # type: ignore[attr-defined]
     assert maximum.pids_limit == 100  # type: ignore[attr-defined]
-    with pytest.raises(UnsupportedOptionError, match="health_check"):
-        boxlite.BoxOptions(advanced=boxlite.AdvancedBoxOptions(health_check=boxlite.HealthCheckOptions())).validate()
+    health = boxlite.AdvancedBoxOptions(health_check=boxlite.HealthCheckOptions())  # run: test_health_checks.py
+    assert boxlite.BoxOptions(rootfs_path="/", advanced=health).to_config().health_check is not None
     caps = boxlite.ContainerCapabilities(add=["NET_ADMIN"])
     with pytest.raises(UnsupportedOptionError, match="capabilities"):
         boxlite.BoxOptions(advanced=boxlite.AdvancedBoxOptions(capabilities=caps)).validate()
