@@ -1,0 +1,115 @@
+"""box.export / Boxlite.import_box (issue 11) on every engine: round trips (with and without the
+image, gzip, running source), where the archive lands, and the errors of a bad destination."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import boxlite
+from boxlite.errors import AlreadyExistsError, StorageError
+from support.images import busybox_layout
+
+CHECK = (
+    "cat /root/f; stat -c '%u:%g %a' /root/f; readlink /root/d/l; stat -c %h /root/hl; "
+    "test -e /bin/ls || echo no-ls; cat /etc/new; test -e /etc/group || echo no-group"
+)
+EXPECTED = "one\n1000:1000 640\n/etc/passwd\n2\nno-ls\nx\nno-group\n"
+
+
+def opts(rootfs: Path | str, **kw: object) -> boxlite.BoxOptions:
+    return boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=False, **kw)  # type: ignore[arg-type]
+
+
+async def sh(box: boxlite.Box, script: str) -> tuple[int, str]:
+    execution = await box.exec("sh", ["-c", script], stdin=False)
+    out = await execution.stdout().read()
+    return (await execution.wait()).exit_code, out
+
+
+async def make_source(runtime: boxlite.Boxlite, rootfs: Path | str, name: str = "src") -> boxlite.Box:
+    """A box whose disk has owners, modes, links, a deleted image file and a snapshot layer."""
+    box = await runtime.create(opts(rootfs), name=name)
+    script = (
+        "echo one > /root/f; chown 1000:1000 /root/f; chmod 640 /root/f; mkdir /root/d; ln -s /etc/passwd /root/d/l"
+    )
+    assert (await sh(box, script + "; ln /root/f /root/hl; rm /bin/ls"))[0] == 0
+    await box.stop()
+    await box.snapshot.create(name="base")
+    assert (await sh(box, "echo x > /etc/new; rm /etc/group"))[0] == 0
+    await box.stop()
+    return box
+
+
+def members(archive: Path) -> dict[str, object]:
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        manifest = tar.extractfile("boxlite-archive/manifest.json")
+        assert manifest is not None and names[-1] == "boxlite-archive/manifest.json"
+        return json.loads(manifest.read())  # type: ignore[no-any-return]
+
+
+async def test_round_trip_keeps_the_disk_and_config(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path, engine: str
+) -> None:
+    src = await make_source(runtime, busybox_rootfs)
+    path = Path(await src.export(dest=str(tmp_path)))
+    assert path == tmp_path / "src.boxlite"
+    manifest = members(path)
+    assert manifest["format"] == "boxlite-archive" and manifest["engine"] == engine
+    assert all(len(v[1]) == 64 for v in manifest["members"].values())  # type: ignore[attr-defined]
+    copy = await runtime.import_box(str(path), name="copy")
+    assert copy.id != src.id and copy.info().state.status == "stopped"
+    assert copy.info().engine == engine
+    assert await sh(copy, CHECK) == (0, EXPECTED)
+    assert (await sh(copy, "echo changed > /root/f"))[0] == 0
+    assert await sh(src, "cat /root/f") == (0, "one\n")  # independent
+    with pytest.raises(AlreadyExistsError):
+        await runtime.import_box(str(path), name="copy")
+    await runtime.remove(src.id, force=True)  # the image travelled in the archive / the store
+    again = await runtime.import_box(str(path))
+    assert await sh(again, CHECK) == (0, EXPECTED)
+
+
+async def test_gzip_without_image_and_running_source(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    src = await make_source(runtime, busybox_rootfs)
+    await src.start()
+    out = tmp_path / "named.boxlite"
+    options = boxlite.ExportOptions(include_image=False, compression="gzip")
+    assert await src.export(dest=str(out), options=options) == str(out)
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    assert src.info().state.status == "running"  # frozen for the copy, then continued
+    copy = await runtime.import_box(str(out), name="gz")
+    assert await sh(copy, CHECK) == (0, EXPECTED)
+
+
+async def test_an_oci_image_travels_in_the_archive(runtime: boxlite.Boxlite, tmp_path: Path) -> None:
+    src = await runtime.create(opts(busybox_layout()), name="oci")
+    assert (await sh(src, "echo oci > /root/f"))[0] == 0
+    await src.stop()
+    path = Path(await src.export(dest=str(tmp_path)))
+    assert any(n.startswith("image/blobs/sha256/") for n in members(path)["members"])  # type: ignore[attr-defined]
+    other = boxlite.Boxlite(boxlite.Options(home_dir=str(tmp_path / "other-home"), engine=src.info().engine))
+    try:
+        copy = await other.import_box(str(path), name="oci", untrusted=True)  # no host path needed
+        assert await sh(copy, "cat /root/f") == (0, "oci\n")
+    finally:
+        await other.shutdown()
+
+
+async def test_export_to_a_bad_destination_is_a_typed_error_and_leaves_nothing(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    box = await runtime.create(opts(busybox_rootfs))
+    await box.start()
+    await box.stop()
+    for dest in (tmp_path / "missing" / "x.boxlite", Path("/proc/boxlite.boxlite")):
+        with pytest.raises(StorageError):
+            await box.export(dest=str(dest))
+    assert list(tmp_path.glob(".*")) == []
+    assert [p.name for p in runtime.home.boxes_dir.iterdir()] == [box.id]
