@@ -165,8 +165,11 @@ async def test_device_nodes_in_the_box_filesystem_are_inert(
         flood = await sh(box, "for i in 1 2 3; do yes BOXLITE-FLOOD | head -c 4000000 > /ttyS0; done;"
                               " yes BOXLITE-FLOOD | head -c 4000000 > /console; echo done")  # fmt: skip
         assert flood.stdout == "done\n" and "ermission denied" in flood.stderr, flood
-        made = await sh(box, "mknod /tmp/null2 c 1 3 && echo made; mknod /tmp/fifo p && echo fifo")
-        assert made.stdout == "fifo\n", made  # no device nodes; pipes are fine
+        # Box root holds CAP_MKNOD (Docker's default): in the VM's guest it makes the node, which
+        # stays inert (nodev); the namespace engine's user namespace cannot make one at all.
+        made = await sh(box, "mknod /tmp/null2 c 1 3 && echo made; head -c1 /tmp/null2; mknod /tmp/fifo p && echo fifo")
+        assert made.stdout == ("made\nfifo\n" if engine == "vm" else "fifo\n"), made  # pipes are fine
+        assert engine != "vm" or "ermission denied" in made.stderr, made
     finally:
         await box.stop()
     if engine == "vm":
