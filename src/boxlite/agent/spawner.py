@@ -87,7 +87,7 @@ class SpawnerClient:
     def start(self, spec: ExecSpec, fds: list[int]) -> int:
         """Start ``spec`` with ``fds`` as its stdio; its pid. OSError when it cannot start,
         ConnectionError when the spawner is gone (the caller then spawns by itself)."""
-        body = {"argv": spec.argv, "env": spec.env, "cwd": spec.cwd, "user": spec.user, "tty": spec.tty}
+        body: dict[str, Any] = {"argv": spec.argv, "env": spec.env, "cwd": spec.cwd, "user": spec.user, "tty": spec.tty}
         if spec.rlimits:
             body["rlimits"] = spec.rlimits
         send(self.sock, body, fds)
