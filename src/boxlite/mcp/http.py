@@ -9,6 +9,7 @@ from typing import Any
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 
+from . import limits
 from .tools import RuntimeSource, build_server
 
 PATH = "/mcp"
@@ -24,6 +25,8 @@ class McpHttp:
         self.server.streamable_http_app(
             streamable_http_path=PATH,
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            max_sessions=limits.MAX_SESSIONS,
+            session_idle_timeout=limits.SESSION_IDLE,
         )
         self.app: Any = StreamableHTTPASGIApp(self.server.session_manager)
 

@@ -30,5 +30,9 @@ MAX_PATH = 4096
 """Bytes of a box path argument."""
 MAX_ARGS = 4096
 """Entries of a command line (arguments and environment)."""
+MAX_SESSIONS = 64
+"""MCP sessions a ``serve --mcp`` keeps at once over HTTP (the SDK's default is 10,000)."""
+SESSION_IDLE = 600.0
+"""Seconds an idle HTTP session is kept."""
 MAX_CODE = 256 << 10
 """Bytes of source ``run_code`` accepts."""
