@@ -192,3 +192,15 @@ async def test_a_paused_box_dies_with_its_owner(home: Path, busybox_rootfs: Path
         for f in (proc.stdout, proc.stderr):
             if f is not None:
                 f.close()
+
+
+def test_sync_box_pauses_and_resumes(home: Path, busybox_rootfs: Path) -> None:
+    with boxlite.SyncBoxlite(boxlite.Options(home_dir=str(home), engine="namespace")) as rt:
+        box = rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+        with box:
+            assert box.exec("true").wait().exit_code == 0
+            box.pause()
+            assert box.info().state.status == "paused"
+            box.resume()
+            assert box.exec("true").wait().exit_code == 0
+        rt.remove(box.id)

@@ -183,6 +183,12 @@ class SyncBox:
     def stop(self) -> None:
         self._loop.run(self._box.stop())
 
+    def pause(self, to_disk: bool = False) -> None:
+        self._loop.run(self._box.pause(to_disk))
+
+    def resume(self, detach: bool | None = None) -> None:
+        self._loop.run(self._box.resume(detach))
+
     @property
     def network(self) -> SyncNetworkHandle:
         return SyncNetworkHandle(self)
