@@ -102,7 +102,7 @@ def test_public_classes_show_their_fields() -> None:
         boxlite.BoxMetrics
     )
     assert names(boxlite.PublishedPort) == {"guest_port", "host_ip", "host_port", "protocol"}
-    assert names(boxlite.HealthCheckOptions) == {"interval", "timeout", "retries", "start_period"}
+    assert names(boxlite.HealthCheckOptions) == {"interval", "timeout", "retries", "start_period", "command"}  # + ours
     assert names(boxlite.ContainerCapabilities) == {"add", "drop"}
     assert {"url", "credential", "path_prefix"} == names(boxlite.BoxliteRestOptions)
     info = boxlite.ImageInfo("docker.io/library/alpine:3.19", "sha256:m", "sha256:c", 7, "2026-01-01T00:00:00Z")
