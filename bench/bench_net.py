@@ -1,0 +1,273 @@
+"""Throughput and connection latency through a box's network path, with and without allow_net.
+
+    python bench/bench_net.py [--runs 5] [--quick] [--engine namespace|vm] [--mib 64] [--json out.json]
+
+The benchmark re-runs itself under ``unshare -n -m``: a private "internet" of network namespaces
+it makes (a veth to a "remote" namespace with a bulk TCP server on 10.77.0.2:80 and a DNS server
+answering ``bulk.test``), so no traffic leaves the machine. Contenders, interleaved ABCD/DCBA,
+each downloading ``--mib`` MiB over one TCP connection with the same Python client (it times the
+transfer itself: interpreter start is not counted):
+
+  1. host loopback: client and server on 127.0.0.1 in the host namespace (the ceiling);
+  2. host → remote over the veth (the same path minus the box);
+  3. box, unrestricted network (pasta or slirp);
+  4. box with ``allow_net=["bulk.test:80"]`` (the same helper, plus the per-box nftables chain).
+
+Then connection latency: ``--runs`` x 20 connects (connect + one-byte reply) from the box, both
+configurations, and from the host over the veth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import benchlib as bl
+
+REMOTE = "10.77.0.2"
+DNS = "10.77.0.53"
+BULK_PORT, PING_PORT = 80, 81
+CHUNK = 1 << 16
+
+CLIENT = r"""
+import json, socket, sys, time
+host, port, mib, mode, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+out = []
+if mode == "bulk":
+    t = time.perf_counter()
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(str(mib).encode() + b"\n")
+    got, want = 0, mib << 20
+    while got < want:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        got += len(chunk)
+    out.append(time.perf_counter() - t)
+    assert got == want, (got, want)
+else:
+    for _ in range(n):
+        t = time.perf_counter()
+        s = socket.create_connection((host, port), timeout=30)
+        s.recv(1)
+        out.append(time.perf_counter() - t)
+        s.close()
+print("RESULT " + json.dumps(out))
+"""
+
+# --- servers (the remote namespace, and host loopback) -------------------------------------------
+
+
+def bulk_server(addr: str, port: int) -> None:
+    srv = socket.create_server((addr, port), reuse_port=False)
+    payload = b"x" * CHUNK
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            try:
+                mib = int(conn.makefile("rb").readline().strip() or b"0")
+                for _ in range((mib << 20) // CHUNK):
+                    conn.sendall(payload)
+            except (OSError, ValueError):
+                pass
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def ping_server(addr: str, port: int) -> None:
+    srv = socket.create_server((addr, port))
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                try:
+                    conn.sendall(b"!")
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def dns_server() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((DNS, 53))
+
+    def serve() -> None:
+        while True:
+            q, peer = sock.recvfrom(4096)
+            pos = 12
+            while q[pos]:
+                pos += 1 + q[pos]
+            qtype = struct.unpack(">H", q[pos + 1 : pos + 3])[0]
+            rec = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 300, 4) + socket.inet_aton(REMOTE) if qtype == 1 else b""
+            head = q[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1 if rec else 0, 0, 0)
+            sock.sendto(head + q[12 : pos + 5] + rec, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def remote_main() -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            bulk_server(REMOTE, BULK_PORT)
+            ping_server(REMOTE, PING_PORT)
+            dns_server()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    print("ready", flush=True)
+    time.sleep(24 * 3600)
+
+
+def build_internet() -> subprocess.Popen[str]:
+    subprocess.run(["sh", "-ec", "ip link set lo up; ip link add v0 type veth peer name v1"], check=True)
+    remote = subprocess.Popen(["unshare", "-n", sys.executable, __file__, "remote"], stdout=subprocess.PIPE, text=True)
+    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
+    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    addrs = f"ip addr add {REMOTE}/24 dev v1; ip addr add {DNS}/24 dev v1; ip addr add 10.77.0.254/24 dev v1"
+    subprocess.run(
+        [
+            "sh",
+            "-ec",
+            f"""ip link set v1 netns {remote.pid}
+            ip addr add 10.77.0.1/24 dev v0; ip link set v0 up; ip route add default via 10.77.0.254
+            nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; {addrs}; ip link set v1 up'""",
+        ],
+        check=True,
+    )
+    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
+    return remote
+
+
+def parse_result(text: str) -> list[float]:
+    line = [x for x in text.splitlines() if x.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"client failed: {text[-500:]}")
+    return [float(x) for x in json.loads(line[-1][len("RESULT ") :])]
+
+
+def host_client(host: str, port: int, mib: int, mode: str, n: int = 1) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, host, str(port), str(mib), mode, str(n)], capture_output=True, text=True
+    )
+    return parse_result(out.stdout + out.stderr)
+
+
+async def scenario(args: Any) -> None:
+    import boxlite
+    from support.images import python_rootfs
+
+    report = bl.Report("network path", args)
+    rootfs = str(python_rootfs())
+    bulk_server("127.0.0.1", BULK_PORT)
+    with tempfile.TemporaryDirectory(prefix="boxlite-bench-net-") as home:
+        rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=args.engine))
+        try:
+            open_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled")
+            spec = boxlite.NetworkSpec(allow_net=[f"bulk.test:{BULK_PORT}", f"bulk.test:{PING_PORT}"])
+            listed_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec)
+            async with open_box as a, listed_box as b:
+
+                async def in_box(box: Any, host: str, port: int, mode: str, n: int = 1) -> list[float]:
+                    r = await box.exec(
+                        "python3", "-c", CLIENT, host, str(port), str(args.mib), mode, str(n), timeout=600
+                    )
+                    return parse_result(r.stdout + r.stderr)
+
+                loop = asyncio.get_running_loop()
+
+                def box_bulk(box: Any, host: str) -> float:
+                    return asyncio.run_coroutine_threadsafe(in_box(box, host, BULK_PORT, "bulk"), loop).result()[0]
+
+                # warm-up: name resolution (fills the allow-list's set), page cache, pasta flows
+                await in_box(a, REMOTE, BULK_PORT, "bulk")
+                await in_box(b, "bulk.test", BULK_PORT, "bulk")
+                s = report.section(
+                    f"bulk TCP download of {args.mib} MiB, one connection ({args.engine} engine)",
+                    "same Python client everywhere, transfer timed by the client",
+                    baseline="host loopback",
+                )
+                contenders = {
+                    "host loopback": lambda: host_client("127.0.0.1", BULK_PORT, args.mib, "bulk")[0],
+                    "host → remote (veth)": lambda: host_client(REMOTE, BULK_PORT, args.mib, "bulk")[0],
+                    "box, unrestricted": lambda: box_bulk(a, REMOTE),
+                    "box, allow_net": lambda: box_bulk(b, "bulk.test"),
+                }
+                samples = await asyncio.to_thread(bl.interleaved, contenders, args.runs)
+                for name, xs in samples.items():
+                    s.add(name, [args.mib / x for x in xs], "MiB/s")
+                s.notes.append("ratio: MiB/s of the row over host loopback's (higher is better)")
+                report.close(s)
+
+                s = report.section(
+                    "TCP connect + 1-byte reply, to the remote host",
+                    "same Python client; median over every connect",
+                    baseline="host → remote (veth)",
+                )
+                n = args.runs * 20
+                s.add(
+                    "host → remote (veth)", await asyncio.to_thread(host_client, REMOTE, PING_PORT, 0, "ping", n), "s"
+                )
+                s.add("box, unrestricted", await in_box(a, REMOTE, PING_PORT, "ping", n), "s")
+                s.add("box, allow_net", await in_box(b, "bulk.test", PING_PORT, "ping", n), "s")
+                report.close(s)
+        finally:
+            await rt.shutdown(timeout=2)
+    report.save()
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "remote":
+        remote_main()
+        return 0
+    ap = bl.common_args(__doc__, runs=5, quick_runs=1)
+    ap.add_argument("--engine", default="namespace", choices=("namespace", "vm"))
+    ap.add_argument("--mib", type=int, default=None, help="MiB per download (default 256; --quick: 16)")
+    ap.add_argument("--inside", action="store_true", help=argparse_hidden())
+    args = bl.parse(ap)
+    if args.mib is None:
+        args.mib = 16 if args.quick else 256
+    if not args.inside:
+        argv = [sys.executable, __file__, "--inside", *sys.argv[1:]]
+        return subprocess.run(["unshare", "-n", "-m", *argv]).returncode
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    with tempfile.NamedTemporaryFile("w", prefix="boxlite-bench-resolv-", delete=False) as f:
+        f.write(f"nameserver {DNS}\n")
+    subprocess.run(["mount", "--bind", f.name, "/etc/resolv.conf"], check=True)
+    remote = build_internet()
+    try:
+        asyncio.run(scenario(args))
+    finally:
+        remote.kill()
+        os.unlink(f.name)
+    return 0
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
