@@ -22,6 +22,8 @@ COMMANDS = {
     "pull": ("images", "pull"), "images": ("images", "images"), "rmi": ("images", "rmi"),
     "serve": ("serve", "serve"), "mcp": ("mcp", "mcp"),
     "pause": ("pause", "pause"), "resume": ("pause", "resume"),
+    "snapshot": ("state", "snapshot"), "clone": ("state", "clone"), "export": ("state", "export"),
+    "import": ("state", "import_"),
 }  # fmt: skip
 """Verb -> (module of boxlite.cli, attribute): a verb's module (and what it needs: the runtime,
 the image client, the REST server) is imported only when that verb runs or help lists it."""
