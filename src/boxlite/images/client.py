@@ -14,8 +14,10 @@ import hashlib
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -316,11 +318,44 @@ class _Paced:
                 pending.exception()  # retrieved: no "never retrieved" warning
 
 
+class _LazyCAContext(ssl.SSLContext):
+    """A verifying client context (``PROTOCOL_TLS_CLIENT``: certificate and host name checked)
+    whose CA store is loaded on its first TLS connection, not when a client is made: loading it
+    costs 30-60 ms, and a pull from a plain-HTTP registry usually never makes a TLS connection
+    (only a token realm or a blob redirect to https would). The CA locations are httpx's:
+    ``$SSL_CERT_FILE``, ``$SSL_CERT_DIR``, else certifi's bundle."""
+
+    _ca_loaded = False
+
+    def _load_ca(self) -> None:
+        with _CA_LOCK:
+            if self._ca_loaded:
+                return
+            if os.environ.get("SSL_CERT_FILE"):
+                self.load_verify_locations(cafile=os.environ["SSL_CERT_FILE"])
+            elif os.environ.get("SSL_CERT_DIR"):
+                self.load_verify_locations(capath=os.environ["SSL_CERT_DIR"])
+            else:
+                import certifi
+
+                self.load_verify_locations(cafile=certifi.where())
+            self._ca_loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_ca()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_ca()
+        return super().wrap_bio(*args, **kwargs)
+
+
+_CA_LOCK = threading.Lock()
 _VERIFYING_CONTEXT: ssl.SSLContext | None = None
 
 
 def _tls_context(registry: ImageRegistry) -> ssl.SSLContext | bool:
-    """One verifying context per process (loading CA certificates is slow), or no verification.
+    """One verifying context per process (its CA store loaded on first use), or no verification.
 
     Plain-HTTP registries get it too: their token realm or blob redirects may be https.
     """
@@ -328,7 +363,7 @@ def _tls_context(registry: ImageRegistry) -> ssl.SSLContext | bool:
     if registry.skip_verify:
         return False
     if _VERIFYING_CONTEXT is None:
-        _VERIFYING_CONTEXT = httpx.create_ssl_context()
+        _VERIFYING_CONTEXT = _LazyCAContext(ssl.PROTOCOL_TLS_CLIENT)
     return _VERIFYING_CONTEXT
 
 
