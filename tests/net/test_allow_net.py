@@ -38,6 +38,7 @@ BANNERS = [
     ("fd77::2", 80, "web6-other"),
     ("fd77::3", 80, "web6-allowed"),
 ]
+P_PUBLISHED = 7080
 UDP_SINKS = [("10.77.0.3", 9999), ("10.77.0.2", 9999)]
 
 # --- the remote hosts (their own network namespace) -------------------------------------------
@@ -306,17 +307,34 @@ print(s.recv(100).decode().strip())
 """
 
 
+def read_banner(addr: str, port: int) -> str:
+    try:
+        with socket.create_connection((addr, port), timeout=3) as s:
+            return s.recv(100).decode().strip()
+    except OSError as e:
+        return type(e).__name__
+
+
 async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
     import boxlite
 
     rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=engine))
     try:
         spec = boxlite.NetworkSpec(allow_net=ALLOW)
-        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec) as box:
+        published = [(P_PUBLISHED, 8080)]
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec, ports=published) as box:
             r = await box.exec("python3", "-c", PROBE, timeout=240)
             lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
             assert lines, r.stdout + r.stderr
             report: dict[str, Any] = json.loads(lines[-1][len("PROBE ") :])
+            server = await box.box.exec("sh", ["-c", "echo hello-from-box | nc -l -p 8080"], stdin=False)
+            report["published"] = ""
+            for _ in range(100):  # published ports still work: their replies are not new flows
+                report["published"] = await asyncio.to_thread(read_banner, "127.0.0.1", P_PUBLISHED)
+                if report["published"].startswith("hello"):
+                    break
+                await asyncio.sleep(0.1)
+            await server.wait()
             report["info_allow_net"] = box.box.info().network.allow_net
         async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled") as box:
             report["control_raw_ip"] = (await box.exec("python3", "-c", CONTROL, timeout=60)).stdout.strip()
@@ -402,6 +420,7 @@ def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_pa
     assert r["after_abuse_udp"] == "rcode=0 answers=1" and r["after_abuse_tcp"] == "rcode=0 answers=1", r
     assert r["abuse_answers"] == ["rcode=5"], r
     assert r["info_allow_net"] == ["allowed.test:80", "*.wild.test", "[fd77::3]:80", "allowed6.test", "10.77.0.9"], r
+    assert r["published"] == "hello-from-box", r
     # A stopped box leaves no rules behind.
     assert "chain b" not in r["rules_after_stop"], r["rules_after_stop"]
     if engine == "namespace":  # slirp (the VM engine's network) has no IPv6 at all

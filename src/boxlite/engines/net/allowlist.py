@@ -30,9 +30,8 @@ from . import hostguard
 TABLE = "boxlite_allow"
 MAX_ENTRIES = 64
 """Entries per box (each literal network becomes a rule)."""
-GID_BASE = 0x70000000
-"""First helper group id of allow-listed boxes: above systemd's container range, below 2^31."""
-GID_SLOTS = 65536
+GID_BASE = hostguard.ALLOW_GID_BASE
+GID_SLOTS = hostguard.ALLOW_GID_SLOTS
 MAX_CLAIM_TRIES = 512
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
@@ -186,7 +185,6 @@ def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: in
     lines.append(f"add rule {t} {c} meta l4proto tcp reject with tcp reset")
     lines.append(f"add rule {t} {c} reject with icmpx type admin-prohibited")
     lines.append(f"add element {t} dnsports {{ {gid} : {proxy_port} }}")
-    lines.append(f"add element inet {hostguard.TABLE} dnsproxy {{ {proxy_port} }}")
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,10 @@ DEFAULT_HELPER_GID = 165535
 """Group id (and passt's user id) of the network helpers: the default home's box id 65535
 (uid_base 100000 + 65535), an id BoxLite already owns and images practically never use."""
 TABLE = "boxlite"
+ALLOW_GID_BASE = 0x70000000
+"""First helper group id of allow-listed boxes (..net.allowlist): above systemd's container
+range, below 2^31; no box or host process uses these."""
+ALLOW_GID_SLOTS = 65536
 RESOLV_CONF = Path("/etc/resolv.conf")
 MAX_RESOLVERS = 8
 
@@ -102,7 +106,6 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add set {t} helpers {{ type gid; }}",
         f"add set {t} dns4 {{ type ipv4_addr; }}",
         f"add set {t} dns6 {{ type ipv6_addr; }}",
-        f"add set {t} dnsproxy {{ type inet_service; }}",
         f"add chain {t} output {{ type filter hook output priority 0; policy accept; }}",
         f"add chain {t} helper",
         f"flush chain {t} output",
@@ -113,8 +116,9 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add rule {t} helper ct state established,related return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 return",
-        # DNS of allow-listed boxes, redirected by ..net.allowlist to their proxies' loopback ports.
-        f"add rule {t} helper meta l4proto {{ tcp, udp }} ct status dnat th dport @dnsproxy return",
+        # DNS of allow-listed boxes, redirected by ..net.allowlist to their proxies on loopback
+        # (their own chains there accept only their proxy's port).
+        f"add rule {t} helper meta skgid {ALLOW_GID_BASE}-{ALLOW_GID_BASE + ALLOW_GID_SLOTS - 1} ct status dnat return",
         f"add rule {t} helper oif lo reject",
         f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} reject",
         f"add element {t} helpers {{ {gid} }}",
