@@ -236,3 +236,16 @@ async def test_capabilities_beyond_the_default_set_are_refused(runtime: boxlite.
         with pytest.raises(UnsupportedOptionError, match=cap):
             await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), advanced=opts))
     assert await runtime.list_info() == []
+
+
+async def test_copy_out_of_a_file_with_capabilities_lands_without_them(
+    runtime: boxlite.Boxlite, probe_rootfs: Path, open_dir: Path
+) -> None:
+    """Box root may setcap its own files (SETFCAP, no writable volume); copying one out to the
+    host must not carry the capability along (the host extractor applies no xattrs)."""
+    async with boxlite.SimpleBox(rootfs_path=str(probe_rootfs), runtime=runtime) as box:
+        assert await sh(box, "cp /probe /p && /probe setcap /p") == "setcap=0\n"
+        await box.copy_out("/p", str(open_dir / "p"))
+    copied = open_dir / "p"
+    assert copied.is_file() and "security.capability" not in os.listxattr(copied)
+    assert _host_caps_of(copied) == 0
