@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from conftest import Registry
+from tests.images.conftest import Registry
 
 from boxlite.errors import RegistryError
 from boxlite.images import ImageManager, ImageRegistry
