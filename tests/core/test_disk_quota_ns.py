@@ -138,7 +138,8 @@ asyncio.run(main())
 
 
 @pytest.mark.namespace_only
-def test_kill_9_of_the_owner_leaves_no_loop_device_or_mount(home: Path, busybox_rootfs: Path) -> None:
+async def test_kill_9_of_the_owner_leaves_no_loop_device_or_mount(home: Path, busybox_rootfs: Path) -> None:
+    """...and the disk (ext4's journal) still holds what the box wrote when the next owner starts it."""
     loops_before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.count("\n")
     proc = subprocess.Popen(
         [sys.executable, "-c", OWNER, str(home), str(busybox_rootfs)],
@@ -166,6 +167,15 @@ def test_kill_9_of_the_owner_leaves_no_loop_device_or_mount(home: Path, busybox_
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    try:
+        box = await rt.get(box_id)
+        assert box is not None
+        assert await run(box, "wc -c < /f") == (0, f"{4 << 20}\n")
+    finally:
+        await rt.remove(box_id, force=True)
+        await rt.shutdown()
+    assert not image.exists()
 
 
 @pytest.mark.parametrize("bad", [0, -1, 0.001, 1e9, "big", float("nan"), True])
