@@ -127,3 +127,17 @@ async def test_presets_differ_and_none_removes_confinement(runtime: boxlite.Boxl
 def test_bad_rlimits_are_config_errors(fields: dict[str, object]) -> None:
     with pytest.raises(boxlite.ConfigError):
         boxlite.BoxOptions(advanced=security(**fields)).validate()
+
+
+def test_rest_schema_carries_rlimits() -> None:
+    from boxlite.backends.rest.convert import options_json
+    from boxlite.server.schemas import BoxOptionsModel
+
+    options = boxlite.BoxOptions(rootfs_path="/", advanced=security(max_open_files=5, max_cpu_time=9))
+    sent = options_json(options)
+    assert sent["rlimits"] == {"cpu": 9, "nofile": 5}
+    assert BoxOptionsModel(**sent).to_options().to_config().rlimits == (("cpu", 9), ("nofile", 5))
+    with pytest.raises(boxlite.ConfigError):
+        BoxOptionsModel(rootfs_path="/", rlimits={"core": 1}).to_options()
+    with pytest.raises(boxlite.ConfigError):
+        BoxOptionsModel(rootfs_path="/", rlimits={"nofile": 0}).to_options().to_config()
