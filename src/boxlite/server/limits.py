@@ -28,7 +28,10 @@ MAX_BODY = 1 << 20
 """Bytes of a JSON request body (box options, image references)."""
 MAX_UPLOAD = 8 << 30
 """Bytes of a streamed upload (``copy_in``'s tar): it goes to the box's disk, never to memory."""
-STREAMING_ROUTES = (("PUT", re.compile(r"^/v1/boxes/[^/]+/archive$")),)
+STREAMING_ROUTES = (
+    ("PUT", re.compile(r"^/v1/boxes/[^/]+/archive$")),
+    ("POST", re.compile(r"^/v1/boxes/import$")),  # a .boxlite archive, stored on the server's disk
+)
 
 
 class BodyTooLarge(RequestTooLargeError, HTTPException):
