@@ -9,24 +9,6 @@ advisory: any doubt (another engine, not root, no usable verdict) means nothing 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-
-def auto_is_namespace(home: str | None) -> bool:
-    """True when engine "auto" surely means namespace here, decided without probing or hashing:
-    no usable /dev/kvm, no VM runtime artifact, or a cached verdict that KVM cannot run our guest
-    (the rule of ``engines.vm.kvm_usable``)."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return True
-    from ..engines.vm.accel import cached_verdict
-    from ..runtime_artifact import peek_manifest
-
-    manifest = peek_manifest()
-    if manifest is None:
-        return True
-    base = Path(home or os.environ.get("BOXLITE_HOME") or Path.home() / ".boxlite")
-    known = cached_verdict(manifest, base / "cache" / "vm")
-    return known is not None and known.name != "kvm"
 
 
 def prestart_engine(engine: str | None, home: str | None) -> bool:
@@ -36,8 +18,10 @@ def prestart_engine(engine: str | None, home: str | None) -> bool:
         return False
     try:
         engine = engine or os.environ.get("BOXLITE_ENGINE") or "auto"
-        if engine == "auto" and auto_is_namespace(home):
-            engine = "namespace"
+        if engine == "auto":  # namespace only when that is sure without probing or hashing
+            from ..engines.vm import kvm_known
+
+            engine = "namespace" if kvm_known(home) is False else "vm"
         if engine != "namespace":
             return False
         from ..engines.namespace.zygote import AGENT_PARENT, agent_python, prestart
