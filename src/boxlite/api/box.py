@@ -94,6 +94,12 @@ class Box:
         be resumed by another process, after this one ended)."""
         self._info = await self._backend.pause(self.id, to_disk)
 
+    async def fork(self, n: int = 1) -> list[Box]:
+        """``n`` new running boxes, each going on from this box's memory and disk as they are
+        now (this box is paused meanwhile, then goes on). VM engine; see docs/pause.md."""
+        infos = await self._backend.fork(self.id, n)
+        return [type(self)(self._runtime, info) for info in infos]
+
     async def resume(self, detach: bool | None = None) -> None:
         """Continue a paused box: its processes go on from where they were. ``detach``: a box
         paused to disk is restored by this process and, unless detached, ends with it."""

@@ -209,6 +209,10 @@ class Backend(abc.ABC):
         outlives the process that resumes it)."""
         raise UnsupportedOptionError("resume", f"{type(self).__name__} cannot pause boxes")
 
+    async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
+        """``n`` new running boxes with the running box's memory and disk as they are now."""
+        raise UnsupportedOptionError("fork", f"{type(self).__name__} cannot fork boxes")
+
     # --- disk state: snapshots, clones, archives ------------------------------------------
     async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
         """A named copy-on-write snapshot of the box's disk."""

@@ -28,7 +28,7 @@ from ..client.agent_client import AgentClient
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..images.types import PullProgress
-from ..runtime import archive, pause, snapshots
+from ..runtime import archive, fork, pause, snapshots
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
@@ -157,6 +157,9 @@ class LocalBackend(Backend):
             return record_info(await pause.pause(self.core, box_id, to_disk))
         finally:
             self._recs.pop(box_id, None)
+
+    async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
+        return [record_info(rec) for rec in await fork.fork(self.core, box_id, n)]
 
     def _idle_limit(self, box_id: str) -> tuple[int, bool]:
         rec = self.core.record(box_id)

@@ -21,7 +21,7 @@ COMMANDS = {
     "logs": ("logs", "logs"), "stats": ("stats", "stats"), "cp": ("files", "cp"),
     "pull": ("images", "pull"), "images": ("images", "images"), "rmi": ("images", "rmi"),
     "serve": ("serve", "serve"), "mcp": ("mcp", "mcp"),
-    "pause": ("pause", "pause"), "resume": ("pause", "resume"),
+    "pause": ("pause", "pause"), "resume": ("pause", "resume"), "fork": ("pause", "fork"),
     "snapshot": ("state", "snapshot"), "clone": ("state", "clone"), "export": ("state", "export"),
     "import": ("state", "import_"),
 }  # fmt: skip

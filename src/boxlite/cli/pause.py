@@ -1,5 +1,5 @@
-"""``boxlite pause`` and ``boxlite resume``: freeze a running box's processes (memory kept, or
-saved to disk with ``--to-disk``) and let them go on."""
+"""``boxlite pause``, ``boxlite resume``, ``boxlite fork``: freeze a running box's processes
+(memory kept, or saved to disk with ``--to-disk``), let them go on, copy a running box."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ async def resume(rt: Boxlite, boxes: tuple[str, ...]) -> int:
         await (await find_box(rt, ref)).resume(detach=True)
 
     return await _each(boxes, one)
+
+
+@click.command()
+@click.option("-n", "count", type=click.IntRange(1, 16), default=1, show_default=True, help="How many copies.")
+@click.argument("box", metavar="BOX")
+@with_runtime
+async def fork(rt: Boxlite, box: str, count: int) -> int:
+    """Copy a running box (VM engine): new running boxes that go on from its memory and disk as
+    they are now; prints their ids. The box itself goes on too."""
+    for child in await (await find_box(rt, box)).fork(count):
+        click.echo(child.id)
+    return 0

@@ -155,3 +155,18 @@ class Engine(ABC):
 
     def forget_saved_state(self, spec: BoxSpec) -> None:
         """Delete a saved state (the box is stopped or removed instead of resumed)."""
+        return None  # engines without a saved state have nothing to delete
+
+    # --- fork of a running box (its memory, for copies of its disk) -------------------------
+    async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
+        """Save the memory of a frozen box for forks, the box staying as it is (frozen)."""
+        raise UnsupportedOptionError("fork", f"the {self.name} engine cannot fork a running box")
+
+    def adopt_fork_state(self, spec: BoxSpec, source: BoxSpec) -> None:
+        """Give box ``spec`` (a copy of ``source``'s disk) ``source``'s fork state as its saved
+        state: :meth:`restore` then starts it where ``source`` was."""
+        raise UnsupportedOptionError("fork", f"the {self.name} engine cannot fork a running box")
+
+    def forget_fork_state(self, spec: BoxSpec) -> None:
+        """Delete what :meth:`fork_state` wrote."""
+        return None

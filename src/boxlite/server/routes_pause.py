@@ -1,4 +1,4 @@
-"""Pause and resume a box (BoxLite's REST API has no such routes: ours, beside ``start``/``stop``)."""
+"""Pause, resume and fork a box (BoxLite's REST API has no such routes: ours, beside ``start``/``stop``)."""
 
 from __future__ import annotations
 
@@ -31,3 +31,14 @@ async def resume_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     box = await st.box(box_id)
     await box.resume()
     return dump(box.info())
+
+
+@router.post("/boxes/{box_id}/fork", response_model=list[BoxInfoModel], tags=["boxes"])
+async def fork_box(
+    box_id: str,
+    n: int = Query(1, ge=1, le=16, description="how many copies"),
+    st: ServerState = Depends(get_state),
+) -> Any:
+    """``n`` new running boxes going on from the running box's memory and disk (VM engine)."""
+    box = await st.box(box_id)
+    return dump([st.remember(child).info() for child in await box.fork(n)])

@@ -140,6 +140,12 @@ class RestBackend(Backend):
         params = {"to_disk": "true"} if to_disk else {}
         return self._seen(await self.transport.request("POST", f"{self._path(box_id)}/pause", params=params))
 
+    async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
+        infos = await self.transport.request("POST", f"{self._path(box_id)}/fork", params={"n": n})
+        children = [self._seen(info) for info in infos]
+        self._owned.update(info.id for info in children if not info.detach)
+        return children
+
     async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         if detach is not None:
             raise UnsupportedOptionError("detach", "set it when creating the box on the server")

@@ -326,6 +326,14 @@ class VmEngine(Engine):
             relay_state = json.loads((run / vmcontrol.RELAY_STATE_NAME).read_text())
         hello = int(relay_state.get("next") or 1)
         relay_state["next"] = hello + 1
+        disks = diskchain.chain(spec.box_dir, self.name)  # this box's own (a fork's are a copy)
+        vm = replace(
+            vm,
+            console=str(spec.layout.console_log),
+            upper_disk=str(disks.top),
+            upper_format=disks.top_format,
+            upper_backing=[str(p) for p in disks.lowers],
+        )
         if vm.ram_file:  # it ran from a template's RAM (private mapping): all of it is in the state
             ram = run / SAVED_RAM_NAME
             with open(ram, "wb") as f:
@@ -343,6 +351,36 @@ class VmEngine(Engine):
         running = await self._spawn_shim(spec, vm, timings, "resume", t0 + spec.ready_timeout, more)
         self.forget_saved_state(spec)
         return running
+
+    # --- fork: the frozen guest's memory, restored in copies of its disk ---------------------
+    async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
+        if spec.volumes or spec.ports:
+            why = "volumes (virtiofs cannot migrate)" if spec.volumes else "published ports (the copies would clash)"
+            raise UnsupportedOptionError("fork", f"a VM box with {why} cannot be forked")
+        try:
+            reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), "snapshot", vmcontrol.SAVE_TIMEOUT)
+        except OSError as e:
+            raise EngineError(f"VM box {spec.box_id}: its relay does not answer ({e}); restart the box") from None
+        if not reply.get("ok"):
+            self.forget_fork_state(spec)
+            raise EngineError(f"VM box {spec.box_id}: saving its memory for a fork failed: {reply.get('error')}")
+
+    def adopt_fork_state(self, spec: BoxSpec, source: BoxSpec) -> None:
+        try:
+            shape = json.loads((source.run_dir / VM_CONF_NAME).read_text())["vm"]
+        except (OSError, ValueError, KeyError):
+            raise EngineError(f"VM box {source.box_id}: no shim config to fork it with") from None
+        run = spec.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        os.link(source.run_dir / vmcontrol.FORK_STATE_NAME, run / vmcontrol.SAVED_STATE_NAME)  # read only
+        with contextlib.suppress(OSError):
+            relay = (source.run_dir / vmcontrol.FORK_RELAY_NAME).read_text()
+            (run / vmcontrol.RELAY_STATE_NAME).write_text(relay)
+        _saved_shape(spec).write_text(json.dumps(shape))
+
+    def forget_fork_state(self, spec: BoxSpec) -> None:
+        for name in (vmcontrol.FORK_STATE_NAME, vmcontrol.FORK_RELAY_NAME):
+            (spec.run_dir / name).unlink(missing_ok=True)
 
     async def _control(self, spec: BoxSpec, op: str, want: str) -> None:
         try:

@@ -135,6 +135,9 @@ class RelayServer:
             finally:
                 self.guest.sock.setblocking(False)
         time.sleep(0.05)  # QEMU reads its socket in its own loop: let it take the last frames
+        self._write_relay_state(vmcontrol.RELAY_STATE_NAME)
+
+    def _write_relay_state(self, name: str) -> None:
         logs = [
             [gid, route.channel, route.client.file.path, route.client.file.max_bytes, route.client.main]
             for gid, route in self.relay.routes.items()
@@ -142,7 +145,7 @@ class RelayServer:
         ]
         state = {"next": self.relay.next_channel(), "logs": logs}
         if self.log_dir:
-            with open(os.path.join(self.log_dir, vmcontrol.RELAY_STATE_NAME), "w") as f:
+            with open(os.path.join(self.log_dir, name), "w") as f:
                 json.dump(state, f)
 
     def _resume_logs(self, state: dict[str, Any]) -> None:
@@ -178,6 +181,8 @@ class RelayServer:
             else:
                 if request["op"] == "save":
                     self._before_save()
+                elif request["op"] == "snapshot":  # a fork: this VM goes on, its clients too
+                    self._write_relay_state(vmcontrol.FORK_RELAY_NAME)
                 reply = vmcontrol.handle(self.qmp, request, self.log_dir or ".")
                 if reply.get("ok") and request["op"] in ("stop", "cont"):
                     self.paused = request["op"] == "stop"

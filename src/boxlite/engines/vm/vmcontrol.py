@@ -20,12 +20,15 @@ MAX_LINE = 4096
 QMP_TIMEOUT = 5.0
 SAVE_TIMEOUT = 300.0
 """Longest a RAM save to disk may take (a 4 GiB guest under a loaded host)."""
-OPS = ("stop", "cont", "status", "save")
+OPS = ("stop", "cont", "status", "save", "snapshot")
 SAVE_FD_NAME = "boxlite-save"
 SAVED_STATE_NAME = "vm-saved.state"
 """In the run dir: the guest saved by ``save`` (RAM + devices), restored by ``VmEngine.restore``."""
 RELAY_STATE_NAME = "vm-saved.relay.json"
 """In the run dir: the relay's detached executions and next channel, for the relay that resumes."""
+FORK_STATE_NAME = "vm-fork.state"
+"""In the run dir: the stopped guest saved by ``snapshot`` (the VM stays, stopped) for forks."""
+FORK_RELAY_NAME = "vm-fork.relay.json"
 
 
 class QmpError(Exception):
@@ -151,8 +154,8 @@ def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, obje
             return {"ok": True, "status": qmp.status()}
         if op == "status":
             return {"ok": True, "status": qmp.status()}
-        if op == "save":
-            path = os.path.join(run_dir, SAVED_STATE_NAME)
+        if op in ("save", "snapshot"):
+            path = os.path.join(run_dir, SAVED_STATE_NAME if op == "save" else FORK_STATE_NAME)
             qmp.save(path)
             return {"ok": True, "path": path}
     except QmpError as e:

@@ -1,0 +1,78 @@
+"""``box.fork(n)`` of a running box: n new running boxes going on from its memory and disk at
+one instant (a counter in memory continues in each copy from the value it had), independent of
+it and of each other; the source goes on too. VM engine; the namespace engine refuses (CRIU)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+import boxlite
+from boxlite.errors import ConfigError, InvalidStateError, UnsupportedOptionError
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+
+
+async def count(box: boxlite.Box) -> int:
+    ex = await box.exec("cat", ["/tmp/count"], stdin=False)
+    out = await ex.stdout().read()
+    assert (await ex.wait()).exit_code == 0
+    return int(out.strip())
+
+
+async def test_fork_a_running_vm_box(home: Path, busybox_rootfs: Path) -> None:
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="vm"))
+    try:
+        box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+        await box.start()
+        await (await box.exec("sh", ["-c", "echo parent > /root/disk.txt"])).wait()
+        await (await box.exec("sh", ["-c", f"({COUNTER}) </dev/null >/dev/null 2>&1 &"])).wait()
+        deadline = time.monotonic() + 60
+        while (before := await count(box) if await _has_count(box) else 0) < 5:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        with pytest.raises(ConfigError):
+            await box.fork(0)
+        kids = await box.fork(2)
+        assert len(kids) == 2 and len({k.id for k in kids} | {box.id}) == 3
+        for kid in kids:
+            assert kid.info().state.status == "running"
+            value = await count(kid)
+            assert value >= before  # went on from the parent's count, not from 1
+            await asyncio.sleep(0.3)
+            assert await count(kid) > value  # and counts on its own
+            disk = await kid.exec("cat", ["/root/disk.txt"], stdin=False)
+            assert (await disk.stdout().read()) == "parent\n"
+        # independent: a write in one copy is not seen by the parent or the other copy
+        await (await kids[0].exec("sh", ["-c", "echo child > /root/disk.txt"])).wait()
+        for other in (box, kids[1]):
+            ex = await other.exec("cat", ["/root/disk.txt"], stdin=False)
+            assert (await ex.stdout().read()) == "parent\n"
+        assert box.info().state.status == "running" and await count(box) >= before
+        box_dir = home / "boxes" / box.id
+        assert not list(box_dir.rglob("vm-fork*")), "the fork's memory file is deleted"
+        for kid in kids:
+            await kid.stop()
+            await rt.remove(kid.id, force=True)
+        await box.stop()
+        with pytest.raises(InvalidStateError):
+            await box.fork()
+    finally:
+        await rt.shutdown()
+
+
+async def _has_count(box: boxlite.Box) -> bool:
+    ex = await box.exec("test", ["-s", "/tmp/count"], stdin=False)
+    return (await ex.wait()).exit_code == 0
+
+
+@pytest.mark.namespace_only
+async def test_namespace_fork_is_refused(box: boxlite.SimpleBox) -> None:
+    await box.exec("true")
+    with pytest.raises(UnsupportedOptionError):
+        await box.box.fork()
+    assert box.box.info().state.status == "running"  # the source goes on
+    assert (await box.exec("echo", "ok")).stdout == "ok\n"
