@@ -474,3 +474,35 @@ def test_dns_proxy_parser_rejects_hostile_messages() -> None:
     with pytest.raises(d.BadMessage):  # a record running past the end
         d.addresses(good, answer[:-2])
     assert d.reply(q(b"\x05other\x04test"), d.NXDOMAIN)[3] & 15 == d.NXDOMAIN
+
+
+CLAIMS = """
+import json, subprocess, tempfile
+from pathlib import Path
+from boxlite.engines.net import allowlist
+from boxlite.errors import NetworkError
+allowlist.GID_SLOTS = 2  # two slots: the third box must not share one
+dirs = [Path(tempfile.mkdtemp()) for _ in range(3)]
+gids = [allowlist.claim_gid(d) for d in dirs[:2]]
+try:
+    allowlist.claim_gid(dirs[2])
+    third = "claimed"
+except NetworkError as e:
+    third = str(e)
+again = allowlist.claim_gid(dirs[0])  # a restart frees its own old slot first
+allowlist.release(dirs[1])
+fourth = allowlist.claim_gid(dirs[2])
+listing = subprocess.run(["nft", "list", "map", "inet", "boxlite_allow", "boxes"], capture_output=True, text=True)
+print(json.dumps({"gids": gids, "third": third, "again": again, "fourth": fourth, "map": listing.stdout}))
+"""
+
+
+def test_helper_groups_are_claimed_once() -> None:
+    """Concurrent allow-listed boxes never share a helper group (and so never each other's rules)."""
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", CLAIMS], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert len(set(r["gids"])) == 2, r
+    assert "no free helper group" in r["third"], r
+    assert r["again"] == r["gids"][0] and r["fourth"] == r["gids"][1], r
+    assert r["map"].count("jump b") == 2, r

@@ -33,6 +33,8 @@ MAX_ENTRIES = 64
 GID_BASE = hostguard.ALLOW_GID_BASE
 GID_SLOTS = hostguard.ALLOW_GID_SLOTS
 MAX_CLAIM_TRIES = 512
+MAX_SET = 16384
+"""Addresses a box's DNS lookups may have open at once, per set (full: lookups get SERVFAIL)."""
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -152,8 +154,8 @@ def box_objects(gid: int) -> list[str]:
     t, c = f"inet {TABLE}", chain_name(gid)
     lines = [f"add chain {t} {c}", f"flush chain {t} {c}"]
     for suffix, kind in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
-        lines.append(f"add set {t} {c}_{suffix} {{ type {kind}; flags timeout; }}")
-        lines.append(f"add set {t} {c}_{suffix}p {{ type {kind} . inet_service; flags timeout; }}")
+        lines.append(f"add set {t} {c}_{suffix} {{ type {kind}; flags timeout; size {MAX_SET}; }}")
+        lines.append(f"add set {t} {c}_{suffix}p {{ type {kind} . inet_service; flags timeout; size {MAX_SET}; }}")
     lines.append(f"add rule {t} {c} reject with icmpx type admin-prohibited")
     return lines
 
@@ -248,9 +250,11 @@ def release(box_dir: Path) -> None:
         f"delete chain {t} {c}",
         *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),
     ]
-    for step in steps:  # one by one: each may already be gone
-        with contextlib.suppress(NetworkError):
-            nft(step + "\n")
+    with contextlib.suppress(NetworkError):
+        if nft("\n".join(steps) + "\n").returncode != 0:  # something was gone already
+            for step in steps:
+                with contextlib.suppress(NetworkError):
+                    nft(step + "\n")
     gid_file(box_dir).unlink(missing_ok=True)
 
 

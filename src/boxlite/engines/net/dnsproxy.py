@@ -36,6 +36,8 @@ UDP_WORKERS = 16
 UDP_BACKLOG = 256
 MAX_TCP_CLIENTS = 16
 MIN_TTL, MAX_TTL = 60, 86400
+MAX_ADDRESSES = 64
+"""Addresses taken from one answer (the box gets the answer as it came)."""
 NXDOMAIN, SERVFAIL, REFUSED, FORMERR = 3, 2, 5, 1
 A, AAAA = 1, 28
 PORT_MARK = "@PORT@"
@@ -170,7 +172,7 @@ class Proxy:
             found = addresses(clean, resp)
         except (OSError, BadMessage):
             return reply(query, SERVFAIL)
-        if found and not self.allow(found, *policy):
+        if found and not self.allow(found[:MAX_ADDRESSES], *policy):
             return reply(query, SERVFAIL)
         return resp
 
