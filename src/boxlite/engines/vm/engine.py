@@ -408,7 +408,7 @@ class VmEngine(Engine):
         out["memory_bytes"] = float(procfs.pss_bytes(shim) + qemu_pss)
         out["qemu_pss_bytes"] = float(qemu_pss)
         out["cpu_usage_ns"] = sum(procfs.cpu_seconds(pid) for pid in (shim, qemu) if pid) * 1e9
-        out["disk_bytes"] = float(_allocated(disk_path(spec)))
+        out["disk_bytes"] = float(_allocated(diskchain.chain(spec.box_dir, self.name).top))  # the writable layer
         paused = _paused_marker(spec).exists()  # a stopped guest cannot answer
         processes = None if paused else _agent_stats(spec.agent_socket).get("processes")
         if isinstance(processes, (int, float)):
