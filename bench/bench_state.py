@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ async def bench_engine(engine: str, rootfs: Path, runs: int, mib: int, work: Pat
 
             # the snapshot first: it freezes the written layer (a clone would too, then the snapshot
             # would only name it); the others in an order rotated per run
-            others = [peers, export_import, clone]
+            others: list[Callable[[], Awaitable[None]]] = [peers, export_import, clone]
             for step in [snapshot, *others[i % 3 :], *others[: i % 3]]:
                 await step()
             await rt.remove(box.id, force=True)

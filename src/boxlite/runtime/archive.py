@@ -122,7 +122,9 @@ class _Writer:
         self._gz = (
             gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1, mtime=0) if compression == "gzip" else None
         )
-        self.tar = tarfile.open(fileobj=self._gz or fileobj, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self.tar = tarfile.TarFile(
+            fileobj=self._gz or fileobj, mode="w", format=tarfile.PAX_FORMAT, copybufsize=HASH_CHUNK
+        )  # 1 MiB copies: the default 16 KiB made export twice as slow
         self.members: dict[str, list[Any]] = {}
 
     def dir(self, rel: str, mode: int = 0o755, mtime: float = 0) -> None:
