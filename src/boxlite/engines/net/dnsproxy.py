@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import random
 import select
 import signal
 import socket
@@ -163,10 +162,10 @@ class Proxy:
         policy = self.allowed(name)
         if policy is None:
             return reply(query, NXDOMAIN)
-        # Upstream gets the question alone (RD and CD kept): nothing else the box wrote
-        # (records, EDNS options, trailing bytes) leaves the host.
+        # Upstream gets the question alone (RD and CD kept) under an id of ours: nothing else
+        # the box wrote (id, records, EDNS options, trailing bytes) leaves the host.
         flags = struct.unpack(">H", query[2:4])[0] & 0x0110
-        clean = query[:2] + struct.pack(">HHHHH", flags, 1, 0, 0, 0) + query[12:end]
+        clean = os.urandom(2) + struct.pack(">HHHHH", flags, 1, 0, 0, 0) + query[12:end]
         try:
             resp = self.forward(clean, tcp)
             found = addresses(clean, resp)
@@ -174,7 +173,7 @@ class Proxy:
             return reply(query, SERVFAIL)
         if found and not self.allow(found[:MAX_ADDRESSES], *policy):
             return reply(query, SERVFAIL)
-        return resp
+        return query[:2] + resp[2:]
 
     def allow(self, found: list[tuple[int, bytes, int]], any_port: bool, ports: set[int]) -> bool:
         """Add the addresses to the box's sets (refreshing their timeouts); False if nft failed."""
@@ -346,7 +345,6 @@ def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         conf = json.load(f)
     proxy = Proxy(conf)
-    random.seed()
     port, udps, tcps = bind_pair()
     if not proxy.nft(proxy.rules.replace(PORT_MARK, str(port))):
         print("boxlite dnsproxy: cannot install the box's rules", file=sys.stderr, flush=True)
