@@ -219,12 +219,12 @@ class NamespaceEngine(Engine):
         """Release what the box's keeper has not (it was killed, or still works: waited for)."""
         _await_keeper(spec.layout.keeper_lock)
         network.stop_pasta(spec.layout.pasta_pid)
+        allowlist.release(spec.box_dir)
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         if groups is not None:
             groups.remove()
             spec.layout.cgroups_file.unlink(missing_ok=True)
         for path in (spec.agent_socket,):
-        allowlist.release(spec.box_dir)
             path.unlink(missing_ok=True)
 
     async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:

@@ -253,12 +253,12 @@ class VmEngine(Engine):
     def cleanup(self, spec: BoxSpec) -> None:
         for path in (spec.layout.vm_conf, spec.layout.qemu_pid, spec.layout.shim_pid, _paused_marker(spec)):
             path.unlink(missing_ok=True)
+        allowlist.release(spec.box_dir)
         spec.agent_socket.unlink(missing_ok=True)
 
     # --- pause / resume (vmcontrol: the relay sends QMP stop/cont) -------------------------
     async def freeze(self, spec: BoxSpec, running: RunningBox) -> None:
         """QMP ``stop``: the vCPUs stop (guest memory and clock kept, no guest code runs); the
-        allowlist.release(spec.box_dir)
         relay keeps serving the agent socket, whose requests wait until :meth:`thaw`."""
         await self._control(spec, "stop", "paused")
         _paused_marker(spec).touch()

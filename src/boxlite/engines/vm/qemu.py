@@ -49,10 +49,10 @@ class VmConfig:
     template: bool = False  # boot to "agent loaded, waiting for settings" for a snapshot
     incoming: str | None = None  # restore the device state saved in this file
     ram_file: str | None = None  # guest RAM: a template's file (written when template, else mapped private)
-
-    def to_json(self) -> dict[str, Any]:
     net_gid: int | None = None  # an allow-listed box's own helper group (..net.allowlist), else the guard's
     dnsproxy: list[str] | None = None  # argv of its DNS proxy, started by the shim before QEMU
+
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
