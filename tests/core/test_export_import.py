@@ -113,3 +113,24 @@ async def test_export_to_a_bad_destination_is_a_typed_error_and_leaves_nothing(
             await box.export(dest=str(dest))
     assert list(tmp_path.glob(".*")) == []
     assert [p.name for p in runtime.home.boxes_dir.iterdir()] == [box.id]
+
+
+async def test_a_namespace_box_becomes_a_vm_box(home: Path, busybox_rootfs: Path, tmp_path: Path) -> None:
+    """Cross-engine import: the namespace layers (whiteouts, an opaque dir, owners) merged into
+    the VM box's ext4 disk; the other way is refused (it would mount a guest-written ext4)."""
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    try:
+        src = await make_source(rt, busybox_rootfs)
+        assert (await sh(src, "rm -rf /etc/skel; mkdir -p /root/d; echo z > /root/d/z"))[0] == 0
+        await src.stop()
+        path = await src.export(dest=str(tmp_path))
+        vm = await rt.import_box(path, name="as-vm", engine="vm")
+        assert vm.info().engine == "vm"
+        assert await sh(vm, CHECK) == (0, EXPECTED)
+        assert await sh(vm, "cat /root/d/z; ls /root/d") == (0, "z\nl\nz\n")
+        back = await vm.export(dest=str(tmp_path / "vm.boxlite"))
+        with pytest.raises(boxlite.UnsupportedOptionError, match="host kernel"):
+            await rt.import_box(back, engine="namespace")
+        assert [p for p in rt.home.boxes_dir.iterdir() if p.name.startswith(".")] == []
+    finally:
+        await rt.shutdown()

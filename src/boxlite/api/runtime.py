@@ -130,10 +130,13 @@ class Boxlite:
         """Stop the boxes this runtime started (detached ones keep running)."""
         await self._backend.shutdown(timeout)
 
-    async def import_box(self, archive_path: str, name: str | None = None, *, untrusted: bool = False) -> Box:
+    async def import_box(
+        self, archive_path: str, name: str | None = None, *, untrusted: bool = False, engine: str | None = None
+    ) -> Box:
         """A new stopped box from a ``.boxlite`` archive (``Box.export``). The archive is checked
-        (digests, paths, sizes) before anything is kept; ``untrusted``: it may not name host paths."""
-        return self._box_type(self, await self._backend.import_box(str(archive_path), name, untrusted))
+        (digests, paths, sizes) before anything is kept; ``untrusted``: it may not name host paths.
+        ``engine``: the new box's (default: the archive's; a namespace box can become a VM box)."""
+        return self._box_type(self, await self._backend.import_box(str(archive_path), name, untrusted, engine))
 
     # --- context managers -------------------------------------------------------------
     def __enter__(self) -> Boxlite:

@@ -239,7 +239,9 @@ class Backend(abc.ABC):
         """Write the box to a ``.boxlite`` archive at ``dest`` (a file, or a directory); its path."""
         raise UnsupportedOptionError("export", f"{type(self).__name__} cannot export boxes")
 
-    async def import_box(self, archive: str, name: str | None, untrusted: bool = False) -> BoxInfo:
+    async def import_box(
+        self, archive: str, name: str | None, untrusted: bool = False, engine: str | None = None
+    ) -> BoxInfo:
         """A new stopped box from an archive ``export`` wrote (checked before anything is kept)."""
         raise UnsupportedOptionError("import_box", f"{type(self).__name__} cannot import boxes")
 

@@ -285,34 +285,10 @@ class LocalBackend(Backend):
         request = archive.ExportRequest(dest, options.include_image, options.compression)
         return str(await archive.export(self.core, box_id, request))
 
-    async def import_box(self, archive_path: str, name: str | None, untrusted: bool = False) -> BoxInfo:
-        rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted)
-        return self._info(self._record(rec.id))
-
-    # --- disk state: snapshots, clones, archives ------------------------------------------
-    async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
-        return _snapshot_info(await snapshots.create(self.core, box_id, name), self._record(box_id).engine)
-
-    async def snapshot_list(self, box_id: str) -> builtins.list[SnapshotInfo]:
-        engine = self._record(box_id).engine
-        return [_snapshot_info(s, engine) for s in await snapshots.list_snapshots(self.core, box_id)]
-
-    async def snapshot_restore(self, box_id: str, name: str) -> None:
-        await snapshots.restore(self.core, box_id, name)
-
-    async def snapshot_remove(self, box_id: str, name: str) -> None:
-        await snapshots.remove(self.core, box_id, name)
-
-    async def clone(self, box_id: str, name: str | None) -> BoxInfo:
-        rec = await snapshots.clone(self.core, box_id, name)
-        return self._info(self._record(rec.id))
-
-    async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
-        request = archive.ExportRequest(dest, options.include_image, options.compression)
-        return str(await archive.export(self.core, box_id, request))
-
-    async def import_box(self, archive_path: str, name: str | None, untrusted: bool = False) -> BoxInfo:
-        rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted)
+    async def import_box(
+        self, archive_path: str, name: str | None, untrusted: bool = False, engine: str | None = None
+    ) -> BoxInfo:
+        rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted, engine=engine)
         return self._info(self._record(rec.id))
 
     # --- metrics and shutdown -------------------------------------------------------------

@@ -97,10 +97,12 @@ async def export(rt: Boxlite, box: str, output: str, no_image: bool, gz: bool) -
 @click.command("import")
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.option("--name", default=None, help="Name of the new box.")
+@click.option("--engine", type=click.Choice(["namespace", "vm"]), default=None,
+              help="Engine of the new box (default: the archive's; a namespace box can become a vm box).")  # fmt: skip
 @with_runtime
-async def import_(rt: Boxlite, archive: str, name: str | None) -> int:
+async def import_(rt: Boxlite, archive: str, name: str | None, engine: str | None) -> int:
     """Create a stopped box from a .boxlite archive (checked before anything is kept); prints its id."""
-    box = await rt.import_box(archive, name=name)
+    box = await rt.import_box(archive, name=name, engine=engine)
     click.echo(box.id)
     return 0
 

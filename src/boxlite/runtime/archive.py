@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import stat
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -534,10 +535,15 @@ def _frozen_iter(manifest: dict[str, Any]) -> Iterator[int]:
 
 
 async def import_box(
-    rt: BoxRuntime, archive: str | os.PathLike[str], name: str | None, trusted: bool = True
+    rt: BoxRuntime,
+    archive: str | os.PathLike[str],
+    name: str | None,
+    trusted: bool = True,
+    engine: str | None = None,
 ) -> BoxRecord:
     """A new stopped box from an archive ``export`` wrote. ``trusted=False`` (server uploads):
-    the archive may not name host paths at all."""
+    the archive may not name host paths at all. ``engine``: the new box's engine (default: the
+    archive's); a namespace archive can become a VM box (its layers merged into an ext4 disk)."""
     from .lifecycle import default_rootfs, new_box_id
 
     rt.check_open()
@@ -567,9 +573,18 @@ async def import_box(
                 "archive", f"format version {manifest.get('version')!r} (this runtime reads {VERSION})"
             )
         await asyncio.to_thread(verify_members, stage, manifest)
-        engine = manifest.get("engine")
+        source = manifest.get("engine")
+        if source not in ("namespace", "vm"):
+            raise UnsafeArchiveError(f"{path}: unknown engine {source!r}")
+        engine = engine or source
         if engine not in ("namespace", "vm"):
-            raise UnsafeArchiveError(f"{path}: unknown engine {engine!r}")
+            raise ConfigError(f"unknown engine {engine!r}")
+        if (source, engine) == ("vm", "namespace"):
+            raise UnsupportedOptionError(
+                "import_box(engine='namespace')",
+                "a VM box's disk is an ext4 image its guest wrote; reading it on the host would mean mounting a "
+                "box-written filesystem in the host kernel",
+            )
         config, image_config = _box_config(manifest, trusted)
         # --- the image --------------------------------------------------------------------
         image = manifest.get("image") or {}
@@ -601,7 +616,12 @@ async def import_box(
         # --- the writable layers ------------------------------------------------------------
         uid_base = rt.images.uid_base
         state = ChainState(top="")
-        if engine == "vm":
+        head: str | None = None
+        if source == "namespace" and engine == "vm":
+            disk = partial / "vm" / "disk.ext4"  # the box's own raw disk, as a VM box starts with
+            size = config.disk_size_gb or _vm_default_disk_gb()
+            await asyncio.to_thread(_layers_to_vm_disk, stage, manifest, disk, size)
+        elif engine == "vm":
             disk = stage / "writable" / "disk.qcow2"
             if (manifest.get("writable") or {}).get("kind") != "qcow2" or not disk.is_file():
                 raise UnsafeArchiveError(f"{path}: a VM archive without its disk")
@@ -611,9 +631,8 @@ async def import_box(
             dest.parent.mkdir(mode=0o700, parents=True)
             os.rename(disk, dest)
             state.parents[base] = None
-            head: str | None = base
+            head = base
         else:
-            head = None
             for i in _frozen_iter(manifest):
                 tree = stage / "writable" / str(i)
                 if not tree.is_dir() or tree.is_symlink():
@@ -625,10 +644,11 @@ async def import_box(
                 os.rename(tree, dest)
                 state.parents[layer] = head
                 head = layer
-        state.head = head
-        model = layer_path(partial, head, engine) if head else None
-        await asyncio.to_thread(make_top, partial, engine, state, head, uid_base, model)
-        diskchain.write_state(partial, state)
+        if head is not None or engine == "namespace":
+            state.head = head
+            model = layer_path(partial, head, engine) if head else None
+            await asyncio.to_thread(make_top, partial, engine, state, head, uid_base, model)
+            diskchain.write_state(partial, state)
         await asyncio.to_thread(remove_tree, stage)
         rec = BoxRecord(
             id=new_id,
@@ -652,6 +672,82 @@ async def import_box(
     finally:
         if partial.exists():
             await asyncio.to_thread(remove_tree, partial)
+
+
+def _vm_default_disk_gb() -> float:
+    from ..engines.vm.engine import DEFAULT_DISK_GB
+
+    return DEFAULT_DISK_GB
+
+
+def merge_layers(layers: list[Path], merged: Path) -> None:
+    """Stack overlay layer trees (bottom first) into one upper tree at ``merged``: a whiteout
+    removes what lies under it and stays (it may hide an image file), an opaque directory
+    replaces the one under it, anything else replaces the entry under it. Trees are ours (the
+    staging dir), links in them are data and are never followed."""
+    os.rename(layers[0], merged)
+    for layer in layers[1:]:
+        for dirpath, dirnames, filenames in os.walk(layer):
+            rel = os.path.relpath(dirpath, layer)
+            target_dir = os.path.normpath(os.path.join(merged, rel))
+            keep: list[str] = []
+            for name in dirnames + filenames:
+                src, dst = os.path.join(dirpath, name), os.path.join(target_dir, name)
+                st = os.lstat(src)
+                old = _lstat(dst)
+                if stat.S_ISDIR(st.st_mode) and old is not None and stat.S_ISDIR(old.st_mode) and not _opaque(src):
+                    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+                    os.chmod(dst, stat.S_IMODE(st.st_mode))
+                    keep.append(name)  # merge its children
+                    continue
+                if old is not None:
+                    remove_tree(dst) if stat.S_ISDIR(old.st_mode) else os.unlink(dst)
+                os.rename(src, dst)
+            dirnames[:] = [d for d in dirnames if d in keep]
+        remove_tree(layer)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _layers_to_vm_disk(stage: Path, manifest: dict[str, Any], disk: Path, size_gb: float) -> None:
+    """A namespace archive's layers as a VM box disk: merged into ``upper/`` (owners as the box
+    sees them: no shift) of a new ext4 image made by ``mke2fs -d``."""
+    trees = []
+    for i in _frozen_iter(manifest):
+        tree = stage / "writable" / str(i)
+        if not tree.is_dir() or tree.is_symlink():
+            raise UnsafeArchiveError(f"layer {i} is missing from the archive")
+        apply_meta(tree, stage / "writable" / f"{i}.meta.json", 0)
+        trees.append(tree)
+    root = stage / "vmroot"
+    root.mkdir(mode=0o755)
+    (root / "work").mkdir(mode=0o700)
+    merge_layers(trees, root / "upper")
+    disk.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(disk, "wb") as f:
+        f.truncate(int(size_gb * (1 << 30)))
+    argv = [
+        "mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", "boxlite-upper", "-E",
+        "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard", "-d", str(root), str(disk),
+    ]  # fmt: skip
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        msg = res.stderr.strip()[-500:]
+        if "No space" in msg or "Could not allocate" in msg:
+            raise ResourceExhaustedError(f"the box's files do not fit a {size_gb:g} GB VM disk: {msg}")
+        raise StorageError(f"mke2fs failed building the VM disk: {msg}")
 
 
 def recover_exports(rt: BoxRuntime) -> None:

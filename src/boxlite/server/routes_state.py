@@ -135,6 +135,7 @@ async def export_box(box_id: str, req: ExportBoxRequest | None = None, st: Serve
 async def import_box(
     request: Request,
     name: str | None = Query(None, description="name of the new box"),
+    engine: str | None = Query(None, description="engine of the new box (default: the archive's)"),
     st: ServerState = Depends(get_state),
 ) -> Any:
     """A new stopped box from an uploaded archive. Untrusted: digests, paths and sizes are
@@ -148,7 +149,7 @@ async def import_box(
                     f.write(chunk)
         except OSError as e:
             raise ResourceExhaustedError(f"cannot store the uploaded archive: {e.strerror}") from e
-        box = await st.runtime.import_box(path, name=name, untrusted=True)
+        box = await st.runtime.import_box(path, name=name, untrusted=True, engine=engine)
         return dump(st.remember(box).info())
     finally:
         _cleanup(work)

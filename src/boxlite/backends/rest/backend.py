@@ -230,7 +230,9 @@ class RestBackend(Backend):
                     tmp.unlink()
         return str(target)
 
-    async def import_box(self, archive: str, name: str | None, untrusted: bool = False) -> BoxInfo:
+    async def import_box(
+        self, archive: str, name: str | None, untrusted: bool = False, engine: str | None = None
+    ) -> BoxInfo:
         """Upload the archive; the server checks it as untrusted input whatever ``untrusted`` says."""
 
         async def chunks() -> AsyncGenerator[bytes, None]:
@@ -240,7 +242,7 @@ class RestBackend(Backend):
 
         if not os.path.isfile(archive):
             raise NotFoundError(f"no archive at {archive}")
-        params = {"name": name} if name else {}
+        params = {k: v for k, v in (("name", name), ("engine", engine)) if v}
         headers = {"content-type": "application/octet-stream"}
         path = "/v1/boxes/import"
         return self._seen(await self.transport.request("POST", path, params=params, content=chunks(), headers=headers))
