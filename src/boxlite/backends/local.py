@@ -81,8 +81,6 @@ class LocalBackend(Backend):
         engine = options.engine or self.home.config().get("engine")
         self.core = BoxRuntime(self.home, self.image_manager, engine)
         self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
-        archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
-        snapshots.recover(self.core)
         self._idle = IdleWatcher(self.pause, self._idle_limit)  # auto_pause
         archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
         snapshots.recover(self.core)
@@ -338,11 +336,6 @@ class LocalBackend(Backend):
 
 _NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors")
 """Engine metrics that are BoxMetrics.network_* (the namespace engine measures them)."""
-
-
-def _snapshot_info(s: snapshots.Snapshot, engine: str) -> SnapshotInfo:
-    disk = {"guest_disk_bytes" if engine == "vm" else "container_disk_bytes": s.size_bytes}
-    return SnapshotInfo(id=s.id, box_id=s.box_id, name=s.name, created_at=s.created_at, size_bytes=s.size_bytes, **disk)
 
 
 def _snapshot_info(s: snapshots.Snapshot, engine: str) -> SnapshotInfo:
