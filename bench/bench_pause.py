@@ -29,7 +29,7 @@ import boxlite
 from boxlite.engines.base import RunningBox
 from boxlite.runtime.engines import select_engine
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
 
 async def timed(fn: Any) -> float:

@@ -7,7 +7,7 @@ import time
 
 from support.cli import Cli, assert_one_line_error
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
 
 def _count(cli: Cli) -> int:
@@ -21,8 +21,8 @@ def test_pause_and_resume(cli: Cli) -> None:
         assert time.monotonic() < deadline, "the counter never started"
         time.sleep(0.2)
     assert cli.ok("pause", "ctr") == "ctr\n"
-    [info] = cli.json("--json", "ls")  # type: ignore[misc]
-    assert info["state"]["status"] == "paused"
+    listed = cli.json("--json", "ls")
+    assert isinstance(listed, list) and [i["state"]["status"] for i in listed] == ["paused"]
     assert "paused" in cli.ok("ls").splitlines()[1].split()
     assert_one_line_error(cli("exec", "ctr", "true"), 125, "paused")
     assert_one_line_error(cli("rm", "ctr"), 125, "paused")
@@ -35,6 +35,6 @@ def test_pause_and_resume(cli: Cli) -> None:
     assert_one_line_error(cli("resume", "nope"), 125, "nope")
     cli.ok("pause", "ctr")
     assert cli.ok("stop", "-t", "2", "ctr") == "ctr\n"  # a paused box stops
-    [info] = cli.json("--json", "ls", "-a")  # type: ignore[misc]
-    assert info["state"]["status"] in ("stopped", "exited")
+    listed = cli.json("--json", "ls", "-a")
+    assert isinstance(listed, list) and listed[0]["state"]["status"] in ("stopped", "exited")
     cli.ok("rm", "ctr")

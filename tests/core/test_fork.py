@@ -13,7 +13,7 @@ import pytest
 import boxlite
 from boxlite.errors import ConfigError, InvalidStateError, UnsupportedOptionError
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
 
 async def count(box: boxlite.Box) -> int:

@@ -14,7 +14,7 @@ import boxlite
 from boxlite.errors import InvalidStateError
 
 # A shell loop counting in memory (a shell variable), writing each value to a file.
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
 
 async def read_count(box: boxlite.SimpleBox) -> int:

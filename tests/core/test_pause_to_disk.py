@@ -20,7 +20,7 @@ import boxlite
 from boxlite.errors import InvalidStateError, UnsupportedOptionError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
 OWNER = textwrap.dedent(
     """
@@ -31,7 +31,7 @@ OWNER = textwrap.dedent(
         rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="vm"))
         box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=False))
         await box.start()
-        ex = await box.exec("sh", ["-c", "(%s) </dev/null >/dev/null 2>&1 &"])
+        ex = await box.exec("sh", ["-c", "(COUNTER) </dev/null >/dev/null 2>&1 &"])
         await ex.wait()
         count = 0
         for _ in range(600):
@@ -48,8 +48,7 @@ OWNER = textwrap.dedent(
 
     asyncio.run(main(sys.argv[1], sys.argv[2]))
     """
-    % COUNTER
-)
+).replace("COUNTER", COUNTER)
 
 
 async def read_count(box: boxlite.Box) -> int:

@@ -13,7 +13,7 @@ import boxlite
 from boxlite.remote import RemoteBoxlite
 from rest.serverproc import Server
 
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
 
 async def _count(box: boxlite.SimpleBox) -> int:

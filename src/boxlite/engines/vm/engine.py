@@ -339,8 +339,12 @@ class VmEngine(Engine):
             with open(ram, "wb") as f:
                 f.truncate(vm.memory_mib << 20)
             vm = replace(vm, ram_file=str(ram))
-        vm = replace(vm, incoming=str(state))
-        if vm.network:
+        vm = replace(vm, incoming=str(state), net_gid=None, dnsproxy=None)
+        if vm.network and spec.allow_net:  # as start() does: the allow-list's group and DNS proxy
+            gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+            proxy = allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net)))
+            vm = replace(vm, net_gid=gid, dnsproxy=proxy)
+        elif vm.network:
             await asyncio.to_thread(hostguard.install)
         console = spec.layout.console_log
         if console.exists():
