@@ -22,21 +22,20 @@ from ..errors import (
     RegistryTimeoutError,
 )
 from ..steplog import step
-from .catalog import is_complete, read_image, record_image
-from .layout import import_path, is_oci_layout
 from .limits import ENV, ImageBudget, ImageLimits
 from .locks import async_file_lock, file_lock
-from .manifest import INDEX_TYPES, Descriptor, load_json, media_type_of, parse_manifest, select_platform
 from .reference import Reference, is_digest, parse_reference
 from .registry_config import ImageRegistry, load_registries_from_config
 from .retry import RetryPolicy
-from .rootfs import import_rootfs
 from .store import DEFAULT_UID_BASE, Store
 from .types import ImageConfig, ImageInfo, PreparedImage, PullProgress
-from .unpack import unpack_layer
 
+# The catalog, the layout/manifest parsers, the unpacker (tarfile, gzip, zstandard) and the rootfs
+# importer are imported where they are used: a runtime that only execs in running boxes (e.g.
+# `boxlite exec`) makes an ImageManager but never pulls, unpacks or imports.
 if TYPE_CHECKING:
     from .client import RegistryClient
+    from .manifest import Descriptor
 
 ProgressFn = Callable[[PullProgress], None]
 
@@ -127,6 +126,9 @@ class ImageManager:
         raise first_error
 
     async def _pull_one(self, ref: Reference, progress: ProgressFn | None) -> ImageInfo:
+        from .catalog import record_image
+        from .manifest import INDEX_TYPES, load_json, media_type_of, parse_manifest, select_platform
+
         async with async_file_lock(self.store.gc_lock(), shared=True):
             from .client import RegistryClient  # httpx costs ~0.1 s to import: only when pulling
 
@@ -173,6 +175,9 @@ class ImageManager:
         self, image: str | None = None, rootfs_path: str | None = None, progress: ProgressFn | None = None
     ) -> PreparedImage:
         """Image reference or rootfs dir → unpacked layers + config (pulls when missing)."""
+        from .catalog import is_complete
+        from .layout import is_oci_layout
+
         if (image is None) == (rootfs_path is None):
             raise ConfigError("give exactly one of image and rootfs_path")
         if rootfs_path is not None:
@@ -193,6 +198,8 @@ class ImageManager:
         return await self._prepare(info)
 
     def _import_rootfs(self, path: Path) -> tuple[Path, str]:
+        from .rootfs import import_rootfs
+
         with file_lock(self.store.gc_lock(), shared=True):
             return import_rootfs(self.store, path)
 
@@ -210,6 +217,8 @@ class ImageManager:
         return None
 
     async def _prepare(self, info: ImageInfo) -> PreparedImage:
+        from .catalog import read_image
+
         async with async_file_lock(self.store.gc_lock(), shared=True):
             img = read_image(self.store, info.digest)
             self.limits.check_manifest(img.manifest, info.reference)
@@ -244,6 +253,8 @@ class ImageManager:
             )
 
     def _ensure_layer(self, desc: Descriptor, diff_id: str | None, budget: ImageBudget | None = None) -> Path:
+        from .unpack import unpack_layer
+
         hex_id = desc.digest.split(":", 1)[1]
         root = self.store.layer_root(hex_id)
         if root.is_dir():
@@ -297,12 +308,17 @@ class ImageManager:
 
     def load(self, path: str | Path) -> list[ImageInfo]:
         """Import a ``docker save``/``podman save`` tarball or an OCI layout (dir or tar)."""
+        from .catalog import record_image
+        from .layout import import_path
+
         with file_lock(self.store.gc_lock(), shared=True):
             pairs = import_path(self.store, Path(path))
             return [record_image(self.store, ref, digest) for ref, digest in pairs]
 
     def gc(self, in_use_layers: set[Path] | frozenset[Path] = frozenset()) -> int:
         """Delete blobs and layer dirs no image references and no box uses; bytes freed."""
+        from .manifest import load_json, parse_manifest
+
         store = self.store
         with file_lock(store.gc_lock()):
             keep_blobs: set[str] = set()
