@@ -90,6 +90,8 @@ class VmEngine(Engine):
         console = spec.layout.console_log
         if console.exists():
             console.replace(spec.layout.console_log_prev)
+        self.forget_saved_state(spec)  # a fresh start: a saved memory (e.g. of a killed save) is obsolete
+        self.forget_fork_state(spec)
         for stale in (spec.layout.boot_json, spec.layout.qemu_pid):
             stale.unlink(missing_ok=True)
         spec.agent_socket.unlink(missing_ok=True)
@@ -305,7 +307,8 @@ class VmEngine(Engine):
         return (spec.run_dir / vmcontrol.SAVED_STATE_NAME).exists() and _saved_shape(spec).exists()
 
     def forget_saved_state(self, spec: BoxSpec) -> None:
-        for name in (vmcontrol.SAVED_STATE_NAME, vmcontrol.RELAY_STATE_NAME, SAVED_SHAPE_NAME, SAVED_RAM_NAME):
+        names = (vmcontrol.SAVED_STATE_NAME, vmcontrol.RELAY_STATE_NAME, SAVED_SHAPE_NAME, SAVED_RAM_NAME)
+        for name in (*names, f"{vmcontrol.SAVED_STATE_NAME}.tmp"):
             (spec.run_dir / name).unlink(missing_ok=True)
 
     async def restore(self, spec: BoxSpec) -> RunningBox:
@@ -383,7 +386,7 @@ class VmEngine(Engine):
         _saved_shape(spec).write_text(json.dumps(shape))
 
     def forget_fork_state(self, spec: BoxSpec) -> None:
-        for name in (vmcontrol.FORK_STATE_NAME, vmcontrol.FORK_RELAY_NAME):
+        for name in (vmcontrol.FORK_STATE_NAME, vmcontrol.FORK_RELAY_NAME, f"{vmcontrol.FORK_STATE_NAME}.tmp"):
             (spec.run_dir / name).unlink(missing_ok=True)
 
     async def _control(self, spec: BoxSpec, op: str, want: str) -> None:
