@@ -37,9 +37,12 @@ RUN_PATH = (
     "boxlite.backends.local",
     "boxlite.runtime.engines",
     "boxlite.engines.namespace.engine",
+    "boxlite.images.layout",  # resolve(rootfs_path=...): is it an OCI layout?
+    "boxlite.images.rootfs",  # ... no: a directory imported as one cached layer
 )
-"""What `boxlite run --rm --rootfs R CMD` (and `boxlite exec`) loads on the namespace engine:
-the CLI, the verb's module, and what the runtime imports when it opens and starts a box."""
+"""What `boxlite run --rm --rootfs R CMD` loads on the namespace engine: the CLI, the verb's
+module, and what the runtime imports when it opens, resolves the rootfs and starts a box
+(`boxlite exec` loads a subset: no rootfs import, no pre-start)."""
 
 CASES = {
     # `boxlite --help` / `--version`: click and the CLI's shell, no runtime at all
