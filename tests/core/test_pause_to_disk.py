@@ -87,9 +87,13 @@ async def test_vm_to_disk_survives_the_host_process(home: Path, busybox_rootfs: 
         assert not any(p.name.startswith("vm-saved") and p.suffix == ".tmp" for p in box_dir.rglob("*"))
         with pytest.raises(InvalidStateError, match="paused"):
             await box.exec("true")
+        await asyncio.sleep(4)  # the guest's clock stands still meanwhile
         t0 = time.monotonic()
         await box.resume()
         resumed_in = time.monotonic() - t0
+        ex = await box.exec("date", ["+%s"], stdin=False)
+        guest_now = int((await ex.stdout().read()).strip())
+        assert abs(guest_now - time.time()) < 2.5  # set again from the host's at resume
         assert box.info().state.status == "running"
         first = await read_count(box)
         assert first >= report["count"], (first, report)  # went on from its value, not from 1

@@ -187,6 +187,17 @@ class _Detached(Connection):
                 self.agent._pump(ex, stream)
 
 
+def set_clock(value: object) -> None:
+    """A VM resumed from a saved memory (pause to disk, fork) wakes with the clock of the moment
+    it was saved: the host's shim sends its time with ``hello``. Only the guest's agent may set
+    the clock; a namespace box's agent (a user namespace) gets EPERM, which is ignored."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        try:
+            time.clock_settime_ns(time.CLOCK_REALTIME, value)
+        except OSError:
+            pass
+
+
 class Agent:
     """The supervisor of one box."""
 
@@ -386,6 +397,7 @@ class Agent:
             if op == "exec":
                 result = self._exec(conn, channel, body)
             elif op == "hello":
+                set_clock(body.get("time_ns"))
                 result = {"version": p.VERSION, "pid": os.getpid()}
             elif op == "ping":
                 result = {}

@@ -274,7 +274,10 @@ class Shim:
             hello_channel = int(self.conf.get("hello_channel") or HELLO_CHANNEL)
         else:
             await loop.sock_sendall(self.agent_sock, json.dumps(settings).encode() + b"\n")
-        await loop.sock_sendall(self.agent_sock, p.encode_json(p.REQUEST, hello_channel, {"op": "hello"}))
+        hello_body: dict[str, object] = {"op": "hello"}
+        if mode == "resume":  # the guest's clock stopped when it was saved
+            hello_body["time_ns"] = time.time_ns()
+        await loop.sock_sendall(self.agent_sock, p.encode_json(p.REQUEST, hello_channel, hello_body))
         frames = p.FrameReader()
         hello: list[int] = []
         seen = 0
