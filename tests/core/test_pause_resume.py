@@ -204,3 +204,13 @@ def test_sync_box_pauses_and_resumes(home: Path, busybox_rootfs: Path) -> None:
             box.resume()
             assert box.exec("true").wait().exit_code == 0
         rt.remove(box.id)
+
+
+async def test_the_clock_is_right_after_a_resume(box: boxlite.SimpleBox) -> None:
+    """A VM guest's clock stands still while it is stopped; the resume sets it again."""
+    await box.exec("true")
+    await box.box.pause()
+    await asyncio.sleep(3)
+    await box.box.resume()
+    out = await box.exec("date", "+%s")
+    assert abs(int(out.stdout) - time.time()) < 2.5

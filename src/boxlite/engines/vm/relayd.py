@@ -161,6 +161,15 @@ class RelayServer:
             sink.main = bool(main)
             self.relay.routes[int(gid)] = Route(sink, int(channel), True)
 
+    def _set_guest_clock(self) -> None:
+        """The guest's clock stood still while it was stopped: a ``hello`` with the host's time
+        sets it again (the answer is dropped)."""
+        internal = Client(on_frame=lambda *_: None)
+        self.relay.attach(internal)
+        body = json.dumps({"op": "hello", "time_ns": time.time_ns()}).encode()
+        self.relay.send(internal, p.REQUEST, 1, body)
+        self.relay.detach(internal)
+
     def _on_qmp(self) -> None:
         assert self.qmp is not None
         if not self.qmp.drain():  # QEMU is going away; its exit ends the loop
@@ -186,6 +195,8 @@ class RelayServer:
                 reply = vmcontrol.handle(self.qmp, request, self.log_dir or ".")
                 if reply.get("ok") and request["op"] in ("stop", "cont"):
                     self.paused = request["op"] == "stop"
+                if reply.get("ok") and request["op"] == "cont":
+                    self._set_guest_clock()
                 if reply.get("ok") and request["op"] == "save":  # saved: QEMU quits, the relay ends with it
                     self.stopping = True
                     try:
