@@ -214,3 +214,20 @@ async def test_the_clock_is_right_after_a_resume(box: boxlite.SimpleBox) -> None
     await box.box.resume()
     out = await box.exec("date", "+%s")
     assert abs(int(out.stdout) - time.time()) < 2.5
+
+
+async def test_a_pause_to_disk_cut_short_is_sorted_out_by_resume(
+    box: boxlite.SimpleBox, runtime: boxlite.Boxlite
+) -> None:
+    """The record says "paused to disk" before the save starts: a process killed during the save
+    leaves a box that resume continues (its VM still there) rather than one nothing would thaw."""
+    await box.exec("true")
+    await box.box.pause()
+    core = runtime._backend.core  # type: ignore[attr-defined]
+    rec = core.db.get(box.id)
+    rec.paused_to_disk = True  # what a save killed half-way leaves (the box still frozen)
+    core.db.update(rec)
+    assert box.box.info().state.status == "paused"
+    await box.box.resume()
+    assert box.box.info().state.status == "running"
+    assert (await box.exec("echo", "on")).stdout == "on\n"

@@ -44,18 +44,26 @@ async def pause(rt: BoxRuntime, box_id: str, to_disk: bool = False) -> BoxRecord
             raise InvalidStateError(f"box {rec.id} has exited (its main process ended); nothing to pause")
         engine, spec = rt.engine_for(rec), rt.spec(rec)
         running = running_of(rt, rec)
+        before = (rec.state, rec.paused_to_disk, rec.paused_at)
+        # Recorded first: a process killed half-way leaves a box marked paused, which resume
+        # (or stop) then sorts out, never a frozen box marked running that nothing would thaw.
+        rec.state, rec.paused_to_disk, rec.paused_at = PAUSED, to_disk, now()
+        rt.db.update(rec)
+        try:
+            if to_disk:
+                await engine.save(spec, running)  # raises UnsupportedOptionError where it cannot
+            else:
+                await engine.freeze(spec, running)
+        except BaseException:
+            rec.state, rec.paused_to_disk, rec.paused_at = before
+            rt.db.update(rec)
+            raise
         if to_disk:
-            await engine.save(spec, running)  # raises UnsupportedOptionError where it cannot
             await rt._drop_client(rec.id)
             rec.pid = rec.pid_start = None
             rec.owner_pid = rec.owner_start = None
-            rec.paused_to_disk = True
             rt.owned.discard(rec.id)  # nothing of it runs: no owner to outlive
-        else:
-            await engine.freeze(spec, running)
-            rec.paused_to_disk = False
-        rec.state, rec.paused_at = PAUSED, now()
-        rt.db.update(rec)
+            rt.db.update(rec)
         return rec
 
 
@@ -71,7 +79,10 @@ async def resume(rt: BoxRuntime, box_id: str, detach: bool | None = None) -> Box
         if rec.state != PAUSED:
             raise InvalidStateError(f"box {rec.id} is {rec.state}, not paused")
         engine, spec = rt.engine_for(rec), rt.spec(rec)
-        if rec.paused_to_disk:
+        if rec.paused_to_disk and rt._alive(rec):  # its save never finished (a killed process): it still runs
+            await engine.thaw(spec, running_of(rt, rec))
+            engine.forget_saved_state(spec)
+        elif rec.paused_to_disk:
             if detach is not None:
                 rec.detach = bool(detach)
             t0 = time.monotonic()
@@ -95,6 +106,7 @@ async def release(rt: BoxRuntime, rec: BoxRecord) -> bool:
     engine, spec = rt.engine_for(rec), rt.spec(rec)
     if rec.paused_to_disk:
         engine.forget_saved_state(spec)
+    if rec.paused_to_disk and not rt._alive(rec):
         engine.cleanup(spec)
         rec.state, rec.paused_to_disk, rec.paused_at = "stopped", False, None
         rt.db.update(rec)
