@@ -1,6 +1,6 @@
 """Snapshot, clone, export and import of a box that wrote 200 MB, against copying its directory.
 
-    python bench/bench_state.py [--runs 5] [--mib 200] [--engines namespace,vm] [--json out.json]
+    python bench/bench_state.py [--runs 5] [--mib 200] [--engines namespace,vm] [--json out.json] [--quick]
 
 Each run prepares a fresh stopped box whose writable layer holds ``--mib`` MB of random data
 (a clone of one base box, then the write; not timed), then times ``box.snapshot.create`` first
@@ -118,7 +118,10 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=200)
     ap.add_argument("--engines", default="namespace")
     ap.add_argument("--json")
+    ap.add_argument("--quick", action="store_true", help="1 run, 8 MB (a smoke test: the figures mean nothing)")
     args = ap.parse_args()
+    if args.quick:
+        args.runs, args.mib = 1, 8
     from support.images import build_busybox_rootfs
 
     results: dict[str, Any] = {}
