@@ -337,11 +337,8 @@ class VmEngine(Engine):
             upper_format=disks.top_format,
             upper_backing=[str(p) for p in disks.lowers],
         )
-        if vm.ram_file:  # it ran from a template's RAM (private mapping): all of it is in the state
-            ram = run / SAVED_RAM_NAME
-            with open(ram, "wb") as f:
-                f.truncate(vm.memory_mib << 20)
-            vm = replace(vm, ram_file=str(ram))
+        if vm.ram_file:  # it ran from a template's RAM (private mapping): all of it is in the state,
+            vm = replace(vm, ram_file=None, ram_anonymous=True)  # loaded into anonymous memory
         vm = replace(vm, incoming=str(state), net_gid=None, dnsproxy=None)
         if vm.network and spec.allow_net:  # as start() does: the allow-list's group and DNS proxy
             gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)

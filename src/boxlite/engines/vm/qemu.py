@@ -49,6 +49,7 @@ class VmConfig:
     template: bool = False  # boot to "agent loaded, waiting for settings" for a snapshot
     incoming: str | None = None  # restore the device state saved in this file
     ram_file: str | None = None  # guest RAM: a template's file (written when template, else mapped private)
+    ram_anonymous: bool = False  # guest RAM a plain "ram" backend: a template box resumed from its saved memory
     net_gid: int | None = None  # an allow-listed box's own helper group (..net.allowlist), else the guard's
     dnsproxy: list[str] | None = None  # argv of its DNS proxy, started by the shim before QEMU
 
@@ -139,7 +140,7 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     # the fifth virtio-mmio device ("genirq: Flags mismatch" on the console), which is harmless:
     # reading the clock needs no IRQ, and the host sets the clock anyway.
     machine = "microvm,acpi=off,rtc=on"
-    if cfg.ram_file or cfg.volumes:
+    if cfg.ram_file or cfg.volumes or cfg.ram_anonymous:
         machine += ",memory-backend=ram"
     argv = [
         qemu_binary(),
@@ -163,6 +164,8 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     argv += ["-chardev", f"file,id=con,path={_opt(console)}", "-serial", "chardev:con"]
     if cfg.ram_file:
         argv += ram_backend(cfg)
+    elif cfg.ram_anonymous:  # same RAM block name as a template box's: its saved memory loads into it
+        argv += ["-object", f"memory-backend-ram,id=ram,size={cfg.memory_mib}M"]
     elif cfg.volumes:  # virtiofsd reads and writes guest memory: it must be shared with it
         argv += ["-object", f"memory-backend-memfd,id=ram,size={cfg.memory_mib}M,share=on"]
     for i, _ in enumerate(cfg.volumes):
@@ -191,7 +194,7 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     argv += ["-netdev", netdev(cfg), "-device", "virtio-net-device,netdev=net0"]
     # Free page reporting hands memory the guest frees back to the host. Not with template RAM:
     # QEMU 7.2 discards by punching holes in the file, which every box restored from it maps.
-    reporting = "off" if cfg.ram_file else "on"
+    reporting = "off" if cfg.ram_file or cfg.ram_anonymous else "on"  # the device as it was saved
     argv += ["-device", f"virtio-balloon-device,free-page-reporting={reporting}"]
     if agent_fd is not None:
         argv += [

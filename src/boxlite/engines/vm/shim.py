@@ -369,7 +369,7 @@ class Shim:
         try:
             if qmp is None:
                 raise RuntimeError("QMP is needed to restore a VM template")
-            if vm.get("ram_file"):
+            if vm.get("ram_file") or vm.get("ram_anonymous"):  # as the saved VM had it
                 await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("migrate-incoming", {"uri": incoming_uri(vm["incoming"])})
         except Exception as e:
