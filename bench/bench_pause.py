@@ -8,7 +8,7 @@ For each engine, on one busybox box with a shell counting in memory:
   2. the engine's own ``freeze``/``thaw`` (namespace: cgroup freezer; VM: QMP stop/cont through
      the relay's control socket), the floor under (1);
   3. VM only: ``pause(to_disk=True)`` (guest RAM saved, QEMU ended), the resume from that file
-     (a new QEMU loads it) and the saved file's size.
+     (a new QEMU loads it) and the saved file's size; ``fork(1)`` to the first exec in the copy.
 Target (issue 11): resume from a memory-kept pause <= 20 ms. Medians with min/max/IQR.
 """
 
@@ -74,6 +74,14 @@ async def bench_engine(engine: str, rootfs: Path, runs: int) -> dict[str, Any]:
                     sizes.append(state.stat().st_blocks * 512 / 2**20)
                     restore_ms.append(await timed(box.resume))
                     await (await box.exec("true")).wait()
+                fork_ms = []
+                for _ in range(max(1, runs // 5)):
+                    t0 = time.perf_counter()
+                    (kid,) = await box.fork(1)
+                    await (await kid.exec("true")).wait()
+                    fork_ms.append((time.perf_counter() - t0) * 1000)
+                    await rt.remove(kid.id, force=True)
+                out["fork_to_first_exec_ms"] = bl.summarize(fork_ms)
                 out["to_disk_pause_ms"] = bl.summarize(save_ms)
                 out["to_disk_resume_ms"] = bl.summarize(restore_ms)
                 out["saved_state_mib"] = bl.summarize(sizes)
