@@ -38,3 +38,17 @@ def test_pause_and_resume(cli: Cli) -> None:
     listed = cli.json("--json", "ls", "-a")
     assert isinstance(listed, list) and listed[0]["state"]["status"] in ("stopped", "exited")
     cli.ok("rm", "ctr")
+
+
+def test_fork(cli: Cli) -> None:
+    cli.ok("run", "-d", "--name", "src", "--rootfs", str(cli.rootfs), "sleep", "600")
+    assert cli("fork", "-n", "0", "src").returncode != 0
+    if cli.engine == "namespace":
+        assert_one_line_error(cli("fork", "src"), 125, "criu")
+    else:
+        kid = cli.ok("fork", "src").strip()
+        assert len(kid) == 12 and kid != "src"
+        assert cli.ok("exec", kid, "echo", "copy") == "copy\n"
+        cli.ok("rm", "-f", kid)
+    assert cli.ok("exec", "src", "echo", "on") == "on\n"
+    cli.ok("rm", "-f", "src")

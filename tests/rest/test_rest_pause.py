@@ -54,3 +54,21 @@ async def test_pause_routes_refuse_bad_input(remote: RemoteBoxlite, server: Serv
         assert (await client.post(f"/v1/boxes/{box.id}/resume")).status_code == 409
         assert (await client.post(f"/v1/boxes/{box.id}/pause", params={"to_disk": "maybe"})).status_code == 400
     await remote.remove(box.id, force=True)
+
+
+async def test_fork_over_rest(remote: RemoteBoxlite, busybox_rootfs: Path) -> None:
+    """VM: copies that run; namespace: the typed refusal (CRIU), the source unharmed."""
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=remote) as box:  # type: ignore[arg-type]
+        await box.exec("sh", "-c", "echo src > /root/f")
+        with pytest.raises(boxlite.ConfigError):
+            await box.box.fork(0)
+        if box.info().engine == "namespace":
+            with pytest.raises(boxlite.UnsupportedOptionError, match="criu"):
+                await box.box.fork()
+        else:
+            (kid,) = await box.box.fork()
+            assert kid.info().state.status == "running" and kid.id != box.id
+            ex = await kid.exec("cat", ["/root/f"], stdin=False)
+            assert await ex.stdout().read() == "src\n"
+            await remote.remove(kid.id, force=True)
+        assert (await box.exec("cat", "/root/f")).stdout == "src\n"

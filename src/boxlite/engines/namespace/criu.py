@@ -39,12 +39,14 @@ def _check() -> str:
     return "criu check fails on this kernel: " + " | ".join(out.splitlines()[-4:])
 
 
-def refuse() -> NoReturn:
-    """Raise UnsupportedOptionError: the namespace engine has no working pause to disk here.
+def refuse(option: str = "to_disk") -> NoReturn:
+    """Raise UnsupportedOptionError: the namespace engine has no working pause to disk (or fork
+    of a running box: the same checkpoint) here.
 
     Even where ``criu check`` passes, dumping a box (user namespace, id-mapped overlay mounts,
     pasta's network namespace, the keeper outside it) is not implemented yet."""
     why = why_unavailable()
     if why is None:
         why = "criu check passes, but checkpointing namespace boxes is not implemented yet"
-    raise UnsupportedOptionError("to_disk", f"the namespace engine pauses to disk with CRIU; {why}")
+    what = "pauses to disk" if option == "to_disk" else "forks a running box"
+    raise UnsupportedOptionError(option, f"the namespace engine {what} with CRIU; {why}")

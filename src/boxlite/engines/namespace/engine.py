@@ -258,6 +258,11 @@ class NamespaceEngine(Engine):
 
         refuse()
 
+    async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
+        from .criu import refuse
+
+        refuse("fork")
+
     @staticmethod
     def _groups(spec: BoxSpec) -> cgroups.BoxCgroups:
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
