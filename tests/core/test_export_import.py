@@ -4,13 +4,14 @@ image, gzip, running source), where the archive lands, and the errors of a bad d
 from __future__ import annotations
 
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
 import boxlite
-from boxlite.errors import AlreadyExistsError, StorageError
+from boxlite.errors import AlreadyExistsError, ResourceExhaustedError, StorageError
 from support.images import busybox_layout
 
 CHECK = (
@@ -134,3 +135,21 @@ async def test_a_namespace_box_becomes_a_vm_box(home: Path, busybox_rootfs: Path
         assert [p for p in rt.home.boxes_dir.iterdir() if p.name.startswith(".")] == []
     finally:
         await rt.shutdown()
+
+
+async def test_a_full_disk_during_export_is_a_typed_error_and_leaves_no_archive(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    box = await runtime.create(opts(busybox_rootfs))
+    assert (await sh(box, "head -c 3000000 /dev/urandom > /root/big"))[0] == 0
+    await box.stop()
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(ResourceExhaustedError):
+            await box.export(dest=str(small))
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert await sh(box, "wc -c < /root/big") == (0, "3000000\n")  # the box is untouched
