@@ -3,6 +3,7 @@ remove and box.clone_box, their errors, their cost, and a host process killed in
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import boxlite
 from boxlite.engines import diskchain
+from boxlite.engines.base import process_start_time
 from boxlite.errors import AlreadyExistsError, ConfigError, InvalidStateError, NotFoundError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -206,5 +208,25 @@ async def test_kill_9_in_the_middle_leaves_the_source_intact_and_no_garbage(
         box = await rt.get("src")
         assert box is not None
         assert await sh(box, "cat /root/f") == (0, "precious\n")
+    finally:
+        await rt.shutdown()
+
+
+async def test_opening_a_home_deletes_leftovers_of_dead_processes_only(home: Path) -> None:
+    """A dead server's upload, a dead process's half-built box; a live owner's are kept."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_token = f"{dead.stdout.strip()} 1"
+    live_token = f"{os.getpid()} {process_start_time(os.getpid())}"
+    for parent, name in ((home / "transfers", "up"), (home / "boxes", ".partial-AAAAAAAAAAAA")):
+        for owner, suffix in ((dead_token, "dead"), (live_token, "live")):
+            d = parent / f"{name}{suffix}"
+            d.mkdir(parents=True)
+            (d / ".owner").write_text(owner)
+            (d / "data").write_bytes(b"x" * 1000)
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home)))
+    try:
+        await rt.list_info()
+        assert sorted(p.name for p in (home / "transfers").iterdir()) == ["uplive"]
+        assert [p.name for p in (home / "boxes").iterdir()] == [".partial-AAAAAAAAAAAAlive"]
     finally:
         await rt.shutdown()

@@ -602,7 +602,13 @@ async def clone(rt: BoxRuntime, box_id: str, name: str | None = None) -> BoxReco
 # --- crash recovery -----------------------------------------------------------------------
 def recover(rt: BoxRuntime) -> None:
     """Delete what a killed process left half-done: partial boxes, boxes whose record was never
-    inserted, unreferenced layers and temporary state files."""
+    inserted, unreferenced layers, temporary state files, a dead server's archives in transit."""
+    transfers = rt.home.root / "transfers"
+    for entry in list(os.scandir(transfers)) if transfers.is_dir() else ():
+        with contextlib.suppress(OSError):
+            owner = Path(entry.path) / OWNER_FILE
+            if owner.exists() and not owner_alive(owner.read_text()):
+                remove_tree(entry.path)
     boxes = rt.home.boxes_dir
     for entry in list(os.scandir(boxes)):
         path = Path(entry.path)

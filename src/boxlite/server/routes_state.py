@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from ..api.options import ExportOptions
 from ..errors import NotFoundError, ResourceExhaustedError
+from ..procfs import process_start_time
 from .schemas import ERROR_RESPONSES, BoxInfoModel, dump
 from .state import ServerState, get_state
 
@@ -91,10 +92,14 @@ async def clone_box(box_id: str, req: CloneBoxRequest | None = None, st: ServerS
 
 
 def _scratch(st: ServerState) -> str:
-    """A private directory in the runtime home for archives in transit (same disk as the boxes)."""
+    """A private directory in the runtime home for archives in transit (same disk as the boxes);
+    its ``.owner`` lets the next runtime delete it if this server dies mid-transfer."""
     root = st.runtime.home.root / "transfers"
     root.mkdir(mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(dir=root)
+    work = tempfile.mkdtemp(dir=root)
+    with open(os.path.join(work, ".owner"), "w") as f:
+        f.write(f"{os.getpid()} {process_start_time(os.getpid()) or 0}")
+    return work
 
 
 @router.post(
