@@ -102,7 +102,9 @@ async def test_snapshot_names_and_errors(runtime: boxlite.Boxlite, busybox_rootf
             await box.snapshot.create(name=bad)
     await box.snapshot.create(name="one")
     with pytest.raises(AlreadyExistsError):
-        await box.snapshot.create(name="one")
+        await box.snapshot.create("one")  # positional too (BoxLite's reference server passes it so)
+    with pytest.raises(ConfigError):
+        await box.snapshot.create()
     with pytest.raises(NotFoundError):
         await box.snapshot.restore("nope")
     with pytest.raises(NotFoundError):

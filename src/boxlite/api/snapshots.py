@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 from typing import TYPE_CHECKING
 
+from ..errors import ConfigError
 from .options import SnapshotOptions
 from .results import SnapshotInfo
 
@@ -23,9 +24,12 @@ class SnapshotHandle:
     def __init__(self, box: Box) -> None:
         self._box = box
 
-    async def create(self, *, options: SnapshotOptions | None = None, name: str) -> SnapshotInfo:
-        """Snapshot the box's disk as it is now under ``name`` (unique per box). A running box
-        is frozen while its writable layer is copied."""
+    async def create(self, name: str | None = None, options: SnapshotOptions | None = None) -> SnapshotInfo:
+        """Snapshot the box's disk as it is now under ``name`` (unique per box; BoxLite passes it
+        by keyword, ``create("s1")`` works too). A running box is frozen while its writable layer
+        is copied."""
+        if name is None:
+            raise ConfigError("snapshot.create needs a name")
         return await self._box._backend.snapshot_create(self._box.id, name)
 
     async def list(self) -> builtins.list[SnapshotInfo]:
