@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from boxlite.engines import diskchain
 from boxlite.errors import AlreadyExistsError, ResourceExhaustedError, StorageError
 from support.images import busybox_layout
 
@@ -64,6 +65,8 @@ async def test_round_trip_keeps_the_disk_and_config(
     assert all(len(v[1]) == 64 for v in manifest["members"].values())  # type: ignore[attr-defined]
     copy = await runtime.import_box(str(path), name="copy")
     assert copy.id != src.id and copy.info().state.status == "stopped"
+    state = diskchain.read_state(runtime.home.box_dir(copy.id))
+    assert state is not None and len(state.ancestry(state.head)) == 1  # the chain is flattened
     assert copy.info().engine == engine
     assert await sh(copy, CHECK) == (0, EXPECTED)
     assert (await sh(copy, "echo changed > /root/f"))[0] == 0
@@ -153,3 +156,21 @@ async def test_a_full_disk_during_export_is_a_typed_error_and_leaves_no_archive(
     finally:
         subprocess.run(["umount", str(small)], check=True)
     assert await sh(box, "wc -c < /root/big") == (0, "3000000\n")  # the box is untouched
+
+
+async def test_a_chain_at_its_depth_limit_is_flattened_by_export_and_import(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(diskchain, "MAX_DEPTH", 2)
+    box = await runtime.create(opts(busybox_rootfs))
+    for i in range(2):
+        assert (await sh(box, f"echo {i} >> /root/log"))[0] == 0
+        await box.stop()
+        await box.snapshot.create(name=f"s{i}")
+    assert (await sh(box, "echo 2 >> /root/log"))[0] == 0
+    await box.stop()
+    with pytest.raises(ResourceExhaustedError, match="export and import"):
+        await box.snapshot.create(name="s2")
+    flat = await runtime.import_box(await box.export(dest=str(tmp_path)), name="flat")
+    await flat.snapshot.create(name="again")
+    assert await sh(flat, "cat /root/log") == (0, "0\n1\n2\n")

@@ -632,18 +632,12 @@ async def import_box(
             os.rename(disk, dest)
             state.parents[base] = None
             head = base
-        else:
-            for i in _frozen_iter(manifest):
-                tree = stage / "writable" / str(i)
-                if not tree.is_dir() or tree.is_symlink():
-                    raise UnsafeArchiveError(f"{path}: layer {i} is missing")
-                await asyncio.to_thread(apply_meta, tree, stage / "writable" / f"{i}.meta.json", uid_base)
-                layer = new_layer_id()
-                dest = layer_path(partial, layer, "namespace")
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.rename(tree, dest)
-                state.parents[layer] = head
-                head = layer
+        else:  # the layers merged into one frozen layer (an import flattens the chain)
+            head = new_layer_id()
+            dest = layer_path(partial, head, "namespace")
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await asyncio.to_thread(_merged_layers, stage, manifest, dest, uid_base)
+            state.parents[head] = None
         if head is not None or engine == "namespace":
             state.head = head
             model = layer_path(partial, head, engine) if head else None
@@ -721,20 +715,25 @@ def _opaque(path: str) -> bool:
         return False
 
 
-def _layers_to_vm_disk(stage: Path, manifest: dict[str, Any], disk: Path, size_gb: float) -> None:
-    """A namespace archive's layers as a VM box disk: merged into ``upper/`` (owners as the box
-    sees them: no shift) of a new ext4 image made by ``mke2fs -d``."""
+def _merged_layers(stage: Path, manifest: dict[str, Any], dest: Path, shift: int) -> None:
+    """A namespace archive's layers, their metadata applied (ids + ``shift``), merged at ``dest``."""
     trees = []
     for i in _frozen_iter(manifest):
         tree = stage / "writable" / str(i)
         if not tree.is_dir() or tree.is_symlink():
             raise UnsafeArchiveError(f"layer {i} is missing from the archive")
-        apply_meta(tree, stage / "writable" / f"{i}.meta.json", 0)
+        apply_meta(tree, stage / "writable" / f"{i}.meta.json", shift)
         trees.append(tree)
+    merge_layers(trees, dest)
+
+
+def _layers_to_vm_disk(stage: Path, manifest: dict[str, Any], disk: Path, size_gb: float) -> None:
+    """A namespace archive's layers as a VM box disk: merged into ``upper/`` (owners as the box
+    sees them: no shift) of a new ext4 image made by ``mke2fs -d``."""
     root = stage / "vmroot"
     root.mkdir(mode=0o755)
     (root / "work").mkdir(mode=0o700)
-    merge_layers(trees, root / "upper")
+    _merged_layers(stage, manifest, root / "upper", 0)
     disk.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(disk, "wb") as f:
         f.truncate(int(size_gb * (1 << 30)))
