@@ -35,6 +35,9 @@ GID_SLOTS = hostguard.ALLOW_GID_SLOTS
 MAX_CLAIM_TRIES = 512
 MAX_SET = 16384
 """Addresses a box's DNS lookups may have open at once, per set (full: lookups get SERVFAIL)."""
+SECRET_MARK = 0x5EC7
+"""Socket mark of the secret proxy's own outbound connections (:mod:`.secretproxy`): the
+redirect skips them; every other rule of the box's group still applies to them."""
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -138,6 +141,7 @@ def base_script() -> str:
             f"add table {t}",
             f"add map {t} boxes {{ type gid : verdict; }}",
             f"add map {t} dnsports {{ type gid : inet_service; }}",
+            f"add map {t} secretports {{ type gid : inet_service; }}",
             f"add chain {t} output {{ type filter hook output priority 10; policy accept; }}",
             f"add chain {t} dnsnat {{ type nat hook output priority -100; policy accept; }}",
             f"flush chain {t} output",
@@ -145,6 +149,9 @@ def base_script() -> str:
             f"add rule {t} output meta skgid vmap @boxes",
             # Every DNS flow of an allow-listed helper, to whatever address, goes to its proxy.
             f"add rule {t} dnsnat meta l4proto {{ tcp, udp }} th dport 53 redirect to : meta skgid map @dnsports",
+            # HTTP(S) of a box with secrets goes to its secret proxy (a group not in the map: no match).
+            f"add rule {t} dnsnat meta l4proto tcp th dport {{ 80, 443 }} meta mark != {SECRET_MARK} "
+            "redirect to : meta skgid map @secretports",
         ]
     )
 
@@ -251,6 +258,10 @@ def release(box_dir: Path) -> None:
         *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),
     ]
     with contextlib.suppress(NetworkError):
+        if secret_conf(box_dir).exists():
+            nft(f"delete element {t} secretports {{ {gid} }}\n")
+            secret_conf(box_dir).unlink(missing_ok=True)
+            (box_dir / "secrets-leaf.key").unlink(missing_ok=True)
         if nft("\n".join(steps) + "\n").returncode != 0:  # something was gone already
             for step in steps:
                 with contextlib.suppress(NetworkError):
@@ -284,4 +295,47 @@ def proxy_command(box_dir: Path, gid: int, entries: tuple[Entry, ...]) -> list[s
     path.write_text(json.dumps(conf))
     os.chmod(path, 0o600)
     script = Path(__file__).with_name("dnsproxy.py")
+    return [sys.executable, "-I", "-S", str(script), str(path)]
+
+
+# --- the secret proxy's configuration (secrets: engines/net/secretproxy.py) --------------------
+
+
+def secret_conf(box_dir: Path) -> Path:
+    return box_dir / "secretproxy.json"
+
+
+def secret_rules(gid: int, allow_listed: bool) -> str:
+    """Rules the box's secret proxy installs once bound (its port in place of ``@PORT@``): the
+    box's HTTP(S) is redirected to it, and its chain accepts that redirect. Without an
+    allow-list the chain (created rejecting everything) then accepts everything else too."""
+    t, c = f"inet {TABLE}", chain_name(gid)
+    lines = [] if allow_listed else [f"flush chain {t} {c}", f"add rule {t} {c} accept"]
+    lines += [
+        f"insert rule {t} {c} meta l4proto tcp ct status dnat ip daddr 127.0.0.1 tcp dport {PORT_MARK} accept",
+        f"add element {t} secretports {{ {gid} : {PORT_MARK} }}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def secret_proxy_command(box_dir: Path, gid: int, secrets: list[dict[str, object]], allow_listed: bool) -> list[str]:
+    """argv of the box's secret proxy, its configuration (with the real values) written 0600 to
+    the box dir on the host, and the box's CA and leaf certificate made (:mod:`.boxca`)."""
+    from . import boxca
+
+    hosts = sorted({str(h) for s in secrets for h in s["hosts"]})  # type: ignore[attr-defined]
+    _, leaf, key = boxca.make(box_dir, hosts)
+    conf = {
+        "secrets": secrets,
+        "mark": SECRET_MARK,
+        "cert": str(leaf),
+        "key": str(key),
+        "rules": secret_rules(gid, allow_listed),
+        "nft": hostguard.nft_binary(),
+    }
+    path = secret_conf(box_dir)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(conf, f)
+    script = Path(__file__).with_name("secretproxy.py")
     return [sys.executable, "-I", "-S", str(script), str(path)]

@@ -1,0 +1,339 @@
+"""Issue 12: secret placeholders. A box's HTTP(S) to the hosts a secret lists reaches them with the
+real value in place of the placeholder; to other hosts the placeholder passes unchanged; hostile
+clients do not hurt the proxy.
+
+A private "internet" (tests never send traffic anywhere else): this file runs itself as a script
+under ``unshare -n -m``. That namespace plays the host (its /etc/hosts names listed.test 10.77.0.2
+and other.test 10.77.0.3); a second namespace behind a veth holds both, each with an HTTP (80) and
+an HTTPS (443, certificate of a test CA) server that logs every request it gets and answers
+``seen <n> bytes``. The "box" side here is a client process in the box's helper group, as the
+box's pasta/QEMU is: the same nftables redirect sends its flows to the secret proxy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HOSTS = {"listed.test": "10.77.0.2", "other.test": "10.77.0.3"}
+VALUE = "sk-real-7f3a9c1e5b"
+PLACEHOLDER = "<BOXLITE_SECRET:api>"
+
+
+# --- the remote hosts ----------------------------------------------------------------------------
+
+
+def make_test_ca(home: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test internet CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "listed.test")]))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in HOSTS]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (home / "upstream-ca.pem").write_bytes(ca.public_bytes(pem))
+    (home / "upstream.pem").write_bytes(
+        leaf.public_bytes(pem)
+        + leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def echo_server(addr: str, port: int, log: Path, tls: ssl.SSLContext | None) -> None:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((addr, port))
+    srv.listen(64)
+    lock = threading.Lock()
+
+    def one(conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head = data.split(b"\r\n\r\n")[0]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            while len(data) - len(head) - 4 < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            with lock, open(log, "a") as f:
+                f.write(json.dumps({"server": f"{addr}:{port}", "request": data.decode(errors="replace")}) + "\n")
+            body = b"seen %d bytes" % len(data)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def remote_main(home: str) -> None:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(str(Path(home) / "upstream.pem"))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            for addr in HOSTS.values():
+                echo_server(addr, 80, Path(home) / "remote.log", None)
+                echo_server(addr, 443, Path(home) / "remote.log", tls)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    print("ready", flush=True)
+    time.sleep(900)
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["sh", "-ec", cmd], check=True)
+
+
+def build_internet(home: Path) -> subprocess.Popen[str]:
+    sh("ip link set lo up; ip link add v0 type veth peer name v1")
+    remote = subprocess.Popen(
+        ["unshare", "-n", sys.executable, __file__, "remote", str(home)], stdout=subprocess.PIPE, text=True
+    )
+    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
+    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
+        assert time.monotonic() < deadline, "the remote namespace never appeared"
+        time.sleep(0.01)
+    addrs = " ".join(f"ip addr add {a}/24 dev v1;" for a in (*HOSTS.values(), "10.77.0.254"))
+    sh(f"""
+        ip link set v1 netns {remote.pid}
+        ip addr add 10.77.0.1/24 dev v0
+        ip link set v0 up
+        ip route add default via 10.77.0.254
+        nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; {addrs} ip link set v1 up'
+    """)
+    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
+    return remote
+
+
+# --- the "box" side: a client in the box's helper group ------------------------------------------
+
+CLIENT = r"""
+import json, socket, ssl, sys, time
+PH = sys.argv[1]
+box_ca, upstream_ca = sys.argv[2], sys.argv[3]
+r = {}
+def request(host, port, tls_ca=None, extra=b"", body=None):
+    body = ("token=" + PH).encode() if body is None else body
+    head = (f"POST /x?k={PH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {PH}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n").encode() + extra + b"\r\n"
+    try:
+        s = socket.create_connection((host, port), timeout=15)
+        s.settimeout(15)
+        if tls_ca:
+            s = ssl.create_default_context(cafile=tls_ca).wrap_socket(s, server_hostname=host)
+        s.sendall(head + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace").split("\r\n")[0]
+    except (OSError, ssl.SSLError) as e:
+        return type(e).__name__ + ": " + str(e)[:100]
+r["http_listed"] = request("listed.test", 80)
+r["https_listed"] = request("listed.test", 443, box_ca)
+r["http_other"] = request("other.test", 80)
+r["https_other"] = request("other.test", 443, upstream_ca)
+# The box's CA is good for the listed names only: other.test is not intercepted, so a client
+# trusting only the box CA fails there (its certificate is the real server's).
+r["https_other_box_ca"] = request("other.test", 443, box_ca)
+# A listed SNI with another Host is refused; a body over the cap passes unchanged.
+s = socket.create_connection(("listed.test", 443), timeout=15)
+s = ssl.create_default_context(cafile=box_ca).wrap_socket(s, server_hostname="listed.test")
+s.sendall(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+r["sni_host_mismatch"] = s.recv(200).decode().split("\r\n")[0]
+big = ("A" * (2 * 1024 * 1024) + PH).encode()
+r["big_body"] = request("listed.test", 80, body=big)
+# Hostile: an oversized head, stalled connections beyond the proxy's slots, a slow dribble.
+r["huge_head"] = request("listed.test", 80, extra=b"X-Pad: " + b"p" * 100000 + b"\r\n")
+stalled = [socket.create_connection(("listed.test", 80), timeout=15) for _ in range(80)]
+time.sleep(12)  # the proxy's first-bytes deadline frees the stalled connections' slots
+r["after_stall"] = request("listed.test", 80)
+for s in stalled:
+    s.close()
+print("CLIENT " + json.dumps(r))
+"""
+
+
+def scenario_main(home_s: str) -> None:
+    from boxlite.engines.net import allowlist
+
+    home = Path(home_s)
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    hosts = home / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items()))
+    subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)
+    make_test_ca(home)
+    (home / "remote.log").touch()
+    remote = build_internet(home)
+    box_dir = home / "box"
+    box_dir.mkdir()
+    proxy = None
+    try:
+        gid = allowlist.claim_gid(box_dir)
+        secrets: list[dict[str, Any]] = [
+            {"name": "api", "value": VALUE, "hosts": ["listed.test"], "placeholder": PLACEHOLDER},
+            {"name": "unused", "value": "never-sent", "hosts": ["nowhere.test"], "placeholder": "<BOXLITE_SECRET:u>"},
+        ]
+        argv = allowlist.secret_proxy_command(box_dir, gid, secrets, allow_listed=False)
+        conf = json.loads(allowlist.secret_conf(box_dir).read_text())
+        conf["upstream_cafile"] = str(home / "upstream-ca.pem")  # the test internet's CA
+        allowlist.secret_conf(box_dir).write_text(json.dumps(conf))
+
+        def in_group() -> None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+
+        proxy = subprocess.Popen(argv, stdout=subprocess.PIPE, preexec_fn=in_group)
+        assert proxy.stdout is not None and proxy.stdout.readline().startswith(b"ready ")
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in box_dir.iterdir()}
+        client = subprocess.run(
+            [sys.executable, "-c", CLIENT, PLACEHOLDER, str(box_dir / "secrets-ca.pem"), str(home / "upstream-ca.pem")],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            preexec_fn=in_group,
+        )
+        lines = [x for x in client.stdout.splitlines() if x.startswith("CLIENT ")]
+        assert lines, client.stdout + client.stderr
+        report = json.loads(lines[-1][len("CLIENT ") :])
+        report["modes"] = modes
+        report["proxy_alive"] = proxy.poll() is None
+        allowlist.release(box_dir)
+        listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
+        report["rules_after_release"] = listing.stdout
+        report["remote_log"] = [json.loads(x) for x in (home / "remote.log").read_text().splitlines()]
+    finally:
+        if proxy is not None:
+            proxy.kill()
+        remote.kill()
+    print("REPORT " + json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "remote":
+        remote_main(sys.argv[2])
+    else:
+        scenario_main(sys.argv[2])
+    sys.exit(0)
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+def test_secret_proxy_substitutes_for_listed_hosts_only(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["unshare", "-n", "-m", sys.executable, __file__, "scenario", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r = json.loads(lines[-1][len("REPORT ") :])
+    seen: dict[str, list[str]] = {}
+    for entry in r["remote_log"]:
+        seen.setdefault(entry["server"], []).append(entry["request"])
+    for key in ("http_listed", "https_listed", "http_other", "https_other", "big_body", "after_stall"):
+        assert r[key] == "HTTP/1.1 200 OK", (key, r)
+    # Listed host, HTTP and HTTPS: the real value in the request line, a header and the body.
+    for server in ("10.77.0.2:80", "10.77.0.2:443"):
+        first = seen[server][0]
+        assert f"k={VALUE}" in first and f"Bearer {VALUE}" in first and f"token={VALUE}" in first, first
+        assert PLACEHOLDER not in first and "never-sent" not in first, first
+    # Other hosts: the placeholder, unchanged, and never the value.
+    for server in ("10.77.0.3:80", "10.77.0.3:443"):
+        assert seen[server], r
+        for req in seen[server]:
+            assert VALUE not in req and f"Bearer {PLACEHOLDER}" in req, req
+    assert "CERTIFICATE_VERIFY_FAILED" in r["https_other_box_ca"], r
+    assert r["sni_host_mismatch"] == "HTTP/1.1 421 Misdirected Request", r
+    # A body over the cap passes unchanged (placeholder kept, no value); an oversized head: 431.
+    big = [req for req in seen["10.77.0.2:80"] if len(req) > 1024 * 1024]
+    assert big and PLACEHOLDER in big[0][-100:] and VALUE not in big[0][-100:], r
+    assert r["huge_head"] == "HTTP/1.1 431 Request Header Fields Too Large", r
+    assert r["proxy_alive"], r
+    # Keys on the host only, and only the owner can read them; the box's CA key is not kept.
+    assert r["modes"]["secretproxy.json"] == "0o600" and r["modes"]["secrets-leaf.key"] == "0o600", r
+    assert not [n for n in r["modes"] if n.endswith(".key") and "ca" in n], r
+    assert "10.77.0.2:80" in seen and "secretports" in r["rules_after_release"]
+    assert "chain b" not in r["rules_after_release"], r["rules_after_release"]
+
+
+def test_secret_proxy_parsers() -> None:
+    from boxlite.engines.net import secretproxy as sp
+
+    assert sp.host_matches(["*.example.com"], "a.example.com") and not sp.host_matches(["*.example.com"], "example.com")
+    assert not sp.host_matches(["api.test"], "evilapi.test")
+    assert sp.host_header(b"GET / HTTP/1.1\r\nHOST: Api.Test:8080") == "api.test"
+    assert sp.host_header(b"GET / HTTP/1.1\r\nHost: a b") is None
+    subs = [(b"<P>", b"v")]
+    head = b"POST /<P> HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: keep-alive\r\nX: <P>"
+    out = sp.rewrite_head(head, subs, 1)
+    assert out == b"POST /v HTTP/1.1\r\nHost: h\r\nX: v\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"
+    for bad in (b"P / H\r\nContent-Length: 1\r\nContent-Length: 2", b"P / H\r\nContent-Length: -1"):
+        with pytest.raises(ValueError):
+            sp.content_length(bad)
+    with pytest.raises(ValueError):
+        sp.content_length(b"P / H\r\nContent-Length: 1\r\nTransfer-Encoding: chunked")
+    assert sp.sni_of(b"GET /") is None
+    with pytest.raises(ValueError):
+        sp.sni_of(b"\x16\x03\x01\x40\x00" + b"\x01" * 10)
