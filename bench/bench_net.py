@@ -1,24 +1,25 @@
 """Throughput and connection latency through a box's network path, with and without allow_net.
 
-    python bench/bench_net.py [--runs 5] [--quick] [--engine namespace|vm] [--mib 64] [--json out.json]
+    python bench/bench_net.py [--runs 5] [--quick] [--engine namespace|vm] [--mib 256] [--json out.json]
 
 The benchmark re-runs itself under ``unshare -n -m``: a private "internet" of network namespaces
 it makes (a veth to a "remote" namespace with a bulk TCP server on 10.77.0.2:80 and a DNS server
 answering ``bulk.test``), so no traffic leaves the machine. Contenders, interleaved ABCD/DCBA,
-each downloading ``--mib`` MiB over one TCP connection with the same Python client (it times the
-transfer itself: interpreter start is not counted):
+each downloading ``--mib`` MiB (default 256; --quick: 16) over one TCP connection with the same
+Python client (it times the transfer itself: interpreter start is not counted):
 
   1. host loopback: client and server on 127.0.0.1 in the host namespace (the ceiling);
   2. host → remote over the veth (the same path minus the box);
   3. box, unrestricted network (pasta or slirp);
   4. box with ``allow_net=["bulk.test:80"]`` (the same helper, plus the per-box nftables chain).
 
-Then connection latency: ``--runs`` x 20 connects (connect + one-byte reply) from the box, both
-configurations, and from the host over the veth.
+Then connection latency: ``--runs`` x 20 connects (connect + one-byte reply) from the host over
+the veth (the peer), then from the box in both configurations. --quick: 1 run of each.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -177,7 +178,7 @@ async def scenario(args: Any) -> None:
     import boxlite
     from support.images import python_rootfs
 
-    report = bl.Report("network path", args)
+    report = bl.Report("net", args)
     rootfs = str(python_rootfs())
     bulk_server("127.0.0.1", BULK_PORT)
     with tempfile.TemporaryDirectory(prefix="boxlite-bench-net-") as home:
@@ -220,7 +221,7 @@ async def scenario(args: Any) -> None:
                 report.close(s)
 
                 s = report.section(
-                    "TCP connect + 1-byte reply, to the remote host",
+                    f"TCP connect + 1-byte reply, to the remote host ({args.engine} engine)",
                     "same Python client; median over every connect",
                     baseline="host → remote (veth)",
                 )
@@ -243,7 +244,7 @@ def main() -> int:
     ap = bl.common_args(__doc__, runs=5, quick_runs=1)
     ap.add_argument("--engine", default="namespace", choices=("namespace", "vm"))
     ap.add_argument("--mib", type=int, default=None, help="MiB per download (default 256; --quick: 16)")
-    ap.add_argument("--inside", action="store_true", help=argparse_hidden())
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = bl.parse(ap)
     if args.mib is None:
         args.mib = 16 if args.quick else 256
@@ -261,12 +262,6 @@ def main() -> int:
         remote.kill()
         os.unlink(f.name)
     return 0
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

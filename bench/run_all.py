@@ -1,6 +1,7 @@
 """Run every benchmark (`make bench`) and write one JSON + one markdown report.
 
-    python bench/run_all.py [--quick] [--runs N] [--only core,images,vm,density] [--max-boxes N] [--out DIR]
+    python bench/run_all.py [--quick] [--runs N] [--only core,density,images,vm,state,pause,net]
+                            [--max-boxes N] [--out DIR]
 
 Each benchmark runs as its own process (its memory figures must not include another's); the
 reports land in bench/results/bench-<UTC time>.{json,md}, copied to latest.{json,md}. Exit
@@ -27,10 +28,13 @@ BENCHES = {
     "density": "bench_density.py",
     "images": "bench_images.py",
     "vm": "bench_vm.py",
+    "state": "bench_state.py",
+    "pause": "bench_pause.py",
+    "net": "bench_net.py",
 }
 
 
-PEERS = ("crun", "runc", "bwrap", "skopeo", "umoci", "qemu-system-x86_64")
+PEERS = ("crun", "runc", "bwrap", "skopeo", "umoci", "qemu-system-x86_64", "cp", "tar", "pasta")
 
 
 def versions() -> dict[str, str]:

@@ -123,3 +123,93 @@ def test_vm_bench_compares_with_plain_qemu(tmp_path: Path) -> None:
     assert measured(rtt["boxlite Box.exec (warm)"])
     mem = rows(report, "idle memory of a lone VM box")
     assert measured(mem["plain QEMU (USS)"]) and measured(mem["boxlite box (USS)"])
+
+
+STATE_SECTIONS = {
+    "copy of a stopped box: clone vs cp -a": ("clone (stopped box)", "cp -a --reflink=auto of the box dir"),
+    "box to an archive: export vs tar": ("export (.boxlite, uncompressed)", "tar -S -cf of the box dir"),
+    "archive to a box: import vs untar": ("import", "tar -xf of that tar"),
+    "round trip: export + import vs tar + untar": ("export + import", "tar -S -cf + tar -xf"),
+}
+
+
+def check_state(report: dict[str, Any], engine: str) -> None:
+    """Every BoxLite operation is measured and divided by its cp/tar peer on the same box dir."""
+    suffix = f", 1 MB written ({engine} engine)"
+    snap = rows(report, "snapshot create of the stopped box" + suffix)
+    assert snap.keys() == {"snapshot create"} and measured(snap["snapshot create"])
+    for title, (ours, peer) in STATE_SECTIONS.items():
+        section = rows(report, title + suffix)
+        assert {ours, peer} <= section.keys(), section.keys()
+        assert measured(section[ours]) and measured(section[peer])
+        assert section[peer]["ratio"] is None and section[ours]["ratio"] > 0  # the cp/tar process is the peer
+    archive = rows(report, "box to an archive: export vs tar" + suffix)["archive size (.boxlite)"]
+    assert archive["median"] >= 1 and archive["ratio"] is None  # the written MB is in the archive
+
+
+def test_state_compares_snapshot_clone_export_import_with_cp_and_tar(tmp_path: Path) -> None:
+    check_state(run_bench("bench_state.py", tmp_path, "--mib", "1", "--engines", "namespace"), "namespace")
+
+
+@pytest.mark.vm
+@requires_qemu
+def test_state_bench_runs_on_the_vm_engine(tmp_path: Path) -> None:
+    check_state(run_bench("bench_state.py", tmp_path, "--mib", "1", "--engines", "vm"), "vm")
+
+
+def check_pause(report: dict[str, Any], engine: str) -> None:
+    """Box.pause/resume are divided by the engine's own freeze/thaw (the floor they wrap)."""
+    pause = rows(report, f"pause, memory kept ({engine} engine)")
+    assert pause.keys() == {"Box.pause()", "engine freeze"}
+    resume = rows(report, f"resume, memory kept ({engine} engine)")
+    assert resume.keys() == {"Box.resume()", "engine thaw", "first exec after Box.resume()"}
+    for section, ours, floor in ((pause, "Box.pause()", "engine freeze"), (resume, "Box.resume()", "engine thaw")):
+        assert all(measured(r) and r["n"] == 2 for r in section.values()), section  # --quick: 2 runs
+        assert section[floor]["ratio"] is None and section[ours]["ratio"] > 0
+    assert resume["first exec after Box.resume()"]["ratio"] is None  # a breakdown, not a contender
+
+
+def test_pause_bench_compares_with_the_engine_freeze_namespace(tmp_path: Path) -> None:
+    report = run_bench("bench_pause.py", tmp_path, "--engines", "namespace")
+    check_pause(report, "namespace")
+    assert not [s for s in report["sections"] if "vm engine" in s["title"]]
+
+
+@pytest.mark.vm
+@requires_qemu
+def test_pause_bench_vm_measures_to_disk_and_fork(tmp_path: Path) -> None:
+    report = run_bench("bench_pause.py", tmp_path, "--engines", "vm", timeout=110)
+    check_pause(report, "vm")
+    disk = rows(report, "pause to disk and resume from it (vm engine)")
+    assert disk.keys() == {
+        "Box.pause(to_disk=True)",
+        "Box.resume() from the saved state",
+        "saved state file (allocated)",
+    }
+    assert all(measured(r) for r in disk.values()), disk
+    fork = rows(report, "fork(1) to the first exec in the copy (vm engine)")
+    assert measured(fork["Box.fork(1) + exec `true` in the copy"])
+
+
+def test_net_bench_compares_box_paths_with_host_loopback_and_veth(tmp_path: Path) -> None:
+    from support.images import python_rootfs
+
+    python_rootfs()  # the cached image the benchmark's boxes run (built here, outside its timeout)
+    report = run_bench("bench_net.py", tmp_path, "--mib", "4")
+    bulk = rows(report, "bulk TCP download of 4 MiB, one connection (namespace engine)")
+    assert bulk.keys() == {"host loopback", "host → remote (veth)", "box, unrestricted", "box, allow_net"}
+    assert all(measured(r) and r["unit"] == "MiB/s" for r in bulk.values()), bulk
+    assert bulk["host loopback"]["ratio"] is None and all(bulk[n]["ratio"] > 0 for n in bulk if n != "host loopback")
+    ping = rows(report, "TCP connect + 1-byte reply, to the remote host (namespace engine)")
+    assert ping.keys() == {"host → remote (veth)", "box, unrestricted", "box, allow_net"}
+    assert all(measured(r) and r["n"] == 20 for r in ping.values()), ping  # --quick: 1 run x 20 connects
+    assert ping["host → remote (veth)"]["ratio"] is None and ping["box, allow_net"]["ratio"] > 0
+
+
+def test_make_bench_runs_the_state_benchmark(tmp_path: Path) -> None:
+    argv = [sys.executable, str(BENCH / "run_all.py"), "--quick", "--only", "state", "--out", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=100, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert [(b["name"], b["exit_code"]) for b in data["benchmarks"]] == [("state", 0)]
+    assert "| clone (stopped box) |" in (tmp_path / "latest.md").read_text()
