@@ -1,0 +1,486 @@
+"""``RayBackend``: the boxes of a Ray cluster behind the ``Backend`` interface.
+
+The driver keeps no authoritative state: every box lives in the local runtime of the node service
+(``node.py``) on the node it was placed on, under that node's own home. The driver remembers
+box -> node to route calls, and finds boxes it does not know (another driver's, a reattach) by
+asking every node service. Every Ray call has a deadline (or, for calls that legitimately wait on
+a command, a ping of the node every ``ping_interval``): a lost node turns into ``BoxDiedError``
+naming it, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...api.options import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, BoxOptions
+from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics
+from ...errors import (
+    AlreadyExistsError,
+    BoxDiedError,
+    BoxliteError,
+    ConfigError,
+    NotFoundError,
+    StoppedError,
+    UnsupportedOptionError,
+)
+from ...images import ImageConfig, ImageInfo
+from ...images.types import PullProgress
+from ...wire import decode_error
+from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec
+from .channel import STREAM_BACKPRESSURE, RayChannel
+from .node import CHUNK, NodeService
+from .placement import STRATEGIES, NodeLoad, choose
+
+LOST = "lost"
+"""``BoxInfo.state.status`` of a box whose node is gone."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How ``Boxlite.ray`` places boxes and talks to the cluster."""
+
+    address: str = "auto"
+    strategy: str = "spread"
+    """``spread``: the least loaded node that fits; ``pack``: the most loaded that fits."""
+    max_boxes_per_node: int = 64
+    overcommit: float = 1.0
+    """Boxes' cpus/memory may add up to this multiple of a node's Ray ``CPU``/``memory``."""
+    engine: str | None = None
+    home_dir: str | None = None
+    """Each node's home (``{node_id}`` is replaced); default: the node's ``BOXLITE_HOME`` or ~/.boxlite."""
+    node_resource: str | None = None
+    """Only nodes offering this custom Ray resource host boxes (default: every node)."""
+    namespace: str = "boxlite"
+    call_timeout: float = 60.0
+    create_timeout: float = 600.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 10.0
+    max_transfer_bytes: int = 1 << 30
+    """Largest copy_in/copy_out one node service moves for one call."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
+        if self.max_boxes_per_node < 1 or self.overcommit <= 0 or self.max_transfer_bytes < 1:
+            raise ConfigError("max_boxes_per_node, overcommit and max_transfer_bytes must be positive")
+        if min(self.call_timeout, self.create_timeout, self.ping_interval, self.ping_timeout) <= 0:
+            raise ConfigError("timeouts must be positive")
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UnsupportedOptionError("ray", "Ray is not installed: pip install 'boxlite[ray]'") from None
+    return ray
+
+
+class NodeRef:
+    """One node service as the driver sees it: calls with deadlines, envelopes unwrapped."""
+
+    def __init__(self, node_id: str, handle: Any, options: RayOptions) -> None:
+        self.node_id, self.handle, self._o = node_id, handle, options
+        self.ping_interval = options.ping_interval
+
+    def died(self, exc: BaseException) -> BoxDiedError:
+        return BoxDiedError(f"Ray node {self.node_id} is lost ({type(exc).__name__}: {str(exc)[:200]})")
+
+    @staticmethod
+    def unwrap(envelope: Any) -> Any:
+        kind, value = envelope
+        if kind == "ok":
+            return value
+        raise decode_error(value)
+
+    async def _await(self, ref: Any, timeout: float | None) -> Any:
+        """The envelope's value; ``timeout`` None: wait as long as the node answers pings."""
+        fut = asyncio.wrap_future(ref.future())
+        try:
+            if timeout is not None:
+                try:
+                    return self.unwrap(await asyncio.wait_for(fut, timeout))
+                except asyncio.TimeoutError:
+                    raise BoxDiedError(f"Ray node {self.node_id} did not answer within {timeout:g}s") from None
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=self.ping_interval)
+                if done:
+                    return self.unwrap(fut.result())
+                await self.ping()
+        except BoxliteError:
+            raise
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as e:
+            raise self.died(e) from None
+
+    async def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._await(self.handle.hello.remote(), self._o.ping_timeout)
+        return result
+
+    async def call(self, method: str, *args: Any, timeout: float | None = -1.0) -> Any:
+        """A local-backend method on the node (``timeout`` -1: the call deadline)."""
+        return await self._await(self.handle.call.remote(method, *args), self._deadline(timeout))
+
+    async def call_raw(self, method: str, *args: Any, timeout: float | None = -1.0) -> Any:
+        """A node-service method (exec and copy plumbing)."""
+        return await self._await(getattr(self.handle, method).remote(*args), self._deadline(timeout))
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self._o.call_timeout if timeout == -1.0 else timeout
+
+    def call_sync(self, method: str, *args: Any) -> Any:
+        ray = _ray()
+        try:
+            envelope = ray.get(self.handle.call.remote(method, *args), timeout=self._o.call_timeout)
+        except Exception as e:
+            raise self.died(e) from None
+        return self.unwrap(envelope)
+
+    def stream(self, method: str, *args: Any) -> Any:
+        """A streaming-generator call, at most ``STREAM_BACKPRESSURE`` chunks ahead of the reader."""
+        fn = getattr(self.handle, method).options(
+            num_returns="streaming", _generator_backpressure_num_objects=STREAM_BACKPRESSURE
+        )
+        return fn.remote(*args)
+
+
+class RayImages(ImagesBackend):
+    """The image stores of the nodes: pulls and removals go to every node."""
+
+    def __init__(self, backend: RayBackend) -> None:
+        self._b = backend
+
+    async def _each(self, *args: Any) -> builtins.list[Any]:
+        nodes = await self._b.nodes()
+        return list(await asyncio.gather(*(n.call("image", *args, timeout=self._b.o.create_timeout) for n in nodes)))
+
+    async def pull(self, reference: str, progress: Callable[[PullProgress], None] | None = None) -> ImageInfo:
+        """Pull on every node (``progress`` is not forwarded)."""
+        results = await self._each("pull", reference)
+        if not results:
+            raise NotFoundError("the Ray cluster has no node for boxes")
+        info: ImageInfo = results[0]
+        return info
+
+    async def list(self) -> builtins.list[ImageInfo]:
+        seen: dict[str, ImageInfo] = {}
+        for infos in await self._each("list"):
+            for info in infos:
+                seen.setdefault(repr(info), info)
+        return list(seen.values())
+
+    async def get(self, reference: str) -> ImageInfo | None:
+        return next((i for i in await self._each("get", reference) if i is not None), None)
+
+    async def config(self, reference: str) -> ImageConfig:
+        nodes = await self._b.nodes()
+        if not nodes:
+            raise NotFoundError("the Ray cluster has no node for boxes")
+        config: ImageConfig = await nodes[0].call("image", "config", reference, timeout=self._b.o.create_timeout)
+        return config
+
+    async def remove(self, reference: str, force: bool = False) -> None:
+        await self._each("remove", reference, force)
+
+    async def load(self, path: str | Path) -> builtins.list[ImageInfo]:
+        raise UnsupportedOptionError("images.load", "the archive is on the driver, not on the Ray nodes")
+
+    async def gc(self) -> int:
+        return sum(int(n) for n in await self._each("gc"))
+
+
+class RayBackend(Backend):
+    """Boxes placed on the nodes of a Ray cluster, one node service (Ray actor) per node."""
+
+    def __init__(self, options: RayOptions) -> None:
+        ray = _ray()
+        self.o = options
+        if not ray.is_initialized():
+            ray.init(address=options.address, namespace=options.namespace, log_to_driver=False, logging_level="WARNING")
+        self._nodes: dict[str, NodeRef] = {}
+        self._where: dict[str, str] = {}  # box id -> node id
+        self._last: dict[str, BoxInfo] = {}  # last info seen per box (what list shows once its node is lost)
+        self._owned: set[str] = set()  # non-detached boxes this driver created: stopped by shutdown()
+        self._pending: dict[str, builtins.list[float]] = {}  # node -> [boxes, cpus, memory] being created
+        self._closed = False
+
+    # --- nodes ----------------------------------------------------------------------------
+    def _alive(self) -> dict[str, dict[str, Any]]:
+        """The alive Ray nodes that may host boxes, by node id."""
+        ray = _ray()
+        alive = {}
+        for n in ray.nodes():
+            res = n.get("Resources") or {}
+            if n.get("Alive") and (self.o.node_resource is None or res.get(self.o.node_resource, 0) > 0):
+                alive[n["NodeID"]] = res
+        return alive
+
+    def _service(self, node_id: str) -> NodeRef:
+        """The node's service, started on demand (detached: it outlives this driver, with its boxes)."""
+        ref = self._nodes.get(node_id)
+        if ref is None:
+            ray = _ray()
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            handle = (
+                ray.remote(NodeService)
+                .options(
+                    name=f"boxlite-node-{node_id}",
+                    namespace=self.o.namespace,
+                    lifetime="detached",
+                    get_if_exists=True,
+                    num_cpus=0,
+                    max_restarts=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                )
+                .remote(node_id, self.o.home_dir, self.o.engine, self.o.max_transfer_bytes)
+            )
+            ref = self._nodes[node_id] = NodeRef(node_id, handle, self.o)
+        return ref
+
+    async def nodes(self) -> builtins.list[NodeRef]:
+        """The node services of the alive nodes that answer (started on demand)."""
+        refs = [self._service(node_id) for node_id in self._alive()]
+        answers = await asyncio.gather(*(r.call_raw("hello", timeout=self.o.create_timeout) for r in refs),
+                                       return_exceptions=True)  # fmt: skip
+        return [r for r, a in zip(refs, answers, strict=True) if not isinstance(a, BaseException)]
+
+    async def _loads(self) -> builtins.list[NodeLoad]:
+        alive = self._alive()
+        refs = [self._service(node_id) for node_id in alive]
+        answers = await asyncio.gather(*(r.call_raw("hello", timeout=self.o.create_timeout) for r in refs),
+                                       return_exceptions=True)  # fmt: skip
+        loads = []
+        for ref, hello in zip(refs, answers, strict=True):
+            if isinstance(hello, BaseException):
+                continue
+            res = alive[ref.node_id]
+            pending = self._pending.get(ref.node_id, [0, 0.0, 0])
+            loads.append(NodeLoad(
+                ref.node_id, float(res.get("CPU", 0)), int(res.get("memory", 0) // (1 << 20)),
+                boxes=int(hello["boxes"] + pending[0]), used_cpus=float(hello["cpus"] + pending[1]),
+                used_memory_mib=int(hello["memory_mib"] + pending[2]),
+            ))  # fmt: skip
+        return loads
+
+    def node_of(self, box_id: str) -> str | None:
+        """The id of the Ray node a box lives on (as far as this driver knows)."""
+        return self._where.get(box_id)
+
+    def _seen(self, info: BoxInfo, node_id: str) -> BoxInfo:
+        self._where[info.id] = node_id
+        self._last[info.id] = info
+        return info
+
+    def _forget(self, box_id: str) -> None:
+        self._where.pop(box_id, None)
+        self._last.pop(box_id, None)
+        self._owned.discard(box_id)
+
+    async def _node(self, id_or_name: str) -> tuple[NodeRef, str]:
+        """The node service holding a box, and the box's id."""
+        self._check_open()
+        if id_or_name in self._where:
+            return self._service(self._where[id_or_name]), id_or_name
+        for box_id, seen in self._last.items():
+            if seen.name == id_or_name:
+                return self._service(self._where[box_id]), box_id
+        info = await self.get(id_or_name)
+        if info is None:
+            raise NotFoundError(f"no box {id_or_name!r} on the Ray cluster")
+        return self._service(self._where[info.id]), info.id
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoppedError("this Ray runtime was shut down")
+
+    # --- Backend --------------------------------------------------------------------------
+    @property
+    def images(self) -> RayImages:
+        return RayImages(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def describe(self) -> str:
+        return f"ray={self.o.address!r}, strategy={self.o.strategy!r}, open={not self._closed}"
+
+    async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
+        self._check_open()
+        if name is not None and await self.get(name) is not None:
+            raise AlreadyExistsError(f"a box named {name!r} exists on the Ray cluster")
+        cpus = float(DEFAULT_CPUS if options.cpus is None else options.cpus)
+        memory = int(DEFAULT_MEMORY_MIB if options.memory_mib is None else options.memory_mib)
+        chosen = choose(await self._loads(), cpus, memory, self.o.strategy, self.o.max_boxes_per_node,
+                        self.o.overcommit)  # fmt: skip
+        pending = self._pending.setdefault(chosen.node_id, [0, 0.0, 0])
+        delta = (1, cpus, memory)
+        for i, d in enumerate(delta):
+            pending[i] += d
+        try:
+            info: BoxInfo = await self._service(chosen.node_id).call("create", options, name,
+                                                                      timeout=self.o.create_timeout)  # fmt: skip
+        finally:
+            for i, d in enumerate(delta):
+                pending[i] -= d
+        if not info.detach:
+            self._owned.add(info.id)
+        return self._seen(info, chosen.node_id)
+
+    async def get(self, id_or_name: str) -> BoxInfo | None:
+        self._check_open()
+        known = self._where.get(id_or_name)
+        if known is not None:
+            try:
+                info = await self._service(known).call("get", id_or_name)
+            except BoxDiedError:
+                return _lost(self._last[id_or_name])
+            if info is None:
+                self._forget(id_or_name)
+            return None if info is None else self._seen(info, known)
+        refs = await self.nodes()
+        answers = await asyncio.gather(*(r.call("get", id_or_name) for r in refs), return_exceptions=True)
+        for ref, info in zip(refs, answers, strict=True):
+            if isinstance(info, BoxInfo):
+                return self._seen(info, ref.node_id)
+        return None
+
+    def info(self, box_id: str) -> BoxInfo:
+        self._check_open()
+        node_id = self._where.get(box_id)
+        if node_id is None:
+            raise NotFoundError(f"no box {box_id!r} known to this driver (use get first)")
+        info: BoxInfo = self._service(node_id).call_sync("info", box_id)
+        return self._seen(info, node_id)
+
+    async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
+        """Every node's boxes; those of lost nodes (known to this driver) as ``lost``."""
+        self._check_open()
+        alive = set(self._alive())
+        node_ids = alive | set(self._where.values())
+        refs = [self._service(n) for n in node_ids]
+        answers = await asyncio.gather(*(r.call("list", None) for r in refs), return_exceptions=True)
+        out: builtins.list[BoxInfo] = []
+        for ref, infos in zip(refs, answers, strict=True):
+            if isinstance(infos, BaseException):
+                if not isinstance(infos, BoxliteError):
+                    raise infos
+                out += [_lost(i) for b, i in self._last.items() if self._where.get(b) == ref.node_id]
+                continue
+            out += [self._seen(i, ref.node_id) for i in infos]
+        return [i for i in out if state is None or i.state.status == state]
+
+    async def remove(self, id_or_name: str, force: bool = False) -> None:
+        node, box_id = await self._node(id_or_name)
+        await node.call("remove", box_id, force)
+        self._forget(box_id)
+
+    async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
+        node, box_id = await self._node(box_id)
+        info: BoxInfo = await node.call("start", box_id, detach, timeout=self.o.create_timeout)
+        (self._owned.add if not info.detach else self._owned.discard)(info.id)
+        return self._seen(info, node.node_id)
+
+    async def stop(self, box_id: str, timeout: float | None = None) -> None:
+        node, box_id = await self._node(box_id)
+        deadline = self.o.call_timeout + (timeout or 10.0)
+        await node.call("stop", box_id, timeout, timeout=deadline)
+        self._owned.discard(box_id)
+
+    async def ready(self, box_id: str) -> None:
+        node, box_id = await self._node(box_id)
+        await node.call("ready", box_id, timeout=self.o.create_timeout)
+
+    async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
+        node, box_id = await self._node(box_id)
+        started = await node.call_raw("exec_start", box_id, request, timeout=self.o.create_timeout)
+        channel = RayChannel(node, started["exec_id"], int(started["pid"]))
+        return StartedExec(channel, started["exec_id"])
+
+    async def copy_in(
+        self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
+        overwrite: bool = True,
+    ) -> None:  # fmt: skip
+        node, box_id = await self._node(box_id)
+        upload = await node.call_raw("copy_in_open", box_id, dest, name, include_parent, overwrite)
+        try:
+            async for chunk in chunks:
+                for i in range(0, len(chunk), CHUNK):
+                    await node.call_raw("copy_in_chunk", upload, bytes(chunk[i : i + CHUNK]), timeout=None)
+        except BaseException:
+            try:
+                await node.call_raw("copy_in_abort", upload)
+            except BoxliteError:
+                pass
+            raise
+        await node.call_raw("copy_in_close", upload, timeout=None)
+
+    async def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[bytes, None]:
+        node, box_id = await self._node(box_id)
+        gen = node.stream("copy_out", box_id, src, name, follow_symlinks)
+        finished = False
+        try:
+            while True:
+                try:
+                    ref = await asyncio.wait_for(gen.__anext__(), self.o.call_timeout)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    await node.ping()  # a slow tar is fine, a lost node is not
+                    continue
+                except BoxliteError:
+                    raise
+                except Exception as e:
+                    raise node.died(e) from None
+                yield await node._await(ref, self.o.call_timeout)
+            finished = True
+        finally:
+            if not finished:
+                try:
+                    _ray().cancel(gen)
+                except Exception:  # already ended, or the node is gone
+                    pass
+
+    async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
+        node, box_id = await self._node(box_id)
+        metrics: BoxMetrics = await node.call("box_metrics", box_id)
+        return dataclasses.replace(
+            metrics, commands_executed_total=counted.commands, exec_errors_total=counted.errors,
+            bytes_sent_total=counted.bytes_sent, bytes_received_total=counted.bytes_received,
+        )  # fmt: skip
+
+    async def metrics(self, counted: ExecCounters) -> RuntimeMetrics:
+        self._check_open()
+        refs = await self.nodes()
+        parts = await asyncio.gather(*(r.call("metrics") for r in refs), return_exceptions=True)
+        total = RuntimeMetrics(total_commands_executed=counted.commands, total_exec_errors=counted.errors)
+        for m in parts:
+            if isinstance(m, RuntimeMetrics):
+                total.boxes_created_total += m.boxes_created_total
+                total.boxes_failed_total += m.boxes_failed_total
+                total.num_running_boxes += m.num_running_boxes
+        return total
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the non-detached boxes this driver created (the node services keep running)."""
+        if self._closed:
+            return
+        for box_id in list(self._owned):
+            try:
+                await self.stop(box_id, timeout)
+            except BoxliteError:  # gone, or its node is lost
+                pass
+        self._closed = True
+
+
+def _lost(info: BoxInfo) -> BoxInfo:
+    state = dataclasses.replace(info.state, status=LOST, running=False, pid=None)
+    return dataclasses.replace(info, state=state)

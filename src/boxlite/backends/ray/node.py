@@ -1,0 +1,256 @@
+"""The node service: a Ray actor on one node, owning that node's local runtime.
+
+Every method answers an envelope, ``("ok", value)`` or ``("err", encoded BoxliteError)``, so the
+driver rebuilds the same typed errors as a local runtime (Ray's own exception wrapping would
+turn them into ``RayTaskError``). Output and copy-out streams are Ray streaming generators: the
+driver asks for them with a small backpressure window, and each chunk read here grants the box's
+agent credit, so nothing between the box and the driver buffers more than a few chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...api.options import Options
+from ...errors import BoxliteError, NotFoundError, RequestTooLargeError, ResourceExhaustedError
+from ...wire import encode_error
+from ..base import ExecChannel, ExecCounters, ExecRequest
+from ..local import LocalBackend
+
+Envelope = tuple[str, Any]
+
+MAX_EXECS = 1024
+"""Live executions one node service tracks (a driver that never waits for its commands cannot
+grow the table without bound)."""
+MAX_UPLOADS = 64
+"""Concurrent copy_in transfers per node service."""
+CHUNK = 256 * 1024
+"""Largest chunk a stream item or a copy_in call carries."""
+FINISHED_KEEP_SECS = 60.0
+"""How long an ended execution stays readable before it is purged."""
+_IDLE_STATES = ("stopped", "exited")
+
+
+def _ok(value: Any = None) -> Envelope:
+    return ("ok", value)
+
+
+def _err(exc: BaseException) -> Envelope:
+    return ("err", {"error": encode_error(exc)})
+
+
+@dataclass
+class _Exec:
+    channel: ExecChannel
+    box_id: str
+    ended_at: float | None = None
+
+
+@dataclass
+class _Upload:
+    queue: asyncio.Queue[bytes | None]
+    task: asyncio.Task[None]
+    limit: int
+    received: int = 0
+    done: bool = field(default=False)
+
+
+class NodeService:
+    """One node's BoxLite runtime, reachable from any driver of the cluster by its actor name."""
+
+    def __init__(self, node_id: str, home_dir: str | None, engine: str | None, max_transfer_bytes: int) -> None:
+        self.node_id = node_id
+        self._home_dir = home_dir.replace("{node_id}", node_id) if home_dir else None
+        self._engine = engine
+        self._max_transfer = max_transfer_bytes
+        self._backend: LocalBackend | None = None
+        self._execs: dict[str, _Exec] = {}
+        self._uploads: dict[str, _Upload] = {}
+
+    @property
+    def local(self) -> LocalBackend:
+        if self._backend is None or self._backend.closed:
+            self._backend = LocalBackend(Options(home_dir=self._home_dir, engine=self._engine))
+        return self._backend
+
+    # --- node -------------------------------------------------------------------------------
+    async def hello(self) -> Envelope:
+        """Who this is and its load: boxes not stopped, with their cpus and memory."""
+        try:
+            infos = await self.local.list()
+            busy = [i for i in infos if i.state.status not in _IDLE_STATES]
+            return _ok({
+                "node_id": self.node_id, "home": str(self.local.home.root), "pid": os.getpid(),
+                "boxes": len(busy), "cpus": sum(float(i.cpus or 0) for i in busy),
+                "memory_mib": sum(int(i.memory_mib or 0) for i in busy),
+            })  # fmt: skip
+        except BaseException as e:
+            return _err(e)
+
+    async def call(self, method: str, *args: Any) -> Envelope:
+        """A box or runtime method of the local backend (a fixed set: nothing else is reachable)."""
+        if method not in _CALLS:
+            return _err(BoxliteError(f"node service has no method {method!r}"))
+        try:
+            if method == "metrics":
+                return _ok(await self.local.metrics(ExecCounters()))
+            if method == "box_metrics":
+                return _ok(await self.local.box_metrics(args[0], ExecCounters()))
+            if method == "info":
+                return _ok(self.local.info(*args))
+            if method == "image":
+                return _ok(await getattr(self.local.images, args[0])(*args[1:]))
+            return _ok(await getattr(self.local, method)(*args))
+        except BaseException as e:
+            return _err(e)
+
+    # --- exec -------------------------------------------------------------------------------
+    async def exec_start(self, box_id: str, request: ExecRequest) -> Envelope:
+        self._purge()
+        if len(self._execs) >= MAX_EXECS:
+            return _err(ResourceExhaustedError(f"node {self.node_id} tracks {MAX_EXECS} executions already"))
+        try:
+            started = await self.local.exec(box_id, request)
+        except BaseException as e:
+            return _err(e)
+        exec_id = f"{started.exec_id}-{uuid.uuid4().hex[:8]}"
+        entry = _Exec(started.channel, box_id)
+        started.channel.exit.add_done_callback(lambda _f: setattr(entry, "ended_at", time.monotonic()))
+        self._execs[exec_id] = entry
+        return _ok({"exec_id": exec_id, "pid": started.channel.pid})
+
+    def _purge(self) -> None:
+        now = time.monotonic()
+        for key, entry in list(self._execs.items()):
+            if entry.ended_at is not None and now - entry.ended_at > FINISHED_KEEP_SECS:
+                del self._execs[key]
+
+    def _channel(self, exec_id: str) -> ExecChannel:
+        entry = self._execs.get(exec_id)
+        if entry is None:
+            raise NotFoundError(f"no execution {exec_id} on node {self.node_id}")
+        return entry.channel
+
+    async def exec_read(self, exec_id: str, stream: str) -> AsyncGenerator[Envelope, None]:
+        """The chunks of one output stream until its end (a streaming generator)."""
+        try:
+            channel = self._channel(exec_id)
+            source = channel.stdout if stream == "stdout" else channel.stderr
+            while (chunk := await source.read()) is not None:
+                for i in range(0, len(chunk), CHUNK):
+                    yield _ok(chunk[i : i + CHUNK])
+        except BaseException as e:
+            yield _err(e)
+
+    async def exec_wait(self, exec_id: str) -> Envelope:
+        try:
+            body = await asyncio.shield(self._channel(exec_id).exit)
+            return _ok(body)
+        except BaseException as e:
+            return _err(e)
+
+    async def exec_stdin(self, exec_id: str, data: bytes) -> Envelope:
+        try:
+            await self._channel(exec_id).write_stdin(bytes(data))
+            return _ok()
+        except BaseException as e:
+            return _err(e)
+
+    async def exec_close_stdin(self, exec_id: str) -> Envelope:
+        try:
+            await self._channel(exec_id).close_stdin()
+            return _ok()
+        except BaseException as e:
+            return _err(e)
+
+    async def exec_control(self, exec_id: str, body: dict[str, Any]) -> Envelope:
+        if body.get("op") not in ("kill", "signal", "resize"):
+            return _err(BoxliteError(f"unknown control op {body.get('op')!r}"))
+        try:
+            await self._channel(exec_id).control(dict(body))
+            return _ok()
+        except BaseException as e:
+            return _err(e)
+
+    # --- files ------------------------------------------------------------------------------
+    async def copy_in_open(self, box_id: str, dest: str, name: str, include_parent: bool, overwrite: bool) -> Envelope:
+        if len(self._uploads) >= MAX_UPLOADS:
+            return _err(ResourceExhaustedError(f"node {self.node_id} runs {MAX_UPLOADS} uploads already"))
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while (chunk := await queue.get()) is not None:
+                yield chunk
+
+        task = asyncio.ensure_future(self.local.copy_in(box_id, chunks(), dest, name, include_parent, overwrite))
+        upload_id = uuid.uuid4().hex
+        self._uploads[upload_id] = _Upload(queue, task, self._max_transfer)
+        return _ok(upload_id)
+
+    async def copy_in_chunk(self, upload_id: str, data: bytes) -> Envelope:
+        """One chunk; waits while the box has not taken the previous ones (bounded queue)."""
+        up = self._uploads.get(upload_id)
+        if up is None:
+            return _err(NotFoundError(f"no upload {upload_id} on node {self.node_id}"))
+        if len(data) > CHUNK:
+            return _err(RequestTooLargeError(f"copy_in chunk of {len(data)} bytes (at most {CHUNK})"))
+        up.received += len(data)
+        if up.received > up.limit:
+            await self.copy_in_abort(upload_id)
+            return _err(RequestTooLargeError(f"copy_in larger than {up.limit} bytes"))
+        put = asyncio.ensure_future(up.queue.put(bytes(data)))
+        await asyncio.wait({put, up.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():  # the box side ended first (an error): report it
+            put.cancel()
+            return await self.copy_in_close(upload_id)
+        return _ok()
+
+    async def copy_in_close(self, upload_id: str) -> Envelope:
+        up = self._uploads.get(upload_id)
+        if up is None:
+            return _err(NotFoundError(f"no upload {upload_id} on node {self.node_id}"))
+        try:
+            if not up.task.done():
+                await up.queue.put(None)
+            await up.task
+            return _ok()
+        except BaseException as e:
+            return _err(e)
+        finally:
+            self._uploads.pop(upload_id, None)
+
+    async def copy_in_abort(self, upload_id: str) -> Envelope:
+        up = self._uploads.pop(upload_id, None)
+        if up is not None:
+            up.task.cancel()
+            with contextlib.suppress(BaseException):
+                await up.task
+        return _ok()
+
+    async def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[Envelope, None]:
+        """A tar stream of ``src``, at most the transfer limit (a streaming generator)."""
+        sent = 0
+        gen = self.local.copy_out(box_id, src, name, follow_symlinks)
+        try:
+            async for chunk in gen:
+                sent += len(chunk)
+                if sent > self._max_transfer:
+                    raise RequestTooLargeError(f"copy_out larger than {self._max_transfer} bytes")
+                for i in range(0, len(chunk), CHUNK):
+                    yield _ok(chunk[i : i + CHUNK])
+        except BaseException as e:
+            yield _err(e)
+        finally:
+            await gen.aclose()
+
+
+_CALLS = frozenset({
+    "create", "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image", "shutdown",
+})  # fmt: skip
