@@ -72,6 +72,20 @@ class Boxlite:
             url = url.url
         return RemoteBoxlite(url, api_key=api_key)
 
+    @staticmethod
+    def ray(address: str = "auto", **options: Any) -> Boxlite:
+        """A runtime whose boxes are placed on the nodes of a Ray cluster (same API as a local one).
+
+        ``options``: ``backends.ray.RayOptions`` (strategy, max_boxes_per_node, engine, home_dir, ...)."""
+        from ..backends.ray import RayBackend, RayOptions
+        from ..errors import ConfigError
+
+        try:
+            ray_options = RayOptions(address=address, **options)
+        except TypeError as e:
+            raise ConfigError(f"Boxlite.ray: {e}") from None
+        return Boxlite(backend=RayBackend(ray_options))
+
     @property
     def images(self) -> ImagesBackend:
         return self._backend.images
