@@ -18,7 +18,7 @@ from ..api.options import Options
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
 from ..wire import encode_error, http_status
-from . import routes_boxes, routes_exec, routes_files, routes_images, routes_pause, routes_state
+from . import boxlite_wire, routes_boxes, routes_exec, routes_files, routes_images, routes_pause, routes_state
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from .state import ServerState
@@ -65,6 +65,7 @@ def create_app(
     )  # fmt: skip
     for module in (routes_boxes, routes_files, routes_images, routes_exec, routes_pause, routes_state):
         app.include_router(module.router)
+    boxlite_wire.mount(app)  # BoxLite's REST API, after ours (docs/rest.md)
     if mcp_http is not None:
         from ..mcp.http import PATH
 

@@ -12,7 +12,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PATHS = frozenset({"/v1/health", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/v1/health", "/openapi.json", "/v1/config"})  # /v1/config: BoxLite's, public
 
 
 class ApiKeyMiddleware:

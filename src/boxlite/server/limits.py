@@ -30,7 +30,8 @@ MAX_UPLOAD = 8 << 30
 """Bytes of a streamed upload (``copy_in``'s tar): it goes to the box's disk, never to memory."""
 STREAMING_ROUTES = (
     ("PUT", re.compile(r"^/v1/boxes/[^/]+/archive$")),
-    ("POST", re.compile(r"^/v1/boxes/import$")),  # a .boxlite archive, stored on the server's disk
+    ("PUT", re.compile(r"^/v1/(?:.+/)?boxes/[^/]+/files$")),  # BoxLite's upload, with or without its slot
+    ("POST", re.compile(r"^/v1/(?:.+/)?boxes/import$")),  # a .boxlite archive, stored on the server's disk
 )
 
 
