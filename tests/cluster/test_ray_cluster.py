@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 import boxlite
-from boxlite.errors import BoxDiedError, ResourceExhaustedError
+from boxlite.backends.ray.channel import WINDOW
+from boxlite.backends.ray.node import CHUNK
+from boxlite.errors import BoxDiedError, RequestTooLargeError, ResourceExhaustedError
 
 pytestmark = [pytest.mark.namespace_only, pytest.mark.timeout(600)]
 
@@ -144,10 +146,10 @@ async def test_boxes_spread_over_nodes_and_work(
 
     for box in boxes:
         # streamed: the first line arrives while the command still runs
-        ex = await box.exec("sh", ["-c", "echo first; sleep 2; echo second; echo oops >&2; exit 3"])
+        ex = await box.exec("sh", ["-c", "echo first; sleep 4; echo second; echo oops >&2; exit 3"])
         start = time.monotonic()
         first = await ex.stdout().__aiter__().__anext__()
-        assert first.strip() == "first" and time.monotonic() - start < 1.8
+        assert first.strip() == "first" and time.monotonic() - start < 3.5
         status = await ex.wait()
         assert status.exit_code == 3
 
@@ -175,6 +177,24 @@ async def test_boxes_spread_over_nodes_and_work(
     assert (tmp_path / "out" / "a.txt").read_bytes() == (src / "a.txt").read_bytes()
     with pytest.raises(boxlite.BoxliteError):
         await box.copy_out("/no/such/file", str(tmp_path / "none"))
+
+    # a box's output nobody reads stays bounded on the driver (the node and the box wait)
+    flood = await box.exec("sh", ["-c", "head -c 50000000 /dev/zero"])
+    await asyncio.sleep(3)
+    buffered = flood._channel.stdout  # type: ignore[attr-defined]
+    assert 0 < buffered.total <= WINDOW + CHUNK
+    await flood.kill()
+    assert (await flood.wait()).exit_code != 0
+
+    # transfers are size-limited per call (a driver may lower the limit)
+    small = _runtime(address, engine, max_transfer_bytes=100_000)
+    capped = await small.get("w0")
+    assert capped is not None
+    with pytest.raises(RequestTooLargeError):
+        await capped.copy_in(str(src), "/tmp/again/")
+    with pytest.raises(RequestTooLargeError):
+        await capped.copy_out("/tmp/in", str(tmp_path / "capped"))
+    assert (await (await capped.exec("echo", ["still"])).stdout().read()).strip() == "still"
 
     # another driver object reattaches by name and lists every node's boxes
     rt2 = _runtime(address, engine)

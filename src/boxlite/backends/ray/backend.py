@@ -62,7 +62,7 @@ class RayOptions:
     ping_interval: float = 5.0
     ping_timeout: float = 10.0
     max_transfer_bytes: int = 1 << 30
-    """Largest copy_in/copy_out one node service moves for one call."""
+    """Largest copy_in/copy_out (tar bytes) one call moves (the node services cap it at 16 GiB)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -240,7 +240,7 @@ class RayBackend(Backend):
                     max_restarts=0,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
                 )
-                .remote(node_id, self.o.home_dir, self.o.engine, self.o.max_transfer_bytes)
+                .remote(node_id, self.o.home_dir, self.o.engine)
             )
             ref = self._nodes[node_id] = NodeRef(node_id, handle, self.o)
         return ref
@@ -410,7 +410,8 @@ class RayBackend(Backend):
         overwrite: bool = True,
     ) -> None:  # fmt: skip
         node, box_id = await self._node(box_id)
-        upload = await node.call_raw("copy_in_open", box_id, dest, name, include_parent, overwrite)
+        limit = self.o.max_transfer_bytes
+        upload = await node.call_raw("copy_in_open", box_id, dest, name, include_parent, overwrite, limit)
         try:
             async for chunk in chunks:
                 for i in range(0, len(chunk), CHUNK):
@@ -425,7 +426,7 @@ class RayBackend(Backend):
 
     async def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[bytes, None]:
         node, box_id = await self._node(box_id)
-        gen = node.stream("copy_out", box_id, src, name, follow_symlinks)
+        gen = node.stream("copy_out", box_id, src, name, follow_symlinks, self.o.max_transfer_bytes)
         finished = False
         try:
             while True:

@@ -33,6 +33,10 @@ MAX_UPLOADS = 64
 """Concurrent copy_in transfers per node service."""
 CHUNK = 256 * 1024
 """Largest chunk a stream item or a copy_in call carries."""
+MAX_TRANSFER_BYTES = 16 << 30
+"""Ceiling of the per-call transfer limit a driver asks for (``RayOptions.max_transfer_bytes``)."""
+UPLOAD_IDLE_SECS = 300.0
+"""An upload no chunk arrived for in this long is aborted (its driver is gone)."""
 FINISHED_KEEP_SECS = 60.0
 """How long an ended execution stays readable before it is purged."""
 _IDLE_STATES = ("stopped", "exited")
@@ -59,17 +63,16 @@ class _Upload:
     task: asyncio.Task[None]
     limit: int
     received: int = 0
-    done: bool = field(default=False)
+    touched: float = field(default_factory=time.monotonic)
 
 
 class NodeService:
     """One node's BoxLite runtime, reachable from any driver of the cluster by its actor name."""
 
-    def __init__(self, node_id: str, home_dir: str | None, engine: str | None, max_transfer_bytes: int) -> None:
+    def __init__(self, node_id: str, home_dir: str | None, engine: str | None) -> None:
         self.node_id = node_id
         self._home_dir = home_dir.replace("{node_id}", node_id) if home_dir else None
         self._engine = engine
-        self._max_transfer = max_transfer_bytes
         self._backend: LocalBackend | None = None
         self._execs: dict[str, _Exec] = {}
         self._uploads: dict[str, _Upload] = {}
@@ -180,7 +183,13 @@ class NodeService:
             return _err(e)
 
     # --- files ------------------------------------------------------------------------------
-    async def copy_in_open(self, box_id: str, dest: str, name: str, include_parent: bool, overwrite: bool) -> Envelope:
+    async def copy_in_open(
+        self, box_id: str, dest: str, name: str, include_parent: bool, overwrite: bool, limit: int
+    ) -> Envelope:
+        now = time.monotonic()
+        for key, stale in list(self._uploads.items()):
+            if now - stale.touched > UPLOAD_IDLE_SECS:
+                await self.copy_in_abort(key)
         if len(self._uploads) >= MAX_UPLOADS:
             return _err(ResourceExhaustedError(f"node {self.node_id} runs {MAX_UPLOADS} uploads already"))
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
@@ -191,7 +200,7 @@ class NodeService:
 
         task = asyncio.ensure_future(self.local.copy_in(box_id, chunks(), dest, name, include_parent, overwrite))
         upload_id = uuid.uuid4().hex
-        self._uploads[upload_id] = _Upload(queue, task, self._max_transfer)
+        self._uploads[upload_id] = _Upload(queue, task, min(int(limit), MAX_TRANSFER_BYTES))
         return _ok(upload_id)
 
     async def copy_in_chunk(self, upload_id: str, data: bytes) -> Envelope:
@@ -202,6 +211,7 @@ class NodeService:
         if len(data) > CHUNK:
             return _err(RequestTooLargeError(f"copy_in chunk of {len(data)} bytes (at most {CHUNK})"))
         up.received += len(data)
+        up.touched = time.monotonic()
         if up.received > up.limit:
             await self.copy_in_abort(upload_id)
             return _err(RequestTooLargeError(f"copy_in larger than {up.limit} bytes"))
@@ -234,15 +244,18 @@ class NodeService:
                 await up.task
         return _ok()
 
-    async def copy_out(self, box_id: str, src: str, name: str, follow_symlinks: bool) -> AsyncGenerator[Envelope, None]:
-        """A tar stream of ``src``, at most the transfer limit (a streaming generator)."""
+    async def copy_out(
+        self, box_id: str, src: str, name: str, follow_symlinks: bool, limit: int
+    ) -> AsyncGenerator[Envelope, None]:
+        """A tar stream of ``src``, at most ``limit`` bytes (a streaming generator)."""
+        limit = min(int(limit), MAX_TRANSFER_BYTES)
         sent = 0
         gen = self.local.copy_out(box_id, src, name, follow_symlinks)
         try:
             async for chunk in gen:
                 sent += len(chunk)
-                if sent > self._max_transfer:
-                    raise RequestTooLargeError(f"copy_out larger than {self._max_transfer} bytes")
+                if sent > limit:
+                    raise RequestTooLargeError(f"copy_out larger than {limit} bytes")
                 for i in range(0, len(chunk), CHUNK):
                     yield _ok(chunk[i : i + CHUNK])
         except BaseException as e:
