@@ -276,3 +276,20 @@ def test_hostile_requests_get_documented_4xx(wire: Wire, box: dict[str, Any]) ->
         wire.attach(wire.url(f"/boxes/{box_id}/executions/exec-nope/attach"))
     assert unknown.value.response.status_code == 404
     assert wire.http.get("/v1/health").status_code == 200  # the server took all this in its stride
+
+
+def test_timeout_snapshot_and_refusals(wire: Wire, box: dict[str, Any]) -> None:
+    box_id = box["box_id"]
+    resp = wire.http.post(
+        wire.url(f"/boxes/{box_id}/exec"), json={"command": "sleep", "args": ["30"], "timeout_seconds": 0.5}
+    )
+    exec_id = check("ExecResponse", resp.json())["execution_id"]
+    assert wire.wait_ended(box_id, exec_id)["status"] == "timed_out"
+    assert wire.http.post(wire.url(f"/boxes/{box_id}/stop"), json={}).status_code == 200
+    snap = wire.http.post(wire.url(f"/boxes/{box_id}/snapshots"), json={"name": "s1"})
+    assert snap.status_code == 201 and check("Snapshot", snap.json())["name"] == "s1"
+    error(wire.http.get(wire.url(f"/boxes/{box_id}/snapshots/nope")), 404, "not_found")
+    bad_net = {"rootfs_path": wire.rootfs, "network": {"mode": "bridge"}}
+    error(wire.http.post(wire.url("/boxes"), json=bad_net), 400, "invalid_argument")
+    pulled = wire.http.post(wire.url("/images/pull"), json={"reference": "127.0.0.1:1/nothing:latest"})
+    error(pulled, 422, "image_pull_failed")
