@@ -191,19 +191,30 @@ def test_pause_bench_vm_measures_to_disk_and_fork(tmp_path: Path) -> None:
     assert measured(fork["Box.fork(1) + exec `true` in the copy"])
 
 
-def test_net_bench_compares_box_paths_with_host_loopback_and_veth(tmp_path: Path) -> None:
+def check_net(tmp_path: Path, engine: str, timeout: float = 100) -> None:
+    """Both box configurations are measured against host loopback (bulk) and the host's veth (connects)."""
     from support.images import python_rootfs
 
     python_rootfs()  # the cached image the benchmark's boxes run (built here, outside its timeout)
-    report = run_bench("bench_net.py", tmp_path, "--mib", "4")
-    bulk = rows(report, "bulk TCP download of 4 MiB, one connection (namespace engine)")
+    report = run_bench("bench_net.py", tmp_path, "--mib", "4", "--engine", engine, timeout=timeout)
+    bulk = rows(report, f"bulk TCP download of 4 MiB, one connection ({engine} engine)")
     assert bulk.keys() == {"host loopback", "host → remote (veth)", "box, unrestricted", "box, allow_net"}
     assert all(measured(r) and r["unit"] == "MiB/s" for r in bulk.values()), bulk
     assert bulk["host loopback"]["ratio"] is None and all(bulk[n]["ratio"] > 0 for n in bulk if n != "host loopback")
-    ping = rows(report, "TCP connect + 1-byte reply, to the remote host (namespace engine)")
+    ping = rows(report, f"TCP connect + 1-byte reply, to the remote host ({engine} engine)")
     assert ping.keys() == {"host → remote (veth)", "box, unrestricted", "box, allow_net"}
     assert all(measured(r) and r["n"] == 20 for r in ping.values()), ping  # --quick: 1 run x 20 connects
     assert ping["host → remote (veth)"]["ratio"] is None and ping["box, allow_net"]["ratio"] > 0
+
+
+def test_net_bench_compares_box_paths_with_host_loopback_and_veth(tmp_path: Path) -> None:
+    check_net(tmp_path, "namespace")
+
+
+@pytest.mark.vm
+@requires_qemu
+def test_net_bench_runs_on_the_vm_engine(tmp_path: Path) -> None:
+    check_net(tmp_path, "vm", timeout=110)
 
 
 def test_make_bench_runs_the_state_benchmark(tmp_path: Path) -> None:
