@@ -79,7 +79,6 @@ def test_star_import_gives_every_public_name() -> None:
         lambda: boxlite.SyncNetworkHandle().tunnel(8080),
         lambda: asyncio.run(boxlite.NetworkHandle().tunnel(8080)),
         lambda: asyncio.run(boxlite.VolumeHandle().create()),
-        lambda: boxlite.BoxOptions(rootfs_path="/", secrets=[boxlite.Secret("k", "v", ["example.com"])]).validate(),
     ],
 )
 def test_later_features_raise_unsupported_option_error(make: object) -> None:

@@ -12,6 +12,7 @@ box's pasta/QEMU is: the same nftables redirect sends its flows to the secret pr
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -233,7 +234,7 @@ def scenario_main(home_s: str) -> None:
             {"name": "api", "value": VALUE, "hosts": ["listed.test"], "placeholder": PLACEHOLDER},
             {"name": "unused", "value": "never-sent", "hosts": ["nowhere.test"], "placeholder": "<BOXLITE_SECRET:u>"},
         ]
-        argv = allowlist.secret_proxy_command(box_dir, gid, secrets, allow_listed=False)
+        argv, _ = allowlist.secret_proxy_command(box_dir, gid, secrets, allow_listed=False)
         conf = json.loads(allowlist.secret_conf(box_dir).read_text())
         conf["upstream_cafile"] = str(home / "upstream-ca.pem")  # the test internet's CA
         allowlist.secret_conf(box_dir).write_text(json.dumps(conf))
@@ -268,9 +269,160 @@ def scenario_main(home_s: str) -> None:
     print("REPORT " + json.dumps(report), flush=True)
 
 
+BOX_PROBE = r"""
+import json, os, socket, ssl, sys, time
+PH = os.environ["BOXLITE_SECRET_API"]
+with open("/etc/hosts", "a") as f:
+    f.write("10.77.0.2 listed.test\n10.77.0.3 other.test\n")
+r = {"env_placeholder": PH, "ssl_cert_file": os.environ.get("SSL_CERT_FILE")}
+def request(host, port, tls=None):
+    body = ("token=" + PH).encode()
+    head = (f"POST /x?k={PH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {PH}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    try:
+        s = socket.create_connection((host, port), timeout=20)
+        s.settimeout(20)
+        if tls is not None:
+            s = tls.wrap_socket(s, server_hostname=host)
+        s.sendall(head + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data.decode(errors="replace").split("\r\n")[0]
+    except (OSError, ssl.SSLError) as e:
+        return type(e).__name__ + ": " + str(e)[:100]
+r["http_listed"] = request("listed.test", 80)
+r["https_listed"] = request("listed.test", 443, ssl.create_default_context())  # the box's trust store
+r["http_other"] = request("other.test", 80)
+r["https_other"] = request("other.test", 443, ssl._create_unverified_context())
+with open("/tmp/probe-done", "w") as f:
+    json.dump(r, f)
+deadline = time.time() + 120
+while not os.path.exists("/tmp/probe-release") and time.time() < deadline:
+    time.sleep(0.2)
+print("PROBE " + json.dumps(r))
+"""
+MARKER = "boxlite-secret-probe-7"
+
+
+def box_memory_report(probe_pid: int) -> dict[str, Any]:
+    """From the host: every process of the box (same PID namespace as the probe): its environ and
+    readable memory, searched for the real value."""
+    pidns = os.readlink(f"/proc/{probe_pid}/ns/pid")
+    out: dict[str, Any] = {"procs": 0, "env_hits": [], "mem_hits": [], "env_placeholder": 0, "mem_placeholder": set()}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != pidns:
+                continue
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        out["procs"] += 1
+        out["env_placeholder"] += PLACEHOLDER.encode() in environ
+        if VALUE.encode() in environ:
+            out["env_hits"].append(entry)
+        with open(f"/proc/{entry}/maps") as maps, open(f"/proc/{entry}/mem", "rb", 0) as mem:
+            for line in maps:
+                fields = line.split()
+                if "r" not in fields[1]:
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if end - start > 1 << 30:
+                    continue
+                try:
+                    mem.seek(start)
+                    data = mem.read(end - start)
+                except (OSError, ValueError, OverflowError):
+                    continue
+                if VALUE.encode() in data:
+                    out["mem_hits"].append(f"{entry} {fields[-1]}")
+                if PLACEHOLDER.encode() in data:  # the search does find what is there
+                    out["mem_placeholder"].add(entry)
+    out["mem_placeholder"] = len(out["mem_placeholder"])
+    return out
+
+
+async def box_probe(rootfs: str, home: Path) -> dict[str, Any]:
+    import asyncio
+
+    import boxlite
+
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home / "rt"), engine="namespace"))
+    try:
+        secret = boxlite.Secret("api", VALUE, ["listed.test"])
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, secrets=[secret]) as box:
+            task = asyncio.create_task(box.exec("python3", "-c", BOX_PROBE, MARKER, timeout=240))
+            probe_pid, deadline = None, time.monotonic() + 120
+            while time.monotonic() < deadline and not task.done():
+                for entry in os.listdir("/proc"):
+                    try:
+                        if (
+                            entry.isdigit()
+                            and MARKER.encode() in Path(f"/proc/{entry}/cmdline").read_bytes()
+                            and Path(f"/proc/{entry}/root/tmp/probe-done").exists()
+                        ):
+                            probe_pid = int(entry)
+                    except OSError:
+                        continue
+                if probe_pid:
+                    break
+                await asyncio.sleep(0.2)
+            assert probe_pid, (await task).stderr if task.done() else "no probe"
+            report: dict[str, Any] = {"memory": box_memory_report(probe_pid)}
+            Path(f"/proc/{probe_pid}/root/tmp/probe-release").write_text("")
+            r = await task
+            lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
+            assert lines, r.stdout + r.stderr
+            report.update(json.loads(lines[-1][len("PROBE ") :]))
+            box_dir = rt.home.boxes_dir / box.box.id
+            hits = []
+            for dirpath, _, files in os.walk(box_dir):
+                for name in files:
+                    path = Path(dirpath, name)
+                    if path.is_file() and not path.is_symlink() and path.name != "secretproxy.json":
+                        with contextlib.suppress(OSError):
+                            if VALUE.encode() in path.read_bytes():
+                                hits.append(str(path))
+            report["disk_hits"] = hits
+            report["proxy_conf_mode"] = oct((box_dir / "secretproxy.json").stat().st_mode & 0o777)
+    finally:
+        await rt.shutdown(timeout=2)
+    return report
+
+
+def box_scenario_main(home_s: str, rootfs: str) -> None:
+    import asyncio
+
+    home = Path(home_s)
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    hosts = home / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items()))
+    subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)
+    resolv = home / "resolv.conf"
+    resolv.write_text("nameserver 10.77.0.254\n")  # pasta wants one; the box uses its /etc/hosts
+    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    make_test_ca(home)
+    os.environ["SSL_CERT_FILE"] = str(home / "upstream-ca.pem")  # the proxy's upstream trust: the test CA
+    (home / "remote.log").touch()
+    remote = build_internet(home)
+    try:
+        report = asyncio.run(box_probe(rootfs, home))
+        report["remote_log"] = [json.loads(x) for x in (home / "remote.log").read_text().splitlines()]
+    finally:
+        remote.kill()
+    print("REPORT " + json.dumps(report), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "remote":
         remote_main(sys.argv[2])
+    elif sys.argv[1] == "box":
+        box_scenario_main(sys.argv[2], sys.argv[3])
     else:
         scenario_main(sys.argv[2])
     sys.exit(0)
@@ -337,3 +489,40 @@ def test_secret_proxy_parsers() -> None:
     assert sp.sni_of(b"GET /") is None
     with pytest.raises(ValueError):
         sp.sni_of(b"\x16\x03\x01\x40\x00" + b"\x01" * 10)
+
+
+@pytest.mark.namespace_only
+def test_box_sees_placeholders_only(python_rootfs: Path, tmp_path: Path) -> None:
+    """A namespace box with a secret: the listed host gets the value over HTTP and HTTPS (the box
+    trusts its CA through its bundle), other hosts the placeholder, and the value is nowhere in
+    the box: not in its processes' environ or memory (read from the host), not on its disk."""
+    proc = subprocess.run(
+        ["unshare", "-n", "-m", sys.executable, __file__, "box", str(tmp_path), str(python_rootfs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r = json.loads(lines[-1][len("REPORT ") :])
+    for key in ("http_listed", "https_listed", "http_other", "https_other"):
+        assert r[key] == "HTTP/1.1 200 OK", (key, r)
+    assert r["env_placeholder"] == PLACEHOLDER and r["ssl_cert_file"] == "/etc/ssl/certs/ca-certificates.crt", r
+    seen: dict[str, list[str]] = {}
+    for entry in r["remote_log"]:
+        seen.setdefault(entry["server"], []).append(entry["request"])
+    for server in ("10.77.0.2:80", "10.77.0.2:443"):
+        assert f"Bearer {VALUE}" in seen[server][0] and f"token={VALUE}" in seen[server][0], seen
+    for server in ("10.77.0.3:80", "10.77.0.3:443"):
+        assert f"Bearer {PLACEHOLDER}" in seen[server][0] and VALUE not in seen[server][0], seen
+    mem = r["memory"]
+    assert mem["procs"] >= 2 and mem["env_placeholder"] >= 1 and mem["mem_placeholder"] >= 1, mem
+    assert mem["env_hits"] == [] and mem["mem_hits"] == [], mem
+    assert r["disk_hits"] == [] and r["proxy_conf_mode"] == "0o600", r
+
+
+@pytest.fixture(scope="module")
+def python_rootfs() -> Path:
+    from support.images import python_rootfs as build
+
+    return build()

@@ -137,6 +137,7 @@ class Keeper:
         self.pasta_pidfd: int | None = None
         self.pasta_err: int | None = None
         self.dnsproxy: subprocess.Popen[bytes] | None = None
+        self.secretproxy: subprocess.Popen[bytes] | None = None
         self.logged = 0
         if config.get("log_fd") is not None:
             os.close(int(config["log_fd"]))  # A dup'ed it to 1 and 2
@@ -155,6 +156,9 @@ class Keeper:
         finally:
             self._kill_pasta()
             self._kill_dnsproxy()
+            if self.secretproxy is not None:
+                self.secretproxy.kill()
+                self.secretproxy.wait()
             self._remove_cgroups()
         return 0
 
@@ -164,7 +168,9 @@ class Keeper:
         if netns is None:
             return  # A failed before PID 1 existed (it reported why)
         try:
-            if self.conf.get("pasta") and not (self._start_dnsproxy() and self._start_pasta(netns)):
+            if self.conf.get("pasta") and not (
+                self._start_dnsproxy() and self._start_secretproxy() and self._start_pasta(netns)
+            ):
                 self._kill_box()  # no box without the network it was promised
         finally:
             os.close(netns)
@@ -205,20 +211,38 @@ class Keeper:
         argv = self.conf.get("dnsproxy")
         if not argv:
             return True
+        self.dnsproxy = self._start_proxy(argv, "DNS proxy", None)
+        return self.dnsproxy is not None
+
+    def _start_secretproxy(self) -> bool:
+        """Start the box's secret proxy (boxlite.engines.net.secretproxy), after the DNS proxy
+        (which flushes the box's chain) and before pasta, in the box's helper group: its own
+        connections pass the box's rules (host guard, allow-list) like the box's."""
+        argv = self.conf.get("secretproxy")
+        if not argv:
+            return True
+        self.secretproxy = self._start_proxy(argv, "secret proxy", int(self.conf["net_gid"]))
+        return self.secretproxy is not None
+
+    def _start_proxy(self, argv: list[str], what: str, gid: int | None) -> subprocess.Popen[bytes] | None:
+        """Run a host-side proxy of the box and wait for its ``ready`` line (None: it failed, reported)."""
         me = os.getpid()
 
         def preexec() -> None:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != me:
                 os._exit(1)
+            if gid is not None:
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
 
         try:
-            self.dnsproxy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec)
         except OSError as e:
-            self._report(STATUS_NET_ERROR, f"cannot run the DNS proxy: {e}")
-            return False
-        assert self.dnsproxy.stdout is not None
-        out = self.dnsproxy.stdout.fileno()
+            self._report(STATUS_NET_ERROR, f"cannot run the {what}: {e}")
+            return None
+        assert proc.stdout is not None
+        out = proc.stdout.fileno()
         deadline, text = time.monotonic() + PASTA_READY_TIMEOUT, b""
         while b"\n" not in text and time.monotonic() < deadline:
             if not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
@@ -227,11 +251,11 @@ class Keeper:
             if not chunk:
                 break
             text += chunk
-        self.dnsproxy.stdout.close()
+        proc.stdout.close()
         if not text.startswith(b"ready "):
-            self._report(STATUS_NET_ERROR, "the box's DNS proxy did not start (see the boot log)")
-            return False
-        return True
+            self._report(STATUS_NET_ERROR, f"the box's {what} did not start (see the boot log)")
+            return None
+        return proc
 
     def _kill_dnsproxy(self) -> None:
         if self.dnsproxy is not None:

@@ -31,7 +31,7 @@ class _Later:
 
 @dataclass
 class Secret:
-    """An outbound HTTP(S) secret substitution rule; a box created with one is refused (issue 12)."""
+    """An outbound HTTP(S) secret substitution rule (docs/network.md, "Secrets")."""
 
     name: str
     value: str = field(repr=False)
@@ -39,7 +39,7 @@ class Secret:
     placeholder: str | None = None
 
     def get_placeholder(self) -> str:
-        """What box code writes instead of the value (substituted on the way out, issue 12)."""
+        """What box code writes instead of the value (substituted on the way out)."""
         return self.placeholder or f"<BOXLITE_SECRET:{self.name}>"
 
     def __repr__(self) -> str:

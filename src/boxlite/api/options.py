@@ -9,10 +9,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, UnsupportedOptionError
+from ..errors import ConfigError
 from ..fsutil.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TIMEOUT
 from ..images.registry_config import ImageRegistry
-from ..runtime.config import BoxConfig, PortMapping, VolumeMount, env_to_dict, parse_number, parse_strings
+from ..runtime.config import (
+    BoxConfig,
+    PortMapping,
+    SecretRule,
+    VolumeMount,
+    env_to_dict,
+    parse_number,
+    parse_strings,
+)
 from .advanced import apply_advanced
 
 DEFAULT_MEMORY_MIB = 512  # a box's memory limit when none is asked for (BoxLite's default too)
@@ -39,6 +47,37 @@ class NetworkSpec:
 
     mode: str = "enabled"
     allow_net: list[str] = field(default_factory=list)
+
+
+SECRET_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Where a box with secrets finds the image's CA bundle plus its own CA (its proxy's TLS)."""
+
+
+def parse_secret(entry: Any) -> SecretRule:
+    """A ``Secret`` (api/later.py), or a dict with its fields (REST, CLI), as the runtime's rule."""
+    if isinstance(entry, Mapping):
+        name, value, hosts, placeholder = (entry.get(k) for k in ("name", "value", "hosts", "placeholder"))
+    elif all(hasattr(entry, k) for k in ("name", "value", "hosts")):
+        name, value, hosts, placeholder = entry.name, entry.value, entry.hosts, getattr(entry, "placeholder", None)
+    else:
+        raise ConfigError(f"secrets: expected Secret(name, value, hosts=[...]), got {type(entry).__name__}")
+    if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)):
+        raise ConfigError(f"secret {name!r}: hosts must be a list of host names")
+    if not isinstance(name, str):
+        raise ConfigError(f"secret name must be a string, got {name!r}")
+    return SecretRule(
+        name, value if isinstance(value, str) else "", tuple(hosts), placeholder or f"<BOXLITE_SECRET:{name}>"
+    )
+
+
+def secret_env(rules: tuple[SecretRule, ...]) -> dict[str, str]:
+    """What a box with secrets gets in its env: the placeholders, and the bundle holding its CA."""
+    env = {"BOXLITE_SECRET_" + "".join(c if c.isalnum() else "_" for c in r.name).upper(): r.placeholder for r in rules}
+    if rules:
+        env.update(
+            SSL_CERT_FILE=SECRET_CA_BUNDLE, REQUESTS_CA_BUNDLE=SECRET_CA_BUNDLE, NODE_EXTRA_CA_CERTS=SECRET_CA_BUNDLE
+        )
+    return env
 
 
 @dataclass
@@ -199,8 +238,7 @@ class BoxOptions:
         size = len(json.dumps(asdict(self), default=str))
         if size > MAX_OPTIONS_BYTES:
             raise ConfigError(f"box options take {size} bytes as JSON, more than the {MAX_OPTIONS_BYTES} allowed")
-        if self.secrets:
-            raise UnsupportedOptionError("secrets")
+        secrets = tuple(parse_secret(s) for s in self.secrets or ())
         network = self.network_enabled()
         auto_remove = self.removes_on_stop()
         if auto_remove and self.detach:
@@ -217,7 +255,7 @@ class BoxOptions:
             disk_size_gb=parse_number(self.disk_size_gb, float, "disk_size_gb"),
             pids_limit=parse_number(self.pids_limit, int, "pids_limit"),
             working_dir=None if self.working_dir is None else str(self.working_dir),
-            env=tuple(self.env_dict().items()),
+            env=tuple({**secret_env(secrets), **self.env_dict()}.items()),
             user=self.user,
             entrypoint=parse_strings(self.entrypoint, "entrypoint"),
             cmd=parse_strings(self.cmd, "cmd"),
@@ -226,6 +264,7 @@ class BoxOptions:
             volumes=tuple(parse_volume(v) for v in self.volumes),
             network=network,
             allow_net=tuple(self.network.allow_net or ()) if isinstance(self.network, NetworkSpec) else (),
+            secrets=secrets,
             ports=tuple(parse_port(p) for p in self.ports),
             detach=bool(self.detach),
             auto_remove=auto_remove,

@@ -7,7 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import UnsupportedOptionError
 from ..layout import BoxLayout
@@ -55,6 +55,8 @@ class BoxSpec:
     """Outbound network (else loopback only)."""
     allow_net: tuple[str, ...] = ()
     """Egress allow-list (``..net.allowlist`` entries); empty: any destination but the host."""
+    secrets: list[dict[str, Any]] = field(default_factory=list)
+    """Secret placeholders (name, value, hosts, placeholder) for the box's secret proxy (..net.secretproxy)."""
     ports: list[tuple[str, int, int, str]] = field(default_factory=list)
     """Published ports: (host ip, host port, box port, "tcp"|"udp"); implies ``network``."""
     ready_timeout: float = 60.0

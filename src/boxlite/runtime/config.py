@@ -9,8 +9,9 @@ corrupted row cannot smuggle values past the checks a new box gets.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..engines.net import allowlist
@@ -31,6 +32,47 @@ MIN_DISK_GB = 1 / 64
 """disk_size_gb (GiB, as the VM disk): at least 16 MiB (ext4's own metadata takes a few)."""
 MAX_DISK_GB = 8192.0
 """At most 8 TiB: the box disk is one sparse file on the host (ext4 files stop at 16 TiB)."""
+
+
+MAX_SECRETS = 16
+MAX_SECRET_BYTES = 8192
+_SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class SecretRule:
+    """A secret placeholder (engines/net/secretproxy.py): the box sees ``placeholder`` (and
+    ``BOXLITE_SECRET_<NAME>``); the host-side proxy puts ``value`` in its place in HTTP(S)
+    requests to ``hosts`` (names or ``*.domain``, no ports). ``value`` stays on the host."""
+
+    name: str
+    value: str = field(repr=False)
+    hosts: tuple[str, ...]
+    placeholder: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _SECRET_NAME.match(self.name):
+            raise ConfigError(f"secret name must be 1-64 letters, digits, '_', '-' or '.', got {self.name!r}")
+        for what, text in (("value", self.value), ("placeholder", self.placeholder)):
+            # CR/LF/NUL would let a substituted value split a header (request smuggling).
+            if not isinstance(text, str) or not text or len(text.encode()) > MAX_SECRET_BYTES:
+                raise ConfigError(f"secret {self.name}: {what} must be a non-empty string of at most 8 KiB")
+            if any(c in text for c in "\r\n\0"):
+                raise ConfigError(f"secret {self.name}: {what} must not contain CR, LF or NUL")
+        if len(self.placeholder) < 8 or self.placeholder in self.value:
+            raise ConfigError(f"secret {self.name}: placeholder must be at least 8 characters, not part of the value")
+        if not self.hosts or len(self.hosts) > allowlist.MAX_ENTRIES:
+            raise ConfigError(f"secret {self.name}: hosts must list 1-{allowlist.MAX_ENTRIES} host names")
+        hosts = []
+        for h in self.hosts:
+            entry = allowlist.parse_entry(h)
+            if entry.kind == "net" or entry.port is not None:
+                raise ConfigError(f"secret {self.name}: hosts are names or *.domain (no address, no port), got {h!r}")
+            hosts.append(entry.spec())
+        object.__setattr__(self, "hosts", tuple(dict.fromkeys(hosts)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "hosts": list(self.hosts), "placeholder": self.placeholder}
 
 
 @dataclass(frozen=True)
@@ -134,6 +176,8 @@ class BoxConfig:
     """Outbound network (published ports need it)."""
     allow_net: tuple[str, ...] = ()
     """Egress allow-list, normalised (engines/net/allowlist.py); empty: unrestricted."""
+    secrets: tuple[SecretRule, ...] = ()
+    """Secret placeholders (engines/net/secretproxy.py); their values are kept on the host only."""
     ports: tuple[PortMapping, ...] = ()
     detach: bool = False
     auto_remove: bool = True
@@ -174,6 +218,13 @@ class BoxConfig:
             if not self.network:
                 raise ConfigError("allow_net needs network mode 'enabled'")
             object.__setattr__(self, "allow_net", tuple(e.spec() for e in allowlist.parse(list(self.allow_net))))
+        if self.secrets:
+            if not self.network:
+                raise ConfigError("secrets need network mode 'enabled'")
+            if len(self.secrets) > MAX_SECRETS:
+                raise ConfigError(f"at most {MAX_SECRETS} secrets per box, got {len(self.secrets)}")
+            if len({s.name for s in self.secrets}) != len(self.secrets):
+                raise ConfigError("secret names must be unique")
         size = len(json.dumps(self.to_json()))
         if size > MAX_CONFIG_BYTES:
             raise ConfigError(f"box options take {size} bytes as JSON, more than the {MAX_CONFIG_BYTES} allowed")
@@ -196,6 +247,7 @@ class BoxConfig:
         out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
         out["health_check"] = None if self.health_check is None else self.health_check.to_json()
         out["allow_net"] = list(self.allow_net)
+        out["secrets"] = [s.to_json() for s in self.secrets]
         out["capabilities"] = {"add": list(self.capabilities[0]), "drop": list(self.capabilities[1])}
         return out
 
@@ -242,6 +294,12 @@ class BoxConfig:
                 volumes=tuple(VolumeMount(str(h), str(g), bool(ro)) for h, g, ro in data.get("volumes") or ()),
                 network=bool(data.get("network")),
                 allow_net=tuple(str(e) for e in data.get("allow_net") or ()),
+                secrets=tuple(
+                    SecretRule(
+                        str(s["name"]), str(s["value"]), tuple(str(h) for h in s["hosts"]), str(s["placeholder"])
+                    )
+                    for s in data.get("secrets") or ()
+                ),
                 ports=tuple(
                     PortMapping(str(ip), int(hp), int(gp), str(pr)) for ip, hp, gp, pr in data.get("ports") or ()
                 ),
@@ -251,7 +309,7 @@ class BoxConfig:
                 auto_resume=bool(data.get("auto_resume", False)),
                 capabilities=_capabilities(data.get("capabilities")),
             )
-        except (TypeError, ValueError) as e:  # a malformed stored row
+        except (TypeError, ValueError, KeyError) as e:  # a malformed stored row
             raise ConfigError(f"box config: {e}") from None
 
 

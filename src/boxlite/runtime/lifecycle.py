@@ -189,6 +189,8 @@ class BoxRuntime:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
         if config.disk_size_gb is not None and engine == "namespace" and (why := quota.unsupported_reason()):
             raise UnsupportedOptionError("disk_size_gb", why)
+        if config.secrets and engine == "vm":
+            raise UnsupportedOptionError("secrets", "the vm engine has no secret proxy yet; use engine='namespace'")
         if engine == "vm" and any(p.ipv6 for p in config.ports):
             raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
         capabilities.check_engine(config.capabilities[0], engine, config.volumes)
@@ -244,6 +246,7 @@ class BoxRuntime:
             volumes=[(v.host_path, v.guest_path, v.read_only) for v in config.volumes],
             network=config.network,
             allow_net=config.allow_net,
+            secrets=[s.to_json() for s in config.secrets],
             ports=[(p.host_ip, p.host_port, p.guest_port, p.protocol) for p in config.ports],
             ready_timeout=config.ready_timeout or DEFAULT_READY_TIMEOUT,
             cap_mask=capabilities.mask(capabilities.box_set(*config.capabilities, rec.engine, config.volumes)),

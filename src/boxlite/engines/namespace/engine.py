@@ -57,13 +57,21 @@ class NamespaceEngine(Engine):
         lock = spec.layout.keeper_lock
         if _keeper_active(lock):  # the last start's keeper still cleans up: its cgroups are ours to reuse after
             await asyncio.to_thread(_await_keeper, lock)
-        pasta, dnsproxy = None, None
+        pasta, dnsproxy, secretproxy = None, None, None
+        volumes = [list(v) for v in spec.volumes]
         if spec.network or spec.ports:
             gid = None
-            if spec.allow_net:  # its own helper group, rules and DNS proxy (docs/network.md)
-                entries = allowlist.parse(list(spec.allow_net))
+            if spec.allow_net or spec.secrets:  # its own helper group, rules and proxies (docs/network.md)
                 gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+            if spec.allow_net and gid is not None:
+                entries = allowlist.parse(list(spec.allow_net))
                 dnsproxy = allowlist.proxy_command(spec.box_dir, gid, entries)
+            if spec.secrets and gid is not None:
+                secretproxy, bundle = await asyncio.to_thread(
+                    allowlist.secret_proxy_command,
+                    *(spec.box_dir, gid, spec.secrets, bool(spec.allow_net), spec.root.layers),
+                )
+                volumes.append([str(bundle), allowlist.SECRET_BUNDLE, True])
             pasta = network.pasta_command([network.PortMapping(*p) for p in spec.ports], gid)
         groups, cgroup_setup = cgroups.plan(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
         groups.save(spec.layout.cgroups_file)
@@ -84,7 +92,7 @@ class NamespaceEngine(Engine):
             "upperdir": str(layers.top),
             "workdir": str(spec.layout.work),
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
-            "volumes": [list(v) for v in spec.volumes],
+            "volumes": volumes,
             "cap_mask": spec.cap_mask,
             "resolv_conf": str(network.resolv_conf(spec.layout.resolv_conf)) if spec.network or spec.ports else None,
             "keeper": {
@@ -93,6 +101,7 @@ class NamespaceEngine(Engine):
                 "net_gid": pasta[1] if pasta else None,
                 "pasta_fifo": str(spec.layout.pasta_fifo),
                 "dnsproxy": dnsproxy,
+                "secretproxy": secretproxy,
                 "pasta_pid": str(spec.layout.pasta_pid),
             },
         }

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import ConfigError, NetworkError
 from . import hostguard
@@ -318,13 +319,21 @@ def secret_rules(gid: int, allow_listed: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def secret_proxy_command(box_dir: Path, gid: int, secrets: list[dict[str, object]], allow_listed: bool) -> list[str]:
-    """argv of the box's secret proxy, its configuration (with the real values) written 0600 to
-    the box dir on the host, and the box's CA and leaf certificate made (:mod:`.boxca`)."""
+SECRET_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Path in a box with secrets of the CA bundle (the image's, plus the box's own CA), bound read-only."""
+
+
+def secret_proxy_command(
+    box_dir: Path, gid: int, secrets: list[dict[str, Any]], allow_listed: bool, layers: tuple[Path, ...] = ()
+) -> tuple[list[str], Path]:
+    """(argv of the box's secret proxy, the box's CA bundle on the host): its configuration (with
+    the real values) written 0600 to the box dir on the host, the box's CA and leaf certificate
+    made (:mod:`.boxca`), and the image's CA bundle (top-most of ``layers``) plus that CA."""
     from . import boxca
 
-    hosts = sorted({str(h) for s in secrets for h in s["hosts"]})  # type: ignore[attr-defined]
-    _, leaf, key = boxca.make(box_dir, hosts)
+    hosts = sorted({str(h) for s in secrets for h in s["hosts"]})
+    ca, leaf, key = boxca.make(box_dir, hosts)
+    bundle = boxca.bundle(box_dir, ca, [layer / SECRET_BUNDLE.lstrip("/") for layer in reversed(layers)])
     conf = {
         "secrets": secrets,
         "mark": SECRET_MARK,
@@ -338,4 +347,4 @@ def secret_proxy_command(box_dir: Path, gid: int, secrets: list[dict[str, object
     with os.fdopen(fd, "w") as f:
         json.dump(conf, f)
     script = Path(__file__).with_name("secretproxy.py")
-    return [sys.executable, "-I", "-S", str(script), str(path)]
+    return [sys.executable, "-I", "-S", str(script), str(path)], bundle

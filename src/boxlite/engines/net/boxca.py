@@ -89,3 +89,24 @@ def make(box_dir: Path, hosts: list[str]) -> tuple[Path, Path, Path]:
     _write(box_dir / LEAF_KEY, leaf_key.private_bytes(pem, raw, none), 0o600)
     _write(box_dir / LEAF_CERT, leaf.public_bytes(pem), 0o600)
     return box_dir / CA_CERT, box_dir / LEAF_CERT, box_dir / LEAF_KEY
+
+
+MAX_IMAGE_BUNDLE = 4 * 1024 * 1024
+
+
+def bundle(box_dir: Path, ca: Path, candidates: list[Path]) -> Path:
+    """The box's CA bundle: the first regular file of ``candidates`` (the image's bundle, top
+    layer first; at most 4 MiB, no symlink followed) followed by the box's CA certificate."""
+    image = b""
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as f:
+            image = f.read(MAX_IMAGE_BUNDLE)
+        break
+    out = box_dir / "secrets-bundle.pem"
+    sep = b"" if not image or image.endswith(b"\n") else b"\n"
+    _write(out, image + sep + ca.read_bytes(), 0o644)
+    return out

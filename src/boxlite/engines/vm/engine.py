@@ -116,6 +116,8 @@ class VmEngine(Engine):
             ports=[list(p) for p in spec.ports],
             volumes=[_shared_dir(host, guest, ro) for host, guest, ro in spec.volumes],
         )
+        if spec.secrets:
+            raise UnsupportedOptionError("secrets", "the VM engine has no secret proxy yet: use the namespace engine")
         if vm.network and spec.allow_net:  # its own helper group, rules and DNS proxy (docs/network.md)
             gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
             proxy = allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net)))
