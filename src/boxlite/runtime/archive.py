@@ -335,7 +335,7 @@ async def _write_archive(rt: BoxRuntime, rec: BoxRecord, req: ExportRequest, f: 
             "id": rec.id,
             "name": rec.name,
             "state": rec.state,
-            "config": rec.config.to_json(),
+            "config": {**rec.config.to_json(), "secrets": []},  # secret values never leave the host
             "image": rec.image,
             "image_id": rec.image_id,
             "image_config": rec.image_config.to_json(),
