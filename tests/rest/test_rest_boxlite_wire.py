@@ -242,6 +242,22 @@ def test_files_upload_and_download(wire: Wire, box: dict[str, Any]) -> None:
     with tarfile.open(fileobj=io.BytesIO(got.content)) as tar:
         extracted = tar.extractfile(tar.getmembers()[0])
         assert extracted is not None and extracted.read() == data
+    # A directory as BoxLite's clients pack it (members "./..."), to a path that does not exist yet.
+    tree = io.BytesIO()
+    with tarfile.open(fileobj=tree, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        root = tarfile.TarInfo(".")
+        root.type, root.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(root)
+        leaf = tarfile.TarInfo("./sub/leaf.txt")
+        leaf.size = 4
+        tar.addfile(leaf, io.BytesIO(b"leaf"))
+    put = wire.http.put(files, params={"path": "/tmp/newdir"}, content=tree.getvalue())
+    assert put.status_code == 204, put.text
+    got = wire.http.get(files, params={"path": "/tmp/newdir/sub/leaf.txt"})
+    assert got.status_code == 200, got.text
+    with tarfile.open(fileobj=io.BytesIO(got.content)) as tar:
+        extracted = tar.extractfile(tar.getmembers()[0])
+        assert extracted is not None and extracted.read() == b"leaf"
     error(wire.http.get(files, params={"path": "/no/such/file"}), 404, "not_found")
     error(wire.http.get(files), 400, "invalid_argument")  # path is required
 

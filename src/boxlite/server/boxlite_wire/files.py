@@ -16,14 +16,18 @@ BLOCK = 512
 
 def first_member(header: bytes) -> str:
     """Top-level name of a tar's first member when its first header is a plain ustar one ("" for
-    PAX/GNU long-name headers): a missing ``path`` then becomes that member, as ``docker cp`` does."""
+    PAX/GNU long-name headers): a missing ``path`` then becomes that member (a file uploaded to
+    ``/dir/name``), or receives the members of a ``./`` tar (a directory's contents)."""
     if len(header) < BLOCK or header[156:157] in (b"x", b"g", b"L", b"K"):
         return ""
     name = header[0:100].split(b"\0", 1)[0]
     if header[257:262] == b"ustar":
         prefix = header[345:500].split(b"\0", 1)[0]
         name = prefix + b"/" + name if prefix else name
-    return name.decode("utf-8", "replace").lstrip("./").split("/", 1)[0]
+    text = name.decode("utf-8", "replace")
+    if text == "." or text.startswith("./"):
+        return "."  # a directory's contents (how BoxLite's clients pack one): they land in ``path``
+    return text.lstrip("/").split("/", 1)[0]
 
 
 @router.put(
