@@ -58,6 +58,18 @@ def _ray_pids() -> list[int]:
     return pids
 
 
+def _started_here(root: Path) -> list[int]:
+    """Processes whose environment names a home under ``root``: Ray's and the boxes' (they inherit it)."""
+    mark = f"BOXLITE_HOME={root}/".encode()
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            with contextlib.suppress(OSError):
+                if mark in Path(f"/proc/{pid}/environ").read_bytes():
+                    pids.append(int(pid))
+    return pids
+
+
 def _raylet_pid(node_id: str) -> int:
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -96,13 +108,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
         _remove_boxes(homes)
         deadline = time.monotonic() + 30
-        while _ray_pids() and time.monotonic() < deadline:
+        while (_ray_pids() or _started_here(root)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        left = _ray_pids()
+        left = _ray_pids() + _started_here(root)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        assert not left, f"Ray processes outlived 'ray stop --force': {left}"
+        assert not left, f"Ray processes or boxes outlived the test: {left}"
 
 
 def _remove_boxes(homes: list[Path]) -> None:
@@ -153,6 +165,10 @@ async def test_boxes_spread_over_nodes_and_work(
         assert first.strip() == "first" and time.monotonic() - start < 3.5
         status = await ex.wait()
         assert status.exit_code == 3
+
+    # the teardown's check of leftovers sees the boxes' processes
+    pids = {b.info().state.pid for b in boxes}
+    assert None not in pids and pids <= set(_started_here(homes[0].parent))
 
     box = boxes[0]
     # a big output goes through the bounded buffers intact
