@@ -291,6 +291,8 @@ def test_hostile_requests_get_documented_4xx(wire: Wire, box: dict[str, Any]) ->
     with pytest.raises(InvalidStatus) as unknown:
         wire.attach(wire.url(f"/boxes/{box_id}/executions/exec-nope/attach"))
     assert unknown.value.response.status_code == 404
+    live = wire.exec(box_id, "true")
+    error(wire.http.get(wire.url(f"/boxes/{box_id}/executions/{live}/attach")), 400, "invalid_argument")  # no upgrade
     assert wire.http.get("/v1/health").status_code == 200  # the server took all this in its stride
 
 
@@ -309,3 +311,13 @@ def test_timeout_snapshot_and_refusals(wire: Wire, box: dict[str, Any]) -> None:
     error(wire.http.post(wire.url("/boxes"), json=bad_net), 400, "invalid_argument")
     pulled = wire.http.post(wire.url("/images/pull"), json={"reference": "127.0.0.1:1/nothing:latest"})
     error(pulled, 422, "image_pull_failed")
+
+
+def test_openapi_names_boxlite_operations(wire: Wire) -> None:
+    doc = wire.http.get("/openapi.json").json()
+    ops = {op["operationId"] for path in doc["paths"].values() for op in path.values()}
+    assert {"getConfig", "getCurrentPrincipal", "createBox", "listBoxes", "getBox", "boxExists", "removeBox",
+            "startBox", "stopBox", "startExecution", "getExecution", "killExecution", "attachExecution",
+            "signalExecution", "resizeExecution", "uploadFiles", "downloadFiles"} <= ops  # fmt: skip
+    exec_op = doc["paths"]["/v1/{prefix}/boxes/{box_id}/exec"]["post"]
+    assert set(exec_op["responses"]) == {"201", "400", "404", "409", "413", "default"}  # no undocumented 422

@@ -12,6 +12,7 @@ from ...errors import ConfigError, NotFoundError
 from ..state import ServerState, get_state
 from .errors import WireRoute
 from .models import WireCreateBox, WirePull, WireStopBox, box_json, image_json
+from .responses import WireBox, WireBoxList, WireImage, WireImageList, errors
 
 router = APIRouter(route_class=WireRoute)
 """Routes whose paths clash with ours under ``/v1``: served under ``/v1/{prefix}`` only."""
@@ -35,7 +36,10 @@ def _token(offset: int) -> str:
     return base64.urlsafe_b64encode(str(offset).encode()).decode().rstrip("=")
 
 
-@router.post("/boxes", status_code=status.HTTP_201_CREATED, operation_id="createBox", tags=["BoxLite wire"])
+@router.post(
+    "/boxes", status_code=status.HTTP_201_CREATED, operation_id="createBox", tags=["BoxLite wire"],
+    response_model=WireBox, responses=errors(400, 409, 413, 422),
+)  # fmt: skip
 async def create_box(
     req: WireCreateBox, request: Request, response: Response, st: ServerState = Depends(get_state)
 ) -> Any:
@@ -44,7 +48,9 @@ async def create_box(
     return box_json(box.info())
 
 
-@router.get("/boxes", operation_id="listBoxes", tags=["BoxLite wire"])
+@router.get(
+    "/boxes", operation_id="listBoxes", tags=["BoxLite wire"], response_model=WireBoxList, responses=errors(400)
+)
 async def list_boxes(
     page_size: int = Query(100, alias="pageSize", ge=1, le=1000),
     page_token: str | None = Query(None, alias="pageToken", max_length=64),
@@ -60,7 +66,9 @@ async def list_boxes(
     return {"boxes": boxes[start:end], "next_page_token": _token(end) if end < len(boxes) else None}
 
 
-@router.get("/boxes/{box_id}", operation_id="getBox", tags=["BoxLite wire"])
+@router.get(
+    "/boxes/{box_id}", operation_id="getBox", tags=["BoxLite wire"], response_model=WireBox, responses=errors(404)
+)
 async def get_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     info = await st.runtime.get_info(box_id)
     if info is None:
@@ -68,13 +76,18 @@ async def get_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     return box_json(info)
 
 
-@shared.head("/boxes/{box_id}", status_code=204, operation_id="boxExists", tags=["BoxLite wire"])
+@shared.head(
+    "/boxes/{box_id}", status_code=204, operation_id="boxExists", tags=["BoxLite wire"],
+    responses={404: {"description": "no such box"}},
+)  # fmt: skip
 async def box_exists(box_id: str, st: ServerState = Depends(get_state)) -> Response:
     found = await st.runtime.get_info(box_id) is not None
     return Response(status_code=204 if found else 404)
 
 
-@router.delete("/boxes/{box_id}", status_code=204, operation_id="removeBox", tags=["BoxLite wire"])
+@router.delete(
+    "/boxes/{box_id}", status_code=204, operation_id="removeBox", tags=["BoxLite wire"], responses=errors(404, 409)
+)
 async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends(get_state)) -> Response:
     box = await st.box(box_id)
     await st.runtime.remove(box.id, force)
@@ -82,14 +95,20 @@ async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends
     return Response(status_code=204)
 
 
-@router.post("/boxes/{box_id}/start", operation_id="startBox", tags=["BoxLite wire"])
+@router.post(
+    "/boxes/{box_id}/start", operation_id="startBox", tags=["BoxLite wire"], response_model=WireBox,
+    responses=errors(404, 409),
+)  # fmt: skip
 async def start_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     box = await st.box(box_id)
     await box.start()
     return box_json(box.info())
 
 
-@router.post("/boxes/{box_id}/stop", operation_id="stopBox", tags=["BoxLite wire"])
+@router.post(
+    "/boxes/{box_id}/stop", operation_id="stopBox", tags=["BoxLite wire"], response_model=WireBox,
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def stop_box(box_id: str, req: WireStopBox | None = None, st: ServerState = Depends(get_state)) -> Any:
     """Stop the box and answer it as it is now (a box removed on stop: as it was, ``stopped``)."""
     box = await st.box(box_id)
@@ -114,7 +133,7 @@ def _ms(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-@router.get("/boxes/{box_id}/metrics", operation_id="getBoxMetrics", tags=["BoxLite wire"])
+@router.get("/boxes/{box_id}/metrics", operation_id="getBoxMetrics", tags=["BoxLite wire"], responses=errors(404))
 async def box_metrics(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     m = await (await st.box(box_id)).metrics()
     counters = ("commands_executed_total", "exec_errors_total", "bytes_sent_total", "bytes_received_total",
@@ -127,12 +146,17 @@ async def box_metrics(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     return {**{f: getattr(m, f, None) for f in counters}, "boot_timing": timing}
 
 
-@router.post("/images/pull", operation_id="pullImage", tags=["BoxLite wire"])
+@router.post(
+    "/images/pull", operation_id="pullImage", tags=["BoxLite wire"], response_model=WireImage,
+    responses=errors(400, 422),
+)  # fmt: skip
 async def pull_image(req: WirePull, st: ServerState = Depends(get_state)) -> Any:
     return image_json(await st.runtime.images.pull(req.reference))
 
 
-@router.get("/images", operation_id="listImages", tags=["BoxLite wire"])
+@router.get(
+    "/images", operation_id="listImages", tags=["BoxLite wire"], response_model=WireImageList, responses=errors(400)
+)
 async def list_images(
     page_size: int = Query(100, alias="pageSize", ge=1, le=1000),
     page_token: str | None = Query(None, alias="pageToken", max_length=64),
@@ -149,7 +173,10 @@ async def _image(st: ServerState, image_id: str) -> dict[str, Any] | None:
     return next((i for i in images if image_id in (i["id"], i["reference"])), None)
 
 
-@router.get("/images/{image_id:path}", operation_id="getImage", tags=["BoxLite wire"])
+@router.get(
+    "/images/{image_id:path}", operation_id="getImage", tags=["BoxLite wire"], response_model=WireImage,
+    responses=errors(404),
+)  # fmt: skip
 async def get_image(image_id: str, st: ServerState = Depends(get_state)) -> Any:
     found = await _image(st, image_id)
     if found is None:
@@ -157,6 +184,9 @@ async def get_image(image_id: str, st: ServerState = Depends(get_state)) -> Any:
     return found
 
 
-@router.head("/images/{image_id:path}", status_code=204, operation_id="imageExists", tags=["BoxLite wire"])
+@router.head(
+    "/images/{image_id:path}", status_code=204, operation_id="imageExists", tags=["BoxLite wire"],
+    responses={404: {"description": "no such image"}},
+)  # fmt: skip
 async def image_exists(image_id: str, st: ServerState = Depends(get_state)) -> Response:
     return Response(status_code=204 if await _image(st, image_id) is not None else 404)

@@ -11,6 +11,7 @@ from ...api.options import DEFAULT_MEMORY_MIB
 from ..limits import MAX_UPLOAD
 from .errors import WireRoute
 from .executions import MAX_RUNNING
+from .responses import WirePrincipal
 
 router = APIRouter(route_class=WireRoute, tags=["BoxLite wire"])
 PATH_PREFIX = "default"
@@ -43,7 +44,7 @@ async def get_config() -> Any:
     }
 
 
-@router.get("/v1/me", operation_id="getCurrentPrincipal")
+@router.get("/v1/me", operation_id="getCurrentPrincipal", response_model=WirePrincipal)
 async def get_me() -> Any:
     """The server has one credential (its API key, or none on its unix socket)."""
     return {

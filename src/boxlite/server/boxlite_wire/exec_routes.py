@@ -26,6 +26,7 @@ from ..state import ServerState, get_state, ws_state
 from .errors import WireRoute, wire_error
 from .executions import SIGNALS, Executions, WireExec
 from .models import WireExecRequest, WireResize, WireSignal
+from .responses import WireExecResponse, WireExecutionInfo, errors
 
 router = APIRouter(route_class=WireRoute, tags=["BoxLite wire"])
 log = logging.getLogger("boxlite.server")
@@ -45,7 +46,10 @@ async def _find(st: ServerState, app: Any, box_id: str, exec_id: str) -> WireExe
     return executions(app).get(box.id, exec_id)
 
 
-@router.post("/boxes/{box_id}/exec", status_code=status.HTTP_201_CREATED, operation_id="startExecution")
+@router.post(
+    "/boxes/{box_id}/exec", status_code=status.HTTP_201_CREATED, operation_id="startExecution",
+    response_model=WireExecResponse, responses=errors(400, 404, 409, 413),
+)  # fmt: skip
 async def start_execution(
     box_id: str, req: WireExecRequest, request: Request, response: Response, st: ServerState = Depends(get_state)
 ) -> Any:
@@ -65,12 +69,17 @@ async def start_execution(
     return {"execution_id": rec.id}
 
 
-@router.get("/boxes/{box_id}/executions/{exec_id}", operation_id="getExecution")
+@router.get(
+    "/boxes/{box_id}/executions/{exec_id}", operation_id="getExecution", response_model=WireExecutionInfo,
+    responses=errors(404),
+)  # fmt: skip
 async def get_execution(box_id: str, exec_id: str, request: Request, st: ServerState = Depends(get_state)) -> Any:
     return (await _find(st, request.app, box_id, exec_id)).info()
 
 
-@router.delete("/boxes/{box_id}/executions/{exec_id}", status_code=204, operation_id="killExecution")
+@router.delete(
+    "/boxes/{box_id}/executions/{exec_id}", status_code=204, operation_id="killExecution", responses=errors(404)
+)
 async def kill_execution(box_id: str, exec_id: str, request: Request, st: ServerState = Depends(get_state)) -> Response:
     """SIGKILL and forget the execution (an attached client gets its exit frame)."""
     rec = await _find(st, request.app, box_id, exec_id)
@@ -79,7 +88,10 @@ async def kill_execution(box_id: str, exec_id: str, request: Request, st: Server
     return Response(status_code=204)
 
 
-@router.post("/boxes/{box_id}/executions/{exec_id}/signal", status_code=204, operation_id="signalExecution")
+@router.post(
+    "/boxes/{box_id}/executions/{exec_id}/signal", status_code=204, operation_id="signalExecution",
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def signal_execution(
     box_id: str, exec_id: str, req: WireSignal, request: Request, st: ServerState = Depends(get_state)
 ) -> Response:
@@ -97,7 +109,10 @@ def _check_signal(sig: int) -> None:
         raise ConfigError(f"signal {sig} is not allowed{hint}; allowed: {sorted(SIGNALS)}")
 
 
-@router.post("/boxes/{box_id}/executions/{exec_id}/resize", status_code=204, operation_id="resizeExecution")
+@router.post(
+    "/boxes/{box_id}/executions/{exec_id}/resize", status_code=204, operation_id="resizeExecution",
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def resize_execution(
     box_id: str, exec_id: str, req: WireResize, request: Request, st: ServerState = Depends(get_state)
 ) -> Response:
@@ -106,6 +121,28 @@ async def resize_execution(
         raise InvalidStateError("execution is not a running TTY execution")
     await rec.ex.resize_tty(req.rows, req.cols)
     return Response(status_code=204)
+
+
+ATTACH_PROTOCOL = """Upgrade to a WebSocket carrying the execution's stdio (one client at a time).
+
+Client → server: binary frames are stdin; text frames (JSON, ≤ 4 KiB) `{"type": "resize", "cols", "rows"}`,
+`{"type": "signal", "sig"}` (HUP INT QUIT ABRT USR1 USR2 TERM WINCH), `{"type": "stdin_eof"}`.
+Server → client: binary frames `0x01` (stdout) or `0x02` (stderr) + data; text `{"type": "exit", "exit_code"}`
+after all output, then close 1000; `{"type": "error", "message"}` for a refused control frame (the socket
+stays open). Closing the socket leaves the command running; a later attach gets the output not yet sent.
+A plain GET without the upgrade is answered 400."""
+
+
+@router.get(
+    "/boxes/{box_id}/executions/{exec_id}/attach", status_code=101, operation_id="attachExecution",
+    description=ATTACH_PROTOCOL, responses={101: {"description": "WebSocket upgrade"}, **errors(400, 404, 409)},
+)  # fmt: skip
+async def attach_without_upgrade(
+    box_id: str, exec_id: str, request: Request, st: ServerState = Depends(get_state)
+) -> Response:
+    """What a client that did not ask for the upgrade gets (after the 404 of an unknown execution)."""
+    await _find(st, request.app, box_id, exec_id)
+    raise ConfigError("attach is a WebSocket: send the GET with 'Upgrade: websocket'")
 
 
 @router.websocket("/boxes/{box_id}/executions/{exec_id}/attach")

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from ..state import ServerState, get_state
 from .errors import WireRoute
+from .responses import errors
 
 router = APIRouter(route_class=WireRoute, tags=["BoxLite wire"])
 BLOCK = 512
@@ -34,6 +35,7 @@ def first_member(header: bytes) -> str:
     "/boxes/{box_id}/files",
     status_code=204,
     operation_id="uploadFiles",
+    responses=errors(400, 404, 409, 413),
     openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": {"schema": {}}}}},
 )
 async def upload_files(
@@ -66,7 +68,7 @@ async def upload_files(
     "/boxes/{box_id}/files",
     response_class=StreamingResponse,
     operation_id="downloadFiles",
-    responses={200: {"content": {"application/x-tar": {}}, "description": "tar of the path"}},
+    responses={200: {"content": {"application/x-tar": {}}, "description": "tar of the path"}, **errors(400, 404, 409)},
 )
 async def download_files(
     box_id: str,
