@@ -214,6 +214,20 @@ print("CLIENT " + json.dumps(r))
 """
 
 
+def local_port(pid: int) -> int:
+    """The TCP port process ``pid`` listens on (its only listening socket)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:
+            return int(f[1].split(":")[1], 16)
+    raise AssertionError("the proxy listens nowhere")
+
+
 def scenario_main(home_s: str) -> None:
     from boxlite.engines.net import allowlist
 
@@ -246,6 +260,15 @@ def scenario_main(home_s: str) -> None:
         proxy = subprocess.Popen(argv, stdout=subprocess.PIPE, preexec_fn=in_group)
         assert proxy.stdout is not None and proxy.stdout.readline().startswith(b"ready ")
         modes = {p.name: oct(p.stat().st_mode & 0o777) for p in box_dir.iterdir()}
+        port = local_port(proxy.pid)
+        local = "nothing"
+        try:  # a host process (not redirected from the box) talking to the proxy directly
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /local HTTP/1.1\r\nHost: listed.test\r\n\r\n")
+                s.settimeout(15)
+                local = s.recv(100).decode(errors="replace") or "closed"
+        except OSError as e:
+            local = type(e).__name__
         client = subprocess.run(
             [sys.executable, "-c", CLIENT, PLACEHOLDER, str(box_dir / "secrets-ca.pem"), str(home / "upstream-ca.pem")],
             capture_output=True,
@@ -257,6 +280,7 @@ def scenario_main(home_s: str) -> None:
         assert lines, client.stdout + client.stderr
         report = json.loads(lines[-1][len("CLIENT ") :])
         report["modes"] = modes
+        report["local"] = local
         report["proxy_alive"] = proxy.poll() is None
         allowlist.release(box_dir)
         listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
@@ -463,6 +487,9 @@ def test_secret_proxy_substitutes_for_listed_hosts_only(tmp_path: Path) -> None:
     assert big and PLACEHOLDER in big[0][-100:] and VALUE not in big[0][-100:], r
     assert r["huge_head"] == "HTTP/1.1 431 Request Header Fields Too Large", r
     assert r["proxy_alive"], r
+    # A host process connecting to the proxy directly gets nothing sent anywhere.
+    assert r["local"] in ("closed", "ConnectionResetError"), r
+    assert not [q for q in seen["10.77.0.2:80"] if "/local" in q], r
     # Keys on the host only, and only the owner can read them; the box's CA key is not kept.
     assert r["modes"]["secretproxy.json"] == "0o600" and r["modes"]["secrets-leaf.key"] == "0o600", r
     assert not [n for n in r["modes"] if n.endswith(".key") and "ca" in n], r

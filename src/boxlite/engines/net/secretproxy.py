@@ -214,6 +214,8 @@ class Proxy:
 
     def handle(self, conn: socket.socket) -> None:
         dst = original_dst(conn)
+        if dst == conn.getsockname()[:2]:  # not redirected by nftables: a host process, not the box
+            return
         first = peek(conn, time.monotonic() + PEEK_DEADLINE)
         if first[:1] == b"\x16":
             name = self._peek_sni(conn)
