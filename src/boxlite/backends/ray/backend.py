@@ -203,7 +203,12 @@ class RayBackend(Backend):
         ray = _ray()
         self.o = options
         if not ray.is_initialized():
-            ray.init(address=options.address, namespace=options.namespace, log_to_driver=False, logging_level="WARNING")
+            try:
+                ray.init(
+                    address=options.address, namespace=options.namespace, log_to_driver=False, logging_level="WARNING"
+                )
+            except Exception as e:  # no cluster there, a version mismatch, ...
+                raise ConfigError(f"cannot connect to the Ray cluster at {options.address!r}: {e}") from None
         self._nodes: dict[str, NodeRef] = {}
         self._where: dict[str, str] = {}  # box id -> node id
         self._last: dict[str, BoxInfo] = {}  # last info seen per box (what list shows once its node is lost)
