@@ -296,12 +296,13 @@ def scenario_main(home_s: str) -> None:
 BOX_PROBE = r"""
 import json, os, socket, ssl, sys, time
 PH = os.environ["BOXLITE_SECRET_API"]
+TAG = sys.argv[1]
 with open("/etc/hosts", "a") as f:
     f.write("10.77.0.2 listed.test\n10.77.0.3 other.test\n")
 r = {"env_placeholder": PH, "ssl_cert_file": os.environ.get("SSL_CERT_FILE")}
 def request(host, port, tls=None):
     body = ("token=" + PH).encode()
-    head = (f"POST /x?k={PH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {PH}\r\n"
+    head = (f"POST /x?tag={TAG}&k={PH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {PH}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     try:
         s = socket.create_connection((host, port), timeout=20)
@@ -318,13 +319,14 @@ def request(host, port, tls=None):
         return data.decode(errors="replace").split("\r\n")[0]
     except (OSError, ssl.SSLError) as e:
         return type(e).__name__ + ": " + str(e)[:100]
+MARKER = "boxlite-secret-probe-7"
 r["http_listed"] = request("listed.test", 80)
 r["https_listed"] = request("listed.test", 443, ssl.create_default_context())  # the box's trust store
 r["http_other"] = request("other.test", 80)
 r["https_other"] = request("other.test", 443, ssl._create_unverified_context())
 with open("/tmp/probe-done", "w") as f:
     json.dump(r, f)
-deadline = time.time() + 120
+deadline = time.time() + (120 if TAG == MARKER else 0)
 while not os.path.exists("/tmp/probe-release") and time.time() < deadline:
     time.sleep(0.2)
 print("PROBE " + json.dumps(r))
@@ -414,6 +416,14 @@ async def box_probe(rootfs: str, home: Path) -> dict[str, Any]:
                                 hits.append(str(path))
             report["disk_hits"] = hits
             report["proxy_conf_mode"] = oct((box_dir / "secretproxy.json").stat().st_mode & 0o777)
+        # With an allow-list too: the listed host (its address allowed) still gets the value; the
+        # pass-through to a host the list does not allow is refused like any other flow of the box.
+        spec = boxlite.NetworkSpec(allow_net=["10.77.0.2"])
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, secrets=[secret], network=spec) as box:
+            r = await box.exec("python3", "-c", BOX_PROBE, "allowlisted", timeout=240)
+            lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
+            assert lines, r.stdout + r.stderr
+            report["allowlisted"] = json.loads(lines[-1][len("PROBE ") :])
     finally:
         await rt.shutdown(timeout=2)
     return report
@@ -542,6 +552,12 @@ def test_box_sees_placeholders_only(python_rootfs: Path, tmp_path: Path) -> None
         assert f"Bearer {VALUE}" in seen[server][0] and f"token={VALUE}" in seen[server][0], seen
     for server in ("10.77.0.3:80", "10.77.0.3:443"):
         assert f"Bearer {PLACEHOLDER}" in seen[server][0] and VALUE not in seen[server][0], seen
+    a = r["allowlisted"]
+    assert a["http_listed"] == "HTTP/1.1 200 OK" and a["https_listed"] == "HTTP/1.1 200 OK", a
+    assert a["http_other"] != "HTTP/1.1 200 OK" and a["https_other"] != "HTTP/1.1 200 OK", a
+    tagged = [e for e in r["remote_log"] if "tag=allowlisted" in e["request"]]
+    assert sorted(e["server"] for e in tagged) == ["10.77.0.2:443", "10.77.0.2:80"], r["remote_log"]
+    assert all(f"Bearer {VALUE}" in e["request"] for e in tagged), tagged
     mem = r["memory"]
     assert mem["procs"] >= 2 and mem["env_placeholder"] >= 1 and mem["mem_placeholder"] >= 1, mem
     assert mem["env_hits"] == [] and mem["mem_hits"] == [], mem
