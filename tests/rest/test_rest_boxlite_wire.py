@@ -120,7 +120,8 @@ def test_discovery(wire: Wire) -> None:
     assert anonymous.status_code == 200  # public, as BoxLite documents it
     caps = check("ServerConfig", anonymous.json())["capabilities"]
     assert caps["max_concurrent_executions"] > 0 and caps["file_transfer_max_bytes"] > 0
-    assert httpx.get(f"http://127.0.0.1:{wire.port}/v1/me").status_code == 401
+    anonymous = httpx.get(f"http://127.0.0.1:{wire.port}/v1/me")
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthenticated"
     assert wire.prefix  # our own /v1/boxes keeps its meaning: BoxLite's clients use the slot
 
 
@@ -266,7 +267,7 @@ def test_hostile_requests_get_documented_4xx(wire: Wire, box: dict[str, Any]) ->
     box_id = box["box_id"]
     exec_url = wire.url(f"/boxes/{box_id}/exec")
     big = wire.http.post(exec_url, json={"command": "true", "args": ["x" * (2 << 20)]})
-    assert big.status_code == 413
+    assert big.status_code == 413 and big.json()["error"]["code"] == "resource_exhausted"  # BoxLite's code
     error(wire.http.get(wire.url(f"/boxes/{box_id}/executions/exec-nope")), 404, "not_found")
     error(
         wire.http.post(wire.url(f"/boxes/{box_id}/executions/exec-nope/signal"), json={"signal": 15}), 404, "not_found"

@@ -32,7 +32,8 @@ class ApiKeyMiddleware:
         if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS or self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": {"type": "AuthenticationError", "message": "missing or wrong API key"}}).encode()
+        error = {"type": "AuthenticationError", "message": "missing or wrong API key", "code": "unauthenticated"}
+        body = json.dumps({"error": error}).encode()  # "code": what BoxLite's clients dispatch on
         headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": 401, "headers": headers})

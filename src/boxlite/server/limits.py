@@ -93,7 +93,7 @@ class BodyLimitMiddleware:
 
 
 async def _reject(send: Send, exc: BodyTooLarge) -> None:
-    body = json.dumps({"error": encode_error(exc)}).encode()
+    body = json.dumps({"error": {**encode_error(exc), "code": "resource_exhausted"}}).encode()  # code: BoxLite's
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})
     await send({"type": "http.response.body", "body": body})
