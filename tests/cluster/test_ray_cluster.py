@@ -213,6 +213,18 @@ async def test_boxes_spread_over_nodes_and_work(
         await capped.copy_out("/tmp/in", str(tmp_path / "capped"))
     assert (await (await capped.exec("echo", ["still"])).stdout().read()).strip() == "still"
 
+    # pause/resume, snapshots and clones happen on the box's node
+    other = boxes[2]
+    await other.pause()
+    assert other.info().state.status == "paused"
+    await other.resume()
+    assert (await (await other.exec("echo", ["back"])).stdout().read()).strip() == "back"
+    await other.snapshot.create("s1")
+    assert [snap.name for snap in await other.snapshot.list()] == ["s1"]
+    twin = await other.clone_box(name="twin")
+    assert backend.node_of(twin.id) == backend.node_of(other.id)  # type: ignore[attr-defined]
+    await rt.remove(twin.id, force=True)
+
     # another driver object reattaches by name and lists every node's boxes
     rt2 = _runtime(address, engine)
     again = await rt2.get("w1")
@@ -241,6 +253,7 @@ async def test_lost_node_fails_its_boxes_only(
     victim_node = rt._backend.node_of(victim.id)  # type: ignore[attr-defined]
     # a command running on the node when it dies ends with the node's loss, not a hang
     running = await victim.exec("sleep", ["300"])
+    victim_pid = victim.info().state.pid
     os.kill(_raylet_pid(victim_node), signal.SIGKILL)
     start = time.monotonic()
     status = await asyncio.wait_for(running.wait(), 90)
@@ -248,6 +261,11 @@ async def test_lost_node_fails_its_boxes_only(
     with pytest.raises(BoxDiedError, match=victim_node):
         await asyncio.wait_for(victim.exec("true"), 90)
     assert time.monotonic() - start < 120
+    # the box does not outlive its node service (the local runtime's lifeline)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{victim_pid}").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    assert not Path(f"/proc/{victim_pid}").exists()
     lost = {i.id: i.state.status for i in await rt.list_info()}
     assert lost[victim.id] == "lost"
     for b in boxes:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...api.options import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, BoxOptions
-from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics
+from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics, SnapshotInfo
 from ...errors import (
     AlreadyExistsError,
     BoxDiedError,
@@ -399,6 +399,45 @@ class RayBackend(Backend):
         deadline = self.o.call_timeout + (timeout or 10.0)
         await node.call("stop", box_id, timeout, timeout=deadline)
         self._owned.discard(box_id)
+
+    async def pause(self, box_id: str, to_disk: bool = False) -> BoxInfo:
+        node, box_id = await self._node(box_id)
+        return self._seen(await node.call("pause", box_id, to_disk, timeout=self.o.create_timeout), node.node_id)
+
+    async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
+        node, box_id = await self._node(box_id)
+        return self._seen(await node.call("resume", box_id, detach, timeout=self.o.create_timeout), node.node_id)
+
+    async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
+        """The children live on the parent's node (its memory and disk are there)."""
+        node, box_id = await self._node(box_id)
+        children = await node.call("fork", box_id, n, timeout=self.o.create_timeout)
+        self._owned.update(c.id for c in children if not c.detach)
+        return [self._seen(c, node.node_id) for c in children]
+
+    async def clone(self, box_id: str, name: str | None) -> BoxInfo:
+        node, box_id = await self._node(box_id)
+        if name is not None and await self.get(name) is not None:
+            raise AlreadyExistsError(f"a box named {name!r} exists on the Ray cluster")
+        return self._seen(await node.call("clone", box_id, name, timeout=self.o.create_timeout), node.node_id)
+
+    async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
+        node, box_id = await self._node(box_id)
+        info: SnapshotInfo = await node.call("snapshot_create", box_id, name, timeout=self.o.create_timeout)
+        return info
+
+    async def snapshot_list(self, box_id: str) -> builtins.list[SnapshotInfo]:
+        node, box_id = await self._node(box_id)
+        infos: builtins.list[SnapshotInfo] = await node.call("snapshot_list", box_id)
+        return infos
+
+    async def snapshot_restore(self, box_id: str, name: str) -> None:
+        node, box_id = await self._node(box_id)
+        await node.call("snapshot_restore", box_id, name, timeout=self.o.create_timeout)
+
+    async def snapshot_remove(self, box_id: str, name: str) -> None:
+        node, box_id = await self._node(box_id)
+        await node.call("snapshot_remove", box_id, name, timeout=self.o.create_timeout)
 
     async def ready(self, box_id: str) -> None:
         node, box_id = await self._node(box_id)

@@ -265,5 +265,6 @@ class NodeService:
 
 
 _CALLS = frozenset({
-    "create", "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image", "shutdown",
+    "create", "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image",
+    "pause", "resume", "fork", "clone", "snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_remove",
 })  # fmt: skip
