@@ -201,6 +201,17 @@ s = socket.create_connection(("listed.test", 443), timeout=15)
 s = ssl.create_default_context(cafile=box_ca).wrap_socket(s, server_hostname="listed.test")
 s.sendall(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
 r["sni_host_mismatch"] = s.recv(200).decode().split("\r\n")[0]
+s = socket.create_connection(("listed.test", 80), timeout=15)
+b = ("token=" + PH).encode()
+s.sendall(b"POST /expect HTTP/1.1\r\nHost: listed.test\r\nExpect: 100-continue\r\n"
+          + f"Content-Length: {len(b)}\r\n\r\n".encode())
+s.settimeout(5)
+first = s.recv(100).split(b"\r\n")[0]
+s.sendall(b)
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+r["expect"] = (first + b"|" + data.split(b"\r\n")[0]).decode()
 big = ("A" * (2 * 1024 * 1024) + PH).encode()
 r["big_body"] = request("listed.test", 80, body=big)
 # Hostile: an oversized head, stalled connections beyond the proxy's slots, a slow dribble.
@@ -496,6 +507,10 @@ def test_secret_proxy_substitutes_for_listed_hosts_only(tmp_path: Path) -> None:
     big = [req for req in seen["10.77.0.2:80"] if len(req) > 1024 * 1024]
     assert big and PLACEHOLDER in big[0][-100:] and VALUE not in big[0][-100:], r
     assert r["huge_head"] == "HTTP/1.1 431 Request Header Fields Too Large", r
+    # Expect: 100-continue is answered by the proxy (the body it waits for is then substituted).
+    assert r["expect"] == "HTTP/1.1 100 Continue|HTTP/1.1 200 OK", r
+    expect = [q for q in seen["10.77.0.2:80"] if q.startswith("POST /expect")]
+    assert expect and expect[0].endswith(f"token={VALUE}") and "Expect" not in expect[0], expect
     assert r["proxy_alive"], r
     # A host process connecting to the proxy directly gets nothing sent anywhere.
     assert r["local"] in ("closed", "ConnectionResetError"), r
@@ -516,8 +531,9 @@ def test_secret_proxy_parsers() -> None:
     assert sp.host_header(b"GET / HTTP/1.1\r\nHost: a b") is None
     subs = [(b"<P>", b"v")]
     head = b"POST /<P> HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: keep-alive\r\nX: <P>"
-    out = sp.rewrite_head(head, subs, 1)
+    out = sp.rewrite_head(head + b"\r\nExpect: 100-continue", subs, 1)
     assert out == b"POST /v HTTP/1.1\r\nHost: h\r\nX: v\r\nConnection: close\r\nContent-Length: 1\r\n\r\n"
+    assert sp.expects_continue(b"P / H\r\nExpect: 100-Continue") and not sp.expects_continue(b"P / H\r\nX: y")
     for bad in (b"P / H\r\nContent-Length: 1\r\nContent-Length: 2", b"P / H\r\nContent-Length: -1"):
         with pytest.raises(ValueError):
             sp.content_length(bad)

@@ -133,6 +133,8 @@ def rewrite_head(head: bytes, subs: list[tuple[bytes, bytes]], body_len: int | N
         key = line.partition(b":")[0].strip().lower()
         if key in (b"connection", b"proxy-connection", b"keep-alive"):
             continue
+        if key == b"expect" and body_len is not None:  # answered by the proxy already
+            continue
         if key == b"content-length" and body_len is not None:
             continue
         out.append(_sub(line, subs))
@@ -146,6 +148,14 @@ def _sub(data: bytes, subs: list[tuple[bytes, bytes]]) -> bytes:
     for placeholder, value in subs:
         data = data.replace(placeholder, value)
     return data
+
+
+def expects_continue(head: bytes) -> bool:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"expect" and value.strip().lower() == b"100-continue":
+            return True
+    return False
 
 
 def content_length(head: bytes) -> tuple[int | None, bool]:
@@ -300,6 +310,8 @@ class Proxy:
             return
         body_len = None
         if length is not None and not chunked and length <= MAX_BODY:
+            if len(rest) < length and expects_continue(head):  # the client waits for this before its body
+                c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             while len(rest) < length:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -309,8 +321,8 @@ class Proxy:
                 if not chunk:
                     return
                 rest += chunk
-            rest = _sub(rest, subs)
-            body_len = len(rest)
+            body = _sub(rest[:length], subs)
+            body_len, rest = len(body), body + rest[length:]  # (a pipelined request after it: unchanged)
         up = self.connect_name(name, port, tls_name)
         with up:
             up.settimeout(IDLE_TIMEOUT)
