@@ -155,12 +155,12 @@ async def attach_execution(websocket: WebSocket, box_id: str, exec_id: str) -> N
         code, body = wire_error(e)
         await websocket.send_denial_response(JSONResponse(body, status_code=code))
         return
-    rec.attached = True
+    rec.attach()
     try:
         await websocket.accept()
         await AttachSession(websocket, rec).run()
     finally:
-        rec.attached = False
+        rec.detach()
         if rec.id not in executions(websocket.app)._all:
             rec.discard()
 

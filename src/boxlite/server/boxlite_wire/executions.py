@@ -5,6 +5,7 @@ client may detach and reattach; status, signal, resize and kill are plain reques
 Bounds: output not yet sent is held in ``QUEUE_CHUNKS`` chunks per stream, then the command's
 pipe fills and it blocks (nothing grows with what the box writes); at most ``MAX_RUNNING`` live
 executions per box; ended ones are kept for status queries, the oldest evicted past ``MAX_KEPT``.
+A command no client has been attached to for ``ORPHAN_SECS`` gets SIGHUP (BoxLite's orphan policy).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import signal
 import time
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -25,6 +27,7 @@ from ...wire import STDERR, STDOUT
 QUEUE_CHUNKS = 16
 MAX_RUNNING = 32
 MAX_KEPT = 256
+ORPHAN_SECS = 300.0
 SIGNALS = frozenset({1, 2, 3, 6, 10, 12, 15, 28})
 """What ``signal`` may send (HUP INT QUIT ABRT USR1 USR2 TERM WINCH); SIGKILL is ``DELETE``'s."""
 
@@ -32,7 +35,9 @@ SIGNALS = frozenset({1, 2, 3, 6, 10, 12, 15, 28})
 class WireExec:
     """One execution: its output queues, its stdin, and its end once known."""
 
-    def __init__(self, exec_id: str, box_id: str, execution: Execution, tty: bool) -> None:
+    def __init__(
+        self, exec_id: str, box_id: str, execution: Execution, tty: bool, orphan_secs: float = ORPHAN_SECS
+    ) -> None:
         self.id, self.box_id, self.ex, self.tty = exec_id, box_id, execution, tty
         self.started_at = datetime.now(timezone.utc)
         self._t0 = time.monotonic()
@@ -41,6 +46,7 @@ class WireExec:
         self.error: str | None = None
         self.killed = False
         self.attached = False
+        self.idle_since = time.monotonic()
         self.stdin: ExecStdin = execution.stdin()
         self.stdin_closed = False
         self.queues: dict[int, asyncio.Queue[bytes | None]] = {
@@ -54,6 +60,7 @@ class WireExec:
             asyncio.ensure_future(self._read(STDERR, execution.stderr())),
         ]
         self.waiter = asyncio.ensure_future(self._wait())
+        self._tasks.append(asyncio.ensure_future(self._reap(orphan_secs)))
 
     async def _read(self, kind: int, stream: ExecStream) -> None:
         try:
@@ -70,6 +77,24 @@ class WireExec:
         except BoxliteError as e:
             self.error = str(e)
         self.ended_ms = int((time.monotonic() - self._t0) * 1000)
+
+    async def _reap(self, idle: float) -> None:
+        """SIGHUP the command once no client has been attached to it for ``idle`` seconds."""
+        while self.running:
+            left = idle if self.attached else self.idle_since + idle - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(BoxliteError):
+                    await self.ex.signal(signal.SIGHUP)
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.waiter), left)
+
+    def attach(self) -> None:
+        self.attached = True
+
+    def detach(self) -> None:
+        self.attached = False
+        self.idle_since = time.monotonic()
 
     @property
     def running(self) -> bool:
