@@ -293,6 +293,12 @@ def scenario_main(home_s: str) -> None:
         report["modes"] = modes
         report["local"] = local
         report["proxy_alive"] = proxy.poll() is None
+        report["proxy_ids"] = [
+            line.split()[1:]
+            for line in Path(f"/proc/{proxy.pid}/status").read_text().splitlines()
+            if line[:4] in ("Uid:", "Gid:")
+        ]
+        report["gid"] = gid
         allowlist.release(box_dir)
         listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
         report["rules_after_release"] = listing.stdout
@@ -512,6 +518,9 @@ def test_secret_proxy_substitutes_for_listed_hosts_only(tmp_path: Path) -> None:
     expect = [q for q in seen["10.77.0.2:80"] if q.startswith("POST /expect")]
     assert expect and expect[0].endswith(f"token={VALUE}") and "Expect" not in expect[0], expect
     assert r["proxy_alive"], r
+    # The proxy reads the box's bytes without root: its own uid, the box's helper group.
+    uid = str(allowlist_uid())
+    assert r["proxy_ids"] == [[uid] * 4, [str(r["gid"])] * 4], r
     # A host process connecting to the proxy directly gets nothing sent anywhere.
     assert r["local"] in ("closed", "ConnectionResetError"), r
     assert not [q for q in seen["10.77.0.2:80"] if "/local" in q], r
@@ -585,3 +594,9 @@ def python_rootfs() -> Path:
     from support.images import python_rootfs as build
 
     return build()
+
+
+def allowlist_uid() -> int:
+    from boxlite.engines.net import allowlist
+
+    return allowlist.SECRET_UID

@@ -36,9 +36,10 @@ GID_SLOTS = hostguard.ALLOW_GID_SLOTS
 MAX_CLAIM_TRIES = 512
 MAX_SET = 16384
 """Addresses a box's DNS lookups may have open at once, per set (full: lookups get SERVFAIL)."""
-SECRET_MARK = 0x5EC7
-"""Socket mark of the secret proxy's own outbound connections (:mod:`.secretproxy`): the
-redirect skips them; every other rule of the box's group still applies to them."""
+SECRET_UID = 0x6FFFFFFF
+"""User id the secret proxies (:mod:`.secretproxy`) drop to once set up (no host process or box
+uses it): the redirect skips their own connections by it; every other rule of the box's group
+still applies to them."""
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -151,7 +152,7 @@ def base_script() -> str:
             # Every DNS flow of an allow-listed helper, to whatever address, goes to its proxy.
             f"add rule {t} dnsnat meta l4proto {{ tcp, udp }} th dport 53 redirect to : meta skgid map @dnsports",
             # HTTP(S) of a box with secrets goes to its secret proxy (a group not in the map: no match).
-            f"add rule {t} dnsnat meta l4proto tcp th dport {{ 80, 443 }} meta mark != {SECRET_MARK} "
+            f"add rule {t} dnsnat meta l4proto tcp th dport {{ 80, 443 }} meta skuid != {SECRET_UID} "
             "redirect to : meta skgid map @secretports",
         ]
     )
@@ -336,7 +337,7 @@ def secret_proxy_command(
     bundle = boxca.bundle(box_dir, ca, [layer / SECRET_BUNDLE.lstrip("/") for layer in reversed(layers)])
     conf = {
         "secrets": secrets,
-        "mark": SECRET_MARK,
+        "uid": SECRET_UID,
         "cert": str(leaf),
         "key": str(key),
         "rules": secret_rules(gid, allow_listed),

@@ -13,8 +13,8 @@ Per connection it looks at what the box sends first, without consuming it:
   in the box's trust store), and opens its own verified TLS connection to that name.
 * plain HTTP: the request head's ``Host``. A listed name is intercepted the same way, without TLS.
 * anything else, or a name no secret lists: passed through unchanged to the address the box
-  asked for (``SO_ORIGINAL_DST``), through a socket marked so that the redirect skips it and the
-  box's other rules (host guard, allow-list) still apply.
+  asked for (``SO_ORIGINAL_DST``). The proxy's sockets are its own user's (the redirect skips
+  that uid) in the box's group: the box's other rules (host guard, allow-list) still apply.
 
 An intercepted connection carries one request: the proxy replaces the placeholders of the
 secrets that list the name (request line, headers, and a ``Content-Length`` body up to
@@ -26,11 +26,13 @@ SNI gets 421. Bodies larger than ``MAX_BODY`` and chunked bodies are passed on u
 
 Input is the box's: the request head is capped (``MAX_HEAD``, else 431), each phase has a
 deadline (slow clients are cut), and at most ``MAX_CONNS`` connections are served at once
-(beyond: closed at once). Prints ``ready <port>`` once it listens and its rules are in place.
+(beyond: closed at once). Prints ``ready <port>`` once it listens and its rules are in place,
+then drops root (to the config's ``uid``; its leaf key is loaded by then).
 """
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401  (getaddrinfo's codec, loaded before root is dropped: the stdlib may be root-only)
 import ipaddress
 import json
 import os
@@ -186,7 +188,6 @@ class Proxy:
             (s["placeholder"].encode(), s["value"].encode(), [h.lower() for h in s["hosts"]]) for s in conf["secrets"]
         ]
         self.hosts = sorted({h for _, _, hosts in self.secrets for h in hosts})
-        self.mark = int(conf.get("mark") or 0)
         self.slots = threading.BoundedSemaphore(MAX_CONNS)
         self.tls_server: ssl.SSLContext | None = None
         if conf.get("cert"):
@@ -217,7 +218,7 @@ class Proxy:
         try:
             with conn:
                 self.handle(conn)
-        except (OSError, ValueError, ssl.SSLError):
+        except Exception:  # one connection's failure, whatever it is, ends only that connection
             pass
         finally:
             self.slots.release()
@@ -261,8 +262,6 @@ class Proxy:
         family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
         s = socket.socket(family, socket.SOCK_STREAM)
         try:
-            if self.mark:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
             s.settimeout(CONNECT_TIMEOUT)
             s.connect(dst)
         except OSError:
@@ -456,6 +455,9 @@ def main(argv: list[str]) -> int:
     if rules and not nft(str(conf["nft"]), rules.replace(PORT_MARK, str(port))):
         print("boxlite secretproxy: cannot install the box's redirect", file=sys.stderr, flush=True)
         return 1
+    uid = int(conf.get("uid") or 0)
+    if uid:  # from here on it reads only what the box sends: no root (its group stays the box's)
+        os.setresuid(uid, uid, uid)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
