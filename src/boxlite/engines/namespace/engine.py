@@ -17,8 +17,8 @@ from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_
 from ...errors import EngineError, NetworkError
 from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from . import cgroups, netstats, network, quota
 from ..net import allowlist
+from . import cgroups, netstats, network, quota
 from .zygote import Zygote
 
 AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
@@ -99,9 +99,9 @@ class NamespaceEngine(Engine):
                 "lock": str(lock),
                 "pasta": pasta[0] if pasta else None,
                 "net_gid": pasta[1] if pasta else None,
-                "pasta_fifo": str(spec.layout.pasta_fifo),
                 "dnsproxy": dnsproxy,
                 "secretproxy": secretproxy,
+                "pasta_fifo": str(spec.layout.pasta_fifo),
                 "pasta_pid": str(spec.layout.pasta_pid),
             },
         }
