@@ -1,7 +1,7 @@
 """One execution on a node service, behind the standard ``ExecChannel`` (driver side).
 
 Each output stream is a Ray streaming generator the driver pumps into a ``ChunkStream``; the
-pump stops while more than ``WINDOW`` bytes wait unread, so a slow reader holds the node's
+pump stops before more than ``WINDOW`` bytes would wait unread, so a slow reader holds the node's
 generator (Ray's backpressure window), which holds the box's agent (its credit): no queue on the
 way grows without bound. A watchdog pings the node while the command runs: a node that stops
 answering fails the execution with ``BoxDiedError`` naming it instead of hanging.
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
+from ...agent.protocol import DEFAULT_OUTPUT_WINDOW
 from ...client.streams import ChunkStream
 from ...errors import BoxDiedError, BoxliteError
 from .node import CHUNK
@@ -20,8 +21,8 @@ from .node import CHUNK
 if TYPE_CHECKING:
     from .backend import NodeRef
 
-WINDOW = 1 << 20
-"""Unread output bytes buffered per stream on the driver before the pump waits."""
+WINDOW = DEFAULT_OUTPUT_WINDOW
+"""Unread output bytes buffered per stream on the driver at most (the local agent's window)."""
 STREAM_BACKPRESSURE = 4
 """Chunks a node service's generator may run ahead of the driver."""
 
@@ -37,8 +38,7 @@ class RayOutput(ChunkStream):
 
     async def _consumed(self, amount: int) -> None:
         self.buffered -= amount
-        if self.buffered <= WINDOW:
-            self.room.set()
+        self.room.set()
 
 
 class RayChannel:
@@ -63,11 +63,11 @@ class RayChannel:
             ).remote(self.exec_id, name)
             async for ref in gen:
                 data = self.node.unwrap(await ref)
-                out._feed(data)
-                out.buffered += len(data)
-                while out.buffered > WINDOW:
+                while out.buffered and out.buffered + len(data) > WINDOW:  # unread output stays <= WINDOW
                     out.room.clear()
                     await out.room.wait()
+                out._feed(data)
+                out.buffered += len(data)
         except BoxliteError:
             pass
         except Exception as e:  # the node (or its actor) is gone
