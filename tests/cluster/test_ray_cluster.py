@@ -99,6 +99,11 @@ async def test_boxes_spread_over_nodes_and_work(
         await capped.copy_out("/tmp/in", str(tmp_path / "capped"))
     assert (await (await capped.exec("echo", ["still"])).stdout().read()).strip() == "still"
 
+    # metrics: the box's come from its node, the runtime's add up every node's
+    assert (await box.metrics()).commands_executed_total >= 4
+    totals = await rt.metrics()
+    assert totals.boxes_created_total >= NODES and totals.num_running_boxes == NODES
+
     # pause/resume, snapshots and clones happen on the box's node
     other = boxes[2]
     await other.pause()
