@@ -146,6 +146,21 @@ def test_box_lifecycle(wire: Wire) -> None:
     assert wire.http.head(wire.url(f"/boxes/{box_id}")).status_code == 404
 
 
+def test_security_preset_changes_the_box(wire: Wire) -> None:
+    """BoxLite's ``security`` field is honoured, not accepted and ignored: ``maximum`` sets rlimits."""
+    box_id = wire.create(security="maximum")["box_id"]
+    try:
+        assert wire.http.post(wire.url(f"/boxes/{box_id}/start")).status_code == 200
+        exec_id = wire.exec(box_id, "sh", "-c", "ulimit -n")
+        with wire.attach(wire.url(f"/boxes/{box_id}/executions/{exec_id}/attach")) as ws:
+            assert recv_all(ws)[0] == b"1024\n"
+    finally:
+        wire.http.delete(wire.url(f"/boxes/{box_id}"), params={"force": "true"})
+    config = httpx.get(f"http://127.0.0.1:{wire.port}/v1/config").json()
+    assert config["capabilities"]["supported_security_presets"] == ["development", "standard", "maximum"]
+    assert config["defaults"]["cpus"] == 1
+
+
 def test_list_pages(wire: Wire) -> None:
     made = [wire.create()["box_id"] for _ in range(3)]
     seen: list[str] = []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from fastapi import APIRouter
 
-from ...api.options import DEFAULT_MEMORY_MIB
+from ...api.options import DEFAULT_CPUS, DEFAULT_MEMORY_MIB
 from ..limits import MAX_UPLOAD
 from .errors import WireRoute
 from .executions import MAX_RUNNING
@@ -23,7 +22,7 @@ PATH_PREFIX = "default"
 async def get_config() -> Any:
     return {
         "defaults": {
-            "cpus": os.cpu_count() or 1,
+            "cpus": DEFAULT_CPUS,
             "memory_mib": DEFAULT_MEMORY_MIB,
             "security_preset": "standard",
             "auto_delete": 0,
@@ -39,7 +38,7 @@ async def get_config() -> Any:
             "snapshots_enabled": True,
             "clone_enabled": True,
             "export_enabled": True,
-            "supported_security_presets": ["standard"],
+            "supported_security_presets": ["development", "standard", "maximum"],
         },
     }
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...api.advanced import ContainerCapabilities
-from ...api.options import DEFAULT_MEMORY_MIB, AdvancedBoxOptions, BoxOptions, NetworkSpec
+from ...api.options import DEFAULT_MEMORY_MIB, AdvancedBoxOptions, BoxOptions, NetworkSpec, SecurityOptions
 from ...api.results import BoxInfo
 
 DEFAULT_IMAGE = "alpine:latest"
@@ -73,8 +73,8 @@ class WireCreateBox(_Strict):
     auto_resume: bool | None = None
 
     def to_options(self) -> BoxOptions:
-        """Our options; ``security`` presets have no equivalent here (the engines' isolation is
-        fixed) and are accepted as documented values only."""
+        """Our options; a ``security`` preset becomes the ``SecurityOptions`` preset of that name
+        (what it adds is honoured; it never removes our confinement)."""
         image = self.image if self.image or self.rootfs_path else DEFAULT_IMAGE
         options = BoxOptions(
             image=image, rootfs_path=self.rootfs_path, cpus=self.cpus, memory_mib=self.memory_mib,
@@ -86,8 +86,12 @@ class WireCreateBox(_Strict):
             auto_pause=self.auto_pause, auto_delete=self.auto_delete, auto_resume=self.auto_resume,
         )  # fmt: skip
         caps = self.advanced.capabilities if self.advanced else None
-        if caps is not None:
-            options.advanced = AdvancedBoxOptions(capabilities=ContainerCapabilities(list(caps.add), list(caps.drop)))
+        security = getattr(SecurityOptions, self.security)() if self.security else None
+        if caps is not None or security is not None:
+            options.advanced = AdvancedBoxOptions(
+                security=security,
+                capabilities=None if caps is None else ContainerCapabilities(list(caps.add), list(caps.drop)),
+            )
         return options
 
 
