@@ -55,7 +55,7 @@ if TYPE_CHECKING:
         RuntimeMetrics,
         SnapshotInfo,
     )
-    from .api.runtime import Boxlite, ImageHandle, ImagePullResult
+    from .api.runtime import Boxlite, ImageHandle, ImagePullResult, cluster
     from .api.simplebox import BrowserBox, CodeBox, ComputerBox, SimpleBox
     from .api.snapshots import SnapshotHandle
     from .api.sync import (
@@ -184,6 +184,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "UnsupportedOptionError": ".errors",
     "VolumeHandle": ".api.later",
     "VolumeInfo": ".api.later",
+    "cluster": ".api.runtime",
 }
 
 __version__ = "0.1.0"
@@ -274,6 +275,7 @@ __all__ = [
     "UnsupportedOptionError",
     "VolumeHandle",
     "VolumeInfo",
+    "cluster",
 ]  # fmt: skip
 
 

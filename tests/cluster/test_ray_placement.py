@@ -46,3 +46,14 @@ def test_bad_options_are_config_errors() -> None:
         boxlite.Boxlite.ray("127.0.0.1:1", max_boxes_per_node=0)
     with pytest.raises(ConfigError):
         boxlite.Boxlite.ray("127.0.0.1:1", no_such_option=1)
+
+
+def test_boxlite_cluster_is_the_ray_runtime() -> None:
+    """``boxlite.cluster(...)`` takes ``Boxlite.ray``'s address and options (and checks them alike)."""
+    import inspect
+
+    assert inspect.signature(boxlite.cluster).parameters.keys() == {"address", "options"}
+    with pytest.raises(ConfigError, match="strategy"):
+        boxlite.cluster("127.0.0.1:1", strategy="random")
+    with pytest.raises(ConfigError):
+        boxlite.cluster("127.0.0.1:1", no_such_option=1)

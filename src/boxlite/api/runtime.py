@@ -176,3 +176,10 @@ ImageHandle = ImagesBackend
 """BoxLite's name for ``runtime.images`` (pull, list, get, remove, ...)."""
 ImagePullResult = ImageInfo
 """What ``runtime.images.pull`` returns: an ``ImageInfo`` (``config_digest`` as in BoxLite; no ``layer_count``)."""
+
+
+def cluster(address: str = "auto", **options: Any) -> Boxlite:
+    """``boxlite.cluster(address)``: the cluster runtime, ``Boxlite.ray(address, **options)``
+    (Ray is the only cluster engine; a function of the package so scripts read
+    ``rt = boxlite.cluster("ray://head:10001")``)."""
+    return Boxlite.ray(address, **options)
