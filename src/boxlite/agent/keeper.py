@@ -39,7 +39,7 @@ import time
 from typing import Any
 
 from . import linux
-from .protocol import status_line
+from .protocol import lifeline_closed, status_line
 
 STATUS_KEEPER = "keeper"
 """Status line ``keeper <pid>``: the keeper holds the box (and its pasta configured the network)."""
@@ -384,7 +384,7 @@ class Keeper:
                 print("boxlite keeper: the owner died, the box did not stop: killing it", file=sys.stderr, flush=True)
                 self._kill_box()
                 kill_at = None
-            if self.lifeline is not None and self.lifeline in r and _at_eof(self.lifeline):
+            if self.lifeline is not None and self.lifeline in r and lifeline_closed(self.lifeline):
                 self.lifeline = None
                 kill_at = time.monotonic() + LIFELINE_GRACE
             if self.pasta_err is not None and self.pasta_err in r:
@@ -422,15 +422,6 @@ class Keeper:
                     if time.monotonic() > started + 1:
                         kill_cgroup_members(path)  # only box processes can be in it
                     time.sleep(0.01)
-
-
-def _at_eof(fd: int) -> bool:
-    try:
-        return os.read(fd, 64) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def _inode(path: str) -> int | None:

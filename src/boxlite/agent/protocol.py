@@ -13,6 +13,7 @@ Stdlib only.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Iterator
 
@@ -192,3 +193,17 @@ def parse_status(line: bytes | str) -> StatusLine:
     text = line.decode(errors="replace") if isinstance(line, bytes) else line
     word, _, arg = text.strip().partition(" ")
     return StatusLine(word, arg)
+
+
+def lifeline_closed(fd: int) -> bool:
+    """True when the owner's lifeline (a pipe only the owner writes to) reports that the owner is gone.
+
+    The owner never writes, so a readable lifeline means EOF (or an error): the owner died or
+    closed it. Stray bytes or a spurious wake-up (``EAGAIN``) leave the box alone.
+    """
+    try:
+        return os.read(fd, 64) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

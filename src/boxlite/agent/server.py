@@ -688,13 +688,8 @@ class Agent:
 
     # --- lifecycle ----------------------------------------------------------------------
     def _lifeline(self, fd: int) -> None:
-        try:
-            if os.read(fd, 64):
-                return
-        except BlockingIOError:
+        if not p.lifeline_closed(fd):
             return
-        except OSError:
-            pass
         self.unwatch(fd)
         self.shutdown(0.0)
 

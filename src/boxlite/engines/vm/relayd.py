@@ -343,13 +343,8 @@ class RelayServer:
             self.request_stop("signal")
 
     def _on_lifeline(self, fd: int) -> None:
-        try:
-            if os.read(fd, 64):
-                return
-        except BlockingIOError:
+        if not p.lifeline_closed(fd):
             return
-        except OSError:
-            pass
         self.sel.unregister(fd)
         self.request_stop("lifeline closed: the owner died", grace=0.0)
         self._after(ORPHAN_TIMEOUT, lambda: self._signal_qemu(signal.SIGTERM, QUIT_TIMEOUT))

@@ -329,13 +329,8 @@ class Shim:
         """The owner died while the VM was starting: kill QEMU (every step then fails)."""
         import asyncio
 
-        try:
-            if os.read(fd, 64):
-                return
-        except BlockingIOError:
+        if not p.lifeline_closed(fd):
             return
-        except OSError:
-            pass
         asyncio.get_running_loop().remove_reader(fd)
         print("shim: the owner died while the VM was starting: killing QEMU", file=sys.stderr, flush=True)
         self.proc.kill()
