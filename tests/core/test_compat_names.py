@@ -19,7 +19,7 @@ import pytest
 
 import boxlite
 from boxlite.errors import UnauthorizedError, UnsupportedOptionError
-from rest.serverproc import API_KEY, Server, free_port, start_server, stop_server, wait_ready
+from rest.serverproc import API_KEY, Server, free_port, serving_tcp
 from support.images import python_rootfs
 
 COMPAT = Path(__file__).resolve().parents[2] / "docs" / "compat.md"
@@ -212,15 +212,8 @@ async def test_box_names_of_later_features(runtime: boxlite.Boxlite, busybox_roo
 # --- the REST client under BoxLite's names -------------------------------------------------
 @pytest.fixture(scope="module")
 def tcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("compat") / "home"
-    port = free_port()
-    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
-        yield Server(url, API_KEY, home, proc)
-    finally:
-        stop_server(proc)
+    with serving_tcp(tmp_path_factory.mktemp("compat") / "home") as server:
+        yield server
 
 
 async def test_rest_options_and_api_key_credential(tcp_server: Server, busybox_rootfs: Path) -> None:

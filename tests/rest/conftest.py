@@ -10,24 +10,22 @@ import pytest
 
 import boxlite
 from boxlite.remote import RemoteBoxlite
-from rest.serverproc import API_KEY, Server, free_port, start_server, stop_server, wait_ready
+from rest.serverproc import Server, serving_tcp, start_server, stop_server, wait_ready
 
 
 @pytest.fixture(scope="module", params=["unix", "tcp"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server per test module and transport."""
     home = tmp_path_factory.mktemp("srv") / "home"
-    if request.param == "unix":
-        sock = home / "boxlite.sock"
-        proc = start_server(home)
-        url, key = f"unix://{sock}", None
-    else:
-        port = free_port()
-        proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY)
-        url, key = f"http://127.0.0.1:{port}", API_KEY
+    if request.param == "tcp":
+        with serving_tcp(home) as tcp:
+            yield tcp
+        return
+    proc = start_server(home)
     try:
+        url = f"unix://{home / 'boxlite.sock'}"
         wait_ready(proc, url)
-        yield Server(url, key, home, proc)
+        yield Server(url, None, home, proc)
     finally:
         stop_server(proc)
 

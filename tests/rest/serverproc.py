@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +67,16 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def serving_tcp(home: Path, *args: str) -> Iterator[Server]:
+    """A server on a free loopback port with ``API_KEY``, stopped on exit."""
+    port = free_port()
+    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY, *args)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        yield Server(url, API_KEY, home, proc)
+    finally:
+        stop_server(proc)

@@ -11,20 +11,13 @@ import pytest
 import boxlite
 from boxlite.remote import UnauthorizedError
 from boxlite.server.listen import check_auth
-from rest.serverproc import API_KEY, Server, free_port, start_server, stop_server, wait_ready
+from rest.serverproc import API_KEY, Server, free_port, serving_tcp, start_server, stop_server, wait_ready
 
 
 @pytest.fixture(scope="module")
 def tcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("auth") / "home"
-    port = free_port()
-    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
-        yield Server(url, API_KEY, home, proc)
-    finally:
-        stop_server(proc)
+    with serving_tcp(tmp_path_factory.mktemp("auth") / "home") as server:
+        yield server
 
 
 @pytest.mark.parametrize("key", [None, "wrong-key"])

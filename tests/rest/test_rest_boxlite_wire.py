@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from rest.serverproc import API_KEY, free_port, start_server, stop_server, wait_ready
+from rest.serverproc import API_KEY, serving_tcp
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "boxlite_wire_schema.json").read_text())
 
@@ -81,17 +81,11 @@ class Wire:
 
 @pytest.fixture(scope="module")
 def wire(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Iterator[Wire]:
-    home = tmp_path_factory.mktemp("wire") / "home"
-    port = free_port()
-    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY)
-    try:
-        wait_ready(proc, f"http://127.0.0.1:{port}")
+    with serving_tcp(tmp_path_factory.mktemp("wire") / "home") as server:
         headers = {"Authorization": f"Bearer {API_KEY}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as http:
+        with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
             prefix = check("Principal", http.get("/v1/me").json())["path_prefix"]
-            yield Wire(http, port, prefix, str(busybox_rootfs))
-    finally:
-        stop_server(proc)
+            yield Wire(http, int(server.url.rsplit(":", 1)[1]), prefix, str(busybox_rootfs))
 
 
 @pytest.fixture
