@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -30,9 +29,12 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import benchlib as bl
+
+from support import privnet  # benchlib puts tests/ on sys.path
 
 REMOTE = "10.77.0.2"
 DNS = "10.77.0.53"
@@ -123,41 +125,17 @@ def dns_server() -> None:
 
 
 def remote_main() -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            bulk_server(REMOTE, BULK_PORT)
-            ping_server(REMOTE, PING_PORT)
-            dns_server()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    print("ready", flush=True)
+    def start() -> None:
+        bulk_server(REMOTE, BULK_PORT)
+        ping_server(REMOTE, PING_PORT)
+        dns_server()
+
+    privnet.when_addresses_exist(start)
     time.sleep(24 * 3600)
 
 
 def build_internet() -> subprocess.Popen[str]:
-    subprocess.run(["sh", "-ec", "ip link set lo up; ip link add v0 type veth peer name v1"], check=True)
-    remote = subprocess.Popen(["unshare", "-n", sys.executable, __file__, "remote"], stdout=subprocess.PIPE, text=True)
-    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
-    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    addrs = f"ip addr add {REMOTE}/24 dev v1; ip addr add {DNS}/24 dev v1; ip addr add 10.77.0.254/24 dev v1"
-    subprocess.run(
-        [
-            "sh",
-            "-ec",
-            f"""ip link set v1 netns {remote.pid}
-            ip addr add 10.77.0.1/24 dev v0; ip link set v0 up; ip route add default via 10.77.0.254
-            nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; {addrs}; ip link set v1 up'""",
-        ],
-        check=True,
-    )
-    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
-    return remote
+    return privnet.build_internet([sys.executable, __file__, "remote"], remote=[f"{REMOTE}/24", f"{DNS}/24"])
 
 
 def parse_result(text: str) -> list[float]:
@@ -251,16 +229,13 @@ def main() -> int:
     if not args.inside:
         argv = [sys.executable, __file__, "--inside", *sys.argv[1:]]
         return subprocess.run(["unshare", "-n", "-m", *argv]).returncode
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    with tempfile.NamedTemporaryFile("w", prefix="boxlite-bench-resolv-", delete=False) as f:
-        f.write(f"nameserver {DNS}\n")
-    subprocess.run(["mount", "--bind", f.name, "/etc/resolv.conf"], check=True)
-    remote = build_internet()
-    try:
-        asyncio.run(scenario(args))
-    finally:
-        remote.kill()
-        os.unlink(f.name)
+    with tempfile.TemporaryDirectory(prefix="boxlite-bench-net-etc-") as etc:
+        privnet.bind_file("/etc/resolv.conf", f"nameserver {DNS}\n", Path(etc))
+        remote = build_internet()
+        try:
+            asyncio.run(scenario(args))
+        finally:
+            remote.kill()
     return 0
 
 

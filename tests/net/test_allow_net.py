@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import struct
 import subprocess
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support import privnet
 
 DNS = "10.77.0.53"
 NAMES = {"allowed.test": "10.77.0.2", "other.test": "10.77.0.3", "a.wild.test": "10.77.0.4", "wild.test": "10.77.0.4"}
@@ -42,24 +43,6 @@ P_PUBLISHED = 7080
 UDP_SINKS = [("10.77.0.3", 9999), ("10.77.0.2", 9999)]
 
 # --- the remote hosts (their own network namespace) -------------------------------------------
-
-
-def banner_server(addr: str, port: int, text: str) -> None:
-    srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((addr, port))
-    srv.listen(16)
-
-    def serve() -> None:
-        while True:
-            conn, _ = srv.accept()
-            with conn:
-                try:
-                    conn.sendall(text.encode() + b"\n")
-                except OSError:
-                    pass
-
-    threading.Thread(target=serve, daemon=True).start()
 
 
 def log_line(log: Path, line: str) -> None:
@@ -135,52 +118,18 @@ def dns_server(log: Path) -> None:
 
 
 def remote_main(log: str) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            for addr, port, text in BANNERS:
-                banner_server(addr, port, text)
-            break
-        except OSError:  # the addresses are not there yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    for addr, port in UDP_SINKS:
-        udp_sink(addr, port, Path(log))
-    dns_server(Path(log))
-    print("ready", flush=True)
+    def start() -> None:
+        for addr, port, text in BANNERS:
+            privnet.banner_server(addr, port, text.encode() + b"\n")
+        for addr, port in UDP_SINKS:
+            udp_sink(addr, port, Path(log))
+        dns_server(Path(log))
+
+    privnet.when_addresses_exist(start)
     time.sleep(900)
 
 
 # --- the host's side of the scenario -------------------------------------------------------------
-
-
-def sh(cmd: str) -> None:
-    subprocess.run(["sh", "-ec", cmd], check=True)
-
-
-def build_internet(log: Path) -> subprocess.Popen[str]:
-    sh("ip link set lo up; ip link add v0 type veth peer name v1")
-    remote = subprocess.Popen(
-        ["unshare", "-n", sys.executable, __file__, "remote", str(log)], stdout=subprocess.PIPE, text=True
-    )
-    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
-    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
-        assert time.monotonic() < deadline, "the remote namespace never appeared"
-        time.sleep(0.01)
-    v4 = " ".join(f"ip addr add {a}/24 dev v1;" for a in ("10.77.0.2", "10.77.0.3", "10.77.0.4", DNS, "10.77.0.254"))
-    v6 = " ".join(f"ip addr add {a}/64 dev v1 nodad;" for a in ("fd77::2", "fd77::3", "fd77::fe"))
-    sh(f"""
-        ip link set v1 netns {remote.pid}
-        ip addr add 10.77.0.1/24 dev v0
-        ip addr add fd77::1/64 dev v0 nodad
-        ip link set v0 up
-        ip route add default via 10.77.0.254
-        ip -6 route add default via fd77::fe
-        nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; {v4} {v6} ip link set v1 up'
-    """)
-    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
-    return remote
 
 
 PROBE = r"""
@@ -346,20 +295,21 @@ async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
 
 
 def scenario_main(engine: str, rootfs: str, home: str) -> None:
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    resolv = Path(home) / "host-resolv.conf"
-    resolv.write_text(f"nameserver {DNS}\n")
-    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    privnet.bind_file("/etc/resolv.conf", f"nameserver {DNS}\n", Path(home))
     log = Path(home) / "remote.log"
     log.touch()
-    remote = build_internet(log)
+    remote = privnet.build_internet(
+        [sys.executable, __file__, "remote", str(log)],
+        remote=[f"{a}/24" for a in ("10.77.0.2", "10.77.0.3", "10.77.0.4", DNS)] + ["fd77::2/64", "fd77::3/64"],
+        host=["10.77.0.1/24", "fd77::1/64"],
+    )
     try:
         report = asyncio.run(probe(engine, rootfs, home))
         time.sleep(0.5)  # late datagrams
         report["remote_log"] = log.read_text()
     finally:
         remote.kill()
-    print("REPORT " + json.dumps(report), flush=True)
+    privnet.print_report(report)
 
 
 if __name__ == "__main__":
@@ -381,15 +331,7 @@ def python_rootfs() -> Path:
 
 
 def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        ["unshare", "-n", "-m", sys.executable, __file__, "scenario", engine, str(python_rootfs), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    r = json.loads(lines[-1][len("REPORT ") :])
+    r = privnet.run_scenario(__file__, ["scenario", engine, str(python_rootfs), str(tmp_path)], timeout=900)
     log = r["remote_log"]
     # Listed: the name on its port, names under a wildcard, a listed IPv6 address.
     assert r["allowed"] == "web-allowed", r

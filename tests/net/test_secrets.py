@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from support import privnet
+
 HOSTS = {"listed.test": "10.77.0.2", "other.test": "10.77.0.3"}
 VALUE = "sk-real-7f3a9c1e5b"
 PLACEHOLDER = "<BOXLITE_SECRET:api>"
@@ -123,44 +125,19 @@ def echo_server(addr: str, port: int, log: Path, tls: ssl.SSLContext | None) -> 
 def remote_main(home: str) -> None:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(str(Path(home) / "upstream.pem"))
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            for addr in HOSTS.values():
-                echo_server(addr, 80, Path(home) / "remote.log", None)
-                echo_server(addr, 443, Path(home) / "remote.log", tls)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    print("ready", flush=True)
+
+    def start() -> None:
+        for addr in HOSTS.values():
+            echo_server(addr, 80, Path(home) / "remote.log", None)
+            echo_server(addr, 443, Path(home) / "remote.log", tls)
+
+    privnet.when_addresses_exist(start)
     time.sleep(900)
 
 
-def sh(cmd: str) -> None:
-    subprocess.run(["sh", "-ec", cmd], check=True)
-
-
 def build_internet(home: Path) -> subprocess.Popen[str]:
-    sh("ip link set lo up; ip link add v0 type veth peer name v1")
-    remote = subprocess.Popen(
-        ["unshare", "-n", sys.executable, __file__, "remote", str(home)], stdout=subprocess.PIPE, text=True
-    )
-    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
-    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
-        assert time.monotonic() < deadline, "the remote namespace never appeared"
-        time.sleep(0.01)
-    addrs = " ".join(f"ip addr add {a}/24 dev v1;" for a in (*HOSTS.values(), "10.77.0.254"))
-    sh(f"""
-        ip link set v1 netns {remote.pid}
-        ip addr add 10.77.0.1/24 dev v0
-        ip link set v0 up
-        ip route add default via 10.77.0.254
-        nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; {addrs} ip link set v1 up'
-    """)
-    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
-    return remote
+    argv = [sys.executable, __file__, "remote", str(home)]
+    return privnet.build_internet(argv, remote=[f"{a}/24" for a in HOSTS.values()])
 
 
 # --- the "box" side: a client in the box's helper group ------------------------------------------
@@ -243,10 +220,7 @@ def scenario_main(home_s: str) -> None:
     from boxlite.engines.net import allowlist
 
     home = Path(home_s)
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    hosts = home / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items()))
-    subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)
+    privnet.bind_file("/etc/hosts", "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items()), home)
     make_test_ca(home)
     (home / "remote.log").touch()
     remote = build_internet(home)
@@ -307,7 +281,7 @@ def scenario_main(home_s: str) -> None:
         if proxy is not None:
             proxy.kill()
         remote.kill()
-    print("REPORT " + json.dumps(report), flush=True)
+    privnet.print_report(report)
 
 
 BOX_PROBE = r"""
@@ -450,13 +424,8 @@ def box_scenario_main(home_s: str, rootfs: str) -> None:
     import asyncio
 
     home = Path(home_s)
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    hosts = home / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items()))
-    subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)
-    resolv = home / "resolv.conf"
-    resolv.write_text("nameserver 10.77.0.254\n")  # pasta wants one; the box uses its /etc/hosts
-    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    privnet.bind_file("/etc/hosts", "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in HOSTS.items()), home)
+    privnet.bind_file("/etc/resolv.conf", "nameserver 10.77.0.254\n", home)  # pasta wants one; the box: /etc/hosts
     make_test_ca(home)
     os.environ["SSL_CERT_FILE"] = str(home / "upstream-ca.pem")  # the proxy's upstream trust: the test CA
     (home / "remote.log").touch()
@@ -466,7 +435,7 @@ def box_scenario_main(home_s: str, rootfs: str) -> None:
         report["remote_log"] = [json.loads(x) for x in (home / "remote.log").read_text().splitlines()]
     finally:
         remote.kill()
-    print("REPORT " + json.dumps(report), flush=True)
+    privnet.print_report(report)
 
 
 if __name__ == "__main__":
@@ -483,15 +452,7 @@ if __name__ == "__main__":
 
 
 def test_secret_proxy_substitutes_for_listed_hosts_only(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        ["unshare", "-n", "-m", sys.executable, __file__, "scenario", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    r = json.loads(lines[-1][len("REPORT ") :])
+    r = privnet.run_scenario(__file__, ["scenario", str(tmp_path)])
     seen: dict[str, list[str]] = {}
     for entry in r["remote_log"]:
         seen.setdefault(entry["server"], []).append(entry["request"])
@@ -558,15 +519,7 @@ def test_box_sees_placeholders_only(python_rootfs: Path, tmp_path: Path) -> None
     """A namespace box with a secret: the listed host gets the value over HTTP and HTTPS (the box
     trusts its CA through its bundle), other hosts the placeholder, and the value is nowhere in
     the box: not in its processes' environ or memory (read from the host), not on its disk."""
-    proc = subprocess.run(
-        ["unshare", "-n", "-m", sys.executable, __file__, "box", str(tmp_path), str(python_rootfs)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
-    r = json.loads(lines[-1][len("REPORT ") :])
+    r = privnet.run_scenario(__file__, ["box", str(tmp_path), str(python_rootfs)])
     for key in ("http_listed", "https_listed", "http_other", "https_other"):
         assert r[key] == "HTTP/1.1 200 OK", (key, r)
     assert r["env_placeholder"] == PLACEHOLDER and r["ssl_cert_file"] == "/etc/ssl/certs/ca-certificates.crt", r

@@ -13,7 +13,6 @@ router 10.77.0.254. The script starts a box there and reports what the box could
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import struct
@@ -26,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from support import privnet
+
 P_LOOPBACK, P_ANY, P_REMOTE, P_RESOLVER_OTHER, P_PUBLISHED = 7001, 7002, 7003, 7004, 7080
 RESOLVER = "127.0.0.53"
 REMOTE = "10.77.0.2"
@@ -33,25 +34,6 @@ HOST_ADDRS = ("10.77.0.1", "10.77.0.5")
 
 
 # --- the scenario (runs inside the private namespaces) ---------------------------------------
-
-
-def banner_server(addr: str, port: int, text: bytes) -> None:
-    """Answer every connection with ``text`` and close it."""
-    srv = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((addr, port))
-    srv.listen(16)
-
-    def serve() -> None:
-        while True:
-            conn, _ = srv.accept()
-            with conn:
-                try:
-                    conn.sendall(text)
-                except OSError:
-                    pass
-
-    threading.Thread(target=serve, daemon=True).start()
 
 
 def dns_server(addr: str, answer: str) -> None:
@@ -74,43 +56,13 @@ def dns_server(addr: str, answer: str) -> None:
 
 def remote_main() -> None:
     """The remote host (its own network namespace): wait for its address, then serve."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            banner_server(REMOTE, P_REMOTE, b"remote-ok\n")
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    print("ready", flush=True)
+    privnet.when_addresses_exist(lambda: privnet.banner_server(REMOTE, P_REMOTE, b"remote-ok\n"))
     time.sleep(600)
 
 
-def sh(cmd: str) -> None:
-    subprocess.run(["sh", "-ec", cmd], check=True)
-
-
 def build_internet() -> subprocess.Popen[str]:
-    sh("ip link set lo up; ip link add v0 type veth peer name v1")
-    remote = subprocess.Popen(["unshare", "-n", sys.executable, __file__, "remote"], stdout=subprocess.PIPE, text=True)
-    # `unshare` may not have entered its new network namespace yet (a loaded machine): moving
-    # v1 to its pid before then would leave v1 here.
-    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + 20
-    while os.readlink(f"/proc/{remote.pid}/ns/net") == own:
-        assert time.monotonic() < deadline, "the remote host's network namespace never appeared"
-        time.sleep(0.01)
-    sh(f"""
-        ip link set v1 netns {remote.pid}
-        ip addr add 10.77.0.1/24 dev v0
-        ip addr add 10.77.0.5/32 dev v0
-        ip link set v0 up
-        ip route add default via 10.77.0.254
-        nsenter -t {remote.pid} -n sh -ec 'ip link set lo up; ip addr add {REMOTE}/24 dev v1
-            ip addr add 10.77.0.254/24 dev v1; ip link set v1 up'
-    """)
-    assert remote.stdout is not None and remote.stdout.readline().strip() == "ready"
-    return remote
+    argv = [sys.executable, __file__, "remote"]
+    return privnet.build_internet(argv, remote=[f"{REMOTE}/24"], host=["10.77.0.1/24", "10.77.0.5/32"])
 
 
 def connect(addr: str, port: int, gid: int | None = None) -> str:
@@ -182,21 +134,18 @@ async def probe_box(engine: str, rootfs: str, home: str) -> dict[str, Any]:
 
 
 def scenario_main(engine: str, rootfs: str, home: str) -> None:
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    resolv = Path(home) / "host-resolv.conf"
-    resolv.write_text(f"nameserver {RESOLVER}\n")
-    subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
+    privnet.bind_file("/etc/resolv.conf", f"nameserver {RESOLVER}\n", Path(home))
     remote = build_internet()
     try:
-        banner_server("127.0.0.1", P_LOOPBACK, b"loopback-secret\n")
-        banner_server("0.0.0.0", P_ANY, b"host-secret\n")
-        banner_server("::1", P_LOOPBACK, b"loopback6-secret\n")
-        banner_server(RESOLVER, P_RESOLVER_OTHER, b"resolver-other-port\n")
+        privnet.banner_server("127.0.0.1", P_LOOPBACK, b"loopback-secret\n")
+        privnet.banner_server("0.0.0.0", P_ANY, b"host-secret\n")
+        privnet.banner_server("::1", P_LOOPBACK, b"loopback6-secret\n")
+        privnet.banner_server(RESOLVER, P_RESOLVER_OTHER, b"resolver-other-port\n")
         dns_server(RESOLVER, REMOTE)
         report = asyncio.run(probe_box(engine, rootfs, home))
     finally:
         remote.kill()
-    print("REPORT " + json.dumps(report), flush=True)
+    privnet.print_report(report)
 
 
 if __name__ == "__main__":
@@ -211,15 +160,7 @@ if __name__ == "__main__":
 
 
 def test_box_network_cannot_reach_the_host(engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        ["unshare", "-n", "-m", sys.executable, __file__, "scenario", engine, str(busybox_rootfs), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(lines[-1][len("REPORT ") :])
+    r = privnet.run_scenario(__file__, ["scenario", engine, str(busybox_rootfs), str(tmp_path)])
     # Other hosts, DNS (through the host's loopback resolver) and published ports still work.
     assert r["remote"].startswith("remote-ok"), r
     assert REMOTE in r["dns_lookup"], r
