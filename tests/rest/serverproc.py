@@ -80,3 +80,10 @@ def serving_tcp(home: Path, *args: str) -> Iterator[Server]:
         yield Server(url, API_KEY, home, proc)
     finally:
         stop_server(proc)
+
+
+def raw_client(server: Server) -> httpx.AsyncClient:
+    """An HTTP client that skips the SDK (and its checks), authenticated like the SDK."""
+    if server.url.startswith("unix://"):
+        return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=server.url[7:]), base_url="http://boxlite")
+    return httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {server.api_key}"})

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 import boxlite
 from boxlite.remote import RemoteBoxlite
-from rest.serverproc import Server
+from rest.serverproc import Server, raw_client
 
 DOCKER_DEFAULT = 0xA80425FB
 
@@ -29,10 +28,7 @@ async def test_refused_capabilities_over_rest(remote: RemoteBoxlite, server: Ser
     bad = boxlite.AdvancedBoxOptions(capabilities=boxlite.ContainerCapabilities(add=["SYS_ADMIN"]))
     with pytest.raises(boxlite.UnsupportedOptionError):
         await remote.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), advanced=bad))
-    if server.url.startswith("unix://"):  # a client that skips the SDK's checks: the server refuses too
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=server.url[7:]), base_url="http://boxlite")
-    else:
-        client = httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {server.api_key}"})
+    client = raw_client(server)  # skips the SDK's checks: the server refuses too
     async with client:
         bodies: list[dict[str, object]] = [
             {"add": ["SYS_ADMIN"]},

@@ -7,13 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 import boxlite
 from boxlite.api.results import HealthCheckResult
 from boxlite.remote import RemoteBoxlite
-from rest.serverproc import Server
+from rest.serverproc import Server, raw_client
 
 
 async def test_health_status_over_rest(remote: RemoteBoxlite, busybox_rootfs: Path) -> None:
@@ -38,10 +37,7 @@ async def test_invalid_health_check_is_refused(remote: RemoteBoxlite, server: Se
     bad = boxlite.AdvancedBoxOptions(health_check=boxlite.HealthCheckOptions(interval=0))
     with pytest.raises(boxlite.ConfigError):
         await remote.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), advanced=bad))
-    if server.url.startswith("unix://"):  # a client that skips the SDK's checks: the server refuses too
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=server.url[7:]), base_url="http://boxlite")
-    else:
-        client = httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {server.api_key}"})
+    client = raw_client(server)  # skips the SDK's checks: the server refuses too
     async with client:
         for check in ({"interval": 0.001}, {"command": "true"}, {"retries": -1}, {"bogus": 1}):
             body = {"options": {"rootfs_path": str(busybox_rootfs), "health_check": check}}

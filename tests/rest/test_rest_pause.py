@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
 import boxlite
 from boxlite.remote import RemoteBoxlite
-from rest.serverproc import Server
+from rest.serverproc import Server, raw_client
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
@@ -43,10 +42,7 @@ async def test_pause_resume_over_rest(remote: RemoteBoxlite, busybox_rootfs: Pat
 
 
 async def test_pause_routes_refuse_bad_input(remote: RemoteBoxlite, server: Server, busybox_rootfs: Path) -> None:
-    if server.url.startswith("unix://"):
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=server.url[7:]), base_url="http://boxlite")
-    else:
-        client = httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {server.api_key}"})
+    client = raw_client(server)  # skips the SDK's checks: the server refuses too
     box = await remote.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
     async with client:
         assert (await client.post("/v1/boxes/nope-nope/pause")).status_code == 404
