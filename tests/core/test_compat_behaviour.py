@@ -14,6 +14,7 @@ import pytest
 
 import boxlite
 from boxlite.api.options import BoxOptions, ImageRegistry, Options
+from support.tcpreply import first_reply
 
 SERVER = "echo ready-$1 | nc -l -p $1"
 
@@ -203,17 +204,7 @@ async def test_port_without_host_port_is_published(runtime: boxlite.Boxlite, bus
         (port,) = rec.config.ports
         await box.start()
         server = await box.exec("sh", ["-c", SERVER.replace("$1", "7002")], stdin=False)
-        reply = b""
-        for _ in range(200):
-            try:
-                with socket.create_connection(("127.0.0.1", port.host_port), timeout=2) as s:
-                    reply = s.recv(100)
-                if reply:
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.05)
-        assert reply == b"ready-7002\n"
+        assert await first_reply(port.host_port) == b"ready-7002\n"
         await server.wait()
     finally:
         await box.stop()

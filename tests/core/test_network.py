@@ -4,7 +4,6 @@ VM boxes); never the host itself."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from support.tcpreply import first_reply
 
 
 def free_port() -> int:
@@ -62,17 +62,7 @@ async def test_published_port_reaches_the_box(runtime: boxlite.Boxlite, busybox_
     rt = runtime
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, ports=[(port, 8080)]) as box:
         server = await box.box.exec("sh", ["-c", "echo hello-from-box | nc -l -p 8080"], stdin=False)
-        reply = b""
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                    reply = s.recv(100)
-                if reply:
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.05)
-        assert reply == b"hello-from-box\n"
+        assert await first_reply(port) == b"hello-from-box\n"
         await server.wait()
         pid_file = rt.home.box_dir(box.id) / "pasta.pid"
         pasta_pid = int(pid_file.read_text()) if engine == "namespace" else None
