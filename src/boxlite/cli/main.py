@@ -24,6 +24,8 @@ COMMANDS = {
     "pause": ("pause", "pause"), "resume": ("pause", "resume"), "fork": ("pause", "fork"),
     "snapshot": ("state", "snapshot"), "clone": ("state", "clone"), "export": ("state", "export"),
     "import": ("state", "import_"),
+    "kill": ("docker", "kill"), "wait": ("docker", "wait"), "version": ("docker", "version"),
+    "info": ("docker", "info"), "completion": ("completion", "completion"),
 }  # fmt: skip
 """Verb -> (module of boxlite.cli, attribute): a verb's module (and what it needs: the runtime,
 the image client, the REST server) is imported only when that verb runs or help lists it."""
@@ -38,7 +40,8 @@ class Group(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        if args[:1] == ["run"]:  # before `run`'s imports: start the zygote in parallel with them
+        if args[:1] == ["run"] and not (ctx.params.get("url") or ctx.params.get("ray")):  # local `run`: start
+            # the zygote in parallel with the verb's imports
             from .warm import prewarm
 
             prewarm(args[1:], ctx.params.get("home"))
@@ -57,10 +60,17 @@ class Group(click.Group):
               help="Runtime home (default: $BOXLITE_HOME or ~/.boxlite).")  # fmt: skip
 @click.option("--debug", is_flag=True, envvar="BOXLITE_DEBUG", help="Verbose logs and tracebacks.")
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output where it applies.")
+@click.option("--url", envvar="BOXLITE_REST_URL", metavar="URL",
+              help="Work on the boxes of a 'boxlite serve' server (http(s)://host:port or unix:///path).")  # fmt: skip
+@click.option("--api-key", envvar="BOXLITE_API_KEY", metavar="KEY", help="Bearer token for --url.")
+@click.option("--ray", envvar="BOXLITE_RAY_ADDRESS", metavar="ADDRESS",
+              help="Work on the boxes of a Ray cluster ('auto', or host:port of its head).")  # fmt: skip
 @click.version_option(__version__, "--version", prog_name="boxlite")
-def cli(home: str | None, debug: bool, json_output: bool) -> None:
+def cli(home: str | None, debug: bool, json_output: bool, url: str | None = None, api_key: str | None = None,
+        ray: str | None = None) -> None:  # fmt: skip
     """BoxLite: run commands in isolated boxes, no daemon needed."""
     STATE.home, STATE.debug, STATE.json = home, debug, json_output
+    STATE.url, STATE.api_key, STATE.ray = url or None, api_key or None, ray or None
     if debug:
         os.environ["BOXLITE_DEBUG"] = "1"  # also for child processes
     configure_logging(debug)
