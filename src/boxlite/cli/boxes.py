@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -9,7 +10,18 @@ import click
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
 from . import compat
-from .common import ago, box_layout, find_box, print_json, print_table, short_id, want_json, with_runtime
+from .common import (
+    ago,
+    box_layout,
+    complete_box,
+    find_box,
+    is_local,
+    print_json,
+    print_table,
+    short_id,
+    want_json,
+    with_runtime,
+)
 from .errors import describe, fail, print_error
 from .run import start_detached
 
@@ -28,7 +40,7 @@ async def _each(refs: tuple[str, ...], action: Any) -> int:
 
 
 @click.command()
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def start(rt: Boxlite, boxes: tuple[str, ...]) -> int:
     """Start stopped boxes (in the background; they keep running after boxlite exits)."""
@@ -42,7 +54,7 @@ async def start(rt: Boxlite, boxes: tuple[str, ...]) -> int:
 @click.command()
 @click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for processes to exit before killing them.")  # fmt: skip
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def stop(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
     """Stop running boxes (boxes created with --rm are removed)."""
@@ -56,7 +68,7 @@ async def stop(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
 @click.command()
 @click.option("-t", "--time", "timeout", type=float, default=10.0, show_default=True,
               help="Seconds to wait for processes to exit before killing them.")  # fmt: skip
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def restart(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
     """Stop then start boxes."""
@@ -73,7 +85,7 @@ async def restart(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
 
 @click.command()
 @click.option("-f", "--force", is_flag=True, help="Stop running boxes first.")
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def rm(rt: Boxlite, boxes: tuple[str, ...], force: bool) -> int:
     """Remove boxes."""
@@ -100,14 +112,17 @@ async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool)
         for info in infos:
             click.echo(info.id if no_trunc else short_id(info.id))
     elif want_json(fmt=fmt):
-        print_json([_box_json(i.to_dict()) for i in infos])
+        print_json([{**_box_json(i.to_dict()), **compat.box_details(rt, i)} for i in infos])
     else:
-        rows = [
-            (i.id if no_trunc else short_id(i.id), i.name or "", _trim(i.image, no_trunc), _state(i),
-             ago(i.created_at))
-            for i in infos
-        ]  # fmt: skip
-        print_table(["ID", "NAME", "IMAGE", "STATE", "CREATED"], rows)
+        rows = []
+        for i in infos:
+            details = compat.box_details(rt, i)
+            command = shlex.join(details["command"]) if details["command"] else ""
+            ref = i.id if no_trunc else short_id(i.id)
+            ports = ", ".join(details["ports"])
+            rows.append((ref, i.name or "", _trim(i.image, no_trunc), _trim(command, no_trunc, 30), _state(i), ports,
+                         ago(i.created_at)))  # fmt: skip
+        print_table(["ID", "NAME", "IMAGE", "COMMAND", "STATE", "PORTS", "CREATED"], rows)
     return 0
 
 
@@ -127,7 +142,7 @@ def _box_json(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True, metavar="BOX|IMAGE...")
+@click.argument("refs", nargs=-1, required=True, metavar="BOX|IMAGE...", shell_complete=complete_box)
 @with_runtime
 async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
     """Show boxes (or images) as JSON."""
@@ -145,7 +160,12 @@ async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
             continue
         data = _box_json(box.info().to_dict())
         data["image_config"] = compat.image_config(box)
-        data["dir"] = str(box_layout(rt, box.id).root)
+        if data["image_config"].get("env"):
+            image_env = dict(str(e).partition("=")[::2] for e in data["image_config"]["env"])
+            data["image_config"]["env"] = [f"{k}={v}" for k, v in compat.masked_env(image_env).items()]
+        data.update(compat.box_details(rt, box.info()))
+        if is_local(rt):
+            data["dir"] = str(box_layout(rt, box.id).root)
         out.append({"type": "box", **data})
     print_json(out)
     return 0

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # imported when a verb opens the runtime: `boxlite --help` ne
 
 T = TypeVar("T")
 SHORT_ID = 12
+MIN_PREFIX = 4
+"""Shortest id prefix (or suffix) a box reference may be: fewer characters match too much by chance."""
 
 
 @dataclass
@@ -32,6 +34,15 @@ class Globals:
     home: str | None = None
     debug: bool = False
     json: bool = False
+    url: str | None = None
+    """``--url``: a ``boxlite serve`` server instead of the home on this machine."""
+    api_key: str | None = None
+    ray: str | None = None
+    """``--ray``: the address of a Ray cluster whose nodes hold the boxes."""
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.url or self.ray)
 
 
 STATE = Globals()
@@ -46,10 +57,34 @@ def configure_logging(debug: bool) -> None:
 
 
 def open_runtime() -> Boxlite:
+    """The home on this machine, or (``--url``) a ``boxlite serve`` server, or (``--ray``) a Ray cluster."""
     from ..api.options import Options
     from ..api.runtime import Boxlite
 
+    if STATE.url and STATE.ray:
+        raise fail("give --url or --ray, not both")
+    if STATE.url:
+        return Boxlite.rest(STATE.url, STATE.api_key)
+    if STATE.ray:
+        return Boxlite.ray(address=STATE.ray)
     return Boxlite(Options(home_dir=STATE.home))
+
+
+def is_local(rt: Boxlite) -> bool:
+    """Whether ``rt`` has a home on this machine (its boxes' log files can be read directly)."""
+    from ..errors import InvalidStateError
+
+    try:
+        rt._local()
+    except InvalidStateError:
+        return False
+    return True
+
+
+def local_only(rt: Boxlite, what: str) -> None:
+    """Refuse, in one line, what needs the box files of a home on this machine."""
+    if not is_local(rt):
+        raise fail(f"{what} needs a home on this machine: not available with --url or --ray")
 
 
 def run_async(fn: Callable[[Boxlite], Awaitable[T]]) -> T:
@@ -78,18 +113,23 @@ def with_runtime(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 
 async def find_box(rt: Boxlite, ref: str) -> Box:
-    """A box by full id, name, unique id prefix, or unique short id (the last 12 characters)."""
+    """A box by full id, name, unique id prefix, or unique short id (the last 12 characters).
+    A prefix or short id shared by several boxes is an error naming them (docker's habit)."""
+    if not ref:
+        raise NotFoundError("no such box: ''")
     box = await rt.get(ref)
     if box is not None:
         return box
-    if len(ref) >= 4:
-        matches = [i.id for i in await rt.list_info() if i.id.upper().endswith(ref.upper())]
+    if len(ref) >= MIN_PREFIX:
+        key = ref.upper()
+        matches = [i.id for i in await rt.list_info() if i.id.upper().startswith(key) or i.id.upper().endswith(key)]
         if len(matches) == 1:
             found = await rt.get(matches[0])
             if found is not None:
                 return found
         if len(matches) > 1:
-            raise fail(f"box reference {ref!r} is ambiguous ({len(matches)} boxes match)")
+            shown = ", ".join(short_id(m) for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise fail(f"box reference {ref!r} is ambiguous: {len(matches)} boxes match ({shown}); type more of it")
     raise NotFoundError(f"no such box: {ref}")
 
 
@@ -168,4 +208,29 @@ def env_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
                 continue
             value = os.environ[key]
         out.append((key, value))
+    return out
+
+
+def complete_box(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Shell completion of a BOX argument: names and short ids of the boxes (``boxlite completion``).
+    Never fails: a completion that cannot list boxes offers nothing."""
+    from click.shell_completion import CompletionItem
+
+    root = ctx.find_root().params
+    STATE.home, STATE.url, STATE.api_key, STATE.ray = (
+        root.get("home"), root.get("url"), root.get("api_key"), root.get("ray")
+    )  # fmt: skip
+
+    async def names(rt: Boxlite) -> list[Any]:
+        return await rt.list_info()
+
+    try:
+        infos = run_async(names)
+    except Exception:
+        return []
+    out = []
+    for info in infos:
+        for word in (info.name, short_id(info.id)):
+            if word and word.startswith(incomplete):
+                out.append(CompletionItem(word, help=f"{info.image} {info.state}"))
     return out

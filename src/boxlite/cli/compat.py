@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..api.box import Box
+from ..api.results import BoxInfo
 from ..api.runtime import Boxlite
+from ..errors import BoxliteError
 
 
 def image_config(box: Box) -> dict[str, Any]:
@@ -33,5 +37,55 @@ def default_command(box: Box, entrypoint: list[str] | None, cmd: list[str]) -> l
 
 
 async def start_detached(box: Box) -> None:
-    """Start a box so that it outlives this process (also one created by a foreground ``run``)."""
-    await box.start(detach=True)
+    """Start a box so that it outlives this process (also one created by a foreground ``run``).
+    A server's or a cluster's boxes outlive the CLI anyway (and take ``detach`` at creation only)."""
+    from .common import is_local
+
+    if is_local(box._runtime):
+        await box.start(detach=True)
+    else:
+        await box.start()
+
+
+SECRET_KEY = re.compile(r"SECRET|TOKEN|PASS|KEY|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.IGNORECASE)
+"""Environment variable names whose values ``inspect`` masks (docker shows them; agents paste
+inspect output into chats and logs, so we do not)."""
+MASK = "******"
+
+
+def masked_env(pairs: Iterable[tuple[str, str]] | Mapping[str, str]) -> dict[str, str]:
+    """``KEY -> value`` with the values of secret-looking names replaced by ``MASK``."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    return {k: MASK if SECRET_KEY.search(k) else v for k, v in items}
+
+
+def box_details(rt: Boxlite, info: BoxInfo) -> dict[str, Any]:
+    """What ``ls`` and ``inspect`` show beyond ``BoxInfo``: the main command, the environment
+    (secret values masked), published ports, exit code, health. The command and the box's own
+    environment are known only to a local home (the REST and Ray ``BoxInfo`` do not carry them)."""
+    published = info.network.published_ports if info.network is not None else None
+    ports = [f"{p.host_ip}:{p.host_port}->{p.guest_port}/{p.protocol}" for p in published or []]
+    details: dict[str, Any] = {
+        "command": None,
+        "env": None,
+        "ports": ports,
+        "exit_code": info.state.exit_code,
+        "health": str(info.health_status.state),
+    }
+    try:
+        core = rt._core
+    except BoxliteError:  # --url / --ray: what the server reports only
+        return details
+    try:
+        rec = core.record(info.id)
+    except BoxliteError:
+        return details
+    config = rec.config
+    details["command"] = core.main_command(rec) or None
+    image_env = [tuple(item.partition("=")[::2]) for item in rec.image_config.env or ()]
+    details["env"] = masked_env([*image_env, *config.env])  # type: ignore[list-item]
+    details["secrets"] = [{"name": r.name, "hosts": list(r.hosts), "placeholder": r.placeholder}
+                          for r in config.secrets]  # fmt: skip
+    if not ports:
+        details["ports"] = [f"{p.host_ip}:{p.host_port}->{p.guest_port}/{p.protocol}" for p in config.ports]
+    return details

@@ -1,12 +1,33 @@
-"""``cp``: copy files between the host and a box (``BOX:path`` on either side)."""
+"""``cp``: copy files between the host and a box (``BOX:path`` on either side; ``-`` is a tar
+stream on stdin or stdout, as in docker)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import tarfile
+from collections.abc import AsyncIterator
+
 import click
 
+from ..api.box import Box
 from ..api.runtime import Boxlite
-from .common import find_box, with_runtime
+from ..errors import RequestTooLargeError
+from .common import complete_box, find_box, with_runtime
 from .errors import fail
+
+STREAM_MAX = 1 << 30
+"""Default cap (bytes) of a tar stream ``cp`` reads from stdin or writes to stdout; a box (or a
+runaway pipe) cannot make one copy move more. ``BOXLITE_CP_MAX_BYTES`` changes it."""
+CHUNK = 1 << 16
+
+
+def stream_max() -> int:
+    value = os.environ.get("BOXLITE_CP_MAX_BYTES", "")
+    try:
+        return int(value) if value else STREAM_MAX
+    except ValueError:
+        raise fail(f"BOXLITE_CP_MAX_BYTES must be a number of bytes, not {value!r}") from None
 
 
 def split_box_path(arg: str) -> tuple[str | None, str]:
@@ -18,29 +39,94 @@ def split_box_path(arg: str) -> tuple[str | None, str]:
 
 
 @click.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("src", shell_complete=complete_box)
+@click.argument("dst", shell_complete=complete_box)
 @with_runtime
 async def cp(rt: Boxlite, src: str, dst: str) -> int:
     """Copy files between a box and the host: `cp BOX:PATH HOSTPATH` or `cp HOSTPATH BOX:PATH`.
 
+    `cp BOX:PATH -` writes a tar of PATH to stdout; `cp - BOX:DIR` extracts a tar read from
+    stdin into the directory DIR (at most BOXLITE_CP_MAX_BYTES, default 1 GiB, either way).
     A stopped box is started for the copy and stopped again afterwards."""
     src_box, src_path = split_box_path(src)
     dst_box, dst_path = split_box_path(dst)
     if (src_box is None) == (dst_box is None):
         raise fail("exactly one of SRC and DST must be BOX:PATH (e.g. 'boxlite cp mybox:/etc/hosts .')")
+    box_path = src_path if src_box is not None else dst_path
+    if not box_path.startswith("/"):
+        raise fail(f"box path must be absolute: {box_path}")
     box = await find_box(rt, src_box or dst_box or "")
     was_running = box.info().state.running
     try:
-        if src_box is not None:
-            if not src_path.startswith("/"):
-                raise fail(f"box path must be absolute: {src_path}")
+        if src_box is not None and dst_path == "-":
+            await _tar_to_stdout(box, src_path, stream_max())
+        elif src_box is not None:
             await box.copy_out(src_path, dst_path)
+        elif src_path == "-":
+            await _tar_from_stdin(box, dst_path, stream_max())
         else:
-            if not dst_path.startswith("/"):
-                raise fail(f"box path must be absolute: {dst_path}")
             await box.copy_in(src_path, dst_path)
     finally:
         if not was_running and box.info().state.running:
             await box.stop()
     return 0
+
+
+async def _tar_to_stdout(box: Box, path: str, limit: int) -> None:
+    sent = 0
+    chunks = box.copy_out_tar(path)
+    try:
+        async for chunk in chunks:
+            sent += len(chunk)
+            if sent > limit:
+                raise RequestTooLargeError(f"the tar of {path} is larger than {limit} bytes (BOXLITE_CP_MAX_BYTES)")
+            _write_all(1, chunk)
+    finally:
+        await chunks.aclose()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+async def _tar_from_stdin(box: Box, dest: str, limit: int) -> None:
+    """Docker's ``cp - BOX:DIR``: DIR must be a directory of the box; the archive's members are
+    extracted into it (the box's agent refuses absolute names and ``..``, in a chroot)."""
+    await _require_dir(box, dest)
+    await box.copy_in_tar(_stdin_chunks(limit), dest, "", include_parent=True)
+
+
+async def _require_dir(box: Box, dest: str) -> None:
+    """``dest`` is a directory in the box: the first header of its own tar says so."""
+    chunks = box.copy_out_tar(dest)
+    try:
+        head = b""
+        async for chunk in chunks:
+            head += chunk
+            if len(head) >= tarfile.BLOCKSIZE:
+                break
+    finally:
+        await chunks.aclose()
+    try:
+        member = tarfile.TarInfo.frombuf(head[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
+    except tarfile.TarError:
+        member = None
+    if member is not None and member.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME):
+        return  # a long name's extension header first: the stream is a directory's or a file's; let the agent say
+    if member is None or not member.isdir():
+        raise fail(f"destination {dest} must be a directory in the box when copying a tar from stdin")
+
+
+async def _stdin_chunks(limit: int) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    received = 0
+    while True:
+        chunk = await loop.run_in_executor(None, os.read, 0, CHUNK)
+        if not chunk:
+            return
+        received += len(chunk)
+        if received > limit:
+            raise RequestTooLargeError(f"the tar on stdin is larger than {limit} bytes (BOXLITE_CP_MAX_BYTES)")
+        yield chunk

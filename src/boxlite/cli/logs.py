@@ -13,7 +13,7 @@ from typing import BinaryIO
 import click
 
 from ..api.runtime import Boxlite
-from .common import box_layout, find_box, with_runtime
+from .common import box_layout, complete_box, find_box, local_only, with_runtime
 
 POLL = 0.1
 
@@ -22,10 +22,11 @@ POLL = 0.1
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output while the box runs.")
 @click.option("-n", "--tail", type=int, default=None, metavar="N", help="Only the last N lines.")
 @click.option("--system", is_flag=True, help="Show the box's boot and agent logs (diagnostics) instead.")
-@click.argument("box_ref", metavar="BOX")
+@click.argument("box_ref", metavar="BOX", shell_complete=complete_box)
 @with_runtime
 async def logs(rt: Boxlite, box_ref: str, follow: bool, tail: int | None, system: bool) -> int:
     """Print the output of a box's main process (or of the `boxlite run` that created it)."""
+    local_only(rt, "'boxlite logs'")
     box = await find_box(rt, box_ref)
     layout = box_layout(rt, box.id)
     if system:

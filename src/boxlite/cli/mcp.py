@@ -21,7 +21,9 @@ def mcp(url: str | None, api_key: str | None) -> int:
             raise fail(f"{missing}: pip install 'boxlite[server]'") from None
         raise
     try:
-        run_stdio(STATE.home, url, api_key)
+        if STATE.ray:
+            raise fail("'boxlite mcp' works on this home or a server (--url), not on a Ray cluster yet")
+        run_stdio(STATE.home, url or STATE.url, api_key or STATE.api_key)  # `boxlite --url U mcp` too
     except KeyboardInterrupt:
         pass
     return 0

@@ -7,13 +7,13 @@ import click
 
 from ..api.runtime import Boxlite
 from .boxes import _each
-from .common import find_box, with_runtime
+from .common import complete_box, find_box, with_runtime
 
 
 @click.command()
 @click.option("--to-disk", is_flag=True,
               help="Save the memory in the box's directory and free it (VM engine).")  # fmt: skip
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def pause(rt: Boxlite, boxes: tuple[str, ...], to_disk: bool) -> int:
     """Pause running boxes: every process stops where it is and uses no CPU until resumed."""
@@ -25,7 +25,7 @@ async def pause(rt: Boxlite, boxes: tuple[str, ...], to_disk: bool) -> int:
 
 
 @click.command()
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...")
+@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def resume(rt: Boxlite, boxes: tuple[str, ...]) -> int:
     """Resume paused boxes (a box paused to disk is restored in the background: it keeps
@@ -39,7 +39,7 @@ async def resume(rt: Boxlite, boxes: tuple[str, ...]) -> int:
 
 @click.command()
 @click.option("-n", "count", type=click.IntRange(1, 16), default=1, show_default=True, help="How many copies.")
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @with_runtime
 async def fork(rt: Boxlite, box: str, count: int) -> int:
     """Copy a running box (VM engine): new running boxes that go on from its memory and disk as

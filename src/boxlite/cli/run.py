@@ -21,7 +21,7 @@ from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ImageError
 from . import compat
 from .attach import Attachment, stdin_is_tty, terminal_size
-from .common import box_layout, env_pairs, find_box, parse_memory, with_runtime
+from .common import box_layout, complete_box, env_pairs, find_box, is_local, parse_memory, with_runtime
 from .errors import EXIT_RUNTIME, fail, print_error
 from .images import ensure_image
 
@@ -197,7 +197,7 @@ async def run(
         code = await _watch_main(rt, box)
         click.echo(box.id)
         if code:
-            tail = _last_line(box_layout(rt, box.id).main_log)
+            tail = _last_line(box_layout(rt, box.id).main_log) if is_local(rt) else ""
             if remove:
                 with contextlib.suppress(BoxliteError):
                     await rt.remove(box.id, force=True)
@@ -208,10 +208,11 @@ async def run(
         argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
         if not argv:
             raise fail(f"no command given and {image or rootfs} has no default command")
-        log_path = box_layout(rt, box.id).cli_console_log
-        if not remove:
+        record = not remove and is_local(rt)  # the output a later `boxlite logs` shows (a local home's)
+        log_path = box_layout(rt, box.id).cli_console_log if record else None
+        if log_path is not None:
             log_path.parent.mkdir(exist_ok=True)
-        with contextlib.closing(_console(log_path)) if not remove else contextlib.nullcontext() as log:
+        with contextlib.closing(_console(log_path)) if log_path is not None else contextlib.nullcontext() as log:
             return await exec_attached(box, argv, tty=tty, interactive=interactive, log=cast("BinaryIO | None", log))
     finally:
         with contextlib.suppress(BoxliteError):
@@ -240,6 +241,8 @@ async def _set_main(
 async def _watch_main(rt: Boxlite, box: Box) -> int | None:
     """The main process's status if it ended within WATCH_MAIN seconds (after the box stopped),
     else None (still running, or no main process)."""
+    if not is_local(rt):
+        return await _watch_remote(rt, box)
     core = rt._core
     deadline = time.monotonic() + WATCH_MAIN
     while core.main_exit(box.id) is None:
@@ -251,6 +254,18 @@ async def _watch_main(rt: Boxlite, box: Box) -> int | None:
         await asyncio.sleep(0.02)
     ended = core.main_exit(box.id)
     return None if ended is None else ended.exit_code
+
+
+async def _watch_remote(rt: Boxlite, box: Box) -> int | None:
+    """``_watch_main`` through a server or a cluster: the box's state, which says "exited (N)"
+    once the main process ended and the box stopped."""
+    deadline = time.monotonic() + WATCH_MAIN
+    while time.monotonic() < deadline:
+        info = await rt.get_info(box.id)
+        if info is None or not info.state.running:
+            return None if info is None else info.state.exit_code
+        await asyncio.sleep(0.05)
+    return None
 
 
 def _last_line(path: Path, limit: int = 4096) -> str:
@@ -312,7 +327,7 @@ async def create(
 
 @click.command("exec", context_settings=COMMAND_SETTINGS)
 @exec_options
-@click.argument("box_ref", metavar="BOX")
+@click.argument("box_ref", metavar="BOX", shell_complete=complete_box)
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
 @with_runtime
 async def exec_(

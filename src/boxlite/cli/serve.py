@@ -24,6 +24,8 @@ def serve(
     exit_on_stdin_eof: bool, log_level: str, mcp: bool = False,
 ) -> int:  # fmt: skip
     """Serve the BoxLite REST API for this home (until Ctrl-C)."""
+    if STATE.remote:
+        raise fail("'boxlite serve' serves a home on this machine: drop --url/--ray")
     try:
         server = importlib.import_module("boxlite.server")
         entry = server.serve

@@ -11,7 +11,7 @@ import click
 from ..api.options import ExportOptions
 from ..api.runtime import Boxlite
 from .boxes import _each
-from .common import ago, find_box, human_size, print_json, print_table, want_json, with_runtime
+from .common import ago, complete_box, find_box, human_size, print_json, print_table, want_json, with_runtime
 
 
 @click.group()
@@ -20,7 +20,7 @@ def snapshot() -> None:
 
 
 @snapshot.command("create")
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @click.argument("name")
 @with_runtime
 async def snapshot_create(rt: Boxlite, box: str, name: str) -> int:
@@ -31,7 +31,7 @@ async def snapshot_create(rt: Boxlite, box: str, name: str) -> int:
 
 
 @snapshot.command("ls")
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @with_runtime
 async def snapshot_ls(rt: Boxlite, box: str, fmt: str) -> int:
@@ -46,7 +46,7 @@ async def snapshot_ls(rt: Boxlite, box: str, fmt: str) -> int:
 
 
 @snapshot.command("restore")
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @click.argument("name")
 @with_runtime
 async def snapshot_restore(rt: Boxlite, box: str, name: str) -> int:
@@ -56,7 +56,7 @@ async def snapshot_restore(rt: Boxlite, box: str, name: str) -> int:
 
 
 @snapshot.command("rm")
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @with_runtime
 async def snapshot_rm(rt: Boxlite, box: str, names: tuple[str, ...]) -> int:
@@ -70,7 +70,7 @@ async def snapshot_rm(rt: Boxlite, box: str, names: tuple[str, ...]) -> int:
 
 
 @click.command()
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @click.option("--name", default=None, help="Name of the new box.")
 @with_runtime
 async def clone(rt: Boxlite, box: str, name: str | None) -> int:
@@ -81,7 +81,7 @@ async def clone(rt: Boxlite, box: str, name: str | None) -> int:
 
 
 @click.command("export")
-@click.argument("box", metavar="BOX")
+@click.argument("box", metavar="BOX", shell_complete=complete_box)
 @click.option("-o", "--output", default=".", show_default=True, metavar="PATH",
               help="Archive file, or a directory for <name or id>.boxlite.")  # fmt: skip
 @click.option("--no-image", is_flag=True, help="Leave the image out (the importer pulls it by reference).")

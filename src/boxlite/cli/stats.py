@@ -11,7 +11,7 @@ import click
 from ..api.box import Box
 from ..api.results import BoxMetrics
 from ..api.runtime import Boxlite
-from .common import find_box, human_size, print_json, print_table, short_id, want_json, with_runtime
+from .common import complete_box, find_box, human_size, print_json, print_table, short_id, want_json, with_runtime
 
 HEADERS = ["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"]
 
@@ -19,13 +19,17 @@ HEADERS = ["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"]
 @click.command()
 @click.option("--no-stream", is_flag=True, help="Print one snapshot (the default when stdout is not a terminal).")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between live updates.")
-@click.argument("boxes", nargs=-1, metavar="[BOX]...")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="json: one JSON line per interval (streams until Ctrl-C unless --no-stream).")  # fmt: skip
+@click.argument("boxes", nargs=-1, metavar="[BOX]...", shell_complete=complete_box)
 @with_runtime
-async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool, interval: float) -> int:
+async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool, interval: float, fmt: str = "table") -> int:
     """Resource usage of running boxes (Ctrl-C ends the live view)."""
     targets = [await find_box(rt, ref) for ref in boxes] if boxes else await _running(rt)
     metrics = await _sample(targets)
-    if want_json():
+    if fmt == "json":
+        await _json_lines(rt, boxes, targets, metrics, None if no_stream else max(interval, 0.1))
+    elif want_json():
         print_json([{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)])
     elif no_stream or not sys.stdout.isatty():
         print_table(HEADERS, _rows(targets, metrics, None, 0.0))
@@ -83,3 +87,34 @@ async def _live(rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics:
             now = time.monotonic()
             live.update(render(_rows(targets, metrics, before, now - last)), refresh=True)
             last = now
+
+
+async def _json_lines(
+    rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics: list[BoxMetrics], interval: float | None
+) -> None:
+    """One JSON object per line and interval: ``{"time": ISO, "boxes": [{id, name, cpu_percent, ...}]}``,
+    CPU % over the last interval (since the box started on the first line). ``interval`` None: one line."""
+    import json
+    from datetime import datetime, timezone
+
+    before: dict[str, float] | None = None
+    last = time.monotonic()
+    while True:
+        now = time.monotonic()
+        rows = []
+        for box, m in zip(targets, metrics, strict=True):
+            data = {"id": box.id, "name": box.name, **m.__dict__}
+            if before is not None and box.id in before and m.cpu_time_ms is not None and now > last:
+                data["cpu_percent"] = round((m.cpu_time_ms - before[box.id]) / ((now - last) * 1000) * 100, 2)
+            rows.append(data)
+        stamp = datetime.now(timezone.utc).isoformat()
+        click.echo(json.dumps({"time": stamp, "boxes": rows}, default=str))
+        sys.stdout.flush()
+        if interval is None:
+            return
+        before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
+        last = now
+        await asyncio.sleep(interval)
+        if not refs:
+            targets = await _running(rt)
+        metrics = await _sample(targets)
