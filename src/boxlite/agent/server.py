@@ -19,12 +19,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from . import linux, mainexit, oom
+from . import linux, mainexit, oom, tario, tunnel
 from . import protocol as p
 from .logfile import RotatingLog, log_limit
 from .spawn import Confinement, ExecSpec, Spawned, close_all, finish_parent, prepare_stdio, set_winsize, spawn
 from .spawner import SpawnerClient, start_spawner
-from .tario import BUILTINS
+
+BUILTINS = {**tario.BUILTINS, **tunnel.BUILTINS}  # agent functions an exec may run (copy_in/out, tunnels)
 
 Handler = Callable[[], None]
 PR_SET_CHILD_SUBREAPER = 36
