@@ -1,6 +1,6 @@
-"""BoxLite's ``boxlite.simplebox``: ``SimpleBox`` (tunnels and ``NetworkHandle`` come with issue 12)."""
+"""BoxLite's ``boxlite.simplebox``: ``SimpleBox`` with ``NetworkHandle`` and ``BoxTunnel`` (api/network.py)."""
 
-from .api.later import BoxTunnel, NetworkHandle
+from .api.network import BoxTunnel, NetworkHandle
 from .api.simplebox import SimpleBox
 
 __all__ = ["BoxTunnel", "NetworkHandle", "SimpleBox"]

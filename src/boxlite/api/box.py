@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ..backends.base import Backend, ExecCounters, ExecRequest
 from ..errors import BoxliteError, NotFoundError
 from .execution import Execution
-from .later import ATTACH, NetworkHandle, unsupported
+from .later import ATTACH, unsupported
+from .network import NetworkHandle
 from .options import CloneOptions, CopyOptions, ExportOptions
 from .results import BoxInfo, BoxMetrics
 from .snapshots import SnapshotHandle

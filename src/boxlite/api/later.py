@@ -9,7 +9,6 @@ from typing import Any, NoReturn
 
 from ..errors import UnsupportedOptionError
 
-NETWORK_POLICY = ("network tunnels and secrets", "issue 12")
 SPECIAL_BOXES = ("SkillBox/BrowserBox/ComputerBox", "issue 13")
 ORCHESTRATION = ("boxlite.orchestration (multi-box groups)", "issue 13")
 VOLUMES = ("named volumes", "a later issue (not filed yet)")
@@ -46,23 +45,6 @@ class Secret:
         return f"Secret(name={self.name!r}, hosts={self.hosts!r}, placeholder={self.get_placeholder()!r}, value='***')"
 
 
-class BoxTunnel(_Later):
-    _feature = NETWORK_POLICY
-
-
-class NetworkHandle:
-    """``box.network``: tunnels raise until issue 12 lands."""
-
-    def __init__(self, box: Any = None) -> None:
-        self._box = box
-
-    async def tunnel(self, *args: Any, **kwargs: Any) -> BoxTunnel:
-        unsupported(NETWORK_POLICY)
-
-    async def connect(self, *args: Any, **kwargs: Any) -> Any:
-        unsupported(NETWORK_POLICY)
-
-
 @dataclass
 class VolumeInfo:
     id: str
@@ -96,7 +78,7 @@ class SkillBox(_Later):
 
 @dataclass
 class BrowserBoxOptions:
-    """Options of ``BrowserBox`` (accepted; constructing the box raises, issue 13)."""
+    """Options of ``BrowserBox`` (api/browserbox.py): BoxLite's fields; only ``browser="chromium"`` is built offline."""
 
     browser: str = "chromium"
     memory: int = 2048
@@ -120,10 +102,8 @@ class ManagedBox(_Later):
 __all__ = [
     "BoxGroup",
     "BoxRuntime",
-    "BoxTunnel",
     "BrowserBoxOptions",
     "ManagedBox",
-    "NetworkHandle",
     "Secret",
     "SkillBox",
     "VolumeHandle",

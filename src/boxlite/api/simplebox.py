@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import BoxliteError, InvalidStateError, UnsupportedOptionError
 from .box import Box
-from .later import NETWORK_POLICY, NetworkHandle, unsupported
+from .network import BoxTunnel, NetworkHandle
 from .options import BoxOptions, CopyOptions
 from .results import BoxInfo, BoxMetrics, ExecResult
 from .runtime import Boxlite
@@ -94,11 +94,11 @@ class SimpleBox:
 
     @property
     def network(self) -> NetworkHandle:
-        """BoxLite's tunnels: they come with issue 12 (every call raises UnsupportedOptionError)."""
+        """BoxLite's tunnels: ``await box.network.tunnel(port)`` (api/network.py)."""
         return NetworkHandle(self)
 
-    async def tunnel(self, port: int) -> Any:
-        unsupported(NETWORK_POLICY)
+    async def tunnel(self, port: int) -> BoxTunnel:
+        return await self.network.tunnel(port)
 
     def info(self) -> BoxInfo:
         return self.box.info()

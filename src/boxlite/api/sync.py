@@ -16,11 +16,12 @@ from ..errors import InvalidStateError
 from ..images.types import ImageInfo
 from .box import Box
 from .execution import ExecStdin, ExecStream, Execution
-from .later import NETWORK_POLICY, SPECIAL_BOXES, unsupported
+from .later import SPECIAL_BOXES, unsupported
 from .options import BoxOptions, CopyOptions, Options
 from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics
 from .runtime import Boxlite
 from .simplebox import CodeBox, SimpleBox
+from .sync_network import SyncBoxTunnel, SyncNetworkHandle
 
 T = TypeVar("T")
 
@@ -152,16 +153,6 @@ class SyncImageHandle:
         self._loop.run(self._images.remove(reference, force))
 
 
-class SyncNetworkHandle:
-    """``box.network`` for synchronous code: tunnels come with issue 12."""
-
-    def __init__(self, *args: Any) -> None:
-        pass
-
-    def tunnel(self, *args: Any, **kwargs: Any) -> Any:
-        unsupported(NETWORK_POLICY)
-
-
 class SyncBox:
     def __init__(self, loop: _Loop, box: Box) -> None:
         self._loop, self._box = loop, box
@@ -191,10 +182,10 @@ class SyncBox:
 
     @property
     def network(self) -> SyncNetworkHandle:
-        return SyncNetworkHandle(self)
+        return SyncNetworkHandle(self._loop.run, self._box.network)
 
-    def tunnel(self, port: int) -> Any:
-        unsupported(NETWORK_POLICY)
+    def tunnel(self, port: int) -> SyncBoxTunnel:
+        return self.network.tunnel(port)
 
     def exec(self, command: str, args: list[str] | None = None, env: Any = None, tty: bool = False,
              **kwargs: Any) -> SyncExecution:  # fmt: skip
@@ -333,10 +324,12 @@ class SyncSimpleBox:
 
     @property
     def network(self) -> SyncNetworkHandle:
-        return SyncNetworkHandle(self)
+        if self._box is None:
+            raise InvalidStateError("box not started")
+        return SyncNetworkHandle(self._sync_rt._ready()[0].run, self._box.network)
 
-    def tunnel(self, port: int) -> Any:
-        unsupported(NETWORK_POLICY)
+    def tunnel(self, port: int) -> SyncBoxTunnel:
+        return self.network.tunnel(port)
 
     @property
     def created(self) -> bool | None:

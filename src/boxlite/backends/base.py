@@ -267,6 +267,11 @@ class Backend(abc.ABC):
         """A tar stream of ``src`` (top-level member ``name``); raises before the first chunk
         when ``src`` does not exist. Closing the iterator early stops the box's side."""
 
+    async def tunnel(self, box_id: str, port: int, window: int) -> StartedExec:
+        """An execution of the box's ``connect`` builtin: one TCP connection to ``port`` on the
+        box's loopback as its stdin/stdout (api/network.py); ``window``: its output credit."""
+        raise UnsupportedOptionError("box.network.tunnel", f"{type(self).__name__} has no tunnels")
+
     # --- metrics and shutdown -------------------------------------------------------------
     @abc.abstractmethod
     async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:

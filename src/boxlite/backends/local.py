@@ -261,6 +261,10 @@ class LocalBackend(Backend):
             message = _text(await errors)
             raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
 
+    async def tunnel(self, box_id: str, port: int, window: int) -> StartedExec:
+        body = {"builtin": "connect", "builtin_args": {"port": port}, "window": window}
+        return await self._exec(box_id, body, f"tunnel {port}")
+
     # --- disk state: snapshots, clones, archives ------------------------------------------
     async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:
         return _snapshot_info(await snapshots.create(self.core, box_id, name), self._record(box_id).engine)

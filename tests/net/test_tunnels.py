@@ -1,0 +1,204 @@
+"""Issue 12: ``box.network.tunnel(port)`` (BoxLite's tunnel API): one TCP connection from the host
+to a service inside the box, on both engines, also when the box has no network; hostile boxes
+(floods, silence, garbage) cost the host bounded memory and time."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import boxlite
+from boxlite.api import network
+from boxlite.backends.base import StartedExec
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def serve(box: boxlite.SimpleBox, script: str) -> None:
+    """Start a server in the box and wait until ``script``'s port accepts (through a tunnel)."""
+    await box.exec("sh", "-c", script)
+
+
+async def wait_tunnel(box: boxlite.SimpleBox, port: int) -> network.BoxTunnel:
+    for _ in range(100):
+        try:
+            return await box.network.tunnel(port)
+        except boxlite.NetworkError:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+async def read_all(conn: network.BoxConnection) -> bytes:
+    parts = []
+    while chunk := await conn.read(1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def test_tunnel_to_a_box_without_network(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """Bytes both ways (an echo server), half-close, the endpoint as a plain socket, typed errors."""
+    async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, network="disabled") as box:
+        await box.exec("sh", "-c", "(nc -ll -p 7000 -e cat &) ; mkdir -p /www; echo page > /www/index.html")
+        await box.exec("httpd", "-p", "127.0.0.1:7001", "-h", "/www")
+        payload = os.urandom(3 << 20)
+        tunnel = await wait_tunnel(box, 7000)
+        conn = await tunnel.connect()
+
+        async def send() -> None:
+            for i in range(0, len(payload), 100_000):
+                await conn.write(payload[i : i + 100_000])
+            await conn.shutdown_write()
+
+        sender = asyncio.ensure_future(send())
+        echoed = await asyncio.wait_for(read_all(conn), 300)
+        await sender
+        await conn.close()
+        assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(payload).hexdigest(), len(echoed)
+        with pytest.raises(boxlite.InvalidStateError):
+            await tunnel.connect()
+        with pytest.raises(boxlite.InvalidStateError):
+            tunnel.endpoint()
+        with pytest.raises(boxlite.InvalidStateError):
+            await conn.read(10)
+
+        # The endpoint is an ordinary connected socket (borrowed: the tunnel closes it).
+        tunnel = await box.network.tunnel(7001)
+        sock = socket.socket(fileno=os.dup(tunnel.endpoint()))
+        sock.setblocking(True)
+        sock.settimeout(60)
+        await asyncio.to_thread(sock.sendall, b"GET /index.html HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := await asyncio.to_thread(sock.recv, 4096):
+            reply += chunk
+        sock.close()
+        await tunnel.close()
+        assert reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n")[0] and reply.endswith(b"page\n"), reply
+
+        # Nothing listening: a NetworkError naming why, quickly; bad ports: ConfigError.
+        with pytest.raises(boxlite.NetworkError, match="refused"):
+            await asyncio.wait_for(box.network.tunnel(7999), 60)
+        for bad in (0, 65536, "80", True, None):
+            with pytest.raises(boxlite.ConfigError):
+                await box.network.tunnel(bad)  # type: ignore[arg-type]
+        # Many tunnels one after another leave nothing running in the box.
+        for _ in range(5):
+            t = await box.network.tunnel(7001)
+            await t.close()
+        established = ""
+        for _ in range(50):  # port 7001 = 0x1B59, state 01 = ESTABLISHED, in the box's own netns
+            tcp = await box.exec("cat", "/proc/net/tcp", "/proc/net/tcp6")
+            established = "".join(x for x in tcp.stdout.splitlines(True) if ":1B59 " in x and x.split()[3] == "01")
+            if not established:
+                break
+            await asyncio.sleep(0.2)
+        assert established == "", established
+
+
+async def test_unread_tunnel_holds_host_memory_bounded(box: boxlite.SimpleBox) -> None:
+    """A box pushing 64 MiB into a tunnel nobody reads: the host holds at most about the
+    window; the data all arrives once read."""
+    await box.exec("sh", "-c", "(dd if=/dev/zero bs=65536 count=1024 2>/dev/null | nc -l -p 7002 &) ; true")
+    tunnel = await wait_tunnel(box, 7002)
+    before = rss()
+    conn = await tunnel.connect()
+    await asyncio.sleep(5)
+    grown = rss() - before
+    assert grown < 24 << 20, grown
+    got = 0
+    while chunk := await asyncio.wait_for(conn.read(1 << 20), 120):
+        got += len(chunk)
+    await conn.close()
+    assert got == 64 << 20
+
+
+# --- hostile box sides, without a box: a fake backend stands in for the agent ------------------
+
+
+class FakeStream:
+    def __init__(self, chunks: list[bytes] | None, forever: bytes | None = None) -> None:
+        self.chunks, self.forever, self.reads = chunks or [], forever, 0
+
+    async def read(self) -> bytes | None:
+        self.reads += 1
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.forever is not None:
+            return self.forever
+        await asyncio.sleep(3600)
+        return None
+
+
+class FakeChannel:
+    def __init__(self, stderr: FakeStream) -> None:
+        self.stderr, self.stdout = stderr, FakeStream(None)
+        self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.controls: list[dict[str, Any]] = []
+
+    async def control(self, body: dict[str, Any]) -> None:
+        self.controls.append(body)
+
+    async def write_stdin(self, data: bytes) -> None:
+        pass
+
+    async def close_stdin(self) -> None:
+        pass
+
+
+class FakeBackend:
+    def __init__(self, make: Any) -> None:
+        self.make = make
+        self.channels: list[FakeChannel] = []
+
+    async def ready(self, box_id: str) -> None:
+        pass
+
+    async def tunnel(self, box_id: str, port: int, window: int) -> StartedExec:
+        channel = self.make()
+        self.channels.append(channel)
+        return StartedExec(channel, "x")  # type: ignore[arg-type]
+
+
+class FakeBox:
+    def __init__(self, backend: FakeBackend) -> None:
+        self.id, self._backend = "fake", backend
+
+
+async def test_hostile_box_sides_are_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(network, "HANDSHAKE_TIMEOUT", 0.5)
+    # Silence: the host gives up at its deadline and kills the box's side.
+    backend = FakeBackend(lambda: FakeChannel(FakeStream(None)))
+    with pytest.raises(boxlite.NetworkError, match="no answer"):
+        await network.NetworkHandle(FakeBox(backend)).tunnel(80)
+    assert backend.channels[0].controls == [{"op": "kill"}]
+    # Endless garbage instead of the answer: read a few KiB, then refused (message cut short).
+    backend = FakeBackend(lambda: FakeChannel(FakeStream(None, forever=b"x" * 65536)))
+    with pytest.raises(boxlite.NetworkError) as info:
+        await network.NetworkHandle(FakeBox(backend)).tunnel(80)
+    assert backend.channels[0].stderr.reads == 1 and len(str(info.value)) < 300
+    # At most MAX_TUNNELS open per box.
+    monkeypatch.setattr(network, "MAX_TUNNELS", 2)
+    backend = FakeBackend(lambda: FakeChannel(FakeStream([network.READY])))
+    handle = network.NetworkHandle(FakeBox(backend))
+    tunnels = [await handle.tunnel(80), await handle.tunnel(81)]
+    with pytest.raises(boxlite.ResourceExhaustedError):
+        await handle.tunnel(82)
+    assert len(backend.channels) == 2
+    for t in tunnels:  # closing a tunnel ends the box's side and frees its slot
+        await t.close()
+    for _ in range(50):
+        if "fake" not in network._open:
+            break
+        await asyncio.sleep(0.05)
+    assert "fake" not in network._open
+    assert [c.controls for c in backend.channels] == [[{"op": "kill"}]] * 2
