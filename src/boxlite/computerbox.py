@@ -1,5 +1,5 @@
-"""BoxLite's ``boxlite.computerbox``: ``ComputerBox`` raises UnsupportedOptionError until issue 13."""
+"""BoxLite's ``boxlite.computerbox``: ``ComputerBox``, a desktop driven by screenshots, mouse and keyboard."""
 
-from .api.simplebox import ComputerBox
+from .api.computerbox import ComputerBox, DesktopError, DesktopNotReadyError, ScreenshotTooLargeError
 
-__all__ = ["ComputerBox"]
+__all__ = ["ComputerBox", "DesktopError", "DesktopNotReadyError", "ScreenshotTooLargeError"]

@@ -70,7 +70,6 @@ def test_star_import_gives_every_public_name() -> None:
     [
         lambda: boxlite.SkillBox(),
         lambda: boxlite.BrowserBox(),
-        lambda: boxlite.ComputerBox(),
         lambda: boxlite.SyncSkillBox(),
         lambda: boxlite.BoxGroup(),
         lambda: boxlite.BoxRuntime(),

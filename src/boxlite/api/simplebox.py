@@ -182,7 +182,3 @@ class _NotYet(SimpleBox):
 
 class BrowserBox(_NotYet):
     feature = "BrowserBox"
-
-
-class ComputerBox(_NotYet):
-    feature = "ComputerBox"
