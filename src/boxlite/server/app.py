@@ -20,6 +20,7 @@ from ..errors import BoxliteError, ConfigError
 from ..wire import encode_error, http_status
 from . import boxlite_wire, routes_boxes, routes_exec, routes_files, routes_images, routes_pause, routes_state
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
+from .dashboard import install as install_dashboard
 from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from .state import ServerState
 
@@ -83,6 +84,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body=max_body, max_upload=max_upload)
     if api_key:  # added last: runs first, so unauthenticated bodies are never read
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    install_dashboard(app, api_key)  # /dashboard, /docs; runs before the key check (a browser session -> the key)
     if loopback_guard:
         app.add_middleware(LoopbackGuardMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
