@@ -61,11 +61,12 @@ def pasta_command(ports: list[PortMapping], gid: int | None = None) -> tuple[lis
     if pasta is None:
         raise NetworkError("networking for namespace boxes needs pasta: apt-get install passt")
     gid = hostguard.install() if gid is None else gid
-    tcp = ",".join(p.pasta_spec() for p in ports if p.protocol == "tcp") or "none"
-    udp = ",".join(p.pasta_spec() for p in ports if p.protocol == "udp") or "none"
+    # One option per port: pasta rejects a comma list of specs that carry an address.
+    tcp = [a for p in ports if p.protocol == "tcp" for a in ("-t", p.pasta_spec())] or ["-t", "none"]
+    udp = [a for p in ports if p.protocol == "udp" for a in ("-u", p.pasta_spec())] or ["-u", "none"]
     argv = [
         pasta, "--foreground", "--config-net", "--quiet", "--runas", f"0:{gid}", "--no-map-gw",
-        "-t", tcp, "-u", udp, "-T", "none", "-U", "none", "--dns-forward", DNS_ADDRESS,
+        *tcp, *udp, "-T", "none", "-U", "none", "--dns-forward", DNS_ADDRESS,
     ]  # fmt: skip
     return argv, gid
 
