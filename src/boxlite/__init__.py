@@ -17,6 +17,7 @@ TYPE_CHECKING = False  # not imported from typing: helper processes importing bo
 if TYPE_CHECKING:
     from .api.advanced import ContainerCapabilities, HealthCheckOptions
     from .api.box import Box
+    from .api.browserbox import BrowserBox
     from .api.computerbox import ComputerBox
     from .api.credential import AccessToken, ApiKeyCredential, BoxliteRestOptions, Credential
     from .api.execution import ExecStderr, ExecStdin, ExecStdout, Execution
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
         SnapshotInfo,
     )
     from .api.runtime import Boxlite, ImageHandle, ImagePullResult, cluster
-    from .api.simplebox import BrowserBox, CodeBox, SimpleBox
+    from .api.simplebox import CodeBox, SimpleBox
     from .api.snapshots import SnapshotHandle
     from .api.sync import (
         SyncBox,
@@ -117,7 +118,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "Boxlite": ".api.runtime",
     "BoxliteError": ".errors",
     "BoxliteRestOptions": ".api.credential",
-    "BrowserBox": ".api.simplebox",
+    "BrowserBox": ".api.browserbox",
     "BrowserBoxOptions": ".api.later",
     "CloneOptions": ".api.options",
     "CodeBox": ".api.simplebox",

@@ -1,6 +1,6 @@
-"""BoxLite's ``boxlite.browserbox``: ``BrowserBox`` raises UnsupportedOptionError until issue 13."""
+"""BoxLite's ``boxlite.browserbox``: ``BrowserBox`` (headless Chromium in a box, api/browserbox.py)."""
 
+from .api.browserbox import BrowserBox
 from .api.later import BrowserBoxOptions
-from .api.simplebox import BrowserBox
 
 __all__ = ["BrowserBox", "BrowserBoxOptions"]

@@ -69,7 +69,6 @@ def test_star_import_gives_every_public_name() -> None:
     "make",
     [
         lambda: boxlite.SkillBox(),
-        lambda: boxlite.BrowserBox(),
         lambda: boxlite.SyncSkillBox(),
         lambda: boxlite.BoxGroup(),
         lambda: boxlite.BoxRuntime(),

@@ -6,7 +6,7 @@ import asyncio
 import shlex
 from typing import Any
 
-from ..errors import BoxliteError, InvalidStateError, UnsupportedOptionError
+from ..errors import BoxliteError, InvalidStateError
 from .box import Box
 from .network import BoxTunnel, NetworkHandle
 from .options import BoxOptions, CopyOptions
@@ -169,16 +169,3 @@ class CodeBox(SimpleBox):
     async def install_packages(self, *packages: str) -> str:
         result = await self.exec(self._python, "-m", "pip", "install", *packages)
         return result.stdout + result.stderr
-
-
-class _NotYet(SimpleBox):
-    """Reserved names of the reference SDK whose images need Docker Hub or a GUI stack."""
-
-    feature = ""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise UnsupportedOptionError(self.feature, "not implemented by this version")
-
-
-class BrowserBox(_NotYet):
-    feature = "BrowserBox"

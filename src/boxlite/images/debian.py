@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import ImageError
@@ -208,3 +208,46 @@ def _finish_rootfs(dest: Path) -> None:
         home.mkdir(parents=True)
         if os.geteuid() == 0:
             os.chown(home, 1000, 1000)
+
+
+def ensure_keyed_rootfs(
+    cache_dir: Path,
+    packages: Sequence[str],
+    finish: Callable[[Path], None] | None = None,
+    salt: str = "",
+) -> Path:
+    """Build (once, under a lock) ``cache_dir/rootfs/<key>`` from ``packages``; return it.
+
+    Unlike :func:`ensure_debian_rootfs` the key is the *content*: the exact .deb files (names
+    carry versions) plus ``salt`` (a recipe's version of ``finish``), so a security update of a
+    package yields a new image and the same inputs always the same tree. ``finish(tree)`` runs
+    before the tree is renamed into place (what maintainer scripts would have done).
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache_dir / "debs.lock"):
+        debs = download_debs(_resolve_cached(list(packages), cache_dir), cache_dir)
+    digest = hashlib.sha256(salt.encode())
+    for name in sorted(d.name for d in debs):
+        digest.update(b"\0" + name.encode())
+    key = digest.hexdigest()[:16]
+    dest = cache_dir / "rootfs" / key
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache_dir / f"rootfs-{key}.lock"):
+        if dest.is_dir():
+            return dest
+        work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{key}-"))
+        try:
+            os.chmod(work, 0o755)
+            for deb in debs:
+                _run(["dpkg-deb", "-x", str(deb), str(work)])
+            _finish_rootfs(work)
+            if finish is not None:
+                finish(work)
+            os.rename(work, dest)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return dest

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ...errors import ConfigError
+from ...errors import ConfigError, UnsupportedOptionError
 
 RECIPES: dict[str, str] = {
     "browser": "boxlite.images.recipes.browser",
@@ -25,6 +25,13 @@ def ensure_recipe(name: str, images_dir: Path) -> Path:
     module_name = RECIPES.get(name)
     if module_name is None:
         raise ConfigError(f"unknown image recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise UnsupportedOptionError(
+            f"image recipe {name!r}", "its recipe module is not part of this version"
+        ) from None
     path: Path = module.ensure(Path(images_dir) / name)
     return path
