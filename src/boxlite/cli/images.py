@@ -73,12 +73,19 @@ async def pull(rt: Boxlite, reference: str, quiet: bool) -> int:
     return 0
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("-q", "--quiet", is_flag=True, help="Only print references.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
+@click.pass_context
+def images(ctx: click.Context, quiet: bool, fmt: str) -> int | None:
+    """List stored images (``images build NAME``: build an offline image of a specialised box)."""
+    if ctx.invoked_subcommand is not None:
+        return None
+    return _list_images(quiet, fmt)
+
+
 @with_runtime
-async def images(rt: Boxlite, quiet: bool, fmt: str) -> int:
-    """List stored images."""
+async def _list_images(rt: Boxlite, quiet: bool, fmt: str) -> int:
     infos = await rt.images.list()
     if quiet:
         for i in infos:
@@ -106,3 +113,24 @@ async def rmi(rt: Boxlite, refs: tuple[str, ...], force: bool) -> int:
             print_error(describe(e)[0])
             failed += 1
     return 125 if failed else 0
+
+
+@images.command("build")
+@click.argument("name", metavar="NAME")
+@with_runtime
+async def build(rt: Boxlite, name: str) -> int:
+    """Build (once; cached by content) the offline image of a specialised box: browser, desktop or skill."""
+    import asyncio
+
+    from ..errors import ConfigError
+    from ..images.recipes import RECIPES, ensure_recipe
+
+    if name not in RECIPES:
+        raise ConfigError(f"unknown image recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    click.echo(f"Building the {name!r} image from Debian packages (cached once built)...", err=True)
+    path = await asyncio.to_thread(ensure_recipe, name, rt.home.root / "images")
+    if want_json():
+        print_json({"name": name, "rootfs": str(path)})
+    else:
+        click.echo(str(path))
+    return 0
