@@ -24,9 +24,7 @@ if TYPE_CHECKING:
     from .api.interactive import InteractiveBox
     from .api.later import (
         BoxGroup,
-        BoxRuntime,
         BrowserBoxOptions,
-        ManagedBox,
         Secret,
         SkillBox,
         VolumeHandle,
@@ -99,6 +97,7 @@ if TYPE_CHECKING:
         UnsupportedOptionError,
     )
     from .images import ImageInfo, ImageRegistry
+    from .orchestration import BoxRuntime, ManagedBox
 
 _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on first use)
     "AccessToken": ".api.credential",
@@ -112,7 +111,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "BoxInfo": ".api.results",
     "BoxMetrics": ".api.results",
     "BoxOptions": ".api.options",
-    "BoxRuntime": ".api.later",
+    "BoxRuntime": ".orchestration",
     "BoxStateInfo": ".api.results",
     "BoxTunnel": ".api.network",
     "Boxlite": ".api.runtime",
@@ -150,7 +149,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "InternalError": ".errors",
     "InvalidArgumentError": ".errors",
     "InvalidStateError": ".errors",
-    "ManagedBox": ".api.later",
+    "ManagedBox": ".orchestration",
     "NetworkError": ".errors",
     "NetworkHandle": ".api.network",
     "NetworkInfo": ".api.results",

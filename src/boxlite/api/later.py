@@ -91,19 +91,9 @@ class BoxGroup(_Later):
     _feature = ORCHESTRATION
 
 
-class BoxRuntime(_Later):
-    _feature = ORCHESTRATION
-
-
-class ManagedBox(_Later):
-    _feature = ORCHESTRATION
-
-
 __all__ = [
     "BoxGroup",
-    "BoxRuntime",
     "BrowserBoxOptions",
-    "ManagedBox",
     "Secret",
     "SkillBox",
     "VolumeHandle",

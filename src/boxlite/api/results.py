@@ -220,6 +220,12 @@ class BoxMetrics:
     network_bytes_received: int | None = None
     network_tcp_connections: int | None = None
     network_tcp_errors: int | None = None
+    network_packets_sent: int | None = None
+    network_packets_received: int | None = None
+    network_connections_refused: int | None = None
+    """Flows the box's allow-list refused (packets its nftables chain rejected; docs/network.md)."""
+    network_dns_refused: int | None = None
+    """Names its DNS proxy answered NXDOMAIN because no allow-list entry allows them."""
     stage_filesystem_setup_ms: float | None = None
     stage_image_prepare_ms: float | None = None
     stage_guest_rootfs_ms: float | None = None

@@ -320,6 +320,10 @@ class LocalBackend(Backend):
             network_bytes_received=_int(raw.get("net_bytes_received")),
             network_tcp_connections=_int(raw.get("net_tcp_connections")),
             network_tcp_errors=_int(raw.get("net_tcp_errors")),
+            network_packets_sent=_int(raw.get("net_packets_sent")),
+            network_packets_received=_int(raw.get("net_packets_received")),
+            network_connections_refused=_int(raw.get("net_connections_refused")),
+            network_dns_refused=_int(raw.get("net_dns_refused")),
         )
 
     async def metrics(self, counted: ExecCounters) -> RuntimeMetrics:
@@ -338,7 +342,8 @@ class LocalBackend(Backend):
         await self.core.shutdown(timeout)
 
 
-_NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors")
+_NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors", "net_packets_sent",
+        "net_packets_received", "net_connections_refused", "net_dns_refused")  # fmt: skip
 """Engine metrics that are BoxMetrics.network_* (the namespace engine measures them)."""
 
 

@@ -13,7 +13,7 @@ from ..api.results import BoxMetrics
 from ..api.runtime import Boxlite
 from .common import complete_box, find_box, human_size, print_json, print_table, short_id, want_json, with_runtime
 
-HEADERS = ["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS"]
+HEADERS = ["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS", "NET I/O", "REFUSED"]
 
 
 @click.command()
@@ -58,8 +58,22 @@ def _rows(
         cpu_text = "-" if cpu is None else f"{cpu:.2f}%"
         pids = "-" if m.pids is None else m.pids
         rows.append((short_id(box.id), box.name or "", cpu_text, human_size(m.memory_bytes),
-                     human_size(m.memory_peak_bytes), pids))  # fmt: skip
+                     human_size(m.memory_peak_bytes), pids, _net_io(m), _refused(m)))  # fmt: skip
     return rows
+
+
+def _net_io(m: BoxMetrics) -> str:
+    """Received / sent, as docker stats shows it."""
+    if m.network_bytes_received is None and m.network_bytes_sent is None:
+        return "-"
+    return f"{human_size(m.network_bytes_received)} / {human_size(m.network_bytes_sent)}"
+
+
+def _refused(m: BoxMetrics) -> str:
+    """Flows (and DNS names) the box's allow-list refused; "-" for a box without one."""
+    if m.network_connections_refused is None:
+        return "-"
+    return str(m.network_connections_refused + (m.network_dns_refused or 0))
 
 
 async def _live(rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics: list[BoxMetrics],

@@ -170,6 +170,10 @@ class BoxMetricsModel(BaseModel):
     network_bytes_received: int | None = None
     network_tcp_connections: int | None = None
     network_tcp_errors: int | None = None
+    network_packets_sent: int | None = None
+    network_packets_received: int | None = None
+    network_connections_refused: int | None = None
+    network_dns_refused: int | None = None
     stage_filesystem_setup_ms: float | None = None
     stage_image_prepare_ms: float | None = None
     stage_guest_rootfs_ms: float | None = None

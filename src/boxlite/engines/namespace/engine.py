@@ -17,7 +17,7 @@ from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_
 from ...errors import EngineError, NetworkError
 from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from ..net import allowlist
+from ..net import allowlist, netcounters
 from . import cgroups, netstats, network, quota
 from .zygote import Zygote
 
@@ -283,7 +283,7 @@ class NamespaceEngine(Engine):
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         if groups is None:
             return {}
-        return {**groups.read(), **netstats.read_counters(groups_pids(groups))}
+        return {**groups.read(), **netstats.read_counters(groups_pids(groups)), **netcounters.read(spec.box_dir)}
 
 
 def groups_pids(groups: cgroups.BoxCgroups) -> list[int]:

@@ -37,20 +37,26 @@ def box_netns_pid(pids: list[int]) -> int | None:
     return None
 
 
-def parse_dev(text: str) -> tuple[int, int]:
-    """(bytes sent, bytes received) over every interface but loopback."""
-    sent = received = 0
+def dev_counters(text: str) -> tuple[int, int, int, int]:
+    """(bytes sent, bytes received, packets sent, packets received) over every interface but
+    loopback, from a /proc/net/dev text."""
+    sent = received = psent = preceived = 0
     for line in text.splitlines()[2:]:
         name, _, counters = line.partition(":")
         fields = counters.split()
-        if name.strip() == "lo" or len(fields) < 9:
+        if name.strip() == "lo" or len(fields) < 10:
             continue
         try:
-            received += int(fields[0])
-            sent += int(fields[8])
+            received, preceived = received + int(fields[0]), preceived + int(fields[1])
+            sent, psent = sent + int(fields[8]), psent + int(fields[9])
         except ValueError:
             continue
-    return sent, received
+    return sent, received, psent, preceived
+
+
+def parse_dev(text: str) -> tuple[int, int]:
+    """(bytes sent, bytes received) over every interface but loopback."""
+    return dev_counters(text)[:2]
 
 
 def parse_snmp_tcp(text: str) -> tuple[int, int] | None:
@@ -67,7 +73,7 @@ def parse_snmp_tcp(text: str) -> tuple[int, int] | None:
 
 
 def read_counters(pids: list[int]) -> dict[str, float]:
-    """``net_bytes_sent``/``net_bytes_received``/``net_tcp_connections``/``net_tcp_errors`` of the
+    """``net_bytes_*``/``net_packets_*``/``net_tcp_connections``/``net_tcp_errors`` of the
     box whose processes are ``pids`` (empty when none of them is in a box network namespace)."""
     pid = box_netns_pid(pids)
     if pid is None:
@@ -75,12 +81,13 @@ def read_counters(pids: list[int]) -> dict[str, float]:
     out: dict[str, float] = {}
     dev = _read(f"/proc/{pid}/net/dev")
     if dev:
-        sent, received = parse_dev(dev)
+        sent, received, psent, preceived = dev_counters(dev)
         out.update(net_bytes_sent=float(sent), net_bytes_received=float(received))
+        out.update(net_packets_sent=float(psent), net_packets_received=float(preceived))
     tcp = parse_snmp_tcp(_read(f"/proc/{pid}/net/snmp"))
     if tcp is not None:
         out.update(net_tcp_connections=float(tcp[0]), net_tcp_errors=float(tcp[1]))
     return out
 
 
-__all__ = ["box_netns_pid", "parse_dev", "parse_snmp_tcp", "read_counters"]
+__all__ = ["box_netns_pid", "dev_counters", "parse_dev", "parse_snmp_tcp", "read_counters"]

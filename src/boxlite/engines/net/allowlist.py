@@ -165,7 +165,7 @@ def box_objects(gid: int) -> list[str]:
     for suffix, kind in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
         lines.append(f"add set {t} {c}_{suffix} {{ type {kind}; flags timeout; size {MAX_SET}; }}")
         lines.append(f"add set {t} {c}_{suffix}p {{ type {kind} . inet_service; flags timeout; size {MAX_SET}; }}")
-    lines.append(f"add rule {t} {c} reject with icmpx type admin-prohibited")
+    lines.append(f"add rule {t} {c} counter reject with icmpx type admin-prohibited")
     return lines
 
 
@@ -193,8 +193,9 @@ def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: in
         family = "ip" if ipaddress.ip_network(e.value).version == 4 else "ip6"
         port = "" if e.port is None else f" meta l4proto {{ tcp, udp }} th dport {e.port}"
         lines.append(f"add rule {t} {c} {family} daddr {e.value}{port} accept")
-    lines.append(f"add rule {t} {c} meta l4proto tcp reject with tcp reset")
-    lines.append(f"add rule {t} {c} reject with icmpx type admin-prohibited")
+    # Counted: the box's refused flows (BoxMetrics.network_connections_refused, engines/net/netcounters.py).
+    lines.append(f"add rule {t} {c} meta l4proto tcp counter reject with tcp reset")
+    lines.append(f"add rule {t} {c} counter reject with icmpx type admin-prohibited")
     lines.append(f"add element {t} dnsports {{ {gid} : {proxy_port} }}")
     return "\n".join(lines) + "\n"
 

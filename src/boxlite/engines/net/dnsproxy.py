@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 MAX_UDP = 4096
 MAX_TCP = 65535
@@ -40,6 +41,8 @@ MAX_ADDRESSES = 64
 NXDOMAIN, SERVFAIL, REFUSED, FORMERR = 3, 2, 5, 1
 A, AAAA = 1, 28
 PORT_MARK = "@PORT@"
+STATS_NAME = "dnsproxy.stats"  # next to the config: {"refused": n}, rewritten when n changed
+STATS_INTERVAL = 2.0
 LABEL_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -138,6 +141,7 @@ class Proxy:
         self.lock = threading.Lock()
         self.backlog: queue.Queue[tuple[socket.socket, bytes, tuple]] = queue.Queue(UDP_BACKLOG)
         self.tcp_slots = threading.BoundedSemaphore(MAX_TCP_CLIENTS)
+        self.refused = 0  # names answered NXDOMAIN by policy (BoxMetrics: net_dns_refused)
 
     # --- policy ---------------------------------------------------------------------------
     def allowed(self, name: str) -> tuple[bool, set[int]] | None:
@@ -161,6 +165,7 @@ class Proxy:
             return reply(query, REFUSED)
         policy = self.allowed(name)
         if policy is None:
+            self.refused += 1
             return reply(query, NXDOMAIN)
         # Upstream gets the question alone (RD and CD kept) under an id of ours: nothing else
         # the box wrote (id, records, EDNS options, trailing bytes) leaves the host.
@@ -358,8 +363,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
+    stats, written = Path(argv[1]).with_name(STATS_NAME), -1
     while True:
-        select.select([], [], [], 3600)
+        select.select([], [], [], STATS_INTERVAL)
+        if proxy.refused != written:  # for the box's metrics (engines/net/netcounters.py)
+            written = proxy.refused
+            tmp = stats.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"refused": written}))
+            os.replace(tmp, stats)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ...errors import BoxliteError, EngineError, UnsupportedOptionError
 from ...layout import QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
 from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from ..net import allowlist, hostguard
+from ..net import allowlist, hostguard, netcounters
 from ..status import read_status
 from . import accel as accel_mod
 from . import templates, vmcontrol
@@ -416,9 +416,15 @@ class VmEngine(Engine):
         out["cpu_usage_ns"] = sum(procfs.cpu_seconds(pid) for pid in (shim, qemu) if pid) * 1e9
         out["disk_bytes"] = float(_allocated(diskchain.chain(spec.box_dir, self.name).top))  # the writable layer
         paused = _paused_marker(spec).exists()  # a stopped guest cannot answer
-        processes = None if paused else _agent_stats(spec.agent_socket).get("processes")
+        stats = {} if paused else _agent_stats(spec.agent_socket)
+        processes = stats.get("processes")
         if isinstance(processes, (int, float)):
             out["pids"] = float(processes)
+        net = stats.get("net")  # the guest kernel's count, as the guest reports it (docs/network.md)
+        if isinstance(net, list) and len(net) == 4 and all(isinstance(v, int) and v >= 0 for v in net):
+            keys = ("net_bytes_sent", "net_bytes_received", "net_packets_sent", "net_packets_received")
+            out.update({k: float(v) for k, v in zip(keys, net, strict=True)})
+        out.update(netcounters.read(spec.box_dir))  # the host's: refused flows and names
         return out
 
 

@@ -1,0 +1,1 @@
+"""Files copied into managed boxes (``boxlite_runtime.py``: stdlib only, never imported by the host)."""
