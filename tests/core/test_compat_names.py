@@ -71,8 +71,6 @@ def test_star_import_gives_every_public_name() -> None:
         lambda: boxlite.SkillBox(),
         lambda: boxlite.SyncSkillBox(),
         lambda: boxlite.BoxGroup(),
-        lambda: boxlite.BoxRuntime(),
-        lambda: boxlite.ManagedBox(),
         lambda: asyncio.run(boxlite.VolumeHandle().create()),
     ],
 )
