@@ -25,9 +25,10 @@ def test_detached_box_lifecycle(cli: Cli, tmp_path: Path) -> None:
     assert len(box_id) == 12
     # ls/ps: table and json agree
     table = cli.ok("ps").splitlines()
-    assert table[0].split() == ["ID", "NAME", "IMAGE", "STATE", "CREATED"]
+    assert table[0].split() == ["ID", "NAME", "IMAGE", "COMMAND", "STATE", "PORTS", "CREATED"]
     row = table[1].split()
-    assert (row[0], row[1], row[3]) == (box_id[-12:], "web", "running")
+    assert (row[0], row[1], row[3]) == (box_id[-12:], "web", "sh")
+    assert " running " in table[1]
     assert str(cli.rootfs).endswith(row[2].lstrip("…"))  # long paths are shortened from the left
     [info] = cli.json("--json", "ls")  # type: ignore[misc]
     assert (info["id"], info["name"], info["state"]["status"], info["detach"]) == (box_id, "web", "running", True)

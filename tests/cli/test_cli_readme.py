@@ -51,8 +51,8 @@ def test_exited_main_process_shows_in_ls_and_inspect(cli: Cli) -> None:
     while cli.ok("ls", "-q") != "":
         assert time.monotonic() < deadline, "the box did not end with its main process"
         time.sleep(0.2)
-    row = cli.ok("ls", "-a").splitlines()[1].split()
-    assert (row[0], row[1], row[3], row[4]) == (box_id[-12:], "job", "exited", "(5)")
+    row = cli.ok("ls", "-a").splitlines()[1]
+    assert row.split()[:2] == [box_id[-12:], "job"] and "exited (5)" in row
     [insp] = cli.json("inspect", "job")  # type: ignore[misc]
     assert (insp["state"]["status"], insp["state"]["exit_code"], insp["state"]["running"]) == ("exited", 5, False)
     assert_one_line_error(cli("exec", "job", "true"), 125, "not running")

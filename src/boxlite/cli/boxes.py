@@ -22,7 +22,7 @@ from .common import (
     want_json,
     with_runtime,
 )
-from .errors import describe, fail, print_error
+from .errors import CliError, describe, fail, print_error
 from .run import start_detached
 
 
@@ -35,6 +35,9 @@ async def _each(refs: tuple[str, ...], action: Any) -> int:
             click.echo(ref)
         except BoxliteError as e:
             print_error(describe(e)[0])
+            failed += 1
+        except CliError as e:  # refused by the verb itself (e.g. a running box without -f)
+            print_error(e.message)
             failed += 1
     return 125 if failed else 0
 
@@ -118,9 +121,10 @@ async def ls(rt: Boxlite, show_all: bool, quiet: bool, fmt: str, no_trunc: bool)
         for i in infos:
             details = compat.box_details(rt, i)
             command = shlex.join(details["command"]) if details["command"] else ""
+            command = command if no_trunc or len(command) <= 30 else command[:29] + "…"
             ref = i.id if no_trunc else short_id(i.id)
             ports = ", ".join(details["ports"])
-            rows.append((ref, i.name or "", _trim(i.image, no_trunc), _trim(command, no_trunc, 30), _state(i), ports,
+            rows.append((ref, i.name or "", _trim(i.image, no_trunc), command, _state(i), ports,
                          ago(i.created_at)))  # fmt: skip
         print_table(["ID", "NAME", "IMAGE", "COMMAND", "STATE", "PORTS", "CREATED"], rows)
     return 0

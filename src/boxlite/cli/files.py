@@ -4,6 +4,7 @@ stream on stdin or stdout, as in docker)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import tarfile
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ STREAM_MAX = 1 << 30
 """Default cap (bytes) of a tar stream ``cp`` reads from stdin or writes to stdout; a box (or a
 runaway pipe) cannot make one copy move more. ``BOXLITE_CP_MAX_BYTES`` changes it."""
 CHUNK = 1 << 16
+HEAD_MAX = 1 << 20
 
 
 def stream_max() -> int:
@@ -99,24 +101,32 @@ async def _tar_from_stdin(box: Box, dest: str, limit: int) -> None:
 
 
 async def _require_dir(box: Box, dest: str) -> None:
-    """``dest`` is a directory in the box: the first header of its own tar says so."""
+    """``dest`` is a directory in the box: the first member of its own tar says so (read until
+    that member's header, extension headers included, parses; at most ``HEAD_MAX`` bytes)."""
     chunks = box.copy_out_tar(dest)
+    member: tarfile.TarInfo | None = None
+    head = b""
     try:
-        head = b""
         async for chunk in chunks:
             head += chunk
-            if len(head) >= tarfile.BLOCKSIZE:
+            member = _first_member(head)
+            if member is not None or len(head) > HEAD_MAX:
                 break
     finally:
         await chunks.aclose()
-    try:
-        member = tarfile.TarInfo.frombuf(head[: tarfile.BLOCKSIZE], "utf-8", "surrogateescape")
-    except tarfile.TarError:
-        member = None
-    if member is not None and member.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME):
-        return  # a long name's extension header first: the stream is a directory's or a file's; let the agent say
+    if member is None and len(head) > HEAD_MAX:
+        return  # headers this long: let the agent extract (or refuse) as it would any tar
     if member is None or not member.isdir():
         raise fail(f"destination {dest} must be a directory in the box when copying a tar from stdin")
+
+
+def _first_member(head: bytes) -> tarfile.TarInfo | None:
+    """The first member of a tar that starts with ``head``; None until enough of it is there."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r:") as tar:
+            return tar.next()
+    except (tarfile.TarError, EOFError):
+        return None
 
 
 async def _stdin_chunks(limit: int) -> AsyncIterator[bytes]:

@@ -1,0 +1,237 @@
+"""Docker habits of the CLI: ``kill``, ``wait``, ``version``, ``info``, ``cp -`` tar streams,
+``rm`` past errors, shell completion with box names, ``ls``/``inspect`` details, id prefixes,
+``stats --format json`` streaming."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import boxlite
+from boxlite.cli import common
+from boxlite.errors import NotFoundError
+from support.cli import Cli, assert_one_line_error
+
+
+def _tar(*members: tuple[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _run_bytes(cli: Cli, *args: str, data: bytes | None = None, **env: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        cli.argv(*args), input=data, capture_output=True, timeout=120, env={**cli.env(), **env},
+        stdin=None if data is not None else subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _sleeper(cli: Cli, name: str, *extra: str) -> str:
+    return cli.ok("run", "-d", "--name", name, *extra, "--rootfs", str(cli.rootfs), "sh", "-c", "sleep 600").strip()
+
+
+def test_kill_and_wait(cli: Cli) -> None:
+    box_id = _sleeper(cli, "victim")
+    assert_one_line_error(cli("kill", "-s", "HUP", "victim"), 125, "SIGHUP", "KILL or TERM")
+    assert_one_line_error(cli("kill", "-s", "NOSUCH", "victim"), 125, "invalid signal")
+    waiter = subprocess.Popen(cli.argv("wait", "victim"), stdout=subprocess.PIPE, text=True, env=cli.env())
+    try:
+        time.sleep(0.5)
+        assert waiter.poll() is None  # wait blocks while the box runs
+        assert cli.ok("kill", "victim").strip() == "victim"
+        out, _ = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert (waiter.returncode, out.strip()) == (0, "0")  # stopped by a signal: no main-process exit code
+    assert cli.json("inspect", box_id)[0]["state"]["running"] is False  # type: ignore[index]
+    assert_one_line_error(cli("kill", "victim"), 125, "not running")
+
+    # the main process's own status, once it ended; every box is waited for, errors reported
+    cli.ok("run", "-d", "--name", "job", "--rootfs", str(cli.rootfs), "sh", "-c", "sleep 1; exit 7")
+    proc = cli("wait", "job", "nosuch", "victim")
+    assert (proc.returncode, proc.stdout.split()) == (125, ["7", "0"])
+    assert proc.stderr.count("boxlite: error: ") == 1 and "nosuch" in proc.stderr
+
+
+def test_kill_term_lets_the_box_exit(cli: Cli) -> None:
+    cli.ok("run", "-d", "--rm", "--name", "gone", "--rootfs", str(cli.rootfs), "sh", "-c", "sleep 600")
+    assert cli.ok("kill", "-s", "SIGTERM", "gone").strip() == "gone"
+    assert cli.ok("ls", "-a", "-q") == ""  # --rm boxes are removed when killed, as docker does
+
+
+def test_version_and_info(cli: Cli) -> None:
+    version = cli.json("version", "--format", "json")
+    assert version["version"] == boxlite.__version__ and version["target"] == "local"  # type: ignore[index]
+    assert cli.ok("version").splitlines()[0].split() == ["Version:", boxlite.__version__]
+    _sleeper(cli, "one")
+    cli.ok("create", "--rootfs", str(cli.rootfs))
+    info: Any = cli.json("info", "--format", "json")
+    assert (info["boxesTotal"], info["boxesRunning"], info["boxesConfigured"]) == (2, 1, 1)
+    assert info["homeDir"] == str(cli.home) and info["version"] == boxlite.__version__
+    yaml = dict(line.split(": ", 1) for line in cli.ok("info").splitlines())
+    assert yaml["boxesTotal"] == "2" and yaml["homeDir"] == f'"{cli.home}"'
+
+
+def test_cp_tar_streams(cli: Cli, tmp_path: Path) -> None:
+    _sleeper(cli, "files")
+    cli.ok("exec", "files", "sh", "-c", "mkdir -p /data/sub && echo payload > /data/sub/f.txt")
+    # BOX:PATH -  : a tar on stdout, member names rooted at the path's base name
+    out = _run_bytes(cli, "cp", "files:/data", "-")
+    assert out.returncode == 0, out.stderr
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        member = tar.extractfile("data/sub/f.txt")
+        assert member is not None and member.read() == b"payload\n"
+    # - BOX:DIR  : a tar from stdin extracted into the directory
+    proc = _run_bytes(cli, "cp", "-", "files:/root", data=_tar(("in/a.txt", b"from stdin\n")))
+    assert proc.returncode == 0, proc.stderr
+    assert cli.ok("exec", "files", "cat", "/root/in/a.txt") == "from stdin\n"
+
+
+def test_cp_tar_streams_are_refused_when_hostile(cli: Cli) -> None:
+    _sleeper(cli, "target")
+    cli.ok("exec", "target", "mkdir", "-p", "/srv/drop")
+    # a member escaping the destination is refused by the box's agent; nothing lands outside
+    proc = _run_bytes(cli, "cp", "-", "target:/srv/drop", data=_tar(("../../escaped.txt", b"x")))
+    assert proc.returncode == 125 and b"boxlite: error: " in proc.stderr
+    assert cli("exec", "target", "ls", "/escaped.txt", "/srv/escaped.txt").returncode != 0
+    proc = _run_bytes(cli, "cp", "-", "target:/srv/drop", data=_tar(("/abs.txt", b"x")))
+    assert proc.returncode == 125
+    assert cli("exec", "target", "ls", "/abs.txt").returncode != 0
+    # the destination must be a directory
+    cli.ok("exec", "target", "sh", "-c", "echo f > /srv/file")
+    proc = _run_bytes(cli, "cp", "-", "target:/srv/file", data=_tar(("a.txt", b"x")))
+    assert proc.returncode == 125 and b"must be a directory" in proc.stderr
+    # both directions are capped (BOXLITE_CP_MAX_BYTES)
+    big = _tar(("big.bin", os.urandom(64 * 1024)))
+    proc = _run_bytes(cli, "cp", "-", "target:/srv/drop", data=big, BOXLITE_CP_MAX_BYTES="16384")
+    assert proc.returncode == 125 and b"larger than 16384 bytes" in proc.stderr
+    assert (
+        cli("exec", "target", "ls", "/srv/drop/big.bin").returncode != 0
+        or int(cli.ok("exec", "target", "wc", "-c", "/srv/drop/big.bin").split()[0]) < 64 * 1024
+    )
+    cli.ok("exec", "target", "sh", "-c", "head -c 100000 /dev/zero > /srv/zeros")
+    proc = _run_bytes(cli, "cp", "target:/srv/zeros", "-", BOXLITE_CP_MAX_BYTES="16384")
+    assert proc.returncode == 125 and b"larger than 16384 bytes" in proc.stderr
+    assert len(proc.stdout) <= 16384
+    proc = _run_bytes(cli, "cp", "-", "target:/srv/drop", data=b"", BOXLITE_CP_MAX_BYTES="lots")
+    assert proc.returncode == 125 and b"BOXLITE_CP_MAX_BYTES" in proc.stderr
+
+
+def test_rm_goes_on_past_errors(cli: Cli) -> None:
+    a = cli.ok("create", "--name", "a", "--rootfs", str(cli.rootfs)).strip()
+    cli.ok("create", "--name", "b", "--rootfs", str(cli.rootfs))
+    _sleeper(cli, "busy")
+    proc = cli("rm", "a", "nosuch", "busy", "b")
+    assert proc.returncode == 125
+    assert proc.stdout.split() == ["a", "b"]  # each removed box, in order
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 2 and "nosuch" in errors[0] and "busy is running" in errors[1]
+    assert cli.ok("ls", "-a", "-q").split() == [cli.json("inspect", "busy")[0]["short_id"]]  # type: ignore[index]
+    assert cli("inspect", a).returncode == 125
+
+
+def test_completion_scripts_and_box_names(cli: Cli) -> None:
+    for shell in ("bash", "zsh", "fish"):
+        script = cli.ok("completion", shell)
+        assert "_BOXLITE_COMPLETE" in script
+    assert_one_line_error(cli("completion", "tcsh"), 125, "tcsh")
+    box_id = cli.ok("create", "--name", "webapp", "--rootfs", str(cli.rootfs)).strip()
+    cli.ok("create", "--name", "other", "--rootfs", str(cli.rootfs))
+
+    def complete(*words: str) -> list[str]:
+        env = {**cli.env(), "_BOXLITE_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(["boxlite", *words]),
+               "COMP_CWORD": str(len(words))}  # fmt: skip
+        proc = subprocess.run(cli.argv()[:-2], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split(",", 1)[1] for line in proc.stdout.splitlines()]
+
+    home = ["--home", str(cli.home)]
+    assert complete(*home, "rm", "web") == ["webapp"]
+    assert complete(*home, "exec", box_id[-12:-6]) == [box_id[-12:]]
+    assert set(complete(*home, "logs", "")) == {"webapp", "other", box_id[-12:]} | {
+        i["short_id"]
+        for i in cli.json("ls", "-a", "--format", "json")  # type: ignore[union-attr]
+        if i["name"] == "other"
+    }
+    assert "kill" in complete(*home, "ki")
+
+
+def test_ls_and_inspect_details(cli: Cli) -> None:
+    box_id = cli.ok(
+        "run", "-d", "--name", "svc", "-e", "API_TOKEN=hunter2", "-e", "DB_PASSWORD=pw", "-e", "MODE=prod",
+        "--rootfs", str(cli.rootfs), "sh", "-c", "sleep 600",
+    ).strip()  # fmt: skip
+    proc = cli("run", "-d", "--name", "done", "--rootfs", str(cli.rootfs), "sh", "-c", "exit 3")
+    assert proc.returncode == 3
+    table = cli.ok("ls", "-a")
+    header = table.splitlines()[0].split()
+    assert header == ["ID", "NAME", "IMAGE", "COMMAND", "STATE", "PORTS", "CREATED"]
+    svc = next(line for line in table.splitlines() if " svc " in line)
+    assert "sh -c 'sleep 600'" in svc and "running" in svc
+    done = next(line for line in table.splitlines() if " done " in line)
+    assert "exited (3)" in done and "sh -c 'exit 3'" in done
+    [insp] = cli.json("inspect", box_id[:6])  # type: ignore[misc]  # a unique id prefix, as typed
+    assert insp["command"] == ["sh", "-c", "sleep 600"]
+    assert insp["env"]["MODE"] == "prod"
+    assert insp["env"]["API_TOKEN"] == insp["env"]["DB_PASSWORD"] == "******"
+    text = cli.ok("inspect", "svc", "done") + cli.ok("ls", "-a", "--format", "json")
+    assert "hunter2" not in text and 'pw"' not in text
+    assert (insp["exit_code"], insp["health"], insp["ports"]) == (None, "none", [])
+    [ended] = cli.json("inspect", "done")  # type: ignore[misc]
+    assert ended["exit_code"] == 3
+
+
+async def test_ambiguous_prefix_is_named() -> None:
+    """A prefix (or short id) shared by several boxes is an error naming them, not "no such box"."""
+
+    class Info:
+        def __init__(self, box_id: str) -> None:
+            self.id = box_id
+
+    class Runtime:
+        async def get(self, ref: str) -> None:
+            return None
+
+        async def list_info(self) -> list[Info]:
+            return [Info("abcd1234XXXXXXXXXXXXXX"), Info("abcd9876YYYYYYYYYYYYYY"), Info("zzzz0000ZZZZZZZZZZZZZZ")]
+
+    rt: Any = Runtime()
+    with pytest.raises(Exception, match=r"ambiguous: 2 boxes match \(XXXXXXXXXXXX, YYYYYYYYYYYY\)"):
+        await common.find_box(rt, "abcd")
+    with pytest.raises(NotFoundError):
+        await common.find_box(rt, "abc")  # too short to be a prefix
+    with pytest.raises(NotFoundError):
+        await common.find_box(rt, "qqqq")
+
+
+def test_stats_json_streams(cli: Cli) -> None:
+    box_id = _sleeper(cli, "busy")
+    proc = subprocess.Popen(
+        cli.argv("stats", "--format", "json", "--interval", "0.2", "busy"), stdout=subprocess.PIPE, text=True,
+        env=cli.env(),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        assert proc.poll() is None  # still streaming
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    for line in lines:
+        [box] = line["boxes"]
+        assert box["id"] == box_id and box["pids"] >= 1 and box["memory_bytes"] > 0
+    assert lines[0]["time"] < lines[1]["time"] < lines[2]["time"]
+    once = cli.ok("stats", "--format", "json", "--no-stream").splitlines()
+    assert len(once) == 1 and json.loads(once[0])["boxes"][0]["id"] == box_id
