@@ -49,18 +49,21 @@ BASE_HEADERS = {
 }
 
 
-def csp(nonce: str | None = None) -> str:
+def csp(nonce: str | None = None, trusted_types: bool = False) -> str:
+    """``trusted_types``: HTML sinks (``innerHTML``...) refuse strings (the dashboard's own code and
+    xterm.js never use them; Swagger UI does, so /docs goes without)."""
     styles = "'self'" + (f" 'nonce-{nonce}'" if nonce else "")
     return (
         "default-src 'none'; script-src 'self'; "
         f"style-src {styles}; img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; "
         "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+        + ("; require-trusted-types-for 'script'; trusted-types 'none'" if trusted_types else "")
     )
 
 
-def secured(response: Response, nonce: str | None = None, cache: bool = False) -> Response:
+def secured(response: Response, nonce: str | None = None, cache: bool = False, trusted_types: bool = False) -> Response:
     response.headers.update(BASE_HEADERS)
-    response.headers["Content-Security-Policy"] = csp(nonce)
+    response.headers["Content-Security-Policy"] = csp(nonce, trusted_types)
     response.headers["Cache-Control"] = "no-cache" if cache else "no-store"
     return response
 
@@ -120,7 +123,7 @@ class Pages:
         return secured(RedirectResponse("/dashboard/", status_code=308))
 
     async def index(self, request: Request) -> Response:
-        return self._template("index.html")
+        return self._template("index.html", trusted_types=True)
 
     async def docs(self, request: Request) -> Response:
         if not self.authorized(request, csrf=False):
@@ -129,10 +132,10 @@ class Pages:
             return secured(Response(page, status_code=401, media_type="text/html", headers=headers))
         return self._template("docs.html")
 
-    def _template(self, name: str) -> Response:
+    def _template(self, name: str, trusted_types: bool = False) -> Response:
         nonce = secrets.token_urlsafe(18)
         page = (STATIC / name).read_text().replace("{{nonce}}", nonce)
-        return secured(Response(page, media_type="text/html"), nonce)
+        return secured(Response(page, media_type="text/html"), nonce, trusted_types=trusted_types)
 
     async def static(self, request: Request) -> Response:
         """Files under ``static/`` only (no traversal, no directory listing, known types only)."""

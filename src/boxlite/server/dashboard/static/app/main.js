@@ -16,6 +16,7 @@ const state = {
   selected: null, // box id
   terminal: null,
   filesPath: '/',
+  filesSeq: 0,
   timer: null,
   logsTimer: null,
 };
@@ -219,6 +220,7 @@ function selectBox(id) {
   state.filesPath = '/';
   $('#files-path').value = '/';
   $('#files tbody').replaceChildren();
+  delete $('#files').dataset.path;
   $('#logs').textContent = '';
   const sub = document.querySelector('.subtab.active').dataset.sub;
   if (sub === 'files') listFiles();
@@ -261,13 +263,16 @@ async function listFiles(path) {
   if (!state.selected) return;
   const dir = path || $('#files-path').value.trim() || '/';
   showError('#files-error', null);
+  const seq = ++state.filesSeq; // only the newest listing is shown
   let listing;
   try {
     listing = await api('GET', `/dashboard/api/boxes/${encodeURIComponent(state.selected)}/files?${query({ path: dir })}`);
   } catch (err) {
-    showError('#files-error', err);
+    if (seq === state.filesSeq) showError('#files-error', err);
     return;
   }
+  if (seq !== state.filesSeq) return;
+  $('#files').dataset.path = listing.path;
   state.filesPath = listing.path;
   $('#files-path').value = listing.path;
   const entries = [...listing.entries];
