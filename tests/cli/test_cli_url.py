@@ -131,9 +131,9 @@ def test_url_errors_are_one_line(cli: Cli, served: Served) -> None:
     assert proc.returncode == 125 and b"drop --url" in proc.stderr
     assert_one_line_error(cli("--url", served.url, "--ray", "auto", "ls"), 125, "not both")
     closed = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.run([sys.executable, "-m", "boxlite.cli", "--url", closed, "ls"], capture_output=True,
-                          text=True, timeout=60, env=cli.env())  # fmt: skip
-    assert_one_line_error(proc, 125)
+    refused = subprocess.run([sys.executable, "-m", "boxlite.cli", "--url", closed, "ls"], capture_output=True,
+                             text=True, timeout=60, env=cli.env())  # fmt: skip
+    assert_one_line_error(refused, 125)
 
 
 def test_completion_through_a_server(cli: Cli, served: Served) -> None:
