@@ -96,6 +96,8 @@ async def test_hostile_box_is_refused(runtime: boxlite.Boxlite, python_rootfs: P
             out.write('{"type":"send","target":"worker","request_id":"r1","data":"' + big + '"}\n')
             out.write('{"type":"response","request_id":"guessed","result":"forged"}\n')
             out.write("not json\n")
+            for i in range(5000):  # a flood of forged replies: counted, not buffered, logged 10 times
+                out.write('{"type":"response","request_id":"g' + str(i) + '","result":1}\n')
             out.flush()
             try:
                 br.send_message("worker", big)
@@ -109,7 +111,7 @@ async def test_hostile_box_is_refused(runtime: boxlite.Boxlite, python_rootfs: P
         assert "local refusal: message of" in hostile.stderr, hostile.stderr
         # The worker saw only the honest message, under the name the host gave the sender.
         assert "seen [['hostile', " in hostile.stderr and hostile.stderr.count("'hostile'") == 1, hostile.stderr
-        assert hostile.refused == 3, hostile.refused
+        assert hostile.refused == 3 + 5000, hostile.refused
         assert worker.refused == 0
 
 

@@ -177,7 +177,10 @@ class ManagedBox:
 
     def _refuse(self, what: str) -> None:
         self.refused += 1
-        logger.warning("managed box %r sent %s: refused", self._name, what)
+        if self.refused <= 10:  # a hostile box must not flood the host's log either
+            logger.warning(
+                "managed box %r sent %s: refused%s", self._name, what, " (no more logged)" * (self.refused == 10)
+            )
 
     async def _handle_line(self, line: bytes, tasks: set[asyncio.Task[None]]) -> None:
         try:
