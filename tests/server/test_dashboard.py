@@ -364,3 +364,31 @@ def test_package_data_ships_every_asset() -> None:
     assert "static/vendor/xterm/xterm.js" in files and "static/vendor/swagger-ui/LICENSE.txt" in files
     missing = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert missing == []
+
+
+def test_without_a_key_on_loopback_only_its_own_pages_get_in(tmp_path: Path) -> None:
+    """``--insecure-no-auth``: the dashboard needs no login and its own origin may call the API;
+    any other origin (a web page elsewhere) is still refused, for HTTP and WebSocket alike."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("BOXLITE_ENGINE", os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0])
+    args = ["--home", str(tmp_path / "home"), "serve", "--host", "127.0.0.1", "--port", str(port), "--insecure-no-auth"]
+    proc = subprocess.Popen([sys.executable, "-m", "boxlite.cli", *args], env=env, stdin=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            session = client.get("/dashboard/session").json()
+            assert session == {"auth_required": False, "authenticated": True, "csrf": ""}
+            assert client.get("/docs").status_code == 200
+            assert client.post("/v1/images/gc", headers={"Origin": url}).status_code == 200
+            for foreign in ("http://evil.example", f"http://localhost:{port}", "null"):
+                assert client.post("/v1/images/gc", headers={"Origin": foreign}).status_code == 403, foreign
+        ws_url = url.replace("http://", "ws://") + "/v1/boxes/nope/exec"
+        with pytest.raises(InvalidStatus):
+            ws_connect(ws_url, origin="http://evil.example", proxy=None)  # type: ignore[arg-type]
+        with ws_connect(ws_url, origin=url, proxy=None) as ws:  # type: ignore[arg-type]
+            ws.send(json.dumps({"type": "start", "command": "true"}))
+            assert json.loads(ws.recv(timeout=30))["error"]["type"] == "NotFoundError"
+    finally:
+        stop_server(proc)

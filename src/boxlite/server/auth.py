@@ -53,7 +53,8 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 class LoopbackGuardMiddleware:
     """For a TCP listener without a key (``insecure_no_auth``, loopback only): refuse what a web
     browser could send there. Requests with an ``Origin`` header (cross-site pages, WebSockets
-    included) and requests whose ``Host`` is not a loopback name (DNS rebinding) get 403.
+    included) and requests whose ``Host`` is not a loopback name (DNS rebinding) get 403, except
+    an ``Origin`` naming the very host and port asked (the server's own dashboard page).
     Connections over the unix socket are not affected."""
 
     def __init__(self, app: ASGIApp) -> None:
@@ -65,9 +66,10 @@ class LoopbackGuardMiddleware:
         if not server or server[1] is None:  # unix socket
             return True
         headers = dict(scope.get("headers", []))
-        if b"origin" in headers:
-            return False
         host = headers.get(b"host", b"").decode("latin-1").lower()
+        origin = headers.get(b"origin")
+        if origin is not None and origin.decode("latin-1").lower() not in (f"http://{host}", f"https://{host}"):
+            return False
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return name in LOOPBACK_HOSTS
 
