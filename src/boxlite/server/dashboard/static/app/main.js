@@ -141,7 +141,6 @@ function metricCell(values, max, format) {
 function boxRow(info) {
   const hist = state.history.get(info.id) || { cpu: [], mem: [] };
   const running = info.state.running;
-  const memMax = info.memory_mib ? info.memory_mib * 1024 * 1024 : 0;
   const action = (label, fn, enabled = true) => h('button', { type: 'button', disabled: !enabled, onclick: fn, 'data-action': label.toLowerCase() }, label);
   return h('tr', { 'data-box-id': info.id },
     h('td', { class: 'box-name', text: info.name || '' }),
@@ -149,8 +148,8 @@ function boxRow(info) {
     h('td', { class: `state-${info.state.status}`, text: info.state.status }),
     h('td', { class: 'mono', text: info.image }),
     h('td', { class: 'mono', text: ports(info) }),
-    metricCell(hist.cpu, 100, (v) => `${v.toFixed(1)}%`),
-    metricCell(hist.mem, memMax, bytes),
+    metricCell(hist.cpu, 10, (v) => `${v.toFixed(1)}%`), // scale: at least 0-10 %, more if used
+    metricCell(hist.mem, 0, bytes), // scale: 0 to the highest value seen
     h('td', {}, h('div', { class: 'actions' },
       action('Open', () => selectBox(info.id)),
       action('Start', () => lifecycle(info.id, 'start'), !running),
