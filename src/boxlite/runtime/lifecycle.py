@@ -189,8 +189,6 @@ class BoxRuntime:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
         if config.disk_size_gb is not None and engine == "namespace" and (why := quota.unsupported_reason()):
             raise UnsupportedOptionError("disk_size_gb", why)
-        if config.secrets and engine == "vm":
-            raise UnsupportedOptionError("secrets", "the vm engine has no secret proxy yet; use engine='namespace'")
         if engine == "vm" and any(p.ipv6 for p in config.ports):
             raise UnsupportedOptionError("ports", "the vm engine publishes ports on IPv4 host addresses only")
         capabilities.check_engine(config.capabilities[0], engine, config.volumes)

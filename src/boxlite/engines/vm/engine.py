@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ... import procfs, runtime_artifact
@@ -116,23 +117,19 @@ class VmEngine(Engine):
             ports=[list(p) for p in spec.ports],
             volumes=[_shared_dir(host, guest, ro) for host, guest, ro in spec.volumes],
         )
-        if spec.secrets:
-            raise UnsupportedOptionError("secrets", "the VM engine has no secret proxy yet: use the namespace engine")
-        if vm.network and spec.allow_net:  # its own helper group, rules and DNS proxy (docs/network.md)
-            gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
-            proxy = allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net)))
-            vm = replace(vm, net_gid=gid, dnsproxy=proxy)
-        elif vm.network:
-            await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
+        vm, bundle = await _net_policy(spec, vm)
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         deadline = t0 + spec.ready_timeout  # the whole start, template creation included
         if templates.snapshots_enabled(spec) and not vm.volumes:  # volumes need shared guest RAM: cold boot
-            template = await templates.ensure(spec, artifact, vm, deadline, self._run_shim)
+            bare = replace(vm, dnsproxy=None, secretproxy=None)  # the template has no network: no proxies
+            template = await templates.ensure(spec, artifact, bare, deadline, self._run_shim)
             if template is not None:
                 timings["template_ready_s"] = round(time.monotonic() - t0, 4)
                 try:
                     restore = replace(vm, incoming=str(template), ram_file=str(template.with_suffix(".ram")))
-                    return await self._spawn_shim(spec, restore, timings, "restore", deadline)
+                    return await _with_bundle(
+                        spec, bundle, self._spawn_shim(spec, restore, timings, "restore", deadline)
+                    )
                 except _NotReady:
                     raise
                 except EngineError as e:
@@ -140,7 +137,7 @@ class VmEngine(Engine):
                     templates.forget(template)
                     if console.exists():
                         console.replace(spec.layout.console_restore_failed)
-        return await self._spawn_shim(spec, vm, timings, "boot", deadline)
+        return await _with_bundle(spec, bundle, self._spawn_shim(spec, vm, timings, "boot", deadline))
 
     async def _run_shim(
         self,
@@ -341,20 +338,17 @@ class VmEngine(Engine):
         )
         if vm.ram_file:  # it ran from a template's RAM (private mapping): all of it is in the state,
             vm = replace(vm, ram_file=None, ram_anonymous=True)  # loaded into anonymous memory
-        vm = replace(vm, incoming=str(state), net_gid=None, dnsproxy=None)
-        if vm.network and spec.allow_net:  # as start() does: the allow-list's group and DNS proxy
-            gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
-            proxy = allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net)))
-            vm = replace(vm, net_gid=gid, dnsproxy=proxy)
-        elif vm.network:
-            await asyncio.to_thread(hostguard.install)
+        vm = replace(vm, incoming=str(state), net_gid=None, dnsproxy=None, secretproxy=None)
+        vm, bundle = await _net_policy(spec, vm)  # as start() does (a fresh CA: the bundle is installed again)
         console = spec.layout.console_log
         if console.exists():
             console.replace(spec.layout.console_log_prev)
         spec.agent_socket.unlink(missing_ok=True)
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         more = {"hello_channel": hello, "relay_state": relay_state}
-        running = await self._spawn_shim(spec, vm, timings, "resume", t0 + spec.ready_timeout, more)
+        running = await _with_bundle(
+            spec, bundle, self._spawn_shim(spec, vm, timings, "resume", t0 + spec.ready_timeout, more)
+        )
         self.forget_saved_state(spec)
         return running
 
@@ -432,6 +426,63 @@ SAVED_SHAPE_NAME = "vm-saved.json"
 """In the run dir: the VmConfig a saved box ran with (its restore needs the same shape)."""
 SAVED_RAM_NAME = "vm-saved.ram"
 """In the run dir: the (sparse, privately mapped) RAM file of a box restored from its saved state."""
+
+
+async def _net_policy(spec: BoxSpec, vm: VmConfig) -> tuple[VmConfig, Path | None]:
+    """The box's helper group, rules and proxies (docs/network.md) when it has an allow-list or
+    secrets, else the host guard alone; and the CA bundle to install in the guest (secrets)."""
+    if not vm.network:
+        return vm, None
+    if not (spec.allow_net or spec.secrets):
+        await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
+        return vm, None
+    gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+    vm = replace(vm, net_gid=gid)
+    if spec.allow_net:
+        vm = replace(vm, dnsproxy=allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net))))
+    if not spec.secrets:
+        return vm, None
+    argv, bundle = await asyncio.to_thread(
+        allowlist.secret_proxy_command, spec.box_dir, gid, spec.secrets, bool(spec.allow_net), spec.root.layers
+    )
+    return replace(vm, secretproxy=argv), bundle
+
+
+async def _with_bundle(spec: BoxSpec, bundle: Path | None, started: Awaitable[RunningBox]) -> RunningBox:
+    """Start the box, then (secrets) write its CA bundle over the guest's system bundle: the
+    guest's disk is its own, so unlike the namespace engine's read-only bind the box may change
+    it (that only stops its own TLS through the proxy). The box's processes start after this."""
+    running = await started
+    if bundle is not None:
+        await install_bundle(spec.agent_socket, bundle.read_bytes())
+    return running
+
+
+async def install_bundle(agent_socket: Path, data: bytes) -> None:
+    """``untar`` of one file at ``allowlist.SECRET_BUNDLE`` through the agent."""
+    import io
+    import tarfile
+
+    name = PurePosixPath(allowlist.SECRET_BUNDLE).name
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    client = await AgentClient.connect(agent_socket)
+    try:
+        args = {"dest": allowlist.SECRET_BUNDLE, "name": name, "into": False, "overwrite": True}
+        channel = await client.exec({"builtin": "untar", "builtin_args": args}, "install the secrets CA bundle")
+        await channel.write_stdin(buf.getvalue())
+        await channel.close_stdin()
+        errors = await asyncio.wait_for(channel.stderr.read_all(), 30)
+        status = await asyncio.wait_for(channel.exit, 30)
+    finally:
+        await client.close()
+    if status.get("exit_code") != 0:
+        raise EngineError(
+            f"could not install the secrets CA bundle in the box: {errors[:300].decode(errors='replace')}"
+        )
 
 
 def _saved_shape(spec: BoxSpec) -> Path:

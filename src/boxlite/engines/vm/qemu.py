@@ -52,6 +52,7 @@ class VmConfig:
     ram_anonymous: bool = False  # guest RAM a plain "ram" backend: a template box resumed from its saved memory
     net_gid: int | None = None  # an allow-listed box's own helper group (..net.allowlist), else the guard's
     dnsproxy: list[str] | None = None  # argv of its DNS proxy, started by the shim before QEMU
+    secretproxy: list[str] | None = None  # argv of its secret proxy (in group net_gid), started likewise
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

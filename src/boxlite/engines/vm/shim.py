@@ -138,16 +138,27 @@ def start_virtiofsd(cfg: VmConfig, run_dir: Path, log_fd: int) -> list[subproces
 def start_dnsproxy(cfg: VmConfig, log_fd: int) -> subprocess.Popen[bytes] | None:
     """An allow-listed box's DNS proxy (..net.dnsproxy), started before QEMU (its rules must be
     in place before slirp opens a socket) and dying with the shim, then the relay."""
-    if not cfg.dnsproxy:
+    return _start_proxy(cfg.dnsproxy, "DNS proxy", log_fd, None)
+
+
+def start_secretproxy(cfg: VmConfig, log_fd: int) -> subprocess.Popen[bytes] | None:
+    """A box's secret proxy (..net.secretproxy), after the DNS proxy (which flushes the box's
+    chain) and before QEMU, in the box's helper group: its own connections pass the box's rules."""
+    return _start_proxy(cfg.secretproxy, "secret proxy", log_fd, cfg.net_gid)
+
+
+def _start_proxy(argv: list[str] | None, what: str, log_fd: int, gid: int | None) -> subprocess.Popen[bytes] | None:
+    if not argv:
         return None
     me = os.getpid()
-    proc = subprocess.Popen(
-        cfg.dnsproxy,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=log_fd,
-        preexec_fn=lambda: _die_with_parent(me),
-    )
+
+    def preexec() -> None:
+        if gid is not None:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+        _die_with_parent(me)
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_fd, preexec_fn=preexec)
     assert proc.stdout is not None
     out, text, deadline = proc.stdout.fileno(), b"", time.monotonic() + 30
     while b"\n" not in text and time.monotonic() < deadline:
@@ -160,7 +171,7 @@ def start_dnsproxy(cfg: VmConfig, log_fd: int) -> subprocess.Popen[bytes] | None
     proc.stdout.close()
     if not text.startswith(b"ready "):
         proc.kill()
-        raise OSError("the box's DNS proxy did not start (see shim.log)")
+        raise OSError(f"the box's {what} did not start (see shim.log)")
     return proc
 
 
@@ -514,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         vm = VmConfig(**conf["vm"])
         start_virtiofsd(vm, run_dir, log_fd)
         start_dnsproxy(vm, log_fd)
+        start_secretproxy(vm, log_fd)
         saves = (os.path.dirname(conf["snapshot"]),) if conf.get("mode") == "template" else ()
         proc, agent, qmp = start_qemu(vm, run_dir, log_fd, saves)
     except (OSError, ValueError) as e:
