@@ -8,6 +8,7 @@ watches them; ComputerBox runs it and talks to the display with argv-only ``exec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -38,7 +39,8 @@ PACKAGES = (
 )
 # Dependencies a headless desktop does without: Node (noVNC's optional tooling), GL drivers
 # (Xvfb renders in software without them; they would add ~150 MB of LLVM), numpy (websockify
-# only speeds up masking with it), admin tools.
+# only speeds up masking with it), ghostscript and its fonts (imlib2's PostScript loader; every
+# font more slows the first start of each program under TCG), admin tools.
 DESKTOP_EXCLUDE = EXCLUDE | {
     "nodejs",
     "libnode108",
@@ -48,12 +50,16 @@ DESKTOP_EXCLUDE = EXCLUDE | {
     "libgl1-mesa-dri",
     "libllvm15",
     "python3-numpy",
+    "libgs10",
+    "libgs10-common",
+    "libgs-common",
+    "fonts-urw-base35",
     "menu",
     "x11-xfs-utils",
     "xfonts-utils",
 }
 SESSION_PATH = "/usr/local/bin/boxlite-desktop"
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 # Started by ComputerBox as: boxlite-desktop WIDTH HEIGHT VNC_PORT WEB_PORT; env BOXLITE_VNC_PASSWORD.
 # Exits (non-zero) as soon as one of its programs exits: ComputerBox then reports the log tail.
@@ -135,6 +141,7 @@ def _build(dest: Path, cache_dir: Path) -> None:
         except (OSError, subprocess.SubprocessError) as e:
             raise ImageError(f"dpkg-deb -x {deb.name} failed: {e}") from e
     _finish_rootfs(dest)
+    _font_cache(dest)
     session = dest / SESSION_PATH.lstrip("/")
     session.parent.mkdir(parents=True, exist_ok=True)
     session.write_text(SESSION_SCRIPT)
@@ -143,3 +150,13 @@ def _build(dest: Path, cache_dir: Path) -> None:
     novnc = dest / "usr/share/novnc"
     if (novnc / "vnc.html").exists() and not (novnc / "index.html").exists():
         os.symlink("vnc.html", novnc / "index.html")
+
+
+def _font_cache(dest: Path) -> None:
+    """Fontconfig's cache, made now: without it every X program scans all fonts when it starts
+    (minutes under TCG). Best effort: without the host's ``fc-cache`` programs start slower."""
+    fc_cache = shutil.which("fc-cache")
+    if fc_cache is None:
+        return
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run([fc_cache, "-f", f"--sysroot={dest}"], check=True, capture_output=True, timeout=300)
