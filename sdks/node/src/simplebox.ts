@@ -1,4 +1,8 @@
-/** `SimpleBox`: create + start on `start()`, run commands to completion, stop on dispose. */
+/**
+ * `SimpleBox`: a box created (and started) lazily by its first use, `exec`, `copyIn`,
+ * `copyOut`, `metrics`, `getId` or `getInfo`, as BoxLite's Node SDK does; `start()` does it
+ * up front. Commands run to completion; `stop()` / `await using` stop it (never created: nothing).
+ */
 
 import type { Box } from "./box.js";
 import { ConfigError, InvalidStateError, TimeoutError } from "./errors.js";
@@ -23,7 +27,7 @@ export interface SimpleExecOptions {
   cwd?: string;
 }
 
-const NOT_STARTED = "Box not started. Use 'await using box = await new SimpleBox(...).start()' or call 'await box.start()' first.";
+const NOT_CREATED = "Box not yet created. Call exec() first, or use getId()/getInfo() or 'await box.start()'.";
 
 function quote(argv: string[]): string {
   return argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'"'"'`)}'`)).join(" ");
@@ -34,6 +38,7 @@ export class SimpleBox {
   private runtime?: Boxlite;
   private ownsRuntime = false;
   private handle?: Box;
+  private pending?: Promise<Box>;
   private wasCreated?: boolean;
 
   constructor(options: SimpleBoxOptions) {
@@ -41,23 +46,46 @@ export class SimpleBox {
     this.options = { autoRemove: true, ...options };
   }
 
-  /** Create (or reuse) and start the box; returns `this`. */
-  async start(): Promise<this> {
-    if (!this.handle) {
-      const { runtime, url, apiKey, name, reuseExisting, ...boxOptions } = this.options;
+  /** The box, created (or reused) and started on the first call; concurrent first calls share
+   * one creation, and a failed one is tried again by the next call. */
+  private ensureBox(): Promise<Box> {
+    if (this.handle) return Promise.resolve(this.handle);
+    this.pending ??= this.createBox().then(
+      (box) => (this.handle = box),
+      (err: unknown) => {
+        this.pending = undefined;
+        throw err;
+      },
+    );
+    return this.pending;
+  }
+
+  private async createBox(): Promise<Box> {
+    const { runtime, url, apiKey, name, reuseExisting, ...boxOptions } = this.options;
+    if (!this.runtime) {
       if (runtime) this.runtime = runtime;
       else if (url) [this.runtime, this.ownsRuntime] = [Boxlite.rest(url, apiKey), true];
       else this.runtime = await Boxlite.default();
-      if (reuseExisting) [this.handle, this.wasCreated] = await this.runtime.getOrCreate(boxOptions, name);
-      else [this.handle, this.wasCreated] = [await this.runtime.create(boxOptions, name), true];
     }
-    await this.handle.start();
+    let box: Box;
+    if (reuseExisting) [box, this.wasCreated] = await this.runtime.getOrCreate(boxOptions, name);
+    else [box, this.wasCreated] = [await this.runtime.create(boxOptions, name), true];
+    await box.start();
+    return box;
+  }
+
+  /** Create (or reuse) and start the box now rather than on first use; returns `this`. */
+  async start(): Promise<this> {
+    const wasThere = this.handle !== undefined;
+    const box = await this.ensureBox();
+    if (wasThere) await box.start(); // started again after a stop()
     return this;
   }
 
   async stop(): Promise<void> {
+    const box = this.handle ?? (await this.pending?.catch(() => undefined));
     try {
-      await this.handle?.stop();
+      await box?.stop();
     } catch {
       // already gone
     }
@@ -68,8 +96,9 @@ export class SimpleBox {
     await this.stop();
   }
 
+  /** The box handle; throws `InvalidStateError` before the box exists (see `getId`). */
   get box(): Box {
-    if (!this.handle) throw new InvalidStateError(NOT_STARTED);
+    if (!this.handle) throw new InvalidStateError(NOT_CREATED);
     return this.handle;
   }
 
@@ -77,20 +106,31 @@ export class SimpleBox {
     return this.box.id;
   }
 
-  get name(): string | null {
-    return this.box.name;
+  /** The box's id, creating the box if needed. */
+  async getId(): Promise<string> {
+    return (await this.ensureBox()).id;
   }
 
+  get name(): string | null {
+    return this.handle?.name ?? this.options.name ?? null;
+  }
+
+  /** Whether the box was created by this object (false: an existing one reused); undefined before. */
   get created(): boolean | undefined {
     return this.wasCreated;
   }
 
-  info(): Promise<BoxInfo> {
+  /** The box's information, creating the box if needed. */
+  async getInfo(): Promise<BoxInfo> {
+    return (await this.ensureBox()).info();
+  }
+
+  async info(): Promise<BoxInfo> {
     return this.box.info();
   }
 
-  metrics(): Promise<BoxMetrics> {
-    return this.box.metrics();
+  async metrics(): Promise<BoxMetrics> {
+    return (await this.ensureBox()).metrics();
   }
 
   /**
@@ -101,7 +141,8 @@ export class SimpleBox {
     const last = rest.at(-1);
     const opts: SimpleExecOptions = typeof last === "object" ? (rest.pop() as SimpleExecOptions) : {};
     const args = rest as string[];
-    const execution = await this.box.exec(cmd, args, {
+    const box = await this.ensureBox();
+    const execution = await box.exec(cmd, args, {
       env: opts.env, user: opts.user, timeoutSecs: opts.timeout, cwd: opts.cwd, stdin: false,
     });
     const [stdout, stderr] = await Promise.all([execution.stdout().read(), execution.stderr().read()]);
@@ -112,11 +153,11 @@ export class SimpleBox {
     return { exitCode: status.exitCode, stdout, stderr, timedOut: status.timedOut, errorMessage: status.errorMessage };
   }
 
-  copyIn(hostPath: string, containerDest: string, opts?: CopyOptions): Promise<void> {
-    return this.box.copyIn(hostPath, containerDest, opts);
+  async copyIn(hostPath: string, containerDest: string, opts?: CopyOptions): Promise<void> {
+    return (await this.ensureBox()).copyIn(hostPath, containerDest, opts);
   }
 
-  copyOut(containerSrc: string, hostDest: string, opts?: CopyOptions): Promise<void> {
-    return this.box.copyOut(containerSrc, hostDest, opts);
+  async copyOut(containerSrc: string, hostDest: string, opts?: CopyOptions): Promise<void> {
+    return (await this.ensureBox()).copyOut(containerSrc, hostDest, opts);
   }
 }
