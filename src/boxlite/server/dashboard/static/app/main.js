@@ -8,6 +8,7 @@ import { TerminalSession } from './terminal.js';
 
 const POLL_MS = 2000;
 const HISTORY = 45;
+const MAX_SAMPLED = 50; // boxes whose metrics are polled (the first running ones listed)
 const DOWNLOAD_LIMIT = 256 * 1024 * 1024;
 
 const state = {
@@ -117,7 +118,7 @@ async function refreshBoxes() {
     if (!(err instanceof ApiError && err.status === 401)) status(String(err.message));
     return;
   }
-  await Promise.all(state.boxes.filter((b) => b.state.running).map(sampleMetrics));
+  await Promise.all(state.boxes.filter((b) => b.state.running).slice(0, MAX_SAMPLED).map(sampleMetrics));
   renderBoxes();
   if (state.selected && !state.boxes.some((b) => b.id === state.selected)) selectBox(null);
 }
