@@ -391,3 +391,22 @@ def test_without_a_key_on_loopback_only_its_own_pages_get_in(tmp_path: Path) -> 
             assert json.loads(ws.recv(timeout=30))["error"]["type"] == "NotFoundError"
     finally:
         stop_server(proc)
+
+
+def test_sessions_expire_and_are_capped() -> None:
+    from boxlite.server.dashboard.sessions import Sessions, cookie_token, same_origin
+
+    sessions = Sessions(ttl=0.3, limit=2)
+    first, second, third = sessions.create(), sessions.create(), sessions.create()
+    assert sessions.get(first.token) is None  # over the cap: the oldest went
+    assert sessions.get(second.token) == second and sessions.get(third.token) == third
+    assert len({first.token, second.token, third.token, first.csrf}) == 4
+    time.sleep(0.35)
+    assert sessions.get(third.token) is None and sessions.get("") is None
+    host = [(b"host", b"127.0.0.1:8080")]
+    assert cookie_token([*host, (b"cookie", f"a=1; boxlite_session_8080={second.token}".encode())]) == second.token
+    assert cookie_token([*host, (b"cookie", f"boxlite_session_9090={second.token}".encode())]) is None  # other port
+    assert cookie_token([*host, (b"cookie", b'boxlite_session_8080="unterminated')]) is None
+    assert same_origin([*host, (b"origin", b"http://127.0.0.1:8080")], required=True)
+    assert not same_origin([*host, (b"origin", b"http://127.0.0.1:8081")], required=False)
+    assert not same_origin(host, required=True) and same_origin(host, required=False)
