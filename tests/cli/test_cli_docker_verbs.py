@@ -235,3 +235,18 @@ def test_stats_json_streams(cli: Cli) -> None:
     assert lines[0]["time"] < lines[1]["time"] < lines[2]["time"]
     once = cli.ok("stats", "--format", "json", "--no-stream").splitlines()
     assert len(once) == 1 and json.loads(once[0])["boxes"][0]["id"] == box_id
+
+
+def test_exec_counters_survive_across_processes(cli: Cli, tmp_path: Path) -> None:
+    """Each `boxlite` is a new process: a box's counters are kept in its home, not in one process."""
+    _sleeper(cli, "counted")
+    cli.ok("exec", "counted", "true")
+    assert cli("exec", "counted", "false").returncode == 1
+    (tmp_path / "f").write_bytes(b"x" * 5000)
+    cli.ok("cp", str(tmp_path / "f"), "counted:/tmp")
+    first = json.loads(cli.ok("stats", "--format", "json", "--no-stream", "counted"))["boxes"][0]
+    assert (first["commands_executed_total"], first["exec_errors_total"]) == (3, 1)
+    assert first["bytes_sent_total"] > 5000
+    cli.ok("exec", "counted", "true")
+    again = json.loads(cli.ok("stats", "--format", "json", "--no-stream", "counted"))["boxes"][0]
+    assert (again["commands_executed_total"], again["exec_errors_total"]) == (4, 1)

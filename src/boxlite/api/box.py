@@ -147,6 +147,7 @@ class Box:
         if error:
             self._counted.errors += 1
             self._runtime._counted.errors += 1
+        self._backend.count(self.id, commands=1, errors=int(error))
 
     # --- files ----------------------------------------------------------------------------
     async def copy_in(self, host_path: str, container_dest: str, copy_options: CopyOptions | None = None) -> None:
@@ -172,6 +173,7 @@ class Box:
     async def _sent(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             self._counted.bytes_sent += len(chunk)
+            self._backend.count(self.id, sent=len(chunk))
             yield chunk
 
     async def copy_out(self, container_src: str, host_dest: str, copy_options: CopyOptions | None = None) -> None:
@@ -194,6 +196,7 @@ class Box:
         try:
             async for chunk in chunks:
                 self._counted.bytes_received += len(chunk)
+                self._backend.count(self.id, received=len(chunk))
                 yield chunk
         except BoxliteError:
             self._count_exec(error=True)

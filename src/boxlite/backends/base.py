@@ -273,6 +273,11 @@ class Backend(abc.ABC):
         raise UnsupportedOptionError("box.network.tunnel", f"{type(self).__name__} has no tunnels")
 
     # --- metrics and shutdown -------------------------------------------------------------
+    def count(self, box_id: str, commands: int = 0, errors: int = 0, sent: int = 0, received: int = 0) -> None:
+        """What a ``Box`` handle just counted (executions, failed ones, bytes in/out): a backend
+        that keeps box totals beyond one process adds them (the local home does)."""
+        return None
+
     @abc.abstractmethod
     async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
         """The box's metrics; ``counted`` is what the calling handle counted (a backend that

@@ -81,6 +81,7 @@ class LocalBackend(Backend):
         engine = options.engine or self.home.config().get("engine")
         self.core = BoxRuntime(self.home, self.image_manager, engine)
         self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
+        self._unsaved: dict[str, ExecCounters] = {}  # box handles' counts not yet added to the home
         self._idle = IdleWatcher(self.pause, self._idle_limit)  # auto_pause
         archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
         snapshots.recover(self.core)
@@ -303,11 +304,12 @@ class LocalBackend(Backend):
         if cpu_ns is not None and rec.started_at:
             wall = max(time.time() - rec.started_at, 1e-3)
             cpu_percent = round(cpu_ns / 1e9 / wall * 100, 2)
+        totals = self._box_totals(rec.id)  # the box's, not only this handle's (``counted``)
         return BoxMetrics(
-            commands_executed_total=counted.commands,
-            exec_errors_total=counted.errors,
-            bytes_sent_total=counted.bytes_sent,
-            bytes_received_total=counted.bytes_received,
+            commands_executed_total=totals.commands,
+            exec_errors_total=totals.errors,
+            bytes_sent_total=totals.bytes_sent,
+            bytes_received_total=totals.bytes_received,
             total_create_duration_ms=rec.boot_ms,
             guest_boot_duration_ms=rec.boot_ms,
             cpu_percent=cpu_percent,
@@ -339,7 +341,35 @@ class LocalBackend(Backend):
 
     async def shutdown(self, timeout: float | None = None) -> None:
         await self._idle.close()
+        self._save_counts()
         await self.core.shutdown(timeout)
+
+    # --- per-box counters, kept in the home across processes (`boxlite exec` then `stats`) --
+    def count(self, box_id: str, commands: int = 0, errors: int = 0, sent: int = 0, received: int = 0) -> None:
+        c = self._unsaved.setdefault(box_id, ExecCounters())
+        c.commands, c.errors = c.commands + commands, c.errors + errors
+        c.bytes_sent, c.bytes_received = c.bytes_sent + sent, c.bytes_received + received
+
+    def _save_counts(self) -> None:
+        """Add what this process counted to the home's counters (one row per box and counter)."""
+        unsaved, self._unsaved = self._unsaved, {}
+        if self.core.closed:
+            return
+        for box_id, c in unsaved.items():
+            for field, value in _counter_fields(c):
+                if value:
+                    self.core.db.bump(f"box:{box_id}:{field}", value)
+
+    def _box_totals(self, box_id: str) -> ExecCounters:
+        """The box's counters over every process of this home (saved ones plus this one's)."""
+        self._save_counts()
+        saved = self.core.db.counters()
+        return ExecCounters(*(saved.get(f"box:{box_id}:{field}", 0) for field, _ in _counter_fields(ExecCounters())))
+
+
+def _counter_fields(c: ExecCounters) -> tuple[tuple[str, int], ...]:
+    return (("commands", c.commands), ("errors", c.errors), ("bytes_sent", c.bytes_sent),
+            ("bytes_received", c.bytes_received))  # fmt: skip
 
 
 _NET = ("net_bytes_sent", "net_bytes_received", "net_tcp_connections", "net_tcp_errors", "net_packets_sent",
