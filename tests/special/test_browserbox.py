@@ -102,13 +102,26 @@ async def test_playwright_drives_the_box_chromium(runtime: boxlite.Boxlite, engi
         )
         uids = set(owners.stdout.split())
         assert uids == {"1000"}, owners.stdout
+        gate_uids = await bb.exec(
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do grep -q ^python $p/comm && grep -q gate.py $p/cmdline && stat -c %u $p; done",
+        )
+        assert set(gate_uids.stdout.split()) == {"65534"}, gate_uids.stdout  # not killable by Chromium's user
 
-        # The Playwright server in the box (the host driver's Node, the box's Chromium).
+        # The Playwright server in the box (the host driver's Node, the box's Chromium) ...
         browser = await bb.connect(timeout=TIMEOUT[engine])
         page = await browser.new_page()
         await page.goto(url, timeout=TIMEOUT[engine] * 1000)
         assert await page.title() == title
         await browser.close()
+        # ... also only for its secret path.
+        server = await bb.playwright_endpoint()
+        assert server.startswith("ws://127.0.0.1:")
+        guessed = server.rsplit("/", 1)[0] + "/"
+        async with async_playwright() as pw:
+            with pytest.raises(Exception, match="400"):
+                await pw.chromium.connect(guessed, timeout=60_000)
 
 
 async def test_puppeteer_reads_the_title(runtime: boxlite.Boxlite, engine: str) -> None:
@@ -169,7 +182,7 @@ async def test_other_browsers_are_refused() -> None:
 
 # --- the gate (host-side unit tests of the script the box runs) ---------------------------------
 @pytest.fixture
-def gate(tmp_path: Path) -> Iterator[tuple[int, str]]:
+def gate() -> Iterator[tuple[int, str]]:
     """browsergate.py in a subprocess on the host, in front of a fake DevTools echo server."""
     upstream = socket.socket()
     upstream.bind(("127.0.0.1", 0))
@@ -186,13 +199,13 @@ def gate(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
     threading.Thread(target=echo, daemon=True).start()
     path = f"/devtools/browser/{secrets.token_hex(16)}"
-    port_file = tmp_path / "DevToolsActivePort"
-    port_file.write_text(f"{upstream.getsockname()[1]}\n{path}\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         listen = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, browsergate.__file__, str(listen), str(port_file)], stdout=subprocess.PIPE, text=True
+        [sys.executable, browsergate.__file__, str(listen), str(upstream.getsockname()[1]), path],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and "listening" in proc.stdout.readline()
     yield listen, path

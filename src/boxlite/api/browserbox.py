@@ -32,10 +32,10 @@ CDP_PORT = 9222
 PLAYWRIGHT_PORT = 3000
 """Box port of the Playwright server (BoxLite's ``BROWSERBOX_PORT``)."""
 BROWSER_USER = "1000:1000"
+GATE_USER = "65534:65534"
 WORK_DIR = "/tmp/boxlite-browser"
 PROFILE_DIR = f"{WORK_DIR}/profile"
 CHROMIUM_LOG = f"{WORK_DIR}/chromium.log"
-GATE_LOG = f"{WORK_DIR}/gate.log"
 PLAYWRIGHT_LOG = f"{WORK_DIR}/playwright.log"
 DRIVER_MOUNT = "/opt/boxlite/playwright"
 LOG_TAIL_BYTES = 4000
@@ -191,13 +191,13 @@ class BrowserBox(SimpleBox):
         proc = self._procs.get(role)
         return proc is not None and not proc.waiter.done()
 
-    async def _spawn(self, role: str, script: str) -> _Proc:
-        """Run ``sh -c script`` as the browser user, in the background (output goes to files)."""
+    async def _spawn(self, role: str, script: str, user: str = BROWSER_USER) -> _Proc:
+        """Run ``sh -c script`` as ``user``, in the background (output goes to files)."""
         old = self._procs.pop(role, None)
         if old is not None:
             await old.kill()
         env = {"HOME": WORK_DIR, "XDG_CONFIG_HOME": f"{WORK_DIR}/config", "XDG_CACHE_HOME": f"{WORK_DIR}/cache"}
-        execution = await self.box.exec("sh", ["-c", script], env=env, user=BROWSER_USER, stdin=False)
+        execution = await self.box.exec("sh", ["-c", script], env=env, user=user, stdin=False)
         proc = self._procs[role] = _Proc(execution, asyncio.ensure_future(execution.wait()))
         return proc
 
@@ -248,18 +248,20 @@ class BrowserBox(SimpleBox):
         lines = active.split()
         if len(lines) < 2 or not lines[1].startswith("/devtools/browser/"):
             raise ExecError("chromium", 0, f"unexpected DevToolsActivePort: {active[:200]!r}")
-        if not self._alive("gate"):
-            await self._start_gate(port_file, timeout)
+        await self._start_gate(int(lines[0]), lines[1], timeout)
         return lines[1]
 
-    async def _start_gate(self, port_file: str, timeout: float) -> None:
+    async def _start_gate(self, cdp_port: int, cdp_path: str, timeout: float) -> None:
+        """(Re)start the gate in front of this Chromium's port and path, as ``nobody``."""
         source = (Path(__file__).parent / "browsergate.py").read_text()
+        gate_dir = f"/tmp/boxlite-gate-{secrets.token_hex(8)}"  # fresh: nothing Chromium's user prepared
         script = (
-            f"mkdir -p {WORK_DIR} && printf %s {shlex.quote(source)} >{WORK_DIR}/gate.py && "
-            f"exec python3 {WORK_DIR}/gate.py {CDP_PORT} {shlex.quote(port_file)} >{GATE_LOG} 2>&1"
+            f"mkdir -m 755 {gate_dir} && printf %s {shlex.quote(source)} >{gate_dir}/gate.py && "
+            f"exec python3 {gate_dir}/gate.py {CDP_PORT} {cdp_port} {shlex.quote(cdp_path)} >{gate_dir}/log 2>&1"
         )
-        proc = await self._spawn("gate", script)
-        await self._wait_ready(proc, f"grep -q listening {GATE_LOG} && echo up", "the CDP gate", GATE_LOG, timeout)
+        proc = await self._spawn("gate", script, user=GATE_USER)
+        probe = f"grep -q listening {gate_dir}/log && echo up"
+        await self._wait_ready(proc, probe, "the CDP gate", f"{gate_dir}/log", timeout)
 
     async def _start_playwright(self, timeout: float) -> None:
         if self._driver is None:

@@ -1,13 +1,14 @@
-"""The CDP gate: runs *inside* a BrowserBox (``python3 browsergate.py LISTEN_PORT PORT_FILE``).
+"""The CDP gate: runs *inside* a BrowserBox (``python3 browsergate.py LISTEN_PORT CDP_PORT CDP_PATH``).
 
 Chromium's DevTools server answers anyone who reaches its port: /json/version hands out the
 browser's websocket path and with it full control (read every page, run code in it, read its
 files). Chromium listens on the box's loopback only; this gate is what the published port
 reaches. It forwards a connection only when its first request is ``GET <the browser's
-websocket path>``, which is a random id chromium writes to ``DevToolsActivePort``: the URL that
+websocket path>``, a random id chromium writes to ``DevToolsActivePort``: the URL that
 ``BrowserBox.endpoint()`` returns is the capability, and a process on the host that merely
 finds the port gets 403. Every request head is bounded in size and time, connections in number.
-Stdlib only: this file is sent to the box and run by the image's python3.
+It runs as ``nobody``, not as Chromium's user, so a compromised renderer cannot kill it and put
+its own listener on the published port. Stdlib only: sent to the box, run by its python3.
 """
 
 from __future__ import annotations
@@ -24,13 +25,6 @@ FORBIDDEN = (
     b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 52\r\n\r\n"
     b"only the websocket URL of BrowserBox.endpoint() here"
 )
-
-
-def target(port_file: str) -> tuple[int, bytes]:
-    """(chromium's loopback port, its browser websocket path) from DevToolsActivePort."""
-    with open(port_file, "rb") as f:
-        port, path = f.read(4096).split()[:2]
-    return int(port), path
 
 
 def read_head(conn: socket.socket) -> bytes:
@@ -64,11 +58,10 @@ def pump(src: socket.socket, dst: socket.socket) -> None:
                 pass
 
 
-def handle(conn: socket.socket, port_file: str, slots: threading.Semaphore) -> None:
+def handle(conn: socket.socket, port: int, path: bytes, slots: threading.Semaphore) -> None:
     upstream = None
     try:
         head = read_head(conn)
-        port, path = target(port_file)
         if not allowed(head, path):
             conn.sendall(FORBIDDEN)
             return
@@ -90,7 +83,7 @@ def handle(conn: socket.socket, port_file: str, slots: threading.Semaphore) -> N
 
 
 def main(argv: list[str]) -> None:
-    listen_port, port_file = int(argv[1]), argv[2]
+    listen_port, port, path = int(argv[1]), int(argv[2]), argv[3].encode()
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", listen_port))
@@ -102,7 +95,7 @@ def main(argv: list[str]) -> None:
         if not slots.acquire(blocking=False):
             conn.close()
             continue
-        threading.Thread(target=handle, args=(conn, port_file, slots), daemon=True).start()
+        threading.Thread(target=handle, args=(conn, port, path, slots), daemon=True).start()
 
 
 if __name__ == "__main__":
