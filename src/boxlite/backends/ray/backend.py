@@ -26,6 +26,7 @@ from ...errors import (
     BoxliteError,
     ConfigError,
     NotFoundError,
+    ResourceExhaustedError,
     StoppedError,
     UnsupportedOptionError,
 )
@@ -34,11 +35,14 @@ from ...images.types import PullProgress
 from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec
 from .channel import STREAM_BACKPRESSURE, RayChannel
+from .directory import open_directory
 from .node import CHUNK, NodeService
 from .placement import STRATEGIES, NodeLoad, choose
 
 LOST = "lost"
 """``BoxInfo.state.status`` of a box whose node is gone."""
+DIRECTORY_TIMEOUT = 10.0
+"""Deadline of a directory call (a hint: on a miss the driver asks every node service)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,13 @@ class NodeRef:
         self.node_id, self.handle, self._o = node_id, handle, options
         self.ping_interval = options.ping_interval
 
+    @property
+    def h(self) -> Any:
+        """The actor handle; ``None`` stands for a node that was not alive when first needed."""
+        if self.handle is None:
+            raise BoxDiedError(f"Ray node {self.node_id} is lost (not alive in the cluster)")
+        return self.handle
+
     def died(self, exc: BaseException) -> BoxDiedError:
         return BoxDiedError(f"Ray node {self.node_id} is lost ({type(exc).__name__}: {str(exc)[:200]})")
 
@@ -120,17 +131,17 @@ class NodeRef:
         except Exception as e:
             raise self.died(e) from None
 
-    async def ping(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._await(self.handle.hello.remote(), self._o.ping_timeout)
+    async def ping(self) -> str:
+        result: str = await self._await(self.h.ping.remote(), self._o.ping_timeout)
         return result
 
     async def call(self, method: str, *args: Any, timeout: float | None = -1.0) -> Any:
         """A local-backend method on the node (``timeout`` -1: the call deadline)."""
-        return await self._await(self.handle.call.remote(method, *args), self._deadline(timeout))
+        return await self._await(self.h.call.remote(method, *args), self._deadline(timeout))
 
     async def call_raw(self, method: str, *args: Any, timeout: float | None = -1.0) -> Any:
         """A node-service method (exec and copy plumbing)."""
-        return await self._await(getattr(self.handle, method).remote(*args), self._deadline(timeout))
+        return await self._await(getattr(self.h, method).remote(*args), self._deadline(timeout))
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self._o.call_timeout if timeout == -1.0 else timeout
@@ -138,14 +149,16 @@ class NodeRef:
     def call_sync(self, method: str, *args: Any) -> Any:
         ray = _ray()
         try:
-            envelope = ray.get(self.handle.call.remote(method, *args), timeout=self._o.call_timeout)
+            envelope = ray.get(self.h.call.remote(method, *args), timeout=self._o.call_timeout)
+        except BoxliteError:
+            raise
         except Exception as e:
             raise self.died(e) from None
         return self.unwrap(envelope)
 
     def stream(self, method: str, *args: Any) -> Any:
         """A streaming-generator call, at most ``STREAM_BACKPRESSURE`` chunks ahead of the reader."""
-        fn = getattr(self.handle, method).options(
+        fn = getattr(self.h, method).options(
             num_returns="streaming", _generator_backpressure_num_objects=STREAM_BACKPRESSURE
         )
         return fn.remote(*args)
@@ -214,6 +227,7 @@ class RayBackend(Backend):
         self._last: dict[str, BoxInfo] = {}  # last info seen per box (what list shows once its node is lost)
         self._owned: set[str] = set()  # non-detached boxes this driver created: stopped by shutdown()
         self._pending: dict[str, builtins.list[float]] = {}  # node -> [boxes, cpus, memory] being created
+        self._directory: Any = None  # the cluster's box directory (directory.py), opened on first use
         self._closed = False
 
     # --- nodes ----------------------------------------------------------------------------
@@ -230,6 +244,8 @@ class RayBackend(Backend):
     def _service(self, node_id: str) -> NodeRef:
         """The node's service, started on demand (detached: it outlives this driver, with its boxes)."""
         ref = self._nodes.get(node_id)
+        if ref is None and not any(n.get("Alive") and n["NodeID"] == node_id for n in _ray().nodes()):
+            ref = self._nodes[node_id] = NodeRef(node_id, None, self.o)  # gone: its calls raise BoxDiedError
         if ref is None:
             ray = _ray()
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -249,6 +265,19 @@ class RayBackend(Backend):
             )
             ref = self._nodes[node_id] = NodeRef(node_id, handle, self.o)
         return ref
+
+    async def _dir(self, method: str, *args: Any) -> Any:
+        """A call on the cluster's directory, or None when it cannot answer (it is only a hint)."""
+        try:
+            if self._directory is None:
+                self._directory = open_directory(_ray(), self.o.namespace)
+            ref = getattr(self._directory, method).remote(*args)
+            return await asyncio.wait_for(
+                asyncio.wrap_future(ref.future()), min(self.o.call_timeout, DIRECTORY_TIMEOUT)
+            )
+        except Exception:
+            self._directory = None
+            return None
 
     async def nodes(self) -> builtins.list[NodeRef]:
         """The node services of the alive nodes that answer (started on demand)."""
@@ -324,18 +353,23 @@ class RayBackend(Backend):
             raise AlreadyExistsError(f"a box named {name!r} exists on the Ray cluster")
         cpus = float(DEFAULT_CPUS if options.cpus is None else options.cpus)
         memory = int(DEFAULT_MEMORY_MIB if options.memory_mib is None else options.memory_mib)
-        chosen = choose(await self._loads(), cpus, memory, self.o.strategy, self.o.max_boxes_per_node,
-                        self.o.overcommit)  # fmt: skip
-        pending = self._pending.setdefault(chosen.node_id, [0, 0.0, 0])
-        delta = (1, cpus, memory)
-        for i, d in enumerate(delta):
-            pending[i] += d
-        try:
-            info: BoxInfo = await self._service(chosen.node_id).call("create", options, name,
-                                                                      timeout=self.o.create_timeout)  # fmt: skip
-        finally:
+        loads = await self._loads()
+        while True:  # a node that refuses (its own box limit: another driver got there first) is skipped
+            chosen = choose(loads, cpus, memory, self.o.strategy, self.o.max_boxes_per_node, self.o.overcommit)
+            pending = self._pending.setdefault(chosen.node_id, [0, 0.0, 0])
+            delta = (1, cpus, memory)
             for i, d in enumerate(delta):
-                pending[i] -= d
+                pending[i] += d
+            try:
+                info: BoxInfo = await self._service(chosen.node_id).call_raw(
+                    "create", options, name, self.o.max_boxes_per_node, timeout=self.o.create_timeout
+                )
+                break
+            except ResourceExhaustedError:
+                loads = [n for n in loads if n.node_id != chosen.node_id]
+            finally:
+                for i, d in enumerate(delta):
+                    pending[i] -= d
         if not info.detach:
             self._owned.add(info.id)
         return self._seen(info, chosen.node_id)
@@ -351,6 +385,20 @@ class RayBackend(Backend):
             if info is None:
                 self._forget(id_or_name)
             return None if info is None else self._seen(info, known)
+        hit = await self._dir("lookup", id_or_name)
+        if hit is not None:
+            node_id, info = hit
+            if not self._alive_node(node_id):
+                await self.nodes()  # a node on the same home takes over (and drops) the lost node's entries
+                hit = await self._dir("lookup", id_or_name)
+            if hit is not None:
+                node_id, info = hit
+                try:
+                    fresh = await self._service(node_id).call("get", info.id)
+                except BoxDiedError:
+                    return _lost(self._seen(info, node_id))
+                if fresh is not None:
+                    return self._seen(fresh, node_id)
         refs = await self.nodes()
         answers = await asyncio.gather(*(r.call("get", id_or_name) for r in refs), return_exceptions=True)
         for ref, info in zip(refs, answers, strict=True):
@@ -363,7 +411,10 @@ class RayBackend(Backend):
         node_id = self._where.get(box_id)
         if node_id is None:
             raise NotFoundError(f"no box {box_id!r} known to this driver (use get first)")
-        info: BoxInfo = self._service(node_id).call_sync("info", box_id)
+        try:
+            info: BoxInfo = self._service(node_id).call_sync("info", box_id)
+        except BoxDiedError:
+            return _lost(self._last[box_id])  # its node is gone: the last state seen, as lost
         return self._seen(info, node_id)
 
     async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
@@ -374,18 +425,33 @@ class RayBackend(Backend):
         refs = [self._service(n) for n in node_ids]
         answers = await asyncio.gather(*(r.call("list", None) for r in refs), return_exceptions=True)
         out: builtins.list[BoxInfo] = []
+        answered: builtins.list[str] = []
         for ref, infos in zip(refs, answers, strict=True):
             if isinstance(infos, BaseException):
                 if not isinstance(infos, BoxliteError):
                     raise infos
-                out += [_lost(i) for b, i in self._last.items() if self._where.get(b) == ref.node_id]
                 continue
+            answered.append(ref.node_id)
             out += [self._seen(i, ref.node_id) for i in infos]
+        # the boxes of nodes that did not answer: from the directory (every driver's), else this driver's
+        entries = await self._dir("entries", sorted(answered))
+        if entries is not None:
+            out += [_lost(self._seen(i, n)) for n, i in entries]
+        else:
+            out += [_lost(i) for b, i in self._last.items() if self._where.get(b) not in answered]
         return [i for i in out if state is None or i.state.status == state]
+
+    def _alive_node(self, node_id: str) -> bool:
+        return node_id in self._alive()
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         node, box_id = await self._node(id_or_name)
-        await node.call("remove", box_id, force)
+        try:
+            await node.call("remove", box_id, force)
+        except BoxDiedError:
+            if not force or self._alive_node(node.node_id):
+                raise
+            await self._dir("forget", box_id)  # its node is gone: force drops it from the directory
         self._forget(box_id)
 
     async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
@@ -472,15 +538,19 @@ class RayBackend(Backend):
         node, box_id = await self._node(box_id)
         gen = node.stream("copy_out", box_id, src, name, follow_symlinks, self.o.max_transfer_bytes)
         finished = False
+        step: asyncio.Future[Any] | None = None  # the next chunk, awaited across pings (never cancelled)
         try:
             while True:
-                try:
-                    ref = await asyncio.wait_for(gen.__anext__(), self.o.call_timeout)
-                except StopAsyncIteration:
-                    break
-                except asyncio.TimeoutError:
+                step = step or asyncio.ensure_future(gen.__anext__())
+                done, _ = await asyncio.wait({step}, timeout=self.o.ping_interval)
+                if not done:
                     await node.ping()  # a slow tar is fine, a lost node is not
                     continue
+                taken, step = step, None
+                try:
+                    ref = taken.result()
+                except StopAsyncIteration:
+                    break
                 except BoxliteError:
                     raise
                 except Exception as e:
@@ -488,6 +558,8 @@ class RayBackend(Backend):
                 yield await node._await(ref, self.o.call_timeout)
             finished = True
         finally:
+            if step is not None:
+                step.cancel()
             if not finished:
                 try:
                     _ray().cancel(gen)

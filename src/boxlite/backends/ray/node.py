@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -23,6 +24,7 @@ from ...errors import BoxliteError, NotFoundError, RequestTooLargeError, Resourc
 from ...wire import encode_error
 from ..base import ExecChannel, ExecCounters, ExecRequest
 from ..local import LocalBackend
+from . import directory
 
 Envelope = tuple[str, Any]
 
@@ -76,6 +78,12 @@ class NodeService:
         self._backend: LocalBackend | None = None
         self._execs: dict[str, _Exec] = {}
         self._uploads: dict[str, _Upload] = {}
+        self._creating = 0  # creations in flight (they count against the per-node box limit)
+        self._changed: dict[str, Any] = {}  # box id -> BoxInfo, or None: removed; not yet in the directory
+        self._full_sync = True
+        self._sync_wanted: asyncio.Event | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._synced: asyncio.Event | None = None  # set once the first whole list was sent (or failed)
 
     @property
     def local(self) -> LocalBackend:
@@ -87,20 +95,93 @@ class NodeService:
     async def hello(self) -> Envelope:
         """Who this is and its load: boxes not stopped, with their cpus and memory."""
         try:
-            infos = await self.local.list()
-            busy = [i for i in infos if i.state.status not in _IDLE_STATES]
+            self._start_sync()
+            assert self._synced is not None
+            with contextlib.suppress(asyncio.TimeoutError):  # a node on a home it takes over: entries replaced
+                await asyncio.wait_for(self._synced.wait(), SYNC_TIMEOUT)
+            busy = await self._busy()
             return _ok({
                 "node_id": self.node_id, "home": str(self.local.home.root), "pid": os.getpid(),
-                "boxes": len(busy), "cpus": sum(float(i.cpus or 0) for i in busy),
+                "boxes": len(busy) + self._creating, "cpus": sum(float(i.cpus or 0) for i in busy),
                 "memory_mib": sum(int(i.memory_mib or 0) for i in busy),
             })  # fmt: skip
         except BaseException as e:
             return _err(e)
 
+    async def ping(self) -> Envelope:
+        """Liveness only (drivers waiting on a command ask this every few seconds)."""
+        return _ok(self.node_id)
+
+    async def _busy(self) -> list[Any]:
+        return [i for i in await self.local.list() if i.state.status not in _IDLE_STATES]
+
+    async def create(self, options: Any, name: str | None, max_boxes: int) -> Envelope:
+        """A new box, unless this node already has ``max_boxes`` (counting creations in flight):
+        the node is the authority on its limit, whatever the drivers' views of its load."""
+        self._start_sync()
+        self._creating += 1  # taken before the first await: concurrent creates see each other
+        try:
+            if len(await self._busy()) + self._creating > max_boxes:
+                raise ResourceExhaustedError(f"node {self.node_id} has {max_boxes} boxes already")
+            info = await self.local.create(options, name)
+            self._changed[info.id] = info
+            self._want_sync()
+            return _ok(info)
+        except BaseException as e:
+            return _err(e)
+        finally:
+            self._creating -= 1
+
+    # --- the cluster's directory (directory.py) -----------------------------------------------
+    def _start_sync(self) -> None:
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_wanted, self._synced, self._full_sync = asyncio.Event(), asyncio.Event(), True
+            self._sync_wanted.set()
+            self._sync_task = asyncio.ensure_future(self._sync_loop())
+
+    def _want_sync(self, full: bool = False) -> None:
+        self._full_sync = self._full_sync or full
+        if self._sync_wanted is not None:
+            self._sync_wanted.set()
+
+    async def _sync_loop(self) -> None:
+        """Send changes as they happen (coalesced), the whole list every ``FULL_SYNC_SECS``."""
+        import ray
+
+        handle: Any = None
+        assert self._sync_wanted is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._sync_wanted.wait(), directory.FULL_SYNC_SECS)
+                timed_out = False
+            except asyncio.TimeoutError:
+                timed_out = True
+            self._sync_wanted.clear()
+            full, changed = self._full_sync or timed_out, self._changed
+            self._full_sync, self._changed = False, {}
+            try:
+                if handle is None:
+                    handle = directory.open_directory(ray, ray.get_runtime_context().namespace)
+                if full:
+                    home = f"{socket.gethostname()}:{self.local.home.root}"
+                    ref = handle.replace.remote(self.node_id, home, await self.local.list())
+                else:
+                    infos = [i for i in changed.values() if i is not None]
+                    ref = handle.update.remote(self.node_id, infos, [b for b, i in changed.items() if i is None])
+                await asyncio.wait_for(asyncio.wrap_future(ref.future()), SYNC_TIMEOUT)
+            except Exception:  # the directory is a hint: try again with the whole list
+                handle, self._full_sync = None, True
+                await asyncio.sleep(1.0)
+            finally:
+                if full:
+                    assert self._synced is not None
+                    self._synced.set()
+
     async def call(self, method: str, *args: Any) -> Envelope:
         """A box or runtime method of the local backend (a fixed set: nothing else is reachable)."""
         if method not in _CALLS:
             return _err(BoxliteError(f"node service has no method {method!r}"))
+        self._start_sync()
         try:
             if method == "metrics":
                 return _ok(await self.local.metrics(ExecCounters()))
@@ -113,6 +194,9 @@ class NodeService:
             return _ok(await getattr(self.local, method)(*args))
         except BaseException as e:
             return _err(e)
+        finally:
+            if method in _CHANGES:
+                self._want_sync(full=True)  # also when it failed: whatever it changed is in the list
 
     # --- exec -------------------------------------------------------------------------------
     async def exec_start(self, box_id: str, request: ExecRequest) -> Envelope:
@@ -264,7 +348,10 @@ class NodeService:
             await gen.aclose()
 
 
+SYNC_TIMEOUT = 30.0
+"""Deadline of one update of the directory."""
+_CHANGES = frozenset({"remove", "start", "stop", "pause", "resume", "fork", "clone"})
 _CALLS = frozenset({
-    "create", "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image",
+    "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image",
     "pause", "resume", "fork", "clone", "snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_remove",
 })  # fmt: skip
