@@ -32,7 +32,7 @@ the image client, the REST server) is imported only when that verb runs or help 
 
 
 class Group(click.Group):
-    """Verbs listed in a fixed order and loaded on first use; ``ps`` is an alias of ``ls``."""
+    """Verbs listed in a fixed order and loaded on first use; ``ps`` and ``list`` are aliases of ``ls``."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
@@ -48,7 +48,7 @@ class Group(click.Group):
         return super().resolve_command(ctx, args)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        name = "ls" if cmd_name == "ps" else cmd_name
+        name = "ls" if cmd_name in ("ps", "list") else cmd_name  # `list`: BoxLite's name
         if name in COMMANDS and name not in self.commands:
             module, attr = COMMANDS[name]
             self.add_command(getattr(importlib.import_module(f"{__package__}.{module}"), attr), name)
