@@ -140,6 +140,14 @@ def test_rm_goes_on_past_errors(cli: Cli) -> None:
     assert len(errors) == 2 and "nosuch" in errors[0] and "busy is running" in errors[1]
     assert cli.ok("ls", "-a", "-q").split() == [cli.json("inspect", "busy")[0]["short_id"]]  # type: ignore[index]
     assert cli("inspect", a).returncode == 125
+    # --all: asks on a terminal; without one only --force removes (BoxLite's rule)
+    cli.ok("create", "--name", "c", "--rootfs", str(cli.rootfs))
+    assert_one_line_error(cli("rm", "--all"), 125, "not confirmed")
+    assert_one_line_error(cli("rm"), 125, "--all")
+    assert_one_line_error(cli("rm", "--all", "busy"), 125, "--all")
+    assert len(cli.ok("list", "-a", "-q").split()) == 2  # BoxLite's name of ls
+    assert len(cli.ok("rm", "-a", "-f").split()) == 2
+    assert cli.ok("ls", "-a", "-q") == ""
 
 
 def test_completion_scripts_and_box_names(cli: Cli) -> None:

@@ -88,10 +88,17 @@ async def restart(rt: Boxlite, boxes: tuple[str, ...], timeout: float) -> int:
 
 @click.command()
 @click.option("-f", "--force", is_flag=True, help="Stop running boxes first.")
-@click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
+@click.option("-a", "--all", "every", is_flag=True, help="Remove every box (asks first on a terminal, unless -f).")
+@click.argument("boxes", nargs=-1, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
-async def rm(rt: Boxlite, boxes: tuple[str, ...], force: bool) -> int:
-    """Remove boxes."""
+async def rm(rt: Boxlite, boxes: tuple[str, ...], force: bool, every: bool = False) -> int:
+    """Remove boxes (each one it can; errors are reported one per line)."""
+    if every == bool(boxes):
+        raise fail("give BOX... or --all (see 'boxlite rm --help')")
+    if every:
+        boxes = tuple(i.id for i in await rt.list_info())
+        if not force and boxes and not _confirm(f"Remove all {len(boxes)} boxes?"):
+            raise fail("not confirmed: nothing removed (use 'boxlite rm --all --force' in scripts)")
 
     async def one(ref: str) -> None:
         box = await find_box(rt, ref)
@@ -100,6 +107,15 @@ async def rm(rt: Boxlite, boxes: tuple[str, ...], force: bool) -> int:
         await rt.remove(box.id, force=force)
 
     return await _each(boxes, one)
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; without one the answer is no (scripts say --force)."""
+    import sys
+
+    if not sys.stdin.isatty():
+        return False
+    return click.confirm(question, default=False, err=True)
 
 
 @click.command("ls")
