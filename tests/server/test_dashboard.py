@@ -288,6 +288,13 @@ def test_docs_are_bundled_and_behind_the_key(watched: Watched, server: Server, s
     page.wait_for_selector(".swagger-ui .info .title:has-text('BoxLite')", timeout=60_000)
     page.locator(".opblock-summary-path", has_text="/v1/boxes").first.wait_for()
     page.screenshot(path=str(shots / "05-docs.png"), full_page=False)
+    # "Try it out" goes through the session (Swagger UI sends the CSRF token).
+    op = page.locator("#operations-images-list_images_v1_images_get")
+    op.locator(".opblock-summary").click()
+    op.locator("button.try-out__btn").click()
+    op.locator("button.execute").click()
+    op.locator(".live-responses-table .response-col_status", has_text="200").wait_for()
+    assert IMAGE in op.locator(".live-responses-table tbody .response-col_description").first.inner_text()
     watched.check_clean()
     with httpx.Client(base_url=server.url) as client:  # FastAPI's CDN pages stay off
         assert client.get("/redoc").status_code in (401, 404)
