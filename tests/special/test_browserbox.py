@@ -259,3 +259,13 @@ def test_images_build_cli(tmp_path: Path) -> None:
     tree = Path(ok.stdout.strip())
     assert tree.resolve() == browser_rootfs().resolve()  # the cached build, not a second one
     assert (tree / "usr/lib/chromium/chromium").is_file() and stat.S_IMODE(tree.stat().st_mode) == 0o755
+
+
+def test_recipe_build_failure_is_an_image_error(tmp_path: Path) -> None:
+    """A package apt cannot provide (as with no mirror reachable) fails the build with ImageError
+    and leaves no half-built tree behind."""
+    from boxlite.images.debian import ensure_keyed_rootfs
+
+    with pytest.raises(boxlite.ImageError):
+        ensure_keyed_rootfs(tmp_path, ["boxlite-no-such-package"])
+    assert not (tmp_path / "rootfs").exists() or not any((tmp_path / "rootfs").iterdir())
