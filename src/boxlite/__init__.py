@@ -26,7 +26,6 @@ if TYPE_CHECKING:
         BoxGroup,
         BrowserBoxOptions,
         Secret,
-        SkillBox,
         VolumeHandle,
         VolumeInfo,
     )
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
     )
     from .api.runtime import Boxlite, ImageHandle, ImagePullResult, cluster
     from .api.simplebox import CodeBox, SimpleBox
+    from .api.skillbox import SkillBox, SyncSkillBox
     from .api.snapshots import SnapshotHandle
     from .api.sync import (
         SyncBox,
@@ -68,7 +68,6 @@ if TYPE_CHECKING:
         SyncImageHandle,
         SyncNetworkHandle,
         SyncSimpleBox,
-        SyncSkillBox,
     )
     from .errors import (
         AlreadyExistsError,
@@ -166,7 +165,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "Secret": ".api.later",
     "SecurityOptions": ".api.options",
     "SimpleBox": ".api.simplebox",
-    "SkillBox": ".api.later",
+    "SkillBox": ".api.skillbox",
     "SnapshotHandle": ".api.snapshots",
     "SnapshotInfo": ".api.results",
     "SnapshotOptions": ".api.options",
@@ -181,7 +180,7 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "SyncImageHandle": ".api.sync",
     "SyncNetworkHandle": ".api.sync",
     "SyncSimpleBox": ".api.sync",
-    "SyncSkillBox": ".api.sync",
+    "SyncSkillBox": ".api.skillbox",
     "TimeoutError": ".errors",
     "UnauthorizedError": ".errors",
     "UnsupportedOptionError": ".errors",

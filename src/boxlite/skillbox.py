@@ -1,5 +1,5 @@
-"""BoxLite's ``boxlite.skillbox``: ``SkillBox`` raises UnsupportedOptionError until issue 13."""
+"""BoxLite's ``boxlite.skillbox``: ``SkillBox``, Claude Code with skills in a box (docs/skillbox.md)."""
 
-from .api.later import SkillBox
+from .api.skillbox import SkillBox, SkillBoxError, SyncSkillBox
 
-__all__ = ["SkillBox"]
+__all__ = ["SkillBox", "SkillBoxError", "SyncSkillBox"]

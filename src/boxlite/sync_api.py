@@ -1,5 +1,6 @@
 """BoxLite's ``boxlite.sync_api``: the synchronous mirror of the API (see ``api/sync.py``)."""
 
+from .api.skillbox import SyncSkillBox
 from .api.sync import (
     SyncBox,
     SyncBoxlite,
@@ -11,7 +12,6 @@ from .api.sync import (
     SyncImageHandle,
     SyncNetworkHandle,
     SyncSimpleBox,
-    SyncSkillBox,
 )
 
 __all__ = [

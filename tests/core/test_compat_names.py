@@ -68,8 +68,6 @@ def test_star_import_gives_every_public_name() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: boxlite.SkillBox(),
-        lambda: boxlite.SyncSkillBox(),
         lambda: boxlite.BoxGroup(),
         lambda: asyncio.run(boxlite.VolumeHandle().create()),
     ],

@@ -72,10 +72,6 @@ class VolumeHandle:
         unsupported(VOLUMES)
 
 
-class SkillBox(_Later):
-    _feature = SPECIAL_BOXES
-
-
 @dataclass
 class BrowserBoxOptions:
     """Options of ``BrowserBox`` (api/browserbox.py): BoxLite's fields; only ``browser="chromium"`` is built offline."""
@@ -95,7 +91,6 @@ __all__ = [
     "BoxGroup",
     "BrowserBoxOptions",
     "Secret",
-    "SkillBox",
     "VolumeHandle",
     "VolumeInfo",
     "unsupported",

@@ -16,7 +16,6 @@ from ..errors import InvalidStateError
 from ..images.types import ImageInfo
 from .box import Box
 from .execution import ExecStdin, ExecStream, Execution
-from .later import SPECIAL_BOXES, unsupported
 from .options import BoxOptions, CopyOptions, Options
 from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics
 from .runtime import Boxlite
@@ -406,10 +405,3 @@ class SyncCodeBox(SyncSimpleBox):
 
     def install_packages(self, *packages: str) -> str:
         return self._run(self._code().install_packages(*packages))
-
-
-class SyncSkillBox:
-    """``SkillBox`` for synchronous code: comes with issue 13."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        unsupported(SPECIAL_BOXES)

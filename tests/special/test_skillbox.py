@@ -1,0 +1,228 @@
+"""Issue 13: ``SkillBox.call`` runs Claude Code in a box against an Anthropic-compatible endpoint.
+
+The endpoint is a mock Messages API (streaming SSE, as Claude Code asks) on 10.77.0.2:8080 in a
+private "internet" (tests/support/privnet.py): the test re-runs itself under ``unshare -n -m``,
+so no traffic leaves the machine. The mock logs every request; the test checks what Claude Code
+sent (model, prompt, installed skill, credential header), the answers ``call`` returned (two
+turns of one conversation), that the credential is nowhere on the host's disk under the
+runtime's home, and that a dead endpoint gives ``SkillBoxError`` well within the call timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MOCK = "10.77.0.2"
+PORT, DEAD_PORT = 8080, 8081
+API_KEY = "sk-boxlite-test-0123456789abcdef-secret"
+MODEL = "mock-model-7"
+ANSWERS = ["MOCK-ANSWER-ONE", "MOCK-ANSWER-TWO"]
+SKILL = "zebra-protocol"
+SKILL_MD = f"""---
+name: {SKILL}
+description: Explains the zebra protocol of the BoxLite test suite.
+---
+Answer every question about zebras with the word STRIPES.
+"""
+
+# --- the mock endpoint (in the "remote" namespace) ------------------------------------------------
+
+
+def sse(handler: BaseHTTPRequestHandler, model: str, text: str) -> None:
+    handler.send_response(200)
+    handler.send_header("content-type", "text/event-stream")
+    handler.end_headers()
+    usage = {"input_tokens": 5, "output_tokens": 1}
+    events = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": usage}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": text}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": 3}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    for name, data in events:
+        handler.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+
+def remote_main(log: str) -> None:
+    from support.privnet import when_addresses_exist
+
+    turns: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            size = int(self.headers.get("content-length") or 0)
+            body = json.loads(self.rfile.read(min(size, 16 << 20)) or b"{}")
+            with open(log, "a") as f:
+                f.write(json.dumps({"path": self.path, "headers": dict(self.headers), "body": body}) + "\n")
+            if not self.path.startswith("/v1/messages") or "count_tokens" in self.path:
+                out = b'{"input_tokens": 5}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+                return
+            text = ANSWERS[min(len(turns), len(ANSWERS) - 1)]
+            turns.append(1)
+            sse(self, str(body.get("model")), text)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    def start() -> None:
+        server = ThreadingHTTPServer((MOCK, PORT), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    when_addresses_exist(start)
+    time.sleep(1800)
+
+
+# --- the host's side (in the private network namespace) -------------------------------------------
+
+
+def files_containing(root: Path, needle: bytes, max_size: int = 256 << 20) -> list[str]:
+    hits = []
+    for path in root.rglob("*"):
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > max_size:
+                continue
+            if needle in path.read_bytes():
+                hits.append(str(path))
+        except OSError:
+            continue
+    return hits
+
+
+async def drive(engine: str, rootfs: str, home: Path, skill_dir: Path) -> dict[str, Any]:
+    import boxlite
+    from boxlite.skillbox import SkillBox, SkillBoxError
+
+    report: dict[str, Any] = {}
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home / "rt"), engine=engine))
+    try:
+        common: dict[str, Any] = dict(
+            rootfs_path=rootfs, runtime=rt, api_key=API_KEY, model=MODEL, memory_mib=1024, name=None
+        )
+        async with SkillBox(
+            skills=[str(skill_dir)], base_url=f"http://{MOCK}:{PORT}", call_timeout=900, **common
+        ) as box:
+            report["answers"] = [await box.call("What is the zebra protocol? 7f3a"), await box.call("And again? 9c2e")]
+            env = await box.exec("sh", "-c", "env; cat /proc/1/environ | tr '\\0' '\\n'; ls /root/.claude/skills")
+            report["box_env_and_skills"] = env.stdout
+        report["key_on_disk"] = files_containing(home / "rt", API_KEY.encode())
+        async with SkillBox(base_url=f"http://{MOCK}:{DEAD_PORT}", max_retries=0, call_timeout=600, **common) as box:
+            await box.wait_until_ready(timeout=600)
+            start = time.monotonic()
+            try:
+                await box.call("anyone there?")
+                report["fault"] = "no error"
+            except SkillBoxError as e:
+                report["fault"] = f"SkillBoxError: {e}"
+            except Exception as e:
+                report["fault"] = f"{type(e).__name__}: {e}"
+            report["fault_seconds"] = time.monotonic() - start
+    finally:
+        await rt.shutdown(timeout=2)
+    return report
+
+
+def scenario_main(engine: str, rootfs: str, home: str) -> None:
+    from support.privnet import build_internet, print_report
+
+    home_dir = Path(home)
+    log = home_dir / "requests.jsonl"
+    log.touch()
+    skill_dir = home_dir / SKILL
+    skill_dir.mkdir()
+    (skill_dir / "SKILL.md").write_text(SKILL_MD)
+    remote = build_internet([sys.executable, __file__, "remote", str(log)], remote=[f"{MOCK}/24"])
+    try:
+        report = asyncio.run(drive(engine, rootfs, home_dir, skill_dir))
+    finally:
+        remote.kill()
+    report["requests"] = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    print_report(report)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "remote":
+        remote_main(sys.argv[2])
+    else:
+        scenario_main(*sys.argv[2:5])
+    sys.exit(0)
+
+
+# --- the tests -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def skill_rootfs() -> Path:
+    from boxlite.images.recipes import ensure_recipe
+    from support.images import CACHE
+
+    return ensure_recipe("skill", CACHE / "recipes")
+
+
+def _texts(body: dict[str, Any]) -> str:
+    return json.dumps(body.get("messages", [])) + json.dumps(body.get("system", ""))
+
+
+@pytest.mark.timeout(2400)
+def test_skillbox_call_through_an_anthropic_compatible_endpoint(
+    engine: str, skill_rootfs: Path, tmp_path: Path
+) -> None:
+    from support.privnet import run_scenario
+
+    r = run_scenario(__file__, ["scenario", engine, str(skill_rootfs), str(tmp_path)], timeout=2300)
+    assert r["answers"] == ANSWERS, r
+    calls = [q for q in r["requests"] if q["path"].startswith("/v1/messages") and "count_tokens" not in q["path"]]
+    assert calls, r["requests"]
+    first = next(q for q in calls if "7f3a" in _texts(q["body"]))
+    assert first["body"]["model"] == MODEL and first["body"].get("stream") is True
+    headers = {k.lower(): v for k, v in first["headers"].items()}
+    assert headers.get("x-api-key") == API_KEY, headers
+    assert SKILL in _texts(first["body"]), "the installed skill is offered to the model"
+    second = next(q for q in calls if "9c2e" in _texts(q["body"]))
+    assert "7f3a" in _texts(second["body"]) and ANSWERS[0] in _texts(second["body"]), "one conversation"
+    # The credential reached only Claude Code's process: not the box's init, not the host's disk.
+    assert API_KEY not in r["box_env_and_skills"] and SKILL in r["box_env_and_skills"], r["box_env_and_skills"]
+    assert r["key_on_disk"] == [], r["key_on_disk"]
+    # A dead endpoint: a typed error naming the cause, long before the call timeout.
+    assert r["fault"].startswith("SkillBoxError: Claude Code answered with an error"), r["fault"]
+    assert r["fault_seconds"] < 600, r["fault_seconds"]  # 22 s (namespace), 178 s (VM under TCG)
+    print("fault:", r["fault"], "after", round(r["fault_seconds"], 1), "s")
+
+
+async def test_skillbox_bad_input(tmp_path: Path) -> None:
+    import boxlite
+    from boxlite.skillbox import SkillBox
+
+    with pytest.raises(boxlite.UnsupportedOptionError):
+        SkillBox(gui_http_port=3000, api_key="k")
+    with pytest.raises(boxlite.ConfigError):
+        SkillBox(api_key="k", base_url="ftp://example")
+    with pytest.raises(boxlite.ConfigError):
+        SkillBox(api_key="k", env={"ANTHROPIC_API_KEY": "k"})
+    with pytest.raises(boxlite.InvalidStateError):
+        await SkillBox(api_key="k").call("hi")
+    box = SkillBox(runtime=boxlite.Boxlite(boxlite.Options(home_dir=str(tmp_path))), oauth_token="")
+    for name in ("CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        box._credentials[name] = ""
+    with pytest.raises(boxlite.ConfigError, match="credential"):
+        await box.__aenter__()
