@@ -24,11 +24,14 @@ from support.desktop import (
     desktop_rootfs,
     fake_desktop_rootfs,
     read_png,
+    rfb_greeting,
     wait_window,
 )
 
 DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "computerbox.png"
 SESSION = "/usr/local/bin/boxlite-desktop"
+# The first test may build the desktop image (~1-2 min); VM boxes run under TCG.
+pytestmark = pytest.mark.timeout(1800)
 
 
 def timeouts(engine: str) -> float:
@@ -99,6 +102,7 @@ async def test_types_into_editor_clicks_move_focus_and_novnc_answers(runtime: bo
                 assert time.monotonic() < deadline, "noVNC never answered"
                 await asyncio.sleep(1)
         assert b"noVNC" in body
+        assert (await asyncio.to_thread(rfb_greeting, url)).startswith(b"RFB 003.")  # websockify reaches x11vnc
 
 
 async def test_hostile_image_screenshot_is_capped_and_checked(

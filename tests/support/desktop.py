@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import shutil
+import socket
 import struct
 import time
+import urllib.parse
 import zlib
 from pathlib import Path
 
@@ -44,20 +48,20 @@ def read_png(data: bytes) -> tuple[int, int, list[bytes]]:
         elif kind == b"IDAT":
             idat += body
         pos += 12 + length
-    raw, stride, rows = zlib.decompress(idat), width * 3, []
+    raw, stride, rows = zlib.decompress(idat), width * 3, list[bytes]()
     prev = bytearray(stride)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
-        for i in range(stride if kind else 0):
+        filt, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride if filt else 0):
             left, up = line[i - 3] if i >= 3 else 0, prev[i]
             upleft = prev[i - 3] if i >= 3 else 0
-            if kind == 1:
+            if filt == 1:
                 line[i] = (line[i] + left) & 0xFF
-            elif kind == 2:
+            elif filt == 2:
                 line[i] = (line[i] + up) & 0xFF
-            elif kind == 3:
+            elif filt == 3:
                 line[i] = (line[i] + (left + up) // 2) & 0xFF
-            elif kind == 4:
+            elif filt == 4:
                 p = left + up - upleft
                 pa, pb, pc = abs(p - left), abs(p - up), abs(p - upleft)
                 line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else upleft)) & 0xFF
@@ -93,3 +97,29 @@ async def wait_window(desktop: ComputerBox, name: str, timeout: float) -> tuple[
 async def active_window_name(desktop: ComputerBox) -> str:
     result = await desktop.exec("xdotool", "getactivewindow", "getwindowname", timeout=60)
     return result.stdout.strip()
+
+
+def rfb_greeting(url: str, timeout: float = 30.0) -> bytes:
+    """Open noVNC's websocket (what the page does) and return the first frame's payload: the
+    VNC server's greeting (``RFB 003.008``) when websockify reaches x11vnc."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /websockify HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n"
+    )
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(request.encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            assert chunk, f"websocket handshake cut short: {data!r}"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        while len(rest) < 2 or len(rest) < 2 + (rest[1] & 0x7F):
+            chunk = s.recv(4096)
+            assert chunk, "no frame from the VNC server"
+            rest += chunk
+        return rest[2 : 2 + (rest[1] & 0x7F)]
