@@ -9,6 +9,9 @@ images are built before timing starts (``boxlite images build``; cached by conte
     answers a handshake (101) from the host; then, after 5 s idle, the private memory (USS) and
     PSS of the box's host processes (namespace: agent, Chromium, keeper, pasta; VM: QEMU and its
     helpers, i.e. the guest RAM it touched).
+  * computer: ``ComputerBox`` entered (create + start + desktop session) → ``wait_until_ready()``
+    → first ``screenshot()``; then the same idle memory measure (namespace: agent, Xvfb, openbox,
+    x11vnc, websockify, keeper, pasta; VM: QEMU and its helpers).
 VM boxes run under TCG on hosts without usable KVM: minutes per sample there (--runs applies).
 """
 
@@ -29,6 +32,7 @@ import benchlib as bl
 
 import boxlite
 from boxlite.api.browserbox import BrowserBox
+from boxlite.api.computerbox import ComputerBox
 from boxlite.images.recipes import ensure_recipe
 
 IDLE_SECONDS = 5.0
@@ -88,8 +92,44 @@ async def bench_browser(engine: str, runs: int, report: bl.Report, images: Path)
     report.close(memory)
 
 
+async def bench_computer(engine: str, runs: int, report: bl.Report, images: Path) -> None:
+    rootfs = await asyncio.to_thread(ensure_recipe, "desktop", images)
+    ready = report.section(f"ComputerBox to the first screenshot() ({engine} engine)", "library call; no peer")
+    memory = report.section(f"ComputerBox idle memory after screenshot() ({engine} engine)", "memory; no peer")
+    starts, readies, firsts, uss, pss = [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        rt = boxlite.Boxlite(boxlite.Options(home_dir=str(Path(tmp) / "home"), engine=engine))
+        try:
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                async with ComputerBox(runtime=rt, rootfs_path=str(rootfs), memory=1024) as desktop:
+                    started = time.perf_counter()
+                    await desktop.wait_until_ready(timeout=ENDPOINT_TIMEOUT[engine])
+                    ready_at = time.perf_counter()
+                    shot = await desktop.screenshot()
+                    assert shot["width"] > 0 and shot["data"], "empty screenshot"
+                    done = time.perf_counter()
+                    starts.append(started - t0)
+                    readies.append(ready_at - t0)
+                    firsts.append(done - t0)
+                    await asyncio.sleep(IDLE_SECONDS)
+                    m = box_memory(rt, desktop.box)
+                    uss.append(m["uss"])
+                    pss.append(m["pss"])
+        finally:
+            await rt.shutdown()
+    ready.add("create + start + first screenshot()", firsts, "s", note="Xvfb, openbox, x11vnc, websockify, xwd")
+    ready.add("of which create + start + wait_until_ready()", readies, "s", compare=False)
+    ready.add("of which create + start", starts, "s", compare=False)
+    memory.add("box processes, USS", uss, "MiB", note=f"{IDLE_SECONDS:g} s after the first screenshot()")
+    memory.add("box processes, PSS", pss, "MiB", compare=False)
+    report.close(ready)
+    report.close(memory)
+
+
 KINDS: dict[str, Callable[[str, int, bl.Report, Path], Awaitable[None]]] = {
     "browser": bench_browser,
+    "computer": bench_computer,
 }
 """Box kind -> its benchmark; other kinds (ComputerBox, ...) add an entry here."""
 
