@@ -5,7 +5,8 @@ private "internet" (tests/support/privnet.py): the test re-runs itself under ``u
 so no traffic leaves the machine. The mock logs every request; the test checks what Claude Code
 sent (model, prompt, installed skill, credential header), the answers ``call`` returned (two
 turns of one conversation), that the credential is nowhere on the host's disk under the
-runtime's home, and that a dead endpoint gives ``SkillBoxError`` well within the call timeout.
+runtime's home, and that a dead endpoint gives ``SkillBoxError`` well within the call timeout
+(through ``SyncSkillBox``, the synchronous variant).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def files_containing(root: Path, needle: bytes, max_size: int = 256 << 20) -> li
 
 async def drive(engine: str, rootfs: str, home: Path, skill_dir: Path) -> dict[str, Any]:
     import boxlite
-    from boxlite.skillbox import SkillBox, SkillBoxError
+    from boxlite.skillbox import SkillBox
 
     report: dict[str, Any] = {}
     rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home / "rt"), engine=engine))
@@ -126,19 +127,34 @@ async def drive(engine: str, rootfs: str, home: Path, skill_dir: Path) -> dict[s
             env = await box.exec("sh", "-c", "env; cat /proc/1/environ | tr '\\0' '\\n'; ls /root/.claude/skills")
             report["box_env_and_skills"] = env.stdout
         report["key_on_disk"] = files_containing(home / "rt", API_KEY.encode())
-        async with SkillBox(base_url=f"http://{MOCK}:{DEAD_PORT}", max_retries=0, call_timeout=600, **common) as box:
-            await box.wait_until_ready(timeout=600)
-            start = time.monotonic()
-            try:
-                await box.call("anyone there?")
-                report["fault"] = "no error"
-            except SkillBoxError as e:
-                report["fault"] = f"SkillBoxError: {e}"
-            except Exception as e:
-                report["fault"] = f"{type(e).__name__}: {e}"
-            report["fault_seconds"] = time.monotonic() - start
     finally:
         await rt.shutdown(timeout=2)
+    report.update(await asyncio.to_thread(dead_endpoint, engine, rootfs, home))
+    return report
+
+
+def dead_endpoint(engine: str, rootfs: str, home: Path) -> dict[str, Any]:
+    """The synchronous variant against an endpoint with nothing listening."""
+    import boxlite
+    from boxlite.skillbox import SkillBoxError, SyncSkillBox
+
+    report: dict[str, Any] = {}
+    dead = f"http://{MOCK}:{DEAD_PORT}"
+    options = boxlite.Options(home_dir=str(home / "rt-sync"), engine=engine)
+    with boxlite.SyncBoxlite(options) as rt, SyncSkillBox(
+        rootfs_path=rootfs, runtime=rt, api_key=API_KEY, memory_mib=1024, name=None, base_url=dead, max_retries=0,
+        call_timeout=600,
+    ) as box:  # fmt: skip
+        box.wait_until_ready(timeout=600)
+        start = time.monotonic()
+        try:
+            box.call("anyone there?")
+            report["fault"] = "no error"
+        except SkillBoxError as e:
+            report["fault"] = f"SkillBoxError: {e}"
+        except Exception as e:
+            report["fault"] = f"{type(e).__name__}: {e}"
+        report["fault_seconds"] = time.monotonic() - start
     return report
 
 
