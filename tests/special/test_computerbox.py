@@ -102,7 +102,9 @@ async def test_types_into_editor_clicks_move_focus_and_novnc_answers(runtime: bo
                 assert time.monotonic() < deadline, "noVNC never answered"
                 await asyncio.sleep(1)
         assert b"noVNC" in body
-        assert (await asyncio.to_thread(rfb_greeting, url)).startswith(b"RFB 003.")  # websockify reaches x11vnc
+        greeting, security = await asyncio.to_thread(rfb_greeting, url)
+        assert greeting.startswith(b"RFB 003.")  # websockify reaches x11vnc
+        assert security[:1] == b"\x01" and security[1:] == b"\x02"  # VNC password only, never "none" (1)
 
 
 async def test_hostile_image_screenshot_is_capped_and_checked(

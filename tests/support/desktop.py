@@ -99,9 +99,9 @@ async def active_window_name(desktop: ComputerBox) -> str:
     return result.stdout.strip()
 
 
-def rfb_greeting(url: str, timeout: float = 30.0) -> bytes:
-    """Open noVNC's websocket (what the page does) and return the first frame's payload: the
-    VNC server's greeting (``RFB 003.008``) when websockify reaches x11vnc."""
+def rfb_greeting(url: str, timeout: float = 30.0) -> tuple[bytes, bytes]:
+    """Open noVNC's websocket (what the page does) and return the VNC server's greeting
+    (``RFB 003.008``) and the security types it offers (RFB 3.8: count, then one byte each)."""
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     key = base64.b64encode(os.urandom(16)).decode()
@@ -118,8 +118,20 @@ def rfb_greeting(url: str, timeout: float = 30.0) -> bytes:
             data += chunk
         head, _, rest = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
-        while len(rest) < 2 or len(rest) < 2 + (rest[1] & 0x7F):
-            chunk = s.recv(4096)
-            assert chunk, "no frame from the VNC server"
-            rest += chunk
-        return rest[2 : 2 + (rest[1] & 0x7F)]
+
+        def frame() -> bytes:
+            nonlocal rest
+            while len(rest) < 2 or len(rest) < 2 + (rest[1] & 0x7F):
+                chunk = s.recv(4096)
+                assert chunk, "no frame from the VNC server"
+                rest += chunk
+            size = rest[1] & 0x7F
+            payload, rest = rest[2 : 2 + size], rest[2 + size :]
+            return payload
+
+        greeting = frame()
+        # Answer with the same version (a masked client frame) and read the security types offered.
+        mask, reply = os.urandom(4), greeting[:12]
+        s.sendall(bytes([0x82, 0x80 | len(reply)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(reply)))
+        types = frame()
+        return greeting, types
