@@ -35,6 +35,13 @@ description: Explains the zebra protocol of the BoxLite test suite.
 Answer every question about zebras with the word STRIPES.
 """
 
+# A git repository in the box holding one skill (install_skill clones it like a GitHub owner/repo).
+GIT_REPO = """set -e
+mkdir -p /root/src/skills/git-skill && cd /root/src
+printf -- '---\\nname: git-skill\\ndescription: A skill from git.\\n---\\nSay GIT.\\n' > skills/git-skill/SKILL.md
+git init -q && git add . && git -c user.email=t@example.invalid -c user.name=t commit -qm skill
+"""
+
 # --- the mock endpoint (in the "remote" namespace) ------------------------------------------------
 
 
@@ -124,6 +131,12 @@ async def drive(engine: str, rootfs: str, home: Path, skill_dir: Path) -> dict[s
             skills=[str(skill_dir)], base_url=f"http://{MOCK}:{PORT}", call_timeout=900, **common
         ) as box:
             report["answers"] = [await box.call("What is the zebra protocol? 7f3a"), await box.call("And again? 9c2e")]
+            await box.exec("sh", "-c", GIT_REPO, timeout=120)
+            report["git_skill"] = await box.install_skill("file:///root/src")
+            try:
+                await box.install_skill("x; rm -rf /")
+            except boxlite.ConfigError as e:
+                report["bad_skill"] = str(e)
             env = await box.exec("sh", "-c", "env; cat /proc/1/environ | tr '\\0' '\\n'; ls /root/.claude/skills")
             report["box_env_and_skills"] = env.stdout
         report["key_on_disk"] = files_containing(home / "rt", API_KEY.encode())
@@ -218,6 +231,9 @@ def test_skillbox_call_through_an_anthropic_compatible_endpoint(
     assert "7f3a" in _texts(second["body"]) and ANSWERS[0] in _texts(second["body"]), "one conversation"
     # The credential reached only Claude Code's process: not the box's init, not the host's disk.
     assert API_KEY not in r["box_env_and_skills"] and SKILL in r["box_env_and_skills"], r["box_env_and_skills"]
+    # Skills from git (cloned in the box); an id that is neither a directory, owner/repo nor a URL.
+    assert r["git_skill"] is True and "git-skill" in r["box_env_and_skills"], r
+    assert "neither a host directory" in r["bad_skill"], r
     assert r["key_on_disk"] == [], r["key_on_disk"]
     # A dead endpoint: a typed error naming the cause, long before the call timeout.
     assert r["fault"].startswith("SkillBoxError: Claude Code answered with an error"), r["fault"]
