@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 import boxlite
 from boxlite.api import network
-from boxlite.backends.base import StartedExec
+from boxlite.client.tunnel import ExecTunnel
 
 
 def rss() -> int:
@@ -155,18 +156,39 @@ class FakeChannel:
         pass
 
 
+class FakeStream2:
+    """A connected tunnel whose box side never sends anything."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def read(self) -> bytes | None:
+        await asyncio.sleep(3600)
+        return None
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def close_write(self) -> None:
+        pass
+
+    async def wait(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
 class FakeBackend:
-    def __init__(self, make: Any) -> None:
-        self.make = make
-        self.channels: list[FakeChannel] = []
+    def __init__(self) -> None:
+        self.streams: list[FakeStream2] = []
 
     async def ready(self, box_id: str) -> None:
         pass
 
-    async def tunnel(self, box_id: str, port: int, window: int) -> StartedExec:
-        channel = self.make()
-        self.channels.append(channel)
-        return StartedExec(channel, "x")  # type: ignore[arg-type]
+    async def tunnel(self, box_id: str, port: int, window: int) -> FakeStream2:
+        self.streams.append(FakeStream2())
+        return self.streams[-1]
 
 
 class FakeBox:
@@ -175,30 +197,88 @@ class FakeBox:
 
 
 async def test_hostile_box_sides_are_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(network, "HANDSHAKE_TIMEOUT", 0.5)
     # Silence: the host gives up at its deadline and kills the box's side.
-    backend = FakeBackend(lambda: FakeChannel(FakeStream(None)))
+    channel = FakeChannel(FakeStream(None))
     with pytest.raises(boxlite.NetworkError, match="no answer"):
-        await network.NetworkHandle(FakeBox(backend)).tunnel(80)
-    assert backend.channels[0].controls == [{"op": "kill"}]
+        await ExecTunnel.open(channel, 80, timeout=0.5)  # type: ignore[arg-type]
+    assert channel.controls == [{"op": "kill"}]
     # Endless garbage instead of the answer: read a few KiB, then refused (message cut short).
-    backend = FakeBackend(lambda: FakeChannel(FakeStream(None, forever=b"x" * 65536)))
+    channel = FakeChannel(FakeStream(None, forever=b"x" * 65536))
     with pytest.raises(boxlite.NetworkError) as info:
-        await network.NetworkHandle(FakeBox(backend)).tunnel(80)
-    assert backend.channels[0].stderr.reads == 1 and len(str(info.value)) < 300
-    # At most MAX_TUNNELS open per box.
+        await ExecTunnel.open(channel, 80, timeout=0.5)  # type: ignore[arg-type]
+    assert channel.stderr.reads == 1 and len(str(info.value)) < 300 and channel.controls == [{"op": "kill"}]
+    # At most MAX_TUNNELS open per box; closing one ends its box side and frees its slot.
     monkeypatch.setattr(network, "MAX_TUNNELS", 2)
-    backend = FakeBackend(lambda: FakeChannel(FakeStream([network.READY])))
+    backend = FakeBackend()
     handle = network.NetworkHandle(FakeBox(backend))
     tunnels = [await handle.tunnel(80), await handle.tunnel(81)]
     with pytest.raises(boxlite.ResourceExhaustedError):
         await handle.tunnel(82)
-    assert len(backend.channels) == 2
-    for t in tunnels:  # closing a tunnel ends the box's side and frees its slot
+    assert len(backend.streams) == 2
+    for t in tunnels:
         await t.close()
     for _ in range(50):
-        if "fake" not in network._open:
+        if "fake" not in network._open and all(st.closed for st in backend.streams):
             break
         await asyncio.sleep(0.05)
-    assert "fake" not in network._open
-    assert [c.controls for c in backend.channels] == [[{"op": "kill"}]] * 2
+    assert "fake" not in network._open and all(st.closed for st in backend.streams)
+    await (await handle.tunnel(83)).close()  # a slot again
+
+
+# --- over REST: the same API, the bytes on a WebSocket (server/routes_tunnel.py) -----------------
+
+
+async def test_tunnel_over_rest(engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
+    """A REST runtime's ``box.network.tunnel``: bytes both ways with half-close, typed errors; a
+    client ignoring the server's credit is cut off (what the server holds stays bounded)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from rest.serverproc import API_KEY, serving_tcp
+
+    with serving_tcp(tmp_path / "home") as server:
+        rt = boxlite.Boxlite.rest(
+            boxlite.BoxliteRestOptions(url=server.url, credential=boxlite.ApiKeyCredential(API_KEY))
+        )
+        box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), network="disabled"))
+        try:
+            await box.start()
+            await (await box.exec("sh", ["-c", "nc -ll -p 7000 -e cat & true"])).wait()
+            payload = os.urandom(1 << 20)
+            for _ in range(100):
+                try:
+                    conn = await (await box.network.tunnel(7000)).connect()
+                    break
+                except boxlite.NetworkError:
+                    await asyncio.sleep(0.2)
+
+            async def send() -> None:
+                for i in range(0, len(payload), 50_000):
+                    await conn.write(payload[i : i + 50_000])
+                await conn.shutdown_write()
+
+            sender = asyncio.ensure_future(send())
+            echoed = await asyncio.wait_for(read_all(conn), 300)
+            await sender
+            await conn.close()
+            assert echoed == payload, len(echoed)
+            with pytest.raises(boxlite.NetworkError, match="refused"):
+                await box.network.tunnel(7999)
+            # A hostile client: 4 MiB pushed without waiting for credit gets the connection closed.
+            ws_url = server.url.replace("http://", "ws://") + f"/v1/boxes/{box.id}/network/tunnel/7000"
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            async with connect(ws_url, additional_headers=headers, max_size=None) as ws:
+                assert json.loads(await ws.recv())["type"] == "connected"
+                code = None
+                try:
+                    for _ in range(64):
+                        await ws.send(b"x" * 65536)
+                    async for _ in ws:
+                        pass
+                except ConnectionClosed:
+                    pass
+                code = ws.close_code
+            assert code == 1008, code
+        finally:
+            await box.stop()
+            await rt.shutdown()

@@ -8,7 +8,8 @@ tunnel owns it), ``await connect()`` consumes it as a ``BoxConnection`` with ``r
 
 The host never dials anything for a tunnel: the box's side connects to its own loopback, and
 the bytes come back as an execution's output under its credit window (at most ``WINDOW`` bytes
-buffered on the host per tunnel). Deadlines and limits: docs/network.md, "Tunnels".
+buffered on the host per tunnel; client/tunnel.py). Over REST the same bytes travel on a
+WebSocket (server/routes_tunnel.py). Deadlines and limits: docs/network.md, "Tunnels".
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError, InvalidStateError, NetworkError, ResourceExhaustedError
 
 if TYPE_CHECKING:
-    from ..client.agent_client import ExecChannel
+    from ..backends.base import TunnelStream
 
-HANDSHAKE_TIMEOUT = 15.0
-"""Seconds for the box's side to report the connection (it gives the service 10 s)."""
 MAX_TUNNELS = 64
 """Open tunnels per box in this process (each is an execution in the box)."""
 WINDOW = 256 * 1024
 """Box-to-host bytes in flight per tunnel (the execution's output credit)."""
 CHUNK = 1 << 16
-READY = b"connected\n"
 
 _open: dict[str, int] = {}  # box id -> open tunnels
 _pumps: set[asyncio.Task[None]] = set()  # running pumps (kept referenced until they end)
@@ -132,23 +130,18 @@ class NetworkHandle:
         box = getattr(self._box, "box", self._box)  # SimpleBox or Box
         if _open.get(box.id, 0) >= MAX_TUNNELS:
             raise ResourceExhaustedError(f"box {box.id} has {MAX_TUNNELS} open tunnels (the limit)")
-        await box._backend.ready(box.id)
-        started = await box._backend.tunnel(box.id, port, WINDOW)
-        channel = started.channel
+        _open[box.id] = _open.get(box.id, 0) + 1
         try:
-            await asyncio.wait_for(_handshake(channel, port), HANDSHAKE_TIMEOUT)
-        except BaseException as e:
-            with contextlib.suppress(Exception):
-                await channel.control({"op": "kill"})
-            if isinstance(e, asyncio.TimeoutError):
-                raise NetworkError(f"tunnel to port {port}: no answer within {HANDSHAKE_TIMEOUT:g} s") from None
+            await box._backend.ready(box.id)
+            stream = await box._backend.tunnel(box.id, port, WINDOW)
+        except BaseException:
+            _release(box.id)
             raise
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.setblocking(False)
-        _open[box.id] = _open.get(box.id, 0) + 1
-        task = _keep(_pump(channel, ours))
-        task.add_done_callback(lambda _: _ended(channel, ours, box.id))
+        task = _keep(_pump(stream, ours))
+        task.add_done_callback(lambda _: _ended(stream, ours, box.id))
         return BoxTunnel(theirs, port, task.cancel)
 
 
@@ -159,62 +152,42 @@ def _keep(coro: Any) -> asyncio.Task[None]:
     return task
 
 
-def _ended(channel: ExecChannel, sock: socket.socket, box_id: str) -> None:
-    """A pump ended (also: cancelled before it ran): free its slot, end the box's side."""
-    sock.close()
+def _release(box_id: str) -> None:
     _open[box_id] = _open.get(box_id, 1) - 1
     if _open[box_id] <= 0:
         _open.pop(box_id, None)
-    if not channel.exit.done():
-        _keep(_kill(channel))
 
 
-async def _kill(channel: ExecChannel) -> None:
-    with contextlib.suppress(Exception):
-        await channel.control({"op": "kill"})
+def _ended(stream: TunnelStream, sock: socket.socket, box_id: str) -> None:
+    """A pump ended (also: cancelled before it ran): free its slot, end the box's side."""
+    sock.close()
+    _release(box_id)
+    _keep(stream.close())
 
 
-async def _handshake(channel: ExecChannel, port: int) -> None:
-    """The box's side says ``connected`` on stderr; anything else (at most 4 KiB read) is why not."""
-    said = b""
-    while len(said) < len(READY) and len(said) < 4096:
-        chunk = await channel.stderr.read()
-        if chunk is None:
-            break
-        said += chunk
-    if said.startswith(READY):
-        return
-    text = said[:200].decode(errors="replace").strip() or "the box ended the tunnel"
-    raise NetworkError(f"tunnel to port {port}: {text}")
-
-
-async def _pump(channel: ExecChannel, sock: socket.socket) -> None:
-    """Bytes between the caller's end of the socket pair and the box's execution."""
+async def _pump(stream: TunnelStream, sock: socket.socket) -> None:
+    """Bytes between the caller's end of the socket pair and the box's side."""
     loop = asyncio.get_running_loop()
 
     async def to_caller() -> None:
-        while (chunk := await channel.stdout.read()) is not None:
+        while (chunk := await stream.read()) is not None:
             await loop.sock_sendall(sock, chunk)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
 
     async def to_box() -> None:
         while data := await loop.sock_recv(sock, CHUNK):
-            await channel.write_stdin(data)
-        await channel.close_stdin()
+            await stream.write(data)
+        await stream.close_write()
 
-    async def drain_stderr() -> None:  # the box may write there: keep its credit flowing, drop it
-        while await channel.stderr.read() is not None:
-            pass
-
-    tasks = [asyncio.ensure_future(t()) for t in (to_caller, to_box, drain_stderr)]
+    tasks = [asyncio.ensure_future(t()) for t in (to_caller, to_box)]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         if not any(t.exception() for t in done if not t.cancelled()):
-            await channel.exit
-    except Exception:  # the box died
+            await stream.wait()
+    except Exception:  # the box's side died
         pass
-    finally:  # ended, failed (the caller went away) or closed by the caller (then _ended kills)
+    finally:  # ended, failed (the caller went away) or closed by the caller (then _ended closes it)
         for t in tasks:
             t.cancel()
 

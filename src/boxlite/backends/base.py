@@ -28,6 +28,21 @@ from ..images import ImageConfig, ImageInfo
 from ..images.types import PullProgress
 
 
+class TunnelStream(Protocol):
+    """One tunnel's bytes, as a backend hands them to ``box.network`` (api/network.py): this
+    machine's agent (client/tunnel.py) or a server's WebSocket (backends/rest/tunnel.py)."""
+
+    async def read(self) -> bytes | None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close_write(self) -> None: ...
+
+    async def wait(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class OutputSource(Protocol):
     """One output stream of an execution; reading grants the producer more credit."""
 
@@ -267,9 +282,9 @@ class Backend(abc.ABC):
         """A tar stream of ``src`` (top-level member ``name``); raises before the first chunk
         when ``src`` does not exist. Closing the iterator early stops the box's side."""
 
-    async def tunnel(self, box_id: str, port: int, window: int) -> StartedExec:
-        """An execution of the box's ``connect`` builtin: one TCP connection to ``port`` on the
-        box's loopback as its stdin/stdout (api/network.py); ``window``: its output credit."""
+    async def tunnel(self, box_id: str, port: int, window: int) -> TunnelStream:
+        """One TCP connection to ``port`` on the box's loopback, connected (api/network.py);
+        ``window``: bytes the box may send ahead of the caller's reading."""
         raise UnsupportedOptionError("box.network.tunnel", f"{type(self).__name__} has no tunnels")
 
     # --- metrics and shutdown -------------------------------------------------------------

@@ -25,6 +25,7 @@ from ..api.results import (
     iso,
 )
 from ..client.agent_client import AgentClient
+from ..client.tunnel import ExecTunnel
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..images.types import PullProgress
@@ -33,7 +34,7 @@ from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
 from ..steplog import step
-from .base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, wait_exit
+from .base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, TunnelStream, wait_exit
 from .idle import IdleWatcher
 
 
@@ -262,9 +263,12 @@ class LocalBackend(Backend):
             message = _text(await errors)
             raise BoxliteError(f"copy_out of {src} failed: {message or status.error_message}")
 
-    async def tunnel(self, box_id: str, port: int, window: int) -> StartedExec:
+    async def tunnel(self, box_id: str, port: int, window: int) -> TunnelStream:
         body = {"builtin": "connect", "builtin_args": {"port": port}, "window": window}
-        return await self._exec(box_id, body, f"tunnel {port}")
+        client, rec = await self._client(box_id)
+        channel = await client.exec(body, f"tunnel {port}")
+        channel.exit.add_done_callback(self._idle.begin(box_id, rec.config.auto_pause))
+        return await ExecTunnel.open(channel, port)
 
     # --- disk state: snapshots, clones, archives ------------------------------------------
     async def snapshot_create(self, box_id: str, name: str) -> SnapshotInfo:

@@ -18,7 +18,16 @@ from ..api.options import Options
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
 from ..wire import encode_error, http_status
-from . import boxlite_wire, routes_boxes, routes_exec, routes_files, routes_images, routes_pause, routes_state
+from . import (
+    boxlite_wire,
+    routes_boxes,
+    routes_exec,
+    routes_files,
+    routes_images,
+    routes_pause,
+    routes_state,
+    routes_tunnel,
+)
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .dashboard import install as install_dashboard
 from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
@@ -64,7 +73,7 @@ def create_app(
         title="BoxLite", version=__version__, description=DESCRIPTION, lifespan=lifespan,
         docs_url=None, redoc_url=None,
     )  # fmt: skip
-    for module in (routes_boxes, routes_files, routes_images, routes_exec, routes_pause, routes_state):
+    for module in (routes_boxes, routes_files, routes_images, routes_exec, routes_pause, routes_state, routes_tunnel):
         app.include_router(module.router)
     boxlite_wire.mount(app)  # BoxLite's REST API, after ours (docs/rest.md)
     if mcp_http is not None:

@@ -19,7 +19,7 @@ from ...errors import BoxliteError, NotFoundError, StorageError, UnsupportedOpti
 from ...images import ImageConfig, ImageInfo
 from ...images.types import PullProgress
 from ...wire import decode_error
-from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec
+from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, TunnelStream
 from .channel import RemoteChannel
 from .convert import box_info, options_json
 from .transport import Transport
@@ -166,6 +166,11 @@ class RestBackend(Backend):
         if not self._detach.get(box_id, False):
             self._owned.add(box_id)
         return StartedExec(channel, channel.id)
+
+    async def tunnel(self, box_id: str, port: int, window: int) -> TunnelStream:
+        from .tunnel import RemoteTunnel
+
+        return await RemoteTunnel.open(self.transport, box_id, port)
 
     async def copy_in(
         self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
