@@ -107,6 +107,22 @@ async def test_types_into_editor_clicks_move_focus_and_novnc_answers(runtime: bo
         assert security[:1] == b"\x01" and security[1:] == b"\x02"  # VNC password only, never "none" (1)
 
 
+async def test_without_an_image_uses_the_desktop_recipe_of_the_runtime_home(
+    runtime: boxlite.Boxlite, engine: str
+) -> None:
+    """No ``image``/``rootfs_path``: the desktop image under ``<home>/images/desktop`` (here the
+    test cache's build, linked in so the test does not download it again)."""
+    built = await asyncio.to_thread(desktop_rootfs)
+    link = runtime.home.root / "images" / "desktop" / "rootfs" / built.name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(built)
+    limit = timeouts(engine)
+    async with ComputerBox(runtime=runtime, memory=1024, action_timeout=limit) as desktop:
+        assert built.name in desktop.info().image, desktop.info().image
+        await desktop.wait_until_ready(timeout=limit)
+        assert await desktop.get_screen_size() == (1024, 768)
+
+
 async def test_hostile_image_screenshot_is_capped_and_checked(
     runtime: boxlite.Boxlite, engine: str, busybox_rootfs: Path, tmp_path: Path
 ) -> None:
