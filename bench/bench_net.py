@@ -5,13 +5,15 @@
 The benchmark re-runs itself under ``unshare -n -m``: a private "internet" of network namespaces
 it makes (a veth to a "remote" namespace with a bulk TCP server on 10.77.0.2:80 and a DNS server
 answering ``bulk.test``), so no traffic leaves the machine. Contenders, interleaved ABCD/DCBA,
-each downloading ``--mib`` MiB (default 256; --quick: 16) over one TCP connection with the same
+each downloading ``--mib`` MiB (default 256; --quick: 16) by one HTTP/1.1 GET with the same
 Python client (it times the transfer itself: interpreter start is not counted):
 
   1. host loopback: client and server on 127.0.0.1 in the host namespace (the ceiling);
   2. host → remote over the veth (the same path minus the box);
   3. box, unrestricted network (pasta or slirp);
-  4. box with ``allow_net=["bulk.test:80"]`` (the same helper, plus the per-box nftables chain).
+  4. box with ``allow_net=["bulk.test:80"]`` (the same helper, plus the per-box nftables chain);
+  5. box with a secret for another host: its port-80 flows go through its secret proxy, which
+     passes them through (splice) to the address asked for.
 
 Then connection latency: ``--runs`` x 20 connects (connect + one-byte reply) from the host over
 the veth (the peer), then from the box in both configurations. --quick: 1 run of each.
@@ -48,15 +50,18 @@ out = []
 if mode == "bulk":
     t = time.perf_counter()
     s = socket.create_connection((host, port), timeout=30)
-    s.sendall(str(mib).encode() + b"\n")
-    got, want = 0, mib << 20
+    s.sendall(b"GET /%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (mib, host.encode()))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    got, want = len(head.split(b"\r\n\r\n", 1)[1]), mib << 20
     while got < want:
         chunk = s.recv(1 << 16)
         if not chunk:
             break
         got += len(chunk)
     out.append(time.perf_counter() - t)
-    assert got == want, (got, want)
+    assert got == want and head.startswith(b"HTTP/1.1 200"), (got, want, head[:100])
 else:
     for _ in range(n):
         t = time.perf_counter()
@@ -76,11 +81,15 @@ def bulk_server(addr: str, port: int) -> None:
 
     def one(conn: socket.socket) -> None:
         with conn:
-            try:
-                mib = int(conn.makefile("rb").readline().strip() or b"0")
+            try:  # GET /<MiB> HTTP/1.1
+                f = conn.makefile("rb")
+                mib = int(f.readline().split()[1][1:] or b"0")
+                while f.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (mib << 20))
                 for _ in range((mib << 20) // CHUNK):
                     conn.sendall(payload)
-            except (OSError, ValueError):
+            except (OSError, ValueError, IndexError):
                 pass
 
     def serve() -> None:
@@ -165,7 +174,9 @@ async def scenario(args: Any) -> None:
             open_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled")
             spec = boxlite.NetworkSpec(allow_net=[f"bulk.test:{BULK_PORT}", f"bulk.test:{PING_PORT}"])
             listed_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec)
-            async with open_box as a, listed_box as b:
+            secret = boxlite.Secret("bench", "not-used-here", hosts=["elsewhere.test"])
+            secret_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled", secrets=[secret])
+            async with open_box as a, listed_box as b, secret_box as c:
 
                 async def in_box(box: Any, host: str, port: int, mode: str, n: int = 1) -> list[float]:
                     r = await box.exec(
@@ -181,8 +192,9 @@ async def scenario(args: Any) -> None:
                 # warm-up: name resolution (fills the allow-list's set), page cache, pasta flows
                 await in_box(a, REMOTE, BULK_PORT, "bulk")
                 await in_box(b, "bulk.test", BULK_PORT, "bulk")
+                await in_box(c, REMOTE, BULK_PORT, "bulk")
                 s = report.section(
-                    f"bulk TCP download of {args.mib} MiB, one connection ({args.engine} engine)",
+                    f"bulk HTTP download of {args.mib} MiB, one connection ({args.engine} engine)",
                     "same Python client everywhere, transfer timed by the client",
                     baseline="host loopback",
                 )
@@ -191,6 +203,7 @@ async def scenario(args: Any) -> None:
                     "host → remote (veth)": lambda: host_client(REMOTE, BULK_PORT, args.mib, "bulk")[0],
                     "box, unrestricted": lambda: box_bulk(a, REMOTE),
                     "box, allow_net": lambda: box_bulk(b, "bulk.test"),
+                    "box, secret proxy (pass-through)": lambda: box_bulk(c, REMOTE),
                 }
                 samples = await asyncio.to_thread(bl.interleaved, contenders, args.runs)
                 for name, xs in samples.items():

@@ -32,7 +32,9 @@ then drops root (to the config's ``uid``; its leaf key is loaded by then).
 
 from __future__ import annotations
 
+import contextlib
 import encodings.idna  # noqa: F401  (getaddrinfo's codec, loaded before root is dropped: the stdlib may be root-only)
+import fcntl
 import ipaddress
 import json
 import os
@@ -59,6 +61,8 @@ PEEK_DEADLINE = 10.0
 HEAD_DEADLINE = 30.0
 CONNECT_TIMEOUT = 10.0
 IDLE_TIMEOUT = 120.0
+SPLICE_CHUNK = 1 << 20  # bytes moved per splice(2) (and the pipe's size) in a pass-through relay
+F_SETPIPE_SZ = 1031
 """A relayed connection with no byte either way for this long is closed."""
 MAX_CONNS = 64
 PORT_MARK = "@PORT@"
@@ -256,7 +260,7 @@ class Proxy:
     def pass_through(self, conn: socket.socket, dst: tuple[str, int]) -> None:
         up = self.connect_raw(dst)
         with up:
-            relay(conn, up)
+            relay_plain(conn, up)
 
     def connect_raw(self, dst: tuple[str, int]) -> socket.socket:
         family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
@@ -430,6 +434,53 @@ def relay(a: socket.socket, b: socket.socket) -> None:
                 peer[s].shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+
+def relay_plain(a: socket.socket, b: socket.socket) -> None:
+    """``relay`` for two plain sockets (pass-through): each direction in its own thread with
+    splice(2) through a pipe, so the bytes are never copied into this process; EOF is passed on
+    as a half-close; nothing moving either way for ``IDLE_TIMEOUT`` (or an error) ends both."""
+    last = [time.monotonic()]
+    other = threading.Thread(target=_splice_one, args=(b, a, last), daemon=True)
+    other.start()
+    _splice_one(a, b, last)
+    other.join()
+
+
+def _splice_one(src: socket.socket, dst: socket.socket, last: list[float]) -> None:
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, F_SETPIPE_SZ, SPLICE_CHUNK)
+        while True:
+            if not select.select([src], [], [], 1.0)[0]:
+                if time.monotonic() - last[0] > IDLE_TIMEOUT:
+                    raise TimeoutError
+                continue
+            try:
+                n = os.splice(src.fileno(), w, SPLICE_CHUNK, flags=flags)
+            except BlockingIOError:
+                continue
+            if n == 0:  # EOF: pass it on, the other direction goes on
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            last[0] = time.monotonic()
+            while n:
+                try:
+                    n -= os.splice(r, dst.fileno(), n, flags=flags)
+                except BlockingIOError:
+                    if not select.select([], [dst], [], IDLE_TIMEOUT)[1]:
+                        raise TimeoutError from None
+            last[0] = time.monotonic()
+    except OSError:  # reset, broken pipe, idle (TimeoutError): end both directions
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def nft(path: str, script: str) -> bool:
