@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,7 @@ class RayBackend(Backend):
         self._last: dict[str, BoxInfo] = {}  # last info seen per box (what list shows once its node is lost)
         self._owned: set[str] = set()  # non-detached boxes this driver created: stopped by shutdown()
         self._pending: dict[str, builtins.list[float]] = {}  # node -> [boxes, cpus, memory] being created
+        self._ready: set[str] = set()  # boxes seen ready (Box.exec asks before every command)
         self._directory: Any = None  # the cluster's box directory (directory.py), opened on first use
         self._closed = False
 
@@ -314,6 +316,7 @@ class RayBackend(Backend):
         return info
 
     def _forget(self, box_id: str) -> None:
+        self._ready.discard(box_id)
         self._where.pop(box_id, None)
         self._last.pop(box_id, None)
         self._owned.discard(box_id)
@@ -463,11 +466,13 @@ class RayBackend(Backend):
     async def stop(self, box_id: str, timeout: float | None = None) -> None:
         node, box_id = await self._node(box_id)
         deadline = self.o.call_timeout + (timeout or 10.0)
+        self._ready.discard(box_id)
         await node.call("stop", box_id, timeout, timeout=deadline)
         self._owned.discard(box_id)
 
     async def pause(self, box_id: str, to_disk: bool = False) -> BoxInfo:
         node, box_id = await self._node(box_id)
+        self._ready.discard(box_id)
         return self._seen(await node.call("pause", box_id, to_disk, timeout=self.o.create_timeout), node.node_id)
 
     async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
@@ -506,14 +511,21 @@ class RayBackend(Backend):
         await node.call("snapshot_remove", box_id, name, timeout=self.o.create_timeout)
 
     async def ready(self, box_id: str) -> None:
+        """Start the box if needed; skipped for a box this driver saw ready (its exec starts it anyway)."""
         node, box_id = await self._node(box_id)
-        await node.call("ready", box_id, timeout=self.o.create_timeout)
+        if box_id not in self._ready:
+            await node.call("ready", box_id, timeout=self.o.create_timeout)
+            self._ready.add(box_id)
 
     async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
         node, box_id = await self._node(box_id)
-        started = await node.call_raw("exec_start", box_id, request, timeout=self.o.create_timeout)
-        channel = RayChannel(node, started["exec_id"], int(started["pid"]))
-        return StartedExec(channel, started["exec_id"])
+        channel = RayChannel(node, uuid.uuid4().hex, box_id, request)
+        try:
+            await channel.start(self.o.create_timeout)
+        except BaseException:
+            self._ready.discard(box_id)
+            raise
+        return StartedExec(channel, channel.exec_id)
 
     async def copy_in(
         self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,

@@ -1,10 +1,13 @@
 """One execution on a node service, behind the standard ``ExecChannel`` (driver side).
 
-Each output stream is a Ray streaming generator the driver pumps into a ``ChunkStream``; the
-pump stops before more than ``WINDOW`` bytes would wait unread, so a slow reader holds the node's
-generator (Ray's backpressure window), which holds the box's agent (its credit): no queue on the
-way grows without bound. A watchdog pings the node while the command runs: a node that stops
-answering fails the execution with ``BoxDiedError`` naming it instead of hanging.
+The whole execution is one Ray streaming generator (``NodeService.exec_run``): the start, then
+batches of output, end-of-stream and exit events, pushed by the node as they happen (no polling).
+Flow control is per stream, as in the local protocol: the node reads a stream of the box only
+while the driver's reader is less than ``WINDOW`` bytes behind (what the reader takes is given
+back with ``exec_credit``), so a slow reader holds the box's agent, and the driver never stops
+taking events (an unread stream does not hold the other stream or the exit). A watchdog pings
+the node while nothing arrives: a node that stops answering fails the execution with
+``BoxDiedError`` naming it instead of hanging.
 """
 
 from __future__ import annotations
@@ -13,92 +16,122 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from ...agent.protocol import DEFAULT_OUTPUT_WINDOW
 from ...client.streams import ChunkStream
 from ...errors import BoxDiedError, BoxliteError
-from .node import CHUNK
+from ...wire import decode_error
+from .node import CHUNK, WINDOW
 
 if TYPE_CHECKING:
     from .backend import NodeRef
 
-WINDOW = DEFAULT_OUTPUT_WINDOW
-"""Unread output bytes buffered per stream on the driver at most (the local agent's window)."""
 STREAM_BACKPRESSURE = 4
-"""Chunks a node service's generator may run ahead of the driver."""
+"""Items a node service's generator may run ahead of the driver."""
+CREDIT_BATCH = WINDOW // 4
+"""Bytes read on the driver before they are given back to the node in one call."""
 
 
 class RayOutput(ChunkStream):
-    """One output stream; reading makes room for the pump."""
+    """One output stream; what its reader takes goes back to the node as credit."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: RayChannel, name: str) -> None:
         super().__init__()
-        self.buffered = 0
-        self.room = asyncio.Event()
-        self.room.set()
+        self._channel, self._name, self._owed = channel, name, 0
 
     async def _consumed(self, amount: int) -> None:
-        self.buffered -= amount
-        self.room.set()
+        self._owed += amount
+        if self._owed >= CREDIT_BATCH and not self._eof:  # after its end the node reads no more of it
+            owed, self._owed = self._owed, 0
+            self._channel.credit(self._name, owed)
 
 
 class RayChannel:
-    """Driver end of an execution running on ``node``."""
+    """Driver end of an execution on ``node``."""
 
-    def __init__(self, node: NodeRef, exec_id: str, pid: int) -> None:
-        self.node, self.exec_id, self.pid = node, exec_id, pid
-        self.stdout, self.stderr = RayOutput(), RayOutput()
+    def __init__(self, node: NodeRef, exec_id: str, box_id: str, request: Any) -> None:
+        self.node, self.exec_id, self.pid = node, exec_id, 0
+        self.stdout, self.stderr = RayOutput(self, "stdout"), RayOutput(self, "stderr")
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._stdin_closed = False
-        self._tasks = [
-            asyncio.ensure_future(self._pump("stdout", self.stdout)),
-            asyncio.ensure_future(self._pump("stderr", self.stderr)),
-            asyncio.ensure_future(self._wait()),
-        ]
+        self._run = node.stream("exec_run", exec_id, box_id, request)
+        self._step: asyncio.Future[Any] | None = None
+        self._tasks: list[asyncio.Future[Any]] = []
 
-    async def _pump(self, name: str, out: RayOutput) -> None:
-        handle = self.node.handle
+    async def start(self, timeout: float) -> None:
+        """Wait until the command runs (``timeout``: the box may have to start first)."""
         try:
-            gen = handle.exec_read.options(
-                num_returns="streaming", _generator_backpressure_num_objects=STREAM_BACKPRESSURE
-            ).remote(self.exec_id, name)
-            async for ref in gen:
-                data = self.node.unwrap(await ref)
-                while out.buffered and out.buffered + len(data) > WINDOW:  # unread output stays <= WINDOW
-                    out.room.clear()
-                    await out.room.wait()
-                out._feed(data)
-                out.buffered += len(data)
+            started = await asyncio.wait_for(self._next(), timeout)
+        except asyncio.TimeoutError:
+            late = BoxDiedError(f"Ray node {self.node.node_id} did not start the command within {timeout:g}s")
+            self._end(late)
+            raise late from None
+        except BaseException as e:
+            self._end(e)
+            raise
+        self.pid = int(started["pid"])
+        self._tasks.append(asyncio.ensure_future(self._events()))
+
+    async def _next(self) -> Any:
+        """The next item of ``exec_run`` (None at its end), pinging the node while none comes (the
+        pending step survives the pings: Ray's generator is not re-entrant)."""
+        while True:
+            self._step = self._step or asyncio.ensure_future(self._run.__anext__())
+            done, _ = await asyncio.wait({self._step}, timeout=self.node.ping_interval)
+            if done:
+                break
+            await self.node.ping()  # raises BoxDiedError when the node stopped answering
+        taken, self._step = self._step, None
+        try:
+            ref = taken.result()
+        except StopAsyncIteration:
+            return None
         except BoxliteError:
-            pass
-        except Exception as e:  # the node (or its actor) is gone
-            self._fail(self.node.died(e))
-        finally:
+            raise
+        except Exception as e:
+            raise self.node.died(e) from None
+        return await self.node._await(ref, None)
+
+    async def _events(self) -> None:
+        streams = {"stdout": self.stdout, "stderr": self.stderr}
+        try:
+            while (batch := await self._next()) is not None:
+                for event in batch:
+                    if event[0] == "out":
+                        streams[event[1]]._feed(bytes(event[2]))
+                    elif event[0] == "eof":
+                        streams[event[1]]._feed(b"")
+                    elif event[0] == "exit" and not self.exit.done():
+                        self.exit.set_result(event[1])
+                    elif event[0] == "exit_err":
+                        self._fail(decode_error(event[1]))
+            self._end(BoxDiedError(f"execution {self.exec_id} on Ray node {self.node.node_id} ended, no status"))
+        except BaseException as e:
+            self._end(e if isinstance(e, BoxliteError) else self.node.died(e))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+
+    def _end(self, exc: BaseException) -> None:
+        """No more events: fail the exit (unless known) and end both streams."""
+        if self._step is not None:
+            self._step.cancel()
+        self._fail(exc)
+        for out in (self.stdout, self.stderr):
             if not out.eof:
                 out._feed(b"")
-
-    async def _wait(self) -> None:
-        ref = self.node.handle.exec_wait.remote(self.exec_id)
-        fut = asyncio.wrap_future(ref.future())
-        try:
-            while True:
-                done, _ = await asyncio.wait({fut}, timeout=self.node.ping_interval)
-                if done:
-                    break
-                await self.node.ping()  # raises BoxDiedError when the node stopped answering
-            body = self.node.unwrap(fut.result())
-            if not self.exit.done():
-                self.exit.set_result(body)
-        except BaseException as e:
-            fut.cancel()
-            self._fail(e if isinstance(e, BoxliteError) else self.node.died(e))
-            for out in (self.stdout, self.stderr):
-                if not out.eof:
-                    out._feed(b"")
 
     def _fail(self, exc: BaseException) -> None:
         if not self.exit.done():
             self.exit.set_exception(exc)
             self.exit.exception()  # retrieved here: Execution.wait() handles it
+
+    def credit(self, stream: str, amount: int) -> None:
+        """Give ``amount`` bytes of ``stream`` back to the node (in the background: a reader never waits)."""
+        task = asyncio.ensure_future(self._credit(stream, amount))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _credit(self, stream: str, amount: int) -> None:
+        with contextlib.suppress(BoxliteError):  # a lost node ends the execution through _events
+            await self.node.call_raw("exec_credit", self.exec_id, stream, amount)
 
     async def write_stdin(self, data: bytes) -> None:
         for i in range(0, len(data), CHUNK):

@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...agent.protocol import CHUNK as AGENT_CHUNK
+from ...agent.protocol import DEFAULT_OUTPUT_WINDOW
 from ...api.options import Options
 from ...errors import BoxliteError, NotFoundError, RequestTooLargeError, ResourceExhaustedError
 from ...wire import encode_error
@@ -35,6 +37,8 @@ MAX_UPLOADS = 64
 """Concurrent copy_in transfers per node service."""
 CHUNK = 256 * 1024
 """Largest chunk a stream item or a copy_in call carries."""
+WINDOW = DEFAULT_OUTPUT_WINDOW
+"""Bytes of one output stream that may wait unread on the driver (the local agent's window)."""
 MAX_TRANSFER_BYTES = 16 << 30
 """Ceiling of the per-call transfer limit a driver asks for (``RayOptions.max_transfer_bytes``)."""
 UPLOAD_IDLE_SECS = 300.0
@@ -57,6 +61,8 @@ class _Exec:
     channel: ExecChannel
     box_id: str
     ended_at: float | None = None
+    credit: dict[str, int] = field(default_factory=lambda: {"stdout": WINDOW, "stderr": WINDOW})
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set when a stream got credit back
 
 
 @dataclass
@@ -199,49 +205,97 @@ class NodeService:
                 self._want_sync(full=True)  # also when it failed: whatever it changed is in the list
 
     # --- exec -------------------------------------------------------------------------------
-    async def exec_start(self, box_id: str, request: ExecRequest) -> Envelope:
+    async def exec_run(self, exec_id: str, box_id: str, request: ExecRequest) -> AsyncGenerator[Envelope, None]:
+        """One execution in one call (a streaming generator): ``{"pid"}`` once the command runs,
+        then batches of events ``("out", stream, bytes)``, ``("eof", stream)``, ``("exit", body)``
+        or ``("exit_err", error)`` until both streams ended and the exit is known.
+
+        Flow control per stream, as the local protocol: each stream may be ``WINDOW`` bytes ahead
+        of the driver's reader (``exec_credit`` gives back what it read); a stream without credit
+        is not read here, so its box's agent holds the command. The driver never stops taking
+        events, so one stream nobody reads does not hold the other or the exit."""
+        started = await self.exec_start(box_id, request, exec_id)
+        yield started
+        if started[0] != "ok":
+            return
+        entry = self._execs[exec_id]
+        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()  # bounded by the credit: <= 2 windows
+
+        async def pump(name: str) -> None:
+            source = entry.channel.stdout if name == "stdout" else entry.channel.stderr
+            try:
+                while True:
+                    while entry.credit[name] < AGENT_CHUNK:
+                        entry.room.clear()
+                        await entry.room.wait()
+                    chunk = await source.read()
+                    if chunk is None:
+                        break
+                    entry.credit[name] -= len(chunk)
+                    events.put_nowait(("out", name, chunk))
+            finally:
+                events.put_nowait(("eof", name))
+
+        async def wait_exit() -> None:
+            try:
+                events.put_nowait(("exit", await asyncio.shield(entry.channel.exit)))
+            except BaseException as e:
+                events.put_nowait(("exit_err", {"error": encode_error(e)}))
+
+        tasks = [asyncio.ensure_future(c) for c in (pump("stdout"), pump("stderr"), wait_exit())]
+        try:
+            left = len(tasks)
+            while left:
+                batch, size = [await events.get()], 0
+                while not events.empty() and size < CHUNK:  # what is ready goes in one item
+                    batch.append(events.get_nowait())
+                    size += len(batch[-1][2]) if batch[-1][0] == "out" else 0
+                left -= sum(1 for e in batch if e[0] != "out")
+                yield _ok(batch)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def exec_credit(self, exec_id: str, stream: str, amount: int) -> Envelope:
+        """The driver's reader took ``amount`` bytes of ``stream``: that much more may be read."""
+        entry = self._execs.get(exec_id)
+        if entry is not None and stream in entry.credit:
+            entry.credit[stream] = min(entry.credit[stream] + max(0, int(amount)), WINDOW)
+            entry.room.set()
+        return _ok()
+
+    async def exec_start(self, box_id: str, request: ExecRequest, exec_id: str) -> Envelope:
         self._purge()
-        if len(self._execs) >= MAX_EXECS:
+        if self._live_execs() >= MAX_EXECS:
             return _err(ResourceExhaustedError(f"node {self.node_id} tracks {MAX_EXECS} executions already"))
+        if exec_id in self._execs:
+            return _err(BoxliteError(f"execution {exec_id} exists on node {self.node_id}"))
         try:
             started = await self.local.exec(box_id, request)
         except BaseException as e:
             return _err(e)
-        exec_id = f"{started.exec_id}-{uuid.uuid4().hex[:8]}"
         entry = _Exec(started.channel, box_id)
         started.channel.exit.add_done_callback(lambda _f: setattr(entry, "ended_at", time.monotonic()))
         self._execs[exec_id] = entry
         return _ok({"exec_id": exec_id, "pid": started.channel.pid})
 
     def _purge(self) -> None:
+        """Drop ended executions after ``FINISHED_KEEP_SECS``, sooner (oldest first) beyond ``MAX_EXECS``."""
         now = time.monotonic()
-        for key, entry in list(self._execs.items()):
-            if entry.ended_at is not None and now - entry.ended_at > FINISHED_KEEP_SECS:
+        ended = sorted((e.ended_at, k) for k, e in self._execs.items() if e.ended_at is not None)
+        excess = len(self._execs) - MAX_EXECS
+        for i, (ended_at, key) in enumerate(ended):
+            if i < excess or now - ended_at > FINISHED_KEEP_SECS:
                 del self._execs[key]
+
+    def _live_execs(self) -> int:
+        return sum(1 for e in self._execs.values() if e.ended_at is None)
 
     def _channel(self, exec_id: str) -> ExecChannel:
         entry = self._execs.get(exec_id)
         if entry is None:
             raise NotFoundError(f"no execution {exec_id} on node {self.node_id}")
         return entry.channel
-
-    async def exec_read(self, exec_id: str, stream: str) -> AsyncGenerator[Envelope, None]:
-        """The chunks of one output stream until its end (a streaming generator)."""
-        try:
-            channel = self._channel(exec_id)
-            source = channel.stdout if stream == "stdout" else channel.stderr
-            while (chunk := await source.read()) is not None:
-                for i in range(0, len(chunk), CHUNK):
-                    yield _ok(chunk[i : i + CHUNK])
-        except BaseException as e:
-            yield _err(e)
-
-    async def exec_wait(self, exec_id: str) -> Envelope:
-        try:
-            body = await asyncio.shield(self._channel(exec_id).exit)
-            return _ok(body)
-        except BaseException as e:
-            return _err(e)
 
     async def exec_stdin(self, exec_id: str, data: bytes) -> Envelope:
         try:
