@@ -1,6 +1,6 @@
 """Run every benchmark (`make bench`) and write one JSON + one markdown report.
 
-    python bench/run_all.py [--quick] [--runs N] [--only core,density,images,vm,state,pause,net]
+    python bench/run_all.py [--quick] [--runs N] [--only core,density,images,vm,state,pause,net,cluster]
                             [--max-boxes N] [--out DIR]
 
 Each benchmark runs as its own process (its memory figures must not include another's); the
@@ -31,6 +31,7 @@ BENCHES = {
     "state": "bench_state.py",
     "pause": "bench_pause.py",
     "net": "bench_net.py",
+    "cluster": "bench_cluster.py",
 }
 
 
