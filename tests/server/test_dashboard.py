@@ -289,7 +289,7 @@ def test_docs_are_bundled_and_behind_the_key(watched: Watched, server: Server, s
     page.locator(".opblock-summary-path", has_text="/v1/boxes").first.wait_for()
     page.screenshot(path=str(shots / "05-docs.png"), full_page=False)
     # "Try it out" goes through the session (Swagger UI sends the CSRF token).
-    op = page.locator("#operations-images-list_images_v1_images_get")
+    op = page.locator("#operations-images-nativeListImages")
     op.locator(".opblock-summary").click()
     op.locator("button.try-out__btn").click()
     op.locator("button.execute").click()

@@ -19,6 +19,7 @@ from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
 from ..wire import encode_error, http_status
 from . import (
+    apidoc,
     boxlite_wire,
     routes_boxes,
     routes_exec,
@@ -35,8 +36,13 @@ from .state import ServerState
 
 DESCRIPTION = """REST API of a BoxLite runtime (`boxlite serve`).
 
-Commands run over the WebSocket `GET /v1/boxes/{id}/exec` (not listed below; see docs/rest.md).
-Authentication: `Authorization: Bearer <api key>` when the server has a key.
+Our own API is under `/v1` (operationIds `native...`); BoxLite's REST API, wire-compatible, under
+`/v1/{prefix}` (BoxLite's operationIds; `GET /v1/me` advertises the slot). WebSocket routes are listed as
+a `GET` answered 101, their frames in the `x-websocket` extension (docs/rest.md).
+Authentication: `Authorization: Bearer <api key>` when the server has a key (401 otherwise).
+Errors: `{"error": {"type", "message"}}` (BoxLite's routes add its `code`); an invalid request (a malformed
+parameter or body) is answered 400, never 422 (BoxLite's routes use 422 for an image that cannot be pulled).
+A TCP server without a key answers 403 to requests a browser page could send (an `Origin` header).
 """
 
 
@@ -106,5 +112,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         doc.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         doc["security"] = [{"bearer": []}]
+        apidoc.finish(doc, app)
         app.openapi_schema = doc
     return app.openapi_schema

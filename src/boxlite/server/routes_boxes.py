@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from .. import __version__
 from ..errors import NotFoundError
+from .apidoc import errors
 from .schemas import (
-    ERROR_RESPONSES,
     BoxInfoModel,
     BoxMetricsModel,
     CreateBoxRequest,
@@ -19,33 +19,46 @@ from .schemas import (
 )
 from .state import ServerState, get_state
 
-router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1")
 
 
-@router.get("/health", response_model=HealthModel, tags=["runtime"], openapi_extra={"security": []})
+@router.get(
+    "/health", response_model=HealthModel, tags=["runtime"], openapi_extra={"security": []},
+    operation_id="nativeGetHealth", responses=errors(),
+)  # fmt: skip
 async def health() -> dict[str, Any]:
     """Liveness probe (no authentication needed)."""
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/metrics", response_model=RuntimeMetricsModel, tags=["runtime"])
+@router.get(
+    "/metrics", response_model=RuntimeMetricsModel, tags=["runtime"], operation_id="nativeGetRuntimeMetrics",
+    responses=errors(),
+)  # fmt: skip
 async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
     return dump(await st.runtime.metrics())
 
 
-@router.post("/boxes", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED, tags=["boxes"])
+@router.post(
+    "/boxes", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED, tags=["boxes"],
+    operation_id="nativeCreateBox", responses=errors(400, 409, 413),
+)  # fmt: skip
 async def create_box(req: CreateBoxRequest, st: ServerState = Depends(get_state)) -> Any:
     """Create a box (state ``configured``); it starts on ``start`` or on its first exec."""
     box = st.remember(await st.runtime.create(req.options.to_options(), req.name))
     return dump(box.info())
 
 
-@router.get("/boxes", response_model=list[BoxInfoModel], tags=["boxes"])
+@router.get(
+    "/boxes", response_model=list[BoxInfoModel], tags=["boxes"], operation_id="nativeListBoxes", responses=errors()
+)
 async def list_boxes(state: str | None = None, st: ServerState = Depends(get_state)) -> Any:
     return dump(await st.runtime.list_info(state))
 
 
-@router.get("/boxes/{box_id}", response_model=BoxInfoModel, tags=["boxes"])
+@router.get(
+    "/boxes/{box_id}", response_model=BoxInfoModel, tags=["boxes"], operation_id="nativeGetBox", responses=errors(404)
+)
 async def inspect_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     info = await st.runtime.get_info(box_id)
     if info is None:
@@ -53,7 +66,10 @@ async def inspect_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     return dump(info)
 
 
-@router.delete("/boxes/{box_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"])
+@router.delete(
+    "/boxes/{box_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"], operation_id="nativeRemoveBox",
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends(get_state)) -> Response:
     box = await st.box(box_id)
     await st.runtime.remove(box.id, force)
@@ -61,14 +77,20 @@ async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/boxes/{box_id}/start", response_model=BoxInfoModel, tags=["boxes"])
+@router.post(
+    "/boxes/{box_id}/start", response_model=BoxInfoModel, tags=["boxes"], operation_id="nativeStartBox",
+    responses=errors(400, 404, 409, 502, 504),
+)  # fmt: skip
 async def start_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     box = await st.box(box_id)
     await box.start()
     return dump(box.info())
 
 
-@router.post("/boxes/{box_id}/stop", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"])
+@router.post(
+    "/boxes/{box_id}/stop", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"], operation_id="nativeStopBox",
+    responses=errors(400, 404, 504),
+)  # fmt: skip
 async def stop_box(
     box_id: str,
     timeout: float | None = Query(None, description="grace period in seconds (negative: wait forever)"),
@@ -82,6 +104,9 @@ async def stop_box(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/boxes/{box_id}/metrics", response_model=BoxMetricsModel, tags=["boxes"])
+@router.get(
+    "/boxes/{box_id}/metrics", response_model=BoxMetricsModel, tags=["boxes"], operation_id="nativeGetBoxMetrics",
+    responses=errors(404),
+)  # fmt: skip
 async def box_metrics(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     return dump(await (await st.box(box_id)).metrics())

@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from .schemas import ERROR_RESPONSES
+from .apidoc import errors
 from .state import ServerState, get_state
 
-router = APIRouter(prefix="/v1/boxes", tags=["files"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/boxes", tags=["files"])
 
 
 @router.put(
     "/{box_id}/archive",
     status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="nativeUploadArchive",
+    responses=errors(400, 404, 409, 413),
     openapi_extra={"requestBody": {"required": True, "content": {"application/x-tar": {"schema": {}}}}},
 )
 async def upload_archive(
@@ -37,7 +39,8 @@ async def upload_archive(
 @router.get(
     "/{box_id}/archive",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/x-tar": {}}, "description": "tar of the path"}},
+    operation_id="nativeDownloadArchive",
+    responses={200: {"content": {"application/x-tar": {}}, "description": "tar of the path"}, **errors(400, 404, 409)},
 )
 async def download_archive(
     box_id: str,

@@ -13,13 +13,14 @@ from fastapi.responses import StreamingResponse
 
 from ..images.types import PullProgress
 from ..wire import encode_error
-from .schemas import ERROR_RESPONSES, GcResult, ImageInfoModel, PullRequest, dump
+from .apidoc import errors
+from .schemas import GcResult, ImageInfoModel, PullRequest, dump
 from .state import ServerState, get_state
 
-router = APIRouter(prefix="/v1/images", tags=["images"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/images", tags=["images"])
 
 
-@router.get("", response_model=list[ImageInfoModel])
+@router.get("", response_model=list[ImageInfoModel], operation_id="nativeListImages", responses=errors())
 async def list_images(st: ServerState = Depends(get_state)) -> Any:
     return dump(await st.runtime.images.list())
 
@@ -27,7 +28,11 @@ async def list_images(st: ServerState = Depends(get_state)) -> Any:
 @router.post(
     "/pull",
     response_model=ImageInfoModel,
-    responses={200: {"content": {"application/x-ndjson": {}}, "description": "with ?progress=true"}},
+    operation_id="nativePullImage",
+    responses={
+        200: {"content": {"application/x-ndjson": {}}, "description": "with ?progress=true"},
+        **errors(400, 404, 413, 502, 504),
+    },
 )
 async def pull_image(req: PullRequest, progress: bool = False, st: ServerState = Depends(get_state)) -> Any:
     """Pull an image into the server's store; answers when the pull is complete.
@@ -67,12 +72,15 @@ async def _pull_events(st: ServerState, reference: str) -> AsyncIterator[bytes]:
         task.cancel()
 
 
-@router.post("/gc", response_model=GcResult)
+@router.post("/gc", response_model=GcResult, operation_id="nativeGcImages", responses=errors())
 async def gc_images(st: ServerState = Depends(get_state)) -> Any:
     return {"removed": await st.runtime.images.gc()}
 
 
-@router.delete("/{reference:path}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{reference:path}", status_code=status.HTTP_204_NO_CONTENT, operation_id="nativeRemoveImage",
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def remove_image(reference: str, force: bool = False, st: ServerState = Depends(get_state)) -> Response:
     await st.runtime.images.remove(reference, force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

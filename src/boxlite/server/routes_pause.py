@@ -6,13 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from .schemas import ERROR_RESPONSES, BoxInfoModel, dump
+from .apidoc import errors
+from .schemas import BoxInfoModel, dump
 from .state import ServerState, get_state
 
-router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1")
 
 
-@router.post("/boxes/{box_id}/pause", response_model=BoxInfoModel, tags=["boxes"])
+@router.post(
+    "/boxes/{box_id}/pause", response_model=BoxInfoModel, tags=["boxes"], operation_id="nativePauseBox",
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def pause_box(
     box_id: str,
     to_disk: bool = Query(False, description="save the memory in the box's dir and free it (VM engine)"),
@@ -25,7 +29,10 @@ async def pause_box(
     return dump(box.info())
 
 
-@router.post("/boxes/{box_id}/resume", response_model=BoxInfoModel, tags=["boxes"])
+@router.post(
+    "/boxes/{box_id}/resume", response_model=BoxInfoModel, tags=["boxes"], operation_id="nativeResumeBox",
+    responses=errors(404, 409),
+)  # fmt: skip
 async def resume_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     """Let a paused box's processes go on where they were."""
     box = await st.box(box_id)
@@ -33,7 +40,10 @@ async def resume_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     return dump(box.info())
 
 
-@router.post("/boxes/{box_id}/fork", response_model=list[BoxInfoModel], tags=["boxes"])
+@router.post(
+    "/boxes/{box_id}/fork", response_model=list[BoxInfoModel], tags=["boxes"], operation_id="nativeForkBox",
+    responses=errors(400, 404, 409),
+)  # fmt: skip
 async def fork_box(
     box_id: str,
     n: int = Query(1, ge=1, le=16, description="how many copies"),

@@ -18,10 +18,11 @@ from pydantic import BaseModel, Field
 from ..api.options import ExportOptions
 from ..errors import NotFoundError, ResourceExhaustedError
 from ..procfs import process_start_time
-from .schemas import ERROR_RESPONSES, BoxInfoModel, dump
+from .apidoc import errors
+from .schemas import BoxInfoModel, dump
 from .state import ServerState, get_state
 
-router = APIRouter(prefix="/v1/boxes", tags=["state"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/boxes", tags=["state"])
 CHUNK = 1 << 20
 
 
@@ -52,18 +53,27 @@ class ExportBoxRequest(BaseModel):
     compression: str = "none"
 
 
-@router.post("/{box_id}/snapshots", response_model=SnapshotModel, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{box_id}/snapshots", response_model=SnapshotModel, status_code=status.HTTP_201_CREATED,
+    operation_id="nativeCreateSnapshot", responses=errors(400, 404, 409, 413),
+)  # fmt: skip
 async def create_snapshot(box_id: str, req: CreateSnapshotRequest, st: ServerState = Depends(get_state)) -> Any:
     """A named copy-on-write snapshot of the box's disk."""
     return dump(await (await st.box(box_id)).snapshot.create(name=req.name))
 
 
-@router.get("/{box_id}/snapshots", response_model=ListSnapshotsResponse)
+@router.get(
+    "/{box_id}/snapshots", response_model=ListSnapshotsResponse, operation_id="nativeListSnapshots",
+    responses=errors(404),
+)  # fmt: skip
 async def list_snapshots(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     return {"snapshots": dump(await (await st.box(box_id)).snapshot.list())}
 
 
-@router.get("/{box_id}/snapshots/{snapshot_name}", response_model=SnapshotModel)
+@router.get(
+    "/{box_id}/snapshots/{snapshot_name}", response_model=SnapshotModel, operation_id="nativeGetSnapshot",
+    responses=errors(404),
+)  # fmt: skip
 async def get_snapshot(box_id: str, snapshot_name: str, st: ServerState = Depends(get_state)) -> Any:
     found = await (await st.box(box_id)).snapshot.get(snapshot_name)
     if found is None:
@@ -71,20 +81,29 @@ async def get_snapshot(box_id: str, snapshot_name: str, st: ServerState = Depend
     return dump(found)
 
 
-@router.delete("/{box_id}/snapshots/{snapshot_name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{box_id}/snapshots/{snapshot_name}", status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="nativeRemoveSnapshot", responses=errors(404, 409),
+)  # fmt: skip
 async def remove_snapshot(box_id: str, snapshot_name: str, st: ServerState = Depends(get_state)) -> Response:
     await (await st.box(box_id)).snapshot.remove(snapshot_name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{box_id}/snapshots/{snapshot_name}/restore", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/{box_id}/snapshots/{snapshot_name}/restore", status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="nativeRestoreSnapshot", responses=errors(404, 409),
+)  # fmt: skip
 async def restore_snapshot(box_id: str, snapshot_name: str, st: ServerState = Depends(get_state)) -> Response:
     """The stopped box's disk becomes the snapshot's (409 while it runs)."""
     await (await st.box(box_id)).snapshot.restore(snapshot_name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{box_id}/clone", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{box_id}/clone", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED,
+    operation_id="nativeCloneBox", responses=errors(400, 404, 409, 413),
+)  # fmt: skip
 async def clone_box(box_id: str, req: CloneBoxRequest | None = None, st: ServerState = Depends(get_state)) -> Any:
     """A new stopped box with the box's disk as it is now (a running box is frozen briefly)."""
     copy = await (await st.box(box_id)).clone_box(name=req.name if req else None)
@@ -105,7 +124,11 @@ def _scratch(st: ServerState) -> str:
 @router.post(
     "/{box_id}/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "the .boxlite archive"}},
+    operation_id="nativeExportBox",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the .boxlite archive"},
+        **errors(400, 404, 409, 413),
+    },
 )
 async def export_box(box_id: str, req: ExportBoxRequest | None = None, st: ServerState = Depends(get_state)) -> Any:
     """The box as a ``.boxlite`` archive (written on the server's disk first, then streamed)."""
@@ -135,6 +158,8 @@ async def export_box(box_id: str, req: ExportBoxRequest | None = None, st: Serve
     "/import",
     response_model=BoxInfoModel,
     status_code=status.HTTP_201_CREATED,
+    operation_id="nativeImportBox",
+    responses=errors(400, 409, 413),
     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {}}}}},
 )
 async def import_box(

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path
 from .. import routes_state
 from . import boxes, discovery, exec_routes, files
 from .errors import WireRoute
+from .responses import as_wire, errors
 
 
 def routing_slot(prefix: str = Path(max_length=128, description="deployment routing slot (opaque)")) -> str:
@@ -36,7 +37,7 @@ def _state_routes() -> APIRouter:
             router.add_api_route(
                 "/boxes" + path, route.endpoint, methods=[method],  # type: ignore[attr-defined]
                 status_code=route.status_code, response_class=route.response_class,  # type: ignore[attr-defined]
-                responses=route.responses, openapi_extra=route.openapi_extra,  # type: ignore[attr-defined]
+                responses=as_wire(route.responses), openapi_extra=route.openapi_extra,  # type: ignore[attr-defined]
                 operation_id=names.get((method, tail)), response_model=route.response_model,  # type: ignore[attr-defined]
             )  # fmt: skip
     return router
@@ -48,7 +49,7 @@ def mount(app: FastAPI) -> None:
     slotted = APIRouter()
     for router in (boxes.router, boxes.shared, exec_routes.router, files.router, _state_routes()):
         slotted.include_router(router)
-    app.include_router(slotted, prefix="/v1/{prefix:path}", dependencies=[Depends(routing_slot)])
+    app.include_router(slotted, prefix="/v1/{prefix:path}", dependencies=[Depends(routing_slot)], responses=errors(400))
     plain = APIRouter(route_class=WireRoute, include_in_schema=False)
     for router in (boxes.shared, exec_routes.router, files.router):
         plain.include_router(router)

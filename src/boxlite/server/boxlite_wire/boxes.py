@@ -121,14 +121,6 @@ async def stop_box(box_id: str, req: WireStopBox | None = None, st: ServerState 
     return box_json(info)
 
 
-@router.get("/metrics", operation_id="getRuntimeMetrics", tags=["BoxLite wire"])
-async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
-    m = await st.runtime.metrics()
-    fields = ("boxes_created_total", "boxes_failed_total", "num_running_boxes", "total_commands_executed",
-              "total_exec_errors")  # fmt: skip
-    return {"boxes_stopped_total": getattr(m, "boxes_stopped_total", 0), **{f: getattr(m, f, 0) for f in fields}}
-
-
 def _ms(value: float | None) -> int | None:
     return None if value is None else int(value)
 
@@ -144,6 +136,16 @@ async def box_metrics(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     timing["total_create_ms"] = _ms(m.total_create_duration_ms)
     timing["guest_boot_ms"] = _ms(m.guest_boot_duration_ms)
     return {**{f: getattr(m, f, None) for f in counters}, "boot_timing": timing}
+
+
+# After the box routes: with a multi-segment slot, "/v1/{prefix}/metrics" also matches
+# ".../boxes/{id}/metrics".
+@router.get("/metrics", operation_id="getRuntimeMetrics", tags=["BoxLite wire"], responses=errors())
+async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
+    m = await st.runtime.metrics()
+    fields = ("boxes_created_total", "boxes_failed_total", "num_running_boxes", "total_commands_executed",
+              "total_exec_errors")  # fmt: skip
+    return {"boxes_stopped_total": getattr(m, "boxes_stopped_total", 0), **{f: getattr(m, f, 0) for f in fields}}
 
 
 @router.post(

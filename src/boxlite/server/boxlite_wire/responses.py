@@ -19,7 +19,7 @@ class WireErrorResponse(BaseModel):
 
 
 _WHY = {
-    400: "invalid request (`invalid_argument`, `unsupported`)",
+    400: "invalid request (`invalid_argument`, `unsupported`), also a routing slot over 128 characters",
     404: "no such box, execution, file or image (`not_found`)",
     409: "the state forbids it (`invalid_state`, `already_exists`, `stopped`)",
     413: "request body over its limit (`resource_exhausted`)",
@@ -28,11 +28,15 @@ _WHY = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The errors a route documents (FastAPI adds no 422 of its own next to these)."""
+    """The errors a route documents (with ``default``, FastAPI adds no 422 of its own next to these)."""
     out: dict[int | str, dict[str, Any]] = {c: {"model": WireErrorResponse, "description": _WHY[c]} for c in codes}
-    if 422 not in codes:
-        out["default"] = {"model": WireErrorResponse, "description": "unexpected server error (`internal`)"}
+    out["default"] = {"model": WireErrorResponse, "description": "unexpected server error (`internal`)"}
     return out
+
+
+def as_wire(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """One of our routes' documented errors (apidoc.errors) in BoxLite's error form."""
+    return {code: {**r, "model": WireErrorResponse} if "model" in r else r for code, r in responses.items()}
 
 
 class WireBox(BaseModel):
