@@ -10,7 +10,7 @@ echo "==> system packages"
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
     busybox-static e2fsprogs erofs-utils qemu-system-x86 qemu-utils cpio uidmap passt nftables ca-certificates python3-venv \
-    bubblewrap runc crun docker-registry skopeo umoci apache2-utils tmux hyperfine criu chromium \
+    bubblewrap runc crun docker-registry skopeo umoci apache2-utils tmux hyperfine criu chromium fontconfig \
     linux-source-6.1 flex bison bc libelf-dev libssl-dev make gcc xz-utils unzip \
     >/dev/null
 
