@@ -1,0 +1,111 @@
+"""``boxlite --ray ADDRESS VERB``: the CLI on the boxes of a real one-node Ray cluster
+(``ray start --head`` with its own temp dir, port and BoxLite home), through ``Boxlite.ray``.
+
+The cluster is stopped by the pids of its own processes (found by the home in their
+environment), never by ``ray stop``, which would end every Ray cluster of the machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import boxlite
+from support.cli import Cli, assert_one_line_error
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _marked(mark: bytes) -> list[int]:
+    """Processes whose environment holds ``mark`` (Ray's processes and the boxes inherit it)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            with contextlib.suppress(OSError):
+                if mark in Path(f"/proc/{pid}/environ").read_bytes():
+                    pids.append(int(pid))
+    return pids
+
+
+async def _remove_boxes(home: Path) -> None:
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home)))
+    try:
+        for info in await rt.list_info():
+            with contextlib.suppress(boxlite.BoxliteError):
+                await rt.remove(info.id, force=True)
+    finally:
+        await rt.shutdown(timeout=2)
+
+
+@pytest.fixture
+def ray_head(cli: Cli) -> Iterator[str]:
+    """A one-node Ray cluster on loopback whose node service keeps its boxes in a home of its own."""
+    root = Path(tempfile.mkdtemp(prefix="blray"))  # short: Ray's socket paths must fit in 107 bytes
+    home = root / "home"
+    env = {**cli.env(), "BOXLITE_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    address = f"127.0.0.1:{_free_port()}"
+    head = [
+        RAY, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--temp-dir={root / 'tmp'}",
+        "--include-dashboard=false", "--num-cpus=1", "--object-store-memory=100000000",
+        "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+    ]  # fmt: skip
+    mark = f"BOXLITE_HOME={home}".encode()
+    try:
+        subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
+        yield address
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _marked(mark):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 15
+            while _marked(mark) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        if (home / "state.db").exists():
+            asyncio.run(_remove_boxes(home))
+        left = _marked(mark)
+        shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"processes of the test's Ray cluster outlived it: {left}"
+
+
+@pytest.mark.namespace_only
+def test_verbs_through_a_ray_cluster(cli: Cli, ray_head: str) -> None:
+    def ray(*args: str) -> subprocess.CompletedProcess[str]:
+        return cli("--ray", ray_head, *args, timeout=180)
+
+    def ok(*args: str) -> str:
+        proc = ray(*args)
+        assert proc.returncode == 0, (args, proc.returncode, proc.stdout, proc.stderr)
+        return proc.stdout
+
+    rootfs = str(cli.rootfs)
+    proc = ray("run", "--rm", "--rootfs", rootfs, "sh", "-c", "echo from-the-cluster; exit 3")
+    assert (proc.returncode, proc.stdout) == (3, "from-the-cluster\n")
+    box_id = ok("run", "-d", "--name", "far", "--rootfs", rootfs, "sh", "-c", "sleep 600").strip()
+    assert cli.ok("ls", "-a", "-q") == ""  # not in the CLI's own home
+    proc = ray("exec", "far", "sh", "-c", "echo in-box; exit 4")
+    assert (proc.returncode, proc.stdout) == (4, "in-box\n")
+    ls = ok("ls")
+    assert box_id[-12:] in ls and "far" in ls and "running" in ls
+    assert_one_line_error(ray("logs", "far"), 125, "needs a home on this machine")
+    assert ok("kill", "far").strip() == "far"
+    assert ok("rm", "far").strip() == "far"
+    assert ok("ls", "-a", "-q") == ""
