@@ -1,7 +1,11 @@
 """BoxLite's ``boxlite.constants``, with this runtime's values where they differ (docs/compat.md).
 
 The defaults are the ones boxes really get here; the ComputerBox/BrowserBox/SkillBox values are
-BoxLite's, kept for code that reads them (those boxes come with issue 13)."""
+BoxLite's, kept for code that reads them. Those boxes exist here (docs/computerbox.md,
+docs/browserbox.md, docs/skillbox.md), but their images are built from Debian packages rather
+than pulled (``COMPUTERBOX_IMAGE``/``SKILLBOX_IMAGE`` name images they do not use), ComputerBox
+publishes noVNC on a host port the OS picks and SkillBox has no GUI (the ``*_GUI_HTTP(S)_PORT``
+values are not used)."""
 
 from .api.options import DEFAULT_MEMORY_MIB
 
