@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi.testclient import TestClient
+from openapi_spec_validator import validate
 
 from boxlite.server.apidoc import websocket_paths
 from boxlite.server.app import create_app
@@ -111,3 +113,23 @@ def test_websocket_protocols_are_described() -> None:
     assert start["type"] == "start" and {"command", "args", "env", "tty", "window"} <= set(
         start["schema"]["properties"]
     )
+
+
+def test_document_is_valid_openapi() -> None:
+    validate(json.loads(COMMITTED.read_text()))
+
+
+def test_an_unexpected_failure_is_the_documented_default() -> None:
+    """A bug in one of our routes answers 500 in the error form (``default``), not a text page."""
+    app = create_app()
+
+    async def boom() -> None:
+        raise RuntimeError("/srv/secret/path exploded")
+
+    app.add_api_route("/v1/boom", boom)
+    client = TestClient(app, raise_server_exceptions=False)  # no lifespan (no runtime, no home): not a context
+    resp = client.get("/v1/boom")
+    assert resp.status_code == 500
+    assert resp.json() == {"error": {"type": "InternalError", "message": "internal error"}}
+    default = document()["paths"]["/v1/boxes"]["get"]["responses"]["default"]
+    assert default["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorModel")

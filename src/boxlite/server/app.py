@@ -96,6 +96,12 @@ def create_app(
         err = ConfigError(f"invalid request: {exc.errors()}")
         return JSONResponse({"error": encode_error(err)}, status_code=400)
 
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        """A bug: the document's ``default`` answer, in the error form, without the exception's
+        text (it may name server paths); the server still logs the traceback."""
+        return JSONResponse({"error": {"type": "InternalError", "message": "internal error"}}, status_code=500)
+
     app.add_middleware(BodyLimitMiddleware, max_body=max_body, max_upload=max_upload)
     if api_key:  # added last: runs first, so unauthenticated bodies are never read
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
