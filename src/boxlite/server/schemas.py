@@ -244,8 +244,3 @@ def dump(obj: Any) -> Any:
     if isinstance(obj, list):
         return [dump(o) for o in obj]
     return asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else obj
-
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorModel} for code in (400, 401, 404, 409, 413, 500, 502, 503, 504)
-}
