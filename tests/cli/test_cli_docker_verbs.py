@@ -199,6 +199,14 @@ def test_ls_and_inspect_details(cli: Cli) -> None:
     assert (insp["exit_code"], insp["health"], insp["ports"]) == (None, "none", [])
     [ended] = cli.json("inspect", "done")  # type: ignore[misc]
     assert ended["exit_code"] == 3
+    # BoxLite's/docker's -f templates (field lookups) and -l
+    line = cli.ok("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.Name}} {{json .Command}}", "done", "svc")
+    assert line.splitlines() == ['exited 3 done ["sh", "-c", "exit 3"]', 'running <nil> svc ["sh", "-c", "sleep 600"]']
+    assert cli.ok("inspect", "--format", "{{json .Env}}", "svc").count("******") == 2
+    assert cli.ok("inspect", "-l", "-f", "{{.ID}}").strip() == ended["id"]
+    assert_one_line_error(cli("inspect", "-f", "{{if .State}}x{{end}}", "svc"), 125, "unsupported template")
+    assert_one_line_error(cli("inspect", "-f", "{{.Nope}}", "svc"), 125, "no field 'Nope'")
+    assert_one_line_error(cli("inspect", "-l", "svc"), 125, "--latest")
 
 
 async def test_ambiguous_prefix_is_named() -> None:

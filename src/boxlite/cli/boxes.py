@@ -162,10 +162,20 @@ def _box_json(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("refs", nargs=-1, required=True, metavar="BOX|IMAGE...", shell_complete=complete_box)
+@click.option("-f", "--format", "fmt", default="json", show_default=True, metavar="json|TEMPLATE",
+              help="json, or a template printed per box, e.g. '{{.State.Status}}', '{{json .Env}}'.")  # fmt: skip
+@click.option("-l", "--latest", is_flag=True, help="The most recently created box.")
+@click.argument("refs", nargs=-1, metavar="BOX|IMAGE...", shell_complete=complete_box)
 @with_runtime
-async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
-    """Show boxes (or images) as JSON."""
+async def inspect(rt: Boxlite, refs: tuple[str, ...], fmt: str = "json", latest: bool = False) -> int:
+    """Show boxes (or images) as JSON, or fields of them (--format)."""
+    if latest == bool(refs):
+        raise fail("give BOX|IMAGE... or --latest")
+    if latest:
+        newest = await rt.list_info()  # newest first
+        if not newest:
+            raise NotFoundError("no boxes")
+        refs = (newest[0].id,)
     out: list[dict[str, Any]] = []
     images = None
     for ref in refs:
@@ -187,5 +197,11 @@ async def inspect(rt: Boxlite, refs: tuple[str, ...]) -> int:
         if is_local(rt):
             data["dir"] = str(box_layout(rt, box.id).root)
         out.append({"type": "box", **data})
-    print_json(out)
+    if fmt == "json":
+        print_json(out)
+    else:
+        from .template import render
+
+        for item in out:
+            click.echo(render(fmt, item))
     return 0
