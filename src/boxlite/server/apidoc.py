@@ -21,7 +21,7 @@ from .schemas import ErrorModel, ExecStart
 _WHY = {
     400: "invalid request: a malformed parameter or body, or a value refused (ConfigError, ParseError, "
     "UnsupportedOptionError, ExecError)",
-    404: "no such box, snapshot, file or image (NotFoundError)",
+    404: "no such box, snapshot, file or image, or a host path named by the options (NotFoundError)",
     409: "the box's state forbids it, or the name is taken (InvalidStateError, AlreadyExistsError)",
     413: "request body over its limit (RequestTooLargeError)",
     502: "the image registry failed or refused (RegistryError)",

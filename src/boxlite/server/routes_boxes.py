@@ -41,7 +41,7 @@ async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
 
 @router.post(
     "/boxes", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED, tags=["boxes"],
-    operation_id="nativeCreateBox", responses=errors(400, 409, 413),
+    operation_id="nativeCreateBox", responses=errors(400, 404, 409, 413),
 )  # fmt: skip
 async def create_box(req: CreateBoxRequest, st: ServerState = Depends(get_state)) -> Any:
     """Create a box (state ``configured``); it starts on ``start`` or on its first exec."""

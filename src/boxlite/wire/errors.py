@@ -17,6 +17,7 @@ _STATUS: list[tuple[type[errors.BoxliteError], int]] = [
     (errors.UnsupportedOptionError, 400),
     (errors.ConfigError, 400),
     (errors.ParseError, 400),
+    (errors.UnsafeArchiveError, 400),  # an uploaded archive (import, copy_in) the client got wrong
     (errors.ExecError, 400),
     (errors.TimeoutError, 504),
     (errors.RequestTooLargeError, 413),

@@ -38,7 +38,7 @@ def _token(offset: int) -> str:
 
 @router.post(
     "/boxes", status_code=status.HTTP_201_CREATED, operation_id="createBox", tags=["BoxLite wire"],
-    response_model=WireBox, responses=errors(400, 409, 413, 422),
+    response_model=WireBox, responses=errors(400, 404, 409, 413, 422),
 )  # fmt: skip
 async def create_box(
     req: WireCreateBox, request: Request, response: Response, st: ServerState = Depends(get_state)

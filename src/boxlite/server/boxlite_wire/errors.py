@@ -29,6 +29,7 @@ _MAP: list[tuple[type[BaseException], int, str, str]] = [
     (e.UnsupportedOptionError, 400, "UnsupportedError", "unsupported"),
     (e.ConfigError, 400, "InvalidArgumentError", "invalid_argument"),
     (e.ParseError, 400, "InvalidArgumentError", "invalid_argument"),
+    (e.UnsafeArchiveError, 400, "InvalidArgumentError", "invalid_argument"),
     (e.ExecError, 400, "ExecutionError", "execution_failed"),
     (e.TimeoutError, 504, "TimeoutError", "timeout"),
     (e.UnauthorizedError, 401, "AuthError", "unauthenticated"),
