@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,28 @@ async def test_tunnel_over_rest(engine: str, busybox_rootfs: Path, tmp_path: Pat
         finally:
             await box.stop()
             await rt.shutdown()
+
+
+def test_tunnel_from_synchronous_code(engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
+    from boxlite.sync_api import SyncBoxlite, SyncSimpleBox
+
+    with (
+        SyncBoxlite(boxlite.Options(home_dir=str(tmp_path / "home"), engine=engine)) as rt,
+        SyncSimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt, network="disabled") as box,
+    ):
+        box.exec("sh", "-c", "(nc -ll -p 7000 -e cat &) ; true")
+        for _ in range(100):
+            try:
+                tunnel = box.network.tunnel(7000)
+                break
+            except boxlite.NetworkError:
+                time.sleep(0.2)
+        with tunnel.connect() as conn:
+            assert conn.write(b"sync-hello\n") == 11
+            conn.shutdown_write()
+            got = b""
+            while chunk := conn.read(1024):
+                got += chunk
+        assert got == b"sync-hello\n"
+        with pytest.raises(boxlite.ConfigError):
+            box.tunnel(0)
