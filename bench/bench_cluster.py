@@ -73,7 +73,8 @@ class LocalRay:
         subprocess.run(worker, env=self.env(1), check=True, capture_output=True, timeout=300)
 
     def ours(self) -> list[int]:
-        """Processes started for this cluster: Ray's and the boxes' (they inherit the node's home)."""
+        """Processes started for this cluster: Ray's and the boxes' (they inherit the node's home),
+        and their descendants (Ray's agents rename themselves over their environment)."""
         mark = f"BOXLITE_HOME={self.work}/".encode()
         pids = []
         for pid in os.listdir("/proc"):
@@ -81,19 +82,29 @@ class LocalRay:
                 with contextlib.suppress(OSError):
                     if mark in Path(f"/proc/{pid}/environ").read_bytes():
                         pids.append(int(pid))
-        return pids
+        return sorted({d for pid in pids for d in bl.descendants(pid)} - {os.getpid()})
 
     def stop(self) -> None:
+        started = set(self.ours())  # taken while the raylets still hold their agents as children
         for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-            for pid in self.ours():
+            for pid in self.ours() + sorted(started):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + wait
-            while self.ours() and time.monotonic() < deadline:
+            while self.alive(started) and time.monotonic() < deadline:
                 time.sleep(0.2)
-        left = self.ours()
+        left = self.alive(started)
         if left:
             raise RuntimeError(f"processes of the benchmark's Ray cluster outlived it: {left}")
+
+    def alive(self, started: set[int]) -> list[int]:
+        """What is left of ``started`` (the same processes: not reused pids) and of ours()."""
+        left = set(self.ours())
+        for pid in started:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                    left.add(pid)
+        return sorted(left)
 
 
 async def create_all(rt: boxlite.Boxlite, opts: boxlite.BoxOptions, n: int, concurrency: int) -> tuple[float, list]:

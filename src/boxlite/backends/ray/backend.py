@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from .placement import STRATEGIES, NodeLoad, choose
 
 LOST = "lost"
 """``BoxInfo.state.status`` of a box whose node is gone."""
+VIEW_TTL = 1.0
+"""Seconds the driver reuses the cluster's alive nodes and their loads for placement."""
 DIRECTORY_TIMEOUT = 10.0
 """Deadline of a directory call (a hint: on a miss the driver asks every node service)."""
 
@@ -228,25 +231,36 @@ class RayBackend(Backend):
         self._last: dict[str, BoxInfo] = {}  # last info seen per box (what list shows once its node is lost)
         self._owned: set[str] = set()  # non-detached boxes this driver created: stopped by shutdown()
         self._pending: dict[str, builtins.list[float]] = {}  # node -> [boxes, cpus, memory] being created
+        self._alive_view: dict[str, dict[str, Any]] = {}
+        self._alive_at = 0.0
+        self._hellos: dict[str, dict[str, Any]] = {}  # node id -> its last answer to hello
+        self._hello_at = 0.0
         self._ready: set[str] = set()  # boxes seen ready (Box.exec asks before every command)
         self._directory: Any = None  # the cluster's box directory (directory.py), opened on first use
         self._closed = False
 
     # --- nodes ----------------------------------------------------------------------------
-    def _alive(self) -> dict[str, dict[str, Any]]:
-        """The alive Ray nodes that may host boxes, by node id."""
-        ray = _ray()
-        alive = {}
-        for n in ray.nodes():
-            res = n.get("Resources") or {}
-            if n.get("Alive") and (self.o.node_resource is None or res.get(self.o.node_resource, 0) > 0):
-                alive[n["NodeID"]] = res
-        return alive
+    def _alive(self, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """The alive Ray nodes that may host boxes, by node id (asked of the GCS at most every
+        ``VIEW_TTL``, unless ``fresh``: a blocking call, and ``create`` needs it every time)."""
+        now = time.monotonic()
+        if fresh or now - self._alive_at > VIEW_TTL:
+            alive = {}
+            for n in _ray().nodes():
+                res = n.get("Resources") or {}
+                if n.get("Alive") and (self.o.node_resource is None or res.get(self.o.node_resource, 0) > 0):
+                    alive[n["NodeID"]] = res
+            self._alive_view, self._alive_at = alive, now
+        return self._alive_view
 
     def _service(self, node_id: str) -> NodeRef:
         """The node's service, started on demand (detached: it outlives this driver, with its boxes)."""
         ref = self._nodes.get(node_id)
-        if ref is None and not any(n.get("Alive") and n["NodeID"] == node_id for n in _ray().nodes()):
+        if (
+            ref is None
+            and node_id not in self._alive()
+            and not any(n.get("Alive") and n["NodeID"] == node_id for n in _ray().nodes())
+        ):
             ref = self._nodes[node_id] = NodeRef(node_id, None, self.o)  # gone: its calls raise BoxDiedError
         if ref is None:
             ray = _ray()
@@ -289,13 +303,20 @@ class RayBackend(Backend):
         return [r for r, a in zip(refs, answers, strict=True) if not isinstance(a, BaseException)]
 
     async def _loads(self) -> builtins.list[NodeLoad]:
+        """Every alive node's load: its answer to ``hello`` (reused for ``VIEW_TTL``, plus what this
+        driver created there since), plus this driver's creations in flight. A hint: each node
+        enforces its box limit itself."""
         alive = self._alive()
         refs = [self._service(node_id) for node_id in alive]
-        answers = await asyncio.gather(*(r.call_raw("hello", timeout=self.o.create_timeout) for r in refs),
-                                       return_exceptions=True)  # fmt: skip
+        if time.monotonic() - self._hello_at > VIEW_TTL or set(self._hellos) != set(alive):
+            answers = await asyncio.gather(*(r.call_raw("hello", timeout=self.o.create_timeout) for r in refs),
+                                           return_exceptions=True)  # fmt: skip
+            self._hellos = {r.node_id: a for r, a in zip(refs, answers, strict=True) if isinstance(a, dict)}
+            self._hello_at = time.monotonic()
         loads = []
-        for ref, hello in zip(refs, answers, strict=True):
-            if isinstance(hello, BaseException):
+        for ref in refs:
+            hello = self._hellos.get(ref.node_id)
+            if hello is None:
                 continue
             res = alive[ref.node_id]
             pending = self._pending.get(ref.node_id, [0, 0.0, 0])
@@ -356,9 +377,16 @@ class RayBackend(Backend):
             raise AlreadyExistsError(f"a box named {name!r} exists on the Ray cluster")
         cpus = float(DEFAULT_CPUS if options.cpus is None else options.cpus)
         memory = int(DEFAULT_MEMORY_MIB if options.memory_mib is None else options.memory_mib)
-        loads = await self._loads()
+        loads, refused, fresh = await self._loads(), set(), time.monotonic() - self._hello_at < 0.05
         while True:  # a node that refuses (its own box limit: another driver got there first) is skipped
-            chosen = choose(loads, cpus, memory, self.o.strategy, self.o.max_boxes_per_node, self.o.overcommit)
+            try:
+                chosen = choose(loads, cpus, memory, self.o.strategy, self.o.max_boxes_per_node, self.o.overcommit)
+            except ResourceExhaustedError:
+                if fresh:
+                    raise
+                self._hello_at, fresh = 0.0, True  # full as far as a reused view says: ask the nodes
+                loads = [n for n in await self._loads() if n.node_id not in refused]
+                continue
             pending = self._pending.setdefault(chosen.node_id, [0, 0.0, 0])
             delta = (1, cpus, memory)
             for i, d in enumerate(delta):
@@ -369,10 +397,15 @@ class RayBackend(Backend):
                 )
                 break
             except ResourceExhaustedError:
+                refused.add(chosen.node_id)
                 loads = [n for n in loads if n.node_id != chosen.node_id]
+                self._hello_at = 0.0  # that node's load was stale: ask again next time
             finally:
                 for i, d in enumerate(delta):
                     pending[i] -= d
+        hello = self._hellos.get(chosen.node_id)
+        if hello is not None:  # the cached load counts it until the next hello
+            hello.update(boxes=hello["boxes"] + 1, cpus=hello["cpus"] + cpus, memory_mib=hello["memory_mib"] + memory)
         if not info.detach:
             self._owned.add(info.id)
         return self._seen(info, chosen.node_id)
@@ -445,7 +478,7 @@ class RayBackend(Backend):
         return [i for i in out if state is None or i.state.status == state]
 
     def _alive_node(self, node_id: str) -> bool:
-        return node_id in self._alive()
+        return node_id in self._alive(fresh=True)
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         node, box_id = await self._node(id_or_name)
