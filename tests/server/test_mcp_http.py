@@ -14,7 +14,7 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcpflow import every_tool, hostile_requests, load_busybox
+from mcpflow import desktop_flow, desktop_limit, every_tool, hostile_requests, link_desktop_image, load_busybox
 
 from rest.serverproc import API_KEY, free_port, stop_server, wait_ready
 
@@ -28,6 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     home = tmp_path_factory.mktemp("mcp") / "home"
     asyncio.run(load_busybox(home))
+    link_desktop_image(home)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("BOXLITE_ENGINE", os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",")[0])
@@ -43,9 +44,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_server(proc)
 
 
-def client(url: str, key: str = API_KEY) -> Client:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60)
-    return Client(streamable_http_client(f"{url}/mcp", http_client=http), read_timeout_seconds=60)
+def client(url: str, key: str = API_KEY, timeout: float = 60) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+    return Client(streamable_http_client(f"{url}/mcp", http_client=http), read_timeout_seconds=timeout)
 
 
 async def test_every_tool_over_http(server: str) -> None:
@@ -67,3 +68,9 @@ async def test_a_wrong_api_key_is_refused(server: str) -> None:
         async with client(server, key="wrong-key") as c:
             await c.list_tools()
     assert info.group_contains(MCPError)
+
+
+@pytest.mark.timeout(1800)  # the first run on a machine builds the desktop image (test cache)
+async def test_desktop_box_over_http(server: str) -> None:
+    async with client(server, timeout=3 * desktop_limit()) as c:
+        await desktop_flow(c)

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
-from mcpflow import IMAGE, every_tool, hostile_requests, load_busybox, result
+from mcpflow import (
+    IMAGE,
+    desktop_flow,
+    desktop_limit,
+    error_text,
+    every_tool,
+    hostile_requests,
+    link_desktop_image,
+    load_busybox,
+    result,
+)
 
 from boxlite.mcp import limits
 from rest.serverproc import start_server, stop_server, wait_ready
@@ -36,6 +46,15 @@ async def test_bad_requests_are_tool_errors_over_stdio(tmp_path: Path) -> None:
     await load_busybox(tmp_path / "home")
     async with Client(stdio_server(tmp_path / "home"), read_timeout_seconds=60) as client:
         await hostile_requests(client)
+
+
+@pytest.mark.timeout(1800)  # the first run on a machine builds the desktop image (test cache)
+async def test_desktop_box_over_stdio(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    await load_busybox(home)
+    await asyncio.to_thread(link_desktop_image, home)
+    async with Client(stdio_server(home), read_timeout_seconds=3 * desktop_limit()) as client:
+        await desktop_flow(client)
 
 
 async def test_run_code_in_a_fresh_codebox_and_box_logs(tmp_path: Path) -> None:
@@ -77,5 +96,9 @@ async def test_every_tool_over_a_rest_backend(tmp_path: Path) -> None:
         params = stdio_server(tmp_path / "unused", "--url", f"unix://{home / 'boxlite.sock'}")
         async with Client(params, read_timeout_seconds=60) as client:
             await every_tool(client)
+            # a desktop's image and session live with the runtime: not over a REST backend
+            refused = error_text(await client.call_tool("create_computer_box", {}))
+            assert "UnsupportedOptionError: " in refused and "local runtime" in refused
+            assert result(await client.call_tool("list_boxes", {})) == []
     finally:
         stop_server(proc)

@@ -36,3 +36,21 @@ SESSION_IDLE = 600.0
 """Seconds an idle HTTP session is kept."""
 MAX_CODE = 256 << 10
 """Bytes of source ``run_code`` accepts."""
+MAX_DESKTOPS = 8
+"""Desktop boxes (``create_computer_box``) one server keeps at once (each is 2 CPUs, 2 GiB by default)."""
+DESKTOP_CREATE_TIMEOUT = 600.0
+"""Seconds ``create_computer_box`` may take by default (a first use builds the desktop image)."""
+DESKTOP_ACTION_TIMEOUT = 30.0
+"""Seconds one desktop action (xdotool, xwd in the box) may take by default."""
+MIN_SCREEN_SIDE = 64
+MAX_SCREEN_SIDE = 4096
+MAX_SCREEN_PIXELS = 2560 * 1600
+"""Largest desktop screen (a screenshot of it is at most 16 MiB raw from the box)."""
+XWD_SLACK = 64 << 10
+"""Bytes of a raw screenshot beyond its pixels (XWD header and colormap) the box may send."""
+MAX_SCREENSHOT_PNG = 8 << 20
+"""Bytes of one ``screenshot`` PNG (base64 in the result: about 11 MiB)."""
+MAX_TYPE_TEXT = 4096
+"""Characters one ``type_text`` call types (12 ms each in the box)."""
+MAX_LAUNCHED = 16
+"""Programs started by ``launch`` that may run at once on one desktop."""

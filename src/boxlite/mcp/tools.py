@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp.server.mcpserver.exceptions import ResourceError
 
 from .. import __version__
 from ..api.box import Box
@@ -27,15 +26,17 @@ from ..api.options import BoxOptions
 from ..api.runtime import Boxlite
 from ..api.simplebox import CodeBox
 from ..errors import BoxliteError, ConfigError, NotFoundError, ResourceExhaustedError, UnsupportedOptionError
-from . import boxfiles, execs, limits
+from . import boxfiles, desktop_tools, execs, limits
+from .desktops import Desktops
+from .toolerror import typed as _typed
 
-P = ParamSpec("P")
-R = TypeVar("R")
 RuntimeSource = Callable[[], Boxlite]
 
 INSTRUCTIONS = """Run commands in isolated BoxLite boxes. Create a box from an image (create_box), run
 commands in it (exec; output also arrives as progress notifications), move files in and out
 (write_file, read_file, list_files), then stop_box/remove_box. run_code runs Python source.
+A desktop box (create_computer_box) is also driven with screenshot, mouse_move, click, drag,
+scroll, type_text, press_keys, cursor_position and launch.
 Paths are paths inside the box. Output and files are capped; see each tool's description."""
 
 EXEC_DOC = f"""Run ``command`` (an argv list) in a box to its end; returns exit code and output.
@@ -49,19 +50,6 @@ READ_DOC = f"""Read a regular file of a box (absolute path, at most {limits.MAX_
 LIST_DOC = f"""Entries directly under a directory of a box (name, type, size, mode, mtime, link); at most
 {limits.MAX_LIST_ENTRIES} (``truncated`` says when there are more or the tree was too large to scan)."""
 LOGS_DOC = f"""The end (last {limits.LOG_TAIL} bytes) of the output of a box's main process."""
-
-
-def _typed(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """A BoxliteError becomes the tool's error result ("NotFoundError: no box ...")."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except BoxliteError as e:
-            raise ToolError(f"{type(e).__name__}: {e}") from None
-
-    return wrapper
 
 
 def _info(box: Box) -> dict[str, Any]:
@@ -83,6 +71,8 @@ def build_server(runtime: RuntimeSource) -> MCPServer:
         if found is None:
             raise NotFoundError(f"no box with id or name {box!r}")
         return found
+
+    desktops = Desktops()
 
     @server.tool()
     @_typed
@@ -124,6 +114,7 @@ def build_server(runtime: RuntimeSource) -> MCPServer:
         """Stop a box (its processes get SIGTERM, then SIGKILL after ``timeout`` seconds)."""
         found = await find(box)
         await found.stop(execs.check_timeout(timeout) if timeout is not None else None)
+        await desktops.forget(found.id)  # a desktop's session ends with its box
         return _info(found)
 
     @server.tool()
@@ -132,6 +123,7 @@ def build_server(runtime: RuntimeSource) -> MCPServer:
         """Delete a box and its data (``force``: stop it first if it runs)."""
         found = await find(box)
         await runtime().remove(found.id, force=force)
+        await desktops.forget(found.id)
         return {"id": found.id, "removed": True}
 
     @server.tool(name="exec", description=EXEC_DOC)
@@ -208,6 +200,8 @@ def build_server(runtime: RuntimeSource) -> MCPServer:
     async def list_files(box: str, path: str = "/") -> dict[str, Any]:
         found = await find(box)
         return await boxfiles.list_files(found, path)
+
+    desktop_tools.register(server, runtime, find, _info, desktops)
 
     @server.resource("boxlite://boxes/{box}/logs", mime_type="text/plain", description=LOGS_DOC)
     async def box_logs(box: str) -> str:
