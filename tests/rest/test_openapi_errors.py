@@ -18,6 +18,7 @@ from rest.serverproc import API_KEY, Server, serving_tcp
 
 SLOT = "default"
 LONG_SLOT = "s" * 200  # over the 128 characters a routing slot may have
+UNREACHABLE = "127.0.0.1:1/nothing:latest"  # a registry that refuses at once
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,7 @@ def ours(http: httpx.Client, doc: dict[str, Any], box: str) -> list[tuple[httpx.
         (http.post("/v1/boxes", json={"options": {"rootfs_path": "/"}, "name": "taken"}), "POST", "/v1/boxes", 409),
         (http.post("/v1/boxes", json={"options": {"env": {"A": "x" * (2 << 20)}}}), "POST", "/v1/boxes", 413),
         (http.post("/v1/boxes", json={"options": {"rootfs_path": "/nonexistent"}}), "POST", "/v1/boxes", 404),
+        (http.post("/v1/boxes", json={"options": {"image": UNREACHABLE}}), "POST", "/v1/boxes", 502),  # pulled
         (http.post("/v1/boxes/import", content=tar), "POST", "/v1/boxes/import", 400),
         (http.post("/v1/boxes/nope/start"), "POST", "/v1/boxes/{box_id}/start", 404),
         (http.post(f"/v1/boxes/{box}/stop", params={"timeout": "soon"}), "POST", "/v1/boxes/{box_id}/stop", 400),
@@ -102,7 +104,7 @@ def ours(http: httpx.Client, doc: dict[str, Any], box: str) -> list[tuple[httpx.
          "/v1/boxes/{box_id}/export", 400),
         (http.post("/v1/images/pull", json={}), "POST", "/v1/images/pull", 400),
         (http.post("/v1/images/pull", json={"reference": "Not A Reference!"}), "POST", "/v1/images/pull", 400),
-        (http.post("/v1/images/pull", json={"reference": "127.0.0.1:1/nothing:latest"}), "POST", "/v1/images/pull",
+        (http.post("/v1/images/pull", json={"reference": UNREACHABLE}), "POST", "/v1/images/pull",
          502),
         (http.delete("/v1/images/nothing-here:latest"), "DELETE", "/v1/images/{reference}", 404),
         (http.get(f"/v1/boxes/{box}/exec"), "GET", "/v1/boxes/{box_id}/exec", 405),  # no upgrade
@@ -127,6 +129,7 @@ def wire_cases(http: httpx.Client, box: str) -> list[tuple[httpx.Response, str, 
         (http.get(f"{s}/boxes", params={"pageToken": "!!"}), "GET", f"{t}/boxes", 400),
         (http.post(f"{s}/boxes", json={"cpus": "many"}), "POST", f"{t}/boxes", 400),
         (http.post(f"{s}/boxes", json={"rootfs_path": "/nonexistent"}), "POST", f"{t}/boxes", 404),
+        (http.post(f"{s}/boxes", json={"image": UNREACHABLE}), "POST", f"{t}/boxes", 422),
         (http.post(f"{s}/boxes/import", content=b"not a tar" * 100), "POST", f"{t}/boxes/import", 400),
         (http.post(f"{s}/boxes/nope/start"), "POST", f"{t}/boxes/{{box_id}}/start", 404),
         (http.post(f"{s}/boxes/{box}/stop", json={"timeout_seconds": "later"}), "POST", f"{t}/boxes/{{box_id}}/stop",
@@ -148,7 +151,7 @@ def wire_cases(http: httpx.Client, box: str) -> list[tuple[httpx.Response, str, 
          404),
         (http.get(f"{s}/images/nothing-here:latest"), "GET", f"{t}/images/{{image_id}}", 404),
         (http.post(f"{s}/images/pull", json={}), "POST", f"{t}/images/pull", 400),
-        (http.post(f"{s}/images/pull", json={"reference": "127.0.0.1:1/nothing:latest"}), "POST",
+        (http.post(f"{s}/images/pull", json={"reference": UNREACHABLE}), "POST",
          f"{t}/images/pull", 422),
     ]  # fmt: skip
 

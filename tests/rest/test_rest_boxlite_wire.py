@@ -330,4 +330,4 @@ def test_openapi_names_boxlite_operations(wire: Wire) -> None:
             "startBox", "stopBox", "startExecution", "getExecution", "killExecution", "attachExecution",
             "signalExecution", "resizeExecution", "uploadFiles", "downloadFiles"} <= ops  # fmt: skip
     exec_op = doc["paths"]["/v1/{prefix}/boxes/{box_id}/exec"]["post"]
-    assert set(exec_op["responses"]) == {"201", "400", "401", "404", "409", "413", "default"}  # no undocumented 422
+    assert set(exec_op["responses"]) == {"201", "400", "401", "404", "409", "413", "504", "default"}  # no 422

@@ -41,7 +41,7 @@ async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
 
 @router.post(
     "/boxes", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED, tags=["boxes"],
-    operation_id="nativeCreateBox", responses=errors(400, 404, 409, 413),
+    operation_id="nativeCreateBox", responses=errors(400, 404, 409, 413, 502, 504),
 )  # fmt: skip
 async def create_box(req: CreateBoxRequest, st: ServerState = Depends(get_state)) -> Any:
     """Create a box (state ``configured``); it starts on ``start`` or on its first exec."""
@@ -79,7 +79,7 @@ async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends
 
 @router.post(
     "/boxes/{box_id}/start", response_model=BoxInfoModel, tags=["boxes"], operation_id="nativeStartBox",
-    responses=errors(400, 404, 409, 502, 504),
+    responses=errors(400, 404, 409, 504),
 )  # fmt: skip
 async def start_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     box = await st.box(box_id)

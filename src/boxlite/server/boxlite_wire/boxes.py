@@ -97,7 +97,7 @@ async def remove_box(box_id: str, force: bool = False, st: ServerState = Depends
 
 @router.post(
     "/boxes/{box_id}/start", operation_id="startBox", tags=["BoxLite wire"], response_model=WireBox,
-    responses=errors(404, 409),
+    responses=errors(404, 409, 504),
 )  # fmt: skip
 async def start_box(box_id: str, st: ServerState = Depends(get_state)) -> Any:
     box = await st.box(box_id)

@@ -48,7 +48,7 @@ async def _find(st: ServerState, app: Any, box_id: str, exec_id: str) -> WireExe
 
 @router.post(
     "/boxes/{box_id}/exec", status_code=status.HTTP_201_CREATED, operation_id="startExecution",
-    response_model=WireExecResponse, responses=errors(400, 404, 409, 413),
+    response_model=WireExecResponse, responses=errors(400, 404, 409, 413, 504),
 )  # fmt: skip
 async def start_execution(
     box_id: str, req: WireExecRequest, request: Request, response: Response, st: ServerState = Depends(get_state)

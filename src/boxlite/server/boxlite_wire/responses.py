@@ -24,6 +24,7 @@ _WHY = {
     409: "the state forbids it (`invalid_state`, `already_exists`, `stopped`)",
     413: "request body over its limit (`resource_exhausted`)",
     422: "image could not be pulled (`image_pull_failed`)",
+    504: "the box did not become ready in time (`timeout`)",
 }
 
 
