@@ -60,6 +60,7 @@ class Desktops:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Desktop] = {}
+        self._starting = 0  # creations under way count against MAX_DESKTOPS too
 
     async def create(
         self, rt: Boxlite, *, name: str | None, cpus: int | None, memory_mib: int | None, width: int, height: int,
@@ -78,8 +79,20 @@ class Desktops:
         secs = execs.check_timeout(timeout if timeout is not None else limits.DESKTOP_CREATE_TIMEOUT)
         act = execs.check_timeout(action_timeout if action_timeout is not None else limits.DESKTOP_ACTION_TIMEOUT)
         await self._prune(rt)
-        if len(self._by_id) >= limits.MAX_DESKTOPS:
+        if len(self._by_id) + self._starting >= limits.MAX_DESKTOPS:
             raise ResourceExhaustedError(f"this server runs {limits.MAX_DESKTOPS} desktop boxes already")
+        self._starting += 1
+        try:
+            computer = await self._start(rt, name, cpus, memory_mib, width, height, act, secs, progress)
+        finally:
+            self._starting -= 1
+        self._by_id[computer.id] = Desktop(computer, act)
+        return computer
+
+    async def _start(
+        self, rt: Boxlite, name: str | None, cpus: int | None, memory_mib: int | None, width: int, height: int,
+        act: float, secs: float, progress: Progress,
+    ) -> ComputerBox:  # fmt: skip
         sizing: dict[str, Any] = {k: v for k, v in (("cpu", cpus), ("memory", memory_mib)) if v is not None}
         computer = ComputerBox(
             runtime=rt, name=name, auto_remove=False, width=width, height=height,
@@ -97,7 +110,6 @@ class Desktops:
             if isinstance(e, builtins.TimeoutError) and not isinstance(e, BoxliteError):
                 raise TimeoutError(f"the desktop box was not ready within {secs:g} s") from None
             raise
-        self._by_id[computer.id] = Desktop(computer, act)
         return computer
 
     def get(self, box_id: str, shown: str) -> Desktop:
