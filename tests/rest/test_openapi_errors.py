@@ -67,6 +67,7 @@ def check(
         return  # no body (HEAD) / Starlette's own answer to a GET on a WebSocket route
     error = resp.json()["error"]
     assert isinstance(error["type"], str) and isinstance(error["message"], str)
+    assert "transfers" not in error["message"], error  # no server scratch path reaches the client
     if wire:
         assert isinstance(error["code"], str), error
 

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..api.options import ExportOptions
-from ..errors import NotFoundError, ResourceExhaustedError
+from ..errors import BoxliteError, NotFoundError, ResourceExhaustedError
 from ..procfs import process_start_time
 from .apidoc import errors
 from .schemas import BoxInfoModel, dump
@@ -179,7 +179,11 @@ async def import_box(
                     f.write(chunk)
         except OSError as e:
             raise ResourceExhaustedError(f"cannot store the uploaded archive: {e.strerror}") from e
-        box = await st.runtime.import_box(path, name=name, untrusted=True, engine=engine)
+        try:
+            box = await st.runtime.import_box(path, name=name, untrusted=True, engine=engine)
+        except BoxliteError as e:  # the client never learns the server's scratch path
+            e.args = tuple(a.replace(path, "the uploaded archive") if isinstance(a, str) else a for a in e.args)
+            raise
         return dump(st.remember(box).info())
     finally:
         _cleanup(work)
