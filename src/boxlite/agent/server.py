@@ -29,6 +29,8 @@ BUILTINS = {**tario.BUILTINS, **tunnel.BUILTINS}  # agent functions an exec may 
 
 Handler = Callable[[], None]
 PR_SET_CHILD_SUBREAPER = 36
+SENDABLE_SIGNALS = frozenset(int(s) for s in signal.valid_signals()) - {0}
+"""Signals ``signal_main`` sends (any the kernel knows; 0 would only probe)."""
 DETACHED_CHANNELS = 0xFFFF0000  # channel numbers of detached executions (never on the wire)
 MAIN_EXIT_GRACE = 1.0  # seconds the box's other processes get (SIGTERM) once the main process ended
 MAIN_OUTPUT_LINGER = 2.0  # seconds the main process's output may trail its exit (a background child keeps it open)
@@ -404,6 +406,8 @@ class Agent:
                 result = {}
             elif op == "stats":
                 result = self._stats()
+            elif op == "signal_main":
+                result = self._signal_main(body.get("signal"))
             elif op == "shutdown":
                 conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True}))
                 conn.flush_blocking()
@@ -587,6 +591,20 @@ class Agent:
                 os.killpg(ex.proc.pid, signal.SIGWINCH)
             except ProcessLookupError:
                 pass
+
+    def _signal_main(self, sig: object) -> dict[str, Any]:
+        """``boxlite kill -s SIG``: the signal to the box's main process itself (as docker's to a
+        container's PID 1); ``sent`` false when no main process runs."""
+        if not isinstance(sig, int) or isinstance(sig, bool) or sig not in SENDABLE_SIGNALS:
+            raise ValueError(f"signal must be a signal number 1-{max(SENDABLE_SIGNALS)}, not {sig!r}")
+        for ex in self.by_pid.values():
+            if ex.main and ex.status is None:
+                try:
+                    os.kill(ex.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                return {"sent": True, "pid": ex.proc.pid}
+        return {"sent": False}
 
     def _kill_group(self, ex: Execution, sig: int) -> None:
         for target in (lambda: os.killpg(ex.proc.pid, sig), lambda: os.kill(ex.proc.pid, sig)):

@@ -15,7 +15,7 @@ import time
 
 from ..agent.logfile import INDEX_HEADER, INDEX_MAGIC, INDEX_MAX, INDEX_RECORD, INDEX_SUFFIX
 
-MAX_TIME_NS = 253402300799 * 10**9  # 9999-12-31T23:59:59Z: later times are not from a clock
+MAX_TIME_NS = 2**63 - 1  # 2262-04-11: a larger u64 is not from a clock
 
 
 class LineTimes:
@@ -28,6 +28,7 @@ class LineTimes:
         self.times: list[int] = []
         self.fd = -1
         self.pos = INDEX_HEADER.size
+        self.trusted_to: int | None = None  # a bad record was seen: lines past this offset have no time
         for log_path in log_paths:
             if self.fd < 0:
                 self.fd = _open_index(log_path + INDEX_SUFFIX, os.fstat(log_fd).st_ino)
@@ -47,6 +48,7 @@ class LineTimes:
         for offset, stamp in INDEX_RECORD.iter_unpack(data[:usable]):
             if stamp > MAX_TIME_NS or (self.offsets and (offset <= self.offsets[-1] or stamp < self.times[-1])):
                 self.close()  # hostile or broken: what came before stays
+                self.trusted_to = self.offsets[-1] if self.offsets else -1
                 return
             self.offsets.append(offset)
             self.times.append(stamp)
@@ -54,6 +56,8 @@ class LineTimes:
 
     def at(self, offset: int) -> int | None:
         """When the line starting at ``offset`` was written (None: unknown)."""
+        if self.trusted_to is not None and offset > self.trusted_to:
+            return None
         i = bisect.bisect_right(self.offsets, offset) - 1
         return self.times[i] if i >= 0 else None
 

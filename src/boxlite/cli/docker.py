@@ -15,15 +15,15 @@ from .. import __version__
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
 from .boxes import _each
-from .common import STATE, complete_box, find_box, is_local, print_json, want_json, with_runtime
+from .common import STATE, complete_box, find_box, is_local, local_only, print_json, want_json, with_runtime
 from .errors import describe, fail, print_error
 
 WAIT_POLL = 0.1
 """Seconds between two looks at a box ``wait`` is waiting for (any backend: a state poll)."""
 STOPPING_SIGNALS = {signals.SIGKILL: 0.0, signals.SIGTERM: 10.0}
-"""Signals ``kill`` can send to a box's main process, and how long the box then has before
-SIGKILL: the runtime ends a box with SIGTERM then SIGKILL; another signal would need a channel
-to the main process that the runtime does not have yet."""
+"""Signals with which ``kill`` stops the box, and how long the box then has before SIGKILL (the
+runtime ends a box with SIGTERM then SIGKILL); any other signal goes to the box's main process
+alone, through its agent, and the box goes on (unless the main process ends of it)."""
 
 
 def parse_signal(value: str) -> signals.Signals:
@@ -39,20 +39,24 @@ def parse_signal(value: str) -> signals.Signals:
 
 @click.command()
 @click.option("-s", "--signal", "sig", default="KILL", show_default=True, metavar="SIGNAL",
-              help="Signal for the box's processes: KILL (at once) or TERM (then KILL after 10 s).")  # fmt: skip
+              help="KILL: stop the box at once; TERM: stop it (KILL after 10 s); another (HUP, USR1, 10...): "
+                   "sent to its main process.")  # fmt: skip
 @click.argument("boxes", nargs=-1, required=True, metavar="BOX...", shell_complete=complete_box)
 @with_runtime
 async def kill(rt: Boxlite, boxes: tuple[str, ...], sig: str) -> int:
     """Kill running boxes (their main process and every other process; --rm boxes are removed)."""
     chosen = parse_signal(sig)
     if chosen not in STOPPING_SIGNALS:
-        raise fail(f"signal {chosen.name} cannot be sent to a box yet: use KILL or TERM (or 'boxlite exec BOX kill')")
+        local_only(rt, f"'boxlite kill -s {chosen.name.removeprefix('SIG')}'")
 
     async def one(ref: str) -> None:
         box = await find_box(rt, ref)
         if not box.info().state.running and box.info().state.status != "paused":
             raise fail(f"box {ref} is not running")
-        await box.stop(timeout=STOPPING_SIGNALS[chosen])
+        if chosen in STOPPING_SIGNALS:
+            await box.stop(timeout=STOPPING_SIGNALS[chosen])
+        else:
+            await rt._local().core.signal_main(box.id, int(chosen))
 
     return await _each(boxes, one)
 

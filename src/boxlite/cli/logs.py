@@ -172,11 +172,15 @@ def parse_time(value: str, now_ns: int | None = None) -> int:
     if re.fullmatch(r"\d+(?:\.\d{1,9})?", text):
         whole, _, frac = text.partition(".")
         return int(whole) * 10**9 + int((frac + "000000000")[:9])
+    fraction = re.search(r"(?<=:\d\d)\.(\d{1,9})(?!\d)", text)  # nanoseconds: datetime keeps micro
+    nanos = int((fraction.group(1) + "000000000")[:9]) if fraction else 0
+    if fraction:
+        text = text[: fraction.start()] + text[fraction.end() :]
     try:
         when = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.astimezone()
+    except (ValueError, OverflowError, OSError):
         raise fail(f"invalid time {value!r} (examples: 10m, 1h30m, 2026-01-02T15:04:05Z, 1700000000)") from None
-    if when.tzinfo is None:
-        when = when.astimezone()
     delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return (delta.days * 86400 + delta.seconds) * 10**9 + nanos

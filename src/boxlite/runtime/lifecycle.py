@@ -369,6 +369,16 @@ class BoxRuntime:
         self.clients[box_id] = cl
         return cl
 
+    async def signal_main(self, box_id: str, sig: int) -> None:
+        """``sig`` to the box's main process (``boxlite kill -s SIG``), through its agent, which
+        knows the process (``signal_main``, docs/protocol.md); the box itself is left as it is."""
+        rec = self.record(box_id)
+        if rec.state == "paused":
+            raise InvalidStateError(f"box {rec.id} is paused; resume it first (box.resume(), 'boxlite resume')")
+        reply = await (await self.client(rec)).request("signal_main", signal=int(sig))
+        if not reply.get("sent"):
+            raise InvalidStateError(f"box {rec.id} has no running main process")
+
     async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
         async with box_lock(self.layout(box_id).lock):
