@@ -8,7 +8,11 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from boxlite.agent import logfile
+from boxlite.agent.logfile import RotatingLog
+from boxlite.api.logtimes import LineTimes, Stamper
 from support.cli import Cli, assert_one_line_error
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z) (.*)$")
@@ -106,3 +110,35 @@ def test_kill_sends_other_signals_to_the_main_process(cli: Cli) -> None:
     assert cli.ok("kill", "-s", "USR2", "trapper").strip() == "trapper"
     assert cli.ok("wait", "trapper").strip() == "140"
     assert_one_line_error(cli("kill", "-s", "USR1", "trapper"), 125, "not running")
+
+
+def test_index_rotates_with_the_log_and_a_full_index_rotates_early(tmp_path: Path, monkeypatch: Any) -> None:
+    path = str(tmp_path / "main.log")
+    log = RotatingLog(path, 128 << 10)
+    log.write(b"a" * (100 << 10) + b"\n")
+    time.sleep(0.002)
+    log.write(b"b" * (50 << 10) + b"\n")  # does not fit: main.log -> main.log.1, its index too
+    for name, first in ((path + ".1", b"a"), (path, b"b")):
+        with open(name, "rb") as f:
+            times = LineTimes(f.fileno(), (name,))
+            assert len(times.offsets) == 1 and times.at(0) is not None, name
+            assert f.read(1) == first
+    with open(path + ".1", "rb") as f:  # a rotated file is found under either name
+        assert LineTimes(f.fileno(), (path, path + ".1")).offsets == [0]
+    monkeypatch.setattr(logfile, "INDEX_MAX", 16 + 3 * 16)  # room for three records
+    log = RotatingLog(str(tmp_path / "small.log"), 128 << 10)
+    for i in range(5):
+        time.sleep(0.002)
+        log.write(b"%d\n" % i)
+    with open(tmp_path / "small.log", "rb") as f, open(tmp_path / "small.log.1", "rb") as old:
+        assert (old.read(), f.read()) == (b"0\n1\n2\n", b"3\n4\n")  # every line kept its time
+        assert len(LineTimes(f.fileno(), (str(tmp_path / "small.log"),)).offsets) == 2
+    # a line continued by a later write keeps its start's time; the next line gets its own
+    log = RotatingLog(str(tmp_path / "parts.log"), 128 << 10)
+    log.write(b"par")
+    time.sleep(0.002)
+    log.write(b"tial\nnext\n")
+    with open(tmp_path / "parts.log", "rb") as f:
+        stamper = Stamper(LineTimes(f.fileno(), (str(tmp_path / "parts.log"),)), True, None, None)
+        first, second = stamper.render(f.read(), 0).decode().splitlines()
+    assert first.endswith(" partial") and second.endswith(" next") and first[:30] < second[:30]
