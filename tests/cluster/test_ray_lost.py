@@ -2,6 +2,8 @@
 
 * a driver process that exited leaves its detached boxes running; another driver process
   reattaches to them by name and by id;
+* an output stream nobody reads is held at the window and holds neither the other stream nor the
+  driver; once read, the rest follows (credit);
 * pack and the per-node box limit on real nodes; two drivers racing for the last slots do not
   overshoot a node (the node service enforces its limit);
 * a node that dies: a driver that never saw its boxes (only the directory did) lists them as
@@ -20,11 +22,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from raycluster import NODES, RayCluster
 
 import boxlite
+from boxlite.backends.ray.channel import WINDOW
 from boxlite.errors import BoxDiedError, ResourceExhaustedError
 
 pytestmark = [pytest.mark.namespace_only, pytest.mark.timeout(600)]
@@ -77,6 +81,31 @@ async def test_another_driver_process_reattaches_to_detached_boxes(
     assert await rt.get("keep") is None
     assert await rt.list_info() == []
     await rt.shutdown()
+
+
+async def test_an_unread_stream_holds_neither_the_other_stream_nor_the_driver(
+    cluster: RayCluster, busybox_rootfs: Path, engine: str
+) -> None:
+    rt = cluster.runtime(engine)
+    box = await rt.create(_box(busybox_rootfs))
+    try:
+        # a child floods stderr while the shell writes three lines to stdout, then waits for it
+        script = "( head -c 5000000 /dev/zero >&2 ) >/dev/null & for i in 1 2 3; do echo line$i; sleep 0.3; done; wait"
+        run = await box.exec("sh", ["-c", script])
+        seen = b""
+        while b"line3" not in seen:
+            chunk = await asyncio.wait_for(run._channel.stdout.read(), 30)  # type: ignore[attr-defined]
+            assert chunk is not None, seen
+            seen += chunk
+        await asyncio.sleep(1.0)
+        stderr: Any = run._channel.stderr  # type: ignore[attr-defined]
+        assert 0 < stderr.total <= WINDOW  # held by the credit: the rest waits in the box
+        assert len(await asyncio.wait_for(run.stderr().read_bytes(), 60)) == 5_000_000  # credit flows back
+        assert await asyncio.wait_for(run.stdout().read(), 30) == ""
+        assert (await asyncio.wait_for(run.wait(), 30)).exit_code == 0
+    finally:
+        await rt.remove(box.id, force=True)
+        await rt.shutdown()
 
 
 async def test_pack_and_per_node_limits_on_real_nodes(cluster: RayCluster, busybox_rootfs: Path, engine: str) -> None:
