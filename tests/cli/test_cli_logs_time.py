@@ -78,12 +78,21 @@ def test_logs_survive_a_corrupt_index(cli: Cli) -> None:
     index.write_bytes(good[:32] + b"\xff" * 16 + good[48:])
     out = cli.ok("logs", "-t", "garbled").splitlines()
     assert STAMP.match(out[0]) and out[1:] == ["line2", "line3"], out
+
     # garbage from the start, a header naming another file, a huge sparse file, a symlink
+    def huge() -> None:
+        index.write_bytes(good)
+        os.truncate(index, 8 << 30)
+
+    def symlink() -> None:
+        index.unlink()
+        index.symlink_to("/dev/zero")
+
     for damage in (
         lambda: index.write_bytes(os.urandom(4096)),
         lambda: index.write_bytes(b"BXLIDX1\n" + (12345).to_bytes(8, "big") + good[16:]),
-        lambda: (index.write_bytes(good), os.truncate(index, 8 << 30)),
-        lambda: (index.unlink(), index.symlink_to("/dev/zero")),
+        huge,
+        symlink,
     ):
         damage()
         started = time.monotonic()
@@ -140,5 +149,5 @@ def test_index_rotates_with_the_log_and_a_full_index_rotates_early(tmp_path: Pat
     log.write(b"tial\nnext\n")
     with open(tmp_path / "parts.log", "rb") as f:
         stamper = Stamper(LineTimes(f.fileno(), (str(tmp_path / "parts.log"),)), True, None, None)
-        first, second = stamper.render(f.read(), 0).decode().splitlines()
-    assert first.endswith(" partial") and second.endswith(" next") and first[:30] < second[:30]
+        one, two = stamper.render(f.read(), 0).decode().splitlines()
+    assert one.endswith(" partial") and two.endswith(" next") and one[:30] < two[:30]
