@@ -247,6 +247,7 @@ class NodeService:
             left = len(tasks)
             while left:
                 batch, size = [await events.get()], 0
+                await asyncio.sleep(0)  # events ready at the same moment (both ends, the exit) share an item
                 while not events.empty() and size < CHUNK:  # what is ready goes in one item
                     batch.append(events.get_nowait())
                     size += len(batch[-1][2]) if batch[-1][0] == "out" else 0
