@@ -202,7 +202,12 @@ class BrowserBox(SimpleBox):
         return proc
 
     async def _log_tail(self, path: str) -> str:
-        result = await self.exec("sh", "-c", f"tail -c {LOG_TAIL_BYTES} {shlex.quote(path)} 2>/dev/null", timeout=10)
+        try:
+            result = await self.exec(
+                "sh", "-c", f"tail -c {LOG_TAIL_BYTES} {shlex.quote(path)} 2>/dev/null", timeout=30
+            )
+        except ExecError as e:
+            return f"(log unavailable: {e})"
         return result.stdout.strip()
 
     async def _wait_ready(self, proc: _Proc, probe: str, what: str, log: str, timeout: float) -> str:
@@ -217,8 +222,13 @@ class BrowserBox(SimpleBox):
             if left <= 0:
                 await proc.kill()
                 raise TimeoutError(f"{what} did not listen within {timeout:g}s; log: {await self._log_tail(log)}")
-            result = await self.exec("sh", "-c", probe, user=BROWSER_USER, timeout=max(1.0, min(left, 10.0)))
-            if result.exit_code == 0 and result.stdout.strip():
+            try:
+                result = await self.exec("sh", "-c", probe, user=BROWSER_USER, timeout=max(1.0, min(left, 30.0)))
+            except ExecError:
+                # A probe that could not start (a box starved by a starting browser under TCG
+                # can exceed the agent's start deadline) says nothing: poll again until ours.
+                result = None
+            if result is not None and result.exit_code == 0 and result.stdout.strip():
                 return result.stdout.strip()
             await asyncio.wait([proc.waiter], timeout=max(0.0, min(POLL_INTERVAL, deadline - time.monotonic())))
 
