@@ -123,19 +123,19 @@ async def test_pack_and_per_node_limits_on_real_nodes(cluster: RayCluster, busyb
         await rt.remove(b.id, force=True)
 
     # two drivers racing for one slot per node: the nodes refuse what their limit does not allow
-    a, b = (cluster.runtime(engine, max_boxes_per_node=1) for _ in range(2))
+    a, b2 = (cluster.runtime(engine, max_boxes_per_node=1) for _ in range(2))
     results = await asyncio.gather(
-        *(r.create(_box(busybox_rootfs)) for r in (a, b, a, b, a, b)), return_exceptions=True
+        *(r.create(_box(busybox_rootfs)) for r in (a, b2, a, b2, a, b2)), return_exceptions=True
     )
     made = [r for r in results if isinstance(r, boxlite.Box)]
     assert len(made) == NODES, results
     assert all(isinstance(r, ResourceExhaustedError) for r in results if not isinstance(r, boxlite.Box))
-    nodes = {a._backend.node_of(x.id) or b._backend.node_of(x.id) for x in made}  # type: ignore[attr-defined]
+    nodes = {a._backend.node_of(x.id) or b2._backend.node_of(x.id) for x in made}  # type: ignore[attr-defined]
     assert len(nodes) == NODES
     for x in made:
         await a.remove(x.id, force=True)
     assert await a.list_info() == []
-    for r in (rt, a, b):
+    for r in (rt, a, b2):
         await r.shutdown()
 
 
@@ -151,6 +151,7 @@ async def test_lost_node_is_seen_by_every_driver(cluster: RayCluster, busybox_ro
     victim_node = next(node_of(b.id) for b in kept if node_of(b.id) not in head_ids)
     victim_kept = next(b for b in kept if node_of(b.id) == victim_node)
     victim_plain = next(b for b in plain if node_of(b.id) == victim_node)
+    kept_name, plain_name = str(victim_kept.name), str(victim_plain.name)
     resources = next(n["Resources"] for n in ray.nodes() if n["NodeID"] == victim_node)
     index = next(int(k[len("boxlite_n") :]) for k in resources if k.startswith("boxlite_n"))
 
@@ -171,19 +172,19 @@ async def test_lost_node_is_seen_by_every_driver(cluster: RayCluster, busybox_ro
     other = cluster.runtime(engine)
     listed = {i.name: i.state.status for i in await asyncio.wait_for(other.list_info(), 90)}
     assert listed.keys() == {b.name for b in kept + plain}
-    assert listed[victim_kept.name] == listed[victim_plain.name] == "lost"
-    assert all(status != "lost" for name, status in listed.items() if name not in (victim_kept.name, victim_plain.name))
-    assert sorted(i.name for i in await other.list_info(state="lost")) == sorted([victim_kept.name, victim_plain.name])
-    lost = await asyncio.wait_for(other.get(victim_kept.name), 90)
+    assert listed[kept_name] == listed[plain_name] == "lost"
+    assert all(status != "lost" for name, status in listed.items() if name not in (kept_name, plain_name))
+    assert sorted(str(i.name) for i in await other.list_info(state="lost")) == sorted([kept_name, plain_name])
+    lost = await asyncio.wait_for(other.get(kept_name), 90)
     assert lost is not None and lost.id == victim_kept.id and lost.info().state.status == "lost"
     with pytest.raises(BoxDiedError, match=victim_node):
         await asyncio.wait_for(lost.exec("true"), 90)
     with pytest.raises(BoxDiedError, match=victim_node):
-        await asyncio.wait_for(other.remove(victim_kept.name), 90)  # without force: the node is gone
-    await asyncio.wait_for(other.remove(victim_plain.name, force=True), 90)  # force: forgotten
+        await asyncio.wait_for(other.remove(kept_name), 90)  # without force: the node is gone
+    await asyncio.wait_for(other.remove(plain_name, force=True), 90)  # force: forgotten
     assert time.monotonic() - start < 180
     names = {i.name for i in await rt.list_info()}  # also for the first driver
-    assert victim_plain.name not in names and victim_kept.name in names
+    assert plain_name not in names and kept_name in names
     for b in kept + plain:  # the other nodes' boxes keep working
         if node_of(b.id) != victim_node:
             assert await _out(b, "echo", "alive") == "alive"
@@ -192,12 +193,12 @@ async def test_lost_node_is_seen_by_every_driver(cluster: RayCluster, busybox_ro
     # the new node; the plain box did not survive its runtime (as locally) and is listed nowhere
     cluster.start_worker(index)
     later = cluster.runtime(engine)
-    back = await later.get(victim_kept.name)
+    back = await later.get(kept_name)
     assert back is not None and back.id == victim_kept.id
     assert back.info().state.status != "lost" and later._backend.node_of(back.id) != victim_node  # type: ignore[attr-defined]
     assert await _out(back, "echo", "back") == "back"
-    statuses = {i.name: i.state.status for i in await later.list_info()}
-    assert "lost" not in statuses.values() and victim_plain.name not in statuses
+    statuses = {str(i.name): i.state.status for i in await later.list_info()}
+    assert "lost" not in statuses.values() and plain_name not in statuses
     assert await later.get(victim_plain.id) is None
     for name in statuses:
         await later.remove(name, force=True)
