@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,17 +36,12 @@ from typing import Any
 import benchlib as bl
 
 import boxlite
+from support.hostprocs import free_port, processes_with_env
 
 N_ENV = "BOXLITE_BENCH_CLUSTER_N"
 LOCAL, CLUSTER = "local runtime", "cluster runtime (Ray, 2 nodes)"
 TARGET_OVERHEAD_S = 0.005
 TARGET_CREATE_RATIO = 0.8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalRay:
@@ -75,13 +69,7 @@ class LocalRay:
     def ours(self) -> list[int]:
         """Processes started for this cluster: Ray's and the boxes' (they inherit the node's home),
         and their descendants (Ray's agents rename themselves over their environment)."""
-        mark = f"BOXLITE_HOME={self.work}/".encode()
-        pids = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit() and int(pid) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if mark in Path(f"/proc/{pid}/environ").read_bytes():
-                        pids.append(int(pid))
+        pids = processes_with_env(f"BOXLITE_HOME={self.work}/".encode())
         return sorted({d for pid in pids for d in bl.descendants(pid)} - {os.getpid()})
 
     def stop(self) -> None:

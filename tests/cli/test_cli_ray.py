@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,25 +22,9 @@ import pytest
 
 import boxlite
 from support.cli import Cli, assert_one_line_error
+from support.hostprocs import free_port, processes_with_env
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _marked(mark: bytes) -> list[int]:
-    """Processes whose environment holds ``mark`` (Ray's processes and the boxes inherit it)."""
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit() and int(pid) != os.getpid():
-            with contextlib.suppress(OSError):
-                if mark in Path(f"/proc/{pid}/environ").read_bytes():
-                    pids.append(int(pid))
-    return pids
 
 
 async def _remove_boxes(home: Path) -> None:
@@ -61,7 +44,7 @@ def ray_head(cli: Cli) -> Iterator[str]:
     home = root / "home"
     env = {**cli.env(), "BOXLITE_HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     head = [
         RAY, "start", "--head", f"--port={address.rsplit(':', 1)[1]}", f"--temp-dir={root / 'tmp'}",
         "--include-dashboard=false", "--num-cpus=1", "--object-store-memory=100000000",
@@ -73,15 +56,15 @@ def ray_head(cli: Cli) -> Iterator[str]:
         yield address
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in _marked(mark):
+            for pid in processes_with_env(mark):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + 15
-            while _marked(mark) and time.monotonic() < deadline:
+            while processes_with_env(mark) and time.monotonic() < deadline:
                 time.sleep(0.2)
         if (home / "state.db").exists():
             asyncio.run(_remove_boxes(home))
-        left = _marked(mark)
+        left = processes_with_env(mark)
         shutil.rmtree(root, ignore_errors=True)
         assert not left, f"processes of the test's Ray cluster outlived it: {left}"
 

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import time
 from pathlib import Path
 
 from boxlite.cli.run import _last_line
 from support.cli import Cli, assert_one_line_error
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from support.hostprocs import free_port
 
 
 def _http_status(port: int, timeout: float = 60.0) -> int:
@@ -37,7 +31,7 @@ def _http_status(port: int, timeout: float = 60.0) -> int:
 
 
 def test_readme_httpd_example_serves_on_the_published_port(cli: Cli) -> None:
-    port = _free_port()
+    port = free_port()
     cli.ok("run", "-d", "--name", "web", "-p", f"{port}:80", "--rootfs", str(cli.rootfs), "httpd", "-f", "-p", "80")
     assert _http_status(port) == 404  # busybox httpd answers (there is no index.html in /)
     assert cli.json("ls", "--format", "json")[0]["state"]["status"] == "running"  # type: ignore[index]

@@ -11,7 +11,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from raycluster import COMMON, HEALTH, NODES, RAY, RayCluster, free_port, ray_pids, remove_boxes
+from raycluster import COMMON, HEALTH, NODES, RAY, RayCluster, ray_pids, remove_boxes
+
+from support.hostprocs import free_port
 
 
 @pytest.fixture(scope="session")

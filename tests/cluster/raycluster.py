@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import boxlite
+from support.hostprocs import processes_with_env
 
 RAY = str(Path(sys.executable).with_name("ray"))
 NODES = 3
@@ -63,14 +63,7 @@ class RayCluster:
 
     def started_here(self) -> list[int]:
         """Processes whose environment names one of the homes: Ray's and the boxes' (they inherit it)."""
-        mark = f"BOXLITE_HOME={self.root}/".encode()
-        pids = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit() and int(pid) != os.getpid():
-                with contextlib.suppress(OSError):
-                    if mark in Path(f"/proc/{pid}/environ").read_bytes():
-                        pids.append(int(pid))
-        return pids
+        return processes_with_env(f"BOXLITE_HOME={self.root}/".encode())
 
     @staticmethod
     def raylet_pid(node_id: str) -> int:
@@ -81,12 +74,6 @@ class RayCluster:
                     if cmd and cmd[0].endswith(b"/raylet") and f"--node_id={node_id}".encode() in cmd:
                         return int(pid)
         raise AssertionError(f"no raylet for node {node_id}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def remove_boxes(homes: list[Path]) -> None:

@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from support.hostprocs import free_port
 from support.tcpreply import first_reply
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from support.hostprocs import free_port
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 API_KEY = "test-key-0123456789"
@@ -24,12 +25,6 @@ class Server:
     api_key: str | None
     home: Path
     proc: subprocess.Popen[bytes]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(home: Path, *args: str) -> subprocess.Popen[bytes]:

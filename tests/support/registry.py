@@ -7,7 +7,6 @@ server in :mod:`tests.support.registry_token`.
 
 from __future__ import annotations
 
-import socket
 import ssl
 import subprocess
 import time
@@ -15,6 +14,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support.hostprocs import free_port
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 USERNAME = "boxlite"
@@ -26,12 +27,6 @@ def _no_verify() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
