@@ -13,7 +13,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +21,11 @@ from mcp.server.mcpserver.exceptions import ResourceError
 
 from .. import __version__
 from ..api.box import Box
+from ..api.logs import box_log_tail
 from ..api.options import BoxOptions
 from ..api.runtime import Boxlite
 from ..api.simplebox import CodeBox
-from ..errors import BoxliteError, ConfigError, NotFoundError, ResourceExhaustedError, UnsupportedOptionError
+from ..errors import BoxliteError, ConfigError, NotFoundError, ResourceExhaustedError
 from . import boxfiles, desktop_tools, execs, limits
 from .desktops import Desktops
 from .toolerror import typed as _typed
@@ -215,26 +215,4 @@ def build_server(runtime: RuntimeSource) -> MCPServer:
 
 async def logs_tail(rt: Boxlite, box: Box) -> str:
     """The last ``LOG_TAIL`` bytes of the box's main-process log (with its rotated part if short)."""
-    try:
-        layout = rt.home.layout(box.id)
-    except (BoxliteError, AttributeError, NotImplementedError):
-        raise UnsupportedOptionError("box logs", "only for a local runtime (not over a REST backend)") from None
-    path = next((p for p in (layout.main_log, layout.cli_console_log) if p.exists()), None)
-    if path is None:
-        return ""
-    data = _tail(path, limits.LOG_TAIL)
-    if len(data) < limits.LOG_TAIL:
-        data = _tail(path.with_name(path.name + ".1"), limits.LOG_TAIL - len(data)) + data
-    return data.decode("utf-8", "replace")
-
-
-def _tail(path: os.PathLike[str], size: int) -> bytes:
-    """The last ``size`` bytes of a file (not following a symlink: the file is the box's log)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return b""
-    with os.fdopen(fd, "rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        f.seek(max(0, end - size))
-        return f.read(size)
+    return await box_log_tail(rt, box.id, limits.LOG_TAIL)
