@@ -95,6 +95,12 @@ class Box:
         be resumed by another process, after this one ended)."""
         self._info = await self._backend.pause(self.id, to_disk)
 
+    async def signal_main(self, signal: int) -> None:
+        """Send ``signal`` (a number 1..64) to the box's main process only, as ``docker kill -s``
+        does; the box goes on unless that process ends of it. ``InvalidStateError`` when the
+        box is not running or has no main process (``entrypoint``/``cmd``)."""
+        await self._backend.signal_main(self.id, signal)
+
     async def fork(self, n: int = 1) -> list[Box]:
         """``n`` new running boxes, each going on from this box's memory and disk as they are
         now (this box is paused meanwhile, then goes on). VM engine; see docs/pause.md."""

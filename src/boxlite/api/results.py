@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 STATES = ("unknown", "configured", "running", "stopping", "stopped", "exited", "paused", "failed")
 """``exited``: stopped because its main process (``entrypoint``/``cmd``) ended; see ``exit_code``."""
+
+SECRET_KEY = re.compile(r"SECRET|TOKEN|PASS|KEY|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.IGNORECASE)
+"""Environment variable names whose values ``BoxInfo.env`` (and ``boxlite inspect``) masks: docker
+shows them, but agents paste inspect output into chats and logs, and a server sends it to clients."""
+MASK = "******"
+
+
+def masked_env(pairs: Iterable[tuple[str, str]] | Mapping[str, str]) -> dict[str, str]:
+    """``KEY -> value`` with the values of secret-looking names replaced by ``MASK``."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    return {k: MASK if SECRET_KEY.search(k) else v for k, v in items}
 
 
 @dataclass
@@ -175,6 +188,12 @@ class BoxInfo:
     auto_delete: int = 0
     """BoxLite's remove-on-stop: > 0 the box is removed when it stops (at once), 0 it is kept."""
     auto_resume: bool = False
+    command: list[str] | None = None
+    """The box's main process (options' entrypoint + cmd, image defaults filling the part not
+    given); None when it has none (it idles for exec)."""
+    env: dict[str, str] | None = None
+    """The box's environment (the image's, then its options'), values of secret-looking names
+    masked (``SECRET_KEY``); the values of ``secrets`` never appear (the box sees placeholders)."""
 
     def __post_init__(self) -> None:  # from JSON (REST): nested dicts become objects
         if isinstance(self.network, dict):

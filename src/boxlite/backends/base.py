@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..api.options import BoxOptions, ExportOptions
 from ..api.results import BoxInfo, BoxMetrics, ExecStatus, RuntimeMetrics, SnapshotInfo, oom_message
-from ..errors import BoxDiedError, UnsupportedOptionError
+from ..errors import BoxDiedError, ConfigError, UnsupportedOptionError
 from ..images import ImageConfig, ImageInfo
 from ..images.types import PullProgress
 
@@ -138,6 +138,17 @@ async def wait_exit(channel: ExecChannel, memory_mib: int | None = None) -> Exec
     return exit_status(body, memory_mib)
 
 
+MAX_SIGNAL = 64
+"""Highest signal number ``signal_main`` accepts (Linux's SIGRTMAX)."""
+
+
+def check_signal(sig: object) -> int:
+    """A signal number 1..64 (``ConfigError`` otherwise): checked before anything reaches a box."""
+    if isinstance(sig, bool) or not isinstance(sig, int) or not 1 <= sig <= MAX_SIGNAL:
+        raise ConfigError(f"signal must be a number 1-{MAX_SIGNAL}, not {sig!r}")
+    return sig
+
+
 def _signame(sig: int) -> str:
     try:
         return _signal.Signals(sig).name
@@ -223,6 +234,11 @@ class Backend(abc.ABC):
         """Continue a paused box where it was (``detach``: for a box paused to disk, whether it
         outlives the process that resumes it)."""
         raise UnsupportedOptionError("resume", f"{type(self).__name__} cannot pause boxes")
+
+    async def signal_main(self, box_id: str, signal: int) -> None:
+        """``signal`` (1..64) to the running box's main process only (``boxlite kill -s USR1``); the
+        box goes on unless that process ends of it. ``InvalidStateError`` when none runs."""
+        raise UnsupportedOptionError("signal_main", f"{type(self).__name__} cannot signal main processes")
 
     async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
         """``n`` new running boxes with the running box's memory and disk as they are now."""

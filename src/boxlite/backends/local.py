@@ -23,6 +23,7 @@ from ..api.results import (
     RuntimeMetrics,
     SnapshotInfo,
     iso,
+    masked_env,
 )
 from ..client.agent_client import AgentClient
 from ..client.tunnel import ExecTunnel
@@ -34,7 +35,16 @@ from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
 from ..steplog import step
-from .base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, TunnelStream, wait_exit
+from .base import (
+    Backend,
+    ExecCounters,
+    ExecRequest,
+    ImagesBackend,
+    StartedExec,
+    TunnelStream,
+    check_signal,
+    wait_exit,
+)
 from .idle import IdleWatcher
 
 
@@ -164,6 +174,9 @@ class LocalBackend(Backend):
     def _idle_limit(self, box_id: str) -> tuple[int, bool]:
         rec = self.core.record(box_id)
         return rec.config.auto_pause, rec.state == "running"
+
+    async def signal_main(self, box_id: str, signal: int) -> None:
+        await self.core.signal_main(box_id, check_signal(signal))
 
     async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         try:
@@ -424,7 +437,15 @@ def record_info(rec: BoxRecord, health: dict[str, Any] | None = None) -> BoxInfo
         auto_pause=rec.config.auto_pause,
         auto_resume=rec.config.auto_resume,
         health_status=HealthStatus() if health is None else HealthStatus(**health),
+        command=BoxRuntime.main_command(rec) or None,
+        env=masked_env([*(_pair(e) for e in rec.image_config.env or ()), *rec.config.env]),
     )
+
+
+def _pair(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (the image config's env form) as a pair."""
+    key, _, value = item.partition("=")
+    return key, value
 
 
 __all__ = ["LocalBackend", "LocalImages", "record_info"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..api.box import Box
-from ..api.results import BoxInfo
+from ..api.results import BoxInfo, masked_env
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError
 
@@ -47,27 +45,15 @@ async def start_detached(box: Box) -> None:
         await box.start()
 
 
-SECRET_KEY = re.compile(r"SECRET|TOKEN|PASS|KEY|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION", re.IGNORECASE)
-"""Environment variable names whose values ``inspect`` masks (docker shows them; agents paste
-inspect output into chats and logs, so we do not)."""
-MASK = "******"
-
-
-def masked_env(pairs: Iterable[tuple[str, str]] | Mapping[str, str]) -> dict[str, str]:
-    """``KEY -> value`` with the values of secret-looking names replaced by ``MASK``."""
-    items = pairs.items() if isinstance(pairs, Mapping) else pairs
-    return {k: MASK if SECRET_KEY.search(k) else v for k, v in items}
-
-
 def box_details(rt: Boxlite, info: BoxInfo) -> dict[str, Any]:
     """What ``ls`` and ``inspect`` show beyond ``BoxInfo``: the main command, the environment
     (secret values masked), published ports, exit code, health. The command and the box's own
-    environment are known only to a local home (the REST and Ray ``BoxInfo`` do not carry them)."""
+    environment come with ``BoxInfo`` (masked where the box lives); a local home adds ``secrets``."""
     published = info.network.published_ports if info.network is not None else None
     ports = [f"{p.host_ip}:{p.host_port}->{p.guest_port}/{p.protocol}" for p in published or []]
     details: dict[str, Any] = {
-        "command": None,
-        "env": None,
+        "command": info.command,
+        "env": info.env,
         "ports": ports,
         "exit_code": info.state.exit_code,
         "health": str(info.health_status.state),

@@ -15,7 +15,7 @@ from .. import __version__
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, NotFoundError
 from .boxes import _each
-from .common import STATE, complete_box, find_box, is_local, local_only, print_json, want_json, with_runtime
+from .common import STATE, complete_box, find_box, is_local, print_json, want_json, with_runtime
 from .errors import describe, fail, print_error
 
 WAIT_POLL = 0.1
@@ -46,8 +46,6 @@ def parse_signal(value: str) -> signals.Signals:
 async def kill(rt: Boxlite, boxes: tuple[str, ...], sig: str) -> int:
     """Kill running boxes (their main process and every other process; --rm boxes are removed)."""
     chosen = parse_signal(sig)
-    if chosen not in STOPPING_SIGNALS:
-        local_only(rt, f"'boxlite kill -s {chosen.name.removeprefix('SIG')}'")
 
     async def one(ref: str) -> None:
         box = await find_box(rt, ref)
@@ -56,7 +54,7 @@ async def kill(rt: Boxlite, boxes: tuple[str, ...], sig: str) -> int:
         if chosen in STOPPING_SIGNALS:
             await box.stop(timeout=STOPPING_SIGNALS[chosen])
         else:
-            await rt._local().core.signal_main(box.id, int(chosen))
+            await box.signal_main(int(chosen))
 
     return await _each(boxes, one)
 

@@ -15,6 +15,7 @@ from .schemas import (
     CreateBoxRequest,
     HealthModel,
     RuntimeMetricsModel,
+    SignalRequest,
     dump,
 )
 from .state import ServerState, get_state
@@ -101,6 +102,17 @@ async def stop_box(
     await box.stop(timeout)
     if await st.runtime.get(box.id) is None:
         st.forget(box.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/boxes/{box_id}/signal", status_code=status.HTTP_204_NO_CONTENT, tags=["boxes"],
+    operation_id="nativeSignalBox", responses=errors(400, 404, 409),
+)  # fmt: skip
+async def signal_box(box_id: str, req: SignalRequest, st: ServerState = Depends(get_state)) -> Response:
+    """Send a signal to the box's main process only (``boxlite kill -s USR1``); 409 when the box is
+    not running or has no main process."""
+    await (await st.box(box_id)).signal_main(req.signal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -151,6 +151,18 @@ class BoxInfoModel(BaseModel):
     auto_pause: int = 0
     auto_delete: int = 0
     auto_resume: bool = False
+    command: list[str] | None = None
+    """The box's main process (entrypoint + cmd); null when it has none."""
+    env: dict[str, str] | None = None
+    """The box's environment; values of secret-looking names (``*KEY*``, ``*TOKEN*``...) are ``******``."""
+
+
+class SignalRequest(BaseModel):
+    """``POST /v1/boxes/{id}/signal``: a signal for the box's main process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signal: int = Field(ge=1, le=64, strict=True, description="signal number (10 = SIGUSR1 on Linux)")
 
 
 class BoxMetricsModel(BaseModel):

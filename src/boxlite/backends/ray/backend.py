@@ -35,7 +35,7 @@ from ...errors import (
 from ...images import ImageConfig, ImageInfo
 from ...images.types import PullProgress
 from ...wire import decode_error
-from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec
+from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, check_signal
 from .channel import STREAM_BACKPRESSURE, RayChannel
 from .directory import open_directory
 from .node import CHUNK, NodeService
@@ -507,6 +507,10 @@ class RayBackend(Backend):
         node, box_id = await self._node(box_id)
         self._ready.discard(box_id)
         return self._seen(await node.call("pause", box_id, to_disk, timeout=self.o.create_timeout), node.node_id)
+
+    async def signal_main(self, box_id: str, signal: int) -> None:
+        node, box_id = await self._node(box_id)
+        await node.call("signal_main", box_id, check_signal(signal))
 
     async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         node, box_id = await self._node(box_id)

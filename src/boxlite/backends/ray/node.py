@@ -408,5 +408,6 @@ SYNC_TIMEOUT = 30.0
 _CHANGES = frozenset({"remove", "start", "stop", "pause", "resume", "fork", "clone"})
 _CALLS = frozenset({
     "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image",
-    "pause", "resume", "fork", "clone", "snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_remove",
+    "pause", "resume", "fork", "clone", "signal_main",
+    "snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_remove",
 })  # fmt: skip

@@ -151,6 +151,9 @@ class RestBackend(Backend):
             raise UnsupportedOptionError("detach", "set it when creating the box on the server")
         return self._seen(await self.transport.request("POST", f"{self._path(box_id)}/resume"))
 
+    async def signal_main(self, box_id: str, signal: int) -> None:
+        await self.transport.request("POST", f"{self._path(box_id)}/signal", json={"signal": signal})
+
     # --- work -----------------------------------------------------------------------------
     async def ready(self, box_id: str) -> None:
         """Nothing to do: the server starts the box as part of an exec."""
