@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -115,29 +114,11 @@ def ping_server(addr: str, port: int) -> None:
     threading.Thread(target=serve, daemon=True).start()
 
 
-def dns_server() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((DNS, 53))
-
-    def serve() -> None:
-        while True:
-            q, peer = sock.recvfrom(4096)
-            pos = 12
-            while q[pos]:
-                pos += 1 + q[pos]
-            qtype = struct.unpack(">H", q[pos + 1 : pos + 3])[0]
-            rec = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 300, 4) + socket.inet_aton(REMOTE) if qtype == 1 else b""
-            head = q[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1 if rec else 0, 0, 0)
-            sock.sendto(head + q[12 : pos + 5] + rec, peer)
-
-    threading.Thread(target=serve, daemon=True).start()
-
-
 def remote_main() -> None:
     def start() -> None:
         bulk_server(REMOTE, BULK_PORT)
         ping_server(REMOTE, PING_PORT)
-        dns_server()
+        privnet.a_record_dns(DNS, REMOTE, ttl=300)
 
     privnet.when_addresses_exist(start)
     time.sleep(24 * 3600)

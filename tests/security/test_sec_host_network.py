@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,24 +31,6 @@ HOST_ADDRS = ("10.77.0.1", "10.77.0.5")
 
 
 # --- the scenario (runs inside the private namespaces) ---------------------------------------
-
-
-def dns_server(addr: str, answer: str) -> None:
-    """A resolver that answers every A query with ``answer``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((addr, 53))
-
-    def serve() -> None:
-        while True:
-            query, peer = sock.recvfrom(512)
-            if len(query) < 12:
-                continue
-            end = query.index(b"\0", 12) + 5  # question name + type + class
-            header = query[:2] + b"\x81\x80" + query[4:6] + b"\x00\x01\x00\x00\x00\x00"
-            record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(answer)
-            sock.sendto(header + query[12:end] + record, peer)
-
-    threading.Thread(target=serve, daemon=True).start()
 
 
 def remote_main() -> None:
@@ -141,7 +120,7 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
         privnet.banner_server("0.0.0.0", P_ANY, b"host-secret\n")
         privnet.banner_server("::1", P_LOOPBACK, b"loopback6-secret\n")
         privnet.banner_server(RESOLVER, P_RESOLVER_OTHER, b"resolver-other-port\n")
-        dns_server(RESOLVER, REMOTE)
+        privnet.a_record_dns(RESOLVER, REMOTE)
         report = asyncio.run(probe_box(engine, rootfs, home))
     finally:
         remote.kill()
@@ -149,11 +128,7 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "remote":
-        remote_main()
-    else:
-        scenario_main(*sys.argv[2:5])
-    sys.exit(0)
+    privnet.run_main(remote_main, scenario_main)
 
 
 # --- the test --------------------------------------------------------------------------------

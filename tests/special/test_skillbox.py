@@ -190,11 +190,9 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "remote":
-        remote_main(sys.argv[2])
-    else:
-        scenario_main(*sys.argv[2:5])
-    sys.exit(0)
+    from support import privnet
+
+    privnet.run_main(remote_main, scenario_main)
 
 
 # --- the tests -------------------------------------------------------------------------------------

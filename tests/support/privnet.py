@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -98,6 +99,38 @@ def banner_server(addr: str, port: int, text: bytes) -> None:
 
 
 _private = False
+
+
+def a_record_dns(addr: str, answer: str, ttl: int = 60) -> None:
+    """A UDP resolver on ``addr``:53 answering every A query with ``answer`` (other types: no
+    records), in a daemon thread; malformed queries are ignored."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((addr, 53))
+
+    def serve() -> None:
+        while True:
+            query, peer = sock.recvfrom(4096)
+            try:
+                pos = 12
+                while query[pos]:
+                    pos += 1 + query[pos]
+                qtype = struct.unpack(">H", query[pos + 1 : pos + 3])[0]
+            except (IndexError, struct.error):
+                continue
+            record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, ttl, 4) + socket.inet_aton(answer) if qtype == 1 else b""
+            head = query[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1 if record else 0, 0, 0)
+            sock.sendto(head + query[12 : pos + 5] + record, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def run_main(remote_main: Callable[..., None], scenario_main: Callable[..., None]) -> None:
+    """The ``__main__`` of a scenario script: ``remote ARGS...`` or ``scenario ARGS...``, then exit 0."""
+    if sys.argv[1] == "remote":
+        remote_main(*sys.argv[2:])
+    else:
+        scenario_main(*sys.argv[2:5])
+    sys.exit(0)
 
 
 def bind_file(target: str, content: str, home: Path) -> None:
