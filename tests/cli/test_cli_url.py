@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,10 @@ def test_verbs_through_a_server(cli: Cli, served: Served, tmp_path: Path) -> Non
     [insp] = json.loads(ok(cli, served, "inspect", "far"))
     assert (insp["id"], insp["health"], insp["exit_code"]) == (box_id, "none", None)
     assert "dir" not in insp and "xyz" not in json.dumps(insp)
+    # command and env come from the server, the secret-looking value masked there
+    assert insp["command"] == ["sh", "-c", "sleep 600"]
+    assert insp["env"]["SESSION_KEY"] == "******"
+    assert "sh -c 'sleep 600'" in ok(cli, served, "ls")
     # files: both directions, and tar streams
     src = tmp_path / "f.txt"
     src.write_text("payload\n")
@@ -120,6 +125,36 @@ def test_verbs_through_a_server(cli: Cli, served: Served, tmp_path: Path) -> Non
     steps = [line for line in served.log.read_text().splitlines() if "boxlite.steps" in line]
     assert any("create done" in s and "duration_ms=" in s for s in steps), steps
     assert any("start done" in s for s in steps) and any("exec" in s for s in steps)
+
+
+def test_kill_signal_through_a_server(cli: Cli, served: Served) -> None:
+    """``kill -s USR1`` over --url reaches the box's main process (it traps it and goes on)."""
+    script = "trap 'echo usr1 >> /tmp/got' USR1; touch /tmp/ready; while :; do sleep 0.1; done"
+    ok(cli, served, "run", "-d", "--name", "trapper", "-e", "PLAIN=visible", "-e", "API_TOKEN=hunter2",
+       "--rootfs", str(cli.rootfs), "sh", "-c", script)  # fmt: skip
+    _until(cli, served, "trapper", "test -e /tmp/ready")
+    assert ok(cli, served, "kill", "-s", "USR1", "trapper").strip() == "trapper"
+    _until(cli, served, "trapper", "grep -q usr1 /tmp/got")
+    assert ok(cli, served, "kill", "-s", "SIGUSR1", "trapper").strip() == "trapper"
+    _until(cli, served, "trapper", "test $(wc -l < /tmp/got) -eq 2")
+    assert json.loads(ok(cli, served, "inspect", "-f", "{{json .State}}", "trapper"))["status"] == "running"
+    [insp] = json.loads(ok(cli, served, "inspect", "trapper"))
+    assert insp["env"]["PLAIN"] == "visible" and insp["env"]["API_TOKEN"] == "******"
+    assert "hunter2" not in json.dumps(insp)
+    proc = remote(cli, served, "kill", "-s", "99", "trapper")
+    assert proc.returncode == 125 and proc.stderr.startswith(b"boxlite: error: invalid signal"), proc.stderr
+    ok(cli, served, "stop", "trapper")
+    proc = remote(cli, served, "kill", "-s", "USR1", "trapper")
+    assert proc.returncode == 125 and b"not running" in proc.stderr, proc.stderr
+    ok(cli, served, "rm", "trapper")
+
+
+def _until(cli: Cli, served: Served, box: str, check: str) -> None:
+    for _ in range(150):
+        if remote(cli, served, "exec", box, "sh", "-c", check).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"never true in {box}: {check}")
 
 
 def test_url_errors_are_one_line(cli: Cli, served: Served) -> None:
