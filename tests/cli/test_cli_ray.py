@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -82,13 +83,31 @@ def test_verbs_through_a_ray_cluster(cli: Cli, ray_head: str) -> None:
     rootfs = str(cli.rootfs)
     proc = ray("run", "--rm", "--rootfs", rootfs, "sh", "-c", "echo from-the-cluster; exit 3")
     assert (proc.returncode, proc.stdout) == (3, "from-the-cluster\n")
-    box_id = ok("run", "-d", "--name", "far", "--rootfs", rootfs, "sh", "-c", "sleep 600").strip()
+    trapper = "trap 'echo usr1 >> /tmp/got' USR1; touch /tmp/ready; while :; do sleep 0.1; done"
+    box_id = ok(
+        "run", "-d", "--name", "far", "-e", "API_TOKEN=hunter2", "--rootfs", rootfs, "sh", "-c", trapper
+    ).strip()
     assert cli.ok("ls", "-a", "-q") == ""  # not in the CLI's own home
     proc = ray("exec", "far", "sh", "-c", "echo in-box; exit 4")
     assert (proc.returncode, proc.stdout) == (4, "in-box\n")
     ls = ok("ls")
     assert box_id[-12:] in ls and "far" in ls and "running" in ls
     assert_one_line_error(ray("logs", "far"), 125, "needs a home on this machine")
+    # kill -s USR1 reaches the main process through the node service; inspect shows command and env
+    [insp] = json.loads(ok("inspect", "far"))
+    assert insp["command"] == ["sh", "-c", trapper] and insp["env"]["API_TOKEN"] == "******"
+
+    def until(check: str) -> None:
+        for _ in range(100):
+            if ray("exec", "far", "sh", "-c", check).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"never true in the box: {check}")
+
+    until("test -e /tmp/ready")
+    assert ok("kill", "-s", "USR1", "far").strip() == "far"
+    until("grep -q usr1 /tmp/got")
+    assert "running" in ok("ls")  # the trap handled it: the box goes on
     assert ok("kill", "far").strip() == "far"
     assert ok("rm", "far").strip() == "far"
     assert ok("ls", "-a", "-q") == ""
