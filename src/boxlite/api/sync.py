@@ -179,6 +179,9 @@ class SyncBox:
     def resume(self, detach: bool | None = None) -> None:
         self._loop.run(self._box.resume(detach))
 
+    def signal_main(self, signal: int) -> None:
+        self._loop.run(self._box.signal_main(signal))
+
     @property
     def network(self) -> SyncNetworkHandle:
         return SyncNetworkHandle(self._loop.run, self._box.network)
