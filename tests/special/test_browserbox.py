@@ -125,6 +125,7 @@ async def test_playwright_drives_the_box_chromium(runtime: boxlite.Boxlite, engi
                 await pw.chromium.connect(guessed, timeout=60_000)
 
 
+@pytest.mark.namespace_only  # CI time (minutes under TCG): Playwright drives the same CDP endpoint on the VM
 async def test_puppeteer_reads_the_title(runtime: boxlite.Boxlite, engine: str) -> None:
     """Puppeteer (npm puppeteer-core, from Node on the host) connects to ``endpoint()``."""
     title = f"puppeteer-{secrets.token_hex(4)}"
