@@ -32,6 +32,7 @@ BENCHES = {
     "pause": "bench_pause.py",
     "net": "bench_net.py",
     "cluster": "bench_cluster.py",
+    "special": "bench_special.py",
 }
 
 
