@@ -157,17 +157,23 @@ def ensure_debian_rootfs(cache_dir: Path, packages: Sequence[str] = DEFAULT_PACK
     """
     cache_dir = Path(cache_dir)
     key = hashlib.sha256(",".join(sorted(packages)).encode()).hexdigest()[:16]
-    dest = cache_dir / "rootfs" / key
+    return build_once(cache_dir / "rootfs" / key, lambda work: build_debian_rootfs(work, list(packages), cache_dir))
+
+
+def build_once(dest: Path, build: Callable[[Path], object]) -> Path:
+    """Return the tree ``dest`` (``<cache>/rootfs/<key>``), made by ``build(work)`` the first time:
+    under ``<cache>/rootfs-<key>.lock``, in a temp dir beside it renamed into place, so no process
+    ever sees a half-built tree and a failed build leaves nothing."""
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(cache_dir / f"rootfs-{key}.lock"):
+    with file_lock(dest.parent.parent / f"rootfs-{dest.name}.lock"):
         if dest.is_dir():
             return dest
-        work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{key}-"))
+        work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
         try:
             os.chmod(work, 0o755)
-            build_debian_rootfs(work, list(packages), cache_dir)
+            build(work)
             os.rename(work, dest)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -231,23 +237,12 @@ def ensure_keyed_rootfs(
     for name in sorted(d.name for d in debs):
         digest.update(b"\0" + name.encode())
     key = digest.hexdigest()[:16]
-    dest = cache_dir / "rootfs" / key
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(cache_dir / f"rootfs-{key}.lock"):
-        if dest.is_dir():
-            return dest
-        work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{key}-"))
-        try:
-            os.chmod(work, 0o755)
-            for deb in debs:
-                _run(["dpkg-deb", "-x", str(deb), str(work)])
-            _finish_rootfs(work)
-            if finish is not None:
-                finish(work)
-            os.rename(work, dest)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    return dest
+
+    def build(work: Path) -> None:
+        for deb in debs:
+            _run(["dpkg-deb", "-x", str(deb), str(work)])
+        _finish_rootfs(work)
+        if finish is not None:
+            finish(work)
+
+    return build_once(cache_dir / "rootfs" / key, build)

@@ -13,12 +13,10 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from ...errors import ImageError
-from ..debian import EXCLUDE, _finish_rootfs, download_debs, resolve_packages
-from ..locks import file_lock
+from ..debian import EXCLUDE, _finish_rootfs, build_once, download_debs, resolve_packages
 
 PACKAGES = (
     "busybox-static",
@@ -117,22 +115,7 @@ def recipe_key() -> str:
 def ensure(cache_dir: Path) -> Path:
     """Build once (under a lock) and return ``cache_dir/rootfs/<key>``, the desktop root filesystem."""
     cache_dir = Path(cache_dir)
-    dest = cache_dir / "rootfs" / recipe_key()
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(cache_dir / f"rootfs-{dest.name}.lock"):
-        if dest.is_dir():
-            return dest
-        work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}-"))
-        try:
-            os.chmod(work, 0o755)
-            _build(work, cache_dir)
-            os.rename(work, dest)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    return dest
+    return build_once(cache_dir / "rootfs" / recipe_key(), lambda work: _build(work, cache_dir))
 
 
 def _build(dest: Path, cache_dir: Path) -> None:
