@@ -31,6 +31,8 @@ for _p in (str(ROOT / "tests"), str(ROOT / "src")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from support.hostprocs import process_tree as descendants  # noqa: E402, F401  (re-exported; tests/ is on sys.path now)
+
 BENCH_TAG_ENV = "BOXLITE_BENCH_TAG"
 """Set in the benchmark's environment: the runtime's zygote inherits it, so it can be told from
 the zygotes of other runtimes on the machine."""
@@ -106,23 +108,6 @@ def smaps_kib(pid: int) -> dict[str, int]:
     except (OSError, ValueError, IndexError):
         pass
     return vals
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and all its descendants (those still alive)."""
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        if not os.path.exists(f"/proc/{p}"):
-            continue
-        out.append(p)
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    stack += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
 
 
 def memory_of(pids: Iterable[int]) -> dict[str, int]:

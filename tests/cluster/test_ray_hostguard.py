@@ -15,6 +15,7 @@ import pytest
 from raycluster import RayCluster
 
 import boxlite
+from support.hostprocs import process_tree
 
 pytestmark = [pytest.mark.namespace_only, pytest.mark.timeout(600)]
 
@@ -47,21 +48,6 @@ def tcp_listeners(pid: int) -> list[tuple[str, int]]:
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                 addr, port = fields[1].rsplit(":", 1)
                 out.append((addr, int(port, 16)))
-    return out
-
-
-def tree(pid: int) -> list[int]:
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        if not os.path.exists(f"/proc/{p}"):
-            continue
-        out.append(p)
-        for task in os.listdir(f"/proc/{p}/task"):
-            try:
-                stack += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-            except OSError:
-                pass
     return out
 
 
@@ -119,7 +105,9 @@ async def test_node_services_and_boxes_open_no_listener_of_their_own(
         pid = b.info().state.pid
         keeper = int((homes[b.id] / "boxes" / b.id / "keeper.pid").read_text().split()[0])
         assert pid
-        in_host_net = [p for p in tree(pid) + tree(keeper) if os.readlink(f"/proc/{p}/ns/net") == host_net]
+        in_host_net = [
+            p for p in process_tree(pid) + process_tree(keeper) if os.readlink(f"/proc/{p}/ns/net") == host_net
+        ]
         assert in_host_net  # the keeper and the network helper live there: the check looks at something
         for p in in_host_net:
             assert tcp_listeners(p) == [], p

@@ -25,3 +25,20 @@ def processes_with_env(mark: bytes) -> list[int]:
                 if mark in Path(f"/proc/{pid}/environ").read_bytes():
                     pids.append(int(pid))
     return pids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants that are still alive (through every thread's children)."""
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        if not os.path.exists(f"/proc/{p}"):
+            continue
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
