@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -112,17 +111,6 @@ async def create_all(rt: boxlite.Boxlite, opts: boxlite.BoxOptions, n: int, conc
     return time.perf_counter() - t, list(boxes)
 
 
-async def exec_latencies(boxes: list[boxlite.Box]) -> list[float]:
-    order = list(boxes)
-    random.shuffle(order)
-    out = []
-    for box in order:
-        t = time.perf_counter()
-        await (await box.exec("true", stdin=False)).wait()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 async def remove_all(rt: boxlite.Boxlite, boxes: list[boxlite.Box]) -> None:
     gate = asyncio.Semaphore(8)
 
@@ -163,7 +151,7 @@ async def bench(args: Any, counts: list[int], rootfs: Path, work: Path, address:
                     seconds, boxes = await create_all(rt, opts, n, args.concurrency)
                     try:
                         rates[name].append(n / seconds)
-                        latencies[name] += await exec_latencies(boxes)
+                        latencies[name] += await bl.exec_true_latencies(boxes)
                     finally:
                         await remove_all(rt, boxes)
                     print(f"N={n} run {run} {name}: {n / seconds:.1f} boxes/s", file=sys.stderr, flush=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import resource
 import sys
 import tempfile
@@ -93,16 +92,6 @@ class Density:
         await (await box.exec("true", stdin=False)).wait()
         return box
 
-    async def latencies(self) -> list[float]:
-        order = [b for b in self.boxes for _ in range(self.args.execs)]
-        random.shuffle(order)
-        out = []
-        for box in order:
-            t = time.perf_counter()
-            await (await box.exec("true", stdin=False)).wait()
-            out.append(time.perf_counter() - t)
-        return out
-
     def memory(self) -> dict[str, float]:
         from bench_core import box_processes
 
@@ -123,7 +112,7 @@ class Density:
                     break
                 grow_s = time.perf_counter() - t
                 await asyncio.sleep(1.0)
-                xs = await self.latencies()
+                xs = await bl.exec_true_latencies(self.boxes, self.args.execs)
                 m = self.memory()
                 row = lat.add(f"N={n}", xs, "s", f"p99 {bl.percentile(xs, 99) * 1000:.1f} ms")
                 row.stats["p99"] = bl.percentile(xs, 99)

@@ -16,6 +16,7 @@ import argparse
 import ctypes
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -108,6 +109,18 @@ def smaps_kib(pid: int) -> dict[str, int]:
     except (OSError, ValueError, IndexError):
         pass
     return vals
+
+
+async def exec_true_latencies(boxes: Iterable[Any], repeat: int = 1) -> list[float]:
+    """Seconds of ``exec("true")`` + wait, ``repeat`` times in each box, in a shuffled order, one at a time."""
+    order = [box for box in boxes for _ in range(repeat)]
+    random.shuffle(order)
+    out = []
+    for box in order:
+        t = time.perf_counter()
+        await (await box.exec("true", stdin=False)).wait()
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def memory_of(pids: Iterable[int]) -> dict[str, int]:
