@@ -162,6 +162,30 @@ def test_owner_death_leaves_no_helper_cgroup_or_mount(
         force_clean(rep, starts)
 
 
+def test_owner_death_ends_the_secret_proxy(
+    engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list
+) -> None:
+    """The secret proxy holds the secrets' values and drops root after it starts (which clears
+    its parent-death signal): it must still end with the box when the owner is SIGKILLed."""
+    rep: dict = {}
+    starts: dict[int, int | None] = {}
+    try:
+        proc, rep, starts = start_owner(home, busybox_rootfs, engine, tmp_path, owners, "--secret")
+        marks = (rep["id"], str(home))
+        assert [p for p in processes_naming(marks) if "secretproxy" in p], "the box has a secret proxy"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        t0 = time.monotonic()
+        while (left := leftovers(rep, starts, marks)) and time.monotonic() < t0 + GONE_WITHIN:
+            time.sleep(0.05)
+        assert left == [], f"left {GONE_WITHIN}s after the owner's SIGKILL: {left}"
+    finally:
+        force_clean(rep, starts)
+        for line in processes_naming((rep.get("id", "-"),)):
+            if "secretproxy" in line:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
 async def test_detached_box_keeps_its_helpers_until_stopped(
     engine: str, home: Path, busybox_rootfs: Path, tmp_path: Path, owners: list
 ) -> None:

@@ -1,6 +1,6 @@
 """Child process for tests/core/test_owner_death.py: own one box with host helpers, report them.
 
-Usage: helper_owner.py HOME ROOTFS ENGINE [--detach] [--volume DIR] [--starting [--warm]]
+Usage: helper_owner.py HOME ROOTFS ENGINE [--detach] [--volume DIR] [--secret] [--starting [--warm]]
 
 Starts a box with network enabled (pasta, or QEMU's slirp) and, with ``--volume``, a volume
 (virtiofsd on the VM engine), starts a background ``sleep`` that ignores SIGTERM in it, prints
@@ -64,11 +64,18 @@ async def main() -> None:
     ap.add_argument("--volume")
     ap.add_argument("--starting", action="store_true", help="print the box id before starting it")
     ap.add_argument("--warm", action="store_true", help="first run a box to completion (image caches)")
+    ap.add_argument("--secret", action="store_true", help="give the box a secret (a host-side secret proxy)")
     args = ap.parse_args()
     rt = boxlite.Boxlite(boxlite.Options(home_dir=args.home, engine=args.engine))
     volumes: list = [(args.volume, "/data")] if args.volume else []
+    secrets = [boxlite.Secret("tok", "owner-death-secret-value", hosts=["api.example.test"])] if args.secret else []
     options = boxlite.BoxOptions(
-        rootfs_path=args.rootfs, network="enabled", volumes=volumes, detach=args.detach, auto_remove=False
+        rootfs_path=args.rootfs,
+        network="enabled",
+        volumes=volumes,
+        detach=args.detach,
+        auto_remove=False,
+        secrets=secrets,
     )
     if args.warm:
         warm = await rt.create(options)

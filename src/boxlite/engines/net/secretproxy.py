@@ -33,6 +33,7 @@ then drops root (to the config's ``uid``; its leaf key is loaded by then).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import encodings.idna  # noqa: F401  (getaddrinfo's codec, loaded before root is dropped: the stdlib may be root-only)
 import fcntl
 import ipaddress
@@ -493,6 +494,17 @@ def nft(path: str, script: str) -> bool:
     return proc.returncode == 0
 
 
+PR_SET_PDEATHSIG = 1
+PARENT_POLL = 0.5
+"""Seconds between checks that the proxy's parent (keeper or VM relay) is still alive."""
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL)
+    os._exit(0)
+
+
 def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         conf = json.load(f)
@@ -508,7 +520,13 @@ def main(argv: list[str]) -> int:
         return 1
     uid = int(conf.get("uid") or 0)
     if uid:  # from here on it reads only what the box sends: no root (its group stays the box's)
+        parent, libc = os.getppid(), ctypes.CDLL(None, use_errno=True)
         os.setresuid(uid, uid, uid)
+        # A uid change clears PR_SET_PDEATHSIG: set it again, and watch the parent too (the signal
+        # was seen not to arrive once root is dropped), or the proxy, holding the secrets' values,
+        # would outlive the keeper or VM relay that started it.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
