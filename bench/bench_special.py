@@ -52,6 +52,14 @@ def cdp_handshake(endpoint: str, timeout: float = 30.0) -> bool:
         return s.recv(64).startswith(b"HTTP/1.1 101")
 
 
+async def idle_memory(rt: boxlite.Boxlite, box: boxlite.Box, uss: list[float], pss: list[float]) -> None:
+    """After ``IDLE_SECONDS`` of idling, append the box's host-side USS and PSS."""
+    await asyncio.sleep(IDLE_SECONDS)
+    m = box_memory(rt, box)
+    uss.append(m["uss"])
+    pss.append(m["pss"])
+
+
 def box_memory(rt: boxlite.Boxlite, box: boxlite.Box) -> dict[str, float]:
     """USS and PSS (MiB) of the box's host processes (its PID 1 tree plus its keeper's)."""
     from bench_core import box_processes
@@ -78,10 +86,7 @@ async def bench_browser(engine: str, runs: int, report: bl.Report, images: Path)
                     done = time.perf_counter()
                     starts.append(started - t0)
                     firsts.append(done - t0)
-                    await asyncio.sleep(IDLE_SECONDS)
-                    m = box_memory(rt, bb.box)
-                    uss.append(m["uss"])
-                    pss.append(m["pss"])
+                    await idle_memory(rt, bb.box, uss, pss)
         finally:
             await rt.shutdown()
     ready.add("create + start + endpoint() answering", firsts, "s", note="Chromium start, CDP gate, handshake")
@@ -112,10 +117,7 @@ async def bench_computer(engine: str, runs: int, report: bl.Report, images: Path
                     starts.append(started - t0)
                     readies.append(ready_at - t0)
                     firsts.append(done - t0)
-                    await asyncio.sleep(IDLE_SECONDS)
-                    m = box_memory(rt, desktop.box)
-                    uss.append(m["uss"])
-                    pss.append(m["pss"])
+                    await idle_memory(rt, desktop.box, uss, pss)
         finally:
             await rt.shutdown()
     ready.add("create + start + first screenshot()", firsts, "s", note="Xvfb, openbox, x11vnc, websockify, xwd")

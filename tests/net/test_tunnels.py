@@ -48,6 +48,22 @@ async def read_all(conn: network.BoxConnection) -> bytes:
     return b"".join(parts)
 
 
+async def echo_through(conn: Any, payload: bytes, chunk: int) -> bytes:
+    """Write ``payload`` in ``chunk``-byte pieces while reading everything back (an echo service),
+    then close the connection; what came back."""
+
+    async def send() -> None:
+        for i in range(0, len(payload), chunk):
+            await conn.write(payload[i : i + chunk])
+        await conn.shutdown_write()
+
+    sender = asyncio.ensure_future(send())
+    echoed = await asyncio.wait_for(read_all(conn), 300)
+    await sender
+    await conn.close()
+    return echoed
+
+
 async def test_tunnel_to_a_box_without_network(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     """Bytes both ways (an echo server), half-close, the endpoint as a plain socket, typed errors."""
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, network="disabled") as box:
@@ -57,15 +73,7 @@ async def test_tunnel_to_a_box_without_network(runtime: boxlite.Boxlite, busybox
         tunnel = await wait_tunnel(box, 7000)
         conn = await tunnel.connect()
 
-        async def send() -> None:
-            for i in range(0, len(payload), 100_000):
-                await conn.write(payload[i : i + 100_000])
-            await conn.shutdown_write()
-
-        sender = asyncio.ensure_future(send())
-        echoed = await asyncio.wait_for(read_all(conn), 300)
-        await sender
-        await conn.close()
+        echoed = await echo_through(conn, payload, 100_000)
         assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(payload).hexdigest(), len(echoed)
         with pytest.raises(boxlite.InvalidStateError):
             await tunnel.connect()
@@ -253,15 +261,7 @@ async def test_tunnel_over_rest(engine: str, busybox_rootfs: Path, tmp_path: Pat
                 except boxlite.NetworkError:
                     await asyncio.sleep(0.2)
 
-            async def send() -> None:
-                for i in range(0, len(payload), 50_000):
-                    await conn.write(payload[i : i + 50_000])
-                await conn.shutdown_write()
-
-            sender = asyncio.ensure_future(send())
-            echoed = await asyncio.wait_for(read_all(conn), 300)
-            await sender
-            await conn.close()
+            echoed = await echo_through(conn, payload, 50_000)
             assert echoed == payload, len(echoed)
             with pytest.raises(boxlite.NetworkError, match="refused"):
                 await box.network.tunnel(7999)
