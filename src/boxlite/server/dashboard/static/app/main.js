@@ -294,6 +294,9 @@ async function listFiles(path) {
 }
 
 $('#files-form').addEventListener('submit', (event) => { event.preventDefault(); listFiles(); });
+// A path being typed wins over a listing still on its way: drop that listing, or it would
+// overwrite the field with its own path.
+$('#files-path').addEventListener('input', () => { state.filesSeq += 1; });
 $('#files-up').addEventListener('click', () => listFiles(parentPath(state.filesPath)));
 
 function saveBlob(blob, name) {
