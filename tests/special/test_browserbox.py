@@ -63,9 +63,10 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-async def test_playwright_drives_the_box_chromium(runtime: boxlite.Boxlite, engine: str) -> None:
-    """Built on first use (from the seeded cache); Playwright over CDP and through the box's
-    Playwright server reads the title of a page served in the box; the security properties."""
+async def test_playwright_and_puppeteer_drive_the_box_chromium(runtime: boxlite.Boxlite, engine: str) -> None:
+    """Built on first use (from the seeded cache); Playwright over CDP, Puppeteer from Node and
+    Playwright through the box's Playwright server read the title of a page served in the box;
+    the security properties."""
     seed_home_images(runtime.home.root)
     from playwright.async_api import async_playwright
 
@@ -87,7 +88,11 @@ async def test_playwright_drives_the_box_chromium(runtime: boxlite.Boxlite, engi
             if os.environ.get("BOXLITE_DOCS_SCREENSHOTS") == "1":
                 (REPO / "docs" / "images").mkdir(exist_ok=True)
                 (REPO / "docs" / "images" / "browserbox.png").write_bytes(shot)
-            await browser.close()
+            await browser.close()  # over CDP: disconnects, the box's Chromium stays up
+
+        # Puppeteer (npm puppeteer-core, from Node on the host) on the same endpoint.
+        result = await asyncio.to_thread(run_puppeteer, endpoint, url, TIMEOUT[engine] + 120)
+        assert result == {"title": title, "text": "Hello from a BrowserBox"}
 
         # The published CDP port listens on the host's loopback only ...
         assert listening_addresses(host_port) == {"0100007F"}
@@ -123,17 +128,6 @@ async def test_playwright_drives_the_box_chromium(runtime: boxlite.Boxlite, engi
         async with async_playwright() as pw:
             with pytest.raises(Exception, match="400"):
                 await pw.chromium.connect(guessed, timeout=60_000)
-
-
-@pytest.mark.namespace_only  # CI time (minutes under TCG): Playwright drives the same CDP endpoint on the VM
-async def test_puppeteer_reads_the_title(runtime: boxlite.Boxlite, engine: str) -> None:
-    """Puppeteer (npm puppeteer-core, from Node on the host) connects to ``endpoint()``."""
-    title = f"puppeteer-{secrets.token_hex(4)}"
-    async with BrowserBox(runtime=runtime, rootfs_path=str(browser_rootfs())) as bb:
-        endpoint = await bb.endpoint(timeout=TIMEOUT[engine])
-        url = await serve_page(bb, title, "Puppeteer was here")
-        result = await asyncio.to_thread(run_puppeteer, endpoint, url, TIMEOUT[engine] + 120)
-    assert result == {"title": title, "text": "Puppeteer was here"}
 
 
 def fake_chromium_rootfs(base: Path, dest: Path, script: str) -> Path:
