@@ -244,8 +244,8 @@ async def test_skillbox_bad_input(tmp_path: Path) -> None:
     import boxlite
     from boxlite.skillbox import SkillBox
 
-    with pytest.raises(boxlite.UnsupportedOptionError):
-        SkillBox(gui_http_port=3000, api_key="k")
+    with pytest.raises(boxlite.ConfigError):
+        SkillBox(gui_http_port=3000, gui_https_port=3000, api_key="k")
     with pytest.raises(boxlite.ConfigError):
         SkillBox(api_key="k", base_url="ftp://example")
     with pytest.raises(boxlite.ConfigError):

@@ -4,6 +4,10 @@ One Claude Code process per box (``claude -p`` with stream-JSON input and output
 conversation across calls, as in BoxLite. The credential reaches only that process's
 environment: it is not part of the box's options (which are stored on the host and seen by every
 command in the box) and is never written to the box's disk by this module.
+
+The box also runs the ComputerBox desktop (``DISPLAY=:1``, shared code in ``desktopsession``):
+noVNC on host loopback over HTTP and HTTPS (a self-signed certificate made for the box), behind a
+per-box VNC password, so a person can watch what Claude Code's GUI tools do.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
-from ..errors import BoxliteError, ConfigError, ExecError, InvalidStateError, TimeoutError, UnsupportedOptionError
+from ..errors import BoxliteError, ConfigError, ExecError, InvalidStateError, TimeoutError
+from .desktopsession import DISPLAY, DesktopBox
 from .execution import ExecStdin, ExecStream, Execution
 from .runtime import Boxlite
-from .simplebox import SimpleBox
 from .sync import SyncBoxlite, SyncSimpleBox
 
 SKILLBOX_MEMORY_MIB = 4096
@@ -63,14 +67,16 @@ class SkillBoxError(ExecError):
         self.command, self.exit_code, self.stderr = "claude", 1, stderr
 
 
-class SkillBox(SimpleBox):
+class SkillBox(DesktopBox):
     """A box running Claude Code with skills (BoxLite's ``SkillBox``).
 
     Without ``image``/``rootfs_path`` it uses the ``skill`` image built offline from Debian
     packages and the pinned ``@anthropic-ai/claude-code`` npm package. Credentials: ``oauth_token``
     (or ``CLAUDE_CODE_OAUTH_TOKEN``), ``api_key`` (or ``ANTHROPIC_API_KEY``) or ``auth_token``
     (or ``ANTHROPIC_AUTH_TOKEN``); ``base_url`` (or ``ANTHROPIC_BASE_URL``) selects any
-    Anthropic-compatible endpoint. There is no desktop view: ``gui_*_port`` must stay 0.
+    Anthropic-compatible endpoint. The desktop: :meth:`novnc_url` (``https=True`` for TLS, with
+    :attr:`gui_tls_certificate`); ``gui_http_port``/``gui_https_port``: host loopback ports, 0 for
+    free ones (the attributes hold the chosen ports once started).
     """
 
     def __init__(
@@ -95,16 +101,14 @@ class SkillBox(SimpleBox):
         call_timeout: float = CALL_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        if gui_http_port or gui_https_port:
-            raise UnsupportedOptionError("gui_http_port", "SkillBox has no noVNC desktop here (use ComputerBox)")
         if _has_credential(kwargs.get("env") or []):
             raise ConfigError("pass credentials as SkillBox arguments, not in env (env is stored with the box)")
         super().__init__(
-            image=image, rootfs_path=rootfs_path, memory_mib=memory_mib, runtime=runtime, name=name,
-            auto_remove=auto_remove, disk_size_gb=disk_size_gb, **kwargs,
+            gui_http_port, gui_https_port, serve_https=True, image=image, rootfs_path=rootfs_path,
+            memory_mib=memory_mib, runtime=runtime, name=name, auto_remove=auto_remove, disk_size_gb=disk_size_gb,
+            **kwargs,
         )  # fmt: skip
-        self.gui_http_port: int | None = None
-        self.gui_https_port: int | None = None
+        self._desktop_missing = ""
         self._skills = list(skills or [])
         env = os.environ
         self._credentials = {
@@ -141,6 +145,14 @@ class SkillBox(SimpleBox):
         if self._box is None and self._options.image is None and self._options.rootfs_path is None:
             self._options.rootfs_path = str(await asyncio.to_thread(_skill_image, self._runtime))
         await super().__aenter__()
+        if self._session is None and not self._desktop_missing:
+            try:
+                await self._start_session()
+            except BoxliteError as e:  # an ``image=`` without the desktop: Claude Code still works
+                self._desktop_missing = str(e) or type(e).__name__
+            except BaseException:
+                await self.stop()
+                raise
         return self
 
     async def stop(self) -> None:
@@ -148,8 +160,10 @@ class SkillBox(SimpleBox):
         await super().stop()
 
     async def wait_until_ready(self, timeout: float = 60.0) -> None:
-        """Wait until ``claude --version`` runs in the box (BoxLite waits for its desktop)."""
+        """Wait until the desktop answers (when the image has one) and ``claude --version`` runs."""
         deadline = time.monotonic() + timeout
+        if self._session_task is not None:
+            await super().wait_until_ready(timeout)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -225,7 +239,7 @@ class SkillBox(SimpleBox):
     def _claude_env(self) -> dict[str, str]:
         env = {k: v for k, v in self._credentials.items() if v}
         env.update(
-            HOME="/root", SHELL="/bin/bash", IS_SANDBOX="1", DISABLE_AUTOUPDATER="1",
+            HOME="/root", SHELL="/bin/bash", IS_SANDBOX="1", DISABLE_AUTOUPDATER="1", DISPLAY=DISPLAY,
             CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_TELEMETRY="1", DISABLE_ERROR_REPORTING="1",
             PATH="/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
         )  # fmt: skip
@@ -368,6 +382,17 @@ class SyncSkillBox(SyncSimpleBox):
 
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         self._run(self._skill().wait_until_ready(timeout))
+
+    def novnc_url(self, https: bool = False) -> str:
+        return self._skill().novnc_url(https)
+
+    @property
+    def gui_http_port(self) -> int | None:
+        return self._skill().gui_http_port
+
+    @property
+    def gui_https_port(self) -> int | None:
+        return self._skill().gui_https_port
 
 
 __all__ = ["SkillBox", "SkillBoxError", "SyncSkillBox"]

@@ -95,9 +95,10 @@ def resolve_packages(packages: list[str], exclude: frozenset[str] = EXCLUDE) -> 
     return sorted(seen)
 
 
-def _resolve_cached(packages: list[str], cache_dir: Path) -> list[str]:
+def _resolve_cached(packages: list[str], cache_dir: Path, exclude: frozenset[str] = EXCLUDE) -> list[str]:
     """resolve_packages() memoised in ``cache_dir`` until the apt package lists change."""
-    key = hashlib.sha256(",".join(sorted(packages)).encode()).hexdigest()[:16]
+    text = ",".join(sorted(packages)) + ("" if exclude == EXCLUDE else "|-" + ",".join(sorted(exclude)))
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = cache_dir / f"resolved-{key}.txt"
     try:
         lists_mtime = os.stat("/var/lib/apt/lists").st_mtime
@@ -105,7 +106,7 @@ def _resolve_cached(packages: list[str], cache_dir: Path) -> list[str]:
             return path.read_text().split()
     except OSError:
         pass
-    names = resolve_packages(packages)
+    names = resolve_packages(packages, exclude)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text("\n".join(names) + "\n")
@@ -221,18 +222,20 @@ def ensure_keyed_rootfs(
     packages: Sequence[str],
     finish: Callable[[Path], None] | None = None,
     salt: str = "",
+    exclude: frozenset[str] = EXCLUDE,
 ) -> Path:
     """Build (once, under a lock) ``cache_dir/rootfs/<key>`` from ``packages``; return it.
 
     Unlike :func:`ensure_debian_rootfs` the key is the *content*: the exact .deb files (names
     carry versions) plus ``salt`` (a recipe's version of ``finish``), so a security update of a
     package yields a new image and the same inputs always the same tree. ``finish(tree)`` runs
-    before the tree is renamed into place (what maintainer scripts would have done).
+    before the tree is renamed into place (what maintainer scripts would have done);
+    ``exclude``: dependencies left out (:data:`EXCLUDE` by default).
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(cache_dir / "debs.lock"):
-        debs = download_debs(_resolve_cached(list(packages), cache_dir), cache_dir)
+        debs = download_debs(_resolve_cached(list(packages), cache_dir, exclude), cache_dir)
     digest = hashlib.sha256(salt.encode())
     for name in sorted(d.name for d in debs):
         digest.update(b"\0" + name.encode())

@@ -1,10 +1,13 @@
-"""The SkillBox image: Debian's Node.js, git, bash, python3 and Claude Code from npm.
+"""The SkillBox image: Debian's Node.js, git, bash, python3, Claude Code from npm and the desktop.
 
 BoxLite's SkillBox image comes from a container registry and installs Claude Code with
 ``curl https://claude.ai/install.sh | bash`` on first use; this one is built from Debian packages
 plus one pinned npm package (installed by the host's ``npm`` with ``--ignore-scripts``, so no
 package code runs on the host), so a SkillBox works with no registry and no network in the box.
-It has no desktop (BoxLite's SkillBox also serves a noVNC view: that lives in the ``desktop`` image).
+It carries the ComputerBox desktop (``desktop.PACKAGES``, its exclusions and session script) so a
+person can watch Claude Code through noVNC, as in BoxLite: one image rather than a second "skill
+without desktop" one, since the desktop adds ~150 MB of shared libraries and starts in ~1 s on the
+namespace engine (the session runs beside Claude Code; nothing waits for it unless asked).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from ...errors import ImageError
 from ..debian import ensure_keyed_rootfs
 from ..locks import file_lock
+from . import desktop
 
 PACKAGES = (
     "busybox-static",
@@ -32,7 +36,7 @@ CLAUDE_CODE_PACKAGE = "@anthropic-ai/claude-code"
 CLAUDE_CODE_VERSION = "2.1.100"
 """Pinned: the newest release that is still a Node script (``cli.js``) running on Debian 12's
 Node 18; later releases ship a native binary or need Node 22."""
-RECIPE_VERSION = f"skill-1:{CLAUDE_CODE_PACKAGE}@{CLAUDE_CODE_VERSION}"
+RECIPE_VERSION = f"skill-2:{CLAUDE_CODE_PACKAGE}@{CLAUDE_CODE_VERSION}"
 """Part of the image key: changes whenever :func:`finish` or the pinned version changes."""
 
 NODE_PACKAGE = "nodejs"
@@ -140,6 +144,7 @@ def _finish(tree: Path, node_modules: Path, node: Path) -> None:
     # Claude Code's per-user state (~/.claude, ~/.claude.json) lives in the box user's home.
     (tree / "root").mkdir(exist_ok=True)
     os.chmod(tree / "root", 0o700)
+    desktop.finish_desktop(tree)
 
 
 def ensure(cache_dir: Path) -> Path:
@@ -147,6 +152,10 @@ def ensure(cache_dir: Path) -> Path:
     cache_dir = Path(cache_dir)
     node_modules = npm_package(cache_dir)
     node, node_deps = node_deb(cache_dir)
-    packages = sorted({*PACKAGES, *node_deps})
-    salt = f"{RECIPE_VERSION}:{node.name}"
-    return ensure_keyed_rootfs(cache_dir, packages, finish=lambda tree: _finish(tree, node_modules, node), salt=salt)
+    packages = sorted({*PACKAGES, *desktop.PACKAGES, *node_deps})
+    # The desktop leaves Node's runtime out (noVNC's optional tooling); here Node stays.
+    exclude = frozenset(p for p in desktop.DESKTOP_EXCLUDE if not p.startswith(("libnode", "node-")))
+    salt = f"{RECIPE_VERSION}:{node.name}:desktop-{desktop.recipe_key()}"
+    return ensure_keyed_rootfs(
+        cache_dir, packages, finish=lambda tree: _finish(tree, node_modules, node), salt=salt, exclude=exclude
+    )
