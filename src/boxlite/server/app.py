@@ -28,6 +28,7 @@ from . import (
     routes_pause,
     routes_state,
     routes_tunnel,
+    wire_tunnel,
 )
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .dashboard import install as install_dashboard
@@ -73,6 +74,7 @@ def create_app(
             async with mcp_http.run() if mcp_http else contextlib.nullcontext():
                 yield
         finally:
+            await wire_tunnel.close_all(app)
             await runtime.shutdown()
 
     app = FastAPI(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI, Path
 
 from .. import routes_state
-from . import boxes, discovery, exec_routes, files
+from . import boxes, discovery, exec_routes, files, network
 from .errors import WireRoute
 from .responses import as_wire, errors
 
@@ -47,7 +47,7 @@ def mount(app: FastAPI) -> None:
     """Add the routes after ours (ours win where a path means ours)."""
     app.include_router(discovery.router)
     slotted = APIRouter()
-    for router in (boxes.router, boxes.shared, exec_routes.router, files.router, _state_routes()):
+    for router in (boxes.router, boxes.shared, exec_routes.router, files.router, network.router, _state_routes()):
         slotted.include_router(router)
     app.include_router(slotted, prefix="/v1/{prefix:path}", dependencies=[Depends(routing_slot)], responses=errors(400))
     plain = APIRouter(route_class=WireRoute, include_in_schema=False)
