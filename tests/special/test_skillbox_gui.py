@@ -21,6 +21,7 @@ import pytest
 
 import boxlite
 from boxlite.api.screenshot import xwd_to_png
+from boxlite.computerbox import DesktopError
 from boxlite.errors import ConfigError
 from boxlite.skillbox import SkillBox
 from support.desktop import read_png
@@ -160,7 +161,6 @@ async def test_skillbox_desktop_novnc_http_https_and_vnc_password(
         page = await poll("noVNC (http)", deadline, lambda: urllib.request.urlopen(url, timeout=30).read())
         assert b"noVNC" in page
 
-        print(f"{time.monotonic() - started:.1f} s")
         # HTTPS on the port asked for, verified against the box's own certificate (and 127.0.0.1).
         assert box.gui_https_port == https_port
         tls_url = box.novnc_url(https=True)
@@ -175,14 +175,12 @@ async def test_skillbox_desktop_novnc_http_https_and_vnc_password(
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             await asyncio.to_thread(lambda: urllib.request.urlopen(tls_url, timeout=30).read())  # not a public CA
 
-        print(f"{time.monotonic() - started:.1f} s")
         # VNC: a wrong password is refused; the box's password reaches the live display.
         password = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["password"][0]
         refused = await asyncio.to_thread(vnc_login, url, "wrong!!!")
         assert isinstance(refused, str), refused
         assert await asyncio.to_thread(vnc_login, url, password) == (1024, 768)
 
-        print(f"{time.monotonic() - started:.1f} s")
         # A program the box starts without being told the display draws on it (as Claude Code's tools).
         before = await screenshot(box, limit)
         await box.box.exec("xterm", ["-bg", "red", "-geometry", "40x10+0+0"], stdin=False)
@@ -194,7 +192,6 @@ async def test_skillbox_desktop_novnc_http_https_and_vnc_password(
             after = await screenshot(box, limit)
             found = sum(row[i : i + 3] == red for row in after[:200] for i in range(0, 600, 3))
         assert sum(row[i : i + 3] == red for row in before[:200] for i in range(0, 600, 3)) < found
-        print(f"{time.monotonic() - started:.1f} s")
         assert box._claude_env()["DISPLAY"] == ":1"
 
 
@@ -209,3 +206,12 @@ def test_skillbox_gui_options_are_checked() -> None:
     assert (box.gui_http_port, box.gui_https_port) == (7001, None)  # None: a free one, chosen at start
     with pytest.raises(boxlite.errors.BoxliteError, match="not published"):
         box.novnc_url()
+
+
+@pytest.mark.namespace_only  # one more box start; the behaviour is engine-independent host code
+async def test_skillbox_image_without_a_desktop_still_starts(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """``image=`` of one's own without boxlite-desktop: the box starts; the desktop says why it is absent."""
+    async with SkillBox(rootfs_path=str(busybox_rootfs), runtime=runtime, api_key="k", name=None) as box:
+        assert (await box.exec("echo", "up")).stdout.strip() == "up"
+        with pytest.raises(DesktopError, match="no desktop"):
+            box.novnc_url()

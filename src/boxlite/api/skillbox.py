@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from ..errors import BoxliteError, ConfigError, ExecError, InvalidStateError, TimeoutError
-from .desktopsession import DISPLAY, DesktopBox
+from .desktopsession import DISPLAY, DesktopBox, DesktopError
 from .execution import ExecStdin, ExecStream, Execution
 from .runtime import Boxlite
 from .sync import SyncBoxlite, SyncSimpleBox
@@ -172,6 +172,13 @@ class SkillBox(DesktopBox):
                 if (await self.exec("claude", "--version", timeout=max(left, 1.0))).exit_code == 0:
                     return
             await asyncio.sleep(0.5)
+
+    def novnc_url(self, https: bool = False) -> str:
+        """URL of the noVNC page (host loopback, VNC password included); ``https=True``: over TLS
+        with the box's self-signed certificate (:attr:`gui_tls_certificate`)."""
+        if self._desktop_missing:
+            raise DesktopError(f"this box's image has no desktop: {self._desktop_missing}")
+        return super().novnc_url(https)
 
     # --- work -----------------------------------------------------------------------------
     async def call(self, prompt: str, timeout: float | None = None) -> str:
