@@ -97,8 +97,12 @@ class WebSocket:
 
 def vnc_login(url: str, password: str, timeout: float = 60.0) -> tuple[int, int] | str:
     """RFB 3.8 through noVNC's websocket: (width, height) of the display, or the refusal reason."""
-    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
     from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+    try:
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:  # cryptography < 43
+        from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES  # type: ignore[attr-defined,no-redef]
 
     parts = urllib.parse.urlsplit(url)
     ws = WebSocket(parts.hostname or "127.0.0.1", parts.port or 80, timeout)
