@@ -38,7 +38,7 @@ from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, check_signal
 from .channel import STREAM_BACKPRESSURE, RayChannel
 from .directory import open_directory
-from .node import CHUNK, NodeService
+from .node import CHUNK, MAX_BEGIN_WAIT, NodeService
 from .placement import STRATEGIES, NodeLoad, choose
 
 LOST = "lost"
@@ -71,6 +71,10 @@ class RayOptions:
     ping_timeout: float = 10.0
     max_transfer_bytes: int = 1 << 30
     """Largest copy_in/copy_out (tar bytes) one call moves (the node services cap it at 16 GiB)."""
+    exec_wait: float = 0.05
+    """Seconds a node waits for a new command to end before answering its start: a command that
+    ends within it costs one Ray call (output and exit come with the answer); a longer one's
+    output streams after it, its first output at most this late (0: stream from the start)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -79,6 +83,8 @@ class RayOptions:
             raise ConfigError("max_boxes_per_node, overcommit and max_transfer_bytes must be positive")
         if min(self.call_timeout, self.create_timeout, self.ping_interval, self.ping_timeout) <= 0:
             raise ConfigError("timeouts must be positive")
+        if not isinstance(self.exec_wait, (int, float)) or not 0 <= self.exec_wait <= MAX_BEGIN_WAIT:
+            raise ConfigError(f"exec_wait must be 0-{MAX_BEGIN_WAIT:g} seconds, not {self.exec_wait!r}")
 
 
 def _ray() -> Any:
@@ -556,7 +562,7 @@ class RayBackend(Backend):
 
     async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
         node, box_id = await self._node(box_id)
-        channel = RayChannel(node, uuid.uuid4().hex, box_id, request)
+        channel = RayChannel(node, uuid.uuid4().hex, box_id, request, self.o.exec_wait)
         try:
             await channel.start(self.o.create_timeout)
         except BaseException:

@@ -1,7 +1,9 @@
 """One execution on a node service, behind the standard ``ExecChannel`` (driver side).
 
-The whole execution is one Ray streaming generator (``NodeService.exec_run``): the start, then
-batches of output, end-of-stream and exit events, pushed by the node as they happen (no polling).
+One actor call (``NodeService.exec_begin``) starts the command and waits a little (``exec_wait``)
+for its end: a short command's output and exit come with the answer, so it costs one Ray round
+trip. A longer one continues in a Ray streaming generator (``exec_follow``): batches of output,
+end-of-stream and exit events, pushed by the node as they happen (no polling).
 Flow control is per stream, as in the local protocol: the node reads a stream of the box only
 while the driver's reader is less than ``WINDOW`` bytes behind (what the reader takes is given
 back with ``exec_credit``), so a slow reader holds the box's agent, and the driver never stops
@@ -47,31 +49,46 @@ class RayOutput(ChunkStream):
 class RayChannel:
     """Driver end of an execution on ``node``."""
 
-    def __init__(self, node: NodeRef, exec_id: str, box_id: str, request: Any) -> None:
+    def __init__(self, node: NodeRef, exec_id: str, box_id: str, request: Any, wait: float) -> None:
         self.node, self.exec_id, self.pid = node, exec_id, 0
         self.stdout, self.stderr = RayOutput(self, "stdout"), RayOutput(self, "stderr")
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._stdin_closed = False
-        self._run = node.stream("exec_run", exec_id, box_id, request)
+        self._begin = (box_id, request, wait)
+        self._run: Any = None  # the exec_follow generator, for a command that outlived exec_begin
         self._step: asyncio.Future[Any] | None = None
         self._tasks: list[asyncio.Future[Any]] = []
 
     async def start(self, timeout: float) -> None:
-        """Wait until the command runs (``timeout``: the box may have to start first)."""
+        """Wait until the command runs (``timeout``: the box may have to start first), and up to
+        ``wait`` more for its end."""
+        box_id, request, wait = self._begin
         try:
-            started = await asyncio.wait_for(self._next(), timeout)
-        except asyncio.TimeoutError:
-            late = BoxDiedError(f"Ray node {self.node.node_id} did not start the command within {timeout:g}s")
-            self._end(late)
-            raise late from None
+            began = await self.node.call_raw("exec_begin", self.exec_id, box_id, request, wait, timeout=timeout + wait)
+            self.pid = int(began["pid"])
+            self._apply(began["events"])
         except BaseException as e:
-            self._end(e)
+            self._end(e if isinstance(e, (BoxliteError, asyncio.CancelledError)) else self.node.died(e))
             raise
-        self.pid = int(started["pid"])
-        self._tasks.append(asyncio.ensure_future(self._events()))
+        if began["done"]:
+            self._end(BoxDiedError(f"execution {self.exec_id} on Ray node {self.node.node_id} ended, no status"))
+        else:
+            self._run = self.node.stream("exec_follow", self.exec_id)
+            self._tasks.append(asyncio.ensure_future(self._events()))
+
+    def _apply(self, batch: list[Any]) -> None:
+        for event in batch:
+            if event[0] == "out":
+                (self.stdout if event[1] == "stdout" else self.stderr)._feed(bytes(event[2]))
+            elif event[0] == "eof":
+                (self.stdout if event[1] == "stdout" else self.stderr)._feed(b"")
+            elif event[0] == "exit" and not self.exit.done():
+                self.exit.set_result(event[1])
+            elif event[0] == "exit_err":
+                self._fail(decode_error(event[1]))
 
     async def _next(self) -> Any:
-        """The next item of ``exec_run`` (None at its end), pinging the node while none comes (the
+        """The next item of ``exec_follow`` (None at its end), pinging the node while none comes (the
         pending step survives the pings: Ray's generator is not re-entrant)."""
         while True:
             self._step = self._step or asyncio.ensure_future(self._run.__anext__())
@@ -91,18 +108,9 @@ class RayChannel:
         return await self.node._await(ref, None)
 
     async def _events(self) -> None:
-        streams = {"stdout": self.stdout, "stderr": self.stderr}
         try:
             while (batch := await self._next()) is not None:
-                for event in batch:
-                    if event[0] == "out":
-                        streams[event[1]]._feed(bytes(event[2]))
-                    elif event[0] == "eof":
-                        streams[event[1]]._feed(b"")
-                    elif event[0] == "exit" and not self.exit.done():
-                        self.exit.set_result(event[1])
-                    elif event[0] == "exit_err":
-                        self._fail(decode_error(event[1]))
+                self._apply(batch)
             self._end(BoxDiedError(f"execution {self.exec_id} on Ray node {self.node.node_id} ended, no status"))
         except BaseException as e:
             self._end(e if isinstance(e, BoxliteError) else self.node.died(e))

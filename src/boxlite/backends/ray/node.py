@@ -2,9 +2,10 @@
 
 Every method answers an envelope, ``("ok", value)`` or ``("err", encoded BoxliteError)``, so the
 driver rebuilds the same typed errors as a local runtime (Ray's own exception wrapping would
-turn them into ``RayTaskError``). Output and copy-out streams are Ray streaming generators: the
-driver asks for them with a small backpressure window, and each chunk read here grants the box's
-agent credit, so nothing between the box and the driver buffers more than a few chunks.
+turn them into ``RayTaskError``). A short command is one call (``exec_begin`` answers with its
+output and exit); the output of a longer one and copy-out streams are Ray streaming generators:
+the driver asks for them with a small backpressure window, and output is read here only within
+the driver's credit, so nothing between the box and the driver buffers more than a window.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ UPLOAD_IDLE_SECS = 300.0
 """An upload no chunk arrived for in this long is aborted (its driver is gone)."""
 FINISHED_KEEP_SECS = 60.0
 """How long an ended execution stays readable before it is purged."""
+MAX_BEGIN_WAIT = 1.0
+"""Ceiling of the wait a driver asks ``exec_begin`` for (``RayOptions.exec_wait``)."""
+BEGIN_BYTES = 64 * 1024
+"""Output ``exec_begin`` answers with at most (the rest streams): its answer stays small enough for
+Ray to carry inline, without the object store."""
+FOLLOW_CLAIM_SECS = 60.0
+"""An execution ``exec_begin`` answered before its end and no ``exec_follow`` came for in this long is
+killed (its driver is gone)."""
 _IDLE_STATES = ("stopped", "exited")
 
 
@@ -63,6 +72,11 @@ class _Exec:
     ended_at: float | None = None
     credit: dict[str, int] = field(default_factory=lambda: {"stdout": WINDOW, "stderr": WINDOW})
     room: asyncio.Event = field(default_factory=asyncio.Event)  # set when a stream got credit back
+    events: asyncio.Queue[tuple[Any, ...]] = field(default_factory=asyncio.Queue)  # for the driver
+    pending: asyncio.Event = field(default_factory=asyncio.Event)  # set when events were queued
+    tasks: list[asyncio.Future[Any]] = field(default_factory=list)  # the pumps and the exit's waiter
+    left: int = 3  # ends (of stdout, of stderr, the exit) not handed to the driver yet
+    followed: bool = False
 
 
 @dataclass
@@ -205,57 +219,114 @@ class NodeService:
                 self._want_sync(full=True)  # also when it failed: whatever it changed is in the list
 
     # --- exec -------------------------------------------------------------------------------
-    async def exec_run(self, exec_id: str, box_id: str, request: ExecRequest) -> AsyncGenerator[Envelope, None]:
-        """One execution in one call (a streaming generator): ``{"pid"}`` once the command runs,
-        then batches of events ``("out", stream, bytes)``, ``("eof", stream)``, ``("exit", body)``
-        or ``("exit_err", error)`` until both streams ended and the exit is known.
+    async def exec_begin(self, exec_id: str, box_id: str, request: ExecRequest, wait: float) -> Envelope:
+        """Start a command, then wait up to ``wait`` seconds for it to end: ``{"pid", "events",
+        "done"}``. A command that ends within it costs the driver this one call (its output and exit
+        are in ``events``); a longer one's events so far are there, the rest come from
+        ``exec_follow``. ``wait`` bounds how late the first output of a longer command is.
 
-        Flow control per stream, as the local protocol: each stream may be ``WINDOW`` bytes ahead
-        of the driver's reader (``exec_credit`` gives back what it read); a stream without credit
-        is not read here, so its box's agent holds the command. The driver never stops taking
-        events, so one stream nobody reads does not hold the other or the exit."""
+        Events: ``("out", stream, bytes)``, ``("eof", stream)``, ``("exit", body)`` or
+        ``("exit_err", error)``. Flow control per stream, as the local protocol: each stream may be
+        ``WINDOW`` bytes ahead of the driver's reader (``exec_credit`` gives back what it read); a
+        stream without credit is not read here, so its box's agent holds the command. The driver
+        never stops taking events, so one stream nobody reads does not hold the other or the exit."""
         started = await self.exec_start(box_id, request, exec_id)
-        yield started
         if started[0] != "ok":
-            return
+            return started
         entry = self._execs[exec_id]
-        events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()  # bounded by the credit: <= 2 windows
+        entry.tasks = [asyncio.ensure_future(c) for c in (self._pump(entry, "stdout"), self._pump(entry, "stderr"),
+                                                          self._wait_exit(entry))]  # fmt: skip
+        loop = asyncio.get_running_loop()
+        until = loop.time() + (min(max(0.0, float(wait)), MAX_BEGIN_WAIT) if isinstance(wait, (int, float)) else 0.0)
+        batch: list[tuple[Any, ...]] = []
+        size = 0
+        while entry.left and size < BEGIN_BYTES:
+            if entry.events.empty():
+                entry.pending.clear()
+                try:
+                    await asyncio.wait_for(entry.pending.wait(), until - loop.time())
+                except asyncio.TimeoutError:
+                    break
+            size = self._take(entry, batch, size, BEGIN_BYTES)
+        if entry.left:
+            loop.call_later(FOLLOW_CLAIM_SECS, self._unclaimed, exec_id)
+        else:
+            self._stop_pumps(entry)
+        return _ok({**started[1], "events": batch, "done": not entry.left})
 
-        async def pump(name: str) -> None:
-            source = entry.channel.stdout if name == "stdout" else entry.channel.stderr
-            try:
-                while True:
-                    while entry.credit[name] < AGENT_CHUNK:
-                        entry.room.clear()
-                        await entry.room.wait()
-                    chunk = await source.read()
-                    if chunk is None:
-                        break
-                    entry.credit[name] -= len(chunk)
-                    events.put_nowait(("out", name, chunk))
-            finally:
-                events.put_nowait(("eof", name))
-
-        async def wait_exit() -> None:
-            try:
-                events.put_nowait(("exit", await asyncio.shield(entry.channel.exit)))
-            except BaseException as e:
-                events.put_nowait(("exit_err", {"error": encode_error(e)}))
-
-        tasks = [asyncio.ensure_future(c) for c in (pump("stdout"), pump("stderr"), wait_exit())]
+    async def exec_follow(self, exec_id: str) -> AsyncGenerator[Envelope, None]:
+        """The rest of an execution ``exec_begin`` answered before its end (a streaming generator):
+        batches of events, pushed as they happen, until both streams ended and the exit is known."""
+        entry = self._execs.get(exec_id)
+        if entry is None or entry.followed:
+            yield _err(NotFoundError(f"no execution {exec_id} to follow on node {self.node_id}"))
+            return
+        entry.followed = True
         try:
-            left = len(tasks)
-            while left:
-                batch, size = [await events.get()], 0
+            while entry.left:
+                batch: list[tuple[Any, ...]] = []
+                while entry.events.empty():
+                    entry.pending.clear()
+                    await entry.pending.wait()
                 await asyncio.sleep(0)  # events ready at the same moment (both ends, the exit) share an item
-                while not events.empty() and size < CHUNK:  # what is ready goes in one item
-                    batch.append(events.get_nowait())
-                    size += len(batch[-1][2]) if batch[-1][0] == "out" else 0
-                left -= sum(1 for e in batch if e[0] != "out")
+                self._take(entry, batch, 0, CHUNK)
                 yield _ok(batch)
         finally:
-            for task in tasks:
-                task.cancel()
+            self._stop_pumps(entry)
+
+    @staticmethod
+    def _take(entry: _Exec, batch: list[tuple[Any, ...]], size: int, limit: int) -> int:
+        """Move the ready events into ``batch`` while it holds less than ``limit`` bytes of output."""
+        while not entry.events.empty() and size < limit:
+            event = entry.events.get_nowait()
+            batch.append(event)
+            if event[0] == "out":
+                size += len(event[2])
+            else:
+                entry.left -= 1
+        return size
+
+    @staticmethod
+    def _put(entry: _Exec, event: tuple[Any, ...]) -> None:
+        entry.events.put_nowait(event)  # bounded by the credit: <= 2 windows of output, 3 ends
+        entry.pending.set()
+
+    async def _pump(self, entry: _Exec, name: str) -> None:
+        source = entry.channel.stdout if name == "stdout" else entry.channel.stderr
+        try:
+            while True:
+                while entry.credit[name] < AGENT_CHUNK:
+                    entry.room.clear()
+                    await entry.room.wait()
+                chunk = await source.read()
+                if chunk is None:
+                    break
+                entry.credit[name] -= len(chunk)
+                self._put(entry, ("out", name, chunk))
+        finally:
+            self._put(entry, ("eof", name))
+
+    async def _wait_exit(self, entry: _Exec) -> None:
+        try:
+            self._put(entry, ("exit", await asyncio.shield(entry.channel.exit)))
+        except BaseException as e:
+            self._put(entry, ("exit_err", {"error": encode_error(e)}))
+
+    @staticmethod
+    def _stop_pumps(entry: _Exec) -> None:
+        for task in entry.tasks:
+            task.cancel()
+
+    def _unclaimed(self, exec_id: str) -> None:
+        """An execution whose driver never came for the rest (it died after ``exec_begin``): nobody
+        can read its output or write its stdin any more, so it is killed, not left holding the box."""
+        entry = self._execs.get(exec_id)
+        if entry is None or entry.followed:
+            return
+        self._stop_pumps(entry)
+        entry.tasks = (
+            [] if entry.ended_at is not None else [asyncio.ensure_future(self.exec_control(exec_id, {"op": "kill"}))]
+        )
 
     async def exec_credit(self, exec_id: str, stream: str, amount: int) -> Envelope:
         """The driver's reader took ``amount`` bytes of ``stream``: that much more may be read."""
@@ -281,12 +352,13 @@ class NodeService:
         return _ok({"exec_id": exec_id, "pid": started.channel.pid})
 
     def _purge(self) -> None:
-        """Drop ended executions after ``FINISHED_KEEP_SECS``, sooner (oldest first) beyond ``MAX_EXECS``."""
+        """Drop ended executions whose output was read after ``FINISHED_KEEP_SECS``, sooner (oldest
+        first) beyond ``MAX_EXECS``."""
         now = time.monotonic()
         ended = sorted((e.ended_at, k) for k, e in self._execs.items() if e.ended_at is not None)
         excess = len(self._execs) - MAX_EXECS
-        for i, (ended_at, key) in enumerate(ended):
-            if i < excess or now - ended_at > FINISHED_KEEP_SECS:
+        for i, (ended_at, key) in enumerate(ended):  # not while its output is still being read
+            if i < excess or (now - ended_at > FINISHED_KEEP_SECS and all(t.done() for t in self._execs[key].tasks)):
                 del self._execs[key]
 
     def _live_execs(self) -> int:
