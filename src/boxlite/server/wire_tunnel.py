@@ -273,15 +273,18 @@ class WireTunnel:
 async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
     """Send ``answer`` and end the connection so that the client reads it: what it still sends is
     read and dropped for a moment (at most ``LINGER_BYTES``), not answered with a reset."""
+
+    async def drop() -> None:
+        dropped = 0
+        while dropped < LINGER_BYTES and (chunk := await reader.read(CHUNK)):
+            dropped += len(chunk)
+
     writer.write(answer)
     with contextlib.suppress(Exception):
         if writer.can_write_eof():
             writer.write_eof()
         await writer.drain()
-        async with asyncio.timeout(LINGER):
-            dropped = 0
-            while dropped < LINGER_BYTES and (chunk := await reader.read(CHUNK)):
-                dropped += len(chunk)
+        await asyncio.wait_for(drop(), LINGER)
 
 
 async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: BoxConnection, first: bytes) -> None:
