@@ -252,9 +252,11 @@ def test_images_build_cli(tmp_path: Path) -> None:
     seed_home_images(tmp_path / "home")
     ok = subprocess.run([*cli, "images", "build", "browser"], capture_output=True, text=True, env=env, timeout=600)
     assert ok.returncode == 0, ok.stderr
-    tree = Path(ok.stdout.strip())
-    assert tree.resolve() == browser_rootfs().resolve()  # the cached build, not a second one
+    ref, tree = ok.stdout.strip(), browser_rootfs()
+    assert ref == f"boxlite.local/browser:{tree.name}"  # the cached build (named by its key), not a second one
     assert (tree / "usr/lib/chromium/chromium").is_file() and stat.S_IMODE(tree.stat().st_mode) == 0o755
+    listed = subprocess.run([*cli, "images", "-q"], capture_output=True, text=True, env=env, timeout=120)
+    assert {ref, "boxlite.local/browser:latest"} <= set(listed.stdout.split()), listed.stdout
 
 
 def test_recipe_build_failure_is_an_image_error(tmp_path: Path) -> None:

@@ -135,13 +135,11 @@ class BrowserBox(SimpleBox):
 
     async def __aenter__(self) -> BrowserBox:
         if self._box is None and self._build_image:
-            from ..images.recipes import ensure_recipe
+            from ..images.recipes import recipe_image
 
             runtime = self._runtime or Boxlite.default()
             self._runtime = runtime
-            images_dir = runtime.home.root / "images"
-            rootfs = await asyncio.to_thread(ensure_recipe, "browser", images_dir)
-            self._options.rootfs_path = str(rootfs)
+            self._options.image = await asyncio.to_thread(recipe_image, "browser", runtime.home.root)
         await super().__aenter__()
         return self
 

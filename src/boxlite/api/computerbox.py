@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ParseError, ResourceExhaustedError
-from ..images.recipes import ensure_recipe
+from ..images.recipes import recipe_image
 from .desktopsession import (
     ACTION_TIMEOUT,
     DISPLAY,
@@ -83,8 +82,7 @@ class ComputerBox(DesktopBox):
     async def __aenter__(self) -> ComputerBox:
         if self._options.image is None and self._options.rootfs_path is None:
             runtime = self._runtime or Boxlite.default()
-            images = Path(runtime.home.root) / "images"
-            self._options.rootfs_path = str(await asyncio.to_thread(ensure_recipe, "desktop", images))
+            self._options.image = await asyncio.to_thread(recipe_image, "desktop", runtime.home.root)
         await super().__aenter__()
         if self._session is None:
             try:

@@ -119,18 +119,21 @@ async def rmi(rt: Boxlite, refs: tuple[str, ...], force: bool) -> int:
 @click.argument("name", metavar="NAME")
 @with_runtime
 async def build(rt: Boxlite, name: str) -> int:
-    """Build (once; cached by content) the offline image of a specialised box: browser, desktop or skill."""
+    """Build (once; cached by content) the offline image of a specialised box: browser, desktop or skill.
+
+    Prints its reference, ``boxlite.local/NAME:KEY`` (``boxlite.local/NAME:latest`` names the same image)."""
     import asyncio
 
     from ..errors import ConfigError
-    from ..images.recipes import RECIPES, ensure_recipe
+    from ..images.recipes import RECIPES, ensure_recipe, recipe_image, recipe_reference
 
     if name not in RECIPES:
         raise ConfigError(f"unknown image recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
     click.echo(f"Building the {name!r} image from Debian packages (cached once built)...", err=True)
-    path = await asyncio.to_thread(ensure_recipe, name, rt.home.root / "images")
+    ref = await asyncio.to_thread(recipe_image, name, rt.home.root)
     if want_json():
-        print_json({"name": name, "rootfs": str(path)})
+        path = await asyncio.to_thread(ensure_recipe, name, rt.home.root / "images")  # built: just its path
+        print_json({"name": name, "reference": ref, "latest": recipe_reference(name), "rootfs": str(path)})
     else:
-        click.echo(str(path))
+        click.echo(ref)
     return 0

@@ -113,7 +113,14 @@ class ImageManager:
             ) from None
 
     async def _pull(self, ref: str, progress: ProgressFn | None) -> ImageInfo:
+        from .build import LOCAL_REGISTRY
+
         parsed = parse_reference(ref)
+        if parsed.registry == LOCAL_REGISTRY:  # built on this host (images/build.py): never a network name
+            raise NotFoundError(
+                f"no image {ref} in the store: {LOCAL_REGISTRY} images are built here "
+                f"(boxlite images build {parsed.repository.rsplit('/', 1)[-1]})"
+            )
         first_error: RegistryError | None = None
         for cand in self._candidates(parsed):
             try:
