@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from ...errors import ImageError
+from ..build import EPOCH, clamp_times
 from ..debian import EXCLUDE, _finish_rootfs, build_once, download_debs, resolve_packages
 
 PACKAGES = (
@@ -57,7 +58,7 @@ DESKTOP_EXCLUDE = EXCLUDE | {
     "xfonts-utils",
 }
 SESSION_PATH = "/usr/local/bin/boxlite-desktop"
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 # Never read in a box; dropping them makes the image (and the VM engine's disk) ~15 % smaller.
 DROP = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian")
 
@@ -151,5 +152,9 @@ def _font_cache(dest: Path) -> None:
     fc_cache = shutil.which("fc-cache")
     if fc_cache is None:
         return
+    # The cache holds each font directory's mtime; the image's layer clamps times to EPOCH (images/build):
+    # clamp them now, and fc-cache records them so (SOURCE_DATE_EPOCH), or every box would rescan.
+    clamp_times(dest)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run([fc_cache, "-f", f"--sysroot={dest}"], check=True, capture_output=True, timeout=300)
+        subprocess.run([fc_cache, "-f", f"--sysroot={dest}"], check=True, capture_output=True, timeout=300, env=env)
