@@ -143,7 +143,7 @@ class SkillBox(DesktopBox):
                 "or auth_token (ANTHROPIC_AUTH_TOKEN)"
             )
         if self._box is None and self._options.image is None and self._options.rootfs_path is None:
-            self._options.rootfs_path = str(await asyncio.to_thread(_skill_image, self._runtime))
+            self._options.image = await asyncio.to_thread(_skill_image, self._runtime)
         await super().__aenter__()
         if self._session is None and not self._desktop_missing:
             try:
@@ -358,12 +358,12 @@ def _has_credential(env: Any) -> bool:
     return any(isinstance(p, (tuple, list)) and p and p[0] in names for p in pairs)
 
 
-def _skill_image(runtime: Boxlite | None) -> Path:
-    """The offline ``skill`` image under the runtime's home (built on first use)."""
-    from ..images.recipes import ensure_recipe
+def _skill_image(runtime: Boxlite | None) -> str:
+    """The offline ``skill`` image in the runtime's image store (built on first use): its reference."""
+    from ..images.recipes import recipe_image
 
     rt = runtime or Boxlite.default()
-    return ensure_recipe("skill", rt.home.root / "images")
+    return recipe_image("skill", rt.home.root)
 
 
 class SyncSkillBox(SyncSimpleBox):
