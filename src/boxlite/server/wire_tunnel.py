@@ -1,5 +1,6 @@
 """BoxLite's wire tunnels (``prepareTunnel``): one small TCP listener per (box, port), owned by the
-server process, whose accepted connections each become one ``box.network`` tunnel.
+server process and bound to the address the API request arrived on, whose accepted connections
+each become one ``box.network`` tunnel.
 
 uvicorn has no HTTP ``CONNECT``, so the listener speaks just enough HTTP/1.1 itself: it reads one
 request head (at most ``MAX_HEAD`` bytes within ``HEAD_DEADLINE`` s), checks the tunnel's token and
@@ -46,7 +47,7 @@ MAX_CONNECTIONS = 64
 MAX_SERVER_CONNECTIONS = 256
 """Concurrent connections over all tunnels of the server."""
 MAX_PER_BOX = 16
-"""Tunnels (distinct ports) per box."""
+"""Tunnels (distinct ports, or the same port on distinct server addresses) per box."""
 MAX_TUNNELS = 128
 """Tunnels per server."""
 WATCH_INTERVAL = 1.0
@@ -319,31 +320,33 @@ async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, con
 
 
 class WireTunnels:
-    """The server's tunnels by (box id, port); a watcher closes those whose box stopped."""
+    """The server's tunnels; a watcher closes those whose box stopped."""
 
     def __init__(self, runtime: Boxlite) -> None:
         self.runtime = runtime
-        self.tunnels: dict[tuple[str, int], WireTunnel] = {}
+        self.tunnels: dict[tuple[str, int, str], WireTunnel] = {}
+        """By (box id, port, listening address)."""
         self.connections = 0
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
 
     async def prepare(self, box: Box, port: int, host: str) -> str:
-        """The URI of ``box``'s tunnel to ``port`` (the same one on every call while the box runs)."""
+        """The URI of ``box``'s tunnel to ``port`` on ``host`` (the same one on every call while the
+        box runs: a request arriving on another address of the server gets a listener there)."""
         port = check_port(port)
         if box.info().status != "running":
             raise InvalidStateError(f"box {box.id} is not running")
         async with self._lock:
-            found = self.tunnels.get((box.id, port))
+            found = self.tunnels.get((box.id, port, host))
             if found is not None:
                 return found.uri
-            if sum(1 for b, _ in self.tunnels if b == box.id) >= MAX_PER_BOX:
+            if sum(1 for key in self.tunnels if key[0] == box.id) >= MAX_PER_BOX:
                 raise ResourceExhaustedError(f"box {box.id} has {MAX_PER_BOX} tunnels (the limit)")
             if len(self.tunnels) >= MAX_TUNNELS:
                 raise ResourceExhaustedError(f"the server has {MAX_TUNNELS} tunnels (the limit)")
             tunnel = WireTunnel(box, port, host, self)
             await tunnel.open()
-            self.tunnels[(box.id, port)] = tunnel
+            self.tunnels[(box.id, port, host)] = tunnel
             if self._watcher is None or self._watcher.done():
                 self._watcher = asyncio.ensure_future(self._watch())
             return tunnel.uri
@@ -356,7 +359,7 @@ class WireTunnels:
     async def _watch(self) -> None:
         while self.tunnels:
             await asyncio.sleep(WATCH_INTERVAL)
-            for box_id in {b for b, _ in self.tunnels}:
+            for box_id in {key[0] for key in self.tunnels}:
                 try:
                     info = await self.runtime.get_info(box_id)
                 except Exception as e:  # the runtime is shutting down: close() follows

@@ -18,9 +18,10 @@ router = APIRouter(route_class=WireRoute)
 
 class WireTunnelDescriptor(BaseModel):
     uri: str = Field(
+        json_schema_extra={"format": "uri"},
         description="`http://boxlite:<token>@<host>:<port>`: plain HTTP to the service at this URI (the token as "
         "Basic credentials), or `CONNECT` on it for a raw TCP stream (the token as `Proxy-Authorization` or as the "
-        "authority's userinfo). Opaque to clients; a capability: whoever holds it reaches the service."
+        "authority's userinfo). Opaque to clients; a capability: whoever holds it reaches the service.",
     )
 
 
