@@ -28,6 +28,7 @@ is still cleaning up never removes the next start's cgroups. Stdlib only (runs i
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -35,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -52,6 +54,27 @@ PASTA_TERM_GRACE = 1.0
 CGROUP_RMDIR_TIMEOUT = 5.0
 MAX_HELPER_LOG = 64 << 10
 """Bytes of pasta's stderr copied into the boot log (it is quiet; a chatty one is cut)."""
+
+
+def _write_sysctls(netns: int, sysctls: dict[str, str]) -> None:
+    """Write the engine's ``sysctls`` (path below /proc/sys/net: value) in the box's network
+    namespace, from a thread that joins it (/proc/sys/net is the calling thread's namespace's;
+    the keeper itself stays in the host's). Best effort: they only tune speed."""
+
+    def apply() -> None:
+        try:
+            linux.setns(netns, linux.CLONE_NEWNET)
+        except OSError:
+            return
+        for key, value in sysctls.items():
+            if key.startswith("net/") and ".." not in key.split("/"):
+                with contextlib.suppress(OSError), open(f"/proc/sys/{key}", "w") as f:
+                    f.write(value)
+
+    if sysctls:
+        worker = threading.Thread(target=apply, daemon=True)
+        worker.start()
+        worker.join()
 
 
 def fork_keeper(config: dict[str, Any], status_fd: int) -> socket.socket | None:
@@ -283,6 +306,7 @@ class Keeper:
                 os._exit(1)
 
         argv = [*self.conf["pasta"], "--pid", fifo, "--netns", f"/proc/self/fd/{netns}"]
+        _write_sysctls(netns, self.conf.get("sysctls") or {})
         try:
             try:
                 self.pasta = subprocess.Popen(

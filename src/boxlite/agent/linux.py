@@ -77,6 +77,11 @@ def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
 
 
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespace ``fd`` refers to (this thread only, for a network namespace)."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(_SYS_PIVOT_ROOT[MACHINE], _b(new_root), _b(put_old)), "pivot_root")
 

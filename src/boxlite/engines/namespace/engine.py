@@ -103,6 +103,7 @@ class NamespaceEngine(Engine):
                 "secretproxy": secretproxy,
                 "pasta_fifo": str(spec.layout.pasta_fifo),
                 "pasta_pid": str(spec.layout.pasta_pid),
+                "sysctls": network.NETNS_SYSCTLS,
             },
         }
         if spec.disk_size_gb:  # the writable layer on a sized ext4 image (mkfs on first start only)
