@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from ..errors import UnsupportedOptionError
 
 SPECIAL_BOXES = ("SkillBox/BrowserBox/ComputerBox", "issue 13")
-ORCHESTRATION = ("boxlite.orchestration (multi-box groups)", "issue 13")
+NO_BOX_GROUP = "BoxLite names BoxGroup in its package but defines no such class; use boxlite.orchestration.BoxRuntime"
 VOLUMES = ("named volumes", "a later issue (not filed yet)")
 ATTACH = ("Box.attach (re-attaching to a running execution)", "a later issue (not filed yet)")
 
@@ -83,8 +83,12 @@ class BrowserBoxOptions:
     cdp_port: int | None = None
 
 
-class BoxGroup(_Later):
-    _feature = ORCHESTRATION
+class BoxGroup:
+    """A name BoxLite's package imports but never defines (so its ``import`` fails there):
+    importable here so such code gets a clear error, not an ImportError."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise UnsupportedOptionError("BoxGroup", NO_BOX_GROUP)
 
 
 __all__ = [
