@@ -99,6 +99,8 @@ class NodeService:
         self._execs: dict[str, _Exec] = {}
         self._uploads: dict[str, _Upload] = {}
         self._creating = 0  # creations in flight (they count against the per-node box limit)
+        self._busy_boxes: dict[str, Any] | None = None  # box id -> BoxInfo of the boxes not idle (a cache)
+        self._busy_at = 0.0
         self._changed: dict[str, Any] = {}  # box id -> BoxInfo, or None: removed; not yet in the directory
         self._full_sync = True
         self._sync_wanted: asyncio.Event | None = None
@@ -133,7 +135,19 @@ class NodeService:
         return _ok(self.node_id)
 
     async def _busy(self) -> list[Any]:
-        return [i for i in await self.local.list() if i.state.status not in _IDLE_STATES]
+        """The boxes not idle, listed at most every ``BUSY_TTL`` (a list costs ~0.2 ms a box, and every
+        create and hello needs it); what this service creates or wakes is counted at once."""
+        if self._busy_boxes is None or time.monotonic() - self._busy_at > BUSY_TTL:
+            at = time.monotonic()
+            busy = {i.id: i for i in await self.local.list() if i.state.status not in _IDLE_STATES}
+            self._busy_boxes, self._busy_at = busy, at
+        return list(self._busy_boxes.values())
+
+    def _may_wake(self, box_id: Any) -> None:
+        """After a call that may have turned an idle box busy: the next count lists again (unless
+        the box was counted busy already)."""
+        if self._busy_boxes is None or not isinstance(box_id, str) or box_id not in self._busy_boxes:
+            self._busy_boxes = None
 
     async def create(self, options: Any, name: str | None, max_boxes: int) -> Envelope:
         """A new box, unless this node already has ``max_boxes`` (counting creations in flight):
@@ -144,6 +158,8 @@ class NodeService:
             if len(await self._busy()) + self._creating > max_boxes:
                 raise ResourceExhaustedError(f"node {self.node_id} has {max_boxes} boxes already")
             info = await self.local.create(options, name)
+            if self._busy_boxes is not None and info.state.status not in _IDLE_STATES:
+                self._busy_boxes[info.id] = info
             self._changed[info.id] = info
             self._want_sync()
             return _ok(info)
@@ -217,6 +233,9 @@ class NodeService:
         finally:
             if method in _CHANGES:
                 self._want_sync(full=True)  # also when it failed: whatever it changed is in the list
+                self._busy_boxes = None
+            elif method in ("ready", "snapshot_restore"):
+                self._may_wake(args[0] if args else None)
 
     # --- exec -------------------------------------------------------------------------------
     async def exec_begin(self, exec_id: str, box_id: str, request: ExecRequest, wait: float) -> Envelope:
@@ -346,6 +365,8 @@ class NodeService:
             started = await self.local.exec(box_id, request)
         except BaseException as e:
             return _err(e)
+        finally:
+            self._may_wake(box_id)  # an exec starts a stopped box
         entry = _Exec(started.channel, box_id)
         started.channel.exit.add_done_callback(lambda _f: setattr(entry, "ended_at", time.monotonic()))
         self._execs[exec_id] = entry
@@ -477,6 +498,9 @@ class NodeService:
 
 SYNC_TIMEOUT = 30.0
 """Deadline of one update of the directory."""
+BUSY_TTL = 1.0
+"""Seconds a node service reuses its list of busy boxes (for its box limit and ``hello``): a box
+that stopped on its own frees its slot within this."""
 _CHANGES = frozenset({"remove", "start", "stop", "pause", "resume", "fork", "clone"})
 _CALLS = frozenset({
     "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image",
