@@ -26,8 +26,6 @@ if TYPE_CHECKING:
         BoxGroup,
         BrowserBoxOptions,
         Secret,
-        VolumeHandle,
-        VolumeInfo,
     )
     from .api.network import BoxConnection, BoxTunnel, NetworkHandle
     from .api.options import (
@@ -69,6 +67,7 @@ if TYPE_CHECKING:
         SyncNetworkHandle,
         SyncSimpleBox,
     )
+    from .api.volumes import VolumeHandle, VolumeInfo
     from .errors import (
         AlreadyExistsError,
         BoxDiedError,
@@ -184,8 +183,8 @@ _EXPORTS: dict[str, str] = {  # public name -> module defining it (imported on f
     "TimeoutError": ".errors",
     "UnauthorizedError": ".errors",
     "UnsupportedOptionError": ".errors",
-    "VolumeHandle": ".api.later",
-    "VolumeInfo": ".api.later",
+    "VolumeHandle": ".api.volumes",
+    "VolumeInfo": ".api.volumes",
     "cluster": ".api.runtime",
 }
 

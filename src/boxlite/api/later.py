@@ -11,7 +11,6 @@ from ..errors import UnsupportedOptionError
 
 SPECIAL_BOXES = ("SkillBox/BrowserBox/ComputerBox", "issue 13")
 NO_BOX_GROUP = "BoxLite names BoxGroup in its package but defines no such class; use boxlite.orchestration.BoxRuntime"
-VOLUMES = ("named volumes", "a later issue (not filed yet)")
 ATTACH = ("Box.attach (re-attaching to a running execution)", "a later issue (not filed yet)")
 
 
@@ -46,33 +45,6 @@ class Secret:
 
 
 @dataclass
-class VolumeInfo:
-    id: str
-    created_at: str
-    size_bytes: int | None = None
-
-
-class VolumeHandle:
-    """``runtime.volumes``: there are no named volumes yet (bind mounts via ``BoxOptions.volumes``
-    work): listing is empty, getting finds nothing, creating or removing raises."""
-
-    def __init__(self, runtime: Any = None) -> None:
-        self._runtime = runtime
-
-    async def create(self, *args: Any, **kwargs: Any) -> VolumeInfo:
-        unsupported(VOLUMES)
-
-    async def list(self) -> list[VolumeInfo]:
-        return []
-
-    async def get(self, id: str) -> VolumeInfo | None:
-        return None
-
-    async def remove(self, id: str, force: bool = False) -> None:
-        unsupported(VOLUMES)
-
-
-@dataclass
 class BrowserBoxOptions:
     """Options of ``BrowserBox`` (api/browserbox.py): BoxLite's fields; only ``browser="chromium"`` is built offline."""
 
@@ -95,7 +67,5 @@ __all__ = [
     "BoxGroup",
     "BrowserBoxOptions",
     "Secret",
-    "VolumeHandle",
-    "VolumeInfo",
     "unsupported",
 ]

@@ -9,10 +9,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedOptionError
 from ..fsutil.extract import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_TIMEOUT
 from ..images.registry_config import ImageRegistry
 from ..runtime.config import (
+    VOLUME_ID,
+    VOLUME_PREFIX,
     BoxConfig,
     PortMapping,
     SecretRule,
@@ -279,8 +281,13 @@ class BoxOptions:
 
 
 def parse_volume(entry: Any) -> VolumeMount:
-    """A volume as (host, guest[, ro]) tuple, dict, or "host:guest[:ro|rw]" string."""
+    """A volume as (host, guest[, ro]) tuple, dict, or "host:guest[:ro|rw]" string. A named
+    volume's id (``vol-`` + 16 hex digits) stands in place of the host path, or a dict
+    ``{"volume_id": id, "mount_path": ...}``; any other host path starting with ``vol-`` is refused
+    (write ``./vol-…`` for a relative host path), so an id is never mistaken for one."""
     mode: Any
+    if isinstance(entry, Mapping) and ("volume_id" in entry or "volumeId" in entry):
+        return _named_volume(entry)
     if isinstance(entry, str):
         parts = entry.split(":")
         if len(parts) not in (2, 3):
@@ -303,8 +310,26 @@ def parse_volume(entry: Any) -> VolumeMount:
         raise ConfigError(f"volume {entry!r}: mode must be 'ro', 'rw' or a bool")
     if not isinstance(host, str) or not isinstance(guest, str) or not host or not guest.startswith("/"):
         raise ConfigError(f"volume {entry!r}: host path and an absolute box path are required")
+    if host.startswith(VOLUME_PREFIX):
+        if not VOLUME_ID.fullmatch(host):
+            raise ConfigError(f"volume {entry!r}: {host!r} is not a volume id (for a relative host path: ./{host})")
+        return VolumeMount("", os.path.normpath(guest), readonly, host)
     # The host path must exist when the box starts (checked then, as BoxLite does), not now.
     return VolumeMount(os.path.abspath(os.path.expanduser(host)), os.path.normpath(guest), readonly)
+
+
+def _named_volume(entry: Mapping[str, Any]) -> VolumeMount:
+    """``{"volume_id"|"volumeId": id, "mount_path"|"mountPath"|"guest_path": path, "read_only": bool}``."""
+    volume_id = entry.get("volume_id", entry.get("volumeId"))
+    guest = entry.get("mount_path", entry.get("mountPath", entry.get("guest_path")))
+    readonly = entry.get("read_only", entry.get("readOnly", False))
+    if entry.get("subpath") or entry.get("sub_path"):
+        raise UnsupportedOptionError("volume subpath", "a named volume is mounted whole")
+    if not isinstance(volume_id, str) or not VOLUME_ID.fullmatch(volume_id):
+        raise ConfigError(f"volume {dict(entry)!r}: invalid volume id {volume_id!r}")
+    if not isinstance(guest, str) or not guest.startswith("/") or not isinstance(readonly, bool):
+        raise ConfigError(f"volume {dict(entry)!r}: an absolute mount_path (and a bool read_only) is required")
+    return VolumeMount("", os.path.normpath(guest), readonly, volume_id)
 
 
 def parse_port(entry: Any) -> PortMapping:

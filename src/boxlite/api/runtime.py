@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from ..runtime.home import Home
     from ..runtime.lifecycle import BoxRuntime
     from .credential import BoxliteRestOptions
-    from .later import VolumeHandle
     from .remote import RemoteBoxlite
+    from .volumes import VolumeHandle
 
 
 class Boxlite:
@@ -92,8 +92,8 @@ class Boxlite:
 
     @property
     def volumes(self) -> VolumeHandle:
-        """BoxLite's named volumes: none yet (see ``VolumeHandle``)."""
-        from .later import VolumeHandle
+        """BoxLite's named volumes (api/volumes.py): create, list, get, remove."""
+        from .volumes import VolumeHandle
 
         return VolumeHandle(self)
 

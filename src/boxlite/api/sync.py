@@ -21,6 +21,7 @@ from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics
 from .runtime import Boxlite
 from .simplebox import CodeBox, SimpleBox
 from .sync_network import SyncBoxTunnel, SyncNetworkHandle
+from .volumes import VolumeInfo
 
 T = TypeVar("T")
 
@@ -152,6 +153,25 @@ class SyncImageHandle:
         self._loop.run(self._images.remove(reference, force))
 
 
+class SyncVolumeHandle:
+    """``SyncBoxlite.volumes``: the runtime's named volumes (api/volumes.py)."""
+
+    def __init__(self, loop: _Loop, rt: Boxlite) -> None:
+        self._loop, self._volumes = loop, rt.volumes
+
+    def create(self) -> VolumeInfo:
+        return self._loop.run(self._volumes.create())
+
+    def list(self) -> list[VolumeInfo]:
+        return self._loop.run(self._volumes.list())
+
+    def get(self, id: str) -> VolumeInfo:
+        return self._loop.run(self._volumes.get(id))
+
+    def remove(self, id: str, force: bool = False) -> None:
+        self._loop.run(self._volumes.remove(id, force))
+
+
 class SyncBox:
     def __init__(self, loop: _Loop, box: Box) -> None:
         self._loop, self._box = loop, box
@@ -257,6 +277,10 @@ class SyncBoxlite:
     @property
     def images(self) -> SyncImageHandle:
         return SyncImageHandle(*self._ready())
+
+    @property
+    def volumes(self) -> SyncVolumeHandle:
+        return SyncVolumeHandle(*self._ready())
 
     def get_info(self, id_or_name: str) -> BoxInfo | None:
         loop, rt = self._ready()

@@ -26,6 +26,7 @@ from ..api.results import BoxInfo, BoxMetrics, ExecStatus, RuntimeMetrics, Snaps
 from ..errors import BoxDiedError, ConfigError, UnsupportedOptionError
 from ..images import ImageConfig, ImageInfo
 from ..images.types import PullProgress
+from ..runtime.volumes import VolumeInfo
 
 
 class TunnelStream(Protocol):
@@ -316,6 +317,19 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def metrics(self, counted: ExecCounters) -> RuntimeMetrics: ...
+
+    # --- named volumes (runtime/volumes.py): a backend without them says so -------------------
+    async def volume_create(self) -> VolumeInfo:
+        raise UnsupportedOptionError("named volumes", f"{type(self).__name__} has none")
+
+    async def volume_list(self) -> builtins.list[VolumeInfo]:
+        raise UnsupportedOptionError("named volumes", f"{type(self).__name__} has none")
+
+    async def volume_get(self, volume_id: str) -> VolumeInfo:
+        raise UnsupportedOptionError("named volumes", f"{type(self).__name__} has none")
+
+    async def volume_remove(self, volume_id: str, force: bool = False) -> None:
+        raise UnsupportedOptionError("named volumes", f"{type(self).__name__} has none")
 
     @abc.abstractmethod
     async def shutdown(self, timeout: float | None = None) -> None:

@@ -34,6 +34,8 @@ from ..runtime import archive, fork, pause, snapshots
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
+from ..runtime.volumes import VolumeInfo, VolumeStore
+from ..runtime.volumes import check_id as check_volume_id
 from ..steplog import step
 from .base import (
     Backend,
@@ -91,6 +93,7 @@ class LocalBackend(Backend):
         self.image_manager = ImageManager(self.home.root, registries, uid_base=self.home.uid_base)
         engine = options.engine or self.home.config().get("engine")
         self.core = BoxRuntime(self.home, self.image_manager, engine)
+        self.volume_store = VolumeStore(self.home.root)
         self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
         self._unsaved: dict[str, ExecCounters] = {}  # box handles' counts not yet added to the home
         self._idle = IdleWatcher(self.pause, self._idle_limit)  # auto_pause
@@ -116,7 +119,7 @@ class LocalBackend(Backend):
     # --- boxes ----------------------------------------------------------------------------
     async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
         with step("create", image=options.image, box_name=name) as fields:
-            rec = await self.core.create(options.to_config(), name)
+            rec = await self.core.create(self.volume_store.resolve(options.to_config()), name)
             fields["box"] = rec.id
         self._recs[rec.id] = rec
         return self._info(rec)
@@ -130,6 +133,33 @@ class LocalBackend(Backend):
 
     def info(self, box_id: str) -> BoxInfo:
         return self._info(self._record(box_id))
+
+    # --- named volumes -----------------------------------------------------------------------
+    async def volume_create(self) -> VolumeInfo:
+        self.core.check_open()
+        return await asyncio.to_thread(self.volume_store.create)
+
+    async def volume_list(self) -> builtins.list[VolumeInfo]:
+        self.core.check_open()
+        return await asyncio.to_thread(self.volume_store.list)
+
+    async def volume_get(self, volume_id: str) -> VolumeInfo:
+        self.core.check_open()
+        return await asyncio.to_thread(self.volume_store.get, volume_id)
+
+    async def volume_remove(self, volume_id: str, force: bool = False) -> None:
+        """A volume a box still names is refused (InvalidStateError); with ``force`` it goes if
+        those boxes are all stopped (they then fail to start), never under a live box."""
+        self.core.check_open()
+        check_volume_id(volume_id)
+        users = [rec for rec in self.core.db.all() if any(v.volume_id == volume_id for v in rec.config.volumes)]
+        live = [rec.id for rec in users if rec.state not in ("configured", "stopped", "exited")]
+        if live:
+            raise InvalidStateError(f"volume {volume_id} is mounted by box(es) {', '.join(live)}: stop them first")
+        if users and not force:
+            names = ", ".join(rec.id for rec in users)
+            raise InvalidStateError(f"volume {volume_id} is used by box(es) {names}: remove them, or pass force=True")
+        await asyncio.to_thread(self.volume_store.remove, volume_id, force)
 
     def _info(self, rec: BoxRecord) -> BoxInfo:
         return record_info(rec, self.core.health.view(rec))

@@ -37,6 +37,9 @@ MAX_DISK_GB = 8192.0
 MAX_SECRETS = 16
 MAX_SECRET_BYTES = 8192
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+VOLUME_PREFIX = "vol-"
+VOLUME_ID = re.compile(r"vol-[0-9a-f]{16}")
+"""A named volume's id (runtime/volumes.py): server-assigned, exactly this form, never a path."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,15 @@ class VolumeMount:
     guest_path: str
     """Absolute path in the box."""
     read_only: bool = False
+    volume_id: str | None = None
+    """A named volume (runtime/volumes.py): ``host_path`` is its data directory, set by the
+    local runtime when the box is created ("" until then)."""
 
     def __post_init__(self) -> None:
+        if self.volume_id is not None and not VOLUME_ID.fullmatch(self.volume_id):
+            raise ConfigError(f"invalid volume id {self.volume_id!r}")
+        if self.volume_id is not None and not self.host_path and self.guest_path.startswith("/"):
+            return
         if not self.host_path.startswith("/") or not self.guest_path.startswith("/"):
             raise ConfigError(
                 f"volume {self.host_path}:{self.guest_path}: host path and an absolute box path are required"
@@ -243,7 +253,9 @@ class BoxConfig:
             out[f.name] = getattr(self, f.name)
         out["env"] = [list(pair) for pair in self.env]
         out["entrypoint"], out["cmd"] = _list_or_none(self.entrypoint), _list_or_none(self.cmd)
-        out["volumes"] = [[v.host_path, v.guest_path, v.read_only] for v in self.volumes]
+        out["volumes"] = [
+            [v.host_path, v.guest_path, v.read_only, *([v.volume_id] if v.volume_id else [])] for v in self.volumes
+        ]
         out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
         out["health_check"] = None if self.health_check is None else self.health_check.to_json()
         out["allow_net"] = list(self.allow_net)
@@ -291,7 +303,7 @@ class BoxConfig:
                 hostname=_str_or_none(data.get("hostname")),
                 ready_timeout=parse_number(data.get("ready_timeout"), float, "ready_timeout"),
                 health_check=HealthCheckConfig.from_json(data.get("health_check")),
-                volumes=tuple(VolumeMount(str(h), str(g), bool(ro)) for h, g, ro in data.get("volumes") or ()),
+                volumes=tuple(_volume(v) for v in data.get("volumes") or ()),
                 network=bool(data.get("network")),
                 allow_net=tuple(str(e) for e in data.get("allow_net") or ()),
                 secrets=tuple(
@@ -365,6 +377,13 @@ def parse_number(value: Any, kind: type[int] | type[float], name: str) -> Any:
     if number != number or number in (float("inf"), float("-inf")):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return int(number) if kind is int else number
+
+
+def _volume(entry: Any) -> VolumeMount:
+    """A stored volume: [host, guest, read_only] or, for a named volume, [host, guest, read_only, id]."""
+    if not isinstance(entry, (list, tuple)) or len(entry) not in (3, 4):
+        raise ConfigError(f"box config: invalid volume {entry!r}")
+    return VolumeMount(str(entry[0]), str(entry[1]), bool(entry[2]), None if len(entry) == 3 else str(entry[3]))
 
 
 def _str_or_none(value: Any) -> str | None:

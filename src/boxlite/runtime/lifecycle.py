@@ -288,6 +288,8 @@ class BoxRuntime:
             if not layer.is_dir():
                 raise EngineError(f"layer {layer} of box {rec.id} is missing (image removed?)")
         for volume in rec.config.volumes:  # checked at each start, as BoxLite does
+            if volume.volume_id and not os.path.isdir(volume.host_path):
+                raise NotFoundError(f"volume {volume.volume_id} (mounted at {volume.guest_path}) was removed")
             if not os.path.exists(volume.host_path):
                 raise ConfigError(f"volume host path {volume.host_path} does not exist")
         mainexit.clear(str(spec.run_dir))
