@@ -28,6 +28,7 @@ from . import (
     routes_pause,
     routes_state,
     routes_tunnel,
+    routes_volumes,
     wire_tunnel,
 )
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
@@ -81,7 +82,10 @@ def create_app(
         title="BoxLite", version=__version__, description=DESCRIPTION, lifespan=lifespan,
         docs_url=None, redoc_url=None,
     )  # fmt: skip
-    for module in (routes_boxes, routes_files, routes_images, routes_exec, routes_pause, routes_state, routes_tunnel):
+    for module in (
+        routes_boxes, routes_files, routes_images, routes_exec, routes_pause, routes_state, routes_tunnel,
+        routes_volumes,
+    ):  # fmt: skip
         app.include_router(module.router)
     boxlite_wire.mount(app)  # BoxLite's REST API, after ours (docs/rest.md)
     if mcp_http is not None:

@@ -218,6 +218,12 @@ class GcResult(BaseModel):
     removed: int
 
 
+class VolumeInfoModel(BaseModel):
+    id: str = Field(description="server-assigned: vol- and 16 hex digits")
+    created_at: str = Field(description="RFC 3339")
+    size_bytes: int | None = Field(description="allocated bytes of its data; null when too many files to count")
+
+
 class HealthModel(BaseModel):
     status: str
     version: str

@@ -18,10 +18,12 @@ from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics, SnapshotInfo
 from ...errors import BoxliteError, NotFoundError, StorageError, UnsupportedOptionError
 from ...images import ImageConfig, ImageInfo
 from ...images.types import PullProgress
+from ...runtime.volumes import VolumeInfo
+from ...runtime.volumes import check_id as check_volume_id
 from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, TunnelStream
 from .channel import RemoteChannel
-from .convert import box_info, options_json
+from .convert import box_info, options_json, volume_info
 from .transport import Transport
 
 
@@ -90,6 +92,20 @@ class RestBackend(Backend):
 
     def describe(self) -> str:
         return f"url={self.url!r}"
+
+    # --- named volumes (server/routes_volumes.py) ------------------------------------------------
+    async def volume_create(self) -> VolumeInfo:
+        return volume_info(await self.transport.request("POST", "/v1/volumes"))
+
+    async def volume_list(self) -> builtins.list[VolumeInfo]:
+        return [volume_info(v) for v in await self.transport.request("GET", "/v1/volumes")]
+
+    async def volume_get(self, volume_id: str) -> VolumeInfo:
+        return volume_info(await self.transport.request("GET", f"/v1/volumes/{quote(check_volume_id(volume_id))}"))
+
+    async def volume_remove(self, volume_id: str, force: bool = False) -> None:
+        path = f"/v1/volumes/{quote(check_volume_id(volume_id))}"
+        await self.transport.request("DELETE", path, params={"force": force})
 
     def _seen(self, data: object) -> BoxInfo:
         info = box_info(data)  # type: ignore[arg-type]

@@ -9,10 +9,23 @@ from typing import Any
 from ...api.advanced import advanced_overrides
 from ...api.options import BoxOptions, NetworkSpec
 from ...api.results import BoxInfo, BoxStateInfo
+from ...errors import InternalError
+from ...runtime.volumes import VolumeInfo, is_volume_id
 
 
 def box_info(data: dict[str, Any]) -> BoxInfo:
     return BoxInfo(**{**data, "state": BoxStateInfo(**data["state"])})
+
+
+def volume_info(data: Any) -> VolumeInfo:
+    """A server's ``VolumeInfoModel``, checked (the id must have the id form: it becomes a URL path)."""
+    if not isinstance(data, dict):
+        raise InternalError(f"the server answered {type(data).__name__}, not a volume")
+    volume_id, created, size = data.get("id"), data.get("created_at"), data.get("size_bytes")
+    valid_size = size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0)
+    if not is_volume_id(volume_id) or not isinstance(created, str) or not valid_size:
+        raise InternalError(f"the server answered an invalid volume: {str(data)[:200]}")
+    return VolumeInfo(str(volume_id), created, size)
 
 
 def options_json(options: BoxOptions) -> dict[str, Any]:
