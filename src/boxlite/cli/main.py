@@ -20,6 +20,7 @@ COMMANDS = {
     "ls": ("boxes", "ls"), "rm": ("boxes", "rm"), "inspect": ("boxes", "inspect"),
     "logs": ("logs", "logs"), "stats": ("stats", "stats"), "cp": ("files", "cp"),
     "pull": ("images", "pull"), "images": ("images", "images"), "rmi": ("images", "rmi"),
+    "volume": ("volumes", "volume"),
     "serve": ("serve", "serve"), "mcp": ("mcp", "mcp"),
     "pause": ("pause", "pause"), "resume": ("pause", "resume"), "fork": ("pause", "fork"),
     "snapshot": ("state", "snapshot"), "clone": ("state", "clone"), "export": ("state", "export"),
