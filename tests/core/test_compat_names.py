@@ -74,7 +74,7 @@ def test_later_features_raise_unsupported_option_error(make: object) -> None:
 def test_volume_handle_comes_from_a_runtime() -> None:
     """Named volumes work (tests/core/test_named_volumes.py); like BoxLite's, the handle is not
     constructed on its own: ``runtime.volumes`` is."""
-    with pytest.raises(boxlite.ConfigError, match="runtime.volumes"):
+    with pytest.raises(boxlite.ConfigError, match=r"runtime\.volumes"):
         asyncio.run(boxlite.VolumeHandle().create())
 
 
