@@ -30,10 +30,10 @@ NETNS_SYSCTLS = {"net/ipv4/tcp_rmem": "4096 131072 1048576"}
 """Written into each box's network namespace by its keeper before pasta starts (per-namespace
 sysctls: the host's own are untouched). Why: this pasta re-reads, with ``MSG_PEEK``, every byte it
 sent the box but the box has not acknowledged yet, once per frame it sends; the box's receive
-window bounds those bytes. The kernel's default (up to 6 MiB) made pasta copy each byte of a
-download several times over; 1 MiB cut its CPU per GiB by about a third (bench/bench_net.py, CPU
-section), and the window only spans the tap (microseconds): the window the far end sees is
-pasta's own host socket's."""
+window bounds those bytes, and they pile up to it while pasta waits for a core. Against the
+kernel's default (up to 6 MiB), 1 MiB cut pasta's CPU per GiB by 15-35% on a loaded machine and
+~10% on a quiet one (bench/bench_net.py, CPU section; docs/network.md, "Cost"). The window only
+spans the tap (microseconds): the one the far end sees is pasta's own host socket's."""
 
 
 @dataclass(frozen=True)
