@@ -90,6 +90,8 @@ def bulk_server(addr: str, port: int) -> None:
     srv = socket.create_server((addr, port), reuse_port=False)
     payload = b"x" * CHUNK
     last_cpu = [0.0]
+    done = threading.Condition()
+    active = [0]  # downloads being served: GET /cpu waits for them (the client may finish first)
 
     def one(conn: socket.socket) -> None:
         with conn:
@@ -99,14 +101,23 @@ def bulk_server(addr: str, port: int) -> None:
                 while f.readline() not in (b"\r\n", b"\n", b""):
                     pass
                 if path == b"cpu":
-                    body = b"%.6f" % last_cpu[0]
+                    with done:
+                        done.wait_for(lambda: not active[0], timeout=10)
+                        body = b"%.6f" % last_cpu[0]
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     return
                 mib, cpu = int(path or b"0"), time.thread_time()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (mib << 20))
-                for _ in range((mib << 20) // CHUNK):
-                    conn.sendall(payload)
-                last_cpu[0] = time.thread_time() - cpu
+                with done:
+                    active[0] += 1
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (mib << 20))
+                    for _ in range((mib << 20) // CHUNK):
+                        conn.sendall(payload)
+                finally:
+                    with done:
+                        active[0] -= 1
+                        last_cpu[0] = time.thread_time() - cpu
+                        done.notify_all()
             except (OSError, ValueError, IndexError):
                 pass
 
