@@ -133,6 +133,7 @@ class SkillBox(DesktopBox):
         self._stderr_tail = ""
         self._session_id = "default"
         self._setup_complete = False
+        self._claude_runs = False  # ``claude --version`` ran: no second probe (seconds of Node start under TCG)
         self._lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class SkillBox(DesktopBox):
                 raise TimeoutError(f"Claude Code did not become ready within {timeout:g} seconds")
             with contextlib.suppress(BoxliteError):
                 if (await self.exec("claude", "--version", timeout=max(left, 1.0))).exit_code == 0:
+                    self._claude_runs = True
                     return
             await asyncio.sleep(0.5)
 
@@ -211,9 +213,11 @@ class SkillBox(DesktopBox):
         return await self._install(skill_id)
 
     async def _setup(self) -> None:
-        probe = await self.exec("claude", "--version", timeout=120)
-        if probe.exit_code != 0:
-            raise SkillBoxError("Claude Code is not runnable in this box's image", probe.stderr)
+        if not self._claude_runs:
+            probe = await self.exec("claude", "--version", timeout=120)
+            if probe.exit_code != 0:
+                raise SkillBoxError("Claude Code is not runnable in this box's image", probe.stderr)
+            self._claude_runs = True
         for skill in self._skills:
             if not await self._install(skill):
                 raise SkillBoxError(f"installing skill {skill!r} failed")
