@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.namespace_only, pytest.mark.timeout(300)]
 
 @pytest.fixture
 async def rt(cluster: RayCluster, engine: str) -> AsyncIterator[boxlite.Boxlite]:
-    runtime = cluster.runtime(engine)
+    runtime = cluster.runtime(engine, exec_wait=1.0)  # the longest: a short command ends within it, even under load
     yield runtime
     await runtime.shutdown(timeout=2)
 
