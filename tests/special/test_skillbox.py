@@ -80,18 +80,15 @@ def remote_main(log: str) -> None:
 
     turns: list[int] = []
 
-    def close(server: Any) -> None:
-        server.shutdown()
-        server.server_close()  # new connections are refused
-
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             size = int(self.headers.get("content-length") or 0)
             body = json.loads(self.rfile.read(min(size, 16 << 20)) or b"{}")
-            if self.path == CLOSE_PATH:
+            if self.path == CLOSE_PATH:  # closed before the answer: from then on, connections are refused
+                self.server.shutdown()  # serve_forever runs in another thread (and this handler in its own)
+                self.server.server_close()
                 self.send_response(204)
                 self.end_headers()
-                threading.Thread(target=close, args=(self.server,), daemon=True).start()
                 return
             with open(log, "a") as f:
                 f.write(json.dumps({"path": self.path, "headers": dict(self.headers), "body": body}) + "\n")
