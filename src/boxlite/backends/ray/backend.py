@@ -242,6 +242,7 @@ class RayBackend(Backend):
         self._hellos: dict[str, dict[str, Any]] = {}  # node id -> its last answer to hello
         self._hello_at = 0.0
         self._ready: set[str] = set()  # boxes seen ready (Box.exec asks before every command)
+        self._fresh: set[str] = set()  # boxes this driver created and has not used: their first exec starts them
         self._directory: Any = None  # the cluster's box directory (directory.py), opened on first use
         self._closed = False
 
@@ -344,6 +345,7 @@ class RayBackend(Backend):
 
     def _forget(self, box_id: str) -> None:
         self._ready.discard(box_id)
+        self._fresh.discard(box_id)
         self._where.pop(box_id, None)
         self._last.pop(box_id, None)
         self._owned.discard(box_id)
@@ -414,6 +416,7 @@ class RayBackend(Backend):
             hello.update(boxes=hello["boxes"] + 1, cpus=hello["cpus"] + cpus, memory_mib=hello["memory_mib"] + memory)
         if not info.detach:
             self._owned.add(info.id)
+        self._fresh.add(info.id)
         return self._seen(info, chosen.node_id)
 
     async def get(self, id_or_name: str) -> BoxInfo | None:
@@ -554,20 +557,24 @@ class RayBackend(Backend):
         await node.call("snapshot_remove", box_id, name, timeout=self.o.create_timeout)
 
     async def ready(self, box_id: str) -> None:
-        """Start the box if needed; skipped for a box this driver saw ready (its exec starts it anyway)."""
+        """Start the box if needed; skipped for a box this driver saw ready, and for one it created
+        and has not used yet (the node starts a box on its exec or copy anyway): a new box's first
+        exec is one call, not two."""
         node, box_id = await self._node(box_id)
-        if box_id not in self._ready:
+        if box_id not in self._ready and box_id not in self._fresh:
             await node.call("ready", box_id, timeout=self.o.create_timeout)
             self._ready.add(box_id)
 
     async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
         node, box_id = await self._node(box_id)
+        self._fresh.discard(box_id)
         channel = RayChannel(node, uuid.uuid4().hex, box_id, request, self.o.exec_wait)
         try:
             await channel.start(self.o.create_timeout)
         except BaseException:
             self._ready.discard(box_id)
             raise
+        self._ready.add(box_id)
         return StartedExec(channel, channel.exec_id)
 
     async def copy_in(
