@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,9 @@ class NodeService:
         self._sync_wanted: asyncio.Event | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._synced: asyncio.Event | None = None  # set once the first whole list was sent (or failed)
+        self._working = 0  # creates, box calls and exec begins in flight (the directory waits for a pause)
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     @property
     def local(self) -> LocalBackend:
@@ -149,11 +152,30 @@ class NodeService:
         if self._busy_boxes is None or not isinstance(box_id, str) or box_id not in self._busy_boxes:
             self._busy_boxes = None
 
+    @contextlib.contextmanager
+    def _work(self) -> Iterator[None]:
+        """A call in flight: directory updates wait for a pause (at most ``SYNC_BATCH_SECS``)."""
+        self._working += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._working -= 1
+            if not self._working:
+                self._quiet.set()
+
     async def create(self, options: Any, name: str | None, max_boxes: int) -> Envelope:
         """A new box, unless this node already has ``max_boxes`` (counting creations in flight):
         the node is the authority on its limit, whatever the drivers' views of its load."""
         self._start_sync()
         self._creating += 1  # taken before the first await: concurrent creates see each other
+        try:
+            with self._work():
+                return await self._create(options, name, max_boxes)
+        finally:
+            self._creating -= 1
+
+    async def _create(self, options: Any, name: str | None, max_boxes: int) -> Envelope:
         try:
             if len(await self._busy()) + self._creating > max_boxes:
                 raise ResourceExhaustedError(f"node {self.node_id} has {max_boxes} boxes already")
@@ -165,8 +187,6 @@ class NodeService:
             return _ok(info)
         except BaseException as e:
             return _err(e)
-        finally:
-            self._creating -= 1
 
     # --- the cluster's directory (directory.py) -----------------------------------------------
     def _start_sync(self) -> None:
@@ -192,6 +212,9 @@ class NodeService:
                 timed_out = False
             except asyncio.TimeoutError:
                 timed_out = True
+            if not timed_out and self._working:  # changes come in bursts (creations): one update for a burst
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), SYNC_BATCH_SECS)
             self._sync_wanted.clear()
             full, changed = self._full_sync or timed_out, self._changed
             self._full_sync, self._changed = False, {}
@@ -218,6 +241,10 @@ class NodeService:
         if method not in _CALLS:
             return _err(BoxliteError(f"node service has no method {method!r}"))
         self._start_sync()
+        with self._work():
+            return await self._call(method, *args)
+
+    async def _call(self, method: str, *args: Any) -> Envelope:
         try:
             if method == "metrics":
                 return _ok(await self.local.metrics(ExecCounters()))
@@ -249,6 +276,10 @@ class NodeService:
         ``WINDOW`` bytes ahead of the driver's reader (``exec_credit`` gives back what it read); a
         stream without credit is not read here, so its box's agent holds the command. The driver
         never stops taking events, so one stream nobody reads does not hold the other or the exit."""
+        with self._work():
+            return await self._exec_begin(exec_id, box_id, request, wait)
+
+    async def _exec_begin(self, exec_id: str, box_id: str, request: ExecRequest, wait: float) -> Envelope:
         started = await self.exec_start(box_id, request, exec_id)
         if started[0] != "ok":
             return started
@@ -498,6 +529,10 @@ class NodeService:
 
 SYNC_TIMEOUT = 30.0
 """Deadline of one update of the directory."""
+SYNC_BATCH_SECS = 0.25
+"""While calls keep the node busy, a directory update waits up to this long for a pause, so a burst
+of creations is one update (each update is a Ray call: ~2 ms of CPU on each side); an idle node
+sends at once."""
 BUSY_TTL = 1.0
 """Seconds a node service reuses its list of busy boxes (for its box limit and ``hello``): a box
 that stopped on its own frees its slot within this."""
