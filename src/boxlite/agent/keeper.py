@@ -192,7 +192,7 @@ class Keeper:
             return  # A failed before PID 1 existed (it reported why)
         try:
             if self.conf.get("pasta") and not (
-                self._start_dnsproxy() and self._start_secretproxy() and self._start_pasta(netns)
+                self._start_dnsproxy() and self._start_secretproxy(netns) and self._start_pasta(netns)
             ):
                 self._kill_box()  # no box without the network it was promised
         finally:
@@ -237,17 +237,22 @@ class Keeper:
         self.dnsproxy = self._start_proxy(argv, "DNS proxy", None)
         return self.dnsproxy is not None
 
-    def _start_secretproxy(self) -> bool:
+    def _start_secretproxy(self, netns: int) -> bool:
         """Start the box's secret proxy (boxlite.engines.net.secretproxy), after the DNS proxy
         (which flushes the box's chain) and before pasta, in the box's helper group: its own
-        connections pass the box's rules (host guard, allow-list) like the box's."""
+        connections pass the box's rules (host guard, allow-list) like the box's. With
+        ``secretproxy_netns`` it gets the box's network namespace too (its fast path)."""
         argv = self.conf.get("secretproxy")
         if not argv:
             return True
-        self.secretproxy = self._start_proxy(argv, "secret proxy", int(self.conf["net_gid"]))
+        fds = [netns] if self.conf.get("secretproxy_netns") else []
+        argv = [*argv, *(f"--netns-fd={fd}" for fd in fds)]
+        self.secretproxy = self._start_proxy(argv, "secret proxy", int(self.conf["net_gid"]), fds)
         return self.secretproxy is not None
 
-    def _start_proxy(self, argv: list[str], what: str, gid: int | None) -> subprocess.Popen[bytes] | None:
+    def _start_proxy(
+        self, argv: list[str], what: str, gid: int | None, fds: list[int] | None = None
+    ) -> subprocess.Popen[bytes] | None:
         """Run a host-side proxy of the box and wait for its ``ready`` line (None: it failed, reported)."""
         me = os.getpid()
 
@@ -260,7 +265,9 @@ class Keeper:
                 os.setresgid(gid, gid, gid)
 
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec, pass_fds=fds or ()
+            )
         except OSError as e:
             self._report(STATUS_NET_ERROR, f"cannot run the {what}: {e}")
             return None

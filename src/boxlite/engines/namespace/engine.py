@@ -101,6 +101,7 @@ class NamespaceEngine(Engine):
                 "net_gid": pasta[1] if pasta else None,
                 "dnsproxy": dnsproxy,
                 "secretproxy": secretproxy,
+                "secretproxy_netns": network.secret_fastpath(),
                 "pasta_fifo": str(spec.layout.pasta_fifo),
                 "pasta_pid": str(spec.layout.pasta_pid),
                 "sysctls": network.NETNS_SYSCTLS,

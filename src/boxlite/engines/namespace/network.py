@@ -35,6 +35,16 @@ kernel's default (up to 6 MiB), 1 MiB cut pasta's CPU per GiB by 15-35% on a loa
 ~10% on a quiet one (bench/bench_net.py, CPU section; docs/network.md, "Cost"). The window only
 spans the tap (microseconds): the one the far end sees is pasta's own host socket's."""
 
+FASTPATH_ENV = "BOXLITE_SECRET_FASTPATH"
+"""``0``: boxes started from now on keep their secret proxy's flows on the host path (through
+pasta), for comparison (bench/bench_net.py); anything else, or unset: the fast path."""
+
+
+def secret_fastpath() -> bool:
+    """Whether a namespace box's secret proxy also listens inside the box's network namespace
+    (..net.secretproxy, "Fast path"): the box's port-80/443 flows then bypass pasta."""
+    return os.environ.get(FASTPATH_ENV, "1").strip() != "0"
+
 
 @dataclass(frozen=True)
 class PortMapping:

@@ -28,6 +28,16 @@ Input is the box's: the request head is capped (``MAX_HEAD``, else 431), each ph
 deadline (slow clients are cut), and at most ``MAX_CONNS`` connections are served at once
 (beyond: closed at once). Prints ``ready <port>`` once it listens and its rules are in place,
 then drops root (to the config's ``uid``; its leaf key is loaded by then).
+
+Fast path (namespace boxes: the keeper passes ``--netns-fd=N``, an fd of the box's network
+namespace): a second listening socket is made *inside* that namespace (from a thread that
+joined it; a socket stays in the namespace it was made in), and a nat rule there
+(:func:`fast_rules`) sends the box's own TCP to ports 80/443 to it, so those flows never pass
+through pasta (whose per-byte cost dominated: docs/network.md, "Cost"). Everything after
+``accept`` is the same code: the original destination from that namespace's conntrack,
+upstream connections from the host's namespace, the same limits. The host-side redirect stays
+as the fallback for anything that still reaches pasta. The namespace belongs to the host's user
+namespace (the box's user namespace is made later, inside it): box root cannot change its rules.
 """
 
 from __future__ import annotations
@@ -69,6 +79,12 @@ MAX_CONNS = 64
 PORT_MARK = "@PORT@"
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
+PROXIED_PORTS = (80, 443)
+"""The only destination ports the proxy serves (what both redirects send it)."""
+IP_FREEBIND = 15
+CLONE_NEWNET = 0x40000000
+FAST_TABLE = "boxlite_secrets"
+"""The nat table made in a namespace box's own network namespace for the fast path."""
 _HOST_RE = re.compile(r"^[a-z0-9_.-]{1,253}$")
 
 
@@ -232,6 +248,8 @@ class Proxy:
         dst = original_dst(conn)
         if dst == conn.getsockname()[:2]:  # not redirected by nftables: a host process, not the box
             return
+        if not proxied(dst):  # only what the redirects send here, whichever listener it came to
+            return
         first = peek(conn, time.monotonic() + PEEK_DEADLINE)
         if first[:1] == b"\x16":
             name = self._peek_sni(conn)
@@ -350,6 +368,64 @@ class Proxy:
                 s.close()
                 raise
         raise err
+
+
+def proxied(dst: tuple[str, int]) -> bool:
+    """A destination the proxy serves: port 80 or 443 of an address that is not loopback or
+    unspecified (the box's own loopback never reaches either redirect)."""
+    try:
+        addr = ipaddress.ip_address(dst[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return dst[1] in PROXIED_PORTS and not (addr.is_loopback or addr.is_unspecified or addr.is_multicast)
+
+
+def fast_rules(port: int) -> str:
+    """nft script for the box's network namespace: its IPv4 TCP to ports 80/443, except what stays
+    inside the box (routed over ``lo``: loopback and its own addresses), goes to ``port`` there."""
+    t = f"ip {FAST_TABLE}"
+    return (
+        f"add table {t}\nflush table {t}\n"
+        f"add chain {t} out {{ type nat hook output priority -100; policy accept; }}\n"
+        f'add rule {t} out oifname "lo" return\n'
+        f"add rule {t} out fib daddr type local return\n"
+        f"add rule {t} out tcp dport {{ 80, 443 }} redirect to :{port}\n"
+    )
+
+
+def listen_in_netns(netns: int, nft_path: str) -> socket.socket | None:
+    """A listening socket on 127.0.0.1 inside the network namespace ``netns``, with
+    :func:`fast_rules` installed there (None, reported, if anything failed: the host path stays)."""
+    result: list[socket.socket] = []
+
+    def inside() -> None:  # this thread only: the proxy itself stays in the host's namespace
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(netns, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)  # the box may not have brought lo up yet
+            s.bind(("127.0.0.1", 0))
+            s.listen(128)
+            if not nft(nft_path, fast_rules(s.getsockname()[1])):  # forked from here: in the box's namespace
+                raise OSError("nft")
+        except OSError:
+            s.close()
+            raise
+        result.append(s)
+
+    def run() -> None:
+        try:
+            inside()
+        except OSError as e:
+            print(f"boxlite secretproxy: no fast path ({e}); the host path serves the box", file=sys.stderr, flush=True)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join()
+    return result[0] if result else None
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -508,6 +584,7 @@ def _exit_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         conf = json.load(f)
+    netns = next((int(a.split("=", 1)[1]) for a in argv[2:] if a.startswith("--netns-fd=")), None)
     proxy = Proxy(conf)
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -518,6 +595,10 @@ def main(argv: list[str]) -> int:
     if rules and not nft(str(conf["nft"]), rules.replace(PORT_MARK, str(port))):
         print("boxlite secretproxy: cannot install the box's redirect", file=sys.stderr, flush=True)
         return 1
+    fast = None
+    if netns is not None:
+        fast = listen_in_netns(netns, str(conf["nft"]))
+        os.close(netns)
     uid = int(conf.get("uid") or 0)
     if uid:  # from here on it reads only what the box sends: no root (its group stays the box's)
         parent, libc = os.getppid(), ctypes.CDLL(None, use_errno=True)
@@ -530,6 +611,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
+    if fast is not None:
+        threading.Thread(target=proxy.serve, args=(fast,), daemon=True).start()
     proxy.serve(lsock)
     return 0
 
