@@ -13,7 +13,10 @@ Python client (it times the transfer itself: interpreter start is not counted):
   3. box, unrestricted network (pasta or slirp);
   4. box with ``allow_net=["bulk.test:80"]`` (the same helper, plus the per-box nftables chain);
   5. box with a secret for another host: its port-80 flows go through its secret proxy, which
-     passes them through (splice) to the address asked for.
+     passes them through (splice) to the address asked for; on the namespace engine the proxy
+     listens inside the box's network namespace (its "fast path": pasta is not on the way);
+  6. (namespace engine) the same with the fast path off (``BOXLITE_SECRET_FASTPATH=0`` at its
+     start): box → pasta → the host's redirect → the proxy, as before the fast path.
 
 The same downloads also give CPU seconds per GiB of every process on the path (client, server
 thread, and the box's pasta and secret proxy, from /proc/<pid>/stat): unlike MiB/s, that does not
@@ -50,6 +53,7 @@ DNS = "10.77.0.53"
 BULK_PORT, PING_PORT = 80, 81
 CHUNK = 1 << 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FASTPATH_ENV = "BOXLITE_SECRET_FASTPATH"  # boxlite.engines.namespace.network.FASTPATH_ENV
 
 CLIENT = r"""
 import json, socket, sys, time
@@ -243,7 +247,18 @@ async def scenario(args: Any) -> None:
             listed_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec)
             secret = boxlite.Secret("bench", "not-used-here", hosts=["elsewhere.test"])
             secret_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled", secrets=[secret])
-            async with open_box as a, listed_box as b, secret_box as c:
+            host_path_box = boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled", secrets=[secret])
+            async with contextlib.AsyncExitStack() as stack:
+                a = await stack.enter_async_context(open_box)
+                b = await stack.enter_async_context(listed_box)
+                c = await stack.enter_async_context(secret_box)
+                d = None
+                if args.engine == "namespace":  # the fast path's comparison: the proxy on the host path
+                    os.environ[FASTPATH_ENV] = "0"
+                    try:
+                        d = await stack.enter_async_context(host_path_box)
+                    finally:
+                        os.environ.pop(FASTPATH_ENV, None)
 
                 def helpers(box: Any) -> dict[str, int]:
                     return path_processes(home, box.id) if args.engine == "namespace" else {}
@@ -276,6 +291,8 @@ async def scenario(args: Any) -> None:
                 await in_box(a, REMOTE, BULK_PORT, "bulk")
                 await in_box(b, "bulk.test", BULK_PORT, "bulk")
                 await in_box(c, REMOTE, BULK_PORT, "bulk")
+                if d is not None:
+                    await in_box(d, REMOTE, BULK_PORT, "bulk")
                 s = report.section(
                     f"bulk HTTP download of {args.mib} MiB, one connection ({args.engine} engine)",
                     "same Python client everywhere, transfer timed by the client",
@@ -288,6 +305,8 @@ async def scenario(args: Any) -> None:
                     "box, allow_net": (REMOTE, helpers(b), box_bulk(b, "bulk.test")),
                     "box, secret proxy (pass-through)": (REMOTE, helpers(c), box_bulk(c, REMOTE)),
                 }
+                if d is not None:
+                    paths["box, secret proxy, host path (no fast path)"] = (REMOTE, helpers(d), box_bulk(d, REMOTE))
                 contenders: dict[str, Callable[[], float]] = {
                     name: functools.partial(measured, name, *path) for name, path in paths.items()
                 }

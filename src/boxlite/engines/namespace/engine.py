@@ -285,7 +285,8 @@ class NamespaceEngine(Engine):
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         if groups is None:
             return {}
-        return {**groups.read(), **netstats.read_counters(groups_pids(groups)), **netcounters.read(spec.box_dir)}
+        net = network.add_fastpath_counters(netstats.read_counters(groups_pids(groups)), spec.box_dir)
+        return {**groups.read(), **net, **netcounters.read(spec.box_dir)}
 
 
 def groups_pids(groups: cgroups.BoxCgroups) -> list[int]:

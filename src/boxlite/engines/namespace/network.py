@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import NetworkError
-from ..net import hostguard
+from ..net import hostguard, secretproxy
 
 DNS_ADDRESS = "169.254.1.53"
 """Nameserver address inside boxes; pasta maps it to the host's first resolver."""
@@ -44,6 +44,21 @@ def secret_fastpath() -> bool:
     """Whether a namespace box's secret proxy also listens inside the box's network namespace
     (..net.secretproxy, "Fast path"): the box's port-80/443 flows then bypass pasta."""
     return os.environ.get(FASTPATH_ENV, "1").strip() != "0"
+
+
+def add_fastpath_counters(out: dict[str, float], box_dir: Path) -> dict[str, float]:
+    """``out`` (the box netns's interface counters) plus what its secret proxy's fast path moved
+    over the box's loopback, which those counters do not see (payload bytes, TCP segments)."""
+    stats = secretproxy.read_stats(str(box_dir / secretproxy.STATS_NAME))
+    if stats is None or "net_bytes_sent" not in out:
+        return out
+    sent, received, segs_in, segs_out = stats
+    out = dict(out)
+    out["net_bytes_sent"] += sent
+    out["net_bytes_received"] += received
+    out["net_packets_sent"] = out.get("net_packets_sent", 0.0) + segs_in
+    out["net_packets_received"] = out.get("net_packets_received", 0.0) + segs_out
+    return out
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ PROXIED_PORTS = (80, 443)
 """The only destination ports the proxy serves (what both redirects send it)."""
 IP_FREEBIND = 15
 CLONE_NEWNET = 0x40000000
+STATS_NAME = "secretproxy.stats"
+"""Next to the config: the fast path's byte counts (:class:`FastStats`), for the box's metrics."""
+STATS_INTERVAL = 2.0
 FAST_TABLE = "boxlite_secrets"
 """The nat table made in a namespace box's own network namespace for the fast path."""
 _HOST_RE = re.compile(r"^[a-z0-9_.-]{1,253}$")
@@ -224,7 +227,9 @@ class Proxy:
         return [(p, v) for p, v, hosts in self.secrets if host_matches(hosts, name)]
 
     # --- accept ---------------------------------------------------------------------------
-    def serve(self, lsock: socket.socket) -> None:
+    def serve(self, lsock: socket.socket, counted: FastStats | None = None) -> None:
+        """Accept the box's connections; ``counted``: they bypass the box's interfaces (fast
+        path), so their bytes are counted here for its metrics."""
         while True:
             try:
                 conn, _ = lsock.accept()
@@ -233,15 +238,18 @@ class Proxy:
             if not self.slots.acquire(blocking=False):
                 conn.close()
                 continue
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._one, args=(conn, counted), daemon=True).start()
 
-    def _one(self, conn: socket.socket) -> None:
+    def _one(self, conn: socket.socket, counted: FastStats | None = None) -> None:
+        fd = counted.begin(conn) if counted is not None else None
         try:
             with conn:
                 self.handle(conn)
         except Exception:  # one connection's failure, whatever it is, ends only that connection
             pass
         finally:
+            if counted is not None and fd is not None:
+                counted.end(fd)
             self.slots.release()
 
     def handle(self, conn: socket.socket) -> None:
@@ -368,6 +376,79 @@ class Proxy:
                 s.close()
                 raise
         raise err
+
+
+class FastStats:
+    """Bytes and segments of the box's fast-path connections (box side, from ``TCP_INFO``): they
+    go over the box's loopback, not its interfaces, which is where its network counters come
+    from. Written to ``STATS_NAME`` in the box dir every ``STATS_INTERVAL`` s when changed, as
+    four fixed-width numbers: received from the box, sent to it, segments in, segments out."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = [0, 0, 0, 0]
+        self.live: set[int] = set()
+
+    def begin(self, conn: socket.socket) -> int | None:
+        """A duplicate of the connection's fd (TLS wrapping detaches ``conn``), for ``end``."""
+        try:
+            fd = os.dup(conn.fileno())
+        except OSError:
+            return None
+        with self.lock:
+            self.live.add(fd)
+        return fd
+
+    def end(self, fd: int) -> None:
+        with self.lock:
+            self.live.discard(fd)
+            self.done = [a + b for a, b in zip(self.done, tcp_counts(fd), strict=True)]
+        os.close(fd)
+
+    def totals(self) -> list[int]:
+        with self.lock:
+            out = list(self.done)
+            for fd in self.live:
+                out = [a + b for a, b in zip(out, tcp_counts(fd), strict=True)]
+        return out
+
+    def write_loop(self, fd: int) -> None:
+        written: list[int] = []
+        while True:
+            time.sleep(STATS_INTERVAL)
+            now = self.totals()
+            if now != written:
+                os.pwrite(fd, (" ".join(f"{n:20d}" for n in now) + "\n").encode(), 0)
+                written = now
+
+
+def tcp_counts(fd: int) -> list[int]:
+    """[bytes received, bytes sent and acknowledged, segments in, segments out] of socket ``fd``."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 144)
+    except OSError:
+        return [0, 0, 0, 0]
+    if len(info) < 144:
+        return [0, 0, 0, 0]
+    acked, received = struct.unpack_from("=QQ", info, 120)
+    segs_out, segs_in = struct.unpack_from("=II", info, 136)
+    return [received, acked, segs_in, segs_out]
+
+
+def read_stats(path: str) -> list[int] | None:
+    """The four numbers :class:`FastStats` wrote at ``path`` (None: none, or unreadable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fields = os.read(fd, 256).split()
+    finally:
+        os.close(fd)
+    if len(fields) != 4 or not all(f.isdigit() and len(f) <= 20 for f in fields):
+        return None
+    return [int(f) for f in fields]
 
 
 def proxied(dst: tuple[str, int]) -> bool:
@@ -595,10 +676,17 @@ def main(argv: list[str]) -> int:
     if rules and not nft(str(conf["nft"]), rules.replace(PORT_MARK, str(port))):
         print("boxlite secretproxy: cannot install the box's redirect", file=sys.stderr, flush=True)
         return 1
-    fast = None
+    fast, stats_fd = None, -1
     if netns is not None:
         fast = listen_in_netns(netns, str(conf["nft"]))
         os.close(netns)
+    path = os.path.join(os.path.dirname(os.path.abspath(argv[1])), STATS_NAME)
+    if fast is not None:  # opened as root: the box dir is root's
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        stats_fd = os.open(path, flags, 0o600)
+    else:  # a last start's counts are not this one's
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     uid = int(conf.get("uid") or 0)
     if uid:  # from here on it reads only what the box sends: no root (its group stays the box's)
         parent, libc = os.getppid(), ctypes.CDLL(None, use_errno=True)
@@ -612,7 +700,9 @@ def main(argv: list[str]) -> int:
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
     if fast is not None:
-        threading.Thread(target=proxy.serve, args=(fast,), daemon=True).start()
+        counted = FastStats()
+        threading.Thread(target=proxy.serve, args=(fast, counted), daemon=True).start()
+        threading.Thread(target=counted.write_loop, args=(stats_fd,), daemon=True).start()
     proxy.serve(lsock)
     return 0
 
