@@ -151,6 +151,20 @@ elif step == "attack":
         r["sysctl"] = "written"
     except OSError as e:
         r["sysctl"] = type(e).__name__
+elif step == "local":  # the box's own services on port 80 stay the box's own (not redirected)
+    import threading
+    srv = socket.create_server(("0.0.0.0", 80))
+    def answer():
+        while True:
+            c, _ = srv.accept()
+            c.sendall(b"own service")
+            c.close()
+    threading.Thread(target=answer, daemon=True).start()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect((sys.argv[2], 9))
+    for addr in ("127.0.0.1", u.getsockname()[0]):
+        with socket.create_connection((addr, 80), timeout=5) as c:
+            r[addr] = c.recv(100).decode()
 elif step == "listed":
     r["got"] = get("listed.test", 80, "0?k=" + os.environ["BOXLITE_SECRET_API"])
 elif step == "silent":
@@ -206,6 +220,7 @@ async def box_steps(rootfs: str, home: Path) -> dict[str, Any]:
             report["metrics_received"] = (after.network_bytes_received or 0) - (before.network_bytes_received or 0)
             report["control"] = await counted("bulk8080", LISTED, str(MIB))
             report["listed"] = await step("listed")
+            report["local"] = await step("local", LISTED)
             report["attack"] = await step("attack", REFUSED)
             report["fast_after_attack"] = await counted("bulk80", LISTED, str(MIB))
             report["silent"] = await step("silent", LISTED)
@@ -256,6 +271,7 @@ def test_secret_proxy_fast_path(python_rootfs: Path, tmp_path: Path) -> None:
     assert body <= r["metrics_received"] < 2 * body, r
     seen = [e for e in r["remote_log"] if e["server"] == f"{LISTED}:80"]
     assert any(f"/0?k={VALUE}" in e["request"] for e in seen), seen  # a listed host: substituted
+    assert list(r["local"].values()) == ["own service", "own service"], r["local"]
     a = r["attack"]
     assert not isinstance(a["refused_host"], int) or a["refused_host"] == 0, a  # the allow-list holds
     assert not [e for e in r["remote_log"] if e["server"].startswith(REFUSED)], r["remote_log"]
