@@ -54,8 +54,13 @@ class _Watch:
         self.registered = 0
 
 
+_NO_WATCH = _Watch(None, None)
+
+
 class Connection:
-    """One host peer: frames in, frames out (bytes buffered while the peer is slow)."""
+    """One host peer: frames in, frames out (bytes buffered while the peer is slow). Frames
+    sent while the agent handles events are written together at the end of that round: an
+    exec's end (end of stdout, of stderr, EXIT) is one write, which costs a VM exit under TCG."""
 
     def __init__(self, agent: Agent, rfd: int, wfd: int, owner: socket.socket | None = None) -> None:
         self.agent, self.rfd, self.wfd, self.owner = agent, rfd, wfd, owner
@@ -66,6 +71,10 @@ class Connection:
 
     def send(self, frame: bytes) -> None:
         if self.closed:
+            return
+        if self.agent.batching:  # written once this round of the event loop is over
+            self.out += frame
+            self.agent.dirty.add(self)
             return
         if not self.out:
             try:
@@ -80,6 +89,21 @@ class Connection:
             frame = frame[n:]
         self.out += frame
         self.agent.want_write(self.wfd, True)
+
+    def flush(self) -> None:
+        """Write what this round of the event loop queued (one write for all its frames)."""
+        if self.closed or not self.out or self.agent.watches.get(self.wfd, _NO_WATCH).want_write:
+            return  # nothing to do, or waiting for the peer already (``on_writable`` goes on)
+        try:
+            n = os.write(self.wfd, self.out[: 1 << 20])
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.agent.drop(self)
+            return
+        del self.out[:n]
+        if self.out:
+            self.agent.want_write(self.wfd, True)
 
     def on_writable(self) -> None:
         try:
@@ -221,6 +245,9 @@ class Agent:
         self.sinks: set[int] = set()
         """Read ends of ended executions' output pipes that background processes still write to."""
         self.running = True
+        self.batching = False
+        """True while events are handled: ``Connection.send`` queues, ``flush_all`` writes."""
+        self.dirty: set[Connection] = set()
         self.started = time.monotonic()
         self.listener: socket.socket | None = None
         self.spawner: SpawnerClient | None = None
@@ -300,6 +327,9 @@ class Agent:
         """Through the spawner when there is one (builtins run our code: never there)."""
         if builtin is not None or self.spawner is None:
             return spawn(spec, self.conf, builtin)
+        if self.batching:  # answers queued so far need not wait for this spawn
+            self.flush_all()
+            self.batching = True
         child_fds, parent, master = prepare_stdio(spec, self.conf.root)
         try:
             pid = self.spawner.start(spec, list(child_fds))
@@ -345,20 +375,32 @@ class Agent:
     def serve_forever(self) -> None:
         while self.running:
             timeout = self._next_deadline()
-            for key, mask in self.sel.select(timeout):
-                w = self.watches.get(key.fd)
-                if w is None:
-                    continue
-                try:
-                    if mask & selectors.EVENT_READ and w.on_read is not None and w.want_read:
-                        w.on_read()
-                    if mask & selectors.EVENT_WRITE and w.on_write is not None and key.fd in self.watches:
-                        w.on_write()
-                except Exception:  # a bug must not take the whole box down: log it, keep serving
-                    traceback.print_exc()
-                    sys.stderr.flush()
-            self._enforce_deadlines()
-            self.detached.settle()
+            events = self.sel.select(timeout)
+            self.batching = True
+            try:
+                for key, mask in events:
+                    w = self.watches.get(key.fd)
+                    if w is None:
+                        continue
+                    try:
+                        if mask & selectors.EVENT_READ and w.on_read is not None and w.want_read:
+                            w.on_read()
+                        if mask & selectors.EVENT_WRITE and w.on_write is not None and key.fd in self.watches:
+                            w.on_write()
+                    except Exception:  # a bug must not take the whole box down: log it, keep serving
+                        traceback.print_exc()
+                        sys.stderr.flush()
+                self._enforce_deadlines()
+                self.detached.settle()
+            finally:
+                self.flush_all()
+
+    def flush_all(self) -> None:
+        """End a round of the event loop: write the frames it queued."""
+        self.batching = False
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            conn.flush()
 
     def drop(self, conn: Connection) -> None:
         """Forget a connection; its still-running executions are killed."""

@@ -1,0 +1,39 @@
+"""The spawner's fast path (root, no terminal, no rlimits: ``posix_spawn``) behaves as the fork
+paths do: working directory, PATH search along the command's own PATH, and the box's user
+database read again once the box changes it. One box for all (a VM boot is costly)."""
+
+from __future__ import annotations
+
+import pytest
+
+import boxlite
+
+
+async def test_fast_path_cwd_path_search_and_user_database(box: boxlite.SimpleBox) -> None:
+    assert (await box.exec("pwd", cwd="/tmp")).stdout == "/tmp\n"
+    assert (await box.exec("pwd")).stdout == "/\n"  # the next command does not inherit that directory
+    with pytest.raises(boxlite.ExecError, match="working directory") as bad_cwd:
+        await box.exec("pwd", cwd="/no/such/dir")
+    assert bad_cwd.value.exit_code == 126
+    assert (await box.exec("pwd")).stdout == "/\n"
+
+    script = "printf '#!/bin/sh\\necho hi from b\\n' > /tmp/b/hello"
+    setup = f"mkdir -p /tmp/a/hello /tmp/b && {script} && chmod 755 /tmp/b/hello"
+    assert (await box.exec("sh", "-c", setup)).exit_code == 0
+    # A directory of the same name earlier on PATH is skipped, as execvp does.
+    assert (await box.exec("hello", env={"PATH": "/tmp/a:/tmp/b"})).stdout == "hi from b\n"
+    assert (await box.exec("./hello", cwd="/tmp/b")).stdout == "hi from b\n"
+    with pytest.raises(boxlite.ExecError, match="not found") as missing:
+        await box.exec("hello")  # not on the default PATH
+    assert missing.value.exit_code == 127
+    await box.exec("chmod", "644", "/tmp/b/hello")
+    with pytest.raises(boxlite.ExecError) as denied:
+        await box.exec("hello", env={"PATH": "/tmp/b"})
+    assert denied.value.exit_code == 126
+
+    assert (await box.exec("sh", "-c", "echo $HOME")).stdout == "/root\n"
+    edit = "sed -i 's#^root:\\([^:]*\\):0:0:\\([^:]*\\):[^:]*:#root:\\1:0:0:\\2:/tmp:#' /etc/passwd"
+    assert (await box.exec("sh", "-c", edit)).exit_code == 0
+    assert (await box.exec("sh", "-c", "echo $HOME")).stdout == "/tmp\n"  # no stale answer
+    await box.exec("sh", "-c", "echo 'late:x:2345:2345::/:/bin/sh' >> /etc/passwd")
+    assert (await box.exec("id", "-u", user="late")).stdout == "2345\n"
