@@ -465,10 +465,20 @@ def proxied(dst: tuple[str, int]) -> bool:
 
 def fast_rules(port: int) -> str:
     """nft script for the box's network namespace: its IPv4 TCP to ports 80/443, except what stays
-    inside the box (routed over ``lo``: loopback and its own addresses), goes to ``port`` there."""
+    inside the box (routed over ``lo``: loopback and its own addresses), goes to ``port`` there.
+
+    Only those flows are tracked (``raw`` chains: everything else ``notrack``): a nat rule turns
+    conntrack on for the namespace, and the box's other flows (its loopback ones above all) must
+    not fill a table the box had no entries in before."""
     t = f"ip {FAST_TABLE}"
     return (
         f"add table {t}\nflush table {t}\n"
+        f"add chain {t} rawout {{ type filter hook output priority raw; policy accept; }}\n"
+        f'add rule {t} rawout oifname != "lo" tcp dport {{ 80, 443 }} return\n'
+        f'add rule {t} rawout oifname "lo" ip saddr 127.0.0.1 tcp sport {port} return\n'  # the proxy's replies
+        f"add rule {t} rawout notrack\n"
+        f"add chain {t} rawpre {{ type filter hook prerouting priority raw; policy accept; }}\n"
+        f'add rule {t} rawpre iifname != "lo" notrack\n'
         f"add chain {t} out {{ type nat hook output priority -100; policy accept; }}\n"
         f'add rule {t} out oifname "lo" return\n'
         f"add rule {t} out fib daddr type local return\n"
