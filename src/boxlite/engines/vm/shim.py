@@ -26,7 +26,7 @@ from typing import Any
 
 from ...agent import protocol as p
 from ...layout import BOOT_JSON_NAME, QEMU_PID_NAME, SHIM_LOG_NAME, SHIM_PID_NAME
-from ..base import process_start_time
+from ...procfs import process_start_time  # not ..base: it imports asyncio, delaying QEMU
 from ..net import hostguard
 from . import landlock
 from .console import ConsoleLog
