@@ -2,7 +2,7 @@
 box's port-80/443 flows skip pasta (engines/net/secretproxy.py, "Fast path"). Checked here on a
 real box against a private "internet" (this file re-runs itself under ``unshare -n -m``):
 
-* the fast path is taken: a port-80 download leaves pasta's tap writes (``/proc/<pid>/io``
+* the fast path is taken (IPv4 and IPv6): a port-80 download leaves pasta's tap writes (``/proc/<pid>/io``
   ``wchar``) untouched, while the same download on port 8080 (not proxied) goes through them;
   the box's metrics still count it; a listed host still gets the secret's value;
 * it does not widen what the box reaches: an address the allow-list refuses stays refused, the
@@ -27,14 +27,14 @@ import pytest
 
 from support import privnet
 
-LISTED, REFUSED = "10.77.0.2", "10.77.0.3"
+LISTED, REFUSED, LISTED6 = "10.77.0.2", "10.77.0.3", "fd77::2"
 VALUE = "sk-fastpath-real-41d9"
 MIB = 8
 
 
 def serve(addr: str, port: int, log: Path) -> None:
     """``GET /<n>``: n MiB of body; every request line is logged as ``addr:port request``."""
-    srv = socket.create_server((addr, port))
+    srv = socket.create_server((addr, port), family=socket.AF_INET6 if ":" in addr else socket.AF_INET)
     lock = threading.Lock()
 
     def one(conn: socket.socket) -> None:
@@ -71,6 +71,7 @@ def remote_main(home: str) -> None:
         for addr in (LISTED, REFUSED):
             serve(addr, 80, Path(home) / "remote.log")
         serve(LISTED, 8080, Path(home) / "remote.log")
+        serve(LISTED6, 80, Path(home) / "remote.log")
 
     privnet.when_addresses_exist(start)
     time.sleep(900)
@@ -199,7 +200,7 @@ async def box_steps(rootfs: str, home: Path) -> dict[str, Any]:
     report: dict[str, Any] = {}
     try:
         secret = boxlite.Secret("api", VALUE, ["listed.test"])
-        spec = boxlite.NetworkSpec(allow_net=[LISTED])
+        spec = boxlite.NetworkSpec(allow_net=[LISTED, LISTED6])
         async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, secrets=[secret], network=spec) as box:
             box_dir = rt.home.boxes_dir / box.box.id
             pasta = int((box_dir / "pasta.pid").read_text().split()[0])
@@ -224,6 +225,7 @@ async def box_steps(rootfs: str, home: Path) -> dict[str, Any]:
             after = await box.metrics()
             report["metrics_received"] = (after.network_bytes_received or 0) - (before.network_bytes_received or 0)
             report["control"] = await counted("bulk8080", LISTED, str(MIB))
+            report["fast6"] = await counted("bulk80", LISTED6, str(MIB))
             report["listed"] = await step("listed")
             report["local"] = await step("local", LISTED)
             report["attack"] = await step("attack", REFUSED)
@@ -240,7 +242,9 @@ def scenario_main(home_s: str, rootfs: str) -> None:
     privnet.bind_file("/etc/hosts", f"127.0.0.1 localhost\n{LISTED} listed.test\n", home)  # the proxy's lookups
     (home / "remote.log").touch()
     argv = [sys.executable, __file__, "remote", str(home)]
-    remote = privnet.build_internet(argv, remote=[f"{LISTED}/24", f"{REFUSED}/24"])
+    remote = privnet.build_internet(
+        argv, remote=[f"{LISTED}/24", f"{REFUSED}/24", f"{LISTED6}/64"], host=["10.77.0.1/24", "fd77::1/64"]
+    )
     try:
         report = asyncio.run(box_steps(rootfs, home))
         report["remote_log"] = [json.loads(x) for x in (home / "remote.log").read_text().splitlines()]
@@ -272,6 +276,7 @@ def test_secret_proxy_fast_path(python_rootfs: Path, tmp_path: Path) -> None:
     assert r["fast"]["got"] > body and r["control"]["got"] > body, r
     assert r["fast"]["pasta_wchar"] < body // 8, r
     assert r["control"]["pasta_wchar"] >= body, r
+    assert r["fast6"]["got"] > body and r["fast6"]["pasta_wchar"] < body // 8, r  # IPv6 too
     # The box's network counters still see those bytes (counted by the proxy: they used its loopback).
     assert body <= r["metrics_received"] < 2 * body, r
     seen = [e for e in r["remote_log"] if e["server"] == f"{LISTED}:80"]

@@ -30,9 +30,9 @@ deadline (slow clients are cut), and at most ``MAX_CONNS`` connections are serve
 then drops root (to the config's ``uid``; its leaf key is loaded by then).
 
 Fast path (namespace boxes: the keeper passes ``--netns-fd=N``, an fd of the box's network
-namespace): a second listening socket is made *inside* that namespace (from a thread that
-joined it; a socket stays in the namespace it was made in), and a nat rule there
-(:func:`fast_rules`) sends the box's own TCP to ports 80/443 to it, so those flows never pass
+namespace): more listening sockets are made *inside* that namespace (IPv4 and IPv6, from a
+thread that joined it; a socket stays in the namespace it was made in), and nat rules there
+(:func:`fast_rules`) send the box's own TCP to ports 80/443 to them, so those flows never pass
 through pasta (whose per-byte cost dominated: docs/network.md, "Cost"). Everything after
 ``accept`` is the same code: the original destination from that namespace's conntrack,
 upstream connections from the host's namespace, the same limits. The host-side redirect stays
@@ -463,19 +463,20 @@ def proxied(dst: tuple[str, int]) -> bool:
     return dst[1] in PROXIED_PORTS and not (addr.is_loopback or addr.is_unspecified or addr.is_multicast)
 
 
-def fast_rules(port: int) -> str:
-    """nft script for the box's network namespace: its IPv4 TCP to ports 80/443, except what stays
-    inside the box (routed over ``lo``: loopback and its own addresses), goes to ``port`` there.
+def fast_rules(port: int, family: str = "ip") -> str:
+    """nft script for the box's network namespace (``family`` ip or ip6): its TCP to ports 80/443,
+    except what stays inside the box (routed over ``lo``: loopback and its own addresses), goes
+    to ``port`` there.
 
     Only those flows are tracked (``raw`` chains: everything else ``notrack``): a nat rule turns
     conntrack on for the namespace, and the box's other flows (its loopback ones above all) must
     not fill a table the box had no entries in before."""
-    t = f"ip {FAST_TABLE}"
+    t, lo = f"{family} {FAST_TABLE}", ("127.0.0.1" if family == "ip" else "::1")
     return (
         f"add table {t}\nflush table {t}\n"
         f"add chain {t} rawout {{ type filter hook output priority raw; policy accept; }}\n"
         f'add rule {t} rawout oifname != "lo" tcp dport {{ 80, 443 }} return\n'
-        f'add rule {t} rawout oifname "lo" ip saddr 127.0.0.1 tcp sport {port} return\n'  # the proxy's replies
+        f'add rule {t} rawout oifname "lo" {family} saddr {lo} tcp sport {port} return\n'  # the proxy's replies
         f"add rule {t} rawout notrack\n"
         f"add chain {t} rawpre {{ type filter hook prerouting priority raw; policy accept; }}\n"
         f'add rule {t} rawpre iifname != "lo" notrack\n'
@@ -486,37 +487,48 @@ def fast_rules(port: int) -> str:
     )
 
 
-def listen_in_netns(netns: int, nft_path: str) -> socket.socket | None:
-    """A listening socket on 127.0.0.1 inside the network namespace ``netns``, with
-    :func:`fast_rules` installed there (None, reported, if anything failed: the host path stays)."""
+def _fast_listener(nft_path: str, family: socket.AddressFamily) -> socket.socket:
+    """In the box's namespace (the calling thread's): a listener on its loopback, and its rules."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)  # the box may not have brought lo up yet
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        s.listen(128)
+        rules = fast_rules(s.getsockname()[1], "ip6" if family == socket.AF_INET6 else "ip")
+        if not nft(nft_path, rules):  # forked from this thread: runs in the box's namespace
+            raise OSError("nft")
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def listen_in_netns(netns: int, nft_path: str) -> list[socket.socket]:
+    """Listening sockets on the loopback of the network namespace ``netns`` (IPv4, and IPv6 where
+    the box has it), with :func:`fast_rules` installed there for each; none (reported) if the
+    IPv4 one failed: the host path then serves the box."""
     result: list[socket.socket] = []
 
-    def inside() -> None:  # this thread only: the proxy itself stays in the host's namespace
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(netns, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def run() -> None:  # this thread only: the proxy itself stays in the host's namespace
         try:
-            s.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)  # the box may not have brought lo up yet
-            s.bind(("127.0.0.1", 0))
-            s.listen(128)
-            if not nft(nft_path, fast_rules(s.getsockname()[1])):  # forked from here: in the box's namespace
-                raise OSError("nft")
-        except OSError:
-            s.close()
-            raise
-        result.append(s)
-
-    def run() -> None:
-        try:
-            inside()
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(netns, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            result.append(_fast_listener(nft_path, socket.AF_INET))
         except OSError as e:
             print(f"boxlite secretproxy: no fast path ({e}); the host path serves the box", file=sys.stderr, flush=True)
+            return
+        try:
+            result.append(_fast_listener(nft_path, socket.AF_INET6))
+        except OSError as e:
+            print(f"boxlite secretproxy: no IPv6 fast path ({e})", file=sys.stderr, flush=True)
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join()
-    return result[0] if result else None
+    return result
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -686,12 +698,13 @@ def main(argv: list[str]) -> int:
     if rules and not nft(str(conf["nft"]), rules.replace(PORT_MARK, str(port))):
         print("boxlite secretproxy: cannot install the box's redirect", file=sys.stderr, flush=True)
         return 1
-    fast, stats_fd = None, -1
+    fast: list[socket.socket] = []
+    stats_fd = -1
     if netns is not None:
         fast = listen_in_netns(netns, str(conf["nft"]))
         os.close(netns)
     path = os.path.join(os.path.dirname(os.path.abspath(argv[1])), STATS_NAME)
-    if fast is not None:  # opened as root: the box dir is root's
+    if fast:  # opened as root: the box dir is root's
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         stats_fd = os.open(path, flags, 0o600)
     else:  # a last start's counts are not this one's
@@ -709,9 +722,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
-    if fast is not None:
+    if fast:
         counted = FastStats()
-        threading.Thread(target=proxy.serve, args=(fast, counted), daemon=True).start()
+        for sock in fast:
+            threading.Thread(target=proxy.serve, args=(sock, counted), daemon=True).start()
         threading.Thread(target=counted.write_loop, args=(stats_fd,), daemon=True).start()
     proxy.serve(lsock)
     return 0
