@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,7 +111,7 @@ def _opt(value: str) -> str:
 
 
 # QEMU's own seccomp filter: no obsolete system calls, no set*id, no scheduler/affinity
-# changes. ``spawn`` stays allowed: saving and restoring a template runs ``exec:cat``.
+# changes. ``spawn`` stays allowed: saving a template runs ``exec:cat``.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny"
 # QEMU keeps uid 0 (its disks, RAM files and sockets are root's, and -runas would undo its
 # PR_SET_PDEATHSIG tie to the shim) but starts with no capability at all, none to regain
@@ -259,11 +258,6 @@ def ram_backend(cfg: VmConfig) -> list[str]:
     share = "off" if cfg.incoming else "on"
     path = _opt(cfg.ram_file)
     return ["-object", f"memory-backend-file,id=ram,size={cfg.memory_mib}M,mem-path={path},share={share}"]
-
-
-def incoming_uri(state_file: str) -> str:
-    """Migration URI that reads a saved device state."""
-    return f"exec:cat {shlex.quote(state_file)}"
 
 
 def console_tail(path: Path, lines: int = 20) -> str:

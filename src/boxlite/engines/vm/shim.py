@@ -30,12 +30,13 @@ from ...procfs import process_start_time  # not ..base: it imports asyncio, dela
 from ..net import hostguard
 from . import landlock
 from .console import ConsoleLog
-from .qemu import GUEST_NET, VmConfig, incoming_uri, qemu_argv, safe_hostname, virtiofs_socket
-from .vmcontrol import CONTROL_SOCKET_NAME
+from .qemu import GUEST_NET, VmConfig, qemu_argv, safe_hostname, virtiofs_socket
+from .vmcontrol import CONTROL_SOCKET_NAME, UNTHROTTLED
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
 HELLO_CHANNEL = 1
+INCOMING_FD_NAME = "boxlite-incoming"  # the saved state QEMU loads (QMP getfd)
 PKG_DIR = str(Path(__file__).resolve().parents[2])  # the boxlite package, for the relay's bootstrap
 PR_SET_PDEATHSIG = 1
 PR_SET_THP_DISABLE = 41
@@ -377,7 +378,15 @@ class Shim:
                 raise RuntimeError("QMP is needed to restore a VM template")
             if vm.get("ram_file") or vm.get("ram_anonymous"):  # as the saved VM had it
                 await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
-            await qmp.execute("migrate-incoming", {"uri": incoming_uri(vm["incoming"])})
+            # QEMU reads the state from a descriptor of ours: no ``exec:cat`` process and pipe
+            # between the file and QEMU (a fork's state holds all of the guest's RAM).
+            fd = os.open(vm["incoming"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                qmp.send_fd_scm(fd)
+                await qmp.execute("getfd", {"fdname": INCOMING_FD_NAME})
+            finally:
+                os.close(fd)
+            await qmp.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD_NAME}"})
         except Exception as e:
             _report(self.status_fd, p.STATUS_ERROR, f"restoring the VM template failed: {e}")
             self.proc.kill()
@@ -417,6 +426,7 @@ class Shim:
         try:
             if self.conf["vm"].get("ram_file"):
                 await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
             await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
             while True:
                 state = await qmp.execute("query-migrate")

@@ -22,6 +22,9 @@ SAVE_TIMEOUT = 300.0
 """Longest a RAM save to disk may take (a 4 GiB guest under a loaded host)."""
 OPS = ("stop", "cont", "status", "save", "snapshot")
 SAVE_FD_NAME = "boxlite-save"
+UNTHROTTLED = 1 << 40
+"""Bytes/s for a save (QMP max-bandwidth): QEMU's default throttle, meant for live migration over a
+network, doubled the time a stopped guest took to write its RAM to a local file (fork, pause to disk)."""
 SAVED_STATE_NAME = "vm-saved.state"
 """In the run dir: the guest saved by ``save`` (RAM + devices), restored by ``VmEngine.restore``."""
 RELAY_STATE_NAME = "vm-saved.relay.json"
@@ -105,20 +108,24 @@ class Qmp:
         ret = self.execute("query-status")
         return str(ret.get("status")) if isinstance(ret, dict) else "unknown"
 
-    def save(self, path: str, timeout: float = SAVE_TIMEOUT) -> None:
+    def save(self, path: str, timeout: float = SAVE_TIMEOUT, durable: bool = True) -> None:
         """Stop the guest and write its RAM and device state to ``path``. The relay opens the
         file and hands QEMU the descriptor (``getfd``): QEMU's Landlock stays as it is, no
         ``exec:`` helper runs. The migration capabilities stay those the VM started with
         (``x-ignore-shared`` for a box restored from a template: its RAM, a private mapping, is
-        not "shared", so it is saved whole), which is what a restore of the same shape sets."""
+        not "shared", so it is saved whole), which is what a restore of the same shape sets.
+        ``durable``: fsync before the rename (a pause to disk outlives a host crash; a fork's
+        state lives for one call, and the copies are restored from the page cache)."""
         tmp = f"{path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             self.execute("stop")
             self.execute("getfd", {"fdname": SAVE_FD_NAME}, fd=fd)
+            self.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
             self.execute("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
             self._await_migration(timeout)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.unlink(tmp)
             raise
@@ -156,7 +163,7 @@ def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, obje
             return {"ok": True, "status": qmp.status()}
         if op in ("save", "snapshot"):
             path = os.path.join(run_dir, SAVED_STATE_NAME if op == "save" else FORK_STATE_NAME)
-            qmp.save(path)
+            qmp.save(path, durable=op == "save")
             return {"ok": True, "path": path}
     except QmpError as e:
         return {"ok": False, "error": str(e)}
