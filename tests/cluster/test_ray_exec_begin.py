@@ -89,6 +89,7 @@ async def test_exec_wait_zero_streams_and_bad_values_are_refused(
     for bad in (-1.0, 5.0, "0.1"):
         with pytest.raises(ConfigError):
             cluster.runtime(engine, exec_wait=bad)
+    await (await box.exec("true")).wait()  # made by its first use: from then on other drivers find it
     rt0 = cluster.runtime(engine, exec_wait=0.0)
     try:
         same = await rt0.get(box.id)

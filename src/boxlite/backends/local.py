@@ -117,9 +117,9 @@ class LocalBackend(Backend):
         return rec
 
     # --- boxes ----------------------------------------------------------------------------
-    async def create(self, options: BoxOptions, name: str | None) -> BoxInfo:
+    async def create(self, options: BoxOptions, name: str | None, box_id: str | None = None) -> BoxInfo:
         with step("create", image=options.image, box_name=name) as fields:
-            rec = await self.core.create(self.volume_store.resolve(options.to_config()), name)
+            rec = await self.core.create(self.volume_store.resolve(options.to_config()), name, box_id)
             fields["box"] = rec.id
         self._recs[rec.id] = rec
         return self._info(rec)

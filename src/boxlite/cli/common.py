@@ -66,7 +66,7 @@ def open_runtime() -> Boxlite:
     if STATE.url:
         return Boxlite.rest(STATE.url, STATE.api_key)
     if STATE.ray:
-        return Boxlite.ray(address=STATE.ray)
+        return Boxlite.ray(address=STATE.ray, lazy_create=False)  # a box is used by later commands: made at once
     return Boxlite(Options(home_dir=STATE.home))
 
 

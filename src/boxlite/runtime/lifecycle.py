@@ -175,9 +175,14 @@ class BoxRuntime:
                 self._delete(rec)
 
     # --- create -------------------------------------------------------------------------
-    async def create(self, config: BoxConfig, name: str | None) -> BoxRecord:
-        """A new box in state "configured" (its image resolved, pulled if needed)."""
+    async def create(self, config: BoxConfig, name: str | None, box_id: str | None = None) -> BoxRecord:
+        """A new box in state "configured" (its image resolved, pulled if needed). ``box_id``: the id
+        a cluster driver chose for a box it placed before creating it (else a new one)."""
         self.check_open()
+        if box_id is not None and (len(box_id) != BOX_ID_LENGTH or any(c not in _BASE62 for c in box_id)):
+            raise ConfigError(f"invalid box id {box_id!r}")
+        if box_id is not None and self.db.get(box_id) is not None:
+            raise AlreadyExistsError(f"a box {box_id!r} already exists")
         if name is not None and (
             name in ("", ".", "..") or "/" in name or len(name) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in name)
         ):  # names become paths and terminal output: no dot names, no control characters (NUL)
@@ -198,7 +203,7 @@ class BoxRuntime:
         prepared = await self.images.resolve(image=None if rootfs_path else config.image, rootfs_path=rootfs_path)
         cfg = prepared.config
         rec = BoxRecord(
-            id=new_box_id(),
+            id=box_id or new_box_id(),
             name=name,
             state="configured",
             engine=engine,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...api.options import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, BoxOptions
-from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics, SnapshotInfo
+from ...api.results import BoxInfo, BoxMetrics, BoxStateInfo, RuntimeMetrics, SnapshotInfo, iso
 from ...errors import (
     AlreadyExistsError,
     BoxDiedError,
@@ -34,6 +35,7 @@ from ...errors import (
 )
 from ...images import ImageConfig, ImageInfo
 from ...images.types import PullProgress
+from ...runtime.lifecycle import DEFAULT_IMAGE_NAME, new_box_id
 from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, check_signal
 from .channel import STREAM_BACKPRESSURE, RayChannel
@@ -71,6 +73,12 @@ class RayOptions:
     ping_timeout: float = 10.0
     max_transfer_bytes: int = 1 << 30
     """Largest copy_in/copy_out (tar bytes) one call moves (the node services cap it at 16 GiB)."""
+    lazy_create: bool = True
+    """A box without a name that the driver does not detach is placed at ``create`` and made on
+    its node by its first command (one Ray call for both, BoxLite's lazy creation); errors of the
+    node's part of creating it (image, node limit of a node no other node can stand in for) come
+    from that first use. Only while the node, as this driver sees it, is at most half full: near
+    the limit, creation stays a call of its own, so the node refuses at ``create``."""
     exec_wait: float = 0.05
     """Seconds a node waits for a new command to end before answering its start: a command that
     ends within it costs one Ray call (output and exit come with the answer); a longer one's
@@ -93,6 +101,16 @@ def _ray() -> Any:
     except ImportError:
         raise UnsupportedOptionError("ray", "Ray is not installed: pip install 'boxlite[ray]'") from None
     return ray
+
+
+@dataclass
+class _Unborn:
+    """A box placed on a node but not made there yet (``RayOptions.lazy_create``)."""
+
+    node_id: str
+    options: BoxOptions
+    delta: tuple[int, float, int]  # what it adds to its node's load (in ``_pending`` until it is made)
+    making: asyncio.Future[None] | None = None  # a call making it is on its way
 
 
 class NodeRef:
@@ -243,6 +261,7 @@ class RayBackend(Backend):
         self._hello_at = 0.0
         self._ready: set[str] = set()  # boxes seen ready (Box.exec asks before every command)
         self._fresh: set[str] = set()  # boxes this driver created and has not used: their first exec starts them
+        self._unborn: dict[str, _Unborn] = {}  # boxes placed, to be made by their first use
         self._directory: Any = None  # the cluster's box directory (directory.py), opened on first use
         self._closed = False
 
@@ -353,6 +372,8 @@ class RayBackend(Backend):
     async def _node(self, id_or_name: str) -> tuple[NodeRef, str]:
         """The node service holding a box, and the box's id."""
         self._check_open()
+        if id_or_name in self._unborn:
+            await self._born(id_or_name)
         if id_or_name in self._where:
             return self._service(self._where[id_or_name]), id_or_name
         for box_id, seen in self._last.items():
@@ -385,6 +406,9 @@ class RayBackend(Backend):
             raise AlreadyExistsError(f"a box named {name!r} exists on the Ray cluster")
         cpus = float(DEFAULT_CPUS if options.cpus is None else options.cpus)
         memory = int(DEFAULT_MEMORY_MIB if options.memory_mib is None else options.memory_mib)
+        lazy = self.o.lazy_create and name is None and not options.detach
+        if lazy:
+            options.to_config()  # a bad option is a ConfigError now, not at first use
         loads, refused, fresh = await self._loads(), set(), time.monotonic() - self._hello_at < 0.05
         while True:  # a node that refuses (its own box limit: another driver got there first) is skipped
             try:
@@ -395,8 +419,10 @@ class RayBackend(Backend):
                 self._hello_at, fresh = 0.0, True  # full as far as a reused view says: ask the nodes
                 loads = [n for n in await self._loads() if n.node_id not in refused]
                 continue
-            pending = self._pending.setdefault(chosen.node_id, [0, 0.0, 0])
             delta = (1, cpus, memory)
+            if lazy and 2 * (chosen.boxes + 1) <= self.o.max_boxes_per_node:
+                return self._place_unborn(chosen.node_id, options, delta)
+            pending = self._pending.setdefault(chosen.node_id, [0, 0.0, 0])
             for i, d in enumerate(delta):
                 pending[i] += d
             try:
@@ -411,16 +437,109 @@ class RayBackend(Backend):
             finally:
                 for i, d in enumerate(delta):
                     pending[i] -= d
-        hello = self._hellos.get(chosen.node_id)
-        if hello is not None:  # the cached load counts it until the next hello
-            hello.update(boxes=hello["boxes"] + 1, cpus=hello["cpus"] + cpus, memory_mib=hello["memory_mib"] + memory)
+        self._count_made(chosen.node_id, delta)
         if not info.detach:
             self._owned.add(info.id)
         self._fresh.add(info.id)
         return self._seen(info, chosen.node_id)
 
+    def _count_made(self, node_id: str, delta: tuple[int, float, int]) -> None:
+        hello = self._hellos.get(node_id)
+        if hello is not None:  # the cached load counts it until the next hello
+            hello.update(boxes=hello["boxes"] + delta[0], cpus=hello["cpus"] + delta[1],
+                         memory_mib=hello["memory_mib"] + delta[2])  # fmt: skip
+
+    def _pend(self, node_id: str, delta: tuple[int, float, int], sign: int) -> None:
+        pending = self._pending.setdefault(node_id, [0, 0.0, 0])
+        for i, d in enumerate(delta):
+            pending[i] += sign * d
+
+    def _place_unborn(self, node_id: str, options: BoxOptions, delta: tuple[int, float, int]) -> BoxInfo:
+        """A box placed on ``node_id``, counted in its load, made there by its first use."""
+        box_id = new_box_id()
+        self._pend(node_id, delta, +1)
+        self._unborn[box_id] = _Unborn(node_id, options, delta)
+        self._owned.add(box_id)
+        self._fresh.add(box_id)
+        info = BoxInfo(
+            id=box_id, name=None, state=BoxStateInfo(status="configured", running=False),
+            created_at=iso(time.time()) or "", started_at=None,
+            image=str(options.rootfs_path or options.image or DEFAULT_IMAGE_NAME),
+            cpus=options.cpus, memory_mib=options.memory_mib, engine=options.engine or self.o.engine or "",
+            detach=False, auto_remove=options.removes_on_stop(),
+        )  # fmt: skip
+        return self._seen(info, node_id)
+
+    def _drop_unborn(self, box_id: str) -> None:
+        u = self._unborn.pop(box_id)
+        self._pend(u.node_id, u.delta, -1)
+
+    def _made(self, box_id: str, node_id: str, info: BoxInfo) -> BoxInfo:
+        """An unborn box exists now, on ``node_id``."""
+        u = self._unborn.pop(box_id)
+        self._pend(u.node_id, u.delta, -1)
+        self._count_made(node_id, u.delta)
+        return self._seen(info, node_id)
+
+    async def _born(self, box_id: str) -> None:
+        """Make an unborn box on its node (one ``create`` call), or wait for the call making it."""
+        while (u := self._unborn.get(box_id)) is not None:
+            if u.making is not None:
+                with contextlib.suppress(BaseException):  # made by it, or not: then this one tries
+                    await asyncio.shield(u.making)
+                continue
+            await self._making(box_id, u, self._create_unborn(box_id))
+
+    async def _making(self, box_id: str, u: _Unborn, work: Any) -> Any:
+        """Run ``work`` (a coroutine making ``box_id``) as the one call doing so; others wait on it."""
+        u.making = done = asyncio.get_running_loop().create_future()
+        try:
+            result = await work
+        except BaseException as e:
+            if box_id in self._unborn:
+                u.making = None  # not made: the next use tries again
+            if not done.done():
+                done.set_exception(e)
+                done.exception()  # retrieved: waiters raise their own
+            raise
+        if not done.done():
+            done.set_result(None)
+        return result
+
+    async def _create_unborn(self, box_id: str) -> None:
+        u = self._unborn[box_id]
+        refused: set[str] = set()
+        while True:
+            try:
+                info: BoxInfo = await self._service(u.node_id).call_raw(
+                    "create", u.options, None, self.o.max_boxes_per_node, box_id, timeout=self.o.create_timeout
+                )
+            except ResourceExhaustedError:
+                refused.add(u.node_id)
+                await self._replace(box_id, u, refused)
+                continue
+            self._made(box_id, u.node_id, info)
+            return
+
+    async def _replace(self, box_id: str, u: _Unborn, refused: set[str]) -> None:
+        """The node refused an unborn box (its limit, other drivers got there first): another node."""
+        self._hello_at = 0.0
+        loads = [n for n in await self._loads() if n.node_id not in refused]
+        self._pend(u.node_id, u.delta, -1)
+        cpus, memory = u.delta[1], u.delta[2]
+        try:
+            chosen = choose(loads, cpus, memory, self.o.strategy, self.o.max_boxes_per_node, self.o.overcommit)
+        except ResourceExhaustedError:
+            self._pend(u.node_id, u.delta, +1)  # still counted where it was placed, until removed
+            raise
+        u.node_id = chosen.node_id
+        self._pend(u.node_id, u.delta, +1)
+        self._where[box_id] = u.node_id
+
     async def get(self, id_or_name: str) -> BoxInfo | None:
         self._check_open()
+        if id_or_name in self._unborn:
+            return self._last[id_or_name]
         known = self._where.get(id_or_name)
         if known is not None:
             try:
@@ -453,6 +572,8 @@ class RayBackend(Backend):
 
     def info(self, box_id: str) -> BoxInfo:
         self._check_open()
+        if box_id in self._unborn:
+            return self._last[box_id]
         node_id = self._where.get(box_id)
         if node_id is None:
             raise NotFoundError(f"no box {box_id!r} known to this driver (use get first)")
@@ -484,12 +605,20 @@ class RayBackend(Backend):
             out += [_lost(self._seen(i, n)) for n, i in entries]
         else:
             out += [_lost(i) for b, i in self._last.items() if self._where.get(b) not in answered]
+        seen = {i.id for i in out}
+        out += [self._last[b] for b in self._unborn if b not in seen]  # placed, made by their first use
         return [i for i in out if state is None or i.state.status == state]
 
     def _alive_node(self, node_id: str) -> bool:
         return node_id in self._alive(fresh=True)
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
+        u = self._unborn.get(id_or_name)
+        if u is not None and u.making is None:  # never made: nothing on its node to remove
+            self._check_open()
+            self._drop_unborn(id_or_name)
+            self._forget(id_or_name)
+            return
         node, box_id = await self._node(id_or_name)
         try:
             await node.call("remove", box_id, force)
@@ -560,22 +689,65 @@ class RayBackend(Backend):
         """Start the box if needed; skipped for a box this driver saw ready, and for one it created
         and has not used yet (the node starts a box on its exec or copy anyway): a new box's first
         exec is one call, not two."""
+        if box_id in self._unborn:  # its first use makes and starts it
+            self._check_open()
+            return
         node, box_id = await self._node(box_id)
         if box_id not in self._ready and box_id not in self._fresh:
             await node.call("ready", box_id, timeout=self.o.create_timeout)
             self._ready.add(box_id)
 
     async def exec(self, box_id: str, request: ExecRequest) -> StartedExec:
-        node, box_id = await self._node(box_id)
+        u = self._unborn.get(box_id)
+        if u is not None and u.making is None:
+            self._check_open()
+            channel = await self._making(box_id, u, self._exec_unborn(box_id, u, request))
+        else:
+            node, box_id = await self._node(box_id)
+            channel = RayChannel(node, uuid.uuid4().hex, box_id, request, self.o.exec_wait)
+            try:
+                await channel.start(self.o.create_timeout)
+            except BaseException:
+                self._ready.discard(box_id)
+                raise
         self._fresh.discard(box_id)
-        channel = RayChannel(node, uuid.uuid4().hex, box_id, request, self.o.exec_wait)
-        try:
-            await channel.start(self.o.create_timeout)
-        except BaseException:
-            self._ready.discard(box_id)
-            raise
         self._ready.add(box_id)
         return StartedExec(channel, channel.exec_id)
+
+    async def _exec_unborn(self, box_id: str, u: _Unborn, request: ExecRequest) -> RayChannel:
+        """The first command of an unborn box: one call makes the box on its node and runs it."""
+        refused: set[str] = set()
+        while True:
+            create = (u.options, self.o.max_boxes_per_node)
+            channel = RayChannel(self._service(u.node_id), uuid.uuid4().hex, box_id, request, self.o.exec_wait, create)
+            try:
+                await channel.start(self.o.create_timeout)
+            except ResourceExhaustedError:
+                if not channel.create_failed:
+                    self._made_unknown(box_id, u)
+                    raise
+                refused.add(u.node_id)
+                await self._replace(box_id, u, refused)
+                continue
+            except BoxliteError:
+                if not channel.create_failed:  # made; its command failed
+                    self._made_unknown(box_id, u)
+                raise
+            except BaseException:
+                self._made_unknown(box_id, u)  # lost on the way (node gone, cancelled): as if made
+                raise
+            if channel.created is not None:
+                self._made(box_id, u.node_id, channel.created)
+            else:
+                self._made_unknown(box_id, u)
+            return channel
+
+    def _made_unknown(self, box_id: str, u: _Unborn) -> None:
+        """An unborn box its node made, or may have made: from now on its node's answers count."""
+        if box_id in self._unborn:
+            self._unborn.pop(box_id)
+            self._pend(u.node_id, u.delta, -1)
+            self._count_made(u.node_id, u.delta)
 
     async def copy_in(
         self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
@@ -653,6 +825,9 @@ class RayBackend(Backend):
         if self._closed:
             return
         for box_id in list(self._owned):
+            if box_id in self._unborn and self._unborn[box_id].making is None:
+                self._drop_unborn(box_id)  # never made: nothing to stop
+                continue
             try:
                 await self.stop(box_id, timeout)
             except BoxliteError:  # gone, or its node is lost

@@ -49,8 +49,11 @@ class RayOutput(ChunkStream):
 class RayChannel:
     """Driver end of an execution on ``node``."""
 
-    def __init__(self, node: NodeRef, exec_id: str, box_id: str, request: Any, wait: float) -> None:
+    def __init__(self, node: NodeRef, exec_id: str, box_id: str, request: Any, wait: float, create: Any = None) -> None:
         self.node, self.exec_id, self.pid = node, exec_id, 0
+        self.create = create  # (options, max_boxes): the box is created on the node by this command
+        self.created: Any = None  # then its info, once the node made it
+        self.create_failed = False  # the node did not make it (the error raised is why)
         self.stdout, self.stderr = RayOutput(self, "stdout"), RayOutput(self, "stderr")
         self.exit: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._stdin_closed = False
@@ -64,7 +67,14 @@ class RayChannel:
         ``wait`` more for its end."""
         box_id, request, wait = self._begin
         try:
-            began = await self.node.call_raw("exec_begin", self.exec_id, box_id, request, wait, timeout=timeout + wait)
+            extra = () if self.create is None else (self.create,)
+            began = await self.node.call_raw(
+                "exec_begin", self.exec_id, box_id, request, wait, *extra, timeout=timeout + wait
+            )
+            if "create_error" in began:
+                self.create_failed = True
+                raise decode_error(began["create_error"])
+            self.created = began.get("created")
             self.pid = int(began["pid"])
             self._apply(began["events"])
         except BaseException as e:

@@ -164,22 +164,26 @@ class NodeService:
             if not self._working:
                 self._quiet.set()
 
-    async def create(self, options: Any, name: str | None, max_boxes: int) -> Envelope:
+    async def create(self, options: Any, name: str | None, max_boxes: int, box_id: str | None = None) -> Envelope:
         """A new box, unless this node already has ``max_boxes`` (counting creations in flight):
-        the node is the authority on its limit, whatever the drivers' views of its load."""
+        the node is the authority on its limit, whatever the drivers' views of its load.
+        ``box_id``: the id a driver gave a box it placed here before creating it."""
+        with self._work():
+            return await self._create_counted(options, name, max_boxes, box_id)
+
+    async def _create_counted(self, options: Any, name: str | None, max_boxes: int, box_id: str | None) -> Envelope:
         self._start_sync()
         self._creating += 1  # taken before the first await: concurrent creates see each other
         try:
-            with self._work():
-                return await self._create(options, name, max_boxes)
+            return await self._create(options, name, max_boxes, box_id)
         finally:
             self._creating -= 1
 
-    async def _create(self, options: Any, name: str | None, max_boxes: int) -> Envelope:
+    async def _create(self, options: Any, name: str | None, max_boxes: int, box_id: str | None) -> Envelope:
         try:
             if len(await self._busy()) + self._creating > max_boxes:
                 raise ResourceExhaustedError(f"node {self.node_id} has {max_boxes} boxes already")
-            info = await self.local.create(options, name)
+            info = await self.local.create(options, name, box_id if isinstance(box_id, str) else None)
             if self._busy_boxes is not None and info.state.status not in _IDLE_STATES:
                 self._busy_boxes[info.id] = info
             self._changed[info.id] = info
@@ -265,11 +269,17 @@ class NodeService:
                 self._may_wake(args[0] if args else None)
 
     # --- exec -------------------------------------------------------------------------------
-    async def exec_begin(self, exec_id: str, box_id: str, request: ExecRequest, wait: float) -> Envelope:
+    async def exec_begin(
+        self, exec_id: str, box_id: str, request: ExecRequest, wait: float, create: Any = None
+    ) -> Envelope:
         """Start a command, then wait up to ``wait`` seconds for it to end: ``{"pid", "events",
         "done"}``. A command that ends within it costs the driver this one call (its output and exit
         are in ``events``); a longer one's events so far are there, the rest come from
         ``exec_follow``. ``wait`` bounds how late the first output of a longer command is.
+
+        ``create``: ``(options, max_boxes)`` of a box the driver placed here without creating it
+        yet (its first command creates it under ``box_id``, as ``create`` would): the answer then
+        also holds ``"created"`` (its info), or only ``"create_error"`` when the node refused it.
 
         Events: ``("out", stream, bytes)``, ``("eof", stream)``, ``("exit", body)`` or
         ``("exit_err", error)``. Flow control per stream, as the local protocol: each stream may be
@@ -277,7 +287,17 @@ class NodeService:
         stream without credit is not read here, so its box's agent holds the command. The driver
         never stops taking events, so one stream nobody reads does not hold the other or the exit."""
         with self._work():
-            return await self._exec_begin(exec_id, box_id, request, wait)
+            created: Any = None
+            if create is not None:
+                options, max_boxes = create
+                made = await self._create_counted(options, None, max_boxes, box_id)
+                if made[0] != "ok":
+                    return _ok({"create_error": made[1]})
+                created = made[1]
+            began = await self._exec_begin(exec_id, box_id, request, wait)
+            if created is not None and began[0] == "ok":
+                began[1]["created"] = created
+            return began
 
     async def _exec_begin(self, exec_id: str, box_id: str, request: ExecRequest, wait: float) -> Envelope:
         started = await self.exec_start(box_id, request, exec_id)
