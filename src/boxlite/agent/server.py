@@ -558,6 +558,9 @@ class Agent:
             self.unwatch(fd)
             os.close(fd)
         ex.conn.send(p.encode(stream, ex.channel, b""))
+        other = p.STDERR if stream == p.STDOUT else p.STDOUT
+        if ex.status is None and other in ex.out_fds and ex.credit[other] > 0:
+            self._pump(ex, other)  # a process closes both at its exit: both ends go in one write
         self._maybe_finish(ex)
 
     def _discard(self, fd: int) -> None:

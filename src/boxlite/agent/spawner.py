@@ -63,15 +63,13 @@ def send(sock: socket.socket, body: dict[str, Any], fds: list[int] | tuple[int, 
 
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and its fds; ``(None, [])`` at EOF."""
+    """One message and its fds (close-on-exec from the start); ``(None, [])`` at EOF."""
     fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * fds.itemsize))
+    data, ancdata, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(8 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
     received = list(fds)
-    for fd in received:
-        os.set_inheritable(fd, False)
     if not data:
         for fd in received:
             os.close(fd)
@@ -116,21 +114,23 @@ class SpawnerClient:
             self.sock.settimeout(0)
 
     def read_exits(self) -> list[tuple[int, int]] | None:
-        """Exit notifications available now; None once the spawner is gone."""
+        """Exit notifications read while awaiting a reply, and the next message; None once the
+        spawner is gone. One message per call: the agent's selector calls again while more wait
+        (no failing read, an exception under TCG, after each exit)."""
         out, self.exits = self.exits, []
-        while True:
-            try:
-                msg, extra = receive(self.sock)
-            except BlockingIOError:
-                return out
-            except OSError:
-                msg, extra = None, []
-            for fd in extra:
-                os.close(fd)
-            if msg is None:
-                return out if out else None
-            if "exit" in msg:
-                out.append((int(msg["exit"]), int(msg["code"])))
+        try:
+            msg, extra = receive(self.sock)
+        except BlockingIOError:
+            return out
+        except OSError:
+            msg, extra = None, []
+        for fd in extra:
+            os.close(fd)
+        if msg is None:
+            return out if out else None
+        if "exit" in msg:
+            out.append((int(msg["exit"]), int(msg["code"])))
+        return out
 
     def close(self) -> None:
         self.sock.close()
