@@ -310,12 +310,14 @@ def secret_conf(box_dir: Path) -> Path:
 
 def secret_rules(gid: int, allow_listed: bool) -> str:
     """Rules the box's secret proxy installs once bound (its port in place of ``@PORT@``): the
-    box's HTTP(S) is redirected to it, and its chain accepts that redirect. Without an
-    allow-list the chain (created rejecting everything) then accepts everything else too."""
+    box's HTTP(S) is redirected to it (IPv4 to 127.0.0.1, IPv6 to ::1: the proxy listens on both,
+    same port), and its chain accepts that redirect. Without an allow-list the chain (created
+    rejecting everything) then accepts everything else too."""
     t, c = f"inet {TABLE}", chain_name(gid)
     lines = [] if allow_listed else [f"flush chain {t} {c}", f"add rule {t} {c} accept"]
     lines += [
         f"insert rule {t} {c} meta l4proto tcp ct status dnat ip daddr 127.0.0.1 tcp dport {PORT_MARK} accept",
+        f"insert rule {t} {c} meta l4proto tcp ct status dnat ip6 daddr ::1 tcp dport {PORT_MARK} accept",
         f"add element {t} secretports {{ {gid} : {PORT_MARK} }}",
     ]
     return "\n".join(lines) + "\n"

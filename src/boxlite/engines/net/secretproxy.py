@@ -26,8 +26,9 @@ SNI gets 421. Bodies larger than ``MAX_BODY`` and chunked bodies are passed on u
 
 Input is the box's: the request head is capped (``MAX_HEAD``, else 431), each phase has a
 deadline (slow clients are cut), and at most ``MAX_CONNS`` connections are served at once
-(beyond: closed at once). Prints ``ready <port>`` once it listens and its rules are in place,
-then drops root (to the config's ``uid``; its leaf key is loaded by then).
+(beyond: closed at once). Prints ``ready <port>`` once it listens (``127.0.0.1:port`` and
+``[::1]:port``: the host's redirect sends IPv4 flows to the one, IPv6 ones to the other) and its
+rules are in place, then drops root (to the config's ``uid``; its leaf key is loaded by then).
 
 Fast path (namespace boxes: the keeper passes ``--netns-fd=N``, an fd of the box's network
 namespace): more listening sockets are made *inside* that namespace (IPv4 and IPv6, from a
@@ -45,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import encodings.idna  # noqa: F401  (getaddrinfo's codec, loaded before root is dropped: the stdlib may be root-only)
+import errno
 import fcntl
 import ipaddress
 import json
@@ -76,6 +78,8 @@ SPLICE_CHUNK = 1 << 20  # bytes moved per splice(2) (and the pipe's size) in a p
 F_SETPIPE_SZ = 1031
 """A relayed connection with no byte either way for this long is closed."""
 MAX_CONNS = 64
+HOST_BIND_TRIES = 32
+"""Ports tried for the host listeners' pair (one taken on ::1 only: the next)."""
 PORT_MARK = "@PORT@"
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
@@ -531,6 +535,33 @@ def listen_in_netns(netns: int, nft_path: str) -> list[socket.socket]:
     return result
 
 
+def listen_on_host() -> tuple[socket.socket, socket.socket | None]:
+    """The host path's listeners: ``127.0.0.1:P`` and ``[::1]:P``, one port for both families, as
+    the host's redirect (an ``inet`` table: one port per box group) sends IPv4 flows to
+    127.0.0.1 and IPv6 ones to ::1. No IPv6 listener (reported) where the host has no ``::1``."""
+    for _ in range(HOST_BIND_TRIES):
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v4.bind(("127.0.0.1", 0))
+        v4.listen(128)
+        v6 = None
+        try:
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            v6.bind(("::1", v4.getsockname()[1]))
+            v6.listen(128)
+            return v4, v6
+        except OSError as e:
+            if v6 is not None:
+                v6.close()
+            if e.errno != errno.EADDRINUSE:
+                print(f"boxlite secretproxy: no IPv6 host listener ({e})", file=sys.stderr, flush=True)
+                return v4, None
+            v4.close()  # that port is taken on ::1: another pair
+    raise OSError(errno.EADDRINUSE, "no port free on both 127.0.0.1 and ::1")
+
+
 def original_dst(conn: socket.socket) -> tuple[str, int]:
     """Where the box connected to, before nftables redirected the flow here."""
     if conn.family == socket.AF_INET6:
@@ -689,10 +720,7 @@ def main(argv: list[str]) -> int:
         conf = json.load(f)
     netns = next((int(a.split("=", 1)[1]) for a in argv[2:] if a.startswith("--netns-fd=")), None)
     proxy = Proxy(conf)
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(128)
+    lsock, lsock6 = listen_on_host()
     port = lsock.getsockname()[1]
     rules = conf.get("rules")
     if rules and not nft(str(conf["nft"]), rules.replace(PORT_MARK, str(port))):
@@ -722,6 +750,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
     os.close(1)
+    if lsock6 is not None:
+        threading.Thread(target=proxy.serve, args=(lsock6,), daemon=True).start()
     if fast:
         counted = FastStats()
         for sock in fast:
