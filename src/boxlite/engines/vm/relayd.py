@@ -161,6 +161,28 @@ class RelayServer:
             sink.main = bool(main)
             self.relay.routes[int(gid)] = Route(sink, int(channel), True)
 
+    def await_ready(self, status_fd: int | None, boot_json: str, hello: dict[str, Any]) -> None:
+        """Send the agent its first ``hello`` (the shim exec'd this relay right after handing the
+        guest its settings, so that this start overlaps the guest's setup) and, when it answers,
+        report ``ready <boot_json>`` on ``status_fd``, the line the engine waits for. If QEMU
+        exits first, this process exits and the engine reads EOF: the box failed to start."""
+        internal = Client()
+
+        def answered(kind: int, _channel: int, _payload: bytes) -> None:
+            if kind != p.RESPONSE:
+                return
+            self.relay.detach(internal)
+            if status_fd is not None:
+                try:
+                    os.write(status_fd, p.status_line(p.STATUS_READY, boot_json))
+                except OSError:
+                    pass
+                os.close(status_fd)
+
+        internal.on_frame = answered
+        self.relay.attach(internal)
+        self.relay.send(internal, p.REQUEST, 1, json.dumps(hello).encode())
+
     def _set_guest_clock(self) -> None:
         """The guest's clock stood still while it was stopped: a ``hello`` with the host's time
         sets it again (the answer is dropped)."""
@@ -472,6 +494,11 @@ def main(arg: str) -> int:
                 server.sel.unregister(console_fd)
 
         server.sel.register(console_fd, selectors.EVENT_READ, drain)
+    if args.get("hello") is not None:  # a box starting: the shim handed over before the agent answered
+        ready_fd = args.get("ready_fd")
+        if ready_fd is not None:
+            os.set_inheritable(int(ready_fd), False)
+        server.await_ready(ready_fd, str(args.get("ready_boot") or "{}"), args["hello"])
     signal.set_wakeup_fd(server.wake_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)
