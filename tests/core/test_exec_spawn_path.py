@@ -1,8 +1,12 @@
 """The spawner's fast path (root, no terminal, no rlimits: ``posix_spawn``) behaves as the fork
 paths do: working directory, PATH search along the command's own PATH, and the box's user
-database read again once the box changes it. One box for all (a VM boot is costly)."""
+database read again once the box changes it; and the end of an output stream of a process that
+goes on running still reaches the host (the agent holds it briefly to send it with the EXIT).
+One box for all (a VM boot is costly)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -37,3 +41,9 @@ async def test_fast_path_cwd_path_search_and_user_database(box: boxlite.SimpleBo
     assert (await box.exec("sh", "-c", "echo $HOME")).stdout == "/tmp\n"  # no stale answer
     await box.exec("sh", "-c", "echo 'late:x:2345:2345::/:/bin/sh' >> /etc/passwd")
     assert (await box.exec("id", "-u", user="late")).stdout == "2345\n"
+
+    running = await box.box.exec("sh", ["-c", "echo out; exec >&- 2>&-; sleep 30"], stdin=False)
+    assert await asyncio.wait_for(running.stdout().read(), 10) == "out\n"  # ended while it runs
+    assert await asyncio.wait_for(running.stderr().read(), 10) == ""
+    await running.kill()
+    assert (await running.wait()).exit_code != 0
