@@ -1,0 +1,32 @@
+"""The ``boxlite`` console script: ``exec`` in its common form and ``--version`` answered before
+click, asyncio and the SDK are imported (cli/fastexec.py); everything else is cli/main.py."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    args, home = sys.argv[1:], None
+    if args[:1] == ["--home"] and len(args) > 1:
+        args, home = args[2:], args[1]
+    elif args[:1] and args[0].startswith("--home="):
+        args, home = args[1:], args[0].partition("=")[2]
+    if args[:1] == ["exec"] and home != "":
+        from .fastexec import try_exec
+
+        code = try_exec(args[1:], home)
+        if code is not None:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                pass
+            sys.exit(code)
+    elif sys.argv[1:] == ["--version"]:
+        from .. import __version__
+
+        sys.stdout.write(f"boxlite, version {__version__}\n")
+        sys.exit(0)
+    from .main import main as full
+
+    full()

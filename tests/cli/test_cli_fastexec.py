@@ -1,0 +1,233 @@
+"""The lean ``boxlite exec`` path (cli/fastexec.py): same results as the full CLI, falls back to it
+for everything it does not handle, imports little, and distrusts the agent like the full client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from boxlite import layout
+from boxlite.agent import protocol as p
+from boxlite.cli import fastexec
+from boxlite.procfs import process_start_time
+from boxlite.runtime import config as runtime_config
+from boxlite.runtime.config import BoxConfig
+from boxlite.runtime.home import Home
+from boxlite.runtime.state import BoxRecord, StateDB, now
+from support.cli import CLI, Cli
+
+pytestmark = pytest.mark.namespace_only  # the lean path serves namespace boxes (VM boxes: the full path)
+
+IMPORT_BUDGET = 90
+"""Modules ``python -X importtime -m boxlite.cli exec`` may import on the lean path (73 today,
+interpreter start-up and the venv's .pth files included; the full path imports ~275)."""
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Iterator[Cli]:
+    """A home with a running detached box ``fx`` (env, workdir set) and a stopped box ``st``."""
+    c = Cli(tmp_path_factory.mktemp("fastexec") / "home", busybox_rootfs, "namespace")
+    c.ok("run", "-d", "--name", "fx", "--network", "none", "-e", "FROMBOX=box", "-w", "/tmp",
+         "--rootfs", str(busybox_rootfs), "sleep", "100000")  # fmt: skip
+    c.ok("run", "--name", "st", "--network", "none", "--rootfs", str(busybox_rootfs), "true")
+    yield c
+    c("rm", "-f", "fx", "st")
+
+
+def both(c: Cli, *args: str, input: str | None = None) -> tuple[tuple[int, str, str], tuple[int, str, str]]:
+    """(lean, full) results of ``boxlite exec ARGS``."""
+    results = []
+    for fast in ("1", "0"):
+        env = {**c.env(), "BOXLITE_FAST_EXEC": fast}
+        proc = subprocess.run(c.argv("exec", *args), input=input, capture_output=True, text=True, timeout=60, env=env,
+                              stdin=None if input is not None else subprocess.DEVNULL)  # fmt: skip
+        results.append((proc.returncode, proc.stdout, proc.stderr))
+    return results[0], results[1]
+
+
+SCRIPT = 'echo "$FROMBOX|$A|$HOSTVAR"; pwd; id -u; echo err >&2; exit 3'
+
+
+@pytest.mark.parametrize(
+    ("args", "expected_code"),
+    [
+        (["-e", "A=1", "-e", "HOSTVAR", "fx", "sh", "-c", SCRIPT], 3),
+        (["-e", "A=x", "-w", "/", "-u", "user", "fx", "sh", "-c", SCRIPT], 3),
+        (["--env=A=y", "--workdir=/etc", "--user=1000", "fx", "--", "sh", "-c", SCRIPT], 3),
+        (["fx", "no-such-cmd"], 127),
+        (["fx", "/etc/passwd"], 126),
+        (["-u", "ghost", "fx", "true"], 126),
+        (["-w", "/no/such/dir", "fx", "true"], 126),
+        (["fx", "sh", "-c", "kill -TERM $$"], 143),
+        (["fx", "head", "-c", "3000000", "/dev/zero"], 0),  # 3 MB: more than one credit window
+        (["st", "true"], 125),  # stopped: the full path's error
+        (["nobox", "true"], 125),
+        (["-i", "fx", "cat"], 0),  # -i: the full path
+        (["-e", "=bad", "fx", "true"], 125),
+    ],
+)
+def test_lean_exec_gives_what_the_full_path_gives(
+    fx: Cli, monkeypatch: pytest.MonkeyPatch, args: list[str], expected_code: int
+) -> None:
+    monkeypatch.setenv("HOSTVAR", "from-host")
+    lean, full = both(fx, *args, input="piped\n" if "-i" in args else None)
+    assert lean == full
+    assert lean[0] == expected_code, lean
+    if args[-1] == SCRIPT:
+        assert lean[2] == "err\n" and lean[1].count("\n") == 3
+
+
+def test_lean_exec_values_and_prefix(fx: Cli) -> None:
+    out = fx.ok("exec", "-e", "A=1", "fx", "sh", "-c", 'echo "$FROMBOX|$A"; pwd; id -u')
+    assert out.splitlines() == ["box|1", "/tmp", "0"]
+    assert fx.ok("exec", "-u", "user", "-w", "/", "fx", "sh", "-c", "pwd; id -u").splitlines() == ["/", "1000"]
+    box_id = _box_id(fx, "fx")
+    assert fx.ok("exec", box_id, "echo", "by-id") == "by-id\n"
+    assert fx.ok("exec", box_id[:6], "echo", "by-prefix") == "by-prefix\n"  # the full path resolves prefixes
+
+
+def _box_id(c: Cli, name: str) -> str:
+    with sqlite3.connect(c.home / "state.db") as db:
+        return str(db.execute("SELECT id FROM boxes WHERE name = ?", (name,)).fetchone()[0])
+
+
+def test_lean_exec_counts_commands_and_errors(fx: Cli) -> None:
+    box_id = _box_id(fx, "fx")
+
+    def counters() -> tuple[int, int]:
+        with sqlite3.connect(fx.home / "state.db") as db:
+            rows = dict(db.execute("SELECT name, value FROM counters WHERE name LIKE ?", (f"box:{box_id}:%",)))
+        return rows.get(f"box:{box_id}:commands", 0), rows.get(f"box:{box_id}:errors", 0)
+
+    before = counters()
+    fx.ok("exec", "fx", "true")
+    assert fx("exec", "fx", "false").returncode == 1
+    after = counters()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+
+
+def test_lean_exec_import_budget(fx: Cli) -> None:
+    def modules(fast: str) -> list[str]:
+        env = {**fx.env(), "BOXLITE_FAST_EXEC": fast}
+        argv = [sys.executable, "-X", "importtime", *CLI[1:], "--home", str(fx.home), "exec", "fx", "echo", "hi"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+        assert (proc.returncode, proc.stdout) == (0, "hi\n"), proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("import time:") and "|" in ln]
+        return [ln.rsplit("|", 1)[1].strip() for ln in lines[1:]]
+
+    lean = modules("1")
+    assert "click" not in lean and "asyncio" not in lean and "boxlite.client.agent_client" not in lean
+    assert len(lean) <= IMPORT_BUDGET, f"{len(lean)} modules: {lean}"
+    assert "click" in modules("0")  # the budget measures something: the full path is the heavy one
+
+
+def test_lean_path_constants_match_the_runtime() -> None:
+    assert fastexec.CONFIG_VERSION == runtime_config.CONFIG_VERSION
+    assert fastexec.AGENT_SOCKET_NAME == layout.AGENT_SOCKET_NAME
+
+
+# --- a hostile agent: a fake running box whose agent socket this test serves ---------------------
+
+
+@pytest.fixture
+def fake_box(tmp_path: Path) -> Iterator[tuple[str, Callable[[Callable[[socket.socket], None]], None]]]:
+    """(home, serve): a record of a running detached namespace box (this process stands in for its
+    supervisor) and ``serve(behaviour)``, which answers its agent socket with ``behaviour``."""
+    home = Home.resolve(str(tmp_path / "home"))
+    db = StateDB(home.db_path)
+    box_id = "F" * 12
+    me = os.getpid()
+    rec = BoxRecord(id=box_id, name="fake", state="running", engine="namespace", created_at=now(),
+                    config=BoxConfig(detach=True), pid=me, pid_start=process_start_time(me))  # fmt: skip
+    db.insert(rec)
+    db.close()
+    run_dir = home.layout(box_id).run_dir
+    run_dir.mkdir(parents=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(run_dir / layout.AGENT_SOCKET_NAME))
+    server.listen(1)
+    threads: list[threading.Thread] = []
+
+    def serve(behaviour: Callable[[socket.socket], None]) -> None:
+        def handle() -> None:
+            conn, _ = server.accept()
+            with conn:
+                behaviour(conn)
+
+        t = threading.Thread(target=handle, daemon=True)
+        t.start()
+        threads.append(t)
+
+    yield str(home.root), serve
+    server.close()
+    for t in threads:
+        t.join(5)
+
+
+def _read_request(conn: socket.socket) -> dict[str, object]:
+    frames = p.FrameReader()
+    while True:
+        frames.feed(conn.recv(65536))
+        for kind, _channel, payload in frames:
+            if kind == p.REQUEST:
+                return p.decode_json(payload)
+
+
+def test_oversized_frame_from_the_agent_is_a_protocol_error(fake_box, capfd: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    home, serve = fake_box
+
+    def behaviour(conn: socket.socket) -> None:
+        body = _read_request(conn)
+        assert body["op"] == "exec" and body["argv"] == ["true"]
+        conn.sendall(p.encode_json(p.RESPONSE, 1, {"ok": True, "pid": 5}))
+        conn.sendall(p.HEADER.pack(p.MAX_PAYLOAD + 1, p.STDOUT, 1) + b"x" * 4096)
+        time.sleep(0.5)
+
+    serve(behaviour)
+    assert fastexec.try_exec(["fake", "true"], home) == 125
+    err = capfd.readouterr().err
+    assert err.startswith("boxlite: error: the agent of box FFFFFFFFFFFF broke the protocol") and "exceeds" in err
+
+
+def test_agent_that_never_answers_meets_the_deadline(
+    fake_box, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    home, serve = fake_box
+    monkeypatch.setattr(fastexec, "EXEC_TIMEOUT", 0.3)
+    done = threading.Event()
+    serve(lambda conn: (_read_request(conn), done.wait(5)))
+    t0 = time.monotonic()
+    assert fastexec.try_exec(["fake", "true"], home) == 125
+    done.set()
+    assert time.monotonic() - t0 < 3
+    assert "did not answer 'exec' within 0.3s" in capfd.readouterr().err
+
+
+def test_agent_going_away_mid_exec_is_an_error(fake_box, capfd: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    home, serve = fake_box
+
+    def behaviour(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.sendall(p.encode_json(p.RESPONSE, 1, {"ok": True, "pid": 5}) + p.encode(p.STDOUT, 1, b"partial\n"))
+
+    serve(behaviour)
+    assert fastexec.try_exec(["fake", "true"], home) == 125
+    out = capfd.readouterr()
+    assert out.out == "partial\n" and out.err == "boxlite: error: the agent of box FFFFFFFFFFFF went away\n"
+
+
+def test_unsound_home_or_unknown_box_falls_back(fake_box) -> None:  # type: ignore[no-untyped-def]
+    home, _serve = fake_box
+    assert fastexec.try_exec(["nobox", "true"], home) is None
+    assert fastexec.try_exec(["-t", "fake", "true"], home) is None
+    os.chmod(Path(home) / "state.db", 0o644)  # readable by others: Home/StateDB would fix it, the full path runs
+    assert fastexec.try_exec(["fake", "true"], home) is None
