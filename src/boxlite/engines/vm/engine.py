@@ -326,8 +326,6 @@ class VmEngine(Engine):
         relay_state: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
             relay_state = json.loads((run / vmcontrol.RELAY_STATE_NAME).read_text())
-        hello = int(relay_state.get("next") or 1)
-        relay_state["next"] = hello + 1
         disks = diskchain.chain(spec.box_dir, self.name)  # this box's own (a fork's are a copy)
         vm = replace(
             vm,
@@ -345,7 +343,7 @@ class VmEngine(Engine):
             console.replace(spec.layout.console_log_prev)
         spec.agent_socket.unlink(missing_ok=True)
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
-        more = {"hello_channel": hello, "relay_state": relay_state}
+        more: dict[str, object] = {"relay_state": relay_state}  # the relay's first hello takes its next channel
         running = await _with_bundle(
             spec, bundle, self._spawn_shim(spec, vm, timings, "resume", t0 + spec.ready_timeout, more)
         )
