@@ -22,7 +22,7 @@ def main() -> None:
             except BrokenPipeError:
                 pass
             sys.exit(code)
-    elif sys.argv[1:] == ["--version"]:
+    elif args == ["--version"]:
         from .. import __version__
 
         sys.stdout.write(f"boxlite, version {__version__}\n")
