@@ -25,17 +25,17 @@ from boxlite.runtime.home import Home
 from boxlite.runtime.state import BoxRecord, StateDB, now
 from support.cli import CLI, Cli
 
-pytestmark = pytest.mark.namespace_only  # the lean path serves namespace boxes (VM boxes: the full path)
-
+ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]  # as tests/conftest.py
 IMPORT_BUDGET = 90
 """Modules ``python -X importtime -m boxlite.cli exec`` may import on the lean path (73 today,
 interpreter start-up and the venv's .pth files included; the full path imports ~275)."""
 
 
-@pytest.fixture(scope="module")
-def fx(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Iterator[Cli]:
-    """A home with a running detached box ``fx`` (env, workdir set) and a stopped box ``st``."""
-    c = Cli(tmp_path_factory.mktemp("fastexec") / "home", busybox_rootfs, "namespace")
+@pytest.fixture(scope="module", params=ENGINES)
+def fx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Iterator[Cli]:
+    """A home with a running detached box ``fx`` (env, workdir set) and a stopped box ``st``, once
+    per engine of BOXLITE_TEST_ENGINES (module-scoped: two boots per engine for the whole file)."""
+    c = Cli(tmp_path_factory.mktemp("fastexec") / "home", busybox_rootfs, request.param)
     c.ok("run", "-d", "--name", "fx", "--network", "none", "-e", "FROMBOX=box", "-w", "/tmp",
          "--rootfs", str(busybox_rootfs), "sleep", "100000")  # fmt: skip
     c.ok("run", "--name", "st", "--network", "none", "--rootfs", str(busybox_rootfs), "true")

@@ -1,7 +1,7 @@
 """``boxlite exec BOX CMD...`` without click, asyncio or the SDK: the common form, whole-process fast.
 
 Importing the CLI and the runtime costs ~10x what the exec itself does. For the plain form
-(no ``-i``/``-t``, only ``-e``/``-w``/``-u``, a local home, a *running namespace* box named by
+(no ``-i``/``-t``, only ``-e``/``-w``/``-u``, a local home, a *running* box named by
 its full id or name, nothing for the runtime's crash recovery to do) this module reads the box's
 record with one SQLite query, builds the same ``exec`` request as ``BoxRuntime.exec_body`` and
 speaks the agent protocol (agent/protocol.py) over blocking sockets. Anything else returns
@@ -120,13 +120,13 @@ def _home(home: str | None) -> str:
 
 
 def resolve(db: sqlite3.Connection, ref: str) -> tuple[str, dict[str, Any]]:
-    """The box ``ref`` (full id or name) if it is a running namespace box the runtime would
+    """The box ``ref`` (full id or name) if it is a running box the runtime would
     use as it is; ``_Fallback`` otherwise (also when crash recovery has work to do)."""
     rows = db.execute("SELECT id, state, engine, data FROM boxes WHERE id = ? OR name = ?", (ref, ref)).fetchall()
     if len(rows) != 1:
         raise _Fallback
     box_id, state, engine, text = rows[0]
-    if state != "running" or engine != "namespace":
+    if state != "running" or engine not in ("namespace", "vm"):  # the VM relay serves the same socket
         raise _Fallback
     for (live,) in db.execute(f"SELECT data FROM boxes WHERE state IN {_LIVE}"):  # what sweep() would do
         try:
