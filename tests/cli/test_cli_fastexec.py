@@ -95,6 +95,24 @@ def test_lean_exec_values_and_prefix(fx: Cli) -> None:
     assert fx.ok("exec", box_id[:6], "echo", "by-prefix") == "by-prefix\n"  # the full path resolves prefixes
 
 
+def test_lean_exec_forwards_ctrl_c_and_sigpipe(fx: Cli) -> None:
+    import shlex
+    import signal
+
+    script = "trap 'echo got-int; exit 3' INT; echo ready; while true; do sleep 0.1; done"
+    proc = subprocess.Popen(fx.argv("exec", "fx", "sh", "-c", script), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=fx.env(), text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (3, "got-int\n", "")
+    cmd = shlex.join(fx.argv("exec", "fx", "yes"))
+    piped = subprocess.run(["bash", "-c", f'{cmd} | head -2; echo "status=${{PIPESTATUS[0]}}"'],
+                           capture_output=True, text=True, timeout=60, env=fx.env())  # fmt: skip
+    assert piped.stdout == "y\ny\nstatus=141\n", piped.stderr
+
+
 def _box_id(c: Cli, name: str) -> str:
     with sqlite3.connect(c.home / "state.db") as db:
         return str(db.execute("SELECT id FROM boxes WHERE name = ?", (name,)).fetchone()[0])
@@ -229,5 +247,11 @@ def test_unsound_home_or_unknown_box_falls_back(fake_box) -> None:  # type: igno
     home, _serve = fake_box
     assert fastexec.try_exec(["nobox", "true"], home) is None
     assert fastexec.try_exec(["-t", "fake", "true"], home) is None
+    for var in ("BOXLITE_LOG", "BOXLITE_DEBUG", "BOXLITE_REST_URL"):  # logs or another backend: the full CLI
+        os.environ[var] = "1"
+        try:
+            assert fastexec.try_exec(["fake", "true"], home) is None
+        finally:
+            del os.environ[var]
     os.chmod(Path(home) / "state.db", 0o644)  # readable by others: Home/StateDB would fix it, the full path runs
     assert fastexec.try_exec(["fake", "true"], home) is None

@@ -386,7 +386,7 @@ def try_exec(args: list[str], home: str | None = None) -> int | None:
     """Run ``boxlite exec ARGS`` the lean way and return its exit code, or None: use the full CLI."""
     if os.environ.get("BOXLITE_FAST_EXEC") == "0":  # the full path, for comparisons
         return None
-    if any(os.environ.get(k) for k in ("BOXLITE_REST_URL", "BOXLITE_RAY_ADDRESS", "BOXLITE_DEBUG")):
+    if any(os.environ.get(k) for k in ("BOXLITE_REST_URL", "BOXLITE_RAY_ADDRESS", "BOXLITE_DEBUG", "BOXLITE_LOG")):
         return None
     try:
         ref, argv, env, workdir, user = parse(args)
