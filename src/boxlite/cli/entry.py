@@ -13,9 +13,12 @@ def main() -> None:
     elif args[:1] and args[0].startswith("--home="):
         args, home = args[1:], args[0].partition("=")[2]
     if args[:1] == ["exec"] and home != "":
-        from .fastexec import try_exec
+        try:
+            from .fastexec import try_exec
 
-        code = try_exec(args[1:], home)
+            code = try_exec(args[1:], home)
+        except KeyboardInterrupt:  # before the command started (then signals are forwarded): as cli/main.py
+            sys.exit(130)
         if code is not None:
             try:
                 sys.stdout.flush()

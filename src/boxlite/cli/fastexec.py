@@ -114,7 +114,7 @@ def _home(home: str | None) -> str:
             st = os.stat(os.path.join(root, sub), follow_symlinks=False)
         except OSError:
             raise _Fallback from None
-        if st.st_mode & 0o7777 != mode or not (st.st_mode & 0o170000 == 0o040000):
+        if st.st_mode & 0o7777 != mode or st.st_mode & 0o170000 != 0o040000 or st.st_uid != os.geteuid():
             raise _Fallback
     return root
 
@@ -393,7 +393,7 @@ def try_exec(args: list[str], home: str | None = None) -> int | None:
         root = _home(home)
         db_path = os.path.join(root, "state.db")
         st = os.stat(db_path, follow_symlinks=False)
-        if st.st_mode & 0o170000 != 0o100000 or st.st_mode & 0o077:
+        if st.st_mode & 0o170000 != 0o100000 or st.st_mode & 0o077 or st.st_uid != os.geteuid():
             raise _Fallback  # sqlite_wal.make_private would fix it: let the full path
         db = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
         try:
