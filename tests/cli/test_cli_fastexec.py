@@ -255,3 +255,21 @@ def test_unsound_home_or_unknown_box_falls_back(fake_box) -> None:  # type: igno
             del os.environ[var]
     os.chmod(Path(home) / "state.db", 0o644)  # readable by others: Home/StateDB would fix it, the full path runs
     assert fastexec.try_exec(["fake", "true"], home) is None
+
+
+def test_help_summaries_match_the_verbs_own_help() -> None:
+    """``boxlite --help`` lists verbs from cli/summaries.py (no verb module imported): the same text
+    each verb's own help gives, at every width, and a summary for every verb."""
+    import importlib
+
+    import click
+
+    from boxlite.cli.main import COMMANDS
+    from boxlite.cli.summaries import SUMMARIES
+
+    assert set(SUMMARIES) == set(COMMANDS)
+    for name, (module, attr) in COMMANDS.items():
+        real = getattr(importlib.import_module(f"boxlite.cli.{module}"), attr)
+        for limit in (20, 45, 70, 200):
+            expected = real.get_short_help_str(limit)
+            assert click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit) == expected, name

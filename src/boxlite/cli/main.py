@@ -48,6 +48,22 @@ class Group(click.Group):
             prewarm(args[1:], ctx.params.get("home"))
         return super().resolve_command(ctx, args)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The verb list of ``--help`` from cli/summaries.py: no verb module is imported for it."""
+        from .summaries import SUMMARIES
+
+        commands = [
+            (name, self.commands.get(name) or click.Command(name, help=SUMMARIES[name]))
+            if name in SUMMARIES
+            else (name, self.get_command(ctx, name))
+            for name in self.list_commands(ctx)
+        ]
+        rows = [(name, cmd) for name, cmd in commands if cmd is not None and not cmd.hidden]
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in rows])
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         name = "ls" if cmd_name in ("ps", "list") else cmd_name  # `list`: BoxLite's name
         if name in COMMANDS and name not in self.commands:
