@@ -192,10 +192,13 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
             "virtio-blk-device,drive=upper,serial=boxlite-upper",
         ]
     argv += ["-netdev", netdev(cfg), "-device", "virtio-net-device,netdev=net0"]
-    # Free page reporting hands memory the guest frees back to the host. Not with template RAM:
-    # QEMU 7.2 discards by punching holes in the file, which every box restored from it maps.
-    reporting = "off" if cfg.ram_file or cfg.ram_anonymous else "on"  # the device as it was saved
-    argv += ["-device", f"virtio-balloon-device,free-page-reporting={reporting}"]
+    # Free page reporting hands memory the guest frees back to the host. No balloon at all with
+    # template RAM (nor in a box resumed from such memory: the device as it was saved): QEMU 7.2
+    # discards a file-backed block by punching holes in the file even when it is mapped private,
+    # and a guest may inflate its balloon whenever it likes, so a hostile guest kernel could zero
+    # pages of the template file under every other box restored from it.
+    if not (cfg.ram_file or cfg.ram_anonymous):
+        argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
     if agent_fd is not None:
         argv += [
             "-chardev",

@@ -30,7 +30,7 @@ from .qemu import VmConfig, console_tail, qemu_binary
 
 log = logging.getLogger("boxlite.vm")
 TEMPLATE_MAX_AGE = 14 * 86400
-TEMPLATE_FORMAT = 4  # 2: guest RAM in .ram, mapped by restored boxes; 3: + a NIC; 4: RTC back
+TEMPLATE_FORMAT = 5  # 2: guest RAM in .ram, mapped by restored boxes; 3: + a NIC; 4: RTC back; 5: no balloon
 
 RunShim = Callable[
     [VmConfig, Path, Path, "int | None", float, "dict[str, object]"],
