@@ -19,7 +19,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,44 +26,11 @@ from typing import Any
 import pytest
 
 from support import privnet
+from support.mibserver import serve
 
 LISTED6, REFUSED6 = "fd77::2", "fd77::3"
 VALUE = "sk-v6-hostpath-real-7c31"
 MIB = 2
-
-
-def serve(addr: str, port: int, log: Path) -> None:
-    """``GET /<n>``: n MiB of body; every request is logged as ``addr:port request``."""
-    srv = socket.create_server((addr, port), family=socket.AF_INET6)
-    lock = threading.Lock()
-
-    def one(conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.settimeout(30)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                with lock, open(log, "a") as f:
-                    f.write(json.dumps({"server": f"{addr}:{port}", "request": data.decode(errors="replace")}) + "\n")
-                path = data.split(b" ")[1][1:].split(b"?")[0]
-                n = int(path) << 20 if path.isdigit() else 0
-                conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % n)
-                block = b"x" * 65536
-                for _ in range(n // len(block)):
-                    conn.sendall(block)
-            except (OSError, ValueError, IndexError):
-                pass
-
-    def loop() -> None:
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
 
 
 def remote_main(home: str) -> None:
