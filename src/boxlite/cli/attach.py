@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from ..api.execution import ExecStdin, Execution
 from ..api.results import ExecStatus
+from .fdwrite import write_all
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 OUTPUT_GRACE = 1.0  # seconds to keep draining output after the command exited
@@ -109,7 +110,7 @@ class Attachment:
             if broken:
                 continue
             try:
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
             except BrokenPipeError:  # like a local pipeline: the writer gets SIGPIPE
                 broken = True  # and we keep consuming so it is not blocked by flow control
                 self._spawn(self.execution.signal(signal.SIGPIPE))
@@ -169,19 +170,6 @@ class Attachment:
 def _set_once(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            import select
-
-            select.select([], [fd], [])
-            continue
-        view = view[n:]
 
 
 def stdin_is_tty() -> bool:

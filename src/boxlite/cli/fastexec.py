@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - a Python without the split
     import sqlite3  # type: ignore[no-redef]
 
 from ..agent import protocol as p
+from .fdwrite import write_all
 
 TYPE_CHECKING = False  # not from typing (~4 ms to import): this module exists to be quick
 if TYPE_CHECKING:
@@ -281,23 +282,12 @@ class Session:
         fd = 1 if kind == p.STDOUT else 2
         if not self.broken[fd]:
             try:
-                _write_all(fd, payload)
+                write_all(fd, payload)
             except BrokenPipeError:  # like a local pipeline: the writer gets SIGPIPE
                 self.broken[fd] = True
                 self.control({"op": "signal", "signal": int(signal.SIGPIPE)})
         self.credit[kind] += len(payload)  # consumed (or dropped): the agent may send as much again
         self.send(p.encode_credit(1, kind, len(payload)))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[n:]
 
 
 def error(message: str) -> None:

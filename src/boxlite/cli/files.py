@@ -16,6 +16,7 @@ from ..api.runtime import Boxlite
 from ..errors import RequestTooLargeError
 from .common import complete_box, find_box, with_runtime
 from .errors import fail
+from .fdwrite import write_all
 
 STREAM_MAX = 1 << 30
 """Default cap (bytes) of a tar stream ``cp`` reads from stdin or writes to stdout; a box (or a
@@ -82,15 +83,9 @@ async def _tar_to_stdout(box: Box, path: str, limit: int) -> None:
             sent += len(chunk)
             if sent > limit:
                 raise RequestTooLargeError(f"the tar of {path} is larger than {limit} bytes (BOXLITE_CP_MAX_BYTES)")
-            _write_all(1, chunk)
+            write_all(1, chunk)
     finally:
         await chunks.aclose()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 async def _tar_from_stdin(box: Box, dest: str, limit: int) -> None:
