@@ -474,12 +474,16 @@ class RayBackend(Backend):
         u = self._unborn.pop(box_id)
         self._pend(u.node_id, u.delta, -1)
 
-    def _made(self, box_id: str, node_id: str, info: BoxInfo) -> BoxInfo:
-        """An unborn box exists now, on ``node_id``."""
-        u = self._unborn.pop(box_id)
+    def _made(self, box_id: str, info: BoxInfo | None = None) -> None:
+        """An unborn box its node made (``info``: its answer), or may have made (none: the call
+        failed or was lost on the way): from now on its node's answers count."""
+        u = self._unborn.pop(box_id, None)
+        if u is None:
+            return
         self._pend(u.node_id, u.delta, -1)
-        self._count_made(node_id, u.delta)
-        return self._seen(info, node_id)
+        self._count_made(u.node_id, u.delta)
+        if info is not None:
+            self._seen(info, u.node_id)
 
     async def _born(self, box_id: str) -> None:
         """Make an unborn box on its node (one ``create`` call), or wait for the call making it."""
@@ -518,7 +522,7 @@ class RayBackend(Backend):
                 refused.add(u.node_id)
                 await self._replace(box_id, u, refused)
                 continue
-            self._made(box_id, u.node_id, info)
+            self._made(box_id, info)
             return
 
     async def _replace(self, box_id: str, u: _Unborn, refused: set[str]) -> None:
@@ -724,30 +728,20 @@ class RayBackend(Backend):
                 await channel.start(self.o.create_timeout)
             except ResourceExhaustedError:
                 if not channel.create_failed:
-                    self._made_unknown(box_id, u)
+                    self._made(box_id)
                     raise
                 refused.add(u.node_id)
                 await self._replace(box_id, u, refused)
                 continue
             except BoxliteError:
                 if not channel.create_failed:  # made; its command failed
-                    self._made_unknown(box_id, u)
+                    self._made(box_id)
                 raise
             except BaseException:
-                self._made_unknown(box_id, u)  # lost on the way (node gone, cancelled): as if made
+                self._made(box_id)  # lost on the way (node gone, cancelled): as if made
                 raise
-            if channel.created is not None:
-                self._made(box_id, u.node_id, channel.created)
-            else:
-                self._made_unknown(box_id, u)
+            self._made(box_id, channel.created)
             return channel
-
-    def _made_unknown(self, box_id: str, u: _Unborn) -> None:
-        """An unborn box its node made, or may have made: from now on its node's answers count."""
-        if box_id in self._unborn:
-            self._unborn.pop(box_id)
-            self._pend(u.node_id, u.delta, -1)
-            self._count_made(u.node_id, u.delta)
 
     async def copy_in(
         self, box_id: str, chunks: AsyncIterable[bytes], dest: str, name: str, include_parent: bool,
