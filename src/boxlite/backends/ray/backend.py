@@ -14,6 +14,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
+import pickle
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
@@ -40,7 +41,7 @@ from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, check_signal
 from .channel import STREAM_BACKPRESSURE, RayChannel
 from .directory import open_directory
-from .node import CHUNK, MAX_BEGIN_WAIT, NodeService
+from .node import CHUNK, MAX_BEGIN_WAIT, PACKED, NodeService, pack
 from .placement import STRATEGIES, NodeLoad, choose
 
 LOST = "lost"
@@ -132,6 +133,8 @@ class NodeRef:
 
     @staticmethod
     def unwrap(envelope: Any) -> Any:
+        if isinstance(envelope, bytes):  # an answer of ``packed``
+            envelope = pickle.loads(envelope)
         kind, value = envelope
         if kind == "ok":
             return value
@@ -165,11 +168,13 @@ class NodeRef:
 
     async def call(self, method: str, *args: Any, timeout: float | None = -1.0) -> Any:
         """A local-backend method on the node (``timeout`` -1: the call deadline)."""
-        return await self._await(self.h.call.remote(method, *args), self._deadline(timeout))
+        return await self._await(self.h.packed.remote("call", pack((method, *args))), self._deadline(timeout))
 
     async def call_raw(self, method: str, *args: Any, timeout: float | None = -1.0) -> Any:
         """A node-service method (exec and copy plumbing)."""
-        return await self._await(getattr(self.h, method).remote(*args), self._deadline(timeout))
+        packed = method in PACKED
+        ref = self.h.packed.remote(method, pack(args)) if packed else getattr(self.h, method).remote(*args)
+        return await self._await(ref, self._deadline(timeout))
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self._o.call_timeout if timeout == -1.0 else timeout
@@ -177,7 +182,7 @@ class NodeRef:
     def call_sync(self, method: str, *args: Any) -> Any:
         ray = _ray()
         try:
-            envelope = ray.get(self.h.call.remote(method, *args), timeout=self._o.call_timeout)
+            envelope = ray.get(self.h.packed.remote("call", pack((method, *args))), timeout=self._o.call_timeout)
         except BoxliteError:
             raise
         except Exception as e:

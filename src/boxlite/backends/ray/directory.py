@@ -12,6 +12,7 @@ replaces the entries of the node it succeeds: boxes that did not survive are no 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,10 @@ class Directory:
         if info.name:
             self._names[info.name] = info.id
 
-    def replace(self, node_id: str, home: str, infos: list[BoxInfo]) -> None:
-        """All boxes of ``node_id``; entries of an earlier node on the same home are dropped."""
+    def replace(self, node_id: str, home: str, infos: list[BoxInfo] | bytes) -> None:
+        """All boxes of ``node_id``; entries of an earlier node on the same home are dropped.
+        ``infos`` may come pickled (``node.pack``: cheaper for Ray to carry than the dataclasses)."""
+        infos = _unpacked(infos)
         old = {n for n, h in self._homes.items() if h == home} | {node_id}
         for n in old - {node_id}:
             del self._homes[n]
@@ -63,8 +66,9 @@ class Directory:
         for info in infos:
             self._put(node_id, info)
 
-    def update(self, node_id: str, infos: list[BoxInfo], removed: list[str]) -> None:
-        """Boxes of ``node_id`` that changed, and ids it no longer has."""
+    def update(self, node_id: str, infos: list[BoxInfo] | bytes, removed: list[str]) -> None:
+        """Boxes of ``node_id`` that changed (maybe pickled, as for ``replace``), and ids it no longer has."""
+        infos = _unpacked(infos)
         for box_id in removed:
             if (entry := self._boxes.get(box_id)) is not None and entry.node_id == node_id:
                 self._drop(box_id)
@@ -86,6 +90,11 @@ class Directory:
 
     def size(self) -> int:
         return len(self._boxes)
+
+
+def _unpacked(infos: list[BoxInfo] | bytes) -> list[BoxInfo]:
+    value = pickle.loads(infos) if isinstance(infos, bytes) else infos
+    return [i for i in value if isinstance(i, BoxInfo)] if isinstance(value, list) else []
 
 
 def head_node_id(nodes: list[dict[str, Any]]) -> str | None:
