@@ -5,13 +5,15 @@ to a service inside the box, on both engines, also when the box has no network; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import socket
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -48,9 +50,21 @@ async def read_all(conn: network.BoxConnection) -> bytes:
     return b"".join(parts)
 
 
-async def echo_through(conn: Any, payload: bytes, chunk: int) -> bytes:
+T = TypeVar("T")
+
+
+async def within(seconds: float, step: str, aw: Awaitable[T]) -> T:
+    """``aw``'s result, or a failure naming ``step`` once ``seconds`` passed: a hang says which
+    step hung instead of ending in pytest-timeout's dump of an idle event loop."""
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{step}: not done within {seconds:g} s") from None
+
+
+async def echo_through(conn: Any, payload: bytes, chunk: int, deadline: float = 90) -> bytes:
     """Write ``payload`` in ``chunk``-byte pieces while reading everything back (an echo service),
-    then close the connection; what came back."""
+    then close the connection; what came back. Each step has ``deadline`` seconds."""
 
     async def send() -> None:
         for i in range(0, len(payload), chunk):
@@ -58,9 +72,12 @@ async def echo_through(conn: Any, payload: bytes, chunk: int) -> bytes:
         await conn.shutdown_write()
 
     sender = asyncio.ensure_future(send())
-    echoed = await asyncio.wait_for(read_all(conn), 300)
-    await sender
-    await conn.close()
+    try:
+        echoed = await within(deadline, "echo: reading the bytes back", read_all(conn))
+        await within(deadline, "echo: writing the bytes (then the half-close)", sender)
+    finally:
+        sender.cancel()
+    await within(30, "echo: closing the connection", conn.close())
     return echoed
 
 
@@ -237,11 +254,26 @@ async def test_hostile_box_sides_are_cut_off(monkeypatch: pytest.MonkeyPatch) ->
 # --- over REST: the same API, the bytes on a WebSocket (server/routes_tunnel.py) -----------------
 
 
+async def push_until_closed(ws: Any, limit: int) -> int:
+    """A client ignoring the server's credit: 64 KiB messages until the server closes the
+    connection (or ``limit`` bytes went out); how many bytes were sent."""
+    from websockets.exceptions import ConnectionClosed
+
+    sent = 0
+    with contextlib.suppress(ConnectionClosed):
+        while sent < limit:
+            await ws.send(b"x" * 65536)
+            sent += 65536
+            await asyncio.sleep(0)  # lets the server's close frame in between the sends
+        async for _ in ws:
+            pass
+    return sent
+
+
 async def test_tunnel_over_rest(engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
     """A REST runtime's ``box.network.tunnel``: bytes both ways with half-close, typed errors; a
     client ignoring the server's credit is cut off (what the server holds stays bounded)."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
 
     from rest.serverproc import API_KEY, serving_tcp
 
@@ -249,40 +281,44 @@ async def test_tunnel_over_rest(engine: str, busybox_rootfs: Path, tmp_path: Pat
         rt = boxlite.Boxlite.rest(
             boxlite.BoxliteRestOptions(url=server.url, credential=boxlite.ApiKeyCredential(API_KEY))
         )
-        box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), network="disabled"))
+        opts = boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), network="disabled")
+        box = await within(60, "create the box", rt.create(opts))
         try:
-            await box.start()
-            await (await box.exec("sh", ["-c", "nc -ll -p 7000 -e cat & true"])).wait()
+            await within(60, "start the box", box.start())
+            execution = await within(
+                30, "start the echo service", box.exec("sh", ["-c", "nc -ll -p 7000 -e cat & true"])
+            )
+            await within(30, "start the echo service (its shell's exit)", execution.wait())
             payload = os.urandom(1 << 20)
             for _ in range(100):
                 try:
-                    conn = await (await box.network.tunnel(7000)).connect()
+                    tunnel = await within(30, "open the tunnel", box.network.tunnel(7000))
                     break
                 except boxlite.NetworkError:
                     await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("nothing listens on 7000")
 
-            echoed = await echo_through(conn, payload, 50_000)
+            echoed = await echo_through(await tunnel.connect(), payload, 50_000, deadline=45)
             assert echoed == payload, len(echoed)
             with pytest.raises(boxlite.NetworkError, match="refused"):
-                await box.network.tunnel(7999)
-            # A hostile client: 4 MiB pushed without waiting for credit gets the connection closed.
+                await within(30, "a tunnel to a closed port", box.network.tunnel(7999))
+            # A hostile client pushes without waiting for credit. The server grants credit as the
+            # box's side takes the bytes, and that side buffers MiBs (TCP buffers in the box grow
+            # with the traffic: about 10 MiB measured): no fixed amount is sure to be beyond the
+            # credit, so push until the server closes the connection (1008) once the client is a
+            # window ahead of what the box took.
             ws_url = server.url.replace("http://", "ws://") + f"/v1/boxes/{box.id}/network/tunnel/7000"
             headers = {"Authorization": f"Bearer {API_KEY}"}
-            async with connect(ws_url, additional_headers=headers, max_size=None) as ws:
-                assert json.loads(await ws.recv())["type"] == "connected"
-                code = None
-                try:
-                    for _ in range(64):
-                        await ws.send(b"x" * 65536)
-                    async for _ in ws:
-                        pass
-                except ConnectionClosed:
-                    pass
-                code = ws.close_code
-            assert code == 1008, code
+            # max_queue=None: this client never stops reading, so it sees the close frame mid-push
+            async with connect(ws_url, additional_headers=headers, max_size=None, max_queue=None) as ws:
+                assert json.loads(await within(30, "hostile client: the answer", ws.recv()))["type"] == "connected"
+                limit = 64 << 20
+                pushed = await within(60, "hostile client: pushing until closed", push_until_closed(ws, limit))
+            assert ws.close_code == 1008 and pushed < limit, (ws.close_code, pushed)
         finally:
-            await box.stop()
-            await rt.shutdown()
+            await within(60, "stop the box", box.stop())
+            await within(30, "shut the runtime down", rt.shutdown())
 
 
 def test_tunnel_from_synchronous_code(engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
