@@ -254,6 +254,65 @@ async def test_hostile_box_sides_are_cut_off(monkeypatch: pytest.MonkeyPatch) ->
 # --- over REST: the same API, the bytes on a WebSocket (server/routes_tunnel.py) -----------------
 
 
+class FakeWebSocket:
+    """The server's side of a tunnel WebSocket, fed by the test."""
+
+    def __init__(self) -> None:
+        from starlette.websockets import WebSocketState
+
+        self.application_state = WebSocketState.CONNECTED
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: list[Any] = []
+        self.close_code: int | None = None
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    async def receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        from starlette.websockets import WebSocketState
+
+        self.application_state, self.close_code = WebSocketState.DISCONNECTED, code
+
+
+class GoneBoxConnection:
+    """The box's side of a tunnel that went away: writes fail, reads see the end."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def read(self, max_bytes: int) -> bytes:
+        return b""
+
+    async def write(self, data: bytes) -> int:
+        raise boxlite.NetworkError("write tunnel connection: [Errno 32] Broken pipe")
+
+    async def shutdown_write(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_rest_tunnel_session_ends_when_the_box_side_is_gone() -> None:
+    """A write to a box whose side is gone ends the server's session (the WebSocket closes, so the
+    client's writer fails) instead of leaving the client waiting for credit forever."""
+    from boxlite.server.routes_tunnel import TunnelSession
+
+    ws, conn = FakeWebSocket(), GoneBoxConnection()
+    session = asyncio.ensure_future(TunnelSession(ws, conn).run())  # type: ignore[arg-type]
+    await ws.incoming.put({"type": "websocket.receive", "bytes": b"x" * 1000})
+    await within(10, "the session's end", session)
+    assert conn.closed and ws.close_code == 1000
+    assert ws.sent[0]["type"] == "connected" and {"type": "eof"} in ws.sent
+    assert not any(m.get("type") == "credit" for m in ws.sent if isinstance(m, dict))
+
+
 async def push_until_closed(ws: Any, limit: int) -> int:
     """A client ignoring the server's credit: 64 KiB messages until the server closes the
     connection (or ``limit`` bytes went out); how many bytes were sent."""

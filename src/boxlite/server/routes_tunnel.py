@@ -56,7 +56,6 @@ class TunnelSession:
         self.credit = WINDOW  # what the client still lets us send
         self.credit_event = asyncio.Event()
         self.held = 0  # client bytes received, not yet credited back
-        self.client_eof = asyncio.Event()
         self.inbound: asyncio.Queue[bytes | None] = asyncio.Queue()  # within WINDOW: `held` bounds it
         self.lock = asyncio.Lock()
 
@@ -70,16 +69,19 @@ class TunnelSession:
     async def run(self) -> None:
         """Until both sides ended their bytes, or either went away."""
         to_client = asyncio.ensure_future(self._to_client())
+        to_box = asyncio.ensure_future(self._to_box())
 
         async def both_ended() -> None:
             await to_client
-            await self.client_eof.wait()
+            # raises when a write to the box failed (its side is gone): the session ends rather
+            # than leave a client with more to send waiting for credit that never comes
+            await to_box
 
         tasks = [
             to_client,
             asyncio.ensure_future(both_ended()),
             asyncio.ensure_future(self._from_client()),
-            asyncio.ensure_future(self._to_box()),
+            to_box,
         ]
         try:
             await self._send({"type": "connected", "window": WINDOW})
@@ -115,7 +117,6 @@ class TunnelSession:
             self.held -= len(data)
             await self._send({"type": "credit", "bytes": len(data)})
         await self.conn.shutdown_write()
-        self.client_eof.set()
 
     async def _from_client(self) -> None:
         while True:
