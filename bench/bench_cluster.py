@@ -14,7 +14,8 @@ local, ...), each on its own N boxes (busybox rootfs, no network):
   * creation: N boxes created and started (``create`` + the first exec of ``true``),
     ``--concurrency`` at a time; throughput = N / wall time, one sample per run;
   * exec latency: ``Box.exec("true")`` + wait in each of the N boxes, shuffled, one at a time;
-then the boxes are removed (not timed). The cluster's targets (issue 14): exec overhead <= 5 ms
+then the boxes are removed (not timed) and the machine gets ``SETTLE_S`` to finish the kernel's
+deferred teardown before the next contender. The cluster's targets (issue 14): exec overhead <= 5 ms
 per exec over local (difference of medians), creation throughput >= 80% of local.
 """
 
@@ -41,6 +42,9 @@ N_ENV = "BOXLITE_BENCH_CLUSTER_N"
 LOCAL, CLUSTER = "local runtime", "cluster runtime (Ray, 2 nodes)"
 TARGET_OVERHEAD_S = 0.005
 TARGET_CREATE_RATIO = 0.8
+SETTLE_S = 2.0
+"""Pause after each contender's removals, so the kernel's deferred teardown of N boxes (cgroups,
+namespaces) is not billed to whichever contender runs next."""
 
 
 class LocalRay:
@@ -154,6 +158,7 @@ async def bench(args: Any, counts: list[int], rootfs: Path, work: Path, address:
                         latencies[name] += await bl.exec_true_latencies(boxes)
                     finally:
                         await remove_all(rt, boxes)
+                        await asyncio.sleep(SETTLE_S)  # the kernel frees the boxes' cgroups after they are gone
                     print(f"N={n} run {run} {name}: {n / seconds:.1f} boxes/s", file=sys.stderr, flush=True)
             for name in runtimes:
                 create.add(name, rates[name], "boxes/s")
