@@ -173,87 +173,193 @@ class RegistryClient:
         return bytes(body), resp.headers.get("content-type", ""), digest
 
     async def download_blob(
-        self, repo: str, desc: Descriptor, partial: Path, progress: Callable[[int], None] | None = None
+        self,
+        repo: str,
+        desc: Descriptor,
+        partial: Path,
+        progress: Callable[[int], None] | None = None,
+        tail: BlobTail | None = None,
     ) -> None:
         """Make ``partial`` hold the verified content of ``desc``.
 
         Resumes from an existing ``partial`` with a Range request, retries broken transfers,
         and restarts once from zero when the finished content does not match the digest.
         Raises DigestMismatchError (and removes ``partial``) when it still does not match.
+
+        ``tail`` lets another thread read the blob while it arrives; it ends only once the blob
+        is verified and is aborted first whenever written bytes are thrown away (and when
+        ``partial`` already held some: a resumed blob is not streamed).
         """
         url = f"{self.base}/{repo}/blobs/{desc.digest}"
         hasher, have = _hash_existing(partial, desc.size)
         fresh_restarts = 1
         failures = stalls = 0
-        with open(partial, "ab") as f:
-            while True:
-                if have == desc.size:
-                    if "sha256:" + hasher.hexdigest() == desc.digest:
-                        f.flush()
-                        os.fsync(f.fileno())
-                        return
+        if tail is not None and have:
+            tail.abort()
+        try:
+            with open(partial, "ab") as f:
+                if tail is not None:
+                    tail.open(partial)
+
+                def restart() -> None:  # written bytes are thrown away: a tail reading them must stop first
+                    nonlocal hasher, have
+                    if tail is not None:
+                        tail.abort()
                     f.truncate(0)
                     hasher, have = hashlib.sha256(), 0
-                    if fresh_restarts == 0:
-                        f.close()
-                        partial.unlink(missing_ok=True)
-                        raise DigestMismatchError(f"blob {desc.digest}: content does not match its digest")
-                    fresh_restarts -= 1
-                headers = {"Range": f"bytes={have}-"} if have else {}
-                start = have
-                try:
-                    resp = await self._send("GET", url, _scope(repo), headers)
-                    paced = _Paced(resp, self.limits, f"blob {desc.digest}")
+
+                while True:
+                    if have == desc.size:
+                        if "sha256:" + hasher.hexdigest() == desc.digest:
+                            f.flush()
+                            os.fsync(f.fileno())
+                            if tail is not None:
+                                tail.finish(have)
+                            return
+                        restart()
+                        if fresh_restarts == 0:
+                            f.close()
+                            partial.unlink(missing_ok=True)
+                            raise DigestMismatchError(f"blob {desc.digest}: content does not match its digest")
+                        fresh_restarts -= 1
+                    headers = {"Range": f"bytes={have}-"} if have else {}
+                    start = have
                     try:
-                        if have and not (resp.status_code == 206 and _range_start(resp) == have):
-                            f.truncate(0)
-                            hasher, have = hashlib.sha256(), 0
-                        while chunk := await paced.read():
-                            if have + len(chunk) > desc.size:
-                                f.truncate(0)
-                                hasher, have = hashlib.sha256(), 0
-                                raise _TooLong()
-                            f.write(chunk)
-                            hasher.update(chunk)
-                            have += len(chunk)
-                            if progress:
-                                progress(have)
-                    finally:
-                        await paced.close()
-                        await resp.aclose()
-                except _TooLong:
-                    if fresh_restarts == 0:
-                        f.close()
-                        partial.unlink(missing_ok=True)
-                        raise DigestMismatchError(f"blob {desc.digest} is larger than {desc.size} bytes") from None
-                    fresh_restarts -= 1
-                    continue
-                except _Stalled as e:  # progress does not reset this count: a trickle must end
-                    stalls += 1
-                    if stalls >= self.retry.attempts:
-                        raise RegistryTimeoutError(
-                            f"{self.registry.host}: download of {desc.digest} stalled: {e}"
-                        ) from None
-                    continue
-                except httpx.TransportError as e:
-                    failures = 1 if have > start else failures + 1  # progress resets the count
-                    if failures >= self.retry.attempts:
+                        resp = await self._send("GET", url, _scope(repo), headers)
+                        paced = _Paced(resp, self.limits, f"blob {desc.digest}")
+                        try:
+                            if have and not (resp.status_code == 206 and _range_start(resp) == have):
+                                restart()
+                            while chunk := await paced.read():
+                                if have + len(chunk) > desc.size:
+                                    restart()
+                                    raise _TooLong()
+                                f.write(chunk)
+                                hasher.update(chunk)
+                                have += len(chunk)
+                                if tail is not None:
+                                    f.flush()
+                                    tail.advance(have)
+                                if progress:
+                                    progress(have)
+                        finally:
+                            await paced.close()
+                            await resp.aclose()
+                    except _TooLong:
+                        if fresh_restarts == 0:
+                            f.close()
+                            partial.unlink(missing_ok=True)
+                            raise DigestMismatchError(f"blob {desc.digest} is larger than {desc.size} bytes") from None
+                        fresh_restarts -= 1
+                        continue
+                    except _Stalled as e:  # progress does not reset this count: a trickle must end
+                        stalls += 1
+                        if stalls >= self.retry.attempts:
+                            raise RegistryTimeoutError(
+                                f"{self.registry.host}: download of {desc.digest} stalled: {e}"
+                            ) from None
+                        continue
+                    except httpx.TransportError as e:
+                        failures = 1 if have > start else failures + 1  # progress resets the count
+                        if failures >= self.retry.attempts:
+                            raise RegistryError(
+                                f"{self.registry.host}: download of {desc.digest} failed: {type(e).__name__}: {e}"
+                            ) from e
+                        await asyncio.sleep(self.retry.delay(failures))
+                        continue
+                    except httpx.HTTPError as e:
                         raise RegistryError(
                             f"{self.registry.host}: download of {desc.digest} failed: {type(e).__name__}: {e}"
                         ) from e
-                    await asyncio.sleep(self.retry.delay(failures))
-                    continue
-                except httpx.HTTPError as e:
-                    raise RegistryError(
-                        f"{self.registry.host}: download of {desc.digest} failed: {type(e).__name__}: {e}"
-                    ) from e
-                if have < desc.size:  # clean EOF but short: count as a broken transfer
-                    failures = 1 if have > start else failures + 1
-                    if failures >= self.retry.attempts:
-                        raise RegistryError(
-                            f"{self.registry.host}: {desc.digest} ended after {have} of {desc.size} bytes"
-                        )
-                    await asyncio.sleep(self.retry.delay(failures))
+                    if have < desc.size:  # clean EOF but short: count as a broken transfer
+                        failures = 1 if have > start else failures + 1
+                        if failures >= self.retry.attempts:
+                            raise RegistryError(
+                                f"{self.registry.host}: {desc.digest} ended after {have} of {desc.size} bytes"
+                            )
+                        await asyncio.sleep(self.retry.delay(failures))
+        finally:
+            if tail is not None:
+                tail.abort()  # no-op once finished
+
+
+class TailAborted(Exception):
+    """The download a :class:`BlobTail` follows threw bytes away, failed or was cancelled."""
+
+
+class BlobTail:
+    """Reads a blob from another thread while :meth:`RegistryClient.download_blob` writes it.
+
+    :meth:`read` returns only bytes already written, and its end (``b""``) only once the whole
+    blob has been verified against its digest; once aborted (before the download truncates
+    what it wrote, or when it fails) every read raises :class:`TailAborted`, so whatever was
+    made from the bytes read is thrown away. Aborting is final: a tail that ended was never
+    aborted, so every byte it returned is part of the verified blob.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._fd: int | None = None
+        self._have = 0
+        self._pos = 0
+        self._finished = False
+        self._aborted = False
+
+    # -- writer side (the downloading coroutine) --------------------------------------
+    def open(self, path: Path) -> None:
+        """Open the partial file for reading (before it can be renamed into the store)."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with self._cv:
+            if self._fd is None and not self._aborted:
+                self._fd, fd = fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def advance(self, have: int) -> None:
+        """The first ``have`` bytes are written (and flushed to the file)."""
+        with self._cv:
+            self._have = have
+            self._cv.notify_all()
+
+    def finish(self, size: int) -> None:
+        """The blob is complete and verified: ``size`` bytes."""
+        with self._cv:
+            if not self._aborted:
+                self._have, self._finished = size, True
+            self._cv.notify_all()
+
+    def abort(self) -> None:
+        with self._cv:
+            if not self._finished:
+                self._aborted = True
+            self._cv.notify_all()
+
+    # -- reader side (one thread) ------------------------------------------------------
+    interrupt = abort  # the reader gives up: the download goes on, unaffected
+
+    def read(self, n: int = -1, /) -> bytes:
+        with self._cv:
+            while not self._aborted and not self._finished and self._pos >= self._have:
+                self._cv.wait()
+            if self._aborted or self._fd is None:
+                raise TailAborted("the download was restarted, failed or was cancelled")
+            fd, pos, avail = self._fd, self._pos, self._have - self._pos
+        if avail <= 0:
+            return b""
+        data = os.pread(fd, avail if n < 0 else min(n, avail), pos)
+        if not data:
+            raise TailAborted("the partial download shrank")
+        with self._cv:
+            self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        """Close the reading fd (once the reader is done)."""
+        with self._cv:
+            fd, self._fd = self._fd, None
+            self._aborted = self._aborted or not self._finished
+        if fd is not None:
+            os.close(fd)
 
 
 class _TooLong(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import (
+    BoxliteError,
     ConfigError,
     ImageError,
     ImageTooLargeError,
@@ -34,10 +36,11 @@ from .types import ImageConfig, ImageInfo, PreparedImage, PullProgress
 # importer are imported where they are used: a runtime that only execs in running boxes (e.g.
 # `boxlite exec`) makes an ImageManager but never pulls, unpacks or imports.
 if TYPE_CHECKING:
-    from .client import RegistryClient
-    from .manifest import Descriptor
+    from .client import BlobTail, RegistryClient
+    from .manifest import Descriptor, Manifest
 
 ProgressFn = Callable[[PullProgress], None]
+log = logging.getLogger("boxlite.images")
 
 
 class ImageManager:
@@ -98,13 +101,17 @@ class ImageManager:
         The whole pull must finish within ``limits.pull_timeout`` seconds (RegistryTimeoutError);
         partial downloads stay in the store's tmp dir and resume on the next pull.
         """
+        return await self._pull_within_deadline(ref, progress, unpack=False)
+
+    async def _pull_within_deadline(self, ref: str, progress: ProgressFn | None, unpack: bool) -> ImageInfo:
+        """:meth:`pull`; with ``unpack`` layers are also unpacked while they download."""
         timeout = self.limits.pull_timeout or None
         try:
             with step("pull", reference=ref):
                 if sys.version_info >= (3, 11):  # same task: the gc lock is released as the pull ends
                     async with asyncio.timeout(timeout):
-                        return await self._pull(ref, progress)
-                return await asyncio.wait_for(self._pull(ref, progress), timeout)
+                        return await self._pull(ref, progress, unpack)
+                return await asyncio.wait_for(self._pull(ref, progress, unpack), timeout)
         except RegistryTimeoutError:
             raise
         except asyncio.TimeoutError:
@@ -112,7 +119,7 @@ class ImageManager:
                 f"pull of {ref} did not finish within {timeout} s ({ENV['pull_timeout']})"
             ) from None
 
-    async def _pull(self, ref: str, progress: ProgressFn | None) -> ImageInfo:
+    async def _pull(self, ref: str, progress: ProgressFn | None, unpack: bool = False) -> ImageInfo:
         from .build import LOCAL_REGISTRY
 
         parsed = parse_reference(ref)
@@ -124,7 +131,7 @@ class ImageManager:
         first_error: RegistryError | None = None
         for cand in self._candidates(parsed):
             try:
-                return await self._pull_one(cand, progress)
+                return await self._pull_one(cand, progress, unpack)
             except RegistryError as e:
                 if parsed.explicit_registry:
                     raise
@@ -132,7 +139,7 @@ class ImageManager:
         assert first_error is not None
         raise first_error
 
-    async def _pull_one(self, ref: Reference, progress: ProgressFn | None) -> ImageInfo:
+    async def _pull_one(self, ref: Reference, progress: ProgressFn | None, unpack: bool = False) -> ImageInfo:
         from .catalog import record_image
         from .manifest import INDEX_TYPES, load_json, media_type_of, parse_manifest, select_platform
 
@@ -152,19 +159,29 @@ class ImageManager:
                 manifest = parse_manifest(doc)
                 self.limits.check_manifest(manifest, str(ref))
                 await self._fetch_blob(client, ref.repository, manifest.config, None)
+                plan = self._stream_plan(manifest, str(ref)) if unpack else None
                 sem = asyncio.Semaphore(self.max_concurrent_downloads)
 
-                async def one(d: Descriptor) -> None:
+                async def one(i: int, d: Descriptor) -> None:
                     async with sem:
-                        await self._fetch_blob(client, ref.repository, d, progress)
+                        await self._fetch_blob(client, ref.repository, d, progress, plan and (plan[0][i], plan[1]))
 
-                await asyncio.gather(*(one(d) for d in manifest.layers))
+                await asyncio.gather(*(one(i, d) for i, d in enumerate(manifest.layers)))
             self.store.put_bytes(body, digest)
             return record_image(self.store, str(ref), digest)
 
     async def _fetch_blob(
-        self, client: RegistryClient, repo: str, desc: Descriptor, progress: ProgressFn | None
+        self,
+        client: RegistryClient,
+        repo: str,
+        desc: Descriptor,
+        progress: ProgressFn | None,
+        unpack: tuple[str | None, ImageBudget] | None = None,
     ) -> None:
+        """Download one blob into the store. With ``unpack`` (the layer's diff_id and the image's
+        budget) a layer is also unpacked as it arrives, when it is downloaded from its start."""
+        from .client import BlobTail
+
         def report(n: int, done: bool = False) -> None:
             if progress:
                 progress(PullProgress(desc.digest, n, desc.size, done))
@@ -173,9 +190,76 @@ class ImageManager:
             async with async_file_lock(self.store.blob_lock(desc.digest)):
                 if not self.store.has_blob(desc.digest):  # another process may have won
                     partial = self.store.partial_path(desc.digest)
-                    await client.download_blob(repo, desc, partial, report)
-                    self.store.commit_partial(desc.digest, partial)
+                    tail: BlobTail | None = None
+                    job: asyncio.Future[None] | None = None
+                    if unpack is not None and not partial.exists():
+                        tail = BlobTail()
+                        job = asyncio.ensure_future(asyncio.to_thread(self._stream_layer, desc, *unpack, tail))
+                    try:
+                        await client.download_blob(repo, desc, partial, report, tail)
+                        self.store.commit_partial(desc.digest, partial)
+                    finally:
+                        if tail is not None and job is not None:
+                            tail.abort()  # no-op once the download finished
+                            await asyncio.wait({job})
+                            if not job.cancelled() and job.exception() is not None:
+                                # unpacked again from the stored blob by _ensure_layer, which reports it
+                                log.debug("layer %s: unpack while downloading failed: %r", desc.digest, job.exception())
         report(desc.size, True)
+
+    def _stream_plan(self, manifest: Manifest, name: str) -> tuple[list[str | None], ImageBudget] | None:
+        """Each layer's diff_id and the image's unpack budget, for unpacking while downloading
+        (None when the config is unusable: the layers are then unpacked as before, which reports it)."""
+        from .catalog import StoredImage
+        from .manifest import load_json
+
+        try:
+            doc = load_json(self.store.read_blob(manifest.config.digest, "image config"), "image config")
+            if not isinstance(doc.get("rootfs", {}), dict):
+                return None
+            diff_ids = StoredImage("", manifest, doc).diff_ids
+            budget = ImageBudget(self.limits, f"image {name}")
+            for d in dict.fromkeys(d.digest for d in manifest.layers):  # layers unpacked earlier count too
+                hex_id = d.split(":", 1)[1]
+                if self.store.layer_root(hex_id).is_dir():
+                    budget.charge(*self.store.layer_usage(hex_id))
+        except BoxliteError:
+            return None
+        return diff_ids, budget
+
+    def _stream_layer(self, desc: Descriptor, diff_id: str | None, budget: ImageBudget, tail: BlobTail) -> None:
+        """Unpack a layer from its download under way (a thread); published as _ensure_layer
+        does, once the blob is verified (the tail has ended) and so is the diff_id."""
+        from .unpack import unpack_layer
+
+        hex_id = desc.digest.split(":", 1)[1]
+        try:
+            root = self.store.layer_root(hex_id)
+            if root.is_dir():
+                return
+            with file_lock(self.store.lock_path(f"layer-{hex_id}")):
+                if root.is_dir():
+                    return
+                work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
+                try:  # mkdtemp made it 0700: stays so (real setuid-root files live below)
+                    (work / "root").mkdir()
+                    meter = unpack_layer(
+                        self.store.partial_path(desc.digest),
+                        work / "root",
+                        diff_id,
+                        self.limits,
+                        budget,
+                        source=tail,
+                        compressed_size=desc.size,
+                    )
+                    (work / "expanded.json").write_text(json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
+                    os.rename(work, self.store.layer_dir(hex_id))
+                except BaseException:
+                    shutil.rmtree(work, ignore_errors=True)
+                    raise
+        finally:
+            tail.abort()  # no-op when it ended
+            tail.close()
 
     # -- resolve ----------------------------------------------------------------------
     async def resolve(
@@ -201,7 +285,7 @@ class ImageManager:
         if info is None or not is_complete(self.store, info.digest):
             if info is not None and is_digest(image):
                 raise ImageError(f"image {image} is incomplete in the store")
-            info = await self.pull(info.reference if info else image, progress)
+            info = await self._pull_within_deadline(info.reference if info else image, progress, unpack=True)
         return await self._prepare(info)
 
     def _import_rootfs(self, path: Path) -> tuple[Path, str]:

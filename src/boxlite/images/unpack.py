@@ -32,16 +32,18 @@ A layer must not plant privileges on the host, where its files live:
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import gzip
 import hashlib
 import logging
 import os
 import shutil
 import stat
 import tarfile
+import threading
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -91,23 +93,6 @@ class Reader(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
-class _HashingReader:
-    """File-like wrapper hashing everything read through it."""
-
-    def __init__(self, raw: Reader) -> None:
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.hasher.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
 class _ReadCap:
     """Proxy of tarfile's stream that refuses to read more than ``left`` bytes."""
 
@@ -148,15 +133,148 @@ class BoundedTarInfo(tarfile.TarInfo):
             tf._boxlite_depth = depth
 
 
-def open_decompressed(f: IO[bytes]) -> Reader:
-    """Return a reader of the uncompressed tar stream (gzip, zstd or plain by magic)."""
-    head = f.read(4)
-    f.seek(0)
+_CHUNK = 256 << 10  # compressed bytes read per step
+_OUT_MAX = 256 << 10  # decompressed bytes per step: a bomb never inflates more than this at once
+_PIPE_MAX = 4 << 20  # decompressed bytes buffered between the two threads of one layer
+_TAR_BUFSIZE = 64 << 10  # tarfile's stream buffer: larger makes its header reads copy more
+
+
+class _Prepended:
+    """``head`` followed by what ``src`` reads (the magic was read to pick the decompressor)."""
+
+    def __init__(self, head: bytes, src: Reader) -> None:
+        self._head = head
+        self._src = src
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._head:
+            head, self._head = self._head, b""
+            return head
+        return self._src.read(n)
+
+
+def _read_head(src: Reader, n: int) -> bytes:
+    head = b""
+    while len(head) < n and (chunk := src.read(n - len(head))):
+        head += chunk
+    return head
+
+
+def decompressed_chunks(src: Reader) -> Iterator[bytes]:
+    """The uncompressed tar stream of a layer blob read from ``src`` (gzip, zstd or plain by
+    magic), in chunks of at most 256 KiB whatever the compression ratio.
+
+    Gzip goes straight to zlib (no :mod:`gzip` layers; zlib checks each member's CRC and
+    length itself); concatenated members are one stream, as for ``gzip -d``; a stream cut short
+    raises EOFError, bytes after the last member that do not start another one raise zlib.error.
+    """
+    head = _read_head(src, 4)
     if head.startswith(_GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    if head == _ZSTD_MAGIC:
-        return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-    return f
+        yield from _gunzip(head, src)
+    elif head == _ZSTD_MAGIC:
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            _Prepended(head, src),  # type: ignore[arg-type]  # any object with read() will do
+            read_size=_CHUNK,
+            read_across_frames=True,
+        )
+        while chunk := reader.read(_OUT_MAX):
+            yield chunk
+    else:
+        if head:
+            yield head
+        while chunk := src.read(_CHUNK):
+            yield chunk
+
+
+def _gunzip(data: bytes, src: Reader) -> Iterator[bytes]:
+    d = zlib.decompressobj(wbits=31)
+    at_end = False
+    while True:
+        if not data and not at_end:
+            data = src.read(_CHUNK)
+            at_end = not data
+        out = d.decompress(data, _OUT_MAX)
+        data = d.unconsumed_tail
+        if out:
+            yield out
+        if d.eof:  # end of one member: another may follow
+            data = d.unused_data
+            if not data and not at_end:
+                data = src.read(_CHUNK)
+                at_end = not data
+            if not data:
+                return
+            d = zlib.decompressobj(wbits=31)
+        elif at_end and not out and not data:
+            raise EOFError("compressed layer ended before the end-of-stream marker")
+
+
+class _Pipe:
+    """The decompressed stream, produced by a thread of its own (zlib and sha256 run without
+    the GIL, beside the extraction) and read by tarfile. Buffers at most ``_PIPE_MAX`` bytes;
+    the producer's error (corrupt data, an aborted download) is raised to the reader."""
+
+    def __init__(self, src: Reader) -> None:
+        self.hasher = hashlib.sha256()
+        self._src = src
+        self._cv = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._off = 0  # read offset in the first chunk
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._produce, name="boxlite-unpack-inflate", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        error: BaseException | None = None
+        try:
+            for chunk in decompressed_chunks(self._src):
+                self.hasher.update(chunk)
+                with self._cv:
+                    while self._size >= _PIPE_MAX and not self._closed:
+                        self._cv.wait()
+                    if self._closed:
+                        return
+                    self._chunks.append(chunk)
+                    self._size += len(chunk)
+                    self._cv.notify_all()
+        except BaseException as e:  # handed to the reader
+            error = e
+        with self._cv:
+            self._done, self._error = True, error
+            self._cv.notify_all()
+
+    def read(self, n: int = -1, /) -> bytes:
+        with self._cv:
+            while not self._chunks and not self._done:
+                self._cv.wait()
+            if not self._chunks:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            chunk, off = self._chunks[0], self._off
+            if n < 0 or off + n >= len(chunk):
+                self._chunks.popleft()
+                self._off = 0
+                out = chunk[off:] if off else chunk
+            else:
+                self._off = off + n
+                out = chunk[off : off + n]
+            self._size -= len(out)
+            self._cv.notify_all()
+            return out
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (after it the source may be closed)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        interrupt = getattr(self._src, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+        self._thread.join()
 
 
 def unpack_layer(
@@ -165,6 +283,9 @@ def unpack_layer(
     diff_id: str | None = None,
     limits: ImageLimits | None = None,
     budget: ImageBudget | None = None,
+    *,
+    source: Reader | None = None,
+    compressed_size: int | None = None,
 ) -> LayerMeter:
     """Extract the layer blob into the existing empty directory ``dest``.
 
@@ -172,14 +293,25 @@ def unpack_layer(
     the environment's) bound what the layer unpacks to; ``budget`` is shared by the layers of
     one image. Returns the layer's counts. On error ``dest`` is left partially filled; the
     caller discards it.
+
+    ``source`` reads the blob instead of the file ``blob`` (only named in messages then), e.g. a
+    download still under way (:class:`~boxlite.images.client.BlobTail`), whose ``compressed_size``
+    is given. Such a source must end only once the whole blob is verified: this function returns
+    only after reading it to its end.
     """
     limits = limits if limits is not None else ImageLimits.from_env()
-    with open(blob, "rb") as raw:
-        meter = LayerMeter(limits, os.fstat(raw.fileno()).st_size, f"layer sha256:{blob.name[:12]}", budget)
-        reader = _HashingReader(open_decompressed(raw))
+    with contextlib.ExitStack() as stack:
+        if source is None:
+            raw = stack.enter_context(open(blob, "rb"))
+            source, compressed_size = raw, os.fstat(raw.fileno()).st_size
+        meter = LayerMeter(limits, compressed_size or 0, f"layer sha256:{blob.name[:12]}", budget)
+        reader = _Pipe(source)
+        stack.callback(reader.close)
         ex: Extractor | None = None
         try:
-            with tarfile.open(fileobj=reader, mode="r|", tarinfo=BoundedTarInfo) as tf:  # type: ignore[call-overload]
+            with tarfile.open(  # type: ignore[call-overload]
+                fileobj=reader, mode="r|", tarinfo=BoundedTarInfo, bufsize=_TAR_BUFSIZE
+            ) as tf:
                 ex = Extractor(dest)
                 try:
                     while (member := tf.next()) is not None:
@@ -189,7 +321,7 @@ def unpack_layer(
                     ex.finish()
                 finally:
                     ex.close()
-            while chunk := reader.read(1 << 20):  # trailing bytes count too: they cost CPU to hash
+            while chunk := reader.read():  # trailing bytes count too: they cost CPU to hash
                 meter.charge(len(chunk), entries=0)
         except BoxliteError:
             raise
@@ -461,23 +593,25 @@ class Extractor:
 
 
 def _copy(src: IO[bytes], fd: int) -> int:
-    """Copy ``src`` to ``fd`` from its current offset; 64 KiB runs of zeros become holes, so
+    """Copy ``src`` into the new, empty file ``fd``; 64 KiB runs of zeros become holes, so
     sparse files (and zero-filled ones) take no disk space for them. Returns the bytes copied."""
-    start = pos = os.lseek(fd, 0, os.SEEK_CUR)
+    pos = written = 0  # bytes copied; end of the last write
     while chunk := src.read(1 << 20):
         view = memoryview(chunk)
         n = len(chunk)
         pending = 0  # start of data not yet written
         for off in range(0, n - _HOLE + 1, _HOLE):
             if chunk[off : off + _HOLE] == _ZEROS:
-                _pwrite_all(fd, view[pending:off], pos + pending)
+                if off > pending:
+                    _pwrite_all(fd, view[pending:off], pos + pending)
                 pending = off + _HOLE
-        _pwrite_all(fd, view[pending:], pos + pending)
+        if n > pending:
+            _pwrite_all(fd, view[pending:], pos + pending)
+            written = pos + n
         pos += n
-    if os.fstat(fd).st_size < pos:
+    if written < pos:
         os.ftruncate(fd, pos)  # trailing hole
-    os.lseek(fd, pos, os.SEEK_SET)
-    return pos - start
+    return pos
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
