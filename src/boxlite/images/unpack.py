@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -137,6 +138,10 @@ _CHUNK = 256 << 10  # compressed bytes read per step
 _OUT_MAX = 256 << 10  # decompressed bytes per step: a bomb never inflates more than this at once
 _PIPE_MAX = 4 << 20  # decompressed bytes buffered between the two threads of one layer
 _TAR_BUFSIZE = 64 << 10  # tarfile's stream buffer: larger makes its header reads copy more
+_WRITERS = 2  # threads creating new files (the kernel's inode creation is the costly part)
+_WRITE_MAX_FILE = 1 << 20  # larger files are written by the extracting thread itself
+_WRITE_JOBS = 64  # files handed over and not yet written...
+_WRITE_BYTES = 16 << 20  # ...and their bytes held in memory
 
 
 class _Prepended:
@@ -312,7 +317,7 @@ def unpack_layer(
             with tarfile.open(  # type: ignore[call-overload]
                 fileobj=reader, mode="r|", tarinfo=BoundedTarInfo, bufsize=_TAR_BUFSIZE
             ) as tf:
-                ex = Extractor(dest)
+                ex = Extractor(dest, writers=_WRITERS)
                 try:
                     while (member := tf.next()) is not None:
                         tf.members.clear()  # a streaming TarFile keeps every member otherwise
@@ -346,10 +351,125 @@ def unpack_layer(
     return meter
 
 
+class _Writers:
+    """Threads creating new regular files for one :class:`Extractor`.
+
+    Creating an inode costs the kernel far more than parsing its tar header costs Python
+    (~0.3 ms per file on ext4 here), so the extractor hands small new files (data in memory)
+    to these threads and goes on. Ordering is kept where it matters: a file is handed over only
+    when nothing exists at its path yet, each job holds its own duplicate of its parent
+    directory's fd (the extractor's cache may close it), and the extractor waits for every job
+    (:meth:`drain`) before any member that touches a path at, above or below a pending one and
+    before finishing. A job's error is raised in the extractor's thread.
+    """
+
+    def __init__(self, ex: Extractor, threads: int) -> None:
+        self._ex = ex
+        self._cv = threading.Condition()
+        self._jobs: deque[tuple[tuple[str, ...], int, tarfile.TarInfo, bytes]] = deque()
+        self._bytes = 0
+        self._busy = 0  # jobs queued or being written
+        self._files: set[tuple[str, ...]] = set()  # paths of those jobs
+        self._below: dict[tuple[str, ...], int] = {}  # each such path and its ancestors -> count
+        self._error: BaseException | None = None
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._run, name="boxlite-unpack-write", daemon=True) for _ in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def busy_with(self, parts: tuple[str, ...], m: tarfile.TarInfo) -> bool:
+        """Must the jobs be written before member ``m`` at ``parts``? (Always for whiteouts,
+        which may remove whole directories; for hard links their target counts too.)"""
+        if not self._busy:
+            return False
+        if parts and parts[-1].startswith(WHITEOUT):
+            return True
+        if self.conflicts(parts):
+            return True
+        if m.islnk():
+            try:
+                return self.conflicts(Extractor.split(m.linkname))
+            except UnsafeLayerError:
+                return False  # raised by the member itself
+        return False
+
+    def conflicts(self, parts: tuple[str, ...]) -> bool:
+        """Is a pending file at ``parts``, above it, or below it?"""
+        if parts in self._below:
+            return True
+        return any(parts[:i] in self._files for i in range(1, len(parts)))
+
+    def submit(self, parts: tuple[str, ...], pfd: int, m: tarfile.TarInfo, data: bytes) -> None:
+        with self._cv:
+            while (self._busy >= _WRITE_JOBS or self._bytes >= _WRITE_BYTES) and self._error is None:
+                self._cv.wait()
+            self._raise()
+            self._jobs.append((parts, pfd, m, data))
+            self._busy += 1
+            self._bytes += len(data)
+            self._files.add(parts)
+            for i in range(1, len(parts) + 1):
+                self._below[parts[:i]] = self._below.get(parts[:i], 0) + 1
+            self._cv.notify_all()
+
+    def drain(self) -> None:
+        """Wait until every job is written; raise the first job error."""
+        with self._cv:
+            while self._busy and self._error is None:
+                self._cv.wait()
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the threads (queued jobs are dropped: the layer is being discarded or is done)."""
+        with self._cv:
+            self._stop = True
+            for _, pfd, _, _ in self._jobs:
+                os.close(pfd)
+            self._jobs.clear()
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                parts, pfd, m, data = self._jobs.popleft()
+            error: BaseException | None = None
+            try:
+                self._ex.write_new(pfd, parts, m, data)
+            except BaseException as e:
+                error = e
+            finally:
+                os.close(pfd)
+            with self._cv:
+                self._busy -= 1
+                self._bytes -= len(data)
+                self._files.discard(parts)
+                for i in range(1, len(parts) + 1):
+                    key = parts[:i]
+                    if self._below[key] == 1:
+                        del self._below[key]
+                    else:
+                        self._below[key] -= 1
+                if error is not None and self._error is None:
+                    self._error = error
+                self._cv.notify_all()
+
+
 class Extractor:
     """Writes tar members under one root directory without ever following a symlink."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, writers: int = 0) -> None:
         self.root_fd = os.open(root, _DIR_FLAGS)
         self.privileged = os.geteuid() == 0
         self._fds: dict[tuple[str, ...], int] = {}
@@ -359,8 +479,11 @@ class Extractor:
         if self.privileged:
             os.fchown(self.root_fd, 0, 0)
         os.fchmod(self.root_fd, 0o755)
+        self._writers = _Writers(self, writers) if writers else None
 
     def close(self) -> None:
+        if self._writers is not None:
+            self._writers.close()
         self._drop_cache()
         os.close(self.root_fd)
 
@@ -446,6 +569,9 @@ class Extractor:
     # -- members ----------------------------------------------------------------------
     def add(self, m: tarfile.TarInfo, extract: Callable[[tarfile.TarInfo], IO[bytes] | None] | None) -> None:
         parts = self.split(m.name)
+        w = self._writers
+        if w is not None and w.busy_with(parts, m):
+            w.drain()
         if len(self._fds) > 256:
             self._drop_cache()
         if not parts:
@@ -473,6 +599,13 @@ class Extractor:
                 os.setxattr(fd, "trusted.overlay.opaque", b"y")
             self._dir_times.append((parts, int(m.mtime)))
         elif m.isreg():
+            if w is not None and m.size <= _WRITE_MAX_FILE and not m.sparse and not self._exists(pfd, name):
+                src = extract(m) if extract else None
+                data = src.read() if src is not None else b""
+                if len(data) != m.size:
+                    raise ImageError(f"layer member {m.name!r}: {len(data)} bytes of data, header says {m.size}")
+                w.submit(parts, os.dup(pfd), m, data)
+                return
             try:
                 fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
             except FileExistsError:  # replace what an earlier member put there (never follow)
@@ -500,6 +633,25 @@ class Extractor:
         elif m.ischr() or m.isblk() or m.isfifo():
             self._special(pfd, parts, m)
         # other member types (e.g. GNU volume headers) carry no file: ignored
+
+    @staticmethod
+    def _exists(pfd: int, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def write_new(self, pfd: int, parts: tuple[str, ...], m: tarfile.TarInfo, data: bytes) -> None:
+        """Create the regular file ``parts`` (nothing was there) in ``pfd`` with ``data`` (a writer thread)."""
+        fd = os.open(parts[-1], _FILE_FLAGS, 0o600, dir_fd=pfd)
+        try:
+            if data:
+                _copy(io.BytesIO(data), fd)
+            self._meta_fd(fd, m, parts)
+            os.utime(fd, ns=(int(m.mtime) * 10**9,) * 2)
+        finally:
+            os.close(fd)
 
     def _drop_one(self, parts: tuple[str, ...]) -> None:
         fd = self._fds.pop(parts, None)
@@ -584,6 +736,8 @@ class Extractor:
 
     def finish(self) -> None:
         """Apply directory mtimes (children changed them while extracting)."""
+        if self._writers is not None:
+            self._writers.drain()
         for parts, mtime in self._dir_times:
             try:
                 fd = self.dir_fd(parts, create=False)
