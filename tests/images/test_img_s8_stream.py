@@ -280,23 +280,81 @@ def test_writer_error_reaches_the_extractor(tmp_path: Path, monkeypatch: pytest.
     assert not [t for t in threading.enumerate() if t.name.startswith("boxlite-unpack")]
 
 
-def test_truncated_gzip_is_refused(tmp_path: Path) -> None:
-    layer = layer_from_members([Member(f"f{i}", data=os.urandom(4000)) for i in range(10)])
+def _inflaters() -> list[str]:
+    try:
+        import isal  # noqa: F401
+    except ImportError:
+        return ["zlib"]
+    return ["zlib", "isal"]
+
+
+@pytest.fixture(params=_inflaters())
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run with stdlib zlib and, where installed, ISA-L's inflate (the one used then)."""
+    import zlib
+
+    if request.param == "zlib":
+        monkeypatch.setattr(unpack_mod, "_inflate", zlib)
+    else:
+        from isal import isal_zlib
+
+        monkeypatch.setattr(unpack_mod, "_inflate", isal_zlib)
+    return str(request.param)
+
+
+def _gz_layer(tmp_path: Path, blob_bytes: bytes) -> Path:
     blob = tmp_path / "blob"
-    blob.write_bytes(layer.blob[: len(layer.blob) // 2])
+    blob.write_bytes(blob_bytes)
     (tmp_path / "root").mkdir()
+    return blob
+
+
+def test_truncated_gzip_is_refused(tmp_path: Path, inflater: str) -> None:
+    layer = layer_from_members([Member(f"f{i}", data=os.urandom(4000)) for i in range(10)])
+    blob = _gz_layer(tmp_path, layer.blob[: len(layer.blob) // 2])
     with pytest.raises(ImageError):
         unpack_mod.unpack_layer(blob, tmp_path / "root")
     assert not [t for t in threading.enumerate() if t.name.startswith("boxlite-unpack")]
 
 
-def test_concatenated_gzip_members_are_one_stream(tmp_path: Path) -> None:
+def test_gzip_with_a_bad_checksum_is_refused(tmp_path: Path, inflater: str) -> None:
+    """Without a diff_id to check, the gzip trailer's CRC still catches a flipped byte."""
+    layer = layer_from_members([Member("f", data=b"payload" * 1000)])
+    bad = bytearray(layer.blob)
+    bad[-6] ^= 0xFF  # in the CRC32 of the trailer
+    blob = _gz_layer(tmp_path, bytes(bad))
+    with pytest.raises(ImageError):
+        unpack_mod.unpack_layer(blob, tmp_path / "root")
+
+
+def test_garbage_after_the_gzip_stream_is_refused(tmp_path: Path, inflater: str) -> None:
+    layer = layer_from_members([Member("f", data=b"x")])
+    blob = _gz_layer(tmp_path, layer.blob + b"not gzip at all")
+    with pytest.raises(ImageError):
+        unpack_mod.unpack_layer(blob, tmp_path / "root")
+
+
+def test_concatenated_gzip_members_are_one_stream(tmp_path: Path, inflater: str) -> None:
     import gzip
 
     tar = layer_from_members([Member("a", data=b"A" * 5000), Member("b", data=b"B")], None).blob
-    blob = tmp_path / "blob"
-    blob.write_bytes(gzip.compress(tar[:3000]) + gzip.compress(tar[3000:]))
-    (tmp_path / "root").mkdir()
+    blob = _gz_layer(tmp_path, gzip.compress(tar[:3000]) + gzip.compress(tar[3000:]))
     unpack_mod.unpack_layer(blob, tmp_path / "root", sha256(tar))
     assert (tmp_path / "root/a").read_bytes() == b"A" * 5000
     assert (tmp_path / "root/b").read_bytes() == b"B"
+
+
+def test_gzip_bomb_after_the_tar_is_refused(tmp_path: Path, inflater: str) -> None:
+    """Zeros after the tar's end still count against the layer's ratio limit as they inflate."""
+    import zlib
+
+    from boxlite.errors import ImageTooLargeError
+    from boxlite.images.limits import ImageLimits
+
+    tar = layer_from_members([Member("f", data=b"x")], None).blob
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    blob = _gz_layer(tmp_path, comp.compress(tar) + b"".join(comp.compress(zeros) for _ in range(64)) + comp.flush())
+    with pytest.raises(ImageTooLargeError):
+        unpack_mod.unpack_layer(blob, tmp_path / "root", limits=ImageLimits(ratio_floor=8 << 20))
+    assert not [t for t in threading.enumerate() if t.name.startswith("boxlite-unpack")]
