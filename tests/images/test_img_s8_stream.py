@@ -227,13 +227,13 @@ def test_writer_threads_give_the_same_tree_as_one_thread(
     blob = tmp_path / "blob"
     blob.write_bytes(layer.blob)
     trees = []
-    for writers in (0, 2):
+    for writers in (0, 1, 3):  # one thread alone, the default, and writers racing each other
         monkeypatch.setattr(unpack_mod, "_WRITERS", writers)
         dest = tmp_path / f"root-{writers}"
         dest.mkdir()
         unpack_mod.unpack_layer(blob, dest, layer.diff_id)
         trees.append(_tree(dest))
-    assert trees[0] == trees[1]
+    assert trees[0] == trees[1] == trees[2]
 
 
 def test_directory_times_are_set_after_the_writers(tmp_path: Path) -> None:
@@ -253,7 +253,7 @@ def test_writer_threads_refuse_what_one_thread_refuses(
     layer = layer_from_members(HOSTILE[case])
     blob = tmp_path / "blob"
     blob.write_bytes(layer.blob)
-    for writers in (0, 2):
+    for writers in (0, 1, 3):
         monkeypatch.setattr(unpack_mod, "_WRITERS", writers)
         dest = tmp_path / f"root-{writers}"
         dest.mkdir()

@@ -344,12 +344,12 @@ class ImageManager:
             )
 
     def _ensure_layer(self, desc: Descriptor, diff_id: str | None, budget: ImageBudget | None = None) -> Path:
-        from .unpack import unpack_layer
-
         hex_id = desc.digest.split(":", 1)[1]
         root = self.store.layer_root(hex_id)
-        if root.is_dir():
+        if root.is_dir():  # a cache hit imports no unpacker (tarfile, zstandard, isal)
             return root
+        from .unpack import unpack_layer
+
         with file_lock(self.store.lock_path(f"layer-{hex_id}")):
             if root.is_dir():
                 return root
