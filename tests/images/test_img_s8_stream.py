@@ -113,14 +113,16 @@ async def test_resolve_unpacks_layers_as_they_download(
     assert again.layers == prepared.layers and len(calls) == len(prepared.layers)
 
 
-async def test_pull_alone_does_not_unpack(
+async def test_pull_leaves_the_image_unpacked(
     registry: Registry, make_manager: MM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = _record_unpacks(monkeypatch)
     m = make_manager(registry.config())
     await m.pull(registry.busybox)
-    assert calls == []
-    assert not list(m.store.layers.iterdir())
+    assert calls == [True]
+    assert len(list(m.store.layers.iterdir())) == 1
+    prepared = await m.resolve(registry.busybox)  # nothing left to unpack
+    assert calls == [True] and (prepared.layers[0] / "bin/busybox").is_file()
 
 
 async def test_layer_with_wrong_diff_id_is_never_published(
@@ -148,6 +150,8 @@ async def test_hostile_layer_streamed_is_refused_like_a_stored_one(
     layer = layer_from_members([Member("link", S, linkname=str(outside)), Member("link/planted", data=b"pwned")])
     ref = registry.server.push_layout(write_oci_layout(tmp_path / "layout", [layer]), "s8-hostile")
     m = make_manager(registry.config())
+    await m.pull(ref)  # the download itself is fine: the pull succeeds, as before, unpacking nothing
+    assert not list(m.store.layers.iterdir())
     with pytest.raises(UnsafeLayerError):
         await m.resolve(ref)
     assert not (outside / "planted").exists()

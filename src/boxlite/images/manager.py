@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,13 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[PullProgress], None]
 log = logging.getLogger("boxlite.images")
+
+
+def _log_unpack_failure(digest: str, job: asyncio.Future[None]) -> None:
+    """A layer that fails to unpack while downloading is unpacked again from the stored blob by
+    ``_ensure_layer``, which raises the error to the caller of resolve: here it is only logged."""
+    if not job.cancelled() and job.exception() is not None:
+        log.debug("layer %s: unpack while downloading failed: %r", digest, job.exception())
 
 
 class ImageManager:
@@ -98,20 +106,19 @@ class ImageManager:
     async def pull(self, ref: str, progress: ProgressFn | None = None) -> ImageInfo:
         """Download ``ref`` (manifest, config, layers) into the store and tag it.
 
+        Layers downloaded from their start are unpacked as they arrive (as ``docker pull`` leaves
+        an image ready to run): each is published only once its blob digest and diff_id are
+        verified; one that fails to unpack is not, and :meth:`resolve` reports why, as before.
         The whole pull must finish within ``limits.pull_timeout`` seconds (RegistryTimeoutError);
         partial downloads stay in the store's tmp dir and resume on the next pull.
         """
-        return await self._pull_within_deadline(ref, progress, unpack=False)
-
-    async def _pull_within_deadline(self, ref: str, progress: ProgressFn | None, unpack: bool) -> ImageInfo:
-        """:meth:`pull`; with ``unpack`` layers are also unpacked while they download."""
         timeout = self.limits.pull_timeout or None
         try:
             with step("pull", reference=ref):
                 if sys.version_info >= (3, 11):  # same task: the gc lock is released as the pull ends
                     async with asyncio.timeout(timeout):
-                        return await self._pull(ref, progress, unpack)
-                return await asyncio.wait_for(self._pull(ref, progress, unpack), timeout)
+                        return await self._pull(ref, progress)
+                return await asyncio.wait_for(self._pull(ref, progress), timeout)
         except RegistryTimeoutError:
             raise
         except asyncio.TimeoutError:
@@ -119,7 +126,7 @@ class ImageManager:
                 f"pull of {ref} did not finish within {timeout} s ({ENV['pull_timeout']})"
             ) from None
 
-    async def _pull(self, ref: str, progress: ProgressFn | None, unpack: bool = False) -> ImageInfo:
+    async def _pull(self, ref: str, progress: ProgressFn | None) -> ImageInfo:
         from .build import LOCAL_REGISTRY
 
         parsed = parse_reference(ref)
@@ -131,7 +138,7 @@ class ImageManager:
         first_error: RegistryError | None = None
         for cand in self._candidates(parsed):
             try:
-                return await self._pull_one(cand, progress, unpack)
+                return await self._pull_one(cand, progress)
             except RegistryError as e:
                 if parsed.explicit_registry:
                     raise
@@ -139,7 +146,7 @@ class ImageManager:
         assert first_error is not None
         raise first_error
 
-    async def _pull_one(self, ref: Reference, progress: ProgressFn | None, unpack: bool = False) -> ImageInfo:
+    async def _pull_one(self, ref: Reference, progress: ProgressFn | None) -> ImageInfo:
         from .catalog import record_image
         from .manifest import INDEX_TYPES, load_json, media_type_of, parse_manifest, select_platform
 
@@ -159,14 +166,23 @@ class ImageManager:
                 manifest = parse_manifest(doc)
                 self.limits.check_manifest(manifest, str(ref))
                 await self._fetch_blob(client, ref.repository, manifest.config, None)
-                plan = self._stream_plan(manifest, str(ref)) if unpack else None
+                plan = self._stream_plan(manifest, str(ref))
                 sem = asyncio.Semaphore(self.max_concurrent_downloads)
+                unpacking: list[asyncio.Future[None]] = []
 
                 async def one(i: int, d: Descriptor) -> None:
-                    async with sem:
-                        await self._fetch_blob(client, ref.repository, d, progress, plan and (plan[0][i], plan[1]))
+                    async with sem:  # a slot per download: the unpack goes on without it
+                        job = await self._fetch_blob(
+                            client, ref.repository, d, progress, plan and (plan[0][i], plan[1])
+                        )
+                    if job is not None:
+                        unpacking.append(job)
 
-                await asyncio.gather(*(one(i, d) for i, d in enumerate(manifest.layers)))
+                try:
+                    await asyncio.gather(*(one(i, d) for i, d in enumerate(manifest.layers)))
+                finally:
+                    if unpacking:  # under the gc lock still: a layer is never published during a gc
+                        await asyncio.wait(unpacking)
             self.store.put_bytes(body, digest)
             return record_image(self.store, str(ref), digest)
 
@@ -177,9 +193,10 @@ class ImageManager:
         desc: Descriptor,
         progress: ProgressFn | None,
         unpack: tuple[str | None, ImageBudget] | None = None,
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         """Download one blob into the store. With ``unpack`` (the layer's diff_id and the image's
-        budget) a layer is also unpacked as it arrives, when it is downloaded from its start."""
+        budget) a layer downloaded from its start is also unpacked as it arrives: then the
+        unpacking thread's future is returned, still running once the blob is in the store."""
         from .client import BlobTail
 
         def report(n: int, done: bool = False) -> None:
@@ -195,17 +212,19 @@ class ImageManager:
                     if unpack is not None and not partial.exists():
                         tail = BlobTail()
                         job = asyncio.ensure_future(asyncio.to_thread(self._stream_layer, desc, *unpack, tail))
+                        job.add_done_callback(functools.partial(_log_unpack_failure, desc.digest))
                     try:
                         await client.download_blob(repo, desc, partial, report, tail)
                         self.store.commit_partial(desc.digest, partial)
-                    finally:
+                    except BaseException:
                         if tail is not None and job is not None:
-                            tail.abort()  # no-op once the download finished
+                            tail.abort()  # the unpack stops at its next read and discards its work
                             await asyncio.wait({job})
-                            if not job.cancelled() and job.exception() is not None:
-                                # unpacked again from the stored blob by _ensure_layer, which reports it
-                                log.debug("layer %s: unpack while downloading failed: %r", desc.digest, job.exception())
+                        raise
+                    report(desc.size, True)
+                    return job
         report(desc.size, True)
+        return None
 
     def _stream_plan(self, manifest: Manifest, name: str) -> tuple[list[str | None], ImageBudget] | None:
         """Each layer's diff_id and the image's unpack budget, for unpacking while downloading
@@ -285,7 +304,7 @@ class ImageManager:
         if info is None or not is_complete(self.store, info.digest):
             if info is not None and is_digest(image):
                 raise ImageError(f"image {image} is incomplete in the store")
-            info = await self._pull_within_deadline(info.reference if info else image, progress, unpack=True)
+            info = await self.pull(info.reference if info else image, progress)
         return await self._prepare(info)
 
     def _import_rootfs(self, path: Path) -> tuple[Path, str]:
