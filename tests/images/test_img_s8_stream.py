@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from tests.images.conftest import Registry
-from tests.support.images import Member, image_config, layer_from_members, sha256, write_oci_layout
+from tests.support.images import Layer, Member, image_config, layer_from_members, sha256, write_oci_layout
 
 import boxlite.images.unpack as unpack_mod
 from boxlite.errors import DigestMismatchError, ImageError, UnsafeLayerError
@@ -223,13 +223,19 @@ HOSTILE = {
 }
 
 
+def _layer_blob(tmp_path: Path, members: list[Member]) -> tuple[Layer, Path]:
+    """A gzip layer of ``members`` and its blob written to ``tmp_path / "blob"``."""
+    layer = layer_from_members(members)
+    blob = tmp_path / "blob"
+    blob.write_bytes(layer.blob)
+    return layer, blob
+
+
 @pytest.mark.parametrize("case", sorted(HAZARDS))
 def test_writer_threads_give_the_same_tree_as_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    layer = layer_from_members(HAZARDS[case])
-    blob = tmp_path / "blob"
-    blob.write_bytes(layer.blob)
+    layer, blob = _layer_blob(tmp_path, HAZARDS[case])
     trees = []
     for writers in (0, 1, 3):  # one thread alone, the default, and writers racing each other
         monkeypatch.setattr(unpack_mod, "_WRITERS", writers)
@@ -241,9 +247,8 @@ def test_writer_threads_give_the_same_tree_as_one_thread(
 
 
 def test_directory_times_are_set_after_the_writers(tmp_path: Path) -> None:
-    layer = layer_from_members([Member("d/", D, mode=0o755)] + [Member(f"d/f{i}", data=b"x") for i in range(100)])
-    blob = tmp_path / "blob"
-    blob.write_bytes(layer.blob)
+    members = [Member("d/", D, mode=0o755)] + [Member(f"d/f{i}", data=b"x") for i in range(100)]
+    layer, blob = _layer_blob(tmp_path, members)
     (tmp_path / "root").mkdir()
     unpack_mod.unpack_layer(blob, tmp_path / "root", layer.diff_id)
     assert (tmp_path / "root/d").stat().st_mtime == 1700000000  # the header's, not the last write's
@@ -254,9 +259,7 @@ def test_directory_times_are_set_after_the_writers(tmp_path: Path) -> None:
 def test_writer_threads_refuse_what_one_thread_refuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    layer = layer_from_members(HOSTILE[case])
-    blob = tmp_path / "blob"
-    blob.write_bytes(layer.blob)
+    layer, blob = _layer_blob(tmp_path, HOSTILE[case])
     for writers in (0, 1, 3):
         monkeypatch.setattr(unpack_mod, "_WRITERS", writers)
         dest = tmp_path / f"root-{writers}"
@@ -267,9 +270,7 @@ def test_writer_threads_refuse_what_one_thread_refuses(
 
 def test_writer_error_reaches_the_extractor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure in a writer thread fails the layer (no file silently missing)."""
-    layer = layer_from_members([Member(f"f{i}", data=b"d") for i in range(20)])
-    blob = tmp_path / "blob"
-    blob.write_bytes(layer.blob)
+    layer, blob = _layer_blob(tmp_path, [Member(f"f{i}", data=b"d") for i in range(20)])
     real = unpack_mod.Extractor.write_new
 
     def failing(self: unpack_mod.Extractor, pfd: int, parts: tuple[str, ...], m: tarfile.TarInfo, data: bytes) -> None:
