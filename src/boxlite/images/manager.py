@@ -247,35 +247,10 @@ class ImageManager:
         return diff_ids, budget
 
     def _stream_layer(self, desc: Descriptor, diff_id: str | None, budget: ImageBudget, tail: BlobTail) -> None:
-        """Unpack a layer from its download under way (a thread); published as _ensure_layer
-        does, once the blob is verified (the tail has ended) and so is the diff_id."""
-        from .unpack import unpack_layer
-
-        hex_id = desc.digest.split(":", 1)[1]
+        """Unpack a layer from its download under way (a thread); published as :meth:`_ensure_layer`
+        publishes, only once the blob is verified (the tail has ended) and so is the diff_id."""
         try:
-            root = self.store.layer_root(hex_id)
-            if root.is_dir():
-                return
-            with file_lock(self.store.lock_path(f"layer-{hex_id}")):
-                if root.is_dir():
-                    return
-                work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
-                try:  # mkdtemp made it 0700: stays so (real setuid-root files live below)
-                    (work / "root").mkdir()
-                    meter = unpack_layer(
-                        self.store.partial_path(desc.digest),
-                        work / "root",
-                        diff_id,
-                        self.limits,
-                        budget,
-                        source=tail,
-                        compressed_size=desc.size,
-                    )
-                    (work / "expanded.json").write_text(json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
-                    os.rename(work, self.store.layer_dir(hex_id))
-                except BaseException:
-                    shutil.rmtree(work, ignore_errors=True)
-                    raise
+            self._ensure_layer(desc, diff_id, budget, tail)
         finally:
             tail.abort()  # no-op when it ended
             tail.close()
@@ -362,7 +337,11 @@ class ImageManager:
                 f"image {name} has {entries} entries, more than {lim.max_image_entries} ({ENV['max_image_entries']})"
             )
 
-    def _ensure_layer(self, desc: Descriptor, diff_id: str | None, budget: ImageBudget | None = None) -> Path:
+    def _ensure_layer(
+        self, desc: Descriptor, diff_id: str | None, budget: ImageBudget | None = None, tail: BlobTail | None = None
+    ) -> Path:
+        """The layer's unpacked root, unpacked from the stored blob if missing (from its download
+        under way when ``tail`` is given)."""
         hex_id = desc.digest.split(":", 1)[1]
         root = self.store.layer_root(hex_id)
         if root.is_dir():  # a cache hit imports no unpacker (tarfile, zstandard, isal)
@@ -375,7 +354,13 @@ class ImageManager:
             work = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix=f"layer-{hex_id[:12]}-"))
             try:  # mkdtemp made it 0700: stays so (real setuid-root files live below)
                 (work / "root").mkdir()
-                meter = unpack_layer(self.store.blob_path(desc.digest), work / "root", diff_id, self.limits, budget)
+                if tail is None:
+                    meter = unpack_layer(self.store.blob_path(desc.digest), work / "root", diff_id, self.limits, budget)
+                else:
+                    partial = self.store.partial_path(desc.digest)
+                    meter = unpack_layer(
+                        partial, work / "root", diff_id, self.limits, budget, source=tail, compressed_size=desc.size
+                    )
                 (work / "expanded.json").write_text(json.dumps({"bytes": meter.bytes, "entries": meter.entries}))
                 os.rename(work, self.store.layer_dir(hex_id))
             except BaseException:
