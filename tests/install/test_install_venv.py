@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import boxlite
+
 REPO = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's interpreter (python3-venv is on scripts/test.sh's apt line)
 IGNORE = shutil.ignore_patterns(
@@ -86,6 +88,17 @@ def test_venv_has_a_working_command_and_package(installed: tuple[Path, Path]) ->
     assert where.returncode == 0, where.stderr
     # a regular install: the venv holds its own copy, it does not point back into the checkout
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
+
+
+def test_installed_command_starts_lean(installed: tuple[Path, Path]) -> None:
+    """The command pip wrote is bin/boxlite (the generated launcher would import ``re`` first)."""
+    venv, _ = installed
+    script = venv / "bin" / "boxlite"
+    assert script.read_text().startswith(f"#!{venv}/bin/python")
+    proc = run([str(venv / "bin" / "python"), "-X", "importtime", str(script), "--version"])
+    assert (proc.returncode, proc.stdout) == (0, f"boxlite, version {boxlite.__version__}\n"), proc.stderr[-2000:]
+    imported = {ln.rsplit("|", 1)[1].strip() for ln in proc.stderr.splitlines() if ln.startswith("import time:")}
+    assert "boxlite.cli.entry" in imported and not imported & {"re", "json", "click", "asyncio"}, sorted(imported)
 
 
 def test_system_interpreter_is_untouched(installed: tuple[Path, Path]) -> None:

@@ -9,12 +9,13 @@ only (no symlink, FIFO or device), at most ``MAX_BYTES``, and only well-formed n
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from . import leanjson
 
 NAME = "main.exit"
 MAX_BYTES = 4096
@@ -42,7 +43,7 @@ def write(run_dir: str, exit_body: Mapping[str, object]) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, json.dumps(record).encode())
+        os.write(fd, leanjson.dumps(record).encode())
     finally:
         os.close(fd)
     os.rename(tmp, path)
@@ -73,7 +74,7 @@ def read(run_dir: str) -> MainExit | None:
     if len(data) > MAX_BYTES:
         return None
     try:
-        body = json.loads(data)
+        body = leanjson.loads(data)
     except ValueError:
         return None
     if not isinstance(body, dict):

@@ -12,14 +12,13 @@ Stdlib only.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import socket
 import sys
 from typing import Any
 
-from . import keeper, linux, loopdisk, oom, protocol
+from . import keeper, leanjson, linux, loopdisk, oom, protocol
 from .linux import MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT
 from .mountpoint import tmpfs_sizes, volume_target
 from .netns import allow_low_ports
@@ -36,7 +35,7 @@ PID1_MOUNT_FILES = ("mountinfo", "mounts", "mountstats")
 
 def main() -> None:
     """Standalone entry: the config is argv[1]; the status pipe fd is named in it."""
-    boot(json.loads(sys.argv[1]))
+    boot(leanjson.loads(sys.argv[1]))
 
 
 def boot(config: dict[str, Any]) -> None:

@@ -12,10 +12,11 @@ Stdlib only.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from collections.abc import Iterator
+
+from . import leanjson
 
 TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ def encode(kind: int, channel: int, payload: bytes = b"") -> bytes:
 
 
 def encode_json(kind: int, channel: int, body: dict[str, Any]) -> bytes:
-    return encode(kind, channel, json.dumps(body, separators=(",", ":")).encode())
+    return encode(kind, channel, leanjson.dumps(body).encode())
 
 
 def encode_credit(channel: int, stream: int, amount: int) -> bytes:
@@ -77,8 +78,8 @@ def encode_credit(channel: int, stream: int, amount: int) -> bytes:
 
 def decode_json(payload: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(payload)
-    except ValueError as e:
+        body = leanjson.loads(payload)
+    except (ValueError, RecursionError) as e:
         raise FrameError(f"invalid JSON body: {e}") from None
     if not isinstance(body, dict):
         raise FrameError("JSON body is not an object")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import array
 import errno
-import json
 import os
 import selectors
 import signal
@@ -35,7 +34,7 @@ import socket
 import stat
 from typing import Any
 
-from . import linux, rlimit, seccomp
+from . import leanjson, linux, rlimit, seccomp
 from .spawn import (
     Confinement,
     ExecSpec,
@@ -59,7 +58,7 @@ RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, 
 
 def send(sock: socket.socket, body: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    sock.sendmsg([json.dumps(body).encode()], ancillary)
+    sock.sendmsg([leanjson.dumps(body).encode()], ancillary)
 
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
@@ -74,7 +73,7 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
         for fd in received:
             os.close(fd)
         return None, []
-    return json.loads(data), received
+    return leanjson.loads(data), received
 
 
 class SpawnerClient:

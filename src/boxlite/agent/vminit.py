@@ -262,8 +262,9 @@ def fork_prepare(conf: dict[str, Any]) -> int:
 def handshake(fd: int) -> dict[str, object]:
     """Tell the host we wait, then read one JSON line of box settings (byte by byte, so no
     protocol frame sent right after it is consumed here)."""
-    import json
     import select
+
+    from . import leanjson
 
     os.write(fd, WAITING)
     line = bytearray()
@@ -277,7 +278,7 @@ def handshake(fd: int) -> dict[str, object]:
             time.sleep(0.01)  # host not connected (yet)
             continue
         line += chunk
-    conf = json.loads(line)
+    conf = leanjson.loads(line)
     if not isinstance(conf, dict):
         raise ValueError("box settings are not a JSON object")
     return conf

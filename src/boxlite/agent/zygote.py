@@ -9,13 +9,12 @@ Stdlib only.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import sys
 
-from . import nsboot
+from . import leanjson, nsboot
 
 
 def main() -> None:
@@ -29,7 +28,7 @@ def main() -> None:
             return
         if not msg:
             return
-        config = json.loads(msg)
+        config = leanjson.loads(msg)
         names = ["status_fd", "log_fd", "lifeline_fd"][: len(fds)]
         config.update(zip(names, fds, strict=False))
         nsboot.reuse_idmap(config, idmaps)

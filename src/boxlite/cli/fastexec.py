@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import _signal as signal  # the C modules: signal.py and socket.py build enums at import (~3 ms)
 import _socket as socket
-import json
 import os
 import select
 import sys
@@ -27,6 +26,7 @@ try:  # the C module: the sqlite3 package adds datetime adapters (~2 ms) this ne
 except ImportError:  # pragma: no cover - a Python without the split
     import sqlite3  # type: ignore[no-redef]
 
+from ..agent import leanjson
 from ..agent import protocol as p
 from .fdwrite import write_all
 
@@ -131,7 +131,7 @@ def resolve(db: sqlite3.Connection, ref: str) -> tuple[str, dict[str, Any]]:
         raise _Fallback
     for (live,) in db.execute(f"SELECT data FROM boxes WHERE state IN {_LIVE}"):  # what sweep() would do
         try:
-            other = json.loads(live)
+            other = leanjson.loads(live)
             alive = _alive(other.get("pid"), other.get("pid_start"))
             detach = other["config"]["detach"]
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -141,7 +141,7 @@ def resolve(db: sqlite3.Connection, ref: str) -> tuple[str, dict[str, Any]]:
         if not alive and not other.get("paused_to_disk"):
             raise _Fallback  # the runtime would mark it ended
     try:
-        data = json.loads(text)
+        data = leanjson.loads(text)
         config, image = data["config"], data.get("image_config") or {}
         if not isinstance(config, dict) or not isinstance(image, dict):
             raise _Fallback
