@@ -3,6 +3,7 @@ click, asyncio and the SDK are imported (cli/fastexec.py); everything else is cl
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -20,11 +21,12 @@ def main() -> None:
         except KeyboardInterrupt:  # before the command started (then signals are forwarded): as cli/main.py
             sys.exit(130)
         if code is not None:
-            try:
-                sys.stdout.flush()
-            except BrokenPipeError:
-                pass
-            sys.exit(code)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (BrokenPipeError, ValueError):
+                    pass
+            os._exit(code)  # nothing is left to clean up: skip finalisation (~3 ms of a ~33 ms process)
     elif args == ["--version"]:
         from .. import __version__
 

@@ -21,11 +21,6 @@ import select
 import sys
 import time
 
-try:  # the C module: the sqlite3 package adds datetime adapters (~2 ms) this never needs
-    import _sqlite3 as sqlite3
-except ImportError:  # pragma: no cover - a Python without the split
-    import sqlite3  # type: ignore[no-redef]
-
 from ..agent import leanjson
 from ..agent import protocol as p
 from .fdwrite import write_all
@@ -33,6 +28,39 @@ from .fdwrite import write_all
 TYPE_CHECKING = False  # not from typing (~4 ms to import): this module exists to be quick
 if TYPE_CHECKING:
     from typing import Any
+
+
+def _load_sqlite() -> Any:
+    """The ``_sqlite3`` C module (the ``sqlite3`` package adds datetime adapters, ~2 ms), loaded
+    without the ``functools`` it imports for its statement cache (~4 ms with ``collections``):
+    while it loads, ``functools`` is a stand-in whose ``lru_cache`` caches nothing (this process
+    runs a handful of statements). ``_forget_sqlite`` drops it before the full CLI runs."""
+    if "functools" in sys.modules:
+        import _sqlite3
+
+        return _sqlite3
+    stand_in = type(sys)("functools")
+    stand_in.lru_cache = lambda maxsize=128, typed=False: lambda function: function  # type: ignore[attr-defined]
+    sys.modules["functools"] = stand_in
+    try:
+        import _sqlite3
+    finally:
+        if sys.modules.get("functools") is stand_in:
+            del sys.modules["functools"]
+    return _sqlite3
+
+
+def _forget_sqlite() -> None:
+    """Unload the ``_sqlite3`` of ``_load_sqlite`` (a multi-phase module: the next import gets
+    a fresh one with the real ``functools.lru_cache``)."""
+    if sys.modules.get("_sqlite3") is sqlite3 and "functools" not in sys.modules:
+        del sys.modules["_sqlite3"]
+
+
+if TYPE_CHECKING:
+    import sqlite3
+else:
+    sqlite3 = _load_sqlite()
 
 CONFIG_VERSION = 1
 """runtime/config.py's CONFIG_VERSION (a test keeps them equal): other versions take the full path."""
@@ -374,6 +402,13 @@ def _count(db: sqlite3.Connection, box_id: str, failed: bool) -> None:
 
 def try_exec(args: list[str], home: str | None = None) -> int | None:
     """Run ``boxlite exec ARGS`` the lean way and return its exit code, or None: use the full CLI."""
+    code = _lean_exec(args, home)
+    if code is None:
+        _forget_sqlite()
+    return code
+
+
+def _lean_exec(args: list[str], home: str | None) -> int | None:
     if os.environ.get("BOXLITE_FAST_EXEC") == "0":  # the full path, for comparisons
         return None
     if any(os.environ.get(k) for k in ("BOXLITE_REST_URL", "BOXLITE_RAY_ADDRESS", "BOXLITE_DEBUG", "BOXLITE_LOG")):
@@ -387,6 +422,7 @@ def try_exec(args: list[str], home: str | None = None) -> int | None:
             raise _Fallback  # sqlite_wal.make_private would fix it: let the full path
         db = sqlite3.connect(db_path, timeout=30.0, isolation_level=None)
         try:
+            db.execute("PRAGMA synchronous=NORMAL")  # as runtime/state.py: no fsync per counter update
             box_id, data = resolve(db, ref)
             body = request_body(data, argv, env, workdir, user)
             run_dir = os.path.join(root, "boxes", box_id, "run")
