@@ -1,12 +1,14 @@
 """Namespace engine boot: build the box's namespaces and mounts, then become its agent.
 
 Run by the host as ``python3 -I -S -c <bootstrap> <config.json>`` with the status pipe and the
-lifeline inherited. Process A (host pid namespace, real root) joins the box cgroups, unshares
-pid/net/ipc/uts/cgroup namespaces and forks B, PID 1 of the box. B unshares its mount namespace,
-mounts the supervisor
-root and the box root, pivots, then unshares a user namespace whose maps A writes; B then runs
-the agent. Status lines on the pipe: ``pid <host pid of B>``, then ``ready`` or ``error <msg>``.
-Stdlib only.
+lifeline inherited. Process A (host pid namespace, real root) makes the box cgroups, unshares
+pid/net/ipc/uts namespaces and forks B, PID 1 of the box. B unshares its mount namespace,
+mounts the supervisor root and the box root, pivots, then unshares a user namespace whose maps
+A writes. Meanwhile A moves B into the box cgroups: on cgroup v1 each move waits for an RCU
+grace period (6-16 ms here, the largest step of a start), which this overlaps with B's mounts.
+Only once A has done both does B go on ("G"): it unshares its cgroup namespace (rooted at the
+box cgroup) and runs the agent; nothing of the box runs before. Status lines on the pipe:
+``pid <host pid of B>``, then ``ready`` or ``error <msg>``. Stdlib only.
 """
 
 from __future__ import annotations
@@ -48,17 +50,12 @@ def boot(config: dict[str, Any]) -> None:
     try:
         keeper_sock = keeper.fork_keeper(config, status)  # first: it stays in the host's cgroups/namespaces
         keeper.make_cgroups(config)  # only now: no box cgroup exists without a keeper to remove it
-        for procs in config.get("cgroup_procs", []):
-            with open(procs, "w") as f:
-                f.write(str(os.getpid()))
-            if config.get("oom_fd") is None:  # the agent tells OOM kills from other SIGKILLs
-                config["oom_fd"] = oom.open_counter(os.path.dirname(procs))
+        if config.get("oom_fd") is None and config.get("cgroup_procs"):  # the agent tells OOM kills
+            config["oom_fd"] = oom.open_counter(os.path.dirname(config["cgroup_procs"][0]))  # from other SIGKILLs
         if (config.get("volumes") or config.get("idmap_layers")) and config.get("idmap_fd") is None:
             # made before the pid namespace, so the short-lived holder process is not its init
             config["idmap_fd"] = linux.mapping_userns(0, int(config["uid_base"]), int(config.get("uid_count", 65536)))
-        linux.unshare(
-            linux.CLONE_NEWPID | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS | linux.CLONE_NEWCGROUP
-        )
+        linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
         pid = os.fork()
@@ -76,6 +73,14 @@ def boot(config: dict[str, Any]) -> None:
     os.close(to_parent_w)
     _report(status, protocol.STATUS_PID, str(pid))
     keeper.hand_over(keeper_sock, pid)
+    try:
+        for procs in config.get("cgroup_procs", []):  # while B mounts (see the module docstring)
+            with open(procs, "w") as f:
+                f.write(str(pid))
+    except OSError as e:
+        _report(status, protocol.STATUS_ERROR, f"joining cgroup {os.path.dirname(procs)}: {e.strerror}")
+        os.kill(pid, 9)
+        os._exit(1)
     if os.read(to_parent_r, 1) != b"U":
         os._exit(1)  # the child failed and reported why
     try:
@@ -127,6 +132,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         os.write(to_parent, b"U")
         if os.read(from_parent, 1) != b"G":
             raise OSError("user namespace maps were not written")
+        linux.unshare(linux.CLONE_NEWCGROUP)  # now that A moved this process into the box cgroups
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         os.setgroups([0])
