@@ -154,6 +154,10 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         agent.oom_counter = config.get("oom_fd")
         agent.listen(sock)
+        _redirect_stdio()
+        if config.get("log_fd") is not None:
+            os.close(int(config["log_fd"]))
+        agent.start_spawner()  # before "ready": it confines itself while the host connects (~2 ms)
     except BaseException as e:
         _report(status, protocol.STATUS_ERROR, str(e))
         os._exit(1)
@@ -161,10 +165,6 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
     os.close(status)
     for fd in (from_parent, to_parent):
         os.close(fd)
-    _redirect_stdio()
-    if config.get("log_fd") is not None:
-        os.close(int(config["log_fd"]))
-    agent.start_spawner()
     agent.serve_forever()
 
 

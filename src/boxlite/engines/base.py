@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -95,13 +96,42 @@ class RunningBox:
         return process_start_time(self.pid) == self.pid_start
 
     async def wait_gone(self, timeout: float) -> bool:
-        """Poll until the process is gone (True) or ``timeout`` seconds passed (False)."""
+        """Wait until the process is gone (True) or ``timeout`` seconds passed (False): woken by
+        a pidfd when it exits (a 5 ms poll alone made every removal ~2.5 ms slower on average),
+        then polled until it is reaped too."""
         deadline = time.monotonic() + timeout
+        await self._exited(timeout)
         while self.is_alive():
             if time.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.001)
         return True
+
+    async def _exited(self, timeout: float) -> None:
+        """Return when the process has exited (or may have: any doubt returns at once)."""
+        try:
+            fd = os.pidfd_open(self.pid)
+        except OSError:  # gone already, or no pidfds: the caller polls
+            return
+        try:
+            if not self.is_alive():  # the pid was reused before the pidfd was opened
+                return
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(fd, readable)
+            try:
+                await asyncio.wait_for(exited, timeout)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
 
 
 class Engine(ABC):

@@ -405,9 +405,8 @@ class BoxRuntime:
         with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
             cl = await self._connect(rec.id)
             await cl.request("shutdown", timeout=grace + 2, grace=min(grace, 10.0))
-        deadline = time.monotonic() + grace
-        while running.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        if grace > 0:
+            await running.wait_gone(grace)
         await engine.kill(spec, running)
         engine.cleanup(spec)
         await self._drop_client(rec.id)

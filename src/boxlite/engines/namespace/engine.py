@@ -224,6 +224,7 @@ class NamespaceEngine(Engine):
             with contextlib.suppress(EngineError):  # a paused box: a frozen task dies only once thawed
                 groups.set_frozen(False)
         await running.wait_gone(5)
+        await _keeper_done(spec.layout.keeper_lock)  # not in cleanup's blocking wait: other boxes go on
         self.cleanup(spec)
 
     def cleanup(self, spec: BoxSpec) -> None:
@@ -320,6 +321,14 @@ def _keeper_active(lock: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+async def _keeper_done(lock: Path, timeout: float = KEEPER_WAIT) -> None:
+    """``_await_keeper`` for the event loop: a keeper removes a killed box's cgroups within a few
+    ms, so the first checks come 1 ms apart."""
+    started = time.monotonic()
+    while _keeper_active(lock) and (waited := time.monotonic() - started) < timeout:
+        await asyncio.sleep(0.001 if waited < 0.05 else 0.01)
 
 
 def _await_keeper(lock: Path, timeout: float = KEEPER_WAIT) -> None:
