@@ -7,10 +7,11 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from boxlite.agent import leanjson
+from boxlite.agent import leanjson, mainexit
 from boxlite.agent import protocol as p
 
 BODIES: list[object] = [
@@ -53,6 +54,15 @@ def test_non_finite_numbers_and_key_coercion_as_json() -> None:
 def test_hostile_bodies_are_frame_errors(payload: bytes) -> None:
     with pytest.raises(p.FrameError):
         p.decode_json(payload)
+
+
+def test_a_hostile_main_exit_record_is_no_record(tmp_path: Path) -> None:
+    """run/main.exit is written inside the box (4 KiB cap): nesting past the recursion limit is a
+    malformed record, not an exception in the host's calls."""
+    (tmp_path / mainexit.NAME).write_bytes(b"[" * 4000)
+    assert mainexit.read(str(tmp_path)) is None
+    (tmp_path / mainexit.NAME).write_bytes(b'{"exit_code": 3}')
+    assert mainexit.read(str(tmp_path)) is not None and mainexit.read(str(tmp_path)).exit_code == 3  # type: ignore[union-attr]
 
 
 def test_values_json_cannot_hold_are_type_errors_and_cycles_value_errors() -> None:

@@ -5,7 +5,8 @@ of a whole ``boxlite exec`` process (~40 ms) spent before a byte is sent. The ag
 bodies and the box records need only the C scanner and encoder that ``json`` itself uses, so
 this module builds them directly. Output equals ``json.dumps(obj, separators=(",", ":"))`` and
 input is read as ``json.loads`` reads text; a Python without ``_json`` gets the ``json`` package.
-Errors are ``ValueError`` (bad text) or ``TypeError`` (a value JSON cannot hold), as from ``json``.
+Errors are ``ValueError`` (bad text, nesting too deep included) or ``TypeError`` (a value JSON
+cannot hold).
 Stdlib only.
 """
 
@@ -58,6 +59,8 @@ if _json is not None:
             value, end = _scan(text, start)
         except StopIteration as e:
             raise ValueError(f"Expecting value: char {e.value}") from None
+        except RecursionError:  # json.loads lets it escape: a peer's "[[[[..." is bad text like any other
+            raise ValueError("JSON nested too deeply") from None
         if text[end:].strip(_SPACE):
             raise ValueError(f"Extra data: char {end}")
         return value

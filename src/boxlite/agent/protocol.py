@@ -79,7 +79,7 @@ def encode_credit(channel: int, stream: int, amount: int) -> bytes:
 def decode_json(payload: bytes) -> dict[str, Any]:
     try:
         body = leanjson.loads(payload)
-    except (ValueError, RecursionError) as e:
+    except ValueError as e:
         raise FrameError(f"invalid JSON body: {e}") from None
     if not isinstance(body, dict):
         raise FrameError("JSON body is not an object")
