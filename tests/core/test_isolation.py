@@ -6,6 +6,7 @@ Every check runs a real command in a real box and asserts what the box sees.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import socket
@@ -18,6 +19,7 @@ import boxlite
 pytestmark = pytest.mark.namespace_only
 
 SECRET = "host-secret-7f3a9c"
+NS_GET_USERNS = 0xB701  # ioctl(2) on a namespace fd: its owning user namespace
 
 
 @pytest.fixture
@@ -169,6 +171,32 @@ async def test_capabilities_seccomp_and_no_new_privs(box: boxlite.SimpleBox) -> 
             assert int(values[cap], 16) == value, (user, cap, values[cap])
         assert values["NoNewPrivs"] == "1"
         assert values["Seccomp"] == "2"
+
+
+async def test_namespaces_belong_to_the_host_and_cgroups_are_the_boxs(
+    box: boxlite.SimpleBox, runtime: boxlite.Boxlite
+) -> None:
+    """Every namespace but the user one is owned by the host's user namespace (so box root's
+    capabilities never apply to it), and the box's cgroup namespace is rooted at its own cgroups."""
+    info = await runtime.get_info(box.id)
+    pid = info.state.pid if info else None
+    assert pid
+    host_user = os.stat("/proc/self/ns/user").st_ino
+    for ns in ("cgroup", "net", "pid", "mnt", "uts", "ipc"):
+        fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            owner = fcntl.ioctl(fd, NS_GET_USERNS)
+        finally:
+            os.close(fd)
+        try:
+            assert os.fstat(owner).st_ino == host_user, f"{ns} namespace owned by the box's user namespace"
+        finally:
+            os.close(owner)
+    assert os.stat(f"/proc/{pid}/ns/user").st_ino != host_user
+    seen = (await box.exec("cat", "/proc/self/cgroup")).stdout.splitlines()
+    assert seen and all(line.endswith(":/") for line in seen), seen  # no host cgroup path visible
+    on_host = Path(f"/proc/{pid}/cgroup").read_text()
+    assert f"/boxlite/{box.id}\n" in on_host, on_host
 
 
 async def test_box_root_is_a_shifted_uid_on_the_host(box: boxlite.SimpleBox, runtime: boxlite.Boxlite) -> None:

@@ -6,8 +6,9 @@ pid/net/ipc/uts namespaces and forks B, PID 1 of the box. B unshares its mount n
 mounts the supervisor root and the box root, pivots, then unshares a user namespace whose maps
 A writes. Meanwhile A moves B into the box cgroups: on cgroup v1 each move waits for an RCU
 grace period (6-16 ms here, the largest step of a start), which this overlaps with B's mounts.
-Only once A has done both does B go on ("G"): it unshares its cgroup namespace (rooted at the
-box cgroup) and runs the agent; nothing of the box runs before. Status lines on the pipe:
+B waits for the move ("M") before it unshares its cgroup namespace (rooted at the box cgroup,
+owned by the host's user namespace like every namespace but the user one) and its user
+namespace, then for its maps ("G"); nothing of the box runs before. Status lines on the pipe:
 ``pid <host pid of B>``, then ``ready`` or ``error <msg>``. Stdlib only.
 """
 
@@ -81,6 +82,7 @@ def boot(config: dict[str, Any]) -> None:
         _report(status, protocol.STATUS_ERROR, f"joining cgroup {os.path.dirname(procs)}: {e.strerror}")
         os.kill(pid, 9)
         os._exit(1)
+    os.write(to_child_w, b"M")
     if os.read(to_parent_r, 1) != b"U":
         os._exit(1)  # the child failed and reported why
     try:
@@ -128,11 +130,13 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         linux.umount(".", linux.MNT_DETACH)
         os.chdir("/")
         cap_last = linux.last_cap()
+        if os.read(from_parent, 1) != b"M":
+            raise OSError("the box cgroups were not joined")
+        linux.unshare(linux.CLONE_NEWCGROUP)  # now that A moved this process into the box cgroups
         linux.unshare(linux.CLONE_NEWUSER)
         os.write(to_parent, b"U")
         if os.read(from_parent, 1) != b"G":
             raise OSError("user namespace maps were not written")
-        linux.unshare(linux.CLONE_NEWCGROUP)  # now that A moved this process into the box cgroups
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
         os.setgroups([0])
