@@ -51,8 +51,9 @@ def boot(config: dict[str, Any]) -> None:
     try:
         keeper_sock = keeper.fork_keeper(config, status)  # first: it stays in the host's cgroups/namespaces
         keeper.make_cgroups(config)  # only now: no box cgroup exists without a keeper to remove it
-        if config.get("oom_fd") is None and config.get("cgroup_procs"):  # the agent tells OOM kills
-            config["oom_fd"] = oom.open_counter(os.path.dirname(config["cgroup_procs"][0]))  # from other SIGKILLs
+        for procs in config.get("cgroup_procs", []):  # the memory cgroup's: the agent tells OOM kills
+            if config.get("oom_fd") is None:  # from other SIGKILLs
+                config["oom_fd"] = oom.open_counter(os.path.dirname(procs))
         if (config.get("volumes") or config.get("idmap_layers")) and config.get("idmap_fd") is None:
             # made before the pid namespace, so the short-lived holder process is not its init
             config["idmap_fd"] = linux.mapping_userns(0, int(config["uid_base"]), int(config.get("uid_count", 65536)))
@@ -82,7 +83,10 @@ def boot(config: dict[str, Any]) -> None:
         _report(status, protocol.STATUS_ERROR, f"joining cgroup {os.path.dirname(procs)}: {e.strerror}")
         os.kill(pid, 9)
         os._exit(1)
-    os.write(to_child_w, b"M")
+    try:
+        os.write(to_child_w, b"M")
+    except BrokenPipeError:
+        os._exit(1)  # the child failed and reported why
     if os.read(to_parent_r, 1) != b"U":
         os._exit(1)  # the child failed and reported why
     try:

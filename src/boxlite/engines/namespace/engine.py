@@ -224,12 +224,16 @@ class NamespaceEngine(Engine):
             with contextlib.suppress(EngineError):  # a paused box: a frozen task dies only once thawed
                 groups.set_frozen(False)
         await running.wait_gone(5)
-        await _keeper_done(spec.layout.keeper_lock)  # not in cleanup's blocking wait: other boxes go on
-        self.cleanup(spec)
+        await _keeper_done(spec.layout.keeper_lock)  # not cleanup's blocking wait: other boxes go on
+        self._release(spec)
 
     def cleanup(self, spec: BoxSpec) -> None:
         """Release what the box's keeper has not (it was killed, or still works: waited for)."""
         _await_keeper(spec.layout.keeper_lock)
+        self._release(spec)
+
+    def _release(self, spec: BoxSpec) -> None:
+        """``cleanup`` once the keeper is done or was waited for (idempotent)."""
         network.stop_pasta(spec.layout.pasta_pid)
         allowlist.release(spec.box_dir)
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
