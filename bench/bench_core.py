@@ -11,7 +11,8 @@ Comparisons (contenders interleaved ABCD/DCBA; medians with min/max/IQR; load av
      `nsenter` (into the crun container's namespaces). Baseline: crun exec.
   4. library call, exec in a running box: `Box.exec("true")` + wait vs `subprocess.run(["true"])`
      from the same Python process (the floor of spawning a process from a library).
-  5. idle memory, USS (private pages): the box's processes (agent, spawner, keeper), the zygote
+  5. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
+     idle past SPAWNER_IDLE; agent, spawner, keeper 1 s after a command, printed too), the zygote
      (one per runtime, shared by its boxes) and the host process's growth from before
      `import boxlite` to one running box, measured in a fresh child process; vs the USS of an idle
      crun container running the same `sleep`.
@@ -74,14 +75,21 @@ def memory_probe(rootfs: str, home: str) -> None:
     import boxlite
 
     async def run() -> dict[str, Any]:
+        from boxlite.agent.nsboot import SPAWNER_IDLE
+
         rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
         box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, network="disabled"))
         await (await box.exec("true", stdin=False)).wait()
         await asyncio.sleep(1.0)
+        used_pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
+        used = bl.memory_of(used_pids)
+        await asyncio.sleep(SPAWNER_IDLE)  # unused for longer than that: the agent retired the spawner
         pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
         out = {
             "box": bl.memory_of(pids),
             "box_processes": len(pids),
+            "box_used": used,
+            "box_used_processes": len(used_pids),
             "zygote": bl.memory_of(bl.zygotes()),
             "host_growth": bl.smaps_kib(os.getpid())["dirty"] - before,
         }
@@ -264,6 +272,8 @@ class Core:
         self.loop.run_until_complete(self.rt.remove(box.id, force=True))
 
     def memory(self, report: bl.Report) -> None:
+        from boxlite.agent.nsboot import SPAWNER_IDLE
+
         s = report.section(
             "idle box memory, private (USS)", "memory: every process a box costs", baseline="crun container (sleep)"
         )
@@ -297,7 +307,14 @@ class Core:
             "boxlite box processes",
             [p["box"]["uss"] * mib for p in probes],
             "MiB",
-            f"agent, spawner, keeper ({probes[0]['box_processes']} processes)",
+            f"{1 + SPAWNER_IDLE:g} s after its last command: agent, keeper ({probes[0]['box_processes']} processes)",
+        )
+        s.add(
+            "boxlite box processes, 1 s after a command",
+            [p["box_used"]["uss"] * mib for p in probes],
+            "MiB",
+            f"agent, spawner, keeper ({probes[0]['box_used_processes']} processes)",
+            compare=False,
         )
         s.add(
             "boxlite zygote", [p["zygote"]["uss"] * mib for p in probes], "MiB", "one per runtime, shared by its boxes"

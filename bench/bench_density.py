@@ -4,9 +4,11 @@
 
 Boxes (busybox rootfs, loopback-only network) are started up to each N of the curve; after a
 second of idle every box runs `true` --execs times, in shuffled order, through the library
-(`Box.exec`). Printed per N: exec latency p50/p99/max, and private memory (USS) per box with
-everything amortised over the N boxes: the boxes' own processes (agent, spawner, keeper), the
-runtime's zygote, and the host process's growth since before `import boxlite`.
+(`Box.exec`); a box unused for SPAWNER_IDLE seconds has retired its spawner, and its next exec
+forks a new one (counted). Printed per N: exec latency p50/p99/max, and, once every box has been
+idle past SPAWNER_IDLE, private memory (USS) per box with everything amortised over the N boxes:
+the boxes' own processes (agent, keeper), the runtime's zygote, and the host process's growth
+since before `import boxlite`.
 
 It stops by itself, before the next N, when --max-boxes is reached, when MemAvailable would fall
 under --min-free-mib, when pids would exceed half of kernel.pid_max, when a box fails to start,
@@ -26,7 +28,7 @@ from typing import Any
 
 import benchlib as bl
 
-PROCS_PER_BOX = 3  # agent, spawner, keeper
+PROCS_PER_BOX = 3  # agent, spawner (while used), keeper
 
 
 def mem_available_mib() -> float:
@@ -102,6 +104,8 @@ class Density:
         return {"boxes": boxes / n / 1024, "zygote": zygote / n / 1024, "host": host / n / 1024}
 
     async def run(self, report: bl.Report, counts: list[int]) -> None:
+        from boxlite.agent.nsboot import SPAWNER_IDLE
+
         lat = report.section("exec `true` across N idle boxes", "library call; latency per exec")
         mem = report.section("private memory (USS) per idle box at N", "memory: zygote and host process amortised")
         deadline = time.monotonic() + self.args.budget
@@ -113,6 +117,7 @@ class Density:
                 grow_s = time.perf_counter() - t
                 await asyncio.sleep(1.0)
                 xs = await bl.exec_true_latencies(self.boxes, self.args.execs)
+                await asyncio.sleep(SPAWNER_IDLE + 0.5)  # idle: each agent has retired its spawner
                 m = self.memory()
                 row = lat.add(f"N={n}", xs, "s", f"p99 {bl.percentile(xs, 99) * 1000:.1f} ms")
                 row.stats["p99"] = bl.percentile(xs, 99)

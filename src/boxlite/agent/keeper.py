@@ -34,14 +34,27 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
+from types import ModuleType
 from typing import Any
 
 from . import linux
 from .protocol import lifeline_closed, status_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
+
+def _subprocess() -> ModuleType:
+    """``subprocess``, imported by the keeper itself when it has helpers to run, never by the
+    zygote: it imports ``threading``, whose at-fork hook would cost every box process the zygote
+    forks ~0.4 MiB of private memory (docs/performance.md)."""
+    import subprocess
+
+    return subprocess
+
 
 STATUS_KEEPER = "keeper"
 """Status line ``keeper <pid>``: the keeper holds the box (and its pasta configured the network)."""
@@ -72,6 +85,8 @@ def _write_sysctls(netns: int, sysctls: dict[str, str]) -> None:
                     f.write(value)
 
     if sysctls:
+        import threading  # see _subprocess: never in the zygote
+
         worker = threading.Thread(target=apply, daemon=True)
         worker.start()
         worker.join()
@@ -186,6 +201,8 @@ class Keeper:
         return 0
 
     def _serve(self) -> None:
+        if self.conf.get("pasta"):
+            _subprocess()  # while A makes PID 1: off the start's critical path
         netns = self._receive()
         self.cgroup_ids = {d: _inode(d) for d in self.cgroup_dirs}  # A is past making them (or gone)
         if netns is None:
@@ -265,9 +282,8 @@ class Keeper:
                 os.setresgid(gid, gid, gid)
 
         try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, preexec_fn=preexec, pass_fds=fds or ()
-            )
+            sp = _subprocess()
+            proc = sp.Popen(argv, stdin=sp.DEVNULL, stdout=sp.PIPE, preexec_fn=preexec, pass_fds=fds or ())
         except OSError as e:
             self._report(STATUS_NET_ERROR, f"cannot run the {what}: {e}")
             return None
@@ -316,8 +332,9 @@ class Keeper:
         _write_sysctls(netns, self.conf.get("sysctls") or {})
         try:
             try:
-                self.pasta = subprocess.Popen(
-                    argv, pass_fds=[netns], stdin=subprocess.DEVNULL, stdout=err_w, stderr=err_w, preexec_fn=preexec
+                sp = _subprocess()
+                self.pasta = sp.Popen(
+                    argv, pass_fds=[netns], stdin=sp.DEVNULL, stdout=err_w, stderr=err_w, preexec_fn=preexec
                 )
             except OSError as e:
                 self._report(STATUS_NET_ERROR, f"cannot run pasta: {e}")

@@ -34,6 +34,8 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # What box processes could read of PID 1 (the agent) that shows its supervisor root's mounts,
 # whose sources are host paths (the run dir, the agent code): masked with /dev/null.
 PID1_MOUNT_FILES = ("mountinfo", "mounts", "mountstats")
+SPAWNER_IDLE = 2.0
+"""Seconds a box's spawner may sit unused before the agent retires it (server.Agent.spawner_idle)."""
 
 
 def main() -> None:
@@ -165,6 +167,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         _redirect_stdio()
         if config.get("log_fd") is not None:
             os.close(int(config["log_fd"]))
+        agent.spawner_idle = SPAWNER_IDLE
         agent.start_spawner()  # before "ready": it confines itself while the host connects (~2 ms)
     except BaseException as e:
         _report(status, protocol.STATUS_ERROR, str(e))

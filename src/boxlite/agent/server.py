@@ -258,6 +258,15 @@ class Agent:
         self.started = time.monotonic()
         self.listener: socket.socket | None = None
         self.spawner: SpawnerClient | None = None
+        self.spawner_idle: float | None = None
+        """Seconds without a command after which the spawner is retired (None: never); the next
+        command forks a new one. An idle namespace box then costs one process less (~1.2 MiB of
+        private memory, docs/performance.md); a VM keeps its spawner (a fork under TCG is slow,
+        and the guest's freed pages would not return to the host anyway)."""
+        self.spawner_pids: set[int] = set()
+        """Processes the spawner started that have not exited (it is never retired under them)."""
+        self.spawner_used = 0.0
+        self.spawner_retired = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -309,13 +318,26 @@ class Agent:
         linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
         gc.freeze()  # the agent's objects stay shared with the spawner (no copy-on-write by gc)
         self.spawner = start_spawner(self.conf)
+        self.spawner_used, self.spawner_retired = time.monotonic(), False
         self.watch(self.spawner.fileno(), self._spawner_exits)
 
     def _lose_spawner(self) -> None:
+        """Stop using the spawner (it closes when its socket does; _reap reaps it). Processes
+        it started fall to the agent, a subreaper, which reaps them itself."""
         if self.spawner is not None:
             self.unwatch(self.spawner.fileno())
             self.spawner.close()
             self.spawner = None
+        self.spawner_pids.clear()
+
+    def _spawner_retires_at(self) -> float | None:
+        if self.spawner is None or self.spawner_idle is None or self.spawner_pids:
+            return None
+        return self.spawner_used + self.spawner_idle
+
+    def _retire_spawner(self) -> None:
+        self._lose_spawner()
+        self.spawner_retired = True
 
     def _spawner_exits(self) -> None:
         if self.spawner is None:
@@ -325,13 +347,21 @@ class Agent:
             print("agent: the spawner exited; spawning directly", file=sys.stderr, flush=True)
             self._lose_spawner()
             return
+        self.spawner_used = time.monotonic()
         for pid, code in exits:
+            self.spawner_pids.discard(pid)
             ex = self.by_pid.pop(pid, None)
             if ex is not None:
                 self._exited(ex, (-code) & 0x7F if code < 0 else (code & 0xFF) << 8)
 
     def _spawn(self, spec: ExecSpec, builtin: Callable[[ExecSpec], int] | None) -> Spawned:
-        """Through the spawner when there is one (builtins run our code: never there)."""
+        """Through the spawner when there is one (builtins run our code: never there); a
+        retired one is forked again."""
+        if builtin is None and self.spawner is None and self.spawner_retired:
+            try:
+                self.start_spawner()
+            except OSError:  # e.g. the pids limit is reached: the direct path reports it
+                pass
         if builtin is not None or self.spawner is None:
             return spawn(spec, self.conf, builtin)
         if self.batching:  # answers queued so far need not wait for this spawn
@@ -348,6 +378,8 @@ class Agent:
             close_all((*child_fds, *parent))
             raise
         finish_parent(child_fds, parent)
+        self.spawner_pids.add(pid)
+        self.spawner_used = time.monotonic()
         return Spawned(pid=pid, stdin=parent[0], stdout=parent[1], stderr=parent[2], master=master)
 
     def listen(self, sock: socket.socket) -> None:
@@ -758,6 +790,9 @@ class Agent:
         if self.main_linger is not None:
             deadlines.append(self.main_linger[0])
         deadlines += [ex.hold_until for ex in self.holding]
+        retire = self._spawner_retires_at()
+        if retire is not None:
+            deadlines.append(retire)
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _enforce_deadlines(self) -> None:
@@ -772,6 +807,9 @@ class Agent:
             if ex.deadline and not ex.timed_out and now >= ex.deadline:
                 ex.timed_out = True
                 self._kill_group(ex, signal.SIGKILL)
+        retire = self._spawner_retires_at()
+        if retire is not None and now >= retire:
+            self._retire_spawner()
 
     # --- lifecycle ----------------------------------------------------------------------
     def _lifeline(self, fd: int) -> None:

@@ -6,13 +6,15 @@ the box's own loopback only: the address is not the caller's to choose, so a tun
 reaches anything the box itself cannot. Once connected it says ``connected`` on stderr, then
 copies stdin to the socket and the socket to stdout (the execution's credit is the flow
 control), half-closing each direction at its end. Stdlib only; imported before the chroot.
+Its thread comes from ``_thread``: importing ``threading`` in the zygote would register an at-fork
+hook that costs every box process forked from it ~0.4 MiB of private memory (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
-import threading
 from typing import Any
 
 CONNECT_TIMEOUT = 10.0
@@ -63,8 +65,16 @@ def connect(spec: Any) -> int:
     port = _port(spec.builtin_args)
     sock = _dial(port)
     os.write(2, READY)
-    inbound = threading.Thread(target=_inbound, args=(sock,), daemon=True)
-    inbound.start()
+    inbound_done = _thread.allocate_lock()
+    inbound_done.acquire()
+
+    def inbound() -> None:
+        try:
+            _inbound(sock)
+        finally:
+            inbound_done.release()
+
+    _thread.start_new_thread(inbound, ())
     try:
         while data := sock.recv(CHUNK):
             view = memoryview(data)
@@ -73,7 +83,7 @@ def connect(spec: Any) -> int:
     except OSError:
         pass
     os.close(1)  # the host sees the end of the service's stream; its own may still flow
-    inbound.join()
+    inbound_done.acquire()  # the inbound copy has half-closed the socket
     sock.close()
     return 0
 
