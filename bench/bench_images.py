@@ -5,8 +5,9 @@
 The registry is Debian's `docker-registry` on 127.0.0.1 (tests/support/registry.py), holding
 the busybox and the Debian python test images. Per image, interleaved ABCD/DCBA:
   * cold, whole process vs whole process (baseline: skopeo + tar):
-      `boxlite create IMAGE` (interpreter start, pull, verified store, unpack with uid shift,
-      box record) in an empty home;
+      `boxlite pull IMAGE` (interpreter start, pull, verified store, each layer unpacked as it
+      arrives: what skopeo + tar do) in an empty home;
+      `boxlite create IMAGE` (the same, then the box's root filesystem and record);
       `skopeo copy docker://IMAGE dir:D` + one plain `tar -xf` per layer;
       `skopeo copy docker://IMAGE oci:D` + `umoci unpack`;
     and, for reference (no peer has a library), BoxLite's in-process `ImageManager.resolve()`.
@@ -63,6 +64,9 @@ class Images:
         asyncio.run(ImageManager(home, [ImageRegistry(self.host, transport="http")]).resolve(ref))
         return time.perf_counter() - t
 
+    def pull(self, home: Path, ref: str) -> float:
+        return bl.time_process([*self.cli, "--home", str(home), "pull", "--quiet", ref])
+
     def create(self, home: Path, ref: str) -> float:
         return bl.time_process([*self.cli, "--home", str(home), "create", "--engine", "namespace", ref])
 
@@ -115,6 +119,7 @@ class Images:
             f"{name}: pull + unpack, cold", "whole process vs whole process", baseline="skopeo copy + tar"
         )
         contenders = {
+            "boxlite pull": once("pull-home", self.pull),
             "boxlite create": once("cli-home", self.create),
             "skopeo copy + tar": lambda: self.skopeo_tar(ref),
             "skopeo copy + umoci unpack": lambda: self.skopeo_umoci(ref),

@@ -2,7 +2,8 @@
 
 Forking the agent for every command costs its page tables and copy-on-write faults, which
 dominate an exec round trip under TCG (~15 ms of ~26 ms). So the agent forks this *spawner*
-once, after the box root is mounted. The spawner confines itself the way every box process
+once, after the box root is mounted (a namespace box's agent retires it when unused for a while
+and forks a new one for the next command: ``Agent.spawner_idle``). The spawner confines itself the way every box process
 must be confined: box root (``chroot``), OOM score 1000, the box's capabilities as bounding set
 (so ``execve`` gives root those and no others), no_new_privs, the seccomp filter. Then each
 command only needs ``os.posix_spawn`` (glibc: ``clone(CLONE_VM|CLONE_VFORK)`` + ``execve``, no
