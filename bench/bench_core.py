@@ -12,7 +12,7 @@ Comparisons (contenders interleaved ABCD/DCBA; medians with min/max/IQR; load av
   4. library call, exec in a running box: `Box.exec("true")` + wait vs `subprocess.run(["true"])`
      from the same Python process (the floor of spawning a process from a library).
   5. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
-     idle past SPAWNER_IDLE; agent, spawner, keeper 1 s after a command, printed too), the zygote
+     idle past $BOXLITE_SPAWNER_IDLE, default 30 s; agent, spawner, keeper 1 s after a command, printed too), the zygote
      (one per runtime, shared by its boxes) and the host process's growth from before
      `import boxlite` to one running box, measured in a fresh child process; vs the USS of an idle
      crun container running the same `sleep`.
@@ -75,7 +75,9 @@ def memory_probe(rootfs: str, home: str) -> None:
     import boxlite
 
     async def run() -> dict[str, Any]:
-        from boxlite.agent.nsboot import SPAWNER_IDLE
+        from boxlite.engines.namespace.engine import spawner_idle
+
+        SPAWNER_IDLE = spawner_idle() or 0.0
 
         rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
         box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, network="disabled"))
@@ -272,7 +274,9 @@ class Core:
         self.loop.run_until_complete(self.rt.remove(box.id, force=True))
 
     def memory(self, report: bl.Report) -> None:
-        from boxlite.agent.nsboot import SPAWNER_IDLE
+        from boxlite.engines.namespace.engine import spawner_idle
+
+        SPAWNER_IDLE = spawner_idle() or 0.0
 
         s = report.section(
             "idle box memory, private (USS)", "memory: every process a box costs", baseline="crun container (sleep)"

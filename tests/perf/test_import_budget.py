@@ -91,3 +91,16 @@ def test_budget_counter_sees_a_heavy_import() -> None:
     loaded = imported_modules(("boxlite.cli.main", "boxlite.server.app"))
     assert any(m == "fastapi" or m.startswith("fastapi.") for m in loaded)
     assert len(loaded) > CASES["cli shell"][1]
+
+
+def test_pull_without_bars_does_not_load_rich() -> None:
+    """`boxlite pull --quiet`, `--json` or not on a terminal draws no bars, so it pays no rich
+    import (~40 ms of a busybox pull's ~0.3 s); the layers are still counted for its summary."""
+    code = (
+        "import sys; from boxlite.cli.images import LayerBars; from boxlite.images import PullProgress; "
+        "bars = LayerBars(enabled=False); "
+        "[bars(PullProgress(f'sha256:{i}', 5, 10, d)) for i in 'ab' for d in (False, True)]; "
+        "print(len(bars.tasks), 'rich' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["2", "False"]

@@ -34,8 +34,6 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # What box processes could read of PID 1 (the agent) that shows its supervisor root's mounts,
 # whose sources are host paths (the run dir, the agent code): masked with /dev/null.
 PID1_MOUNT_FILES = ("mountinfo", "mounts", "mountstats")
-SPAWNER_IDLE = 2.0
-"""Seconds a box's spawner may sit unused before the agent retires it (server.Agent.spawner_idle)."""
 
 
 def main() -> None:
@@ -167,7 +165,8 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         _redirect_stdio()
         if config.get("log_fd") is not None:
             os.close(int(config["log_fd"]))
-        agent.spawner_idle = SPAWNER_IDLE
+        idle = config.get("spawner_idle")  # seconds unused before the spawner is retired (the engine's)
+        agent.spawner_idle = float(idle) if isinstance(idle, (int, float)) and idle > 0 else None
         agent.start_spawner()  # before "ready": it confines itself while the host connects (~2 ms)
     except BaseException as e:
         _report(status, protocol.STATUS_ERROR, str(e))
