@@ -198,6 +198,7 @@ class Keeper:
                 self.secretproxy.kill()
                 self.secretproxy.wait()
             self._remove_cgroups()
+            os.close(lock)  # done: the runtime waiting on the lock goes on now, not after our exit
         return 0
 
     def _serve(self) -> None:

@@ -161,6 +161,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         # Python's SIGINT handler (KeyboardInterrupt) would let box root kill the agent.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         agent.oom_counter = config.get("oom_fd")
+        agent.sync_on_shutdown = False  # the box's files are the host's: nothing to flush for it
         agent.listen(sock)
         _redirect_stdio()
         if config.get("log_fd") is not None:

@@ -25,9 +25,9 @@ def main() -> None:
         try:
             msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
         except OSError:
-            return
-        if not msg:
-            return
+            msg = b""
+        if not msg:  # the runtime is gone: nothing to clean up (no interpreter teardown, ~10 ms)
+            os._exit(0)
         config = leanjson.loads(msg)
         names = ["status_fd", "log_fd", "lifeline_fd"][: len(fds)]
         config.update(zip(names, fds, strict=False))

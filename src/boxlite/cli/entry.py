@@ -1,10 +1,13 @@
 """The ``boxlite`` console script: ``exec`` in its common form and ``--version`` answered before
-click, asyncio and the SDK are imported (cli/fastexec.py); everything else is cli/main.py."""
+click, asyncio and the SDK are imported (cli/fastexec.py); everything else is cli/main.py,
+after which the process leaves without the interpreter's teardown (:func:`leave`)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+from typing import NoReturn
 
 
 def main() -> None:
@@ -34,4 +37,32 @@ def main() -> None:
         sys.exit(0)
     from .main import main as full
 
-    full()
+    try:
+        full()
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    leave(code)
+
+
+def leave(code: object) -> NoReturn:
+    """Exit as the interpreter does (non-daemon threads joined, atexit handlers run, standard
+    streams flushed, ``sys.exit``'s meaning of ``code``) but without tearing down the modules
+    and objects a full command loaded: that deallocation took ~35 ms of every ``boxlite run``."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        getattr(threading, "_shutdown", lambda: None)()  # joins threads; runs concurrent.futures' exit hooks
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+    os._exit(status)
