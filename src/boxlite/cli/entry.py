@@ -39,10 +39,9 @@ def main() -> None:
 
     try:
         full()
-        code: object = 0
     except SystemExit as e:
-        code = e.code
-    leave(code)
+        leave(e.code)
+    leave(0)
 
 
 def leave(code: object) -> NoReturn:
