@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from boxlite.cli.common import env_pairs, parse_memory
@@ -44,3 +48,32 @@ def test_exit_codes_follow_docker() -> None:
     assert describe(ExecError("x", 1, "odd"))[1] == 126
     assert describe(NotFoundError("no such box: a")) == ("no such box: a", 125)
     assert describe(ConfigError("bad"))[1] == 125
+
+
+LEAVE_SCRIPT = """
+import atexit, sys, threading, time
+from boxlite.cli.entry import leave
+atexit.register(lambda: print("atexit ran"))
+def late():
+    time.sleep(0.2)
+    open(sys.argv[2], "w").write("joined")
+threading.Thread(target=late).start()
+sys.stdout.write("buffered, no newline")
+leave(eval(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"), [("None", 0, ""), ("3", 3, ""), ("300", 44, ""), ("'boom'", 1, "boom")]
+)
+def test_cli_exit_skips_teardown_but_keeps_exit_semantics(tmp_path: Path, code: str, status: int, stderr: str) -> None:
+    """The console script leaves without the interpreter's teardown, yet as ``sys.exit`` would:
+    same status, message for a non-int code, atexit handlers run, threads joined, output flushed."""
+    marker = tmp_path / "joined"
+    out = subprocess.run(
+        [sys.executable, "-c", LEAVE_SCRIPT, code, str(marker)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == status
+    assert out.stdout == "buffered, no newlineatexit ran\n"
+    assert out.stderr.strip() == stderr
+    assert marker.read_text() == "joined"
