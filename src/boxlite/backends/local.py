@@ -30,7 +30,7 @@ from ..client.tunnel import ExecTunnel
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..images.types import PullProgress
-from ..runtime import archive, fork, pause, snapshots
+from ..runtime import pause, snapshots
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
 from ..runtime.state import BoxRecord
@@ -97,7 +97,7 @@ class LocalBackend(Backend):
         self._recs: dict[str, BoxRecord] = {}  # last record read per box (exec needs its options)
         self._unsaved: dict[str, ExecCounters] = {}  # box handles' counts not yet added to the home
         self._idle = IdleWatcher(self.pause, self._idle_limit)  # auto_pause
-        archive.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
+        snapshots.recover_exports(self.core)  # what a killed snapshot/clone/export/import left
         snapshots.recover(self.core)
 
     @property
@@ -199,7 +199,9 @@ class LocalBackend(Backend):
             self._recs.pop(box_id, None)
 
     async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
-        return [record_info(rec) for rec in await fork.fork(self.core, box_id, n)]
+        from ..runtime import fork as forking  # imported by the verbs that need them, not on open
+
+        return [record_info(rec) for rec in await forking.fork(self.core, box_id, n)]
 
     def _idle_limit(self, box_id: str) -> tuple[int, bool]:
         rec = self.core.record(box_id)
@@ -332,12 +334,16 @@ class LocalBackend(Backend):
         return self._info(self._record(rec.id))
 
     async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
+        from ..runtime import archive
+
         request = archive.ExportRequest(dest, options.include_image, options.compression)
         return str(await archive.export(self.core, box_id, request))
 
     async def import_box(
         self, archive_path: str, name: str | None, untrusted: bool = False, engine: str | None = None
     ) -> BoxInfo:
+        from ..runtime import archive
+
         rec = await archive.import_box(self.core, archive_path, name, trusted=not untrusted, engine=engine)
         return self._info(self._record(rec.id))
 

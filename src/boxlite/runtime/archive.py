@@ -58,8 +58,8 @@ from .config import BoxConfig, ImageDefaults
 from .locks import box_lock
 from .snapshots import (
     NOT_RUNNING,
-    OWNER_FILE,
-    PARTIAL_PREFIX,
+    TARGET_FILE,
+    TMP_MARK,
     check_box_name,
     check_engine,
     commit_box,
@@ -81,8 +81,6 @@ FORMAT = "boxlite-archive"
 VERSION = 1
 TOP = "boxlite-archive"
 SUFFIX = ".boxlite"
-TMP_MARK = ".boxlite-tmp-"
-TARGET_FILE = ".target"
 MAX_IMPORT_BYTES = int(os.environ.get("BOXLITE_MAX_IMPORT_BYTES", str(64 << 30)))
 """Unpacked bytes one import may write (env ``BOXLITE_MAX_IMPORT_BYTES``)."""
 MAX_IMPORT_ENTRIES = 2_000_000
@@ -749,20 +747,4 @@ def _layers_to_vm_disk(stage: Path, manifest: dict[str, Any], disk: Path, size_g
         raise StorageError(f"mke2fs failed building the VM disk: {msg}")
 
 
-def recover_exports(rt: BoxRuntime) -> None:
-    """Half-written archives of dead exporters (their scratch dir names the temporary file)."""
-    from .snapshots import owner_alive
-
-    for entry in list(os.scandir(rt.home.boxes_dir)):
-        if not entry.name.startswith(PARTIAL_PREFIX):
-            continue
-        target = Path(entry.path) / TARGET_FILE
-        owner = Path(entry.path) / OWNER_FILE
-        with contextlib.suppress(OSError):
-            if target.exists() and not owner_alive(owner.read_text() if owner.exists() else ""):
-                tmp = Path(target.read_text())
-                if TMP_MARK in tmp.name and tmp.name.startswith("."):
-                    tmp.unlink(missing_ok=True)
-
-
-__all__ = ["ExportRequest", "export", "import_box", "owner_token", "recover_exports"]
+__all__ = ["ExportRequest", "export", "import_box", "owner_token"]

@@ -56,6 +56,10 @@ NOT_RUNNING = ("configured", "stopped", "exited")
 PARTIAL_PREFIX = ".partial-"
 PENDING_MARK = ".pending"
 OWNER_FILE = ".owner"
+TMP_MARK = ".boxlite-tmp-"
+"""In the name of an archive being written next to its destination (archive.py)."""
+TARGET_FILE = ".target"
+"""In an exporter's scratch dir: the path of that temporary archive, for recover_exports."""
 MAX_SNAPSHOTS = 256
 """Named snapshots per box."""
 GUEST_SYNC_TIMEOUT = 10.0
@@ -635,4 +639,19 @@ def recover(rt: BoxRuntime) -> None:
                             gc(path, rec.engine)
 
 
-__all__ = ["Snapshot", "clone", "create", "get", "list_snapshots", "recover", "remove", "restore"]
+def recover_exports(rt: BoxRuntime) -> None:
+    """Half-written archives of dead exporters (their scratch dir names the temporary file).
+    Here, not in archive.py, so that opening a runtime does not import the archive code."""
+    for entry in list(os.scandir(rt.home.boxes_dir)):
+        if not entry.name.startswith(PARTIAL_PREFIX):
+            continue
+        target = Path(entry.path) / TARGET_FILE
+        owner = Path(entry.path) / OWNER_FILE
+        with contextlib.suppress(OSError):
+            if target.exists() and not owner_alive(owner.read_text() if owner.exists() else ""):
+                tmp = Path(target.read_text())
+                if TMP_MARK in tmp.name and tmp.name.startswith("."):
+                    tmp.unlink(missing_ok=True)
+
+
+__all__ = ["Snapshot", "clone", "create", "get", "list_snapshots", "recover", "recover_exports", "remove", "restore"]
