@@ -4,10 +4,12 @@ after which the process leaves without the interpreter's teardown (:func:`leave`
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False  # not from typing: `boxlite exec`'s lean path imports nothing it can avoid
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main() -> None:
@@ -55,6 +57,8 @@ def leave(code: object) -> NoReturn:
     else:
         print(code, file=sys.stderr)
         status = 1
+    import atexit
+
     threading = sys.modules.get("threading")
     if threading is not None:
         getattr(threading, "_shutdown", lambda: None)()  # joins threads; runs concurrent.futures' exit hooks
