@@ -225,3 +225,15 @@ def test_make_bench_runs_the_state_benchmark(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "latest.json").read_text())
     assert [(b["name"], b["exit_code"]) for b in data["benchmarks"]] == [("state", 0)]
     assert "| clone (stopped box) |" in (tmp_path / "latest.md").read_text()
+
+
+def test_ab_bench_times_two_revisions_interleaved(tmp_path: Path) -> None:
+    report = run_bench("bench_ab.py", tmp_path, "--runs", "1", "--base", "HEAD", timeout=300)
+    assert report["info"] == {"base": "HEAD", "head": "working tree"}
+    for title in ("boxlite run --rm --rootfs R true", "boxlite exec BOX true"):
+        timed = rows(report, title)
+        assert timed.keys() == {"base HEAD", "head working tree"}
+        assert timed["base HEAD"]["ratio"] is None and timed["head working tree"]["ratio"] > 0
+        assert all(measured(row) for row in timed.values())
+    worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in worktrees and "boxlite-bench-ab-" not in worktrees  # removed again

@@ -1,0 +1,112 @@
+"""Before/after: the same CLI timings under two revisions of this repository, interleaved.
+
+    python bench/bench_ab.py [--base REV] [--head REV] [--runs 20] [--quick] [--json out.json]
+
+This machine's timings drift by 10-20 % between runs of the same code, more than many changes
+are worth, so a change is measured against its parent in one run: each revision is checked out
+into a temporary git worktree (``--head`` defaults to the working tree as it is) and its modules
+are compiled; the same interpreter and dependencies then run each revision's ``boxlite`` with
+``PYTHONPATH`` set to its ``src`` (the zygote loads that revision's agent too), in its own home,
+ABAB/BABA. Contenders, both whole processes on the namespace engine and the busybox test rootfs:
+``boxlite run --rm --network none --rootfs R true`` and ``boxlite exec BOX true`` into a box of
+the same revision started with ``run -d``. Ratios are head / base.
+"""
+
+from __future__ import annotations
+
+import compileall
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import benchlib as bl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def checkout(rev: str | None, where: Path) -> Iterator[Path]:
+    """The ``src`` directory of ``rev`` (None: this working tree), compiled to bytecode."""
+    if rev is None:
+        src = REPO / "src"
+        compileall.compile_dir(str(src / "boxlite"), quiet=1)
+        yield src
+        return
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(where), rev], check=True)
+    try:
+        compileall.compile_dir(str(where / "src" / "boxlite"), quiet=1)
+        yield where / "src"
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)], check=False)
+
+
+class Revision:
+    """One revision's CLI, home and running box."""
+
+    def __init__(self, label: str, src: Path, tmp: Path, rootfs: Path) -> None:
+        self.label, self.rootfs = label, rootfs
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env = {**env, "PYTHONPATH": str(src), "BOXLITE_HOME": str(tmp / f"home-{label}")}
+        self.cli = bl.boxlite_cli()
+        out = subprocess.run(
+            [*self.cli, "run", "-d", "--network", "none", "--rootfs", str(rootfs), "sleep", "1000000"],
+            env=self.env, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.box = out.stdout.strip().splitlines()[-1]
+
+    def run_rm(self) -> float:
+        argv = [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"]
+        return bl.time_process(argv, env=self.env)
+
+    def exec_true(self) -> float:
+        return bl.time_process([*self.cli, "exec", self.box, "true"], env=self.env)
+
+    def close(self) -> None:
+        subprocess.run([*self.cli, "rm", "-f", self.box], env=self.env, capture_output=True, check=False)
+
+
+def compare(report: bl.Report, title: str, base: Revision, head: Revision, what: str, runs: int) -> None:
+    section = report.section(title, "whole process vs whole process (two revisions)", baseline=base.label)
+    contenders = {base.label: getattr(base, what), head.label: getattr(head, what)}
+    for fn in contenders.values():
+        fn()  # untimed warm-up: page cache, the rootfs import, the zygote's first start
+    for name, samples in bl.interleaved(contenders, runs).items():
+        section.add(name, samples, "s")
+    report.close(section)
+
+
+def main() -> int:
+    ap = bl.common_args(__doc__, runs=20, quick_runs=2)
+    ap.add_argument("--base", default="HEAD", help="the revision measured first (default HEAD)")
+    ap.add_argument("--head", default=None, help="the revision compared with it (default: the working tree)")
+    args = bl.parse(ap)
+    from support.images import build_busybox_rootfs
+
+    report = bl.Report("a/b (namespace engine, CLI)", args)
+    report.info.update(base=args.base, head=args.head or "working tree")
+    base_label = f"base {args.base}"
+    head_label = f"head {args.head or 'working tree'}"
+    with tempfile.TemporaryDirectory(prefix="boxlite-bench-ab-") as tmpdir:
+        tmp = Path(tmpdir)
+        rootfs = build_busybox_rootfs(tmp / "rootfs")
+        with checkout(args.base, tmp / "base") as base_src, checkout(args.head, tmp / "head") as head_src:
+            base = Revision(base_label, base_src, tmp, rootfs)
+            try:
+                head = Revision(head_label, head_src, tmp, rootfs)
+                try:
+                    compare(report, "boxlite run --rm --rootfs R true", base, head, "run_rm", args.runs)
+                    compare(report, "boxlite exec BOX true", base, head, "exec_true", args.runs)
+                finally:
+                    head.close()
+            finally:
+                base.close()
+    report.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
