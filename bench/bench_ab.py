@@ -7,9 +7,11 @@ are worth, so a change is measured against its parent in one run: each revision 
 into a temporary git worktree (``--head`` defaults to the working tree as it is) and its modules
 are compiled; the same interpreter and dependencies then run each revision's ``boxlite`` with
 ``PYTHONPATH`` set to its ``src`` (the zygote loads that revision's agent too), in its own home,
-ABAB/BABA. Contenders, both whole processes on the namespace engine and the busybox test rootfs:
-``boxlite run --rm --network none --rootfs R true`` and ``boxlite exec BOX true`` into a box of
-the same revision started with ``run -d``. Ratios are head / base.
+ABAB/BABA. Contenders, on the namespace engine and the busybox test rootfs: the library's
+create → ``exec("true")`` → remove (each revision's runtime lives in a worker process that times
+one cycle per request), and two whole processes, ``boxlite run --rm --network none --rootfs R
+true`` and ``boxlite exec BOX true`` into a box of the same revision started with ``run -d``.
+Ratios are head / base.
 """
 
 from __future__ import annotations
@@ -26,6 +28,24 @@ from pathlib import Path
 import benchlib as bl
 
 REPO = Path(__file__).resolve().parents[1]
+LIBRARY_WORKER = """
+import asyncio, sys, time
+import boxlite
+
+async def main(home, rootfs):
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
+    opts = boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, network="disabled")
+    for _ in sys.stdin:
+        t = time.perf_counter()
+        box = await rt.create(opts)
+        await (await box.exec("true", stdin=False)).wait()
+        await rt.remove(box.id, force=True)
+        print(time.perf_counter() - t, flush=True)
+    await rt.shutdown(timeout=5)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+"""One create -> exec("true") -> remove per line read, its seconds printed (one runtime per revision)."""
 
 
 @contextlib.contextmanager
@@ -57,6 +77,19 @@ class Revision:
             env=self.env, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.box = out.stdout.strip().splitlines()[-1]
+        self.worker = subprocess.Popen(
+            [sys.executable, "-c", LIBRARY_WORKER, str(tmp / f"lib-home-{label}"), str(rootfs)],
+            env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def library(self) -> float:
+        assert self.worker.stdin is not None and self.worker.stdout is not None
+        self.worker.stdin.write("go\n")
+        self.worker.stdin.flush()
+        line = self.worker.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.label}: the library worker died ({self.worker.wait()})")
+        return float(line)
 
     def run_rm(self) -> float:
         argv = [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"]
@@ -66,11 +99,18 @@ class Revision:
         return bl.time_process([*self.cli, "exec", self.box, "true"], env=self.env)
 
     def close(self) -> None:
+        if self.worker.stdin is not None:
+            self.worker.stdin.close()
+        try:
+            self.worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.worker.kill()
         subprocess.run([*self.cli, "rm", "-f", self.box], env=self.env, capture_output=True, check=False)
 
 
 def compare(report: bl.Report, title: str, base: Revision, head: Revision, what: str, runs: int) -> None:
-    section = report.section(title, "whole process vs whole process (two revisions)", baseline=base.label)
+    kind = "library call vs library call" if what == "library" else "whole process vs whole process"
+    section = report.section(title, f"{kind} (two revisions)", baseline=base.label)
     contenders = {base.label: getattr(base, what), head.label: getattr(head, what)}
     for fn in contenders.values():
         fn()  # untimed warm-up: page cache, the rootfs import, the zygote's first start
@@ -98,6 +138,8 @@ def main() -> int:
             try:
                 head = Revision(head_label, head_src, tmp, rootfs)
                 try:
+                    title = "library: create → exec(true) → remove"
+                    compare(report, title, base, head, "library", args.runs * 2)
                     compare(report, "boxlite run --rm --rootfs R true", base, head, "run_rm", args.runs)
                     compare(report, "boxlite exec BOX true", base, head, "exec_true", args.runs)
                 finally:
