@@ -139,6 +139,8 @@ class Engine(ABC):
     """One isolation technology. Engines are stateless; state lives in the box dir."""
 
     name: ClassVar[str]
+    live_rootfs: ClassVar[bool] = False
+    """Can a rootfs directory be the box's lower layer in place (no copy, no fingerprint walk)?"""
 
     @abstractmethod
     async def start(self, spec: BoxSpec) -> RunningBox:

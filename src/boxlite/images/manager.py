@@ -257,9 +257,17 @@ class ImageManager:
 
     # -- resolve ----------------------------------------------------------------------
     async def resolve(
-        self, image: str | None = None, rootfs_path: str | None = None, progress: ProgressFn | None = None
+        self,
+        image: str | None = None,
+        rootfs_path: str | None = None,
+        progress: ProgressFn | None = None,
+        *,
+        live_rootfs: bool = False,
     ) -> PreparedImage:
-        """Image reference or rootfs dir → unpacked layers + config (pulls when missing)."""
+        """Image reference or rootfs dir → unpacked layers + config (pulls when missing).
+
+        ``live_rootfs``: the engine can mount a rootfs directory in place; it is then its own
+        layer (where its file system can be id-mapped) instead of a fingerprinted copy."""
         from .catalog import is_complete
         from .layout import is_oci_layout
 
@@ -272,6 +280,12 @@ class ImageManager:
                 return await self._prepare(infos[0])
             if not path.is_dir():
                 raise NotFoundError(f"rootfs_path {rootfs_path} is not a directory")
+            if live_rootfs:
+                from .rootfs import live_root
+
+                live = live_root(path)
+                if live is not None:
+                    return PreparedImage((live[0],), ImageConfig(), live[1], None)
             root, fp = await asyncio.to_thread(self._import_rootfs, path)
             return PreparedImage((root,), ImageConfig(), f"rootfs:{fp}", None)
         assert image is not None

@@ -1,4 +1,6 @@
-"""Importing a plain root filesystem directory as a single cached layer."""
+"""A plain root filesystem directory as a box's image: mounted in place where the engine and the
+directory's file system allow (:func:`live_root`), else copied once into a cached layer keyed by a
+walk of every entry (:func:`import_rootfs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,57 @@ from pathlib import Path
 from ..errors import ImageError
 from .locks import file_lock
 from .store import Store
+from .types import LIVE_ROOTFS_PREFIX
 from .unpack import host_id, keep_xattr, log
+
+IDMAP_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs", "f2fs"})
+"""File systems whose mounts Linux can id-map (tmpfs too from 6.3): a directory on one of them
+can be a box's lower layer in place. Elsewhere (NFS, FUSE, ramfs, an overlay...) it is copied."""
+
+
+def live_root(path: Path, mountinfo: str = "/proc/self/mountinfo") -> tuple[Path, str] | None:
+    """``(real path, image id)`` when ``path`` can serve as a lower layer as it is, else None.
+
+    No walk and no copy, whatever the tree's size: the engine binds the directory read-only and
+    id-mapped, and the box's writes go to its own upper layer. The box therefore sees the
+    directory as it is at each start (and edits made while it runs), as ``podman --rootfs``
+    does; the image id names the directory, not its content. A directory with mounts inside it
+    is copied: the layer would have to id-map each of them."""
+    real = os.path.realpath(path)
+    try:
+        dev = os.stat(real).st_dev
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            mounts = [parse_mountinfo_line(line) for line in f]
+    except OSError:
+        return None
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    types = {fstype for device, _, fstype in mounts if device == want}
+    if len(types) != 1 or not idmappable(types.pop()):
+        return None
+    if any(point.startswith(real.rstrip("/") + "/") for _, point, _ in mounts):
+        return None
+    digest = hashlib.sha256(b"dir\0" + real.encode("utf-8", "surrogateescape")).hexdigest()
+    return Path(real), f"{LIVE_ROOTFS_PREFIX}{digest[:32]}"
+
+
+def idmappable(fstype: str) -> bool:
+    if fstype == "tmpfs":
+        release = os.uname().release.split(".")
+        try:
+            return (int(release[0]), int(release[1])) >= (6, 3)
+        except (IndexError, ValueError):
+            return False
+    return fstype in IDMAP_FILESYSTEMS
+
+
+def parse_mountinfo_line(line: str) -> tuple[str, str, str]:
+    """``(major:minor, mount point, fs type)`` of one ``/proc/self/mountinfo`` line."""
+    fields, _, rest = line.partition(" - ")
+    parts = fields.split()
+    if len(parts) < 5 or not rest:
+        return "", "", ""
+    point = parts[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    return parts[2], point, rest.split()[0]
 
 
 def fingerprint(path: Path) -> str:

@@ -58,6 +58,15 @@ class ImageConfig:
         )
 
 
+LIVE_ROOTFS_PREFIX = "rootfs:dir-"
+"""Image ids of rootfs directories mounted in place (``images.rootfs.live_root``)."""
+
+
+def is_live_rootfs(image_id: str) -> bool:
+    """Is the box's layer the user's own directory (not a copy in the store)?"""
+    return image_id.startswith(LIVE_ROOTFS_PREFIX)
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     """An image ready for an engine: unpacked layer dirs (bottom first) and its config."""

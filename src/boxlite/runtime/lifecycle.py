@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..fsutil.dirfd import remove_tree
 from ..images import ImageManager
+from ..images.types import is_live_rootfs
 from ..layout import MAIN_LOG_NAME, BoxLayout
 from . import capabilities
 from .config import BoxConfig, ImageDefaults, env_to_dict
@@ -189,7 +190,8 @@ class BoxRuntime:
             raise ConfigError(f"invalid box name {name!r}")
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
-        engine = select_engine(config.engine or self.default_engine).name
+        chosen = select_engine(config.engine or self.default_engine)
+        engine = chosen.name
         if config.volumes and engine == "vm" and os.geteuid() != 0:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
         if config.disk_size_gb is not None and engine == "namespace" and (why := quota.unsupported_reason()):
@@ -200,7 +202,9 @@ class BoxRuntime:
         rootfs_path = config.rootfs_path
         if config.image is None and rootfs_path is None:
             rootfs_path = str(await asyncio.to_thread(default_rootfs, self.home))
-        prepared = await self.images.resolve(image=None if rootfs_path else config.image, rootfs_path=rootfs_path)
+        prepared = await self.images.resolve(
+            image=None if rootfs_path else config.image, rootfs_path=rootfs_path, live_rootfs=chosen.live_rootfs
+        )
         cfg = prepared.config
         rec = BoxRecord(
             id=box_id or new_box_id(),
@@ -236,7 +240,8 @@ class BoxRuntime:
                 tuple(Path(p) for p in rec.layers),
                 rec.image_id,
                 rec.uid_base,
-                shifted=self.images.layers_shifted([Path(p) for p in rec.layers]),
+                # a live rootfs directory is the user's: never an older store's shifted layer
+                shifted=not is_live_rootfs(rec.image_id) and self.images.layers_shifted([Path(p) for p in rec.layers]),
             ),
             hostname=config.hostname or (rec.name or rec.id[-12:]).lower()[:63],
             cache_dir=self.home.cache_dir,
@@ -291,7 +296,8 @@ class BoxRuntime:
         spec = self.spec(rec)
         for layer in spec.root.layers:
             if not layer.is_dir():
-                raise EngineError(f"layer {layer} of box {rec.id} is missing (image removed?)")
+                what = "rootfs directory" if is_live_rootfs(rec.image_id) else "layer"
+                raise EngineError(f"{what} {layer} of box {rec.id} is missing (removed?)")
         for volume in rec.config.volumes:  # checked at each start, as BoxLite does
             if volume.volume_id and not os.path.isdir(volume.host_path):
                 raise NotFoundError(f"volume {volume.volume_id} (mounted at {volume.guest_path}) was removed")

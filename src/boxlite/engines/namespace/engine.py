@@ -67,6 +67,7 @@ class NamespaceEngine(Engine):
     """Linux namespaces + cgroups + seccomp; needs root (or CAP_SYS_ADMIN) on the host."""
 
     name = "namespace"
+    live_rootfs = True  # bound read-only and id-mapped as the overlay's lower layer
 
     def __init__(self) -> None:
         self._zygotes: dict[str, Zygote] = {}
