@@ -11,7 +11,11 @@ Comparisons (contenders interleaved ABCD/DCBA; medians with min/max/IQR; load av
      `nsenter` (into the crun container's namespaces). Baseline: crun exec.
   4. library call, exec in a running box: `Box.exec("true")` + wait vs `subprocess.run(["true"])`
      from the same Python process (the floor of spawning a process from a library).
-  5. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
+  5. rootfs size: the library's start + first exec + teardown from the busybox rootfs and from
+     the same tree with FILLER_FILES (--quick: 2,000) more files (a rootfs directory is the box's
+     lower layer in place: no copy, no walk), vs `crun run` on the large tree; the fingerprint
+     walk of the large tree, what each create paid before (the VM engine still pays it), beside.
+  6. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
      idle past $BOXLITE_SPAWNER_IDLE, default 30 s; agent, spawner, keeper 1 s after a command, printed too), the zygote
      (one per runtime, shared by its boxes) and the host process's growth from before
      `import boxlite` to one running box, measured in a fresh child process; vs the USS of an idle
@@ -35,6 +39,19 @@ from typing import Any
 import benchlib as bl
 
 PROBE_FLAG = "--memory-probe"
+FILLER_FILES = 50_000
+"""Extra files in the large rootfs (a Debian python rootfs holds ~5,000; a desktop image ~55,000)."""
+
+
+def add_filler(rootfs: Path, dest: Path, files: int) -> Path:
+    """A copy of ``rootfs`` with ``files`` small files more, 500 per directory under /usr/share."""
+    subprocess.run(["cp", "-a", str(rootfs), str(dest)], check=True)
+    for i in range(files):
+        d = dest / "usr" / "share" / "filler" / f"d{i // 500:03d}"
+        if i % 500 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i % 500:03d}").write_bytes(b"x")
+    return dest
 
 
 def crun_state_pid(name: str) -> int:
@@ -210,6 +227,49 @@ class Core:
             s.add(name, xs, "s")
         report.close(s)
 
+    def rootfs_size(self, report: bl.Report, files: int = FILLER_FILES) -> None:
+        from boxlite.images.rootfs import fingerprint
+
+        large = add_filler(self.rootfs, self.tmp / "rootfs-large", files)
+        large_opts = self.boxlite.BoxOptions(rootfs_path=str(large), auto_remove=True, network="disabled")
+        large_bundle = bl.make_bundle(large, self.tmp / "bundle-large", ["true"])
+
+        def lib_large() -> float:
+            async def go() -> float:
+                t = time.perf_counter()
+                box = await self.rt.create(large_opts)
+                await (await box.exec("true", stdin=False)).wait()
+                await self.rt.remove(box.id, force=True)
+                return time.perf_counter() - t
+
+            return self.loop.run_until_complete(go())
+
+        def walk() -> float:
+            t = time.perf_counter()
+            fingerprint(large)
+            return time.perf_counter() - t
+
+        contenders = {
+            "boxlite library, busybox rootfs": self.lib_start_exec_remove,
+            f"boxlite library, + {files:,} files": lib_large,
+            f"crun run, + {files:,} files": lambda: bl.time_process(
+                ["crun", "run", "-b", str(large_bundle), self.name()]
+            ),
+            f"fingerprint walk of the + {files:,} tree": walk,
+        }
+        s = report.section(
+            "start + first exec + teardown by rootfs size",
+            f"library; the rootfs directory with {files:,} more files",
+            baseline=f"crun run, + {files:,} files",
+        )
+        for fn in contenders.values():
+            fn()
+        for name, xs in bl.interleaved(contenders, self.runs).items():
+            walked = name.startswith("fingerprint")
+            note = "paid by each create before; by the VM engine still (a copy's cache key)" if walked else ""
+            s.add(name, xs, "s", note)
+        report.close(s)
+
     def exec_process(self, report: bl.Report) -> None:
         out = subprocess.run(
             [*self.cli, "run", "-d", "--network", "none", "--rootfs", str(self.rootfs), "sleep", "1000000"],
@@ -366,6 +426,7 @@ def main() -> int:
             core.start(report)
             core.exec_process(report)
             core.exec_library(report)
+            core.rootfs_size(report, 2_000 if args.quick else FILLER_FILES)
             core.memory(report)
         finally:
             core.close()

@@ -52,6 +52,14 @@ def test_core_compares_boxlite_with_crun_runc_bwrap_and_nsenter(tmp_path: Path) 
     assert exec_procs["crun exec"]["ratio"] is None and exec_procs["nsenter"]["ratio"] > 0  # crun exec: the peer
     exec_lib = rows(report, "exec `true` in a running box (library)")
     assert exec_lib.keys() == {"boxlite Box.exec", "subprocess.run (host, no box)"}
+    size = rows(report, "start + first exec + teardown by rootfs size")
+    assert size.keys() == {
+        "boxlite library, busybox rootfs",
+        "boxlite library, + 2,000 files",
+        "crun run, + 2,000 files",
+        "fingerprint walk of the + 2,000 tree",
+    }
+    assert size["crun run, + 2,000 files"]["ratio"] is None  # the peer
     mem = rows(report, "idle box memory, private (USS)")
     for name in (
         "crun container (sleep)",

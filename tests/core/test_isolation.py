@@ -244,6 +244,7 @@ async def test_box_of_an_older_store_keeps_its_shifted_layers(
             copy = old / os.path.relpath(os.path.join(dirpath, name), busybox_rootfs)
             os.chown(copy, 100000 + st.st_uid, 100000 + st.st_gid, follow_symlinks=False)
     rec.layers = [str(old)]
+    rec.image_id = "rootfs:" + "0" * 64  # an older record: its rootfs directory copied into the store
     core.db.update(rec)
     assert core.spec(rec).root.shifted
     await box.start()

@@ -17,7 +17,7 @@ import pytest
 import boxlite
 from boxlite.agent import mainexit
 from boxlite.engines.vm import accel
-from support.images import CACHE, python_rootfs
+from support.images import CACHE, build_busybox_rootfs, python_rootfs
 
 
 async def _until_not_running(box: boxlite.Box, timeout: float = 60.0) -> None:
@@ -190,8 +190,9 @@ async def test_failed_start_of_an_auto_remove_box_leaves_nothing(
     assert [p for p in (runtime.home.root / "boxes").iterdir()] == []
 
 
-async def test_failed_start_of_a_kept_box_keeps_it(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
-    kept = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+async def test_failed_start_of_a_kept_box_keeps_it(runtime: boxlite.Boxlite, tmp_path: Path) -> None:
+    rootfs = build_busybox_rootfs(tmp_path / "rootfs")  # its own: the layer may be the directory itself
+    kept = await runtime.create(boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=False))
     shutil.rmtree(Path(runtime._core.record(kept.id).layers[0]))  # its image layer is gone: the start fails
     with pytest.raises(boxlite.EngineError, match="missing"):
         await kept.start()
