@@ -109,3 +109,35 @@ def test_the_engine_adopts_the_prestarted_zygote(tmp_path: Path, busybox_rootfs:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result == {"warm": result["warm"], "used": [result["warm"]], "exit": 0, "left": 0}
+
+
+def test_auto_reads_the_kvm_verdict_of_the_runtimes_own_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busybox_rootfs: Path
+) -> None:
+    """`Options(home_dir=...)`/`--home`: "auto" decides from the verdict cached in that home (the
+    one the CLI's pre-start reads), not from `$BOXLITE_HOME`'s. (Where KVM or the artifact is
+    missing both say namespace, and the box must still start.)"""
+    import asyncio
+
+    import boxlite
+    from boxlite.runtime_artifact import peek_manifest
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    manifest = peek_manifest()
+    if manifest is not None:
+        _cache_verdict(manifest, home, "tcg")
+        _cache_verdict(manifest, elsewhere, "kvm")  # read before the fix: a vm box on a host without usable KVM
+    monkeypatch.setenv("BOXLITE_HOME", str(elsewhere))
+    monkeypatch.delenv("BOXLITE_ENGINE", raising=False)
+    monkeypatch.delenv("BOXLITE_VM_ACCEL", raising=False)
+
+    async def engine_of_an_auto_box() -> str:
+        rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home)))
+        box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), network="disabled"))
+        try:
+            return box.info().engine
+        finally:
+            await rt.remove(box.id, force=True)
+            await rt.shutdown(timeout=5)
+
+    assert asyncio.run(engine_of_an_auto_box()) == "namespace"

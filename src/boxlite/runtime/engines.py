@@ -21,12 +21,14 @@ def register_engine(name: str, factory: Callable[[], Engine]) -> None:
 
 
 @cache
-def select_engine(name: str) -> Engine:
-    """The engine called ``name``; "auto" is the VM engine when KVM works here, else namespace."""
+def select_engine(name: str, home: str | None = None) -> Engine:
+    """The engine called ``name``; "auto" is the VM engine when KVM works here, else namespace.
+    ``home``: the runtime home whose cache holds the KVM verdict ("auto" only; None: the
+    default home), the same one ``boxlite run``'s zygote pre-start reads."""
     if name in _registered:
         return _registered[name]()
     if name == "auto":
-        return select_engine("vm" if _vm_with_kvm() else "namespace")
+        return select_engine("vm" if _vm_with_kvm(home) else "namespace")
     if name == "namespace":
         from ..engines.namespace.engine import NamespaceEngine
 
@@ -38,13 +40,13 @@ def select_engine(name: str) -> Engine:
     raise ConfigError(f"unknown engine {name!r} (expected auto, namespace or vm)")
 
 
-def _vm_with_kvm() -> bool:
+def _vm_with_kvm(home: str | None) -> bool:
     """True when the VM engine is installed and a cached probe says KVM boots our guest."""
     try:
         from ..engines.vm import kvm_usable
     except ImportError:
         return False
     try:
-        return bool(kvm_usable())
+        return bool(kvm_usable(home))
     except Exception:
         return False

@@ -190,7 +190,7 @@ class BoxRuntime:
             raise ConfigError(f"invalid box name {name!r}")
         if name is not None and self.db.get(name) is not None:
             raise AlreadyExistsError(f"a box named {name!r} already exists")
-        chosen = select_engine(config.engine or self.default_engine)
+        chosen = select_engine(config.engine or self.default_engine, str(self.home.root))
         engine = chosen.name
         if config.volumes and engine == "vm" and os.geteuid() != 0:
             raise UnsupportedOptionError("volumes", "volumes of vm boxes need root (virtiofsd); use engine='namespace'")
