@@ -135,6 +135,11 @@ def _join_own_cgroups(tasks_files: list[str]) -> None:
             raise OSError(f"joining cgroup {os.path.dirname(tasks)}: {e.strerror}") from None
 
 
+SECCOMP_PROGRAM = build_filter()
+"""Built once in the zygote, before it forks any box: each box's PID 1 shares these bytes instead of
+allocating its own (pages written after the fork stay private to each box)."""
+
+
 def reuse_idmap(config: dict[str, Any], cache: dict[tuple[int, int], int]) -> None:
     """Zygote side: a box's id-mapping user namespace (for id-mapped layers and volumes) depends
     on its uid range only, so the zygote makes it once per range and each box inherits it."""
@@ -187,7 +192,7 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
         os.chmod(path, 0o600)
         sock.listen(64)
         lifeline = config.get("lifeline_fd")
-        confinement = Confinement(root=BOX, seccomp_program=build_filter(), cap_last=cap_last)
+        confinement = Confinement(root=BOX, seccomp_program=SECCOMP_PROGRAM, cap_last=cap_last)
         if isinstance(config.get("cap_mask"), int):  # None: the default set
             confinement.cap_mask = int(config["cap_mask"])
         agent = Agent(confinement, lifeline, log_dir="/run/boxlite")
