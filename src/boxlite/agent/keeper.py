@@ -36,25 +36,11 @@ import signal
 import socket
 import sys
 import time
-from types import ModuleType
 from typing import Any
 
 from . import linux
+from .helperproc import Helper, spawn
 from .protocol import lifeline_closed, status_line
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import subprocess
-
-
-def _subprocess() -> ModuleType:
-    """``subprocess``, imported by the keeper itself when it has helpers to run, never by the
-    zygote: it imports ``threading``, whose at-fork hook would cost every box process the zygote
-    forks ~0.4 MiB of private memory (docs/performance.md)."""
-    import subprocess
-
-    return subprocess
-
 
 STATUS_KEEPER = "keeper"
 """Status line ``keeper <pid>``: the keeper holds the box (and its pasta configured the network)."""
@@ -71,25 +57,22 @@ MAX_HELPER_LOG = 64 << 10
 
 def _write_sysctls(netns: int, sysctls: dict[str, str]) -> None:
     """Write the engine's ``sysctls`` (path below /proc/sys/net: value) in the box's network
-    namespace, from a thread that joins it (/proc/sys/net is the calling thread's namespace's;
-    the keeper itself stays in the host's). Best effort: they only tune speed."""
-
-    def apply() -> None:
+    namespace, from a short-lived child that joins it (/proc/sys/net is the calling thread's
+    namespace's; the keeper itself stays in the host's, and a thread would cost it ``threading``
+    and memory for as long as the box lives). Best effort: they only tune speed."""
+    if not sysctls:
+        return
+    pid = os.fork()
+    if pid == 0:
         try:
             linux.setns(netns, linux.CLONE_NEWNET)
-        except OSError:
-            return
-        for key, value in sysctls.items():
-            if key.startswith("net/") and ".." not in key.split("/"):
-                with contextlib.suppress(OSError), open(f"/proc/sys/{key}", "w") as f:
-                    f.write(value)
-
-    if sysctls:
-        import threading  # see _subprocess: never in the zygote
-
-        worker = threading.Thread(target=apply, daemon=True)
-        worker.start()
-        worker.join()
+            for key, value in sysctls.items():
+                if key.startswith("net/") and ".." not in key.split("/"):
+                    with contextlib.suppress(OSError), open(f"/proc/sys/{key}", "w") as f:
+                        f.write(value)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def fork_keeper(config: dict[str, Any], status_fd: int) -> socket.socket | None:
@@ -171,11 +154,11 @@ class Keeper:
         self.cgroup_ids: dict[str, int | None] = {}
         """Inodes of the box's cgroup dirs, once A made them (a newer dir at a path is not ours)."""
         self.box_pidfd: int | None = None
-        self.pasta: subprocess.Popen[bytes] | None = None
+        self.pasta: Helper | None = None
         self.pasta_pidfd: int | None = None
         self.pasta_err: int | None = None
-        self.dnsproxy: subprocess.Popen[bytes] | None = None
-        self.secretproxy: subprocess.Popen[bytes] | None = None
+        self.dnsproxy: Helper | None = None
+        self.secretproxy: Helper | None = None
         self.logged = 0
         if config.get("log_fd") is not None:
             os.close(int(config["log_fd"]))  # A dup'ed it to 1 and 2
@@ -202,8 +185,6 @@ class Keeper:
         return 0
 
     def _serve(self) -> None:
-        if self.conf.get("pasta"):
-            _subprocess()  # while A makes PID 1: off the start's critical path
         netns = self._receive()
         self.cgroup_ids = {d: _inode(d) for d in self.cgroup_dirs}  # A is past making them (or gone)
         if netns is None:
@@ -268,37 +249,26 @@ class Keeper:
         self.secretproxy = self._start_proxy(argv, "secret proxy", int(self.conf["net_gid"]), fds)
         return self.secretproxy is not None
 
-    def _start_proxy(
-        self, argv: list[str], what: str, gid: int | None, fds: list[int] | None = None
-    ) -> subprocess.Popen[bytes] | None:
+    def _start_proxy(self, argv: list[str], what: str, gid: int | None, fds: list[int] | None = None) -> Helper | None:
         """Run a host-side proxy of the box and wait for its ``ready`` line (None: it failed, reported)."""
-        me = os.getpid()
-
-        def preexec() -> None:
-            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != me:
-                os._exit(1)
-            if gid is not None:
-                os.setgroups([])
-                os.setresgid(gid, gid, gid)
-
+        out, out_w = os.pipe2(os.O_CLOEXEC)
         try:
-            sp = _subprocess()
-            proc = sp.Popen(argv, stdin=sp.DEVNULL, stdout=sp.PIPE, preexec_fn=preexec, pass_fds=fds or ())
+            proc = spawn(argv, stdout=out_w, pass_fds=fds or (), gid=gid)
         except OSError as e:
+            os.close(out)
             self._report(STATUS_NET_ERROR, f"cannot run the {what}: {e}")
             return None
-        assert proc.stdout is not None
-        out = proc.stdout.fileno()
+        finally:
+            os.close(out_w)
         deadline, text = time.monotonic() + PASTA_READY_TIMEOUT, b""
-        while b"\n" not in text and time.monotonic() < deadline:
+        while b"\n" not in text and len(text) < 4096 and time.monotonic() < deadline:
             if not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 break
             chunk = os.read(out, 64)
             if not chunk:
                 break
             text += chunk
-        proc.stdout.close()
+        os.close(out)
         if not text.startswith(b"ready "):
             self._report(STATUS_NET_ERROR, f"the box's {what} did not start (see the boot log)")
             return None
@@ -320,23 +290,12 @@ class Keeper:
         ready = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         hold = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # no EOF before pasta writes
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        gid, me = int(self.conf["net_gid"]), os.getpid()
-
-        def preexec() -> None:
-            os.setgroups([])
-            os.setresgid(gid, gid, gid)  # the host guard's group, before pasta opens any socket
-            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != me:  # the keeper died before prctl
-                os._exit(1)
-
         argv = [*self.conf["pasta"], "--pid", fifo, "--netns", f"/proc/self/fd/{netns}"]
         _write_sysctls(netns, self.conf.get("sysctls") or {})
         try:
             try:
-                sp = _subprocess()
-                self.pasta = sp.Popen(
-                    argv, pass_fds=[netns], stdin=sp.DEVNULL, stdout=err_w, stderr=err_w, preexec_fn=preexec
-                )
+                # in the host guard's group before pasta opens any socket
+                self.pasta = spawn(argv, stdout=err_w, stderr=err_w, pass_fds=[netns], gid=int(self.conf["net_gid"]))
             except OSError as e:
                 self._report(STATUS_NET_ERROR, f"cannot run pasta: {e}")
                 return False
