@@ -16,7 +16,8 @@ Comparisons (contenders interleaved ABCD/DCBA; medians with min/max/IQR; load av
      lower layer in place: no copy, no walk), vs `crun run` on the large tree; the fingerprint
      walk of the large tree, what each create paid before (the VM engine still pays it), beside.
   6. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
-     idle past $BOXLITE_SPAWNER_IDLE, default 30 s; agent, spawner, keeper 1 s after a command, printed too), the zygote
+     idle past $BOXLITE_SPAWNER_IDLE, default 30 s; agent, spawner, keeper 1 s after a command, printed too; a box
+     with the default network, whose pasta is counted too, beside), the zygote
      (one per runtime, shared by its boxes) and the host process's growth from before
      `import boxlite` to one running box, measured in a fresh child process; vs the USS of an idle
      crun container running the same `sleep`.
@@ -99,18 +100,24 @@ def memory_probe(rootfs: str, home: str) -> None:
         rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
         box = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, network="disabled"))
         await (await box.exec("true", stdin=False)).wait()
+        host_growth = bl.smaps_kib(os.getpid())["dirty"] - before  # one box's, before the second
+        networked = await rt.create(boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True))  # the default
+        await (await networked.exec("true", stdin=False)).wait()
         await asyncio.sleep(1.0)
         used_pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
         used = bl.memory_of(used_pids)
         await asyncio.sleep(SPAWNER_IDLE)  # unused for longer than that: the agent retired the spawner
         pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
+        net_pids = box_processes(Path(home), networked.id, networked.info().state.pid or 0)
         out = {
+            "networked": bl.memory_of(net_pids),
+            "networked_processes": len(net_pids),
             "box": bl.memory_of(pids),
             "box_processes": len(pids),
             "box_used": used,
             "box_used_processes": len(used_pids),
             "zygote": bl.memory_of(bl.zygotes()),
-            "host_growth": bl.smaps_kib(os.getpid())["dirty"] - before,
+            "host_growth": host_growth,
         }
         await rt.shutdown(timeout=5)
         return out
@@ -388,6 +395,13 @@ class Core:
             [p["host_growth"] * mib for p in probes],
             "MiB",
             "private dirty memory from before `import boxlite` to one idle box",
+        )
+        s.add(
+            "boxlite box processes, default network",
+            [p["networked"]["uss"] * mib for p in probes],
+            "MiB",
+            f"agent, keeper, pasta ({probes[0]['networked_processes']} processes); crun has no network of its own",
+            compare=False,
         )
         total = [(p["box"]["uss"] + p["zygote"]["uss"] + p["host_growth"]) * mib for p in probes]
         s.add("boxlite lone box, all of the above", total, "MiB")

@@ -64,6 +64,7 @@ def test_core_compares_boxlite_with_crun_runc_bwrap_and_nsenter(tmp_path: Path) 
     for name in (
         "crun container (sleep)",
         "boxlite box processes",
+        "boxlite box processes, default network",
         "boxlite zygote",
         "boxlite lone box, all of the above",
     ):
