@@ -13,6 +13,7 @@ router 10.77.0.254. The script starts a box there and reports what the box could
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -175,6 +176,54 @@ import subprocess
 from boxlite.engines.net import hostguard
 hostguard.install(); hostguard.install()
 print(subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+def test_guard_is_skipped_only_while_no_table_changed() -> None:
+    """A start skips `nft` only when the ruleset generation says nothing changed since our own
+    install; a flush of everything, of our chain, or anyone else's change reinstalls it."""
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", GUARD_GENERATIONS], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "first_install_is_one_transaction": True,
+        "second_install_changes_nothing": True,
+        "restored_after_flush_ruleset": True,
+        "restored_after_flush_of_our_chain": True,
+        "reinstalled_after_another_tables_change": True,
+    }
+
+
+GUARD_GENERATIONS = """
+import json, subprocess
+from boxlite.engines.net import hostguard, nftgen
+
+def nft(*args):
+    return subprocess.run(["nft", *args], capture_output=True, text=True, check=True).stdout
+
+def intact():
+    rules = nft("list", "table", "inet", "boxlite")
+    return "meta skgid @helpers jump helper" in rules and rules.count("reject") == 2
+
+out = {}
+g = nftgen.generation()
+hostguard.install()
+out["first_install_is_one_transaction"] = nftgen.generation() == g + 1 and intact()
+g = nftgen.generation()
+hostguard.install()
+out["second_install_changes_nothing"] = nftgen.generation() == g and intact()
+nft("flush", "ruleset")
+hostguard.install()
+out["restored_after_flush_ruleset"] = intact()
+nft("flush", "chain", "inet", "boxlite", "helper")
+hostguard.install()
+out["restored_after_flush_of_our_chain"] = intact()
+nft("add", "table", "inet", "someone_else")
+g = nftgen.generation()
+hostguard.install()
+out["reinstalled_after_another_tables_change"] = nftgen.generation() == g + 1 and intact()
+print(json.dumps(out))
 """
 
 

@@ -30,11 +30,17 @@ resolver, which often is a loopback one (127.0.0.53). Only port 53 of the resolv
 rejects the helpers' packets, so the host's own firewall and other software are untouched.
 It is (re)installed atomically before every networked box starts (idempotent, concurrent
 engines converge) and stays afterwards, harmless without helpers. A ``nft flush ruleset`` on
-the host removes it until the next networked box starts.
+the host removes it until the next networked box starts. Running ``nft`` costs ~20 ms, so a
+start skips it when the ruleset is provably as we left it: the kernel's nftables generation
+(:mod:`.nftgen`) counts every change to any table, and an install whose own transaction was the
+only one in between (generation + 1) is recorded with the resulting generation, the rules' hash,
+the boot and the network namespace (in memory, and in ``/run/boxlite`` for later processes of
+the same boot). Any other change since, by anyone, means the next start runs ``nft`` again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -42,6 +48,7 @@ import subprocess
 from pathlib import Path
 
 from ...errors import NetworkError
+from . import nftgen
 
 DEFAULT_HELPER_GID = 165535
 """Group id (and passt's user id) of the network helpers: the default home's box id 65535
@@ -53,6 +60,9 @@ range, below 2^31; no box or host process uses these."""
 ALLOW_GID_SLOTS = 65536
 RESOLV_CONF = Path("/etc/resolv.conf")
 MAX_RESOLVERS = 8
+RECORD = Path("/run/boxlite/hostguard")
+"""The last install known intact: ``<rules hash> <boot id> <netns> <generation>`` (root only)."""
+_recorded: str | None = None
 
 
 def helper_gid() -> int:
@@ -138,9 +148,13 @@ def install(gid: int | None = None) -> int:
     gets network without the guard."""
     gid = helper_gid() if gid is None else gid
     script = ruleset(gid, *resolvers())
+    binary = nft_binary()
+    before = nftgen.generation()
+    if before is not None and _last_intact() == _state(script, before):
+        return gid  # no change to any table since our own install: the guard is as we wrote it
     try:
         proc = subprocess.run(
-            [nft_binary(), "-f", "-"], input=script, capture_output=True, text=True, timeout=10, check=False
+            [binary, "-f", "-"], input=script, capture_output=True, text=True, timeout=10, check=False
         )
     except subprocess.TimeoutExpired:
         raise NetworkError("nft did not install the host guard within 10s") from None
@@ -148,7 +162,49 @@ def install(gid: int | None = None) -> int:
         raise NetworkError(f"could not run nft: {e}") from None
     if proc.returncode != 0:
         raise NetworkError(f"nft refused the host guard rules: {proc.stderr.strip()[:500]}")
+    after = nftgen.generation()
+    if before is not None and after == before + 1:  # ours was the only transaction in between
+        _record(_state(script, after))
     return gid
+
+
+def _state(script: str, generation: int) -> str | None:
+    """What an intact guard looks like now; None when the boot or namespace cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        netns = os.stat("/proc/self/ns/net")
+    except OSError:
+        return None
+    digest = hashlib.sha256(script.encode()).hexdigest()
+    return f"{digest} {boot} {netns.st_dev}:{netns.st_ino} {generation}"
+
+
+def _last_intact() -> str | None:
+    if _recorded is not None or os.geteuid() != 0:
+        return _recorded
+    try:
+        st = os.lstat(RECORD)
+        if st.st_uid != 0 or st.st_mode & 0o022 or not RECORD.is_file():
+            return None
+        return RECORD.read_text()[:512]
+    except OSError:
+        return None
+
+
+def _record(state: str | None) -> None:
+    global _recorded
+    _recorded = state
+    if state is None or os.geteuid() != 0:
+        return
+    try:  # best effort: later processes of this boot then skip nft too
+        RECORD.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = RECORD.with_name(f".hostguard.{os.getpid()}")
+        tmp.write_text(state)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, RECORD)
+    except OSError:
+        pass
 
 
 def enter_helper_group(gid: int) -> None:
