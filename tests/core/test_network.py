@@ -93,3 +93,20 @@ async def test_network_option_errors(runtime: boxlite.Boxlite, busybox_rootfs: P
     ):
         with pytest.raises(boxlite.ConfigError, match=match):
             await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), **bad))
+
+
+async def test_a_published_port_is_free_again_when_stop_returns(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """stop() then start() of a box with a published port binds the same host port again at
+    once: whatever held it (pasta; QEMU) is gone by the time stop() returns."""
+    port = free_port()
+    opts = boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), ports=[(port, 8080)], auto_remove=False)
+    box = await runtime.create(opts)
+    try:
+        for round_ in range(3):
+            server = await box.exec("sh", ["-c", f"echo round-{round_} | nc -l -p 8080"], stdin=False)
+            assert await first_reply(port) == f"round-{round_}\n".encode()
+            await server.wait()
+            await box.stop()
+            await box.start()
+    finally:
+        await runtime.remove(box.id, force=True)

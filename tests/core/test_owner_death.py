@@ -26,6 +26,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 GONE_WITHIN = 5.0
 """Seconds after the owner's death (measured here: namespace ~0.1 s; VM ~0.4 s under TCG, its
 guest is asked to shut down first)."""
+HELPERS_END_WITHIN = 2.0
+"""Seconds after stop() returns: the pasta of a box without published ports is still exiting
+then (the kernel unregistering its tap device, ~40 ms here); its keeper SIGKILLs it after 1 s."""
 EXPECTED = {"namespace": {"agent", "keeper", "pasta"}, "vm": {"agent", "qemu", "virtiofsd0"}}
 
 
@@ -207,7 +210,11 @@ async def test_detached_box_keeps_its_helpers_until_stopped(
             await box.stop()
         finally:
             await rt.shutdown()
-        assert leftovers(rep, starts, (rep["id"],)) == []
+        assert box_cgroups(rep["id"], rep["cgroups"]) == []  # removed before stop() returned
+        t0 = time.monotonic()
+        while (left := leftovers(rep, starts, (rep["id"],))) and time.monotonic() < t0 + HELPERS_END_WITHIN:
+            time.sleep(0.01)
+        assert left == [], f"left {HELPERS_END_WITHIN}s after stop(): {left}"
     finally:
         force_clean(rep, starts)
 

@@ -16,7 +16,10 @@ box also has host-side parts the agent cannot reach from inside its namespaces: 
   written into a FIFO (``--pid``), its configuration of the namespace precedes that;
 * when PID 1 exits, for whatever reason (stop, crash, the lifeline), it kills pasta (through a
   pidfd: no pid reuse race) and removes the box's cgroup directories once the box's last
-  processes left them, then exits;
+  processes left them, then exits. The engine counts the box stopped when the keeper's lock is
+  released: a pasta holding published ports has exited by then (a restart binds them again);
+  one without is still exiting (the kernel unregistering its tap device, ~40 ms) and is reaped
+  after the release;
 * it watches the lifeline too: if the agent has not ended the box ``LIFELINE_GRACE`` seconds
   after the owner died (it hangs, or is still booting), the keeper SIGKILLs PID 1.
 
@@ -157,6 +160,7 @@ class Keeper:
         self.pasta: Helper | None = None
         self.pasta_pidfd: int | None = None
         self.pasta_err: int | None = None
+        self.pasta_termed_at: float | None = None
         self.dnsproxy: Helper | None = None
         self.secretproxy: Helper | None = None
         self.logged = 0
@@ -175,13 +179,17 @@ class Keeper:
             self._kill_box()  # a box nobody keeps would leak its helpers: it ends with its keeper
             raise
         finally:
-            self._kill_pasta()
+            if self.conf.get("pasta_ports"):
+                self._kill_pasta()  # its sockets hold the box's host ports: free before a restart binds them
+            else:
+                self._term_pasta()  # its exit (the kernel unregistering the box's tap, ~40 ms) overlaps the rest
             self._kill_dnsproxy()
             if self.secretproxy is not None:
                 self.secretproxy.kill()
                 self.secretproxy.wait()
             self._remove_cgroups()
             os.close(lock)  # done: the runtime waiting on the lock goes on now, not after our exit
+            self._kill_pasta()
         return 0
 
     def _serve(self) -> None:
@@ -360,21 +368,35 @@ class Keeper:
             self.logged += len(out)
         return out
 
+    def _term_pasta(self) -> None:
+        """SIGTERM pasta and forget its pid file (the engine then has no pasta of the box to
+        kill); :meth:`_kill_pasta` waits for it."""
+        if self.pasta is None or self.pasta_termed_at is not None:
+            return
+        assert self.pasta_pidfd is not None
+        self.pasta_termed_at = time.monotonic()
+        try:
+            signal.pidfd_send_signal(self.pasta_pidfd, signal.SIGTERM)
+        except OSError:
+            pass
+        _unlink(self.conf["pasta_pid"])
+
     def _kill_pasta(self) -> None:
-        """SIGTERM pasta, SIGKILL it if it lingers, reap it; forget its pid file."""
+        """SIGTERM pasta (unless done), SIGKILL it if it lingers, reap it; forget its pid file."""
         if self.pasta is None:
             return
         assert self.pasta_pidfd is not None
+        self._term_pasta()
+        assert self.pasta_termed_at is not None
         try:
-            signal.pidfd_send_signal(self.pasta_pidfd, signal.SIGTERM)
-            if not select.select([self.pasta_pidfd], [], [], PASTA_TERM_GRACE)[0]:
+            grace = max(0.0, self.pasta_termed_at + PASTA_TERM_GRACE - time.monotonic())
+            if not select.select([self.pasta_pidfd], [], [], grace)[0]:
                 signal.pidfd_send_signal(self.pasta_pidfd, signal.SIGKILL)
         except OSError:
             pass
         self.pasta.wait()
         os.close(self.pasta_pidfd)
-        self.pasta = self.pasta_pidfd = None
-        _unlink(self.conf["pasta_pid"])
+        self.pasta = self.pasta_pidfd = self.pasta_termed_at = None
 
     # --- the box's life -------------------------------------------------------------------
     def _watch(self) -> None:

@@ -123,6 +123,7 @@ class NamespaceEngine(Engine):
                 "lock": str(lock),
                 "pasta": pasta[0] if pasta else None,
                 "net_gid": pasta[1] if pasta else None,
+                "pasta_ports": bool(spec.ports),  # it holds host ports: gone before the box counts as stopped
                 "dnsproxy": dnsproxy,
                 "secretproxy": secretproxy,
                 "secretproxy_netns": network.secret_fastpath(),
