@@ -9,8 +9,9 @@ are compiled; the same interpreter and dependencies then run each revision's ``b
 ``PYTHONPATH`` set to its ``src`` (the zygote loads that revision's agent too), in its own home,
 ABAB/BABA. Contenders, on the namespace engine and the busybox test rootfs: the library's
 create → ``exec("true")`` → remove (each revision's runtime lives in a worker process that times
-one cycle per request), and two whole processes, ``boxlite run --rm --network none --rootfs R
-true`` and ``boxlite exec BOX true`` into a box of the same revision started with ``run -d``.
+one cycle per request), loopback-only and with the default network, and two whole processes,
+``boxlite run --rm --network none --rootfs R true`` and ``boxlite exec BOX true`` into a box of
+the same revision started with ``run -d``.
 Ratios are head / base.
 """
 
@@ -28,13 +29,15 @@ from pathlib import Path
 import benchlib as bl
 
 REPO = Path(__file__).resolve().parents[1]
+NETWORKS = ("disabled", "default")
 LIBRARY_WORKER = """
 import asyncio, sys, time
 import boxlite
 
-async def main(home, rootfs):
+async def main(home, rootfs, network):
     rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
-    opts = boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, network="disabled")
+    extra = {} if network == "default" else {"network": "disabled"}
+    opts = boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, **extra)
     for _ in sys.stdin:
         t = time.perf_counter()
         box = await rt.create(opts)
@@ -43,9 +46,10 @@ async def main(home, rootfs):
         print(time.perf_counter() - t, flush=True)
     await rt.shutdown(timeout=5)
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
-"""One create -> exec("true") -> remove per line read, its seconds printed (one runtime per revision)."""
+"""One create -> exec("true") -> remove per line read, its seconds printed (one runtime per revision
+and network: "disabled", or "default", BoxLite's default outbound network through pasta)."""
 
 
 @contextlib.contextmanager
@@ -77,19 +81,27 @@ class Revision:
             env=self.env, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.box = out.stdout.strip().splitlines()[-1]
-        self.worker = subprocess.Popen(
-            [sys.executable, "-c", LIBRARY_WORKER, str(tmp / f"lib-home-{label}"), str(rootfs)],
-            env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        self.workers = {network: self._worker(tmp / f"lib-home-{label}-{network}", network) for network in NETWORKS}
+
+    def _worker(self, home: Path, network: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-c", LIBRARY_WORKER, str(home), str(self.rootfs), network]
+        return subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _cycle(self, network: str) -> float:
+        worker = self.workers[network]
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+        line = worker.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.label}: the library worker died ({worker.wait()})")
+        return float(line)
 
     def library(self) -> float:
-        assert self.worker.stdin is not None and self.worker.stdout is not None
-        self.worker.stdin.write("go\n")
-        self.worker.stdin.flush()
-        line = self.worker.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.label}: the library worker died ({self.worker.wait()})")
-        return float(line)
+        return self._cycle("disabled")
+
+    def library_networked(self) -> float:
+        return self._cycle("default")
 
     def run_rm(self) -> float:
         argv = [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"]
@@ -99,17 +111,18 @@ class Revision:
         return bl.time_process([*self.cli, "exec", self.box, "true"], env=self.env)
 
     def close(self) -> None:
-        if self.worker.stdin is not None:
-            self.worker.stdin.close()
-        try:
-            self.worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.worker.kill()
+        for worker in self.workers.values():
+            if worker.stdin is not None:
+                worker.stdin.close()
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         subprocess.run([*self.cli, "rm", "-f", self.box], env=self.env, capture_output=True, check=False)
 
 
 def compare(report: bl.Report, title: str, base: Revision, head: Revision, what: str, runs: int) -> None:
-    kind = "library call vs library call" if what == "library" else "whole process vs whole process"
+    kind = "library call vs library call" if what.startswith("library") else "whole process vs whole process"
     section = report.section(title, f"{kind} (two revisions)", baseline=base.label)
     contenders = {base.label: getattr(base, what), head.label: getattr(head, what)}
     for fn in contenders.values():
@@ -140,6 +153,8 @@ def main() -> int:
                 try:
                     title = "library: create → exec(true) → remove"
                     compare(report, title, base, head, "library", args.runs * 2)
+                    title = "library, default network (pasta): create → exec(true) → remove"
+                    compare(report, title, base, head, "library_networked", args.runs * 2)
                     compare(report, "boxlite run --rm --rootfs R true", base, head, "run_rm", args.runs)
                     compare(report, "boxlite exec BOX true", base, head, "exec_true", args.runs)
                 finally:

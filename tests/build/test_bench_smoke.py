@@ -239,7 +239,12 @@ def test_make_bench_runs_the_state_benchmark(tmp_path: Path) -> None:
 def test_ab_bench_times_two_revisions_interleaved(tmp_path: Path) -> None:
     report = run_bench("bench_ab.py", tmp_path, "--runs", "1", "--base", "HEAD", timeout=300)
     assert report["info"] == {"base": "HEAD", "head": "working tree"}
-    for title in ("library: create → exec(true) → remove", "boxlite run --rm --rootfs R true", "boxlite exec BOX true"):
+    for title in (
+        "library: create → exec(true) → remove",
+        "library, default network (pasta): create → exec(true) → remove",
+        "boxlite run --rm --rootfs R true",
+        "boxlite exec BOX true",
+    ):
         timed = rows(report, title)
         assert timed.keys() == {"base HEAD", "head working tree"}
         assert timed["base HEAD"]["ratio"] is None and timed["head working tree"]["ratio"] > 0

@@ -4,6 +4,7 @@ and a killed owner takes its (non-detached) boxes down with it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -256,3 +257,29 @@ async def test_forked_children_of_the_owner_do_not_keep_its_boxes_alive(
     finally:
         if process_start_time(child) == child_start:
             os.kill(child, signal.SIGKILL)
+
+
+async def test_a_fork_after_shutdown_leaves_the_processes_files_alone(home: Path) -> None:
+    """The fork handler that drops the lifeline in forked children must not, once the runtime
+    is shut down, close whatever file has since taken the lifeline's number (a multiprocessing
+    worker's pipe, say)."""
+    rt = new_runtime(home)
+    await rt.list_info()  # the runtime and its lifeline exist
+    old = rt._backend.core.lifeline_w  # type: ignore[attr-defined]
+    await rt.shutdown()
+    r, w = os.pipe()
+    try:
+        os.dup2(r, old)  # the number, reused by a file of the process
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.fstat(old)
+                os._exit(0)
+            except OSError:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the forked child lost a file it did not own"
+    finally:
+        for fd in {r, w, old}:
+            with contextlib.suppress(OSError):
+                os.close(fd)

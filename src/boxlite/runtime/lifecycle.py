@@ -456,6 +456,9 @@ class BoxRuntime:
         for fd in (self.lifeline_w, self.lifeline_r):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        # -1: a later fork's handler (_drop_lifeline_in_forked_children) must not close whatever
+        # file took these numbers since, e.g. a multiprocessing worker's pipe
+        self.lifeline_w = self.lifeline_r = -1
         self.db.close()
 
     def engine_for(self, rec: BoxRecord) -> Engine:
