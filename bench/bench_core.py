@@ -147,10 +147,10 @@ class Core:
         return f"blbench-{os.getpid()}-{self.n}"
 
     # -- contenders -------------------------------------------------------------------------
-    def lib_start_exec_remove(self) -> float:
+    def lib_start_exec_remove(self, opts: Any = None) -> float:
         async def go() -> float:
             t = time.perf_counter()
-            box = await self.rt.create(self.opts)
+            box = await self.rt.create(opts or self.opts)
             await (await box.exec("true", stdin=False)).wait()
             await self.rt.remove(box.id, force=True)
             return time.perf_counter() - t
@@ -218,6 +218,15 @@ class Core:
         parts = [self.lib_start_exec() for _ in range(self.runs)]
         s.add("boxlite: create → first exec result", [p[0] for p in parts], "s", "breakdown", compare=False)
         s.add("boxlite: stop + remove", [p[1] for p in parts], "s", "breakdown", compare=False)
+        networked = self.boxlite.BoxOptions(rootfs_path=str(self.rootfs), auto_remove=True)  # the default network
+        self.lib_start_exec_remove(networked)
+        s.add(
+            "boxlite library, default network",
+            [self.lib_start_exec_remove(networked) for _ in range(self.runs)],
+            "s",
+            "with pasta and the host guard, as users run it; no peer here has a network of its own",
+            compare=False,
+        )
         report.close(s)
 
         s = report.section(

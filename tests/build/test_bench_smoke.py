@@ -43,7 +43,7 @@ def measured(row: dict[str, Any]) -> bool:
 def test_core_compares_boxlite_with_crun_runc_bwrap_and_nsenter(tmp_path: Path) -> None:
     report = run_bench("bench_core.py", tmp_path, "--runs", "1")
     start = rows(report, "start + first exec of `true` + teardown")
-    assert {"boxlite library", "crun run", "runc run", "bwrap"} <= start.keys()
+    assert {"boxlite library", "crun run", "runc run", "bwrap", "boxlite library, default network"} <= start.keys()
     assert start["crun run"]["ratio"] is None and start["boxlite library"]["ratio"] > 0  # crun is the peer
     cli = rows(report, "run `true` in a new box, removed after")
     assert {"boxlite run --rm", "crun run"} <= cli.keys()
