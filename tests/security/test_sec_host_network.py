@@ -192,6 +192,7 @@ def test_guard_is_skipped_only_while_no_table_changed() -> None:
         "restored_after_flush_ruleset": True,
         "restored_after_flush_of_our_chain": True,
         "reinstalled_after_another_tables_change": True,
+        "never_skipped_without_an_identity": True,
     }
 
 
@@ -223,6 +224,12 @@ nft("add", "table", "inet", "someone_else")
 g = nftgen.generation()
 hostguard.install()
 out["reinstalled_after_another_tables_change"] = nftgen.generation() == g + 1 and intact()
+hostguard._identity = lambda script: None  # this boot or namespace cannot be told apart
+hostguard._recorded = None
+hostguard.install()
+g = nftgen.generation()
+hostguard.install()
+out["never_skipped_without_an_identity"] = nftgen.generation() == g + 1 and intact()
 print(json.dumps(out))
 """
 

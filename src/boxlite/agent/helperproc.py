@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 
 from . import linux
 
@@ -45,13 +44,12 @@ def spawn(
     stderr: int | None = None,
     pass_fds: tuple[int, ...] | list[int] = (),
     gid: int | None = None,
-    setup: Callable[[], None] | None = None,
 ) -> Helper:
     """Fork and exec ``argv`` (looked up on PATH when it has no slash). stdin is /dev/null;
     ``stdout``/``stderr``: fds to give it (None: the caller's); every other fd is closed but
     ``pass_fds``. The child drops supplementary groups and takes ``gid`` (if given), gets
-    SIGKILL when the calling thread dies (and exits at once if the caller is already gone),
-    then runs ``setup``. Raises OSError (the child's errno) if any of that or exec fails."""
+    SIGKILL when the calling thread dies (and exits at once if the caller is already gone).
+    Raises OSError (the child's errno) if any of that or exec fails."""
     if not argv:
         raise OSError("empty command")
     parent = os.getpid()
@@ -65,10 +63,10 @@ def spawn(
     if pid == 0:  # the child: report any failure through err_w, never return
         try:
             os.close(err_r)
-            _become_helper(argv, stdout, stderr, pass_fds, gid, parent, err_w, setup)
+            _become_helper(argv, stdout, stderr, pass_fds, gid, parent, err_w)
         except OSError as e:
             os.write(err_w, f"{e.errno or 0}:{e.strerror or e}".encode()[:512])
-        except BaseException as e:  # a bug in setup: still no Python past this point
+        except BaseException as e:  # a bug: still no return into the keeper's code in this child
             os.write(err_w, f"0:{type(e).__name__}: {e}".encode()[:512])
         os._exit(127)
     os.close(err_w)
@@ -93,7 +91,6 @@ def _become_helper(
     gid: int | None,
     parent: int,
     err_w: int,
-    setup: Callable[[], None] | None,
 ) -> None:
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
@@ -116,6 +113,4 @@ def _become_helper(
     linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the keeper died before prctl: no helper without it
         os._exit(1)
-    if setup is not None:
-        setup()
     os.execvp(argv[0], argv)

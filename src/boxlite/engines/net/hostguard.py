@@ -149,8 +149,8 @@ def install(gid: int | None = None) -> int:
     gid = helper_gid() if gid is None else gid
     script = ruleset(gid, *resolvers())
     binary = nft_binary()
-    before = nftgen.generation()
-    if before is not None and _last_intact() == _state(script, before):
+    before, identity = nftgen.generation(), _identity(script)
+    if before is not None and identity is not None and _last_intact() == f"{identity} {before}":
         return gid  # no change to any table since our own install: the guard is as we wrote it
     try:
         proc = subprocess.run(
@@ -163,13 +163,14 @@ def install(gid: int | None = None) -> int:
     if proc.returncode != 0:
         raise NetworkError(f"nft refused the host guard rules: {proc.stderr.strip()[:500]}")
     after = nftgen.generation()
-    if before is not None and after == before + 1:  # ours was the only transaction in between
-        _record(_state(script, after))
+    if before is not None and identity is not None and after == before + 1:  # ours: the only transaction
+        _record(f"{identity} {after}")
     return gid
 
 
-def _state(script: str, generation: int) -> str | None:
-    """What an intact guard looks like now; None when the boot or namespace cannot be told."""
+def _identity(script: str) -> str | None:
+    """The rules' hash, this boot and this network namespace (a record is valid for these alone);
+    None when the boot or namespace cannot be told: then nothing is skipped or recorded."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
@@ -177,7 +178,7 @@ def _state(script: str, generation: int) -> str | None:
     except OSError:
         return None
     digest = hashlib.sha256(script.encode()).hexdigest()
-    return f"{digest} {boot} {netns.st_dev}:{netns.st_ino} {generation}"
+    return f"{digest} {boot} {netns.st_dev}:{netns.st_ino}"
 
 
 def _last_intact() -> str | None:
@@ -192,10 +193,10 @@ def _last_intact() -> str | None:
         return None
 
 
-def _record(state: str | None) -> None:
+def _record(state: str) -> None:
     global _recorded
     _recorded = state
-    if state is None or os.geteuid() != 0:
+    if os.geteuid() != 0:
         return
     try:  # best effort: later processes of this boot then skip nft too
         RECORD.parent.mkdir(mode=0o700, exist_ok=True)
