@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from raycluster import COMMON, HEALTH, NODES, RAY, RayCluster, ray_pids, remove_boxes
 
+import boxlite
 from support.hostprocs import free_port
 
 
@@ -46,3 +48,31 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert not left, f"Ray processes or boxes outlived the test: {left}"
+
+
+LEFTOVER_REMOVAL_SECS = 60.0
+
+
+@pytest.fixture(autouse=True)
+async def no_box_outlives_its_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Remove, through the cluster, whatever boxes a test that used it left behind (one that failed
+    halfway): the nodes have one CPU each, so a leftover would fail every later test's placement."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    cluster: RayCluster = request.getfixturevalue("cluster")
+    rt = cluster.runtime("namespace")  # the tests of the cluster are namespace-only
+
+    async def remove_all() -> None:
+        try:
+            infos = await rt.list_info()
+        except boxlite.BoxliteError:  # a node is lost: its boxes go at the session's end
+            return
+        for info in infos:
+            with contextlib.suppress(boxlite.BoxliteError):
+                await rt.remove(info.id, force=True)
+
+    try:
+        await asyncio.wait_for(remove_all(), LEFTOVER_REMOVAL_SECS)
+    finally:
+        await rt.shutdown(timeout=2)

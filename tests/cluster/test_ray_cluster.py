@@ -29,6 +29,15 @@ async def _boxes(rt: boxlite.Boxlite, rootfs: Path, n: int, prefix: str) -> list
     return [await rt.create(boxlite.BoxOptions(rootfs_path=str(rootfs), cpus=1), name=f"{prefix}{i}") for i in range(n)]
 
 
+async def within(step: Any, what: str, seconds: float = 60.0) -> Any:
+    """``step``'s result; a step that hangs fails the test naming it (not at the file's timeout)."""
+    try:
+        return await asyncio.wait_for(step, seconds)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{what} did not finish within {seconds:g}s") from None
+
+
+@pytest.mark.timeout(240)
 async def test_boxes_spread_over_nodes_and_work(
     cluster: RayCluster, busybox_rootfs: Path, engine: str, tmp_path: Path
 ) -> None:
@@ -82,12 +91,12 @@ async def test_boxes_spread_over_nodes_and_work(
         await box.copy_out("/no/such/file", str(tmp_path / "none"))
 
     # a box's output nobody reads stays bounded on the driver (the node and the box wait)
-    flood = await box.exec("sh", ["-c", "head -c 50000000 /dev/zero"])
+    flood = await within(box.exec("sh", ["-c", "head -c 50000000 /dev/zero"]), "exec of the flood")
     await asyncio.sleep(3)
     out: Any = flood._channel.stdout  # type: ignore[attr-defined]
     assert 0 < out.total <= WINDOW  # fed to the driver, unread
-    await flood.kill()
-    assert (await flood.wait()).exit_code != 0
+    await within(flood.kill(), "kill of the unread flood")
+    assert (await within(flood.wait(), "exit of the killed flood")).exit_code != 0
 
     # transfers are size-limited per call (a driver may lower the limit)
     small = cluster.runtime(engine, max_transfer_bytes=100_000)
