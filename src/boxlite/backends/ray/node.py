@@ -88,9 +88,21 @@ class _Exec:
     followed: bool = False
 
 
+ABORT_GRACE_SECS = 10.0
+"""How long an aborted upload's box side may take to stop (its untar is killed) before the abort
+answers anyway."""
+
+
+class _Aborted:
+    """Queue marker of an aborted upload."""
+
+
+_ABORTED = _Aborted()
+
+
 @dataclass
 class _Upload:
-    queue: asyncio.Queue[bytes | None]
+    queue: asyncio.Queue[bytes | _Aborted | None]
     task: asyncio.Task[None]
     limit: int
     received: int = 0
@@ -503,10 +515,12 @@ class NodeService:
                 await self.copy_in_abort(key)
         if len(self._uploads) >= MAX_UPLOADS:
             return _err(ResourceExhaustedError(f"node {self.node_id} runs {MAX_UPLOADS} uploads already"))
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+        queue: asyncio.Queue[bytes | _Aborted | None] = asyncio.Queue(maxsize=4)
 
         async def chunks() -> AsyncIterator[bytes]:
             while (chunk := await queue.get()) is not None:
+                if isinstance(chunk, _Aborted):
+                    raise asyncio.CancelledError  # a cancellation of the upload that was lost (see copy_in_abort)
                 yield chunk
 
         task = asyncio.ensure_future(self.local.copy_in(box_id, chunks(), dest, name, include_parent, overwrite))
@@ -548,11 +562,17 @@ class NodeService:
             self._uploads.pop(upload_id, None)
 
     async def copy_in_abort(self, upload_id: str) -> Envelope:
+        """Stop an upload: its box side is cancelled and, should that cancellation be lost (Python
+        3.11's ``wait_for`` drops one that coincides with the awaited answer, e.g. the untar's start),
+        finds the queue ending too; answers within ``ABORT_GRACE_SECS`` whatever the box does."""
         up = self._uploads.pop(upload_id, None)
         if up is not None:
             up.task.cancel()
-            with contextlib.suppress(BaseException):
-                await up.task
+            while not up.queue.empty():
+                up.queue.get_nowait()
+            up.queue.put_nowait(_ABORTED)
+            await asyncio.wait({up.task}, timeout=ABORT_GRACE_SECS)
+            up.task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is the abort's
         return _ok()
 
     async def copy_out(
