@@ -12,7 +12,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +26,7 @@ from boxlite.engines.vm.relayd import CLIENT_BACKLOG, RelayServer
 from boxlite.server.limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from rest.serverproc import Server, start_server, stop_server, wait_ready
 from support.cli import Cli
+from support.scripted_agent import scripted_agent
 
 LOG_CAP = 256 * 1024
 
@@ -247,21 +248,6 @@ async def test_ws_stdin_flood_ignoring_credit_is_disconnected(rest: Server, busy
 # --- a hostile agent: output beyond credit, oversize frames, no answers -------------------------
 
 
-OnFrame = Callable[[asyncio.StreamWriter, int, int, bytes], Awaitable[None]]
-
-
-async def _fake_agent(path: Path, on_frame: OnFrame) -> asyncio.Server:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        frames = p.FrameReader()
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                frames.feed(data)
-                for kind, channel, payload in frames:
-                    await on_frame(writer, kind, channel, payload)
-
-    return await asyncio.start_unix_server(serve, path=str(path))
-
-
 @pytest.mark.parametrize("attack", ["beyond_credit", "oversize_frame"])
 async def test_agent_flooding_output_is_dropped_with_a_typed_error(tmp_path: Path, attack: str) -> None:
     """An agent answering an exec with output it was given no credit for (or a frame longer than
@@ -283,7 +269,7 @@ async def test_agent_flooding_output_is_dropped_with_a_typed_error(tmp_path: Pat
             await writer.drain()
 
     path = tmp_path / "agent.sock"
-    async with await _fake_agent(path, flood):
+    async with await scripted_agent(path, flood):
         client = await AgentClient.connect(path, label="hostile")
         ch = await client.exec({"argv": ["x"], "window": window}, "x")
         with pytest.raises(errors.AgentProtocolError):
@@ -300,7 +286,7 @@ async def test_agent_that_never_answers_times_out(tmp_path: Path) -> None:
         pass
 
     path = tmp_path / "agent.sock"
-    async with await _fake_agent(path, silent):
+    async with await scripted_agent(path, silent):
         client = await AgentClient.connect(path, label="silent")
         t0 = time.monotonic()
         with pytest.raises(errors.AgentTimeoutError):

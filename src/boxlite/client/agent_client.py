@@ -13,9 +13,10 @@ import contextlib
 import itertools
 import os
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import errors
 from ..agent import protocol as p
@@ -36,6 +37,21 @@ _ERRORS: dict[str, type[errors.BoxliteError]] = {
     "EngineError": errors.EngineError,
     "RpcError": errors.RpcError,
 }
+
+
+T = TypeVar("T")
+
+
+async def within(step: Awaitable[T], timeout: float | None) -> T:
+    """``step``'s result within ``timeout`` seconds (``TimeoutError`` after). Not ``wait_for`` on
+    Python 3.11: it drops a cancellation that coincides with the answer, and the cancelled caller
+    then goes on as if it had not been (e.g. an aborted upload waiting forever for its chunks)."""
+    if timeout is None:
+        return await step
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await step
+    return await asyncio.wait_for(step, timeout)  # pragma: no cover - Python 3.10
 
 
 def _error_from(body: dict[str, Any], command: str = "") -> errors.BoxliteError:
@@ -200,7 +216,7 @@ class AgentClient:
             return await fut
 
         try:
-            return await asyncio.wait_for(exchange(), timeout)
+            return await within(exchange(), timeout)
         except asyncio.TimeoutError:
             raise errors.AgentTimeoutError(
                 f"{self.label}: agent did not answer {body.get('op')!r} within {timeout}s"
@@ -226,6 +242,10 @@ class AgentClient:
             reply = await self._call(channel, {"op": "exec", **body}, timeout)
         except BaseException:
             self._execs.pop(channel, None)
+            # cancelled or timed out after the request went out: the process may start; nobody
+            # would read it or end its stdin, so it is killed (the agent handles frames in order)
+            with contextlib.suppress(errors.BoxliteError):
+                self._send(p.encode_json(p.CONTROL, channel, {"op": "kill"}))
             raise
         if not reply.get("ok"):
             self._execs.pop(channel, None)
