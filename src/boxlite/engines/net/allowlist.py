@@ -178,6 +178,11 @@ def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: in
     t, c = f"inet {TABLE}", chain_name(gid)
     lines = [
         f"flush chain {t} {c}",
+        # DNS still bound for port 53 after NAT was not redirected to the proxy: its packet matched
+        # a conntrack entry of another socket (a closed upstream query of the proxy lingers ~30 s,
+        # established, with the same addresses and source port): never "established" for the box.
+        f"add rule {t} {c} ct direction original meta l4proto {{ tcp, udp }} th dport 53 "
+        "counter reject with icmpx type admin-prohibited",
         # Replies (published ports) and flows this chain let through before.
         f"add rule {t} {c} ct state established,related accept",
         f"add rule {t} {c} meta l4proto {{ tcp, udp }} ct status dnat ip daddr 127.0.0.1 th dport {proxy_port} accept",
