@@ -105,6 +105,11 @@ class UnauthorizedError(BoxliteError):
     """A BoxLite server refused the API key (HTTP 401)."""
 
 
+class PermissionDeniedError(BoxliteError):
+    """The caller may not do this here (HTTP 403): e.g. a REST client naming a server host path
+    outside the server's ``--allow-host-path`` directories."""
+
+
 class StoppedError(BoxliteError):
     """The runtime was shut down; it accepts no new operations."""
 

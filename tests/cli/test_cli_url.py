@@ -33,7 +33,7 @@ def served(cli: Cli, tmp_path: Path) -> Iterator[Served]:
     log = tmp_path / "serve.log"
     env = {**cli.env(), "BOXLITE_LOG": "debug"}
     args = ["--home", str(tmp_path / "srvhome"), "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--api-key", API_KEY]  # fmt: skip
+            "--api-key", API_KEY, "--allow-any-host-path"]  # fmt: skip
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "boxlite.cli", *args], env=env, stdin=subprocess.PIPE,
                                 stderr=err)  # fmt: skip

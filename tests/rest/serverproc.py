@@ -66,9 +66,12 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def serving_tcp(home: Path, *args: str) -> Iterator[Server]:
-    """A server on a free loopback port with ``API_KEY``, stopped on exit."""
+    """A server on a free loopback port with ``API_KEY``, stopped on exit. Its clients (the tests)
+    may name any host path: the tests' rootfs directories and volumes are per-test temporary
+    directories (tests/security/test_sec_rest_host_paths.py tests the default)."""
     port = free_port()
-    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY, *args)
+    proc = start_server(home, "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY,
+                        "--allow-any-host-path", *args)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url)

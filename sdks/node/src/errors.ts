@@ -36,6 +36,8 @@ export class ImageError extends BoxliteError {}
 export class RegistryError extends ImageError {}
 /** The server refused the API key (HTTP 401). */
 export class UnauthorizedError extends BoxliteError {}
+/** The server does not allow this caller to do it (HTTP 403), e.g. naming an unlisted host path. */
+export class PermissionDeniedError extends BoxliteError {}
 
 type ErrorClass = new (message: string, type?: string, details?: Record<string, unknown>) => BoxliteError;
 
@@ -43,7 +45,7 @@ const CLASSES: Record<string, ErrorClass> = {
   ConfigError, ParseError: ConfigError, UnsupportedOptionError, NotFoundError, ImageNotFoundError: NotFoundError,
   AlreadyExistsError, InvalidStateError, ExecError, TimeoutError, StoppedError, EngineError, BoxDiedError,
   ImageError, RegistryError, AuthenticationError: RegistryError, DigestMismatchError: ImageError,
-  UnsafeLayerError: ImageError,
+  UnsafeLayerError: ImageError, PermissionDeniedError,
 };
 
 /** The typed error for a server error body `{"error": {"type", "message", ...}}`. */

@@ -5,7 +5,7 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, inject, test } from "vitest";
-import { Boxlite, SimpleBox, UnauthorizedError } from "../src/index.js";
+import { Boxlite, PermissionDeniedError, SimpleBox, UnauthorizedError } from "../src/index.js";
 
 const rootfsPath = inject("rootfs");
 const KEY = "node-test-key";
@@ -27,7 +27,8 @@ beforeAll(async () => {
   const port = await freePort();
   url = `http://127.0.0.1:${port}`;
   server = spawn(process.env.BOXLITE_PYTHON ?? "python3",
-    ["-m", "boxlite.server", "--home", home, "--host", "127.0.0.1", "--port", String(port), "--api-key", KEY],
+    ["-m", "boxlite.server", "--home", home, "--host", "127.0.0.1", "--port", String(port), "--api-key", KEY,
+      "--allow-host-path", rootfsPath],
     { stdio: ["pipe", "ignore", "inherit"] });
   const rt = Boxlite.rest(url, KEY);
   for (let i = 0; i < 200; i++) {
@@ -48,6 +49,14 @@ test("SimpleBox with a url and key", async () => {
   await using box = await new SimpleBox({ rootfsPath, url, apiKey: KEY }).start();
   const r = await box.exec("sh", "-c", "echo remote; exit 4");
   expect([r.exitCode, r.stdout]).toEqual([4, "remote\n"]);
+});
+
+test("only the host path the server lists is allowed over TCP", async () => {
+  const rt = Boxlite.rest(url, KEY);
+  for (const path of ["/", join(rootfsPath, "bin")]) {
+    await expect(rt.create({ rootfsPath: path })).rejects.toBeInstanceOf(PermissionDeniedError);
+  }
+  expect(await rt.listInfo()).toEqual([]);
 });
 
 test("a wrong or missing key is refused and creates nothing", async () => {

@@ -19,9 +19,18 @@ from .errors import fail
 @click.option("--exit-on-stdin-eof", is_flag=True, help="Stop when stdin is closed.")
 @click.option("--log-level", default="warning", show_default=True, help="Server log level.")
 @click.option("--mcp", is_flag=True, help="Also serve MCP (streamable HTTP) at /mcp, behind the same auth.")
+@click.option(
+    "--allow-host-path", "allow_host_paths", multiple=True, metavar="DIR",
+    help="TCP clients may name DIR itself as a volume or rootfs_path (repeatable; default: none).",
+)  # fmt: skip
+@click.option(
+    "--allow-any-host-path", is_flag=True,
+    help="TCP clients may name any host path (they get the host: BoxLite's behaviour).",
+)  # fmt: skip
 def serve(
     socket_path: str | None, host: str | None, port: int | None, api_key: str | None, insecure_no_auth: bool,
-    exit_on_stdin_eof: bool, log_level: str, mcp: bool = False,
+    exit_on_stdin_eof: bool, log_level: str, mcp: bool = False, allow_host_paths: tuple[str, ...] = (),
+    allow_any_host_path: bool = False,
 ) -> int:  # fmt: skip
     """Serve the BoxLite REST API for this home (until Ctrl-C)."""
     if STATE.remote:
@@ -37,7 +46,8 @@ def serve(
         raise fail("'boxlite serve' is not available: boxlite.server has no serve()") from None
     try:
         entry(STATE.home, socket_path, host, port, api_key, insecure_no_auth,
-              exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level, mcp=mcp)  # fmt: skip
+              exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level, mcp=mcp,
+              allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path)  # fmt: skip
     except ImportError as e:  # uvicorn/fastapi are imported lazily by the server
         raise fail(_missing(e.name)) from None
     except KeyboardInterrupt:

@@ -20,10 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exit-on-stdin-eof", action="store_true", help="stop when stdin is closed")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--mcp", action="store_true", help="also serve MCP (streamable HTTP) at /mcp")
+    ap.add_argument(
+        "--allow-host-path", action="append", default=[], metavar="DIR",
+        help="TCP clients may name DIR itself as a volume or rootfs_path (repeatable; default: none)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--allow-any-host-path", action="store_true",
+        help="TCP clients may name any host path (they get the host: BoxLite's behaviour)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     try:
         serve(args.home, args.socket_path, args.host, args.port, args.api_key, args.insecure_no_auth,
-              exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level, mcp=args.mcp)  # fmt: skip
+              exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level, mcp=args.mcp,
+              allow_host_paths=args.allow_host_path, allow_any_host_path=args.allow_any_host_path)  # fmt: skip
     except BoxliteError as e:
         print(f"boxlite serve: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ from . import (
 )
 from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .dashboard import install as install_dashboard
+from .hostpaths import HostPaths
 from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
 from .state import ServerState
 
@@ -55,12 +56,19 @@ def create_app(
     max_body: int = MAX_BODY,
     max_upload: int = MAX_UPLOAD,
     mcp: bool = False,
+    allow_host_paths: Sequence[str] = (),
+    allow_any_host_path: bool = False,
+    unix_socket: str | None = None,
 ) -> FastAPI:
     """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit).
 
     ``loopback_guard``: refuse browser-originated requests on TCP (for a server without a key).
     ``max_body``/``max_upload``: request body limits in bytes (JSON routes / archive upload).
-    ``mcp``: also serve the MCP server (streamable HTTP) at ``/mcp``, behind the same auth."""
+    ``mcp``: also serve the MCP server (streamable HTTP) at ``/mcp``, behind the same auth.
+    ``allow_host_paths``: the directories TCP clients may name as volumes or ``rootfs_path``
+    (each exactly; none by default); ``allow_any_host_path``: any path (BoxLite's behaviour);
+    clients on ``unix_socket`` (the server's own) name any (server/hostpaths.py)."""
+    host_paths = HostPaths(allow_host_paths, allow_any_host_path, unix_socket)  # ConfigError now
     mcp_http = None
     if mcp:
         from ..mcp.http import McpHttp
@@ -70,7 +78,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Boxlite(options or Options())
-        app.state.boxlite = ServerState(runtime)
+        app.state.boxlite = ServerState(runtime, host_paths)
         try:
             async with mcp_http.run() if mcp_http else contextlib.nullcontext():
                 yield

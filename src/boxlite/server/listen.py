@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ def serve(
     exit_on_stdin_eof: bool = False,
     log_level: str = "warning",
     mcp: bool = False,
+    allow_host_paths: Sequence[str] = (),
+    allow_any_host_path: bool = False,
 ) -> None:
     """Serve the runtime of ``home`` until SIGINT/SIGTERM.
 
@@ -103,6 +106,8 @@ def serve(
     ``insecure_no_auth`` on loopback. A key, when given, is required on every listener.
     ``exit_on_stdin_eof``: stop when stdin closes (a parent process that spawned us died).
     ``mcp``: also serve MCP (streamable HTTP) at ``/mcp`` (needs the ``mcp`` package).
+    ``allow_host_paths``: the directories TCP clients may name as volumes or ``rootfs_path``
+    (each exactly); ``allow_any_host_path``: any path; clients on the unix socket name any.
     """
     import uvicorn
 
@@ -114,7 +119,11 @@ def serve(
     unix_path = None
     if socket_path is not None or (host is None and port is None):
         unix_path = Path(socket_path) if socket_path else home_root / SOCKET_NAME
-    app = create_app(Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth, mcp=mcp)
+    app = create_app(
+        Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth, mcp=mcp,
+        allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path,
+        unix_socket=None if unix_path is None else str(unix_path),
+    )  # fmt: skip
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DenialNoise())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from .. import __version__
 from ..errors import NotFoundError
@@ -42,11 +42,13 @@ async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
 
 @router.post(
     "/boxes", response_model=BoxInfoModel, status_code=status.HTTP_201_CREATED, tags=["boxes"],
-    operation_id="nativeCreateBox", responses=errors(400, 404, 409, 413, 502, 504),
+    operation_id="nativeCreateBox", responses=errors(400, 403, 404, 409, 413, 502, 504),
 )  # fmt: skip
-async def create_box(req: CreateBoxRequest, st: ServerState = Depends(get_state)) -> Any:
-    """Create a box (state ``configured``); it starts on ``start`` or on its first exec."""
-    box = st.remember(await st.runtime.create(req.options.to_options(), req.name))
+async def create_box(req: CreateBoxRequest, request: Request, st: ServerState = Depends(get_state)) -> Any:
+    """Create a box (state ``configured``); it starts on ``start`` or on its first exec. Host
+    paths (volumes, ``rootfs_path``) over TCP: only inside ``--allow-host-path`` directories (403)."""
+    options = st.host_paths.vet(req.options.to_options(), request)
+    box = st.remember(await st.runtime.create(options, req.name))
     return dump(box.info())
 
 

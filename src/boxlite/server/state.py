@@ -7,11 +7,13 @@ from fastapi import Request, WebSocket
 from ..api.box import Box
 from ..api.runtime import Boxlite
 from ..errors import NotFoundError
+from .hostpaths import HostPaths
 
 
 class ServerState:
-    def __init__(self, runtime: Boxlite) -> None:
+    def __init__(self, runtime: Boxlite, host_paths: HostPaths | None = None) -> None:
         self.runtime = runtime
+        self.host_paths = host_paths or HostPaths()
         self._boxes: dict[str, Box] = {}
 
     async def box(self, id_or_name: str) -> Box:

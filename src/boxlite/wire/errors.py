@@ -19,6 +19,7 @@ _STATUS: list[tuple[type[errors.BoxliteError], int]] = [
     (errors.ParseError, 400),
     (errors.UnsafeArchiveError, 400),  # an uploaded archive (import, copy_in) the client got wrong
     (errors.ExecError, 400),
+    (errors.PermissionDeniedError, 403),
     (errors.TimeoutError, 504),
     (errors.RequestTooLargeError, 413),
     (errors.StoppedError, 503),

@@ -38,12 +38,12 @@ def _token(offset: int) -> str:
 
 @router.post(
     "/boxes", status_code=status.HTTP_201_CREATED, operation_id="createBox", tags=["BoxLite wire"],
-    response_model=WireBox, responses=errors(400, 404, 409, 413, 422),
+    response_model=WireBox, responses=errors(400, 403, 404, 409, 413, 422),
 )  # fmt: skip
 async def create_box(
     req: WireCreateBox, request: Request, response: Response, st: ServerState = Depends(get_state)
 ) -> Any:
-    box = st.remember(await st.runtime.create(req.to_options(), req.name))
+    box = st.remember(await st.runtime.create(st.host_paths.vet(req.to_options(), request), req.name))
     response.headers["Location"] = f"{request.url.path}/{box.id}"
     return box_json(box.info())
 

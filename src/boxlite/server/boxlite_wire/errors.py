@@ -33,6 +33,7 @@ _MAP: list[tuple[type[BaseException], int, str, str]] = [
     (e.ExecError, 400, "ExecutionError", "execution_failed"),
     (e.TimeoutError, 504, "TimeoutError", "timeout"),
     (e.UnauthorizedError, 401, "AuthError", "unauthenticated"),
+    (e.PermissionDeniedError, 403, "AuthError", "permission_denied"),
     (e.ResourceExhaustedError, 429, "ResourceExhaustedError", "resource_exhausted"),
     (e.NetworkError, 502, "NetworkError", "network_unavailable"),
     (e.DatabaseError, 500, "DatabaseError", "database_error"),
