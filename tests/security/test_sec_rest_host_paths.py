@@ -119,6 +119,19 @@ async def _run(box: Any, cmd: str, *args: str) -> tuple[int, str]:
     return (await execution.wait()).exit_code, out.decode() if isinstance(out, bytes) else out
 
 
+async def test_named_volumes_and_images_need_no_listing(tcp: RemoteBoxlite, served: Served) -> None:
+    """A named volume lives in the server's home: any client may mount one (id or dict form)."""
+    vol = await tcp.volumes.create()
+    try:
+        mounts = [f"{vol.id}:/a", {"volume_id": vol.id, "mount_path": "/b", "read_only": True}]
+        box = await tcp.create(boxlite.BoxOptions(rootfs_path=str(served.rootfs), volumes=mounts))
+        await box.start()
+        assert await _run(box, "sh", "-c", "echo hi > /a/f && cat /b/f") == (0, "hi\n")
+        await tcp.remove(box.id, force=True)
+    finally:
+        await tcp.volumes.remove(vol.id, force=True)
+
+
 async def test_unix_socket_client_names_any_path(served: Served) -> None:
     """The socket is its owner's only (0700): that client could run the library itself."""
     assert os.stat(served.unix.removeprefix("unix://")).st_mode & 0o077 == 0
