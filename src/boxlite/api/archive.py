@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..agent.tario import TreeLimitError, write_tree
+from ..aio import within
 from ..errors import BoxliteError, ConfigError, NotFoundError, ResourceExhaustedError, TimeoutError
 from ..fsutil.extract import Limits, extract_archive
 from .options import CopyOptions
@@ -172,7 +173,7 @@ class _LoopSource:
         self._task = asyncio.current_task()
         timeout = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
         try:
-            return bytes(await asyncio.wait_for(anext(self._it), timeout))
+            return bytes(await within(anext(self._it), timeout))
         except StopAsyncIteration:
             return None
         except asyncio.TimeoutError as e:

@@ -21,6 +21,7 @@ import string
 import time
 from typing import Any
 
+from ..aio import within
 from ..errors import BoxliteError, ConfigError, TimeoutError
 from ..images.recipes.desktop import SESSION_PATH
 from .execution import Execution
@@ -213,7 +214,7 @@ class DesktopBox(SimpleBox):
                 status = await execution.wait()
         except BaseException as e:
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(execution.kill(), 5)
+                await within(execution.kill(), 5)
             if isinstance(e, (builtins.TimeoutError, asyncio.TimeoutError)) and not isinstance(e, BoxliteError):
                 raise DesktopError(f"{argv[0]} did not finish within {timeout:g} s") from None
             raise

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from ..aio import within
 from ..errors import BoxliteError, ConfigError, ExecError, InvalidStateError, TimeoutError
 from .desktopsession import DISPLAY, DesktopBox, DesktopError
 from .execution import ExecStdin, ExecStream, Execution
@@ -197,7 +198,7 @@ class SkillBox(DesktopBox):
             if self._process is None:
                 await self._start_claude()
             try:
-                return await asyncio.wait_for(self._send(prompt), timeout or self._call_timeout)
+                return await within(self._send(prompt), timeout or self._call_timeout)
             except builtins_timeout as e:
                 await self._stop_claude()  # its state is unknown: the next call starts afresh
                 raise TimeoutError(f"Claude Code did not answer within {timeout or self._call_timeout:g} s") from e
@@ -336,7 +337,7 @@ class SkillBox(DesktopBox):
             self._stdin = None
         if process is not None:
             with contextlib.suppress(BoxliteError, OSError):
-                await asyncio.wait_for(process.wait(), 5)
+                await within(process.wait(), 5)
             with contextlib.suppress(BoxliteError, OSError, builtins_timeout):
                 await process.kill()
         for task in self._tasks:

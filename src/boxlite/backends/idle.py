@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from ..aio import within
 from ..errors import BoxliteError
 
 log = logging.getLogger("boxlite.idle")
@@ -96,4 +97,4 @@ class IdleWatcher:
                     wait = min(wait, due - now)
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(MIN_CHECK, wait))
+                await within(self._wake.wait(), max(MIN_CHECK, wait))

@@ -13,13 +13,13 @@ import contextlib
 import itertools
 import os
 import socket
-import sys
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .. import errors
 from ..agent import protocol as p
+from ..aio import within
 from .credit import StdinWindow
 from .limits import main_log_max
 from .streams import ChunkStream
@@ -37,21 +37,6 @@ _ERRORS: dict[str, type[errors.BoxliteError]] = {
     "EngineError": errors.EngineError,
     "RpcError": errors.RpcError,
 }
-
-
-T = TypeVar("T")
-
-
-async def within(step: Awaitable[T], timeout: float | None) -> T:
-    """``step``'s result within ``timeout`` seconds (``TimeoutError`` after). Not ``wait_for`` on
-    Python 3.11: it drops a cancellation that coincides with the answer, and the cancelled caller
-    then goes on as if it had not been (e.g. an aborted upload waiting forever for its chunks)."""
-    if timeout is None:
-        return await step
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout):
-            return await step
-    return await asyncio.wait_for(step, timeout)  # pragma: no cover - Python 3.10
 
 
 def _error_from(body: dict[str, Any], command: str = "") -> errors.BoxliteError:
@@ -170,7 +155,7 @@ class AgentClient:
         sock.setblocking(False)
         try:
             with unix_address(path) as target:
-                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, target), timeout)
+                await within(asyncio.get_running_loop().sock_connect(sock, target), timeout)
         except asyncio.TimeoutError:
             sock.close()
             msg = f"the agent of {label} did not accept a connection within {timeout}s"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from ..aio import within
 from ..errors import NetworkError
 from .agent_client import ExecChannel
 
@@ -29,7 +30,7 @@ class ExecTunnel:
     @classmethod
     async def open(cls, channel: ExecChannel, port: int, timeout: float = HANDSHAKE_TIMEOUT) -> ExecTunnel:
         try:
-            await asyncio.wait_for(_handshake(channel, port), timeout)
+            await within(_handshake(channel, port), timeout)
         except BaseException as e:
             with contextlib.suppress(Exception):
                 await channel.control({"op": "kill"})

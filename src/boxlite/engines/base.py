@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..aio import within
 from ..errors import UnsupportedOptionError
 from ..layout import BoxLayout
 from ..procfs import process_start_time
@@ -126,7 +127,7 @@ class RunningBox:
 
             loop.add_reader(fd, readable)
             try:
-                await asyncio.wait_for(exited, timeout)
+                await within(exited, timeout)
             except asyncio.TimeoutError:
                 pass
             finally:

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from ..aio import within
 from ..errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -92,7 +93,7 @@ class RegistryClient:
             h = {**(headers or {}), **self.auth.header(scope)}
             try:
                 try:  # httpx's timeout is per read: a server dribbling headers needs a deadline of its own
-                    resp = await asyncio.wait_for(
+                    resp = await within(
                         self.http.send(self.http.build_request(method, url, headers=h), stream=True),
                         self._headers_deadline,
                     )

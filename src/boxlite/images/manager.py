@@ -8,12 +8,12 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..aio import within
 from ..errors import (
     BoxliteError,
     ConfigError,
@@ -115,10 +115,8 @@ class ImageManager:
         timeout = self.limits.pull_timeout or None
         try:
             with step("pull", reference=ref):
-                if sys.version_info >= (3, 11):  # same task: the gc lock is released as the pull ends
-                    async with asyncio.timeout(timeout):
-                        return await self._pull(ref, progress)
-                return await asyncio.wait_for(self._pull(ref, progress), timeout)
+                # within: in this task (Python >= 3.11), so the gc lock is released as the pull ends
+                return await within(self._pull(ref, progress), timeout)
         except RegistryTimeoutError:
             raise
         except asyncio.TimeoutError:

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from ..aio import within
 from ..api.box import Box
 from ..errors import BoxliteError, ConfigError, NotFoundError, ResourceExhaustedError, TimeoutError
 from ..fsutil.tarread import Entry, TarReader
@@ -58,7 +59,7 @@ async def write_file(box: Box, path: str, data: bytes, mode: int = 0o644) -> str
     async def one() -> AsyncIterator[bytes]:
         yield buf.getvalue()
 
-    await asyncio.wait_for(box.copy_in_tar(one(), posixpath.dirname(dest), name, True, True), limits.FILE_DEADLINE)
+    await within(box.copy_in_tar(one(), posixpath.dirname(dest), name, True, True), limits.FILE_DEADLINE)
     return dest
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ..aio import within
 from ..api.computerbox import ComputerBox
 from ..api.execution import Execution
 from ..api.runtime import Boxlite
@@ -129,7 +130,7 @@ class Desktops:
         for task in desktop.launched:
             task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(desktop.computer.stop(), limits.KILL_GRACE)
+            await within(desktop.computer.stop(), limits.KILL_GRACE)
 
     async def act(self, desktop: Desktop, steps: float, action: Callable[[ComputerBox], Awaitable[T]]) -> T:
         """Run ``action`` (``steps`` ComputerBox actions, each with the desktop's own deadline)
@@ -179,6 +180,6 @@ async def _drain(execution: Execution) -> None:
 async def _discard(rt: Boxlite, computer: ComputerBox) -> None:
     """Stop and remove a desktop box whose creation failed (best effort, bounded)."""
     with contextlib.suppress(BaseException):
-        await asyncio.wait_for(computer.stop(), limits.KILL_GRACE)
+        await within(computer.stop(), limits.KILL_GRACE)
     with contextlib.suppress(BaseException):
-        await asyncio.wait_for(rt.remove(computer.id, force=True), limits.KILL_GRACE)
+        await within(rt.remove(computer.id, force=True), limits.KILL_GRACE)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from ..aio import within
 from ..api.box import Box
 from ..api.execution import ExecStream, Execution
 from ..api.results import ExecStatus
@@ -98,11 +99,11 @@ async def run_bounded(
 
     status: ExecStatus | None = None
     try:
-        await asyncio.wait_for(
+        await within(
             asyncio.gather(feed(), pump(execution.stdout(), out, ""), pump(execution.stderr(), err, "[stderr] ")),
             secs + limits.KILL_GRACE,
         )
-        status = await asyncio.wait_for(execution.wait(), limits.KILL_GRACE)
+        status = await within(execution.wait(), limits.KILL_GRACE)
     except builtins.TimeoutError:  # the box did not end the command at its deadline: the server does
         await _kill(execution)
     except BaseException:  # cancelled (the client gave up): never leave the command running

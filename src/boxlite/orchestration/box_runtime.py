@@ -21,6 +21,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Self
 
+from ..aio import within
 from ..api.execution import ExecStdin, Execution
 from ..api.runtime import Boxlite
 from ..api.simplebox import SimpleBox
@@ -239,7 +240,7 @@ class ManagedBox:
             raise ConfigError(f"message of {len(line)} bytes exceeds the limit of {self._runtime.max_message_bytes}")
         try:
             async with self._write_lock:
-                await asyncio.wait_for(self._stdin.send_input(line), self._runtime.delivery_timeout)
+                await within(self._stdin.send_input(line), self._runtime.delivery_timeout)
         except asyncio.TimeoutError as e:
             raise TimeoutError(f"Box {self._name} did not read its messages in time") from e
 
@@ -251,7 +252,7 @@ class ManagedBox:
         self._pending[request_id] = future
         try:
             await self._send({"type": "message", "sender": sender, "data": data, "request_id": request_id})
-            return await asyncio.wait_for(future, self._runtime.delivery_timeout)
+            return await within(future, self._runtime.delivery_timeout)
         except asyncio.TimeoutError as e:
             raise TimeoutError(f"Timeout waiting for {self._name}") from e
         finally:
@@ -267,7 +268,7 @@ class ManagedBox:
             for task in (self._pump_task, self._stderr_task):
                 if task is not None:
                     with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, BoxliteError):
-                        await asyncio.wait_for(task, 5)
+                        await within(task, 5)
 
     async def stop(self) -> None:
         if self._execution is not None:
@@ -374,7 +375,7 @@ class BoxRuntime:
             return []
         gathered = asyncio.gather(*(box.wait() for box in self._boxes.values()), return_exceptions=True)
         try:
-            results = await asyncio.wait_for(gathered, timeout) if timeout else await gathered
+            results = await within(gathered, timeout or None)  # 0: no deadline
         except asyncio.TimeoutError as e:
             raise TimeoutError(f"managed boxes still running after {timeout:g} s") from e
         return [-1 if isinstance(r, BaseException) else int(r) for r in results]

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ..aio import within
 from ..errors import BoxliteError, ConfigError
 from ..procfs import process_start_time
 
@@ -315,7 +316,7 @@ class HealthMonitor:
         holder: dict[str, Any] = {}
         timed_out = False
         try:
-            code, timed_out = await asyncio.wait_for(self._probe(rec, cfg, out, holder), cfg.timeout + KILL_GRACE)
+            code, timed_out = await within(self._probe(rec, cfg, out, holder), cfg.timeout + KILL_GRACE)
         except asyncio.TimeoutError:
             code, timed_out = -1, True
             out += b"health check exceeded its timeout"
@@ -326,7 +327,7 @@ class HealthMonitor:
             channel = holder.get("channel")
             if channel is not None and not channel.exit.done():
                 with contextlib.suppress(Exception):  # bounded: an agent that stops reading cannot hold us
-                    await asyncio.wait_for(channel.control({"op": "kill"}), KILL_GRACE)
+                    await within(channel.control({"op": "kill"}), KILL_GRACE)
         if timed_out and code == 0:
             code = -1
         # Decoded, then cut again to OUTPUT_MAX bytes of UTF-8 (a replacement character takes 3).

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..aio import within
 from ..engines import diskchain
 from ..engines.base import RunningBox, process_start_time
 from ..engines.diskchain import ChainState, layer_format, layer_path
@@ -282,7 +283,7 @@ async def _guest_sync(rt: BoxRuntime, rec: BoxRecord) -> None:
         client = await rt.client(rec)
         body = rt.exec_body(rec, ["sync"], user="0", stdin=False)
         channel = await client.exec(body, "sync")
-        await asyncio.wait_for(channel.exit, GUEST_SYNC_TIMEOUT)
+        await within(channel.exit, GUEST_SYNC_TIMEOUT)
 
 
 @contextlib.asynccontextmanager

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ..aio import within
 from ..api.box import Box
 from ..api.network import BoxConnection, check_port
 from ..api.runtime import Boxlite
@@ -236,11 +237,11 @@ class WireTunnel:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
-                await asyncio.wait_for(writer.wait_closed(), 5)
+                await within(writer.wait_closed(), 5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(read_head(reader), HEAD_DEADLINE)
+            head = await within(read_head(reader), HEAD_DEADLINE)
         except HeadError as e:
             return await refuse(reader, writer, reply(e.status, e.reason))
         except asyncio.TimeoutError:
@@ -285,7 +286,7 @@ async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ans
         if writer.can_write_eof():
             writer.write_eof()
         await writer.drain()
-        await asyncio.wait_for(drop(), LINGER)
+        await within(drop(), LINGER)
 
 
 async def splice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: BoxConnection, first: bytes) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...aio import within
 from ...api.options import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, BoxOptions
 from ...api.results import BoxInfo, BoxMetrics, BoxStateInfo, RuntimeMetrics, SnapshotInfo, iso
 from ...errors import (
@@ -146,7 +147,7 @@ class NodeRef:
         try:
             if timeout is not None:
                 try:
-                    return self.unwrap(await asyncio.wait_for(fut, timeout))
+                    return self.unwrap(await within(fut, timeout))
                 except asyncio.TimeoutError:
                     raise BoxDiedError(f"Ray node {self.node_id} did not answer within {timeout:g}s") from None
             while True:
@@ -319,9 +320,7 @@ class RayBackend(Backend):
             if self._directory is None:
                 self._directory = open_directory(_ray(), self.o.namespace)
             ref = getattr(self._directory, method).remote(*args)
-            return await asyncio.wait_for(
-                asyncio.wrap_future(ref.future()), min(self.o.call_timeout, DIRECTORY_TIMEOUT)
-            )
+            return await within(asyncio.wrap_future(ref.future()), min(self.o.call_timeout, DIRECTORY_TIMEOUT))
         except Exception:
             self._directory = None
             return None

@@ -23,6 +23,7 @@ from typing import Any
 
 from ...agent.protocol import CHUNK as AGENT_CHUNK
 from ...agent.protocol import DEFAULT_OUTPUT_WINDOW
+from ...aio import within
 from ...api.options import Options
 from ...errors import BoxliteError, NotFoundError, RequestTooLargeError, ResourceExhaustedError
 from ...wire import encode_error
@@ -144,7 +145,7 @@ class NodeService:
             self._start_sync()
             assert self._synced is not None
             with contextlib.suppress(asyncio.TimeoutError):  # a node on a home it takes over: entries replaced
-                await asyncio.wait_for(self._synced.wait(), SYNC_TIMEOUT)
+                await within(self._synced.wait(), SYNC_TIMEOUT)
             busy = await self._busy()
             return _ok({
                 "node_id": self.node_id, "home": str(self.local.home.root), "pid": os.getpid(),
@@ -252,13 +253,13 @@ class NodeService:
         assert self._sync_wanted is not None
         while True:
             try:
-                await asyncio.wait_for(self._sync_wanted.wait(), directory.FULL_SYNC_SECS)
+                await within(self._sync_wanted.wait(), directory.FULL_SYNC_SECS)
                 timed_out = False
             except asyncio.TimeoutError:
                 timed_out = True
             if not timed_out and self._working:  # changes come in bursts (creations): one update for a burst
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._quiet.wait(), SYNC_BATCH_SECS)
+                    await within(self._quiet.wait(), SYNC_BATCH_SECS)
             self._sync_wanted.clear()
             full, changed = self._full_sync or timed_out, self._changed
             self._full_sync, self._changed = False, {}
@@ -271,7 +272,7 @@ class NodeService:
                 else:
                     infos = [i for i in changed.values() if i is not None]
                     ref = handle.update.remote(self.node_id, pack(infos), [b for b, i in changed.items() if i is None])
-                await asyncio.wait_for(asyncio.wrap_future(ref.future()), SYNC_TIMEOUT)
+                await within(asyncio.wrap_future(ref.future()), SYNC_TIMEOUT)
             except Exception:  # the directory is a hint: try again with the whole list
                 handle, self._full_sync = None, True
                 await asyncio.sleep(1.0)
@@ -354,7 +355,7 @@ class NodeService:
             if entry.events.empty():
                 entry.pending.clear()
                 try:
-                    await asyncio.wait_for(entry.pending.wait(), until - loop.time())
+                    await within(entry.pending.wait(), until - loop.time())
                 except asyncio.TimeoutError:
                     break
             size = self._take(entry, batch, size, BEGIN_BYTES)

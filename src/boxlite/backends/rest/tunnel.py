@@ -13,6 +13,7 @@ import contextlib
 import json
 from typing import Any
 
+from ...aio import within
 from ...client.credit import StdinWindow
 from ...client.streams import ChunkStream
 from ...errors import BoxliteError, NetworkError, RpcError
@@ -50,7 +51,7 @@ class RemoteTunnel:
         ws = await transport.websocket(f"/v1/boxes/{box_id}/network/tunnel/{port}")
         first: dict[str, Any] = {}
         try:
-            first = json.loads(await asyncio.wait_for(ws.recv(), OPEN_TIMEOUT))
+            first = json.loads(await within(ws.recv(), OPEN_TIMEOUT))
         except asyncio.TimeoutError:
             raise NetworkError(f"tunnel to port {port}: the server did not answer within {OPEN_TIMEOUT:g} s") from None
         except Exception as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ...agent.keeper import STATUS_KEEPER, STATUS_NET_ERROR
 from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_READY, parse_status
+from ...aio import within
 from ...errors import ConfigError, EngineError, NetworkError
 from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
@@ -147,7 +148,7 @@ class NamespaceEngine(Engine):
             os.close(status_w)
             os.close(log)
         try:
-            pid = await asyncio.wait_for(self._await_ready(status_r, spec), spec.ready_timeout)
+            pid = await within(self._await_ready(status_r, spec), spec.ready_timeout)
         except BaseException as e:
             self._abort(groups)
             if isinstance(e, asyncio.TimeoutError):

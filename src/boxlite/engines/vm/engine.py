@@ -19,6 +19,7 @@ from typing import Any
 
 from ... import procfs, runtime_artifact
 from ...agent.protocol import STATUS_ERROR, STATUS_READY, STATUS_TEMPLATE, StatusLine
+from ...aio import within
 from ...client.agent_client import AgentClient
 from ...errors import BoxliteError, EngineError, UnsupportedOptionError
 from ...layout import QEMU_PID_NAME, SHIM_PID_NAME, VM_CONF_NAME
@@ -177,7 +178,7 @@ class VmEngine(Engine):
         await asyncio.to_thread(proc.wait)  # the intermediate process exits after forking
         state: dict[str, int] = {}
         try:
-            status: StatusLine | None = await asyncio.wait_for(read_status(status_r, state), timeout)
+            status: StatusLine | None = await within(read_status(status_r, state), timeout)
         except asyncio.TimeoutError:
             status = None
         finally:
@@ -473,8 +474,8 @@ async def install_bundle(agent_socket: Path, data: bytes) -> None:
         channel = await client.exec({"builtin": "untar", "builtin_args": args}, "install the secrets CA bundle")
         await channel.write_stdin(buf.getvalue())
         await channel.close_stdin()
-        errors = await asyncio.wait_for(channel.stderr.read_all(), 30)
-        status = await asyncio.wait_for(channel.exit, 30)
+        errors = await within(channel.stderr.read_all(), 30)
+        status = await within(channel.exit, 30)
     finally:
         await client.close()
     if status.get("exit_code") != 0:

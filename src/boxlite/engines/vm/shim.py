@@ -241,6 +241,8 @@ class Shim:
         process then, or an exit status (template saved, or failure)."""
         import asyncio
 
+        from ...aio import within  # here, not at the top: it imports asyncio (delays QEMU)
+
         loop = asyncio.get_running_loop()
         exited = asyncio.Event()
         pidfd = os.pidfd_open(self.proc.pid)
@@ -311,7 +313,7 @@ class Shim:
             loop.remove_reader(_console[1])  # the relay drains it from now on
         if qmp is not None:
             try:
-                await asyncio.wait_for(qmp.disconnect(), 1)
+                await within(qmp.disconnect(), 1)
             except Exception:
                 pass
         return Handoff(listener, str(sock_path), json.dumps(boot), hello)
@@ -397,6 +399,8 @@ class Shim:
         """Write the waiting guest's memory to ``path`` (QMP migrate), then stop QEMU."""
         import asyncio
 
+        from ...aio import within
+
         if qmp is None:
             _report(self.status_fd, p.STATUS_ERROR, "QMP is needed to save a VM template")
             self.proc.kill()
@@ -416,7 +420,7 @@ class Shim:
                     raise RuntimeError(f"migration {status}: {state.get('error-desc', '')}")
                 await asyncio.sleep(0.02)
             try:
-                await asyncio.wait_for(qmp.execute("quit"), 2)
+                await within(qmp.execute("quit"), 2)
             except Exception:  # QEMU may close the monitor before answering
                 pass
             tmp.rename(path)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+from ...aio import within
 from ...api.execution import ExecStdin, ExecStream, Execution
 from ...api.results import ExecStatus
 from ...errors import BoxliteError, InvalidStateError, NotFoundError
@@ -87,7 +88,7 @@ class WireExec:
                     await self.ex.signal(signal.SIGHUP)
                 return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.waiter), left)
+                await within(asyncio.shield(self.waiter), left)
 
     def attach(self) -> None:
         self.attached = True
