@@ -137,7 +137,8 @@ def server(tmp_path: Path) -> Iterator[str]:
     from boxlite.server.listen import unix_listener
 
     path = tmp_path / "srv.sock"
-    app = create_app(boxlite.Options(home_dir=str(tmp_path / "srv"), engine=fake_engine.NAME))
+    options = boxlite.Options(home_dir=str(tmp_path / "srv"), engine=fake_engine.NAME)
+    app = create_app(options, unix_socket=str(path))  # its own socket: clients name any host path
     srv = uvicorn.Server(uvicorn.Config(app, ws="websockets-sansio", lifespan="on", log_level="warning"))
     sock = unix_listener(path)
     thread = threading.Thread(target=lambda: asyncio.run(srv.serve(sockets=[sock])), daemon=True)

@@ -47,8 +47,8 @@ PROBE = r"""
 import json, os, socket, sys
 def get(addr, host, path):
     try:
-        s = socket.create_connection((addr, 80), timeout=20)
-        s.settimeout(20)
+        s = socket.create_connection((addr, 80), timeout=60)
+        s.settimeout(60)  # pasta stalled a host-path download for over 20 s once in CI (seconds below)
         s.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(1 << 16):
@@ -101,12 +101,13 @@ async def box_steps(rootfs: str, home: Path) -> dict[str, Any]:
             pasta = int((box_dir / "pasta.pid").read_text().split()[0])
 
             async def step(*args: str) -> dict[str, Any]:
-                before = pasta_writes(pasta)
+                before, started = pasta_writes(pasta), time.monotonic()
                 r = await box.exec("python3", "-c", PROBE, *args, timeout=120)
                 lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
                 assert lines, r.stdout + r.stderr
                 out: dict[str, Any] = json.loads(lines[-1][len("PROBE ") :])
                 out["pasta_wchar"] = pasta_writes(pasta) - before
+                out["seconds"] = round(time.monotonic() - started, 2)  # a stall shows here
                 return out
 
             report["listed"] = await step("get", LISTED6, "listed6.test")
