@@ -18,12 +18,13 @@ from rest.serverproc import API_KEY, Server, serving_tcp
 
 SLOT = "default"
 LONG_SLOT = "s" * 200  # over the 128 characters a routing slot may have
-UNREACHABLE = "127.0.0.1:1/nothing:latest"  # a registry that refuses at once
+UNREACHABLE = "127.0.0.1:1/nothing:latest"  # a registry that refuses at once (listed: the server connects)
+INTERNAL = "127.0.0.2:1/nothing:latest"  # not listed, not public: refused before connecting
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving_tcp(tmp_path_factory.mktemp("srv") / "home") as srv:
+    with serving_tcp(tmp_path_factory.mktemp("srv") / "home", "--allow-registry", "127.0.0.1:1") as srv:
         yield srv
 
 
@@ -86,6 +87,7 @@ def ours(http: httpx.Client, doc: dict[str, Any], box: str) -> list[tuple[httpx.
         (http.post("/v1/boxes", json={"options": {"env": {"A": "x" * (2 << 20)}}}), "POST", "/v1/boxes", 413),
         (http.post("/v1/boxes", json={"options": {"rootfs_path": "/nonexistent"}}), "POST", "/v1/boxes", 404),
         (http.post("/v1/boxes", json={"options": {"image": UNREACHABLE}}), "POST", "/v1/boxes", 502),  # pulled
+        (http.post("/v1/boxes", json={"options": {"image": INTERNAL}}), "POST", "/v1/boxes", 403),
         (http.post("/v1/boxes/import", content=tar), "POST", "/v1/boxes/import", 400),
         (http.post("/v1/boxes/nope/start"), "POST", "/v1/boxes/{box_id}/start", 404),
         (http.post(f"/v1/boxes/{box}/stop", params={"timeout": "soon"}), "POST", "/v1/boxes/{box_id}/stop", 400),
@@ -107,6 +109,7 @@ def ours(http: httpx.Client, doc: dict[str, Any], box: str) -> list[tuple[httpx.
         (http.post("/v1/images/pull", json={"reference": "Not A Reference!"}), "POST", "/v1/images/pull", 400),
         (http.post("/v1/images/pull", json={"reference": UNREACHABLE}), "POST", "/v1/images/pull",
          502),
+        (http.post("/v1/images/pull", json={"reference": INTERNAL}), "POST", "/v1/images/pull", 403),
         (http.delete("/v1/images/nothing-here:latest"), "DELETE", "/v1/images/{reference}", 404),
         (http.get(f"/v1/boxes/{box}/exec"), "GET", "/v1/boxes/{box_id}/exec", 405),  # no upgrade
         (http.get(f"/v1/boxes/{box}/network/tunnel/80"), "GET", "/v1/boxes/{box_id}/network/tunnel/{port}", 404),
@@ -131,6 +134,7 @@ def wire_cases(http: httpx.Client, box: str) -> list[tuple[httpx.Response, str, 
         (http.post(f"{s}/boxes", json={"cpus": "many"}), "POST", f"{t}/boxes", 400),
         (http.post(f"{s}/boxes", json={"rootfs_path": "/nonexistent"}), "POST", f"{t}/boxes", 404),
         (http.post(f"{s}/boxes", json={"image": UNREACHABLE}), "POST", f"{t}/boxes", 422),
+        (http.post(f"{s}/boxes", json={"image": INTERNAL}), "POST", f"{t}/boxes", 403),
         (http.post(f"{s}/boxes/import", content=b"not a tar" * 100), "POST", f"{t}/boxes/import", 400),
         (http.post(f"{s}/boxes/nope/start"), "POST", f"{t}/boxes/{{box_id}}/start", 404),
         (http.post(f"{s}/boxes/{box}/stop", json={"timeout_seconds": "later"}), "POST", f"{t}/boxes/{{box_id}}/stop",
@@ -154,6 +158,7 @@ def wire_cases(http: httpx.Client, box: str) -> list[tuple[httpx.Response, str, 
         (http.post(f"{s}/images/pull", json={}), "POST", f"{t}/images/pull", 400),
         (http.post(f"{s}/images/pull", json={"reference": UNREACHABLE}), "POST",
          f"{t}/images/pull", 422),
+        (http.post(f"{s}/images/pull", json={"reference": INTERNAL}), "POST", f"{t}/images/pull", 403),
     ]  # fmt: skip
 
 

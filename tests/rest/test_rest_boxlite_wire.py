@@ -81,7 +81,7 @@ class Wire:
 
 @pytest.fixture(scope="module")
 def wire(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Iterator[Wire]:
-    with serving_tcp(tmp_path_factory.mktemp("wire") / "home") as server:
+    with serving_tcp(tmp_path_factory.mktemp("wire") / "home", "--allow-registry", "127.0.0.1:1") as server:
         headers = {"Authorization": f"Bearer {API_KEY}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
             prefix = check("Principal", http.get("/v1/me").json())["path_prefix"]

@@ -4,6 +4,8 @@ API key, driven by the ``mcp`` SDK's own client."""
 from __future__ import annotations
 
 import os
+import select
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +16,15 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcpflow import desktop_flow, desktop_limit, every_tool, hostile_requests, link_desktop_image, load_busybox
+from mcpflow import (
+    desktop_flow,
+    desktop_limit,
+    error_text,
+    every_tool,
+    hostile_requests,
+    link_desktop_image,
+    load_busybox,
+)
 
 from rest.serverproc import API_KEY, free_port, stop_server, wait_ready
 
@@ -68,6 +78,17 @@ async def test_a_wrong_api_key_is_refused(server: str) -> None:
         async with client(server, key="wrong-key") as c:
             await c.list_tools()
     assert info.group_contains(MCPError)
+
+
+async def test_a_tool_cannot_pull_from_an_internal_address(server: str) -> None:
+    """An MCP client over TCP is a REST client: its pulls reach public addresses only
+    (tests/security/test_sec_rest_registries.py has the rest)."""
+    with socket.create_server(("127.0.0.1", 0)) as internal:
+        ref = f"127.0.0.1:{internal.getsockname()[1]}/x:1"
+        async with client(server) as c:
+            refused = error_text(await c.call_tool("create_box", {"image": ref, "name": "mcp-internal"}))
+        assert "PermissionDeniedError" in refused and "not at a public address" in refused
+        assert select.select([internal], [], [], 0)[0] == []  # nobody connected
 
 
 @pytest.mark.timeout(1800)  # the first run on a machine builds the desktop image (test cache)

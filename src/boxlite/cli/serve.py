@@ -27,10 +27,19 @@ from .errors import fail
     "--allow-any-host-path", is_flag=True,
     help="TCP clients may name any host path (they get the host: BoxLite's behaviour).",
 )  # fmt: skip
+@click.option(
+    "--allow-registry", "allow_registries", multiple=True, metavar="HOST[:PORT]",
+    help="Pulls for TCP clients may reach this registry at a non-public address (repeatable; "
+    "public addresses and the home's configured registries always).",
+)  # fmt: skip
+@click.option(
+    "--allow-any-registry", is_flag=True,
+    help="Pulls for TCP clients may connect anywhere, loopback and LAN included (BoxLite's behaviour).",
+)  # fmt: skip
 def serve(
     socket_path: str | None, host: str | None, port: int | None, api_key: str | None, insecure_no_auth: bool,
     exit_on_stdin_eof: bool, log_level: str, mcp: bool = False, allow_host_paths: tuple[str, ...] = (),
-    allow_any_host_path: bool = False,
+    allow_any_host_path: bool = False, allow_registries: tuple[str, ...] = (), allow_any_registry: bool = False,
 ) -> int:  # fmt: skip
     """Serve the BoxLite REST API for this home (until Ctrl-C)."""
     if STATE.remote:
@@ -47,7 +56,8 @@ def serve(
     try:
         entry(STATE.home, socket_path, host, port, api_key, insecure_no_auth,
               exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level, mcp=mcp,
-              allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path)  # fmt: skip
+              allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path,
+              allow_registries=allow_registries, allow_any_registry=allow_any_registry)  # fmt: skip
     except ImportError as e:  # uvicorn/fastapi are imported lazily by the server
         raise fail(_missing(e.name)) from None
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from .auth import Authenticator
 from .limits import ImageLimits
 from .manifest import ACCEPT, Descriptor
 from .reference import DOCKER_HUB
+from .registry_access import RegistryAccess
 from .registry_config import ImageRegistry, docker_credentials
 from .retry import RetryPolicy
 
@@ -55,7 +56,9 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         limits: ImageLimits | None = None,
+        access: RegistryAccess | None = None,
     ) -> None:
+        """``access``: connect only where it allows (a pull for an untrusted caller), else anywhere."""
         self.registry = registry
         self.retry = retry or RetryPolicy()
         self.limits = limits if limits is not None else ImageLimits.from_env()
@@ -69,8 +72,15 @@ class RegistryClient:
             creds = docker_credentials(registry.host)
         self.auth = Authenticator(creds, registry.bearer_token)
         self.base = f"{registry.transport}://{api_host(registry.host)}/v2"
+        verify = _tls_context(registry)
+        transport = None
+        if access is not None:
+            from .vetted_transport import vetted_transport
+
+            transport = vetted_transport(access, verify)
         self.http = httpx.AsyncClient(
-            verify=_tls_context(registry),
+            verify=verify,
+            transport=transport,
             follow_redirects=True,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             headers={"User-Agent": "boxlite", "Accept-Encoding": "identity"},

@@ -39,6 +39,7 @@ from .types import ImageConfig, ImageInfo, PreparedImage, PullProgress
 if TYPE_CHECKING:
     from .client import BlobTail, RegistryClient
     from .manifest import Descriptor, Manifest
+    from .registry_access import RegistryAccess
 
 ProgressFn = Callable[[PullProgress], None]
 log = logging.getLogger("boxlite.images")
@@ -88,6 +89,14 @@ class ImageManager:
             if r.host == host:
                 return r
         return ImageRegistry(host)
+
+    def _access(self) -> RegistryAccess | None:
+        """Where this pull may connect: anywhere for the library's user; for an untrusted
+        caller (a REST client) public addresses, the listed hosts and this home's registries."""
+        from .registry_access import current_access  # with the client: only when pulling
+
+        access = current_access()
+        return None if access is None else access.with_hosts(r.host for r in self.registries)
 
     def _candidates(self, ref: Reference) -> list[Reference]:
         """Where to look for ``ref``: search registries first for unqualified names."""
@@ -151,7 +160,9 @@ class ImageManager:
         async with async_file_lock(self.store.gc_lock(), shared=True):
             from .client import RegistryClient  # httpx costs ~0.1 s to import: only when pulling
 
-            async with RegistryClient(self._registry(ref.registry), self.retry, limits=self.limits) as client:
+            async with RegistryClient(
+                self._registry(ref.registry), self.retry, limits=self.limits, access=self._access()
+            ) as client:
                 body, ctype, digest = await client.get_manifest(ref.repository, ref.reference)
                 doc = load_json(body, "manifest")
                 for _ in range(3):

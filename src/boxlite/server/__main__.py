@@ -28,11 +28,20 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-any-host-path", action="store_true",
         help="TCP clients may name any host path (they get the host: BoxLite's behaviour)",
     )  # fmt: skip
+    ap.add_argument(
+        "--allow-registry", action="append", default=[], metavar="HOST[:PORT]",
+        help="pulls for TCP clients may reach this registry at a non-public address (repeatable)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--allow-any-registry", action="store_true",
+        help="pulls for TCP clients may connect anywhere (BoxLite's behaviour)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     try:
         serve(args.home, args.socket_path, args.host, args.port, args.api_key, args.insecure_no_auth,
               exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level, mcp=args.mcp,
-              allow_host_paths=args.allow_host_path, allow_any_host_path=args.allow_any_host_path)  # fmt: skip
+              allow_host_paths=args.allow_host_path, allow_any_host_path=args.allow_any_host_path,
+              allow_registries=args.allow_registry, allow_any_registry=args.allow_any_registry)  # fmt: skip
     except BoxliteError as e:
         print(f"boxlite serve: {e}", file=sys.stderr)
         return 2

@@ -21,8 +21,9 @@ from .schemas import ErrorModel, ExecStart
 _WHY = {
     400: "invalid request: a malformed parameter or body, or a value refused (ConfigError, ParseError, "
     "UnsupportedOptionError, ExecError)",
-    403: "a host path (volume, `rootfs_path`) outside the server's `--allow-host-path` directories, "
-    "asked over TCP (PermissionDeniedError)",
+    403: "asked over TCP: a host path (volume, `rootfs_path`) outside the server's `--allow-host-path` "
+    "directories, or an image whose registry is at a non-public address the server does not list "
+    "(`--allow-registry`) (PermissionDeniedError)",
     404: "no such box, snapshot, file, image or volume, or a host path named by the options (NotFoundError)",
     # create pulls a missing image: its registry errors (502, 504) are create's
     409: "the box's state forbids it, or the name is taken (InvalidStateError, AlreadyExistsError)",

@@ -23,6 +23,7 @@ from fastapi import Request
 
 from ..api.options import BoxOptions, parse_volume
 from ..errors import ConfigError, PermissionDeniedError
+from .trust import over_unix_socket
 
 
 class HostPaths:
@@ -37,7 +38,7 @@ class HostPaths:
     def vet(self, options: BoxOptions, request: Request) -> BoxOptions:
         """``options`` with each host path replaced by the listed directory it names, or
         PermissionDeniedError (403) for any other path; unchanged for a trusted client."""
-        if self.any_path or self._over_unix_socket(request):
+        if self.any_path or over_unix_socket(request.scope, self.unix_socket):
             return options
         rootfs = None if options.rootfs_path is None else self._listed_dir(str(options.rootfs_path), "rootfs_path")
         return replace(options, rootfs_path=rootfs, volumes=[self._volume(v) for v in options.volumes])
@@ -66,18 +67,6 @@ class HostPaths:
                 "(only those exactly, not paths inside them)"
             )
         return real
-
-    def _over_unix_socket(self, request: Request) -> bool:
-        """By the listening socket the request came in on (uvicorn's ``server``: the socket's
-        path and no port), which a client cannot choose or spoof, unlike its own address."""
-        server = request.scope.get("server")
-        return (
-            self.unix_socket is not None
-            and isinstance(server, (tuple, list))
-            and len(server) == 2
-            and server[1] is None
-            and server[0] == self.unix_socket
-        )
 
 
 def _given_host(entry: Any) -> str:

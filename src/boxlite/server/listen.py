@@ -98,6 +98,8 @@ def serve(
     mcp: bool = False,
     allow_host_paths: Sequence[str] = (),
     allow_any_host_path: bool = False,
+    allow_registries: Sequence[str] = (),
+    allow_any_registry: bool = False,
 ) -> None:
     """Serve the runtime of ``home`` until SIGINT/SIGTERM.
 
@@ -108,6 +110,8 @@ def serve(
     ``mcp``: also serve MCP (streamable HTTP) at ``/mcp`` (needs the ``mcp`` package).
     ``allow_host_paths``: the directories TCP clients may name as volumes or ``rootfs_path``
     (each exactly); ``allow_any_host_path``: any path; clients on the unix socket name any.
+    ``allow_registries``: hosts at non-public addresses that pulls for TCP clients may reach;
+    ``allow_any_registry``: any address; pulls for unix-socket clients reach any.
     """
     import uvicorn
 
@@ -122,6 +126,7 @@ def serve(
     app = create_app(
         Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth, mcp=mcp,
         allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path,
+        allow_registries=allow_registries, allow_any_registry=allow_any_registry,
         unix_socket=None if unix_path is None else str(unix_path),
     )  # fmt: skip
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)

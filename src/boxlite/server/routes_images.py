@@ -31,7 +31,7 @@ async def list_images(st: ServerState = Depends(get_state)) -> Any:
     operation_id="nativePullImage",
     responses={
         200: {"content": {"application/x-ndjson": {}}, "description": "with ?progress=true"},
-        **errors(400, 404, 413, 502, 504),
+        **errors(400, 403, 404, 413, 502, 504),
     },
 )
 async def pull_image(req: PullRequest, progress: bool = False, st: ServerState = Depends(get_state)) -> Any:

@@ -159,7 +159,7 @@ async def export_box(box_id: str, req: ExportBoxRequest | None = None, st: Serve
     response_model=BoxInfoModel,
     status_code=status.HTTP_201_CREATED,
     operation_id="nativeImportBox",
-    responses=errors(400, 409, 413),
+    responses=errors(400, 403, 409, 413),
     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {}}}}},
 )
 async def import_box(

@@ -150,7 +150,7 @@ async def runtime_metrics(st: ServerState = Depends(get_state)) -> Any:
 
 @router.post(
     "/images/pull", operation_id="pullImage", tags=["BoxLite wire"], response_model=WireImage,
-    responses=errors(400, 422),
+    responses=errors(400, 403, 422),
 )  # fmt: skip
 async def pull_image(req: WirePull, st: ServerState = Depends(get_state)) -> Any:
     return image_json(await st.runtime.images.pull(req.reference))

@@ -20,8 +20,8 @@ class WireErrorResponse(BaseModel):
 
 _WHY = {
     400: "invalid request (`invalid_argument`, `unsupported`), also a routing slot over 128 characters",
-    403: "a host path (volume, `rootfs_path`) outside the server's `--allow-host-path` directories "
-    "(`permission_denied`)",
+    403: "a host path (volume, `rootfs_path`) outside the server's `--allow-host-path` directories, or an "
+    "image whose registry is at a non-public address it does not list (`permission_denied`)",
     404: "no such box, execution, file or image (`not_found`)",
     409: "the state forbids it (`invalid_state`, `already_exists`, `stopped`)",
     413: "request body over its limit (`resource_exhausted`)",
