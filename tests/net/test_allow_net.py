@@ -38,7 +38,10 @@ BANNERS = [
     ("10.77.0.4", 80, "web-wild"),
     ("fd77::2", 80, "web6-other"),
     ("fd77::3", 80, "web6-allowed"),
+    ("169.254.169.254", 80, "imds"),  # a cloud metadata service: no box reaches it, allow-listed or not
+    ("fd00:ec2::254", 80, "imds6"),
 ]
+METADATA = ["169.254.169.254/16", "fd00:ec2::254/64"]
 P_PUBLISHED = 7080
 UDP_SINKS = [("10.77.0.3", 9999), ("10.77.0.2", 9999)]
 
@@ -246,13 +249,20 @@ print("PROBE " + json.dumps(r))
 """
 
 CONTROL = r"""
-import socket, time
+import json, socket, time
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(3):
     u.sendto(b"udp-control", ("10.77.0.3", 9999))
     time.sleep(0.1)
-s = socket.create_connection(("10.77.0.3", 80), timeout=5)
-print(s.recv(100).decode().strip())
+def tcp(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.settimeout(5)
+            return s.recv(100).decode().strip() or "empty"
+    except OSError as e:
+        return type(e).__name__
+print("CONTROL " + json.dumps({"raw_ip": tcp("10.77.0.3", 80), "imds": tcp("169.254.169.254", 80),
+                               "imds6": tcp("fd00:ec2::254", 80)}))
 """
 
 
@@ -286,7 +296,12 @@ async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
             await server.wait()
             report["info_allow_net"] = box.box.info().network.allow_net
         async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled") as box:
-            report["control_raw_ip"] = (await box.exec("python3", "-c", CONTROL, timeout=60)).stdout.strip()
+            out = (await box.exec("python3", "-c", CONTROL, timeout=60)).stdout
+            control = json.loads(next(x for x in out.splitlines() if x.startswith("CONTROL "))[len("CONTROL ") :])
+            report["control_raw_ip"], report["control_imds"] = control["raw_ip"], control["imds"]
+            report["control_imds6"] = control["imds6"]
+        # the host itself reaches the metadata service: a box's refusal is the host guard's
+        report["host_imds"] = await asyncio.to_thread(read_banner, "169.254.169.254", 80)
         listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
         report["rules_after_stop"] = listing.stdout
     finally:
@@ -300,7 +315,8 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
     log.touch()
     remote = privnet.build_internet(
         [sys.executable, __file__, "remote", str(log)],
-        remote=[f"{a}/24" for a in ("10.77.0.2", "10.77.0.3", "10.77.0.4", DNS)] + ["fd77::2/64", "fd77::3/64"],
+        remote=[f"{a}/24" for a in ("10.77.0.2", "10.77.0.3", "10.77.0.4", DNS)]
+        + ["fd77::2/64", "fd77::3/64", *METADATA],
         host=["10.77.0.1/24", "fd77::1/64"],
     )
     try:
@@ -358,6 +374,10 @@ def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_pa
     assert int(r["cap_eff"], 16) & (1 << 13), r  # box root had CAP_NET_RAW and still got nowhere
     # The same network lets an unrestricted box through: the refusals are the allow-list's.
     assert r["control_raw_ip"] == "web-other", r
+    # No box reaches the cloud metadata service (link-local), which the host itself reaches.
+    assert r["host_imds"] == "imds", r
+    assert r["control_imds"] in ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError"), r
+    assert r["control_imds6"] not in ("imds6",), r
     # The proxy survives garbage, floods and stalled connections (malformed queries: REFUSED).
     assert r["after_abuse_udp"] == "rcode=0 answers=1" and r["after_abuse_tcp"] == "rcode=0 answers=1", r
     assert r["abuse_answers"] == ["rcode=5"], r
@@ -382,7 +402,8 @@ def test_allow_net_entries_are_validated() -> None:
         "[fd00::1]:80",
         "1.2.3.4:53",
     ]
-    for bad in ("", "*", "a..b", "10.0.0.1/8", "host:0", "host:70000", "ex ample.com", "*.*.x", "[::1", "a/b"):
+    for bad in ("", "*", "a..b", "10.0.0.1/8", "host:0", "host:70000", "ex ample.com", "*.*.x", "[::1", "a/b",
+                "169.254.169.254", "169.254.0.0/16", "fe80::1", "[fd00:ec2::254]:80"):  # fmt: skip
         with pytest.raises(boxlite.ConfigError):
             allowlist.parse([bad])
     with pytest.raises(boxlite.ConfigError):
@@ -390,6 +411,7 @@ def test_allow_net_entries_are_validated() -> None:
     opts = boxlite.BoxOptions(network=boxlite.NetworkSpec(mode="disabled", allow_net=["a.test"]))
     with pytest.raises(boxlite.ConfigError):
         opts.to_config()
+    assert [e.spec() for e in allowlist.parse(["0.0.0.0/0", "::/0"])] == ["0.0.0.0/0", "::/0"]  # wider: fine
     config = boxlite.BoxOptions(network=boxlite.NetworkSpec(allow_net=["A.test"])).to_config()
     assert config.allow_net == ("a.test",)
     assert type(config).from_json(config.to_json()).allow_net == ("a.test",)  # kept across restarts

@@ -75,6 +75,17 @@ def parse(entries: object) -> tuple[Entry, ...]:
     return tuple(out)
 
 
+def _never_reachable(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether the host guard refuses every address of ``net`` (a wider network that merely
+    contains them, e.g. ``0.0.0.0/0``, is accepted: its other addresses are reachable)."""
+    refused = (
+        [ipaddress.IPv4Network("169.254.0.0/16")]
+        if net.version == 4
+        else [ipaddress.IPv6Network("fe80::/10"), ipaddress.IPv6Network(f"{hostguard.METADATA6}/128")]
+    )
+    return any(net.subnet_of(r) for r in refused)  # type: ignore[arg-type]
+
+
 def parse_entry(raw: object) -> Entry:
     """``host``, ``*.domain``, ``IP``, ``CIDR``, each optionally with ``:port`` (IPv6 in brackets)."""
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 300:
@@ -96,6 +107,11 @@ def parse_entry(raw: object) -> Entry:
         if "/" in host or ":" in host or host.replace(".", "").isdigit():
             raise ConfigError(f"allow_net entry {raw!r} is not a valid address or network: {e}") from None
     else:
+        if _never_reachable(net):
+            raise ConfigError(
+                f"allow_net entry {raw!r}: link-local addresses and the cloud metadata service's are never "
+                "reachable from a box (docs/network.md)"
+            )
         single = net.prefixlen == net.max_prefixlen
         return Entry("net", str(net.network_address) if single else str(net), port)
     kind = "name"

@@ -1,4 +1,6 @@
-"""Keep boxes away from the host itself: its loopback (127.0.0.0/8, ::1) and its own addresses.
+"""Keep boxes away from the host itself: its loopback (127.0.0.0/8, ::1), its own addresses and
+the link-local networks where a cloud host's metadata service answers (169.254.0.0/16, fe80::/10,
+AWS's fd00:ec2::254): it gives whoever asks the instance's credentials.
 
 A box's traffic leaves through a userspace helper on the host (pasta for namespace boxes, QEMU's
 slirp for VM boxes) that opens ordinary host sockets. Whatever those sockets connect to, the box
@@ -58,6 +60,9 @@ ALLOW_GID_BASE = 0x70000000
 """First helper group id of allow-listed boxes (..net.allowlist): above systemd's container
 range, below 2^31; no box or host process uses these."""
 ALLOW_GID_SLOTS = 65536
+METADATA6 = "fd00:ec2::254"
+"""The IPv6 address of AWS's instance metadata service (IPv4: 169.254.169.254, inside the refused
+link-local network)."""
 RESOLV_CONF = Path("/etc/resolv.conf")
 MAX_RESOLVERS = 8
 RECORD = Path("/run/boxlite/hostguard")
@@ -129,6 +134,10 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         # DNS of allow-listed boxes, redirected by ..net.allowlist to their proxies on loopback
         # (their own chains there accept only their proxy's port).
         f"add rule {t} helper meta skgid {ALLOW_GID_BASE}-{ALLOW_GID_BASE + ALLOW_GID_SLOTS - 1} ct status dnat return",
+        # Link-local destinations: the cloud metadata service (169.254.169.254, AWS's IPv6
+        # fd00:ec2::254) hands out the host's credentials; nothing else a box needs lives there.
+        f"add rule {t} helper ip daddr 169.254.0.0/16 reject",
+        f"add rule {t} helper ip6 daddr {{ fe80::/10, {METADATA6} }} reject",
         f"add rule {t} helper oif lo reject",
         f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} reject",
         f"add element {t} helpers {{ {gid} }}",
