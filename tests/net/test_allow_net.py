@@ -40,8 +40,9 @@ BANNERS = [
     ("fd77::3", 80, "web6-allowed"),
     ("169.254.169.254", 80, "imds"),  # a cloud metadata service: no box reaches it, allow-listed or not
     ("fd00:ec2::254", 80, "imds6"),
+    ("198.51.100.7", 80, "web-public"),  # outside the private ranges: what a public-only box may reach
 ]
-METADATA = ["169.254.169.254/16", "fd00:ec2::254/64"]
+METADATA = ["169.254.169.254/16", "fd00:ec2::254/64", "198.51.100.7/24"]
 P_PUBLISHED = 7080
 UDP_SINKS = [("10.77.0.3", 9999), ("10.77.0.2", 9999)]
 
@@ -266,6 +267,20 @@ print("CONTROL " + json.dumps({"raw_ip": tcp("10.77.0.3", 80), "imds": tcp("169.
 """
 
 
+PUBLIC_ONLY = r"""
+import json, socket
+def tcp(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.settimeout(5)
+            return s.recv(100).decode().strip() or "empty"
+    except OSError as e:
+        return type(e).__name__
+print("PUBLIC " + json.dumps({"public": tcp("198.51.100.7", 80), "private": tcp("10.77.0.3", 80),
+                              "private6": tcp("fd77::2", 80), "dns": socket.gethostbyname("public-only.test")}))
+"""
+
+
 def read_banner(addr: str, port: int) -> str:
     try:
         with socket.create_connection((addr, port), timeout=3) as s:
@@ -300,6 +315,11 @@ async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
             control = json.loads(next(x for x in out.splitlines() if x.startswith("CONTROL "))[len("CONTROL ") :])
             report["control_raw_ip"], report["control_imds"] = control["raw_ip"], control["imds"]
             report["control_imds6"] = control["imds6"]
+        public = boxlite.NetworkSpec(public_only=True)
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=public) as box:
+            out = (await box.exec("python3", "-c", PUBLIC_ONLY, timeout=60)).stdout
+            report["public_only"] = json.loads(next(x for x in out.splitlines() if x.startswith("PUBLIC "))[7:])
+            report["public_only_info"] = box.box.info().network.public_only
         # the host itself reaches the metadata service: a box's refusal is the host guard's
         report["host_imds"] = await asyncio.to_thread(read_banner, "169.254.169.254", 80)
         listing = subprocess.run(["nft", "list", "table", "inet", "boxlite_allow"], capture_output=True, text=True)
@@ -378,6 +398,11 @@ def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_pa
     assert r["host_imds"] == "imds", r
     assert r["control_imds"] in ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError"), r
     assert r["control_imds6"] not in ("imds6",), r
+    # A public-only box reaches public addresses, not the host's private networks (DNS still works).
+    pub = r["public_only"]
+    assert r["public_only_info"] is True and pub["public"] == "web-public" and pub["dns"] == "10.77.0.3", r
+    assert pub["private"] in ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError"), r
+    assert pub["private6"] not in ("web6-other",), r
     # The proxy survives garbage, floods and stalled connections (malformed queries: REFUSED).
     assert r["after_abuse_udp"] == "rcode=0 answers=1" and r["after_abuse_tcp"] == "rcode=0 answers=1", r
     assert r["abuse_answers"] == ["rcode=5"], r

@@ -48,7 +48,7 @@ CASES = {
     # `boxlite --help` / `--version`: click and the CLI's shell, no runtime at all
     "cli shell": (("boxlite.cli.main",), 95),
     # a namespace box from the CLI: asyncio, the runtime, the state DB, the engine
-    "run path": (RUN_PATH, 278),  # 278: boxlite.aio (asyncio deadlines, stdlib only)
+    "run path": (RUN_PATH, 279),  # 279: boxlite.runtime.reach (what a REST client's boxes may reach)
 }
 
 

@@ -45,10 +45,13 @@ class Options:
 
 @dataclass
 class NetworkSpec:
-    """``mode``: "enabled" or "disabled"; ``allow_net``: outbound host allow-list."""
+    """``mode``: "enabled" or "disabled"; ``allow_net``: outbound host allow-list;
+    ``public_only``: outbound flows to public addresses only (not the host's LAN: private, CGNAT
+    and unique-local networks are refused; an extension of ours, docs/network.md)."""
 
     mode: str = "enabled"
     allow_net: list[str] = field(default_factory=list)
+    public_only: bool = False
 
 
 SECRET_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -266,6 +269,7 @@ class BoxOptions:
             volumes=tuple(parse_volume(v) for v in self.volumes),
             network=network,
             allow_net=tuple(self.network.allow_net or ()) if isinstance(self.network, NetworkSpec) else (),
+            public_only=isinstance(self.network, NetworkSpec) and bool(self.network.public_only),
             secrets=secrets,
             ports=tuple(parse_port(p) for p in self.ports),
             detach=bool(self.detach),

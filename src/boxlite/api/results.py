@@ -82,6 +82,8 @@ class NetworkInfo:
     mode: str
     allow_net: list[str] = field(default_factory=list)
     published_ports: list[PublishedPort] | None = None
+    public_only: bool = False
+    """Outbound flows reach public addresses only (no private, CGNAT or unique-local network)."""
 
     def __post_init__(self) -> None:  # from JSON (REST): nested dicts become objects
         if self.published_ports is not None:

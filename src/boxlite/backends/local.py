@@ -467,6 +467,7 @@ def record_info(rec: BoxRecord, health: dict[str, Any] | None = None) -> BoxInfo
         network=NetworkInfo(
             "enabled" if rec.config.network else "disabled",
             allow_net=list(rec.config.allow_net),
+            public_only=rec.config.public_only,
             published_ports=[PublishedPort(p.guest_port, p.host_ip, p.host_port, p.protocol) for p in rec.config.ports],
         ),
         auto_delete=1 if rec.auto_remove else 0,

@@ -36,10 +36,15 @@ from .errors import fail
     "--allow-any-registry", is_flag=True,
     help="Pulls for TCP clients may connect anywhere, loopback and LAN included (BoxLite's behaviour).",
 )  # fmt: skip
+@click.option(
+    "--allow-box-lan", is_flag=True,
+    help="Boxes TCP clients create may reach private networks (default: public addresses only).",
+)  # fmt: skip
 def serve(
     socket_path: str | None, host: str | None, port: int | None, api_key: str | None, insecure_no_auth: bool,
     exit_on_stdin_eof: bool, log_level: str, mcp: bool = False, allow_host_paths: tuple[str, ...] = (),
     allow_any_host_path: bool = False, allow_registries: tuple[str, ...] = (), allow_any_registry: bool = False,
+    allow_box_lan: bool = False,
 ) -> int:  # fmt: skip
     """Serve the BoxLite REST API for this home (until Ctrl-C)."""
     if STATE.remote:
@@ -57,7 +62,8 @@ def serve(
         entry(STATE.home, socket_path, host, port, api_key, insecure_no_auth,
               exit_on_stdin_eof=exit_on_stdin_eof, log_level=log_level, mcp=mcp,
               allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path,
-              allow_registries=allow_registries, allow_any_registry=allow_any_registry)  # fmt: skip
+              allow_registries=allow_registries, allow_any_registry=allow_any_registry,
+              allow_box_lan=allow_box_lan)  # fmt: skip
     except ImportError as e:  # uvicorn/fastapi are imported lazily by the server
         raise fail(_missing(e.name)) from None
     except KeyboardInterrupt:

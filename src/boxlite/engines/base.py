@@ -57,6 +57,8 @@ class BoxSpec:
     """Outbound network (else loopback only)."""
     allow_net: tuple[str, ...] = ()
     """Egress allow-list (``..net.allowlist`` entries); empty: any destination but the host."""
+    public_only: bool = False
+    """Outbound flows to public addresses only (``..net.hostguard.PRIVATE4``/``PRIVATE6`` refused)."""
     secrets: list[dict[str, Any]] = field(default_factory=list)
     """Secret placeholders (name, value, hosts, placeholder) for the box's secret proxy (..net.secretproxy)."""
     ports: list[tuple[str, int, int, str]] = field(default_factory=list)

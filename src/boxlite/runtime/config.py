@@ -186,6 +186,9 @@ class BoxConfig:
     """Outbound network (published ports need it)."""
     allow_net: tuple[str, ...] = ()
     """Egress allow-list, normalised (engines/net/allowlist.py); empty: unrestricted."""
+    public_only: bool = False
+    """Outbound flows to public addresses only: no private, CGNAT or unique-local network (the
+    host guard, engines/net/hostguard.py); forced for a REST server's TCP clients."""
     secrets: tuple[SecretRule, ...] = ()
     """Secret placeholders (engines/net/secretproxy.py); their values are kept on the host only."""
     ports: tuple[PortMapping, ...] = ()
@@ -224,6 +227,8 @@ class BoxConfig:
         env_to_dict(self.env, "env")
         if self.ports and not self.network:
             raise ConfigError("ports cannot be published with network disabled")
+        if self.public_only and not self.network:
+            raise ConfigError("public_only needs network mode 'enabled'")
         if self.allow_net:
             if not self.network:
                 raise ConfigError("allow_net needs network mode 'enabled'")
@@ -259,6 +264,7 @@ class BoxConfig:
         out["ports"] = [[p.host_ip, p.host_port, p.guest_port, p.protocol] for p in self.ports]
         out["health_check"] = None if self.health_check is None else self.health_check.to_json()
         out["allow_net"] = list(self.allow_net)
+        out["public_only"] = self.public_only
         out["secrets"] = [s.to_json() for s in self.secrets]
         out["capabilities"] = {"add": list(self.capabilities[0]), "drop": list(self.capabilities[1])}
         return out
@@ -306,6 +312,7 @@ class BoxConfig:
                 volumes=tuple(_volume(v) for v in data.get("volumes") or ()),
                 network=bool(data.get("network")),
                 allow_net=tuple(str(e) for e in data.get("allow_net") or ()),
+                public_only=bool(data.get("public_only")),
                 secrets=tuple(
                     SecretRule(
                         str(s["name"]), str(s["value"]), tuple(str(h) for h in s["hosts"]), str(s["placeholder"])

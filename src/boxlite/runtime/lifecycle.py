@@ -31,7 +31,7 @@ from ..fsutil.dirfd import remove_tree
 from ..images import ImageManager
 from ..images.types import is_live_rootfs
 from ..layout import MAIN_LOG_NAME, BoxLayout
-from . import capabilities
+from . import capabilities, reach
 from .config import BoxConfig, ImageDefaults, env_to_dict
 from .engines import select_engine
 from .health import HealthMonitor
@@ -180,6 +180,7 @@ class BoxRuntime:
         """A new box in state "configured" (its image resolved, pulled if needed). ``box_id``: the id
         a cluster driver chose for a box it placed before creating it (else a new one)."""
         self.check_open()
+        config = reach.for_caller(config)
         if box_id is not None and (len(box_id) != BOX_ID_LENGTH or any(c not in _BASE62 for c in box_id)):
             raise ConfigError(f"invalid box id {box_id!r}")
         if box_id is not None and self.db.get(box_id) is not None:
@@ -254,6 +255,7 @@ class BoxRuntime:
             volumes=[(v.host_path, v.guest_path, v.read_only) for v in config.volumes],
             network=config.network,
             allow_net=config.allow_net,
+            public_only=config.public_only,
             secrets=[s.to_json() for s in config.secrets],
             ports=[(p.host_ip, p.host_port, p.guest_port, p.protocol) for p in config.ports],
             ready_timeout=config.ready_timeout or DEFAULT_READY_TIMEOUT,

@@ -47,6 +47,7 @@ from ..errors import (
     UnsupportedOptionError,
 )
 from ..fsutil.dirfd import remove_tree
+from . import reach
 from .locks import box_lock, try_box_lock
 from .state import BoxRecord, now
 
@@ -535,6 +536,7 @@ def new_partial(rt: BoxRuntime, box_id: str) -> Path:
 def commit_box(rt: BoxRuntime, partial: Path, rec: BoxRecord) -> None:
     """Move a complete box dir into place, then insert its record (a crash between the two
     leaves a dir with a pending mark: :func:`recover` removes it)."""
+    rec = replace(rec, config=reach.for_caller(rec.config))  # a clone or import for a REST client
     (partial / PENDING_MARK).write_text(owner_token())
     (partial / OWNER_FILE).unlink(missing_ok=True)
     final = rt.layout(rec.id).root

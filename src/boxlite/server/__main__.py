@@ -36,12 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-any-registry", action="store_true",
         help="pulls for TCP clients may connect anywhere (BoxLite's behaviour)",
     )  # fmt: skip
+    ap.add_argument(
+        "--allow-box-lan", action="store_true",
+        help="boxes TCP clients create may reach private networks (default: public addresses only)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     try:
         serve(args.home, args.socket_path, args.host, args.port, args.api_key, args.insecure_no_auth,
               exit_on_stdin_eof=args.exit_on_stdin_eof, log_level=args.log_level, mcp=args.mcp,
               allow_host_paths=args.allow_host_path, allow_any_host_path=args.allow_any_host_path,
-              allow_registries=args.allow_registry, allow_any_registry=args.allow_any_registry)  # fmt: skip
+              allow_registries=args.allow_registry, allow_any_registry=args.allow_any_registry,
+              allow_box_lan=args.allow_box_lan)  # fmt: skip
     except BoxliteError as e:
         print(f"boxlite serve: {e}", file=sys.stderr)
         return 2

@@ -17,7 +17,6 @@ from .. import __version__
 from ..api.options import Options
 from ..api.runtime import Boxlite
 from ..errors import BoxliteError, ConfigError
-from ..images.registry_access import restricted
 from ..wire import encode_error, http_status
 from . import (
     apidoc,
@@ -36,8 +35,8 @@ from .auth import ApiKeyMiddleware, LoopbackGuardMiddleware
 from .dashboard import install as install_dashboard
 from .hostpaths import HostPaths
 from .limits import MAX_BODY, MAX_UPLOAD, BodyLimitMiddleware
-from .registries import RegistryAccessMiddleware, tcp_access
 from .state import ServerState
+from .tcp_limits import TcpLimits, TcpLimitsMiddleware
 
 DESCRIPTION = """REST API of a BoxLite runtime (`boxlite serve`).
 
@@ -63,6 +62,7 @@ def create_app(
     unix_socket: str | None = None,
     allow_registries: Sequence[str] = (),
     allow_any_registry: bool = False,
+    allow_box_lan: bool = False,
 ) -> FastAPI:
     """An app serving one ``Boxlite`` runtime (created at startup, shut down at exit).
 
@@ -73,9 +73,10 @@ def create_app(
     (each exactly; none by default); ``allow_any_host_path``: any path (BoxLite's behaviour);
     clients on ``unix_socket`` (the server's own) name any (server/hostpaths.py).
     ``allow_registries``: ``HOST[:PORT]`` at non-public addresses that pulls for TCP clients may
-    reach (public ones always); ``allow_any_registry``: any address (server/registries.py)."""
+    reach (public ones always); ``allow_any_registry``: any address; ``allow_box_lan``: boxes TCP
+    clients make may reach private networks (else public addresses only; server/tcp_limits.py)."""
     host_paths = HostPaths(allow_host_paths, allow_any_host_path, unix_socket)  # ConfigError now
-    registry_access = tcp_access(allow_registries, allow_any_registry)
+    tcp_limits = TcpLimits.of(allow_registries, allow_any_registry, allow_box_lan)
     mcp_http = None
     if mcp:
         from ..mcp.http import McpHttp
@@ -86,8 +87,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Boxlite(options or Options())
         app.state.boxlite = ServerState(runtime, host_paths)
-        try:  # tasks started here (MCP sessions) pull as a TCP client would
-            with restricted(registry_access):
+        try:  # tasks started here (MCP sessions) are limited as a TCP client is
+            with tcp_limits.applied():
                 async with mcp_http.run() if mcp_http else contextlib.nullcontext():
                     yield
         finally:
@@ -125,8 +126,8 @@ def create_app(
         return JSONResponse({"error": {"type": "InternalError", "message": "internal error"}}, status_code=500)
 
     app.add_middleware(BodyLimitMiddleware, max_body=max_body, max_upload=max_upload)
-    if registry_access is not None:
-        app.add_middleware(RegistryAccessMiddleware, access=registry_access, unix_socket=unix_socket)
+    if not tcp_limits.none:
+        app.add_middleware(TcpLimitsMiddleware, limits=tcp_limits, unix_socket=unix_socket)
     if api_key:  # added last: runs first, so unauthenticated bodies are never read
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     install_dashboard(app, api_key)  # /dashboard, /docs; runs before the key check (a browser session -> the key)

@@ -100,6 +100,7 @@ def serve(
     allow_any_host_path: bool = False,
     allow_registries: Sequence[str] = (),
     allow_any_registry: bool = False,
+    allow_box_lan: bool = False,
 ) -> None:
     """Serve the runtime of ``home`` until SIGINT/SIGTERM.
 
@@ -112,6 +113,7 @@ def serve(
     (each exactly); ``allow_any_host_path``: any path; clients on the unix socket name any.
     ``allow_registries``: hosts at non-public addresses that pulls for TCP clients may reach;
     ``allow_any_registry``: any address; pulls for unix-socket clients reach any.
+    ``allow_box_lan``: boxes of TCP clients may reach private networks (else public addresses only).
     """
     import uvicorn
 
@@ -126,7 +128,7 @@ def serve(
     app = create_app(
         Options(home_dir=str(home_root)), api_key, loopback_guard=insecure_no_auth, mcp=mcp,
         allow_host_paths=allow_host_paths, allow_any_host_path=allow_any_host_path,
-        allow_registries=allow_registries, allow_any_registry=allow_any_registry,
+        allow_registries=allow_registries, allow_any_registry=allow_any_registry, allow_box_lan=allow_box_lan,
         unix_socket=None if unix_path is None else str(unix_path),
     )  # fmt: skip
     config = uvicorn.Config(app, ws="websockets-sansio", log_level=log_level, lifespan="on", ws_max_size=1 << 21)

@@ -14,6 +14,10 @@ from ..api.options import AdvancedBoxOptions, BoxOptions, NetworkSpec
 class NetworkModel(BaseModel):
     mode: str = "enabled"
     allow_net: list[str] = Field(default_factory=list)
+    public_only: bool = Field(
+        False, description="outbound flows to public addresses only (always, for a TCP client of a server "
+        "without --allow-box-lan)",
+    )  # fmt: skip
 
 
 class HealthCheckModel(BaseModel):
@@ -73,7 +77,7 @@ class BoxOptionsModel(BaseModel):
     def to_options(self) -> BoxOptions:
         fields = self.model_dump(exclude={"network", "health_check", "rlimits", "capabilities"})
         net = self.network
-        network = NetworkSpec(net.mode, list(net.allow_net)) if isinstance(net, NetworkModel) else net
+        network = NetworkSpec(net.mode, list(net.allow_net), net.public_only) if isinstance(net, NetworkModel) else net
         options = BoxOptions(network=network, **fields)
         if self.health_check is not None:
             options.advanced = AdvancedBoxOptions(health_check=HealthCheckOptions(**self.health_check.model_dump()))
@@ -112,6 +116,7 @@ class NetworkInfoModel(BaseModel):
     mode: str
     allow_net: list[str] = Field(default_factory=list)
     published_ports: list[PublishedPortModel] | None = None
+    public_only: bool = False
 
 
 class HealthStateModel(BaseModel):

@@ -1,7 +1,7 @@
 """Which requests come from the server's own user: those on its unix socket (created 0700), who
 could run the library themselves. TCP clients hold at most an API key, which is not the host
 account: what they may name on the host (server/hostpaths.py) and where pulls made for them
-may connect (server/registries.py) is limited."""
+may connect and what their boxes reach (server/tcp_limits.py) is limited."""
 
 from __future__ import annotations
 

@@ -85,8 +85,10 @@ class NamespaceEngine(Engine):
         volumes = [list(v) for v in spec.volumes]
         if spec.network or spec.ports:
             gid = None
-            if spec.allow_net or spec.secrets:  # its own helper group, rules and proxies (docs/network.md)
-                gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+            if spec.allow_net or spec.secrets or spec.public_only:  # its own helper group, rules, proxies
+                gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir, spec.public_only)  # (docs/network.md)
+                if not (spec.allow_net or spec.secrets):
+                    await asyncio.to_thread(allowlist.open_chain, gid)
             if spec.allow_net and gid is not None:
                 entries = allowlist.parse(list(spec.allow_net))
                 dnsproxy = allowlist.proxy_command(spec.box_dir, gid, entries)

@@ -232,7 +232,7 @@ def nft(script: str) -> subprocess.CompletedProcess[str]:
         raise NetworkError(f"could not run nft: {e}") from None
 
 
-def claim_gid(box_dir: Path) -> int:
+def claim_gid(box_dir: Path, public_only: bool = False) -> int:
     """Install the host guard and the shared table, then claim a helper group for this box:
     ``create element`` fails if another box holds the slot, so concurrent engines never share
     one. The box's chain rejects everything until its proxy installs the real rules. The gid
@@ -250,10 +250,11 @@ def claim_gid(box_dir: Path) -> int:
             *box_objects(gid),
             f"create element {t} boxes {{ {gid} : jump {chain_name(gid)} }}",
             f"add element inet {hostguard.TABLE} helpers {{ {gid} }}",
+            *([f"add element inet {hostguard.TABLE} public_only {{ {gid} }}"] if public_only else []),
         ]
         proc = nft("\n".join(script) + "\n")
         if proc.returncode == 0:
-            gid_file(box_dir).write_text(f"{gid}\n")
+            gid_file(box_dir).write_text(f"{gid}{' public' if public_only else ''}\n")
             return gid
         if "exists" not in proc.stderr:
             raise NetworkError(f"nft refused the box's allow-list rules: {proc.stderr.strip()[:500]}")
@@ -267,7 +268,8 @@ def gid_file(box_dir: Path) -> Path:
 def release(box_dir: Path) -> None:
     """Remove a stopped box's rules, sets and group claim (best effort: all may be gone)."""
     try:
-        gid = int(gid_file(box_dir).read_text().split()[0])
+        words = gid_file(box_dir).read_text().split()
+        gid, public_only = int(words[0]), words[1:] == ["public"]
     except (OSError, ValueError, IndexError):
         return
     if not GID_BASE <= gid < GID_BASE + GID_SLOTS:
@@ -277,6 +279,7 @@ def release(box_dir: Path) -> None:
         f"delete element {t} boxes {{ {gid} }}",
         f"delete element {t} dnsports {{ {gid} }}",
         f"delete element inet {hostguard.TABLE} helpers {{ {gid} }}",
+        *([f"delete element inet {hostguard.TABLE} public_only {{ {gid} }}"] if public_only else []),
         f"flush chain {t} {c}",
         f"delete chain {t} {c}",
         *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),
@@ -291,6 +294,15 @@ def release(box_dir: Path) -> None:
                 with contextlib.suppress(NetworkError):
                     nft(step + "\n")
     gid_file(box_dir).unlink(missing_ok=True)
+
+
+def open_chain(gid: int) -> None:
+    """The chain of a box with its own group but neither allow-list nor secrets (public-only):
+    everything the host guard lets through."""
+    t, c = f"inet {TABLE}", chain_name(gid)
+    proc = nft(f"flush chain {t} {c}\nadd rule {t} {c} accept\n")
+    if proc.returncode != 0:
+        raise NetworkError(f"nft refused the box's rules: {proc.stderr.strip()[:500]}")
 
 
 # --- the proxy's configuration --------------------------------------------------------------

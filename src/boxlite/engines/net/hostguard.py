@@ -63,6 +63,10 @@ ALLOW_GID_SLOTS = 65536
 METADATA6 = "fd00:ec2::254"
 """The IPv6 address of AWS's instance metadata service (IPv4: 169.254.169.254, inside the refused
 link-local network)."""
+PRIVATE4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15")
+PRIVATE6 = ("fc00::/7", "fec0::/10")
+"""Networks a public-only box never reaches (besides what every box never reaches): private,
+shared (CGNAT), benchmarking and unique-local ranges, where a host's LAN and its services live."""
 RESOLV_CONF = Path("/etc/resolv.conf")
 MAX_RESOLVERS = 8
 RECORD = Path("/run/boxlite/hostguard")
@@ -119,6 +123,7 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
     lines = [
         f"add table {t}",
         f"add set {t} helpers {{ type gid; }}",
+        f"add set {t} public_only {{ type gid; }}",
         f"add set {t} dns4 {{ type ipv4_addr; }}",
         f"add set {t} dns6 {{ type ipv6_addr; }}",
         f"add chain {t} output {{ type filter hook output priority 0; policy accept; }}",
@@ -138,6 +143,10 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         # fd00:ec2::254) hands out the host's credentials; nothing else a box needs lives there.
         f"add rule {t} helper ip daddr 169.254.0.0/16 reject",
         f"add rule {t} helper ip6 daddr {{ fe80::/10, {METADATA6} }} reject",
+        # Boxes limited to public destinations (NetworkSpec(public_only=True); a REST server's TCP
+        # clients' boxes): no private, shared (CGNAT) or unique-local network either.
+        f"add rule {t} helper meta skgid @public_only ip daddr {{ {', '.join(PRIVATE4)} }} reject",
+        f"add rule {t} helper meta skgid @public_only ip6 daddr {{ {', '.join(PRIVATE6)} }} reject",
         f"add rule {t} helper oif lo reject",
         f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} reject",
         f"add element {t} helpers {{ {gid} }}",

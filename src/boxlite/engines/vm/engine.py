@@ -432,11 +432,14 @@ async def _net_policy(spec: BoxSpec, vm: VmConfig) -> tuple[VmConfig, Path | Non
     secrets, else the host guard alone; and the CA bundle to install in the guest (secrets)."""
     if not vm.network:
         return vm, None
-    if not (spec.allow_net or spec.secrets):
+    if not (spec.allow_net or spec.secrets or spec.public_only):
         await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
         return vm, None
-    gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir)
+    gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir, spec.public_only)
     vm = replace(vm, net_gid=gid)
+    if not (spec.allow_net or spec.secrets):  # public-only: the host guard decides, this chain lets all through
+        await asyncio.to_thread(allowlist.open_chain, gid)
+        return vm, None
     if spec.allow_net:
         vm = replace(vm, dnsproxy=allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net))))
     if not spec.secrets:
