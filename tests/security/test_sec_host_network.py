@@ -166,7 +166,7 @@ def test_guard_is_idempotent_and_only_ours() -> None:
     assert proc.returncode == 0, proc.stderr
     listing = proc.stdout
     assert listing.count("meta skgid @helpers jump helper") == 1, listing
-    assert listing.count("reject") == 6 and listing.count("jump helper") == 1, listing  # lo, local, link-local x2, LAN x2
+    assert listing.count("reject") == 6 and listing.count("jump helper") == 1, listing  # lo, local, 2 link-local, 2 LAN
     assert f"elements = {{ {hostguard.helper_gid()} }}" in listing, listing
     assert "table inet boxlite" in listing and listing.count("table ") == 1, listing
 
