@@ -249,36 +249,37 @@ abuse_proxy()
 print("PROBE " + json.dumps(r))
 """
 
-CONTROL = r"""
+TCP_BANNER = r"""
 import json, socket, time
+def tcp(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.settimeout(5)
+            return s.recv(100).decode().strip() or "empty"
+    except OSError as e:
+        return type(e).__name__
+"""
+"""The probes' TCP check: the first line a server sends, or the error's name."""
+
+CONTROL = (
+    TCP_BANNER
+    + r"""
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(3):
     u.sendto(b"udp-control", ("10.77.0.3", 9999))
     time.sleep(0.1)
-def tcp(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=5) as s:
-            s.settimeout(5)
-            return s.recv(100).decode().strip() or "empty"
-    except OSError as e:
-        return type(e).__name__
 print("CONTROL " + json.dumps({"raw_ip": tcp("10.77.0.3", 80), "imds": tcp("169.254.169.254", 80),
                                "imds6": tcp("fd00:ec2::254", 80)}))
 """
+)
 
-
-PUBLIC_ONLY = r"""
-import json, socket
-def tcp(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=5) as s:
-            s.settimeout(5)
-            return s.recv(100).decode().strip() or "empty"
-    except OSError as e:
-        return type(e).__name__
+PUBLIC_ONLY = (
+    TCP_BANNER
+    + r"""
 print("PUBLIC " + json.dumps({"public": tcp("198.51.100.7", 80), "private": tcp("10.77.0.3", 80),
                               "private6": tcp("fd77::2", 80), "dns": socket.gethostbyname("public-only.test")}))
 """
+)
 
 
 def read_banner(addr: str, port: int) -> str:
