@@ -3,6 +3,8 @@
 export interface NetworkSpec {
   mode?: string;
   allowNet?: string[];
+  /** Outbound flows to public addresses only (no private, CGNAT or unique-local network). */
+  publicOnly?: boolean;
 }
 
 /** How to build and run one box (`boxlite.BoxOptions`). `rootfsPath` is a path on the server's host. */
@@ -129,7 +131,7 @@ export function optionsJson(options: BoxOptions): Record<string, unknown> {
     if (k === "env") out.env = Array.isArray(v) ? Object.fromEntries(v as Array<[string, string]>) : v;
     else if (k === "network" && typeof v === "object" && v !== null) {
       const net = v as NetworkSpec;
-      out.network = { mode: net.mode ?? "enabled", allow_net: net.allowNet ?? [] };
+      out.network = { mode: net.mode ?? "enabled", allow_net: net.allowNet ?? [], public_only: net.publicOnly ?? false };
     } else out[snake(k)] = v;
   }
   return out;
