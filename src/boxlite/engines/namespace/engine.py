@@ -86,9 +86,8 @@ class NamespaceEngine(Engine):
         if spec.network or spec.ports:
             gid = None
             if spec.allow_net or spec.secrets or spec.public_only:  # its own helper group, rules, proxies
-                gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir, spec.public_only)  # (docs/network.md)
-                if not (spec.allow_net or spec.secrets):
-                    await asyncio.to_thread(allowlist.open_chain, gid)
+                accept_all = not (spec.allow_net or spec.secrets)  # public-only: the host guard decides
+                gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir, spec.public_only, accept_all)
             if spec.allow_net and gid is not None:
                 entries = allowlist.parse(list(spec.allow_net))
                 dnsproxy = allowlist.proxy_command(spec.box_dir, gid, entries)

@@ -174,14 +174,19 @@ def base_script() -> str:
     )
 
 
-def box_objects(gid: int) -> list[str]:
-    """Create the box's chain (rejecting everything until its proxy fills it in) and sets."""
+def box_objects(gid: int, accept_all: bool = False) -> list[str]:
+    """Create the box's chain (rejecting everything until its proxy fills it in; ``accept_all``:
+    a public-only box without allow-list or secrets, which has no proxy) and sets."""
     t, c = f"inet {TABLE}", chain_name(gid)
     lines = [f"add chain {t} {c}", f"flush chain {t} {c}"]
     for suffix, kind in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
         lines.append(f"add set {t} {c}_{suffix} {{ type {kind}; flags timeout; size {MAX_SET}; }}")
         lines.append(f"add set {t} {c}_{suffix}p {{ type {kind} . inet_service; flags timeout; size {MAX_SET}; }}")
-    lines.append(f"add rule {t} {c} counter reject with icmpx type admin-prohibited")
+    lines.append(
+        f"add rule {t} {c} accept"
+        if accept_all
+        else f"add rule {t} {c} counter reject with icmpx type admin-prohibited"
+    )
     return lines
 
 
@@ -232,7 +237,7 @@ def nft(script: str) -> subprocess.CompletedProcess[str]:
         raise NetworkError(f"could not run nft: {e}") from None
 
 
-def claim_gid(box_dir: Path, public_only: bool = False) -> int:
+def claim_gid(box_dir: Path, public_only: bool = False, accept_all: bool = False) -> int:
     """Install the host guard and the shared table, then claim a helper group for this box:
     ``create element`` fails if another box holds the slot, so concurrent engines never share
     one. The box's chain rejects everything until its proxy installs the real rules. The gid
@@ -247,7 +252,7 @@ def claim_gid(box_dir: Path, public_only: bool = False) -> int:
         gid = GID_BASE + (start + i) % GID_SLOTS
         t = f"inet {TABLE}"
         script = [
-            *box_objects(gid),
+            *box_objects(gid, accept_all),
             f"create element {t} boxes {{ {gid} : jump {chain_name(gid)} }}",
             f"add element inet {hostguard.TABLE} helpers {{ {gid} }}",
             *([f"add element inet {hostguard.TABLE} public_only {{ {gid} }}"] if public_only else []),
@@ -259,6 +264,10 @@ def claim_gid(box_dir: Path, public_only: bool = False) -> int:
         if "exists" not in proc.stderr:
             raise NetworkError(f"nft refused the box's allow-list rules: {proc.stderr.strip()[:500]}")
     raise NetworkError("no free helper group for an allow-listed box")
+
+
+DNSPROXY_CONF = "dnsproxy.json"
+"""The box's DNS proxy configuration in its dir (an allow-listed box's)."""
 
 
 def gid_file(box_dir: Path) -> Path:
@@ -275,9 +284,13 @@ def release(box_dir: Path) -> None:
     if not GID_BASE <= gid < GID_BASE + GID_SLOTS:
         return
     t, c = f"inet {TABLE}", chain_name(gid)
+    secrets = secret_conf(box_dir).exists()
+    # Only what this box added: one transaction then succeeds (deleting an absent element fails
+    # it, and the one-by-one retry below costs an nft run per step, ~0.2 s).
     steps = [
         f"delete element {t} boxes {{ {gid} }}",
-        f"delete element {t} dnsports {{ {gid} }}",
+        *([f"delete element {t} dnsports {{ {gid} }}"] if (box_dir / DNSPROXY_CONF).exists() else []),
+        *([f"delete element {t} secretports {{ {gid} }}"] if secrets else []),
         f"delete element inet {hostguard.TABLE} helpers {{ {gid} }}",
         *([f"delete element inet {hostguard.TABLE} public_only {{ {gid} }}"] if public_only else []),
         f"flush chain {t} {c}",
@@ -285,24 +298,14 @@ def release(box_dir: Path) -> None:
         *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),
     ]
     with contextlib.suppress(NetworkError):
-        if secret_conf(box_dir).exists():
-            nft(f"delete element {t} secretports {{ {gid} }}\n")
-            secret_conf(box_dir).unlink(missing_ok=True)
-            (box_dir / "secrets-leaf.key").unlink(missing_ok=True)
         if nft("\n".join(steps) + "\n").returncode != 0:  # something was gone already
             for step in steps:
                 with contextlib.suppress(NetworkError):
                     nft(step + "\n")
+    if secrets:
+        secret_conf(box_dir).unlink(missing_ok=True)
+        (box_dir / "secrets-leaf.key").unlink(missing_ok=True)
     gid_file(box_dir).unlink(missing_ok=True)
-
-
-def open_chain(gid: int) -> None:
-    """The chain of a box with its own group but neither allow-list nor secrets (public-only):
-    everything the host guard lets through."""
-    t, c = f"inet {TABLE}", chain_name(gid)
-    proc = nft(f"flush chain {t} {c}\nadd rule {t} {c} accept\n")
-    if proc.returncode != 0:
-        raise NetworkError(f"nft refused the box's rules: {proc.stderr.strip()[:500]}")
 
 
 # --- the proxy's configuration --------------------------------------------------------------
@@ -327,7 +330,7 @@ def proxy_command(box_dir: Path, gid: int, entries: tuple[Entry, ...]) -> list[s
         "table": TABLE,
         "nft": hostguard.nft_binary(),
     }
-    path = box_dir / "dnsproxy.json"
+    path = box_dir / DNSPROXY_CONF
     path.write_text(json.dumps(conf))
     os.chmod(path, 0o600)
     script = Path(__file__).with_name("dnsproxy.py")

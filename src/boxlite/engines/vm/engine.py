@@ -435,10 +435,10 @@ async def _net_policy(spec: BoxSpec, vm: VmConfig) -> tuple[VmConfig, Path | Non
     if not (spec.allow_net or spec.secrets or spec.public_only):
         await asyncio.to_thread(hostguard.install)  # before QEMU's slirp opens a socket: no way to the host
         return vm, None
-    gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir, spec.public_only)
+    accept_all = not (spec.allow_net or spec.secrets)  # public-only: the host guard decides
+    gid = await asyncio.to_thread(allowlist.claim_gid, spec.box_dir, spec.public_only, accept_all)
     vm = replace(vm, net_gid=gid)
-    if not (spec.allow_net or spec.secrets):  # public-only: the host guard decides, this chain lets all through
-        await asyncio.to_thread(allowlist.open_chain, gid)
+    if accept_all:
         return vm, None
     if spec.allow_net:
         vm = replace(vm, dnsproxy=allowlist.proxy_command(spec.box_dir, gid, allowlist.parse(list(spec.allow_net))))
