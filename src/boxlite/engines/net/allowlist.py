@@ -241,17 +241,16 @@ def claim_gid(box_dir: Path, public_only: bool = False, accept_all: bool = False
     """Install the host guard and the shared table, then claim a helper group for this box:
     ``create element`` fails if another box holds the slot, so concurrent engines never share
     one. The box's chain rejects everything until its proxy installs the real rules. The gid
-    is remembered in the box dir so that a restart frees the old slot first."""
+    is remembered in the box dir so that a restart frees the old slot first. The shared table
+    is (re)made in the claim's own transaction: one nft run (~15 ms) per start, not two."""
     hostguard.install()
-    proc = nft(base_script() + "\n")
-    if proc.returncode != 0:
-        raise NetworkError(f"nft refused the allow-list table: {proc.stderr.strip()[:500]}")
     release(box_dir)
     start = int.from_bytes(hashlib.sha256(str(box_dir).encode()).digest()[:4], "big") % GID_SLOTS
     for i in range(MAX_CLAIM_TRIES):
         gid = GID_BASE + (start + i) % GID_SLOTS
         t = f"inet {TABLE}"
         script = [
+            base_script(),
             *box_objects(gid, accept_all),
             f"create element {t} boxes {{ {gid} : jump {chain_name(gid)} }}",
             f"add element inet {hostguard.TABLE} helpers {{ {gid} }}",
