@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "sqlite_wal": 5,
     "runtime_artifact": 5,
     "steplog": 5,
+    "httpx_lean": 5,  # httpx without its command-line client (the one place httpx is imported)
     "aio": 5,  # asyncio helpers (stdlib only): within, wait_for without 3.11's lost cancellation
     "errors": 0,
 }

@@ -104,3 +104,13 @@ def test_pull_without_bars_does_not_load_rich() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["2", "False"]
+
+
+@pytest.mark.parametrize("module", ["boxlite.images.client", "boxlite.backends.rest.transport"])
+def test_httpx_users_do_not_load_its_command_line_client(module: str) -> None:
+    """httpx imports its own CLI (click, rich, pygments: ~30 ms) whenever they are installed, as
+    they are with boxlite's CLI; a pull or a REST call must not pay for it (boxlite.httpx_lean)."""
+    loaded = imported_modules((module,))
+    assert "httpx" in loaded
+    toolkit = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "pygments"))
+    assert not toolkit, f"{module} imports {toolkit}"

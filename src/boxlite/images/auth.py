@@ -7,9 +7,8 @@ import json
 import re
 from dataclasses import dataclass
 
-import httpx
-
 from ..errors import AuthenticationError, RegistryError
+from ..httpx_lean import httpx
 
 MAX_TOKEN_ANSWER = 1 << 20
 _PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')

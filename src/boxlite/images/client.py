@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from ..aio import within
 from ..errors import (
     AuthenticationError,
@@ -30,6 +28,7 @@ from ..errors import (
     RegistryError,
     RegistryTimeoutError,
 )
+from ..httpx_lean import httpx
 from .auth import Authenticator
 from .limits import ImageLimits
 from .manifest import ACCEPT, Descriptor

@@ -15,9 +15,9 @@ import ssl
 from collections.abc import Iterable
 
 import httpcore
-import httpx
 
 from ..aio import within
+from ..httpx_lean import httpx
 from .registry_access import RegistryAccess, is_public
 
 SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]

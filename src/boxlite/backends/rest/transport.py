@@ -8,9 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
-
 from ...errors import ConfigError, StoppedError, UnauthorizedError
+from ...httpx_lean import httpx
 from ...wire import MAX_FRAME, decode_error
 
 
