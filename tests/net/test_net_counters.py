@@ -1,5 +1,6 @@
 """Issue 12: a box's network counters in ``BoxMetrics`` (bytes and packets in and out; flows and
-DNS names its allow-list refused) and in ``boxlite stats``, on both engines.
+DNS names its allow-list refused, flows the host guard refused it) and in ``boxlite stats``, on
+both engines.
 
 A private "internet" (tests/support/privnet.py): this file runs itself under ``unshare -n -m``;
 the remote namespace holds allowed.test (10.77.0.2), 10.77.0.3 (not allowed) and a DNS server
@@ -36,9 +37,13 @@ def remote_main() -> None:
 
 PROBE = """
 for i in 1 2 3; do timeout 10 nc -w 3 10.77.0.3 80 </dev/null; done
+timeout 10 nc -w 3 169.254.169.254 80 </dev/null
 for n in one.evil.test two.evil.test; do timeout 10 nslookup $n >/dev/null 2>&1; done
 sleep 4 | timeout 20 nc allowed.test 80 | wc -c
 """
+
+
+PRIVATE_PROBE = "for i in 1 2 3; do timeout 10 nc -w 3 10.77.0.3 80 </dev/null; done; echo probed"
 
 
 async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
@@ -66,6 +71,12 @@ async def probe(engine: str, rootfs: str, home: str) -> dict[str, Any]:
             report["stats_row"] = dict(
                 zip(HEADERS, (str(c) for c in _rows([box.box], [after], None, 0)[0]), strict=True)
             )
+        # Public-only: no chain rejects anything, the host guard refuses the private network.
+        spec = boxlite.NetworkSpec(public_only=True)
+        async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network=spec) as box:
+            before = await box.metrics()
+            r = await box.exec("sh", "-c", PRIVATE_PROBE, timeout=120)
+            report["public_only"] = ((await box.metrics()).__dict__, before.__dict__, r.stdout[-500:], r.stderr[-500:])
         async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled") as box:
             report["open_box"] = (await box.metrics()).__dict__
     finally:
@@ -98,14 +109,20 @@ def test_counters_of_an_allow_listed_box(engine: str, busybox_rootfs: Path, tmp_
     assert after["network_bytes_sent"] > (before["network_bytes_sent"] or 0), r
     assert after["network_packets_received"] > (before["network_packets_received"] or 0) + 10, r
     assert after["network_packets_sent"] > (before["network_packets_sent"] or 0), r
-    # Refusals, counted on the host: the three connects to an address off the list (a SYN may
-    # be sent again: at least three), the two names off the list.
+    # Refusals, counted on the host: the three connects to an address off the list and the one
+    # to the metadata address, which the host guard refuses (a SYN may be sent again: at least
+    # four), the two names off the list.
     refused = after["network_connections_refused"] - before["network_connections_refused"]
-    assert REFUSED_CONNECTS <= refused <= 5 * REFUSED_CONNECTS, r
+    assert REFUSED_CONNECTS + 1 <= refused <= 5 * (REFUSED_CONNECTS + 1), r
     assert after["network_dns_refused"] - (before["network_dns_refused"] or 0) >= REFUSED_NAMES, r
     row = r["stats_row"]
     assert int(row["REFUSED"]) == after["network_connections_refused"] + after["network_dns_refused"], row
     assert "kB" in row["NET I/O"].split("/")[0], row
+    # A public-only box: the host guard's refusals of the private network are its count.
+    public_after, public_before, out, err = r["public_only"]
+    assert "probed" in out, (out, err)
+    public_refused = public_after["network_connections_refused"] - (public_before["network_connections_refused"] or 0)
+    assert REFUSED_CONNECTS <= public_refused <= 5 * REFUSED_CONNECTS, r["public_only"]
     # A box without an allow-list has no chain of its own: nothing refused to report.
     assert r["open_box"]["network_connections_refused"] is None and r["open_box"]["network_dns_refused"] is None, r
 

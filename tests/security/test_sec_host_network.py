@@ -166,7 +166,9 @@ def test_guard_is_idempotent_and_only_ours() -> None:
     assert proc.returncode == 0, proc.stderr
     listing = proc.stdout
     assert listing.count("meta skgid @helpers jump helper") == 1, listing
-    assert listing.count("reject") == 6 and listing.count("jump helper") == 1, listing  # lo, local, 2 link-local, 2 LAN
+    # lo, local, 2 link-local, 2 LAN: each to the one counted reject
+    assert listing.count("goto refuse") == 6 and listing.count("reject") == 1, listing
+    assert listing.count("jump helper") == 1, listing
     assert f"elements = {{ {hostguard.helper_gid()} }}" in listing, listing
     assert "table inet boxlite" in listing and listing.count("table ") == 1, listing
 
@@ -205,7 +207,7 @@ def nft(*args):
 
 def intact():
     rules = nft("list", "table", "inet", "boxlite")
-    return "meta skgid @helpers jump helper" in rules and rules.count("reject") == 6
+    return "meta skgid @helpers jump helper" in rules and rules.count("goto refuse") == 6
 
 out = {}
 g = nftgen.generation()

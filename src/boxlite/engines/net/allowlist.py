@@ -255,6 +255,8 @@ def claim_gid(box_dir: Path, public_only: bool = False, accept_all: bool = False
             f"create element {t} boxes {{ {gid} : jump {chain_name(gid)} }}",
             f"add element inet {hostguard.TABLE} helpers {{ {gid} }}",
             *([f"add element inet {hostguard.TABLE} public_only {{ {gid} }}"] if public_only else []),
+            f"add counter inet {hostguard.TABLE} {hostguard.refused_counter(gid)}",
+            f'add element inet {hostguard.TABLE} refused {{ {gid} : "{hostguard.refused_counter(gid)}" }}',
         ]
         proc = nft("\n".join(script) + "\n")
         if proc.returncode == 0:
@@ -292,6 +294,8 @@ def release(box_dir: Path) -> None:
         *([f"delete element {t} secretports {{ {gid} }}"] if secrets else []),
         f"delete element inet {hostguard.TABLE} helpers {{ {gid} }}",
         *([f"delete element inet {hostguard.TABLE} public_only {{ {gid} }}"] if public_only else []),
+        f"delete element inet {hostguard.TABLE} refused {{ {gid} }}",
+        f"delete counter inet {hostguard.TABLE} {hostguard.refused_counter(gid)}",
         f"flush chain {t} {c}",
         f"delete chain {t} {c}",
         *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),

@@ -117,6 +117,11 @@ def resolvers(path: Path = RESOLV_CONF) -> tuple[list[str], list[str]]:
     return v4[:MAX_RESOLVERS], v6[:MAX_RESOLVERS]
 
 
+def refused_counter(gid: int) -> str:
+    """The counter of what the guard refused a box's helper group (created by its claim)."""
+    return f"refused_{gid}"
+
+
 def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
     """One nft transaction: create what is missing, then replace our chains' rules."""
     t = f"inet {TABLE}"
@@ -124,12 +129,21 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add table {t}",
         f"add set {t} helpers {{ type gid; }}",
         f"add set {t} public_only {{ type gid; }}",
+        # A box with a policy of its own has a counter here (..net.allowlist.claim_gid): what the
+        # guard refuses it counts in its BoxMetrics.network_connections_refused too.
+        f"add map {t} refused {{ type gid : counter; }}",
         f"add set {t} dns4 {{ type ipv4_addr; }}",
         f"add set {t} dns6 {{ type ipv6_addr; }}",
         f"add chain {t} output {{ type filter hook output priority 0; policy accept; }}",
         f"add chain {t} helper",
+        f"add chain {t} refuse",
         f"flush chain {t} output",
         f"flush chain {t} helper",
+        f"flush chain {t} refuse",
+        # Counting is a rule of its own: a group without a counter (no element) skips it alone,
+        # never the reject after it.
+        f"add rule {t} refuse counter name meta skgid map @refused",
+        f"add rule {t} refuse reject",
         f"add rule {t} output meta skgid @helpers jump helper",
         # TCP needs no connection tracking: only a SYN opens a flow (replies are SYN+ACK).
         f"add rule {t} helper meta l4proto tcp tcp flags & (syn | ack) != syn return",
@@ -141,14 +155,14 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add rule {t} helper meta skgid {ALLOW_GID_BASE}-{ALLOW_GID_BASE + ALLOW_GID_SLOTS - 1} ct status dnat return",
         # Link-local destinations: the cloud metadata service (169.254.169.254, AWS's IPv6
         # fd00:ec2::254) hands out the host's credentials; nothing else a box needs lives there.
-        f"add rule {t} helper ip daddr 169.254.0.0/16 reject",
-        f"add rule {t} helper ip6 daddr {{ fe80::/10, {METADATA6} }} reject",
+        f"add rule {t} helper ip daddr 169.254.0.0/16 goto refuse",
+        f"add rule {t} helper ip6 daddr {{ fe80::/10, {METADATA6} }} goto refuse",
         # Boxes limited to public destinations (NetworkSpec(public_only=True); a REST server's TCP
         # clients' boxes): no private, shared (CGNAT) or unique-local network either.
-        f"add rule {t} helper meta skgid @public_only ip daddr {{ {', '.join(PRIVATE4)} }} reject",
-        f"add rule {t} helper meta skgid @public_only ip6 daddr {{ {', '.join(PRIVATE6)} }} reject",
-        f"add rule {t} helper oif lo reject",
-        f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} reject",
+        f"add rule {t} helper meta skgid @public_only ip daddr {{ {', '.join(PRIVATE4)} }} goto refuse",
+        f"add rule {t} helper meta skgid @public_only ip6 daddr {{ {', '.join(PRIVATE6)} }} goto refuse",
+        f"add rule {t} helper oif lo goto refuse",
+        f"add rule {t} helper fib daddr type {{ local, broadcast, multicast, anycast }} goto refuse",
         f"add element {t} helpers {{ {gid} }}",
         f"flush set {t} dns4",
         f"flush set {t} dns6",

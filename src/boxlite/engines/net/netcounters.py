@@ -3,7 +3,9 @@ nftables chain rejected (each refused TCP connect, UDP datagram or other flow's 
 ``net_connections_refused``) and the names its DNS proxy answered NXDOMAIN (``net_dns_refused``).
 
 Both come from the host (the kernel's rule counters, the proxy's own count), never from the box.
-Boxes without an allow-list or secrets have no chain of their own: nothing is reported."""
+The connection count includes what the host guard refused the box (link-local, the host itself,
+private networks for a public-only box: ``hostguard.refused_counter``). Boxes without an
+allow-list, secrets or ``public_only`` have neither chain nor counter: nothing is reported."""
 
 from __future__ import annotations
 
@@ -41,22 +43,47 @@ def rejected(listing: dict[str, Any]) -> int:
     return total
 
 
+def guard_refused(listing: dict[str, Any]) -> int:
+    """Packets of the counter object in ``nft -j list counter`` output (the host guard's count)."""
+    for item in listing.get("nftables", []):
+        counter = item.get("counter") if isinstance(item, dict) else None
+        if isinstance(counter, dict) and isinstance(counter.get("packets"), int):
+            return int(counter["packets"])
+    return 0
+
+
+def _refused_packets(gid: int) -> int | None:
+    """What the box's chain refused plus what the host guard refused its group (link-local, the
+    host, and private networks for a public-only box); the chain's alone when the guard's
+    counter is missing (a box started by an older version); None if nft cannot list the chain.
+    Two nft runs: nft 1.0.6 fails a listing of two tables in one command."""
+    chain = _listing("list", "chain", "inet", allowlist.TABLE, allowlist.chain_name(gid))
+    if chain is None:
+        return None
+    guard = _listing("list", "counter", "inet", hostguard.TABLE, hostguard.refused_counter(gid))
+    return rejected(chain) + (0 if guard is None else guard_refused(guard))
+
+
+def _listing(*command: str) -> dict[str, Any] | None:
+    """``nft -j`` output of ``command``; None when nft fails or says too much."""
+    try:
+        proc = subprocess.run([hostguard.nft_binary(), "-j", *command], capture_output=True, timeout=5, check=False)
+        if proc.returncode != 0 or len(proc.stdout) > MAX_LISTING:
+            return None
+        listing = json.loads(proc.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return listing if isinstance(listing, dict) else None
+
+
 def read(box_dir: Path) -> dict[str, float]:
     gid = _gid(box_dir)
     if gid is None:
         return {}
     out: dict[str, float] = {}
-    try:
-        proc = subprocess.run(
-            [hostguard.nft_binary(), "-j", "list", "chain", "inet", allowlist.TABLE, allowlist.chain_name(gid)],
-            capture_output=True,
-            timeout=5,
-            check=False,
-        )
-        if proc.returncode == 0 and len(proc.stdout) <= MAX_LISTING:
-            out["net_connections_refused"] = float(rejected(json.loads(proc.stdout)))
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        pass
+    refused = _refused_packets(gid)
+    if refused is not None:
+        out["net_connections_refused"] = float(refused)
     try:
         fd = os.open(box_dir / dnsproxy.STATS_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -70,4 +97,4 @@ def read(box_dir: Path) -> dict[str, float]:
     return out
 
 
-__all__ = ["read", "rejected"]
+__all__ = ["guard_refused", "read", "rejected"]
