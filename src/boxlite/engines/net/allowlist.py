@@ -36,6 +36,9 @@ GID_SLOTS = hostguard.ALLOW_GID_SLOTS
 MAX_CLAIM_TRIES = 512
 MAX_SET = 16384
 """Addresses a box's DNS lookups may have open at once, per set (full: lookups get SERVFAIL)."""
+UDP_FLOW_IDLE = 180
+"""Seconds a UDP flow a box's chain let through stays known without a datagram (conntrack
+forgets a UDP flow after 120 s at most)."""
 SECRET_UID = 0x6FFFFFFF
 """User id the secret proxies (:mod:`.secretproxy`) drop to once set up (no host process or box
 uses it): the redirect skips their own connections by it; every other rule of the box's group
@@ -182,6 +185,21 @@ def box_objects(gid: int, accept_all: bool = False) -> list[str]:
     for suffix, kind in (("4", "ipv4_addr"), ("6", "ipv6_addr")):
         lines.append(f"add set {t} {c}_{suffix} {{ type {kind}; flags timeout; size {MAX_SET}; }}")
         lines.append(f"add set {t} {c}_{suffix}p {{ type {kind} . inet_service; flags timeout; size {MAX_SET}; }}")
+        flow = f"{kind} . inet_service . inet_service"
+        lines.append(f"add set {t} {c}_f{suffix} {{ type {flow}; flags dynamic, timeout; size {MAX_SET}; }}")
+    # What the box's chain lets through goes here: a UDP flow is remembered (destination, ports)
+    # and its later datagrams pass while it is in use; a full set only costs the box that flow.
+    ok = f"{c}_ok"
+    lines += [
+        f"add chain {t} {ok}",
+        f"flush chain {t} {ok}",
+        *(
+            f"add rule {t} {ok} meta l4proto udp update @{c}_f{v} {{ {family} daddr . udp dport . udp sport "
+            f"timeout {UDP_FLOW_IDLE}s }}"
+            for v, family in (("4", "ip"), ("6", "ip6"))
+        ),
+        f"add rule {t} {ok} accept",
+    ]
     lines.append(
         f"add rule {t} {c} accept"
         if accept_all
@@ -197,6 +215,7 @@ PORT_MARK = "@PORT@"
 def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: int | str) -> str:
     """The box's chain, installed by its DNS proxy once it knows its port."""
     t, c = f"inet {TABLE}", chain_name(gid)
+    ok = f"{c}_ok"
     lines = [
         f"flush chain {t} {c}",
         # DNS still bound for port 53 after NAT was not redirected to the proxy: its packet matched
@@ -204,21 +223,28 @@ def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: in
         # established, with the same addresses and source port): never "established" for the box.
         f"add rule {t} {c} ct direction original meta l4proto {{ tcp, udp }} th dport 53 "
         "counter reject with icmpx type admin-prohibited",
-        # Replies (published ports) and flows this chain let through before.
-        f"add rule {t} {c} ct state established,related accept",
+        # Replies (published ports), and the box's TCP connections this chain let through (only a
+        # SYN, checked below, opens one).
+        f"add rule {t} {c} ct direction reply accept",
+        f"add rule {t} {c} meta l4proto tcp ct state established accept",
+        # UDP flows this chain let through. Not conntrack's "established": that is also a host
+        # process's flow with the same addresses and ports, which box root can pick (pasta keeps
+        # the box's source port); anything else is checked as a new flow.
+        f"add rule {t} {c} meta l4proto udp ip daddr . udp dport . udp sport @{c}_f4 goto {ok}",
+        f"add rule {t} {c} meta l4proto udp ip6 daddr . udp dport . udp sport @{c}_f6 goto {ok}",
         f"add rule {t} {c} meta l4proto {{ tcp, udp }} ct status dnat ip daddr 127.0.0.1 th dport {proxy_port} accept",
         f"add rule {t} {c} meta l4proto {{ tcp, udp }} ct status dnat ip6 daddr ::1 th dport {proxy_port} accept",
-        f"add rule {t} {c} ip daddr @{c}_4 accept",
-        f"add rule {t} {c} ip6 daddr @{c}_6 accept",
-        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ip daddr . th dport @{c}_4p accept",
-        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ip6 daddr . th dport @{c}_6p accept",
+        f"add rule {t} {c} ip daddr @{c}_4 goto {ok}",
+        f"add rule {t} {c} ip6 daddr @{c}_6 goto {ok}",
+        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ip daddr . th dport @{c}_4p goto {ok}",
+        f"add rule {t} {c} meta l4proto {{ tcp, udp }} ip6 daddr . th dport @{c}_6p goto {ok}",
     ]
     for e in entries:
         if e.kind != "net":
             continue
         family = "ip" if ipaddress.ip_network(e.value).version == 4 else "ip6"
         port = "" if e.port is None else f" meta l4proto {{ tcp, udp }} th dport {e.port}"
-        lines.append(f"add rule {t} {c} {family} daddr {e.value}{port} accept")
+        lines.append(f"add rule {t} {c} {family} daddr {e.value}{port} goto {ok}")
     # Counted: the box's refused flows (BoxMetrics.network_connections_refused, engines/net/netcounters.py).
     lines.append(f"add rule {t} {c} meta l4proto tcp counter reject with tcp reset")
     lines.append(f"add rule {t} {c} counter reject with icmpx type admin-prohibited")
@@ -298,7 +324,9 @@ def release(box_dir: Path) -> None:
         f"delete counter inet {hostguard.TABLE} {hostguard.refused_counter(gid)}",
         f"flush chain {t} {c}",
         f"delete chain {t} {c}",
-        *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p")),
+        f"flush chain {t} {c}_ok",
+        f"delete chain {t} {c}_ok",
+        *(f"delete set {t} {c}_{s}" for s in ("4", "6", "4p", "6p", "f4", "f6")),
     ]
     with contextlib.suppress(NetworkError):
         if nft("\n".join(steps) + "\n").returncode != 0:  # something was gone already

@@ -147,7 +147,10 @@ def ruleset(gid: int, dns4: list[str], dns6: list[str]) -> str:
         f"add rule {t} output meta skgid @helpers jump helper",
         # TCP needs no connection tracking: only a SYN opens a flow (replies are SYN+ACK).
         f"add rule {t} helper meta l4proto tcp tcp flags & (syn | ack) != syn return",
-        f"add rule {t} helper ct state established,related return",
+        # Replies (published ports) pass; a box's own flows are checked packet by packet: conntrack
+        # calls a helper's UDP datagram "established" when a host process used the same addresses
+        # and ports within ~2 min, and box root chooses its source port (pasta keeps it).
+        f"add rule {t} helper ct direction reply return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip daddr @dns4 return",
         f"add rule {t} helper meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr @dns6 return",
         # DNS of allow-listed boxes, redirected by ..net.allowlist to their proxies on loopback
