@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import pytest
 
 import boxlite
 from boxlite.engines.vm import accel
-from support.cli import Cli
+from rest.serverproc import API_KEY, free_port, stop_server, wait_ready
+from support.cli import Cli, Served
 
 
 @pytest.fixture
@@ -33,3 +36,23 @@ async def _remove_all(home: Path) -> None:
             await rt.remove(info.id, force=True)
     finally:
         await rt.shutdown()
+
+
+@pytest.fixture
+def served(cli: Cli, tmp_path: Path) -> Iterator[Served]:
+    """``boxlite serve`` (the CLI verb) on a free loopback port with an API key, debug step logs
+    to a file."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**cli.env(), "BOXLITE_LOG": "debug"}
+    args = ["--home", str(tmp_path / "srvhome"), "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--api-key", API_KEY, "--allow-any-host-path"]  # fmt: skip
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "boxlite.cli", *args], env=env, stdin=subprocess.PIPE,
+                                stderr=err)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        yield Served(url, log)
+    finally:
+        stop_server(proc)

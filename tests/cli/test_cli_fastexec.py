@@ -154,6 +154,9 @@ def test_lean_exec_import_budget(fx: Cli) -> None:
 def test_lean_path_constants_match_the_runtime() -> None:
     assert fastexec.CONFIG_VERSION == runtime_config.CONFIG_VERSION
     assert fastexec.AGENT_SOCKET_NAME == layout.AGENT_SOCKET_NAME
+    from boxlite.cli import credentials
+
+    assert fastexec.CREDENTIALS_NAME == credentials.FILE_NAME
 
 
 # --- a hostile agent: a fake running box whose agent socket this test serves ---------------------

@@ -10,39 +10,10 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from rest.serverproc import API_KEY, free_port, stop_server, wait_ready
-from support.cli import Cli, assert_one_line_error
-
-
-@dataclass
-class Served:
-    url: str
-    log: Path
-
-
-@pytest.fixture
-def served(cli: Cli, tmp_path: Path) -> Iterator[Served]:
-    """``boxlite serve`` (the CLI verb) on a free loopback port, debug step logs to a file."""
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = {**cli.env(), "BOXLITE_LOG": "debug"}
-    args = ["--home", str(tmp_path / "srvhome"), "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--api-key", API_KEY, "--allow-any-host-path"]  # fmt: skip
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "boxlite.cli", *args], env=env, stdin=subprocess.PIPE,
-                                stderr=err)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(proc, url)
-        yield Served(url, log)
-    finally:
-        stop_server(proc)
+from rest.serverproc import API_KEY, free_port
+from support.cli import Cli, Served, assert_one_line_error
 
 
 def remote(cli: Cli, served: Served, *args: str, data: bytes | None = None, key: str = API_KEY,

@@ -14,6 +14,14 @@ SRC = Path(__file__).resolve().parents[2] / "src"  # test this checkout, whateve
 
 
 @dataclass
+class Served:
+    """A ``boxlite serve`` of a test: its URL and its log file."""
+
+    url: str
+    log: Path
+
+
+@dataclass
 class Cli:
     """Runs ``boxlite --home HOME ...`` and returns the completed process (text mode)."""
 
@@ -30,10 +38,11 @@ class Cli:
     def argv(self, *args: str) -> list[str]:
         return [*CLI, "--home", str(self.home), *args]
 
-    def __call__(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 60,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
         return subprocess.run(
-            self.argv(*args), input=input, capture_output=True, text=True, timeout=timeout, env=self.env(),
-            stdin=None if input is not None else subprocess.DEVNULL,
+            self.argv(*args), input=input, capture_output=True, text=True, timeout=timeout,
+            env={**self.env(), **(env or {})}, stdin=None if input is not None else subprocess.DEVNULL,
         )  # fmt: skip
 
     def ok(self, *args: str, input: str | None = None) -> str:

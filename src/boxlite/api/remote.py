@@ -6,7 +6,7 @@ check against: the behaviour is ``Boxlite``'s and ``Box``'s, over ``backends.res
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..backends.rest import RestBackend
 from .box import Box
@@ -33,3 +33,9 @@ class RemoteBoxlite(Boxlite):
     @property
     def url(self) -> str:
         return self._rest.url
+
+    async def whoami(self) -> dict[str, Any] | None:
+        """Who the server takes this client's key for (its ``GET /v1/me``: ``sub``,
+        ``display_name``, ``path_prefix``, ...); None for a server without that route.
+        ``UnauthorizedError`` when the key is refused (``boxlite auth login`` checks keys so)."""
+        return await self._rest.whoami()

@@ -39,6 +39,8 @@ class Globals:
     api_key: str | None = None
     ray: str | None = None
     """``--ray``: the address of a Ray cluster whose nodes hold the boxes."""
+    profile: str | None = None
+    """``--profile``: the stored login (cli/credentials.py) to use; None: "default"."""
 
     @property
     def remote(self) -> bool:
@@ -54,6 +56,27 @@ def configure_logging(debug: bool) -> None:
     from .logsetup import configure
 
     configure(debug)
+
+
+def apply_stored_login() -> None:
+    """A stored login (``boxlite auth login``) sends the verb to its server unless ``--url`` or
+    ``--ray`` chose a target. Its key goes only to its own URL: with ``--url`` naming another
+    server, the key must come from ``--api-key``/``$BOXLITE_API_KEY``, which win anyway."""
+    from . import credentials
+
+    if STATE.ray or not credentials.exists(STATE.home):
+        if STATE.profile and not STATE.ray:
+            raise fail(f"no stored login named {STATE.profile!r} (see 'boxlite auth login')")
+        return
+    stored = credentials.load(STATE.home, STATE.profile or credentials.DEFAULT_PROFILE)
+    if stored is None:
+        if STATE.profile:
+            raise fail(f"no stored login named {STATE.profile!r} (see 'boxlite auth login')")
+        return
+    if STATE.url is None:
+        STATE.url = stored["url"]
+    if STATE.api_key is None and STATE.url == stored["url"]:
+        STATE.api_key = credentials.bearer(stored)
 
 
 def open_runtime() -> Boxlite:

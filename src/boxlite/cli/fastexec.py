@@ -1,7 +1,7 @@
 """``boxlite exec BOX CMD...`` without click, asyncio or the SDK: the common form, whole-process fast.
 
 Importing the CLI and the runtime costs ~10x what the exec itself does. For the plain form
-(no ``-i``/``-t``, only ``-e``/``-w``/``-u``, a local home, a *running* box named by
+(no ``-i``/``-t``, only ``-e``/``-w``/``-u``, a local home without a stored login, a *running* box named by
 its full id or name, nothing for the runtime's crash recovery to do) this module reads the box's
 record with one SQLite query, builds the same ``exec`` request as ``BoxRuntime.exec_body`` and
 speaks the agent protocol (agent/protocol.py) over blocking sockets. Anything else returns
@@ -66,6 +66,8 @@ CONFIG_VERSION = 1
 """runtime/config.py's CONFIG_VERSION (a test keeps them equal): other versions take the full path."""
 AGENT_SOCKET_NAME = "agent.sock"
 """layout.AGENT_SOCKET_NAME (a test keeps them equal)."""
+CREDENTIALS_NAME = "credentials.toml"
+"""cli/credentials.FILE_NAME (a test keeps them equal)."""
 CONNECT_TIMEOUT = 10.0
 EXEC_TIMEOUT = 60.0
 OUTPUT_GRACE = 1.0
@@ -416,6 +418,8 @@ def _lean_exec(args: list[str], home: str | None) -> int | None:
     try:
         ref, argv, env, workdir, user = parse(args)
         root = _home(home)
+        if os.path.lexists(os.path.join(root, CREDENTIALS_NAME)):
+            raise _Fallback  # a stored login may send the exec to a server (cli/common.apply_stored_login)
         db_path = os.path.join(root, "state.db")
         st = os.stat(db_path, follow_symlinks=False)
         if st.st_mode & 0o170000 != 0o100000 or st.st_mode & 0o077 or st.st_uid != os.geteuid():

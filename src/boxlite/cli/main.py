@@ -11,7 +11,7 @@ import click
 
 from .. import __version__
 from ..errors import BoxliteError
-from .common import STATE, configure_logging
+from .common import STATE, apply_stored_login, configure_logging
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, describe, print_error
 
 COMMANDS = {
@@ -26,7 +26,7 @@ COMMANDS = {
     "snapshot": ("state", "snapshot"), "clone": ("state", "clone"), "export": ("state", "export"),
     "import": ("state", "import_"),
     "kill": ("docker", "kill"), "wait": ("docker", "wait"), "version": ("docker", "version"),
-    "info": ("docker", "info"), "completion": ("completion", "completion"),
+    "info": ("docker", "info"), "completion": ("completion", "completion"), "auth": ("auth", "auth"),
 }  # fmt: skip
 """Verb -> (module of boxlite.cli, attribute): a verb's module (and what it needs: the runtime,
 the image client, the REST server) is imported only when that verb runs or help lists it."""
@@ -42,10 +42,12 @@ class Group(click.Group):
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
         if args[:1] == ["run"] and not (ctx.params.get("url") or ctx.params.get("ray")):  # local `run`: start
-            # the zygote in parallel with the verb's imports
+            # the zygote in parallel with the verb's imports (not when a stored login sends it elsewhere)
+            from .credentials import exists
             from .warm import prewarm
 
-            prewarm(args[1:], ctx.params.get("home"))
+            if not exists(ctx.params.get("home")):
+                prewarm(args[1:], ctx.params.get("home"))
         return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -82,15 +84,20 @@ class Group(click.Group):
 @click.option("--api-key", envvar="BOXLITE_API_KEY", metavar="KEY", help="Bearer token for --url.")
 @click.option("--ray", envvar="BOXLITE_RAY_ADDRESS", metavar="ADDRESS",
               help="Work on the boxes of a Ray cluster ('auto', or host:port of its head).")  # fmt: skip
+@click.option("--profile", envvar="BOXLITE_PROFILE", metavar="NAME",
+              help="Stored login to use ('boxlite auth login'; default: 'default').")  # fmt: skip
 @click.version_option(__version__, "--version", prog_name="boxlite")
 def cli(home: str | None, debug: bool, json_output: bool, url: str | None = None, api_key: str | None = None,
-        ray: str | None = None) -> None:  # fmt: skip
+        ray: str | None = None, profile: str | None = None) -> None:  # fmt: skip
     """BoxLite: run commands in isolated boxes, no daemon needed."""
     STATE.home, STATE.debug, STATE.json = home, debug, json_output
     STATE.url, STATE.api_key, STATE.ray = url or None, api_key or None, ray or None
+    STATE.profile = profile or None
     if debug:
         os.environ["BOXLITE_DEBUG"] = "1"  # also for child processes
     configure_logging(debug)
+    if click.get_current_context().invoked_subcommand not in ("auth", "serve"):
+        apply_stored_login()
 
 
 def main(argv: list[str] | None = None) -> None:

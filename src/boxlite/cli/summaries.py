@@ -41,4 +41,5 @@ SUMMARIES: dict[str, str] = {
     "version": "Versions of boxlite and its platform.",
     "info": "The runtime: version, home, virtualization, box and image counts (BoxLite's fields).",
     "completion": "Print the completion script of SHELL, e.g.",
+    "auth": "Log in to a 'boxlite serve' server: later commands then work on its boxes.",
 }

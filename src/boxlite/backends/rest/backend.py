@@ -11,6 +11,7 @@ import secrets
 import shlex
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from ...api.options import BoxOptions, ExportOptions, env_to_dict
@@ -92,6 +93,19 @@ class RestBackend(Backend):
 
     def describe(self) -> str:
         return f"url={self.url!r}"
+
+    async def whoami(self) -> dict[str, Any] | None:
+        """The server's ``GET /v1/me`` (who this client's key is), or None for a server without
+        that route once a box listing showed the key is accepted. UnauthorizedError for a key
+        the server refuses."""
+        try:
+            me = await self.transport.request("GET", "/v1/me")
+        except NotFoundError:
+            await self.transport.request("GET", "/v1/boxes")
+            return None
+        if not isinstance(me, dict):
+            raise BoxliteError(f"{self.url} answered /v1/me with {type(me).__name__}, not an object")
+        return {k: v for k, v in me.items() if isinstance(k, str) and isinstance(v, (str, int, bool, list, type(None)))}
 
     # --- named volumes (server/routes_volumes.py) ------------------------------------------------
     async def volume_create(self) -> VolumeInfo:

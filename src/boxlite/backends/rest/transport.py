@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ...errors import ConfigError, StoppedError, UnauthorizedError
+from ...errors import ConfigError, NetworkError, StoppedError, TimeoutError, UnauthorizedError
 from ...httpx_lean import httpx
 from ...wire import MAX_FRAME, decode_error
 
@@ -63,9 +63,21 @@ class Transport:
             self._loop = loop
         return self._client
 
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """The connection's failures as typed errors naming the server (httpx's own escaped the
+        SDK: a CLI printed them as internal errors)."""
+        try:
+            yield
+        except httpx.TimeoutException as e:
+            raise TimeoutError(f"{self.url} did not answer in time ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise NetworkError(f"cannot reach {self.url}: {e or type(e).__name__}") from None
+
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; returns the decoded JSON body (None for 204); raises typed errors."""
-        resp = await self.client().request(method, path, **kwargs)
+        with self._reaching():
+            resp = await self.client().request(method, path, **kwargs)
         if resp.status_code >= 400:
             _raise_for(resp.status_code, _json(resp))
         return None if resp.status_code == 204 else _json(resp)
@@ -76,18 +88,20 @@ class Transport:
             raise StoppedError("this runtime was shut down")
         if self._sync is None:
             self._sync = httpx.Client(transport=httpx.HTTPTransport(uds=self.uds), **self._kwargs())
-        resp = self._sync.request(method, path, **kwargs)
+        with self._reaching():
+            resp = self._sync.request(method, path, **kwargs)
         if resp.status_code >= 400:
             _raise_for(resp.status_code, _json(resp))
         return None if resp.status_code == 204 else _json(resp)
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
-        async with self.client().stream(method, path, **kwargs) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                _raise_for(resp.status_code, _json(resp))
-            yield resp
+        with self._reaching():  # also while the caller reads the body
+            async with self.client().stream(method, path, **kwargs) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    _raise_for(resp.status_code, _json(resp))
+                yield resp
 
     async def websocket(self, path: str) -> Any:
         """An open ``websockets`` client connection to ``path``."""
