@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -83,3 +84,68 @@ def test_serve_delegates_to_the_server_module(cli: Cli, tmp_path: Path) -> None:
         assert server.wait(timeout=30) == 0
     finally:
         server.kill()
+
+
+@needs_registry
+def test_config_file_and_registry_flags(tmp_path: Path) -> None:
+    """``--config FILE`` (BoxLite's JSON: home_dir, image_registries with its tagged ``auth``) and
+    ``--registry HOST`` (HTTPS, tried first for unqualified names)."""
+    import subprocess
+
+    from support.cli import CLI
+    from support.registry import PASSWORD, USERNAME
+
+    server = start_registry(tmp_path / "registry", auth="htpasswd")
+    try:
+        server.push_layout(busybox_layout(), "tools/busybox", "1.0")
+        home = tmp_path / "home"
+        cli = Cli(home, tmp_path)
+
+        def config(**entry: object) -> str:
+            file = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.json"
+            registry = {"host": server.host, "transport": "http", "search": True, **entry}
+            file.write_text(json.dumps({"home_dir": str(home), "image_registries": [registry]}))
+            return str(file)
+
+        good = config(auth={"type": "basic", "username": USERNAME, "password": PASSWORD})
+        # No --home: the config's home_dir is the home; the unqualified name is found on its registry.
+        run = subprocess.run([*CLI, "--config", good, "pull", "tools/busybox:1.0"], capture_output=True, text=True,
+                             env=cli.env(), timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+        assert run.returncode == 0 and "pulled sha256:" in run.stdout, run.stderr
+        assert cli.ok("images", "-q") == f"{server.host}/tools/busybox:1.0\n"
+        cli.ok("rmi", f"{server.host}/tools/busybox:1.0")
+        # BoxLite's documented `protocol` works as `transport`; wrong credentials are refused.
+        documented = json.loads(Path(good).read_text())
+        documented["image_registries"][0]["protocol"] = documented["image_registries"][0].pop("transport")
+        Path(good).write_text(json.dumps(documented))
+        assert "pulled sha256:" in cli.ok("--config", good, "pull", "tools/busybox:1.0")
+        # Wrong credentials are refused (a qualified name: a failed search would go on to Docker Hub).
+        wrong = config(auth={"type": "basic", "username": USERNAME, "password": "wrong"})
+        assert_one_line_error(cli("--config", wrong, "pull", f"{server.host}/tools/busybox:1.0"), 125)
+        # --registry hosts are searched first (HTTPS); one that does not answer is skipped.
+        skipped = cli("--registry", "127.0.0.1:1", "--config", good, "pull", "tools/busybox:1.0", timeout=120)
+        assert skipped.returncode == 0 and "pulled sha256:" in skipped.stdout, skipped.stderr
+        from boxlite.cli import common
+
+        saved = dataclasses.replace(common.STATE)
+        try:
+            common.STATE.home, common.STATE.registries = str(home), ["mirror.example:5000"]
+            common.apply_config_file(good)
+            rt = common.open_runtime()
+            hosts = [(r.host, r.transport, r.search) for r in rt._local().image_manager.registries]
+            assert hosts == [("mirror.example:5000", "https", True), (server.host, "http", True)]
+        finally:
+            common.STATE.__dict__.update(saved.__dict__)
+        # Malformed files: one line each, nothing pulled.
+        malformed = [
+            ("{", "not valid JSON"),
+            ('{"home": "/x"}', "home_dir and image_registries only"),
+            ('{"image_registries": [{"host": "h", "auth": {"type": "basic"}}]}', "'auth' must be"),
+        ]
+        for text, needle in malformed:
+            bad = tmp_path / "bad.json"
+            bad.write_text(text)
+            assert_one_line_error(cli("--config", str(bad), "images"), 125, needle)
+        assert_one_line_error(cli("--config", str(tmp_path / "missing.json"), "images"), 125, "cannot read")
+    finally:
+        server.stop()

@@ -102,3 +102,28 @@ def test_image_config_from_json() -> None:
     )
     empty = ImageConfig.from_json({"config": None})
     assert empty == ImageConfig() and empty.env == [] and empty.cmd is None
+
+
+def test_registry_entries_take_boxlite_json_shape() -> None:
+    """``image_registries`` entries as BoxLite writes them (tagged ``auth``, its documented
+    ``protocol``) or as ours (flat fields); mixed or malformed ones are refused, secrets unprinted."""
+    from boxlite.errors import ConfigError
+    from boxlite.images.registry_config import ImageRegistry
+
+    auth = {"type": "basic", "username": "u", "password": "p"}
+    basic = ImageRegistry.from_dict({"host": "r:5000", "transport": "http", "auth": auth})
+    assert (basic.transport, basic.username, basic.password) == ("http", "u", "p")
+    assert ImageRegistry.from_dict({"host": "r", "auth": {"type": "bearer", "token": "t"}}).bearer_token == "t"
+    assert ImageRegistry.from_dict({"host": "r", "auth": {"type": "anonymous"}}).username is None
+    assert ImageRegistry.from_dict({"host": "r", "protocol": "http", "search": True}).transport == "http"
+    for bad in [
+        {"host": "r", "auth": {"type": "basic", "username": "u"}},
+        {"host": "r", "auth": {"type": "bearer", "token": "t", "extra": 1}},
+        {"host": "r", "auth": {"type": "basic", "username": "u", "password": "p"}, "username": "v"},
+        {"host": "r", "protocol": "http", "transport": "https"},
+        {"host": "r", "search": "yes"},
+        {"host": "r", "auth": "s3cret"},
+    ]:
+        with pytest.raises(ConfigError) as err:
+            ImageRegistry.from_dict(bad)
+        assert "s3cret" not in str(err.value) and "'p'" not in str(err.value)

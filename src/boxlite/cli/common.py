@@ -6,7 +6,7 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +41,10 @@ class Globals:
     """``--ray``: the address of a Ray cluster whose nodes hold the boxes."""
     profile: str | None = None
     """``--profile``: the stored login (cli/credentials.py) to use; None: "default"."""
+    registries: list[str] = field(default_factory=list)
+    """``--registry HOST``: tried first for unqualified image names (HTTPS, searched)."""
+    config_registries: list[Any] = field(default_factory=list)
+    """``image_registries`` of ``--config FILE`` (``ImageRegistry`` objects)."""
 
     @property
     def remote(self) -> bool:
@@ -79,10 +83,47 @@ def apply_stored_login() -> None:
         STATE.api_key = credentials.bearer(stored)
 
 
+MAX_CONFIG_FILE = 1 << 20
+
+
+def apply_config_file(file: str) -> None:
+    """``--config FILE``: BoxLite's runtime options as JSON, ``{"home_dir": ..., "image_registries":
+    [...]}`` (``--home`` wins over ``home_dir``; ``--registry`` hosts go before these)."""
+    import json
+
+    from ..errors import ConfigError
+    from ..images.registry_config import ImageRegistry
+
+    try:
+        with open(file, "rb") as f:
+            raw = f.read(MAX_CONFIG_FILE + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read the config file {file}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_FILE:
+        raise ConfigError(f"the config file {file} is larger than {MAX_CONFIG_FILE} bytes")
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise ConfigError(f"the config file {file} is not valid JSON: {e}") from None
+    known = {"home_dir", "image_registries"}
+    if not isinstance(doc, dict) or set(doc) - known:
+        extra = sorted(set(doc) - known) if isinstance(doc, dict) else type(doc).__name__
+        raise ConfigError(f"the config file {file} takes home_dir and image_registries only, not {extra}")
+    home, entries = doc.get("home_dir"), doc.get("image_registries", [])
+    if home is not None and (not isinstance(home, str) or not home):
+        raise ConfigError(f"the config file {file}: home_dir must be a path")
+    if not isinstance(entries, list):
+        raise ConfigError(f"the config file {file}: image_registries must be a list")
+    STATE.config_registries = [ImageRegistry.from_dict(e) for e in entries]
+    if STATE.home is None and home:
+        STATE.home = os.path.expanduser(home)
+
+
 def open_runtime() -> Boxlite:
     """The home on this machine, or (``--url``) a ``boxlite serve`` server, or (``--ray``) a Ray cluster."""
     from ..api.options import Options
     from ..api.runtime import Boxlite
+    from ..images.registry_config import ImageRegistry
 
     if STATE.url and STATE.ray:
         raise fail("give --url or --ray, not both")
@@ -90,7 +131,8 @@ def open_runtime() -> Boxlite:
         return Boxlite.rest(STATE.url, STATE.api_key)
     if STATE.ray:
         return Boxlite.ray(address=STATE.ray, lazy_create=False)  # a box is used by later commands: made at once
-    return Boxlite(Options(home_dir=STATE.home))
+    registries = [ImageRegistry(host, search=True) for host in STATE.registries] + STATE.config_registries
+    return Boxlite(Options(home_dir=STATE.home, image_registries=registries))
 
 
 def is_local(rt: Boxlite) -> bool:

@@ -11,7 +11,7 @@ import click
 
 from .. import __version__
 from ..errors import BoxliteError
-from .common import STATE, apply_stored_login, configure_logging
+from .common import STATE, apply_config_file, apply_stored_login, configure_logging
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, describe, print_error
 
 COMMANDS = {
@@ -86,13 +86,21 @@ class Group(click.Group):
               help="Work on the boxes of a Ray cluster ('auto', or host:port of its head).")  # fmt: skip
 @click.option("--profile", envvar="BOXLITE_PROFILE", metavar="NAME",
               help="Stored login to use ('boxlite auth login'; default: 'default').")  # fmt: skip
+@click.option("--registry", "registries", multiple=True, metavar="HOST",
+              help="Registry tried first for unqualified image names (HTTPS; repeatable).")  # fmt: skip
+@click.option("--config", "config_file", metavar="FILE",
+              help="JSON runtime options: home_dir, image_registries (BoxLite's --config).")  # fmt: skip
 @click.version_option(__version__, "--version", prog_name="boxlite")
 def cli(home: str | None, debug: bool, json_output: bool, url: str | None = None, api_key: str | None = None,
-        ray: str | None = None, profile: str | None = None) -> None:  # fmt: skip
+        ray: str | None = None, profile: str | None = None, registries: tuple[str, ...] = (),
+        config_file: str | None = None) -> None:  # fmt: skip
     """BoxLite: run commands in isolated boxes, no daemon needed."""
     STATE.home, STATE.debug, STATE.json = home, debug, json_output
     STATE.url, STATE.api_key, STATE.ray = url or None, api_key or None, ray or None
     STATE.profile = profile or None
+    STATE.registries = list(registries)
+    if config_file:
+        apply_config_file(config_file)
     if debug:
         os.environ["BOXLITE_DEBUG"] = "1"  # also for child processes
     configure_logging(debug)

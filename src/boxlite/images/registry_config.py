@@ -49,14 +49,54 @@ class ImageRegistry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageRegistry:
-        """Build from a JSON object (unknown keys are an error)."""
+        """Build from a JSON object (unknown keys are an error). Also BoxLite's shape: ``auth``
+        as ``{"type": "anonymous" | "basic" (username, password) | "bearer" (token)}``, and its
+        documented ``protocol`` for ``transport``."""
         if not isinstance(data, dict) or "host" not in data:
-            raise ConfigError(f"image registry entry needs a 'host': {data!r}")
+            raise ConfigError(f"image registry entry needs a 'host': {_masked(data)!r}")
+        data = dict(data)
+        if "protocol" in data:
+            if "transport" in data:
+                raise ConfigError(f"registry {data['host']}: give 'transport' or 'protocol', not both")
+            data["transport"] = data.pop("protocol")
+        if "auth" in data:
+            data.update(_auth_fields(data.pop("auth"), data["host"], data))
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown image registry keys: {sorted(unknown)}")
+        for key in ("host", "transport", "username", "password", "bearer_token"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ConfigError(f"registry {data['host']!r}: {key} must be a string")
+        for key in ("skip_verify", "search"):
+            if key in data and not isinstance(data[key], bool):
+                raise ConfigError(f"registry {data['host']!r}: {key} must be true or false")
         return cls(**data)
+
+
+def _masked(data: object) -> object:
+    """``data`` with its secrets replaced, for error messages."""
+    if not isinstance(data, dict):
+        return type(data).__name__
+    return {k: "***" if k in ("password", "bearer_token", "token", "auth") else v for k, v in data.items()}
+
+
+def _auth_fields(auth: object, host: object, data: dict[str, Any]) -> dict[str, Any]:
+    """Our flat fields for BoxLite's tagged ``auth`` object."""
+    if any(k in data for k in ("username", "password", "bearer_token")):
+        raise ConfigError(f"registry {host!r}: give 'auth' or username/password/bearer_token, not both")
+    kind = auth.get("type") if isinstance(auth, dict) else None
+    expected = {"anonymous": set(), "basic": {"username", "password"}, "bearer": {"token"}}
+    if not isinstance(auth, dict) or kind not in expected or set(auth) - {"type"} != expected[kind]:
+        raise ConfigError(
+            f'registry {host!r}: \'auth\' must be {{"type": "anonymous"}}, {{"type": "basic", '
+            f'"username": ..., "password": ...}} or {{"type": "bearer", "token": ...}}'
+        )
+    if kind == "basic":
+        return {"username": auth["username"], "password": auth["password"]}
+    if kind == "bearer":
+        return {"bearer_token": auth["token"]}
+    return {}
 
 
 def load_registries_from_config(home: Path) -> list[ImageRegistry]:
