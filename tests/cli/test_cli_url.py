@@ -149,3 +149,29 @@ def test_completion_through_a_server(cli: Cli, served: Served) -> None:
     proc = subprocess.run([sys.executable, "-m", "boxlite.cli"], capture_output=True, text=True, env=env, timeout=60)
     assert proc.stdout.splitlines() == ["plain,remote-box"], proc.stderr
     assert os.environ.get("BOXLITE_REST_URL") is None  # the tests above passed it explicitly only
+
+
+def test_network_tunnel_prints_a_uri_on_the_server(cli: Cli, served: Served) -> None:
+    """``boxlite network tunnel BOX PORT``: a URI of the server's that reaches the box's service."""
+    import httpx
+
+    page = "mkdir -p /www && echo tunnel-page > /www/index.html && exec httpd -f -p 8080 -h /www"
+    ok(cli, served, "run", "-d", "--name", "web", "--rootfs", str(cli.rootfs), "sh", "-c", page)
+    uri = ok(cli, served, "network", "tunnel", "web", "8080").strip()
+    assert uri.startswith("http://boxlite:") and "127.0.0.1:" in uri, uri
+    body, deadline = "", time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(uri + "/index.html", timeout=5).text
+            if "tunnel-page" in body:
+                break
+        except httpx.HTTPError as e:
+            body = repr(e)
+        time.sleep(0.2)
+    assert "tunnel-page" in body, body
+    # The token is the capability: the same listener without it answers nothing of the box's.
+    bare = "http://" + uri.split("@", 1)[1] + "/index.html"
+    assert "tunnel-page" not in httpx.get(bare, timeout=5).text
+    assert_one_line_error(cli("network", "tunnel", "web", "8080"), 125, "needs a server")
+    assert remote(cli, served, "network", "tunnel", "web", "0").returncode == 125
+    ok(cli, served, "rm", "-f", "web")

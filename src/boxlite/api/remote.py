@@ -34,6 +34,14 @@ class RemoteBoxlite(Boxlite):
     def url(self) -> str:
         return self._rest.url
 
+    async def tunnel_uri(self, box_id: str, port: int) -> str:
+        """A URI on the server that reaches TCP ``port`` inside the running box (``boxlite network
+        tunnel``; BoxLite's REST tunnel endpoint): ``http://boxlite:<token>@host:port``. A
+        capability: whoever holds it reaches the service until the box stops."""
+        from .network import check_port
+
+        return await self._rest.tunnel_uri(box_id, check_port(port))
+
     async def whoami(self) -> dict[str, Any] | None:
         """Who the server takes this client's key for (its ``GET /v1/me``: ``sub``,
         ``display_name``, ``path_prefix``, ...); None for a server without that route.

@@ -27,6 +27,7 @@ COMMANDS = {
     "import": ("state", "import_"),
     "kill": ("docker", "kill"), "wait": ("docker", "wait"), "version": ("docker", "version"),
     "info": ("docker", "info"), "completion": ("completion", "completion"), "auth": ("auth", "auth"),
+    "network": ("network", "network"),
 }  # fmt: skip
 """Verb -> (module of boxlite.cli, attribute): a verb's module (and what it needs: the runtime,
 the image client, the REST server) is imported only when that verb runs or help lists it."""

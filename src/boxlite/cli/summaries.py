@@ -42,4 +42,5 @@ SUMMARIES: dict[str, str] = {
     "info": "The runtime: version, home, virtualization, box and image counts (BoxLite's fields).",
     "completion": "Print the completion script of SHELL, e.g.",
     "auth": "Log in to a 'boxlite serve' server: later commands then work on its boxes.",
+    "network": "Reach services inside boxes.",
 }

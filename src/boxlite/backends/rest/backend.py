@@ -94,6 +94,17 @@ class RestBackend(Backend):
     def describe(self) -> str:
         return f"url={self.url!r}"
 
+    async def tunnel_uri(self, box_id: str, port: int) -> str:
+        """The server's URI for ``port`` of the box (BoxLite's ``prepareTunnel``: a listener of the
+        server process; plain HTTP to it, or ``CONNECT``, reaches the service)."""
+        answer = await self.transport.request(
+            "POST", f"/v1/default/boxes/{quote(box_id, safe='')}/network/tunnel", params={"port": port}
+        )
+        uri = answer.get("uri") if isinstance(answer, dict) else None
+        if not isinstance(uri, str) or not uri.startswith(("http://", "https://")) or len(uri) > 2048:
+            raise BoxliteError(f"{self.url} answered prepareTunnel without a usable URI")
+        return uri
+
     async def whoami(self) -> dict[str, Any] | None:
         """The server's ``GET /v1/me`` (who this client's key is), or None for a server without
         that route once a box listing showed the key is accepted. UnauthorizedError for a key
