@@ -115,3 +115,12 @@ def test_network_is_on_by_default_and_can_be_turned_off(cli: Cli) -> None:
     off = cli.ok("run", "--rm", "--network", "none", "--rootfs", str(cli.rootfs), "sh", "-c", script)
     assert off.split() == ["lo"]
     assert "lo" in on.split() and len(on.split()) > 1, on
+
+
+def test_disk_size_bounds_what_the_box_may_write(cli: Cli) -> None:
+    """``--disk-size GB`` (BoxLite's flag): a full disk is ENOSPC in the box; a bad size is one line."""
+    fill = "dd if=/dev/zero of=/fill bs=1M count=200 2>&1; wc -c < /fill"
+    out = cli.ok("run", "--rm", "--disk-size", "0.05", "--rootfs", str(cli.rootfs), "sh", "-c", fill)
+    assert "No space left on device" in out, out
+    assert 0 < int(out.split()[-1]) < 0.05 * (1 << 30), out
+    assert_one_line_error(cli("run", "--rm", "--disk-size", "0", "--rootfs", str(cli.rootfs), "true"), 125, "disk")

@@ -56,6 +56,7 @@ def box_options(fn: click.decorators.FC) -> click.decorators.FC:
             click.option("--rm", "remove", is_flag=True, help="Remove the box when it stops."),
             click.option("--cpus", type=float, help="CPU limit (e.g. 0.5, 2)."),
             click.option("-m", "--memory", metavar="SIZE", help="Memory limit (e.g. 512m, 2g; plain number = MiB)."),
+            click.option("--disk-size", "disk_size", type=float, metavar="GB", help="Writable disk size, GiB."),
             click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:BOX[:ro]", help="Bind mount."),
             click.option("-p", "--publish", "ports", multiple=True, metavar="HOST:BOX", help="Publish a port."),
             click.option("--engine", type=click.Choice(["auto", "namespace", "vm"]), help="Isolation engine."),
@@ -92,7 +93,7 @@ def _box_options(
     image: str | None, rootfs: str | None, *, env: Sequence[str], workdir: str | None, user: str | None,
     cpus: float | None, memory: str | None, volumes: Sequence[str], ports: Sequence[str], engine: str | None,
     hostname: str | None, detach: bool, remove: bool, network: str | None = None,
-    cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (),
+    cap_add: Sequence[str] = (), cap_drop: Sequence[str] = (), disk_size: float | None = None,
 ) -> BoxOptions:  # fmt: skip
     caps = ContainerCapabilities(add=list(cap_add), drop=list(cap_drop)) if cap_add or cap_drop else None
     return BoxOptions(
@@ -103,6 +104,7 @@ def _box_options(
         user=user,
         cpus=cpus,
         memory_mib=parse_memory(memory),
+        disk_size_gb=disk_size,
         volumes=list(volumes),
         ports=list(ports),
         engine=engine,
@@ -174,7 +176,7 @@ async def run(
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
     entrypoint: str | None, hostname: str | None, network: str | None, interactive: bool, tty: bool,
     env: tuple[str, ...], workdir: str | None, user: str | None, detach: bool, cap_add: tuple[str, ...],
-    cap_drop: tuple[str, ...],
+    cap_drop: tuple[str, ...], disk_size: float | None = None,
 ) -> int:  # fmt: skip
     """Create a box and run a command in it.
 
@@ -188,7 +190,7 @@ async def run(
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=detach, remove=remove, network=network,
-        cap_add=cap_add, cap_drop=cap_drop,
+        cap_add=cap_add, cap_drop=cap_drop, disk_size=disk_size,
     )  # fmt: skip
     if detach:
         await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
@@ -309,7 +311,7 @@ async def create(
     rt: Boxlite, args: tuple[str, ...], rootfs: str | None, name: str | None, remove: bool, cpus: float | None,
     memory: str | None, volumes: tuple[str, ...], ports: tuple[str, ...], engine: str | None,
     entrypoint: str | None, hostname: str | None, network: str | None, env: tuple[str, ...], workdir: str | None,
-    user: str | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...],
+    user: str | None, cap_add: tuple[str, ...], cap_drop: tuple[str, ...], disk_size: float | None = None,
 ) -> int:  # fmt: skip
     """Create a box without starting it; prints its id. `boxlite start` runs CMD (default: the
     image's) as the box's main process."""
@@ -317,7 +319,7 @@ async def create(
     opts = _box_options(
         image, rootfs, env=env, workdir=workdir, user=user, cpus=cpus, memory=memory, volumes=volumes,
         ports=ports, engine=engine, hostname=hostname, detach=True, remove=remove, network=network,
-        cap_add=cap_add, cap_drop=cap_drop,
+        cap_add=cap_add, cap_drop=cap_drop, disk_size=disk_size,
     )  # fmt: skip
     await _set_main(rt, opts, image, _entrypoint(entrypoint), cmd)
     box = await _create(rt, opts, name)
