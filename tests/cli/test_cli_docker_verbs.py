@@ -99,6 +99,31 @@ def test_cp_tar_streams(cli: Cli, tmp_path: Path) -> None:
     assert cli.ok("exec", "files", "cat", "/root/in/a.txt") == "from stdin\n"
 
 
+def test_cp_options(cli: Cli, tmp_path: Path) -> None:
+    """BoxLite's ``cp`` flags: ``--no-overwrite``, ``--follow-symlinks``, ``--no-include-parent``."""
+    _sleeper(cli, "opts")
+    cli.ok("exec", "opts", "sh", "-c", "mkdir -p /root/in /root/out && echo box > /root/in/f.txt && "
+           "echo target > /root/target && ln -s /root/target /root/out/link")  # fmt: skip
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f.txt").write_text("host\n")
+    cli.ok("cp", "--no-overwrite", str(src / "f.txt"), "opts:/root/in")
+    assert cli.ok("exec", "opts", "cat", "/root/in/f.txt") == "box\n"
+    cli.ok("cp", str(src / "f.txt"), "opts:/root/in")
+    assert cli.ok("exec", "opts", "cat", "/root/in/f.txt") == "host\n"
+    # a directory as itself (docker cp) or only its contents
+    cli.ok("cp", str(src), "opts:/root/in")
+    cli.ok("cp", "--no-include-parent", str(src), "opts:/root/out")
+    listing = cli.ok("exec", "opts", "sh", "-c", "ls /root/in/d /root/out")
+    assert listing == "/root/in/d:\nf.txt\n\n/root/out:\nf.txt\nlink\n", listing
+    # links inside a directory copied out: kept as links, or (--follow-symlinks) what they point to
+    cli.ok("cp", "opts:/root/out", str(tmp_path / "plain"))
+    assert (tmp_path / "plain" / "link").is_symlink()
+    cli.ok("cp", "--follow-symlinks", "opts:/root/out", str(tmp_path / "followed"))
+    followed = tmp_path / "followed" / "link"
+    assert not followed.is_symlink() and followed.read_text() == "target\n"
+
+
 def test_cp_tar_streams_are_refused_when_hostile(cli: Cli) -> None:
     _sleeper(cli, "target")
     cli.ok("exec", "target", "mkdir", "-p", "/srv/drop")

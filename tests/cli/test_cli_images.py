@@ -41,6 +41,8 @@ def test_pull_images_run_rmi(cli: Cli, registry: tuple[RegistryServer, str]) -> 
     cli.ok("rmi", ref)
     out = cli.ok("pull", ref)
     assert out.startswith(f"{ref}: pulled sha256:") and "1 layers" in out
+    digest = cli.ok("pull", "-q", ref).strip()  # BoxLite's -q: the config digest alone
+    assert digest.startswith("sha256:") and len(digest) == 71 and cli.ok("images", "-a", "-q") == f"{ref}\n"
     [image] = cli.json("images", "--format", "json")  # type: ignore[misc]
     assert image["reference"] == ref and image["size"] > 0
     assert cli.ok("images", "-q") == f"{ref}\n"

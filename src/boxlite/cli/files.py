@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import click
 
 from ..api.box import Box
+from ..api.options import CopyOptions
 from ..api.runtime import Boxlite
 from ..errors import RequestTooLargeError
 from .common import complete_box, find_box, with_runtime
@@ -44,8 +45,13 @@ def split_box_path(arg: str) -> tuple[str | None, str]:
 @click.command()
 @click.argument("src", shell_complete=complete_box)
 @click.argument("dst", shell_complete=complete_box)
+@click.option("--follow-symlinks", is_flag=True, help="Copy what symbolic links point to, not the links.")
+@click.option("--no-overwrite", is_flag=True, help="Keep files that already exist at the destination.")
+@click.option("--include-parent/--no-include-parent", default=True, show_default=True,
+              help="Copy a directory as itself (docker cp), or only its contents.")  # fmt: skip
 @with_runtime
-async def cp(rt: Boxlite, src: str, dst: str) -> int:
+async def cp(rt: Boxlite, src: str, dst: str, follow_symlinks: bool = False, no_overwrite: bool = False,
+             include_parent: bool = True) -> int:  # fmt: skip
     """Copy files between a box and the host: `cp BOX:PATH HOSTPATH` or `cp HOSTPATH BOX:PATH`.
 
     `cp BOX:PATH -` writes a tar of PATH to stdout; `cp - BOX:DIR` extracts a tar read from
@@ -58,26 +64,27 @@ async def cp(rt: Boxlite, src: str, dst: str) -> int:
     box_path = src_path if src_box is not None else dst_path
     if not box_path.startswith("/"):
         raise fail(f"box path must be absolute: {box_path}")
+    options = CopyOptions(overwrite=not no_overwrite, follow_symlinks=follow_symlinks, include_parent=include_parent)
     box = await find_box(rt, src_box or dst_box or "")
     was_running = box.info().state.running
     try:
         if src_box is not None and dst_path == "-":
-            await _tar_to_stdout(box, src_path, stream_max())
+            await _tar_to_stdout(box, src_path, stream_max(), follow_symlinks)
         elif src_box is not None:
-            await box.copy_out(src_path, dst_path)
+            await box.copy_out(src_path, dst_path, options)
         elif src_path == "-":
-            await _tar_from_stdin(box, dst_path, stream_max())
+            await _tar_from_stdin(box, dst_path, stream_max(), options.overwrite)
         else:
-            await box.copy_in(src_path, dst_path)
+            await box.copy_in(src_path, dst_path, options)
     finally:
         if not was_running and box.info().state.running:
             await box.stop()
     return 0
 
 
-async def _tar_to_stdout(box: Box, path: str, limit: int) -> None:
+async def _tar_to_stdout(box: Box, path: str, limit: int, follow_symlinks: bool) -> None:
     sent = 0
-    chunks = box.copy_out_tar(path)
+    chunks = box.copy_out_tar(path, follow_symlinks)
     try:
         async for chunk in chunks:
             sent += len(chunk)
@@ -88,11 +95,11 @@ async def _tar_to_stdout(box: Box, path: str, limit: int) -> None:
         await chunks.aclose()
 
 
-async def _tar_from_stdin(box: Box, dest: str, limit: int) -> None:
+async def _tar_from_stdin(box: Box, dest: str, limit: int, overwrite: bool) -> None:
     """Docker's ``cp - BOX:DIR``: DIR must be a directory of the box; the archive's members are
     extracted into it (the box's agent refuses absolute names and ``..``, in a chroot)."""
     await _require_dir(box, dest)
-    await box.copy_in_tar(_stdin_chunks(limit), dest, "", include_parent=True)
+    await box.copy_in_tar(_stdin_chunks(limit), dest, "", include_parent=True, overwrite=overwrite)
 
 
 async def _require_dir(box: Box, dest: str) -> None:

@@ -63,7 +63,7 @@ async def ensure_image(rt: Boxlite, image: str) -> None:
 
 
 @click.command()
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; print only the image's config digest.")
 @click.argument("reference", metavar="IMAGE")
 @with_runtime
 async def pull(rt: Boxlite, reference: str, quiet: bool) -> int:
@@ -75,16 +75,21 @@ async def pull(rt: Boxlite, reference: str, quiet: bool) -> int:
         info = await rt.images.pull(reference, progress=bars)
     if want_json():
         print_json(info.__dict__)
+    elif quiet:
+        click.echo(info.config_digest)  # BoxLite's `pull -q`: scripts take the image id from it
     else:
         click.echo(f"{info.reference}: pulled {info.digest} ({len(bars.tasks)} layers, {human_size(info.size)})")
     return 0
 
 
 @click.group(invoke_without_command=True)
+@click.option(
+    "-a", "--all", "all_images", is_flag=True, help="Also intermediate images (there are none: BoxLite's flag)."
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print references.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", help="Output format.")
 @click.pass_context
-def images(ctx: click.Context, quiet: bool, fmt: str) -> int | None:
+def images(ctx: click.Context, quiet: bool, fmt: str, all_images: bool = False) -> int | None:
     """List stored images (``images build NAME``: build an offline image of a specialised box)."""
     if ctx.invoked_subcommand is not None:
         return None
