@@ -229,6 +229,9 @@ def test_ls_and_inspect_details(cli: Cli) -> None:
     assert line.splitlines() == ['exited 3 done ["sh", "-c", "exit 3"]', 'running <nil> svc ["sh", "-c", "sleep 600"]']
     assert cli.ok("inspect", "--format", "{{json .Env}}", "svc").count("******") == 2
     assert cli.ok("inspect", "-l", "-f", "{{.ID}}").strip() == ended["id"]
+    import yaml  # BoxLite's -f yaml: the same data (pyyaml: a test dependency only)
+
+    assert yaml.safe_load(cli.ok("inspect", "-f", "yaml", "svc", "done")) == cli.json("inspect", "svc", "done")
     assert_one_line_error(cli("inspect", "-f", "{{if .State}}x{{end}}", "svc"), 125, "unsupported template")
     assert_one_line_error(cli("inspect", "-f", "{{.Nope}}", "svc"), 125, "no field 'Nope'")
     assert_one_line_error(cli("inspect", "-l", "svc"), 125, "--latest")

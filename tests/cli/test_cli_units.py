@@ -77,3 +77,17 @@ def test_cli_exit_skips_teardown_but_keeps_exit_semantics(tmp_path: Path, code: 
     assert out.stdout == "buffered, no newlineatexit ran\n"
     assert out.stderr.strip() == stderr
     assert marker.read_text() == "joined"
+
+
+def test_yaml_output_reads_back_as_the_same_data() -> None:
+    """``inspect -f yaml``: strings a box controls (names, env, commands) cannot become other
+    YAML types, comments, anchors or documents."""
+    import yaml
+
+    from boxlite.cli.yamlout import dump
+
+    hostile = ["yes", "no", "null", "~", "1e3", "0x10", "--- !!python/object", "a: b", "- x", "# c", "&a *a", "'"]
+    hostile += ['"', "\n", "\t", "", " lead", "trail ", "\u2028", "\u0085", "\ufeff", "\u00e9", "{x}", "[y]", "%TAG"]
+    hostile += ["@", "`", "|", ">"]
+    data = [{"env": {s: s for s in hostile}, "command": hostile, "n": [1, 1.5, True, None, {}, []], "yes": {"On": 1}}]
+    assert yaml.safe_load(dump(data)) == data

@@ -162,8 +162,8 @@ def _box_json(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.option("-f", "--format", "fmt", default="json", show_default=True, metavar="json|TEMPLATE",
-              help="json, or a template printed per box, e.g. '{{.State.Status}}', '{{json .Env}}'.")  # fmt: skip
+@click.option("-f", "--format", "fmt", default="json", show_default=True, metavar="json|yaml|TEMPLATE",
+              help="json, yaml, or a template printed per box, e.g. '{{.State.Status}}', '{{json .Env}}'.")  # fmt: skip
 @click.option("-l", "--latest", is_flag=True, help="The most recently created box.")
 @click.argument("refs", nargs=-1, metavar="BOX|IMAGE...", shell_complete=complete_box)
 @with_runtime
@@ -199,6 +199,10 @@ async def inspect(rt: Boxlite, refs: tuple[str, ...], fmt: str = "json", latest:
         out.append({"type": "box", **data})
     if fmt == "json":
         print_json(out)
+    elif fmt == "yaml":
+        from .yamlout import dump
+
+        click.echo(dump(out), nl=False)
     else:
         from .template import render
 
