@@ -16,7 +16,7 @@ import pytest
 
 import boxlite
 from boxlite.agent import mainexit
-from boxlite.engines.vm import accel
+from boxlite.engines.vm import accel, verdict
 from support.images import CACHE, build_busybox_rootfs, python_rootfs
 
 
@@ -234,8 +234,8 @@ def test_tcg_notice_is_plain_and_once_per_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("BOXLITE_VM_ACCEL", raising=False)
-    monkeypatch.setattr(accel, "_kvm_device_usable", lambda: True)
-    monkeypatch.setattr(accel, "_qemu_version", lambda: "q")
+    monkeypatch.setattr(verdict, "kvm_device_usable", lambda: True)
+    monkeypatch.setattr(verdict, "qemu_version", lambda: "q")
     raw = ("KVM probe boot failed: qemu-system-x86_64: ../../target/i386/kvm/kvm.c:2852: kvm_buf_set_msrs: "
            "Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.")  # fmt: skip
     monkeypatch.setattr(accel, "_probe", lambda artifact: accel.Accel("tcg", raw))

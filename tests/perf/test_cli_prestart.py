@@ -15,7 +15,7 @@ import pytest
 from boxlite.api.prestart import prestart_engine
 from boxlite.cli.warm import engine_arg
 from boxlite.engines.namespace import zygote
-from boxlite.engines.vm import accel, kvm_known
+from boxlite.engines.vm import kvm_known, verdict
 
 
 @pytest.fixture
@@ -46,13 +46,13 @@ def fake_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict
     monkeypatch.setenv("BOXLITE_RUNTIME_DIR", str(art))
     monkeypatch.delenv("BOXLITE_VM_ACCEL", raising=False)
     monkeypatch.delenv("BOXLITE_ENGINE", raising=False)
-    monkeypatch.setattr(accel, "_kvm_device_usable", lambda: True)
-    monkeypatch.setattr(accel, "_qemu_version", lambda: "q")
+    monkeypatch.setattr(verdict, "kvm_device_usable", lambda: True)
+    monkeypatch.setattr(verdict, "qemu_version", lambda: "q")
     return manifest, tmp_path / "home"
 
 
 def _cache_verdict(manifest: dict[str, object], home: Path, name: str) -> None:
-    path = accel._verdict_path(manifest, home / "cache" / "vm")
+    path = verdict.verdict_path(manifest, home / "cache" / "vm")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"name": name, "reason": "test"}))
 
@@ -141,3 +141,21 @@ def test_auto_reads_the_kvm_verdict_of_the_runtimes_own_home(
             await rt.shutdown(timeout=5)
 
     assert asyncio.run(engine_of_an_auto_box()) == "namespace"
+
+
+def test_verdict_module_names_the_same_qemu() -> None:
+    """engines/vm/verdict.py keys the cached verdict on the QEMU the engine runs."""
+    from boxlite.engines.vm import qemu
+
+    assert verdict.QEMU == qemu.QEMU
+
+
+def test_asking_the_verdict_loads_no_vm_engine(tmp_path: Path) -> None:
+    """``engine="auto"`` asks the cached verdict on every namespace ``boxlite run``: that must not
+    import the VM engine's QEMU configuration or its probe (issue 17: lazy imports)."""
+    code = (
+        "import sys; from boxlite.engines.vm import kvm_known; kvm_known(sys.argv[1]); "
+        "print(sorted(m for m in sys.modules if m.startswith('boxlite.engines.vm.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['boxlite.engines.vm.verdict']", out

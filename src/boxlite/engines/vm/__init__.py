@@ -32,9 +32,9 @@ def kvm_known(home: str | PathLike[str] | None = None) -> bool | None:
     """:func:`kvm_usable`'s answer when known without hashing the artifact or probing (no
     usable /dev/kvm, no artifact, or a cached verdict for its kernel); None otherwise."""
     from ...runtime_artifact import peek_manifest
-    from .accel import _kvm_device_usable, cached_verdict
+    from .verdict import cached_verdict, kvm_device_usable
 
-    if not _kvm_device_usable():
+    if not kvm_device_usable():
         return False
     manifest = peek_manifest()
     if manifest is None:

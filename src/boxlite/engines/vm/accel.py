@@ -9,7 +9,6 @@ plain words, on stderr (``tcg-notice`` marks that it was); the probe's details s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,12 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ...runtime_artifact import RuntimeArtifact
-from .qemu import VmConfig, qemu_argv, qemu_binary
+from .qemu import VmConfig, qemu_argv
+from .verdict import Accel, cached_verdict
+from .verdict import verdict_path as _verdict_path
 
 log = logging.getLogger("boxlite.vm")
 PROBE_MARKER = b"boxlite-probe-ok"
@@ -30,23 +29,6 @@ PROBE_TIMEOUT = 4.0
 TCG_SLOWDOWN = 10
 """Guest code runs ~7-10x slower under TCG than under KVM (docs/vm.md)."""
 NOTICE_MARKER = "tcg-notice"
-
-
-@dataclass(frozen=True)
-class Accel:
-    name: str  # "kvm" | "tcg"
-    reason: str
-
-
-def _qemu_version() -> str:
-    """Identity of the QEMU binary for the probe cache: its path, size and mtime (a stat is
-    ~1000x cheaper than running ``--version`` in every process that picks an engine)."""
-    try:
-        binary = qemu_binary()
-        st = os.stat(binary)
-    except OSError:
-        return "?"
-    return f"{binary}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _die_with_this_thread() -> None:
@@ -94,33 +76,6 @@ def _probe(artifact: RuntimeArtifact) -> Accel:
         finally:
             proc.kill()
             proc.wait()
-
-
-def _verdict_path(manifest: dict[str, Any], cache_dir: Path) -> Path:
-    key = hashlib.sha256(
-        f"{manifest['files']['vmlinux']}\0{_qemu_version()}\0{os.uname().release}".encode()
-    ).hexdigest()[:16]
-    return cache_dir / f"accel-{key}.json"
-
-
-def cached_verdict(manifest: dict[str, Any], cache_dir: Path) -> Accel | None:
-    """The choice without probing: forced, no /dev/kvm, or the cached probe verdict for this
-    manifest's kernel; None when only a probe boot can tell. Needs no verified artifact, so
-    engine="auto" on a host whose verdict is TCG never hashes the artifact."""
-    forced = os.environ.get("BOXLITE_VM_ACCEL")
-    if forced in ("kvm", "tcg"):
-        return Accel(forced, "forced by BOXLITE_VM_ACCEL")
-    if not _kvm_device_usable():
-        return Accel("tcg", "/dev/kvm is not available")
-    try:
-        data = json.loads(_verdict_path(manifest, cache_dir).read_text())
-        return Accel(str(data["name"]), str(data["reason"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _kvm_device_usable() -> bool:
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 def short_reason(reason: str) -> str:
