@@ -91,3 +91,15 @@ def test_yaml_output_reads_back_as_the_same_data() -> None:
     hostile += ["@", "`", "|", ">"]
     data = [{"env": {s: s for s in hostile}, "command": hostile, "n": [1, 1.5, True, None, {}, []], "yes": {"On": 1}}]
     assert yaml.safe_load(dump(data)) == data
+
+
+def test_auth_output_keeps_server_strings_and_keys_in_their_place() -> None:
+    """What ``auth login``/``whoami`` print of a server's answer cannot drive the terminal, and a
+    login over plain HTTP to another machine is called out."""
+    from boxlite.cli.auth import _in_clear, _shown
+
+    assert _shown({"display_name": "\x1b]0;pwned\x07\x1b[2Jevil\n"}) == "]0;pwned[2Jevil"
+    assert _shown({"sub": "x" * 500}) == "x" * 200 and _shown({"sub": 3}) is None and _shown(None) is None
+    assert _in_clear("http://10.0.0.5:8100") and _in_clear("http://boxes.example")
+    assert not any(map(_in_clear, ["https://boxes.example", "http://127.0.0.1:8100", "http://[::1]:1",
+                                   "http://localhost:8100", "unix:///run/boxlite.sock"]))  # fmt: skip

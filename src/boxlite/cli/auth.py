@@ -54,13 +54,15 @@ def login(url: str | None, api_key_stdin: bool, method: str | None) -> int:
             key = ""
     if not key or len(key) > MAX_KEY or any(ord(c) < 0x21 or ord(c) == 0x7F for c in key):
         raise fail("the API key is empty or not printable (credentials not saved)")
+    if _in_clear(target):
+        click.echo(f"boxlite: warning: {target} is plain HTTP: the API key crosses the network unencrypted", err=True)
     who = _check(target, key)
     profile = {"url": target, "api_key": key, "auth_method": "api_key"}
     prefix = who.get("path_prefix") if who else None
     if isinstance(prefix, str) and prefix:
         profile["path_prefix"] = prefix  # what BoxLite's CLI stores: it reads this file too
     file = credentials.save(STATE.home, name, profile)
-    subject = who.get("display_name") or who.get("sub") if who else None
+    subject = _shown(who)
     click.echo(f"Logged in to {target} as {subject} (profile {name}, {file})" if subject else f"Logged in to {target}")
     return 0
 
@@ -120,8 +122,34 @@ def whoami() -> int:
     if want_json():
         print_json({"url": url, **(who or {})})
     else:
-        click.echo(f"{url}: {who.get('display_name') or who.get('sub')}" if who else f"{url}: accepted")
+        click.echo(f"{url}: {_shown(who) or 'accepted'}")
     return 0
+
+
+def _in_clear(url: str) -> bool:
+    """Plain HTTP to another machine (loopback and unix sockets stay on this one)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _shown(who: dict[str, Any] | None) -> str | None:
+    """Who the server says the key is, fit for a terminal: the server chooses these strings, so
+    anything but printable text (escape sequences) is dropped, and at most 200 characters."""
+    value = (who or {}).get("display_name") or (who or {}).get("sub")
+    if not isinstance(value, str):
+        return None
+    return "".join(c for c in value if c.isprintable())[:200] or None
 
 
 def _default_url() -> str:

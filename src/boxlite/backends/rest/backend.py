@@ -101,7 +101,13 @@ class RestBackend(Backend):
             "POST", f"/v1/default/boxes/{quote(box_id, safe='')}/network/tunnel", params={"port": port}
         )
         uri = answer.get("uri") if isinstance(answer, dict) else None
-        if not isinstance(uri, str) or not uri.startswith(("http://", "https://")) or len(uri) > 2048:
+        if (
+            not isinstance(uri, str)
+            or not uri.startswith(("http://", "https://"))
+            or len(uri) > 2048
+            or not uri.isprintable()
+            or any(c.isspace() for c in uri)
+        ):
             raise BoxliteError(f"{self.url} answered prepareTunnel without a usable URI")
         return uri
 
