@@ -50,6 +50,9 @@ def test_a_stored_login_sends_later_commands_to_its_server(cli: Cli, served: Ser
     box_id = cli.ok("run", "-d", "--name", "far", "--rootfs", str(cli.rootfs), "sleep", "600").strip()
     assert cli.ok("ls", "-q").split() == [box_id[-12:]]
     assert cli.ok("exec", "far", "echo", "remote") == "remote\n"
+    completion = cli("rm", "fa", env={"_BOXLITE_COMPLETE": "bash_complete", "COMP_CWORD": "4",
+                                      "COMP_WORDS": f"boxlite --home {cli.home} rm fa"})  # fmt: skip
+    assert completion.stdout.splitlines() == ["plain,far"], completion  # names of the server's boxes
     # The environment's key wins over the stored one (BoxLite's order); a wrong one is refused.
     env_status = cli("auth", "status", env={"BOXLITE_API_KEY": "elsewhere"})
     assert "from BOXLITE_API_KEY env var" in env_status.stdout, env_status

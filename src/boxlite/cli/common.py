@@ -282,14 +282,15 @@ def complete_box(ctx: click.Context, param: click.Parameter, incomplete: str) ->
     from click.shell_completion import CompletionItem
 
     root = ctx.find_root().params
-    STATE.home, STATE.url, STATE.api_key, STATE.ray = (
-        root.get("home"), root.get("url"), root.get("api_key"), root.get("ray")
+    STATE.home, STATE.url, STATE.api_key, STATE.ray, STATE.profile = (
+        root.get("home"), root.get("url"), root.get("api_key"), root.get("ray"), root.get("profile")
     )  # fmt: skip
 
     async def names(rt: Boxlite) -> list[Any]:
         return await rt.list_info()
 
     try:
+        apply_stored_login()  # the boxes the completed command would work on
         infos = run_async(names)
     except Exception:
         return []
