@@ -360,13 +360,6 @@ if __name__ == "__main__":
 # --- the tests -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def python_rootfs() -> Path:
-    from support.images import python_rootfs as build
-
-    return build()
-
-
 def test_allow_net_allows_only_the_list(engine: str, python_rootfs: Path, tmp_path: Path) -> None:
     r = privnet.run_scenario(__file__, ["scenario", engine, str(python_rootfs), str(tmp_path)], timeout=900)
     log = r["remote_log"]

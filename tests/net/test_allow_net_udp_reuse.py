@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from support import privnet
 
 LISTED, UNLISTED, PORT = "10.77.0.2", "10.77.0.3", 7777
@@ -129,13 +127,6 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
 
 if __name__ == "__main__":
     privnet.run_main(remote_main, scenario_main)
-
-
-@pytest.fixture(scope="module")
-def python_rootfs() -> Path:
-    from support.images import python_rootfs as build
-
-    return build()
 
 
 def test_a_box_cannot_borrow_a_host_udp_flow(engine: str, python_rootfs: Path, tmp_path: Path) -> None:

@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from support import privnet
 from support.mibserver import serve
 
@@ -224,13 +222,6 @@ if __name__ == "__main__":
     else:
         scenario_main(sys.argv[2], sys.argv[3])
     sys.exit(0)
-
-
-@pytest.fixture(scope="module")
-def python_rootfs() -> Path:
-    from support.images import python_rootfs as build
-
-    return build()
 
 
 def test_secret_proxy_fast_path(python_rootfs: Path, tmp_path: Path) -> None:

@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from support import privnet
 from support.mibserver import serve
 
@@ -139,13 +137,6 @@ def scenario_main(home_s: str, rootfs: str) -> None:
 
 if __name__ == "__main__":
     privnet.run_main(remote_main, scenario_main)
-
-
-@pytest.fixture(scope="module")
-def python_rootfs() -> Path:
-    from support.images import python_rootfs as build
-
-    return build()
 
 
 def test_secret_proxy_ipv6_host_path(python_rootfs: Path, tmp_path: Path) -> None:

@@ -574,13 +574,6 @@ def test_box_sees_placeholders_only(engine: str, python_rootfs: Path, tmp_path: 
     assert r["disk_hits"] == [] and r["proxy_conf_mode"] == "0o600", r
 
 
-@pytest.fixture(scope="module")
-def python_rootfs() -> Path:
-    from support.images import python_rootfs as build
-
-    return build()
-
-
 def allowlist_uid() -> int:
     from boxlite.engines.net import allowlist
 

@@ -66,8 +66,16 @@ def build_internet(
 
 
 def when_addresses_exist(start: Callable[[], None], seconds: float = 20) -> None:
-    """Run ``start`` (binding servers) once the namespace has its addresses, then say ``ready``."""
+    """Run ``start`` (binding servers) once the namespace has its addresses, then say ``ready``.
+
+    :func:`build_internet` brings the veth up after adding every address: waiting for that first
+    keeps ``start`` from binding some servers while later addresses are still missing (a retry
+    would then find its own earlier sockets: "address already in use")."""
     deadline = time.monotonic() + seconds
+    while "v1" not in subprocess.run(["ip", "-o", "link", "show", "up"], capture_output=True, text=True).stdout:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the remote namespace's veth never came up")
+        time.sleep(0.02)
     while True:
         try:
             start()
