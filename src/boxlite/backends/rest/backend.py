@@ -25,7 +25,7 @@ from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, TunnelStream
 from .channel import RemoteChannel
 from .convert import box_info, options_json, volume_info
-from .transport import Transport
+from .transport import QUICK_DEADLINE, Transport, iter_lines_capped
 
 
 class RestImages(ImagesBackend):
@@ -40,7 +40,7 @@ class RestImages(ImagesBackend):
             return ImageInfo(**await self._t.request("POST", "/v1/images/pull", json={"reference": reference}))
         params = {"progress": True}
         async with self._t.stream("POST", "/v1/images/pull", json={"reference": reference}, params=params) as resp:
-            async for line in resp.aiter_lines():
+            async for line in iter_lines_capped(resp, self._t.url):
                 if not line.strip():
                     continue
                 event = json.loads(line)
@@ -53,7 +53,7 @@ class RestImages(ImagesBackend):
         raise BoxliteError(f"the server ended the pull of {reference} without a result")
 
     async def list(self) -> builtins.list[ImageInfo]:
-        return [ImageInfo(**i) for i in await self._t.request("GET", "/v1/images")]
+        return [ImageInfo(**i) for i in await self._t.request("GET", "/v1/images", deadline=QUICK_DEADLINE)]
 
     async def get(self, reference: str) -> ImageInfo | None:
         raise UnsupportedOptionError("images.get", "not part of the REST API")
@@ -98,7 +98,10 @@ class RestBackend(Backend):
         """The server's URI for ``port`` of the box (BoxLite's ``prepareTunnel``: a listener of the
         server process; plain HTTP to it, or ``CONNECT``, reaches the service)."""
         answer = await self.transport.request(
-            "POST", f"/v1/default/boxes/{quote(box_id, safe='')}/network/tunnel", params={"port": port}
+            "POST",
+            f"/v1/default/boxes/{quote(box_id, safe='')}/network/tunnel",
+            params={"port": port},
+            deadline=QUICK_DEADLINE,
         )
         uri = answer.get("uri") if isinstance(answer, dict) else None
         if (
@@ -116,9 +119,9 @@ class RestBackend(Backend):
         that route once a box listing showed the key is accepted. UnauthorizedError for a key
         the server refuses."""
         try:
-            me = await self.transport.request("GET", "/v1/me")
+            me = await self.transport.request("GET", "/v1/me", deadline=QUICK_DEADLINE)
         except NotFoundError:
-            await self.transport.request("GET", "/v1/boxes")
+            await self.transport.request("GET", "/v1/boxes", deadline=QUICK_DEADLINE)
             return None
         if not isinstance(me, dict):
             raise BoxliteError(f"{self.url} answered /v1/me with {type(me).__name__}, not an object")
@@ -129,10 +132,14 @@ class RestBackend(Backend):
         return volume_info(await self.transport.request("POST", "/v1/volumes"))
 
     async def volume_list(self) -> builtins.list[VolumeInfo]:
-        return [volume_info(v) for v in await self.transport.request("GET", "/v1/volumes")]
+        return [volume_info(v) for v in await self.transport.request("GET", "/v1/volumes", deadline=QUICK_DEADLINE)]
 
     async def volume_get(self, volume_id: str) -> VolumeInfo:
-        return volume_info(await self.transport.request("GET", f"/v1/volumes/{quote(check_volume_id(volume_id))}"))
+        return volume_info(
+            await self.transport.request(
+                "GET", f"/v1/volumes/{quote(check_volume_id(volume_id))}", deadline=QUICK_DEADLINE
+            )
+        )
 
     async def volume_remove(self, volume_id: str, force: bool = False) -> None:
         path = f"/v1/volumes/{quote(check_volume_id(volume_id))}"
@@ -154,7 +161,7 @@ class RestBackend(Backend):
 
     async def get(self, id_or_name: str) -> BoxInfo | None:
         try:
-            return self._seen(await self.transport.request("GET", self._path(id_or_name)))
+            return self._seen(await self.transport.request("GET", self._path(id_or_name), deadline=QUICK_DEADLINE))
         except NotFoundError:
             return None
 
@@ -164,7 +171,10 @@ class RestBackend(Backend):
 
     async def list(self, state: str | None = None) -> builtins.list[BoxInfo]:
         params = {} if state is None else {"state": state}
-        return [self._seen(i) for i in await self.transport.request("GET", "/v1/boxes", params=params)]
+        return [
+            self._seen(i)
+            for i in await self.transport.request("GET", "/v1/boxes", params=params, deadline=QUICK_DEADLINE)
+        ]
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         await self.transport.request("DELETE", self._path(id_or_name), params={"force": force})
@@ -246,12 +256,14 @@ class RestBackend(Backend):
         return SnapshotInfo(**await self.transport.request("POST", self._snap(box_id), json={"name": name}))
 
     async def snapshot_list(self, box_id: str) -> builtins.list[SnapshotInfo]:
-        data = await self.transport.request("GET", self._snap(box_id))
+        data = await self.transport.request("GET", self._snap(box_id), deadline=QUICK_DEADLINE)
         return [SnapshotInfo(**s) for s in data["snapshots"]]
 
     async def snapshot_get(self, box_id: str, name: str) -> SnapshotInfo | None:
         try:
-            return SnapshotInfo(**await self.transport.request("GET", self._snap(box_id, name)))
+            return SnapshotInfo(
+                **await self.transport.request("GET", self._snap(box_id, name), deadline=QUICK_DEADLINE)
+            )
         except NotFoundError:
             return None
 
@@ -305,10 +317,12 @@ class RestBackend(Backend):
     # --- metrics and shutdown -------------------------------------------------------------
     async def box_metrics(self, box_id: str, counted: ExecCounters) -> BoxMetrics:
         """The server's metrics of the box (its counters cover every client's executions)."""
-        return BoxMetrics(**await self.transport.request("GET", f"{self._path(box_id)}/metrics"))
+        return BoxMetrics(
+            **await self.transport.request("GET", f"{self._path(box_id)}/metrics", deadline=QUICK_DEADLINE)
+        )
 
     async def metrics(self, counted: ExecCounters) -> RuntimeMetrics:
-        return RuntimeMetrics(**await self.transport.request("GET", "/v1/metrics"))
+        return RuntimeMetrics(**await self.transport.request("GET", "/v1/metrics", deadline=QUICK_DEADLINE))
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop the (non-detached) boxes this client started, then close the connections."""

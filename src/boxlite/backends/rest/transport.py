@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ...errors import ConfigError, NetworkError, StoppedError, TimeoutError, UnauthorizedError
+from ...aio import within
+from ...errors import (
+    ConfigError,
+    NetworkError,
+    ResourceExhaustedError,
+    StoppedError,
+    TimeoutError,
+    UnauthorizedError,
+)
 from ...httpx_lean import httpx
 from ...wire import MAX_FRAME, decode_error
+
+MAX_ANSWER = 64 << 20
+"""Largest JSON answer read (a listing of thousands of boxes fits): a hostile or broken server's
+endless body ends in ResourceExhaustedError, not in this process's memory."""
+MAX_ERROR_ANSWER = 1 << 20
+"""Largest error body read (also of streamed routes)."""
+MAX_LINE = 1 << 20
+"""Longest line of a streamed NDJSON answer (pull progress)."""
+QUICK_DEADLINE = 60.0
+"""Seconds a read-only call (listings, info, whoami, metrics) may take in all: the server may be
+hostile or wedged, and these calls never wait for box work."""
 
 
 def _raise_for(status: int, body: Any) -> None:
@@ -20,11 +41,40 @@ def _raise_for(status: int, body: Any) -> None:
     raise decode_error(body, status)
 
 
-def _json(resp: httpx.Response) -> Any:
+def _decode(raw: bytes) -> Any:
     try:
-        return resp.json()
+        return json.loads(raw)
     except ValueError:
-        return resp.text
+        return raw.decode("utf-8", "replace")
+
+
+def _too_long(url: str, what: str, limit: int) -> ResourceExhaustedError:
+    return ResourceExhaustedError(f"{url} sent {what} longer than {limit} bytes; stopped reading")
+
+
+async def read_capped(resp: httpx.Response, limit: int, url: str) -> bytes:
+    """The (decompressed) body, refused past ``limit`` bytes."""
+    buf = bytearray()
+    async for chunk in resp.aiter_bytes():
+        buf += chunk
+        if len(buf) > limit:
+            raise _too_long(url, "an answer", limit)
+    return bytes(buf)
+
+
+async def iter_lines_capped(resp: httpx.Response, url: str, limit: int = MAX_LINE) -> AsyncIterator[bytes]:
+    """The body's lines, each at most ``limit`` bytes (httpx's own reader buffers a line without end)."""
+    pending = bytearray()
+    async for chunk in resp.aiter_bytes():
+        pending += chunk
+        *lines, rest = pending.split(b"\n")
+        for line in lines:
+            yield bytes(line)
+        if len(rest) > limit:
+            raise _too_long(url, "a line", limit)
+        pending = bytearray(rest)
+    if pending:
+        yield bytes(pending)
 
 
 class Transport:
@@ -74,33 +124,58 @@ class Transport:
         except httpx.TransportError as e:
             raise NetworkError(f"cannot reach {self.url}: {e or type(e).__name__}") from None
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request; returns the decoded JSON body (None for 204); raises typed errors."""
-        with self._reaching():
-            resp = await self.client().request(method, path, **kwargs)
-        if resp.status_code >= 400:
-            _raise_for(resp.status_code, _json(resp))
-        return None if resp.status_code == 204 else _json(resp)
+    async def request(
+        self, method: str, path: str, *, deadline: float | None = None, limit: int = MAX_ANSWER, **kwargs: Any
+    ) -> Any:
+        """Send a request; returns the decoded JSON body (None for 204); raises typed errors.
 
-    def request_sync(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Blocking variant, for the synchronous ``Box.info()``."""
+        ``deadline`` bounds the whole exchange (None: calls that wait for box work, such as a
+        create that pulls an image); ``limit`` the answer's size."""
+
+        async def exchange() -> tuple[int, bytes]:
+            async with self.client().stream(method, path, **kwargs) as resp:
+                cap = limit if resp.status_code < 400 else MAX_ERROR_ANSWER
+                return resp.status_code, await read_capped(resp, cap, self.url)
+
+        with self._reaching():
+            try:
+                status, raw = await within(exchange(), deadline)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"{self.url} did not answer {method} {path} within {deadline:g} s") from None
+        if status >= 400:
+            _raise_for(status, _decode(raw))
+        return None if status == 204 else _decode(raw)
+
+    def request_sync(
+        self, method: str, path: str, *, deadline: float = QUICK_DEADLINE, limit: int = MAX_ANSWER, **kwargs: Any
+    ) -> Any:
+        """Blocking variant, for the synchronous ``Box.info()`` (a read: always under a deadline)."""
         if self.closed:
             raise StoppedError("this runtime was shut down")
         if self._sync is None:
             self._sync = httpx.Client(transport=httpx.HTTPTransport(uds=self.uds), **self._kwargs())
-        with self._reaching():
-            resp = self._sync.request(method, path, **kwargs)
-        if resp.status_code >= 400:
-            _raise_for(resp.status_code, _json(resp))
-        return None if resp.status_code == 204 else _json(resp)
+        end = time.monotonic() + deadline
+        timeout = httpx.Timeout(deadline, connect=10.0)
+        with self._reaching(), self._sync.stream(method, path, timeout=timeout, **kwargs) as resp:
+            cap = limit if resp.status_code < 400 else MAX_ERROR_ANSWER
+            buf = bytearray()
+            for chunk in resp.iter_bytes():
+                buf += chunk
+                if len(buf) > cap:
+                    raise _too_long(self.url, "an answer", cap)
+                if time.monotonic() > end:
+                    raise TimeoutError(f"{self.url} did not answer {method} {path} within {deadline:g} s")
+            status = resp.status_code
+        if status >= 400:
+            _raise_for(status, _decode(bytes(buf)))
+        return None if status == 204 else _decode(bytes(buf))
 
     @asynccontextmanager
     async def stream(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
         with self._reaching():  # also while the caller reads the body
             async with self.client().stream(method, path, **kwargs) as resp:
                 if resp.status_code >= 400:
-                    await resp.aread()
-                    _raise_for(resp.status_code, _json(resp))
+                    _raise_for(resp.status_code, _decode(await read_capped(resp, MAX_ERROR_ANSWER, self.url)))
                 yield resp
 
     async def websocket(self, path: str) -> Any:
