@@ -2,10 +2,10 @@
 
 import { lstat, mkdir, mkdtemp, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
-import { Readable } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as tarCreate, extract as tarExtract } from "tar";
-import { NotFoundError } from "./errors.js";
+import { NotFoundError, ResourceExhaustedError, TimeoutError } from "./errors.js";
 import { Channel, Execution } from "./execution.js";
 import type { Boxlite } from "./runtime.js";
 import {
@@ -17,6 +17,9 @@ import {
   type ExecOptions,
 } from "./types.js";
 
+const COPY_MAX_BYTES = 4 * 2 ** 30;
+const COPY_MAX_ENTRIES = 500_000;
+const COPY_TIMEOUT_MS = 3_600_000;
 const SAFE_TYPES = new Set(["File", "OldFile", "ContiguousFile", "Directory", "SymbolicLink", "Link"]);
 
 export class Box {
@@ -97,27 +100,61 @@ export class Box {
     });
   }
 
-  /** Copy a file or directory out of the box (ownership, devices and unsafe paths are dropped). */
+  /** Copy a file or directory out of the box (ownership, devices and unsafe paths are dropped;
+   * at most `maxBytes` of tar, `maxEntries` entries, within `timeoutMs`: the box, or the server,
+   * may be hostile). */
   async copyOut(containerSrc: string, hostDest: string, opts: CopyOptions = {}): Promise<void> {
     const name = basename(containerSrc.replace(/\/+$/, "")) || "root";
-    const res = await this.runtime.transport.stream("GET", `${this.path}/archive`, { query: { path: containerSrc } });
+    const maxBytes = opts.maxBytes ?? COPY_MAX_BYTES;
+    const maxEntries = opts.maxEntries ?? COPY_MAX_ENTRIES;
+    const timeoutMs = opts.timeoutMs ?? COPY_TIMEOUT_MS;
+    const signal = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
+    const res = await this.runtime.transport.stream("GET", `${this.path}/archive`, {
+      query: { path: containerSrc },
+      signal,
+    });
+    let received = 0;
+    const capped = new Transform({
+      transform(chunk: Buffer, _enc, done) {
+        received += chunk.length;
+        if (received > maxBytes) done(new ResourceExhaustedError(`copyOut received more than ${maxBytes} bytes`));
+        else done(null, chunk);
+      },
+    });
     const dest = resolve(hostDest);
     const isDir = await stat(dest).then((s) => s.isDirectory(), () => false);
-    const extract = (cwd: string) =>
-      tarExtract({
+    let entries = 0;
+    const extract = (cwd: string) => {
+      const x = tarExtract({
         cwd,
         keep: opts.overwrite === false,
         preserveOwner: false,
-        filter: (_p, entry) => SAFE_TYPES.has((entry as { type?: string }).type ?? "File"),
+        filter: (_p, entry) => {
+          if (++entries > maxEntries) {
+            x.abort(new ResourceExhaustedError(`copyOut received more than ${maxEntries} entries`));
+            return false;
+          }
+          return SAFE_TYPES.has((entry as { type?: string }).type ?? "File");
+        },
       });
+      return x;
+    };
+    const run = async (cwd: string) => {
+      try {
+        await pipeline(res, capped, extract(cwd), { signal });
+      } catch (e) {
+        if (signal?.aborted) throw new TimeoutError(`copyOut did not finish within ${timeoutMs / 1000} s`);
+        throw e;
+      }
+    };
     if ((opts.includeParent ?? true) && isDir) {
-      await pipeline(res, extract(dest));
+      await run(dest);
       return;
     }
     await mkdir(dirname(dest), { recursive: true });
     const tmp = await mkdtemp(join(dirname(dest), ".boxlite-copy-"));
     try {
-      await pipeline(res, extract(tmp));
+      await run(tmp);
       const exists = await lstat(dest).then(() => true, () => false);
       if (exists && opts.overwrite === false) return;
       if (exists) await rm(dest, { recursive: true, force: true });

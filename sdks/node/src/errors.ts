@@ -38,6 +38,8 @@ export class RegistryError extends ImageError {}
 export class UnauthorizedError extends BoxliteError {}
 /** The server does not allow this caller to do it (HTTP 403), e.g. naming an unlisted host path. */
 export class PermissionDeniedError extends BoxliteError {}
+/** A limit was reached: a request or an answer too large, too many of something. */
+export class ResourceExhaustedError extends BoxliteError {}
 
 type ErrorClass = new (message: string, type?: string, details?: Record<string, unknown>) => BoxliteError;
 
@@ -45,7 +47,8 @@ const CLASSES: Record<string, ErrorClass> = {
   ConfigError, ParseError: ConfigError, UnsupportedOptionError, NotFoundError, ImageNotFoundError: NotFoundError,
   AlreadyExistsError, InvalidStateError, ExecError, TimeoutError, StoppedError, EngineError, BoxDiedError,
   ImageError, RegistryError, AuthenticationError: RegistryError, DigestMismatchError: ImageError,
-  UnsafeLayerError: ImageError, PermissionDeniedError,
+  UnsafeLayerError: ImageError, PermissionDeniedError, ResourceExhaustedError, RequestTooLargeError: ResourceExhaustedError,
+  ImageTooLargeError: ResourceExhaustedError,
 };
 
 /** The typed error for a server error body `{"error": {"type", "message", ...}}`. */

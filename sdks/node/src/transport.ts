@@ -4,7 +4,7 @@ import http from "node:http";
 import https from "node:https";
 import type { Readable } from "node:stream";
 import WebSocket from "ws";
-import { ConfigError, errorFromBody, StoppedError } from "./errors.js";
+import { BoxliteError, ConfigError, errorFromBody, ResourceExhaustedError, StoppedError, TimeoutError } from "./errors.js";
 
 export type Query = Record<string, string | number | boolean | undefined | null>;
 
@@ -13,11 +13,29 @@ export interface RequestOptions {
   json?: unknown;
   body?: Readable;
   headers?: Record<string, string>;
+  /** Milliseconds the whole exchange may take (default: 60 s for a GET, none otherwise). */
+  deadlineMs?: number;
+  signal?: AbortSignal;
 }
 
-async function readAll(res: http.IncomingMessage): Promise<Buffer> {
+/** Largest JSON answer read; a hostile server's endless body ends in an error, not in memory. */
+export const MAX_ANSWER = 64 << 20;
+/** Largest error body read. */
+export const MAX_ERROR_ANSWER = 1 << 20;
+/** Deadline of a read-only call (GET): such calls never wait for box work. */
+export const QUICK_DEADLINE_MS = 60_000;
+
+async function readAll(res: http.IncomingMessage, limit: number, url: string): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for await (const chunk of res) parts.push(chunk as Buffer);
+  let size = 0;
+  for await (const chunk of res) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      res.destroy();
+      throw new ResourceExhaustedError(`${url} sent an answer longer than ${limit} bytes; stopped reading`);
+    }
+    parts.push(chunk as Buffer);
+  }
   return Buffer.concat(parts);
 }
 
@@ -71,7 +89,7 @@ export class Transport {
       : { host: this.base!.hostname, port: this.base!.port, path: (this.base!.pathname.replace(/\/$/, "")) + fullPath };
     const lib = this.base?.protocol === "https:" ? https : http;
     return new Promise((resolve, reject) => {
-      const req = lib.request({ ...target, method, headers }, resolve);
+      const req = lib.request({ ...target, method, headers, signal: opts.signal }, resolve);
       req.on("error", reject);
       if (opts.body) {
         opts.body.on("error", (e) => req.destroy(e));
@@ -84,16 +102,28 @@ export class Transport {
 
   /** A request whose JSON answer is returned (null for 204); errors become typed exceptions. */
   async json<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
-    const res = await this.raw(method, path, opts);
-    const body = await readAll(res);
-    if ((res.statusCode ?? 500) >= 400) throw errorFromBody(parse(body), res.statusCode);
-    return (res.statusCode === 204 ? null : parse(body)) as T;
+    const deadline = opts.deadlineMs ?? (method === "GET" ? QUICK_DEADLINE_MS : undefined);
+    const signal = deadline === undefined ? opts.signal : AbortSignal.timeout(deadline);
+    try {
+      const res = await this.raw(method, path, { ...opts, signal });
+      const failed = (res.statusCode ?? 500) >= 400;
+      const body = await readAll(res, failed ? MAX_ERROR_ANSWER : MAX_ANSWER, this.url);
+      if (failed) throw errorFromBody(parse(body), res.statusCode);
+      return (res.statusCode === 204 ? null : parse(body)) as T;
+    } catch (e) {
+      if (signal?.aborted && deadline !== undefined && !(e instanceof BoxliteError)) {
+        throw new TimeoutError(`${this.url} did not answer ${method} ${path} within ${deadline / 1000} s`);
+      }
+      throw e;
+    }
   }
 
   /** A streamed response body (throws the typed error for a failed request). */
   async stream(method: string, path: string, opts: RequestOptions = {}): Promise<http.IncomingMessage> {
     const res = await this.raw(method, path, opts);
-    if ((res.statusCode ?? 500) >= 400) throw errorFromBody(parse(await readAll(res)), res.statusCode);
+    if ((res.statusCode ?? 500) >= 400) {
+      throw errorFromBody(parse(await readAll(res, MAX_ERROR_ANSWER, this.url)), res.statusCode);
+    }
     return res;
   }
 
@@ -109,7 +139,7 @@ export class Transport {
       ws.once("open", () => resolve(ws));
       ws.on("error", reject); // later errors: the socket closes and the channel sees "close"
       ws.once("unexpected-response", (_req, res) => {
-        readAll(res)
+        readAll(res, MAX_ERROR_ANSWER, this.url)
           .then((body) => reject(errorFromBody(parse(body), res.statusCode)), reject)
           .finally(() => ws.terminate());
       });

@@ -46,6 +46,12 @@ export interface CopyOptions {
   overwrite?: boolean;
   followSymlinks?: boolean;
   includeParent?: boolean;
+  /** copyOut: tar bytes received at most (default 4 GiB, as Python's `CopyOptions.max_bytes`). */
+  maxBytes?: number;
+  /** copyOut: files, directories and links at most (default 500,000). */
+  maxEntries?: number;
+  /** copyOut: milliseconds the whole copy may take (default one hour; 0: no deadline). */
+  timeoutMs?: number;
 }
 
 export interface ExecResult {
