@@ -20,6 +20,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 from ..errors import ConfigError
+from .homepath import home_root
 
 FILE_NAME = "credentials.toml"
 DEFAULT_PROFILE = "default"
@@ -27,10 +28,8 @@ MAX_FILE = 1 << 20
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def home_dir(home: str | None) -> str:
-    """The home the CLI uses: ``--home``, ``$BOXLITE_HOME``, else ``~/.boxlite`` (as fastexec.py)."""
-    chosen = home or os.environ.get("BOXLITE_HOME") or os.path.join(os.path.expanduser("~"), ".boxlite")
-    return os.path.abspath(os.path.expanduser(chosen))
+home_dir = home_root
+"""The home the CLI uses (cli/homepath.py)."""
 
 
 def path(home: str | None) -> str:

@@ -24,6 +24,7 @@ import time
 from ..agent import leanjson
 from ..agent import protocol as p
 from .fdwrite import write_all
+from .homepath import home_root
 
 TYPE_CHECKING = False  # not from typing (~4 ms to import): this module exists to be quick
 if TYPE_CHECKING:
@@ -137,8 +138,7 @@ def _alive(pid: Any, start: Any) -> bool:
 
 
 def _home(home: str | None) -> str:
-    chosen = home or os.environ.get("BOXLITE_HOME") or os.path.join(os.path.expanduser("~"), ".boxlite")
-    root = os.path.abspath(os.path.expanduser(chosen))
+    root = home_root(home)
     # Home.resolve creates these and fixes their modes: only an already sound home is used here.
     for sub, mode in (("", 0o711), ("boxes", 0o700), ("images", 0o700), ("cache", 0o700)):
         try:
