@@ -294,3 +294,41 @@ def test_exec_counters_survive_across_processes(cli: Cli, tmp_path: Path) -> Non
     cli.ok("exec", "counted", "true")
     again = json.loads(cli.ok("stats", "--format", "json", "--no-stream", "counted"))["boxes"][0]
     assert (again["commands_executed_total"], again["exec_errors_total"]) == (4, 1)
+
+
+def test_global_options_after_the_verb(cli: Cli, tmp_path: Path) -> None:
+    """BoxLite's CLI takes ``--home``, ``--url``, ... after the verb too; a boxed command's own
+    arguments are never taken for them."""
+    other = tmp_path / "other-home"
+    box_id = cli.ok("run", "-d", "--home", str(other), "--name", "there", "--rootfs", str(cli.rootfs),
+                    "sh", "-c", "sleep 600").strip()  # fmt: skip
+    assert cli.ok("ls", "-q", "-a").split() == []  # not in the first home
+    assert cli.ok("ls", "-q", "--home", str(other)).split() == [box_id[-12:]]
+    assert cli.ok("ls", f"--home={other}", "--json") != "[]\n"
+    # After the boxed command's name, `--home` is the command's argument.
+    assert cli.ok("exec", "--home", str(other), "there", "echo", "--home", "x") == "--home x\n"
+    assert cli.ok("rm", "-f", "there", "--home", str(other)).strip() in (box_id, "there", box_id[-12:])
+    assert cli.ok("ls", "-q", "-a", "--home", str(other)) == ""
+
+
+def test_stats_stream_flag_and_yaml(cli: Cli) -> None:
+    """``stats -s`` keeps printing into a pipe (a plain table per interval); ``--format yaml``."""
+    import yaml
+
+    box_id = _sleeper(cli, "watched")
+    proc = subprocess.Popen(cli.argv("stats", "-s", "--interval", "0.2", "watched"), stdout=subprocess.PIPE,
+                            text=True, env=cli.env())  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        headers = 0
+        while headers < 3:
+            line = proc.stdout.readline()
+            assert "\x1b" not in line  # no terminal control codes into a pipe
+            headers += line.startswith("ID")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    [doc] = yaml.safe_load(cli.ok("stats", "--format", "yaml", "watched"))
+    assert doc["id"] == box_id and doc["name"] == "watched" and doc["pids"] >= 1
+    assert_one_line_error(cli("stats", "-s", "--no-stream", "watched"), 125, "exclude each other")

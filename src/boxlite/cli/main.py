@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import BoxliteError
 from .common import STATE, apply_config_file, apply_stored_login, configure_logging
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, describe, print_error
+from .globalopts import hoist
 
 COMMANDS = {
     "run": ("run", "run"), "exec": ("run", "exec_"), "create": ("run", "create"),
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     gc.set_threshold(50_000, 20, 100)
     configure_logging(False)
     try:
-        result = cli.main(args=argv, prog_name="boxlite", standalone_mode=False)
+        args = hoist(sys.argv[1:] if argv is None else argv, cli)
+        result = cli.main(args=args, prog_name="boxlite", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except click.exceptions.Exit as e:
         code = e.exit_code

@@ -18,23 +18,35 @@ HEADERS = ["ID", "NAME", "CPU %", "MEM", "MEM PEAK", "PIDS", "NET I/O", "REFUSED
 
 @click.command()
 @click.option("--no-stream", is_flag=True, help="Print one snapshot (the default when stdout is not a terminal).")
+@click.option("-s", "--stream", is_flag=True,
+              help="Keep updating into a pipe too (BoxLite's flag): a table per interval.")  # fmt: skip
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between live updates.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-              help="json: one JSON line per interval (streams until Ctrl-C unless --no-stream).")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True,
+              help="json: one JSON line per interval (streams until Ctrl-C unless --no-stream); "
+                   "yaml: one snapshot (a document per interval with --stream).")  # fmt: skip
 @click.argument("boxes", nargs=-1, metavar="[BOX]...", shell_complete=complete_box)
 @with_runtime
-async def stats(rt: Boxlite, boxes: tuple[str, ...], no_stream: bool, interval: float, fmt: str = "table") -> int:
+async def stats(
+    rt: Boxlite, boxes: tuple[str, ...], no_stream: bool, interval: float, fmt: str = "table", stream: bool = False
+) -> int:
     """Resource usage of running boxes (Ctrl-C ends the live view)."""
+    if stream and no_stream:
+        raise click.UsageError("--stream and --no-stream exclude each other")
     targets = [await find_box(rt, ref) for ref in boxes] if boxes else await _running(rt)
     metrics = await _sample(targets)
+    pause = max(interval, 0.1)
     if fmt == "json":
-        await _json_lines(rt, boxes, targets, metrics, None if no_stream else max(interval, 0.1))
+        await _json_lines(rt, boxes, targets, metrics, None if no_stream else pause)
+    elif fmt == "yaml":
+        await _yaml_documents(rt, boxes, targets, metrics, pause if stream else None)
     elif want_json():
         print_json([{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)])
+    elif stream and not sys.stdout.isatty():
+        await _tables(rt, boxes, targets, metrics, pause)
     elif no_stream or not sys.stdout.isatty():
         print_table(HEADERS, _rows(targets, metrics, None, 0.0))
     else:
-        await _live(rt, boxes, targets, metrics, max(interval, 0.1))
+        await _live(rt, boxes, targets, metrics, pause)
     return 0
 
 
@@ -101,6 +113,44 @@ async def _live(rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics:
             now = time.monotonic()
             live.update(render(_rows(targets, metrics, before, now - last)), refresh=True)
             last = now
+
+
+async def _tables(
+    rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics: list[BoxMetrics], interval: float
+) -> None:
+    """``--stream`` into a pipe or file: a plain table per interval, a blank line between (no
+    terminal control codes)."""
+    before: dict[str, float] | None = None
+    last = time.monotonic()
+    while True:
+        now = time.monotonic()
+        print_table(HEADERS, _rows(targets, metrics, before, now - last))
+        click.echo()
+        sys.stdout.flush()
+        before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
+        last = now
+        await asyncio.sleep(interval)
+        if not refs:
+            targets = await _running(rt)
+        metrics = await _sample(targets)
+
+
+async def _yaml_documents(
+    rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics: list[BoxMetrics], interval: float | None
+) -> None:
+    """The boxes' metrics as a YAML list; with ``interval`` a ``---`` document per interval."""
+    from . import yamlout
+
+    while True:
+        data = [{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)]
+        click.echo(("---\n" if interval is not None else "") + yamlout.dump(data), nl=False)
+        sys.stdout.flush()
+        if interval is None:
+            return
+        await asyncio.sleep(interval)
+        if not refs:
+            targets = await _running(rt)
+        metrics = await _sample(targets)
 
 
 async def _json_lines(
