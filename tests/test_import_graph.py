@@ -89,7 +89,7 @@ AGENT_FROM_HOST: dict[str, str] = {
     "boxlite.agent.logfile": "the capped, rotated log format (the agent, the VM relay and the CLI write it)",
     "boxlite.agent.mainexit": "the run/main.exit record (the agent or the VM relay write it, the host reads it)",
     "boxlite.agent.tario": "the tar stream of copy_in/copy_out (the host packs copy_in with it)",
-    "boxlite.agent.keeper": "the keeper's status words (the keeper runs from agent/, the engine reads them)",
+    "boxlite.agent.cgroupkill": "killing a box's cgroup (the keeper does it, the engine when the keeper could not)",
 }
 """The agent modules host code may import, and why."""
 

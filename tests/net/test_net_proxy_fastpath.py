@@ -251,3 +251,11 @@ def test_secret_proxy_fast_path(python_rootfs: Path, tmp_path: Path) -> None:
     assert r["fast_after_attack"]["pasta_wchar"] < body // 8, r
     # The proxy's deadlines apply on the fast path: a silent connection is cut after ~10 s.
     assert 5 < r["silent"]["closed_after"] < 40, r
+
+
+def test_the_engines_read_the_file_the_proxy_writes() -> None:
+    """The proxy runs as a script (no package imports): its counters file name is repeated in
+    ..net.proxystats, which the engines import instead of the proxy."""
+    from boxlite.engines.net import proxystats, secretproxy
+
+    assert proxystats.STATS_NAME == secretproxy.STATS_NAME

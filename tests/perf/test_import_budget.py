@@ -26,6 +26,8 @@ DENY = (
     "boxlite.images.client",  # registry client
     "boxlite.engines.vm.engine",  # the VM engine (engine="auto" only reads the cached KVM verdict)
     "boxlite.engines.vm.shim",
+    "ctypes",  # the agent's and the proxies' syscall wrappers: the host's start path has no use for them
+    "boxlite.engines.net.secretproxy",  # a process of its own; the engine reads its counters file only
 )
 """Packages no verb below may import (a prefix matches the package and its submodules)."""
 
@@ -48,7 +50,7 @@ CASES = {
     # `boxlite --help` / `--version`: click and the CLI's shell, no runtime at all
     "cli shell": (("boxlite.cli.main",), 95),
     # a namespace box from the CLI: asyncio, the runtime, the state DB, the engine
-    "run path": (RUN_PATH, 279),  # 279: boxlite.runtime.reach (what a REST client's boxes may reach)
+    "run path": (RUN_PATH, 273),  # 273: no ctypes (cgroup kill and the proxy counters' reader are their own modules)
 }
 
 

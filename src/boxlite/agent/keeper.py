@@ -42,13 +42,10 @@ import time
 from typing import Any
 
 from . import linux
+from .cgroupkill import kill_cgroup_members, thaw_cgroup
 from .helperproc import Helper, spawn
-from .protocol import lifeline_closed, status_line
+from .protocol import STATUS_KEEPER, STATUS_NET_ERROR, lifeline_closed, status_line
 
-STATUS_KEEPER = "keeper"
-"""Status line ``keeper <pid>``: the keeper holds the box (and its pasta configured the network)."""
-STATUS_NET_ERROR = "neterror"
-"""Status line ``neterror <message>``: pasta could not set up the box network (the box is killed)."""
 LIFELINE_GRACE = 2.0
 """Seconds the agent gets to end the box after the owner died, before the keeper kills it."""
 PASTA_READY_TIMEOUT = 20.0
@@ -460,38 +457,6 @@ def _inode(path: str) -> int | None:
         return os.stat(path).st_ino
     except OSError:
         return None
-
-
-def kill_cgroup_members(path: str) -> None:
-    """SIGKILL the processes in cgroup ``path``: at once with v2's ``cgroup.kill``, else by pid."""
-    try:
-        with open(os.path.join(path, "cgroup.kill"), "w") as f:
-            f.write("1")
-        return
-    except OSError:
-        pass
-    try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            pids = [int(x) for x in f.read().split()]
-    except (OSError, ValueError):
-        return
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    thaw_cgroup(path)
-
-
-def thaw_cgroup(path: str) -> None:
-    """Thaw a v1 freezer cgroup (a paused box): its SIGKILLed tasks die only once thawed. v2's
-    ``cgroup.kill`` kills frozen tasks, and a v2 box is thawed too so that any signal lands."""
-    for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-        try:
-            with open(os.path.join(path, name), "w") as f:
-                f.write(value)
-        except OSError:
-            pass
 
 
 def _unlink(path: str) -> None:

@@ -161,6 +161,10 @@ STATUS_READY = "ready"
 STATUS_TEMPLATE = "template"
 STATUS_ERROR = "error"
 STATUS_FINAL = (STATUS_READY, STATUS_TEMPLATE, STATUS_ERROR)
+STATUS_KEEPER = "keeper"
+"""Namespace engine: ``keeper <pid>``: the keeper holds the box (and its pasta configured the network)."""
+STATUS_NET_ERROR = "neterror"
+"""Namespace engine: ``neterror <message>``: pasta could not set up the box network (the box is killed)."""
 STATUS_LINE_MAX = 64 * 1024
 """Longest status line a reader accepts (a ``ready`` line carries a small JSON of timings)."""
 

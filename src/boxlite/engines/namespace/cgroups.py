@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...agent.keeper import kill_cgroup_members
+from ...agent.cgroupkill import kill_cgroup_members
 from ...errors import EngineError
 
 ROOT = Path("/sys/fs/cgroup")

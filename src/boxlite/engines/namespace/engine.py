@@ -12,8 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from ...agent.keeper import STATUS_KEEPER, STATUS_NET_ERROR
-from ...agent.protocol import STATUS_ERROR, STATUS_LINE_MAX, STATUS_PID, STATUS_READY, parse_status
+from ...agent.protocol import (
+    STATUS_ERROR,
+    STATUS_KEEPER,
+    STATUS_LINE_MAX,
+    STATUS_NET_ERROR,
+    STATUS_PID,
+    STATUS_READY,
+    parse_status,
+)
 from ...aio import within
 from ...errors import ConfigError, EngineError, NetworkError
 from .. import diskchain

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import NetworkError
-from ..net import hostguard, secretproxy
+from ..net import hostguard, proxystats
 
 DNS_ADDRESS = "169.254.1.53"
 """Nameserver address inside boxes; pasta maps it to the host's first resolver."""
@@ -49,7 +49,7 @@ def secret_fastpath() -> bool:
 def add_fastpath_counters(out: dict[str, float], box_dir: Path) -> dict[str, float]:
     """``out`` (the box netns's interface counters) plus what its secret proxy's fast path moved
     over the box's loopback, which those counters do not see (payload bytes, TCP segments)."""
-    stats = secretproxy.read_stats(str(box_dir / secretproxy.STATS_NAME))
+    stats = proxystats.read_stats(str(box_dir / proxystats.STATS_NAME))
     if stats is None or "net_bytes_sent" not in out:
         return out
     sent, received, segs_in, segs_out = stats

@@ -88,7 +88,8 @@ PROXIED_PORTS = (80, 443)
 IP_FREEBIND = 15
 CLONE_NEWNET = 0x40000000
 STATS_NAME = "secretproxy.stats"
-"""Next to the config: the fast path's byte counts (:class:`FastStats`), for the box's metrics."""
+"""Next to the config: the fast path's byte counts (:class:`FastStats`); read by ..net.proxystats
+(this file runs as a script of its own: it imports no package module; a test keeps them equal)."""
 STATS_INTERVAL = 2.0
 FAST_TABLE = "boxlite_secrets"
 """The nat table made in a namespace box's own network namespace for the fast path."""
@@ -438,21 +439,6 @@ def tcp_counts(fd: int) -> list[int]:
     acked, received = struct.unpack_from("=QQ", info, 120)
     segs_out, segs_in = struct.unpack_from("=II", info, 136)
     return [received, acked, segs_in, segs_out]
-
-
-def read_stats(path: str) -> list[int] | None:
-    """The four numbers :class:`FastStats` wrote at ``path`` (None: none, or unreadable)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fields = os.read(fd, 256).split()
-    finally:
-        os.close(fd)
-    if len(fields) != 4 or not all(f.isdigit() and len(f) <= 20 for f in fields):
-        return None
-    return [int(f) for f in fields]
 
 
 def proxied(dst: tuple[str, int]) -> bool:
