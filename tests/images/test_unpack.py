@@ -13,7 +13,8 @@ import pytest
 from tests.support.images import Layer, Member, layer_from_members
 
 from boxlite.errors import DigestMismatchError, ImageError, UnsafeLayerError
-from boxlite.images.unpack import host_id, unpack_layer
+from boxlite.images.fileattrs import host_id
+from boxlite.images.unpack import unpack_layer
 
 D, R, L, S, C, B, F = (
     tarfile.DIRTYPE,

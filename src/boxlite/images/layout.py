@@ -23,7 +23,7 @@ from .manifest import (
 )
 from .reference import parse_reference
 from .store import Store
-from .unpack import BoundedTarInfo
+from .tarheaders import BoundedTarInfo
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"

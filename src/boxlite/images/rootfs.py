@@ -5,6 +5,7 @@ walk of every entry (:func:`import_rootfs`)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -12,10 +13,12 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ImageError
+from .fileattrs import host_id, keep_xattr
 from .locks import file_lock
 from .store import Store
 from .types import LIVE_ROOTFS_PREFIX
-from .unpack import host_id, keep_xattr, log
+
+log = logging.getLogger("boxlite.images")
 
 IDMAP_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs", "f2fs"})
 """File systems whose mounts Linux can id-map (tmpfs too from 6.3): a directory on one of them

@@ -50,8 +50,10 @@ from typing import IO, Any, Protocol
 
 import zstandard
 
-from ..errors import BoxliteError, DigestMismatchError, ImageError, ImageTooLargeError, UnsafeLayerError
+from ..errors import BoxliteError, DigestMismatchError, ImageError, UnsafeLayerError
+from .fileattrs import host_id, keep_xattr
 from .limits import ImageBudget, ImageLimits, LayerMeter
+from .tarheaders import BoundedTarInfo
 
 _inflate: Any = zlib  # the module whose decompressobj inflates gzip layers
 _INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
@@ -81,77 +83,11 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HOLE = 64 << 10  # runs of zeros this long (aligned in the stream) are left as holes
 _ZEROS = bytes(_HOLE)
-MAX_EXT_HEADER = 1 << 20  # pax / GNU long-name / sparse-map bytes before one member (read into memory)
-MAX_HEADER_CHAIN = 16  # extended headers before one member (tarfile recurses through them)
-_EXT_TYPES = (
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.GNUTYPE_SPARSE,
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-)
 log = logging.getLogger("boxlite.images")
-
-
-def keep_xattr(name: str) -> bool:
-    """Only plain user xattrs survive: no file capabilities, security labels, ACLs or overlay
-    metadata (``trusted.overlay.*``, ``user.overlay.*``) from an image."""
-    return name.startswith("user.") and not name.startswith("user.overlay.")
-
-
-ID_COUNT = 65536
-OVERFLOW_ID = 65534
-
-
-def host_id(value: int) -> int:
-    """The uid/gid a layer file gets on the host: the image's, unless no box could map it
-    (boxes map ids 0-65535): then ``65534`` (nobody)."""
-    return value if 0 <= value < ID_COUNT else OVERFLOW_ID
 
 
 class Reader(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
-
-
-class _ReadCap:
-    """Proxy of tarfile's stream that refuses to read more than ``left`` bytes."""
-
-    def __init__(self, raw: Any, left: int) -> None:
-        self._raw = raw
-        self._left = left
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > self._left:
-            raise ImageTooLargeError(f"extended tar headers of one layer member exceed {MAX_EXT_HEADER} bytes")
-        self._left -= n
-        return bytes(self._raw.read(n))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-
-class BoundedTarInfo(tarfile.TarInfo):
-    """TarInfo whose extended headers (pax, GNU long names, sparse maps) are read with a cap.
-
-    tarfile reads such a header whole into memory and recurses through chains of them: a
-    compressed layer could otherwise make it buffer GiBs.
-    """
-
-    def _proc_member(self, tf: Any) -> Any:
-        if self.type not in _EXT_TYPES:
-            return super()._proc_member(tf)  # type: ignore[misc]
-        depth = getattr(tf, "_boxlite_depth", 0)
-        if depth >= MAX_HEADER_CHAIN:
-            raise UnsafeLayerError(f"more than {MAX_HEADER_CHAIN} extended tar headers before one member")
-        raw = tf.fileobj
-        tf.fileobj = _ReadCap(raw, MAX_EXT_HEADER)
-        tf._boxlite_depth = depth + 1
-        try:
-            return super()._proc_member(tf)  # type: ignore[misc]
-        finally:
-            tf.fileobj = raw
-            tf._boxlite_depth = depth
 
 
 _CHUNK = 256 << 10  # compressed bytes read per step
