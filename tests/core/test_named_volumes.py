@@ -83,6 +83,35 @@ async def test_a_volume_named_by_a_box_is_kept(local: boxlite.Boxlite, busybox_r
     await local.remove(box.id, force=True)
 
 
+async def test_a_removal_waits_for_a_start_in_progress(
+    local: boxlite.Boxlite, home: Path, busybox_rootfs: Path
+) -> None:
+    """A box of another runtime of the home being created or started with the volume holds it:
+    a removal waits, then sees the box running and refuses (it checked, then deleted, before: a
+    start between the two got a volume deleted under it)."""
+    import asyncio
+
+    vid = (await local.volumes.create()).id
+    (home / "volumes" / vid / "data" / "keep").write_text("kept")
+    opts = boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), volumes=[f"{vid}:/data"])
+    other = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="namespace"))
+    try:
+        async with store.VolumeStore(home).using(opts.to_config()):  # a create/start in progress elsewhere
+            removal = asyncio.create_task(local.volumes.remove(vid, force=True))
+            await asyncio.sleep(0.5)
+            assert not removal.done()
+            box = await other.create(opts)  # shared holds coexist
+            await box.start()
+        with pytest.raises(boxlite.InvalidStateError, match="mounted by"):
+            await removal
+        assert (await (await box.exec("cat", ["/data/keep"])).wait()).exit_code == 0
+        await box.stop()
+        await local.volumes.remove(vid, force=True)  # stopped: force lets it go
+        assert not (home / "volumes" / vid).exists()
+    finally:
+        await other.shutdown(timeout=2)
+
+
 async def test_removal_never_follows_symlinks(local: boxlite.Boxlite, home: Path, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()

@@ -119,7 +119,9 @@ class LocalBackend(Backend):
     # --- boxes ----------------------------------------------------------------------------
     async def create(self, options: BoxOptions, name: str | None, box_id: str | None = None) -> BoxInfo:
         with step("create", image=options.image, box_name=name) as fields:
-            rec = await self.core.create(self.volume_store.resolve(options.to_config()), name, box_id)
+            config = options.to_config()
+            async with self.volume_store.using(config):  # a volume removal waits, then sees this box
+                rec = await self.core.create(self.volume_store.resolve(config), name, box_id)
             fields["box"] = rec.id
         self._recs[rec.id] = rec
         return self._info(rec)
@@ -152,14 +154,19 @@ class LocalBackend(Backend):
         those boxes are all stopped (they then fail to start), never under a live box."""
         self.core.check_open()
         check_volume_id(volume_id)
-        users = [rec for rec in self.core.db.all() if any(v.volume_id == volume_id for v in rec.config.volumes)]
-        live = [rec.id for rec in users if rec.state not in ("configured", "stopped", "exited")]
-        if live:
-            raise InvalidStateError(f"volume {volume_id} is mounted by box(es) {', '.join(live)}: stop them first")
-        if users and not force:
-            names = ", ".join(rec.id for rec in users)
-            raise InvalidStateError(f"volume {volume_id} is used by box(es) {names}: remove them, or pass force=True")
-        await asyncio.to_thread(self.volume_store.remove, volume_id, force)
+        # Under the exclusive lock: a box of any process of the home that is being created or
+        # started with this volume holds it shared, so it is either seen here or starts after.
+        async with self.volume_store.removing() as root:
+            users = [rec for rec in self.core.db.all() if any(v.volume_id == volume_id for v in rec.config.volumes)]
+            live = [rec.id for rec in users if self.core.refresh(rec).state not in ("configured", "stopped", "exited")]
+            if live:
+                raise InvalidStateError(f"volume {volume_id} is mounted by box(es) {', '.join(live)}: stop them first")
+            if users and not force:
+                names = ", ".join(rec.id for rec in users)
+                raise InvalidStateError(
+                    f"volume {volume_id} is used by box(es) {names}: remove them, or pass force=True"
+                )
+            await asyncio.to_thread(self.volume_store.remove_locked, root, volume_id, force)
 
     def _info(self, rec: BoxRecord) -> BoxInfo:
         return record_info(rec, self.core.health.view(rec))

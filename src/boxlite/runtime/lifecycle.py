@@ -39,6 +39,7 @@ from .home import Home
 from .locks import box_lock, try_box_lock
 from .pause import release as release_paused
 from .state import BoxRecord, StateDB, now
+from .volumes import VolumeStore
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BOX_ID_LENGTH = 12
@@ -300,23 +301,24 @@ class BoxRuntime:
             if not layer.is_dir():
                 what = "rootfs directory" if is_live_rootfs(rec.image_id) else "layer"
                 raise EngineError(f"{what} {layer} of box {rec.id} is missing (removed?)")
-        for volume in rec.config.volumes:  # checked at each start, as BoxLite does
-            if volume.volume_id and not os.path.isdir(volume.host_path):
-                raise NotFoundError(f"volume {volume.volume_id} (mounted at {volume.guest_path}) was removed")
-            if not os.path.exists(volume.host_path):
-                raise ConfigError(f"volume host path {volume.host_path} does not exist")
-        mainexit.clear(str(spec.run_dir))
-        await self._drop_client(rec.id)  # a connection to the previous supervisor may linger
-        t0 = time.monotonic()
-        running = await engine.start(spec)
-        rec.state = "running"
-        rec.pid, rec.pid_start = running.pid, running.pid_start
-        rec.started_at = now()
-        rec.exit_code = rec.finished_at = None
-        rec.oom_killed = False
-        rec.owner_pid, rec.owner_start = self._pid, self._pid_start
-        rec.boot_ms = (time.monotonic() - t0) * 1000
-        self.db.update(rec)
+        async with VolumeStore(self.home.root).using(rec.config):  # a volume removal waits, then sees it running
+            for volume in rec.config.volumes:  # checked at each start, as BoxLite does
+                if volume.volume_id and not os.path.isdir(volume.host_path):
+                    raise NotFoundError(f"volume {volume.volume_id} (mounted at {volume.guest_path}) was removed")
+                if not os.path.exists(volume.host_path):
+                    raise ConfigError(f"volume host path {volume.host_path} does not exist")
+            mainexit.clear(str(spec.run_dir))
+            await self._drop_client(rec.id)  # a connection to the previous supervisor may linger
+            t0 = time.monotonic()
+            running = await engine.start(spec)
+            rec.state = "running"
+            rec.pid, rec.pid_start = running.pid, running.pid_start
+            rec.started_at = now()
+            rec.exit_code = rec.finished_at = None
+            rec.oom_killed = False
+            rec.owner_pid, rec.owner_start = self._pid, self._pid_start
+            rec.boot_ms = (time.monotonic() - t0) * 1000
+            self.db.update(rec)
         if not rec.detach:
             self.owned.add(rec.id)
         return running

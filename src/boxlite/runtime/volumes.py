@@ -10,6 +10,7 @@ removal) goes through directory fds opened with ``O_NOFOLLOW`` and never follows
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -18,7 +19,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,16 +73,48 @@ class VolumeStore:
     def data_dir(self, volume_id: str) -> Path:
         return self.root / check_id(volume_id) / _DATA
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[int]:
-        """The volumes directory (created 0700 if missing), opened without following, locked."""
+    def _lock(self, how: int) -> int:
+        """The volumes directory (created 0700 if missing), opened without following, flock'ed."""
         try:
             self.root.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.root, DIR_FLAGS)
         except OSError as e:
             raise StorageError(f"cannot open the volumes directory {self.root}: {e.strerror}") from e
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, how)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        fd = self._lock(fcntl.LOCK_EX)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def using(self, config: BoxConfig) -> AsyncIterator[None]:
+        """A shared hold on the volumes for as long as a box naming some is being created or
+        started (every process of the home): a removal (exclusive) waits, then sees the box.
+        Nothing for a box without named volumes."""
+        if not any(v.volume_id for v in config.volumes):
+            yield
+            return
+        fd = await asyncio.to_thread(self._lock, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def removing(self) -> AsyncIterator[int]:
+        """The exclusive hold :meth:`remove` takes, for a caller that must check the volume's
+        users under it first (taken in a thread: a create or start may hold it a while)."""
+        fd = await asyncio.to_thread(self._lock, fcntl.LOCK_EX)
+        try:
             yield fd
         finally:
             os.close(fd)
@@ -143,19 +176,23 @@ class VolumeStore:
     def remove(self, volume_id: str, force: bool = False) -> None:
         """Delete the volume and its data (symlinks in it are removed, never followed).
         A missing volume is NotFoundError, or success with ``force``."""
-        check_id(volume_id)
         with self._locked() as root:
-            try:
-                st = os.stat(volume_id, dir_fd=root, follow_symlinks=False)
-            except FileNotFoundError:
-                if force:
-                    return
-                raise NotFoundError(f"no volume {volume_id!r}") from None
-            if not stat.S_ISDIR(st.st_mode):
-                raise StorageError(f"volume {volume_id} is not a directory")
-            remove_tree(self.root / volume_id)  # lstat first, dir fds with O_NOFOLLOW, one level at a time
-            if os.path.lexists(self.root / volume_id):
-                raise StorageError(f"volume {volume_id} could not be removed completely")
+            self.remove_locked(root, volume_id, force)
+
+    def remove_locked(self, root: int, volume_id: str, force: bool = False) -> None:
+        """:meth:`remove` under the exclusive lock :meth:`removing` holds (``root``: its fd)."""
+        check_id(volume_id)
+        try:
+            st = os.stat(volume_id, dir_fd=root, follow_symlinks=False)
+        except FileNotFoundError:
+            if force:
+                return
+            raise NotFoundError(f"no volume {volume_id!r}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StorageError(f"volume {volume_id} is not a directory")
+        remove_tree(self.root / volume_id)  # lstat first, dir fds with O_NOFOLLOW, one level at a time
+        if os.path.lexists(self.root / volume_id):
+            raise StorageError(f"volume {volume_id} could not be removed completely")
 
     def resolve(self, config: BoxConfig) -> BoxConfig:
         """``config`` with each named volume's host path set to its data directory; NotFoundError
