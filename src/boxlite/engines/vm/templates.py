@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from ...layout import AGENT_SOCKET_NAME, CONSOLE_LOG_NAME
 from .. import diskchain
 from ..base import BoxSpec
 from .disks import LOWER_CAPACITY
-from .qemu import VmConfig, console_tail, qemu_binary
+from .qemu import VmConfig, console_tail, host_tsc_khz, qemu_binary
 
 log = logging.getLogger("boxlite.vm")
 TEMPLATE_MAX_AGE = 14 * 86400
@@ -61,13 +62,11 @@ def remaining(deadline: float) -> float:
     return max(0.2, deadline - time.monotonic())
 
 
-async def ensure(
-    spec: BoxSpec, artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig, deadline: float, run_shim: RunShim
-) -> Path | None:
-    """The snapshot to restore for ``vm`` (created on first use with ``run_shim``), or None if
-    unavailable."""
-    upper_size = diskchain.virtual_size(Path(str(vm.upper_disk)), vm.upper_format)
-    key = hashlib.sha256(
+def template_key(artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig, upper_size: int) -> str:
+    """What a template's saved machine depends on: the runtime files, the VM's shape, the QEMU
+    binary and the host CPU (a guest restored on another CPU keeps the first one's TSC
+    calibration, and under KVM its CPU features)."""
+    return hashlib.sha256(
         json.dumps(
             [
                 artifact.manifest["files"],
@@ -78,10 +77,20 @@ async def ensure(
                 LOWER_CAPACITY,
                 vm.debug,
                 _qemu_identity(),
+                host_cpu_identity(),
                 TEMPLATE_FORMAT,
             ]
         ).encode()
     ).hexdigest()[:20]
+
+
+async def ensure(
+    spec: BoxSpec, artifact: runtime_artifact.RuntimeArtifact, vm: VmConfig, deadline: float, run_shim: RunShim
+) -> Path | None:
+    """The snapshot to restore for ``vm`` (created on first use with ``run_shim``), or None if
+    unavailable."""
+    upper_size = diskchain.virtual_size(Path(str(vm.upper_disk)), vm.upper_format)
+    key = template_key(artifact, vm, upper_size)
     tdir = template_dir(spec)
     path = tdir / f"{key}.snap"
     ram = path.with_suffix(".ram")  # renamed into place last: its presence means complete
@@ -156,6 +165,28 @@ def _qemu_identity() -> str:
     """Changes whenever the QEMU binary does (snapshots are only restored by the same QEMU)."""
     st = Path(qemu_binary()).stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+@functools.cache
+def host_cpu_identity() -> str:
+    """The host CPU as a template depends on it: model, feature flags, and the TSC frequency to
+    10 MHz (what a TCG guest's ``tsc_early_khz`` is taken from; finer would rebuild templates
+    on hosts whose reported frequency wanders)."""
+    model = flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name.strip() == "model name" and not model:
+                    model = value.strip()
+                elif name.strip() == "flags" and not flags:
+                    flags = hashlib.sha256(" ".join(sorted(value.split())).encode()).hexdigest()[:16]
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    khz = host_tsc_khz()
+    return f"{model}|{flags}|{round(khz / 10_000) if khz else 0}"
 
 
 def _lock_file(path: Path) -> IO[str]:
