@@ -73,24 +73,37 @@ class VolumeStore:
     def data_dir(self, volume_id: str) -> Path:
         return self.root / check_id(volume_id) / _DATA
 
-    def _lock(self, how: int) -> int:
-        """The volumes directory (created 0700 if missing), opened without following, flock'ed."""
+    def _open(self) -> int:
+        """The volumes directory (created 0700 if missing), opened without following."""
         try:
             self.root.mkdir(mode=0o700, exist_ok=True)
-            fd = os.open(self.root, DIR_FLAGS)
+            return os.open(self.root, DIR_FLAGS)
         except OSError as e:
             raise StorageError(f"cannot open the volumes directory {self.root}: {e.strerror}") from e
-        try:
-            fcntl.flock(fd, how)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[int]:
-        fd = self._lock(fcntl.LOCK_EX)
+        fd = self._open()
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, how: int) -> AsyncIterator[int]:
+        """``flock(how)`` without blocking the loop or a worker thread while another process
+        holds it (waiting threads could use up the pool a removal needs): retried every few ms."""
+        fd = self._open()
+        try:
+            delay = 0.002
+            while True:
+                try:
+                    fcntl.flock(fd, how | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
             yield fd
         finally:
             os.close(fd)
@@ -103,21 +116,13 @@ class VolumeStore:
         if not any(v.volume_id for v in config.volumes):
             yield
             return
-        fd = await asyncio.to_thread(self._lock, fcntl.LOCK_SH)
-        try:
+        async with self._held(fcntl.LOCK_SH):
             yield
-        finally:
-            os.close(fd)
 
-    @contextlib.asynccontextmanager
-    async def removing(self) -> AsyncIterator[int]:
+    def removing(self) -> contextlib.AbstractAsyncContextManager[int]:
         """The exclusive hold :meth:`remove` takes, for a caller that must check the volume's
-        users under it first (taken in a thread: a create or start may hold it a while)."""
-        fd = await asyncio.to_thread(self._lock, fcntl.LOCK_EX)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
+        users under it first."""
+        return self._held(fcntl.LOCK_EX)
 
     def _ids(self) -> list[str]:
         try:
