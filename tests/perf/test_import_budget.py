@@ -52,7 +52,7 @@ CASES = {
     # `boxlite --help` / `--version`: click and the CLI's shell, no runtime at all
     "cli shell": (("boxlite.cli.main",), 95),
     # a namespace box from the CLI: asyncio, the runtime, the state DB, the engine
-    "run path": (RUN_PATH, 267),  # 267: no ctypes, no layer decompressors (cgroupkill, proxystats, tarheaders, fileattrs)
+    "run path": (RUN_PATH, 267),  # 267: no ctypes, no layer decompressors (cgroupkill, proxystats, tarheaders)
 }
 
 
