@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import click
 
@@ -101,18 +102,38 @@ async def _live(rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics:
             table.add_row(*(str(c) for c in row))
         return table
 
+    live: Live | None = None
+    try:
+        async for boxes, now, before, elapsed in _samples(rt, refs, targets, metrics, interval):
+            table = render(_rows(boxes, now, before, elapsed))
+            if live is None:
+                live = Live(table, auto_refresh=False)
+                live.start()
+            else:
+                live.update(table, refresh=True)
+    finally:
+        if live is not None:
+            live.stop()
+
+
+async def _samples(
+    rt: Boxlite, refs: tuple[str, ...], targets: list[Box], metrics: list[BoxMetrics], interval: float | None
+) -> AsyncIterator[tuple[list[Box], list[BoxMetrics], dict[str, float] | None, float]]:
+    """The boxes and their metrics now, then every ``interval`` s (None: only now), with the CPU
+    times of the sample before and the seconds since it (CPU % over the last interval)."""
     before: dict[str, float] | None = None
     last = time.monotonic()
-    with Live(render(_rows(targets, metrics, None, 0.0)), auto_refresh=False) as live:
-        while True:
-            before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
-            await asyncio.sleep(interval)
-            if not refs:
-                targets = await _running(rt)
-            metrics = await _sample(targets)
-            now = time.monotonic()
-            live.update(render(_rows(targets, metrics, before, now - last)), refresh=True)
-            last = now
+    while True:
+        now = time.monotonic()
+        yield targets, metrics, before, now - last
+        if interval is None:
+            return
+        before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
+        last = now
+        await asyncio.sleep(interval)
+        if not refs:  # no boxes named: whichever run now
+            targets = await _running(rt)
+        metrics = await _sample(targets)
 
 
 async def _tables(
@@ -120,19 +141,10 @@ async def _tables(
 ) -> None:
     """``--stream`` into a pipe or file: a plain table per interval, a blank line between (no
     terminal control codes)."""
-    before: dict[str, float] | None = None
-    last = time.monotonic()
-    while True:
-        now = time.monotonic()
-        print_table(HEADERS, _rows(targets, metrics, before, now - last))
+    async for boxes, now, before, elapsed in _samples(rt, refs, targets, metrics, interval):
+        print_table(HEADERS, _rows(boxes, now, before, elapsed))
         click.echo()
         sys.stdout.flush()
-        before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
-        last = now
-        await asyncio.sleep(interval)
-        if not refs:
-            targets = await _running(rt)
-        metrics = await _sample(targets)
 
 
 async def _yaml_documents(
@@ -141,16 +153,10 @@ async def _yaml_documents(
     """The boxes' metrics as a YAML list; with ``interval`` a ``---`` document per interval."""
     from . import yamlout
 
-    while True:
-        data = [{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(targets, metrics, strict=True)]
+    async for boxes, now, _, _ in _samples(rt, refs, targets, metrics, interval):
+        data = [{"id": b.id, "name": b.name, **m.__dict__} for b, m in zip(boxes, now, strict=True)]
         click.echo(("---\n" if interval is not None else "") + yamlout.dump(data), nl=False)
         sys.stdout.flush()
-        if interval is None:
-            return
-        await asyncio.sleep(interval)
-        if not refs:
-            targets = await _running(rt)
-        metrics = await _sample(targets)
 
 
 async def _json_lines(
@@ -161,24 +167,13 @@ async def _json_lines(
     import json
     from datetime import datetime, timezone
 
-    before: dict[str, float] | None = None
-    last = time.monotonic()
-    while True:
-        now = time.monotonic()
+    async for boxes, now, before, elapsed in _samples(rt, refs, targets, metrics, interval):
         rows = []
-        for box, m in zip(targets, metrics, strict=True):
+        for box, m in zip(boxes, now, strict=True):
             data = {"id": box.id, "name": box.name, **m.__dict__}
-            if before is not None and box.id in before and m.cpu_time_ms is not None and now > last:
-                data["cpu_percent"] = round((m.cpu_time_ms - before[box.id]) / ((now - last) * 1000) * 100, 2)
+            if before is not None and box.id in before and m.cpu_time_ms is not None and elapsed > 0:
+                data["cpu_percent"] = round((m.cpu_time_ms - before[box.id]) / (elapsed * 1000) * 100, 2)
             rows.append(data)
         stamp = datetime.now(timezone.utc).isoformat()
         click.echo(json.dumps({"time": stamp, "boxes": rows}, default=str))
         sys.stdout.flush()
-        if interval is None:
-            return
-        before = {b.id: m.cpu_time_ms for b, m in zip(targets, metrics, strict=True) if m.cpu_time_ms is not None}
-        last = now
-        await asyncio.sleep(interval)
-        if not refs:
-            targets = await _running(rt)
-        metrics = await _sample(targets)
