@@ -1,9 +1,10 @@
 /** `Boxlite`: the runtime object (a private local server, or a server at a URL). */
 
+import { StringDecoder } from "node:string_decoder";
 import { Box } from "./box.js";
-import { BoxliteError, errorFromBody, NotFoundError } from "./errors.js";
+import { BoxliteError, errorFromBody, NotFoundError, ResourceExhaustedError } from "./errors.js";
 import { LocalServer, type LocalServerOptions } from "./server.js";
-import { Transport } from "./transport.js";
+import { MAX_LINE, Transport } from "./transport.js";
 import {
   type BoxInfo,
   type BoxOptions,
@@ -26,8 +27,9 @@ export class Images {
     }
     const res = await this.transport.stream("POST", "/v1/images/pull", { json: { reference }, query: { progress: true } });
     let buffered = "";
+    const text = new StringDecoder("utf8"); // a character split between chunks stays whole
     for await (const chunk of res) {
-      buffered += (chunk as Buffer).toString("utf8");
+      buffered += text.write(chunk as Buffer);
       let nl: number;
       while ((nl = buffered.indexOf("\n")) >= 0) {
         const line = buffered.slice(0, nl).trim();
@@ -37,6 +39,10 @@ export class Images {
         if (event.progress) progress(camelize<PullProgress>(event.progress));
         else if (event.image) return camelize<ImageInfo>(event.image);
         else throw errorFromBody(event);
+      }
+      if (buffered.length > MAX_LINE) {
+        res.destroy();
+        throw new ResourceExhaustedError(`${this.transport.url} sent a progress line longer than ${MAX_LINE} characters`);
       }
     }
     throw new BoxliteError(`the server ended the pull of ${reference} without a result`);

@@ -22,6 +22,8 @@ export interface RequestOptions {
 export const MAX_ANSWER = 64 << 20;
 /** Largest error body read. */
 export const MAX_ERROR_ANSWER = 1 << 20;
+/** Longest line of a streamed NDJSON answer (pull progress). */
+export const MAX_LINE = 1 << 20;
 /** Deadline of a read-only call (GET): such calls never wait for box work. */
 export const QUICK_DEADLINE_MS = 60_000;
 

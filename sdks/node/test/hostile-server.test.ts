@@ -80,7 +80,7 @@ afterAll(async () => {
   await rm(scratch, { recursive: true, force: true });
 });
 
-test("an endless JSON answer or error body is cut at its limit", async () => {
+test("an endless JSON answer, error body or progress line is cut at its limit", async () => {
   const rt = Boxlite.rest(url);
   sent = 0;
   await expect(rt.listInfo()).rejects.toBeInstanceOf(ResourceExhaustedError);
@@ -88,6 +88,9 @@ test("an endless JSON answer or error body is cut at its limit", async () => {
   expect(sent).toBeLessThan(MAX_ANSWER + (16 << 20));
   sent = 0;
   await expect(rt.metrics()).rejects.toBeInstanceOf(ResourceExhaustedError);
+  expect(sent).toBeLessThan(16 << 20);
+  sent = 0; // a pull's progress stream: one endless line
+  await expect(rt.images.pull("busybox", () => {})).rejects.toBeInstanceOf(ResourceExhaustedError);
   expect(sent).toBeLessThan(16 << 20);
 });
 
