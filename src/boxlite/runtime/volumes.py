@@ -120,8 +120,8 @@ class VolumeStore:
             yield
 
     def removing(self) -> contextlib.AbstractAsyncContextManager[int]:
-        """The exclusive hold :meth:`remove` takes, for a caller that must check the volume's
-        users under it first."""
+        """The exclusive hold :meth:`remove_locked` needs, for a caller that must check the
+        volume's users under it first."""
         return self._held(fcntl.LOCK_EX)
 
     def _ids(self) -> list[str]:
@@ -178,14 +178,11 @@ class VolumeStore:
         except OSError:
             return False
 
-    def remove(self, volume_id: str, force: bool = False) -> None:
-        """Delete the volume and its data (symlinks in it are removed, never followed).
-        A missing volume is NotFoundError, or success with ``force``."""
-        with self._locked() as root:
-            self.remove_locked(root, volume_id, force)
-
     def remove_locked(self, root: int, volume_id: str, force: bool = False) -> None:
-        """:meth:`remove` under the exclusive lock :meth:`removing` holds (``root``: its fd)."""
+        """Delete the volume and its data (symlinks in it are removed, never followed), under
+        the exclusive hold :meth:`removing` gives (``root``: its fd), taken by the caller so it
+        can check the volume's users first. A missing volume is NotFoundError, or success with
+        ``force``."""
         check_id(volume_id)
         try:
             st = os.stat(volume_id, dir_fd=root, follow_symlinks=False)
