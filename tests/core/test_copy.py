@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from support.hosttree import tree
 
 SECRET = "host-secret-e41b"
 
@@ -17,22 +18,6 @@ async def sh(box: boxlite.SimpleBox, script: str) -> str:
     result = await box.exec("sh", "-c", script)
     assert result.exit_code == 0, result
     return result.stdout
-
-
-def tree(root: Path) -> dict[str, str]:
-    """relative path -> content ('<dir>', '-> target' for links) of everything under root."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "<dir>"
-            else:
-                out[rel] = p.read_text(errors="replace")
-    return out
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import pytest
 import boxlite
 from boxlite.errors import ResourceExhaustedError, TimeoutError, UnsafeArchiveError
 from boxlite.fsutil.extract import Limits, extract_archive
+from support.hosttree import tree
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 LONG = "d" * 247  # with 16 levels, real paths pass PATH_MAX: realpath() gives up, the kernel does not
@@ -93,7 +94,7 @@ def test_cve_2025_4517_symlink_chain_cannot_escape(dest: Path, tmp_path: Path) -
     with pytest.raises(UnsafeArchiveError, match="symlink"):
         extract(cve_2025_4517_chain(), dest)
     assert escaped(tmp_path, dest) == []
-    assert (dest / "top" / "a").is_symlink()  # links are kept as data, never followed
+    assert list(dest.iterdir()) == []  # a refused copy leaves nothing, not even its harmless start
 
 
 ATTACKS = {
@@ -125,7 +126,7 @@ def test_hostile_names_are_refused(attack: str, dest: Path, tmp_path: Path) -> N
     with pytest.raises(UnsafeArchiveError):
         extract(archive(*ATTACKS[attack]), dest)
     assert escaped(tmp_path, dest) == []
-    assert not (dest.parent / "ESCAPED_FILE").exists()
+    assert not (dest.parent / "ESCAPED_FILE").exists() and list(dest.iterdir()) == []
 
 
 def test_link_into_a_file_is_replaced_not_written_through(dest: Path, tmp_path: Path) -> None:
@@ -249,7 +250,7 @@ def test_total_bytes_and_entries_are_capped(dest: Path) -> None:
     many = archive(member("top", tarfile.DIRTYPE), *(member(f"top/{i}", data=b"x") for i in range(50)))
     with pytest.raises(ResourceExhaustedError, match="max_entries"):
         extract(many, dest, limits=Limits(max_entries=20))
-    assert len(list((dest / "top").iterdir())) < 20
+    assert list(dest.iterdir()) == []  # neither the partial file nor the first 19 entries
 
 
 def test_oversized_and_malformed_headers_are_refused(dest: Path) -> None:
@@ -399,9 +400,43 @@ def test_overwrite_false_keeps_what_exists_and_follows_nothing(dest: Path, tmp_p
     ), dest, overwrite=False)  # fmt: skip
     assert (dest / "top" / "f").read_text() == "mine" and (dest / "top" / "l").is_symlink()
     assert (dest / "top" / "new").read_text() == "new" and list(victim.iterdir()) == []
-    with pytest.raises(UnsafeArchiveError, match="symlink"):
-        extract(archive(member("top/l/ESCAPED_FILE", data=b"x")), dest, overwrite=False)
-    assert list(victim.iterdir()) == []
+    extract(archive(member("top/l/f", data=b"x")), dest, overwrite=False)  # the link is kept, not entered
+    assert (dest / "top" / "l").is_symlink() and list(victim.iterdir()) == []
+    extract(archive(member("top/l/f", data=b"x")), dest)  # overwriting: the box's directory replaces the link
+    assert not (dest / "top" / "l").is_symlink() and (dest / "top" / "l" / "f").read_bytes() == b"x"
+    assert list(victim.iterdir()) == [] and (dest / "top" / "f").read_text() == "mine"
+
+
+def test_a_failed_copy_changes_nothing_at_the_destination(dest: Path, tmp_path: Path) -> None:
+    """Files already there are neither truncated, replaced nor joined by half a copy, whatever
+    stops it (a limit, a hostile entry at the end, a conflict with what is there), and no
+    staging directory is left behind."""
+    (dest / "top" / "sub").mkdir(parents=True)
+    (dest / "top" / "f").write_text("mine")
+    (dest / "top" / "sub" / "g").write_text("mine too")
+    (dest / "top" / "x").mkdir()
+    (dest / "top" / "x" / "keep").write_text("kept")
+    (dest / "result.json").write_text('{"done": true}')
+    before = tree(dest)
+    start = [member("top", tarfile.DIRTYPE), member("top/f", data=b"box"), member("top/sub/g", data=b"box")]
+    failing = {
+        "entries": (archive(*start, member("top/new", data=b"new")), {"limits": Limits(max_entries=3)}),
+        "bytes": (archive(*start, member("top/big", data=bytes(1 << 20))), {"limits": Limits(max_bytes=64 << 10)}),
+        "hostile entry last": (archive(*start, member("top/../ESCAPED_FILE", data=b"x")), {}),
+        "replaces a full dir": (archive(*start, member("top/x", data=b"a file now")), {}),
+    }
+    for why, (data, kw) in failing.items():
+        with pytest.raises((ResourceExhaustedError, UnsafeArchiveError)):
+            extract(data, dest, **kw)
+        assert tree(dest) == before, why
+    one_file = archive(member("top", data=b"x" * (256 << 10)))
+    with pytest.raises(ResourceExhaustedError):
+        extract(one_file, dest / "result.json", limits=Limits(max_bytes=64 << 10))
+    assert tree(dest) == before
+    extract(archive(*start, member("top/new", data=b"new")), dest)  # the same copy, whole: merged
+    after = tree(dest)
+    assert (after["top/f"], after["top/sub/g"], after["top/new"], after["top/x/keep"]) == ("box", "box", "new", "kept")
+    assert sorted(p.name for p in dest.iterdir()) == ["result.json", "top"]  # no staging left
 
 
 def test_extractor_under_debians_python_without_tarfile_filters(tmp_path: Path) -> None:
@@ -572,9 +607,11 @@ async def test_box_sparse_file_stays_sparse(box: boxlite.SimpleBox, tmp_path: Pa
 
 async def test_box_total_bytes_cap_and_deadline(box: boxlite.SimpleBox, tmp_path: Path) -> None:
     await sh(box, "head -c 3000000 /dev/urandom > /blob")
+    (tmp_path / "blob").write_text("the host's own copy")
     with pytest.raises(ResourceExhaustedError, match="max_bytes"):
         await box.box.copy_out("/blob", str(tmp_path / "blob"), boxlite.CopyOptions(max_bytes=1 << 20))
-    assert (tmp_path / "blob").stat().st_size <= 1 << 20
+    assert (tmp_path / "blob").read_text() == "the host's own copy"  # not replaced by the first MiB
+    assert not list(tmp_path.glob(".boxlite-copy-*"))  # no staging directory left
     with pytest.raises(TimeoutError):
         await box.box.copy_out("/blob", str(tmp_path / "blob2"), boxlite.CopyOptions(timeout=1e-6))
     with pytest.raises(boxlite.ConfigError):

@@ -1,12 +1,13 @@
 /** `Box`: a handle on one box of a server (start, stop, exec, copy files, metrics). */
 
 import { lstat, mkdir, mkdtemp, rename, rm, stat } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
+import { basename, dirname, join, posix, resolve } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { create as tarCreate, extract as tarExtract } from "tar";
 import { NotFoundError, ResourceExhaustedError, TimeoutError } from "./errors.js";
 import { Channel, Execution } from "./execution.js";
+import { moveIntoPlace } from "./placing.js";
 import type { Boxlite } from "./runtime.js";
 import {
   type BoxInfo,
@@ -104,7 +105,7 @@ export class Box {
    * at most `maxBytes` of tar, `maxEntries` entries, within `timeoutMs`: the box, or the server,
    * may be hostile). */
   async copyOut(containerSrc: string, hostDest: string, opts: CopyOptions = {}): Promise<void> {
-    const name = basename(containerSrc.replace(/\/+$/, "")) || "root";
+    const name = posix.basename(posix.normalize(`/${containerSrc}`)) || "root"; // the server's top-level member
     const maxBytes = opts.maxBytes ?? COPY_MAX_BYTES;
     const maxEntries = opts.maxEntries ?? COPY_MAX_ENTRIES;
     const timeoutMs = opts.timeoutMs ?? COPY_TIMEOUT_MS;
@@ -147,18 +148,15 @@ export class Box {
         throw e;
       }
     };
-    if ((opts.includeParent ?? true) && isDir) {
-      await run(dest);
-      return;
-    }
-    await mkdir(dirname(dest), { recursive: true });
-    const tmp = await mkdtemp(join(dirname(dest), ".boxlite-copy-"));
+    // Into an existing directory (as `name`), or as `dest` itself; staged beside it either way,
+    // so a failed copy leaves the destination as it was.
+    const [parent, target] = (opts.includeParent ?? true) && isDir ? [dest, name] : [dirname(dest), basename(dest)];
+    await mkdir(parent, { recursive: true });
+    const tmp = await mkdtemp(join(parent, ".boxlite-copy-"));
     try {
       await run(tmp);
-      const exists = await lstat(dest).then(() => true, () => false);
-      if (exists && opts.overwrite === false) return;
-      if (exists) await rm(dest, { recursive: true, force: true });
-      await rename(join(tmp, name), dest);
+      if (target !== name) await rename(join(tmp, name), join(tmp, target));
+      await moveIntoPlace(tmp, parent, target, opts.overwrite !== false);
     } finally {
       await rm(tmp, { recursive: true, force: true });
     }

@@ -40,6 +40,8 @@ export class UnauthorizedError extends BoxliteError {}
 export class PermissionDeniedError extends BoxliteError {}
 /** A limit was reached: a request or an answer too large, too many of something. */
 export class ResourceExhaustedError extends BoxliteError {}
+/** An archive from a box would write outside its destination or destroy a host directory. */
+export class UnsafeArchiveError extends BoxliteError {}
 
 type ErrorClass = new (message: string, type?: string, details?: Record<string, unknown>) => BoxliteError;
 
@@ -48,7 +50,7 @@ const CLASSES: Record<string, ErrorClass> = {
   AlreadyExistsError, InvalidStateError, ExecError, TimeoutError, StoppedError, EngineError, BoxDiedError,
   ImageError, RegistryError, AuthenticationError: RegistryError, DigestMismatchError: ImageError,
   UnsafeLayerError: ImageError, PermissionDeniedError, ResourceExhaustedError, RequestTooLargeError: ResourceExhaustedError,
-  ImageTooLargeError: ResourceExhaustedError,
+  ImageTooLargeError: ResourceExhaustedError, UnsafeArchiveError,
 };
 
 /** The typed error for a server error body `{"error": {"type", "message", ...}}`. */

@@ -1,6 +1,6 @@
 // Boxes: lifecycle, files, metrics, Symbol.asyncDispose, errors.
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, inject, test } from "vitest";
@@ -61,6 +61,15 @@ test("copyIn and copyOut", async () => {
   await box.copyOut("/tmp/data", out);
   expect(await readFile(join(out, "data", "a.txt"), "utf8")).toBe("alpha\n");
   expect((await readFile(join(out, "data", "sub", "b.bin"))).equals(blob)).toBe(true);
+  // Again into the same directory: merged (the host's own files stay), overwriting unless told not to.
+  await writeFile(join(out, "data", "host.txt"), "host\n");
+  await box.exec("sh", "-c", "echo beta > /tmp/data/a.txt");
+  await box.copyOut("/tmp/data", out, { overwrite: false });
+  expect(await readFile(join(out, "data", "a.txt"), "utf8")).toBe("alpha\n");
+  await box.copyOut("/tmp/data", out);
+  expect(await readFile(join(out, "data", "a.txt"), "utf8")).toBe("beta\n");
+  expect(await readFile(join(out, "data", "host.txt"), "utf8")).toBe("host\n");
+  expect((await readdir(out)).sort()).toEqual(["data"]);
   await box.copyOut("/tmp/renamed.txt", join(dir, "single.txt"));
   expect(await readFile(join(dir, "single.txt"), "utf8")).toBe("alpha\n");
   await expect(box.copyOut("/does/not/exist", out)).rejects.toBeInstanceOf(NotFoundError);

@@ -1,7 +1,7 @@
 // A hostile or wedged server, seen from the Node SDK: answers are read up to a limit, GETs give up
 // at a deadline, copyOut stops at its byte and entry limits; typed errors, no endless memory.
 import { createServer, type Server, type ServerResponse } from "node:http";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, test } from "vitest";
@@ -116,4 +116,17 @@ test("copyOut stops at its byte and entry limits and its deadline", async () => 
   );
   // Nothing half-copied is left at the destinations.
   expect(await readdir(scratch)).toEqual([]);
+});
+
+test("a failed copyOut leaves an existing destination as it was", async () => {
+  const box = (await Boxlite.rest(url).get("b1"))!;
+  const keep = join(scratch, "keep");
+  await mkdir(keep);
+  await writeFile(join(keep, "big"), "mine");
+  for (const dest of [keep, join(keep, "big")]) {
+    await expect(box.copyOut("/big", dest, { maxBytes: 1 << 20 })).rejects.toBeInstanceOf(ResourceExhaustedError);
+    expect(await readdir(keep)).toEqual(["big"]); // no staging directory left either
+    expect(await readFile(join(keep, "big"), "utf8")).toBe("mine");
+  }
+  await rm(keep, { recursive: true });
 });

@@ -14,6 +14,8 @@ in it (the box, its files and its guest agent may all be hostile).
 * Zero blocks become holes: a sparse file stays sparse, and so does a box's dense stream of
   zeros, so the host never allocates more than the box sent.
 * Limits: bytes received, entries, a deadline, path length and depth.
+* Staged: the archive is extracted into a fresh directory beside the destination and moved into
+  place only once complete (:mod:`.commit`); a failed copy changes nothing at the destination.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BoxliteError, ConfigError, ResourceExhaustedError, TimeoutError, UnsafeArchiveError
-from .dirfd import DirWalker, is_dir, lstat_at, split_path
+from . import commit
+from .dirfd import DIR_FLAGS, DirWalker, is_dir, lstat_at, remove_tree, split_path
 from .tarread import CHUNK, Entry, TarReader
 
 DEFAULT_MAX_BYTES = 4 << 30  # tar bytes one copy_out may receive from a box
@@ -87,7 +91,8 @@ def extract_archive(
 
     ``dest`` an existing directory and ``include_parent``: the copy lands at ``dest/top``;
     otherwise ``top`` itself becomes ``dest`` (docker cp). Nothing on the host is touched
-    before the first entry arrives (a failing box leaves no empty destination behind).
+    before the first entry arrives, and nothing at the destination before the last one has
+    been written and checked (a failing copy leaves the destination as it was).
     """
     if not top or top in (".", "..") or "/" in top or "\0" in top:
         raise ConfigError(f"invalid name for the copied path: {top!r}")
@@ -128,14 +133,25 @@ class _Extraction:
         self.overwrite = overwrite
         self.limits = limits
         os.makedirs(base, exist_ok=True)  # the caller's own path: links in it are the caller's choice
+        self.base = base
         self.base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.walker = DirWalker(self.base_fd)
+        self.stage = f".boxlite-copy-{secrets.token_hex(6)}"  # beside the target: renames stay on one fs
+        try:
+            os.mkdir(self.stage, 0o700, dir_fd=self.base_fd)
+            self.stage_fd = os.open(self.stage, DIR_FLAGS, dir_fd=self.base_fd)
+        except BaseException:
+            os.close(self.base_fd)
+            raise
+        self.walker = DirWalker(self.stage_fd)  # entries are written below the staging directory
         self.files: set[tuple[int, int]] = set()  # (dev, ino) of regular files this copy wrote
         self.dirs: list[tuple[tuple[str, ...], int, int]] = []  # created dirs: (parts, mode, mtime ns)
         self.entries = 0
 
     def close(self) -> None:
+        """Drop the staging directory (what a failed copy wrote, what a kept entry skipped)."""
         self.walker.close()
+        os.close(self.stage_fd)
+        remove_tree(os.path.join(self.base, self.stage))
         os.close(self.base_fd)
 
     def _map(self, name: str) -> tuple[str, ...]:
@@ -256,15 +272,25 @@ class _Extraction:
             os.close(sfd)
 
     def finish(self) -> None:
-        """Modes and times of created directories, deepest first (their writes are over)."""
-        for parts, mode, mtime in reversed(self.dirs):
-            self.limits.check_deadline()
-            try:
-                fd = self.walker.open_dir(parts, create=False)
-            except (FileNotFoundError, UnsafeArchiveError):
-                continue  # replaced by a later entry
-            os.fchmod(fd, mode)
-            os.utime(fd, ns=(mtime, mtime))
+        """Move the complete extraction into place, then set the modes and times of the
+        directories it created there, deepest first (their writes are over)."""
+        self.limits.check_deadline()
+        dest = DirWalker(self.base_fd)
+        try:
+            steps = commit.plan(self.walker, dest, (self.target,), self.overwrite)
+            self.limits.check_deadline()  # the last point where the destination is untouched
+            moved = commit.apply(steps, self.walker, dest)
+            for parts, mode, mtime in reversed(self.dirs):
+                if not commit.was_moved(parts, moved):
+                    continue  # merged into a directory that was there, or kept out
+                try:
+                    fd = dest.open_dir(parts, create=False)
+                except (FileNotFoundError, UnsafeArchiveError):
+                    continue  # replaced by a later entry
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime, mtime))
+        finally:
+            dest.close()
 
 
 def _ns(seconds: float) -> int:

@@ -1,0 +1,85 @@
+"""Moving a finished copy_out from its staging directory into place.
+
+A box's archive is extracted into a fresh directory beside the destination; only a complete,
+checked extraction is moved out of it, so a copy that fails (a limit, a deadline, a hostile or
+broken archive, a full disk) leaves the destination exactly as it was: no partial file in place
+of a whole one, no existing file lost. Every move is planned before the first one is made (a
+conflict the archive causes, such as a non-empty directory it would replace, is found while
+nothing has changed yet), then made with ``rename`` inside one file system. Both trees are
+walked with :class:`.dirfd.DirWalker` (``O_NOFOLLOW`` at every step): a symlink that a box
+planted in the destination by an earlier copy is replaced or kept, never followed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import UnsafeArchiveError
+from .dirfd import DirWalker, is_dir, lstat_at
+
+Action = Literal["move", "replace", "merge"]
+Parts = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Step:
+    parts: Parts  # the same path below the staging directory and below the destination's parent
+    action: Action  # move: nothing there; replace: remove what is there first; merge: both dirs
+
+
+def plan(stage: DirWalker, dest: DirWalker, top: Parts, overwrite: bool) -> list[Step]:
+    """What to move, in order, without changing anything. Existing directories are merged
+    into (they keep their owner, mode and times); anything else there is replaced only with
+    ``overwrite`` (and a directory only when empty), otherwise kept."""
+    steps: list[Step] = []
+    todo = [top]
+    while todo:
+        parts = todo.pop()
+        staged = lstat_at(stage.open_dir(parts[:-1], create=False), parts[-1])
+        there = lstat_at(dest.open_dir(parts[:-1], create=False), parts[-1])
+        if staged is None:
+            continue
+        if there is None:
+            steps.append(Step(parts, "move"))
+        elif is_dir(there) and is_dir(staged):
+            steps.append(Step(parts, "merge"))
+            names = sorted(os.listdir(stage.open_dir(parts, create=False)), reverse=True)
+            todo.extend((*parts, name) for name in names)
+        elif overwrite:
+            if is_dir(there) and os.listdir(dest.open_dir(parts, create=False)):
+                kind = "directory" if is_dir(staged) else "file or link"
+                raise UnsafeArchiveError(
+                    f"copy_out would replace the non-empty directory {'/'.join(parts)!r} with a {kind}"
+                )
+            steps.append(Step(parts, "replace"))
+    return steps
+
+
+def apply(steps: list[Step], stage: DirWalker, dest: DirWalker) -> set[Parts]:
+    """Make the planned moves; the paths moved (each with everything below it) are returned."""
+    moved: set[Parts] = set()
+    for step in steps:
+        if step.action == "merge":
+            continue
+        parts, name = step.parts, step.parts[-1]
+        src_fd = stage.open_dir(parts[:-1], create=False)
+        dst_fd = dest.open_dir(parts[:-1], create=False)
+        if step.action == "replace":
+            there, staged = lstat_at(dst_fd, name), lstat_at(src_fd, name)
+            if there is not None and (is_dir(there) or is_dir(staged)):  # rename swaps only like for like
+                if is_dir(there):
+                    os.rmdir(name, dir_fd=dst_fd)
+                else:
+                    os.unlink(name, dir_fd=dst_fd)
+        os.rename(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        stage.forget(parts)
+        dest.forget(parts)
+        moved.add(parts)
+    return moved
+
+
+def was_moved(parts: Parts, moved: set[Parts]) -> bool:
+    """``parts`` now lies in the destination because it, or a directory above it, was moved."""
+    return any(parts[:i] in moved for i in range(1, len(parts) + 1))
