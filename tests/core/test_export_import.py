@@ -115,7 +115,11 @@ async def test_export_to_a_bad_destination_is_a_typed_error_and_leaves_nothing(
     for dest in (tmp_path / "missing" / "x.boxlite", Path("/proc/boxlite.boxlite")):
         with pytest.raises(StorageError):
             await box.export(dest=str(dest))
-    assert list(tmp_path.glob(".*")) == []
+    with pytest.raises(ResourceExhaustedError, match="max_bytes"):  # the image alone is larger
+        await box.export(dest=str(tmp_path), options=boxlite.ExportOptions(max_bytes=64 << 10))
+    with pytest.raises(boxlite.ConfigError):
+        await box.export(dest=str(tmp_path), options=boxlite.ExportOptions(max_bytes=0))
+    assert [p.name for p in tmp_path.iterdir() if p.name != "home"] == []  # no archive, no temporary file
     assert [p.name for p in runtime.home.boxes_dir.iterdir()] == [box.id]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
-from boxlite.errors import BoxliteError, InvalidStateError, NotFoundError
+from boxlite.errors import BoxliteError, InvalidStateError, NotFoundError, ResourceExhaustedError
 from boxlite.remote import RemoteBoxlite
 
 
@@ -50,6 +50,8 @@ async def test_export_and_untrusted_import_over_rest(
     box = await remote.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False), name="exp")
     try:
         await sh(box, "echo data > /root/f")
+        with pytest.raises(ResourceExhaustedError, match="max_bytes"):  # stopped by the server
+            await box.export(dest=str(tmp_path), options=boxlite.ExportOptions(max_bytes=64 << 10))
         path = Path(await box.export(dest=str(tmp_path)))
         assert path == tmp_path / "exp.boxlite" and path.stat().st_size > 0
         assert list(tmp_path.glob(".*")) == []

@@ -8,6 +8,7 @@ The server here is a raw asyncio socket server on loopback that misbehaves per p
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 import boxlite
 from boxlite.backends.rest import backend as rest_backend
+from boxlite.backends.rest import download as rest_download
 from boxlite.backends.rest import transport as rest_transport
 from boxlite.errors import ResourceExhaustedError, TimeoutError
 
@@ -49,6 +51,8 @@ class Hostile:
         try:
             request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ")[1].split(b"?")[0].decode()
+            if path.endswith("/export"):
+                return await self._export(path.split("/")[3], writer)
             if path == "/v1/me":  # answers its headers, then never a byte of the body
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n")
                 await writer.drain()
@@ -67,6 +71,23 @@ class Hostile:
         finally:
             writer.close()
 
+    async def _export(self, box: str, writer: asyncio.StreamWriter) -> None:
+        """huge: announces 1 TiB; endless: chunked without end; stall: 1 MiB of the 10 it announces."""
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+        if box == "endless":
+            writer.write(head + b"transfer-encoding: chunked\r\n\r\n")
+            while True:
+                writer.write(b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK))
+                await writer.drain()
+                self.sent += len(CHUNK)
+        size = 1 << 40 if box == "huge" else 10 << 20
+        writer.write(head + b"content-length: %d\r\n\r\n" % size)
+        for _ in range(16):
+            writer.write(CHUNK)
+            await writer.drain()
+            self.sent += len(CHUNK)
+        await asyncio.sleep(3600)
+
     async def _shut(self) -> None:
         self.server.close()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -83,6 +104,7 @@ class Hostile:
 @pytest.fixture
 def hostile(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hostile]:
     monkeypatch.setattr(rest_backend, "QUICK_DEADLINE", 2.0)
+    monkeypatch.setattr(rest_download, "READ_DEADLINE", 2.0)
     server = Hostile()
     yield server
     server.close()
@@ -135,7 +157,6 @@ def test_a_silent_server_meets_the_deadline_of_read_only_calls(hostile: Hostile)
 
 
 def test_the_cli_says_so_in_one_line(hostile: Hostile, tmp_path: Path) -> None:
-    import subprocess
     import sys
 
     proc = subprocess.run(
@@ -145,3 +166,41 @@ def test_the_cli_says_so_in_one_line(hostile: Hostile, tmp_path: Path) -> None:
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "longer than" in lines[0], proc.stderr
+
+
+def test_an_export_cannot_fill_the_disk_or_hang(hostile: Hostile, tmp_path: Path) -> None:
+    """An exported archive is written on this host's disk: a server announcing more than
+    max_bytes or the free space is refused before a byte is written, one sending without end
+    stops at max_bytes (or at a full disk, cleaned up), one that stalls meets the deadline;
+    nothing is left at the destination in each case."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], check=True)
+    try:
+
+        async def main() -> None:
+            rt = boxlite.Boxlite.rest(hostile.url)
+            backend = rt._backend
+            try:
+                dest = str(tmp_path / "out.boxlite")
+                with pytest.raises(ResourceExhaustedError, match="max_bytes"):
+                    await backend.export("huge", dest, boxlite.ExportOptions(max_bytes=1 << 30))
+                with pytest.raises(ResourceExhaustedError, match="free"):
+                    await backend.export("huge", dest, boxlite.ExportOptions())
+                hostile.sent = 0
+                with pytest.raises(ResourceExhaustedError, match="more than"):
+                    await backend.export("endless", dest, boxlite.ExportOptions(max_bytes=4 << 20))
+                assert hostile.sent < 64 << 20
+                with pytest.raises(ResourceExhaustedError):  # no max_bytes: the disk fills, then is freed
+                    await backend.export("endless", str(disk / "out.boxlite"), boxlite.ExportOptions())
+                start = time.monotonic()
+                with pytest.raises(TimeoutError, match="sent nothing"):
+                    await backend.export("stall", dest, boxlite.ExportOptions())
+                assert time.monotonic() - start < 30
+            finally:
+                await rt.shutdown()
+
+        asyncio.run(main())
+        assert list(disk.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["small"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)

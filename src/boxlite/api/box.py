@@ -235,7 +235,7 @@ class Box:
         """Write the box (config, disk, image unless ``include_image=False``) to one ``.boxlite``
         archive; ``dest`` is a directory (``<name or id>.boxlite`` in it) or a file path. A running
         box is frozen while its writable layer is copied. Returns the archive's path."""
-        return await self._backend.export(self.id, dest, options or ExportOptions())
+        return await self._backend.export(self.id, dest, (options or ExportOptions()).check())
 
     async def clone_box(self, *, options: CloneOptions | None = None, name: str | None = None) -> Box:
         """A new, independent, stopped box with this box's disk as it is now (a running box is

@@ -145,10 +145,19 @@ class SnapshotOptions:
 @dataclass
 class ExportOptions:
     """Options of ``box.export``: ``include_image=False`` leaves the image out (the importing
-    runtime pulls it by reference); ``compression``: "none" or "gzip"."""
+    runtime pulls it by reference); ``compression``: "none" or "gzip"; ``max_bytes``: the
+    largest archive to write (``ResourceExhaustedError`` beyond it, nothing left at ``dest``;
+    through a server, checked against the size it announces and counted as it arrives)."""
 
     include_image: bool = True
     compression: str = "none"
+    max_bytes: int | None = None
+
+    def check(self) -> ExportOptions:
+        value = self.max_bytes
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"ExportOptions.max_bytes must be a positive integer or None, not {value!r}")
+        return self
 
 
 @dataclass

@@ -343,7 +343,7 @@ class LocalBackend(Backend):
     async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
         from ..runtime import archive
 
-        request = archive.ExportRequest(dest, options.include_image, options.compression)
+        request = archive.ExportRequest(dest, options.include_image, options.compression, options.max_bytes)
         return str(await archive.export(self.core, box_id, request))
 
     async def import_box(

@@ -98,6 +98,23 @@ class ExportRequest:
     dest: str
     include_image: bool = True
     compression: str = "none"  # "none" | "gzip"
+    max_bytes: int | None = None  # largest archive written
+
+
+class _Capped:
+    """The archive file, refusing to grow past ``max_bytes`` (``ExportOptions.max_bytes``)."""
+
+    def __init__(self, f: IO[bytes], max_bytes: int) -> None:
+        self._f = f
+        self._max = max_bytes
+        self.flush, self.tell = f.flush, f.tell
+
+    def write(self, data: bytes) -> int:
+        if self._f.tell() + len(data) > self._max:
+            raise ResourceExhaustedError(
+                f"the archive would be larger than {self._max} bytes (ExportOptions.max_bytes)"
+            )
+        return self._f.write(data)
 
 
 # --- export -------------------------------------------------------------------------------
@@ -267,7 +284,8 @@ async def export(rt: BoxRuntime, box_id: str, req: ExportRequest) -> Path:
         try:
             try:
                 with open(tmp, "xb") as f:
-                    await _write_archive(rt, rec, req, f, scratch)
+                    out_file: Any = _Capped(f, req.max_bytes) if req.max_bytes else f
+                    await _write_archive(rt, rec, req, out_file, scratch)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, out)

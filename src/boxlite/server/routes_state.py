@@ -51,6 +51,7 @@ class CloneBoxRequest(BaseModel):
 class ExportBoxRequest(BaseModel):
     include_image: bool = True
     compression: str = "none"
+    max_bytes: int | None = Field(None, gt=0, description="largest archive to write")
 
 
 @router.post(
@@ -150,8 +151,8 @@ async def export_box(box_id: str, req: ExportBoxRequest | None = None, st: Serve
             f.close()
             _cleanup(work)
 
-    name = f"{box.name or box.id}.boxlite"
-    return StreamingResponse(body(), media_type="application/octet-stream", headers={"X-Boxlite-Name": name})
+    headers = {"X-Boxlite-Name": f"{box.name or box.id}.boxlite", "Content-Length": str(os.fstat(f.fileno()).st_size)}
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
 
 
 @router.post(

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import os
-import secrets
 import shlex
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from pathlib import Path
@@ -16,7 +14,7 @@ from urllib.parse import quote
 
 from ...api.options import BoxOptions, ExportOptions, env_to_dict
 from ...api.results import BoxInfo, BoxMetrics, RuntimeMetrics, SnapshotInfo
-from ...errors import BoxliteError, NotFoundError, StorageError, UnsupportedOptionError
+from ...errors import BoxliteError, NotFoundError, UnsupportedOptionError
 from ...images import ImageConfig, ImageInfo
 from ...images.types import PullProgress
 from ...runtime.volumes import VolumeInfo
@@ -25,6 +23,7 @@ from ...wire import decode_error
 from ..base import Backend, ExecCounters, ExecRequest, ImagesBackend, StartedExec, TunnelStream
 from .channel import RemoteChannel
 from .convert import box_info, options_json, volume_info
+from .download import save_archive
 from .transport import QUICK_DEADLINE, Transport, iter_lines_capped
 
 
@@ -277,24 +276,16 @@ class RestBackend(Backend):
         return self._seen(await self.transport.request("POST", f"{self._path(box_id)}/clone", json={"name": name}))
 
     async def export(self, box_id: str, dest: str, options: ExportOptions) -> str:
-        """The server writes the archive; it lands at ``dest`` here (temporary name, renamed)."""
+        """The server writes the archive; it lands at ``dest`` here, within limits (download.py)."""
         body = {"include_image": options.include_image, "compression": options.compression}
+        if options.max_bytes is not None:  # the server stops early; this client checks anyway
+            body["max_bytes"] = options.max_bytes
         target = Path(dest).expanduser().absolute()
         async with self.transport.stream("POST", f"{self._path(box_id)}/export", json=body) as resp:
             if target.is_dir():
                 name = os.path.basename(resp.headers.get("x-boxlite-name") or "") or f"{box_id}.boxlite"
                 target = target / name
-            tmp = target.with_name(f".{target.name}.boxlite-tmp-{secrets.token_hex(4)}")
-            try:
-                with open(tmp, "xb") as f:
-                    async for chunk in resp.aiter_raw():
-                        f.write(chunk)
-                os.replace(tmp, target)
-            except OSError as e:
-                raise StorageError(f"cannot write the archive to {target}: {e}") from e
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+            await save_archive(resp, target, options.max_bytes)
         return str(target)
 
     async def import_box(
