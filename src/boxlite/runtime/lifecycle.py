@@ -27,7 +27,6 @@ from ..errors import (
     StoppedError,
     UnsupportedOptionError,
 )
-from ..fsutil.dirfd import remove_tree
 from ..images import ImageManager
 from ..images.types import is_live_rootfs
 from ..layout import MAIN_LOG_NAME, BoxLayout
@@ -39,6 +38,7 @@ from .home import Home
 from .locks import box_lock, try_box_lock
 from .pause import release as release_paused
 from .state import BoxRecord, StateDB, now
+from .trash import Trash
 from .volumes import VolumeStore
 
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -94,6 +94,8 @@ class BoxRuntime:
         self.closed = False
         self._pid = os.getpid()
         self._pid_start = process_start_time(self._pid)
+        self.trash = Trash(home.root / "trash")
+        self.trash.sweep()
         self.sweep()
 
     # --- records ------------------------------------------------------------------------
@@ -443,7 +445,7 @@ class BoxRuntime:
     def _delete(self, rec: BoxRecord) -> None:
         with contextlib.suppress(Exception):
             select_engine(rec.engine).cleanup(self.spec(rec))
-        remove_tree(self.layout(rec.id).root)  # any depth (a box's 3000-level tree made shutil.rmtree recurse out)
+        self.trash.discard(self.layout(rec.id).root)  # gone now, emptied in the background
         self.db.delete(rec.id)
         self.clients.pop(rec.id, None)
         self.owned.discard(rec.id)
@@ -464,6 +466,7 @@ class BoxRuntime:
         # file took these numbers since, e.g. a multiprocessing worker's pipe
         self.lifeline_w = self.lifeline_r = -1
         self.db.close()
+        await asyncio.to_thread(self.trash.wait, 60.0)  # removed boxes are gone from the disk too
 
     def engine_for(self, rec: BoxRecord) -> Engine:
         return select_engine(rec.engine)
