@@ -30,6 +30,7 @@ DENY = (
     "boxlite.engines.net.secretproxy",  # a process of its own; the engine reads its counters file only
     "boxlite.images.unpack",  # layer decompressors (zstandard, isal): a rootfs directory needs none
     "zstandard",
+    "boxlite.fsutil.extract",  # copy_out's extractor (CopyOptions' defaults live in fsutil.copylimits)
 )
 """Packages no verb below may import (a prefix matches the package and its submodules)."""
 

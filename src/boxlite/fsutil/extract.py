@@ -31,12 +31,10 @@ from dataclasses import dataclass
 
 from ..errors import BoxliteError, ConfigError, ResourceExhaustedError, TimeoutError, UnsafeArchiveError
 from . import commit
+from .copylimits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
 from .dirfd import DIR_FLAGS, DirWalker, is_dir, lstat_at, remove_tree, split_path
 from .tarread import CHUNK, Entry, TarReader
 
-DEFAULT_MAX_BYTES = 4 << 30  # tar bytes one copy_out may receive from a box
-DEFAULT_MAX_ENTRIES = 500_000  # files, directories and links of one copy_out
-DEFAULT_TIMEOUT = 3600.0  # seconds for one copy_out
 MAX_PATH_BYTES = 4096  # one member name (PATH_MAX)
 MAX_DEPTH = 1024  # levels below the copied path (the agent refuses deeper trees too)
 MAX_LINK_BYTES = 4095  # symlink target
