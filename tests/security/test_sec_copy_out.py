@@ -187,6 +187,30 @@ def test_3000_level_path_is_a_typed_error(dest: Path) -> None:
         extract(archive(member("top/" + "a/" * 1500 + "f", data=b"x")), dest, limits=Limits(max_path_bytes=1 << 20))
 
 
+def test_a_1000_level_tree_costs_linear_work(dest: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every directory of a 1,000-level chain gets its mode at the end, deepest first: going
+    back up must not reopen the whole path each time (that was half a million opens per chain,
+    a box's cheap way to keep the host busy)."""
+    names = ["top"]
+    for _ in range(1000):
+        names.append(names[-1] + "/d")
+    opens = 0
+    real_open = os.open
+
+    def counting_open(*args: object, **kw: object) -> int:
+        nonlocal opens
+        opens += 1
+        return real_open(*args, **kw)  # type: ignore[arg-type]
+
+    data = archive(*(member(n, tarfile.DIRTYPE, mode=0o750) for n in names))
+    monkeypatch.setattr(os, "open", counting_open)
+    extract(data, dest)
+    monkeypatch.undo()
+    assert opens < 50_000, opens
+    deepest = dest / "/".join(names[-1].split("/"))
+    assert deepest.is_dir() and stat.S_IMODE(deepest.stat().st_mode) == 0o750
+
+
 def zero_stream(size: int, name: str = "top") -> Callable[[int], bytes]:
     """A dense tar stream of one all-zero file of ``size`` bytes, generated as it is read."""
     info = tarfile.TarInfo(name)

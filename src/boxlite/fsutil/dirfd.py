@@ -17,7 +17,7 @@ from ..errors import UnsafeArchiveError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 NAME_MAX = 255  # bytes of one path component (Linux)
-KEEP_FDS = 32  # directory fds kept open along the current path; deeper ones are reopened
+KEEP_FDS = 32  # the first directory fds kept open along the current path, then every 32nd one
 
 
 def split_path(name: str, max_bytes: int, max_depth: int) -> tuple[str, ...]:
@@ -56,8 +56,11 @@ class DirWalker:
     """Directories below one root fd, opened component by component (``O_NOFOLLOW``).
 
     Only the fds along the most recently used path are cached (a tar lists a directory's
-    members together), at most ``KEEP_FDS`` of them plus the deepest one, so any depth works
-    without running out of fds or recursing. The root fd is borrowed, not closed.
+    members together): the first ``KEEP_FDS`` of them, then one every ``KEEP_FDS`` levels, and
+    the deepest one, so any depth works without running out of fds (65 at 1,024 levels) or
+    recursing, and going back up a deep path reopens at most ``KEEP_FDS`` levels (walking a
+    1,000-level chain deepest first reopened every level above the 32nd for each step: a box's
+    deep tree made copy_out quadratic). The root fd is borrowed, not closed.
     """
 
     def __init__(self, root_fd: int, dir_mode: int = 0o755) -> None:
@@ -90,7 +93,8 @@ class DirWalker:
             parent = self._chain[-1][1] if self._chain else self.root_fd
             assert parent is not None
             fd = self._open_one(parent, parts[i], parts[: i + 1], create)
-            if len(self._chain) > KEEP_FDS:  # the previous deepest fd is no longer needed
+            depth = len(self._chain)  # of the previous deepest fd (1-based)
+            if depth > KEEP_FDS and depth % KEEP_FDS:  # not a kept level: no longer needed
                 last, last_fd = self._chain[-1]
                 if last_fd is not None:
                     os.close(last_fd)

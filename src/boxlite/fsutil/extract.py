@@ -278,8 +278,8 @@ class _Extraction:
             steps = commit.plan(self.walker, dest, (self.target,), self.overwrite)
             self.limits.check_deadline()  # the last point where the destination is untouched
             moved = commit.apply(steps, self.walker, dest)
-            for parts, mode, mtime in reversed(self.dirs):
-                if not commit.was_moved(parts, moved):
+            for parts, mode, mtime in reversed(self.dirs):  # (no deadline now: the copy is in place)
+                if parts not in moved:
                     continue  # merged into a directory that was there, or kept out
                 try:
                     fd = dest.open_dir(parts, create=False)
