@@ -12,6 +12,8 @@ from .api.sync import (
     SyncImageHandle,
     SyncNetworkHandle,
     SyncSimpleBox,
+    SyncSnapshotHandle,
+    SyncVolumeHandle,
 )
 
 __all__ = [
@@ -26,4 +28,6 @@ __all__ = [
     "SyncNetworkHandle",
     "SyncSimpleBox",
     "SyncSkillBox",
+    "SyncSnapshotHandle",
+    "SyncVolumeHandle",
 ]

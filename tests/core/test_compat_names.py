@@ -178,6 +178,39 @@ def test_sync_api_round_trip(home: Path, engine: str, busybox_rootfs: Path) -> N
                 simple.tunnel(8080)
 
 
+def test_sync_api_box_state(home: Path, engine: str, busybox_rootfs: Path, tmp_path: Path) -> None:
+    """Snapshots, clone, export and import from synchronous code, as from async code."""
+    from boxlite.sync_api import SyncBoxlite
+
+    def read(box: object) -> str:
+        return "".join(box.exec("cat", ["/root/f"]).stdout())  # type: ignore[attr-defined]
+
+    with SyncBoxlite(boxlite.Options(home_dir=str(home), engine=engine)) as runtime:
+        box = runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False), name="s")
+        box.start()
+        box.exec("sh", ["-c", "echo one > /root/f"]).wait()
+        box.stop()
+        assert box.snapshot.create("s1").name == "s1" and [s.name for s in box.snapshot.list()] == ["s1"]
+        box.start()
+        box.exec("sh", ["-c", "echo two > /root/f"]).wait()
+        clone = box.clone_box(name="c")
+        box.stop()
+        box.snapshot.restore("s1")
+        box.start()
+        assert read(box) == "one\n"
+        clone.start()
+        assert read(clone) == "two\n"
+        path = box.export(dest=str(tmp_path), options=boxlite.ExportOptions(include_image=False))
+        copy = runtime.import_box(path, name="i")
+        copy.start()
+        assert read(copy) == "one\n"
+        box.snapshot.remove("s1")
+        assert box.snapshot.get("s1") is None
+        if engine == "namespace":
+            with pytest.raises(boxlite.UnsupportedOptionError):
+                box.fork()
+
+
 def test_sync_codebox_runs_python(home: Path, engine: str) -> None:
     from boxlite.sync_api import SyncBoxlite, SyncCodeBox
 

@@ -16,10 +16,11 @@ from ..errors import InvalidStateError
 from ..images.types import ImageInfo
 from .box import Box
 from .execution import ExecStdin, ExecStream, Execution
-from .options import BoxOptions, CopyOptions, Options
-from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics
+from .options import BoxOptions, CloneOptions, CopyOptions, ExportOptions, Options, SnapshotOptions
+from .results import BoxInfo, BoxMetrics, ExecResult, ExecStatus, RuntimeMetrics, SnapshotInfo
 from .runtime import Boxlite
 from .simplebox import CodeBox, SimpleBox
+from .snapshots import SnapshotHandle
 from .sync_network import SyncBoxTunnel, SyncNetworkHandle
 from .volumes import VolumeInfo
 
@@ -172,6 +173,28 @@ class SyncVolumeHandle:
         self._loop.run(self._volumes.remove(id, force))
 
 
+class SyncSnapshotHandle:
+    """``SyncBox.snapshot``: the box's disk snapshots (api/snapshots.py)."""
+
+    def __init__(self, loop: _Loop, handle: SnapshotHandle) -> None:
+        self._loop, self._handle = loop, handle
+
+    def create(self, name: str | None = None, options: SnapshotOptions | None = None) -> SnapshotInfo:
+        return self._loop.run(self._handle.create(name, options))
+
+    def list(self) -> list[SnapshotInfo]:
+        return self._loop.run(self._handle.list())
+
+    def get(self, name: str) -> SnapshotInfo | None:
+        return self._loop.run(self._handle.get(name))
+
+    def remove(self, name: str) -> None:
+        self._loop.run(self._handle.remove(name))
+
+    def restore(self, name: str) -> None:
+        self._loop.run(self._handle.restore(name))
+
+
 class SyncBox:
     def __init__(self, loop: _Loop, box: Box) -> None:
         self._loop, self._box = loop, box
@@ -221,6 +244,19 @@ class SyncBox:
 
     def metrics(self) -> BoxMetrics:
         return self._loop.run(self._box.metrics())
+
+    @property
+    def snapshot(self) -> SyncSnapshotHandle:
+        return SyncSnapshotHandle(self._loop, self._box.snapshot)
+
+    def export(self, *, dest: str, options: ExportOptions | None = None) -> str:
+        return self._loop.run(self._box.export(dest=dest, options=options))
+
+    def clone_box(self, *, options: CloneOptions | None = None, name: str | None = None) -> SyncBox:
+        return SyncBox(self._loop, self._loop.run(self._box.clone_box(options=options, name=name)))
+
+    def fork(self, n: int = 1) -> list[SyncBox]:
+        return [SyncBox(self._loop, box) for box in self._loop.run(self._box.fork(n))]
 
     def __enter__(self) -> SyncBox:
         self.start()
@@ -311,6 +347,12 @@ class SyncBoxlite:
     def metrics(self) -> RuntimeMetrics:
         loop, rt = self._ready()
         return loop.run(rt.metrics())
+
+    def import_box(
+        self, archive_path: str, name: str | None = None, *, untrusted: bool = False, engine: str | None = None
+    ) -> SyncBox:
+        loop, rt = self._ready()
+        return SyncBox(loop, loop.run(rt.import_box(archive_path, name, untrusted=untrusted, engine=engine)))
 
     def shutdown(self, timeout: float | None = None) -> None:
         loop, rt = self._ready()
