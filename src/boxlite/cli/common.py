@@ -250,13 +250,13 @@ def ago(iso_time: str | None) -> str:
     return "just now" if secs < 2 else f"{secs} seconds ago"
 
 
-def parse_memory(value: str | None) -> int | None:
+def parse_memory(value: str | None, option: str = "--memory") -> int | None:
     """'512m', '2g', '1.5G', '256' (a plain number is MiB) → MiB."""
     if value is None:
         return None
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b)?\s*", value.lower())
     if not m:
-        raise fail(f"invalid --memory value {value!r} (examples: 512m, 2g)")
+        raise fail(f"invalid {option} value {value!r} (examples: 512m, 2g)")
     factor = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024, "": 1 / (1 << 20) if m[3] else 1}[m[2]]
     return int(float(m[1]) * factor)
 
