@@ -48,4 +48,8 @@ def test_clone_export_import(cli: Cli, tmp_path: Path) -> None:
     bad.write_bytes(Path(path).read_bytes()[:300])
     assert_one_line_error(cli("import", str(bad)), 125)
     assert_one_line_error(cli("export", "src", "-o", str(tmp_path / "no" / "dir.boxlite")), 125, "not a directory")
+    small = tmp_path / "small.boxlite"  # the image alone is larger than 100 KiB
+    assert_one_line_error(cli("export", "src", "-o", str(small), "--max-size", "100k"), 125, "larger than 102400 bytes")
+    assert not small.exists()
+    assert_one_line_error(cli("export", "src", "-o", str(small), "--max-size", "0.1b"), 125, "more than 0")
     cli.ok("rm", "-f", "src", "twin", "back")

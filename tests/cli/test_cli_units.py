@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from boxlite.cli.common import env_pairs, parse_memory
+from boxlite.cli.common import env_pairs, parse_memory, parse_size
 from boxlite.cli.errors import describe
 from boxlite.cli.files import split_box_path
 from boxlite.errors import ConfigError, ExecError, NotFoundError
@@ -24,6 +24,19 @@ def test_parse_memory(text: str, mib: int) -> None:
 def test_parse_memory_rejects_garbage() -> None:
     with pytest.raises(Exception, match="--memory"):
         parse_memory("lots")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("100k", 102400), ("1.5KiB", 1536), ("4096b", 4096), ("2", 2 << 20), ("1g", 1 << 30)]
+)
+def test_parse_size_counts_bytes(text: str, size: int) -> None:
+    assert parse_size(text, "--max-size") == size
+
+
+@pytest.mark.parametrize("text", ["0", "0.4b", "-1m", "12q"])
+def test_parse_size_refuses_nothing_and_garbage(text: str) -> None:
+    with pytest.raises(Exception, match="--max-size"):
+        parse_size(text, "--max-size")
 
 
 def test_split_box_path() -> None:

@@ -250,15 +250,24 @@ def ago(iso_time: str | None) -> str:
     return "just now" if secs < 2 else f"{secs} seconds ago"
 
 
-def parse_memory(value: str | None, option: str = "--memory") -> int | None:
-    """'512m', '2g', '1.5G', '256' (a plain number is MiB) → MiB."""
+def parse_size(value: str | None, option: str, unit: int = 1 << 20) -> int | None:
+    """'100k', '512m', '2g', '1.5GiB', '4096b' → bytes; a plain number counts in ``unit``."""
     if value is None:
         return None
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(i?b)?\s*", value.lower())
     if not m:
-        raise fail(f"invalid {option} value {value!r} (examples: 512m, 2g)")
-    factor = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024, "": 1 / (1 << 20) if m[3] else 1}[m[2]]
-    return int(float(m[1]) * factor)
+        raise fail(f"invalid {option} value {value!r} (examples: 100k, 512m, 2g)")
+    scale = 1 << (10 * "kmgt".index(m[2]) + 10) if m[2] else (1 if m[3] else unit)
+    size = int(float(m[1]) * scale)
+    if size <= 0:
+        raise fail(f"invalid {option} value {value!r} (must be more than 0)")
+    return size
+
+
+def parse_memory(value: str | None, option: str = "--memory") -> int | None:
+    """'512m', '2g', '1.5G', '256' (a plain number is MiB) → MiB."""
+    size = parse_size(value, option)
+    return None if size is None else size >> 20
 
 
 def env_pairs(items: Sequence[str]) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from .common import (
     complete_box,
     find_box,
     human_size,
-    parse_memory,
+    parse_size,
     print_json,
     print_table,
     want_json,
@@ -97,13 +97,12 @@ async def clone(rt: Boxlite, box: str, name: str | None) -> int:
 @click.option("--no-image", is_flag=True, help="Leave the image out (the importer pulls it by reference).")
 @click.option("--gzip", "gz", is_flag=True, help="Compress the archive with gzip.")
 @click.option("--max-size", metavar="SIZE", default=None,
-              help="Refuse an archive larger than this (e.g. 500m, 4g; plain number = MiB).")  # fmt: skip
+              help="Refuse an archive larger than this (e.g. 100k, 500m, 4g; plain number = MiB).")  # fmt: skip
 @with_runtime
 async def export(rt: Boxlite, box: str, output: str, no_image: bool, gz: bool, max_size: str | None) -> int:
     """Write BOX (config, disk, image) to one .boxlite archive; prints its path."""
-    mib = parse_memory(max_size, "--max-size")
     options = ExportOptions(
-        include_image=not no_image, compression="gzip" if gz else "none", max_bytes=None if mib is None else mib << 20
+        include_image=not no_image, compression="gzip" if gz else "none", max_bytes=parse_size(max_size, "--max-size")
     )
     click.echo(await (await find_box(rt, box)).export(dest=output, options=options))
     return 0

@@ -19,20 +19,21 @@ from typing import Literal
 from ..errors import UnsafeArchiveError
 from .dirfd import DirWalker, is_dir, lstat_at
 
-Action = Literal["move", "replace", "merge"]
+Action = Literal["move", "replace"]
 Parts = tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Step:
     parts: Parts  # the same path below the staging directory and below the destination's parent
-    action: Action  # move: nothing there; replace: remove what is there first; merge: both dirs
+    action: Action  # move: nothing there; replace: remove what is there first
 
 
 def plan(stage: DirWalker, dest: DirWalker, top: Parts, overwrite: bool) -> list[Step]:
     """What to move, in order, without changing anything. Existing directories are merged
-    into (they keep their owner, mode and times); anything else there is replaced only with
-    ``overwrite`` (and a directory only when empty), otherwise kept."""
+    into (they stay, with their owner, mode and times, and only their entries are planned);
+    anything else there is replaced only with ``overwrite`` (and a directory only when empty),
+    otherwise kept."""
     steps: list[Step] = []
     todo = [top]
     while todo:
@@ -44,7 +45,6 @@ def plan(stage: DirWalker, dest: DirWalker, top: Parts, overwrite: bool) -> list
         if there is None:
             steps.append(Step(parts, "move"))
         elif is_dir(there) and is_dir(staged):
-            steps.append(Step(parts, "merge"))
             names = sorted(os.listdir(stage.open_dir(parts, create=False)), reverse=True)
             todo.extend((*parts, name) for name in names)
         elif overwrite:
@@ -61,8 +61,6 @@ def apply(steps: list[Step], stage: DirWalker, dest: DirWalker) -> MovedTrees:
     """Make the planned moves; returns what now lies in the destination because of them."""
     moved: set[Parts] = set()
     for step in steps:
-        if step.action == "merge":
-            continue
         parts, name = step.parts, step.parts[-1]
         src_fd = stage.open_dir(parts[:-1], create=False)
         dst_fd = dest.open_dir(parts[:-1], create=False)
