@@ -57,9 +57,8 @@ class RayCluster:
 
     def runtime(self, engine: str, **options: object) -> boxlite.Boxlite:
         """A driver-side runtime with short deadlines (a lost node shows within seconds)."""
-        return boxlite.Boxlite.ray(
-            self.address, engine=engine, call_timeout=30.0, ping_interval=2.0, ping_timeout=5.0, **options
-        )
+        deadlines: dict[str, object] = {"call_timeout": 30.0, "ping_interval": 2.0, "ping_timeout": 5.0}
+        return boxlite.Boxlite.ray(self.address, engine=engine, **{**deadlines, **options})
 
     def started_here(self) -> list[int]:
         """Processes whose environment names one of the homes: Ray's and the boxes' (they inherit it)."""

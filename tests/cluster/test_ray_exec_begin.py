@@ -5,12 +5,15 @@
 * a command that outlives it streams: its first output arrives while it still runs; a short
   command with more output than one answer carries gets all of it (the rest streams);
 * ``exec_wait=0`` streams from the start; a bad ``exec_wait`` is a ``ConfigError``;
-* an execution can be followed once (a second ``exec_follow`` of the same id is refused).
+* an execution can be followed once (a second ``exec_follow`` of the same id is refused);
+* a killed command whose output nobody reads stops costing pings once its exit is known, and its
+  held output can still be read to the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -114,3 +117,34 @@ async def test_an_execution_is_followed_once(rt: boxlite.Boxlite, box: boxlite.B
             await node._await(ref, 30)
     await run.kill()
     assert (await run.wait()).exit_code != 0
+
+
+async def test_a_killed_command_nobody_reads_stops_pinging(
+    cluster: RayCluster, engine: str, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pings: list[float] = []
+    ping = ray_backend.NodeRef.ping
+
+    async def counted(self: Any) -> str:
+        pings.append(time.monotonic())
+        return await ping(self)
+
+    monkeypatch.setattr(ray_backend.NodeRef, "ping", counted)
+    rt = cluster.runtime(engine, exec_wait=0.0, ping_interval=0.3)
+    box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), cpus=0.25, network="disabled"))
+    try:
+        run = await box.exec("sh", ["-c", "head -c 3000000 /dev/zero; exec sleep 100"])
+        await asyncio.sleep(1.5)  # its output is held at the window: nobody reads it
+        assert pings  # the exit is not known yet: the node is watched
+        await run.kill()
+        assert (await asyncio.wait_for(run.wait(), 30)).exit_code != 0
+        await asyncio.sleep(0.5)
+        pings.clear()
+        await asyncio.sleep(2.0)
+        assert pings == []  # exit known, no reader: nothing to watch for (it pinged every 0.3 s for ever)
+        data = await asyncio.wait_for(run.stdout().read_bytes(), 60)  # what it wrote before the kill
+        assert 0 < len(data) < 3_000_000 and data == bytes(len(data))
+        assert await asyncio.wait_for(run.stderr().read_bytes(), 30) == b""
+    finally:
+        await rt.remove(box.id, force=True)
+        await rt.shutdown(timeout=2)

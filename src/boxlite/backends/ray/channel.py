@@ -8,8 +8,11 @@ Flow control is per stream, as in the local protocol: the node reads a stream of
 while the driver's reader is less than ``WINDOW`` bytes behind (what the reader takes is given
 back with ``exec_credit``), so a slow reader holds the box's agent, and the driver never stops
 taking events (an unread stream does not hold the other stream or the exit). A watchdog pings
-the node while nothing arrives: a node that stops answering fails the execution with
-``BoxDiedError`` naming it instead of hanging.
+the node while nothing arrives and someone could be waiting (the exit is not known yet, or a
+reader waits for output): a node that stops answering fails the execution with ``BoxDiedError``
+naming it instead of hanging. Once the exit is known and no reader waits, it stops pinging until
+one does (a killed command whose output is never read would otherwise ping its node for as long
+as the runtime lives).
 """
 
 from __future__ import annotations
@@ -38,6 +41,17 @@ class RayOutput(ChunkStream):
     def __init__(self, channel: RayChannel, name: str) -> None:
         super().__init__()
         self._channel, self._name, self._owed = channel, name, 0
+        self.waiting = 0  # readers waiting for output that has not come yet
+
+    async def read(self) -> bytes | None:
+        if self._chunks or self._eof:
+            return await super().read()
+        self.waiting += 1
+        self._channel.reader_arrived.set()  # the watchdog pings again while it waits
+        try:
+            return await super().read()
+        finally:
+            self.waiting -= 1
 
     async def _consumed(self, amount: int) -> None:
         self._owed += amount
@@ -61,6 +75,7 @@ class RayChannel:
         self._run: Any = None  # the exec_follow generator, for a command that outlived exec_begin
         self._step: asyncio.Future[Any] | None = None
         self._tasks: list[asyncio.Future[Any]] = []
+        self.reader_arrived = asyncio.Event()
 
     async def start(self, timeout: float) -> None:
         """Wait until the command runs (``timeout``: the box may have to start first), and up to
@@ -98,14 +113,24 @@ class RayChannel:
                 self._fail(decode_error(event[1]))
 
     async def _next(self) -> Any:
-        """The next item of ``exec_follow`` (None at its end), pinging the node while none comes (the
-        pending step survives the pings: Ray's generator is not re-entrant)."""
+        """The next item of ``exec_follow`` (None at its end), pinging the node while none comes and
+        someone waits (the pending step survives the pings: Ray's generator is not re-entrant)."""
         while True:
             self._step = self._step or asyncio.ensure_future(self._run.__anext__())
-            done, _ = await asyncio.wait({self._step}, timeout=self.node.ping_interval)
-            if done:
+            self.reader_arrived.clear()
+            if self._watched():
+                done, _ = await asyncio.wait({self._step}, timeout=self.node.ping_interval)
+                if done:
+                    break
+                await self.node.ping()  # raises BoxDiedError when the node stopped answering
+                continue
+            arrived = asyncio.ensure_future(self.reader_arrived.wait())
+            try:
+                done, _ = await asyncio.wait({self._step, arrived}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+            if self._step in done:
                 break
-            await self.node.ping()  # raises BoxDiedError when the node stopped answering
         taken, self._step = self._step, None
         try:
             ref = taken.result()
@@ -116,6 +141,10 @@ class RayChannel:
         except Exception as e:
             raise self.node.died(e) from None
         return await self.node._await(ref, None)
+
+    def _watched(self) -> bool:
+        """Would anyone notice a lost node: a wait for the exit, or a reader waiting for output?"""
+        return not self.exit.done() or self.stdout.waiting > 0 or self.stderr.waiting > 0
 
     async def _events(self) -> None:
         try:
