@@ -144,6 +144,9 @@ class Engine(ABC):
     name: ClassVar[str]
     live_rootfs: ClassVar[bool] = False
     """Can a rootfs directory be the box's lower layer in place (no copy, no fingerprint walk)?"""
+    kill_loses_nothing: ClassVar[bool] = False
+    """Is :meth:`kill` without grace as good as the agent's own shutdown with none (which a VM
+    box's agent ends by flushing the guest's disk)? Then a stop with no grace skips asking it."""
 
     @abstractmethod
     async def start(self, spec: BoxSpec) -> RunningBox:

@@ -414,9 +414,10 @@ class BoxRuntime:
         running = RunningBox(rec.pid or 0, rec.pid_start or 0, spec.agent_socket)
         rec.state = "stopping"
         self.db.update(rec)
-        with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
-            cl = await self._connect(rec.id)
-            await cl.request("shutdown", timeout=grace + 2, grace=min(grace, 10.0))
+        if grace > 0 or not engine.kill_loses_nothing:  # else the kill below does the same, a round trip sooner
+            with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
+                cl = await self._connect(rec.id)
+                await cl.request("shutdown", timeout=grace + 2, grace=min(grace, 10.0))
         if grace > 0:
             await running.wait_gone(grace)
         await engine.kill(spec, running)
