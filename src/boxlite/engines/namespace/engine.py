@@ -372,8 +372,11 @@ async def _keeper_done(lock: Path, timeout: float = KEEPER_WAIT) -> None:
     if not _keeper_active(lock):
         return
     started = time.monotonic()
-    if not await asyncio.to_thread(_await_keeper, lock, KEEPER_SPIN, 0.0002):
-        return
+    try:
+        if not await asyncio.to_thread(_await_keeper, lock, KEEPER_SPIN, 0.0002):
+            return
+    except RuntimeError:  # no worker threads any more (interpreter shutdown): the loop's sleeps only
+        pass
     while _keeper_active(lock) and time.monotonic() - started < timeout:
         await asyncio.sleep(0.01)
 
