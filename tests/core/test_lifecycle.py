@@ -85,6 +85,29 @@ async def test_persistence_survives_a_new_runtime(home: Path, busybox_rootfs: Pa
         await rt2.shutdown()
 
 
+async def test_a_stop_without_grace_ends_everything_and_keeps_what_was_written(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, engine: str
+) -> None:
+    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
+    assert await run(box, "sh", "-c", "echo late > /late.txt") == (0, "")
+    await box.exec("sh", ["-c", "trap '' TERM; sleep 1000 & exec sleep 1000"], stdin=False)
+    info = box.info()
+    pid, start = info.state.pid, process_start_time(info.state.pid or 0)
+    pids = []
+    deadline = time.monotonic() + 5
+    while engine == "namespace" and len(pids := box_pids(runtime, box.id)) < 3:
+        assert time.monotonic() < deadline, pids
+        await asyncio.sleep(0.01)
+    await box.stop(timeout=0)
+    assert box.info().state.status == "stopped"
+    assert gone(pid or 0, start, 0.5)
+    for p in pids:  # namespace: the agent, both sleeps (one ignores SIGTERM)
+        assert gone(p, timeout=0.5)
+    await box.start()
+    assert await run(box, "cat", "/late.txt") == (0, "late\n")
+    await runtime.remove(box.id, force=True)
+
+
 @pytest.mark.namespace_only
 async def test_stop_ends_every_process_and_reports_stopped(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
