@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from boxlite.engines.namespace.zygote import AGENT_PARENT as ZYGOTE_PARENT
+
 DENY = (
     "httpx",  # the registry client's HTTP stack: only `pull` (or a run of an image not stored yet)
     "rich",
@@ -57,15 +59,12 @@ CASES = {
 }
 
 
-def imported_modules(modules: tuple[str, ...]) -> list[str]:
+def imported_modules(modules: tuple[str, ...], flags: tuple[str, ...] = (), prelude: str = "") -> list[str]:
     """Modules a fresh interpreter loads for ``import <modules>`` (beyond its own start-up)."""
-    code = "; ".join(f"import {m}" for m in modules)
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    base = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, timeout=120, check=True
-    )
+    code = prelude + "; ".join(f"import {m}" for m in modules)
+    argv = [sys.executable, *flags, "-X", "importtime", "-c"]
+    out = subprocess.run([*argv, code], capture_output=True, text=True, timeout=120, check=True)
+    base = subprocess.run([*argv, "pass"], capture_output=True, text=True, timeout=120, check=True)
 
     def names(stderr: str) -> list[str]:
         rows = [line.split("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:")]
@@ -82,6 +81,24 @@ def test_cli_imports_stay_under_budget(case: str) -> None:
     denied = sorted(m for m in loaded if any(m == d or m.startswith(d + ".") for d in DENY))
     assert not denied, f"{case}: imports {denied}"
     assert len(loaded) < budget, f"{case}: {len(loaded)} modules (budget {budget}): {sorted(loaded)}"
+
+
+ZYGOTE_DENY = ("typing", "dataclasses", "inspect", "ast", "traceback", "linecache", "platform", "re")
+"""Modules the namespace engine's zygote must not load: every box process is forked from it, so
+each module it holds makes every fork and its copy-on-write faults dearer (without them the
+library's start + exec + remove cycle took 10 % less, bench_ab), and the zygote's own start is
+paid by a process's first box. ``traceback`` is imported where an error is printed."""
+
+
+def test_the_zygote_that_forks_every_box_stays_lean() -> None:
+    prelude = f"import sys; sys.path.insert(0, {str(ZYGOTE_PARENT)!r}); "
+    loaded = imported_modules(("agent.zygote",), flags=("-I", "-S"), prelude=prelude)  # as the engine runs it
+    assert "agent.nsboot" in loaded and "agent.server" in loaded  # the counter sees the agent
+    assert not sorted(set(loaded) & set(ZYGOTE_DENY)), sorted(set(loaded) & set(ZYGOTE_DENY))
+    assert len(loaded) < 70, f"{len(loaded)} modules: {sorted(loaded)}"
+    # loaded before the box root hides the host's stdlib: os.get_exec_path imports warnings lazily
+    # (every PATH search after the spawner's chroot), socket.recv_fds imports array
+    assert {"warnings", "array"} <= set(loaded)
 
 
 def test_shell_loads_no_runtime() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -48,7 +47,7 @@ SECCOMP_MODE_FILTER = 2
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
-MACHINE = platform.machine()
+MACHINE = os.uname().machine  # platform.machine(), without importing platform
 
 
 def _check(result: int, what: str) -> int:

@@ -13,7 +13,6 @@ import os
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from . import leanjson
 
@@ -21,13 +20,27 @@ NAME = "main.exit"
 MAX_BYTES = 4096
 
 
-@dataclass(frozen=True)
 class MainExit:
-    exit_code: int
-    """0-255; 128+N for signal N."""
-    signal: int | None
-    oom_killed: bool
-    finished_at: float | None
+    """How the main process ended (a plain class: ``dataclasses`` costs the agent ~7 ms to import)."""
+
+    __slots__ = ("exit_code", "finished_at", "oom_killed", "signal")
+
+    def __init__(self, exit_code: int, signal: int | None, oom_killed: bool, finished_at: float | None) -> None:
+        self.exit_code = exit_code
+        """0-255; 128+N for signal N."""
+        self.signal, self.oom_killed, self.finished_at = signal, oom_killed, finished_at
+
+    def _key(self) -> tuple[int, int | None, bool, float | None]:
+        return self.exit_code, self.signal, self.oom_killed, self.finished_at
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MainExit) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "MainExit(exit_code={!r}, signal={!r}, oom_killed={!r}, finished_at={!r})".format(*self._key())
 
 
 def write(run_dir: str, exit_body: Mapping[str, object]) -> None:

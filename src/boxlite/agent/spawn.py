@@ -18,12 +18,15 @@ import stat
 import struct
 import termios
 import time
+import warnings  # noqa: F401 - os.get_exec_path (execvpe, PATH search) imports it after the chroot hid the stdlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NoReturn
 
 from . import linux, rlimit, seccomp
 from .protocol import CWD_FAILURE
+
+TYPE_CHECKING = False  # not from typing (~2 ms to import into every box's agent)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TIOCGPTPEER = 0x5441
@@ -35,22 +38,37 @@ BOX_OOM_SCORE_ADJ = 1000  # box processes go first when the box (or the host) ru
 BUILTIN_CAPS = 1 << linux.CAP_DAC_OVERRIDE | 1 << linux.CAP_DAC_READ_SEARCH
 
 
-@dataclass
 class ExecSpec:
-    """What to run, from an ``exec`` request body."""
+    """What to run, from an ``exec`` request body. (A plain class: ``dataclasses`` would import
+    ``inspect`` and ``ast`` into every box's agent, ~7 ms of its start.)"""
 
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-    user: str | None = None
-    tty: bool = False
-    rows: int = 24
-    cols: int = 80
-    builtin: str | None = None
-    builtin_args: dict[str, object] = field(default_factory=dict)
-    log_path: str | None = None
-    rlimits: dict[str, int] = field(default_factory=dict)
-    """Resource limits set right before ``execve`` (``agent/rlimit.py``)."""
+    __slots__ = ("argv", "builtin", "builtin_args", "cols", "cwd", "env", "log_path", "rlimits", "rows", "tty", "user")
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        rows: int = 24,
+        cols: int = 80,
+        builtin: str | None = None,
+        builtin_args: dict[str, object] | None = None,
+        log_path: str | None = None,
+        rlimits: dict[str, int] | None = None,
+    ) -> None:
+        self.argv = argv
+        self.env = {} if env is None else env
+        self.cwd, self.user, self.tty, self.rows, self.cols = cwd, user, tty, rows, cols
+        self.builtin = builtin
+        self.builtin_args = {} if builtin_args is None else builtin_args
+        self.log_path = log_path
+        self.rlimits = {} if rlimits is None else rlimits
+        """Resource limits set right before ``execve`` (``agent/rlimit.py``)."""
+
+    def __repr__(self) -> str:
+        return f"ExecSpec(argv={self.argv!r}, builtin={self.builtin!r}, user={self.user!r}, tty={self.tty!r})"
 
     @classmethod
     def from_request(cls, body: dict[str, object]) -> ExecSpec:
@@ -76,30 +94,39 @@ class ExecSpec:
         )
 
 
-@dataclass
 class Confinement:
     """How the agent confines user processes; computed once at agent start."""
 
-    root: str
-    seccomp_program: bytes | None
-    cap_last: int
-    drop_caps: bool = True
-    cap_mask: int = linux.DEFAULT_BOX_CAPS
-    """Box root's capabilities (bit mask): its bounding, permitted and effective sets after
-    ``execve``; other users get the same bounding set and nothing else, as in Docker."""
+    __slots__ = ("cap_last", "cap_mask", "drop_caps", "root", "seccomp_program")
+
+    def __init__(
+        self,
+        root: str,
+        seccomp_program: bytes | None,
+        cap_last: int,
+        drop_caps: bool = True,
+        cap_mask: int = linux.DEFAULT_BOX_CAPS,
+    ) -> None:
+        self.root, self.seccomp_program, self.cap_last, self.drop_caps = root, seccomp_program, cap_last, drop_caps
+        self.cap_mask = cap_mask
+        """Box root's capabilities (bit mask): its bounding, permitted and effective sets after
+        ``execve``; other users get the same bounding set and nothing else, as in Docker."""
 
     def capabilities(self, uid: int) -> tuple[int, int]:
         """(bounding, permitted) for a command run as ``uid``."""
         return self.cap_mask, self.cap_mask if uid == 0 else 0
 
 
-@dataclass
 class Spawned:
-    pid: int
-    stdin: int | None  # write end (pipe) or pty master
-    stdout: int | None
-    stderr: int | None
-    master: int | None  # pty master when tty
+    """A started process and the parent's ends of its standard streams."""
+
+    __slots__ = ("master", "pid", "stderr", "stdin", "stdout")
+
+    def __init__(self, pid: int, stdin: int | None, stdout: int | None, stderr: int | None, master: int | None) -> None:
+        self.pid = pid
+        self.stdin = stdin  # write end (pipe) or pty master
+        self.stdout, self.stderr = stdout, stderr
+        self.master = master  # pty master when tty
 
 
 def open_pty(root: str, rows: int, cols: int) -> int:

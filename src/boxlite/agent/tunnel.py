@@ -15,7 +15,10 @@ from __future__ import annotations
 import _thread
 import os
 import socket
-from typing import Any
+
+TYPE_CHECKING = False  # not from typing (~2 ms to import into every box's agent)
+if TYPE_CHECKING:
+    from typing import Any
 
 CONNECT_TIMEOUT = 10.0
 CHUNK = 1 << 16
