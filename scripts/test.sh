@@ -35,8 +35,13 @@ $PY -m mypy || failed+=(mypy)
 bash .github/scripts/actionlint.sh || failed+=(actionlint)
 
 echo "==> tests"
-# Any non-zero pytest exit fails the run, 5 (no tests collected) included.
-BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider "$@" || failed+=(pytest)
+# Any non-zero pytest exit fails the run, 5 (no tests collected) included. A fresh base directory
+# per run: pytest's own clean-up of earlier numbered runs recurses (RecursionError at exit) into
+# the 1,000-level trees the copy tests build when a killed run left one; rm -rf does not.
+basetemp=$(mktemp -d /tmp/boxlite-pytest.XXXXXX)
+BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider --basetemp="$basetemp" "$@" \
+    || failed+=(pytest)
+rm -rf "$basetemp"
 
 if [ -f sdks/node/package.json ]; then
     echo "==> node tests"
