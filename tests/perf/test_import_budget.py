@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,8 @@ DENY = (
     "boxlite.images.unpack",  # layer decompressors (zstandard, isal): a rootfs directory needs none
     "zstandard",
     "boxlite.fsutil.extract",  # copy_out's extractor (CopyOptions' defaults live in fsutil.copylimits)
+    "boxlite.images.layout",  # OCI layouts and archives (tarfile, manifests): not a rootfs directory
+    "boxlite.engines.net.netcounters",  # a box's nft and DNS proxy counters: metrics only
 )
 """Packages no verb below may import (a prefix matches the package and its submodules)."""
 
@@ -44,8 +47,7 @@ RUN_PATH = (
     "boxlite.backends.local",
     "boxlite.runtime.engines",
     "boxlite.engines.namespace.engine",
-    "boxlite.images.layout",  # resolve(rootfs_path=...): is it an OCI layout?
-    "boxlite.images.rootfs",  # ... no: a directory imported as one cached layer
+    "boxlite.images.rootfs",  # resolve(rootfs_path=...): a directory imported as one cached layer
 )
 """What `boxlite run --rm --rootfs R CMD` loads on the namespace engine: the CLI, the verb's
 module, and what the runtime imports when it opens, resolves the rootfs and starts a box
@@ -55,7 +57,7 @@ CASES = {
     # `boxlite --help` / `--version`: click and the CLI's shell, no runtime at all
     "cli shell": (("boxlite.cli.main",), 95),
     # a namespace box from the CLI: asyncio, the runtime, the state DB, the engine
-    "run path": (RUN_PATH, 267),  # 267: no ctypes, no layer decompressors (cgroupkill, proxystats, tarheaders)
+    "run path": (RUN_PATH, 256),  # 256: no ctypes, no layer decompressors, no OCI layout reader, no net counters
 }
 
 
@@ -136,3 +138,20 @@ def test_httpx_users_do_not_load_its_command_line_client(module: str) -> None:
     assert "httpx" in loaded
     toolkit = sorted(m for m in loaded if m.split(".")[0] in ("click", "rich", "pygments"))
     assert not toolkit, f"{module} imports {toolkit}"
+
+
+def test_a_rootfs_directory_loads_no_image_archive_reader(tmp_path: Path) -> None:
+    """`run --rootfs DIR` resolves a plain directory without the OCI layout / archive reader
+    (tarfile, the manifest parsers): it is only loaded for a directory that is a layout."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "bin" / "true").write_text("")
+    code = (
+        "import asyncio, sys; from pathlib import Path; from boxlite.images.manager import ImageManager; "
+        f"m = ImageManager(Path({str(tmp_path / 'home')!r})); "
+        f"p = asyncio.run(m.resolve(rootfs_path={str(rootfs)!r})); "
+        "print(p.image_id.startswith('rootfs:'), sorted(x for x in ('tarfile', 'boxlite.images.layout', "
+        "'boxlite.images.catalog') if x in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split(maxsplit=1) == ["True", "[]\n"], out.stdout + out.stderr

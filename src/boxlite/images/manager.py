@@ -277,33 +277,37 @@ class ImageManager:
 
         ``live_rootfs``: the engine can mount a rootfs directory in place; it is then its own
         layer (where its file system can be id-mapped) instead of a fingerprinted copy."""
-        from .catalog import is_complete
-        from .layout import is_oci_layout
-
         if (image is None) == (rootfs_path is None):
             raise ConfigError("give exactly one of image and rootfs_path")
         if rootfs_path is not None:
-            path = Path(rootfs_path)
-            if is_oci_layout(path):
-                infos = await asyncio.to_thread(self.load, path)
-                return await self._prepare(infos[0])
-            if not path.is_dir():
-                raise NotFoundError(f"rootfs_path {rootfs_path} is not a directory")
-            if live_rootfs:
-                from .rootfs import live_root
-
-                live = live_root(path)
-                if live is not None:
-                    return PreparedImage((live[0],), ImageConfig(), live[1], None)
-            root, fp = await asyncio.to_thread(self._import_rootfs, path)
-            return PreparedImage((root,), ImageConfig(), f"rootfs:{fp}", None)
+            return await self._prepare_rootfs(Path(rootfs_path), live_rootfs)
         assert image is not None
+        from .catalog import is_complete
+
         info = self._lookup(image)
         if info is None or not is_complete(self.store, info.digest):
             if info is not None and is_digest(image):
                 raise ImageError(f"image {image} is incomplete in the store")
             info = await self.pull(info.reference if info else image, progress)
         return await self._prepare(info)
+
+    async def _prepare_rootfs(self, path: Path, live_rootfs: bool) -> PreparedImage:
+        if (path / "oci-layout").is_file():  # tested first: layout.py brings tarfile and the manifests
+            from .layout import is_oci_layout
+
+            if is_oci_layout(path):
+                infos = await asyncio.to_thread(self.load, path)
+                return await self._prepare(infos[0])
+        if not path.is_dir():
+            raise NotFoundError(f"rootfs_path {path} is not a directory")
+        if live_rootfs:
+            from .rootfs import live_root
+
+            live = live_root(path)
+            if live is not None:
+                return PreparedImage((live[0],), ImageConfig(), live[1], None)
+        root, fp = await asyncio.to_thread(self._import_rootfs, path)
+        return PreparedImage((root,), ImageConfig(), f"rootfs:{fp}", None)
 
     def _import_rootfs(self, path: Path) -> tuple[Path, str]:
         from .rootfs import import_rootfs

@@ -25,7 +25,7 @@ from ...aio import within
 from ...errors import ConfigError, EngineError, NetworkError
 from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from ..net import allowlist, netcounters
+from ..net import allowlist
 from . import cgroups, netstats, network, quota
 from .zygote import Zygote
 
@@ -327,6 +327,8 @@ class NamespaceEngine(Engine):
         groups = cgroups.BoxCgroups.load(spec.layout.cgroups_file)
         if groups is None:
             return {}
+        from ..net import netcounters  # nft listings and the DNS proxy's file: metrics only
+
         net = network.add_fastpath_counters(netstats.read_counters(groups_pids(groups)), spec.box_dir)
         return {**groups.read(), **net, **netcounters.read(spec.box_dir)}
 
