@@ -402,10 +402,11 @@ class BoxRuntime:
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
-            if rec.state in ("running", "stopping") or (rec.state == "paused" and await release_paused(self, rec)):
+            live = rec.state in ("running", "stopping") or (rec.state == "paused" and await release_paused(self, rec))
+            if live:
                 await self._stop_running(rec, grace)
             if remove_if_auto and rec.auto_remove:
-                self._delete(rec)
+                self._delete(rec, cleaned=live)
 
     async def _stop_running(self, rec: BoxRecord, grace: float) -> None:
         await self.health.end(rec)
@@ -436,16 +437,20 @@ class BoxRuntime:
         rec = self.record(id_or_name)
         async with box_lock(self.layout(rec.id).lock):
             rec = self.record(rec.id, locked=True)
+            cleaned = False
             if rec.state in ("running", "stopping", "paused"):
                 if not force:
                     raise InvalidStateError(f"box {rec.id} is {rec.state}; stop it first or pass force=True")
                 if rec.state != "paused" or await release_paused(self, rec):
                     await self._stop_running(rec, 0.0)
-            self._delete(rec)
+                    cleaned = True
+            self._delete(rec, cleaned=cleaned)
 
-    def _delete(self, rec: BoxRecord) -> None:
-        with contextlib.suppress(Exception):
-            select_engine(rec.engine).cleanup(self.spec(rec))
+    def _delete(self, rec: BoxRecord, cleaned: bool = False) -> None:
+        """``cleaned``: ``_stop_running`` has just released the box's host resources."""
+        if not cleaned:
+            with contextlib.suppress(Exception):
+                select_engine(rec.engine).cleanup(self.spec(rec))
         self.trash.discard(self.layout(rec.id).root)  # gone now, emptied in the background
         self.db.delete(rec.id)
         self.clients.pop(rec.id, None)

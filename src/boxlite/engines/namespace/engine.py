@@ -262,7 +262,6 @@ class NamespaceEngine(Engine):
                 groups.set_frozen(False)
         await running.wait_gone(5)
         await _keeper_done(spec.layout.keeper_lock)  # not cleanup's blocking wait: other boxes go on
-        self._release(spec)
 
     def cleanup(self, spec: BoxSpec) -> None:
         """Release what the box's keeper has not (it was killed, or still works: waited for)."""
