@@ -108,6 +108,28 @@ async def test_a_stop_without_grace_ends_everything_and_keeps_what_was_written(
     await runtime.remove(box.id, force=True)
 
 
+@pytest.mark.parametrize("grace", [0, 1])
+async def test_a_stop_keeps_what_processes_still_running_wrote(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, grace: int
+) -> None:
+    """A command's writes are kept when its exec ends (a VM's agent syncs then); those of a
+    process still running at the stop are kept too, written before it or in the grace (a TERM
+    trap): the agent answers the stop once they are gone and the disk is synced, and only then
+    may the host end a VM."""
+    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
+    script = "trap 'echo asked > /asked' TERM; echo early > /early; echo ready; while true; do sleep 0.1; done"
+    execution = await box.exec("sh", ["-c", script], stdin=False)
+    async for line in execution.stdout():  # its output: no exec has ended (and synced) since the write
+        assert line == "ready\n"
+        break
+    await box.stop(timeout=grace)
+    await box.start()
+    assert await run(box, "cat", "/early") == (0, "early\n")
+    if grace:
+        assert await run(box, "cat", "/asked") == (0, "asked\n")
+    await runtime.remove(box.id, force=True)
+
+
 @pytest.mark.namespace_only
 async def test_stop_ends_every_process_and_reports_stopped(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))

@@ -498,10 +498,10 @@ class Agent:
                 result = self._stats()
             elif op == "signal_main":
                 result = self._signal_main(body.get("signal"))
-            elif op == "shutdown":
+            elif op == "shutdown":  # answered once every box process is gone and the disk synced:
+                self.shutdown(float(body.get("grace", 5.0)))  # the host may kill the VM from then on
                 conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True}))
                 conn.flush_blocking()
-                self.shutdown(float(body.get("grace", 5.0)))
                 return
             else:
                 conn.send(p.encode_json(p.RESPONSE, channel, p.error_body("RpcError", f"unknown op {op!r}")))
@@ -827,12 +827,15 @@ class Agent:
         self.shutdown(0.0)
 
     def shutdown(self, grace: float) -> None:
-        """Terminate every process of the box, then leave ``serve_forever``."""
+        """Terminate every process of the box, then leave ``serve_forever``. No grace: SIGKILL
+        alone, as a namespace box's processes get it when its PID 1 dies (a SIGTERM just before
+        would let a handler run in between, or not)."""
         self.running = False
-        self._signal_all(signal.SIGTERM)
-        started = time.monotonic()
-        while (waited := time.monotonic() - started) < grace and self._children_left():
-            time.sleep(0.001 if waited < 0.05 else 0.01)  # most processes end within a few ms of SIGTERM
+        if grace > 0:
+            self._signal_all(signal.SIGTERM)
+            started = time.monotonic()
+            while (waited := time.monotonic() - started) < grace and self._children_left():
+                time.sleep(0.001 if waited < 0.05 else 0.01)  # most processes end within a few ms of SIGTERM
         self._signal_all(signal.SIGKILL)
         if self.sync_on_shutdown:
             os.sync()

@@ -44,6 +44,9 @@ from .volumes import VolumeStore
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BOX_ID_LENGTH = 12
 DEFAULT_STOP_TIMEOUT = 10.0
+SHUTDOWN_FLUSH = 10.0
+"""Seconds beyond the grace the agent gets to answer ``shutdown``: it answers once the box's
+processes are gone and a VM's disk is synced (a hostile agent delays a stop by this much)."""
 DEFAULT_READY_TIMEOUT = 60.0
 
 
@@ -418,7 +421,7 @@ class BoxRuntime:
         if grace > 0 or not engine.kill_loses_nothing:  # else the kill below does the same, a round trip sooner
             with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
                 cl = await self._connect(rec.id)
-                await cl.request("shutdown", timeout=grace + 2, grace=min(grace, 10.0))
+                await cl.request("shutdown", timeout=grace + SHUTDOWN_FLUSH, grace=min(grace, 10.0))
         if grace > 0:
             await running.wait_gone(grace)
         await engine.kill(spec, running)
