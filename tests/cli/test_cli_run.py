@@ -38,6 +38,15 @@ def test_run_without_rm_leaves_a_stopped_box(cli: Cli) -> None:
     assert cli.ok("exec", "kept", "echo", "still-up") == "still-up\n"
 
 
+def test_what_a_foreground_command_leaves_running_ends_with_it(cli: Cli) -> None:
+    """As a docker container ends with its PID 1: a process the command left running is killed
+    when the command ends, not asked to stop (its TERM trap never runs); the box's files stay."""
+    script = "(trap 'echo asked > /asked' TERM; echo bg > /bg; while true; do sleep 0.1; done) & sleep 0.3; echo done"
+    assert cli.ok("run", "--name", "left", "--rootfs", str(cli.rootfs), "sh", "-c", script) == "done\n"
+    cli.ok("start", "left")
+    assert cli.ok("exec", "left", "sh", "-c", "cat /bg; cat /asked 2>/dev/null || echo none") == "bg\nnone\n"
+
+
 def test_exec_failures_map_to_126_and_127(cli: Cli) -> None:
     assert_one_line_error(cli("run", "--rm", "--rootfs", str(cli.rootfs), "no-such-cmd"), 127, "no-such-cmd")
     assert_one_line_error(cli("run", "--rm", "--rootfs", str(cli.rootfs), "/etc/passwd"), 126, "/etc/passwd")

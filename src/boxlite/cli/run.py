@@ -30,6 +30,8 @@ WATCH_MAIN = 0.5
 """Seconds ``run -d`` watches the main process, so that one failing at once is reported."""
 STOP_WAIT = 30.0
 """Seconds ``run -d`` then waits for such a box to have stopped."""
+FOREGROUND_GRACE = 2.0
+"""Seconds a foreground ``run`` interrupted before its command ended gives the box to stop."""
 
 
 def exec_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -206,6 +208,7 @@ async def run(
             raise fail(f"the main process exited at once with status {code}" + (f": {tail}" if tail else ""), code)
         return 0
     box = await _create(rt, opts, name)
+    ended = False
     try:
         argv = compat.default_command(box, _entrypoint(entrypoint), cmd)
         if not argv:
@@ -215,10 +218,14 @@ async def run(
         if log_path is not None:
             log_path.parent.mkdir(exist_ok=True)
         with contextlib.closing(_console(log_path)) if log_path is not None else contextlib.nullcontext() as log:
-            return await exec_attached(box, argv, tty=tty, interactive=interactive, log=cast("BinaryIO | None", log))
+            code = await exec_attached(box, argv, tty=tty, interactive=interactive, log=cast("BinaryIO | None", log))
+        ended = True
+        return code
     finally:
         with contextlib.suppress(BoxliteError):
-            await box.stop(timeout=2)
+            # the command ended: what it left running is killed at once, as docker's container
+            # ends with its PID 1; interrupted (^C, an error), it gets FOREGROUND_GRACE to exit
+            await box.stop(timeout=0 if ended else FOREGROUND_GRACE)
 
 
 def _console(path: Path) -> RotatingLog:
