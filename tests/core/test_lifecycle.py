@@ -130,6 +130,30 @@ async def test_a_stop_keeps_what_processes_still_running_wrote(
     await runtime.remove(box.id, force=True)
 
 
+async def test_a_stop_gives_the_whole_grace_asked_for(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """``stop(timeout=12)``: SIGTERM, then 12 s before SIGKILL (the agent waited 10 s at most);
+    a process that needs 10.5 s to finish its work after SIGTERM finishes it."""
+    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
+    script = "trap 'sleep 10.5; echo finished > /finished; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    execution = await box.exec("sh", ["-c", script], stdin=False)
+    async for line in execution.stdout():
+        assert line == "ready\n"
+        break
+    await box.stop(timeout=12)
+    await box.start()
+    assert await run(box, "cat", "/finished") == (0, "finished\n")
+    await runtime.remove(box.id, force=True)
+
+
+async def test_a_stop_timeout_that_is_not_a_number_is_refused(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
+    await box.start()
+    with pytest.raises(boxlite.ConfigError, match="NaN"):
+        await box.stop(timeout=float("nan"))
+    assert box.info().state.running
+    await runtime.remove(box.id, force=True)
+
+
 @pytest.mark.namespace_only
 async def test_stop_ends_every_process_and_reports_stopped(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))

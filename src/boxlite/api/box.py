@@ -81,7 +81,8 @@ class Box:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop all processes; the writable layer is kept (auto_remove=True removes the box).
-        Stopping again is harmless, also after auto_remove took the box away."""
+        Stopping again is harmless, also after auto_remove took the box away. ``timeout``:
+        seconds between SIGTERM and SIGKILL (None: 10; 0: SIGKILL at once; negative: no limit)."""
         try:
             await self._backend.stop(self.id, timeout)
         except NotFoundError:

@@ -402,7 +402,9 @@ class BoxRuntime:
             raise InvalidStateError(f"box {rec.id} has no running main process")
 
     async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
-        grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else float(timeout))
+        if timeout is not None and timeout != timeout:
+            raise ConfigError("stop timeout must be a number of seconds (negative: no limit), not NaN")
+        grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else min(float(timeout), 1e9))
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
             live = rec.state in ("running", "stopping") or (rec.state == "paused" and await release_paused(self, rec))
@@ -421,7 +423,7 @@ class BoxRuntime:
         if grace > 0 or not engine.kill_loses_nothing:  # else the kill below does the same, a round trip sooner
             with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
                 cl = await self._connect(rec.id)
-                await cl.request("shutdown", timeout=grace + SHUTDOWN_FLUSH, grace=min(grace, 10.0))
+                await cl.request("shutdown", timeout=grace + SHUTDOWN_FLUSH, grace=grace)
         if grace > 0:
             await running.wait_gone(grace)
         await engine.kill(spec, running)
