@@ -145,6 +145,38 @@ async def test_a_stop_gives_the_whole_grace_asked_for(runtime: boxlite.Boxlite, 
     await runtime.remove(box.id, force=True)
 
 
+@pytest.mark.parametrize("hurry", ["kill", "remove"])
+async def test_a_kill_or_forced_removal_does_not_wait_out_a_stop_in_progress(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path, hurry: str
+) -> None:
+    """``stop(timeout=300)`` of a box whose shell ignores SIGTERM would hold the box for 300 s;
+    ``stop(timeout=0)`` (``boxlite kill``) or ``remove(force=True)`` meanwhile ends it now, as
+    ``docker kill`` ends a ``docker stop`` under way, and the slow stop returns too."""
+    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
+    script = "trap '' TERM; echo ready; while true; do sleep 0.1; done"
+    execution = await box.exec("sh", ["-c", script], stdin=False)
+    async for line in execution.stdout():
+        assert line == "ready\n"
+        break
+    slow = asyncio.create_task(box.stop(timeout=300))
+    deadline = time.monotonic() + 20
+    while (info := await runtime.get_info(box.id)) is not None and info.state.status != "stopping":
+        assert time.monotonic() < deadline, "the stop never began"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the agent got the shutdown request: the shell has had its SIGTERM
+    started = time.monotonic()
+    if hurry == "kill":
+        await box.stop(timeout=0)
+    else:
+        await runtime.remove(box.id, force=True)
+    assert time.monotonic() - started < 30
+    await asyncio.wait_for(slow, 30)
+    if hurry == "kill":
+        assert (await runtime.get_info(box.id)).state.status == "stopped"  # type: ignore[union-attr]
+        await runtime.remove(box.id)
+    assert await runtime.get_info(box.id) is None
+
+
 async def test_a_stop_timeout_that_is_not_a_number_is_refused(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     await box.start()

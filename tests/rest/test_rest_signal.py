@@ -75,3 +75,30 @@ async def test_signal_route_refuses_bad_input(remote: RemoteBoxlite, server: Ser
     async with raw_client(server) as client:  # without the key: refused before the route runs
         client.headers.pop("Authorization")
         assert (await client.post(f"/v1/boxes/{idle.id}/signal", json={"signal": 10})).status_code == 401
+
+
+async def test_a_kill_over_rest_ends_a_stop_in_progress(remote: RemoteBoxlite, busybox_rootfs: Path) -> None:
+    """Two clients of one server: one stops a box that ignores SIGTERM with a 300 s grace, the
+    other kills it (``boxlite --url U kill``), which ends both at once; a NaN grace is refused."""
+    box = await remote.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+    execution = await box.exec("sh", ["-c", "trap '' TERM; touch /tmp/ready; while :; do sleep 0.1; done"])
+    await _until(box, "/tmp/ready")
+    with pytest.raises(boxlite.ConfigError, match="NaN"):
+        await box.stop(timeout=float("nan"))
+    slow = asyncio.create_task(box.stop(timeout=300))
+    for _ in range(200):
+        info = await remote.get_info(box.id)
+        if info is not None and info.state.status == "stopping":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the stop never began")
+    await asyncio.sleep(0.5)
+    started = asyncio.get_running_loop().time()
+    await box.stop(timeout=0)
+    assert asyncio.get_running_loop().time() - started < 30
+    await asyncio.wait_for(slow, 30)
+    assert (await execution.wait()).exit_code != 0
+    info = await remote.get_info(box.id)
+    assert info is not None and info.state.status == "stopped"
+    await remote.remove(box.id)

@@ -405,6 +405,8 @@ class BoxRuntime:
         if timeout is not None and timeout != timeout:
             raise ConfigError("stop timeout must be a number of seconds (negative: no limit), not NaN")
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else min(float(timeout), 1e9))
+        if grace == 0:
+            await self._hurry_stop(box_id)
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
             live = rec.state in ("running", "stopping") or (rec.state == "paused" and await release_paused(self, rec))
@@ -433,6 +435,21 @@ class BoxRuntime:
         self.db.update(rec)
         self.owned.discard(rec.id)
 
+    async def _hurry_stop(self, box_id: str) -> None:
+        """A kill or a forced removal does not wait out the grace of a stop in progress (which
+        holds the box's lock for as long as its caller asked, without limit if negative): the
+        box's processes are killed now, as ``docker kill`` ends a ``docker stop`` under way; that
+        stop then ends at once and the caller gets the lock."""
+        with try_box_lock(self.layout(box_id).lock) as free:
+            if free:
+                return
+        rec = self.db.get(box_id)
+        if rec is None or rec.state != "stopping":  # only a stop writes it, under the lock
+            return
+        spec = self.spec(rec)
+        with contextlib.suppress(EngineError):  # the stop's own kill reports it
+            await select_engine(rec.engine).kill(spec, RunningBox(rec.pid or 0, rec.pid_start or 0, spec.agent_socket))
+
     async def _drop_client(self, box_id: str) -> None:
         cl = self.clients.pop(box_id, None)
         if cl is not None:
@@ -440,6 +457,8 @@ class BoxRuntime:
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         rec = self.record(id_or_name)
+        if force:
+            await self._hurry_stop(rec.id)
         async with box_lock(self.layout(rec.id).lock):
             rec = self.record(rec.id, locked=True)
             cleaned = False
