@@ -71,6 +71,21 @@ def test_kill_term_lets_the_box_exit(cli: Cli) -> None:
     assert cli.ok("ls", "-a", "-q") == ""  # --rm boxes are removed when killed, as docker does
 
 
+def test_stop_of_several_boxes_takes_one_grace_not_one_each(cli: Cli) -> None:
+    """As docker: ``stop -t 4 a b c`` stops the boxes together (three boxes that ignore SIGTERM
+    took 4 s each one after the other), and reports them in the order given, a failure included."""
+    for name in ("a", "b", "c"):
+        cli.ok("run", "-d", "--name", name, "--rootfs", str(cli.rootfs), "sh", "-c",
+               "trap '' TERM; while :; do sleep 0.1; done")  # fmt: skip
+    started = time.monotonic()
+    out = cli("stop", "-t", "4", "a", "nope", "b", "c")
+    took = time.monotonic() - started
+    assert (out.returncode, out.stdout.split()) == (125, ["a", "b", "c"])
+    assert "nope" in out.stderr
+    assert 4 <= took < 10, took
+    assert cli.ok("ps", "-q") == ""
+
+
 def test_version_and_info(cli: Cli) -> None:
     version = cli.json("version", "--format", "json")
     assert version["version"] == boxlite.__version__ and version["target"] == "local"  # type: ignore[index]

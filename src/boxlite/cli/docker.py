@@ -56,7 +56,7 @@ async def kill(rt: Boxlite, boxes: tuple[str, ...], sig: str) -> int:
         else:
             await box.signal_main(int(chosen))
 
-    return await _each(boxes, one)
+    return await _each(boxes, one, together=True)
 
 
 @click.command("wait")
