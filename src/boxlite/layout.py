@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAIN_LOG_NAME = "main.log"
+EXEC_LOG_NAME = "exec.log"
+"""Output of the detached executions of ``boxlite exec -d`` (capped and rotated as ``main.log``)."""
 """The main process's log, as the agent names it inside the run directory."""
 AGENT_SOCKET_NAME = "agent.sock"
 CONSOLE_LOG_NAME = "console.log"
@@ -50,12 +52,19 @@ class BoxLayout:
         return self.run_dir / MAIN_LOG_NAME
 
     @property
+    def exec_log(self) -> Path:
+        """Output of the box's detached executions (``boxlite exec -d``), capped and rotated."""
+        return self.run_dir / EXEC_LOG_NAME
+
+    @property
     def boot_log(self) -> Path:
         return self.root / "boot.log"
 
     def system_logs(self) -> list[Path]:
         """Diagnostic logs (boot, agent, shim...): everything but the main process's log."""
-        return [p for p in [self.boot_log, *sorted(self.run_dir.glob("*.log"))] if p != self.main_log]
+        return [
+            p for p in [self.boot_log, *sorted(self.run_dir.glob("*.log"))] if p not in (self.main_log, self.exec_log)
+        ]
 
     @property
     def cli_console_log(self) -> Path:

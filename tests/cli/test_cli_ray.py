@@ -108,6 +108,8 @@ def test_verbs_through_a_ray_cluster(cli: Cli, ray_head: str) -> None:
     assert ok("kill", "-s", "USR1", "far").strip() == "far"
     until("grep -q usr1 /tmp/got")
     assert "running" in ok("ls")  # the trap handled it: the box goes on
+    assert ok("exec", "-d", "far", "sh", "-c", "echo detached > /tmp/bg; sleep 600") == ""  # left running
+    until("grep -q detached /tmp/bg")
     assert ok("kill", "far").strip() == "far"
     assert ok("rm", "far").strip() == "far"
     assert ok("ls", "-a", "-q") == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 from support.cli import Cli, assert_one_line_error
@@ -45,6 +46,21 @@ def test_what_a_foreground_command_leaves_running_ends_with_it(cli: Cli) -> None
     assert cli.ok("run", "--name", "left", "--rootfs", str(cli.rootfs), "sh", "-c", script) == "done\n"
     cli.ok("start", "left")
     assert cli.ok("exec", "left", "sh", "-c", "cat /bg; cat /asked 2>/dev/null || echo none") == "bg\nnone\n"
+
+
+def test_exec_detach_leaves_the_command_running(cli: Cli) -> None:
+    """``exec -d``: boxlite returns at once with nothing printed; the command goes on in the box
+    after boxlite exited; a command that cannot start is reported as without -d."""
+    cli.ok("run", "-d", "--name", "bg", "--rootfs", str(cli.rootfs), "sleep", "600")
+    proc = cli("exec", "-d", "-e", "WHO=bg", "-w", "/tmp", "bg", "sh", "-c", "sleep 1; echo $WHO in $(pwd) > /mark")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert cli.ok("exec", "bg", "sh", "-c", "cat /mark 2>/dev/null || echo none") == "none\n"  # not waited for
+    deadline = time.monotonic() + 30
+    while cli.ok("exec", "bg", "sh", "-c", "cat /mark 2>/dev/null || echo none") != "bg in /tmp\n":
+        assert time.monotonic() < deadline, "the detached command never ran to its end"
+        time.sleep(0.2)
+    assert_one_line_error(cli("exec", "-d", "bg", "no-such-cmd"), 127, "no-such-cmd")
+    assert_one_line_error(cli("exec", "-d", "-t", "bg", "true"), 125, "-d")
 
 
 def test_exec_failures_map_to_126_and_127(cli: Cli) -> None:

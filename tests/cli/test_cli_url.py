@@ -128,6 +128,19 @@ def _until(cli: Cli, served: Served, box: str, check: str) -> None:
     raise AssertionError(f"never true in {box}: {check}")
 
 
+def test_exec_detach_through_a_server(cli: Cli, served: Served) -> None:
+    ok(cli, served, "run", "-d", "--name", "far-bg", "--rootfs", str(cli.rootfs), "sleep", "600")
+    assert ok(cli, served, "exec", "-d", "-e", "WHO=far", "far-bg", "sh", "-c", "echo $WHO > /mark; sleep 600") == ""
+    deadline = time.monotonic() + 30
+    while ok(cli, served, "exec", "far-bg", "sh", "-c", "cat /mark 2>/dev/null || echo none") != "far\n":
+        assert time.monotonic() < deadline, "the detached command never ran"
+        time.sleep(0.2)
+    proc = remote(cli, served, "exec", "-d", "far-bg", "no-such-cmd")
+    text = proc.stderr.decode()
+    assert proc.returncode == 127 and text.startswith("boxlite: error: ") and "no-such-cmd" in text, text
+    ok(cli, served, "rm", "-f", "far-bg")
+
+
 def test_url_errors_are_one_line(cli: Cli, served: Served) -> None:
     proc = remote(cli, served, "ls", key="wrong-key")
     text = proc.stderr.decode()

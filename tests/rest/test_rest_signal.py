@@ -102,3 +102,29 @@ async def test_a_kill_over_rest_ends_a_stop_in_progress(remote: RemoteBoxlite, b
     info = await remote.get_info(box.id)
     assert info is not None and info.state.status == "stopped"
     await remote.remove(box.id)
+
+
+async def test_a_detached_exec_over_rest(remote: RemoteBoxlite, server: Server, busybox_rootfs: Path) -> None:
+    """``POST /v1/boxes/{id}/exec-detached`` (``Box.exec_detached``, ``boxlite --url U exec -d``):
+    the command goes on after the request; the server checks what it is given by itself."""
+    box = await remote.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
+    try:
+        pid = await box.exec_detached("sh", ["-c", "echo $WHO > /tmp/ready; exec sleep 600"], env={"WHO": "rest"})
+        assert pid > 0
+        assert await _until(box, "/tmp/ready", "rest\n") == "rest\n"
+        with pytest.raises(boxlite.ExecError, match="nope"):
+            await box.exec_detached("nope")
+        async with raw_client(server) as client:
+            url = f"/v1/boxes/{box.id}/exec-detached"
+            for bad in ({}, {"command": ""}, {"command": "true", "x": 1}, {"command": "true", "args": "a b"},
+                        {"command": "true", "env": ["A=1"]}):  # fmt: skip
+                resp = await client.post(url, json=bad)
+                assert resp.status_code == 400, (bad, resp.text)
+                assert resp.json()["error"]["type"] == "ConfigError"
+            resp = await client.post(url, json={"command": "true", "args": ["x" * 1000] * 1100})
+            assert resp.status_code == 413
+            assert (await client.post("/v1/boxes/nope-nope/exec-detached", json={"command": "true"})).status_code == 404
+        run = await box.exec("sh", ["-c", f"kill -0 {pid}"])
+        assert (await run.wait()).exit_code == 0  # still running after all that
+    finally:
+        await remote.remove(box.id, force=True)

@@ -148,6 +148,24 @@ class Box:
             raise
         return Execution(self, started.channel, started.exec_id)
 
+    async def exec_detached(
+        self, command: str, args: list[str] | None = None, env: Any = None, user: str | None = None,
+        cwd: str | None = None,
+    ) -> int:  # fmt: skip
+        """Start ``command args...`` in the box and leave it running (``boxlite exec -d``, docker's
+        ``exec -d``); returns its pid in the box. Nobody reads its output: it goes to the box's
+        ``exec.log`` (capped and rotated as the main process's log), so a chatty process never
+        blocks; a box stop ends it."""
+        request = ExecRequest(command, list(args or []), env, False, user, None, cwd, False)
+        await self._backend.ready(self.id)
+        try:
+            pid = await self._backend.exec_detached(self.id, request)
+        except BoxliteError:
+            self._count_exec(error=True)
+            raise
+        self._count_exec(error=False)
+        return pid
+
     def _count_exec(self, error: bool) -> None:
         self._counted.commands += 1
         self._runtime._counted.commands += 1

@@ -225,6 +225,12 @@ class SyncBox:
     def signal_main(self, signal: int) -> None:
         self._loop.run(self._box.signal_main(signal))
 
+    def exec_detached(
+        self, command: str, args: list[str] | None = None, env: Any = None, user: str | None = None,
+        cwd: str | None = None,
+    ) -> int:  # fmt: skip
+        return self._loop.run(self._box.exec_detached(command, args, env, user, cwd))
+
     @property
     def network(self) -> SyncNetworkHandle:
         return SyncNetworkHandle(self._loop.run, self._box.network)

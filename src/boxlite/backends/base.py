@@ -241,6 +241,11 @@ class Backend(abc.ABC):
         box goes on unless that process ends of it. ``InvalidStateError`` when none runs."""
         raise UnsupportedOptionError("signal_main", f"{type(self).__name__} cannot signal main processes")
 
+    async def exec_detached(self, box_id: str, request: ExecRequest) -> int:
+        """Start ``request`` in the running box and leave it running (``boxlite exec -d``): its
+        output goes to the box's capped ``exec.log``, not to the caller; returns its pid."""
+        raise UnsupportedOptionError("detach", f"{type(self).__name__} cannot run detached executions")
+
     async def fork(self, box_id: str, n: int = 1) -> builtins.list[BoxInfo]:
         """``n`` new running boxes with the running box's memory and disk as they are now."""
         raise UnsupportedOptionError("fork", f"{type(self).__name__} cannot fork boxes")

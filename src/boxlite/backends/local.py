@@ -30,6 +30,7 @@ from ..client.tunnel import ExecTunnel
 from ..errors import BoxliteError, InvalidStateError, NotFoundError
 from ..images import ImageConfig, ImageInfo, ImageManager, load_registries_from_config
 from ..images.types import PullProgress
+from ..layout import EXEC_LOG_NAME
 from ..runtime import pause, snapshots
 from ..runtime.home import Home
 from ..runtime.lifecycle import BoxRuntime
@@ -213,6 +214,12 @@ class LocalBackend(Backend):
     def _idle_limit(self, box_id: str) -> tuple[int, bool]:
         rec = self.core.record(box_id)
         return rec.config.auto_pause, rec.state == "running"
+
+    async def exec_detached(self, box_id: str, request: ExecRequest) -> int:
+        client, rec = await self._client(box_id)
+        r = request
+        body = self.core.exec_body(rec, r.argv, r.env, r.cwd, r.user, detach=True, log=EXEC_LOG_NAME, stdin=False)
+        return (await client.exec(body, shlex.join(r.argv))).pid
 
     async def signal_main(self, box_id: str, signal: int) -> None:
         await self.core.signal_main(box_id, check_signal(signal))

@@ -336,14 +336,18 @@ async def create(
 
 @click.command("exec", context_settings=COMMAND_SETTINGS)
 @exec_options
+@click.option("-d", "--detach", is_flag=True, help="Leave the command running in the box and return at once "
+              "(its output goes to the box's exec.log).")  # fmt: skip
 @click.argument("box_ref", metavar="BOX", shell_complete=complete_box)
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
 @with_runtime
 async def exec_(
     rt: Boxlite, box_ref: str, cmd: tuple[str, ...], interactive: bool, tty: bool, env: tuple[str, ...],
-    workdir: str | None, user: str | None,
+    workdir: str | None, user: str | None, detach: bool = False,
 ) -> int:  # fmt: skip
     """Run a command in a running box (exit status is the command's)."""
+    if detach and (interactive or tty):
+        raise fail("-d cannot be combined with -i/-t")
     box = await find_box(rt, box_ref)
     info = box.info()
     if info.state.status == "paused" and not info.auto_resume:
@@ -353,4 +357,7 @@ async def exec_(
     argv = _drop_dashdash(cmd)
     if not argv:
         raise fail("no command given (usage: boxlite exec BOX [--] CMD...)")
+    if detach:
+        await box.exec_detached(argv[0], argv[1:], env_pairs(env) or None, user, workdir)
+        return 0
     return await exec_attached(box, argv, tty=tty, interactive=interactive, env=env, workdir=workdir, user=user)

@@ -236,6 +236,8 @@ class AgentClient:
             self._execs.pop(channel, None)
             raise _error_from(reply, command)
         ch.pid = int(reply.get("pid", 0))
+        if body.get("detach"):  # nothing more comes on this channel: its output goes to a log
+            self._execs.pop(channel, None)
         return ch
 
     async def _read_loop(self) -> None:

@@ -13,6 +13,8 @@ from .schemas import (
     BoxInfoModel,
     BoxMetricsModel,
     CreateBoxRequest,
+    DetachedExecModel,
+    DetachedExecRequest,
     HealthModel,
     RuntimeMetricsModel,
     SignalRequest,
@@ -116,6 +118,17 @@ async def signal_box(box_id: str, req: SignalRequest, st: ServerState = Depends(
     not running or has no main process."""
     await (await st.box(box_id)).signal_main(req.signal)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/boxes/{box_id}/exec-detached", response_model=DetachedExecModel, tags=["boxes"],
+    operation_id="nativeExecDetached", responses=errors(400, 404, 409),
+)  # fmt: skip
+async def exec_detached(box_id: str, req: DetachedExecRequest, st: ServerState = Depends(get_state)) -> Any:
+    """Start a command and leave it running (``boxlite exec -d``); its output goes to the box's
+    capped ``exec.log``, not to the caller."""
+    box = await st.box(box_id)
+    return {"pid": await box.exec_detached(req.command, req.args, req.env, req.user, req.cwd)}
 
 
 @router.get(

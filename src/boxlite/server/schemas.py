@@ -170,6 +170,23 @@ class SignalRequest(BaseModel):
     signal: int = Field(ge=1, le=64, strict=True, description="signal number (10 = SIGUSR1 on Linux)")
 
 
+class DetachedExecRequest(BaseModel):
+    """``POST /v1/boxes/{id}/exec-detached``: a command left running, its output to the box's
+    ``exec.log`` (``boxlite exec -d``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = None
+    user: str | None = None
+    cwd: str | None = None
+
+
+class DetachedExecModel(BaseModel):
+    pid: int = Field(description="the process id in the box")
+
+
 class BoxMetricsModel(BaseModel):
     commands_executed_total: int = 0
     exec_errors_total: int = 0

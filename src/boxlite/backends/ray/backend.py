@@ -658,6 +658,10 @@ class RayBackend(Backend):
         node, box_id = await self._node(box_id)
         await node.call("signal_main", box_id, check_signal(signal))
 
+    async def exec_detached(self, box_id: str, request: ExecRequest) -> int:
+        node, box_id = await self._node(box_id)
+        return int(await node.call("exec_detached", box_id, request))
+
     async def resume(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         node, box_id = await self._node(box_id)
         return self._seen(await node.call("resume", box_id, detach, timeout=self.o.create_timeout), node.node_id)

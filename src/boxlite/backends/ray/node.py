@@ -614,6 +614,6 @@ once, not every ``BUSY_TTL``); a refusal is always confirmed by a fresh list."""
 _CHANGES = frozenset({"remove", "start", "stop", "pause", "resume", "fork", "clone"})
 _CALLS = frozenset({
     "get", "info", "list", "remove", "start", "stop", "ready", "box_metrics", "metrics", "image",
-    "pause", "resume", "fork", "clone", "signal_main",
+    "pause", "resume", "fork", "clone", "signal_main", "exec_detached",
     "snapshot_create", "snapshot_list", "snapshot_restore", "snapshot_remove",
 })  # fmt: skip

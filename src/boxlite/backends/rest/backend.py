@@ -207,6 +207,18 @@ class RestBackend(Backend):
             raise UnsupportedOptionError("detach", "set it when creating the box on the server")
         return self._seen(await self.transport.request("POST", f"{self._path(box_id)}/resume"))
 
+    async def exec_detached(self, box_id: str, request: ExecRequest) -> int:
+        r = request
+        body = {
+            "command": r.command,
+            "args": list(r.args),
+            "env": env_to_dict(r.env, "env"),
+            "user": r.user,
+            "cwd": r.cwd,
+        }
+        answer = await self.transport.request("POST", f"{self._path(box_id)}/exec-detached", json=body)
+        return int(answer["pid"])
+
     async def signal_main(self, box_id: str, signal: int) -> None:
         await self.transport.request("POST", f"{self._path(box_id)}/signal", json={"signal": signal})
 
