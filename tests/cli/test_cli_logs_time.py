@@ -10,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from boxlite.agent import logfile
 from boxlite.agent.logfile import RotatingLog
 from boxlite.api.logtimes import LineTimes, Stamper
@@ -151,3 +153,38 @@ def test_index_rotates_with_the_log_and_a_full_index_rotates_early(tmp_path: Pat
         stamper = Stamper(LineTimes(f.fileno(), (str(tmp_path / "parts.log"),)), True, None, None)
         one, two = stamper.render(f.read(), 0).decode().splitlines()
     assert one.endswith(" partial") and two.endswith(" next") and one[:30] < two[:30]
+
+
+def test_writers_of_one_log_share_its_cap(tmp_path: Path) -> None:
+    """Three detached executions appending to one ``exec.log``: one cap for the file and its
+    rotated copy, and no writer keeps an unlinked copy of its own."""
+    from boxlite.agent.logfile import SharedLogs
+
+    cap = 128 << 10
+    logs = SharedLogs()
+    path = str(tmp_path / "exec.log")
+    writers = [logs.open(path, cap) for _ in range(3)]
+    for _ in range(200):
+        for i, w in enumerate(writers):
+            w.write(f"{i}".encode() * 1000)
+    sizes = [os.stat(path).st_size, os.stat(path + ".1").st_size]
+    assert all(0 < s <= cap for s in sizes), sizes
+    assert sorted(os.listdir(tmp_path)) == ["exec.log", "exec.log.1", "exec.log.1.idx", "exec.log.idx"]
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor
+            pass
+    assert not [h for h in held if h.startswith(str(tmp_path)) and h.endswith("(deleted)")], held
+    writers[0].close()
+    writers[0].close()  # harmless twice
+    with pytest.raises(ValueError):
+        writers[0].write(b"x")
+    writers[1].write(b"still open\n")
+    for w in writers[1:]:
+        w.close()
+    again = logs.open(path, cap)  # the last writer closed the file: a new one opens it anew
+    again.write(b"more\n")
+    again.close()
+    assert Path(path).read_bytes().endswith(b"still open\nmore\n")

@@ -56,8 +56,10 @@ async def test_a_chatty_detached_command_never_blocks_and_its_log_stays_capped(
     monkeypatch.setenv("BOXLITE_LOG_MAX_BYTES", str(cap))
     box = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
     await box.start()
-    await box.exec_detached("sh", ["-c", "head -c 4000000 /dev/zero | tr '\\0' x; touch /done; exec sleep 300"])
-    await until(box, "test -e /done", timeout=120)
+    for n in range(3):  # three writers of one exec.log share its cap
+        script = f"head -c 2000000 /dev/zero | tr '\\0' {n}; touch /done{n}; exec sleep 300"
+        await box.exec_detached("sh", ["-c", script])
+    await until(box, "test -e /done0 -a -e /done1 -a -e /done2", timeout=120)
     log = runtime.home.layout(box.id).exec_log
     rotated = log.with_name(log.name + ".1")
     assert 0 < log.stat().st_size <= cap and 0 < rotated.stat().st_size <= cap

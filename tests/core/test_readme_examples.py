@@ -281,12 +281,13 @@ def test_forced_tcg_prints_no_notice(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("main", [True, False])
 def test_vm_relay_reports_the_main_process_end_after_its_last_output(tmp_path: Path, main: bool) -> None:
     from boxlite.agent import protocol as p
-    from boxlite.agent.logfile import RotatingLog
+    from boxlite.agent.logfile import SharedLogs
     from boxlite.engines.vm.relay import Client, Relay
 
     to_guest: list[bytes] = []
     ended: list[bytes] = []
-    relay = Relay(to_guest.append, lambda name, limit: RotatingLog(str(tmp_path / name), limit), ended.append)
+    logs = SharedLogs()
+    relay = Relay(to_guest.append, lambda name, limit: logs.open(str(tmp_path / name), limit), ended.append)
     asker = Client(on_frame=lambda *_: None)
     relay.attach(asker)
     body = {"op": "exec", "argv": ["sh"], "detach": True, "log": "main.log", "main": main}

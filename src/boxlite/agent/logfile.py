@@ -144,3 +144,49 @@ class RotatingLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class SharedLogs:
+    """One :class:`RotatingLog` per path, however many writers: detached executions appending to
+    the same log (``exec.log``) keep its one cap. With a log each, every writer would rotate the
+    file under the others and hold its own unlinked copy: N times the cap on the host's disk."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[RotatingLog, int]] = {}
+
+    def open(self, path: str, max_bytes: int) -> LogLease:
+        """A writer of ``path`` (its cap: the first writer's, while any is open)."""
+        log, users = self._open.get(path) or (RotatingLog(path, max_bytes), 0)
+        self._open[path] = (log, users + 1)
+        return LogLease(self, log)
+
+    def _release(self, log: RotatingLog) -> None:
+        current, users = self._open.get(log.path) or (None, 0)
+        if current is not log:
+            log.close()
+        elif users > 1:
+            self._open[log.path] = (log, users - 1)
+        else:
+            del self._open[log.path]
+            log.close()
+
+
+class LogLease:
+    """One writer's use of a shared log: ``close`` (idempotent) ends this writer's use only."""
+
+    __slots__ = ("_log", "_logs", "max_bytes", "path")
+
+    def __init__(self, logs: SharedLogs, log: RotatingLog) -> None:
+        self._logs = logs
+        self._log: RotatingLog | None = log
+        self.path, self.max_bytes = log.path, log.max_bytes
+
+    def write(self, data: bytes | memoryview) -> int:
+        if self._log is None:
+            raise ValueError("write to a closed log")
+        return self._log.write(data)
+
+    def close(self) -> None:
+        log, self._log = self._log, None
+        if log is not None:
+            self._logs._release(log)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from . import linux, mainexit, oom, tario, tunnel
 from . import protocol as p
-from .logfile import RotatingLog, log_limit
+from .logfile import LogLease, SharedLogs, log_limit
 from .spawn import Confinement, ExecSpec, Spawned, close_all, finish_parent, prepare_stdio, set_winsize, spawn
 from .spawner import SpawnerClient, start_spawner
 
@@ -177,18 +177,20 @@ class Execution:
 
 
 class _Detached(Connection):
-    """Owner of detached executions (the box's main process): their output goes to a log file
-    capped and rotated by ``RotatingLog`` instead of a peer. Credit for what was written is
-    granted back between two rounds of the event loop (``settle``): a process printing without
-    end gets the agent in turns with everything else, and its log stays within the cap."""
+    """Owner of detached executions (the box's main process, ``exec -d``): their output goes to a
+    log file capped and rotated by ``RotatingLog`` (one per file: ``SharedLogs``) instead of a
+    peer. Credit for what was written is granted back between two rounds of the event loop
+    (``settle``): a process printing without end gets the agent in turns with everything else,
+    and its log stays within the cap."""
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent, -1, -1)
-        self.logs: dict[int, RotatingLog] = {}
+        self.logs: dict[int, LogLease] = {}
+        self.shared = SharedLogs()  # detached executions naming one log share it and its cap
         self.owed: list[tuple[int, int, int]] = []  # (channel, stream, bytes written)
 
     def open_log(self, channel: int, path: str, max_bytes: object) -> None:
-        self.logs[channel] = RotatingLog(path, log_limit(max_bytes))
+        self.logs[channel] = self.shared.open(path, log_limit(max_bytes))
 
     def close_log(self, channel: int) -> None:
         log = self.logs.pop(channel, None)

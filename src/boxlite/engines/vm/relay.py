@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable
 
 from ...agent import protocol as p
-from ...agent.logfile import RotatingLog, log_limit
+from ...agent.logfile import LogLease, log_limit
 from ...layout import MAIN_LOG_NAME
 
 KILL = json.dumps({"op": "kill"}).encode()
@@ -77,7 +77,7 @@ class LogSink:
 
     __slots__ = ("asker", "channel", "exit", "file", "gid", "main", "relay")
 
-    def __init__(self, relay: Relay, gid: int, asker: Client, channel: int, file: RotatingLog) -> None:
+    def __init__(self, relay: Relay, gid: int, asker: Client, channel: int, file: LogLease) -> None:
         self.relay, self.gid, self.asker, self.channel, self.file = relay, gid, asker, channel, file
         self.main = False  # the box's main process: its end is reported to ``Relay.on_main_exit``
         self.exit: bytes | None = None  # its EXIT body, once seen
@@ -110,7 +110,7 @@ class Relay:
     def __init__(
         self,
         guest_write: Write,
-        open_log: Callable[[str, int], RotatingLog] | None = None,
+        open_log: Callable[[str, int], LogLease] | None = None,
         on_main_exit: Callable[[bytes], None] | None = None,
     ) -> None:
         self.guest_write = guest_write

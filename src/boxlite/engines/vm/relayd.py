@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from ...agent import mainexit
 from ...agent import protocol as p
-from ...agent.logfile import RotatingLog
+from ...agent.logfile import LogLease, SharedLogs
 from . import vmcontrol
 from .relay import Client, LogSink, Relay, Route
 
@@ -82,9 +82,10 @@ class RelayServer:
         self.listener = listener
         listener.setblocking(False)
         self.log_dir = log_dir
+        self.logs = SharedLogs()  # detached executions naming one log share it and its cap
         self.relay = Relay(
             lambda data: self._write(self.guest, data),
-            open_log=log_opener(log_dir),
+            open_log=log_opener(log_dir, self.logs),
             on_main_exit=self._main_exited if log_dir else None,
         )
         self.clients: dict[int, tuple[_Peer, Client]] = {}
@@ -154,7 +155,7 @@ class RelayServer:
         self.relay.set_next_channel(int(state.get("next") or 1))
         for gid, channel, path, limit, main in state.get("logs") or []:
             try:  # only a log of this box's run dir, whatever the file says
-                file = RotatingLog(os.path.join(self.log_dir or ".", os.path.basename(str(path))), int(limit))
+                file = self.logs.open(os.path.join(self.log_dir or ".", os.path.basename(str(path))), int(limit))
             except (OSError, ValueError):
                 continue
             sink = LogSink(self.relay, int(gid), Client(on_frame=lambda *_: None), int(channel), file)
@@ -450,11 +451,11 @@ class RelayServer:
         return self.status
 
 
-def log_opener(log_dir: str | None) -> Callable[[str, int], RotatingLog] | None:
+def log_opener(log_dir: str | None, logs: SharedLogs) -> Callable[[str, int], LogLease] | None:
     """Where detached executions append their output, capped and rotated (None: the guest keeps it)."""
     if log_dir is None:
         return None
-    return lambda name, max_bytes: RotatingLog(os.path.join(log_dir, name), max_bytes)
+    return lambda name, max_bytes: logs.open(os.path.join(log_dir, name), max_bytes)
 
 
 def exec_relay(pkg_dir: str, args: dict[str, Any], fds: list[int]) -> None:
