@@ -39,6 +39,17 @@ def box_pids(runtime: boxlite.Boxlite, box_id: str) -> list[int]:
     return sorted(pids)
 
 
+async def box_running(runtime: boxlite.Boxlite, rootfs: Path, script: str) -> tuple[boxlite.Box, boxlite.Execution]:
+    """A kept box running ``sh -c script`` once the script printed its first line ("ready"); keep
+    the execution referenced (a dropped one is killed)."""
+    box = await runtime.create(opts(rootfs, auto_remove=False))
+    execution = await box.exec("sh", ["-c", script], stdin=False)
+    async for line in execution.stdout():
+        assert line == "ready\n"
+        break
+    return box, execution
+
+
 def gone(pid: int, start: int | None = None, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,12 +127,8 @@ async def test_a_stop_keeps_what_processes_still_running_wrote(
     process still running at the stop are kept too, written before it or in the grace (a TERM
     trap): the agent answers the stop once they are gone and the disk is synced, and only then
     may the host end a VM."""
-    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     script = "trap 'echo asked > /asked' TERM; echo early > /early; echo ready; while true; do sleep 0.1; done"
-    execution = await box.exec("sh", ["-c", script], stdin=False)
-    async for line in execution.stdout():  # its output: no exec has ended (and synced) since the write
-        assert line == "ready\n"
-        break
+    box, _running = await box_running(runtime, busybox_rootfs, script)  # no exec has ended (and synced) since the write
     await box.stop(timeout=grace)
     await box.start()
     assert await run(box, "cat", "/early") == (0, "early\n")
@@ -131,15 +138,11 @@ async def test_a_stop_keeps_what_processes_still_running_wrote(
 
 
 async def test_a_stop_gives_the_whole_grace_asked_for(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
-    """``stop(timeout=12)``: SIGTERM, then 12 s before SIGKILL (the agent waited 10 s at most);
-    a process that needs 10.5 s to finish its work after SIGTERM finishes it."""
-    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
+    """``stop(timeout=20)``: SIGTERM, then up to 20 s before SIGKILL (the agent waited 10 s at
+    most); a process that needs 10.5 s to finish its work after SIGTERM finishes it."""
     script = "trap 'sleep 10.5; echo finished > /finished; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
-    execution = await box.exec("sh", ["-c", script], stdin=False)
-    async for line in execution.stdout():
-        assert line == "ready\n"
-        break
-    await box.stop(timeout=12)
+    box, _running = await box_running(runtime, busybox_rootfs, script)
+    await box.stop(timeout=20)
     await box.start()
     assert await run(box, "cat", "/finished") == (0, "finished\n")
     await runtime.remove(box.id, force=True)
@@ -152,12 +155,8 @@ async def test_a_kill_or_forced_removal_does_not_wait_out_a_stop_in_progress(
     """``stop(timeout=300)`` of a box whose shell ignores SIGTERM would hold the box for 300 s;
     ``stop(timeout=0)`` (``boxlite kill``) or ``remove(force=True)`` meanwhile ends it now, as
     ``docker kill`` ends a ``docker stop`` under way, and the slow stop returns too."""
-    box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
     script = "trap '' TERM; echo ready; while true; do sleep 0.1; done"
-    execution = await box.exec("sh", ["-c", script], stdin=False)
-    async for line in execution.stdout():
-        assert line == "ready\n"
-        break
+    box, _running = await box_running(runtime, busybox_rootfs, script)
     slow = asyncio.create_task(box.stop(timeout=300))
     deadline = time.monotonic() + 20
     while (info := await runtime.get_info(box.id)) is not None and info.state.status != "stopping":
