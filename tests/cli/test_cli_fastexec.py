@@ -73,6 +73,10 @@ SCRIPT = 'echo "$FROMBOX|$A|$HOSTVAR"; pwd; id -u; echo err >&2; exit 3'
         (["nobox", "true"], 125),
         (["-i", "fx", "cat"], 0),  # -i: the full path
         (["-e", "=bad", "fx", "true"], 125),
+        (["-d", "fx", "true"], 0),  # -d: nothing printed, at once
+        (["--detach", "-e", "A=1", "fx", "sh", "-c", "echo $A"], 0),
+        (["-d", "fx", "no-such-cmd"], 127),
+        (["-d", "-t", "fx", "true"], 125),  # -t: the full path refuses the pair
     ],
 )
 def test_lean_exec_gives_what_the_full_path_gives(
@@ -84,6 +88,22 @@ def test_lean_exec_gives_what_the_full_path_gives(
     assert lean[0] == expected_code, lean
     if args[-1] == SCRIPT:
         assert lean[2] == "err\n" and lean[1].count("\n") == 3
+
+
+def test_lean_exec_detach_leaves_the_command_running(fx: Cli) -> None:
+    """The lean ``exec -d`` sends what Box.exec_detached does: the command goes on after
+    boxlite exited, with the box's env and the call's, its output in the box's exec.log."""
+    proc = fx("exec", "-d", "-e", "A=lean", "fx", "sh", "-c", 'sleep 0.5; echo "$FROMBOX|$A" > /tmp/lean; echo logged')
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    deadline = time.monotonic() + 30
+    while fx.ok("exec", "fx", "sh", "-c", "cat /tmp/lean 2>/dev/null || true") != "box|lean\n":
+        assert time.monotonic() < deadline, "the detached command never ran"
+        time.sleep(0.2)
+    log = Path(fx.home) / "boxes" / _box_id(fx, "fx") / "run" / layout.EXEC_LOG_NAME
+    deadline = time.monotonic() + 10
+    while "logged" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "its output never reached exec.log"
+        time.sleep(0.1)
 
 
 def test_lean_exec_values_and_prefix(fx: Cli) -> None:
@@ -134,12 +154,13 @@ def test_lean_exec_counts_commands_and_errors(fx: Cli) -> None:
 
 
 def test_lean_exec_import_budget(fx: Cli) -> None:
-    def modules(fast: str) -> list[str]:
+    def modules(fast: str, *flags: str) -> list[str]:
         env = {**fx.env(), "BOXLITE_FAST_EXEC": fast}
         launcher = ["-c", "from boxlite.cli.entry import main; main()"]  # what bin/boxlite runs (not runpy's -m)
-        argv = [sys.executable, "-X", "importtime", *launcher, "--home", str(fx.home), "exec", "fx", "echo", "hi"]
+        verb = ["exec", *flags, "fx", "echo", "hi"]
+        argv = [sys.executable, "-X", "importtime", *launcher, "--home", str(fx.home), *verb]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
-        assert (proc.returncode, proc.stdout) == (0, "hi\n"), proc.stderr[-2000:]
+        assert (proc.returncode, proc.stdout) == (0, "" if flags else "hi\n"), proc.stderr[-2000:]
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("import time:") and "|" in ln]
         return [ln.rsplit("|", 1)[1].strip() for ln in lines[1:]]
 
@@ -149,11 +170,13 @@ def test_lean_exec_import_budget(fx: Cli) -> None:
     assert not {"re", "json", "enum", "functools", "collections"} & set(lean)
     assert len(lean) <= IMPORT_BUDGET, f"{len(lean)} modules: {lean}"
     assert "click" in modules("0")  # the budget measures something: the full path is the heavy one
+    assert "click" not in modules("1", "-d")  # exec -d takes the lean path too
 
 
 def test_lean_path_constants_match_the_runtime() -> None:
     assert fastexec.CONFIG_VERSION == runtime_config.CONFIG_VERSION
     assert fastexec.AGENT_SOCKET_NAME == layout.AGENT_SOCKET_NAME
+    assert fastexec.EXEC_LOG_NAME == layout.EXEC_LOG_NAME
     from boxlite.cli import credentials
 
     assert fastexec.CREDENTIALS_NAME == credentials.FILE_NAME

@@ -1,7 +1,7 @@
 """``boxlite exec BOX CMD...`` without click, asyncio or the SDK: the common form, whole-process fast.
 
 Importing the CLI and the runtime costs ~10x what the exec itself does. For the plain form
-(no ``-i``/``-t``, only ``-e``/``-w``/``-u``, a local home without a stored login, a *running* box named by
+(no ``-i``/``-t``, only ``-e``/``-w``/``-u``/``-d``, a local home without a stored login, a *running* box named by
 its full id or name, nothing for the runtime's crash recovery to do) this module reads the box's
 record with one SQLite query, builds the same ``exec`` request as ``BoxRuntime.exec_body`` and
 speaks the agent protocol (agent/protocol.py) over blocking sockets. Anything else returns
@@ -67,6 +67,8 @@ CONFIG_VERSION = 1
 """runtime/config.py's CONFIG_VERSION (a test keeps them equal): other versions take the full path."""
 AGENT_SOCKET_NAME = "agent.sock"
 """layout.AGENT_SOCKET_NAME (a test keeps them equal)."""
+EXEC_LOG_NAME = "exec.log"
+"""layout.EXEC_LOG_NAME (a test keeps them equal)."""
 CREDENTIALS_NAME = "credentials.toml"
 """cli/credentials.FILE_NAME (a test keeps them equal)."""
 CONNECT_TIMEOUT = 10.0
@@ -86,13 +88,18 @@ class _Broken(Exception):
     """The connection ended or the agent broke the protocol: exit status -1 with this reason."""
 
 
-def parse(args: list[str]) -> tuple[str, list[str], list[tuple[str, str]], str | None, str | None]:
-    """(box, argv, env pairs, workdir, user) of ``exec``'s arguments; ``_Fallback`` for any
-    other form (``-i``, ``-t``, combined flags, unknown options, errors click reports)."""
+def parse(args: list[str]) -> tuple[str, list[str], list[tuple[str, str]], str | None, str | None, bool]:
+    """(box, argv, env pairs, workdir, user, detach) of ``exec``'s arguments; ``_Fallback`` for
+    any other form (``-i``, ``-t``, combined flags, unknown options, errors click reports)."""
     env: list[tuple[str, str]] = []
     workdir = user = None
+    detach = False
     i = 0
     while i < len(args) and args[i].startswith("-") and args[i] != "-":
+        if args[i] in ("-d", "--detach"):
+            detach = True
+            i += 1
+            continue
         opt, sep, value = args[i].partition("=")
         if opt not in ("-e", "--env", "-w", "--workdir", "-u", "--user") or (sep and not opt.startswith("--")):
             raise _Fallback
@@ -121,7 +128,7 @@ def parse(args: list[str]) -> tuple[str, list[str], list[tuple[str, str]], str |
         argv = argv[1:]
     if not box or not argv:
         raise _Fallback
-    return box, argv, env, workdir, user
+    return box, argv, env, workdir, user, detach
 
 
 def _alive(pid: Any, start: Any) -> bool:
@@ -183,9 +190,10 @@ def resolve(db: sqlite3.Connection, ref: str) -> tuple[str, dict[str, Any]]:
 
 
 def request_body(data: dict[str, Any], argv: list[str], env: list[tuple[str, str]], workdir: str | None,
-                 user: str | None) -> dict[str, Any]:  # fmt: skip
-    """BoxRuntime.exec_body for a plain (no tty, no stdin) CLI exec; ``_Fallback`` for a record
-    the runtime's typed config would reject (it then reports it)."""
+                 user: str | None, detach: bool = False) -> dict[str, Any]:  # fmt: skip
+    """BoxRuntime.exec_body for a plain (no tty, no stdin) CLI exec (``detach``: as
+    Box.exec_detached's, output to the box's exec.log); ``_Fallback`` for a record the runtime's
+    typed config would reject (it then reports it)."""
     config, image = data["config"], data.get("image_config") or {}
     full_env: dict[str, str] = {}
     try:
@@ -217,6 +225,7 @@ def request_body(data: dict[str, Any], argv: list[str], env: list[tuple[str, str
         "cols": 80,
         "timeout": None,
         "stdin": False,
+        **({"detach": True, "log": EXEC_LOG_NAME, "log_max": p.LOG_MAX} if detach else {}),
     }
 
 
@@ -349,6 +358,8 @@ def run(session: Session, body: dict[str, Any], wake: int, memory_mib: Any = Non
                     reply = _json(payload, session.label)
                     if not reply.get("ok"):
                         return _exec_failed(reply, body["argv"])
+                    if body.get("detach"):
+                        return 0  # left running: nothing more comes on this channel
                     started = True
                 elif kind in (p.STDOUT, p.STDERR):
                     session.output(kind, payload)
@@ -416,7 +427,9 @@ def _lean_exec(args: list[str], home: str | None) -> int | None:
     if any(os.environ.get(k) for k in ("BOXLITE_REST_URL", "BOXLITE_RAY_ADDRESS", "BOXLITE_DEBUG", "BOXLITE_LOG")):
         return None
     try:
-        ref, argv, env, workdir, user = parse(args)
+        ref, argv, env, workdir, user, detach = parse(args)
+        if detach and os.environ.get("BOXLITE_LOG_MAX_BYTES"):
+            raise _Fallback  # the log's cap as the full path reads it (client/limits.main_log_max)
         root = _home(home)
         if os.path.lexists(os.path.join(root, CREDENTIALS_NAME)):
             raise _Fallback  # a stored login may send the exec to a server (cli/common.apply_stored_login)
@@ -428,7 +441,7 @@ def _lean_exec(args: list[str], home: str | None) -> int | None:
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # as runtime/state.py: no fsync per counter update
             box_id, data = resolve(db, ref)
-            body = request_body(data, argv, env, workdir, user)
+            body = request_body(data, argv, env, workdir, user, detach)
             run_dir = os.path.join(root, "boxes", box_id, "run")
             if os.path.lexists(os.path.join(run_dir, "main.exit")):
                 raise _Fallback  # the main process ended: the full path reports it
