@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAIN_LOG_NAME = "main.log"
+"""The main process's log, as the agent names it inside the run directory."""
 EXEC_LOG_NAME = "exec.log"
 """Output of the detached executions of ``boxlite exec -d`` (capped and rotated as ``main.log``)."""
-"""The main process's log, as the agent names it inside the run directory."""
 AGENT_SOCKET_NAME = "agent.sock"
 CONSOLE_LOG_NAME = "console.log"
 # Files a VM shim keeps in its run directory (a box's ``run/``, or a snapshot template's work dir).

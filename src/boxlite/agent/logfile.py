@@ -161,10 +161,9 @@ class SharedLogs:
         return LogLease(self, log)
 
     def _release(self, log: RotatingLog) -> None:
-        current, users = self._open.get(log.path) or (None, 0)
-        if current is not log:
-            log.close()
-        elif users > 1:
+        """One writer less; the last one closes the file (each lease releases once)."""
+        users = self._open[log.path][1]
+        if users > 1:
             self._open[log.path] = (log, users - 1)
         else:
             del self._open[log.path]

@@ -34,17 +34,21 @@ async def _each(refs: tuple[str, ...], action: Any, together: bool = False) -> i
     """Apply ``action(ref)`` to every box; report each one in the order given, failures one line
     each (docker style). ``together``: at most ``TOGETHER`` at once, as docker stops, kills and
     removes boxes in parallel (ten boxes that ignore SIGTERM stop in one grace, not ten)."""
-    gate = asyncio.Semaphore(TOGETHER if together else 1)
+    if together:
+        gate = asyncio.Semaphore(TOGETHER)
 
-    async def gated(ref: str) -> None:
-        async with gate:
-            await action(ref)
+        async def gated(ref: str) -> None:
+            async with gate:
+                await action(ref)
 
-    tasks = [asyncio.ensure_future(gated(ref)) for ref in refs]
+        tasks = [asyncio.ensure_future(gated(ref)) for ref in refs]
+        outcomes: Any = zip(refs, tasks, strict=True)
+    else:
+        outcomes = ((ref, action(ref)) for ref in refs)  # one at a time, each awaited in turn
     failed = 0
-    for ref, task in zip(refs, tasks, strict=True):
+    for ref, pending in outcomes:
         try:
-            await task
+            await pending
             click.echo(ref)
         except BoxliteError as e:
             print_error(describe(e)[0])
