@@ -234,6 +234,7 @@ def test_tcg_notice_is_plain_and_once_per_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("BOXLITE_VM_ACCEL", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # each home probes: no verdict shared by homes
     monkeypatch.setattr(verdict, "kvm_device_usable", lambda: True)
     monkeypatch.setattr(verdict, "qemu_version", lambda: "q")
     raw = ("KVM probe boot failed: qemu-system-x86_64: ../../target/i386/kvm/kvm.c:2852: kvm_buf_set_msrs: "

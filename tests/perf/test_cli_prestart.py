@@ -44,6 +44,7 @@ def fake_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict
     manifest: dict[str, object] = {"format": 1, "files": {"vmlinux": "ab" * 32, "initramfs.cpio": "cd" * 32}}
     (art / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setenv("BOXLITE_RUNTIME_DIR", str(art))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # no verdict shared by the user's homes
     monkeypatch.delenv("BOXLITE_VM_ACCEL", raising=False)
     monkeypatch.delenv("BOXLITE_ENGINE", raising=False)
     monkeypatch.setattr(verdict, "kvm_device_usable", lambda: True)

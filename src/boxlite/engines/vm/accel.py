@@ -2,14 +2,14 @@
 
 ``/dev/kvm`` existing proves little (e.g. ``kvm-pvm`` hosts expose it but cannot run our
 guest), so the verdict comes from a real boot with ``boxlite.probe=1`` (vminit prints a marker
-and powers off at once). It is cached per (kernel, QEMU, host kernel) under the home.
+and powers off at once). It is cached per (kernel, QEMU, host kernel) under the home and in
+the user's cache shared by all homes (verdict.py), so a host is probed once, not once per home.
 ``BOXLITE_VM_ACCEL=kvm|tcg`` forces the choice. Falling back to TCG is said once per home, in
 plain words, on stderr (``tcg-notice`` marks that it was); the probe's details stay in the cache.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -20,8 +20,7 @@ from pathlib import Path
 
 from ...runtime_artifact import RuntimeArtifact
 from .qemu import VmConfig, qemu_argv
-from .verdict import Accel, cached_verdict
-from .verdict import verdict_path as _verdict_path
+from .verdict import Accel, cached_verdict, store_verdict
 
 log = logging.getLogger("boxlite.vm")
 PROBE_MARKER = b"boxlite-probe-ok"
@@ -114,11 +113,7 @@ def choose(artifact: RuntimeArtifact, cache_dir: Path, announce: bool = True) ->
     result = cached_verdict(artifact.manifest, cache_dir)
     if result is None:
         result = _probe(artifact)
-        path = _verdict_path(artifact.manifest, cache_dir)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"name": result.name, "reason": result.reason}))
-        tmp.rename(path)
+        store_verdict(result, artifact.manifest, cache_dir)
     if announce:
         log.debug("VM engine: using %s (%s)", result.name.upper(), result.reason)
         if result.name == "tcg" and not forced:
