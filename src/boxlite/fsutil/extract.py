@@ -16,10 +16,13 @@ in it (the box, its files and its guest agent may all be hostile).
 * Limits: bytes received, entries, a deadline, path length and depth.
 * Staged: the archive is extracted into a fresh directory beside the destination and moved into
   place only once complete (:mod:`.commit`); a failed copy changes nothing at the destination.
+  The staging directory's name holds its maker's pid and start time: a copy killed mid-way
+  (kill -9) leaves one, and the next copy into the same directory removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import BoxliteError, ConfigError, ResourceExhaustedError, TimeoutError, UnsafeArchiveError
+from ..procfs import process_start_time
 from . import commit
 from .copylimits import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
 from .dirfd import DIR_FLAGS, DirWalker, is_dir, lstat_at, remove_tree, split_path
@@ -118,6 +122,46 @@ def extract_archive(
     meter.drain()
 
 
+STAGE_PREFIX = ".boxlite-copy-"
+
+
+def _stage_name() -> str:
+    """``.boxlite-copy-<pid>-<start time>-<random>``: the owner is in the name."""
+    pid = os.getpid()
+    return f"{STAGE_PREFIX}{pid}-{process_start_time(pid) or 0}-{secrets.token_hex(6)}"
+
+
+def _stage_owner(name: str) -> tuple[int, int] | None:
+    """(pid, start time) of a staging directory's maker; None for any other name."""
+    if not name.startswith(STAGE_PREFIX):
+        return None
+    parts = name[len(STAGE_PREFIX) :].split("-")
+    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()) or len(parts[2]) != 12:
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def sweep_stale_stages(base: str, base_fd: int) -> int:
+    """Remove the staging directories that dead copies (killed mid-way) left in ``base``: only
+    directories of this user, named as :func:`_stage_name` names them, whose maker is gone (a
+    live copy's are kept). Returns how many were removed."""
+    removed = 0
+    with os.scandir(base_fd) as entries:
+        stale = []
+        for entry in entries:
+            owner = _stage_owner(entry.name)
+            if owner is None or process_start_time(owner[0]) == owner[1]:
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+                    stale.append(entry.name)
+    for name in stale:
+        remove_tree(os.path.join(base, name))
+        removed += 1
+    return removed
+
+
 class _Extraction:
     def __init__(self, dest: str, top: str, include_parent: bool, overwrite: bool, limits: Limits) -> None:
         path = os.path.abspath(dest)
@@ -133,8 +177,11 @@ class _Extraction:
         os.makedirs(base, exist_ok=True)  # the caller's own path: links in it are the caller's choice
         self.base = base
         self.base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.stage = f".boxlite-copy-{secrets.token_hex(6)}"  # beside the target: renames stay on one fs
+        self.stage = _stage_name()  # beside the target: renames stay on one fs
         try:
+            with contextlib.suppress(OSError):  # best effort: never a reason for this copy to fail
+                if sweep_stale_stages(base, self.base_fd):
+                    log.info("copy_out: removed what killed copies left in %s", base)
             os.mkdir(self.stage, 0o700, dir_fd=self.base_fd)
             self.stage_fd = os.open(self.stage, DIR_FLAGS, dir_fd=self.base_fd)
         except BaseException:
