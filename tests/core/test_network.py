@@ -4,14 +4,18 @@ VM boxes); never the host itself."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import boxlite
+from boxlite.engines.net import hostguard
 from support.hostprocs import free_port
 from support.tcpreply import first_reply
 
@@ -68,6 +72,45 @@ async def test_published_port_reaches_the_box(runtime: boxlite.Boxlite, busybox_
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+print("ready", flush=True)
+data, peer = s.recvfrom(512)
+s.sendto(b"echo:" + data, peer)
+"""
+
+
+async def test_published_udp_port_reaches_the_box(runtime: boxlite.Boxlite, engine: str) -> None:
+    """``ports=[(host, box, "udp")]``: a datagram to the host port reaches a UDP server in the
+    box and its answer comes back (pasta ``-u`` on the namespace engine, QEMU hostfwd on the VM)."""
+    import asyncio
+
+    from support.images import python_rootfs
+
+    port = free_port()
+    async with boxlite.SimpleBox(rootfs_path=str(python_rootfs()), runtime=runtime, ports=[(port, 5353, "udp")]) as box:
+        server = await box.box.exec("python3", ["-c", UDP_ECHO], stdin=False)
+        lines = aiter(server.stdout())
+        assert (await asyncio.wait_for(anext(lines), 120)).strip() == "ready"
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.settimeout(0.5)
+        try:
+            reply = None
+            for _ in range(60):  # datagrams sent before the forwarding is in place are lost: resend
+                client.sendto(b"ping", ("127.0.0.1", port))
+                try:
+                    reply = client.recv(512)
+                    break
+                except TimeoutError:
+                    continue
+        finally:
+            client.close()
+        assert reply == b"echo:ping"
+        assert (await asyncio.wait_for(server.wait(), 30)).exit_code == 0
+
+
 async def test_enabled_network_does_not_reach_host_loopback(
     runtime: boxlite.Boxlite, busybox_rootfs: Path, host_echo_server: int
 ) -> None:
@@ -110,3 +153,60 @@ async def test_a_published_port_is_free_again_when_stop_returns(runtime: boxlite
             await box.start()
     finally:
         await runtime.remove(box.id, force=True)
+
+
+@pytest.fixture
+def netns_fd() -> Iterator[int]:
+    """An fd of a fresh network namespace (held by a sleeping process)."""
+    import subprocess
+
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    try:
+        for _ in range(200):
+            if os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+                break
+            time.sleep(0.01)
+        fd = os.open(f"/proc/{holder.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        yield fd
+        os.close(fd)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.namespace_only
+def test_the_keepers_port_rules_fail_clearly_and_in_time(
+    netns_fd: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper loads the box's UDP port moves with nft inside the box's namespace: rules nft
+    refuses come back as a message (the box does not start without its ports), and an nft that
+    hangs is killed at the deadline; its output is cut at the keeper's helper-log cap."""
+    from boxlite.agent import keeper
+    from boxlite.engines.namespace import network
+
+    nft = hostguard.nft_binary()
+    rules = network.udp_port_redirects([("127.0.0.1", 5300, 53, "udp")])
+    assert rules is not None and keeper._netns_nft(netns_fd, nft, rules) is None
+    inside = ["nsenter", f"--net=/proc/self/fd/{netns_fd}", nft, "list", "table", "inet", network.PORTS_TABLE]
+    listed = subprocess.run(inside, capture_output=True, text=True, pass_fds=[netns_fd], check=True)
+    assert "udp dport 5300 redirect to :53" in listed.stdout
+    host_tables = subprocess.run([nft, "list", "tables"], capture_output=True, text=True).stdout
+    assert network.PORTS_TABLE not in host_tables  # the box's namespace only
+    refused = keeper._netns_nft(netns_fd, nft, "add rule inet nowhere nothing\n")
+    assert refused is not None and refused.startswith("nft refused the box's port rules")
+    chatty = tmp_path / "nft"
+    chatty.write_text("#!/bin/sh\nhead -c 1000000 /dev/zero | tr '\\0' x\nexec sleep 60\n")
+    chatty.chmod(0o755)
+    monkeypatch.setattr(keeper, "NFT_TIMEOUT", 1.0)
+    started = time.monotonic()
+    assert keeper._netns_nft(netns_fd, str(chatty), rules) == "nft did not finish within 1s"
+    assert time.monotonic() - started < 5
+
+
+def test_udp_port_moves_touch_only_moved_ports() -> None:
+    """Only UDP ports published to another box port get rules; TCP and equal ports need none."""
+    from boxlite.engines.namespace import network
+
+    assert network.udp_port_redirects([("127.0.0.1", 80, 8080, "tcp"), ("0.0.0.0", 53, 53, "udp")]) is None
+    rules = network.udp_port_redirects([("127.0.0.1", 5300, 53, "udp"), ("127.0.0.1", 80, 8080, "tcp")])
+    assert rules is not None and rules.count("redirect") == 3 and "8080" not in rules

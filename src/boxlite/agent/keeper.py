@@ -54,6 +54,8 @@ LIFELINE_GRACE = 2.0
 PASTA_READY_TIMEOUT = 20.0
 PASTA_TERM_GRACE = 1.0
 CGROUP_RMDIR_TIMEOUT = 5.0
+NFT_TIMEOUT = 10.0
+"""Seconds ``nft`` gets to load the box's port rules into its network namespace."""
 MAX_HELPER_LOG = 64 << 10
 """Bytes of pasta's stderr copied into the boot log (it is quiet; a chatty one is cut)."""
 
@@ -76,6 +78,49 @@ def _write_sysctls(netns: int, sysctls: dict[str, str]) -> None:
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
+
+
+def _netns_nft(netns: int, nft: str, rules: str) -> str | None:
+    """Load ``rules`` with ``nft -f -`` in the box's network namespace, from a short-lived child
+    that joins it (as :func:`_write_sysctls`); None when loaded, else what went wrong. Bounded:
+    ``NFT_TIMEOUT`` seconds, ``MAX_HELPER_LOG`` bytes of its output kept."""
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            linux.setns(netns, linux.CLONE_NEWNET)
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            os.dup2(out_w, 2)
+            os.execv(nft, [nft, "-f", "-"])
+        finally:
+            os._exit(127)
+    os.close(in_r)
+    os.close(out_w)
+    output = bytearray()
+    try:
+        with contextlib.suppress(OSError):
+            os.write(in_w, rules.encode())  # a few hundred bytes: within the pipe's buffer
+        os.close(in_w)
+        deadline = time.monotonic() + NFT_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0 and select.select([out_r], [], [], left)[0]:
+            chunk = os.read(out_r, 4096)
+            if not chunk:
+                break
+            output += chunk[: MAX_HELPER_LOG - len(output)]
+        while not (reaped := os.waitpid(pid, os.WNOHANG))[0]:  # (its output may end just before it does)
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return f"nft did not finish within {NFT_TIMEOUT:g}s"
+            time.sleep(0.002)
+        status = reaped[1]
+    finally:
+        os.close(out_r)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return f"nft refused the box's port rules: {output.decode(errors='replace').strip()[:500]}"
+    return None
 
 
 def fork_keeper(config: dict[str, Any], status_fd: int) -> socket.socket | None:
@@ -291,6 +336,11 @@ class Keeper:
     # --- pasta ----------------------------------------------------------------------------
     def _start_pasta(self, netns: int) -> bool:
         """Start pasta on the box's network namespace and wait until it configured it."""
+        if self.conf.get("netns_nft"):  # the box's UDP port moves, in place before pasta forwards
+            failed = _netns_nft(netns, *self.conf["netns_nft"])
+            if failed is not None:
+                self._report(STATUS_NET_ERROR, failed)
+                return False
         fifo = self.conf["pasta_fifo"]
         if os.path.lexists(fifo):
             os.unlink(fifo)

@@ -25,7 +25,7 @@ from ...aio import within
 from ...errors import ConfigError, EngineError, NetworkError
 from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
-from ..net import allowlist
+from ..net import allowlist, hostguard
 from . import cgroups, netstats, network, quota
 from .zygote import Zygote
 
@@ -107,7 +107,7 @@ class NamespaceEngine(Engine):
                     *(spec.box_dir, gid, spec.secrets, bool(spec.allow_net), spec.root.layers),
                 )
                 volumes.append([str(bundle), allowlist.SECRET_BUNDLE, True])
-            pasta = network.pasta_command([network.PortMapping(*p) for p in spec.ports], gid)
+            pasta = network.pasta_command(spec.ports, gid)
         groups, cgroup_setup = cgroups.plan(spec.box_id, spec.memory_mib, spec.cpus, spec.pids_limit)
         groups.save(spec.layout.cgroups_file)
         python = agent_python()
@@ -142,6 +142,7 @@ class NamespaceEngine(Engine):
                 "pasta_fifo": str(spec.layout.pasta_fifo),
                 "pasta_pid": str(spec.layout.pasta_pid),
                 "sysctls": network.NETNS_SYSCTLS,
+                "netns_nft": _netns_nft(spec.ports) if pasta else None,
             },
         }
         if spec.disk_size_gb:  # the writable layer on a sized ext4 image (mkfs on first start only)
@@ -330,6 +331,12 @@ class NamespaceEngine(Engine):
 
         net = network.add_fastpath_counters(netstats.read_counters(groups_pids(groups)), spec.box_dir)
         return {**groups.read(), **net, **netcounters.read(spec.box_dir)}
+
+
+def _netns_nft(ports: list[tuple[str, int, int, str]]) -> list[str] | None:
+    """[nft binary, rules] the keeper loads into the box's network namespace (UDP port moves)."""
+    rules = network.udp_port_redirects(ports)
+    return None if rules is None else [hostguard.nft_binary(), rules]
 
 
 def groups_pids(groups: cgroups.BoxCgroups) -> list[int]:

@@ -18,7 +18,6 @@ import os
 import select
 import shutil
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import NetworkError
@@ -61,17 +60,6 @@ def add_fastpath_counters(out: dict[str, float], box_dir: Path) -> dict[str, flo
     return out
 
 
-@dataclass(frozen=True)
-class PortMapping:
-    host_ip: str
-    host_port: int
-    guest_port: int
-    protocol: str = "tcp"
-
-    def pasta_spec(self) -> str:
-        return f"{self.host_ip}/{self.host_port}:{self.guest_port}"
-
-
 def resolv_conf(path: Path) -> Path:
     """Write the box's /etc/resolv.conf at ``path`` (bind-mounted read-only by the box's init)."""
     path.write_text(f"nameserver {DNS_ADDRESS}\n")
@@ -79,8 +67,9 @@ def resolv_conf(path: Path) -> Path:
     return path
 
 
-def pasta_command(ports: list[PortMapping], gid: int | None = None) -> tuple[list[str], int]:
+def pasta_command(ports: list[tuple[str, int, int, str]], gid: int | None = None) -> tuple[list[str], int]:
     """(pasta's command line for one box, the helpers' group id), with the host guard installed.
+    ``ports``: the box's published ports (``BoxSpec.ports``: host ip, host port, box port, protocol).
 
     The box's keeper (:mod:`boxlite.agent.keeper`) runs it as its own child, in the foreground
     (``-f``, so that ``PR_SET_PDEATHSIG`` ties it to the keeper; a daemonized pasta would be
@@ -95,13 +84,46 @@ def pasta_command(ports: list[PortMapping], gid: int | None = None) -> tuple[lis
         raise NetworkError("networking for namespace boxes needs pasta: apt-get install passt")
     gid = hostguard.install() if gid is None else gid
     # One option per port: pasta rejects a comma list of specs that carry an address.
-    tcp = [a for p in ports if p.protocol == "tcp" for a in ("-t", p.pasta_spec())] or ["-t", "none"]
-    udp = [a for p in ports if p.protocol == "udp" for a in ("-u", p.pasta_spec())] or ["-u", "none"]
+    tcp = [a for ip, hp, bp, proto in ports if proto == "tcp" for a in ("-t", f"{ip}/{hp}:{bp}")] or ["-t", "none"]
+    # UDP keeps its port number through pasta (see udp_port_redirects): the box's side moves it.
+    udp = [a for ip, hp, _, proto in ports if proto == "udp" for a in ("-u", f"{ip}/{hp}:{hp}")] or ["-u", "none"]
     argv = [
         pasta, "--foreground", "--config-net", "--quiet", "--runas", f"0:{gid}", "--no-map-gw",
         *tcp, *udp, "-T", "none", "-U", "none", "--dns-forward", DNS_ADDRESS,
     ]  # fmt: skip
     return argv, gid
+
+
+PORTS_TABLE = "boxlite_ports"
+
+
+def udp_port_redirects(ports: list[tuple[str, int, int, str]]) -> str | None:
+    """nft rules for the box's own network namespace that move each published UDP port whose
+    box port differs from its host port (``-p 5300:53/udp``) to the box port; None if none does.
+
+    Debian 12's pasta forwards a datagram to another port but loses the answer (measured: the
+    box's server gets ``ping``, the host's client never gets a reply; equal ports work), so pasta
+    forwards UDP to the same port number and these rules, in the box's namespace where only the
+    box's traffic passes, redirect it; connection tracking turns the answers' source port back.
+    Only datagrams pasta delivers match: to loopback (pasta's splice socket, from host loopback
+    clients) or arriving on the box's interface; the box's own traffic to other addresses (its DNS
+    to port 53, say) is untouched. (The keeper loads them: ``agent/keeper.py``.)"""
+    moved = sorted({(hp, bp) for _, hp, bp, proto in ports if proto == "udp" and hp != bp})
+    if not moved:
+        return None
+    t = f"inet {PORTS_TABLE}"
+    lines = [
+        f"add table {t}",
+        f"add chain {t} output {{ type nat hook output priority -100; policy accept; }}",
+        f"add chain {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}",
+    ]
+    for hp, bp in moved:
+        lines += [
+            f"add rule {t} output ip daddr 127.0.0.1 udp dport {hp} redirect to :{bp}",
+            f"add rule {t} output ip6 daddr ::1 udp dport {hp} redirect to :{bp}",
+            f'add rule {t} prerouting iifname != "lo" udp dport {hp} redirect to :{bp}',
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def stop_pasta(pid_file: Path) -> None:
