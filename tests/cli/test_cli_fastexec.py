@@ -138,6 +138,17 @@ def _box_id(c: Cli, name: str) -> str:
         return str(db.execute("SELECT id FROM boxes WHERE name = ?", (name,)).fetchone()[0])
 
 
+def test_an_exec_too_large_for_one_request_is_a_clear_error(fx: Cli) -> None:
+    """Arguments whose request exceeds the protocol's frame (here ~1.1 MB, within the kernel's
+    ARG_MAX): the lean path printed the protocol's traceback; now both paths say what is wrong,
+    in one line, exit 125, and nothing ran."""
+    lean, full = both(fx, "fx", "sh", "-c", "touch /tmp/ran", *[str(n) for n in range(140000)])
+    for code, out, err in (lean, full):
+        assert code == 125 and out == "", err
+        assert err.startswith("boxlite: error: ") and "too large" in err and len(err.splitlines()) == 1, err
+    assert fx("exec", "fx", "test", "-e", "/tmp/ran").returncode == 1
+
+
 def test_lean_exec_counts_commands_and_errors(fx: Cli) -> None:
     box_id = _box_id(fx, "fx")
 

@@ -119,6 +119,19 @@ async def test_bad_exec_requests_raise_typed_errors(box: boxlite.SimpleBox) -> N
     assert (await box.exec("true")).exit_code == 0  # the box is fine afterwards
 
 
+async def test_malformed_or_oversized_commands_are_config_errors(box: boxlite.SimpleBox) -> None:
+    """A NUL inside an argument, or arguments + environment too large for one request, are the
+    caller's input: ``ConfigError`` before anything runs (they were an exit status 127 and the
+    protocol's own ValueError, not a BoxliteError), and the box carries on."""
+    with pytest.raises(boxlite.ConfigError, match="NUL"):
+        await box.exec("echo", "a\0b")
+    with pytest.raises(boxlite.ConfigError, match="too large"):
+        await box.exec("true", env={"BIG": "x" * (2 << 20)})
+    with pytest.raises(boxlite.ConfigError, match="too large"):
+        await box.exec("true", *(["y" * 1000] * 2000))
+    assert (await box.exec("echo", "fine")).stdout == "fine\n"
+
+
 async def test_many_concurrent_executions(box: boxlite.SimpleBox) -> None:
     results = await asyncio.gather(*(box.exec("sh", "-c", f"echo {i}; sleep 0.2") for i in range(20)))
     assert [r.stdout.strip() for r in results] == [str(i) for i in range(20)]

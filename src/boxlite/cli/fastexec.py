@@ -442,6 +442,10 @@ def _lean_exec(args: list[str], home: str | None) -> int | None:
             db.execute("PRAGMA synchronous=NORMAL")  # as runtime/state.py: no fsync per counter update
             box_id, data = resolve(db, ref)
             body = request_body(data, argv, env, workdir, user, detach)
+            try:
+                p.encode_json(p.REQUEST, 1, body)
+            except p.FrameError:
+                raise _Fallback from None  # too large for one request: the full path says so (ConfigError)
             run_dir = os.path.join(root, "boxes", box_id, "run")
             if os.path.lexists(os.path.join(run_dir, "main.exit")):
                 raise _Fallback  # the main process ended: the full path reports it

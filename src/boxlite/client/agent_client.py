@@ -192,11 +192,18 @@ class AgentClient:
 
     async def _call(self, channel: int, body: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         """Send a REQUEST on ``channel`` and wait for its RESPONSE, all within ``timeout``."""
+        try:
+            frame = p.encode_json(p.REQUEST, channel, body)
+        except p.FrameError as e:  # too large for one frame: the caller's input, refused before anything went out
+            what = " (its arguments and environment)" if body.get("op") == "exec" else ""
+            raise errors.ConfigError(
+                f"{self.label}: the {body.get('op')!r} request{what} is too large for the agent protocol: {e}"
+            ) from None
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[channel] = fut
 
         async def exchange() -> dict[str, Any]:
-            self._send(p.encode_json(p.REQUEST, channel, body))
+            self._send(frame)
             await self._drain()
             return await fut
 
@@ -225,6 +232,9 @@ class AgentClient:
         self._execs[channel] = ch
         try:
             reply = await self._call(channel, {"op": "exec", **body}, timeout)
+        except errors.ConfigError:  # refused before it was sent: nothing to kill
+            self._execs.pop(channel, None)
+            raise
         except BaseException:
             self._execs.pop(channel, None)
             # cancelled or timed out after the request went out: the process may start; nobody

@@ -358,6 +358,8 @@ class BoxRuntime:
     def exec_body(rec: BoxRecord, argv: list[str], env: Mapping[str, str] | Sequence[Any] | None = None,
                   cwd: str | None = None, user: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
         """An ``exec`` request: image defaults, then box options, then the call's own values."""
+        if any("\0" in arg for arg in argv):
+            raise ConfigError("command: an argument contains a NUL byte (it would end the argument early)")
         image, config = rec.image_config, rec.config
         full_env = env_to_dict(image.env, "image env")
         full_env.update(config.env)

@@ -13,9 +13,10 @@ import contextlib
 import json
 from typing import Any
 
+from ...agent.protocol import MAX_PAYLOAD
 from ...client.credit import StdinWindow
 from ...client.streams import ChunkStream
-from ...errors import BoxDiedError, BoxliteError, RpcError
+from ...errors import BoxDiedError, BoxliteError, ConfigError, RpcError
 from ...wire import DEFAULT_WINDOW, MAX_FRAME, STDERR, STDIN, STDOUT, decode_error
 from .transport import Transport
 
@@ -51,10 +52,16 @@ class RemoteChannel:
     async def open(cls, transport: Transport, box_id: str, start: dict[str, Any], command: str) -> RemoteChannel:
         from websockets.exceptions import ConnectionClosed
 
+        message = json.dumps({"type": "start", "window": DEFAULT_WINDOW, **start})
+        if len(message) > MAX_PAYLOAD:  # the box's agent takes no larger request: refused as locally, unsent
+            raise ConfigError(
+                f"box {box_id}: the 'exec' request (its arguments and environment) is too large for the agent "
+                f"protocol: {len(message)} bytes, more than {MAX_PAYLOAD}"
+            )
         ws = await transport.websocket(f"/v1/boxes/{box_id}/exec")
         first: dict[str, Any] = {}
         try:
-            await ws.send(json.dumps({"type": "start", "window": DEFAULT_WINDOW, **start}))
+            await ws.send(message)
             first = json.loads(await ws.recv())
         except ConnectionClosed as e:
             raise BoxDiedError(f"the server closed the exec connection: {e}") from None
