@@ -92,6 +92,24 @@ def test_non_numeric_options_are_config_errors(bad: dict[str, object]) -> None:
         boxlite.BoxOptions(**bad).to_config()  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ({"env": 123}, "env"),
+        ({"env": "A=1"}, "env"),
+        ({"rootfs_path": 5}, "rootfs_path"),
+        ({"rootfs_path": "/tmp/a\0b"}, "NUL"),
+        ({"hostname": "h" * 65}, "hostname"),  # sethostname's limit: was an EngineError at start
+        ({"hostname": ""}, "hostname"),
+    ],
+)
+def test_options_of_the_wrong_shape_are_config_errors(bad: dict[str, object], says: str) -> None:
+    """Not the TypeError of the first code that meets them, nor a failure when the box starts."""
+    with pytest.raises(boxlite.ConfigError, match=says):
+        boxlite.BoxOptions(**bad).to_config()  # type: ignore[arg-type]
+    assert boxlite.BoxOptions(rootfs_path=Path("/tmp"), hostname="h" * 64).to_config().rootfs_path == "/tmp"
+
+
 def test_config_size_is_capped() -> None:
     with pytest.raises(boxlite.ConfigError, match="more than"):
         BoxConfig(env=tuple((f"V{i}", "x" * 1000) for i in range(700)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -130,6 +131,23 @@ async def test_malformed_or_oversized_commands_are_config_errors(box: boxlite.Si
     with pytest.raises(boxlite.ConfigError, match="too large"):
         await box.exec("true", *(["y" * 1000] * 2000))
     assert (await box.exec("echo", "fine")).stdout == "fine\n"
+
+
+async def test_wrong_types_are_config_errors(box: boxlite.SimpleBox, tmp_path: Path) -> None:
+    """Values of the wrong type are the caller's mistake: ConfigError naming the value, not the
+    TypeError of whatever code met it first; the box carries on."""
+    with pytest.raises(boxlite.ConfigError, match="must be strings"):
+        await box.exec("echo", 5)  # type: ignore[arg-type]
+    with pytest.raises(boxlite.ConfigError, match="env"):
+        await box.exec("env", env=123)  # type: ignore[arg-type]
+    with pytest.raises(boxlite.ConfigError, match="copy_in source"):
+        await box.copy_in(5, "/tmp")  # type: ignore[arg-type]
+    with pytest.raises(boxlite.ConfigError, match="path in the box"):
+        await box.copy_out(None, str(tmp_path / "out"))  # type: ignore[arg-type]
+    with pytest.raises(boxlite.ConfigError, match="timeout"):
+        await box.box.stop(timeout="soon")  # type: ignore[arg-type]
+    await box.copy_in(Path("/etc/hostname"), "/tmp")  # a pathlib.Path is a path
+    assert (await box.exec("cat", "/tmp/hostname")).exit_code == 0
 
 
 async def test_many_concurrent_executions(box: boxlite.SimpleBox) -> None:

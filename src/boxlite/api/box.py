@@ -10,7 +10,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Backend, ExecCounters, ExecRequest
-from ..errors import BoxliteError, NotFoundError
+from ..errors import BoxliteError, ConfigError, NotFoundError
+from . import options
 from .execution import Execution
 from .later import ATTACH, unsupported
 from .network import NetworkHandle
@@ -179,6 +180,7 @@ class Box:
         """Copy a host file or directory into the box (``docker cp`` semantics)."""
         from .archive import host_archive  # tar machinery only for copies, not on every import
 
+        host_path, container_dest = options.host_path(host_path, "copy_in source"), _box_path(container_dest)
         opts = copy_options or CopyOptions()
         async with host_archive(host_path, opts.follow_symlinks) as (name, chunks):
             await self.copy_in_tar(chunks, container_dest, name, opts.include_parent, opts.overwrite)
@@ -206,6 +208,7 @@ class Box:
         outside ``host_dest`` and bounds what the box can write (see ``fsutil.extract``)."""
         from .archive import extract_stream, member_name
 
+        host_dest, container_src = options.host_path(host_dest, "copy_out destination"), _box_path(container_src)
         opts = copy_options or CopyOptions()
         name = member_name(container_src)
         await extract_stream(self.copy_out_tar(container_src, opts.follow_symlinks), host_dest, name, opts)
@@ -261,3 +264,10 @@ class Box:
         frozen for a consistent copy, then continues)."""
         info = await self._backend.clone(self.id, name)
         return self._runtime._box_type(self._runtime, info)
+
+
+def _box_path(path: Any) -> str:
+    """A path in the box: a string without NUL bytes (else ConfigError)."""
+    if not isinstance(path, str) or "\0" in path:
+        raise ConfigError(f"a path in the box must be a string without NUL bytes, got {path!r}")
+    return path

@@ -262,7 +262,7 @@ class BoxOptions:
             )
         config = BoxConfig(
             image=self.image,
-            rootfs_path=self.rootfs_path,
+            rootfs_path=None if self.rootfs_path is None else host_path(self.rootfs_path, "rootfs_path"),
             engine=self.engine,
             cpus=float(DEFAULT_CPUS) if self.cpus is None else parse_number(self.cpus, float, "cpus"),
             memory_mib=parse_number(self.memory_mib, int, "memory_mib"),
@@ -273,7 +273,7 @@ class BoxOptions:
             user=self.user,
             entrypoint=parse_strings(self.entrypoint, "entrypoint"),
             cmd=parse_strings(self.cmd, "cmd"),
-            hostname=self.hostname,
+            hostname=None if self.hostname is None else str(self.hostname),
             ready_timeout=parse_number(self.ready_timeout, float, "ready_timeout"),
             volumes=tuple(parse_volume(v) for v in self.volumes),
             network=network,
@@ -291,6 +291,20 @@ class BoxOptions:
     def validate(self) -> None:
         """Raise ConfigError / UnsupportedOptionError for values this runtime cannot honour."""
         self.to_config()
+
+
+def host_path(value: Any, what: str) -> str:
+    """A host path given as ``str`` or ``os.PathLike`` (e.g. ``pathlib.Path``); anything else is
+    a ConfigError naming the option (not the TypeError of the first os call that meets it)."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise ConfigError(f"{what}: expected a path (str or os.PathLike), got {type(value).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if "\0" in path:
+        raise ConfigError(f"{what}: a path cannot contain a NUL byte")
+    return path
 
 
 def parse_volume(entry: Any) -> VolumeMount:

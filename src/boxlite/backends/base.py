@@ -26,6 +26,7 @@ from ..api.results import BoxInfo, BoxMetrics, ExecStatus, RuntimeMetrics, Snaps
 from ..errors import BoxDiedError, ConfigError, UnsupportedOptionError
 from ..images import ImageConfig, ImageInfo
 from ..images.types import PullProgress
+from ..runtime.config import check_argv
 from ..runtime.volumes import VolumeInfo
 
 
@@ -94,6 +95,9 @@ class ExecRequest:
     stdin: bool = True
     rows: int = 24
     cols: int = 80
+
+    def __post_init__(self) -> None:
+        check_argv([self.command, *self.args])  # every backend: a ConfigError before anything is sent
 
     @property
     def argv(self) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -35,6 +35,8 @@ MAX_DISK_GB = 8192.0
 
 
 MAX_SECRETS = 16
+MAX_HOSTNAME_BYTES = 64
+"""HOST_NAME_MAX: a longer name makes sethostname fail when the box starts."""
 MAX_SECRET_BYTES = 8192
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 VOLUME_PREFIX = "vol-"
@@ -222,6 +224,12 @@ class BoxConfig:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.ready_timeout is not None and self.ready_timeout <= 0:
             raise ConfigError(f"ready_timeout must be > 0, got {self.ready_timeout!r}")
+        if self.hostname is not None and not (0 < len(self.hostname.encode()) <= MAX_HOSTNAME_BYTES):
+            raise ConfigError(
+                f"hostname must be 1 to {MAX_HOSTNAME_BYTES} bytes (the kernel's limit), got {self.hostname!r}"
+            )
+        if self.hostname is not None and "\0" in self.hostname:
+            raise ConfigError("hostname cannot contain a NUL byte")
         if self.working_dir is not None and not self.working_dir.startswith("/"):
             raise ConfigError(f"working_dir must be an absolute path, got {self.working_dir!r}")
         env_to_dict(self.env, "env")
@@ -343,12 +351,24 @@ def _capabilities(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return add, parse_names(value.get("drop"), "capabilities.drop")
 
 
+def check_argv(argv: Sequence[Any]) -> list[str]:
+    """A command line as the box will run it: strings without NUL bytes (else ConfigError)."""
+    for arg in argv:
+        if not isinstance(arg, str):
+            raise ConfigError(f"command: arguments must be strings, got {type(arg).__name__} {arg!r}")
+        if "\0" in arg:
+            raise ConfigError("command: an argument contains a NUL byte (it would end the argument early)")
+    return list(argv)
+
+
 def env_to_dict(env: Any, what: str) -> dict[str, str]:
     """Accept a mapping, a list of (key, value) pairs or a list of "KEY=VALUE" strings."""
     if env is None:
         return {}
     if isinstance(env, Mapping):
         items = list(env.items())
+    elif isinstance(env, (str, bytes)) or not isinstance(env, Iterable):
+        raise ConfigError(f"{what}: expected a mapping or a list of KEY=VALUE strings, got {type(env).__name__}")
     else:
         items = []
         for entry in env:

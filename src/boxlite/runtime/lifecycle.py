@@ -31,7 +31,7 @@ from ..images import ImageManager
 from ..images.types import is_live_rootfs
 from ..layout import MAIN_LOG_NAME, BoxLayout
 from . import capabilities, reach
-from .config import BoxConfig, ImageDefaults, env_to_dict
+from .config import BoxConfig, ImageDefaults, check_argv, env_to_dict
 from .engines import select_engine
 from .health import HealthMonitor
 from .home import Home
@@ -358,8 +358,7 @@ class BoxRuntime:
     def exec_body(rec: BoxRecord, argv: list[str], env: Mapping[str, str] | Sequence[Any] | None = None,
                   cwd: str | None = None, user: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
         """An ``exec`` request: image defaults, then box options, then the call's own values."""
-        if any("\0" in arg for arg in argv):
-            raise ConfigError("command: an argument contains a NUL byte (it would end the argument early)")
+        argv = check_argv(argv)
         image, config = rec.image_config, rec.config
         full_env = env_to_dict(image.env, "image env")
         full_env.update(config.env)
@@ -404,6 +403,8 @@ class BoxRuntime:
             raise InvalidStateError(f"box {rec.id} has no running main process")
 
     async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise ConfigError(f"stop timeout must be a number of seconds or None, got {timeout!r}")
         if timeout is not None and timeout != timeout:
             raise ConfigError("stop timeout must be a number of seconds (negative: no limit), not NaN")
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else min(float(timeout), 1e9))
