@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -146,7 +146,7 @@ async def test_wrong_types_are_config_errors(box: boxlite.SimpleBox, tmp_path: P
         await box.copy_out(None, str(tmp_path / "out"))  # type: ignore[arg-type]
     with pytest.raises(boxlite.ConfigError, match="timeout"):
         await box.box.stop(timeout="soon")  # type: ignore[arg-type]
-    await box.copy_in(Path("/etc/hostname"), "/tmp")  # a pathlib.Path is a path
+    await box.copy_in(Path("/etc/hostname"), PurePosixPath("/tmp"))  # pathlib paths are paths
     assert (await box.exec("cat", "/tmp/hostname")).exit_code == 0
 
 

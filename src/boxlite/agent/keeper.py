@@ -118,8 +118,10 @@ def _netns_nft(netns: int, nft: str, rules: str) -> str | None:
         status = reaped[1]
     finally:
         os.close(out_r)
-    if os.waitstatus_to_exitcode(status) != 0:
-        return f"nft refused the box's port rules: {output.decode(errors='replace').strip()[:500]}"
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        said = output.decode(errors="replace").strip()[:500] or f"exit status {code}"
+        return f"nft refused the box's port rules: {said}"
     return None
 
 

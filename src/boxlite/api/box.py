@@ -6,6 +6,7 @@ information and what this handle counted; everything else is a call to its runti
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -267,7 +268,11 @@ class Box:
 
 
 def _box_path(path: Any) -> str:
-    """A path in the box: a string without NUL bytes (else ConfigError)."""
-    if not isinstance(path, str) or "\0" in path:
+    """A path in the box: a string (or ``os.PathLike``, e.g. ``PurePosixPath``) without NUL bytes."""
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        text = None
+    if not isinstance(text, str) or "\0" in text:
         raise ConfigError(f"a path in the box must be a string without NUL bytes, got {path!r}")
-    return path
+    return text
