@@ -2,13 +2,15 @@
 
 import { constants } from "node:os";
 import type WebSocket from "ws";
-import { BoxliteError, errorFromBody, InvalidStateError } from "./errors.js";
+import { BoxliteError, ConfigError, errorFromBody, InvalidStateError } from "./errors.js";
 import type { Transport } from "./transport.js";
 
 const STDIN = 0;
 const STDOUT = 1;
 const STDERR = 2;
 const MAX_FRAME = 64 * 1024;
+/** The agent protocol's largest frame (agent/protocol.py MAX_PAYLOAD): an exec request must fit in one. */
+const MAX_PAYLOAD = 1 << 20;
 const WINDOW = 1 << 20;
 
 export interface ExecStatus {
@@ -143,10 +145,19 @@ export class Channel {
   }
 
   static async open(transport: Transport, boxId: string, start: Record<string, unknown>): Promise<Channel> {
+    const message = JSON.stringify({ type: "start", window: WINDOW, ...start });
+    const size = Buffer.byteLength(message);
+    if (size > MAX_PAYLOAD) {
+      // the box's agent takes no larger request: refused as the Python SDK does, before anything is sent
+      throw new ConfigError(
+        `box ${boxId}: the 'exec' request (its arguments and environment) is too large for the agent protocol: ` +
+          `${size} bytes, more than ${MAX_PAYLOAD}`,
+      );
+    }
     const ws = await transport.websocket(`/v1/boxes/${encodeURIComponent(boxId)}/exec`);
     const ch = new Channel(ws);
     const ready = new Promise<void>((resolve, reject) => (ch.started = { resolve, reject }));
-    ws.send(JSON.stringify({ type: "start", window: WINDOW, ...start }));
+    ws.send(message);
     await ready;
     return ch;
   }

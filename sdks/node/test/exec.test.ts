@@ -1,6 +1,6 @@
 // The behaviours of tests/core/test_exec.py, through a private local server.
 import { afterAll, beforeAll, describe, expect, inject, test } from "vitest";
-import { Boxlite, BoxliteError, ExecError, InvalidStateError, SimpleBox, TimeoutError } from "../src/index.js";
+import { Boxlite, BoxliteError, ConfigError, ExecError, InvalidStateError, SimpleBox, TimeoutError } from "../src/index.js";
 
 const rootfsPath = inject("rootfs");
 let runtime: Boxlite;
@@ -17,6 +17,13 @@ afterAll(async () => {
 });
 
 describe("exec", () => {
+  test("a command too large for one request is a ConfigError, and the box carries on", async () => {
+    // arguments + environment over the agent protocol's 1 MiB frame (was a closed connection)
+    await expect(box.exec("true", "y".repeat(2 << 20))).rejects.toBeInstanceOf(ConfigError);
+    await expect(box.box.exec("env", [], { env: { BIG: "x".repeat(2 << 20) } })).rejects.toThrow(/too large/);
+    expect((await box.exec("echo", "fine")).stdout).toBe("fine\n");
+  });
+
   test("returns output and exit code", async () => {
     const r = await box.exec("sh", "-c", "echo out; echo err >&2; exit 3");
     expect([r.exitCode, r.stdout, r.stderr]).toEqual([3, "out\n", "err\n"]);
