@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Backend, ExecCounters, ExecRequest
 from ..errors import BoxliteError, ConfigError, NotFoundError
+from ..runtime.config import check_stop_timeout
 from . import options
 from .execution import Execution
 from .later import ATTACH, unsupported
@@ -85,6 +86,7 @@ class Box:
         """Stop all processes; the writable layer is kept (auto_remove=True removes the box).
         Stopping again is harmless, also after auto_remove took the box away. ``timeout``:
         seconds between SIGTERM and SIGKILL (None: 10; 0: SIGKILL at once; negative: no limit)."""
+        check_stop_timeout(timeout)  # every backend (REST and Ray too): a ConfigError before anything is sent
         try:
             await self._backend.stop(self.id, timeout)
         except NotFoundError:

@@ -351,6 +351,16 @@ def _capabilities(value: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return add, parse_names(value.get("drop"), "capabilities.drop")
 
 
+def check_stop_timeout(timeout: Any) -> None:
+    """A stop's grace: None or a number of seconds, not NaN (else ConfigError)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigError(f"stop timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout != timeout:
+        raise ConfigError("stop timeout must be a number of seconds (negative: no limit), not NaN")
+
+
 def check_argv(argv: Sequence[Any]) -> list[str]:
     """A command line as the box will run it: strings without NUL bytes (else ConfigError)."""
     for arg in argv:

@@ -31,7 +31,7 @@ from ..images import ImageManager
 from ..images.types import is_live_rootfs
 from ..layout import MAIN_LOG_NAME, BoxLayout
 from . import capabilities, reach
-from .config import BoxConfig, ImageDefaults, check_argv, env_to_dict
+from .config import BoxConfig, ImageDefaults, check_argv, check_stop_timeout, env_to_dict
 from .engines import select_engine
 from .health import HealthMonitor
 from .home import Home
@@ -403,10 +403,7 @@ class BoxRuntime:
             raise InvalidStateError(f"box {rec.id} has no running main process")
 
     async def stop(self, box_id: str, timeout: float | None = None, remove_if_auto: bool = True) -> None:
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
-            raise ConfigError(f"stop timeout must be a number of seconds or None, got {timeout!r}")
-        if timeout is not None and timeout != timeout:
-            raise ConfigError("stop timeout must be a number of seconds (negative: no limit), not NaN")
+        check_stop_timeout(timeout)
         grace = DEFAULT_STOP_TIMEOUT if timeout is None else (1e9 if timeout < 0 else min(float(timeout), 1e9))
         if grace == 0:
             await self._hurry_stop(box_id)
