@@ -148,6 +148,21 @@ async def test_a_stop_gives_the_whole_grace_asked_for(runtime: boxlite.Boxlite, 
     await runtime.remove(box.id, force=True)
 
 
+async def test_a_stop_sends_one_sigterm(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
+    """``stop`` signals each process once, as ``docker stop`` does: the agent sent SIGTERM to the
+    whole box and then again to each execution's group, and a shell that had started its TERM
+    trap before the second arrived ran it twice (a trap needing 10.5 s of a 20 s grace was
+    killed). Three shells busy-loop, so each starts its trap within microseconds of the first."""
+    counter = "trap 'n=$((n+1)); echo $n > /terms.{0}' TERM; : > /armed.{0}; while :; do :; done".format
+    armed = "until [ -e /armed.1 ] && [ -e /armed.2 ]; do :; done"
+    script = f"({counter(1)}) & ({counter(2)}) & {armed}; echo ready; {counter(3)}"
+    box, _running = await box_running(runtime, busybox_rootfs, script)
+    await box.stop(timeout=2)
+    await box.start()
+    assert await run(box, "sh", "-c", "cat /terms.*") == (0, "1\n1\n1\n")
+    await runtime.remove(box.id, force=True)
+
+
 @pytest.mark.parametrize("hurry", ["kill", "remove"])
 async def test_a_kill_or_forced_removal_does_not_wait_out_a_stop_in_progress(
     runtime: boxlite.Boxlite, busybox_rootfs: Path, hurry: str

@@ -712,11 +712,18 @@ class Agent:
         return {"sent": False}
 
     def _kill_group(self, ex: Execution, sig: int) -> None:
-        for target in (lambda: os.killpg(ex.proc.pid, sig), lambda: os.kill(ex.proc.pid, sig)):
-            try:
-                target()
-            except (ProcessLookupError, PermissionError):
-                pass
+        """``sig`` once to each process of the execution's group (it leads its own session), or
+        to its process alone when the group is gone. Once: a shell already running its TERM trap
+        runs it again for a second SIGTERM."""
+        try:
+            os.killpg(ex.proc.pid, sig)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            os.kill(ex.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _reap(self) -> None:
         try:
@@ -843,11 +850,15 @@ class Agent:
             os.sync()
 
     def _signal_all(self, sig: int) -> None:
+        """``sig`` once to every process of the box: as PID 1 of its pid namespace (both engines)
+        ``kill(-1)`` reaches them all, executions and their escaped children alike, and a second
+        signal per execution would run a TERM trap twice (past the grace)."""
         if os.getpid() == 1:
             try:
                 os.kill(-1, sig)
             except ProcessLookupError:
                 pass
+            return
         for ex in list(self.by_pid.values()):
             self._kill_group(ex, sig)
 
