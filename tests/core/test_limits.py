@@ -195,3 +195,20 @@ async def test_filling_tmpfs_does_not_wedge_the_box(runtime: boxlite.Boxlite, bu
         rm = await box.exec("rm", ["-f", target], stdin=False)
         assert (await asyncio.wait_for(rm.wait(), 10)).exit_code == 0
     await runtime.remove(box.id, force=True)
+
+
+def test_a_box_cgroup_parent_removed_since_the_last_start_is_made_again(tmp_path: Path) -> None:
+    """The runtime remembers the real path of each ``.../boxlite`` cgroup parent it made (v1's
+    ``cpu`` is a link to ``cpu,cpuacct``); one removed since (by an admin, a cleanup tool) is
+    made again for the next box, else that box's cgroup could not be created."""
+    from boxlite.engines.namespace.cgroups import _made_parent
+
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")
+    parent = str(tmp_path / "cpu" / "user.slice" / "boxlite")
+    real = str(tmp_path / "cpu,cpuacct" / "user.slice" / "boxlite")
+    assert _made_parent(parent) == real and Path(real).is_dir()
+    Path(real).rmdir()
+    assert _made_parent(parent) == real and Path(real).is_dir()
+    (tmp_path / "cpu,cpuacct" / "user.slice").rename(tmp_path / "gone")
+    assert _made_parent(parent) == real and Path(real).is_dir()

@@ -184,6 +184,10 @@ def _confine_self(sock: socket.socket, conf: Confinement) -> None:
 
 def _serve(sock: socket.socket, conf: Confinement) -> None:
     _confine_self(sock, conf)
+    try:  # the box's user files, read now (while the host connects) rather than for the first command
+        _users.resolve(None)
+    except Exception:  # a malformed file: the command that needs it reports it
+        pass
     children: dict[int, int] = {}  # pidfd -> pid
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ)

@@ -180,16 +180,15 @@ class LocalBackend(Backend):
 
     async def remove(self, id_or_name: str, force: bool = False) -> None:
         self.core.check_open()
-        box_id = self.core.record(id_or_name).id
-        await self.core.remove(box_id, force)
-        self._recs.pop(box_id, None)
+        self._recs.pop(await self.core.remove(id_or_name, force), None)
 
     async def start(self, box_id: str, detach: bool | None = None) -> BoxInfo:
         if detach is not None:
             self.core.set_detach(box_id, bool(detach))
         with step("start", box=box_id):
-            await self.core.start(box_id)
-        info = self.info(box_id)
+            _, rec = await self.core.start(box_id)
+        self._recs[rec.id] = rec
+        info = self._info(rec)
         self._idle.touch(box_id, info.auto_pause)
         return info
 
@@ -250,8 +249,8 @@ class LocalBackend(Backend):
                     "start it again explicitly (box.start(), 'boxlite start') to run it again"
                 )
             with step("start", box=box_id):
-                client = await core.start(box_id)
-            rec = self._record(box_id)
+                client, rec = await core.start(box_id)
+            self._recs[rec.id] = rec
         return client, rec
 
     async def ready(self, box_id: str) -> None:

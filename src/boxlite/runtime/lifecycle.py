@@ -268,8 +268,9 @@ class BoxRuntime:
             cap_mask=capabilities.mask(capabilities.box_set(*config.capabilities, rec.engine, config.volumes)),
         )
 
-    async def start(self, box_id: str) -> AgentClient:
-        """Start the box if needed (idempotent) and return a live agent connection."""
+    async def start(self, box_id: str) -> tuple[AgentClient, BoxRecord]:
+        """Start the box if needed (idempotent): a live agent connection, and the box's record
+        as stored once running."""
         self.check_open()
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
@@ -277,7 +278,7 @@ class BoxRuntime:
                 raise InvalidStateError(f"box {rec.id} is paused; resume it first (box.resume(), 'boxlite resume')")
             if rec.state == "running":
                 if self.main_exit(rec.id) is None:
-                    return await self.client(rec)
+                    return await self.client(rec), rec
                 await self._stop_running(rec, DEFAULT_STOP_TIMEOUT)  # its main process ended: start anew
             try:
                 await self._start_engine(rec)
@@ -296,7 +297,7 @@ class BoxRuntime:
                     await self._main_failed(rec, e.exit_code)
                     raise
             self.health.begin(rec)  # no-op without a health check
-            return client
+            return client, rec
 
     async def _start_engine(self, rec: BoxRecord) -> RunningBox:
         """Boot the box's supervisor; the record becomes "running"."""
@@ -455,7 +456,8 @@ class BoxRuntime:
         if cl is not None:
             await cl.close()
 
-    async def remove(self, id_or_name: str, force: bool = False) -> None:
+    async def remove(self, id_or_name: str, force: bool = False) -> str:
+        """Remove the box (stopped first with ``force``); its id."""
         rec = self.record(id_or_name)
         if force:
             await self._hurry_stop(rec.id)
@@ -469,6 +471,7 @@ class BoxRuntime:
                     await self._stop_running(rec, 0.0)
                     cleaned = True
             self._delete(rec, cleaned=cleaned)
+        return rec.id
 
     def _delete(self, rec: BoxRecord, cleaned: bool = False) -> None:
         """``cleaned``: ``_stop_running`` has just released the box's host resources."""

@@ -80,30 +80,35 @@ class BoxRecord:
         return self.config.auto_remove
 
     def data_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        for key in ("id", "name", "state", "engine", "created_at"):
-            data.pop(key)
+        data = {name: getattr(self, name) for name in _DATA_FIELDS}
         data["config"] = self.config.to_json()
         data["image_config"] = self.image_config.to_json()
-        return json.dumps(data)
+        text = json.dumps(data)
+        _remember(text, self.config, self.image_config)
+        return text
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> BoxRecord:
         """A record from its row; rows written before typed configs (an ``options`` dict and
         top-level ``detach``/``auto_remove``) load too."""
+        text = row["data"]
         try:
-            data = json.loads(row["data"])
+            data = json.loads(text)
             if not isinstance(data, dict):
                 raise ConfigError("not a JSON object")
-            if "config" in data:
+            parsed = _PARSED.get(text)
+            if parsed is not None:  # written (or read) by this process as it is: the same typed values
+                config, image = parsed
+            elif "config" in data:
                 config = BoxConfig.from_json(data["config"])
             else:
                 legacy = data.get("options") or {}
                 config = BoxConfig.from_legacy(legacy, bool(data.get("detach")), bool(data.get("auto_remove", True)))
-            image = ImageDefaults.from_json(data.get("image_config") or {})
+            if parsed is None:
+                image = ImageDefaults.from_json(data.get("image_config") or {})
+                _remember(text, config, image)
         except (ConfigError, ValueError) as e:
             raise DatabaseError(f"box {row['id']}: unreadable record in the state database: {e}") from None
-        known = {f.name for f in fields(cls)} - {"config", "image_config"}
         return cls(
             id=row["id"],
             name=row["name"],
@@ -112,8 +117,28 @@ class BoxRecord:
             created_at=row["created_at"],
             config=config,
             image_config=image,
-            **{k: v for k, v in data.items() if k in known},
+            **{k: v for k, v in data.items() if k in _DATA_FIELDS},
         )
+
+
+_DATA_FIELDS = tuple(
+    f.name
+    for f in fields(BoxRecord)
+    if f.name not in {"id", "name", "state", "engine", "created_at", "config", "image_config"}
+)
+"""The record's fields kept in its row's ``data`` JSON (the others have columns of their own)."""
+
+PARSED_CACHE = 256
+_PARSED: dict[str, tuple[BoxConfig, ImageDefaults]] = {}
+"""Typed configs by the exact ``data`` text they were written or read as: a box's record is read
+several times per start/exec/remove, and validating its config again took ~70 us each time
+(configs are frozen: sharing them is safe; any other text is parsed)."""
+
+
+def _remember(text: str, config: BoxConfig, image: ImageDefaults) -> None:
+    if len(_PARSED) >= PARSED_CACHE:
+        _PARSED.pop(next(iter(_PARSED)))  # the oldest
+    _PARSED[text] = (config, image)
 
 
 class StateDB:

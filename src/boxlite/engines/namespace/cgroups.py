@@ -128,37 +128,54 @@ def plan(
     return _plan_v1(box_id, memory_mib, cpus, pids)
 
 
-def _own_cgroup(controller: str) -> str:
-    """Our cgroup path in the hierarchy of ``controller`` ('' for v2)."""
+def _own_cgroups() -> dict[str, str]:
+    """Our cgroup path per v1 controller (key ``""``: the v2 hierarchy), from one read of
+    /proc/self/cgroup (the first line naming a controller wins)."""
+    own: dict[str, str] = {}
     with open("/proc/self/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            if controller in controllers.split(",") or (controller == "" and controllers == ""):
-                return path.lstrip("/")
-    return ""
+            for controller in controllers.split(","):
+                own.setdefault(controller, path.lstrip("/"))
+    return own
 
 
-def _v1_dir(controller: str) -> Path | None:
-    path = ROOT / controller
-    return path if path.is_dir() else None
+_REAL_PARENTS: dict[str, str] = {}
+"""``.../boxlite`` parents this process has made, by path, with symlinks resolved (v1's ``cpu``
+is a link to ``cpu,cpuacct``): resolving took ~30 ``lstat`` calls per box start."""
+
+
+def _made_parent(parent: str) -> str:
+    """Make ``parent`` if it is missing; its real path. Raises OSError."""
+    real = _REAL_PARENTS.get(parent)
+    if real is not None:
+        try:
+            os.mkdir(real)  # one call: someone may have removed it since (then it is made again)
+        except FileExistsError:
+            return real
+        except OSError:  # its own parent is gone too: made below
+            pass
+    os.makedirs(parent, exist_ok=True)
+    real = _REAL_PARENTS[parent] = os.path.realpath(parent)
+    return real
 
 
 def _plan_v1(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> tuple[BoxCgroups, list[Step]]:
     paths: dict[str, str] = {}
     steps: list[Step] = []
+    own = _own_cgroups()
     for controller in V1_CONTROLLERS:
-        mount = _v1_dir(controller)
-        if mount is None:
-            continue
+        parent = os.path.join(ROOT, controller, own.get(controller, ""), "boxlite")
+        if parent not in _REAL_PARENTS and not os.path.isdir(os.path.join(ROOT, controller)):
+            continue  # not mounted
         required = bool(memory_mib if controller == "memory" else cpus if controller == "cpu" else False)
-        parent = mount / _own_cgroup(controller) / "boxlite"
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            real = _made_parent(parent)
         except OSError as e:
             if required:
                 raise EngineError(f"cannot create {controller} cgroup {parent}: {e}") from None
             continue
-        paths[controller] = str(os.path.realpath(parent / box_id))
+        paths[controller] = f"{real}/{box_id}"
         steps.append(["mkdir", paths[controller], "", required])
     if memory_mib:
         _need(paths, "memory", memory_mib)
@@ -175,7 +192,7 @@ def _plan_v1(box_id: str, memory_mib: int | None, cpus: float | None, pids: int)
 
 
 def _plan_v2(box_id: str, memory_mib: int | None, cpus: float | None, pids: int) -> tuple[BoxCgroups, list[Step]]:
-    parent = ROOT / _own_cgroup("") / "boxlite"
+    parent = ROOT / _own_cgroups().get("", "") / "boxlite"
     path = parent / box_id
     try:
         parent.mkdir(parents=True, exist_ok=True)
