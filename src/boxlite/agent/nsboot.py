@@ -210,7 +210,6 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
             os.close(int(config["log_fd"]))
         idle = config.get("spawner_idle")  # seconds unused before the spawner is retired (the engine's)
         agent.spawner_idle = float(idle) if isinstance(idle, (int, float)) and idle > 0 else None
-        agent.start_spawner()  # before "ready": it confines itself while the host connects (~2 ms)
     except BaseException as e:
         _report(status, protocol.STATUS_ERROR, str(e))
         os._exit(1)
@@ -218,6 +217,10 @@ def _box_init(config: dict[str, Any], status: int, from_parent: int, to_parent: 
     os.close(status)
     for fd in (from_parent, to_parent):
         os.close(fd)
+    try:  # after "ready": its fork (~1 ms) and confinement overlap the host's connect and first request
+        agent.start_spawner()
+    except OSError:  # e.g. no process left under the pids limit: the agent spawns commands itself
+        pass
     agent.serve_forever()
 
 
