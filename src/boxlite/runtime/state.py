@@ -135,10 +135,14 @@ several times per start/exec/remove, and validating its config again took ~70 us
 (configs are frozen: sharing them is safe; any other text is parsed)."""
 
 
+_PARSED_LOCK = threading.Lock()  # records are also read and written from worker threads
+
+
 def _remember(text: str, config: BoxConfig, image: ImageDefaults) -> None:
-    if len(_PARSED) >= PARSED_CACHE:
-        _PARSED.pop(next(iter(_PARSED)))  # the oldest
-    _PARSED[text] = (config, image)
+    with _PARSED_LOCK:
+        if len(_PARSED) >= PARSED_CACHE:
+            _PARSED.pop(next(iter(_PARSED)))  # the oldest
+        _PARSED[text] = (config, image)
 
 
 class StateDB:
