@@ -38,9 +38,12 @@ echo "==> tests"
 # Any non-zero pytest exit fails the run, 5 (no tests collected) included. A fresh base directory
 # per run: pytest's own clean-up of earlier numbered runs recurses (RecursionError at exit) into
 # the 1,000-level trees the copy tests build when a killed run left one; rm -rf does not.
+# pytest's own summary lines are kept and printed again at the very end: CI shows the tail of the
+# log, and the Node tests' output would otherwise push the names of failed tests out of it.
 basetemp=$(mktemp -d /tmp/boxlite-pytest.XXXXXX)
-BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -p no:cacheprovider --basetemp="$basetemp" "$@" \
-    || failed+=(pytest)
+pytest_log=$(mktemp /tmp/boxlite-pytest-log.XXXXXX)
+BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -rfE -p no:cacheprovider --basetemp="$basetemp" "$@" \
+    2>&1 | tee "$pytest_log" || failed+=(pytest)
 rm -rf "$basetemp"
 
 if [ -f sdks/node/package.json ]; then
@@ -49,6 +52,8 @@ if [ -f sdks/node/package.json ]; then
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
+    echo "==> pytest summary (repeated from above)"
+    grep -E '^(FAILED|ERROR) |^=+ .*(passed|failed|error).* =+$' "$pytest_log" | tail -40 || true
     echo "FAILED: ${failed[*]}"
     exit 1
 fi
