@@ -45,15 +45,18 @@ def main() -> None:
     boot(leanjson.loads(sys.argv[1]))
 
 
-def boot(config: dict[str, Any]) -> None:
-    """Process A: cgroups, namespaces, fork B (PID 1), write B's user namespace maps, exit."""
+def boot(config: dict[str, Any], spare_keeper: socket.socket | None = None) -> None:
+    """Process A: cgroups, namespaces, fork B (PID 1), write B's user namespace maps, exit.
+    ``spare_keeper``: the socket of a keeper forked ahead of the box (zygote.py), else A forks one."""
     status = int(config["status_fd"])
     log_fd = config.get("log_fd")
     if log_fd is not None:
         os.dup2(int(log_fd), 1)
         os.dup2(int(log_fd), 2)
     try:
-        keeper_sock = keeper.fork_keeper(config, status)  # first: it stays in the host's cgroups/namespaces
+        keeper_sock = keeper.adopt_spare(spare_keeper, config, status) if spare_keeper is not None else None
+        if keeper_sock is None:  # first: it stays in the host's cgroups/namespaces
+            keeper_sock = keeper.fork_keeper(config, status)
         keeper.make_cgroups(config)  # only now: no box cgroup exists without a keeper to remove it
         for procs in config.get("cgroup_procs", []):  # the memory cgroup's: the agent tells OOM kills
             if config.get("oom_fd") is None:  # from other SIGKILLs
