@@ -45,9 +45,16 @@ def main() -> None:
     boot(leanjson.loads(sys.argv[1]))
 
 
-def boot(config: dict[str, Any], spare_keeper: socket.socket | None = None) -> None:
+AHEAD = linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+"""Namespaces a spare boot process (zygote.py) makes ahead of its box, once its keeper is forked
+(a new network namespace alone takes ~0.7 ms). Not the pid namespace: its first child would be
+its init, and A may still need a short-lived child before B (``linux.mapping_userns``)."""
+
+
+def boot(config: dict[str, Any], spare_keeper: socket.socket | None = None, unshared: int = 0) -> None:
     """Process A: cgroups, namespaces, fork B (PID 1), write B's user namespace maps, exit.
-    ``spare_keeper``: the socket of a keeper forked ahead of the box (zygote.py), else A forks one."""
+    ``spare_keeper``: the socket of a keeper forked ahead of the box (zygote.py), else A forks one;
+    ``unshared``: the namespaces (``AHEAD``) the spare made already."""
     status = int(config["status_fd"])
     log_fd = config.get("log_fd")
     if log_fd is not None:
@@ -65,7 +72,7 @@ def boot(config: dict[str, Any], spare_keeper: socket.socket | None = None) -> N
             # made before the pid namespace, so the short-lived holder process is not its init
             config["idmap_fd"] = linux.mapping_userns(0, int(config["uid_base"]), int(config.get("uid_count", 65536)))
         moved_by_a = _split_cgroup_joins(config)
-        linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
+        linux.unshare((linux.CLONE_NEWPID | AHEAD) & ~unshared)
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
         pid = os.fork()

@@ -5,7 +5,8 @@ agent imported already. Each message on its SOCK_SEQPACKET socket is a box confi
 the box's status pipe, boot log and, optionally, lifeline fds attached (SCM_RIGHTS). The next
 box's boot process (:func:`nsboot.boot`) is forked *ahead* of it, with its keeper: a "spare"
 that waits on a socket of its own for the config and fds (:func:`_assign`), so the two forks
-(~1 ms each, more under load) are not on the box's start path; the zygote forks the next spare
+(~1 ms each, more under load) and the spare's new network, IPC and UTS namespaces
+(``nsboot.AHEAD``) are not on the box's start path; the zygote forks the next spare
 once it has handed this one its box. A spare that cannot be used (gone, fork failed) means the
 zygote forks the boot process at once, as it did before spares. The zygote exits when the
 socket closes, killing its spare (whose keeper then sees its socket close and exits too).
@@ -19,7 +20,7 @@ import signal
 import socket
 import sys
 
-from . import keeper, leanjson, nsboot
+from . import keeper, leanjson, linux, nsboot
 
 FD_KEYS = ("status_fd", "log_fd", "lifeline_fd", "idmap_fd")
 """Config entries that are fds: sent to a spare as SCM_RIGHTS, not as numbers."""
@@ -65,9 +66,9 @@ def _fork_boot(sock: socket.socket, config: dict[str, Any]) -> None:
         _boot(config, None)
 
 
-def _boot(config: dict[str, Any], spare_keeper: socket.socket | None) -> None:
+def _boot(config: dict[str, Any], spare_keeper: socket.socket | None, unshared: int = 0) -> None:
     try:
-        nsboot.boot(config, spare_keeper)
+        nsboot.boot(config, spare_keeper, unshared)
     except BaseException:
         import traceback
 
@@ -90,17 +91,22 @@ def _fork_spare(sock: socket.socket) -> Spare | None:
         theirs.close()
         return None
     if pid == 0:
-        config = None
+        config, unshared = None, 0
         try:
             sock.close()
             ours.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            spare_keeper = keeper.fork_spare(theirs)
+            spare_keeper = keeper.fork_spare(theirs)  # first: it stays in the host's namespaces
+            try:
+                linux.unshare(nsboot.AHEAD)
+                unshared = nsboot.AHEAD
+            except OSError:
+                pass  # A tries again, and reports why on its status pipe
             config = _await_box(theirs)
         finally:
             if config is None:  # the zygote is gone (or this spare broke): nothing was started
                 os._exit(0)
-        _boot(config, spare_keeper)
+        _boot(config, spare_keeper, unshared)
     theirs.close()
     return pid, ours
 
