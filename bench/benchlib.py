@@ -32,7 +32,7 @@ for _p in (str(ROOT / "tests"), str(ROOT / "src")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from support.hostprocs import process_tree as descendants  # noqa: E402  (tests/ is on sys.path now)
+from support.hostprocs import process_tree as descendants  # noqa: E402, F401  (re-exported; tests/ is on sys.path now)
 
 BENCH_TAG_ENV = "BOXLITE_BENCH_TAG"
 """Set in the benchmark's environment: the runtime's zygote inherits it, so it can be told from
@@ -140,12 +140,9 @@ def parent_pid(pid: int) -> int:
 
 
 def zygotes() -> list[int]:
-    """This process's namespace-engine zygote(s) and their spares (the next box's boot process
-    and keeper, forked ahead: agent/zygote.py), the runtime's memory shared by all its boxes.
-    Box keepers are forks of the zygote and keep its command line, but their parent is not this
-    process; a box's processes have left the zygote's tree by the time it is ready."""
-    own = [p for p in tagged_processes("agent.zygote") if parent_pid(p) == os.getpid()]
-    return sorted({d for pid in own for d in descendants(pid)})
+    """This process's namespace-engine zygote(s). Box keepers are forks of the zygote and keep its
+    command line, but their parent is not this process."""
+    return [p for p in tagged_processes("agent.zygote") if parent_pid(p) == os.getpid()]
 
 
 def tagged_processes(marker: str) -> list[int]:

@@ -40,7 +40,7 @@ import socket
 import sys
 import time
 
-from . import leanjson, linux
+from . import linux
 from .cgroupkill import kill_cgroup_members, thaw_cgroup
 from .helperproc import Helper, spawn
 from .protocol import STATUS_KEEPER, STATUS_NET_ERROR, lifeline_closed, status_line
@@ -146,78 +146,6 @@ def fork_keeper(config: dict[str, Any], status_fd: int) -> socket.socket | None:
             os._exit(code)
     theirs.close()
     return ours
-
-
-def fork_spare(inherited: socket.socket) -> socket.socket | None:
-    """In a spare boot process (zygote.py), ahead of its box: fork its keeper, which waits for
-    the box's config (:func:`adopt_spare`); returns the spare's end of its socket, or None.
-    ``inherited`` (the spare's socket to the zygote) is closed in the keeper: only the spare
-    may hold it, or the zygote could not tell that the spare died."""
-    try:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    except OSError:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        ours.close()
-        theirs.close()
-        return None
-    if pid == 0:
-        code = 1
-        try:
-            inherited.close()
-            ours.close()
-            assigned = _await_config(theirs)
-            code = 0 if assigned is None else Keeper(*assigned, theirs).run()
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-    theirs.close()
-    return ours
-
-
-def adopt_spare(sock: socket.socket, config: dict[str, Any], status_fd: int) -> socket.socket | None:
-    """In process A: give the keeper forked ahead (:func:`fork_spare`) its box: the config, with
-    the status pipe, boot log and lifeline attached. Returns ``sock`` to hand the box over on,
-    or None (no keeper asked for, or the spare keeper is gone: A forks one)."""
-    if config.get("keeper"):
-        names = [key for key in ("log_fd", "lifeline_fd") if config.get(key) is not None]
-        body = {k: v for k, v in config.items() if k not in {"status_fd", "idmap_fd", "oom_fd", *names}}
-        try:
-            fds = [status_fd, *(int(config[k]) for k in names)]
-            socket.send_fds(sock, [leanjson.dumps([names, body]).encode()], fds)
-            return sock
-        except OSError:
-            pass
-    sock.close()
-    return None
-
-
-def _await_config(sock: socket.socket) -> tuple[dict[str, Any], int] | None:
-    """In a spare keeper: its box's config and status pipe (fds in place; its stdout and stderr
-    made the boot log, as A's are), or None if the spare's process ended without a box."""
-    try:
-        msg, fds, flags, _ = socket.recv_fds(sock, 1 << 17, 3)
-    except OSError:
-        return None
-    try:
-        names, config = leanjson.loads(msg) if msg and not flags & socket.MSG_CTRUNC else (None, None)
-        if isinstance(names, list) and isinstance(config, dict) and len(fds) == len(names) + 1:
-            config.update(zip(names, fds[1:], strict=True))
-            if config.get("log_fd") is not None:
-                os.dup2(config["log_fd"], 1)
-                os.dup2(config["log_fd"], 2)
-            return config, fds[0]
-    except ValueError:
-        pass
-    for fd in fds:
-        os.close(fd)
-    return None
 
 
 def make_cgroups(config: dict[str, Any]) -> None:

@@ -45,25 +45,15 @@ def main() -> None:
     boot(leanjson.loads(sys.argv[1]))
 
 
-AHEAD = linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
-"""Namespaces a spare boot process (zygote.py) makes ahead of its box, once its keeper is forked
-(a new network namespace alone takes ~0.7 ms). Not the pid namespace: its first child would be
-its init, and A may still need a short-lived child before B (``linux.mapping_userns``)."""
-
-
-def boot(config: dict[str, Any], spare_keeper: socket.socket | None = None, unshared: int = 0) -> None:
-    """Process A: cgroups, namespaces, fork B (PID 1), write B's user namespace maps, exit.
-    ``spare_keeper``: the socket of a keeper forked ahead of the box (zygote.py), else A forks one;
-    ``unshared``: the namespaces (``AHEAD``) the spare made already."""
+def boot(config: dict[str, Any]) -> None:
+    """Process A: cgroups, namespaces, fork B (PID 1), write B's user namespace maps, exit."""
     status = int(config["status_fd"])
     log_fd = config.get("log_fd")
     if log_fd is not None:
         os.dup2(int(log_fd), 1)
         os.dup2(int(log_fd), 2)
     try:
-        keeper_sock = keeper.adopt_spare(spare_keeper, config, status) if spare_keeper is not None else None
-        if keeper_sock is None:  # first: it stays in the host's cgroups/namespaces
-            keeper_sock = keeper.fork_keeper(config, status)
+        keeper_sock = keeper.fork_keeper(config, status)  # first: it stays in the host's cgroups/namespaces
         keeper.make_cgroups(config)  # only now: no box cgroup exists without a keeper to remove it
         for procs in config.get("cgroup_procs", []):  # the memory cgroup's: the agent tells OOM kills
             if config.get("oom_fd") is None:  # from other SIGKILLs
@@ -72,7 +62,7 @@ def boot(config: dict[str, Any], spare_keeper: socket.socket | None = None, unsh
             # made before the pid namespace, so the short-lived holder process is not its init
             config["idmap_fd"] = linux.mapping_userns(0, int(config["uid_base"]), int(config.get("uid_count", 65536)))
         moved_by_a = _split_cgroup_joins(config)
-        linux.unshare((linux.CLONE_NEWPID | AHEAD) & ~unshared)
+        linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWNET | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS)
         to_child_r, to_child_w = os.pipe()
         to_parent_r, to_parent_w = os.pipe()
         pid = os.fork()
