@@ -16,6 +16,7 @@ namespace, then for its maps ("G"); nothing of the box runs before. Status lines
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -281,12 +282,7 @@ def _setup_mounts(config: dict[str, Any], sup: str) -> None:
     # the host's box directory.
     upper = os.path.relpath(config["upperdir"])
     work = os.path.relpath(config["workdir"])
-    # nodev: device nodes in image layers or created by box root are inert (the box's /dev is a
-    # separate tmpfs with bind-mounted devices); nosuid: setuid bits grant nothing.
-    linux.mount(
-        "overlay", root, "overlay", MS_NOSUID | MS_NODEV,
-        f"lowerdir={lower},upperdir={upper},workdir={work}",
-    )  # fmt: skip
+    _mount_root(root, f"lowerdir={lower},upperdir={upper},workdir={work}", work, bool(config.get("volatile_upper")))
     for name, mode in (("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777), ("sys", 0o555), ("run", 0o755)):
         path = f"{root}/{name}"
         if not os.path.isdir(path):
@@ -349,6 +345,29 @@ def _mount_disk(config: dict[str, Any], uid_base: int) -> None:
             os.mkdir(path, mode)
             os.chmod(path, mode)
             os.chown(path, owner, owner)
+
+
+def _mount_root(root: str, options: str, work: str, volatile: bool) -> None:
+    """The box root's overlay. ``volatile`` (a box removed when it stops): no sync of the upper
+    file system when the overlay goes, which is when PID 1 dies. Without it that unmount flushes
+    every dirty page of the host file system holding the box's directory: each teardown waited
+    for other processes' writes (~0.45 s per box while another process wrote 200 MB at a time).
+    The price, a throwaway layer's writes not being durable across a host crash, is nil."""
+    # nodev: device nodes in image layers or created by box root are inert (the box's /dev is a
+    # separate tmpfs with bind-mounted devices); nosuid: setuid bits grant nothing.
+    if volatile:
+        for marker in (f"{work}/work/incompat/volatile", f"{work}/work/incompat"):
+            try:  # left by an earlier volatile mount; overlay refuses the work dir while it is there
+                os.rmdir(marker)
+            except OSError:
+                pass
+        try:
+            linux.mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, options + ",volatile")
+            return
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: a kernel before 5.10 has no such option
+                raise
+    linux.mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, options)
 
 
 def _bind_layer(layer: str, mountpoint: str, idmap_fd: int | None) -> None:

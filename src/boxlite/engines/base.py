@@ -71,6 +71,9 @@ class BoxSpec:
     cap_mask: int | None = None
     """Box root's capabilities (bit N = capability N; runtime/capabilities.py resolves them);
     None: the agent's default, Docker's 14."""
+    volatile_upper: bool = False
+    """The writable layer is discarded when the box stops (``auto_remove``): the namespace
+    engine mounts it ``volatile``, so that its teardown does not flush the host file system."""
 
     @property
     def layout(self) -> BoxLayout:

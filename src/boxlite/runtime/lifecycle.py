@@ -266,6 +266,7 @@ class BoxRuntime:
             ports=[(p.host_ip, p.host_port, p.guest_port, p.protocol) for p in config.ports],
             ready_timeout=config.ready_timeout or DEFAULT_READY_TIMEOUT,
             cap_mask=capabilities.mask(capabilities.box_set(*config.capabilities, rec.engine, config.volumes)),
+            volatile_upper=rec.auto_remove,
         )
 
     async def start(self, box_id: str) -> tuple[AgentClient, BoxRecord]:

@@ -126,6 +126,7 @@ class NamespaceEngine(Engine):
             "idmap_layers": [] if spec.root.shifted else [str(p) for p in spec.root.layers],
             "upperdir": str(layers.top),
             "workdir": str(spec.layout.work),
+            "volatile_upper": spec.volatile_upper,
             "ro_binds": sorted({_python_prefix(python), str(AGENT_PARENT)}),
             "volumes": volumes,
             "cap_mask": spec.cap_mask,
