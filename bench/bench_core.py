@@ -15,7 +15,11 @@ Comparisons (contenders interleaved ABCD/DCBA; medians with min/max/IQR; load av
      the same tree with FILLER_FILES (--quick: 2,000) more files (a rootfs directory is the box's
      lower layer in place: no copy, no walk), vs `crun run` on the large tree; the fingerprint
      walk of the large tree, what each create paid before (the VM engine still pays it), beside.
-  6. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
+  6. teardown under host writes: the library's start + first exec + teardown of a box removed
+     when it stops (its writable layer volatile) and of one kept after it stops (stop + remove:
+     its layer's unmount syncs the host file system) while another process keeps rewriting
+     WRITER_MIB MiB without syncing; vs `crun run` under the same writer. Half the runs.
+  7. idle memory, USS (private pages): the box's processes (agent and keeper once the box has been
      idle past $BOXLITE_SPAWNER_IDLE, default 30 s; agent, spawner, keeper 1 s after a command, printed too; a box
      with the default network, whose pasta is counted too, beside), the zygote
      (one per runtime, shared by its boxes) and the host process's growth from before
@@ -42,6 +46,17 @@ import benchlib as bl
 PROBE_FLAG = "--memory-probe"
 FILLER_FILES = 50_000
 """Extra files in the large rootfs (a Debian python rootfs holds ~5,000; a desktop image ~55,000)."""
+WRITER_MIB = 200
+WRITER = """
+import os, sys, time
+chunk = b"x" * (1 << 20)
+while True:
+    with open(sys.argv[1], "wb") as f:
+        for _ in range(int(sys.argv[2])):
+            f.write(chunk)
+    time.sleep(0.2)
+"""
+"""The other process of ``teardown_under_writes``: dirty pages, never synced by itself."""
 
 
 def add_filler(rootfs: Path, dest: Path, files: int) -> Path:
@@ -286,6 +301,39 @@ class Core:
             s.add(name, xs, "s", note)
         report.close(s)
 
+    def teardown_under_writes(self, report: bl.Report) -> None:
+        """The same cycle while another process keeps the host file system's page cache dirty:
+        a box whose writable layer is unmounted with a sync (one kept after it stops) waits for
+        every other process's writes; one removed when it stops (volatile layer) and crun (its
+        root is the directory itself, no overlay) do not."""
+        kept = self.boxlite.BoxOptions(rootfs_path=str(self.rootfs), auto_remove=False, network="disabled")
+        contenders = {
+            "boxlite library, removed when it stops": self.lib_start_exec_remove,
+            "boxlite library, a box kept after it stops (stop + remove)": lambda: self.lib_start_exec_remove(kept),
+            "crun run": self.crun_run,
+        }
+        s = report.section(
+            "start + first exec + teardown while another process writes",
+            f"library vs crun; a writer rewrites {WRITER_MIB} MiB in the same file system, unsynced, every 0.2 s",
+            baseline="crun run",
+        )
+        writer = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(self.tmp / "writer.bin"), str(WRITER_MIB)],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1)
+            for fn in contenders.values():
+                fn()
+            for name, xs in bl.interleaved(contenders, max(1, self.runs // 2)).items():
+                s.add(name, xs, "s")
+        finally:
+            writer.kill()
+            writer.wait()
+            (self.tmp / "writer.bin").unlink(missing_ok=True)
+        s.notes.append("the kept box's layer stays durable (docs/performance.md: the volatile layer)")
+        report.close(s)
+
     def exec_process(self, report: bl.Report) -> None:
         out = subprocess.run(
             [*self.cli, "run", "-d", "--network", "none", "--rootfs", str(self.rootfs), "sleep", "1000000"],
@@ -450,6 +498,7 @@ def main() -> int:
             core.exec_process(report)
             core.exec_library(report)
             core.rootfs_size(report, 2_000 if args.quick else FILLER_FILES)
+            core.teardown_under_writes(report)
             core.memory(report)
         finally:
             core.close()

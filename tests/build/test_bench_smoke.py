@@ -60,6 +60,13 @@ def test_core_compares_boxlite_with_crun_runc_bwrap_and_nsenter(tmp_path: Path) 
         "fingerprint walk of the + 2,000 tree",
     }
     assert size["crun run, + 2,000 files"]["ratio"] is None  # the peer
+    writes = rows(report, "start + first exec + teardown while another process writes")
+    assert writes.keys() == {
+        "boxlite library, removed when it stops",
+        "boxlite library, a box kept after it stops (stop + remove)",
+        "crun run",
+    }
+    assert all(measured(row) for row in writes.values()) and writes["crun run"]["ratio"] is None
     mem = rows(report, "idle box memory, private (USS)")
     for name in (
         "crun container (sleep)",
