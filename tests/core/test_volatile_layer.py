@@ -1,7 +1,7 @@
 """A box removed when it stops (``auto_remove``, ``boxlite run --rm``) has a throwaway writable
 layer: the namespace engine mounts it ``volatile``, so that its teardown does not flush every
-dirty page of the host's file system (each removal waited ~0.45 s while another process wrote
-200 MB at a time: docs/performance.md). A box that outlives its stop keeps a durable layer."""
+dirty page of the host's file system (each removal waited ~0.5 s while another process wrote:
+docs/performance.md). A box that outlives its stop keeps a durable layer."""
 
 from __future__ import annotations
 

@@ -351,7 +351,7 @@ def _mount_root(root: str, options: str, work: str, volatile: bool) -> None:
     """The box root's overlay. ``volatile`` (a box removed when it stops): no sync of the upper
     file system when the overlay goes, which is when PID 1 dies. Without it that unmount flushes
     every dirty page of the host file system holding the box's directory: each teardown waited
-    for other processes' writes (~0.45 s per box while another process wrote 200 MB at a time).
+    for other processes' writes (~0.5 s per box in bench_core.py's section with a writer).
     The price, a throwaway layer's writes not being durable across a host crash, is nil."""
     # nodev: device nodes in image layers or created by box root are inert (the box's /dev is a
     # separate tmpfs with bind-mounted devices); nosuid: setuid bits grant nothing.
