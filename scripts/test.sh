@@ -42,6 +42,7 @@ echo "==> tests"
 # log, and the Node tests' output would otherwise push the names of failed tests out of it.
 basetemp=$(mktemp -d /tmp/boxlite-pytest.XXXXXX)
 pytest_log=$(mktemp /tmp/boxlite-pytest-log.XXXXXX)
+trap 'rm -f "$pytest_log"' EXIT
 BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -rfE -p no:cacheprovider --basetemp="$basetemp" "$@" \
     2>&1 | tee "$pytest_log" || failed+=(pytest)
 rm -rf "$basetemp"
