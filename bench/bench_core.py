@@ -48,7 +48,7 @@ FILLER_FILES = 50_000
 """Extra files in the large rootfs (a Debian python rootfs holds ~5,000; a desktop image ~55,000)."""
 WRITER_MIB = 200
 WRITER = """
-import os, sys, time
+import sys, time
 chunk = b"x" * (1 << 20)
 while True:
     with open(sys.argv[1], "wb") as f:
