@@ -121,15 +121,19 @@ def remote_main(log: str) -> None:
 
 
 def files_containing(root: Path, needle: bytes, max_size: int = 256 << 20) -> list[str]:
+    """Files under ``root`` holding ``needle``. ``os.walk`` skips directories that vanish while it
+    walks (``rglob`` raises): a removed box's directory is emptied in the background meanwhile."""
     hits = []
-    for path in root.rglob("*"):
-        try:
-            if path.is_symlink() or not path.is_file() or path.stat().st_size > max_size:
+    for directory, _, names in os.walk(root):
+        for name in names:
+            path = Path(directory, name)
+            try:
+                if path.is_symlink() or not path.is_file() or path.stat().st_size > max_size:
+                    continue
+                if needle in path.read_bytes():
+                    hits.append(str(path))
+            except OSError:
                 continue
-            if needle in path.read_bytes():
-                hits.append(str(path))
-        except OSError:
-            continue
     return hits
 
 
