@@ -412,19 +412,25 @@ class BoxRuntime:
         async with box_lock(self.layout(box_id).lock):
             rec = self.record(box_id, locked=True)
             live = rec.state in ("running", "stopping") or (rec.state == "paused" and await release_paused(self, rec))
+            discard = remove_if_auto and rec.auto_remove
             if live:
-                await self._stop_running(rec, grace)
-            if remove_if_auto and rec.auto_remove:
+                await self._stop_running(rec, grace, discard)
+            if discard:
                 self._delete(rec, cleaned=live)
 
-    async def _stop_running(self, rec: BoxRecord, grace: float) -> None:
+    async def _stop_running(self, rec: BoxRecord, grace: float, discard: bool = False) -> None:
+        """Stop the box's processes (``grace`` seconds after a SIGTERM). ``discard``: the box is
+        deleted right after, so its disk need not be flushed first."""
         await self.health.end(rec)
         engine = select_engine(rec.engine)
         spec = self.spec(rec)
+        # A kill loses nothing of a box deleted right after (a VM's disk goes with it), except
+        # what a VM guest holds unwritten for a volume (shared mappings of its files).
+        kill_is_enough = engine.kill_loses_nothing or (discard and not spec.volumes)
         running = RunningBox(rec.pid or 0, rec.pid_start or 0, spec.agent_socket)
         rec.state = "stopping"
         self.db.update(rec)
-        if grace > 0 or not engine.kill_loses_nothing:  # else the kill below does the same, a round trip sooner
+        if grace > 0 or not kill_is_enough:  # else the kill below does the same, a round trip sooner
             with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
                 cl = await self._connect(rec.id)
                 await cl.request("shutdown", timeout=grace + SHUTDOWN_FLUSH, grace=grace)
@@ -469,7 +475,7 @@ class BoxRuntime:
                 if not force:
                     raise InvalidStateError(f"box {rec.id} is {rec.state}; stop it first or pass force=True")
                 if rec.state != "paused" or await release_paused(self, rec):
-                    await self._stop_running(rec, 0.0)
+                    await self._stop_running(rec, 0.0, discard=True)
                     cleaned = True
             self._delete(rec, cleaned=cleaned)
         return rec.id

@@ -37,6 +37,7 @@ __all__ = ["VmEngine", "cache_dir", "disk_path", "guest_memory_mib", "template_d
 
 log = logging.getLogger("boxlite.vm")
 DEFAULT_DISK_GB = 2.0
+KILL_TIMEOUT = 10.0  # seconds for the shim and QEMU to be gone after SIGKILL
 _SRC_DIR = str(Path(__file__).resolve().parents[3])  # the directory holding the boxlite package
 # The shim imports only what it uses (boxlite/__init__.py exports lazily): ~15 MiB PSS.
 _SHIM_BOOTSTRAP = (
@@ -245,12 +246,12 @@ class VmEngine(Engine):
                 os.kill(qemu, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if not running.is_alive() and (qemu is None or process_start_time(qemu) != qemu_start):
-                return
-            await asyncio.sleep(0.02)
-        raise EngineError(f"VM box {spec.box_id}: processes survived SIGKILL")
+        deadline = time.monotonic() + KILL_TIMEOUT
+        gone = await running.wait_gone(KILL_TIMEOUT)  # woken by pidfds, not a 20 ms poll
+        if gone and qemu is not None and qemu_start is not None:
+            gone = await RunningBox(qemu, qemu_start, running.agent_socket).wait_gone(templates.remaining(deadline))
+        if not gone:
+            raise EngineError(f"VM box {spec.box_id}: processes survived SIGKILL")
 
     def cleanup(self, spec: BoxSpec) -> None:
         for path in (spec.layout.vm_conf, spec.layout.qemu_pid, spec.layout.shim_pid, _paused_marker(spec)):
