@@ -11,7 +11,9 @@ Comparisons (interleaved ABCD/DCBA; medians with min/max/IQR; load average print
      "to first exec result" without teardown.
   2. exec round trip of `true` in a running VM box (library call), after a warm-up of the guest's
      translation cache; no peer runs an agent.
-  3. idle memory, USS and PSS, of every host process of a lone box (relay, QEMU, virtiofsd when the
+  3. teardown of a running box: Box.stop() of a box removed when it stops and of one kept, and
+     remove(force=True).
+  4. idle memory, USS and PSS, of every host process of a lone box (relay, QEMU, virtiofsd when the
      box has a volume) vs plain QEMU idling on the same kernel and disk.
 Templates are isolated per run (own BOXLITE_VM_TEMPLATES and home in a temp dir).
 """
@@ -210,6 +212,38 @@ class Vm:
         s.add("boxlite Box.exec (warm)", self.run(go()), "s", f"after {warmup} untimed execs", compare=False)
         report.close(s)
 
+    def teardown(self, report: bl.Report) -> None:
+        s = report.section(
+            "teardown of a running VM box",
+            "library calls on a box that wrote 8 MiB to its disk; interleaved",
+        )
+        kept = self.boxlite.BoxOptions(
+            rootfs_path=self.opts.rootfs_path, auto_remove=False, engine="vm", network="disabled"
+        )
+
+        async def once(opts: Any, how: str) -> float:
+            box = await self.rt.create(opts)
+            write = "dd if=/dev/zero of=/written bs=1M count=8 2>/dev/null"
+            await (await box.exec("sh", ["-c", write], stdin=False)).wait()
+            t = time.perf_counter()
+            if how == "remove":
+                await self.rt.remove(box.id, force=True)
+            else:
+                await box.stop()
+            took = time.perf_counter() - t
+            if how == "stop, kept":
+                await self.rt.remove(box.id)
+            return took
+
+        contenders = {
+            "Box.stop(), removed when it stops": lambda: self.run(once(self.opts, "stop, removed")),
+            "Box.stop(), kept (the guest syncs and powers off)": lambda: self.run(once(kept, "stop, kept")),
+            "remove(force=True) of a running box": lambda: self.run(once(kept, "remove")),
+        }
+        for name, xs in bl.interleaved(contenders, self.runs).items():
+            s.add(name, xs, "s", compare=False)
+        report.close(s)
+
     def memory(self, report: bl.Report, plain: Plain, idle: float) -> None:
         s = report.section(
             "idle memory of a lone VM box", "memory: every host process of the box", baseline="plain QEMU (USS)"
@@ -307,6 +341,7 @@ def main() -> int:
             plain.run()  # warm-up: page cache of kernel and disk
             vm.start(report, plain)
             vm.exec_rtt(report, args.warmup if not args.quick else 5)
+            vm.teardown(report)
             vm.memory(report, plain, args.idle)
         finally:
             vm.close()

@@ -139,6 +139,8 @@ def test_vm_bench_compares_with_plain_qemu(tmp_path: Path) -> None:
     assert all(measured(r) for r in start.values())
     rtt = rows(report, "exec `true` round trip in a running VM box")
     assert measured(rtt["boxlite Box.exec (warm)"])
+    teardown = rows(report, "teardown of a running VM box")
+    assert len(teardown) == 3 and all(measured(r) for r in teardown.values())
     mem = rows(report, "idle memory of a lone VM box")
     assert measured(mem["plain QEMU (USS)"]) and measured(mem["boxlite box (USS)"])
 

@@ -501,7 +501,8 @@ class Agent:
             elif op == "signal_main":
                 result = self._signal_main(body.get("signal"))
             elif op == "shutdown":  # answered once every box process is gone and the disk synced:
-                self.shutdown(float(body.get("grace", 5.0)))  # the host may kill the VM from then on
+                # the host may kill the VM from then on; no sync for a disk the host discards
+                self.shutdown(float(body.get("grace", 5.0)), sync=body.get("sync") is not False)
                 conn.send(p.encode_json(p.RESPONSE, channel, {"ok": True}))
                 conn.flush_blocking()
                 return
@@ -835,10 +836,11 @@ class Agent:
         self.unwatch(fd)
         self.shutdown(0.0)
 
-    def shutdown(self, grace: float) -> None:
+    def shutdown(self, grace: float, sync: bool = True) -> None:
         """Terminate every process of the box, then leave ``serve_forever``. No grace: SIGKILL
         alone, as a namespace box's processes get it when its PID 1 dies (a SIGTERM just before
-        would let a handler run in between, or not)."""
+        would let a handler run in between, or not). Then flush the disks (a VM's), unless
+        ``sync`` is false: the host deletes the box's disk right after."""
         self.running = False
         if grace > 0:
             self._signal_all(signal.SIGTERM)
@@ -846,7 +848,7 @@ class Agent:
             while (waited := time.monotonic() - started) < grace and self._children_left():
                 time.sleep(0.001 if waited < 0.05 else 0.01)  # most processes end within a few ms of SIGTERM
         self._signal_all(signal.SIGKILL)
-        if self.sync_on_shutdown:
+        if self.sync_on_shutdown and sync:
             os.sync()
 
     def _signal_all(self, sig: int) -> None:

@@ -426,15 +426,18 @@ class BoxRuntime:
         spec = self.spec(rec)
         # A kill loses nothing of a box deleted right after (a VM's disk goes with it), except
         # what a VM guest holds unwritten for a volume (shared mappings of its files).
-        kill_is_enough = engine.kill_loses_nothing or (discard and not spec.volumes)
+        disk_discarded = discard and not spec.volumes
+        kill_is_enough = engine.kill_loses_nothing or disk_discarded
         running = RunningBox(rec.pid or 0, rec.pid_start or 0, spec.agent_socket)
         rec.state = "stopping"
         self.db.update(rec)
         if grace > 0 or not kill_is_enough:  # else the kill below does the same, a round trip sooner
             with contextlib.suppress(BoxDiedError, asyncio.TimeoutError, Exception):
                 cl = await self._connect(rec.id)
-                await cl.request("shutdown", timeout=grace + SHUTDOWN_FLUSH, grace=grace)
-        if grace > 0:
+                await cl.request("shutdown", timeout=grace + SHUTDOWN_FLUSH, grace=grace, sync=not disk_discarded)
+        # Once the agent answered, every box process is gone: a VM whose disk is discarded needs
+        # no orderly power-off (its guest would sync and unmount that disk first).
+        if grace > 0 and (engine.kill_loses_nothing or not disk_discarded):
             await running.wait_gone(grace)
         await engine.kill(spec, running)
         engine.cleanup(spec)
