@@ -30,6 +30,15 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def started_at(pid: int) -> int | None:
+    """Start time of ``pid`` even while it is a zombie (its main thread exited, other threads may
+    run on and hold its files), or None if it does not exist."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] == b"X":
+        return None
+    return int(fields[19])
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` (0.0 if it is gone)."""
     fields = _stat_fields(pid)

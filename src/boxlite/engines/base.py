@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from ..aio import within
 from ..errors import UnsupportedOptionError
 from ..layout import BoxLayout
-from ..procfs import process_start_time
+from ..procfs import process_start_time, started_at
 
 __all__ = ["BoxSpec", "Engine", "RootLayers", "RunningBox", "process_start_time"]
 
@@ -121,7 +121,9 @@ class RunningBox:
         except OSError:  # gone already, or no pidfds: the caller polls
             return
         try:
-            if not self.is_alive():  # the pid was reused before the pidfd was opened
+            # Gone, or the pid was reused, before the pidfd was opened. A zombie is waited for: its
+            # pidfd turns readable once all its threads ended (QEMU's hold its sockets until then).
+            if started_at(self.pid) != self.pid_start:
                 return
             loop = asyncio.get_running_loop()
             exited: asyncio.Future[None] = loop.create_future()
