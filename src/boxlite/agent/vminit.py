@@ -75,16 +75,24 @@ def mount_basics() -> None:
     linux.mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=755")
 
 
-def find_disk(serial: str) -> str:
-    """``/dev/vdX`` whose virtio-blk serial is ``serial``."""
+def disks_by_serial() -> dict[str, str]:
+    """``/dev/vdX`` of each virtio-blk disk by serial. A restored box's disks take the places
+    of the template's placeholders, so the template's answer holds for it."""
+    disks: dict[str, str] = {}
     for name in sorted(os.listdir("/sys/block")):
         try:
             with open(f"/sys/block/{name}/serial") as f:
-                if f.read().strip() == serial:
-                    return f"/dev/{name}"
+                disks.setdefault(f.read().strip(), f"/dev/{name}")
         except OSError:
             continue
-    raise OSError(errno.ENODEV, f"no disk with serial {serial!r}")
+    return disks
+
+
+def disk(disks: dict[str, str], serial: str) -> str:
+    try:
+        return disks[serial]
+    except KeyError:
+        raise OSError(errno.ENODEV, f"no disk with serial {serial!r}") from None
 
 
 def find_port(name: str, timeout: float = 10.0) -> int:
@@ -105,13 +113,12 @@ def find_port(name: str, timeout: float = 10.0) -> int:
         time.sleep(0.005)
 
 
-def mount_root(layers: int) -> None:
-    """Overlay of the read-only layer disk and the writable box disk at ``/box``."""
-    for d in (LOWER, RW, BOX):
-        os.makedirs(d, exist_ok=True)
+def mount_root(layers: int, disks: dict[str, str]) -> None:
+    """Overlay of the read-only layer disk and the writable box disk at ``/box`` (its mount
+    points are made before the handshake)."""
     if layers:
-        linux.mount(find_disk("boxlite-lower"), LOWER, "ext4", MS_RDONLY | MS_NOSUID | MS_NODEV, "noload")
-    linux.mount(find_disk("boxlite-upper"), RW, "ext4", MS_NOSUID | MS_NODEV, "noinit_itable")
+        linux.mount(disk(disks, "boxlite-lower"), LOWER, "ext4", MS_RDONLY | MS_NOSUID | MS_NODEV, "noload")
+    linux.mount(disk(disks, "boxlite-upper"), RW, "ext4", MS_NOSUID | MS_NODEV, "noinit_itable")
     for d in ("upper", "work"):
         os.makedirs(f"{RW}/{d}", exist_ok=True)
     if not layers:
@@ -173,11 +180,10 @@ def power_off() -> None:
     os._exit(1)  # reboot failed: PID 1 exiting panics the kernel, which also ends the VM
 
 
-def prepare_box(conf: dict[str, Any]) -> None:
-    """Everything the box root needs (run in a child, in parallel with the agent imports)."""
-    mount_root(int(conf.get("layers") or 0))
+def prepare_box(conf: dict[str, Any], disks: dict[str, str]) -> None:
+    """Everything the box root needs (run by the preparer, in parallel with PID 1's own work)."""
+    mount_root(int(conf.get("layers") or 0), disks)
     setup_box_mounts(conf.get("memory_mib"))
-    linux.set_loopback_up()
     linux.sethostname(str(conf.get("hostname") or "box"))
     for i, (box_path, readonly, name) in enumerate(conf.get("volumes") or []):
         mount_volume(i, box_path, bool(readonly), name)
@@ -245,13 +251,25 @@ def isolate_network(isolated: int) -> None:
     linux.setns(isolated, linux.CLONE_NEWNET)
 
 
-def fork_prepare(conf: dict[str, Any]) -> int:
-    """Fork a child running :func:`prepare_box`; mounts are shared (same namespace)."""
+def start_preparer() -> tuple[int, int]:
+    """Fork the *preparer*, a child that runs :func:`prepare_box` once the box's settings come
+    through a pipe; mounts are shared (same namespace). Forked before the handshake, it finds the
+    disks and waits, so a template's snapshot holds it ready: a restored box pays neither the fork
+    nor the lookup. Returns (its pid, the pipe's write end); closing that end unsent ends it."""
+    settings_r, settings_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
+        os.close(settings_w)
         code = 0
         try:
-            prepare_box(conf)
+            disks = disks_by_serial()
+            data = bytearray()
+            while chunk := os.read(settings_r, 65536):
+                data += chunk
+            if data:
+                from . import leanjson
+
+                prepare_box(leanjson.loads(data), disks)
         except BaseException:  # reported on the console, then exit status
             import traceback  # only when something failed: not at every agent start
 
@@ -260,7 +278,20 @@ def fork_prepare(conf: dict[str, Any]) -> int:
         finally:
             sys.stderr.flush()
             os._exit(code)
-    return pid
+    os.close(settings_r)
+    return pid, settings_w
+
+
+def send_settings(settings_w: int, settings: dict[str, object]) -> None:
+    """The box's settings to the preparer (which reads until EOF)."""
+    from . import leanjson
+
+    data = leanjson.dumps(settings).encode()
+    try:
+        while data:
+            data = data[os.write(settings_w, data) :]
+    finally:
+        os.close(settings_w)
 
 
 def handshake(fd: int) -> dict[str, object]:
@@ -288,12 +319,16 @@ def handshake(fd: int) -> dict[str, object]:
     return conf
 
 
-def apply_host_state(conf: dict[str, object]) -> None:
-    """Wall clock and RNG from the host (a restored snapshot has stale ones)."""
-    import fcntl
-
+def set_clock(conf: dict[str, object]) -> None:
+    """Wall clock from the host (a restored snapshot has a stale one)."""
     if conf.get("time_ns"):
         time.clock_settime_ns(time.CLOCK_REALTIME, int(str(conf["time_ns"])))
+
+
+def reseed(conf: dict[str, object]) -> None:
+    """Randomness from the host (a restored snapshot has the template's RNG state)."""
+    import fcntl
+
     seed = bytes.fromhex(str(conf.get("seed", "")))
     if seed and "random" in sys.modules:  # loaded before the snapshot: same state in every box
         sys.modules["random"].seed(seed)
@@ -308,8 +343,8 @@ def apply_host_state(conf: dict[str, object]) -> None:
 
 
 def drop_disk_caches() -> None:
-    """Drop any cached blocks of the disks: a snapshot may have cached the template's
-    placeholders, and the box's mounts must read its own disks."""
+    """Drop any cached blocks of the disks (before the handshake, so a template's snapshot
+    holds none of its placeholders): the box's mounts must read its own disks."""
     import fcntl
 
     for name in os.listdir("/sys/block"):
@@ -409,19 +444,26 @@ def main() -> None:
         # unless it has a handler, and Python's SIGINT handler would let box root kill it.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         loaded = load_agent() if conf.get("template") == "1" else None
-        make_box_cgroup()  # box-independent: a template's snapshot holds these already
+        # Box-independent setup, before the handshake: a template's snapshot holds it already.
+        make_box_cgroup()
         isolated = make_isolated_netns()
+        linux.set_loopback_up()  # the guest's own namespace, which a box with network uses
         for d in (LOWER, RW, BOX):
             os.makedirs(d, exist_ok=True)
+        # No block of the disks stays cached (the kernel read the partition table of each at
+        # boot): the mounts read the box's own disks, not a template's placeholders.
+        drop_disk_caches()
+        child, settings_w = start_preparer()
         fd = find_port(AGENT_PORT)
         box = handshake(fd)
         stage("configured")
-        apply_host_state(box)  # the clock first: the mounts write times on the box disk
-        drop_disk_caches()  # before any mount reads them
+        set_clock(box)  # before the mounts: they write times on the box disk
         settings = {key: box.get(key) for key in ("layers", "hostname", "net", "volumes", "memory_mib")}
-        # Mount in a child meanwhile: a cold boot imports the agent, a restored snapshot sets the
-        # box's limits (2 vCPUs: less cold-translated guest code on the way to the first exec).
-        child = fork_prepare(settings)
+        # The preparer mounts meanwhile: a cold boot imports the agent, a restored snapshot
+        # reseeds the RNG and sets the box's limits (2 vCPUs: less cold-translated guest code on
+        # the way to the first exec).
+        send_settings(settings_w, settings)
+        reseed(box)  # before any box process runs
         limit_box(box.get("pids_limit"), box.get("memory_mib"))
         agent_cls, confinement = loaded or load_agent()
         _, status = os.waitpid(child, 0)
