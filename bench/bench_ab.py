@@ -11,7 +11,9 @@ ABAB/BABA. Contenders, on the namespace engine and the busybox test rootfs: the 
 create → ``exec("true")`` → remove (each revision's runtime lives in a worker process that times
 one cycle per request), loopback-only and with the default network, and two whole processes,
 ``boxlite run --rm --network none --rootfs R true`` and ``boxlite exec BOX true`` into a box of
-the same revision started with ``run -d``.
+the same revision started with ``run -d``. With ``--vm``, also the library cycle on the VM
+engine: each revision's runtime artifact is built from its own tree (``runtime/build.py``, cached
+by input hash) and gets its own snapshot templates.
 Ratios are head / base.
 """
 
@@ -30,12 +32,15 @@ import benchlib as bl
 
 REPO = Path(__file__).resolve().parents[1]
 NETWORKS = ("disabled", "default")
+VM = "vm"
+"""The worker key of the VM engine's library cycle (no network)."""
 LIBRARY_WORKER = """
 import asyncio, sys, time
 import boxlite
 
 async def main(home, rootfs, network):
-    rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine="namespace"))
+    engine = "vm" if network == "vm" else "namespace"
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=engine))
     extra = {} if network == "default" else {"network": "disabled"}
     opts = boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, **extra)
     for _ in sys.stdin:
@@ -49,7 +54,8 @@ async def main(home, rootfs, network):
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 """One create -> exec("true") -> remove per line read, its seconds printed (one runtime per revision
-and network: "disabled", or "default", BoxLite's default outbound network through pasta)."""
+and network: "disabled", or "default", BoxLite's default outbound network through pasta; "vm": the
+VM engine, no network)."""
 
 
 @contextlib.contextmanager
@@ -71,7 +77,7 @@ def checkout(rev: str | None, where: Path) -> Iterator[Path]:
 class Revision:
     """One revision's CLI, home and running box."""
 
-    def __init__(self, label: str, src: Path, tmp: Path, rootfs: Path) -> None:
+    def __init__(self, label: str, src: Path, tmp: Path, rootfs: Path, vm: bool = False) -> None:
         self.label, self.rootfs = label, rootfs
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         self.env = {**env, "PYTHONPATH": str(src), "BOXLITE_HOME": str(tmp / f"home-{label}")}
@@ -82,10 +88,21 @@ class Revision:
         )  # fmt: skip
         self.box = out.stdout.strip().splitlines()[-1]
         self.workers = {network: self._worker(tmp / f"lib-home-{label}-{network}", network) for network in NETWORKS}
+        if vm:
+            artifact = tmp / f"runtime-{label.split()[0]}"
+            subprocess.run(
+                [sys.executable, str(src.parent / "runtime" / "build.py"), "--out", str(artifact)], check=True
+            )
+            vm_env = {
+                "BOXLITE_RUNTIME_DIR": str(artifact),
+                "BOXLITE_VM_TEMPLATES": str(tmp / f"templates-{label.split()[0]}"),
+            }
+            self.workers[VM] = self._worker(tmp / f"lib-home-{label}-vm", VM, vm_env)
 
-    def _worker(self, home: Path, network: str) -> subprocess.Popen[str]:
+    def _worker(self, home: Path, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         argv = [sys.executable, "-c", LIBRARY_WORKER, str(home), str(self.rootfs), network]
-        return subprocess.Popen(argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**self.env, **(env or {})}
+        return subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def _cycle(self, network: str) -> float:
         worker = self.workers[network]
@@ -102,6 +119,9 @@ class Revision:
 
     def library_networked(self) -> float:
         return self._cycle("default")
+
+    def library_vm(self) -> float:
+        return self._cycle(VM)
 
     def run_rm(self) -> float:
         argv = [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"]
@@ -136,6 +156,7 @@ def main() -> int:
     ap = bl.common_args(__doc__, runs=20, quick_runs=2)
     ap.add_argument("--base", default="HEAD", help="the revision measured first (default HEAD)")
     ap.add_argument("--head", default=None, help="the revision compared with it (default: the working tree)")
+    ap.add_argument("--vm", action="store_true", help="also the library cycle on the VM engine (TCG here: ~1 s each)")
     args = bl.parse(ap)
     from support.images import build_busybox_rootfs
 
@@ -147,14 +168,17 @@ def main() -> int:
         tmp = Path(tmpdir)
         rootfs = build_busybox_rootfs(tmp / "rootfs")
         with checkout(args.base, tmp / "base") as base_src, checkout(args.head, tmp / "head") as head_src:
-            base = Revision(base_label, base_src, tmp, rootfs)
+            base = Revision(base_label, base_src, tmp, rootfs, args.vm)
             try:
-                head = Revision(head_label, head_src, tmp, rootfs)
+                head = Revision(head_label, head_src, tmp, rootfs, args.vm)
                 try:
                     title = "library: create → exec(true) → remove"
                     compare(report, title, base, head, "library", args.runs * 2)
                     title = "library, default network (pasta): create → exec(true) → remove"
                     compare(report, title, base, head, "library_networked", args.runs * 2)
+                    if args.vm:
+                        title = "library, VM engine (snapshot restore): create → exec(true) → remove"
+                        compare(report, title, base, head, "library_vm", args.runs)
                     compare(report, "boxlite run --rm --rootfs R true", base, head, "run_rm", args.runs)
                     compare(report, "boxlite exec BOX true", base, head, "exec_true", args.runs)
                 finally:

@@ -264,3 +264,12 @@ def test_ab_bench_times_two_revisions_interleaved(tmp_path: Path) -> None:
         assert all(measured(row) for row in timed.values())
     worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in worktrees and "boxlite-bench-ab-" not in worktrees  # removed again
+
+
+@pytest.mark.vm
+@requires_qemu
+def test_ab_bench_times_the_vm_engine_with_each_revisions_artifact(tmp_path: Path) -> None:
+    report = run_bench("bench_ab.py", tmp_path, "--runs", "1", "--base", "HEAD", "--vm", timeout=600)
+    timed = rows(report, "library, VM engine (snapshot restore): create → exec(true) → remove")
+    assert timed.keys() == {"base HEAD", "head working tree"}
+    assert all(measured(row) for row in timed.values())
