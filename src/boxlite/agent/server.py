@@ -234,6 +234,13 @@ def set_clock(value: object) -> None:
             pass
 
 
+def fork_spawner(conf: Confinement, go: int | None = None, netns: int | None = None) -> SpawnerClient:
+    """:func:`spawner.start_spawner` with the forking process's objects frozen first, so that
+    they stay shared with the spawner (no copy-on-write by gc)."""
+    gc.freeze()
+    return start_spawner(conf, go, netns)
+
+
 class Agent:
     """The supervisor of one box."""
 
@@ -320,12 +327,12 @@ class Agent:
         w.registered = events
 
     # --- serving ------------------------------------------------------------------------
-    def start_spawner(self) -> None:
-        """Fork the pre-confined spawner (see ``spawner.py``); call once the box root is ready.
-        The agent becomes a subreaper so that the spawner's processes fall to it if it dies."""
+    def start_spawner(self, forked: SpawnerClient | None = None) -> None:
+        """Fork the pre-confined spawner (see ``spawner.py``), or use ``forked``, one forked
+        earlier by :func:`fork_spawner`; call once the box root is ready. The agent becomes a
+        subreaper so that the spawner's processes fall to it if it dies."""
         linux.prctl(PR_SET_CHILD_SUBREAPER, 1)
-        gc.freeze()  # the agent's objects stay shared with the spawner (no copy-on-write by gc)
-        self.spawner = start_spawner(self.conf)
+        self.spawner = forked or fork_spawner(self.conf)
         self.spawner_used, self.spawner_retired = time.monotonic(), False
         self.watch(self.spawner.fileno(), self._spawner_exits)
 

@@ -139,15 +139,22 @@ class SpawnerClient:
         self.sock.close()
 
 
-def start_spawner(conf: Confinement) -> SpawnerClient:
-    """Fork the spawner from the agent (call once the box root is ready)."""
+def start_spawner(conf: Confinement, go: int | None = None, netns: int | None = None) -> SpawnerClient:
+    """Fork the spawner from the agent. Without ``go``, call once the box root is ready.
+
+    With ``go`` (a pipe's read end; the caller closes its copy) the spawner is forked before
+    the box is known: it sheds what it inherited at once, then reads the box's settings from
+    the pipe until EOF (none: the box failed, it exits) and enters the root: ``{"cap_mask":
+    int | None, "isolate": bool}``, where ``isolate`` joins ``netns`` (a box without network).
+    The VM engine forks it so in its template, whose snapshot then holds it forked and waiting:
+    a restored box's first command does not wait for the fork (cold guest code under TCG)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             ours.close()
-            _serve(theirs, conf)
+            _serve(theirs, conf, go, netns)
             code = 0
         finally:
             os._exit(code)
@@ -156,9 +163,10 @@ def start_spawner(conf: Confinement) -> SpawnerClient:
     return SpawnerClient(ours, pid)
 
 
-def _confine_self(sock: socket.socket, conf: Confinement) -> None:
+def _shed_inherited(keep_fds: set[int]) -> None:
+    """Close every fd but ``keep_fds``, reset signal dispositions and mask, and become the OOM
+    killer's first choice: nothing of this needs the box root."""
     signal.set_wakeup_fd(-1)
-    keep_fds = {0, 1, 2, sock.fileno()}
     for fd in range(3, max(keep_fds) + 1):
         if fd not in keep_fds:
             try:
@@ -170,6 +178,27 @@ def _confine_self(sock: socket.socket, conf: Confinement) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     raise_oom_score()
+
+
+def _await_box(go: int, conf: Confinement, netns: int | None) -> None:
+    """Read the box's settings (see :func:`start_spawner`) and apply what is not the root's."""
+    data = bytearray()
+    while chunk := os.read(go, 4096):
+        data += chunk
+    os.close(go)
+    if not data:
+        os._exit(1)
+    box = leanjson.loads(data)
+    if isinstance(box.get("cap_mask"), int):  # None: the default set
+        conf.cap_mask = int(box["cap_mask"])
+    if netns is not None:
+        if box.get("isolate"):
+            linux.setns(netns, linux.CLONE_NEWNET)
+        os.close(netns)
+
+
+def _enter_root(conf: Confinement) -> None:
+    """Enter the box root and take on the box's confinement (capabilities, no_new_privs, seccomp)."""
     if conf.root != "/":
         os.chroot(conf.root)
     os.chdir("/")
@@ -182,8 +211,11 @@ def _confine_self(sock: socket.socket, conf: Confinement) -> None:
         seccomp.install(conf.seccomp_program)
 
 
-def _serve(sock: socket.socket, conf: Confinement) -> None:
-    _confine_self(sock, conf)
+def _serve(sock: socket.socket, conf: Confinement, go: int | None, netns: int | None) -> None:
+    _shed_inherited({0, 1, 2, sock.fileno()} | {fd for fd in (go, netns) if fd is not None})
+    if go is not None:
+        _await_box(go, conf, netns)
+    _enter_root(conf)
     try:  # the box's user files, read now (while the host connects) rather than for the first command
         _users.resolve(None)
     except Exception:  # a malformed file: the command that needs it reports it
