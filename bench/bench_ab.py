@@ -89,14 +89,12 @@ class Revision:
         self.box = out.stdout.strip().splitlines()[-1]
         self.workers = {network: self._worker(tmp / f"lib-home-{label}-{network}", network) for network in NETWORKS}
         if vm:
-            artifact = tmp / f"runtime-{label.split()[0]}"
+            side = label.split()[0]  # "base" or "head": each revision gets its own artifact and templates
+            artifact = tmp / f"runtime-{side}"
             subprocess.run(
                 [sys.executable, str(src.parent / "runtime" / "build.py"), "--out", str(artifact)], check=True
             )
-            vm_env = {
-                "BOXLITE_RUNTIME_DIR": str(artifact),
-                "BOXLITE_VM_TEMPLATES": str(tmp / f"templates-{label.split()[0]}"),
-            }
+            vm_env = {"BOXLITE_RUNTIME_DIR": str(artifact), "BOXLITE_VM_TEMPLATES": str(tmp / f"templates-{side}")}
             self.workers[VM] = self._worker(tmp / f"lib-home-{label}-vm", VM, vm_env)
 
     def _worker(self, home: Path, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
