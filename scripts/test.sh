@@ -40,10 +40,14 @@ echo "==> tests"
 # the 1,000-level trees the copy tests build when a killed run left one; rm -rf does not.
 # pytest's own summary lines are kept and printed again at the very end: CI shows the tail of the
 # log, and the Node tests' output would otherwise push the names of failed tests out of it.
+# Two workers (pytest-xdist; BOXLITE_TEST_WORKERS=0 runs in one process): one worker left both
+# cores half idle, since many tests wait on a box, a deadline or a peer. A file stays on one
+# worker (tests/conftest.py); the slowest tests are listed at the end for whoever shortens them.
 basetemp=$(mktemp -d /tmp/boxlite-pytest.XXXXXX)
 pytest_log=$(mktemp /tmp/boxlite-pytest-log.XXXXXX)
 trap 'rm -f "$pytest_log"' EXIT
-BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -rfE -p no:cacheprovider --basetemp="$basetemp" "$@" \
+BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -rfE -p no:cacheprovider --basetemp="$basetemp" \
+    -n "${BOXLITE_TEST_WORKERS:-2}" --dist loadgroup --durations=30 "$@" \
     2>&1 | tee "$pytest_log" || failed+=(pytest)
 rm -rf "$basetemp"
 

@@ -25,6 +25,11 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
+TESTS_DIR = Path(__file__).resolve().parent
+# Ray's processes are machine-wide (the cluster fixture refuses to start beside another cluster):
+# every test that starts one runs on the same worker.
+RAY_TESTS = ("cluster/", "cli/test_cli_ray.py")
+
 ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]
 
 
@@ -51,3 +56,13 @@ async def runtime(home: Path, engine: str) -> AsyncIterator[boxlite.Boxlite]:
 async def box(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> AsyncIterator[boxlite.SimpleBox]:
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime) as b:
         yield b
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's ``--dist loadgroup`` (scripts/test.sh), a test file runs on one worker,
+    so its module and session fixtures (registries, built images, a Ray cluster) start once per
+    file rather than once per worker; the Ray tests form one group of their own."""
+    for item in items:
+        rel = item.path.relative_to(TESTS_DIR).as_posix()
+        group = "ray" if rel.startswith(RAY_TESTS) else rel
+        item.add_marker(pytest.mark.xdist_group(group))
