@@ -26,8 +26,9 @@ def home(tmp_path: Path) -> Path:
 
 
 TESTS_DIR = Path(__file__).resolve().parent
-# Ray's processes are machine-wide (the cluster fixture refuses to start beside another cluster):
-# every test that starts one runs on the same worker.
+# Ray's processes are machine-wide (the cluster fixture refuses to start beside another cluster)
+# and its nodes' health checks give up after ~3 s without an answer: the tests that start Ray are
+# marked ``ray`` and scripts/test.sh runs them in a pytest of their own, alone on the machine.
 RAY_TESTS = ("cluster/", "cli/test_cli_ray.py")
 
 ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]
@@ -60,9 +61,12 @@ async def box(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> AsyncIterator[b
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's ``--dist loadgroup`` (scripts/test.sh), a test file runs on one worker,
-    so its module and session fixtures (registries, built images, a Ray cluster) start once per
-    file rather than once per worker; the Ray tests form one group of their own."""
+    so its module and session fixtures (registries, built images) start once per file rather
+    than once per worker; the Ray tests are one group (one cluster) and marked ``ray``."""
     for item in items:
         rel = item.path.relative_to(TESTS_DIR).as_posix()
-        group = "ray" if rel.startswith(RAY_TESTS) else rel
-        item.add_marker(pytest.mark.xdist_group(group))
+        if rel.startswith(RAY_TESTS):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(rel))

@@ -29,7 +29,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
         f"--system-config={json.dumps(HEALTH)}", *COMMON,
     ]  # fmt: skip
     try:
-        subprocess.run(head, env=c.env(0), check=True, capture_output=True, timeout=180)
+        done = subprocess.run(head, env=c.env(0), capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"ray start of the head failed: {(done.stdout + done.stderr)[-3000:]}"
         for i in range(1, NODES):
             c.start_worker(i)
         yield c

@@ -53,7 +53,8 @@ class RayCluster:
     def start_worker(self, i: int) -> None:
         """Start (or restart) worker ``i`` with its home and its resource ``boxlite_n<i>``."""
         cmd = [RAY, "start", f"--address={self.address}", f"--resources={json.dumps({f'boxlite_n{i}': 1})}", *COMMON]
-        subprocess.run(cmd, env=self.env(i), check=True, capture_output=True, timeout=180)
+        done = subprocess.run(cmd, env=self.env(i), capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"ray start of worker {i} failed: {(done.stdout + done.stderr)[-3000:]}"
 
     def runtime(self, engine: str, **options: object) -> boxlite.Boxlite:
         """A driver-side runtime with short deadlines (a lost node shows within seconds)."""

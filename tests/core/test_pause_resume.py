@@ -231,3 +231,19 @@ async def test_a_pause_to_disk_cut_short_is_sorted_out_by_resume(
     await box.box.resume()
     assert box.box.info().state.status == "running"
     assert (await box.exec("echo", "on")).stdout == "on\n"
+
+
+async def test_a_box_in_a_deep_home_pauses_and_resumes(engine: str, tmp_path: Path, busybox_rootfs: Path) -> None:
+    """A home can sit deeper than a unix socket address may be long (107 bytes): pausing and
+    resuming reach the box's sockets anyway (the VM engine's relay control socket)."""
+    home = tmp_path / ("deep" * 16) / ("home" * 16)
+    home.mkdir(parents=True)
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine=engine))
+    try:
+        async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=rt) as box:
+            await box.box.pause()
+            assert box.box.info().state.status == "paused"
+            await box.box.resume()
+            assert (await box.exec("echo", "back")).stdout == "back\n"
+    finally:
+        await rt.shutdown(timeout=2)

@@ -54,10 +54,10 @@ async def test_types_into_editor_clicks_move_focus_and_novnc_answers(runtime: bo
         text_y = left["Y"] + left["HEIGHT"] - 60  # the editing area fills the lower part of xedit
         await desktop.mouse_move(right["X"] + 200, text_y)
         await desktop.left_click()
-        assert await active_window_name(desktop) == "right"
+        assert await active_window_name(desktop, "right") == "right"
         await desktop.mouse_move(left["X"] + 200, text_y)
         await desktop.left_click()
-        assert await active_window_name(desktop) == "left"
+        assert await active_window_name(desktop, "left") == "left"
         assert await desktop.cursor_position() == (left["X"] + 200, text_y)
 
         # Typed text shows up in the focused window only; a shell string is typed, not run.

@@ -94,9 +94,16 @@ async def wait_window(desktop: ComputerBox, name: str, timeout: float) -> tuple[
         await asyncio.sleep(1)
 
 
-async def active_window_name(desktop: ComputerBox) -> str:
-    result = await desktop.exec("xdotool", "getactivewindow", "getwindowname", timeout=60)
-    return result.stdout.strip()
+async def active_window_name(desktop: ComputerBox, expect: str, timeout: float = 30.0) -> str:
+    """The focused window's name once it is ``expect``, or the last one seen after ``timeout`` s:
+    the window manager applies a click's focus change on its own time (seconds under TCG)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await desktop.exec("xdotool", "getactivewindow", "getwindowname", timeout=60)
+        name = result.stdout.strip()
+        if name == expect or time.monotonic() > deadline:
+            return name
+        await asyncio.sleep(0.5)
 
 
 def rfb_greeting(url: str, timeout: float = 30.0) -> tuple[bytes, bytes]:

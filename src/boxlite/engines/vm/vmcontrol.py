@@ -194,10 +194,14 @@ def read_request(conn: socket.socket, timeout: float = 2.0) -> dict[str, object]
 def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, **args: object) -> dict[str, object]:
     """Host side: send one control request to the box's relay and return its answer. Raises
     OSError when the relay cannot be reached (the box is not running)."""
-    path = os.path.join(run_dir, CONTROL_SOCKET_NAME)
+    from pathlib import Path  # host side only: the relay, which imports this module, never needs them
+
+    from ...fsutil.unixaddr import unix_address
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
-        s.connect(path)
+        with unix_address(Path(run_dir) / CONTROL_SOCKET_NAME) as address:
+            s.connect(address)
         s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         data = b""
         while b"\n" not in data and len(data) <= MAX_LINE:
