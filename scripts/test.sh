@@ -52,7 +52,7 @@ run_pytest() {
     BOXLITE_TEST_ENGINES=${BOXLITE_TEST_ENGINES:-namespace,vm} $PY -m pytest -q -rfE -p no:cacheprovider \
         --basetemp="$basetemp/$1" --durations=30 "${@:2}" 2>&1 | tee -a "$pytest_log"
 }
-workers=(-n "${BOXLITE_TEST_WORKERS:-2}" --dist loadgroup)
+workers=(-n "${BOXLITE_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder)
 if [ $# -gt 0 ]; then
     run_pytest all "${workers[@]}" "$@" || failed+=(pytest)
 else

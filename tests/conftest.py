@@ -29,7 +29,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 # Ray's processes are machine-wide (the cluster fixture refuses to start beside another cluster)
 # and its nodes' health checks give up after ~3 s without an answer: the tests that start Ray are
 # marked ``ray`` and scripts/test.sh runs them in a pytest of their own, alone on the machine.
-RAY_TESTS = ("cluster/", "cli/test_cli_ray.py")
+RAY_TESTS = ("cluster/", "cli/test_cli_ray.py", "build/test_bench_cluster_smoke.py")
 
 ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]
 
@@ -62,7 +62,11 @@ async def box(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> AsyncIterator[b
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's ``--dist loadgroup`` (scripts/test.sh), a test file runs on one worker,
     so its module and session fixtures (registries, built images) start once per file rather
-    than once per worker; the Ray tests are one group (one cluster) and marked ``ray``."""
+    than once per worker; the Ray tests are one group (one cluster) and marked ``ray``. Files
+    marked ``slow`` come first (scripts/test.sh keeps this order: ``--no-loadscope-reorder``), so
+    that the longest ones (a browser in a VM under TCG: ~10 min) do not start when the other worker
+    is nearly done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files stay whole
     for item in items:
         rel = item.path.relative_to(TESTS_DIR).as_posix()
         if rel.startswith(RAY_TESTS):

@@ -27,6 +27,8 @@ import pytest
 
 from support import privnet
 
+pytestmark = pytest.mark.slow  # run early: tests/conftest.py orders slow files first
+
 DNS = "10.77.0.53"
 NAMES = {"allowed.test": "10.77.0.2", "other.test": "10.77.0.3", "a.wild.test": "10.77.0.4", "wild.test": "10.77.0.4"}
 NAMES6 = {"allowed6.test": "fd77::3"}

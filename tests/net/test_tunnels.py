@@ -21,6 +21,8 @@ import boxlite
 from boxlite.api import network
 from boxlite.client.tunnel import ExecTunnel
 
+pytestmark = pytest.mark.slow  # run early: tests/conftest.py orders slow files first
+
 
 def rss() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():

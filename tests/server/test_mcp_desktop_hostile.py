@@ -23,7 +23,7 @@ from boxlite.mcp import limits
 from boxlite.mcp.tools import build_server
 from support.desktop import fake_desktop_rootfs, read_png
 
-pytestmark = pytest.mark.timeout(1800)  # VM boxes run under TCG
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # VM boxes run under TCG
 SESSION = "/usr/local/bin/boxlite-desktop"
 XDOTOOL = """case "$1" in
 getdisplaygeometry) echo 64 64;;

@@ -27,7 +27,7 @@ from boxlite.api import browsergate
 from boxlite.api.browserbox import BrowserBox
 from support.browser import PAGE_PORT, PAGE_SERVER, browser_rootfs, page_html, run_puppeteer, seed_home_images
 
-pytestmark = pytest.mark.timeout(2400)  # VM under TCG: Chromium's first start takes minutes
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # VM under TCG: Chromium's first start takes minutes
 REPO = Path(__file__).resolve().parents[2]
 # Chromium's first start under TCG takes minutes on a loaded 2-core machine.
 TIMEOUT = {"namespace": 120.0, "vm": 900.0}

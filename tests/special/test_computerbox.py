@@ -31,7 +31,7 @@ from support.desktop import (
 DOCS_IMAGE = Path(__file__).resolve().parents[2] / "docs" / "images" / "computerbox.png"
 SESSION = "/usr/local/bin/boxlite-desktop"
 # The first test may build the desktop image (~1-2 min); VM boxes run under TCG.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 def timeouts(engine: str) -> float:

@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # run early: tests/conftest.py orders slow files first
+
 MOCK = "10.77.0.2"
 PORT, DEAD_PORT = 8080, 8081
 CLOSE_PATH = "/boxlite-test/close"  # the mock stops listening: the endpoint went away
