@@ -9,15 +9,17 @@ import os
 import socket
 import stat
 import time
+from pathlib import Path
 
+from boxlite.client.agent_client import unix_address
 from boxlite.engines.base import BoxSpec, RunningBox
 from boxlite.engines.vm import VmEngine, vmcontrol
 
 
 def raw(path: str, data: bytes, timeout: float = 10.0) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, unix_address(Path(path)) as address:
         s.settimeout(timeout)
-        s.connect(path)
+        s.connect(address)
         try:
             s.sendall(data)
         except OSError:
@@ -43,7 +45,8 @@ async def test_control_socket_is_private_and_refuses_bad_requests(
         assert reply["ok"] is False, bad[:40]
     # a silent client holds the relay at most 2 s; the next request is answered
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    silent.connect(path)
+    with unix_address(Path(path)) as address:
+        silent.connect(address)
     t0 = time.monotonic()
     reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), "status", 10.0)
     assert reply == {"ok": True, "status": "running"} and time.monotonic() - t0 < 5

@@ -237,7 +237,7 @@ def connect(path: str) -> socket.socket:
     dir_fd = None
     try:
         target = path
-        if len(path.encode()) > 100:  # sun_path is 108 bytes (fsutil/unixaddr.py)
+        if len(path.encode()) > 100:  # sun_path is 108 bytes (client/agent_client.unix_address)
             dir_fd = os.open(os.path.dirname(path), os.O_PATH | os.O_CLOEXEC)
             target = f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}"
         sock.connect(target)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .. import errors
 from ..agent import protocol as p
 from ..aio import within
-from ..fsutil.unixaddr import unix_address
 from .credit import StdinWindow
 from .limits import main_log_max
 from .streams import ChunkStream
@@ -114,6 +115,21 @@ class ExecChannel:
             self.exit.set_exception(exc)
             self.exit.exception()  # retrieved here: wait() re-raises it when asked
         self._stdin.wake()
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """An address for ``path`` that fits ``sun_path`` (108 bytes): long paths go through
+    ``/proc/self/fd/<dir fd>/<name>`` while the context lasts."""
+    target = str(path)
+    if len(target.encode()) <= 100:
+        yield target
+        return
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dir_fd}/{path.name}"
+    finally:
+        os.close(dir_fd)
 
 
 class _Violation(Exception):

@@ -3,5 +3,4 @@
 ``dirfd``: openat-style walking (one ``O_NOFOLLOW`` directory fd per component).
 ``tarread``: a tar reader that trusts nothing in the stream.
 ``extract``: copy_out extraction on top of both, with limits.
-``unixaddr``: unix socket addresses for paths longer than ``sun_path`` allows.
 """

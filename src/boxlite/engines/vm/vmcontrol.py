@@ -196,7 +196,7 @@ def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, **args: obj
     OSError when the relay cannot be reached (the box is not running)."""
     from pathlib import Path  # host side only: the relay, which imports this module, never needs them
 
-    from ...fsutil.unixaddr import unix_address
+    from ...client.agent_client import unix_address  # a home may be deeper than sun_path allows
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
