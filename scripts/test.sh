@@ -60,7 +60,11 @@ else
     run_pytest m "${workers[@]}" -m "not ray" || failed+=(pytest)
     # Deselected: bench_cluster.py leaves Ray's DashboardAgent and RuntimeEnvAgent behind (found
     # in session 30, when tests/build first ran in full runs), which stops the cluster tests.
-    run_pytest r -m ray --deselect tests/build/test_bench_cluster_smoke.py || failed+=(pytest-ray)
+    # test_cli_ray.py runs last: the Ray agents of its own cluster take a while to exit, and the
+    # cluster tests refuse to start beside them.
+    run_pytest r -m ray --deselect tests/build/test_bench_cluster_smoke.py --deselect tests/cli/test_cli_ray.py \
+        || failed+=(pytest-ray)
+    run_pytest c tests/cli/test_cli_ray.py || failed+=(pytest-ray-cli)
 fi
 rm -rf "$basetemp"
 
