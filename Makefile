@@ -51,13 +51,14 @@ dev\:node: $(RUNTIME_MANIFEST) $(NODE_DIR)/node_modules/.package-lock.json
 
 # A py3-none-manylinux_2_17_<arch>.manylinux2014_<arch> wheel holding
 # boxlite/runtime/{vmlinux,initramfs.cpio,manifest.json} (setup.py copies them and picks the tag;
-# BOXLITE_REQUIRE_RUNTIME makes a missing artifact an error). build/ is cleared first:
-# setuptools never drops stale modules from it.
+# BOXLITE_REQUIRE_RUNTIME makes a missing artifact an error). setuptools builds in a fresh
+# directory of its own (BOXLITE_BUILD_BASE), not in build/: a stale module from an earlier build
+# cannot reach the wheel, and two builds of one checkout at once cannot delete each other's files.
 dist\:python: $(RUNTIME_MANIFEST)
 	$(RUNTIME_CHECK)
 	@mkdir -p $(DIST)
-	rm -rf build/lib build/lib.* build/bdist.*
-	BOXLITE_REQUIRE_RUNTIME=1 BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" \
+	base=$$(mktemp -d "$${TMPDIR:-/tmp}/boxlite-wheel.XXXXXX") && trap 'rm -rf "$$base"' EXIT && \
+	    BOXLITE_BUILD_BASE="$$base" BOXLITE_REQUIRE_RUNTIME=1 BOXLITE_RUNTIME_ARTIFACT="$(abspath $(RUNTIME_DIR))" \
 	    $(PYTHON) -m pip wheel -q --disable-pip-version-check --no-deps -w "$(DIST)" .
 
 # boxlite-<version>.tgz with runtime/{vmlinux,initramfs.cpio,manifest.json} (prepack copies them).

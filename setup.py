@@ -14,6 +14,10 @@ Metadata lives in pyproject.toml; this file only adds two command overrides.
   platform. Without an artifact the wheel is ``py3-none-any`` (namespace engine only), unless
   ``BOXLITE_REQUIRE_RUNTIME=1`` (``make dist:python``, CI), which turns that into an error.
 
+``$BOXLITE_BUILD_BASE`` replaces setuptools' ``build/`` in the source tree (``make dist:python``
+gives each run a fresh one): two builds of one checkout then never share, or delete, each other's
+``build/bdist.*``, and no stale module from an earlier build can reach the wheel.
+
 Editable installs (``pip install -e .``) copy nothing: ``locate()`` finds
 ``<repo>/target/boxlite-runtime`` directly, so a rebuilt artifact is used without reinstalling.
 """
@@ -149,4 +153,9 @@ class BinaryDistribution(Distribution):
             return False
 
 
-setup(cmdclass=cmdclass, distclass=BinaryDistribution)
+def build_options() -> dict[str, dict[str, str]]:
+    base = os.environ.get("BOXLITE_BUILD_BASE")
+    return {"build": {"build_base": base}} if base else {}
+
+
+setup(cmdclass=cmdclass, distclass=BinaryDistribution, options=build_options())

@@ -39,9 +39,9 @@ pytestmark = [
 ]
 
 
-def make(*args: str) -> None:
+def start_make(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("BOXLITE_RUNTIME_DIR", "BOXLITE_RUNTIME_ARTIFACT")}
-    res = subprocess.run(
+    return subprocess.Popen(
         ["make", "--no-print-directory", *args, f"PYTHON={sys.executable}"],
         cwd=REPO,
         env=env,
@@ -49,7 +49,12 @@ def make(*args: str) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert res.returncode == 0, f"make {' '.join(args)} failed:\n{res.stdout[-4000:]}"
+
+
+def make(*args: str) -> None:
+    proc = start_make(*args)
+    out, _ = proc.communicate()
+    assert proc.returncode == 0, f"make {' '.join(args)} failed:\n{out[-4000:]}"
 
 
 def snapshot(path: Path) -> dict[str, tuple[int, int, int]]:
@@ -218,3 +223,27 @@ def test_installed_wheel_locates_its_artifact(dist: Dist, tmp_path: Path) -> Non
     found = Path(out[0])
     assert found.is_relative_to(venv.resolve()) and found.parts[-2:] == ("boxlite", "runtime"), found
     assert out[1] == json.loads(dist.manifest)["key"]
+
+
+def test_two_wheel_builds_of_one_checkout_at_once_both_succeed(dist: Dist, tmp_path: Path) -> None:
+    """Each build has a directory of its own: in a shared build/ one build's clean-up deleted the
+    other's build/bdist.* before it was done (a full CI run, session 31)."""
+    planted = REPO / "build" / "lib" / "boxlite" / "planted_stale_module.py"
+    keep = (REPO / "build").exists()
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_text("# left by an earlier build\n")
+    try:
+        outs = [tmp_path / "a", tmp_path / "b"]
+        procs = [start_make("dist:python", f"DIST={out}") for out in outs]
+        results = [(p.communicate()[0], p.wait()) for p in procs]
+    finally:
+        shutil.rmtree(REPO / "build") if not keep else planted.unlink(missing_ok=True)
+    for out, rc in results:
+        assert rc == 0, out[-4000:]
+    listings = []
+    for out in outs:
+        (wheel,) = out.glob("boxlite-*.whl")
+        with zipfile.ZipFile(wheel) as zf:
+            listings.append(sorted(zf.namelist()))
+    assert listings[0] == listings[1] == sorted(zipfile.ZipFile(dist.wheel).namelist())
+    assert not any("planted_stale_module" in name for name in listings[0])
