@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
-from boxlite.errors import ConfigError, InvalidStateError, UnsupportedOptionError
+from boxlite.errors import ConfigError, EngineError, InvalidStateError, UnsupportedOptionError
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done"
 
@@ -26,14 +26,7 @@ async def count(box: boxlite.Box) -> int:
 async def test_fork_a_running_vm_box(home: Path, busybox_rootfs: Path) -> None:
     rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="vm"))
     try:
-        box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False))
-        await box.start()
-        await (await box.exec("sh", ["-c", "echo parent > /root/disk.txt"])).wait()
-        await (await box.exec("sh", ["-c", f"({COUNTER}) </dev/null >/dev/null 2>&1 &"])).wait()
-        deadline = time.monotonic() + 60
-        while (before := await count(box) if await _has_count(box) else 0) < 5:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.2)
+        box, before = await _counting_vm_box(rt, busybox_rootfs)
         with pytest.raises(ConfigError):
             await box.fork(0)
         kids = await box.fork(2)
@@ -60,6 +53,75 @@ async def test_fork_a_running_vm_box(home: Path, busybox_rootfs: Path) -> None:
         await box.stop()
         with pytest.raises(InvalidStateError):
             await box.fork()
+    finally:
+        await rt.shutdown()
+
+
+async def _counting_vm_box(rt: boxlite.Boxlite, rootfs: Path) -> tuple[boxlite.Box, int]:
+    box = await rt.create(boxlite.BoxOptions(rootfs_path=str(rootfs), auto_remove=False))
+    await box.start()
+    await (await box.exec("sh", ["-c", "echo parent > /root/disk.txt"])).wait()
+    await (await box.exec("sh", ["-c", f"({COUNTER}) </dev/null >/dev/null 2>&1 &"])).wait()
+    deadline = time.monotonic() + 60
+    while (before := await count(box) if await _has_count(box) else 0) < 5:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    return box, before
+
+
+async def test_one_copy_loads_the_memory_as_the_source_writes_it(home: Path, busybox_rootfs: Path) -> None:
+    """fork(1): the copy's QEMU reads the source's memory from a pipe (no state file between)."""
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="vm"))
+    try:
+        box, before = await _counting_vm_box(rt, busybox_rootfs)
+        logged = await box.exec("sh", ["-c", "echo before; sleep 2; echo after"], stdin=False)
+        (kid,) = await box.fork(1)
+        value = await count(kid)
+        assert value >= before
+        await asyncio.sleep(0.3)
+        assert await count(kid) > value
+        disk = await kid.exec("cat", ["/root/disk.txt"], stdin=False)
+        assert (await disk.stdout().read()) == "parent\n"
+        await (await kid.exec("sh", ["-c", "echo child > /root/disk.txt"])).wait()
+        parent = await box.exec("cat", ["/root/disk.txt"], stdin=False)
+        assert (await parent.stdout().read()) == "parent\n"
+        assert (await logged.stdout().read()) == "before\nafter\n"  # the source's client goes on
+        assert not list((home / "boxes").rglob("vm-fork*")) and not list((home / "boxes").rglob("vm-saved*"))
+        await rt.remove(kid.id, force=True)
+        await rt.remove(box.id, force=True)
+    finally:
+        await rt.shutdown()
+
+
+async def test_a_copy_that_cannot_load_leaves_the_source_running(
+    home: Path, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy fails before it reads: the source's write fails at once (its pipe has no reader)
+    instead of waiting for a deadline; the source goes on, no copy is left."""
+    from boxlite.engines.vm.engine import VmEngine
+
+    async def cannot_start(self: VmEngine, spec: object, stream: int | None) -> object:
+        raise EngineError("this copy's QEMU could not start")
+
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="vm"))
+    try:
+        box, before = await _counting_vm_box(rt, busybox_rootfs)
+        monkeypatch.setattr(VmEngine, "_restore", cannot_start)
+        t0 = time.monotonic()
+        with pytest.raises(EngineError, match="could not start"):
+            await box.fork(1)
+        assert time.monotonic() - t0 < 30  # the copy's deadline is 60 s: the source did not wait for it
+        monkeypatch.undo()
+        assert [b.id for b in await rt.list_info()] == [box.id]
+        assert box.info().state.status == "running"
+        value = await count(box)
+        await asyncio.sleep(0.3)
+        assert await count(box) > value >= before
+        assert not list((home / "boxes").rglob("vm-fork*"))
+        (kid,) = await box.fork(1)  # and it can be forked again
+        assert await count(kid) >= value
+        await rt.remove(kid.id, force=True)
+        await rt.remove(box.id, force=True)
     finally:
         await rt.shutdown()
 

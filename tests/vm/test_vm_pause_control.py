@@ -56,3 +56,38 @@ async def test_control_socket_is_private_and_refuses_bad_requests(
     assert engine.is_frozen(spec)
     await engine.thaw(spec, running)
     assert not engine.is_frozen(spec) and running.is_alive()
+
+
+async def test_descriptors_sent_with_requests_are_never_kept(started: tuple[VmEngine, BoxSpec, RunningBox]) -> None:
+    """Only ``send`` takes a descriptor (the pipe to a fork's copy); one sent along with any other
+    request, or several at once, is closed by the relay, and ``send`` without one is refused."""
+    _, spec, running = started
+    relay = int((spec.run_dir / "shim.pid").read_text().split()[0])  # the shim became the relay (exec)
+    fds_before = len(os.listdir(f"/proc/{relay}/fd"))
+    path = str(spec.run_dir / vmcontrol.CONTROL_SOCKET_NAME)
+
+    def with_fds(line: bytes, count: int) -> dict[str, object]:
+        pipes = [os.pipe() for _ in range(count)]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s, unix_address(Path(path)) as address:
+                s.settimeout(10)
+                s.connect(address)
+                socket.send_fds(s, [line], [w for _, w in pipes])
+                reply: dict[str, object] = json.loads(s.recv(4096))
+        finally:
+            for _, w in pipes:
+                os.close(w)
+        for r, _ in pipes:  # the relay holds no write end: the pipe reads as closed
+            os.set_blocking(r, False)
+            assert os.read(r, 1) == b""
+            os.close(r)
+        return reply
+
+    for line, count in ((b'{"op": "status"}\n', 1), (b'{"op": "status"}\n', 3), (b'{"op": "quit"}\n', 1)):
+        reply = await asyncio.to_thread(with_fds, line, count)
+        assert reply["ok"] is (b"status" in line), reply
+    reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), "send", 10.0)
+    assert reply["ok"] is False and "descriptor" in str(reply["error"])
+    assert len(os.listdir(f"/proc/{relay}/fd")) <= fds_before  # (none kept; a transient one may be gone)
+    assert (await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), "status", 10.0))["status"] == "running"
+    assert running.is_alive()

@@ -216,3 +216,15 @@ class Engine(ABC):
     def forget_fork_state(self, spec: BoxSpec) -> None:
         """Delete what :meth:`fork_state` wrote."""
         return None
+
+    streams_forks = False
+    """Whether a fork's one copy can load the source's memory as it is written
+    (:meth:`prepare_fork_stream`, :meth:`send_fork_stream`) instead of from a saved file."""
+
+    async def prepare_fork_stream(self, spec: BoxSpec, source: BoxSpec) -> int:
+        """Make box ``spec`` restorable from a pipe; returns the pipe's write end."""
+        raise UnsupportedOptionError("fork", f"the {self.name} engine cannot stream a fork")
+
+    async def send_fork_stream(self, source: BoxSpec, write_end: int, timeout: float) -> None:
+        """Write the frozen ``source``'s memory into ``write_end`` (taken and closed)."""
+        raise UnsupportedOptionError("fork", f"the {self.name} engine cannot stream a fork")

@@ -1,12 +1,15 @@
 """Fork a running box: ``n`` new boxes, each running from the source's memory and disk as they
 were at one instant. The source is paused (memory kept) while its memory is saved for the forks
 and its writable disk layer copied into each (``snapshots.clone``), then goes on; each fork is a
-box paused to disk with that memory, resumed at once (``pause.resume``). Engines that cannot
-save a frozen box's memory (the namespace engine without CRIU) raise ``UnsupportedOptionError``.
+box paused to disk with that memory, resumed at once (``pause.resume``). One copy of a VM box
+loads the memory through a pipe while the source writes it (the save and the load overlap, and
+no file is written). Engines that cannot save a frozen box's memory (the namespace engine
+without CRIU) raise ``UnsupportedOptionError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from ..errors import ConfigError, InvalidStateError
@@ -30,6 +33,8 @@ async def fork(rt: BoxRuntime, box_id: str, n: int = 1) -> list[BoxRecord]:
     if rec.state != "running":
         raise InvalidStateError(f"box {rec.id} is {rec.state}; only a running box can be forked")
     engine, spec = rt.engine_for(rec), rt.spec(rec)
+    if n == 1 and engine.streams_forks:
+        return [await _fork_streamed(rt, rec)]
     rec = await pause.pause(rt, rec.id)
     made: list[BoxRecord] = []
     try:
@@ -58,3 +63,37 @@ async def fork(rt: BoxRuntime, box_id: str, n: int = 1) -> list[BoxRecord]:
                     await rt.remove(other.id, force=True)
             raise
     return started
+
+
+async def _fork_streamed(rt: BoxRuntime, rec: BoxRecord) -> BoxRecord:
+    """One copy, whose new QEMU loads the source's memory as the source's QEMU writes it. The
+    source goes on once all of it is written (or the copy failed): a copy that cannot start
+    ends the write at once (its pipe closes), one that stops reading fails it at its deadline."""
+    engine, spec = rt.engine_for(rec), rt.spec(rec)
+    rec = await pause.pause(rt, rec.id)
+    child: BoxRecord | None = None
+    starting: asyncio.Future[BoxRecord] | None = None
+    try:
+        try:
+            child = await snapshots.clone(rt, rec.id, None)  # the source is paused: its disk as it is
+            child.state, child.paused_to_disk, child.paused_at = pause.PAUSED, True, now()
+            rt.db.update(child)
+            write_end = await engine.prepare_fork_stream(rt.spec(child), spec)
+            sending = asyncio.ensure_future(engine.send_fork_stream(spec, write_end, rt.spec(child).ready_timeout))
+            starting = asyncio.ensure_future(pause.resume(rt, child.id))
+            await asyncio.wait({sending})
+        finally:
+            engine.forget_fork_state(spec)
+            await pause.resume(rt, rec.id)
+        started = await starting
+        sending.result()  # (a failed send fails the copy's start first: it reads a cut stream)
+        return started
+    except BaseException:
+        if starting is not None:
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+        if child is not None:
+            with contextlib.suppress(Exception):
+                await rt.remove(child.id, force=True)
+        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from ..status import read_status
 from . import accel as accel_mod
 from . import templates, vmcontrol
 from .disks import ensure_box_disk, ensure_empty_lower, ensure_layer_image
-from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, VmConfig, console_tail, vcpus
+from .qemu import DEFAULT_MEMORY_MIB, DEFAULT_TB_SIZE_MIB, INCOMING_STREAM, VmConfig, console_tail, vcpus
 from .templates import template_dir
 
 __all__ = ["VmEngine", "cache_dir", "disk_path", "guest_memory_mib", "template_dir"]
@@ -73,6 +74,9 @@ class VmEngine(Engine):
     """
 
     name = "vm"
+
+    def __init__(self) -> None:
+        self._fork_streams: dict[str, int] = {}  # box id -> read end of the pipe its restore loads
 
     async def start(self, spec: BoxSpec) -> RunningBox:
         t0 = time.monotonic()
@@ -149,6 +153,7 @@ class VmEngine(Engine):
         lifeline_fd: int | None,
         timeout: float,
         extra: dict[str, object],
+        fds: tuple[int, ...] = (),
     ) -> tuple[int | None, StatusLine | None]:
         """Spawn a shim and wait for its final status line: (shim pid, status; None if ``timeout``
         passed, then the shim is killed)."""
@@ -164,7 +169,7 @@ class VmEngine(Engine):
         }
         conf_path = run / VM_CONF_NAME
         conf_path.write_text(json.dumps(conf, indent=1))
-        pass_fds = [status_w] if lifeline_fd is None else [status_w, lifeline_fd]
+        pass_fds = [status_w, *fds] if lifeline_fd is None else [status_w, lifeline_fd, *fds]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-c", _SHIM_BOOTSTRAP, _SRC_DIR, str(conf_path)],
@@ -196,6 +201,7 @@ class VmEngine(Engine):
         mode: str,
         deadline: float,
         more: dict[str, object] | None = None,
+        fds: tuple[int, ...] = (),
     ) -> RunningBox:
         run = spec.run_dir
         t_spawn = time.monotonic()
@@ -203,7 +209,8 @@ class VmEngine(Engine):
         extra: dict[str, object] = {"mode": mode, "pids_limit": spec.pids_limit, "memory_limit_mib": spec.memory_mib}
         extra.update(more or {})
         extra["cap_mask"] = spec.cap_mask
-        pid, status = await self._run_shim(vm, run, spec.agent_socket, lifeline, templates.remaining(deadline), extra)
+        left = templates.remaining(deadline)
+        pid, status = await self._run_shim(vm, run, spec.agent_socket, lifeline, left, extra, fds)
         if status is None:
             why = f"the agent was not ready within {spec.ready_timeout:g}s"
             raise _NotReady(self._boot_failure(spec, why))
@@ -308,6 +315,9 @@ class VmEngine(Engine):
         return (spec.run_dir / vmcontrol.SAVED_STATE_NAME).exists() and _saved_shape(spec).exists()
 
     def forget_saved_state(self, spec: BoxSpec) -> None:
+        stream = self._fork_streams.pop(spec.box_id, None)
+        if stream is not None:
+            os.close(stream)
         names = (vmcontrol.SAVED_STATE_NAME, vmcontrol.RELAY_STATE_NAME, SAVED_SHAPE_NAME, SAVED_RAM_NAME)
         for name in (*names, f"{vmcontrol.SAVED_STATE_NAME}.tmp"):
             (spec.run_dir / name).unlink(missing_ok=True)
@@ -316,6 +326,14 @@ class VmEngine(Engine):
         """A new QEMU of the saved shape loads the saved state (``-incoming``), the shim runs
         the guest on (mode ``resume``: no settings, only a ``hello``) and a new relay takes
         over the detached executions' logs. The saved files are deleted once the box runs."""
+        stream = self._fork_streams.pop(spec.box_id, None)  # a fork's one copy: its memory comes through a pipe
+        try:
+            return await self._restore(spec, stream)
+        finally:
+            if stream is not None:
+                os.close(stream)  # the shim has its own copy (or failed): the sender sees who reads
+
+    async def _restore(self, spec: BoxSpec, stream: int | None) -> RunningBox:
         t0 = time.monotonic()
         run = spec.run_dir
         state = run / vmcontrol.SAVED_STATE_NAME
@@ -323,7 +341,7 @@ class VmEngine(Engine):
             vm = VmConfig(**json.loads(_saved_shape(spec).read_text()))
         except (OSError, ValueError, TypeError):
             raise EngineError(f"VM box {spec.box_id}: no saved state to resume from") from None
-        if not state.exists():
+        if stream is None and not state.exists():
             raise EngineError(f"VM box {spec.box_id}: its saved memory ({state}) is missing")
         relay_state: dict[str, Any] = {}
         with contextlib.suppress(OSError, ValueError):
@@ -338,7 +356,8 @@ class VmEngine(Engine):
         )
         if vm.ram_file:  # it ran from a template's RAM (private mapping): all of it is in the state,
             vm = replace(vm, ram_file=None, ram_anonymous=True)  # loaded into anonymous memory
-        vm = replace(vm, incoming=str(state), net_gid=None, dnsproxy=None, secretproxy=None)
+        incoming = INCOMING_STREAM if stream is not None else str(state)
+        vm = replace(vm, incoming=incoming, net_gid=None, dnsproxy=None, secretproxy=None)
         vm, bundle = await _net_policy(spec, vm)  # as start() does (a fresh CA: the bundle is installed again)
         console = spec.layout.console_log
         if console.exists():
@@ -346,17 +365,17 @@ class VmEngine(Engine):
         spec.agent_socket.unlink(missing_ok=True)
         timings = {"prepare_s": round(time.monotonic() - t0, 4)}
         more: dict[str, object] = {"relay_state": relay_state}  # the relay's first hello takes its next channel
-        running = await _with_bundle(
-            spec, bundle, self._spawn_shim(spec, vm, timings, "resume", t0 + spec.ready_timeout, more)
-        )
+        if stream is not None:
+            more["incoming_fd"] = stream
+        fds = (stream,) if stream is not None else ()
+        deadline = t0 + spec.ready_timeout
+        running = await _with_bundle(spec, bundle, self._spawn_shim(spec, vm, timings, "resume", deadline, more, fds))
         self.forget_saved_state(spec)
         return running
 
     # --- fork: the frozen guest's memory, restored in copies of its disk ---------------------
     async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
-        if spec.volumes or spec.ports:
-            why = "volumes (virtiofs cannot migrate)" if spec.volumes else "published ports (the copies would clash)"
-            raise UnsupportedOptionError("fork", f"a VM box with {why} cannot be forked")
+        _forkable(spec)
         try:
             reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), "snapshot", vmcontrol.SAVE_TIMEOUT)
         except OSError as e:
@@ -365,14 +384,15 @@ class VmEngine(Engine):
             self.forget_fork_state(spec)
             raise EngineError(f"VM box {spec.box_id}: saving its memory for a fork failed: {reply.get('error')}")
 
-    def adopt_fork_state(self, spec: BoxSpec, source: BoxSpec) -> None:
+    def adopt_fork_state(self, spec: BoxSpec, source: BoxSpec, linked: bool = True) -> None:
         try:
             shape = json.loads((source.run_dir / VM_CONF_NAME).read_text())["vm"]
         except (OSError, ValueError, KeyError):
             raise EngineError(f"VM box {source.box_id}: no shim config to fork it with") from None
         run = spec.run_dir
         run.mkdir(parents=True, exist_ok=True)
-        os.link(source.run_dir / vmcontrol.FORK_STATE_NAME, run / vmcontrol.SAVED_STATE_NAME)  # read only
+        if linked:
+            os.link(source.run_dir / vmcontrol.FORK_STATE_NAME, run / vmcontrol.SAVED_STATE_NAME)  # read only
         with contextlib.suppress(OSError):
             relay = (source.run_dir / vmcontrol.FORK_RELAY_NAME).read_text()
             (run / vmcontrol.RELAY_STATE_NAME).write_text(relay)
@@ -382,12 +402,40 @@ class VmEngine(Engine):
         for name in (vmcontrol.FORK_STATE_NAME, vmcontrol.FORK_RELAY_NAME, f"{vmcontrol.FORK_STATE_NAME}.tmp"):
             (spec.run_dir / name).unlink(missing_ok=True)
 
-    async def _control(self, spec: BoxSpec, op: str, want: str) -> None:
+    # --- fork of one copy: the source's memory streamed into the copy's QEMU, no file between ----
+    streams_forks = True
+
+    async def prepare_fork_stream(self, spec: BoxSpec, source: BoxSpec) -> int:
+        """Make box ``spec`` (a copy of ``source``'s disk) restorable from a pipe; returns the
+        pipe's write end for :meth:`send_fork_stream`. :meth:`restore` of ``spec`` reads it:
+        the copy's QEMU starts and loads while the source writes, instead of after."""
+        _forkable(source)
+        await self._control(source, "relaystate", None)  # its detached executions, for the copy's relay
+        self.adopt_fork_state(spec, source, linked=False)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # fewer wake-ups per MiB for both QEMUs (1 MiB: root's default cap)
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+        self._fork_streams[spec.box_id] = read_end  # (a new box: no earlier stream to replace)
+        return write_end
+
+    async def send_fork_stream(self, source: BoxSpec, write_end: int, timeout: float) -> None:
+        """The source's relay writes its stopped guest into ``write_end`` (taken: closed once sent).
+        Ends when the copy's QEMU has read it all, or fails at once if that QEMU is gone."""
+        try:
+            reply = await asyncio.to_thread(
+                vmcontrol.request, str(source.run_dir), "send", timeout + 5, write_end, within_s=timeout
+            )
+        except OSError as e:
+            raise EngineError(f"VM box {source.box_id}: its relay does not answer ({e}); restart the box") from None
+        if not reply.get("ok"):
+            raise EngineError(f"VM box {source.box_id}: sending its memory to the fork failed: {reply.get('error')}")
+
+    async def _control(self, spec: BoxSpec, op: str, want: str | None) -> None:
         try:
             reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), op)
         except OSError as e:
             raise EngineError(f"VM box {spec.box_id}: its relay does not answer ({e}); restart the box") from None
-        if not reply.get("ok") or reply.get("status") != want:
+        if not reply.get("ok") or (want is not None and reply.get("status") != want):
             raise EngineError(f"VM box {spec.box_id}: {op} failed: {reply.get('error') or reply.get('status')}")
 
     def metrics(self, spec: BoxSpec, running: RunningBox | None) -> dict[str, float]:
@@ -486,6 +534,12 @@ async def install_bundle(agent_socket: Path, data: bytes) -> None:
         raise EngineError(
             f"could not install the secrets CA bundle in the box: {errors[:300].decode(errors='replace')}"
         )
+
+
+def _forkable(spec: BoxSpec) -> None:
+    if spec.volumes or spec.ports:
+        why = "volumes (virtiofs cannot migrate)" if spec.volumes else "published ports (the copies would clash)"
+        raise UnsupportedOptionError("fork", f"a VM box with {why} cannot be forked")
 
 
 def _saved_shape(spec: BoxSpec) -> Path:

@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Iterable
 
-from .qemu import VmConfig
+from .qemu import INCOMING_STREAM, VmConfig
 
 _CREATE, _ADD_RULE, _RESTRICT = 444, 445, 446  # same numbers on x86_64 and aarch64
 _CREATE_VERSION = 1
@@ -104,7 +104,8 @@ def qemu_rules(cfg: VmConfig, run_dir: str, writable_dirs: Iterable[str] = ()) -
     rules = [(p, READ_EXEC) for p in SOFTWARE if os.path.isdir(p) and not os.path.islink(p)]
     rules += [(p, READ) for p in HOST_FILES]
     rules += [("/dev/null", READ_WRITE), ("/dev/kvm", READ_WRITE | IOCTL_DEV), (run_dir, READ_DIR)]
-    rules += [(p, READ_FILE) for p in (cfg.kernel, cfg.initramfs, cfg.lower_disk, cfg.incoming) if p]
+    incoming = cfg.incoming if cfg.incoming != INCOMING_STREAM else None  # a pipe: no file to open
+    rules += [(p, READ_FILE) for p in (cfg.kernel, cfg.initramfs, cfg.lower_disk, incoming) if p]
     if cfg.upper_disk:
         rules.append((cfg.upper_disk, READ_WRITE))
     rules += [(p, READ_FILE) for p in cfg.upper_backing]  # a snapshotted box's frozen layers

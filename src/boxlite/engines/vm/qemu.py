@@ -23,6 +23,11 @@ GUEST_NET = {"address": "10.0.2.15", "netmask": "255.255.255.0", "gateway": "10.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,62}$")
 
 
+INCOMING_STREAM = "<stream>"
+"""``VmConfig.incoming`` of a fork's copy: the state comes through a pipe the shim was handed
+(``incoming_fd`` in its config), not from a file."""
+
+
 @dataclass
 class VmConfig:
     """What one VM boots with. JSON-serializable (the shim receives it in a file)."""
@@ -46,7 +51,7 @@ class VmConfig:
     ports: list[list[Any]] = field(default_factory=list)  # [host ip, host port, box port, proto]
     volumes: list[list[Any]] = field(default_factory=list)  # [host dir, box path, read-only, file name]
     template: bool = False  # boot to "agent loaded, waiting for settings" for a snapshot
-    incoming: str | None = None  # restore the device state saved in this file
+    incoming: str | None = None  # restore the device state saved in this file (or INCOMING_STREAM)
     ram_file: str | None = None  # guest RAM: a template's file (written when template, else mapped private)
     ram_anonymous: bool = False  # guest RAM a plain "ram" backend: a template box resumed from its saved memory
     net_gid: int | None = None  # an allow-listed box's own helper group (..net.allowlist), else the guard's

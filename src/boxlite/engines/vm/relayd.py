@@ -209,33 +209,43 @@ class RelayServer:
         except (BlockingIOError, ConnectionAbortedError):
             return
         with conn:
-            request = vmcontrol.read_request(conn)
-            if request is None:
-                reply: dict[str, object] = {"ok": False, "error": "malformed control request"}
-            elif self.qmp is None or self.stopping:
-                reply = {"ok": False, "error": "the VM is stopping" if self.stopping else "no QMP connection"}
-            else:
-                if request["op"] == "save":
-                    self._before_save()
-                elif request["op"] == "snapshot":  # a fork: this VM goes on, its clients too
-                    self._write_relay_state(vmcontrol.FORK_RELAY_NAME)
-                reply = vmcontrol.handle(self.qmp, request, self.log_dir or ".")
-                if reply.get("ok") and request["op"] in ("stop", "cont"):
-                    self.paused = request["op"] == "stop"
-                if reply.get("ok") and request["op"] == "cont":
-                    self._set_guest_clock()
-                if reply.get("ok") and request["op"] == "save":  # saved: QEMU quits, the relay ends with it
-                    self.stopping = True
-                    try:
-                        self.qmp.execute("quit")
-                    except vmcontrol.QmpError:
-                        pass
-                    self._after(QUIT_TIMEOUT, lambda: self._signal_qemu(signal.SIGKILL, None))
+            request, fd = vmcontrol.read_request(conn)
+            try:
+                reply = self._control_reply(request, fd)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             try:
                 conn.settimeout(2.0)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
                 pass
+
+    def _control_reply(self, request: dict[str, object] | None, fd: int) -> dict[str, object]:
+        if request is None:
+            return {"ok": False, "error": "malformed control request"}
+        if self.qmp is None or self.stopping:
+            return {"ok": False, "error": "the VM is stopping" if self.stopping else "no QMP connection"}
+        op = request["op"]
+        if op == "save":
+            self._before_save()
+        elif op in ("snapshot", "relaystate"):  # a fork: this VM goes on, its clients too
+            self._write_relay_state(vmcontrol.FORK_RELAY_NAME)
+            if op == "relaystate":
+                return {"ok": True}
+        reply = vmcontrol.handle(self.qmp, request, self.log_dir or ".", fd)
+        if reply.get("ok") and op in ("stop", "cont"):
+            self.paused = op == "stop"
+        if reply.get("ok") and op == "cont":
+            self._set_guest_clock()
+        if reply.get("ok") and op == "save":  # saved: QEMU quits, the relay ends with it
+            self.stopping = True
+            try:
+                self.qmp.execute("quit")
+            except vmcontrol.QmpError:
+                pass
+            self._after(QUIT_TIMEOUT, lambda: self._signal_qemu(signal.SIGKILL, None))
+        return reply
 
     # --- output -------------------------------------------------------------------------
     def _write(self, peer: _Peer, data: bytes) -> None:

@@ -361,7 +361,11 @@ class Shim:
                 await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             # QEMU reads the state from a descriptor of ours: no ``exec:cat`` process and pipe
             # between the file and QEMU (a fork's state holds all of the guest's RAM).
-            fd = os.open(vm["incoming"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            inherited = self.conf.get("incoming_fd")  # a fork's copy: a pipe its source writes into
+            if isinstance(inherited, int):
+                fd = inherited
+            else:
+                fd = os.open(vm["incoming"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 qmp.send_fd_scm(fd)
                 await qmp.execute("getfd", {"fdname": INCOMING_FD_NAME})

@@ -20,7 +20,9 @@ MAX_LINE = 4096
 QMP_TIMEOUT = 5.0
 SAVE_TIMEOUT = 300.0
 """Longest a RAM save to disk may take (a 4 GiB guest under a loaded host)."""
-OPS = ("stop", "cont", "status", "save", "snapshot")
+OPS = ("stop", "cont", "status", "save", "snapshot", "relaystate", "send")
+"""``relaystate`` writes ``FORK_RELAY_NAME`` only; ``send`` streams the stopped guest into the
+pipe passed with the request (SCM_RIGHTS): a fork's one copy loads it as it is written."""
 SAVE_FD_NAME = "boxlite-save"
 UNTHROTTLED = 1 << 40
 """Bytes/s for a save (QMP max-bandwidth): QEMU's default throttle, meant for live migration over a
@@ -133,6 +135,16 @@ class Qmp:
             os.close(fd)
         os.rename(tmp, path)
 
+    def send(self, fd: int, timeout: float) -> None:
+        """Stop the guest and write its RAM and device state into ``fd`` (a pipe a new QEMU reads
+        from as it is written: the save and the load overlap). A reader that goes away fails
+        the write (EPIPE), a reader that stops reading fails it after ``timeout``."""
+        self.execute("stop")
+        self.execute("getfd", {"fdname": SAVE_FD_NAME}, fd=fd)
+        self.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
+        self.execute("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
+        self._await_migration(timeout)
+
     def _await_migration(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -149,10 +161,18 @@ class Qmp:
             time.sleep(0.02)
 
 
-def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, object]:
-    """One control request. ``save`` writes only to ``run_dir/<name>`` (a plain file name)."""
+def handle(qmp: Qmp, request: dict[str, object], run_dir: str, fd: int = -1) -> dict[str, object]:
+    """One control request. ``save`` writes only to ``run_dir/<name>`` (a plain file name);
+    ``send`` only into ``fd``, the descriptor that came with it."""
     op = request.get("op")
     try:
+        if op == "send":
+            if fd < 0:
+                return {"ok": False, "error": "send needs a descriptor"}
+            wait = request.get("within_s")
+            limit = float(wait) if isinstance(wait, (int, float)) and 0 < wait < SAVE_TIMEOUT else SAVE_TIMEOUT
+            qmp.send(fd, limit)
+            return {"ok": True}
         if op == "stop":
             qmp.execute("stop")
             return {"ok": True, "status": qmp.status()}
@@ -170,39 +190,53 @@ def handle(qmp: Qmp, request: dict[str, object], run_dir: str) -> dict[str, obje
     return {"ok": False, "error": f"unknown op {op!r}"}
 
 
-def read_request(conn: socket.socket, timeout: float = 2.0) -> dict[str, object] | None:
-    """A control connection's request line (None: malformed, too long or too slow)."""
+def read_request(conn: socket.socket, timeout: float = 2.0) -> tuple[dict[str, object] | None, int]:
+    """A control connection's request line (None: malformed, too long or too slow) and the one
+    descriptor that may come with it (-1: none; the caller closes it)."""
     conn.settimeout(timeout)
-    data = b""
+    data, fds = b"", []
     try:
         while b"\n" not in data and len(data) <= MAX_LINE:
-            chunk = conn.recv(MAX_LINE + 1 - len(data))
+            chunk, got, _, _ = socket.recv_fds(conn, MAX_LINE + 1 - len(data), 1)
+            fds += got
             if not chunk:
                 break
             data += chunk
     except OSError:
-        return None
-    if b"\n" not in data:
-        return None
-    try:
-        req = json.loads(data.partition(b"\n")[0])
-    except ValueError:
-        return None
-    return req if isinstance(req, dict) and req.get("op") in OPS else None
+        pass
+    for extra in fds[1:]:
+        os.close(extra)
+    fd = fds[0] if fds else -1
+    req = None
+    if b"\n" in data:
+        try:
+            req = json.loads(data.partition(b"\n")[0])
+        except ValueError:
+            req = None
+    return (req if isinstance(req, dict) and req.get("op") in OPS else None), fd
 
 
-def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, **args: object) -> dict[str, object]:
-    """Host side: send one control request to the box's relay and return its answer. Raises
-    OSError when the relay cannot be reached (the box is not running)."""
+def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, fd: int = -1, **args: object) -> dict[str, object]:
+    """Host side: send one control request to the box's relay and return its answer (``fd``
+    goes along, SCM_RIGHTS; it is closed here, sent or not). Raises OSError when the relay
+    cannot be reached (the box is not running)."""
     from pathlib import Path  # host side only: the relay, which imports this module, never needs them
 
     from ...client.agent_client import unix_address  # a home may be deeper than sun_path allows
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        with unix_address(Path(run_dir) / CONTROL_SOCKET_NAME) as address:
-            s.connect(address)
-        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        try:
+            s.settimeout(timeout)
+            with unix_address(Path(run_dir) / CONTROL_SOCKET_NAME) as address:
+                s.connect(address)
+            line = json.dumps({"op": op, **args}).encode() + b"\n"
+            if fd >= 0:
+                socket.send_fds(s, [line], [fd])
+            else:
+                s.sendall(line)
+        finally:
+            if fd >= 0:
+                os.close(fd)  # sent or not: the relay's copy is the only one left (a gone reader fails its writes)
         data = b""
         while b"\n" not in data and len(data) <= MAX_LINE:
             chunk = s.recv(MAX_LINE + 1)
