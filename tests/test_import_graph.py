@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "fsutil": 5,
     "procfs": 5,
     "layout": 5,
+    "filenames": 5,
     "sqlite_wal": 5,
     "runtime_artifact": 5,
     "steplog": 5,

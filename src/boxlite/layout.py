@@ -11,18 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MAIN_LOG_NAME = "main.log"
-"""The main process's log, as the agent names it inside the run directory."""
-EXEC_LOG_NAME = "exec.log"
-"""Output of the detached executions of ``boxlite exec -d`` (capped and rotated as ``main.log``)."""
-AGENT_SOCKET_NAME = "agent.sock"
-CONSOLE_LOG_NAME = "console.log"
-# Files a VM shim keeps in its run directory (a box's ``run/``, or a snapshot template's work dir).
-VM_CONF_NAME = "vm.json"
-QEMU_PID_NAME = "qemu.pid"
-SHIM_PID_NAME = "shim.pid"
-SHIM_LOG_NAME = "shim.log"
-BOOT_JSON_NAME = "boot.json"
+from .filenames import (
+    AGENT_SOCKET_NAME,
+    BOOT_JSON_NAME,
+    CONSOLE_LOG_NAME,
+    EXEC_LOG_NAME,
+    MAIN_LOG_NAME,
+    QEMU_PID_NAME,
+    SHIM_LOG_NAME,
+    SHIM_PID_NAME,
+    VM_CONF_NAME,
+)
 
 
 @dataclass(frozen=True)

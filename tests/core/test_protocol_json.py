@@ -79,3 +79,18 @@ def test_the_protocol_module_does_not_load_json_or_re() -> None:
     code = "import sys; import boxlite.agent.protocol; print(sorted({'json', 're', 'enum'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_bad_text_is_a_value_error_where_json_was_never_imported() -> None:
+    """``_json``'s scanner raises its error class from ``json.decoder``, and only when that module
+    is loaded: in a lean process (agent, VM relay, ``boxlite exec``) a peer's malformed object was
+    a SystemError, which the frame decoder's ``except ValueError`` let through."""
+    code = (
+        "import sys\nfrom boxlite.agent import leanjson, protocol\n"
+        "for bad in ('{', '{not json}', '{\"a\" 1}', '[\"x', '{\"a\":\"\\\\q\"}'):\n"
+        "    try:\n        leanjson.loads(bad)\n    except ValueError:\n        pass\n"
+        "    try:\n        protocol.decode_json(bad.encode())\n    except protocol.FrameError:\n        pass\n"
+        "print(sorted({'json', 'json.decoder'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip()) == (0, "[]"), out.stderr[-2000:]

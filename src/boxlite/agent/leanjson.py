@@ -61,6 +61,8 @@ if _json is not None:
             raise ValueError(f"Expecting value: char {e.value}") from None
         except RecursionError:  # json.loads lets it escape: a peer's "[[[[..." is bad text like any other
             raise ValueError("JSON nested too deeply") from None
+        except SystemError:  # a malformed object or string: the scanner raises json.decoder.JSONDecodeError,
+            raise ValueError(f"Invalid JSON: {text[start : start + 40]!r}...") from None  # only if json is loaded
         if text[end:].strip(_SPACE):
             raise ValueError(f"Extra data: char {end}")
         return value

@@ -20,15 +20,15 @@ small: it runs for every VM box).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 
+from ...agent import leanjson
 from ...agent import protocol as p
 from ...agent.logfile import LogLease, log_limit
-from ...layout import MAIN_LOG_NAME
+from ...filenames import MAIN_LOG_NAME
 
-KILL = json.dumps({"op": "kill"}).encode()
+KILL = leanjson.dumps({"op": "kill"}).encode()
 _MAX_CHANNEL = 0xFFFFFFFF
 Write = Callable[[bytes], None]
 
@@ -180,13 +180,13 @@ class Relay:
             file = self.open_log(name, limit)
         except OSError as e:
             error = p.error_body("EngineError", f"cannot open the log {name}: {e.strerror or e}")
-            client.deliver(p.RESPONSE, channel, json.dumps(error).encode())
+            client.deliver(p.RESPONSE, channel, leanjson.dumps(error).encode())
             return
         gid = self._allocate()
         sink = LogSink(self, gid, client, channel, file)
         sink.main = main
         self.routes[gid] = Route(sink, channel, True)
-        payload = json.dumps(body).encode()
+        payload = leanjson.dumps(body).encode()
         self.guest_write(p.HEADER.pack(len(payload), p.REQUEST, gid) + payload)
 
     def attach(self, client: Client) -> None:
@@ -216,7 +216,7 @@ class Relay:
 def _detached(payload: bytes) -> dict[str, object] | None:
     """The body of a detached ``exec`` request, else None."""
     try:
-        body = json.loads(payload)
+        body = leanjson.loads(payload)
     except ValueError:
         return None
     if isinstance(body, dict) and body.get("op") == "exec" and body.get("detach"):
@@ -226,7 +226,7 @@ def _detached(payload: bytes) -> dict[str, object] | None:
 
 def _op(payload: bytes) -> str | None:
     try:
-        op = json.loads(payload).get("op")
+        op = leanjson.loads(payload).get("op")
     except (ValueError, AttributeError):
         return None
     return op if isinstance(op, str) else None
@@ -234,6 +234,6 @@ def _op(payload: bytes) -> str | None:
 
 def _ok(payload: bytes) -> bool:
     try:
-        return bool(json.loads(payload).get("ok"))
+        return bool(leanjson.loads(payload).get("ok"))
     except (ValueError, AttributeError):
         return False

@@ -16,7 +16,6 @@ over the guest stream, the listening agent socket, the lifeline and QEMU's pid. 
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -25,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from ...agent import mainexit
+from ...agent import leanjson, mainexit
 from ...agent import protocol as p
 from ...agent.logfile import LogLease, SharedLogs
 from . import vmcontrol
@@ -147,7 +146,7 @@ class RelayServer:
         state = {"next": self.relay.next_channel(), "logs": logs}
         if self.log_dir:
             with open(os.path.join(self.log_dir, name), "w") as f:
-                json.dump(state, f)
+                f.write(leanjson.dumps(state))
 
     def _resume_logs(self, state: dict[str, Any]) -> None:
         """The detached executions of the relay that saved the guest: their output goes on
@@ -184,7 +183,7 @@ class RelayServer:
 
         internal.on_frame = answered
         self.relay.attach(internal)
-        self.relay.send(internal, p.REQUEST, 1, json.dumps(hello).encode())
+        self.relay.send(internal, p.REQUEST, 1, leanjson.dumps(hello).encode())
 
     def _set_guest_clock(self) -> None:
         """A ``hello`` with the host's time sets the guest's clock (the answer is dropped). The
@@ -193,7 +192,7 @@ class RelayServer:
         under TCG), so the clock is set again once the agent answers, when a frame takes ~1 ms."""
         internal = Client(on_frame=lambda *_: None)
         self.relay.attach(internal)
-        body = json.dumps({"op": "hello", "time_ns": time.time_ns()}).encode()
+        body = leanjson.dumps({"op": "hello", "time_ns": time.time_ns()}).encode()
         self.relay.send(internal, p.REQUEST, 1, body)
         self.relay.detach(internal)
 
@@ -217,7 +216,7 @@ class RelayServer:
                     os.close(fd)
             try:
                 conn.settimeout(2.0)
-                conn.sendall(json.dumps(reply).encode() + b"\n")
+                conn.sendall(leanjson.dumps(reply).encode() + b"\n")
             except OSError:
                 pass
 
@@ -308,7 +307,7 @@ class RelayServer:
         self.broken = f"the guest agent broke the protocol ({why}); the box was stopped"
         print(f"shim: {self.broken}", file=sys.stderr, flush=True)
         self._close(self.guest)
-        error = json.dumps(p.error_body("EngineError", self.broken)).encode()
+        error = leanjson.dumps(p.error_body("EngineError", self.broken)).encode()
         for peer, client in list(self.clients.values()):
             for channel in list(client.channels):
                 client.deliver(p.RESPONSE, channel, error)
@@ -398,7 +397,7 @@ class RelayServer:
     def _main_exited(self, exit_body: bytes) -> None:
         """The box's main process ended: record how (``mainexit``) and stop the VM."""
         try:
-            body = json.loads(exit_body)
+            body = leanjson.loads(exit_body)
         except ValueError:
             body = None
         if isinstance(body, dict) and self.log_dir:
@@ -424,7 +423,7 @@ class RelayServer:
                 print(f"shim: cannot resume the paused VM to stop it: {e}", file=sys.stderr, flush=True)
         internal = Client(on_frame=lambda *_: None)
         self.relay.attach(internal)
-        body = json.dumps({"op": "shutdown", "grace": grace}).encode()
+        body = leanjson.dumps({"op": "shutdown", "grace": grace}).encode()
         self.relay.send(internal, p.REQUEST, 1, body)
         self._after(SHUTDOWN_TIMEOUT, lambda: self._signal_qemu(signal.SIGTERM, QUIT_TIMEOUT))
         if self.pidfd is None:
@@ -477,12 +476,12 @@ def exec_relay(pkg_dir: str, args: dict[str, Any], fds: list[int]) -> None:
     ``pkg_dir``: the boxlite package's directory."""
     for fd in fds:
         os.set_inheritable(fd, True)
-    argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, os.path.dirname(pkg_dir), json.dumps(args)]
+    argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, os.path.dirname(pkg_dir), leanjson.dumps(args)]
     os.execv(sys.executable, argv)
 
 
 def main(arg: str) -> int:
-    args = json.loads(arg)
+    args = leanjson.loads(arg)
     guest = socket.socket(fileno=int(args["guest_fd"]))
     listener = socket.socket(fileno=int(args["listen_fd"]))
     for sock in (guest, listener):

@@ -12,26 +12,27 @@ or ``error <message>``.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import select
-import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from ...agent import leanjson
 from ...agent import protocol as p
-from ...layout import BOOT_JSON_NAME, QEMU_PID_NAME, SHIM_LOG_NAME, SHIM_PID_NAME
+from ...filenames import BOOT_JSON_NAME, QEMU_PID_NAME, SHIM_LOG_NAME, SHIM_PID_NAME
 from ...procfs import process_start_time  # not ..base: it imports asyncio, delaying QEMU
-from ..net import hostguard
 from . import landlock
 from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, qemu_argv, safe_hostname, virtiofs_socket
 from .vmcontrol import CONTROL_SOCKET_NAME, UNTHROTTLED
+
+TYPE_CHECKING = False  # not imported from typing: this process is on the path of every VM start
+if TYPE_CHECKING:
+    from typing import Any
 
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
@@ -85,6 +86,8 @@ def _qemu_preexec(parent: int, net_gid: int | None) -> None:
     guard's group, whose new flows to the host's own addresses the host refuses: slirp opens
     its sockets in QEMU and would otherwise reach the host's loopback through 10.0.2.2."""
     if net_gid is not None:
+        from ..net import hostguard  # imported already (start_qemu): no import between fork and exec
+
         hostguard.enter_helper_group(net_gid)
     _die_with_parent(parent)
 
@@ -189,7 +192,11 @@ def start_qemu(
     _console = (ConsoleLog(cfg.console), console_r)
     argv = qemu_argv(cfg, agent_guest.fileno(), qmp_guest.fileno(), console_w)
     me = os.getpid()
-    net_gid = (cfg.net_gid or hostguard.helper_gid()) if cfg.network or cfg.ports else None
+    net_gid = None
+    if cfg.network or cfg.ports:  # (hashlib, ipaddress, subprocess: not for a box without network)
+        from ..net import hostguard
+
+        net_gid = cfg.net_gid or hostguard.helper_gid()
     rules = landlock.ruleset(landlock.qemu_rules(cfg, str(run_dir), writable_dirs))
 
     def preexec() -> None:
@@ -285,7 +292,7 @@ class Shim:
             if not await self._continue(qmp):
                 return 1
         else:
-            await loop.sock_sendall(self.agent_sock, json.dumps(settings).encode() + b"\n")
+            await loop.sock_sendall(self.agent_sock, leanjson.dumps(settings).encode() + b"\n")
         hello: dict[str, object] = {"op": "hello"}
         if mode == "resume":  # the guest's clock stopped when it was saved
             hello["time_ns"] = time.time_ns()
@@ -308,7 +315,7 @@ class Shim:
             "qmp_connected_s": round(t_spawned - self.t0, 4),
             **guest_stages(Path(self.conf["console"])),
         }
-        (self.run_dir / BOOT_JSON_NAME).write_text(json.dumps(boot))
+        (self.run_dir / BOOT_JSON_NAME).write_text(leanjson.dumps(boot))
         if _console is not None:
             loop.remove_reader(_console[1])  # the relay drains it from now on
         if qmp is not None:
@@ -316,7 +323,7 @@ class Shim:
                 await within(qmp.disconnect(), 1)
             except Exception:
                 pass
-        return Handoff(listener, str(sock_path), json.dumps(boot), hello)
+        return Handoff(listener, str(sock_path), leanjson.dumps(boot), hello)
 
     def _on_lifeline(self, fd: int) -> None:
         """The owner died while the VM was starting: kill QEMU (every step then fails)."""
@@ -414,6 +421,8 @@ class Shim:
             if self.conf["vm"].get("ram_file"):
                 await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
+            import shlex  # (imports re: only a template save needs it)
+
             await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
             while True:
                 state = await qmp.execute("query-migrate")
@@ -503,7 +512,7 @@ def guest_stages(console: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    conf: dict[str, Any] = json.loads(Path(args[0]).read_text())
+    conf: dict[str, Any] = leanjson.loads(Path(args[0]).read_text())
     status_fd: int | None = conf.get("status_fd")
     if os.fork():
         os._exit(0)  # the engine reaps this one; the shim itself is re-parented

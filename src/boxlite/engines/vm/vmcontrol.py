@@ -10,10 +10,11 @@ every QMP exchange has a deadline, so a wedged QEMU cannot hang the relay for lo
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
+
+from ...agent import leanjson
 
 CONTROL_SOCKET_NAME = "vm-control.sock"
 MAX_LINE = 4096
@@ -73,7 +74,7 @@ class Qmp:
         self.sock.setblocking(True)
         try:
             self.sock.settimeout(timeout)
-            data = json.dumps(msg).encode() + b"\n"
+            data = leanjson.dumps(msg).encode() + b"\n"
             if fd >= 0:
                 socket.send_fds(self.sock, [data], [fd])
             else:
@@ -92,7 +93,7 @@ class Qmp:
                         raise QmpError("QMP: answer too long")
                 line, _, self.buf = self.buf.partition(b"\n")
                 try:
-                    reply = json.loads(line)
+                    reply = leanjson.loads(line)
                 except ValueError:
                     continue
                 if not isinstance(reply, dict) or "event" in reply:
@@ -210,7 +211,7 @@ def read_request(conn: socket.socket, timeout: float = 2.0) -> tuple[dict[str, o
     req = None
     if b"\n" in data:
         try:
-            req = json.loads(data.partition(b"\n")[0])
+            req = leanjson.loads(data.partition(b"\n")[0])
         except ValueError:
             req = None
     return (req if isinstance(req, dict) and req.get("op") in OPS else None), fd
@@ -229,7 +230,7 @@ def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, fd: int = -
             s.settimeout(timeout)
             with unix_address(Path(run_dir) / CONTROL_SOCKET_NAME) as address:
                 s.connect(address)
-            line = json.dumps({"op": op, **args}).encode() + b"\n"
+            line = leanjson.dumps({"op": op, **args}).encode() + b"\n"
             if fd >= 0:
                 socket.send_fds(s, [line], [fd])
             else:
@@ -244,7 +245,7 @@ def request(run_dir: str, op: str, timeout: float = QMP_TIMEOUT + 2, fd: int = -
                 break
             data += chunk
     try:
-        reply = json.loads(data.partition(b"\n")[0])
+        reply = leanjson.loads(data.partition(b"\n")[0])
     except ValueError:
         raise OSError(f"the VM relay gave no answer to {op}") from None
     if not isinstance(reply, dict):
