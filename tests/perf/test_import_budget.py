@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import boxlite
 from boxlite.engines.namespace.zygote import AGENT_PARENT as ZYGOTE_PARENT
 
 DENY = (
@@ -101,6 +102,16 @@ def test_the_zygote_that_forks_every_box_stays_lean() -> None:
     # loaded before the box root hides the host's stdlib: os.get_exec_path imports warnings lazily
     # (every PATH search after the spawner's chroot), socket.recv_fds imports array
     assert {"warnings", "array"} <= set(loaded)
+
+
+def test_the_vm_relay_starts_lean() -> None:
+    """The shim execs the relay once a VM is loaded, and the relay then says the box's first
+    ``hello``: its imports are on the path of every VM start, restore and fork."""
+    prelude = f"import sys; sys.path.insert(0, {str(Path(boxlite.__file__).parents[1])!r}); "
+    loaded = set(imported_modules(("boxlite.engines.vm.relayd",), flags=("-I", "-S"), prelude=prelude))
+    assert "boxlite.engines.vm.relay" in loaded
+    heavy = {"json", "re", "dataclasses", "inspect", "pathlib", "typing", "asyncio", "boxlite.layout"}
+    assert not (loaded & heavy), sorted(loaded & heavy)
 
 
 def test_shell_loads_no_runtime() -> None:
