@@ -6,8 +6,8 @@
 N (the number of boxes) comes from ``--boxes``, else ``BOXLITE_BENCH_CLUSTER_N`` (comma-separated),
 else 50,200 (``--quick``: 3). Without ``--address`` the benchmark starts its own Ray cluster on
 this machine: a head and one worker (``ray start``, one Ray CPU each, so the cluster has the same
-two cores as the local runtime), each node with its own BoxLite home; it stops exactly the
-processes it started (found by their home in the environment) at the end.
+two cores as the local runtime), each node with its own BoxLite home; it is started under a
+subreaper and stopped by ending that process's tree (exactly what the cluster started).
 
 For every N and run, the two contenders run interleaved (local then cluster, then cluster then
 local, ...), each on its own N boxes (busybox rootfs, no network):
@@ -25,8 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import benchlib as bl
 
 import boxlite
 from support.hostprocs import free_port, processes_with_env
+from support.reaper import Reaper
 
 N_ENV = "BOXLITE_BENCH_CLUSTER_N"
 LOCAL, CLUSTER = "local runtime", "cluster runtime (Ray, 2 nodes)"
@@ -48,12 +47,14 @@ namespaces) is not billed to whichever contender runs next."""
 
 
 class LocalRay:
-    """A two-node Ray cluster on this machine whose processes are told apart by their homes."""
+    """A two-node Ray cluster on this machine, started under a subreaper (``support/reaper.py``):
+    stopping it ends that process's tree, which holds every process the cluster started."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.address = f"127.0.0.1:{free_port()}"
         self.ray = str(Path(sys.executable).with_name("ray"))
+        self.reaper: Reaper | None = None
 
     def env(self, i: int) -> dict[str, str]:
         env = dict(os.environ, BOXLITE_HOME=str(self.work / f"node{i}"), RAY_USAGE_STATS_ENABLED="0")
@@ -65,37 +66,18 @@ class LocalRay:
         common += ["--disable-usage-stats"]
         head = [self.ray, "start", "--head", f"--port={self.address.rsplit(':', 1)[1]}", "--include-dashboard=false"]
         head += [f"--temp-dir={self.work / 'ray'}", *common]
-        subprocess.run(head, env=self.env(0), check=True, capture_output=True, timeout=300)
         worker = [self.ray, "start", f"--address={self.address}", *common]
-        subprocess.run(worker, env=self.env(1), check=True, capture_output=True, timeout=300)
-
-    def ours(self) -> list[int]:
-        """Processes started for this cluster: Ray's and the boxes' (they inherit the node's home),
-        and their descendants (Ray's agents rename themselves over their environment)."""
-        pids = processes_with_env(f"BOXLITE_HOME={self.work}/".encode())
-        return sorted({d for pid in pids for d in bl.descendants(pid)} - {os.getpid()})
+        self.reaper = Reaper()
+        for i, argv in enumerate((head, worker)):
+            rc, out = self.reaper.run(argv, self.env(i))
+            if rc != 0:
+                raise RuntimeError(f"ray start failed: {out[-3000:]}")
 
     def stop(self) -> None:
-        started = set(self.ours())  # taken while the raylets still hold their agents as children
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
-            for pid in self.ours() + sorted(started):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while self.alive(started) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        left = self.alive(started)
+        left = self.reaper.close() if self.reaper is not None else []
+        left += processes_with_env(f"BOXLITE_HOME={self.work}/".encode())  # (boxes too)
         if left:
-            raise RuntimeError(f"processes of the benchmark's Ray cluster outlived it: {left}")
-
-    def alive(self, started: set[int]) -> list[int]:
-        """What is left of ``started`` (the same processes: not reused pids) and of ours()."""
-        left = set(self.ours())
-        for pid in started:
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-                    left.add(pid)
-        return sorted(left)
+            raise RuntimeError(f"processes of the benchmark's Ray cluster outlived it: {sorted(set(left))}")
 
 
 async def create_all(rt: boxlite.Boxlite, opts: boxlite.BoxOptions, n: int, concurrency: int) -> tuple[float, list]:

@@ -58,13 +58,10 @@ if [ $# -gt 0 ]; then
     run_pytest a "${workers[@]}" "$@" || failed+=(pytest)
 else
     run_pytest m "${workers[@]}" -m "not ray" || failed+=(pytest)
-    # Deselected: bench_cluster.py leaves Ray's DashboardAgent and RuntimeEnvAgent behind (found
-    # in session 30, when tests/build first ran in full runs), which stops the cluster tests.
-    # test_cli_ray.py runs last: the Ray agents of its own cluster take a while to exit, and the
-    # cluster tests refuse to start beside them.
-    run_pytest r -m ray --deselect tests/build/test_bench_cluster_smoke.py --deselect tests/cli/test_cli_ray.py \
-        || failed+=(pytest-ray)
-    run_pytest c tests/cli/test_cli_ray.py || failed+=(pytest-ray-cli)
+    # The Ray clusters of the benchmark's smoke test and of test_cli_ray.py run under a subreaper
+    # (tests/support/reaper.py) that ends all their processes, so the cluster tests, which
+    # refuse to start beside any Ray process, can follow them in one run.
+    run_pytest r -m ray || failed+=(pytest-ray)
 fi
 rm -rf "$basetemp"
 

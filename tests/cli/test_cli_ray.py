@@ -1,17 +1,15 @@
 """``boxlite --ray ADDRESS VERB``: the CLI on the boxes of a real one-node Ray cluster
 (``ray start --head`` with its own temp dir, port and BoxLite home), through ``Boxlite.ray``.
 
-The cluster is stopped by the pids of its own processes (found by the home in their
-environment), never by ``ray stop``, which would end every Ray cluster of the machine."""
+The cluster is started under a subreaper (``support/reaper.py``) and stopped by ending that
+process's tree, never by ``ray stop``, which would end every Ray cluster of the machine."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,7 @@ import pytest
 import boxlite
 from support.cli import Cli, assert_one_line_error
 from support.hostprocs import free_port, processes_with_env
+from support.reaper import Reaper
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -52,20 +51,16 @@ def ray_head(cli: Cli) -> Iterator[str]:
         "--node-ip-address=127.0.0.1", "--disable-usage-stats",
     ]  # fmt: skip
     mark = f"BOXLITE_HOME={home}".encode()
+    reaper = Reaper()  # Ray's daemons and agents stay in its tree, whatever they rename themselves to
     try:
-        subprocess.run(head, env=env, check=True, capture_output=True, timeout=180)
+        rc, out = reaper.run(head, env, timeout=180)
+        assert rc == 0, f"ray start failed: {out[-3000:]}"
         yield address
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in processes_with_env(mark):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + 15
-            while processes_with_env(mark) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        left = reaper.close()
         if (home / "state.db").exists():
             asyncio.run(_remove_boxes(home))
-        left = processes_with_env(mark)
+        left += processes_with_env(mark)
         shutil.rmtree(root, ignore_errors=True)
         assert not left, f"processes of the test's Ray cluster outlived it: {left}"
 
