@@ -13,7 +13,8 @@ one cycle per request), loopback-only and with the default network, and two whol
 ``boxlite run --rm --network none --rootfs R true`` and ``boxlite exec BOX true`` into a box of
 the same revision started with ``run -d``. With ``--vm``, also the library cycle on the VM
 engine: each revision's runtime artifact is built from its own tree (``runtime/build.py``, cached
-by input hash) and gets its own snapshot templates.
+by input hash) and gets its own snapshot templates, and ``fork(1)`` of a running VM box to the
+first exec's result in the copy.
 Ratios are head / base.
 """
 
@@ -39,23 +40,34 @@ import asyncio, sys, time
 import boxlite
 
 async def main(home, rootfs, network):
-    engine = "vm" if network == "vm" else "namespace"
+    engine = "vm" if network.startswith("vm") else "namespace"
     rt = boxlite.Boxlite(boxlite.Options(home_dir=home, engine=engine))
     extra = {} if network == "default" else {"network": "disabled"}
     opts = boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, **extra)
+    source = None
+    if network == "vmfork":  # one running box, forked once per line
+        source = await rt.create(opts)
+        await (await source.exec("true", stdin=False)).wait()
     for _ in sys.stdin:
         t = time.perf_counter()
-        box = await rt.create(opts)
+        if source is None:
+            box = await rt.create(opts)
+        else:
+            (box,) = await source.fork(1)
         await (await box.exec("true", stdin=False)).wait()
-        await rt.remove(box.id, force=True)
         print(time.perf_counter() - t, flush=True)
+        await rt.remove(box.id, force=True)  # (a fork's copy: its removal is not timed)
+    if source is not None:
+        await rt.remove(source.id, force=True)
     await rt.shutdown(timeout=5)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 """One create -> exec("true") -> remove per line read, its seconds printed (one runtime per revision
 and network: "disabled", or "default", BoxLite's default outbound network through pasta; "vm": the
-VM engine, no network)."""
+VM engine, no network; "vmfork": fork(1) of one running VM box -> exec("true") in the copy, the
+copy's removal after the time is taken)."""
+VM_FORK = "vmfork"
 
 
 @contextlib.contextmanager
@@ -96,6 +108,7 @@ class Revision:
             )
             vm_env = {"BOXLITE_RUNTIME_DIR": str(artifact), "BOXLITE_VM_TEMPLATES": str(tmp / f"templates-{side}")}
             self.workers[VM] = self._worker(tmp / f"lib-home-{label}-vm", VM, vm_env)
+            self.workers[VM_FORK] = self._worker(tmp / f"lib-home-{label}-vmfork", VM_FORK, vm_env)
 
     def _worker(self, home: Path, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         argv = [sys.executable, "-c", LIBRARY_WORKER, str(home), str(self.rootfs), network]
@@ -120,6 +133,9 @@ class Revision:
 
     def library_vm(self) -> float:
         return self._cycle(VM)
+
+    def library_vm_fork(self) -> float:
+        return self._cycle(VM_FORK)
 
     def run_rm(self) -> float:
         argv = [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"]
@@ -177,6 +193,8 @@ def main() -> int:
                     if args.vm:
                         title = "library, VM engine (snapshot restore): create → exec(true) → remove"
                         compare(report, title, base, head, "library_vm", args.runs)
+                        title = "library, VM engine: fork(1) of a running box → exec(true) in the copy"
+                        compare(report, title, base, head, "library_vm_fork", args.runs)
                     compare(report, "boxlite run --rm --rootfs R true", base, head, "run_rm", args.runs)
                     compare(report, "boxlite exec BOX true", base, head, "exec_true", args.runs)
                 finally:
