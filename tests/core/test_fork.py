@@ -138,3 +138,24 @@ async def test_namespace_fork_is_refused(box: boxlite.SimpleBox) -> None:
         await box.box.fork()
     assert box.box.info().state.status == "running"  # the source goes on
     assert (await box.exec("echo", "ok")).stdout == "ok\n"
+
+
+async def test_a_box_with_published_ports_is_not_forked(home: Path, busybox_rootfs: Path) -> None:
+    """The copies would publish the same host port: refused, the source goes on, nothing is left."""
+    from support.hostprocs import free_port
+
+    rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="vm"))
+    try:
+        opts = boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False, ports=[(free_port(), 8080)])
+        box = await rt.create(opts)
+        await box.start()
+        for n in (1, 2):
+            with pytest.raises(UnsupportedOptionError, match="published ports"):
+                await box.fork(n)
+            assert [b.id for b in await rt.list_info()] == [box.id]
+            assert box.info().state.status == "running"
+            assert (await (await box.exec("true")).wait()).exit_code == 0
+        assert not list((home / "boxes").rglob("vm-fork*"))
+        await rt.remove(box.id, force=True)
+    finally:
+        await rt.shutdown()
