@@ -131,17 +131,42 @@ async def _has_count(box: boxlite.Box) -> bool:
     return (await ex.wait()).exit_code == 0
 
 
+def _count_pauses_and_copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records each pause and disk copy a fork makes (a refused fork should make none)."""
+    from boxlite.runtime import pause, snapshots
+
+    done: list[str] = []
+    real_pause, real_clone = pause.pause, snapshots.clone
+
+    async def counted_pause(*args: object, **kw: object) -> object:
+        done.append("pause")
+        return await real_pause(*args, **kw)  # type: ignore[arg-type]
+
+    async def counted_clone(*args: object, **kw: object) -> object:
+        done.append("clone")
+        return await real_clone(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pause, "pause", counted_pause)
+    monkeypatch.setattr(snapshots, "clone", counted_clone)
+    return done
+
+
 @pytest.mark.namespace_only
-async def test_namespace_fork_is_refused(box: boxlite.SimpleBox) -> None:
+async def test_namespace_fork_is_refused(box: boxlite.SimpleBox, monkeypatch: pytest.MonkeyPatch) -> None:
     await box.exec("true")
+    done = _count_pauses_and_copies(monkeypatch)
     with pytest.raises(UnsupportedOptionError):
         await box.box.fork()
+    assert done == [], "refused before the box is paused or its disk copied"
     assert box.box.info().state.status == "running"  # the source goes on
     assert (await box.exec("echo", "ok")).stdout == "ok\n"
 
 
-async def test_a_box_with_published_ports_is_not_forked(home: Path, busybox_rootfs: Path) -> None:
-    """The copies would publish the same host port: refused, the source goes on, nothing is left."""
+async def test_a_box_with_published_ports_is_not_forked(
+    home: Path, busybox_rootfs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies would publish the same host port: refused before the source is paused or its
+    disk copied, the source goes on, nothing is left."""
     from support.hostprocs import free_port
 
     rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home), engine="vm"))
@@ -149,9 +174,11 @@ async def test_a_box_with_published_ports_is_not_forked(home: Path, busybox_root
         opts = boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False, ports=[(free_port(), 8080)])
         box = await rt.create(opts)
         await box.start()
+        done = _count_pauses_and_copies(monkeypatch)
         for n in (1, 2):
             with pytest.raises(UnsupportedOptionError, match="published ports"):
                 await box.fork(n)
+            assert done == [], "refused before any pause or copy"
             assert [b.id for b in await rt.list_info()] == [box.id]
             assert box.info().state.status == "running"
             assert (await (await box.exec("true")).wait()).exit_code == 0

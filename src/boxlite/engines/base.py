@@ -204,6 +204,11 @@ class Engine(ABC):
         return None  # engines without a saved state have nothing to delete
 
     # --- fork of a running box (its memory, for copies of its disk) -------------------------
+    def check_forkable(self, spec: BoxSpec) -> None:
+        """Raise UnsupportedOptionError if box ``spec`` cannot be forked: called before the box is
+        paused or its disk copied, so a refusal costs nothing."""
+        raise UnsupportedOptionError("fork", f"the {self.name} engine cannot fork a running box")
+
     async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
         """Save the memory of a frozen box for forks, the box staying as it is (frozen)."""
         raise UnsupportedOptionError("fork", f"the {self.name} engine cannot fork a running box")

@@ -18,6 +18,7 @@ from .state import BoxRecord, now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..engines.base import BoxSpec, Engine
     from .lifecycle import BoxRuntime
 
 MAX_FORKS = 16
@@ -33,8 +34,9 @@ async def fork(rt: BoxRuntime, box_id: str, n: int = 1) -> list[BoxRecord]:
     if rec.state != "running":
         raise InvalidStateError(f"box {rec.id} is {rec.state}; only a running box can be forked")
     engine, spec = rt.engine_for(rec), rt.spec(rec)
+    engine.check_forkable(spec)  # before the pause and the disk copies a refusal would waste
     if n == 1 and engine.streams_forks:
-        return [await _fork_streamed(rt, rec)]
+        return [await _fork_streamed(rt, rec, engine, spec)]
     rec = await pause.pause(rt, rec.id)
     made: list[BoxRecord] = []
     try:
@@ -65,11 +67,10 @@ async def fork(rt: BoxRuntime, box_id: str, n: int = 1) -> list[BoxRecord]:
     return started
 
 
-async def _fork_streamed(rt: BoxRuntime, rec: BoxRecord) -> BoxRecord:
+async def _fork_streamed(rt: BoxRuntime, rec: BoxRecord, engine: Engine, spec: BoxSpec) -> BoxRecord:
     """One copy, whose new QEMU loads the source's memory as the source's QEMU writes it. The
     source goes on once all of it is written (or the copy failed): a copy that cannot start
     ends the write at once (its pipe closes), one that stops reading fails it at its deadline."""
-    engine, spec = rt.engine_for(rec), rt.spec(rec)
     rec = await pause.pause(rt, rec.id)
     child: BoxRecord | None = None
     starting: asyncio.Future[BoxRecord] | None = None

@@ -312,7 +312,7 @@ class NamespaceEngine(Engine):
 
         refuse()
 
-    async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
+    def check_forkable(self, spec: BoxSpec) -> None:
         from .criu import refuse
 
         refuse("fork")

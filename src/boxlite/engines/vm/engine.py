@@ -374,8 +374,12 @@ class VmEngine(Engine):
         return running
 
     # --- fork: the frozen guest's memory, restored in copies of its disk ---------------------
+    def check_forkable(self, spec: BoxSpec) -> None:
+        if spec.volumes or spec.ports:
+            why = "volumes (virtiofs cannot migrate)" if spec.volumes else "published ports (the copies would clash)"
+            raise UnsupportedOptionError("fork", f"a VM box with {why} cannot be forked")
+
     async def fork_state(self, spec: BoxSpec, running: RunningBox) -> None:
-        _forkable(spec)
         try:
             reply = await asyncio.to_thread(vmcontrol.request, str(spec.run_dir), "snapshot", vmcontrol.SAVE_TIMEOUT)
         except OSError as e:
@@ -409,7 +413,6 @@ class VmEngine(Engine):
         """Make box ``spec`` (a copy of ``source``'s disk) restorable from a pipe; returns the
         pipe's write end for :meth:`send_fork_stream`. :meth:`restore` of ``spec`` reads it:
         the copy's QEMU starts and loads while the source writes, instead of after."""
-        _forkable(source)
         await self._control(source, "relaystate", None)  # its detached executions, for the copy's relay
         self.adopt_fork_state(spec, source, linked=False)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -534,12 +537,6 @@ async def install_bundle(agent_socket: Path, data: bytes) -> None:
         raise EngineError(
             f"could not install the secrets CA bundle in the box: {errors[:300].decode(errors='replace')}"
         )
-
-
-def _forkable(spec: BoxSpec) -> None:
-    if spec.volumes or spec.ports:
-        why = "volumes (virtiofs cannot migrate)" if spec.volumes else "published ports (the copies would clash)"
-        raise UnsupportedOptionError("fork", f"a VM box with {why} cannot be forked")
 
 
 def _saved_shape(spec: BoxSpec) -> Path:

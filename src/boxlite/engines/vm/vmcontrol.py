@@ -122,11 +122,7 @@ class Qmp:
         tmp = f"{path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
-            self.execute("stop")
-            self.execute("getfd", {"fdname": SAVE_FD_NAME}, fd=fd)
-            self.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
-            self.execute("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
-            self._await_migration(timeout)
+            self.send(fd, timeout)
             if durable:
                 os.fsync(fd)
         except BaseException:
@@ -137,9 +133,10 @@ class Qmp:
         os.rename(tmp, path)
 
     def send(self, fd: int, timeout: float) -> None:
-        """Stop the guest and write its RAM and device state into ``fd`` (a pipe a new QEMU reads
-        from as it is written: the save and the load overlap). A reader that goes away fails
-        the write (EPIPE), a reader that stops reading fails it after ``timeout``."""
+        """Stop the guest and write its RAM and device state into ``fd``: a file (:meth:`save`) or
+        a pipe a new QEMU reads from as it is written (the save and the load overlap). A reader
+        that goes away fails the write (EPIPE), a reader that stops reading fails it after
+        ``timeout``."""
         self.execute("stop")
         self.execute("getfd", {"fdname": SAVE_FD_NAME}, fd=fd)
         self.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
