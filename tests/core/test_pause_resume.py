@@ -66,6 +66,15 @@ async def test_paused_box_uses_no_cpu_and_keeps_its_count(box: boxlite.SimpleBox
     assert before <= value < before + 25
 
 
+async def test_cpu_time_is_finer_than_scheduler_ticks(box: boxlite.SimpleBox) -> None:
+    """Whole 10 ms ticks would charge a stopped VM a tick whenever its main loop woke as one fell
+    (and make short commands cost 0 or 10 ms): the figure is the CPU clock's nanoseconds."""
+    await box.exec("sh", "-c", "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done")
+    cpu = (await box.box.metrics()).cpu_time_ms
+    assert cpu is not None and cpu > 0
+    assert round(cpu * 1000) % 10_000 != 0, cpu  # not a whole number of ticks (odds ~1e-7 by chance)
+
+
 async def test_exec_on_paused_box_raises_typed_error(box: boxlite.SimpleBox) -> None:
     await box.exec("true")
     await box.box.pause()
