@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from boxlite.agent import protocol as p
+from boxlite.engines.vm.relay import first_channel
 from boxlite.engines.vm.relayd import RelayServer
 
 
@@ -60,3 +61,45 @@ def test_ready_only_when_the_agent_answers_the_relays_hello(tmp_path: Path) -> N
         os.close(status_r)
         guest.close()
     assert not thread.is_alive()
+
+
+def test_a_resumed_guest_answers_the_shims_hello_and_later_requests_use_new_channels(tmp_path: Path) -> None:
+    """On a resume the shim asks the hello itself (the agent answers while the relay starts):
+    the relay is ready on the answer on that channel only, and its own requests go on from the
+    next channel (the one the shim used may not be handed out again while the agent answers it)."""
+    relay_end, guest = socket.socketpair()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "agent.sock"))
+    listener.listen(8)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    saved = {"next": 41, "logs": []}  # what the relay that saved the guest had handed out
+    server = RelayServer(relay_end, listener, log_dir=str(tmp_path), resume_state=saved)
+    server.await_ready(status_w, json.dumps({"qemu_pid": 7}), {"op": "hello"}, sent_on=first_channel(saved))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert first_channel(saved) == 41
+        guest.sendall(p.encode_json(p.RESPONSE, 40, {}))  # not the hello's channel
+        assert _status(status_r, 0.3) is None
+        guest.sendall(p.encode_json(p.RESPONSE, 41, {"version": 1, "pid": 1}))
+        line = _status(status_r, 5)
+        assert line and p.parse_status(line).word == p.STATUS_READY
+        ((kind, channel, body),) = _frames(guest, 1)  # the relay sets the guest's clock
+        assert kind == p.REQUEST and json.loads(body)["op"] == "hello" and channel == 42
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(tmp_path / "agent.sock"))
+            client.sendall(p.encode_json(p.REQUEST, 1, {"op": "stats"}))
+            ((kind, channel, body),) = _frames(guest, 1)
+            assert kind == p.REQUEST and json.loads(body) == {"op": "stats"} and channel == 43
+    finally:
+        server.stop()
+        thread.join(5)
+        os.close(status_r)
+        guest.close()
+    assert not thread.is_alive()
+
+
+def test_the_first_channel_comes_only_from_a_whole_number_in_range() -> None:
+    assert first_channel(None) == 1 and first_channel({}) == 1 and first_channel({"next": True}) == 1
+    assert first_channel({"next": "7"}) == 1 and first_channel({"next": 0}) == 1
+    assert first_channel({"next": 2**40}) == 0xFFFFFFFF and first_channel({"next": 9}) == 9
