@@ -414,7 +414,7 @@ class Shim:
                     return True
                 if status not in ("inmigrate", "prelaunch") or time.monotonic() > deadline:
                     raise RuntimeError(f"the VM is {status} after loading its saved state")
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.002)  # (a fork's copy loads from a pipe: QEMU answers meanwhile)
         except Exception as e:
             _report(self.status_fd, p.STATUS_ERROR, f"resuming the saved VM failed: {e}")
             self.proc.kill()
