@@ -200,14 +200,6 @@ class Relay:
     def set_next_channel(self, value: int) -> None:
         self._next = min(max(1, value), _MAX_CHANNEL)
 
-    def adopt_request(self, client: Client, channel: int, gid: int) -> None:
-        """Route the answer to a request sent to the guest on ``gid`` by someone else (the shim's
-        ``hello``) to ``client``'s ``channel``, as if ``client`` had sent it."""
-        client.channels[channel] = gid
-        self.routes[gid] = Route(client, channel, False)
-        if gid == self._next:
-            self._next = gid % _MAX_CHANNEL + 1
-
     def detach(self, client: Client) -> None:
         """Forget ``client``: kill its executions, drop its pending answers."""
         self.clients.discard(client)
@@ -219,13 +211,6 @@ class Relay:
             if route.is_exec:
                 self.guest_write(p.HEADER.pack(len(KILL), p.CONTROL, gid) + KILL)
         client.channels.clear()
-
-
-def first_channel(resume_state: object) -> int:
-    """The first guest channel a relay hands out: the next one of the relay that saved the guest
-    (``resume_state["next"]``: the agent may still have lower ones open), else 1."""
-    value = resume_state.get("next") if isinstance(resume_state, dict) else None
-    return min(max(1, value), _MAX_CHANNEL) if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
 def _detached(payload: bytes) -> dict[str, object] | None:

@@ -28,7 +28,7 @@ from ...agent import leanjson, mainexit
 from ...agent import protocol as p
 from ...agent.logfile import LogLease, SharedLogs
 from . import vmcontrol
-from .relay import Client, LogSink, Relay, Route, first_channel
+from .relay import Client, LogSink, Relay, Route
 
 TYPE_CHECKING = False  # not imported from typing: the relay process stays small without it
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class RelayServer:
     def _resume_logs(self, state: dict[str, Any]) -> None:
         """The detached executions of the relay that saved the guest: their output goes on
         into the same host logs."""
-        self.relay.set_next_channel(first_channel(state))
+        self.relay.set_next_channel(int(state.get("next") or 1))
         for gid, channel, path, limit, main in state.get("logs") or []:
             try:  # only a log of this box's run dir, whatever the file says
                 file = self.logs.open(os.path.join(self.log_dir or ".", os.path.basename(str(path))), int(limit))
@@ -161,15 +161,12 @@ class RelayServer:
             sink.main = bool(main)
             self.relay.routes[int(gid)] = Route(sink, int(channel), True)
 
-    def await_ready(
-        self, status_fd: int | None, boot_json: str, hello: dict[str, Any], sent_on: int | None = None
-    ) -> None:
+    def await_ready(self, status_fd: int | None, boot_json: str, hello: dict[str, Any]) -> None:
         """Send the agent its first ``hello`` (the shim exec'd this relay right after handing the
-        guest its settings, so that this start overlaps the guest's setup), or take the answer to
-        the one the shim sent on guest channel ``sent_on`` (a resumed guest: it answers while
-        this process starts), and when it answers, report ``ready <boot_json>`` on ``status_fd``,
-        the line the engine waits for, then set the guest's clock. If QEMU exits first, this
-        process exits and the engine reads EOF: the box failed to start."""
+        guest its settings, so that this start overlaps the guest's setup) and, when it answers,
+        report ``ready <boot_json>`` on ``status_fd``, the line the engine waits for, then set the
+        guest's clock. If QEMU exits first, this process exits and the engine reads EOF: the box
+        failed to start."""
         internal = Client()
 
         def answered(kind: int, _channel: int, _payload: bytes) -> None:
@@ -186,10 +183,7 @@ class RelayServer:
 
         internal.on_frame = answered
         self.relay.attach(internal)
-        if sent_on is not None:
-            self.relay.adopt_request(internal, 1, sent_on)
-        else:
-            self.relay.send(internal, p.REQUEST, 1, leanjson.dumps(hello).encode())
+        self.relay.send(internal, p.REQUEST, 1, leanjson.dumps(hello).encode())
 
     def _set_guest_clock(self) -> None:
         """A ``hello`` with the host's time sets the guest's clock (the answer is dropped). The
@@ -518,9 +512,7 @@ def main(arg: str) -> int:
         ready_fd = args.get("ready_fd")
         if ready_fd is not None:
             os.set_inheritable(int(ready_fd), False)
-        sent_on = args.get("hello_channel")
-        sent_on = sent_on if isinstance(sent_on, int) else None
-        server.await_ready(ready_fd, str(args.get("ready_boot") or "{}"), args["hello"], sent_on)
+        server.await_ready(ready_fd, str(args.get("ready_boot") or "{}"), args["hello"])
     signal.set_wakeup_fd(server.wake_fd, warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: None)

@@ -28,7 +28,6 @@ from ...procfs import process_start_time  # not ..base: it imports asyncio, dela
 from . import landlock
 from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, qemu_argv, safe_hostname, virtiofs_socket
-from .relay import first_channel
 from .vmcontrol import CONTROL_SOCKET_NAME, UNTHROTTLED
 
 TYPE_CHECKING = False  # not imported from typing: this process is on the path of every VM start
@@ -226,16 +225,8 @@ class Handoff:
     """What the relay process takes over once the guest has its settings: it sends ``hello`` and
     reports ``ready <boot_json>`` when the agent answers."""
 
-    def __init__(
-        self,
-        listener: socket.socket,
-        socket_path: str,
-        boot_json: str,
-        hello: dict[str, object],
-        hello_channel: int | None,
-    ) -> None:
+    def __init__(self, listener: socket.socket, socket_path: str, boot_json: str, hello: dict[str, object]) -> None:
         self.listener, self.socket_path, self.boot_json, self.hello = listener, socket_path, boot_json, hello
-        self.hello_channel = hello_channel  # the guest channel the shim sent it on (else the relay sends it)
 
 
 class Shim:
@@ -297,21 +288,16 @@ class Shim:
             "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
             "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
-        hello: dict[str, object] = {"op": "hello"}
-        hello_channel: int | None = None
         if mode == "resume":  # a guest saved by VmEngine.save: its agent runs already, no settings
             if not await self._continue(qmp):
                 return 1
-            # Asked now, the agent answers while the relay starts (its first guest code to run
-            # after the load, ~0.2 s under TCG); the relay takes the answer on this channel.
-            hello_channel = first_channel(self.conf.get("relay_state"))
-            hello["time_ns"] = time.time_ns()  # the guest's clock stopped when it was saved
-            body = leanjson.dumps(hello).encode()
-            await loop.sock_sendall(self.agent_sock, p.encode(p.REQUEST, hello_channel, body))
         else:
             await loop.sock_sendall(self.agent_sock, leanjson.dumps(settings).encode() + b"\n")
-        # Otherwise the relay sends the hello; either way it reports "ready" when the agent
-        # answers: its Python start overlaps the guest's setup of the box (or its answer).
+        hello: dict[str, object] = {"op": "hello"}
+        if mode == "resume":  # the guest's clock stopped when it was saved
+            hello["time_ns"] = time.time_ns()
+        # The relay sends the hello and reports "ready" when the agent answers: its Python start
+        # overlaps the guest's setup of the box (~0.1 s less to the first exec).
         t_handoff = time.monotonic()
         loop.remove_reader(pidfd)
         os.close(pidfd)
@@ -337,7 +323,7 @@ class Shim:
                 await within(qmp.disconnect(), 1)
             except Exception:
                 pass
-        return Handoff(listener, str(sock_path), leanjson.dumps(boot), hello, hello_channel)
+        return Handoff(listener, str(sock_path), leanjson.dumps(boot), hello)
 
     def _on_lifeline(self, fd: int) -> None:
         """The owner died while the VM was starting: kill QEMU (every step then fails)."""
@@ -581,7 +567,6 @@ def main(argv: list[str] | None = None) -> int:
         "lifeline_fd": lifeline,
         "socket_path": result.socket_path,
         "hello": result.hello,
-        "hello_channel": result.hello_channel,
         "ready_fd": shim.status_fd,  # "ready" once the agent answers the hello
         "ready_boot": result.boot_json,
         "log_dir": str(run_dir),
