@@ -172,7 +172,7 @@ class VmEngine(Engine):
         pass_fds = [status_w, *fds] if lifeline_fd is None else [status_w, lifeline_fd, *fds]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", _SHIM_BOOTSTRAP, _SRC_DIR, str(conf_path)],
+                [sys.executable, "-I", "-S", "-c", _SHIM_BOOTSTRAP, _SRC_DIR, str(conf_path)],
                 pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -1,7 +1,8 @@
 """What a VM box's shim becomes once the guest is ready: a small relay process (stdlib only).
 
-The shim needs asyncio and qemu.qmp to boot or restore the VM (~13 MiB of Python objects);
-serving clients needs neither. So once the agent answered, the shim ``execve``s this module
+The shim's modules (the QEMU command line, Landlock, subprocess, dataclasses) are for booting
+or restoring the VM; serving clients needs none of them. So once the agent answered, the shim
+``execve``s this module
 in a fresh ``python -I -S`` (same pid, QEMU stays its child and keeps dying with it), handing
 over the guest stream, the listening agent socket, the lifeline and QEMU's pid. It then:
 

@@ -11,6 +11,7 @@ or ``error <message>``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -25,7 +26,7 @@ from ...agent import leanjson
 from ...agent import protocol as p
 from ...filenames import BOOT_JSON_NAME, QEMU_PID_NAME, SHIM_LOG_NAME, SHIM_PID_NAME
 from ...procfs import process_start_time  # not ..base: it imports asyncio, delaying QEMU
-from . import landlock
+from . import landlock, vmcontrol
 from .console import ConsoleLog
 from .qemu import GUEST_NET, VmConfig, qemu_argv, safe_hostname, virtiofs_socket
 from .vmcontrol import CONTROL_SOCKET_NAME, UNTHROTTLED
@@ -34,8 +35,11 @@ TYPE_CHECKING = False  # not imported from typing: this process is on the path o
 if TYPE_CHECKING:
     from typing import Any
 
-IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}  # RAM stays in its file
+IGNORE_SHARED: dict[str, object] = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+"""Migration capability of a VM whose RAM is a file: its RAM stays in the file."""
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common
+QMP_GREETING_TIMEOUT = 60.0
+"""Longest wait for QEMU's monitor to greet (its start on a loaded host)."""
 INCOMING_FD_NAME = "boxlite-incoming"  # the saved state QEMU loads (QMP getfd)
 PKG_DIR = str(Path(__file__).resolve().parents[2])  # the boxlite package, for the relay's bootstrap
 PR_SET_PDEATHSIG = 1
@@ -69,8 +73,8 @@ def _report(fd: int | None, word: str, arg: str = "") -> None:
 def _die_with_parent(parent: int) -> None:
     """preexec_fn of QEMU and virtiofsd: SIGKILL when the shim dies (and check it did not
     already). ``PR_SET_PDEATHSIG`` fires when the forking *thread* ends: both are spawned by
-    the main thread before ``asyncio.run`` (whose ``to_thread`` workers spawn nothing), the
-    thread that later ``execve``s the relay and so lives as long as the process. Thus they die
+    the shim's only thread, the one that later ``execve``s the relay and so lives as long as
+    the process. Thus they die
     with the shim or the relay however it ends, and the relay (which watches the lifeline) is
     the one process tied to the owner. No transparent huge pages: a guest touching 4 KiB of a
     2 MiB region would cost 2 MiB of host memory (guest RAM and the TCG translation cache both)."""
@@ -230,7 +234,10 @@ class Handoff:
 
 
 class Shim:
-    """The asyncio part: QMP, template save or restore, handshake, readiness."""
+    """QMP, template save or restore, handshake, readiness: blocking calls (the relay's QMP
+    client) and ``poll``. No asyncio: with it and qemu.qmp the shim and the relay it becomes used
+    ~125 ms of CPU per VM start, now ~45, on a host whose two cores also run the guest. While it
+    waits it keeps copying the console and watching the lifeline."""
 
     def __init__(
         self, conf: dict[str, Any], proc: subprocess.Popen[bytes], agent: socket.socket, qmp: socket.socket, t0: float
@@ -242,40 +249,38 @@ class Shim:
         self.t0 = t0
         self.run_dir = Path(conf["run_dir"])
         self.status_fd: int | None = conf.get("status_fd")
+        self.lifeline: int | None = conf.get("lifeline_fd")  # watched here until the relay takes it
 
-    async def run(self) -> int | Handoff:
+    def run(self) -> int | Handoff:
         """Boot or restore the VM and wait for its agent; a :class:`Handoff` for the relay
         process then, or an exit status (template saved, or failure)."""
-        import asyncio
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        if self.lifeline is not None:
+            os.set_blocking(self.lifeline, False)
+        try:
+            return self._run()
+        finally:
+            os.close(self.pidfd)
 
-        from ...aio import within  # here, not at the top: it imports asyncio (delays QEMU)
-
-        loop = asyncio.get_running_loop()
-        exited = asyncio.Event()
-        pidfd = os.pidfd_open(self.proc.pid)
-        loop.add_reader(pidfd, exited.set)
-        if _console is not None:
-            loop.add_reader(_console[1], drain_console)
-        lifeline = self.conf.get("lifeline_fd")
-        if lifeline is not None:  # the relay watches it once the box is ready; until then, we do
-            os.set_blocking(lifeline, False)
-            loop.add_reader(lifeline, self._on_lifeline, lifeline)
-        self.agent_sock.setblocking(False)
-        qmp = await self._connect_qmp()
+    def _run(self) -> int | Handoff:
+        qmp = self._connect_qmp()
         t_spawned = time.monotonic()
         mode = self.conf.get("mode", "boot")
-        if mode in ("restore", "resume") and not await self._restore(qmp):
+        if qmp is None:
+            return 1
+        if mode in ("restore", "resume") and not self._restore(qmp):
             return 1
         if mode not in ("restore", "resume"):  # a restored guest is already past this point
-            line = await self._receive_until(exited, lambda data: b"\n" in data)
+            line = self._receive_line()
             if line != WAITING:
-                status = self.proc.wait() if exited.is_set() else "still running"
+                exited = self.proc.poll() is not None
+                status = self.proc.wait() if exited else "still running"
                 why = f"QEMU exited with status {status} before the guest init was ready"
                 _report(self.status_fd, p.STATUS_ERROR, why)
                 self.proc.kill()
                 return 1
         if mode == "template":
-            return await self._save_template(qmp, Path(self.conf["snapshot"]))
+            return self._save_template(qmp, Path(self.conf["snapshot"]))
         vm = self.conf["vm"]
         settings = {
             "layers": vm["layers"],
@@ -289,20 +294,16 @@ class Shim:
             "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
         if mode == "resume":  # a guest saved by VmEngine.save: its agent runs already, no settings
-            if not await self._continue(qmp):
+            if not self._continue(qmp):
                 return 1
         else:
-            await loop.sock_sendall(self.agent_sock, leanjson.dumps(settings).encode() + b"\n")
+            self.agent_sock.sendall(leanjson.dumps(settings).encode() + b"\n")
         hello: dict[str, object] = {"op": "hello"}
         if mode == "resume":  # the guest's clock stopped when it was saved
             hello["time_ns"] = time.time_ns()
         # The relay sends the hello and reports "ready" when the agent answers: its Python start
         # overlaps the guest's setup of the box (~0.1 s less to the first exec).
         t_handoff = time.monotonic()
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        if lifeline is not None:
-            loop.remove_reader(lifeline)
         sock_path = _short(Path(self.conf["agent_socket"]))
         sock_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -316,56 +317,83 @@ class Shim:
             **guest_stages(Path(self.conf["console"])),
         }
         (self.run_dir / BOOT_JSON_NAME).write_text(leanjson.dumps(boot))
-        if _console is not None:
-            loop.remove_reader(_console[1])  # the relay drains it from now on
-        if qmp is not None:
-            try:
-                await within(qmp.disconnect(), 1)
-            except Exception:
-                pass
         return Handoff(listener, str(sock_path), leanjson.dumps(boot), hello)
 
-    def _on_lifeline(self, fd: int) -> None:
-        """The owner died while the VM was starting: kill QEMU (every step then fails)."""
-        import asyncio
+    # --- waiting, with the console copied and the lifeline watched -------------------------
+    def _wait(self, fd: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``fd`` to be readable (or just wait, ``fd`` None);
+        False at once if QEMU exited."""
+        poller = select.poll()
+        watched = [self.pidfd, *([fd] if fd is not None else [])]
+        if _console is not None:
+            watched.append(_console[1])
+        if self.lifeline is not None:
+            watched.append(self.lifeline)
+        for each in watched:
+            poller.register(each, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = {each for each, _ in poller.poll(max(0.0, deadline - time.monotonic()) * 1000)}
+            if _console is not None and _console[1] in ready:
+                drain_console()
+            if self.lifeline is not None and self.lifeline in ready:
+                self._on_lifeline(poller)
+            if self.pidfd in ready:
+                return False
+            if fd is not None and fd in ready:
+                return True
+            if time.monotonic() >= deadline:
+                return fd is None
 
-        if not p.lifeline_closed(fd):
+    def _on_lifeline(self, poller: select.poll) -> None:
+        """The owner died while the VM was starting: kill QEMU (every step then fails)."""
+        assert self.lifeline is not None
+        if not p.lifeline_closed(self.lifeline):
             return
-        asyncio.get_running_loop().remove_reader(fd)
+        poller.unregister(self.lifeline)
+        self.lifeline = None
         print("shim: the owner died while the VM was starting: killing QEMU", file=sys.stderr, flush=True)
         self.proc.kill()
 
-    async def _receive_until(self, exited: Any, done: Any) -> bytes:
-        """Read the guest stream until ``done(all bytes so far)`` or QEMU exits."""
-        import asyncio
-
-        loop = asyncio.get_running_loop()
+    def _receive_line(self) -> bytes:
+        """Read the guest stream up to its first newline (or what came before QEMU exited)."""
         data = b""
-        while not exited.is_set():
-            recv = asyncio.ensure_future(loop.sock_recv(self.agent_sock, 1 << 16))
-            gone = asyncio.ensure_future(exited.wait())
-            await asyncio.wait({recv, gone}, return_when=asyncio.FIRST_COMPLETED)
-            gone.cancel()
-            if not recv.done():
-                recv.cancel()
-                break
-            chunk = recv.result()
+        self.agent_sock.setblocking(False)
+        while b"\n" not in data and self._wait(self.agent_sock.fileno(), 3600):
+            try:
+                chunk = self.agent_sock.recv(1 << 16)
+            except BlockingIOError:
+                continue
             if not chunk:
                 break
             data += chunk
-            if done(data):
-                break
+        self.agent_sock.setblocking(True)
         return data
 
-    async def _restore(self, qmp: Any) -> bool:
-        """Load the template's device state (QEMU waits with ``-incoming defer``); the guest
-        RAM is the template's file already."""
+    def _sleep(self, seconds: float) -> None:
+        self._wait(None, seconds)
+
+    # --- QMP ---------------------------------------------------------------------------------
+    def _connect_qmp(self) -> vmcontrol.Qmp | None:
+        """The relay's blocking client, after the capabilities negotiation (it skips the greeting)."""
+        qmp = vmcontrol.Qmp(self.qmp_sock)
+        try:
+            if not self._wait(self.qmp_sock.fileno(), QMP_GREETING_TIMEOUT):  # (a loaded host: seconds)
+                raise vmcontrol.QmpError("QEMU exited, or sent no greeting")
+            qmp.execute("qmp_capabilities")
+        except vmcontrol.QmpError as e:
+            _report(self.status_fd, p.STATUS_ERROR, f"QEMU's monitor does not answer: {e}")
+            self.proc.kill()
+            return None
+        return qmp
+
+    def _restore(self, qmp: vmcontrol.Qmp) -> bool:
+        """Load the saved device state (QEMU waits with ``-incoming defer``); the guest RAM is
+        the template's file already, or comes with the state."""
         vm = self.conf["vm"]
         try:
-            if qmp is None:
-                raise RuntimeError("QMP is needed to restore a VM template")
             if vm.get("ram_file") or vm.get("ram_anonymous"):  # as the saved VM had it
-                await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+                qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
             # QEMU reads the state from a descriptor of ours: no ``exec:cat`` process and pipe
             # between the file and QEMU (a fork's state holds all of the guest's RAM).
             inherited = self.conf.get("incoming_fd")  # a fork's copy: a pipe its source writes into
@@ -374,102 +402,75 @@ class Shim:
             else:
                 fd = os.open(vm["incoming"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                qmp.send_fd_scm(fd)
-                await qmp.execute("getfd", {"fdname": INCOMING_FD_NAME})
+                qmp.execute("getfd", {"fdname": INCOMING_FD_NAME}, fd=fd)
             finally:
                 os.close(fd)
-            await qmp.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD_NAME}"})
-        except Exception as e:
+            qmp.execute("migrate-incoming", {"uri": f"fd:{INCOMING_FD_NAME}"})
+        except (vmcontrol.QmpError, OSError) as e:
             _report(self.status_fd, p.STATUS_ERROR, f"restoring the VM template failed: {e}")
             self.proc.kill()
             return False
         return True
 
-    async def _continue(self, qmp: Any) -> bool:
+    def _continue(self, qmp: vmcontrol.Qmp) -> bool:
         """Resume mode: once the saved state is loaded, run the guest (it was saved stopped)."""
-        import asyncio
-
         deadline = time.monotonic() + 120
         try:
             while True:
-                status = (await qmp.execute("query-status")).get("status")
+                status = qmp.status()
                 if status == "paused":
-                    await qmp.execute("cont")
+                    qmp.execute("cont")
                     return True
                 if status == "running":
                     return True
                 if status not in ("inmigrate", "prelaunch") or time.monotonic() > deadline:
-                    raise RuntimeError(f"the VM is {status} after loading its saved state")
-                await asyncio.sleep(0.002)  # (a fork's copy loads from a pipe: QEMU answers meanwhile)
-        except Exception as e:
+                    raise vmcontrol.QmpError(f"the VM is {status} after loading its saved state")
+                self._sleep(0.002)  # (a fork's copy loads from a pipe: QEMU answers meanwhile)
+        except vmcontrol.QmpError as e:
             _report(self.status_fd, p.STATUS_ERROR, f"resuming the saved VM failed: {e}")
             self.proc.kill()
             return False
 
-    async def _save_template(self, qmp: Any, path: Path) -> int:
+    def _save_template(self, qmp: vmcontrol.Qmp, path: Path) -> int:
         """Write the waiting guest's memory to ``path`` (QMP migrate), then stop QEMU."""
-        import asyncio
-
-        from ...aio import within
-
-        if qmp is None:
-            _report(self.status_fd, p.STATUS_ERROR, "QMP is needed to save a VM template")
-            self.proc.kill()
-            return 1
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             if self.conf["vm"].get("ram_file"):
-                await qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
-            await qmp.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
+                qmp.execute("migrate-set-capabilities", IGNORE_SHARED)
+            qmp.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
             import shlex  # (imports re: only a template save needs it)
 
-            await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
+            qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
+            deadline = time.monotonic() + vmcontrol.SAVE_TIMEOUT
             while True:
-                state = await qmp.execute("query-migrate")
+                state = qmp.execute("query-migrate")
                 status = state.get("status") if isinstance(state, dict) else None
                 if status == "completed":
                     break
                 if status in ("failed", "cancelled"):
-                    raise RuntimeError(f"migration {status}: {state.get('error-desc', '')}")
-                await asyncio.sleep(0.02)
-            try:
-                await within(qmp.execute("quit"), 2)
-            except Exception:  # QEMU may close the monitor before answering
-                pass
+                    why = state.get("error-desc", "") if isinstance(state, dict) else ""
+                    raise vmcontrol.QmpError(f"migration {status}: {why}")
+                if time.monotonic() > deadline:
+                    raise vmcontrol.QmpError(f"the template's save took over {vmcontrol.SAVE_TIMEOUT:g}s")
+                self._sleep(0.02)
+            with contextlib.suppress(vmcontrol.QmpError):  # QEMU may close the monitor before answering
+                qmp.execute("quit", timeout=2)
             tmp.rename(path)
-        except Exception as e:
+        except (vmcontrol.QmpError, OSError) as e:
             tmp.unlink(missing_ok=True)
             _report(self.status_fd, p.STATUS_ERROR, f"saving the VM template failed: {e}")
             self.proc.kill()
             return 1
         finally:
-            if self.proc.poll() is None and not await self._wait_exit(3):
+            if self.proc.poll() is None and not self._wait_exit(3):
                 self.proc.kill()
         _report(self.status_fd, p.STATUS_TEMPLATE, str(path))
         return 0
 
-    async def _connect_qmp(self) -> Any:
-        try:
-            from qemu.qmp import QMPClient
-        except ImportError:
-            return None
-        client = QMPClient("boxlite")
-        try:
-            await client.connect(self.qmp_sock)
-        except Exception as e:
-            print(f"shim: QMP unavailable: {e}", file=sys.stderr)
-            return None
-        return client
-
-    async def _wait_exit(self, timeout: float) -> bool:
-        import asyncio
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return True
-            await asyncio.sleep(0.05)
-        return False
+    def _wait_exit(self, timeout: float) -> bool:
+        if self.proc.poll() is None:
+            self._wait(None, timeout)  # (returns as QEMU exits)
+        return self.proc.poll() is not None
 
 
 def bind_control(run_dir: Path) -> socket.socket:
@@ -540,11 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / QEMU_PID_NAME).write_text(str(proc.pid))
     qmp_keep = os.dup(qmp.fileno())  # survives the QMP client's close: the relay's (vmcontrol)
     (run_dir / SHIM_PID_NAME).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
-    import asyncio
-
     shim = Shim(conf, proc, agent, qmp, t0)
     try:
-        result = asyncio.run(shim.run())
+        result = shim.run()
     except BaseException as e:
         _report(shim.status_fd, p.STATUS_ERROR, f"shim failed: {e!r}")
         proc.kill()
