@@ -441,18 +441,7 @@ class Shim:
             import shlex  # (imports re: only a template save needs it)
 
             qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp))}"})
-            deadline = time.monotonic() + vmcontrol.SAVE_TIMEOUT
-            while True:
-                state = qmp.execute("query-migrate")
-                status = state.get("status") if isinstance(state, dict) else None
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled"):
-                    why = state.get("error-desc", "") if isinstance(state, dict) else ""
-                    raise vmcontrol.QmpError(f"migration {status}: {why}")
-                if time.monotonic() > deadline:
-                    raise vmcontrol.QmpError(f"the template's save took over {vmcontrol.SAVE_TIMEOUT:g}s")
-                self._sleep(0.02)
+            qmp.await_migration(vmcontrol.SAVE_TIMEOUT)  # (the waiting guest prints nothing meanwhile)
             with contextlib.suppress(vmcontrol.QmpError):  # QEMU may close the monitor before answering
                 qmp.execute("quit", timeout=2)
             tmp.rename(path)

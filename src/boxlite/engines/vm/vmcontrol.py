@@ -141,9 +141,10 @@ class Qmp:
         self.execute("getfd", {"fdname": SAVE_FD_NAME}, fd=fd)
         self.execute("migrate-set-parameters", {"max-bandwidth": UNTHROTTLED})
         self.execute("migrate", {"uri": f"fd:{SAVE_FD_NAME}"})
-        self._await_migration(timeout)
+        self.await_migration(timeout)
 
-    def _await_migration(self, timeout: float) -> None:
+    def await_migration(self, timeout: float) -> None:
+        """Until the running migration completes; it is cancelled after ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.execute("query-migrate")
