@@ -15,6 +15,7 @@ import pytest
 from raycluster import RayCluster
 
 import boxlite
+from support.boxnc import nc
 from support.hostprocs import process_tree
 
 pytestmark = [pytest.mark.namespace_only, pytest.mark.timeout(600)]
@@ -74,7 +75,7 @@ async def test_a_box_cannot_reach_its_nodes_ray_ports(cluster: RayCluster, busyb
         return out.strip()
 
     # the probe works inside the box (its own loopback answers)
-    assert await sh("(echo hi | nc -l -p 9000 &) ; sleep 1; nc -w 3 127.0.0.1 9000 </dev/null") == "hi"
+    assert await sh("(echo hi | nc -l -p 9000 &) ; sleep 1; " + nc("-w 3 127.0.0.1 9000")) == "hi"
     for name, port in ports.items():
         got = await sh(f"printf 'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' | timeout 8 nc -w 3 {addr} {port} | wc -c")
         assert got == "0", f"a box reached the {name} port {addr}:{port}"

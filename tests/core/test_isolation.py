@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import boxlite
+from support.boxnc import nc
 
 pytestmark = pytest.mark.namespace_only
 
@@ -139,7 +140,7 @@ async def _assert_loopback_only(box: boxlite.SimpleBox) -> None:
     routes = await box.exec("cat", "/proc/net/route")
     assert len(routes.stdout.strip().splitlines()) <= 1  # header only: no route anywhere
     # Loopback works inside the box.
-    server = await box.box.exec("nc", ["-l", "-p", "8080"], stdin=False)
+    server = await box.box.exec("sh", ["-c", nc("-l -p 8080")], stdin=False)  # exits once the client has closed
     try:
         for _ in range(500):  # until the server listens (port 0x1F90, state 0A)
             table = (await box.exec("cat", "/proc/net/tcp", "/proc/net/tcp6")).stdout

@@ -16,6 +16,7 @@ import pytest
 
 import boxlite
 from boxlite.engines.net import hostguard
+from support.boxnc import nc
 from support.hostprocs import free_port
 from support.tcpreply import first_reply
 
@@ -119,7 +120,7 @@ async def test_enabled_network_does_not_reach_host_loopback(
     async with boxlite.SimpleBox(rootfs_path=str(busybox_rootfs), runtime=runtime, network="enabled") as box:
         gw = await box.exec("sh", "-c", "ip route | awk '/default/ {print $3}'", timeout=10)
         assert gw.stdout.strip(), gw
-        command = f"timeout 5 nc -w 3 {gw.stdout.strip()} {host_echo_server} </dev/null"
+        command = nc(f"-w 3 {gw.stdout.strip()} {host_echo_server}", timeout=5)
         result = await box.exec("sh", "-c", command, timeout=15)
         assert "pong" not in result.stdout, (gw, result)
         resolv = await box.exec("cat", "/etc/resolv.conf")

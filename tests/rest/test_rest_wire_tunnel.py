@@ -19,11 +19,12 @@ import httpx
 import pytest
 
 from rest.serverproc import API_KEY, Server, serving_tcp
+from support.boxnc import nc
 
 ENGINES = [e for e in os.environ.get("BOXLITE_TEST_ENGINES", "namespace").split(",") if e]
 ECHO, WEB, ONCE = 7000, 7001, 7002
 SERVICES = (
-    f"(nc -ll -p {ECHO} -e cat &) ; (nc -l -p {ONCE} > /tmp/once &) ; "
+    f"(nc -ll -p {ECHO} -e cat &) ; ({nc(f'-l -p {ONCE} >/tmp/once')} &) ; "
     f"mkdir -p /www && echo page > /www/index.html && httpd -p 127.0.0.1:{WEB} -h /www"
 )
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from support import privnet
+from support import boxnc, privnet
 
 P_LOOPBACK, P_ANY, P_REMOTE, P_RESOLVER_OTHER, P_PUBLISHED = 7001, 7002, 7003, 7004, 7080
 RESOLVER = "127.0.0.53"
@@ -75,7 +75,7 @@ async def probe_box(engine: str, rootfs: str, home: str) -> dict[str, Any]:
         async with boxlite.SimpleBox(rootfs_path=rootfs, runtime=rt, network="enabled", ports=published) as box:
 
             async def nc(addr: str, port: int) -> str:
-                r = await box.exec("sh", "-c", f"timeout 5 nc -w 3 {addr} {port} </dev/null", timeout=20)
+                r = await box.exec("sh", "-c", boxnc.nc(f"-w 3 {addr} {port}", timeout=5), timeout=20)
                 return r.stdout.strip()
 
             gw = (await box.exec("sh", "-c", "ip route | awk '/default/ {print $3}'", timeout=10)).stdout.strip()

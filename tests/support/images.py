@@ -347,6 +347,7 @@ def _cached_layout(name: str, build: Callable[[Path], None], version: str) -> Pa
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the first build on a fresh machine makes the cache
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
