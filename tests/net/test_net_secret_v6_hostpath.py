@@ -44,16 +44,18 @@ def remote_main(home: str) -> None:
 PROBE = r"""
 import json, os, socket, sys
 def get(addr, host, path):
+    phase, data = "connect", b""  # a stall's report says where it stalled
     try:
         s = socket.create_connection((addr, 80), timeout=60)
         s.settimeout(60)  # pasta stalled a host-path download for over 20 s once in CI (seconds below)
+        phase = "send"
         s.sendall(f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        data = b""
+        phase = "receive"
         while chunk := s.recv(1 << 16):
             data += chunk
         return {"status": data.split(b"\r\n")[0].decode(errors="replace"), "got": len(data)}
     except OSError as e:
-        return {"error": type(e).__name__}
+        return {"error": type(e).__name__, "phase": phase, "got": len(data)}
 step, addr, host = sys.argv[1:4]
 path = sys.argv[4] if len(sys.argv) > 4 else "0?k=" + os.environ["BOXLITE_SECRET_API"]
 print("PROBE " + json.dumps(get(addr, host, path)))
