@@ -124,8 +124,11 @@ def memory_probe(rootfs: str, home: str) -> None:
         await asyncio.sleep(SPAWNER_IDLE)  # unused for longer than that: the agent retired the spawner
         pids = box_processes(Path(home), box.id, box.info().state.pid or 0)
         net_pids = box_processes(Path(home), networked.id, networked.info().state.pid or 0)
+        pastas = [pid for pid in net_pids if bl.process_name(pid).startswith(("pasta", "passt"))]
         out = {
             "networked": bl.memory_of(net_pids),
+            "pasta": bl.memory_of(pastas),
+            "pasta_zero": sum(bl.resident_zero_kib(pid) for pid in pastas),
             "networked_processes": len(net_pids),
             "box": bl.memory_of(pids),
             "box_processes": len(pids),
@@ -458,6 +461,14 @@ class Core:
             [p["networked"]["uss"] * mib for p in probes],
             "MiB",
             f"agent, keeper, pasta ({probes[0]['networked_processes']} processes); crun has no network of its own",
+            compare=False,
+        )
+        s.add(
+            "of which pasta / its resident pages that hold only zeros",
+            [p["pasta"]["uss"] * mib for p in probes],
+            "MiB",
+            "zero pages: " + ", ".join(f"{p['pasta_zero'] * mib:.1f}" for p in probes) + " MiB (Debian 12's pasta "
+            "zeroes its whole frame buffers at start; see docs/performance.md)",
             compare=False,
         )
         total = [(p["box"]["uss"] + p["zygote"]["uss"] + p["host_growth"]) * mib for p in probes]

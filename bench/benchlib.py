@@ -123,12 +123,49 @@ async def exec_true_latencies(boxes: Iterable[Any], repeat: int = 1) -> list[flo
     return out
 
 
+def resident_zero_kib(pid: int) -> int:
+    """KiB of ``pid``'s resident private writable pages that hold nothing but zeros: memory a
+    process touched (zeroed) without storing anything in it (0 if it is gone)."""
+    zero_page, total = bytes(4096), 0
+    try:
+        with (
+            open(f"/proc/{pid}/maps") as maps,
+            open(f"/proc/{pid}/pagemap", "rb") as pagemap,
+            open(f"/proc/{pid}/mem", "rb", buffering=0) as mem,
+        ):
+            for line in maps:
+                fields = line.split()
+                if fields[1] != "rw-p":
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                pagemap.seek(start // 4096 * 8)
+                entries = pagemap.read((end - start) // 4096 * 8)
+                for i in range(len(entries) // 8):
+                    if not entries[i * 8 + 7] & 0x80:  # bit 63: present
+                        continue
+                    mem.seek(start + i * 4096)
+                    if mem.read(4096) == zero_page:
+                        total += 4
+    except (OSError, ValueError):
+        pass
+    return total
+
+
 def memory_of(pids: Iterable[int]) -> dict[str, int]:
     total = {"uss": 0, "dirty": 0, "pss": 0, "rss": 0}
     for pid in set(pids):
         for k, v in smaps_kib(pid).items():
             total[k] += v
     return total
+
+
+def process_name(pid: int) -> str:
+    """The process's ``comm`` ("" if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def parent_pid(pid: int) -> int:

@@ -26,6 +26,8 @@ PROBE_C = r"""
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -41,6 +43,16 @@ int main(int argc, char **argv) {
         /* vfs_cap_data v2: cap_setuid (7) permitted + effective */
         unsigned int cap[5] = {0x02000001, 1u << 7, 0, 0, 0};
         r = setxattr(argv[2], "security.capability", cap, sizeof cap, 0);
+    } else if (argc >= 2 && !strcmp(argv[1], "madvise_mergeable")) {
+        void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        r = madvise(page, 4096, 12);  /* MADV_MERGEABLE */
+    } else if (argc >= 2 && !strcmp(argv[1], "madvise_dontneed")) {
+        void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        r = madvise(page, 4096, MADV_DONTNEED);
+    } else if (argc >= 2 && !strcmp(argv[1], "prctl_merge")) {
+        r = prctl(67, 1, 0, 0, 0);  /* PR_SET_MEMORY_MERGE */
+    } else if (argc >= 2 && !strcmp(argv[1], "prctl_name")) {
+        r = prctl(PR_SET_NAME, "probe", 0, 0, 0);
     } else if (argc >= 3 && !strcmp(argv[1], "openat2")) {
         unsigned long long how[3] = {O_RDONLY, 0, 0};
         r = syscall(437, AT_FDCWD, argv[2], how, sizeof how);
@@ -225,6 +237,16 @@ async def test_io_uring_and_openat2_are_not_available(runtime: boxlite.Boxlite, 
         assert (await box.exec("/probe", "openat2", "/etc/passwd")).stdout == f"errno={errno.ENOSYS}\n"
         assert (await box.exec("/probe", "creat", "/tmp/x")).stdout == f"errno={errno.EPERM}\n"
         assert (await sh(box, "ls /tmp/x 2>&1")).exit_code != 0
+
+
+async def test_box_memory_is_never_offered_to_ksm(runtime: boxlite.Boxlite, probe_rootfs: Path) -> None:
+    """On a host running KSM, memory a box made mergeable could be merged with another tenant's
+    and probed by write timing: both ways of asking are refused; the same calls' other uses work."""
+    async with boxlite.SimpleBox(rootfs_path=str(probe_rootfs), runtime=runtime) as box:
+        assert (await box.exec("/probe", "madvise_mergeable")).stdout == f"errno={errno.EPERM}\n"
+        assert (await box.exec("/probe", "prctl_merge")).stdout == f"errno={errno.EPERM}\n"
+        assert (await box.exec("/probe", "madvise_dontneed")).stdout == "errno=0\n"
+        assert (await box.exec("/probe", "prctl_name")).stdout == "errno=0\n"
 
 
 async def test_box_root_cannot_kill_the_agent_with_signals(box: boxlite.SimpleBox) -> None:

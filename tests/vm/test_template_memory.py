@@ -32,6 +32,18 @@ def _template_ram(qemu_pid: int) -> tuple[Path, str]:
     raise AssertionError("QEMU maps no template RAM file")
 
 
+def _mergeable(qemu_pid: int) -> list[str]:
+    """QEMU's mappings that KSM may merge (``mg`` in their VmFlags)."""
+    found, mapping = [], ""
+    for line in Path(f"/proc/{qemu_pid}/smaps").read_text().splitlines():
+        if line.startswith("VmFlags:"):
+            if "mg" in line.split()[1:]:
+                found.append(mapping)
+        elif not line[:1].isupper():
+            mapping = line
+    return found
+
+
 async def test_boxes_write_their_memory_without_touching_the_template(  # type: ignore[no-untyped-def]
     artifact, vm_home: Path, busybox_rootfs: Path
 ) -> None:
@@ -47,6 +59,8 @@ async def test_boxes_write_their_memory_without_touching_the_template(  # type: 
             boot = json.loads((spec.run_dir / "boot.json").read_text())
             assert boot["restored"] is True
             assert _template_ram(boot["qemu_pid"]) == (ram, "rw-p")  # private: copy-on-write
+            # on a host running KSM, no page of a box could be merged with another box's
+            assert _mergeable(boot["qemu_pid"]) == []
             # no balloon: QEMU 7.2 would punch a discarded (inflated) page out of the shared file
             argv = Path(f"/proc/{boot['qemu_pid']}/cmdline").read_bytes().split(b"\0")
             assert not [a for a in argv if b"balloon" in a]

@@ -96,6 +96,14 @@ MODE_CHECKED: dict[str, tuple[int | None, int | None, int]] = {
     "mknodat": (259, 33, 2),
 }
 SETID_BITS = 0o6000  # S_ISUID | S_ISGID
+# Calls refused for one value of one argument: name -> (x86_64 nr, aarch64 nr, argument index,
+# value). Both would offer box memory to KSM; on a host that runs it, a box could then learn by
+# copy-on-write timing whether any other mergeable memory on the host (another tenant's VM, for
+# one) holds a page it guessed (docs/security.md).
+VALUE_DENIED: dict[str, tuple[int | None, int | None, int, int]] = {
+    "madvise(MADV_MERGEABLE)": (28, 233, 2, 12),
+    "prctl(PR_SET_MEMORY_MERGE)": (157, 167, 0, 67),
+}
 CLONE = (56, 220)
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 NAMESPACE_FLAGS = (
@@ -150,6 +158,16 @@ def build_filter(machine: str = linux.MACHINE) -> bytes:
                 _insn(_JEQ_K, 0, 4, nr),
                 _insn(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # low 32 bits of args[arg]: the mode
                 _insn(_JSET_K, 0, 1, SETID_BITS),
+                _insn(_RET_K, 0, 0, eperm),
+                _insn(_RET_K, 0, 0, _RET_ALLOW),
+            ]
+    for x86_64, aarch64, arg, value in VALUE_DENIED.values():
+        nr = x86_64 if index == 0 else aarch64
+        if nr is not None:
+            prog += [
+                _insn(_JEQ_K, 0, 4, nr),
+                _insn(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # low 32 bits of args[arg] (ints, both)
+                _insn(_JEQ_K, 0, 1, value),
                 _insn(_RET_K, 0, 0, eperm),
                 _insn(_RET_K, 0, 0, _RET_ALLOW),
             ]

@@ -144,7 +144,10 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     # With an RTC: without one the kernel waits 1 s for it at boot. Its driver loses IRQ 8 to
     # the fifth virtio-mmio device ("genirq: Flags mismatch" on the console), which is harmless:
     # reading the clock needs no IRQ, and the host sets the clock anyway.
-    machine = "microvm,acpi=off,rtc=on"
+    # mem-merge=off: QEMU would mark guest RAM mergeable, and on a host that runs KSM pages equal
+    # across boxes would then be merged, which lets a box learn by write timing what another
+    # box's memory holds (docs/security.md). Every memory backend below says merge=off too.
+    machine = "microvm,acpi=off,rtc=on,mem-merge=off"
     if cfg.ram_file or cfg.volumes or cfg.ram_anonymous:
         machine += ",memory-backend=ram"
     argv = [
@@ -170,9 +173,9 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     if cfg.ram_file:
         argv += ram_backend(cfg)
     elif cfg.ram_anonymous:  # same RAM block name as a template box's: its saved memory loads into it
-        argv += ["-object", f"memory-backend-ram,id=ram,size={cfg.memory_mib}M"]
+        argv += ["-object", f"memory-backend-ram,id=ram,size={cfg.memory_mib}M,merge=off"]
     elif cfg.volumes:  # virtiofsd reads and writes guest memory: it must be shared with it
-        argv += ["-object", f"memory-backend-memfd,id=ram,size={cfg.memory_mib}M,share=on"]
+        argv += ["-object", f"memory-backend-memfd,id=ram,size={cfg.memory_mib}M,share=on,merge=off"]
     for i, _ in enumerate(cfg.volumes):
         argv += [
             "-chardev",
@@ -265,7 +268,7 @@ def ram_backend(cfg: VmConfig) -> list[str]:
     assert cfg.ram_file
     share = "off" if cfg.incoming else "on"
     path = _opt(cfg.ram_file)
-    return ["-object", f"memory-backend-file,id=ram,size={cfg.memory_mib}M,mem-path={path},share={share}"]
+    return ["-object", f"memory-backend-file,id=ram,size={cfg.memory_mib}M,mem-path={path},share={share},merge=off"]
 
 
 def console_tail(path: Path, lines: int = 20) -> str:
