@@ -399,6 +399,20 @@ def disk_hits(box_dir: Path) -> list[str]:
     return hits
 
 
+def helpers_stdout(box_dir: str) -> dict[str, str]:
+    """What fd 1 of the box's DNS and secret proxies is: never free for a socket to take."""
+    out = {}
+    for pid in (e for e in os.listdir("/proc") if e.isdigit()):
+        cmdline = _cmdline(pid).decode(errors="replace")
+        for helper in ("secretproxy", "dnsproxy"):
+            if helper in cmdline and box_dir in cmdline:
+                try:
+                    out[helper] = os.readlink(f"/proc/{pid}/fd/1")
+                except OSError as e:
+                    out[helper] = type(e).__name__
+    return out
+
+
 async def box_probe(engine: str, rootfs: str, home: Path) -> dict[str, Any]:
     import asyncio
 
@@ -438,6 +452,7 @@ async def box_probe(engine: str, rootfs: str, home: Path) -> dict[str, Any]:
             lines = [x for x in r.stdout.splitlines() if x.startswith("PROBE ")]
             assert lines, r.stdout + r.stderr
             report["allowlisted"] = json.loads(lines[-1][len("PROBE ") :])
+            report["helpers_stdout"] = helpers_stdout(str(rt.home.boxes_dir / box.box.id))
     finally:
         await rt.shutdown(timeout=2)
     return report
@@ -566,6 +581,7 @@ def test_box_sees_placeholders_only(engine: str, python_rootfs: Path, tmp_path: 
     tagged = [e for e in r["remote_log"] if "tag=allowlisted" in e["request"]]
     assert sorted(e["server"] for e in tagged) == ["10.77.0.2:443", "10.77.0.2:80"], r["remote_log"]
     assert all(f"Bearer {VALUE}" in e["request"] for e in tagged), tagged
+    assert r["helpers_stdout"] == {"secretproxy": "/dev/null", "dnsproxy": "/dev/null"}, r["helpers_stdout"]
     mem = r["memory"]
     assert mem["mem_placeholder"] >= 1, mem  # the search does find what the box holds
     if engine == "namespace":  # the box's own processes (a VM's are inside QEMU's memory)

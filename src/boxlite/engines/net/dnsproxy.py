@@ -362,7 +362,11 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=proxy.serve_tcp, args=(s,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
-    os.close(1)
+    # The parent's pipe ends here, but fd 1 is never left free: a box's connection accepted
+    # later would take it, and any stray write to stdout would then reach the box.
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
     stats, written = Path(argv[1]).with_name(STATS_NAME), -1
     while True:
         select.select([], [], [], STATS_INTERVAL)

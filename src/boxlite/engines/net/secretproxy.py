@@ -735,7 +735,11 @@ def main(argv: list[str]) -> int:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     os.write(1, f"ready {port}\n".encode())
-    os.close(1)
+    # The parent's pipe ends here, but fd 1 is never left free: a box's connection accepted
+    # later would take it, and any stray write to stdout would then reach the box.
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
     if lsock6 is not None:
         threading.Thread(target=proxy.serve, args=(lsock6,), daemon=True).start()
     if fast:
