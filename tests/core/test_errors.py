@@ -103,7 +103,8 @@ async def wait_dead(pid: int, start: int | None, timeout: float = 5.0) -> None:
 @pytest.mark.namespace_only
 async def test_killed_agent_fails_fast_and_start_recovers(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> None:
     box = await runtime.create(opts(busybox_rootfs, auto_remove=False))
-    await box.exec("sh", ["-c", "echo persisted > /state"], stdin=False)
+    persisted = await box.exec("sh", ["-c", "echo persisted > /state"], stdin=False)
+    assert (await persisted.wait()).exit_code == 0  # on disk before the agent is killed
     running = await box.exec("sh", ["-c", "echo started; sleep 1000"], stdin=False)
     out = running.stdout().__aiter__()
     assert await out.__anext__() == "started\n"

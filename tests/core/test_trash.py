@@ -20,7 +20,8 @@ def files_under(path: Path) -> list[str]:
 async def test_a_removed_box_is_gone_at_once_and_from_the_disk_by_shutdown(home: Path, busybox_rootfs: Path) -> None:
     rt = boxlite.Boxlite(boxlite.Options(home_dir=str(home)))
     box = await rt.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=False), name="b")
-    await box.exec("sh", ["-c", "mkdir -p /data/a/b/c && head -c 1000000 /dev/zero > /data/a/b/c/f"])
+    filled = await box.exec("sh", ["-c", "mkdir -p /data/a/b/c && head -c 1000000 /dev/zero > /data/a/b/c/f"])
+    assert (await filled.wait()).exit_code == 0  # a deep tree for the removal to take away
     box_dir = rt.home.box_dir(box.id)
     await rt.remove(box.id, force=True)
     assert not box_dir.exists() and await rt.get("b") is None

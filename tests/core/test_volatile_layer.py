@@ -31,12 +31,14 @@ async def test_only_a_box_removed_when_it_stops_has_a_volatile_writable_layer(
     try:
         assert "volatile" in await root_mount_options(throwaway)
         assert "volatile" not in await root_mount_options(kept)
-        await kept.exec("sh", ["-c", "echo kept > /note"])
+        written = await kept.exec("sh", ["-c", "echo kept > /note"], stdin=False)
+        assert (await written.wait()).exit_code == 0  # written before the stop, not raced by it
         await kept.stop()
         await kept.start()  # its layer, written durably, is mounted again as it was
         assert "volatile" not in await root_mount_options(kept)
         execution = await kept.exec("cat", ["/note"], stdin=False)
         assert await execution.stdout().read() == "kept\n"
+        assert (await execution.wait()).exit_code == 0
     finally:
         for box in (throwaway, kept):
             await runtime.remove(box.id, force=True)
