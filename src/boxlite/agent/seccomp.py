@@ -154,31 +154,27 @@ def build_filter(machine: str = linux.MACHINE) -> bytes:
     for x86_64, aarch64, arg in MODE_CHECKED.values():
         nr = x86_64 if index == 0 else aarch64
         if nr is not None:
-            prog += [
-                _insn(_JEQ_K, 0, 4, nr),
-                _insn(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # low 32 bits of args[arg]: the mode
-                _insn(_JSET_K, 0, 1, SETID_BITS),
-                _insn(_RET_K, 0, 0, eperm),
-                _insn(_RET_K, 0, 0, _RET_ALLOW),
-            ]
+            prog += _deny_if_arg(nr, arg, _JSET_K, SETID_BITS)  # the mode carries a set-id bit
     for x86_64, aarch64, arg, value in VALUE_DENIED.values():
         nr = x86_64 if index == 0 else aarch64
         if nr is not None:
-            prog += [
-                _insn(_JEQ_K, 0, 4, nr),
-                _insn(_LD_W_ABS, 0, 0, 16 + 8 * arg),  # low 32 bits of args[arg] (ints, both)
-                _insn(_JEQ_K, 0, 1, value),
-                _insn(_RET_K, 0, 0, eperm),
-                _insn(_RET_K, 0, 0, _RET_ALLOW),
-            ]
-    prog += [
-        _insn(_JEQ_K, 0, 3, CLONE[index]),
-        _insn(_LD_W_ABS, 0, 0, 16),  # low 32 bits of args[0] (little endian): clone flags
-        _insn(_JSET_K, 0, 1, NAMESPACE_FLAGS),
-        _insn(_RET_K, 0, 0, eperm),
+            prog += _deny_if_arg(nr, arg, _JEQ_K, value)
+    prog += _deny_if_arg(CLONE[index], 0, _JSET_K, NAMESPACE_FLAGS)  # clone flags asking for namespaces
+    prog.append(_insn(_RET_K, 0, 0, _RET_ALLOW))  # every other syscall
+    return b"".join(prog)
+
+
+def _deny_if_arg(nr: int, arg: int, test: int, k: int) -> list[bytes]:
+    """EPERM for syscall ``nr`` when ``test`` (JEQ: equals, JSET: shares a bit) holds between
+    the low 32 bits of ``args[arg]`` (little endian; every checked argument is an int or flags)
+    and ``k``; any other call of ``nr`` is allowed. Another syscall falls through."""
+    return [
+        _insn(_JEQ_K, 0, 4, nr),
+        _insn(_LD_W_ABS, 0, 0, 16 + 8 * arg),
+        _insn(test, 0, 1, k),
+        _insn(_RET_K, 0, 0, _RET_ERRNO | errno.EPERM),
         _insn(_RET_K, 0, 0, _RET_ALLOW),
     ]
-    return b"".join(prog)
 
 
 class _Fprog(ctypes.Structure):
