@@ -76,9 +76,13 @@ async def test_a_box_cannot_reach_its_nodes_ray_ports(cluster: RayCluster, busyb
 
     # the probe works inside the box (its own loopback answers)
     assert await sh("(echo hi | nc -l -p 9000 &) ; sleep 1; " + nc("-w 3 127.0.0.1 9000")) == "hi"
+    # All at once; stdin stays open 4 s after the preface (busybox nc stops reading when it ends).
+    preface = "printf 'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n'; sleep 4"
+    probe = "echo {port}=$( ({preface}) | timeout 8 nc -w 3 {addr} {port} | wc -c | tr -d ' ') &"
+    probes = [probe.format(preface=preface, addr=addr, port=port) for port in ports.values()]
+    got = dict(line.split("=") for line in (await sh(" ".join(probes) + " wait")).split())
     for name, port in ports.items():
-        got = await sh(f"printf 'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n' | timeout 8 nc -w 3 {addr} {port} | wc -c")
-        assert got == "0", f"a box reached the {name} port {addr}:{port}"
+        assert got[str(port)] == "0", f"a box reached the {name} port {addr}:{port}"
     await rt.remove(box.id, force=True)
     await rt.shutdown()
 

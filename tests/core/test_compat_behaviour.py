@@ -14,6 +14,7 @@ import pytest
 
 import boxlite
 from boxlite.api.options import BoxOptions, ImageRegistry, Options
+from support.boxnc import nc
 from support.tcpreply import first_reply
 
 SERVER = "echo ready-$1 | nc -l -p $1"
@@ -61,7 +62,7 @@ async def test_background_server_outlives_its_exec(box: boxlite.SimpleBox) -> No
     assert started.exit_code == 0
     await wait_listening(box, 7001)
     await asyncio.sleep(0.3)  # a later connection, from a later exec
-    reply = await sh(box, "nc 127.0.0.1 7001 </dev/null")
+    reply = await sh(box, nc("127.0.0.1 7001", timeout=10))  # reads until the server closes
     assert reply.stdout.strip() == "ready-7001", reply
     # Output still held open by the background process does not keep the exec from ending.
     held = await sh(box, "sleep 60 & echo started", timeout=20)
