@@ -1,8 +1,10 @@
 """Issue 12: the namespace engine tunes each box's own network namespace for pasta (its receive
-window bounds what this pasta re-reads per frame: docs/network.md, "Cost"), never the host's."""
+window bounds what this pasta re-reads per frame: docs/network.md, "Cost"; no duplicate address
+detection, whose ``::``-sourced solicitation misled Debian 12's pasta), never the host's."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,13 @@ async def test_box_netns_gets_the_engine_sysctls_and_the_host_keeps_its_own(box:
     assert r.exit_code == 0, r.stderr
     assert [" ".join(line.split()) for line in r.stdout.splitlines()] == list(network.NETNS_SYSCTLS.values())
     assert {k: read_sysctl(k) for k in network.NETNS_SYSCTLS} == host
+
+
+async def test_the_box_never_sends_from_the_unspecified_ipv6_address(box: boxlite.SimpleBox) -> None:
+    """Duplicate address detection would send a neighbour solicitation from ``::`` up to ~1 s
+    after the box's interface came up; Debian 12's pasta then sent the segments of the box's open
+    IPv6 connections to ``::`` (engines/namespace/network.py). An idle box has nobody to solicit."""
+    await asyncio.sleep(2.5)  # past the detection's random delay (at most 1 s) and its 1 s probe
+    r = await box.exec("cat", "/proc/net/snmp6")
+    counters = dict(line.split()[:2] for line in r.stdout.splitlines() if len(line.split()) >= 2)
+    assert counters["Icmp6OutNeighborSolicits"] == "0", r.stdout

@@ -64,7 +64,8 @@ def _write_sysctls(netns: int, sysctls: dict[str, str]) -> None:
     """Write the engine's ``sysctls`` (path below /proc/sys/net: value) in the box's network
     namespace, from a short-lived child that joins it (/proc/sys/net is the calling thread's
     namespace's; the keeper itself stays in the host's, and a thread would cost it ``threading``
-    and memory for as long as the box lives). Best effort: they only tune speed."""
+    and memory for as long as the box lives). Best effort: they tune speed and keep pasta's
+    IPv6 right (engines/namespace/network.py), and a host without IPv6 has no such files."""
     if not sysctls:
         return
     pid = os.fork()

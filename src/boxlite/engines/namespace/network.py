@@ -25,14 +25,27 @@ from ..net import hostguard, proxystats
 
 DNS_ADDRESS = "169.254.1.53"
 """Nameserver address inside boxes; pasta maps it to the host's first resolver."""
-NETNS_SYSCTLS = {"net/ipv4/tcp_rmem": "4096 131072 1048576"}
+NETNS_SYSCTLS = {
+    "net/ipv4/tcp_rmem": "4096 131072 1048576",
+    "net/ipv6/conf/all/accept_dad": "0",
+    "net/ipv6/conf/default/accept_dad": "0",
+}
 """Written into each box's network namespace by its keeper before pasta starts (per-namespace
-sysctls: the host's own are untouched). Why: this pasta re-reads, with ``MSG_PEEK``, every byte it
-sent the box but the box has not acknowledged yet, once per frame it sends; the box's receive
-window bounds those bytes, and they pile up to it while pasta waits for a core. Against the
-kernel's default (up to 6 MiB), 1 MiB cut pasta's CPU per GiB by 15-35% on a loaded machine and
-~10% on a quiet one (bench/bench_net.py, CPU section; docs/network.md, "Cost"). The window only
-spans the tap (microseconds): the one the far end sees is pasta's own host socket's."""
+sysctls: the host's own are untouched; pasta's interface, made after, takes ``default``'s).
+
+``tcp_rmem``: this pasta re-reads, with ``MSG_PEEK``, every byte it sent the box but the box has
+not acknowledged yet, once per frame it sends; the box's receive window bounds those bytes, and
+they pile up to it while pasta waits for a core. Against the kernel's default (up to 6 MiB),
+1 MiB cut pasta's CPU per GiB by 15-35% on a loaded machine and ~10% on a quiet one
+(bench/bench_net.py, CPU section; docs/network.md, "Cost"). The window only spans the tap
+(microseconds): the one the far end sees is pasta's own host socket's.
+
+``accept_dad``: no duplicate address detection on the box's interface (its one peer is pasta:
+nothing can hold the same address). Debian 12's pasta takes the source of every IPv6 frame from
+the box as the box's address, ``::`` included, and sends its IPv6 TCP segments there: the
+detection's neighbour solicitation (source ``::``, up to ~1 s after the box started) redirected
+the segments of any IPv6 connection open at that moment, which the box then never received
+(fixed in later pasta: "tap: Don't update ip6.addr_seen to ::")."""
 
 FASTPATH_ENV = "BOXLITE_SECRET_FASTPATH"
 """``0``: boxes started from now on keep their secret proxy's flows on the host path (through
