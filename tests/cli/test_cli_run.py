@@ -42,7 +42,10 @@ def test_run_without_rm_leaves_a_stopped_box(cli: Cli) -> None:
 def test_what_a_foreground_command_leaves_running_ends_with_it(cli: Cli) -> None:
     """As a docker container ends with its PID 1: a process the command left running is killed
     when the command ends, not asked to stop (its TERM trap never runs); the box's files stay."""
-    script = "(trap 'echo asked > /asked' TERM; echo bg > /bg; while true; do sleep 0.1; done) & sleep 0.3; echo done"
+    script = (  # done once the background process wrote /bg (so its trap is set): no race with a slow start
+        "(trap 'echo asked > /asked' TERM; echo bg > /bg; while true; do sleep 0.1; done) & "
+        "while [ ! -s /bg ]; do sleep 0.05; done; echo done"
+    )
     assert cli.ok("run", "--name", "left", "--rootfs", str(cli.rootfs), "sh", "-c", script) == "done\n"
     cli.ok("start", "left")
     assert cli.ok("exec", "left", "sh", "-c", "cat /bg; cat /asked 2>/dev/null || echo none") == "bg\nnone\n"
@@ -52,9 +55,9 @@ def test_exec_detach_leaves_the_command_running(cli: Cli) -> None:
     """``exec -d``: boxlite returns at once with nothing printed; the command goes on in the box
     after boxlite exited; a command that cannot start is reported as without -d."""
     cli.ok("run", "-d", "--name", "bg", "--rootfs", str(cli.rootfs), "sleep", "600")
-    proc = cli("exec", "-d", "-e", "WHO=bg", "-w", "/tmp", "bg", "sh", "-c", "sleep 1; echo $WHO in $(pwd) > /mark")
+    proc = cli("exec", "-d", "-e", "WHO=bg", "-w", "/tmp", "bg", "sh", "-c", "sleep 3; echo $WHO in $(pwd) > /mark")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
-    assert cli.ok("exec", "bg", "sh", "-c", "cat /mark 2>/dev/null || echo none") == "none\n"  # not waited for
+    assert cli.ok("exec", "bg", "sh", "-c", "cat /mark 2>/dev/null || echo none") == "none\n"  # not waited for (3 s)
     deadline = time.monotonic() + 30
     while cli.ok("exec", "bg", "sh", "-c", "cat /mark 2>/dev/null || echo none") != "bg in /tmp\n":
         assert time.monotonic() < deadline, "the detached command never ran to its end"
