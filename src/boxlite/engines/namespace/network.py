@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ...errors import NetworkError
 from ..net import hostguard, proxystats
+from ..net.allowlist import BOX_EPHEMERAL_PORTS
 
 DNS_ADDRESS = "169.254.1.53"
 """Nameserver address inside boxes; pasta maps it to the host's first resolver."""
@@ -29,6 +30,7 @@ NETNS_SYSCTLS = {
     "net/ipv4/tcp_rmem": "4096 131072 1048576",
     "net/ipv6/conf/all/accept_dad": "0",
     "net/ipv6/conf/default/accept_dad": "0",
+    "net/ipv4/ip_local_port_range": " ".join(map(str, BOX_EPHEMERAL_PORTS)),
 }
 """Written into each box's network namespace by its keeper before pasta starts (per-namespace
 sysctls: the host's own are untouched; pasta's interface, made after, takes ``default``'s).
@@ -45,7 +47,11 @@ nothing can hold the same address). Debian 12's pasta takes the source of every 
 the box as the box's address, ``::`` included, and sends its IPv6 TCP segments there: the
 detection's neighbour solicitation (source ``::``, up to ~1 s after the box started) redirected
 the segments of any IPv6 connection open at that moment, which the box then never received
-(fixed in later pasta: "tap: Don't update ip6.addr_seen to ::")."""
+(fixed in later pasta: "tap: Don't update ip6.addr_seen to ::").
+
+``ip_local_port_range``: the kernel's default, pinned: the DNS proxy of an allow-listed box asks
+upstream from ports above it (..net.allowlist.upstream_ports), which keeps the box's own DNS
+flows (pasta keeps their source ports) clear of the proxy's lingering conntrack entries."""
 
 FASTPATH_ENV = "BOXLITE_SECRET_FASTPATH"
 """``0``: boxes started from now on keep their secret proxy's flows on the host path (through

@@ -43,6 +43,13 @@ SECRET_UID = 0x6FFFFFFF
 """User id the secret proxies (:mod:`.secretproxy`) drop to once set up (no host process or box
 uses it): the redirect skips their own connections by it; every other rule of the box's group
 still applies to them."""
+BOX_EPHEMERAL_PORTS = (32768, 60999)
+"""The source ports a box's sockets get unless they bind one (its network namespace's
+``ip_local_port_range``, the kernel's default, pinned by the namespace engine). pasta keeps a
+box's UDP source port on the host; slirp (VM boxes) takes ports of the host's own range."""
+MIN_UPSTREAM_PORTS = 1024
+"""The fewest ports :func:`upstream_ports` settles for (with the query id: > 26 bits a forged
+answer must guess)."""
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
@@ -212,8 +219,14 @@ PORT_MARK = "@PORT@"
 """Stands for the proxy's port in :func:`box_rules` until the proxy has bound it."""
 
 
-def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: int | str) -> str:
-    """The box's chain, installed by its DNS proxy once it knows its port."""
+def box_rules(
+    gid: int,
+    entries: tuple[Entry, ...] | list[Entry],
+    proxy_port: int | str,
+    upstream: tuple[int, int] | None = None,
+) -> str:
+    """The box's chain, installed by its DNS proxy once it knows its port; ``upstream``: the
+    proxies' upstream source ports (:func:`upstream_ports`), which the box's DNS may not use."""
     t, c = f"inet {TABLE}", chain_name(gid)
     ok = f"{c}_ok"
     lines = [
@@ -223,6 +236,15 @@ def box_rules(gid: int, entries: tuple[Entry, ...] | list[Entry], proxy_port: in
         # established, with the same addresses and source port): never "established" for the box.
         f"add rule {t} {c} ct direction original meta l4proto {{ tcp, udp }} th dport 53 "
         "counter reject with icmpx type admin-prohibited",
+    ]
+    if upstream is not None:
+        # Nor may its DNS come from the proxies' ports: the entry it leaves could catch a proxy's
+        # next upstream query from that port and send it to this box's proxy.
+        lines.append(
+            f"add rule {t} {c} ct direction original meta l4proto udp udp sport {upstream[0]}-{upstream[1]} "
+            "ct original proto-dst 53 counter reject with icmpx type admin-prohibited"
+        )
+    lines += [
         # Replies (published ports), and the box's TCP connections this chain let through (only a
         # SYN, checked below, opens one).
         f"add rule {t} {c} ct direction reply accept",
@@ -350,14 +372,33 @@ def upstream_resolver() -> str:
     return (v4 or v6)[0]
 
 
+def upstream_ports(local_range: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int] | None:
+    """Source ports for the proxies' upstream UDP queries, above the host's ephemeral range and
+    :data:`BOX_EPHEMERAL_PORTS`; None if fewer than :data:`MIN_UPSTREAM_PORTS` are left there.
+
+    A closed upstream query leaves its conntrack entry (un-redirected) for ~30 s. A box's DNS
+    flow from the same port to the same resolver matches it, skips the redirect to the proxy and
+    is refused (:func:`box_rules`): with the kernel's ports the box's own lookups collided with its
+    proxy's earlier ones, one lookup in ~100 of a busy box failing after glibc's 10 s of retries."""
+    try:
+        with open(local_range) as f:
+            host_high = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    low = max(host_high, BOX_EPHEMERAL_PORTS[1]) + 1
+    return (low, 65535) if 65535 - low + 1 >= MIN_UPSTREAM_PORTS else None
+
+
 def proxy_command(box_dir: Path, gid: int, entries: tuple[Entry, ...]) -> list[str]:
     """argv of the box's DNS proxy (a stdlib script, run by the box's keeper or shim), with its
     configuration written to the box dir."""
+    ports = upstream_ports()
     conf = {
         "gid": gid,
         "entries": [[e.kind, e.value, e.port] for e in entries],
         "upstream": upstream_resolver(),
-        "rules": box_rules(gid, entries, PORT_MARK),
+        "upstream_ports": ports,
+        "rules": box_rules(gid, entries, PORT_MARK, ports),
         "table": TABLE,
         "nft": hostguard.nft_binary(),
     }

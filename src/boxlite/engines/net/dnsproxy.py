@@ -134,6 +134,8 @@ class Proxy:
         self.gid = int(conf["gid"])
         self.entries = [(str(k), str(v), None if p is None else int(p)) for k, v, p in conf["entries"]]
         self.upstream = str(conf["upstream"])
+        ports = conf.get("upstream_ports")
+        self.upstream_ports = (int(ports[0]), int(ports[1])) if ports else None
         self.table = str(conf["table"])
         self.nft_path = str(conf["nft"])
         self.rules = str(conf["rules"])
@@ -216,7 +218,8 @@ class Proxy:
     def forward(self, query: bytes, tcp: bool) -> bytes:
         family = socket.AF_INET6 if ":" in self.upstream else socket.AF_INET
         deadline = time.monotonic() + UPSTREAM_TIMEOUT
-        with socket.socket(family, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as s:
+        sock = socket.socket(family, socket.SOCK_STREAM) if tcp else upstream_udp(family, self.upstream_ports)
+        with sock as s:
             s.settimeout(UPSTREAM_TIMEOUT)
             s.connect((self.upstream, 53))
             if tcp:
@@ -281,6 +284,24 @@ class Proxy:
             pass
         finally:
             self.tcp_slots.release()
+
+
+def upstream_udp(family: int, ports: tuple[int, int] | None) -> socket.socket:
+    """A UDP socket for one upstream query, on a random port of ``ports`` (allowlist.upstream_ports:
+    no box's DNS flow uses them, so the conntrack entry it leaves behind cannot catch one); where
+    the kernel puts it if none is given or 16 tries found none free. TCP needs no such care: a new
+    connection's SYN replaces a closed one's lingering entry."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if ports is not None:
+        low, span = ports[0], ports[1] - ports[0] + 1
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        for _ in range(16):
+            try:
+                s.bind((wildcard, low + int.from_bytes(os.urandom(4), "big") % span))
+                break
+            except OSError:
+                continue
+    return s
 
 
 def read_framed(s: socket.socket, deadline: float) -> bytes:
