@@ -47,6 +47,14 @@ BOX_EPHEMERAL_PORTS = (32768, 60999)
 """The source ports a box's sockets get unless they bind one (its network namespace's
 ``ip_local_port_range``, the kernel's default, pinned by the namespace engine). pasta keeps a
 box's UDP source port on the host; slirp (VM boxes) takes ports of the host's own range."""
+DNS_FLOW_IDLE = 6
+"""Seconds the conntrack entry of an allow-list helper's UDP DNS flow outlives its last packet
+(the kernel's default: 30, up to 120). The entry holds the flow's redirect to the box's proxy: a
+host socket later given the same port, asking the same resolver, continued it into that proxy
+(slirp closes a DNS socket 10 s after its query, a stopped box's pasta all of its sockets). Above
+the proxy's upstream deadline (4 s), so a slow answer still finds its way back."""
+_dns_flow_idle = True
+"""False once nft refused the timeout policy (a kernel without ``nfnetlink_cttimeout``)."""
 MIN_UPSTREAM_PORTS = 1024
 """The fewest ports :func:`upstream_ports` settles for (with the query id: > 26 bits a forged
 answer must guess)."""
@@ -161,9 +169,27 @@ def chain_name(gid: int) -> str:
     return f"b{gid}"
 
 
-def base_script() -> str:
-    """The shared table: created if missing, never flushed (other boxes' state lives in it)."""
+def base_script(dns_flow_idle: bool = True) -> str:
+    """The shared table: created if missing, never flushed (other boxes' state lives in it).
+    ``dns_flow_idle``: with the conntrack timeout of :data:`DNS_FLOW_IDLE` (a kernel without
+    ``nfnetlink_cttimeout`` refuses it)."""
     t = f"inet {TABLE}"
+    helpers = f"{GID_BASE}-{GID_BASE + GID_SLOTS - 1}"
+    timeouts = [
+        *(
+            f"add ct timeout {t} dnsflow{v} {{ protocol udp; l3proto {family}; "
+            f"policy = {{ unreplied : {DNS_FLOW_IDLE}, replied : {DNS_FLOW_IDLE} }}; }}"
+            for v, family in (("4", "ip"), ("6", "ip6"))
+        ),
+        # After conntrack made the flow's entry (-200), before it is confirmed: only then may a
+        # timeout policy be attached. Every allow-list helper's DNS: their entries carry the redirect.
+        f"add chain {t} dnsflows {{ type filter hook output priority -150; policy accept; }}",
+        f"flush chain {t} dnsflows",
+        *(
+            f'add rule {t} dnsflows meta skgid {helpers} meta nfproto {proto} udp dport 53 ct timeout set "dnsflow{v}"'
+            for v, proto in (("4", "ipv4"), ("6", "ipv6"))
+        ),
+    ]
     return "\n".join(
         [
             f"add table {t}",
@@ -180,6 +206,7 @@ def base_script() -> str:
             # HTTP(S) of a box with secrets goes to its secret proxy (a group not in the map: no match).
             f"add rule {t} dnsnat meta l4proto tcp th dport {{ 80, 443 }} meta skuid != {SECRET_UID} "
             "redirect to : meta skgid map @secretports",
+            *(timeouts if dns_flow_idle else []),
         ]
     )
 
@@ -291,14 +318,16 @@ def claim_gid(box_dir: Path, public_only: bool = False, accept_all: bool = False
     one. The box's chain rejects everything until its proxy installs the real rules. The gid
     is remembered in the box dir so that a restart frees the old slot first. The shared table
     is (re)made in the claim's own transaction: one nft run (~15 ms) per start, not two."""
+    global _dns_flow_idle
     hostguard.install()
     release(box_dir)
     start = int.from_bytes(hashlib.sha256(str(box_dir).encode()).digest()[:4], "big") % GID_SLOTS
-    for i in range(MAX_CLAIM_TRIES):
+    i = 0
+    while i < MAX_CLAIM_TRIES:
         gid = GID_BASE + (start + i) % GID_SLOTS
         t = f"inet {TABLE}"
         script = [
-            base_script(),
+            base_script(_dns_flow_idle),
             *box_objects(gid, accept_all),
             f"create element {t} boxes {{ {gid} : jump {chain_name(gid)} }}",
             f"add element inet {hostguard.TABLE} helpers {{ {gid} }}",
@@ -310,7 +339,11 @@ def claim_gid(box_dir: Path, public_only: bool = False, accept_all: bool = False
         if proc.returncode == 0:
             gid_file(box_dir).write_text(f"{gid}{' public' if public_only else ''}\n")
             return gid
-        if "exists" not in proc.stderr:
+        if "exists" in proc.stderr:
+            i += 1
+        elif _dns_flow_idle:  # the same slot again, without the timeout policy
+            _dns_flow_idle = False
+        else:
             raise NetworkError(f"nft refused the box's allow-list rules: {proc.stderr.strip()[:500]}")
     raise NetworkError("no free helper group for an allow-listed box")
 
