@@ -18,8 +18,8 @@ import pytest
 
 from boxlite.engines.net import allowlist
 
-SCENARIO = r"""
-import json, os, socket, subprocess, sys
+SETUP = r"""
+import json, os, socket, subprocess, sys, time
 from boxlite.engines.net import allowlist
 
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -65,6 +65,14 @@ def heard(sock):
     except OSError:
         return got
 
+"""
+"""A helper group's chain as a box's DNS proxy installs it, a stand-in proxy and resolver, and
+``send(tag, gid, port)``: one datagram to the resolver from ``port`` in group ``gid`` (0: a host
+process), waiting 1 s for a reply; ``heard(sock)``: what reached ``sock``, each answered."""
+
+SCENARIO = (
+    SETUP
+    + r"""
 r = {}
 send(b"host", 0, PORT)  # a host socket (the proxy's upstream query): un-redirected, answered, closed
 r["server_host"] = heard(server)
@@ -74,6 +82,7 @@ send(b"fresh", GID, PORT + 1)  # a fresh flow of the helper: redirected to its p
 r["proxy"] = heard(proxy)
 print(json.dumps(r))
 """
+)
 
 
 @pytest.mark.namespace_only
@@ -86,48 +95,9 @@ def test_a_helper_reusing_a_lingering_dns_flow_is_refused(engine: str) -> None:
     assert r["server_helper"] == [], r  # the lingering entry is no way out
 
 
-LEFTOVER = r"""
-import json, os, socket, subprocess, sys, time
-from boxlite.engines.net import allowlist
-
-subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-GID, SERVER, PORT = allowlist.GID_BASE + 7, ("127.0.0.53", 53), 40053
-proxy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-proxy.bind(("127.0.0.1", 0))
-server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-server.bind(SERVER)
-for s in (proxy, server):
-    s.settimeout(0.5)
-script = "\n".join([
-    allowlist.base_script(),
-    *allowlist.box_objects(GID),
-    f"add element inet {allowlist.TABLE} boxes {{ {GID} : jump {allowlist.chain_name(GID)} }}",
-]) + "\n" + allowlist.box_rules(GID, [], proxy.getsockname()[1])
-subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-
-def send(tag, gid, port):
-    pid = os.fork()
-    if pid == 0:
-        try:
-            if gid:
-                os.setgroups([]); os.setresgid(gid, gid, gid)
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", port))
-            s.sendto(tag, SERVER)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
-
-def heard(sock):
-    got = []
-    try:
-        while True:
-            data, peer = sock.recvfrom(100)
-            got.append(data.decode())
-            sock.sendto(b"reply", peer)
-    except OSError:
-        return got
-
+LEFTOVER = (
+    SETUP
+    + r"""
 r = {}
 send(b"box", GID, PORT)  # the box's lookup through its helper: redirected to its proxy, answered
 r["proxy_box"] = heard(proxy)
@@ -136,6 +106,7 @@ send(b"host", 0, PORT)  # a host process given the same port asks the same resol
 r["server_host"], r["proxy_host"] = heard(server), heard(proxy)
 print(json.dumps(r))
 """
+)
 
 
 @pytest.mark.namespace_only

@@ -12,10 +12,7 @@ DNS from those ports is refused. A private "internet" (tests/support/privnet.py)
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,31 +28,8 @@ LOOKUPS = 400
 BOX_PORT, PROXY_RANGE_PORT = 40000, 62000
 
 
-def dns_server(log: Path) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((DNS, 53))
-
-    def serve() -> None:
-        while True:
-            query, peer = sock.recvfrom(4096)
-            try:
-                pos = 12
-                while query[pos]:
-                    pos += 1 + query[pos]
-                qtype = struct.unpack(">H", query[pos + 1 : pos + 3])[0]
-            except (IndexError, struct.error):
-                continue
-            with open(log, "a") as f:
-                f.write(f"{peer[1]}\n")
-            record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 300, 4) + socket.inet_aton(ANSWER) if qtype == 1 else b""
-            head = query[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1 if record else 0, 0, 0)
-            sock.sendto(head + query[12 : pos + 5] + record, peer)
-
-    threading.Thread(target=serve, daemon=True).start()
-
-
 def remote_main(log: str) -> None:
-    privnet.when_addresses_exist(lambda: dns_server(Path(log)))
+    privnet.when_addresses_exist(lambda: privnet.a_record_dns(DNS, ANSWER, ttl=300, port_log=Path(log)))
     time.sleep(900)
 
 
@@ -126,11 +100,7 @@ def scenario_main(engine: str, rootfs: str, home: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "remote":
-        remote_main(sys.argv[2])
-    else:
-        scenario_main(*sys.argv[2:5])
-    sys.exit(0)
+    privnet.run_main(remote_main, scenario_main)
 
 
 def test_many_lookups_of_an_allow_listed_box_all_succeed(engine: str, python_rootfs: Path, tmp_path: Path) -> None:

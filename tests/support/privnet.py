@@ -109,9 +109,10 @@ def banner_server(addr: str, port: int, text: bytes) -> None:
 _private = False
 
 
-def a_record_dns(addr: str, answer: str, ttl: int = 60) -> None:
+def a_record_dns(addr: str, answer: str, ttl: int = 60, port_log: Path | None = None) -> None:
     """A UDP resolver on ``addr``:53 answering every A query with ``answer`` (other types: no
-    records), in a daemon thread; malformed queries are ignored."""
+    records), in a daemon thread; malformed queries are ignored. ``port_log``: each query's
+    source port is appended to it, a line each."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((addr, 53))
 
@@ -125,6 +126,9 @@ def a_record_dns(addr: str, answer: str, ttl: int = 60) -> None:
                 qtype = struct.unpack(">H", query[pos + 1 : pos + 3])[0]
             except (IndexError, struct.error):
                 continue
+            if port_log is not None:
+                with open(port_log, "a") as f:
+                    f.write(f"{peer[1]}\n")
             record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, ttl, 4) + socket.inet_aton(answer) if qtype == 1 else b""
             head = query[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1 if record else 0, 0, 0)
             sock.sendto(head + query[12 : pos + 5] + record, peer)

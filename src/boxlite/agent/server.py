@@ -275,7 +275,7 @@ class Agent:
         self.spawner: SpawnerClient | None = None
         self.spawner_idle: float | None = None
         """Seconds without a command after which the spawner is retired (None: never); the next
-        command forks a new one. An idle namespace box then costs one process less (~1.2 MiB of
+        command forks a new one. An idle namespace box then costs one process less (~1.4 MiB of
         private memory, docs/performance.md); a VM keeps its spawner (a fork under TCG is slow,
         and the guest's freed pages would not return to the host anyway)."""
         self.spawner_pids: set[int] = set()

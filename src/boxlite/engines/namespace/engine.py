@@ -50,8 +50,8 @@ def agent_python() -> str:
 SPAWNER_IDLE_ENV = "BOXLITE_SPAWNER_IDLE"
 SPAWNER_IDLE = 30.0
 """Seconds a box's spawner may go unused before the agent retires it (``$BOXLITE_SPAWNER_IDLE``;
-0: never): an idle box then holds ~1.2 MiB less, and its next command forks a new spawner
-(~5 ms once; docs/performance.md)."""
+0: never): an idle box then holds ~1.4 MiB less, and its next command forks a new spawner
+(~3.5 ms once; docs/performance.md, "Density")."""
 
 
 def spawner_idle() -> float | None:
