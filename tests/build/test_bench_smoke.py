@@ -3,12 +3,15 @@ figures themselves are meaningless here). docs/performance.md says what each one
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +252,16 @@ def test_make_bench_runs_the_state_benchmark(tmp_path: Path) -> None:
     assert "| clone (stopped box) |" in (tmp_path / "latest.md").read_text()
 
 
+@pytest.fixture
+def ab_alone() -> Iterator[None]:
+    """The A/B tests one at a time (an exclusive lock, whichever worker runs them): each checks
+    that no worktree of the bench is left in the repository, which the other's run has while it lasts."""
+    with open(Path(tempfile.gettempdir()) / "boxlite-bench-ab-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.mark.usefixtures("ab_alone")
 def test_ab_bench_times_two_revisions_interleaved(tmp_path: Path) -> None:
     report = run_bench("bench_ab.py", tmp_path, "--runs", "1", "--base", "HEAD", timeout=300)
     assert report["info"] == {"base": "HEAD", "head": "working tree"}
@@ -266,6 +279,7 @@ def test_ab_bench_times_two_revisions_interleaved(tmp_path: Path) -> None:
     assert str(tmp_path) not in worktrees and "boxlite-bench-ab-" not in worktrees  # removed again
 
 
+@pytest.mark.usefixtures("ab_alone")
 @pytest.mark.vm
 @requires_qemu
 def test_ab_bench_times_the_vm_engine_with_each_revisions_artifact(tmp_path: Path) -> None:
