@@ -59,6 +59,7 @@ async def box(runtime: boxlite.Boxlite, busybox_rootfs: Path) -> AsyncIterator[b
         yield b
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns xdist_group marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist's ``--dist loadgroup`` (scripts/test.sh), a test file runs on one worker,
     so its module and session fixtures (registries, built images) start once per file rather
