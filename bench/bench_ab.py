@@ -11,7 +11,8 @@ ABAB/BABA. Contenders, on the namespace engine and the busybox test rootfs: the 
 create → ``exec("true")`` → remove (each revision's runtime lives in a worker process that times
 one cycle per request), loopback-only and with the default network, and two whole processes,
 ``boxlite run --rm --network none --rootfs R true`` and ``boxlite exec BOX true`` into a box of
-the same revision started with ``run -d``. With ``--vm``, also the library cycle on the VM
+the same revision started with ``run -d``, and ``Box.exec("true")`` into a running box (warmed by
+20 untimed execs). With ``--vm``, also the library cycle and the warm exec on the VM
 engine: each revision's runtime artifact is built from its own tree (``runtime/build.py``, cached
 by input hash) and gets its own snapshot templates, and ``fork(1)`` of a running VM box to the
 first exec's result in the copy.
@@ -45,11 +46,16 @@ async def main(home, rootfs, network):
     extra = {} if network == "default" else {"network": "disabled"}
     opts = boxlite.BoxOptions(rootfs_path=rootfs, auto_remove=True, **extra)
     source = None
-    if network == "vmfork":  # one running box, forked once per line
+    if network in ("vmfork", "warm", "vmwarm"):  # one running box, forked or exec'd into per line
         source = await rt.create(opts)
-        await (await source.exec("true", stdin=False)).wait()
+        for _ in range(20 if network.endswith("warm") else 1):  # a VM's translation cache fills
+            await (await source.exec("true", stdin=False)).wait()
     for _ in sys.stdin:
         t = time.perf_counter()
+        if network.endswith("warm"):
+            await (await source.exec("true", stdin=False)).wait()
+            print(time.perf_counter() - t, flush=True)
+            continue
         if source is None:
             box = await rt.create(opts)
         else:
@@ -66,8 +72,10 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """One create -> exec("true") -> remove per line read, its seconds printed (one runtime per revision
 and network: "disabled", or "default", BoxLite's default outbound network through pasta; "vm": the
 VM engine, no network; "vmfork": fork(1) of one running VM box -> exec("true") in the copy, the
-copy's removal after the time is taken)."""
+copy's removal after the time is taken; "warm", "vmwarm": exec("true") alone, in one running box
+of either engine)."""
 VM_FORK = "vmfork"
+WARM, VM_WARM = "warm", "vmwarm"
 
 
 @contextlib.contextmanager
@@ -99,7 +107,9 @@ class Revision:
             env=self.env, check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         self.box = out.stdout.strip().splitlines()[-1]
-        self.workers = {network: self._worker(tmp / f"lib-home-{label}-{network}", network) for network in NETWORKS}
+        self.workers = {
+            network: self._worker(tmp / f"lib-home-{label}-{network}", network) for network in (*NETWORKS, WARM)
+        }
         if vm:
             side = label.split()[0]  # "base" or "head": each revision gets its own artifact and templates
             artifact = tmp / f"runtime-{side}"
@@ -109,6 +119,7 @@ class Revision:
             vm_env = {"BOXLITE_RUNTIME_DIR": str(artifact), "BOXLITE_VM_TEMPLATES": str(tmp / f"templates-{side}")}
             self.workers[VM] = self._worker(tmp / f"lib-home-{label}-vm", VM, vm_env)
             self.workers[VM_FORK] = self._worker(tmp / f"lib-home-{label}-vmfork", VM_FORK, vm_env)
+            self.workers[VM_WARM] = self._worker(tmp / f"lib-home-{label}-vmwarm", VM_WARM, vm_env)
 
     def _worker(self, home: Path, network: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         argv = [sys.executable, "-c", LIBRARY_WORKER, str(home), str(self.rootfs), network]
@@ -136,6 +147,12 @@ class Revision:
 
     def library_vm_fork(self) -> float:
         return self._cycle(VM_FORK)
+
+    def library_exec(self) -> float:
+        return self._cycle(WARM)
+
+    def library_vm_exec(self) -> float:
+        return self._cycle(VM_WARM)
 
     def run_rm(self) -> float:
         argv = [*self.cli, "run", "--rm", "--network", "none", "--rootfs", str(self.rootfs), "true"]
@@ -190,11 +207,15 @@ def main() -> int:
                     compare(report, title, base, head, "library", args.runs * 2)
                     title = "library, default network (pasta): create → exec(true) → remove"
                     compare(report, title, base, head, "library_networked", args.runs * 2)
+                    title = "library: Box.exec(true) in a running box"
+                    compare(report, title, base, head, "library_exec", args.runs * 4)
                     if args.vm:
                         title = "library, VM engine (snapshot restore): create → exec(true) → remove"
                         compare(report, title, base, head, "library_vm", args.runs)
                         title = "library, VM engine: fork(1) of a running box → exec(true) in the copy"
                         compare(report, title, base, head, "library_vm_fork", args.runs)
+                        title = "library, VM engine: Box.exec(true) in a running box (warm)"
+                        compare(report, title, base, head, "library_vm_exec", args.runs * 4)
                     compare(report, "boxlite run --rm --rootfs R true", base, head, "run_rm", args.runs)
                     compare(report, "boxlite exec BOX true", base, head, "exec_true", args.runs)
                 finally:

@@ -7,6 +7,7 @@ One box for all (a VM boot is costly)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import pytest
 
@@ -47,3 +48,13 @@ async def test_fast_path_cwd_path_search_and_user_database(box: boxlite.SimpleBo
     assert await asyncio.wait_for(running.stderr().read(), 10) == ""
     await running.kill()
     assert (await running.wait()).exit_code != 0
+
+
+async def test_a_request_larger_than_a_spawner_reply_reaches_the_command_whole(box: boxlite.SimpleBox) -> None:
+    """The spawner reads a request to its length (its replies with a small buffer): 100 KiB of
+    environment and arguments arrive intact, on the fast path and through the fork path."""
+    big = "".join(chr(ord("a") + i % 26) for i in range(100 << 10))
+    script = 'echo ${#BIG} $(echo "$BIG" | md5sum | cut -c1-32) $#'
+    for user in (None, "nobody"):
+        result = await box.exec("sh", "-c", script, "sh", *(["arg"] * 1000), env={"BIG": big}, user=user)
+        assert result.stdout.split() == [str(len(big)), hashlib.md5(big.encode() + b"\n").hexdigest(), "1000"]

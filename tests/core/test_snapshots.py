@@ -153,6 +153,23 @@ async def test_clone_is_independent_stopped_or_running(runtime: boxlite.Boxlite,
     assert leftovers(runtime.home.root) == []
 
 
+async def test_clone_of_a_running_box_removed_when_it_stops_holds_what_its_commands_wrote(
+    runtime: boxlite.Boxlite, busybox_rootfs: Path
+) -> None:
+    """Such a box's disk is not flushed after each command (a VM's agent skips it: the disk is
+    deleted at the stop); a copy of the running box asks the agent to flush it first, which
+    needs no ``sync`` program in the image."""
+    src = await runtime.create(boxlite.BoxOptions(rootfs_path=str(busybox_rootfs), auto_remove=True))
+    write = "rm /bin/sync && head -c 1048576 /dev/urandom > /root/data && md5sum /root/data"
+    code, digest = await sh(src, write)
+    assert code == 0 and len(digest.split()[0]) == 32
+    clone = await src.clone_box(name="copy")  # within a second of the write: no writeback yet
+    assert src.info().state.status == "running"
+    await src.stop()  # removed
+    assert await sh(clone, "md5sum /root/data") == (0, digest)
+    await clone.stop()
+
+
 KILLER = """
 import asyncio, os, signal, sys
 sys.path.insert(0, {src!r})

@@ -124,7 +124,7 @@ class Connection:
 
     def on_readable(self) -> None:
         try:
-            data = os.read(self.rfd, 1 << 18)
+            data = os.read(self.rfd, p.CHUNK)  # not more: see spawner.MAX_REPLY
         except BlockingIOError:
             return
         except OSError:
@@ -248,7 +248,9 @@ class Agent:
         self.conf = confinement
         self.log_dir = log_dir
         self.before_exit_report: Handler | None = None
-        """Called before each EXIT frame is sent (the VM flushes the box disk there)."""
+        """Called before each EXIT frame is sent (a VM whose disk outlives it flushes it there)."""
+        self.sync_disk: Handler | None = None
+        """Flushes the box's disk for the ``sync`` request (a VM's: its page cache dies with it)."""
         self.oom_counter: int | None = None
         """fd of the box memory cgroup's OOM-kill counter (see ``oom.py``), if there is one."""
         self.main_linger: tuple[float, Execution] | None = None
@@ -502,6 +504,10 @@ class Agent:
                 set_clock(body.get("time_ns"))
                 result = {"version": p.VERSION, "pid": os.getpid()}
             elif op == "ping":
+                result = {}
+            elif op == "sync":
+                if self.sync_disk is not None:
+                    self.sync_disk()
                 result = {}
             elif op == "stats":
                 result = self._stats()

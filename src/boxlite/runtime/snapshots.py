@@ -37,12 +37,14 @@ from ..engines.base import RunningBox, process_start_time
 from ..engines.diskchain import ChainState, layer_format, layer_path
 from ..errors import (
     AlreadyExistsError,
+    BoxDiedError,
     BoxliteError,
     ConfigError,
     EngineError,
     InvalidStateError,
     NotFoundError,
     ResourceExhaustedError,
+    RpcError,
     StorageError,
     UnsupportedOptionError,
 )
@@ -278,10 +280,18 @@ def snapshot_info(rec: BoxRecord, box_dir: Path, entry: dict[str, object], sized
 
 # --- quiescing a running box ----------------------------------------------------------------
 async def _guest_sync(rt: BoxRuntime, rec: BoxRecord) -> None:
-    """VM: flush the guest's page cache to its disk (best effort: an image without ``sync``
-    leaves a crash-consistent copy)."""
+    """VM: flush the guest's page cache to its disk: the agent's ``sync`` request; an agent
+    older than it runs the image's ``sync`` (best effort: an image without one, in a box whose
+    agent does not flush after each command, leaves a crash-consistent copy)."""
     with contextlib.suppress(Exception):
         client = await rt.client(rec)
+        try:
+            await client.request("sync", timeout=GUEST_SYNC_TIMEOUT)
+            return
+        except BoxDiedError:
+            return
+        except RpcError:  # "unknown op": an older agent
+            pass
         body = rt.exec_body(rec, ["sync"], user="0", stdin=False)
         channel = await client.exec(body, "sync")
         await within(channel.exit, GUEST_SYNC_TIMEOUT)

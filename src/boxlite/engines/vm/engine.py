@@ -109,6 +109,7 @@ class VmEngine(Engine):
             upper_disk=str(disk),
             upper_format=layers.top_format,
             upper_backing=[str(p) for p in layers.lowers],
+            upper_volatile=spec.volatile_upper,
             lower_disk=str(lower),
             layers=len(spec.root.layers),
             hostname=spec.hostname,
@@ -209,6 +210,7 @@ class VmEngine(Engine):
         extra: dict[str, object] = {"mode": mode, "pids_limit": spec.pids_limit, "memory_limit_mib": spec.memory_mib}
         extra.update(more or {})
         extra["cap_mask"] = spec.cap_mask
+        extra["volatile"] = spec.volatile_upper
         left = templates.remaining(deadline)
         pid, status = await self._run_shim(vm, run, spec.agent_socket, lifeline, left, extra, fds)
         if status is None:

@@ -38,6 +38,7 @@ class VmConfig:
     upper_disk: str | None = None
     upper_format: str = "raw"  # "qcow2" once the box has snapshots (its frozen layers are the backing chain)
     upper_backing: list[str] = field(default_factory=list)  # backing files of a qcow2 upper disk (read-only)
+    upper_volatile: bool = False  # deleted when the box stops: QEMU ignores the guest's flushes of it
     lower_disk: str | None = None
     layers: int = 0
     hostname: str = "box"
@@ -195,7 +196,8 @@ def qemu_argv(cfg: VmConfig, agent_fd: int | None, qmp_fd: int | None, console_f
     if cfg.upper_disk:
         argv += [
             "-drive",
-            f"if=none,id=upper,file={_opt(cfg.upper_disk)},format={cfg.upper_format},discard=unmap",
+            f"if=none,id=upper,file={_opt(cfg.upper_disk)},format={cfg.upper_format},discard=unmap"
+            + (",cache.no-flush=on" if cfg.upper_volatile else ""),
             "-device",
             "virtio-blk-device,drive=upper,serial=boxlite-upper",
         ]

@@ -290,6 +290,7 @@ class Shim:
             "pids_limit": self.conf.get("pids_limit"),
             "memory_mib": self.conf.get("memory_limit_mib"),
             "cap_mask": self.conf.get("cap_mask"),
+            "volatile": bool(self.conf.get("volatile")),
             "net": GUEST_NET if vm.get("network") or vm.get("ports") else None,
             "volumes": [[box_path, ro, name] for _, box_path, ro, name in vm.get("volumes") or []],
         }
