@@ -58,3 +58,16 @@ async def test_a_request_larger_than_a_spawner_reply_reaches_the_command_whole(b
     for user in (None, "nobody"):
         result = await box.exec("sh", "-c", script, "sh", *(["arg"] * 1000), env={"BIG": big}, user=user)
         assert result.stdout.split() == [str(len(big)), hashlib.md5(big.encode() + b"\n").hexdigest(), "1000"]
+
+
+async def test_a_request_too_large_for_one_spawner_message_still_starts(box: boxlite.SimpleBox) -> None:
+    """600 KiB of environment (six variables, each under the kernel's 128 KiB per string) exceeds
+    what one message to the spawner holds (~208 KiB): the agent starts that command itself, and
+    the command sees every byte (it was a "Message too long" exec error). The spawner is kept."""
+    env = {f"V{i}": chr(ord("a") + i) * (100 << 10) for i in range(6)}
+    script = 'for v in "$V0" "$V1" "$V2" "$V3" "$V4" "$V5"; do printf "%s " ${#v}; done; printf "%s" "$V5" | md5sum'
+    result = await box.exec("sh", "-c", script, env=env)
+    words = result.stdout.split()
+    assert words[:6] == [str(100 << 10)] * 6
+    assert words[6] == hashlib.md5(env["V5"].encode()).hexdigest()
+    assert (await box.exec("echo", "after")).stdout == "after\n"

@@ -21,7 +21,7 @@ from . import linux, mainexit, oom, tario, tunnel
 from . import protocol as p
 from .logfile import LogLease, SharedLogs, log_limit
 from .spawn import Confinement, ExecSpec, Spawned, close_all, finish_parent, prepare_stdio, set_winsize, spawn
-from .spawner import SpawnerClient, start_spawner
+from .spawner import RequestTooLarge, SpawnerClient, start_spawner
 
 TYPE_CHECKING = False  # not from typing (~2 ms to import into every box's agent)
 if TYPE_CHECKING:
@@ -390,6 +390,9 @@ class Agent:
         except ConnectionError:
             close_all((*child_fds, *parent))
             self._lose_spawner()
+            return spawn(spec, self.conf, builtin)
+        except RequestTooLarge:
+            close_all((*child_fds, *parent))
             return spawn(spec, self.conf, builtin)
         except BaseException:
             close_all((*child_fds, *parent))

@@ -27,6 +27,7 @@ reaps them itself and spawns the old way.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import selectors
 import signal
@@ -91,6 +92,12 @@ def receive(sock: socket.socket, size: int = MAX_REPLY) -> tuple[dict[str, Any] 
     return leanjson.loads(data), received
 
 
+class RequestTooLarge(Exception):
+    """A request longer than one message of the agent-spawner socket can hold (its send buffer,
+    ~208 KiB by default): nothing was sent, the spawner is intact; the agent starts that command
+    by itself (the kernel's own limit on arguments and environment, ~2 MiB, then applies)."""
+
+
 class SpawnerClient:
     """The agent's handle on its spawner."""
 
@@ -103,11 +110,17 @@ class SpawnerClient:
 
     def start(self, spec: ExecSpec, fds: list[int]) -> int:
         """Start ``spec`` with ``fds`` as its stdio; its pid. OSError when it cannot start,
-        ConnectionError when the spawner is gone (the caller then spawns by itself)."""
+        ConnectionError when the spawner is gone, RequestTooLarge when ``spec`` does not fit in
+        one message (the caller then spawns by itself)."""
         body: dict[str, Any] = {"argv": spec.argv, "env": spec.env, "cwd": spec.cwd, "user": spec.user, "tty": spec.tty}
         if spec.rlimits:
             body["rlimits"] = spec.rlimits
-        send(self.sock, body, fds)
+        try:
+            send(self.sock, body, fds)
+        except OSError as e:
+            if e.errno == errno.EMSGSIZE:
+                raise RequestTooLarge(str(e)) from None
+            raise
         self.sock.settimeout(REPLY_TIMEOUT)
         try:
             while True:
