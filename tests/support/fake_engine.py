@@ -17,7 +17,7 @@ from pathlib import Path
 
 import boxlite.engines
 from boxlite.engines.base import BoxSpec, Engine, RunningBox, process_start_time
-from boxlite.engines.namespace.engine import agent_python  # the agent and fake_agent.py: stdlib only
+from boxlite.engines.namespace.zygote import agent_python  # the agent and fake_agent.py: stdlib only
 from boxlite.engines.status import read_status
 from boxlite.errors import EngineError
 from boxlite.runtime.engines import register_engine

@@ -8,7 +8,6 @@ import fcntl
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -27,24 +26,14 @@ from .. import diskchain
 from ..base import BoxSpec, Engine, RunningBox, process_start_time
 from ..net import allowlist, hostguard
 from . import cgroups, netstats, network, quota
-from .zygote import Zygote
+from .zygote import AGENT_PARENT, Zygote, agent_python
 
-AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``agent/``
 FREEZE_TIMEOUT = 5.0
 """Longest wait for every box process to freeze (a task in uninterruptible sleep delays it)."""
 KEEPER_WAIT = 10.0
 """Longest wait for an earlier start's keeper to finish its clean-up (it needs ~1-6 s at most)."""
 KEEPER_SPIN = 0.02
 """How long a removal waits for the keeper in a worker thread, in 0.2 ms steps (it needs ~1 ms)."""
-
-
-def agent_python() -> str:
-    """Interpreter for the agent: ``$BOXLITE_AGENT_PYTHON``, Debian's python3, or ours."""
-    explicit = os.environ.get("BOXLITE_AGENT_PYTHON")
-    if explicit:
-        return explicit
-    system = "/usr/bin/python3"
-    return system if os.access(system, os.X_OK) else sys.executable
 
 
 SPAWNER_IDLE_ENV = "BOXLITE_SPAWNER_IDLE"

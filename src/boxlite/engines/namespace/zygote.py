@@ -25,8 +25,7 @@ AGENT_PARENT = Path(__file__).resolve().parents[2]  # the directory holding ``ag
 
 def agent_python() -> str:
     """Interpreter for the agent: ``$BOXLITE_AGENT_PYTHON``, Debian's python3, or ours.
-    (Kept here, importable without asyncio, for the CLI's :func:`prestart`; engine.py has the
-    same rule.)"""
+    (Here, importable without asyncio, for the CLI's :func:`prestart`; the engine uses it too.)"""
     explicit = os.environ.get("BOXLITE_AGENT_PYTHON")
     if explicit:
         return explicit
