@@ -98,8 +98,9 @@ class Density:
         from bench_core import box_processes
 
         n = len(self.boxes)
-        boxes = sum(bl.memory_of(box_processes(self.home, b.id, b.info().state.pid or 0))["uss"] for b in self.boxes)
+        pids = [pid for b in self.boxes for pid in box_processes(self.home, b.id, b.info().state.pid or 0)]
         zygote = bl.memory_of(bl.zygotes())["uss"]
+        boxes = bl.memory_of(pids + bl.zygotes())["uss"] - zygote  # with what boxes share among themselves
         host = bl.smaps_kib(os.getpid())["dirty"] - self.host_before
         return {"boxes": boxes / n / 1024, "zygote": zygote / n / 1024, "host": host / n / 1024}
 
