@@ -300,8 +300,8 @@ class Vm:
         s.notes.append(f"measured after {idle:g} s idle; the host process's own memory is in bench_core.py")
         if vols:
             s.notes.append(
-                "with a volume, guest RAM pages mapped by both QEMU and virtiofsd are in neither's USS: "
-                "the PSS sum counts them once"
+                "with a volume, guest RAM pages mapped by both QEMU and virtiofsd count once in the box's USS "
+                "(pages of its processes and no other)"
             )
         report.close(s)
 
