@@ -51,6 +51,35 @@ def versions() -> dict[str, str]:
     return out
 
 
+def memory_cgroups() -> int | None:
+    """Memory cgroups on the host, dying ones included (``/proc/cgroups``): thousands left by
+    earlier runs slow cgroup work a little (docs/performance.md)."""
+    try:
+        with open("/proc/cgroups") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] == "memory":
+                    return int(fields[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def proactive_pageout() -> bool:
+    """True when a running DAMON scheme pages out cold memory by itself: files a benchmark read a
+    while ago may come from disk again, and timings move with it."""
+    for kdamond in Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*"):
+        try:
+            if (kdamond / "state").read_text().strip() != "on":
+                continue
+            actions = (a.read_text().strip() for a in kdamond.glob("contexts/*/schemes/*/action"))
+            if "pageout" in actions:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def machine() -> dict[str, object]:
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
@@ -68,6 +97,8 @@ def machine() -> dict[str, object]:
         "commit": commit + ("+dirty" if dirty else ""),
         "peers": versions(),
         "load_before": bl.loadavg(),
+        "memory_cgroups": memory_cgroups(),
+        "proactive_pageout": proactive_pageout(),
     }
 
 
@@ -125,7 +156,9 @@ def markdown(result: dict[str, object]) -> str:
         f"## BoxLite benchmarks, {result['started']}{' (quick: smoke figures only)' if result['quick'] else ''}\n",
         f"{m['cpus']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}, commit {m['commit']}; "
         f"load {bl.fmt_load(m['load_before'])} before, {bl.fmt_load(result['load_after'])} after "  # type: ignore[arg-type]
-        f"({result['seconds']} s in all).\n",
+        f"({result['seconds']} s in all); memory cgroups at the start {m.get('memory_cgroups')} (dying included)"
+        + ("; the kernel pages out cold memory by itself (DAMON)" if m.get("proactive_pageout") else "")
+        + ".\n",
         "Peers: " + "; ".join(str(v) for v in m["peers"].values()) + ".\n",  # type: ignore[attr-defined]
     ]
     for entry in result["benchmarks"]:  # type: ignore[attr-defined]
