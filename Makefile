@@ -52,8 +52,9 @@ dev\:node: $(RUNTIME_MANIFEST) $(NODE_DIR)/node_modules/.package-lock.json
 # A py3-none-manylinux_2_17_<arch>.manylinux2014_<arch> wheel holding
 # boxlite/runtime/{vmlinux,initramfs.cpio,manifest.json} (setup.py copies them and picks the tag;
 # BOXLITE_REQUIRE_RUNTIME makes a missing artifact an error). setuptools builds in a fresh
-# directory of its own (BOXLITE_BUILD_BASE), not in build/: a stale module from an earlier build
-# cannot reach the wheel, and two builds of one checkout at once cannot delete each other's files.
+# directory of its own (BOXLITE_BUILD_BASE), not in build/ and src/*.egg-info: a stale module or
+# file list from an earlier build cannot reach the wheel, and two builds of one checkout at once
+# cannot delete or rewrite each other's files.
 dist\:python: $(RUNTIME_MANIFEST)
 	$(RUNTIME_CHECK)
 	@mkdir -p $(DIST)

@@ -14,9 +14,10 @@ Metadata lives in pyproject.toml; this file only adds two command overrides.
   platform. Without an artifact the wheel is ``py3-none-any`` (namespace engine only), unless
   ``BOXLITE_REQUIRE_RUNTIME=1`` (``make dist:python``, CI), which turns that into an error.
 
-``$BOXLITE_BUILD_BASE`` replaces setuptools' ``build/`` in the source tree (``make dist:python``
-gives each run a fresh one): two builds of one checkout then never share, or delete, each other's
-``build/bdist.*``, and no stale module from an earlier build can reach the wheel.
+``$BOXLITE_BUILD_BASE`` replaces setuptools' ``build/`` and ``src/boxlite.egg-info`` in the source
+tree (``make dist:python`` gives each run a fresh one): two builds of one checkout then never share,
+or delete, each other's ``build/bdist.*`` or file lists, and no stale module from an earlier build
+can reach the wheel.
 
 Editable installs (``pip install -e .``) copy nothing: ``locate()`` finds
 ``<repo>/target/boxlite-runtime`` directly, so a rebuilt artifact is used without reinstalling.
@@ -154,8 +155,11 @@ class BinaryDistribution(Distribution):
 
 
 def build_options() -> dict[str, dict[str, str]]:
+    """With ``$BOXLITE_BUILD_BASE``, setuptools' ``build/`` and its ``<name>.egg-info`` both go
+    there: in ``src/`` two builds at once rewrote one SOURCES.txt while the other read it (a
+    truncated line made one build fail: ``can't copy 'src/boxlite/server'``)."""
     base = os.environ.get("BOXLITE_BUILD_BASE")
-    return {"build": {"build_base": base}} if base else {}
+    return {"build": {"build_base": base}, "egg_info": {"egg_base": base}} if base else {}
 
 
 setup(cmdclass=cmdclass, distclass=BinaryDistribution, options=build_options())

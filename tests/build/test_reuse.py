@@ -227,17 +227,31 @@ def test_installed_wheel_locates_its_artifact(dist: Dist, tmp_path: Path) -> Non
 
 def test_two_wheel_builds_of_one_checkout_at_once_both_succeed(dist: Dist, tmp_path: Path) -> None:
     """Each build has a directory of its own: in a shared build/ one build's clean-up deleted the
-    other's build/bdist.* before it was done (a full CI run, session 31)."""
+    other's build/bdist.* before it was done (a full CI run, session 31); in a shared
+    src/boxlite.egg-info one build read SOURCES.txt while the other rewrote it, and the truncated
+    line it read (``src/boxlite/server``) stayed in the file and failed every later build of that
+    checkout (session 37). Both kinds of leftover are planted here."""
     planted = REPO / "build" / "lib" / "boxlite" / "planted_stale_module.py"
     keep = (REPO / "build").exists()
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_text("# left by an earlier build\n")
+    sources = REPO / "src" / "boxlite.egg-info" / "SOURCES.txt"
+    had_egg_info = sources.parent.exists()
+    old_sources = sources.read_bytes() if sources.exists() else None
+    sources.parent.mkdir(exist_ok=True)
+    sources.write_bytes(b"src/boxlite/server\n")  # what the race left: a directory as a file to copy
     try:
         outs = [tmp_path / "a", tmp_path / "b"]
         procs = [start_make("dist:python", f"DIST={out}") for out in outs]
         results = [(p.communicate()[0], p.wait()) for p in procs]
     finally:
         shutil.rmtree(REPO / "build") if not keep else planted.unlink(missing_ok=True)
+        if not had_egg_info:
+            shutil.rmtree(sources.parent)
+        elif old_sources is None:
+            sources.unlink()
+        else:
+            sources.write_bytes(old_sources)
     for out, rc in results:
         assert rc == 0, out[-4000:]
     listings = []
